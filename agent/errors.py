@@ -1,0 +1,27 @@
+"""Agent errors: one base with an operator-facing message; wrap third-party errors at the edge."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every agent error."""
+
+
+class ConfigError(AgentError):
+    """Every problem of a config at once, each prefixed with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+class ReaderError(AgentError):
+    """A badge reader could not be opened or read."""
+
+
+class QueueError(AgentError):
+    """The encrypted queue could not be opened, read or written."""
+
+
+class QueueIntegrityError(QueueError):
+    """A queue row failed authentication (altered ciphertext, wrong key or wrong row)."""

@@ -1,0 +1,1 @@
+"""Command groups of ``timeclock-collector`` (see collector/cli.py)."""

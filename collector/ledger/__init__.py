@@ -1,0 +1,1 @@
+"""Ledger stores behind one interface (base.LedgerStore): SQLite (default) and PostgreSQL."""
