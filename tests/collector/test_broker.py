@@ -1,0 +1,273 @@
+"""collector.broker rendering, and control D3 (mTLS MQTT) against a real Mosquitto 2.0.11."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from collector.broker import BrokerSettings, render_acl, render_mosquitto_conf
+from collector.errors import ConfigError
+from tests.fixtures.mosquitto import MosquittoBroker
+from tests.fixtures.pki import TestPKI
+from wire import topics
+
+MARKER = b"marker"
+
+
+def settings(**kw: Any) -> BrokerSettings:
+    base: dict[str, Any] = {
+        "port": 8883, "cafile": Path("/b/ca.crt"), "certfile": Path("/b/server.crt"),
+        "keyfile": Path("/b/server.key"), "crlfile": Path("/b/crl.pem"),
+        "acl_file": Path("/b/acl"), "persistence_location": Path("/b/data"),
+        "collectors": ("collector.main",)}
+    base.update(kw)
+    return BrokerSettings(**base)
+
+
+# -- rendering (pure) --------------------------------------------------------------------
+
+def test_conf_has_every_required_directive() -> None:
+    lines = render_mosquitto_conf(settings(host="0.0.0.0")).splitlines()  # noqa: S104
+    for line in ["allow_anonymous false", "acl_file /b/acl", "persistence true",
+                 "persistence_location /b/data/", "max_queued_messages 1000000",
+                 "max_inflight_messages 100", "message_size_limit 262144",
+                 "set_tcp_nodelay true", "listener 8883 0.0.0.0", "tls_version tlsv1.2",
+                 "cafile /b/ca.crt", "certfile /b/server.crt", "keyfile /b/server.key",
+                 "crlfile /b/crl.pem", "require_certificate true",
+                 "use_identity_as_username true"]:
+        assert line in lines
+    # Exactly one listener, and it is the TLS one (no plain port, no default 1883).
+    assert [ln for ln in lines if ln.startswith(("listener", "port"))] == [
+        "listener 8883 0.0.0.0"]
+    assert not any(ln.startswith("user ") for ln in lines)
+
+
+def test_conf_sizes_and_user_are_configurable() -> None:
+    text = render_mosquitto_conf(settings(max_queued_messages=5, max_inflight_messages=7,
+                                          user="root"))
+    assert "max_queued_messages 5\n" in text
+    assert "max_inflight_messages 7\n" in text
+    assert "\nuser root\n" in text
+
+
+def test_acl_text() -> None:
+    assert render_acl(["collector.main", "collector.standby"]).splitlines()[5:] == [
+        "pattern write timeclock/v1/devices/%u/punches",
+        "pattern write timeclock/v1/devices/%u/status",
+        "pattern read timeclock/v1/devices/%u/acks",
+        "pattern read timeclock/v1/log/checkpoint",
+        "",
+        "user collector.main",
+        "topic read timeclock/v1/devices/+/punches",
+        "topic read timeclock/v1/devices/+/status",
+        "topic write timeclock/v1/devices/+/acks",
+        "topic readwrite timeclock/v1/log/checkpoint",
+        "",
+        "user collector.standby",
+        "topic read timeclock/v1/devices/+/punches",
+        "topic read timeclock/v1/devices/+/status",
+        "topic write timeclock/v1/devices/+/acks",
+        "topic readwrite timeclock/v1/log/checkpoint",
+    ]
+
+
+def test_settings_report_every_problem() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(port=0, host="example.org", collectors=("main",), max_queued_messages=0,
+                 crlfile=Path("/b/crl.pem\nallow_anonymous true"))
+    assert info.value.problems == [
+        "port: 0 is outside 1..65535",
+        "host: 'example.org' is not an IP address to listen on",
+        "collectors: 'main' must match ^collector\\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$",
+        "max_queued_messages: must be ≥ 1",
+        "crlfile: path '/b/crl.pem\\nallow_anonymous true' cannot be written to mosquitto.conf",
+    ]
+
+
+# -- D3 against the real broker ------------------------------------------------------------
+
+def publish_ok(client: mqtt.Client, topic: str, payload: bytes, **kw: Any) -> None:
+    info = client.publish(topic, payload, qos=1, **kw)
+    info.wait_for_publish(5)
+    assert info.is_published() is True
+
+
+def test_d3_device_publishes_own_punches_collector_receives(mosquitto: MosquittoBroker) -> None:
+    sub = mosquitto.subscribe("collector.main", topics.SHARED_PUNCHES)
+    dev = mosquitto.client("dev-a")
+    publish_ok(dev, topics.punches("dev-a"), b'{"v":1}')
+    msg = sub.get()
+    assert (msg.topic, msg.payload) == (topics.punches("dev-a"), b'{"v":1}')
+
+
+def test_d3_tls_1_3_negotiated_and_1_2_accepted(mosquitto: MosquittoBroker) -> None:
+    default = mosquitto.probe(mosquitto.context("dev-a"))
+    assert (default.accepted, default.tls_version) == (True, "TLSv1.3")
+    capped = mosquitto.context("dev-a")
+    capped.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert mosquitto.probe(capped).tls_version == "TLSv1.2"
+    assert mosquitto.probe(capped).accepted is True
+
+
+def _anonymous_context(ca_file: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(ca_file))
+    return ctx
+
+
+@pytest.mark.parametrize("case", ["no-client-cert", "foreign-ca", "expired"])
+def test_d3_refused_certificates(mosquitto: MosquittoBroker, pki: TestPKI, case: str) -> None:
+    ctx = {"no-client-cert": lambda: _anonymous_context(mosquitto.ca_file),
+           "foreign-ca": lambda: pki.foreign_device().context(),
+           "expired": lambda: pki.expired_device().context()}[case]()
+    result = mosquitto.probe(ctx)
+    assert result.accepted is False, result
+    expected = ("peer did not return a certificate" if case == "no-client-cert"
+                else "certificate verify failed")
+    assert expected in mosquitto.log_text()
+    # The broker still serves good clients.
+    assert mosquitto.probe(mosquitto.context("dev-a")).accepted is True
+
+
+def test_d3_revoked_certificate_refused_within_5s(mosquitto: MosquittoBroker,
+                                                   pki: TestPKI) -> None:
+    victim = pki.fresh_device("lost")
+    assert mosquitto.probe(victim.context()).accepted is True
+    connected = mosquitto.client(victim.name)
+
+    started = time.monotonic()
+    pki.revoke(victim)
+    mosquitto.reload_crl()  # copy the CA's new CRL to the broker + SIGHUP
+    refused = mosquitto.probe(victim.context())
+    elapsed = time.monotonic() - started
+    assert refused.accepted is False, refused
+    assert elapsed < 5.0
+    assert mosquitto.probe(mosquitto.context("dev-a")).accepted is True
+
+    # Mosquitto 2.0.11 keeps sessions that were connected before the reload; a restart ends
+    # them, and the reconnect is refused (certs/README.md, "Revocation and Mosquitto").
+    assert connected.is_connected() is True
+    mosquitto.restart()
+    assert mosquitto.probe(victim.context()).accepted is False
+
+
+def test_d3_crl_is_loaded_at_start(mosquitto_factory: Any, pki: TestPKI) -> None:
+    victim = pki.fresh_device("gone")
+    pki.revoke(victim, reason="cessation-of-operation")
+    broker = mosquitto_factory()
+    assert broker.probe(victim.context()).accepted is False
+
+
+def test_d3_device_cannot_publish_into_another_devices_topics(mosquitto: MosquittoBroker
+                                                              ) -> None:
+    sub = mosquitto.subscribe("collector.main", "timeclock/v1/#")
+    a = mosquitto.client("dev-a")
+    denied: list[tuple[str, Any]] = []
+    done = threading.Event()
+
+    def on_publish(_c: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        denied.append((mid, rc))
+        done.set()
+
+    a.on_publish = on_publish
+    for topic in (topics.punches("dev-b"), topics.status("dev-b"), topics.acks("dev-a"),
+                  topics.acks("dev-b"), topics.CHECKPOINT, "timeclock/v1/other"):
+        done.clear()
+        a.publish(topic, b"forged", qos=1)
+        assert done.wait(5)
+        assert denied[-1][1].getName() == "Not authorized", topic
+    a.on_publish = None
+    publish_ok(a, topics.punches("dev-a"), MARKER)
+    # Everything before the marker would have arrived before it (one publisher, one broker).
+    seen = sub.get_until(lambda m: m.payload == MARKER)
+    assert [(m.topic, m.payload) for m in seen] == [(topics.punches("dev-a"), MARKER)]
+
+
+def test_d3_device_cannot_read_another_devices_acks(mosquitto: MosquittoBroker) -> None:
+    a = mosquitto.subscribe("dev-a", "timeclock/v1/devices/+/acks")
+    snoop = mosquitto.subscribe("dev-a", "timeclock/v1/#", client_id="dev-a-snoop")
+    col = mosquitto.client("collector.main")
+    publish_ok(col, topics.acks("dev-b"), b"for b")
+    publish_ok(col, topics.acks("dev-a"), MARKER)
+    assert [(m.topic, m.payload) for m in a.get_until(lambda m: m.payload == MARKER)] == [
+        (topics.acks("dev-a"), MARKER)]
+    assert [(m.topic, m.payload) for m in snoop.get_until(lambda m: m.payload == MARKER)] == [
+        (topics.acks("dev-a"), MARKER)]
+
+
+def test_d3_device_cannot_read_other_punches_or_status(mosquitto: MosquittoBroker) -> None:
+    snoop = mosquitto.subscribe("dev-a", "timeclock/v1/devices/#")
+    b = mosquitto.client("dev-b")
+    publish_ok(b, topics.punches("dev-b"), b"b's punches")
+    publish_ok(b, topics.status("dev-b"), b"b's status")
+    publish_ok(mosquitto.client("collector.main"), topics.acks("dev-a"), MARKER)
+    assert [m.payload for m in snoop.get_until(lambda m: m.payload == MARKER)] == [MARKER]
+
+
+def test_d3_unlisted_collector_gets_nothing(mosquitto: MosquittoBroker) -> None:
+    rogue = mosquitto.subscribe("collector.rogue", "timeclock/v1/#")
+    publish_ok(mosquitto.client("dev-a"), topics.punches("dev-a"), b"p")
+    publish_ok(mosquitto.client("collector.main"), topics.acks("dev-a"), b"ack")
+    publish_ok(mosquitto.client("collector.main", client_id="cm2"), topics.CHECKPOINT,
+               MARKER, retain=True)
+    # The checkpoint is readable by every certificate holder, nothing else is.
+    assert [m.payload for m in rogue.get_until(lambda m: m.payload == MARKER)] == [MARKER]
+
+
+def test_shared_subscription_splits_between_collectors(mosquitto: MosquittoBroker) -> None:
+    main = mosquitto.subscribe("collector.main", topics.SHARED_PUNCHES)
+    standby = mosquitto.subscribe("collector.standby", topics.SHARED_PUNCHES)
+    dev = mosquitto.client("dev-a")
+    for i in range(20):
+        publish_ok(dev, topics.punches("dev-a"), str(i).encode())
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 20 and time.monotonic() < deadline:
+        for s in (main, standby):
+            while not s.messages.empty():
+                got.append(s.messages.get_nowait().payload)
+        time.sleep(0.01)
+    assert sorted(got, key=int) == [str(i).encode() for i in range(20)]
+    assert main.messages.empty()
+    assert standby.messages.empty()
+
+
+def test_checkpoint_retained_for_devices(mosquitto: MosquittoBroker) -> None:
+    publish_ok(mosquitto.client("collector.main"), topics.CHECKPOINT, b"cp-1", retain=True)
+    dev = mosquitto.subscribe("dev-a", topics.CHECKPOINT)
+    msg = dev.get()
+    assert (msg.payload, msg.retain) == (b"cp-1", True)
+
+
+def test_oversized_message_refused_and_sender_disconnected(mosquitto: MosquittoBroker) -> None:
+    sub = mosquitto.subscribe("collector.main", topics.ALL_PUNCHES)
+    gone = threading.Event()
+    big = mosquitto.client("dev-a", client_id="dev-a-big",
+                           configure=lambda c: setattr(c, "on_disconnect",
+                                                       lambda *_a: gone.set()))
+    big.publish(topics.punches("dev-a"), b"x" * (256 * 1024 + 1), qos=1)
+    assert gone.wait(5)  # Mosquitto 2.0.11 drops the connection ("Protocol error")
+    big.disconnect()
+    dev = mosquitto.client("dev-a")
+    publish_ok(dev, topics.punches("dev-a"), MARKER)
+    assert [m.payload for m in sub.get_until(lambda m: m.payload == MARKER)] == [MARKER]
+    publish_ok(dev, topics.punches("dev-a"), b"y" * (256 * 1024))
+    assert len(sub.get().payload) == 256 * 1024
+
+
+def test_fixture_stop_start_same_port_and_kill(mosquitto: MosquittoBroker) -> None:
+    port = mosquitto.port
+    mosquitto.stop()
+    assert mosquitto.probe(mosquitto.context("dev-a")).accepted is False
+    mosquitto.start()
+    assert (mosquitto.port, mosquitto.probe(mosquitto.context("dev-a")).accepted) == (port, True)
+    mosquitto.kill()
+    assert mosquitto.running is False
+    mosquitto.start()
+    assert mosquitto.running is True
