@@ -2,4 +2,8 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.fixtures.pki",
+    "tests.fixtures.mosquitto",
+    "tests.fixtures.postgres",
+]

@@ -1,1 +1,44 @@
-"""Ledger stores behind one interface (base.LedgerStore): SQLite (default) and PostgreSQL."""
+"""Ledger stores behind one interface (base.LedgerStore): SQLite (default) and PostgreSQL.
+
+``open_store(url)`` picks the store from the URL: ``sqlite:///abs/path.db``, ``sqlite:rel.db``
+or a plain path (SQLite; created on first use), ``postgresql://…`` / ``postgres://…``
+or a libpq ``key=value`` DSN
+(PostgreSQL; migrated beforehand by the owner role with ``timeclock-collector migrate``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from collector.errors import LedgerError
+from collector.ledger.postgres import PostgresStore
+from collector.ledger.sqlbase import SQLStore
+from collector.ledger.sqlite import SQLiteStore
+
+_KV_DSN = re.compile(r"^(host|dbname|user|service)=")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file path of a SQLite store URL, or None when ``url`` names PostgreSQL."""
+    if url.startswith(("postgresql://", "postgres://")) or _KV_DSN.match(url):
+        return None
+    if url.startswith("sqlite:///"):
+        return Path("/" + url[len("sqlite:///"):])
+    if url.startswith("sqlite://"):
+        raise LedgerError(f"{url!r}: use sqlite:///absolute/path or sqlite:relative/path")
+    if url.startswith("sqlite:"):
+        return Path(url[len("sqlite:"):])
+    if "://" in url:
+        raise LedgerError(f"{url!r}: unknown store URL scheme (sqlite or postgresql)")
+    return Path(url)
+
+
+def open_store(url: str) -> SQLStore:
+    """Open the ledger named by ``url`` (see the module docstring)."""
+    path = sqlite_path(url)
+    if path is None:
+        return PostgresStore(url)
+    if not url.startswith("sqlite") and not path.parent.is_dir():
+        raise LedgerError(f"{path}: directory {path.parent} does not exist")
+    return SQLiteStore(path)

@@ -1,0 +1,182 @@
+"""PostgreSQL schema of the ledger (version 1), applied by ``postgres.migrate`` as the owner role.
+
+Same tables as the SQLite schema. Invariants enforced by the database itself:
+- triggers: an entry is inserted only at idx = size with prev = hash of entry size-1; a body
+  only for an existing entry whose ``body`` column is its SHA-256; UPDATE, DELETE and
+  TRUNCATE of entries, punches, quarantine, retained, checkpoints raise; UPDATE of bodies and
+  DELETE of devices/keys raise; a body may be deleted only when a ``retention`` entry
+  covers it (never a ``device`` or ``retention`` body);
+- privileges: the app role (what collectors connect as) gets SELECT and INSERT only, plus
+  UPDATE on the registry projection (devices, keys) and DELETE on bodies (retention, still
+  guarded by the trigger). It owns nothing, so it cannot disable or drop a trigger.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+_ZERO = "0" * 64
+
+_APPEND_ONLY = ("entries", "punches", "quarantine", "retained", "checkpoints")
+
+
+def _forbid(table: str, ops: str, *, truncate: bool) -> str:
+    out = (f"CREATE OR REPLACE TRIGGER {table}_append_only BEFORE {ops} ON {table} "
+           f"FOR EACH ROW EXECUTE FUNCTION tc_append_only();\n")
+    if truncate:
+        out += (f"CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION tc_append_only();\n")
+    return out
+
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    idx   BIGINT PRIMARY KEY,
+    kind  TEXT NOT NULL,
+    at    BIGINT NOT NULL,
+    body  TEXT NOT NULL,
+    prev  TEXT NOT NULL,
+    hash  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bodies (
+    idx   BIGINT PRIMARY KEY,
+    body  BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS punches (
+    device      TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    punch_hash  TEXT NOT NULL,
+    idx         BIGINT NOT NULL,
+    key_id      TEXT NOT NULL,
+    ts          BIGINT NOT NULL,
+    clock       TEXT NOT NULL,
+    credential  TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    reader      TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+CREATE INDEX IF NOT EXISTS punches_ts ON punches (ts);
+CREATE TABLE IF NOT EXISTS devices (
+    device        TEXT PRIMARY KEY,
+    site          TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    enrolled_idx  BIGINT NOT NULL,
+    changed_idx   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id          TEXT PRIMARY KEY,
+    device          TEXT NOT NULL,
+    public_b64      TEXT NOT NULL,
+    from_seq        BIGINT NOT NULL,
+    until_seq       BIGINT,
+    status          TEXT NOT NULL,
+    registered_idx  BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_device ON keys (device);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    idx          BIGINT NOT NULL,
+    received_at  BIGINT NOT NULL,
+    topic        TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    detail       TEXT NOT NULL,
+    device       TEXT,
+    raw          BYTEA NOT NULL,
+    raw_sha256   TEXT NOT NULL,
+    size         BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retained (
+    retention_idx  BIGINT NOT NULL,
+    first_idx      BIGINT NOT NULL,
+    last_idx       BIGINT NOT NULL,
+    CHECK (first_idx <= last_idx AND last_idx < retention_idx)
+);
+CREATE INDEX IF NOT EXISTS retained_range ON retained (first_idx, last_idx);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    log    TEXT NOT NULL,
+    size   BIGINT NOT NULL,
+    head   TEXT NOT NULL,
+    at     BIGINT NOT NULL,
+    sig    TEXT NOT NULL,
+    UNIQUE (log, size, at, sig)
+);
+
+CREATE OR REPLACE FUNCTION tc_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'timeclock: % on % refused: the ledger is append-only', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+CREATE OR REPLACE FUNCTION tc_entries_chain() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    last_idx  BIGINT;
+    last_hash TEXT;
+BEGIN
+    SELECT e.idx, e.hash INTO last_idx, last_hash FROM entries e ORDER BY e.idx DESC LIMIT 1;
+    IF NOT FOUND THEN
+        last_idx := -1;
+        last_hash := '{_ZERO}';
+    END IF;
+    IF NEW.idx <> last_idx + 1 OR NEW.prev <> last_hash THEN
+        RAISE EXCEPTION 'timeclock: entry % refused: idx must be % and prev the hash of the '
+                        'last entry', NEW.idx, last_idx + 1
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION tc_bodies_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM entries e WHERE e.idx = NEW.idx
+                   AND e.body = encode(sha256(NEW.body), 'hex')) THEN
+        RAISE EXCEPTION 'timeclock: body % refused: no entry with this idx and body hash', NEW.idx
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION tc_bodies_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM retained r
+                   JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention'
+                   WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)
+       OR EXISTS (SELECT 1 FROM entries e WHERE e.idx = OLD.idx
+                  AND e.kind IN ('device', 'retention')) THEN
+        RAISE EXCEPTION 'timeclock: DELETE on bodies refused: no retention entry covers idx % '
+                        '(the ledger is append-only)', OLD.idx
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN OLD;
+END $$;
+
+CREATE OR REPLACE TRIGGER entries_chain BEFORE INSERT ON entries
+    FOR EACH ROW EXECUTE FUNCTION tc_entries_chain();
+CREATE OR REPLACE TRIGGER bodies_insert BEFORE INSERT ON bodies
+    FOR EACH ROW EXECUTE FUNCTION tc_bodies_insert();
+CREATE OR REPLACE TRIGGER bodies_delete BEFORE DELETE ON bodies
+    FOR EACH ROW EXECUTE FUNCTION tc_bodies_delete();
+CREATE OR REPLACE TRIGGER bodies_no_update BEFORE UPDATE ON bodies
+    FOR EACH ROW EXECUTE FUNCTION tc_append_only();
+CREATE OR REPLACE TRIGGER bodies_no_truncate BEFORE TRUNCATE ON bodies
+    FOR EACH STATEMENT EXECUTE FUNCTION tc_append_only();
+{"".join(_forbid(t, "UPDATE OR DELETE", truncate=True) for t in _APPEND_ONLY)}
+{_forbid("devices", "DELETE", truncate=True)}
+{_forbid("keys", "DELETE", truncate=True)}
+INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}') ON CONFLICT DO NOTHING;
+"""  # noqa: S608 - a constant: no input reaches this DDL
+
+# {role} is substituted with a quoted identifier by migrate().
+GRANTS = """
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role};
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role};
+GRANT UPDATE ON devices, keys TO {role};
+GRANT DELETE ON bodies TO {role};
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
+"""

@@ -1,0 +1,146 @@
+"""SQLite schema of the ledger (version 1), applied by ``SQLiteStore`` when it opens a file.
+
+Tables: ``entries`` (the chain) and ``bodies`` are the record; ``punches``, ``devices``,
+``keys`` are projections of it (derived, rebuilt-able); ``quarantine``, ``retained`` and
+``checkpoints`` are append-only side records.
+
+Invariants enforced by the database itself (triggers), not only by the code:
+- an entry is inserted only at idx = size with prev = hash of entry size-1 (one chain);
+- UPDATE/DELETE of entries, punches, quarantine, retained, checkpoints raises; so does
+  UPDATE of bodies and DELETE of devices/keys;
+- a body may be deleted only when a ``retention`` entry (recorded in ``retained``, joined to
+  an entry of kind ``retention`` after it) covers its idx, and never the body of a ``device``
+  or ``retention`` entry (verifying the rest of the ledger needs them).
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+_ZERO = "0" * 64
+
+
+def _forbid(table: str, op: str) -> str:
+    return (f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, 'timeclock: {op} on {table} refused: the ledger is "
+            f"append-only'); END;")
+
+
+TRIGGER_NAMES: tuple[str, ...] = (
+    "entries_chain", "bodies_need_entry", "bodies_delete_needs_retention",
+    "entries_no_update", "entries_no_delete", "punches_no_update", "punches_no_delete",
+    "quarantine_no_update", "quarantine_no_delete", "retained_no_update",
+    "retained_no_delete", "checkpoints_no_update", "checkpoints_no_delete",
+    "bodies_no_update", "devices_no_delete", "keys_no_delete",
+)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    idx   INTEGER PRIMARY KEY,
+    kind  TEXT NOT NULL,
+    at    INTEGER NOT NULL,
+    body  TEXT NOT NULL,          -- sha256 hex of the body bytes
+    prev  TEXT NOT NULL,
+    hash  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bodies (
+    idx   INTEGER PRIMARY KEY,
+    body  BLOB NOT NULL           -- canonical JSON bytes of the fact
+);
+CREATE TABLE IF NOT EXISTS punches (
+    device      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    punch_hash  TEXT NOT NULL,
+    idx         INTEGER NOT NULL,
+    key_id      TEXT NOT NULL,
+    ts          INTEGER NOT NULL,
+    clock       TEXT NOT NULL,
+    credential  TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    reader      TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS punches_ts ON punches (ts);
+CREATE TABLE IF NOT EXISTS devices (
+    device        TEXT PRIMARY KEY,
+    site          TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    enrolled_idx  INTEGER NOT NULL,
+    changed_idx   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id          TEXT PRIMARY KEY,
+    device          TEXT NOT NULL,
+    public_b64      TEXT NOT NULL,
+    from_seq        INTEGER NOT NULL,
+    until_seq       INTEGER,
+    status          TEXT NOT NULL,
+    registered_idx  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_device ON keys (device);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    idx          INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL,
+    topic        TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    detail       TEXT NOT NULL,
+    device       TEXT,
+    raw          BLOB NOT NULL,
+    raw_sha256   TEXT NOT NULL,
+    size         INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retained (
+    retention_idx  INTEGER NOT NULL,
+    first_idx      INTEGER NOT NULL,
+    last_idx       INTEGER NOT NULL,
+    CHECK (first_idx <= last_idx AND last_idx < retention_idx)
+);
+CREATE INDEX IF NOT EXISTS retained_range ON retained (first_idx, last_idx);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    log    TEXT NOT NULL,
+    size   INTEGER NOT NULL,
+    head   TEXT NOT NULL,
+    at     INTEGER NOT NULL,
+    sig    TEXT NOT NULL,
+    UNIQUE (log, size, at, sig)
+);
+
+CREATE TRIGGER IF NOT EXISTS entries_chain BEFORE INSERT ON entries
+WHEN NEW.idx IS NOT COALESCE((SELECT MAX(idx) FROM entries), -1) + 1
+  OR NEW.prev IS NOT COALESCE((SELECT hash FROM entries WHERE idx = NEW.idx - 1), '{_ZERO}')
+BEGIN SELECT RAISE(ABORT,
+    'timeclock: entry refused: idx must be the next one and prev the hash of the last entry');
+END;
+CREATE TRIGGER IF NOT EXISTS bodies_need_entry BEFORE INSERT ON bodies
+WHEN NOT EXISTS (SELECT 1 FROM entries WHERE idx = NEW.idx)
+BEGIN SELECT RAISE(ABORT, 'timeclock: body refused: no entry has this idx'); END;
+CREATE TRIGGER IF NOT EXISTS bodies_delete_needs_retention BEFORE DELETE ON bodies
+WHEN NOT EXISTS (
+    SELECT 1 FROM retained r JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention'
+    WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)
+  OR EXISTS (SELECT 1 FROM entries WHERE idx = OLD.idx AND kind IN ('device', 'retention'))
+BEGIN SELECT RAISE(ABORT,
+    'timeclock: DELETE on bodies refused: no retention entry covers this idx (append-only)');
+END;
+{_forbid("entries", "UPDATE")}
+{_forbid("entries", "DELETE")}
+{_forbid("punches", "UPDATE")}
+{_forbid("punches", "DELETE")}
+{_forbid("quarantine", "UPDATE")}
+{_forbid("quarantine", "DELETE")}
+{_forbid("retained", "UPDATE")}
+{_forbid("retained", "DELETE")}
+{_forbid("checkpoints", "UPDATE")}
+{_forbid("checkpoints", "DELETE")}
+{_forbid("bodies", "UPDATE")}
+{_forbid("devices", "DELETE")}
+{_forbid("keys", "DELETE")}
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}');
+"""  # noqa: S608 - a constant: no input reaches this DDL

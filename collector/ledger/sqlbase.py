@@ -1,0 +1,518 @@
+"""What the SQLite and PostgreSQL stores share: the append algorithm and the SQL reads.
+
+A subclass provides a write transaction that holds the chain-head lock (SQLite: ``BEGIN
+IMMEDIATE``; PostgreSQL: ``pg_advisory_xact_lock``), a read cursor, its placeholder style and
+how to recognise its database errors. Everything else is here, so both stores record the same
+facts as the same bytes.
+
+Invariants of ``append`` (also enforced by the schemas' triggers): one transaction per call;
+idx values consecutive from the current size; ``at`` never below the previous entry's ``at``;
+(device, seq) deduplicated against the table and within the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from collector.errors import AppendOnlyError, LedgerError, RegistryError
+from collector.ledger.base import (
+    AppendResult,
+    DeviceProgress,
+    DeviceRecord,
+    EventFact,
+    Fact,
+    KeyRecord,
+    LedgerStore,
+    Outcome,
+    PunchFact,
+    QuarantineRecord,
+    RejectionFact,
+    StoredEntry,
+)
+from wire import ZERO_HASH
+from wire.canonical import canonical
+from wire.errors import WireError
+from wire.fields import DEVICE_ID_RE, KEY_ID_RE
+from wire.keys import VerifyKey
+from wire.ledger import Entry, SignedCheckpoint, body_hash, make_entry
+
+PAGE = 1000
+_RAW_PAGE = ("SELECT e.idx, e.kind, e.at, e.body, e.prev, e.hash, b.body FROM entries e "
+             "LEFT JOIN bodies b ON b.idx = e.idx WHERE e.idx > ? {stop}ORDER BY e.idx LIMIT ?")
+_PAYROLL = ("SELECT p.device, p.site, p.seq, p.credential, p.action, p.ts, p.clock, p.reader, "
+            "p.key_id, e.at, p.idx, e.hash FROM punches p JOIN entries e ON e.idx = p.idx"
+            "{where} ORDER BY p.ts, p.device, p.seq")
+DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked"})
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """An entry row exactly as stored, unvalidated (the verifier's view of the database)."""
+
+    idx: Any
+    kind: Any
+    at: Any
+    body_hash: Any
+    prev: Any
+    hash: Any
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class PunchRow:
+    """One recorded punch joined with its entry, for payroll exports."""
+
+    device: str
+    site: str
+    seq: int
+    credential: str
+    action: str
+    ts: int
+    clock: str
+    reader: str
+    key_id: str
+    at: int
+    idx: int
+    entry_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class PunchQuery:
+    """Filters of a payroll export; ``since``/``until`` bound the device time ``ts``."""
+
+    since: int | None = None
+    until: int | None = None
+    site: str | None = None
+    device: str | None = None
+
+    def sql(self, ph: str) -> tuple[str, list[Any]]:
+        """The payroll SELECT with ``ph`` placeholders, and its parameters."""
+        where, params = self.where(ph)
+        return _PAYROLL.format(where=where), params  # values are parameters, never text
+
+    def where(self, ph: str) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for col, op, val in (("p.ts", ">=", self.since), ("p.ts", "<", self.until),
+                             ("p.site", "=", self.site), ("p.device", "=", self.device)):
+            if val is not None:
+                clauses.append(f"{col} {op} {ph}")
+                params.append(val)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def to_bytes(v: Any) -> bytes | None:
+    if v is None:
+        return None
+    return bytes(v)
+
+
+def _str(body: dict[str, Any], key: str) -> str:
+    v = body.get(key)
+    if not isinstance(v, str):
+        raise RegistryError(f"device event: {key!r} must be a string")
+    return v
+
+
+def check_device_event(body: dict[str, Any]) -> str:
+    """Shape of a ``device`` body (DESIGN.md §6); returns the event name."""
+    event = body.get("event")
+    if event not in DEVICE_EVENTS:
+        raise RegistryError(f"device event: 'event' must be one of {sorted(DEVICE_EVENTS)}")
+    if not DEVICE_ID_RE.fullmatch(_str(body, "device")):
+        raise RegistryError(f"device event: {body['device']!r} is not a device id")
+    if event in ("enrolled", "rotated"):
+        try:
+            vk = VerifyKey.from_b64(_str(body, "signing_key"))
+        except WireError as e:
+            raise RegistryError(f"device event: signing_key: {e}") from e
+        if _str(body, "key") != vk.key_id:
+            raise RegistryError("device event: key is not the key id of signing_key")
+    if event == "enrolled":
+        _str(body, "site")
+    if event == "rotated":
+        fs = body.get("from_seq")
+        if not isinstance(fs, int) or isinstance(fs, bool) or fs < 1:
+            raise RegistryError("device event: from_seq must be an integer ≥ 1")
+    if event == "revoked":
+        _str(body, "reason")
+        if "key" in body and not KEY_ID_RE.fullmatch(_str(body, "key")):
+            raise RegistryError("device event: key must be a key id")
+    return str(event)
+
+
+def retention_ranges(body: dict[str, Any], idx: int) -> list[tuple[int, int]]:
+    deleted = body.get("deleted")
+    if not isinstance(deleted, list):
+        raise LedgerError("retention entry: 'deleted' must be a list of [first, last] ranges")
+    out: list[tuple[int, int]] = []
+    for r in deleted:
+        ok = (isinstance(r, list) and len(r) == 2
+              and all(isinstance(x, int) and not isinstance(x, bool) for x in r))
+        if not ok or not 0 <= r[0] <= r[1] < idx:
+            raise LedgerError(f"retention entry: range {r!r} must be [first, last] with "
+                              f"0 ≤ first ≤ last < {idx}")
+        out.append((r[0], r[1]))
+    return out
+
+
+class SQLStore(LedgerStore):
+    """A LedgerStore over a DB-API connection; see the module docstring."""
+
+    ph = "?"
+    db_errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    # -- hooks ----------------------------------------------------------------------------
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Any]:
+        """A cursor inside a write transaction that holds the chain-head lock."""
+
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Any]:
+        """A cursor for one consistent read."""
+
+    @abstractmethod
+    def _existing(self, cur: Any, pairs: set[tuple[str, int]]
+                  ) -> dict[tuple[str, int], tuple[str, int]]:
+        """{(device, seq): (punch hash, idx)} of the pairs already recorded."""
+
+    @abstractmethod
+    def punch_rows(self, query: PunchQuery) -> Iterator[PunchRow]:
+        """Stream recorded punches matching ``query`` ordered by (ts, device, seq)."""
+
+    def _sql(self, s: str) -> str:
+        return s if self.ph == "?" else s.replace("?", self.ph)
+
+    def _fail(self, e: Exception, what: str) -> LedgerError:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "append-only" in msg or "permission denied" in msg:
+            # the trigger (SQLite, PostgreSQL) or the app role's missing grant (PostgreSQL)
+            return AppendOnlyError(f"{what}: {msg}")
+        return LedgerError(f"{what}: {msg}")
+
+    def _q(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                with self._read() as cur:
+                    cur.execute(self._sql(sql), tuple(params))
+                    rows: list[tuple[Any, ...]] = cur.fetchall()
+                    return rows
+            except self.db_errors as e:
+                raise self._fail(e, "ledger read failed") from e
+
+    # -- append ---------------------------------------------------------------------------
+    def append(self, facts: Sequence[Fact], *, now_us: int) -> list[AppendResult]:
+        if not facts:
+            return []
+        with self._lock:
+            try:
+                with self._write() as cur:
+                    return _Append(self, cur, now_us).run(facts)
+            except self.db_errors as e:
+                if "UNIQUE" in str(e).upper() and any(
+                        isinstance(f, EventFact) and f.kind == "device" for f in facts):
+                    raise RegistryError(f"device event conflicts with the registry: "
+                                        f"{str(e).splitlines()[0]}") from e
+                raise self._fail(e, "ledger append failed") from e
+
+    # -- reads ----------------------------------------------------------------------------
+    def head(self) -> tuple[int, str]:
+        rows = self._q("SELECT idx, hash FROM entries ORDER BY idx DESC LIMIT 1")
+        if not rows:
+            return 0, ZERO_HASH
+        return int(rows[0][0]) + 1, str(rows[0][1])
+
+    def raw_entries(self, start: int = 0, stop: int | None = None) -> Iterator[RawEntry]:
+        """Entry rows with their bodies exactly as stored, in idx order, a page at a time."""
+        after = start - 1
+        while True:
+            lim = PAGE if stop is None else min(PAGE, stop - after - 1)
+            if lim <= 0:
+                return
+            if stop is None:
+                rows = self._q(_RAW_PAGE.format(stop=""), (after, lim))
+            else:
+                rows = self._q(_RAW_PAGE.format(stop="AND e.idx < ? "), (after, stop, lim))
+            for r in rows:
+                yield RawEntry(r[0], r[1], r[2], r[3], r[4], r[5], to_bytes(r[6]))
+            if len(rows) < lim:
+                return
+            after = int(rows[-1][0])
+
+    def entries(self, start: int = 0, stop: int | None = None) -> Iterator[StoredEntry]:
+        for r in self.raw_entries(start, stop):
+            try:
+                e = Entry(idx=r.idx, kind=r.kind, at=r.at, body=r.body_hash, prev=r.prev)
+            except WireError as err:
+                raise LedgerError(f"entry {r.idx} is not a valid entry: {err}") from err
+            yield StoredEntry(e, str(r.hash), r.body)
+
+    def device(self, device: str) -> DeviceRecord | None:
+        rows = self._q("SELECT device, site, status, enrolled_idx, changed_idx FROM devices "
+                       "WHERE device = ?", (device,))
+        return DeviceRecord(*rows[0]) if rows else None
+
+    def devices(self) -> list[DeviceRecord]:
+        return [DeviceRecord(*r) for r in self._q(
+            "SELECT device, site, status, enrolled_idx, changed_idx FROM devices ORDER BY device")]
+
+    def keys(self, device: str) -> list[KeyRecord]:
+        return [KeyRecord(*r) for r in self._q(
+            "SELECT device, key_id, public_b64, from_seq, until_seq, status, registered_idx "
+            "FROM keys WHERE device = ? ORDER BY from_seq, registered_idx", (device,))]
+
+    def all_keys(self) -> list[KeyRecord]:
+        """Every registered key of every device (for a registry snapshot)."""
+        return [KeyRecord(*r) for r in self._q(
+            "SELECT device, key_id, public_b64, from_seq, until_seq, status, registered_idx "
+            "FROM keys ORDER BY device, from_seq, registered_idx")]
+
+    def key_owner(self, key_id: str) -> str | None:
+        """The device a key id is registered to, if any (key ids are unique ledger-wide)."""
+        rows = self._q("SELECT device FROM keys WHERE key_id = ?", (key_id,))
+        return str(rows[0][0]) if rows else None
+
+    def progress(self, device: str) -> DeviceProgress:
+        rows = self._q(
+            "SELECT seq, prev_seq FROM (SELECT seq, LAG(seq) OVER (ORDER BY seq) AS prev_seq "
+            "FROM punches WHERE device = ?) t WHERE prev_seq IS NULL OR seq - prev_seq > 1 "
+            "ORDER BY seq", (device,))
+        top = self._q("SELECT MAX(seq) FROM punches WHERE device = ?", (device,))
+        highest = int(top[0][0]) if top and top[0][0] is not None else 0
+        gaps: list[tuple[int, int]] = []
+        for seq, prev_seq in rows:
+            lo = 1 if prev_seq is None else int(prev_seq) + 1
+            if int(seq) > lo:
+                gaps.append((lo, int(seq) - 1))
+        contiguous = gaps[0][0] - 1 if gaps else highest
+        return DeviceProgress(device, contiguous, highest, tuple(gaps))
+
+    def punch_hash(self, device: str, seq: int) -> tuple[str, int] | None:
+        """(punch hash, idx) of a recorded (device, seq)."""
+        rows = self._q("SELECT punch_hash, idx FROM punches WHERE device = ? AND seq = ?",
+                       (device, seq))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def add_checkpoint(self, signed: SignedCheckpoint) -> None:
+        cp = signed.checkpoint
+        with self._lock:
+            try:
+                with self._write() as cur:
+                    if cp.size > 0:
+                        cur.execute(self._sql("SELECT hash FROM entries WHERE idx = ?"),
+                                    (cp.size - 1,))
+                        row = cur.fetchone()
+                        if row is None or row[0] != cp.head:
+                            raise LedgerError(f"checkpoint of size {cp.size} does not match "
+                                              f"this ledger's entry {cp.size - 1}")
+                    cur.execute(self._sql(
+                        "SELECT 1 FROM checkpoints WHERE log = ? AND size = ? AND at = ? "
+                        "AND sig = ?"), (cp.log, cp.size, cp.at, signed.sig))
+                    if cur.fetchone() is None:
+                        cur.execute(self._sql(
+                            "INSERT INTO checkpoints (log, size, head, at, sig) "
+                            "VALUES (?, ?, ?, ?, ?)"), (cp.log, cp.size, cp.head, cp.at,
+                                                          signed.sig))
+            except self.db_errors as e:
+                raise self._fail(e, "storing a checkpoint failed") from e
+
+    def checkpoints(self) -> list[SignedCheckpoint]:
+        out: list[SignedCheckpoint] = []
+        for log, size, head, at, sig in self._q(
+                "SELECT log, size, head, at, sig FROM checkpoints ORDER BY size, at, id"):
+            try:
+                out.append(SignedCheckpoint.from_dict({"checkpoint": {
+                    "v": 1, "log": log, "size": size, "head": head, "at": at}, "sig": sig}))
+            except WireError as e:
+                raise LedgerError(f"stored checkpoint of size {size} is malformed: {e}") from e
+        return out
+
+    def quarantine(self, *, limit: int = 100, after_id: int = 0) -> list[QuarantineRecord]:
+        return [QuarantineRecord(*r) for r in self._q(
+            "SELECT id, idx, received_at, topic, reason, detail, raw_sha256, size "
+            "FROM quarantine WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))]
+
+    def quarantined_raw(self, qid: int) -> bytes:
+        rows = self._q("SELECT raw FROM quarantine WHERE id = ?", (qid,))
+        if not rows:
+            raise LedgerError(f"no quarantined message with id {qid}")
+        return bytes(rows[0][0])
+
+
+class _Append:
+    """One append transaction: plan rows in memory, then insert them in a few executemany."""
+
+    def __init__(self, store: SQLStore, cur: Any, now_us: int) -> None:
+        self.s = store
+        self.cur = cur
+        cur.execute("SELECT idx, hash, at FROM entries ORDER BY idx DESC LIMIT 1")
+        row = cur.fetchone()
+        self.size = 0 if row is None else int(row[0]) + 1
+        self.prev = ZERO_HASH if row is None else str(row[1])
+        # The clock may step back (NTP, VM migration): never record an earlier time.
+        self.at = now_us if row is None else max(now_us, int(row[2]))
+        self.entries: list[tuple[int, str, int, str, str, str]] = []
+        self.bodies: list[tuple[int, bytes]] = []
+        self.punches: list[tuple[Any, ...]] = []
+        self.quarantine: list[tuple[Any, ...]] = []
+        self.retained: list[tuple[int, int, int]] = []
+        self.sites: dict[str, str] = {}
+
+    def _entry(self, kind: str, body: bytes) -> int:
+        idx = self.size
+        e = make_entry(idx=idx, kind=kind, at=self.at, body=body, prev=self.prev)
+        h = e.hash()
+        self.entries.append((idx, kind, self.at, e.body, e.prev, h))
+        self.bodies.append((idx, body))
+        self.prev = h
+        self.size += 1
+        return idx
+
+    def _reject(self, *, reason: str, detail: str, topic: str, raw: bytes, received_at: int,
+                device: str | None) -> int:
+        raw_sha = hashlib.sha256(raw).hexdigest()
+        body: dict[str, Any] = {"reason": reason, "topic": topic, "raw_sha256": raw_sha,
+                                "received_at": received_at, "detail": detail}
+        if device is not None:
+            body["device"] = device
+        idx = self._entry("rejection", canonical(body))
+        self.quarantine.append((idx, received_at, topic, reason, detail, device, raw, raw_sha,
+                                len(raw)))
+        return idx
+
+    def _load_sites(self, devices: set[str]) -> None:
+        for d in devices:
+            self.cur.execute(self.s._sql("SELECT site FROM devices WHERE device = ?"), (d,))
+            row = self.cur.fetchone()
+            if row is not None:
+                self.sites[d] = str(row[0])
+
+    def run(self, facts: Sequence[Fact]) -> list[AppendResult]:
+        pairs = {(f.signed.punch.device, f.signed.punch.seq) for f in facts
+                 if isinstance(f, PunchFact)}
+        seen = self.s._existing(self.cur, pairs) if pairs else {}
+        self._load_sites({d for d, _ in pairs})
+        results: list[AppendResult] = []
+        for f in facts:
+            if isinstance(f, PunchFact):
+                results.append(self._punch(f, seen))
+            elif isinstance(f, RejectionFact):
+                idx = self._reject(reason=f.reason, detail=f.detail, topic=f.topic, raw=f.raw,
+                                   received_at=f.received_at, device=f.device)
+                results.append(AppendResult(Outcome.REJECTED, idx, f.device))
+            else:
+                results.append(self._event(f))
+        self._flush()
+        return results
+
+    def _punch(self, f: PunchFact, seen: dict[tuple[str, int], tuple[str, int]]
+               ) -> AppendResult:
+        p = f.signed.punch
+        key = (p.device, p.seq)
+        h = f.signed.hash()
+        prior = seen.get(key)
+        if prior is not None:
+            if prior[0] == h:
+                return AppendResult(Outcome.DUPLICATE, prior[1], p.device, p.seq)
+            idx = self._reject(
+                reason="conflict", topic=f.topic, raw=f.signed.to_bytes(),
+                received_at=f.received_at, device=p.device,
+                detail=f"seq {p.seq} is already recorded at idx {prior[1]} with punch hash "
+                       f"{prior[0]}; this punch hash is {h} (cloned key or restored device?)")
+            return AppendResult(Outcome.CONFLICT, idx, p.device, p.seq)
+        idx = self._entry("punch", f.signed.to_bytes())
+        seen[key] = (h, idx)
+        self.punches.append((p.device, p.seq, h, idx, p.key, p.ts, p.clock, p.credential,
+                             p.action, p.reader, self.sites.get(p.device, "")))
+        return AppendResult(Outcome.APPENDED, idx, p.device, p.seq)
+
+    def _event(self, f: EventFact) -> AppendResult:
+        try:
+            body = canonical(f.body)
+        except WireError as e:
+            raise LedgerError(f"{f.kind} entry: body is not canonical JSON: {e}") from e
+        if f.kind == "device":
+            check_device_event(f.body)
+        idx = self._entry(f.kind, body)
+        if f.kind == "device":
+            self._apply_device(f.body, idx)
+        elif f.kind == "retention":
+            self.retained.extend((idx, a, b) for a, b in retention_ranges(f.body, idx))
+        return AppendResult(Outcome.APPENDED, idx, f.body.get("device") if isinstance(
+            f.body.get("device"), str) else None)
+
+    def _apply_device(self, body: dict[str, Any], idx: int) -> None:
+        def x(sql: str, params: tuple[Any, ...]) -> None:
+            self.cur.execute(self.s._sql(sql), params)
+
+        event, device = body["event"], body["device"]
+        if event == "enrolled":
+            x("INSERT INTO devices (device, site, status, enrolled_idx, changed_idx) "
+              "VALUES (?, ?, 'active', ?, ?)", (device, body["site"], idx, idx))
+            x("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, status, "
+              "registered_idx) VALUES (?, ?, ?, 1, NULL, 'active', ?)",
+              (body["key"], device, body["signing_key"], idx))
+            self.sites[device] = body["site"]
+        elif event == "rotated":
+            x("UPDATE keys SET until_seq = ? WHERE device = ? AND until_seq IS NULL",
+              (body["from_seq"], device))
+            x("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, status, "
+              "registered_idx) VALUES (?, ?, ?, ?, NULL, 'active', ?)",
+              (body["key"], device, body["signing_key"], body["from_seq"], idx))
+            x("UPDATE devices SET changed_idx = ? WHERE device = ?", (idx, device))
+        elif "key" in body:
+            x("UPDATE keys SET status = 'revoked' WHERE device = ? AND key_id = ?",
+              (device, body["key"]))
+            x("UPDATE devices SET changed_idx = ? WHERE device = ?", (idx, device))
+        else:
+            x("UPDATE keys SET status = 'revoked' WHERE device = ?", (device,))
+            x("UPDATE devices SET status = 'revoked', changed_idx = ? WHERE device = ?",
+              (idx, device))
+
+    def _flush(self) -> None:
+        c, q = self.cur, self.s._sql
+        if self.entries:
+            c.executemany(q("INSERT INTO entries (idx, kind, at, body, prev, hash) "
+                            "VALUES (?, ?, ?, ?, ?, ?)"), self.entries)
+            c.executemany(q("INSERT INTO bodies (idx, body) VALUES (?, ?)"), self.bodies)
+        if self.punches:
+            c.executemany(q("INSERT INTO punches (device, seq, punch_hash, idx, key_id, ts, "
+                            "clock, credential, action, reader, site) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"), self.punches)
+        if self.quarantine:
+            c.executemany(q("INSERT INTO quarantine (idx, received_at, topic, reason, detail, "
+                            "device, raw, raw_sha256, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                          self.quarantine)
+        if self.retained:
+            c.executemany(q("INSERT INTO retained (retention_idx, first_idx, last_idx) "
+                            "VALUES (?, ?, ?)"), self.retained)
+            for _, a, b in self.retained:
+                c.execute(q("SELECT MIN(idx) FROM entries WHERE idx >= ? AND idx <= ? "
+                            "AND kind IN ('device', 'retention')"), (a, b))
+                row = c.fetchone()
+                if row is not None and row[0] is not None:
+                    raise LedgerError(f"retention may not delete the body of entry {row[0]}: "
+                                      f"device and retention bodies are kept for verification")
+                c.execute(q("DELETE FROM bodies WHERE idx >= ? AND idx <= ?"), (a, b))
+
+
+def stored_entry_or_none(r: RawEntry) -> StoredEntry | None:
+    """A StoredEntry for a raw row, or None when the row is not a valid entry."""
+    try:
+        return StoredEntry(Entry(idx=r.idx, kind=r.kind, at=r.at, body=r.body_hash,
+                                 prev=r.prev), str(r.hash), r.body)
+    except (WireError, TypeError):
+        return None
+
+
+def body_matches(r: RawEntry) -> bool:
+    return r.body is not None and body_hash(r.body) == r.body_hash

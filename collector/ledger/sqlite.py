@@ -1,0 +1,124 @@
+"""The SQLite ledger store (the default for one collector; several processes may share a file).
+
+WAL journal, ``synchronous=FULL`` (a commit that returned survives power loss, so a receipt
+sent after ``append`` is honest), ``BEGIN IMMEDIATE`` per append: it takes the database's
+write lock before reading the chain head, so concurrent appenders from other processes
+queue up and the chain stays one chain. Append-only is enforced by the schema's triggers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from collector.errors import LedgerError
+from collector.ledger.schema_sqlite import SCHEMA, SCHEMA_VERSION
+from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the ledger's pragmas; autocommit mode (transactions are explicit)."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.Error as e:
+        raise LedgerError(f"cannot open SQLite ledger {path}: {e}") from e
+    return conn
+
+
+class SQLiteStore(SQLStore):
+    """A ledger in one SQLite file; the schema is created or checked on open."""
+
+    ph = "?"
+    db_errors = (sqlite3.Error,)
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._conn = connect(self.path)
+        try:
+            row = self._schema_version()
+            if row is None:
+                self._conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+                row = self._schema_version()
+        except sqlite3.Error as e:
+            self._conn.close()
+            raise LedgerError(f"{self.path}: cannot create or read the ledger schema: {e}") from e
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            self._conn.close()
+            raise LedgerError(f"{self.path}: ledger schema version {row and row[0]} is not "
+                              f"{SCHEMA_VERSION}; this collector cannot use it")
+
+    def _schema_version(self) -> tuple[Any, ...] | None:
+        has_meta = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if has_meta is None:
+            return None
+        row: tuple[Any, ...] | None = self._conn.execute(
+            "SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        return row
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            self._conn.rollback()
+            raise
+        else:
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        cur = self._conn.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def _existing(self, cur: Any, pairs: set[tuple[str, int]]
+                  ) -> dict[tuple[str, int], tuple[str, int]]:
+        out: dict[tuple[str, int], tuple[str, int]] = {}
+        for device, seq in pairs:
+            cur.execute("SELECT punch_hash, idx FROM punches WHERE device = ? AND seq = ?",
+                        (device, seq))
+            row = cur.fetchone()
+            if row is not None:
+                out[(device, seq)] = (str(row[0]), int(row[1]))
+        return out
+
+    def punch_rows(self, query: PunchQuery) -> Iterator[PunchRow]:
+        # Own read-only connection: a long export never holds this store's lock, and WAL
+        # gives it one consistent snapshot while appends go on.
+        conn = connect(self.path, readonly=True)
+        try:
+            text, params = query.sql("?")
+            conn.execute("BEGIN")
+            cur = conn.execute(text, params)
+            for r in cur:
+                yield PunchRow(*r)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise LedgerError(f"reading punches failed: {e}") from e
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,58 @@
+"""Builders for ledger tests: a device with a real Ed25519 key that signs a chain of punches."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from collector.ledger.base import PunchFact
+from wire import ZERO_HASH
+from wire.keys import SigningKey
+from wire.punch import Punch, SignedPunch
+from wire.topics import punches as punches_topic
+
+T0 = 1_764_140_400_000_000  # 2025-11-26T07:00:00Z in µs
+BOOT = "6b2f1e0c-3c4d-4e8a-9f1a-2b3c4d5e6f70"
+
+
+def seeded_key(name: str) -> SigningKey:
+    return SigningKey(hashlib.sha256(name.encode()).digest())
+
+
+@dataclass
+class Clock:
+    """A device that signs consecutive punches (seq 1, 2, ...) linked by ``prev``."""
+
+    device: str
+    key: SigningKey = field(default=None)  # type: ignore[assignment]
+    seq: int = 0
+    prev: str = ZERO_HASH
+    site: str = "hq"
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            self.key = seeded_key(self.device)
+
+    def punch(self, *, ts: int | None = None, credential: str = "em4100:0012345678",
+              action: str = "in", clock: str = "synced", key: SigningKey | None = None,
+              seq: int | None = None, prev: str | None = None) -> SignedPunch:
+        k = key or self.key
+        s = self.seq + 1 if seq is None else seq
+        p = Punch(device=self.device, seq=s, prev=self.prev if prev is None else prev,
+                  ts=T0 + s * 1_000_000 if ts is None else ts, clock=clock, boot=BOOT,
+                  mono=s * 1000, reader="front", credential=credential, action=action,
+                  key=k.key_id)
+        signed = p.sign(k)
+        if seq is None:
+            self.seq = s
+            self.prev = p.hash()
+        return signed
+
+    def fact(self, signed: SignedPunch | None = None, *, received_at: int = T0,
+             **kw: object) -> PunchFact:
+        return PunchFact(signed or self.punch(**kw), punches_topic(self.device),  # type: ignore[arg-type]
+                         received_at)
+
+    def enrolled_body(self) -> dict[str, object]:
+        return {"event": "enrolled", "device": self.device, "site": self.site,
+                "key": self.key.key_id, "signing_key": self.key.verify_key.b64}

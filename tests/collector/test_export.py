@@ -1,0 +1,145 @@
+"""Payroll extracts (CSV, NDJSON) and the audit bundle, exported from a real store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.checkpoints import make_checkpoint
+from collector.cli import main
+from collector.export import ExportError, export_bundle, export_payroll, iso, parse_time
+from collector.ledger import open_store
+from collector.ledger.base import EventFact
+from collector.ledger.sqlbase import PunchQuery, SQLStore
+from tests.collector.ledgerkit import T0, Clock, seeded_key
+from wire.bundle import audit_bundle
+from wire.keys import save_signing_key
+
+LOG_KEY = seeded_key("log-key")
+
+
+def _fill(store: SQLStore) -> tuple[Clock, Clock]:
+    a, b = Clock("clock-a"), Clock("clock-b", site="plant-2")
+    for c in (a, b):
+        store.append([EventFact("device", c.enrolled_body())], now_us=T0)
+    store.append([a.fact(action="in"), b.fact(action="in"), a.fact(action="out")],
+                 now_us=T0 + 5)
+    make_checkpoint(store, LOG_KEY, T0 + 6)                    # covers idx 0..4
+    store.append([b.fact(action="out", clock="unsynced")], now_us=T0 + 7)   # idx 5
+    return a, b
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStore]:
+    if request.param == "sqlite":
+        url = str(tmp_path / "ledger.db")
+    else:
+        url = request.getfixturevalue("pg_ledger").app_dsn
+    s = open_store(url)
+    _fill(s)
+    yield s
+    s.close()
+
+
+def _csv(text: str) -> tuple[dict[str, Any], list[dict[str, str]], dict[str, Any]]:
+    lines = text.splitlines()
+    assert lines[0].startswith("# ")
+    assert lines[-1].startswith("# ")
+    header = json.loads(lines[0][2:])["header"]
+    trailer = json.loads(lines[-1][2:])["trailer"]
+    rows = list(csv.DictReader(io.StringIO("\n".join(lines[1:-1]))))
+    return header, rows, trailer
+
+
+def test_payroll_csv_names_query_rows_and_checkpoint(store: SQLStore) -> None:
+    out = io.StringIO()
+    summary = export_payroll(store, out, fmt="csv", query=PunchQuery(), now_us=T0 + 100)
+    header, rows, trailer = _csv(out.getvalue())
+    assert header["ledger"] == {"size": 6, "head": store.head()[1]}
+    assert header["checkpoint"]["checkpoint"]["size"] == 5
+    assert header["query"]["site"] is None
+    assert [(r["device"], r["seq"], r["action"], r["ledger_idx"]) for r in rows] == [
+        ("clock-a", "1", "in", "2"), ("clock-b", "1", "in", "3"), ("clock-a", "2", "out", "4"),
+        ("clock-b", "2", "out", "5")]
+    first = rows[0]
+    assert first["site"] == "hq"
+    assert first["credential"] == "em4100:0012345678"
+    assert first["device_time"] == iso(T0 + 1_000_000) == "2025-11-26T07:00:01.000000Z"
+    assert first["recorded_at_us"] == str(T0 + 5)
+    assert first["entry_hash"] == next(store.entries(2)).hash
+    assert rows[3]["clock"] == "unsynced"
+    assert trailer == {"rows": 4, "covered_by_checkpoint": 3, "uncovered": 1,
+                       "checkpoint_size": 5,
+                       "seq_ranges": {"clock-a": [1, 2], "clock-b": [1, 2]}}
+    assert summary.rows == 4
+
+
+def test_payroll_ndjson_filters(store: SQLStore) -> None:
+    out = io.StringIO()
+    q = PunchQuery(since=T0 + 1_000_000, until=T0 + 2_000_000, site="plant-2")
+    export_payroll(store, out, fmt="ndjson", query=q, now_us=T0)
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert lines[0]["header"]["query"]["since"] == T0 + 1_000_000
+    assert [(r["device"], r["seq"]) for r in lines[1:-1]] == [("clock-b", 1)]
+    assert lines[-1]["trailer"]["rows"] == 1
+    out = io.StringIO()
+    export_payroll(store, out, fmt="ndjson", query=PunchQuery(device="clock-a"), now_us=T0)
+    assert [json.loads(x).get("seq") for x in out.getvalue().splitlines()[1:-1]] == [1, 2]
+
+
+def test_audit_bundle_verifies_offline(store: SQLStore, tmp_path: Path) -> None:
+    n = export_bundle(store, tmp_path / "bundle", [LOG_KEY.verify_key])
+    assert n == 6
+    audit = audit_bundle(tmp_path / "bundle", pinned=[LOG_KEY.verify_key])
+    assert audit.ok, audit.report.findings
+    assert (audit.report.entries, audit.report.checkpoints) == (6, 1)
+    with pytest.raises(ExportError, match="exists"):
+        export_bundle(store, tmp_path / "bundle", [LOG_KEY.verify_key])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1764140400000000", T0),
+    ("2025-11-26T07:00:00Z", T0),
+    ("2025-11-26T08:00:00.000001+01:00", T0 + 1),
+])
+def test_parse_time(text: str, expected: int) -> None:
+    assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("2025-11-26T07:00:00", "no UTC offset"), ("yesterday", "neither µs"),
+])
+def test_parse_time_refuses(text: str, message: str) -> None:
+    with pytest.raises(ExportError, match=message):
+        parse_time(text)
+
+
+def test_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "ledger.db"
+    s = open_store(str(db))
+    _fill(s)
+    s.close()
+    out = tmp_path / "nov.csv"
+    args = ["export", "--store", str(db), "--payroll", "--format", "csv", "--since",
+            "2025-11-26T00:00:00Z", "--site", "hq", "--out", str(out)]
+    assert main(args) == 0
+    _, rows, trailer = _csv(out.read_text())
+    assert trailer["rows"] == len(rows) == 2
+    assert main(args) == 2
+    assert "exists; use --force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    key_file = tmp_path / "log.key"
+    save_signing_key(key_file, LOG_KEY)
+    assert main(["export", "--store", str(db), "--bundle", str(tmp_path / "b"),
+                 "--log-key", str(key_file)]) == 0
+    assert audit_bundle(tmp_path / "b", pinned=[LOG_KEY.verify_key]).ok
+    assert main(["export", "--store", str(db), "--bundle", str(tmp_path / "c")]) == 2
+    assert "--log-key-pub" in capsys.readouterr().err
+    assert main(["export", "--store", str(tmp_path / "missing.db"), "--payroll"]) == 2
+    assert "no such ledger file" in capsys.readouterr().err
