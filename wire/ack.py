@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from wire.canonical import canonical, loads
+from wire.canonical import canonical_trusted, loads
 from wire.errors import DecodeError, KeyMismatchError
 from wire.fields import (
     DEVICE_ID_RE,
@@ -95,7 +95,7 @@ class Ack:
                 "at": self.at, "log": self.log}
 
     def signed_message(self) -> bytes:
-        return ACK_DOMAIN + canonical(self.to_dict())
+        return ACK_DOMAIN + canonical_trusted(self.to_dict())
 
     def seqs(self) -> Iterable[int]:
         return seqs_in(self.acked)
@@ -121,7 +121,7 @@ class SignedAck:
         return {"ack": self.ack.to_dict(), "sig": self.sig}
 
     def to_bytes(self) -> bytes:
-        return canonical(self.to_dict())
+        return canonical_trusted(self.to_dict())
 
     def verify(self, log_key: VerifyKey) -> None:
         if log_key.key_id != self.ack.log:

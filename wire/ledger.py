@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wire import ZERO_HASH
-from wire.canonical import canonical, loads
+from wire.canonical import canonical_trusted, loads
 from wire.errors import ChainBrokenError, DecodeError, KeyMismatchError
 from wire.fields import (
     HASH_RE,
@@ -71,7 +71,7 @@ class Entry:
                 "body": self.body, "prev": self.prev}
 
     def to_bytes(self) -> bytes:
-        return canonical(self.to_dict())
+        return canonical_trusted(self.to_dict())
 
     def hash(self) -> str:
         return hashlib.sha256(LEDGER_DOMAIN + self.to_bytes()).hexdigest()
@@ -120,7 +120,7 @@ class Checkpoint:
                 "at": self.at}
 
     def signed_message(self) -> bytes:
-        return CHECKPOINT_DOMAIN + canonical(self.to_dict())
+        return CHECKPOINT_DOMAIN + canonical_trusted(self.to_dict())
 
     def sign(self, key: SigningKey) -> SignedCheckpoint:
         if key.key_id != self.log:
@@ -147,7 +147,7 @@ class SignedCheckpoint:
         return {"checkpoint": self.checkpoint.to_dict(), "sig": self.sig}
 
     def to_bytes(self) -> bytes:
-        return canonical(self.to_dict())
+        return canonical_trusted(self.to_dict())
 
     def verify(self, log_key: VerifyKey) -> None:
         if log_key.key_id != self.checkpoint.log:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wire import ZERO_HASH
-from wire.canonical import canonical, loads
+from wire.canonical import canonical_trusted, loads
 from wire.errors import DecodeError, KeyMismatchError, OversizeError
 from wire.fields import (
     CREDENTIAL_RE,
@@ -103,7 +103,7 @@ class Punch:
         }
 
     def to_bytes(self) -> bytes:
-        return canonical(self.to_dict())
+        return canonical_trusted(self.to_dict())
 
     def signed_message(self) -> bytes:
         return PUNCH_DOMAIN + self.to_bytes()
@@ -142,7 +142,7 @@ class SignedPunch:
         return {"punch": self.punch.to_dict(), "sig": self.sig}
 
     def to_bytes(self) -> bytes:
-        return canonical(self.to_dict())
+        return canonical_trusted(self.to_dict())
 
     def hash(self) -> str:
         return self.punch.hash()
@@ -192,4 +192,4 @@ class Envelope:
         return {"v": 1, "device": self.device, "punches": [p.to_dict() for p in self.punches]}
 
     def to_bytes(self) -> bytes:
-        return canonical(self.to_dict())
+        return canonical_trusted(self.to_dict())

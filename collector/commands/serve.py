@@ -1,0 +1,57 @@
+"""``timeclock-collector serve``: run the ingest pipeline (MQTT → verify → ledger → receipts)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from collector.checkpoints import load_log_key
+from collector.config import check_files, load_config, redact_url
+from collector.service import CollectorService
+
+log = logging.getLogger("timeclock.collector")
+
+EPILOG = """\
+examples:
+  timeclock-collector serve --check-config /etc/timeclock/collector.toml
+  timeclock-collector serve --config /etc/timeclock/collector.toml
+
+The config is TOML (see docs/operations.md, or collector/config.py for every key):
+  [collector] name = "a", store = "sqlite:///var/lib/timeclock/ledger.db",
+              log_key = "/etc/timeclock/log.key"
+  [mqtt]      host, port, ca_cert, cert, key     (the collector's mTLS identity collector.<name>)
+  [ingest]    batch_max, batch_wait_ms, max_payload_bytes, queue_max        (optional)
+  [checkpoints] every_entries, every_s     [gaps] report_after_s            (optional)
+
+serve runs until SIGTERM or Ctrl-C, then finishes the batch in flight (commit, receipts,
+acknowledgements) and disconnects; messages not yet processed stay with the broker.
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve", help="run the collector: verify punches from MQTT into the ledger",
+        description="Receive signed punches over mTLS MQTT, verify them (size, strict "
+                    "decoding, device, registered key, signature), record them or quarantine "
+                    "them in the ledger, and send signed receipts.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", type=Path, metavar="FILE", help="run with this TOML config")
+    g.add_argument("--check-config", type=Path, metavar="FILE",
+                   help="validate FILE (keys, files, key permissions) and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.check_config is not None:
+        cfg = load_config(args.check_config)
+        check_files(cfg)
+        load_log_key(cfg.collector.log_key)
+        print(f"{args.check_config}: OK (collector.{cfg.collector.name}, store "
+              f"{redact_url(cfg.collector.store)}, broker {cfg.mqtt.host}:{cfg.mqtt.port})")
+        return 0
+    cfg = load_config(args.config)
+    check_files(cfg)
+    CollectorService(cfg).serve_forever()
+    return 0

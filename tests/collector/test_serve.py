@@ -1,0 +1,221 @@
+"""``serve`` against a real mTLS Mosquitto and a real SQLite ledger: receipts, checkpoints,
+persistent sessions, PUBACK-after-commit, status table, SIGTERM, ``--check-config``."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.cli import main
+from collector.config import load_config
+from collector.ledger.sqlite import SQLiteStore
+from collector.service import CollectorService
+from tests.collector.punchkit import (
+    Device,
+    enroll,
+    new_clock,
+    wait_until,
+    write_collector_config,
+)
+from tests.fixtures.mosquitto import MosquittoBroker
+from wire.keys import SigningKey
+from wire.ledger import SignedCheckpoint
+from wire.topics import CHECKPOINT
+
+Starter = Callable[..., tuple[CollectorService, SigningKey]]
+
+
+@pytest.fixture
+def start_collector(tmp_path: Path) -> Iterator[Starter]:
+    running: list[CollectorService] = []
+
+    def start(broker: MosquittoBroker, *, db: Path | None = None, extra: str = "",
+              name: str = "main", store: SQLiteStore | None = None,
+              log_key: SigningKey | None = None) -> tuple[CollectorService, SigningKey]:
+        db = db or tmp_path / "ledger.db"
+        cfg_file, key = write_collector_config(tmp_path / name, broker,
+                                               store_url=f"sqlite://{db}", name=name,
+                                               log_key=log_key, extra=extra)
+        svc = CollectorService(load_config(cfg_file), store=store)
+        svc.start()
+        running.append(svc)
+        assert svc.wait_ready(10), "collector did not connect and subscribe"
+        return svc, key
+
+    yield start
+    for svc in running:
+        if svc.link is not None and svc.link.client.is_connected():
+            svc.stop()
+
+
+def test_d2_d5_punches_are_recorded_receipted_and_checkpointed(
+        mosquitto: MosquittoBroker, start_collector: Starter, tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    clock = new_clock()
+    enroll(store, clock)
+    checkpoints = mosquitto.subscribe("fixture-probe", CHECKPOINT)
+    svc, log_key = start_collector(mosquitto, db=db,
+                                   extra="[checkpoints]\nevery_entries = 3\n")
+    dev = Device(mosquitto, clock)
+    dev.send(clock.batch(3))
+    assert dev.acked_until(log_key, {1, 2, 3}) == {1, 2, 3}
+    kinds = [e.entry.kind for e in store.entries()]
+    assert kinds == ["device", "punch", "punch", "punch"]
+    # Checkpoints (the first one at start, then one once 3 entries were added): published
+    # retained, signed with the log key, and stored.
+    msgs = checkpoints.get_until(
+        lambda m: SignedCheckpoint.from_bytes(m.payload).checkpoint.size == 4, 10)
+    for m in msgs:
+        SignedCheckpoint.from_bytes(m.payload).verify(log_key.verify_key)
+    cp = SignedCheckpoint.from_bytes(msgs[-1].payload)
+    assert cp.checkpoint.head == store.head()[1]
+    assert store.checkpoints()[-1] == cp
+    late = mosquitto.subscribe("fixture-probe", CHECKPOINT, client_id="late-reader")
+    retained = late.get(10)
+    assert retained.retain
+    assert SignedCheckpoint.from_bytes(retained.payload) == cp
+    # Statuses go to the last-seen table.
+    dev.client.publish(f"timeclock/v1/devices/{clock.device}/status",
+                       b'{"state":"online","queue":0}', qos=1, retain=True).wait_for_publish(5)
+    wait_until(lambda: svc.statuses.get(clock.device) is not None, what="status seen")
+    row = svc.statuses.get(clock.device)
+    assert row is not None
+    assert row.status == {"state": "online", "queue": 0}
+    svc.stop()
+    store.close()
+
+
+def test_d4_punches_queued_while_the_collector_is_down_are_delivered(
+        mosquitto: MosquittoBroker, start_collector: Starter, tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    clock = new_clock()
+    enroll(store, clock)
+    svc, log_key = start_collector(mosquitto, db=db)
+    svc.stop()                       # the broker keeps the session and its subscription
+    dev = Device(mosquitto, clock)
+    dev.send(clock.batch(2))
+    dev.send(clock.batch(2))
+    start_collector(mosquitto, db=db, log_key=log_key)
+    assert dev.acked_until(log_key, {1, 2, 3, 4}) == {1, 2, 3, 4}
+    assert store.progress(clock.device).contiguous == 4
+    store.close()
+
+
+class DownStore(SQLiteStore):
+    """A real SQLite ledger whose appends fail while ``down`` (a database outage)."""
+
+    down = True
+
+    def append(self, facts, *, now_us):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise OSError("database unavailable")
+        return super().append(facts, now_us=now_us)
+
+
+def test_d4_no_puback_before_commit_so_the_broker_redelivers(
+        mosquitto: MosquittoBroker, start_collector: Starter, tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    clock = new_clock()
+    enroll(store, clock)
+    down = DownStore(db)
+    svc, log_key = start_collector(mosquitto, db=db, store=down)
+    dev = Device(mosquitto, clock)
+    dev.send(clock.batch(2))
+    wait_until(lambda: svc.writer is not None and svc.writer.batches >= 1,
+               what="a failed batch")
+    assert store.progress(clock.device).highest == 0
+    # The collector dies with the message un-PUBACKed; a healthy one gets it again.
+    svc.stop(timeout_s=5)
+    down.close()
+    start_collector(mosquitto, db=db, log_key=log_key)
+    assert dev.acked_until(log_key, {1, 2}) == {1, 2}
+    assert store.progress(clock.device).contiguous == 2
+    store.close()
+
+
+def test_serve_cli_runs_until_sigterm_and_stops_cleanly(
+        mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    clock = new_clock()
+    enroll(store, clock)
+    cfg_file, log_key = write_collector_config(tmp_path / "c", mosquitto,
+                                               store_url=f"sqlite://{db}")
+    dev = Device(mosquitto, clock)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve", "--config",
+                             str(cfg_file)], cwd=root, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(root)))
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or ()])
+    reader.start()
+    seen: list[str] = []
+    try:
+        while "MQTT subscribed" not in (seen[-1] if seen else ""):
+            seen.append(lines.get(timeout=20))
+        dev.send(clock.batch(1))
+        assert dev.acked_until(log_key, {1}, timeout_s=20) == {1}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    reader.join(5)
+    err = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
+    assert "stopping after the batch in flight" in err
+    assert "collector.main stopped" in err
+    assert "Traceback" not in err
+    store.close()
+
+
+def test_serve_check_config(tmp_path: Path, mosquitto: MosquittoBroker,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_file, _ = write_collector_config(tmp_path, mosquitto,
+                                         store_url="postgresql://app:pw@db/ledger")
+    assert main(["serve", "--check-config", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    assert "OK (collector.main, store postgresql://app:***@db/ledger" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[collector]\nname = "main"\n[mqtt]\nport = 0\n')
+    assert main(["serve", "--check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "collector.store: missing" in err
+    assert "mqtt.port: must be between 1 and 65535" in err
+    os.chmod(tmp_path / "log.key", 0o644)
+    assert main(["serve", "--check-config", str(cfg_file)]) == 2
+    assert "collector.log_key:" in capsys.readouterr().err
+
+
+def test_d5_two_collectors_share_the_load_on_one_ledger(
+        mosquitto: MosquittoBroker, start_collector: Starter, tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    clock = new_clock()
+    enroll(store, clock)
+    key = SigningKey.generate()
+    main_svc, _ = start_collector(mosquitto, db=db, log_key=key)
+    standby, _ = start_collector(mosquitto, db=db, name="standby", log_key=key)
+    dev = Device(mosquitto, clock)
+    for _ in range(20):
+        dev.send(clock.batch(2))
+    assert dev.acked_until(key, set(range(1, 41))) == set(range(1, 41))
+    progress = store.progress(clock.device)
+    assert (progress.contiguous, progress.gaps) == (40, ())
+    handled = [s.alerts.counts().get("punch:appended", 0) for s in (main_svc, standby)]
+    assert sum(handled) == 40
+    assert min(handled) > 0, f"the shared subscription gave one collector nothing: {handled}"
+    assert [a for s in (main_svc, standby) for a in s.alerts.recent()] == []
+    store.close()
