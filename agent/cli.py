@@ -1,0 +1,257 @@
+"""``timeclock-agent``: provision a clock's keys, run the agent, inspect it, check a config.
+
+Exit codes: 0 success; 2 a user or configuration error (a clear message, no traceback);
+3 ``status`` found no running agent; 1 the service stopped because a part died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent.config import AgentConfig, load_config
+from agent.errors import AgentError, ConfigError
+from agent.keystore import KeyRef, new_queue_key, save_queue_key
+from agent.queue import read_stats
+from agent.status import read_status, render
+from wire.errors import WireError
+from wire.fields import validate_device_id
+from wire.keys import SigningKey, check_private_file, save_signing_key, write_private_file
+
+PROG = "timeclock-agent"
+SIGNING_KEY_FILE = "signing.key"
+TLS_KEY_FILE = "tls.key"
+QUEUE_KEY_FILE = "queue.key"
+
+_EPILOG = """\
+examples:
+  # 1. on a new clock: make its keys (nothing leaves the device but the public key and CSR)
+  timeclock-agent init --device clock-0017 --dir /etc/timeclock
+  # 2. send clock-0017.csr to the CA and the public signing key to the collector admin;
+  #    write /etc/timeclock/agent.toml (see: timeclock-agent check-config --help), then:
+  timeclock-agent check-config /etc/timeclock/agent.toml
+  # 3. run it (systemd does this: systemd/timeclock-agent.service)
+  timeclock-agent run --config /etc/timeclock/agent.toml
+  # 4. while it runs: queue depth, oldest unacked punch, last receipt, readers, clock
+  timeclock-agent status --config /etc/timeclock/agent.toml
+"""
+
+_CONFIG_HELP = """\
+The config is TOML; every problem is reported at once with its key path. Minimal example:
+
+  [device]
+  id = "clock-0017"
+  state_dir = "/var/lib/timeclock-agent"      # holds queue.db (encrypted) and status.json
+
+  [keys]                                      # a path to a 0600 file, or credential:NAME
+  signing_key = "/etc/timeclock/signing.key"  # (systemd LoadCredentialEncrypted=NAME:...)
+  queue_key = "credential:queue-key"
+  tls_key = "credential:tls-key"
+  tls_cert = "/etc/timeclock/clock-0017.crt"
+  ca_cert = "/etc/timeclock/ca.crt"
+  log_public_key = "<base64 from the provisioning bundle>"
+
+  [mqtt]                                      # omit to record without publishing
+  host = "broker.example.org"                 # port 8883, keepalive_s 60, batch_max 100,
+                                              # resend_after_s 30, reconnect_min_s 1 / max_s 60
+
+  [readers.front]                             # one section per reader
+  kind = "rdm6300"                            # rdm6300 | serial-line | keyboard | simulated
+  port = "/dev/ttyAMA0"
+  action = "in"                               # in | out | break-start | break-end | punch
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        description="The time clock agent: badge tap → signed punch → encrypted queue → MQTT. "
+                    "A punch is reported as recorded only once it is committed to disk.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "init", help="create this clock's signing key, TLS key + CSR, and queue key",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Create the device keys (all files 0600) and print what the operator "
+                    "must register: device id, key id, public signing key, fingerprints.",
+        epilog="example:\n  timeclock-agent init --device clock-0017 --dir /etc/timeclock\n"
+               "writes signing.key, tls.key, clock-0017.csr, queue.key; refuses to overwrite "
+               "existing keys unless --force\n(overwriting the signing key means re-enrolling "
+               "the clock; overwriting the queue key makes queued punches unreadable).")
+    p.add_argument("--device", required=True, help="device id, e.g. clock-0017 (no dots)")
+    p.add_argument("--dir", required=True, type=Path, help="directory for the key files")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("run", help="run the agent until SIGTERM/SIGINT",
+                       description="Record taps from every configured reader into the "
+                                   "encrypted queue and publish them (if [mqtt] is set). "
+                                   "Speaks sd_notify (READY, WATCHDOG, STOPPING) under systemd.")
+    p.add_argument("--config", "-c", required=True, type=Path, help="agent TOML file")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="show the running agent's health",
+                       description="Queue depth, oldest unacked punch, last receipt, reader and "
+                                   "clock state. Reads the status file the running agent keeps "
+                                   "fresh and the queue's clear metadata (read-only, no key). "
+                                   "Exit 0 if the agent runs, 3 if not.")
+    p.add_argument("--config", "-c", required=True, type=Path, help="agent TOML file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("check-config", help="validate a config file and the key files it names",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=_CONFIG_HELP)
+    p.add_argument("config", type=Path, help="agent TOML file")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+# ---- init -------------------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from cryptography import x509  # noqa: PLC0415 -- only init needs X.509
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from wire.tls import make_tls_key_and_csr  # noqa: PLC0415
+
+    device = validate_device_id(args.device)
+    d: Path = args.dir
+    files = {"signing": d / SIGNING_KEY_FILE, "tls": d / TLS_KEY_FILE,
+             "csr": d / f"{device}.csr", "queue": d / QUEUE_KEY_FILE}
+    existing = [str(f) for k, f in files.items() if k != "csr" and f.exists()]
+    if existing and not args.force:
+        raise AgentError("refusing to overwrite existing key file(s): " + ", ".join(existing)
+                         + " (use --force; a new signing key needs re-enrolment and a new "
+                           "queue key orphans queued punches)")
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    signing = SigningKey.generate()
+    key_pem, csr_pem = make_tls_key_and_csr(device)
+    save_signing_key(files["signing"], signing, force=args.force)
+    write_private_file(files["tls"], key_pem, force=args.force)
+    save_queue_key(files["queue"], new_queue_key(), force=args.force)
+    files["csr"].write_bytes(csr_pem)
+    spki = x509.load_pem_x509_csr(csr_pem).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    print(f"device:              {device}")
+    print(f"signing key id:      {signing.key_id}")
+    print(f"signing public key:  {signing.verify_key.b64}")
+    print(f"signing key sha256:  {hashlib.sha256(signing.verify_key.raw).hexdigest()}")
+    print(f"tls key spki sha256: {hashlib.sha256(spki).hexdigest()}")
+    print(f"csr:                 {files['csr']}  (send to the CA; CN={device})")
+    print(f"private keys (0600): {files['signing']}, {files['tls']}, {files['queue']}")
+    print("register the device with the collector: device id, key id and public key above")
+    return 0
+
+
+# ---- run --------------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.service import AgentService  # noqa: PLC0415 -- pulls in readers and the queue
+
+    config = load_config(args.config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(PROG).info("%s received; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service = AgentService(config)
+    return service.run(stop)
+
+
+# ---- status -----------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config, check_readers=False)
+    now_us = time.time_ns() // 1000
+    sf = read_status(config.status.path, now_us=now_us,
+                     stale_after_s=max(3 * config.status.interval_s, 15.0))
+    snap: dict[str, Any] = dict(sf.snapshot) if sf else {"device": config.device.id}
+    live = sf.live if sf else False
+    try:
+        snap["queue"] = read_stats(config.queue_path).to_dict()
+    except AgentError as e:
+        if "queue" not in snap:
+            snap["queue"] = {"error": str(e)}
+    snap["running"] = live
+    if args.json:
+        print(json.dumps(snap, sort_keys=True, indent=1))
+    else:
+        print(render(snap, now_us=now_us, live=live))
+        if sf is None:
+            print(f"(no status file at {config.status.path}: the agent has not run yet)")
+    return 0 if live else 3
+
+
+# ---- check-config -----------------------------------------------------------------------------
+
+def key_file_problems(config: AgentConfig, env: dict[str, str] | None = None) -> list[str]:
+    """Problems with the files the config names (missing, wrong mode); credentials are checked
+    only where ``$CREDENTIALS_DIRECTORY`` is set (systemd provides them at run time)."""
+    env = dict(os.environ) if env is None else env
+    problems: list[str] = []
+    refs: list[tuple[str, KeyRef | None]] = [
+        ("signing_key", config.keys.signing_key), ("queue_key", config.keys.queue_key),
+        ("tls_key", config.keys.tls_key)]
+    for name, ref in refs:
+        if ref is None or (ref.credential is not None and "CREDENTIALS_DIRECTORY" not in env):
+            continue
+        try:
+            check_private_file(ref.resolve(env))
+        except (WireError, AgentError) as e:
+            problems.append(f"keys.{name}: {e}")
+    for name, path in (("tls_cert", config.keys.tls_cert), ("ca_cert", config.keys.ca_cert)):
+        if path is not None and not path.is_file():
+            problems.append(f"keys.{name}: {path}: no such file")
+    return problems
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    problems = key_file_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    print(f"{args.config}: OK")
+    print(f"device {config.device.id}; queue {config.queue_path}; status {config.status.path}")
+    print("mqtt: " + (f"{config.mqtt.host}:{config.mqtt.port}" if config.mqtt
+                      else "not configured (store-only: nothing is published)"))
+    for r in config.readers:
+        print(f"reader {r.name}: kind {r.kind}, action {r.section.get('action', 'punch')}")
+    return 0
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fmt = ("%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
+           else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=fmt)
+    try:
+        rc: int = args.func(args)
+    except (AgentError, WireError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Agent configuration: TOML → frozen, typed dataclasses (units in names), validated at once.
+
+Invariants: an :class:`AgentConfig` that exists is valid; unknown keys are errors; every problem
+of a file is reported together, each prefixed with its key path (``mqtt.port: …``), in one
+:class:`agent.errors.ConfigError`. ``[readers.<name>]`` sections are validated by their plugin
+(:func:`agent.readers.build_reader`) and their problems join ours. Relative paths resolve
+against the config file's directory. Secrets are referenced (path or ``credential:NAME``),
+never inlined, except the log *public* key.
+
+Example::
+
+    [device]
+    id = "clock-0017"
+    state_dir = "/var/lib/timeclock-agent"
+
+    [keys]
+    signing_key = "credential:signing-key"     # or a path to a 0600 file
+    queue_key = "credential:queue-key"
+    tls_key = "credential:tls-key"
+    tls_cert = "/etc/timeclock/clock-0017.crt"
+    ca_cert = "/etc/timeclock/ca.crt"
+    log_public_key = "base64 of the collector log key, from the provisioning bundle"
+
+    [mqtt]                    # omit the section to run store-only (nothing is published)
+    host = "broker.example.org"
+
+    [readers.front]
+    kind = "rdm6300"
+    port = "/dev/ttyAMA0"
+    action = "in"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from agent.errors import ConfigError
+from agent.keystore import KeyRef
+from wire.errors import DecodeError
+from wire.fields import DEVICE_ID_RE
+from wire.keys import VerifyKey
+
+DEFAULT_STATE_DIR = Path("/var/lib/timeclock-agent")
+QUEUE_FILE = "queue.db"
+STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    id: str
+    state_dir: Path
+
+    @property
+    def queue_path(self) -> Path:
+        return self.state_dir / QUEUE_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    signing_key: KeyRef
+    queue_key: KeyRef
+    tls_key: KeyRef | None = None
+    tls_cert: Path | None = None
+    ca_cert: Path | None = None
+    log_public_key: VerifyKey | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str
+    port: int = 8883
+    keepalive_s: int = 60
+    batch_max: int = 100              # punches per envelope (1-500, DESIGN.md §4)
+    resend_after_s: float = 30.0      # republish unacked punches after this long
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    path: Path                        # JSON file the running agent rewrites atomically
+    interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderConfig:
+    """A reader section as written; :func:`agent.readers.build_reader` turns it into a Reader."""
+
+    name: str
+    section: Mapping[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.section.get("kind", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    device: DeviceConfig
+    keys: KeysConfig
+    mqtt: MqttConfig | None
+    status: StatusConfig
+    readers: tuple[ReaderConfig, ...] = field(default=())
+    source: Path | None = None
+
+    @property
+    def queue_path(self) -> Path:
+        return self.device.queue_path
+
+
+class _Section:
+    """Typed getters over one table that collect problems with their key paths."""
+
+    def __init__(self, prefix: str, table: Any, problems: list[str]) -> None:
+        self.prefix = prefix
+        self.problems = problems
+        self.used: set[str] = set()
+        if isinstance(table, Mapping):
+            self.table: Mapping[str, Any] = table
+        else:
+            problems.append(f"{prefix}: expected a table")
+            self.table = {}
+
+    def problem(self, key: str, msg: str) -> None:
+        self.problems.append(f"{self.prefix}.{key}: {msg}")
+
+    def raw(self, key: str) -> Any:
+        self.used.add(key)
+        return self.table.get(key)
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        v = self.raw(key)
+        if v is None:
+            if required:
+                self.problem(key, "required")
+            return default
+        if not isinstance(v, str) or not v:
+            self.problem(key, f"expected a non-empty string, got {type(v).__name__}")
+            return default
+        return v
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        v = self.raw(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.problem(key, f"expected an integer, got {type(v).__name__}")
+            return default
+        if not lo <= v <= hi:
+            self.problem(key, f"must be between {lo} and {hi}, got {v}")
+            return default
+        return v
+
+    def number(self, key: str, default: float, lo: float, hi: float) -> float:
+        v = self.raw(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            self.problem(key, f"expected a number (seconds), got {type(v).__name__}")
+            return default
+        if not lo <= v <= hi:
+            self.problem(key, f"must be between {lo:g} and {hi:g}, got {v}")
+            return default
+        return float(v)
+
+    def path(self, key: str, base: Path, *, required: bool = False) -> Path | None:
+        s = self.string(key, required=required)
+        if s is None:
+            return None
+        p = Path(s).expanduser()
+        return p if p.is_absolute() else base / p
+
+    def keyref(self, key: str, base: Path, *, required: bool = False) -> KeyRef | None:
+        s = self.string(key, required=required)
+        if s is None:
+            return None
+        try:
+            return KeyRef.parse(s, base_dir=base)
+        except ValueError as e:
+            self.problem(key, str(e))
+            return None
+
+    def finish(self) -> None:
+        for k in sorted(set(self.table) - self.used):
+            self.problem(k, "unknown key")
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None = None,
+                 check_readers: bool = True) -> AgentConfig:
+    """Validate a decoded TOML document; raise one :class:`ConfigError` with every problem."""
+    problems: list[str] = []
+    for k in sorted(set(data) - {"device", "keys", "mqtt", "readers", "status"}):
+        problems.append(f"{k}: unknown section")
+    for k in ("device", "keys"):
+        if k not in data:
+            problems.append(f"{k}: section required")
+    device = _parse_device(data.get("device", {}), base_dir, problems,
+                           required="device" in data)
+    keys = _parse_keys(data.get("keys", {}), base_dir, problems, required="keys" in data)
+    mqtt = _parse_mqtt(data["mqtt"], problems) if "mqtt" in data else None
+    keys_table = data.get("keys", {})
+    if mqtt is not None and isinstance(keys_table, Mapping):
+        for key in ("tls_key", "tls_cert", "ca_cert", "log_public_key"):
+            if key not in keys_table:
+                problems.append(f"keys.{key}: required when [mqtt] is configured")
+    ss = _Section("status", data.get("status", {}), problems)
+    status = StatusConfig(ss.path("path", base_dir) or device.state_dir / STATUS_FILE,
+                          ss.number("interval_s", 5.0, 0.2, 3600.0))
+    ss.finish()
+    readers = _parse_readers(data.get("readers", {}), problems, check=check_readers)
+    if problems or keys is None:
+        raise ConfigError(problems)
+    return AgentConfig(device=device, keys=keys, mqtt=mqtt, status=status,
+                       readers=readers, source=source)
+
+
+def _parse_device(table: Any, base_dir: Path, problems: list[str], *,
+                  required: bool) -> DeviceConfig:
+    dev = _Section("device", table, problems)
+    device_id = dev.string("id", required=required) or ""
+    if device_id and not DEVICE_ID_RE.fullmatch(device_id):
+        dev.problem("id", f"{device_id[:70]!r} must match {DEVICE_ID_RE.pattern} "
+                          "(lowercase letters, digits, inner dashes; no dots)")
+    state_dir = dev.path("state_dir", base_dir) or DEFAULT_STATE_DIR
+    dev.finish()
+    return DeviceConfig(device_id, state_dir)
+
+
+def _parse_keys(table: Any, base_dir: Path, problems: list[str], *,
+                required: bool) -> KeysConfig | None:
+    ks = _Section("keys", table, problems)
+    signing = ks.keyref("signing_key", base_dir, required=required)
+    queue_key = ks.keyref("queue_key", base_dir, required=required)
+    tls_key = ks.keyref("tls_key", base_dir)
+    tls_cert = ks.path("tls_cert", base_dir)
+    ca_cert = ks.path("ca_cert", base_dir)
+    log_pub = None
+    log_b64 = ks.string("log_public_key")
+    if log_b64 is not None:
+        try:
+            log_pub = VerifyKey.from_b64(log_b64)
+        except DecodeError as e:
+            ks.problem("log_public_key", f"not a base64 Ed25519 public key ({e})")
+    ks.finish()
+    if signing is None or queue_key is None:
+        return None
+    return KeysConfig(signing, queue_key, tls_key, tls_cert, ca_cert, log_pub)
+
+
+def _parse_mqtt(table: Any, problems: list[str]) -> MqttConfig:
+    """[mqtt] is optional: without it the agent records and keeps punches, publishing none."""
+    ms = _Section("mqtt", table, problems)
+    host = ms.string("host", required=True) or ""
+    d = MqttConfig(host="-")
+    port = ms.integer("port", d.port, 1, 65535)
+    keepalive_s = ms.integer("keepalive_s", d.keepalive_s, 5, 3600)
+    batch_max = ms.integer("batch_max", d.batch_max, 1, 500)
+    resend_after_s = ms.number("resend_after_s", d.resend_after_s, 1.0, 86400.0)
+    rmin = ms.number("reconnect_min_s", d.reconnect_min_s, 0.1, 3600.0)
+    rmax = ms.number("reconnect_max_s", d.reconnect_max_s, 0.1, 86400.0)
+    if rmax < rmin:
+        ms.problem("reconnect_max_s", f"must be ≥ reconnect_min_s ({rmin:g})")
+    ms.finish()
+    return MqttConfig(host, port, keepalive_s, batch_max, resend_after_s, rmin, rmax)
+
+
+def _parse_readers(raw: Any, problems: list[str], *, check: bool) -> tuple[ReaderConfig, ...]:
+    if not isinstance(raw, Mapping):
+        problems.append("readers: expected tables [readers.<name>]")
+        return ()
+    if not raw:
+        problems.append("readers: at least one [readers.<name>] section is required")
+    readers: list[ReaderConfig] = []
+    for name, section in raw.items():
+        if not isinstance(section, Mapping):
+            problems.append(f"readers.{name}: expected a table")
+            continue
+        if check:
+            problems.extend(reader_problems(name, section))
+        readers.append(ReaderConfig(name, MappingProxyType(dict(section))))
+    return tuple(readers)
+
+
+def reader_problems(name: str, section: Mapping[str, Any]) -> list[str]:
+    """Problems the reader plugin finds in its section (each already has its key path)."""
+    from agent.readers import build_reader  # noqa: PLC0415 -- plugins load only when needed
+
+    try:
+        build_reader(name, section)
+    except ConfigError as e:
+        return [p if p.startswith(f"readers.{name}") else f"readers.{name}: {p}"
+                for p in e.problems]
+    return []
+
+
+def load_config(path: Path, *, check_readers: bool = True) -> AgentConfig:
+    """Read and validate ``path``; raise :class:`ConfigError` for unreadable files too.
+    ``check_readers=False`` skips the plugins' checks (``status`` needs no reader)."""
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from e
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: TOML syntax: {e}"]) from e
+    return parse_config(data, base_dir=path.parent.resolve(), source=path,
+                        check_readers=check_readers)

@@ -1,0 +1,424 @@
+"""The encrypted outbox (DESIGN.md §5): signed punches wait here until a signed receipt acks them.
+
+Storage: SQLite in WAL mode, ``synchronous=FULL``, ``secure_delete=ON``. Tables:
+
+- ``punches(seq, created_us, nonce, ct)``: ``ct`` = XChaCha20-Poly1305-IETF of the canonical
+  signed punch under the queue key, random 24-byte nonce, associated data
+  ``b"timeclock/queue/v1\\n" + device + b":" + str(seq)`` (so a row moved to another seq or
+  another device's queue fails authentication).
+- ``chain(id=1, last_seq, nonce, ct)``: the chain state ``{"hash":…,"seq":…}`` encrypted with
+  associated data ``b"timeclock/queue-state/v1\\n" + device + b":" + str(last_seq)``: a punch
+  hash commits to a credential, so it is kept as secret as the punch itself.
+- ``meta``: schema version, device id, and a key check (an encrypted constant) that tells a
+  wrong queue key apart from a damaged row before anything is read or changed.
+- ``set_aside``: rows that failed authentication, kept (still encrypted) with the reason.
+
+Invariants: only seq and timing metadata are stored in clear; no credential or punch JSON ever
+reaches the file in clear. :meth:`Outbox.record` reads the chain state, builds the punch, inserts
+it and advances the state in ONE transaction and returns only after COMMIT (fsync'd), so seq
+never repeats or skips, even across a crash. :meth:`Outbox.delete_acked` is the only way a row
+leaves ``punches`` other than being set aside as unauthentic; a set-aside row is never returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nacl import exceptions as nacl_exceptions
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+
+from agent.errors import QueueError, QueueIntegrityError
+from wire import ZERO_HASH
+from wire.canonical import canonical, loads
+from wire.errors import WireError
+from wire.fields import HASH_RE, validate_device_id
+from wire.punch import SignedPunch
+
+log = logging.getLogger(__name__)
+
+ROW_DOMAIN = b"timeclock/queue/v1\n"
+STATE_DOMAIN = b"timeclock/queue-state/v1\n"
+KEYCHECK_DOMAIN = b"timeclock/queue-keycheck/v1\n"
+NONCE_BYTES = 24
+KEY_BYTES = 32
+SCHEMA_VERSION = 1
+_KEYCHECK_PLAINTEXT = b"timeclock queue key check v1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS punches (
+    seq INTEGER PRIMARY KEY,
+    created_us INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    ct BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    ct BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS set_aside (
+    seq INTEGER NOT NULL,
+    created_us INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    ct BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    at_us INTEGER NOT NULL
+);
+"""
+
+
+def wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+# --- the row cipher (pure functions; the test vector goes through these) ---------------------
+
+def row_aad(device: str, seq: int) -> bytes:
+    return ROW_DOMAIN + device.encode("ascii") + b":" + str(seq).encode("ascii")
+
+
+def state_aad(device: str, last_seq: int) -> bytes:
+    return STATE_DOMAIN + device.encode("ascii") + b":" + str(last_seq).encode("ascii")
+
+
+def seal(key: bytes, aad: bytes, plaintext: bytes,
+         nonce: bytes | None = None) -> tuple[bytes, bytes]:
+    """Encrypt with XChaCha20-Poly1305-IETF; return ``(nonce, ciphertext)``. Nonce is random
+    unless given (tests reproduce the vector with a fixed one)."""
+    if len(key) != KEY_BYTES:
+        raise QueueError(f"queue key must be {KEY_BYTES} bytes")
+    n = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    if len(n) != NONCE_BYTES:
+        raise QueueError(f"nonce must be {NONCE_BYTES} bytes")
+    return n, bytes(crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, n, key))
+
+
+def open_sealed(key: bytes, aad: bytes, nonce: bytes, ciphertext: bytes) -> bytes:
+    """Decrypt and authenticate; raise :class:`QueueIntegrityError` if anything was altered."""
+    try:
+        return bytes(crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key))
+    except (nacl_exceptions.CryptoError, nacl_exceptions.ValueError, TypeError) as e:
+        raise QueueIntegrityError("ciphertext failed authentication") from e
+
+
+def encrypt_row(key: bytes, device: str, seq: int, plaintext: bytes,
+                nonce: bytes | None = None) -> tuple[bytes, bytes]:
+    return seal(key, row_aad(device, seq), plaintext, nonce)
+
+
+def decrypt_row(key: bytes, device: str, seq: int, nonce: bytes, ciphertext: bytes) -> bytes:
+    return open_sealed(key, row_aad(device, seq), nonce, ciphertext)
+
+
+# --- statistics readable without the key ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    depth: int
+    oldest_created_us: int | None
+    last_seq: int
+    set_aside: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"depth": self.depth, "oldest_created_us": self.oldest_created_us,
+                "last_seq": self.last_seq, "set_aside": self.set_aside}
+
+
+def _stats(conn: sqlite3.Connection) -> QueueStats:
+    depth, oldest = conn.execute("SELECT count(*), min(created_us) FROM punches").fetchone()
+    row = conn.execute("SELECT last_seq FROM chain WHERE id = 1").fetchone()
+    aside = conn.execute("SELECT count(*) FROM set_aside").fetchone()[0]
+    return QueueStats(int(depth), None if oldest is None else int(oldest),
+                      0 if row is None else int(row[0]), int(aside))
+
+
+def read_stats(path: Path) -> QueueStats:
+    """Queue depth/age/last seq from the clear metadata, read-only and without the key
+    (``timeclock-agent status`` uses this next to a running agent)."""
+    if not path.exists():
+        raise QueueError(f"{path}: no queue database")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            return _stats(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise QueueError(f"{path}: cannot read queue: {e}") from e
+
+
+# --- the outbox --------------------------------------------------------------------------------
+
+class Outbox:
+    """The agent's durable, encrypted queue of signed punches. Thread-safe (one lock)."""
+
+    def __init__(self, path: Path, key: bytes, device: str, *,
+                 now: Callable[[], int] = wall_us) -> None:
+        if len(key) != KEY_BYTES:
+            raise QueueError(f"queue key must be {KEY_BYTES} bytes, got {len(key)}")
+        self.path = path
+        self.device = validate_device_id(device)
+        self._key = bytes(key)
+        self._now = now
+        self._lock = threading.RLock()
+        self._set_aside_reported = 0
+        self._conn = self._connect()
+        try:
+            self._init_or_check()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # connection and schema
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                # Create 0600 before SQLite does; SQLite gives -wal/-shm the same mode.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA foreign_keys=ON")
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                conn.close()
+                raise QueueError(f"{self.path}: cannot switch the queue to WAL mode ({mode})")
+            return conn
+        except (sqlite3.Error, OSError) as e:
+            raise QueueError(f"{self.path}: cannot open queue: {e}") from e
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; COMMIT returns after the WAL is fsync'd (synchronous=FULL)."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise QueueError(f"{self.path}: cannot start a transaction: {e}") from e
+            try:
+                yield self._conn
+            except BaseException:
+                self._rollback()
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback()
+                raise QueueError(f"{self.path}: commit failed: {e}") from e
+
+    def _rollback(self) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("queue rollback failed")
+
+    def _init_or_check(self) -> None:
+        try:
+            with self._tx() as c:
+                for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    c.execute(stmt)
+                meta = dict(c.execute("SELECT k, v FROM meta").fetchall())
+                if not meta:
+                    nonce, ct = seal(self._key, KEYCHECK_DOMAIN + self.device.encode(),
+                                     _KEYCHECK_PLAINTEXT)
+                    c.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", [
+                        ("schema", str(SCHEMA_VERSION).encode()),
+                        ("device", self.device.encode()),
+                        ("keycheck", nonce + ct)])
+                    self._write_state(c, 0, ZERO_HASH)
+                    return
+        except sqlite3.Error as e:
+            raise QueueError(f"{self.path}: cannot initialise queue: {e}") from e
+        self._check_meta(meta)
+
+    def _check_meta(self, meta: dict[str, Any]) -> None:
+        if bytes(meta.get("schema", b"")) != str(SCHEMA_VERSION).encode():
+            raise QueueError(f"{self.path}: unsupported queue schema {meta.get('schema')!r}")
+        stored = bytes(meta.get("device", b"")).decode("ascii", "replace")
+        if stored != self.device:
+            raise QueueError(f"{self.path}: queue belongs to device {stored!r}, "
+                             f"not {self.device!r}; refusing to mix devices")
+        kc = bytes(meta.get("keycheck", b""))
+        try:
+            plain = open_sealed(self._key, KEYCHECK_DOMAIN + self.device.encode(),
+                                kc[:NONCE_BYTES], kc[NONCE_BYTES:])
+        except QueueIntegrityError as e:
+            raise QueueIntegrityError(
+                f"{self.path}: the queue key does not open this queue (wrong or replaced key "
+                "file/credential); nothing was read or deleted") from e
+        if plain != _KEYCHECK_PLAINTEXT:
+            raise QueueIntegrityError(f"{self.path}: queue key check has unexpected content")
+        self._read_state(self._conn)  # a damaged chain state is reported at open
+
+    # chain state
+
+    def _write_state(self, c: sqlite3.Connection, seq: int, last_hash: str) -> None:
+        nonce, ct = seal(self._key, state_aad(self.device, seq),
+                         canonical({"hash": last_hash, "seq": seq}))
+        c.execute("INSERT OR REPLACE INTO chain (id, last_seq, nonce, ct) VALUES (1, ?, ?, ?)",
+                  (seq, nonce, ct))
+
+    def _read_state(self, c: sqlite3.Connection) -> tuple[int, str]:
+        row = c.execute("SELECT last_seq, nonce, ct FROM chain WHERE id = 1").fetchone()
+        if row is None:
+            raise QueueIntegrityError(f"{self.path}: chain state is missing; refusing to "
+                                      "restart the seq chain (that would reuse seqs)")
+        seq, nonce, ct = int(row[0]), bytes(row[1]), bytes(row[2])
+        try:
+            state = loads(open_sealed(self._key, state_aad(self.device, seq), nonce, ct))
+        except (QueueIntegrityError, WireError) as e:
+            raise QueueIntegrityError(f"{self.path}: chain state failed authentication; "
+                                      "refusing to continue the seq chain") from e
+        h = state.get("hash") if isinstance(state, dict) else None
+        if (not isinstance(state, dict) or state.get("seq") != seq or not isinstance(h, str)
+                or not HASH_RE.fullmatch(h)):
+            raise QueueIntegrityError(f"{self.path}: chain state is malformed")
+        highest = c.execute(
+            "SELECT max(s) FROM (SELECT max(seq) AS s FROM punches "
+            "UNION ALL SELECT max(seq) FROM set_aside)").fetchone()[0]
+        if highest is not None and int(highest) > seq:
+            raise QueueIntegrityError(f"{self.path}: queue holds seq {highest} beyond the chain "
+                                      f"state {seq} (rolled-back state?); refusing to reuse seqs")
+        return seq, h
+
+    # public API
+
+    def record(self, build: Callable[[int, str], SignedPunch]) -> SignedPunch:
+        """Commit the next punch: ``build(seq, prev)`` makes it inside ONE transaction with the
+        chain-state read and update; returns only after COMMIT. ``build`` errors roll back."""
+        with self._tx() as c:
+            last_seq, last_hash = self._read_state(c)
+            seq = last_seq + 1
+            signed = build(seq, last_hash)
+            p = signed.punch
+            if p.seq != seq or p.prev != last_hash or p.device != self.device:
+                raise QueueError(f"built punch {p.device}#{p.seq} does not continue the chain "
+                                 f"of {self.device} at seq {seq}")
+            nonce, ct = encrypt_row(self._key, self.device, seq, signed.to_bytes())
+            try:
+                c.execute("INSERT INTO punches (seq, created_us, nonce, ct) VALUES (?, ?, ?, ?)",
+                          (seq, self._now(), nonce, ct))
+            except sqlite3.Error as e:
+                raise QueueError(f"{self.path}: cannot store punch seq {seq}: {e}") from e
+            self._write_state(c, seq, signed.hash())
+        return signed
+
+    def pending(self, *, limit: int = 500, max_bytes: int = 250_000,
+                after_seq: int = 0) -> list[SignedPunch]:
+        """Unacked punches with seq > ``after_seq`` in seq order, at most ``limit`` of them and
+        about ``max_bytes`` of signed-punch JSON (at least one if any is pending). A row that
+        fails authentication or decoding is set aside and reported, never returned."""
+        out: list[SignedPunch] = []
+        bad: list[tuple[int, int, bytes, bytes, str]] = []
+        size = 0
+        with self._lock:
+            try:
+                rows = self._conn.execute(
+                    "SELECT seq, created_us, nonce, ct FROM punches WHERE seq > ? "
+                    "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+            except sqlite3.Error as e:
+                raise QueueError(f"{self.path}: cannot read queue: {e}") from e
+            for seq, created, nonce, ct in rows:
+                reason = None
+                try:
+                    plain = decrypt_row(self._key, self.device, seq, bytes(nonce), bytes(ct))
+                    sp = SignedPunch.from_bytes(plain)
+                    if sp.punch.seq != seq or sp.punch.device != self.device:
+                        reason = "decrypted punch names another device or seq"
+                except QueueIntegrityError:
+                    reason = "ciphertext failed authentication"
+                except WireError as e:
+                    reason = f"decrypted row is not a valid signed punch ({e.field or 'shape'})"
+                if reason is not None:
+                    bad.append((seq, created, bytes(nonce), bytes(ct), reason))
+                    continue
+                n = len(plain) + 1
+                if out and size + n > max_bytes:
+                    break
+                size += n
+                out.append(sp)
+            if bad:
+                self._set_aside(bad)
+        return out
+
+    def _set_aside(self, rows: list[tuple[int, int, bytes, bytes, str]]) -> None:
+        at = self._now()
+        with self._tx() as c:
+            for seq, created, nonce, ct, reason in rows:
+                c.execute("INSERT INTO set_aside (seq, created_us, nonce, ct, reason, at_us) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (seq, created, nonce, ct, reason, at))
+                c.execute("DELETE FROM punches WHERE seq = ?", (seq,))
+        for seq, *_, reason in rows:
+            self._set_aside_reported += 1
+            log.error("queue row seq=%d set aside: %s (kept encrypted in table set_aside; "
+                      "it will not be published)", seq, reason)
+
+    def delete_acked(self, seqs: Iterable[int]) -> int:
+        """Delete exactly these seqs (acked by a verified receipt); return how many were here."""
+        wanted = sorted({int(s) for s in seqs})
+        if not wanted:
+            return 0
+        deleted = 0
+        with self._tx() as c:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                cur = c.execute(f"DELETE FROM punches WHERE seq IN ({marks})",  # noqa: S608 -- only '?' marks are interpolated
+                                chunk)
+                deleted += cur.rowcount
+        return deleted
+
+    def stats(self) -> QueueStats:
+        with self._lock:
+            try:
+                return _stats(self._conn)
+            except sqlite3.Error as e:
+                raise QueueError(f"{self.path}: cannot read queue: {e}") from e
+
+    def depth(self) -> int:
+        return self.stats().depth
+
+    def oldest_created_us(self) -> int | None:
+        return self.stats().oldest_created_us
+
+    def last_seq(self) -> int:
+        return self.stats().last_seq
+
+    def set_aside_count(self) -> int:
+        return self.stats().set_aside
+
+    @property
+    def set_aside_reported(self) -> int:
+        """Rows this process has set aside (a counter for logs and metrics)."""
+        return self._set_aside_reported
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error as e:
+                raise QueueError(f"{self.path}: close failed: {e}") from e
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

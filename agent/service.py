@@ -1,0 +1,235 @@
+"""Wiring only: keys + outbox + punch maker + reader threads + publisher + status + watchdog.
+
+Parts (each testable alone): :class:`agent.queue.Outbox`, :class:`agent.punches.PunchMaker`,
+the readers from :func:`agent.readers.build_reader`, a :class:`Publisher`, and
+:mod:`agent.sdnotify`. Invariants: READY=1 is sent only after the queue is open and the readers
+run; WATCHDOG=1 is sent only while the supervision loop runs, every reader thread is alive, the
+queue answers, and the publisher (if any) says it is healthy, so systemd restarts a wedged agent;
+shutdown stops the readers first (no punch is cut in half: ``record`` is one transaction), then
+the publisher, then closes the queue.
+
+The publisher plugs in through :data:`PublisherFactory`; by default it is
+``agent.publisher.make_publisher`` when ``[mqtt]`` is configured, else nothing is published.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from agent.clock import ClockSource, SystemClock, clock_state
+from agent.config import AgentConfig
+from agent.errors import AgentError
+from agent.keystore import load_queue, load_signing
+from agent.punches import PunchMaker
+from agent.queue import Outbox
+from agent.readers import build_reader
+from agent.readers.base import Reader
+from agent.sdnotify import Notifier
+from agent.status import STATUS_VERSION, agent_version, write_status
+from wire.punch import SignedPunch
+
+log = logging.getLogger(__name__)
+
+StatusFn = Callable[[], dict[str, Any]]
+
+
+class Publisher(Protocol):
+    """What the service needs of the MQTT publisher (agent/publisher.py).
+
+    The publisher reads ``outbox.pending(...)``, publishes envelopes, verifies each signed
+    receipt with ``config.keys.log_public_key`` and only then calls
+    ``outbox.delete_acked(seqs)``. It publishes ``status()`` on the retained status topic.
+    """
+
+    def start(self) -> None:
+        """Start its own thread(s); return at once."""
+
+    def stop(self) -> None:
+        """Publish 'offline' if it can, disconnect, join its threads (a few seconds at most)."""
+
+    def wake(self) -> None:
+        """A punch was just committed: publish soon (called from a reader thread; cheap)."""
+
+    def healthy(self) -> bool:
+        """Its loop is alive (being disconnected and retrying with backoff is healthy)."""
+
+    def state(self) -> Mapping[str, Any]:
+        """For status: ``{"status": "connected"|…, "detail": str, "last_receipt_us": int|None}``."""
+
+
+class PublisherFactory(Protocol):
+    def __call__(self, config: AgentConfig, outbox: Outbox, *,
+                 status: StatusFn) -> Publisher | None: ...
+
+
+def default_publisher_factory(config: AgentConfig, outbox: Outbox, *,
+                              status: StatusFn) -> Publisher | None:
+    if config.mqtt is None:
+        log.warning("no [mqtt] section: punches are recorded and kept, but not published")
+        return None
+    try:
+        mod = importlib.import_module("agent.publisher")
+    except ImportError as e:
+        raise AgentError(f"[mqtt] is configured but the publisher cannot load: {e}") from e
+    pub: Publisher = mod.make_publisher(config, outbox, status=status)
+    return pub
+
+
+class AgentService:
+    """Owns the parts while the agent runs; ``run(stop)`` blocks until ``stop`` is set."""
+
+    tick_s = 0.5
+
+    def __init__(self, config: AgentConfig, *, env: Mapping[str, str] | None = None,
+                 notifier: Notifier | None = None, clock: ClockSource | None = None,
+                 publisher_factory: PublisherFactory = default_publisher_factory,
+                 readers: Sequence[Reader] | None = None,
+                 now_us: Callable[[], int] = lambda: time.time_ns() // 1000) -> None:
+        self.config = config
+        self.notifier = notifier if notifier is not None else Notifier(env)
+        self._now_us = now_us
+        self._state = "starting"
+        signing = load_signing(config.keys.signing_key, env)
+        queue_key = load_queue(config.keys.queue_key, env)
+        self.readers: list[Reader] = (list(readers) if readers is not None else
+                                      [build_reader(r.name, r.section) for r in config.readers])
+        self.outbox = Outbox(config.queue_path, queue_key, config.device.id, now=now_us)
+        try:
+            self.punch_maker = PunchMaker(self.outbox, signing,
+                                          clock=clock if clock is not None else SystemClock())
+            self.publisher = publisher_factory(config, self.outbox, status=self.snapshot)
+        except BaseException:
+            self.outbox.close()
+            raise
+        if self.publisher is not None:
+            self.punch_maker.add_hook(lambda _p: self._wake_publisher())
+        self.key_id = signing.key_id
+        self._threads: list[threading.Thread] = []
+        self._last_written: dict[str, Any] | None = None
+        self._last_write_mono = 0.0
+
+    def _wake_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.wake()
+
+    # ---- observation ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status dict (also for the MQTT status topic). Never contains a credential."""
+        try:
+            queue: dict[str, Any] = self.outbox.stats().to_dict()
+        except AgentError as e:
+            queue = {"error": str(e)}
+        readers: dict[str, Any] = {}
+        for r in self.readers:
+            readers[r.name] = {"kind": r.kind, **asdict(r.state)}
+        pub: dict[str, Any] = ({"status": "disabled", "detail": "no [mqtt] section"}
+                               if self.publisher is None else dict(self.publisher.state()))
+        last: SignedPunch | None = self.punch_maker.last_recorded
+        return {
+            "v": STATUS_VERSION, "device": self.config.device.id, "key": self.key_id,
+            "version": agent_version(), "pid": os.getpid(), "state": self._state,
+            "online": self._state == "running", "at_us": self._now_us(),
+            "clock": clock_state(), "queue": queue, "readers": readers, "publisher": pub,
+            "recorded_since_start": self.punch_maker.recorded,
+            "last_recorded_seq": None if last is None else last.punch.seq,
+        }
+
+    def _write_status(self, *, force: bool = False) -> None:
+        snap = self.snapshot()
+        comparable = {k: v for k, v in snap.items() if k != "at_us"}
+        due = time.monotonic() - self._last_write_mono >= self.config.status.interval_s
+        if not (force or due or comparable != self._last_written):
+            return
+        try:
+            write_status(self.config.status.path, snap)
+        except AgentError as e:
+            log.warning("%s", e)
+            return
+        self._last_written = comparable
+        self._last_write_mono = time.monotonic()
+
+    def healthy(self) -> bool:
+        """True while everything the watchdog vouches for works."""
+        if not all(t.is_alive() for t in self._threads):
+            return False
+        try:
+            self.outbox.stats()
+        except AgentError:
+            return False
+        return self.publisher is None or self.publisher.healthy()
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> int:
+        """Run until ``stop`` is set; return 0 after a clean shutdown, 1 if a part died."""
+        rc = 0
+        try:
+            for r in self.readers:
+                t = threading.Thread(target=r.run, args=(self.punch_maker.record, stop),
+                                     name=f"reader-{r.name}", daemon=True)
+                t.start()
+                self._threads.append(t)
+            if self.publisher is not None:
+                self.publisher.start()
+            self._state = "running"
+            self._write_status(force=True)
+            self.notifier.ready(f"recording; queue depth {self.outbox.depth()}")
+            log.info("agent %s running: key %s, %d reader(s), queue seq %d, publisher %s",
+                     self.config.device.id, self.key_id, len(self.readers),
+                     self.outbox.last_seq(), "on" if self.publisher else "off")
+            rc = self._supervise(stop)
+        finally:
+            self._shutdown(stop)
+        return rc
+
+    def _supervise(self, stop: threading.Event) -> int:
+        wd = self.notifier.watchdog_interval_s
+        next_wd = time.monotonic()
+        tick = min(self.tick_s, wd / 2) if wd else self.tick_s
+        was_ok = True
+        while not stop.wait(tick):
+            ok = self.healthy()
+            if not ok:
+                dead = [t.name for t in self._threads if not t.is_alive()]
+                if dead:
+                    # Reader threads never return before stop: one that did is a bug; let
+                    # systemd restart us rather than run without a reader.
+                    log.error("thread(s) died: %s; exiting so the service manager restarts "
+                              "the agent", ", ".join(dead))
+                    return 1
+                if was_ok:
+                    log.warning("agent unhealthy; withholding the watchdog ping")
+            elif not was_ok:
+                log.info("agent healthy again")
+            was_ok = ok
+            if ok and wd is not None and time.monotonic() >= next_wd:
+                self.notifier.watchdog()
+                next_wd = time.monotonic() + wd
+            self._write_status()
+        return 0
+
+    def _shutdown(self, stop: threading.Event) -> None:
+        self._state = "stopping"
+        stop.set()
+        self.notifier.stopping()
+        for t in self._threads:
+            t.join(timeout=5.0)
+            if t.is_alive():
+                log.error("%s did not stop within 5s", t.name)
+        if self.publisher is not None:
+            try:
+                self.publisher.stop()
+            except Exception:
+                log.exception("publisher stop failed")
+        self._state = "stopped"
+        self._write_status(force=True)
+        self.outbox.close()
+        log.info("agent stopped cleanly")
