@@ -1,0 +1,704 @@
+"""The ledger verification core (DESIGN.md §6, docs/protocol.md §9): one auditor, fed incrementally.
+
+Used by the offline bundle verifier (``timeclock-verify``) and by the collector's live-store
+``verify``. Entries are fed in idx order, checkpoints before the entries they cover; nothing is
+held per entry, only per device (its seen-seq intervals) and per gap, so a ledger of millions of
+entries verifies in bounded memory.
+
+Checks, numbered as in docs/protocol.md:
+  (0) keys: the bundle's collector keys agree with the keys pinned out of band (bundle.py).
+  (1) entry: each entry decodes strictly and its idx is the expected next one.
+  (2) entry-hash: the recorded hash equals the recomputed entry hash.
+  (3) prev: ``prev`` is the hash of the previous entry (64 zeros at idx 0).
+  (4) body: body bytes hash to ``entry.body`` and are canonical JSON; a missing body is allowed
+      only where a LATER ``retention`` entry lists its idx, and never for ``device``/``retention``.
+  (5) fact: each body decodes for its kind; a punch verifies under a key that an EARLIER
+      ``device`` entry registered for its device, valid for its seq and not revoked.
+  (6) device-chain: per device, by seq (not ledger position): a seq recorded twice or a ``prev``
+      that does not link is tampering; a missing seq is a finding (not tampering).
+  (7) checkpoint: signed by a trusted log key, size ≤ entries, head = hash of entry size-1.
+
+Invariants: ``feed`` never raises on bad data, it records findings; a finding is ``tamper``
+when the ledger cannot be what the collector committed to; the report names the lowest idx.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from wire import ZERO_HASH
+from wire.canonical import canonical, loads
+from wire.errors import DecodeError, WireError
+from wire.fields import DEVICE_ID_RE, HASH_RE, KEY_ID_RE, get_choice, get_int, get_str
+from wire.keys import VerifyKey
+from wire.ledger import Checkpoint, Entry, SignedCheckpoint, body_hash, verify_link
+from wire.punch import Punch, SignedPunch
+
+MAX_FINDINGS = 10_000
+"""Findings kept per severity (tamper / not); beyond it the lowest-idx ones are kept."""
+
+MAX_GAP_LOOKUPS = 10_000
+"""In a resumed audit, seqs of one gap looked up in the prior store before giving up."""
+
+DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked"})
+# Kinds whose bodies are needed to verify the rest of the ledger: retention never deletes them.
+UNDELETABLE_KINDS = frozenset({"device", "retention"})
+
+
+class Check(StrEnum):
+    """The verification steps; ``number`` is the step number of docs/protocol.md §9."""
+
+    KEYS = "keys"
+    ENTRY = "entry"
+    ENTRY_HASH = "entry-hash"
+    PREV = "prev"
+    BODY = "body"
+    FACT = "fact"
+    DEVICE_CHAIN = "device-chain"
+    CHECKPOINT = "checkpoint"
+
+    @property
+    def number(self) -> int:
+        return list(Check).index(self)
+
+
+@dataclass(frozen=True)
+class Finding:
+    idx: int | None
+    check: str
+    message: str
+    tamper: bool
+
+    def sort_key(self) -> tuple[bool, bool, int, int]:
+        """(0) keys first (every other step depends on them), then by idx, None last."""
+        step = Check(self.check).number
+        return (step != 0, self.idx is None, self.idx or 0, step)
+
+    def __str__(self) -> str:
+        where = f"idx {self.idx}" if self.idx is not None else "bundle"
+        what = "TAMPER" if self.tamper else "finding"
+        return f"{what} at {where}, check ({Check(self.check).number}) {self.check}: " \
+               f"{self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"idx": self.idx, "check": self.check, "step": Check(self.check).number,
+                "message": self.message, "tamper": self.tamper}
+
+
+@dataclass
+class AuditReport:
+    entries: int          # entries fed to this audit
+    punches: int          # punch entries among them (with or without body)
+    devices: int          # devices with at least one registered key
+    checkpoints: int      # checkpoints fed
+    findings: list[Finding]   # sorted by idx (None last), then step
+    size: int             # idx of the next entry: start_idx + entries when idx were in order
+    head: str             # recorded hash of the last entry fed (start_head if none)
+    omitted: int = 0      # findings beyond MAX_FINDINGS that were not kept
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.tamper for f in self.findings)
+
+    @property
+    def first_failure(self) -> Finding | None:
+        tampers = [f for f in self.findings if f.tamper]
+        return min(tampers, key=Finding.sort_key) if tampers else None
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.first_failure
+        return {"ok": self.ok, "entries": self.entries, "punches": self.punches,
+                "devices": self.devices, "checkpoints": self.checkpoints, "size": self.size,
+                "head": self.head, "first_failure": first.to_dict() if first else None,
+                "findings": [f.to_dict() for f in self.findings], "omitted": self.omitted}
+
+
+@dataclass(slots=True)
+class KeyState:
+    """A device signing key as the ledger registered it.
+
+    Valid for punches with ``from_seq <= seq < until_seq`` (``until_seq`` None: no upper
+    bound) recorded before ``revoked_at_idx`` (None: not revoked).
+    """
+
+    device: str
+    key_id: str
+    verify_key: VerifyKey
+    from_seq: int = 1
+    until_seq: int | None = None
+    revoked_at_idx: int | None = None
+    registered_idx: int | None = None
+
+    def invalid_for(self, seq: int, idx: int) -> str | None:
+        """Why this key may not sign ``seq`` recorded at ``idx``; None if it may."""
+        if seq < self.from_seq or (self.until_seq is not None and seq >= self.until_seq):
+            upper = "" if self.until_seq is None else str(self.until_seq - 1)
+            return (f"key {self.key_id} of {self.device} is valid for seq "
+                    f"{self.from_seq}..{upper}, not seq {seq}")
+        if self.revoked_at_idx is not None and idx > self.revoked_at_idx:
+            return (f"key {self.key_id} of {self.device} was revoked at idx "
+                    f"{self.revoked_at_idx}, before this punch was recorded")
+        return None
+
+
+class _Findings:
+    """Keeps the MAX_FINDINGS lowest-idx findings of each severity."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._heaps: dict[bool, list[tuple[int, int, int, Finding]]] = {True: [], False: []}
+        self._order = itertools.count()
+        self.omitted = 0
+
+    def add(self, f: Finding) -> None:
+        idx_key = f.idx if f.idx is not None else 2**62
+        # Max-heap on (idx, step) via negation: heap[0] is the finding to drop first.
+        item = (-idx_key, -Check(f.check).number, -next(self._order), f)
+        heap = self._heaps[f.tamper]
+        if len(heap) < self._cap:
+            heapq.heappush(heap, item)
+            return
+        self.omitted += 1
+        if item[:3] > heap[0][:3]:
+            heapq.heapreplace(heap, item)
+
+    def sorted(self) -> list[Finding]:
+        found = [item[3] for heap in self._heaps.values() for item in heap]
+        return sorted(found, key=Finding.sort_key)
+
+
+class _DeviceChain:
+    """One device's seen seqs as sorted disjoint intervals, with the hashes at their edges.
+
+    Enough to detect a reused seq, check every ``prev`` link as soon as both ends are seen (in
+    any arrival order), and list gaps, in memory proportional to the number of gaps.
+    """
+
+    __slots__ = ("bottom", "ends", "starts", "top_hash")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.top_hash: dict[int, str] = {}              # interval end seq -> punch hash
+        self.bottom: dict[int, tuple[str, int]] = {}    # interval start seq -> (prev, idx)
+
+    def contains(self, seq: int) -> bool:
+        i = bisect_right(self.starts, seq) - 1
+        return i >= 0 and self.ends[i] >= seq
+
+    def hash_of(self, seq: int) -> str | None:
+        return self.top_hash.get(seq)
+
+    def add(self, seq: int, prev: str, phash: str, idx: int) -> tuple[str | None, int | None]:
+        """Record ``seq`` (not yet present); return (prev of seq+1, its idx) if seq+1 is known."""
+        i = bisect_right(self.starts, seq) - 1
+        left = i if i >= 0 and self.ends[i] == seq - 1 else None
+        right = i + 1 if i + 1 < len(self.starts) and self.starts[i + 1] == seq + 1 else None
+        right_link = self.bottom[seq + 1] if right is not None else (None, None)
+        if left is not None and right is not None:
+            self.ends[left] = self.ends[right]
+            del self.starts[right], self.ends[right]
+            del self.top_hash[seq - 1], self.bottom[seq + 1]
+        elif left is not None:
+            self.ends[left] = seq
+            del self.top_hash[seq - 1]
+            self.top_hash[seq] = phash
+        elif right is not None:
+            self.starts[right] = seq
+            del self.bottom[seq + 1]
+            self.bottom[seq] = (prev, idx)
+        else:
+            self.starts.insert(i + 1, seq)
+            self.ends.insert(i + 1, seq)
+            self.top_hash[seq] = phash
+            self.bottom[seq] = (prev, idx)
+        return right_link
+
+    def gaps(self) -> Iterable[tuple[int, int, int]]:
+        """Missing inclusive seq ranges below the highest seen: (first, last, idx of next)."""
+        expected = 1
+        for start, end in zip(self.starts, self.ends, strict=True):
+            if start > expected:
+                yield expected, start - 1, self.bottom[start][1]
+            expected = end + 1
+
+
+def _require(value: Any, what: str, required: Iterable[str]) -> Mapping[str, Any]:
+    """An object holding at least ``required``; other fields are informational (allowed)."""
+    if not isinstance(value, dict):
+        raise DecodeError(f"{what}: expected a JSON object")
+    missing = sorted(set(required) - set(value))
+    if missing:
+        raise DecodeError(f"{what}: missing field(s) {', '.join(missing)}", field=missing[0])
+    return value
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _subtract(a: int, b: int, cover: list[tuple[int, int]]) -> Iterable[tuple[int, int]]:
+    """Parts of [a, b] not inside the merged, sorted ``cover``."""
+    i = max(bisect_right(cover, (a, 2**62)) - 1, 0)
+    cur = a
+    while cur <= b and i < len(cover):
+        ca, cb = cover[i]
+        if cb < cur:
+            i += 1
+            continue
+        if ca > b:
+            break
+        if ca > cur:
+            yield cur, ca - 1
+        cur = cb + 1
+        i += 1
+    if cur <= b:
+        yield cur, b
+
+
+@dataclass
+class _Pending:
+    ordinal: int
+    checkpoint: Checkpoint
+
+
+@dataclass
+class _State:
+    null_ranges: list[list[int]] = field(default_factory=list)   # idx with no body, merged
+    retained: list[tuple[int, int]] = field(default_factory=list)  # idx ranges retention deleted
+    punch_bits: bytearray = field(default_factory=bytearray)     # bit i: idx start+i is a punch
+    deleted_punches: int = 0
+
+
+class LedgerAuditor:
+    """Verify a ledger fed entry by entry; ``finish()`` returns the report.
+
+    ``log_keys`` maps key id → collector log key trusted for checkpoints. To resume from a
+    trusted checkpoint of size n (live-store verify), pass ``start_idx=n``, ``start_head`` =
+    its head, ``prior_keys`` = device keys registered before n, ``prior_punch_hash(device,
+    seq)`` = hash of a punch recorded before n (None if none), and optionally
+    ``prior_entry_kind(idx)`` to check corrections that reference entries before n.
+    """
+
+    def __init__(self, log_keys: Mapping[str, VerifyKey], *, start_idx: int = 0,
+                 start_head: str = ZERO_HASH,
+                 prior_punch_hash: Callable[[str, int], str | None] | None = None,
+                 prior_keys: Iterable[KeyState] | None = None,
+                 prior_entry_kind: Callable[[int], str | None] | None = None) -> None:
+        for kid, key in log_keys.items():
+            if key.key_id != kid:
+                raise ValueError(f"log key listed as {kid} has key id {key.key_id}")
+        self._log_keys = dict(log_keys)
+        self._start = start_idx
+        self._start_head = start_head
+        self._next = start_idx
+        self._head: str | None = start_head   # None after an undecodable entry
+        self._last_hash = start_head
+        self._prior_hash = prior_punch_hash
+        self._prior_kind = prior_entry_kind
+        self._keys: dict[str, list[KeyState]] = {}
+        self._key_owner: dict[str, str] = {}
+        for k in prior_keys or ():
+            self._keys.setdefault(k.device, []).append(replace(k))
+            self._key_owner[k.key_id] = k.device
+        self._chains: dict[str, _DeviceChain] = {}
+        self._pending: dict[int, list[_Pending]] = {}
+        self._good_size = start_idx      # largest checkpoint size whose head matched
+        self._state = _State()
+        self._findings = _Findings(MAX_FINDINGS)
+        self._entries = 0
+        self._punches = 0
+        self._checkpoints = 0
+        self._report: AuditReport | None = None
+
+    # -- recording -------------------------------------------------------------------------
+
+    def _add(self, idx: int | None, check: Check, message: str, *, tamper: bool = True) -> None:
+        self._findings.add(Finding(idx, check.value, message, tamper))
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def feed_checkpoint(self, signed: SignedCheckpoint) -> None:
+        """Check a checkpoint's signature now and its head when entry size-1 is fed.
+
+        Feed checkpoints before the entries they cover (a checkpoint of size ≤ the entries
+        already fed can be checked only if it is the current head or the resume point).
+        """
+        self._guard()
+        self._checkpoints += 1
+        ordinal = self._checkpoints
+        cp = signed.checkpoint
+        at = cp.size - 1 if cp.size > 0 else None
+        what = f"checkpoint #{ordinal} (size {cp.size}, head {cp.head[:12]}…)"
+        # (7) signed by a trusted collector log key
+        key = self._log_keys.get(cp.log)
+        if key is None:
+            self._add(at, Check.CHECKPOINT,
+                      f"{what} is signed by log key {cp.log}, which is not a trusted "
+                      f"collector key")
+            return
+        try:
+            signed.verify(key)
+        except WireError as e:
+            self._add(at, Check.CHECKPOINT, f"{what}: forged or corrupted: {e}")
+            return
+        if cp.size < self._start:
+            return      # before the resume point: attested by the checkpoint we resume from
+        if cp.size == self._start:
+            if cp.head != self._start_head:
+                self._add(at, Check.CHECKPOINT,
+                          f"{what} disagrees with the trusted head the audit resumed from")
+            return
+        if cp.size <= self._next:
+            if cp.size == self._next and self._head is not None:
+                self._check_head(cp.size - 1, self._head, _Pending(ordinal, cp))
+                return
+            raise ValueError(f"{what} was fed after the entries it covers; feed checkpoints "
+                             f"first")
+        self._pending.setdefault(cp.size - 1, []).append(_Pending(ordinal, cp))
+
+    def feed_malformed_checkpoint(self, message: str) -> None:
+        """A checkpoint that does not decode: (7) tampering, not tied to an idx."""
+        self._guard()
+        self._checkpoints += 1
+        self._add(None, Check.CHECKPOINT, f"checkpoint #{self._checkpoints}: {message}")
+
+    def _check_head(self, idx: int, recorded: str, p: _Pending) -> None:
+        if p.checkpoint.head == recorded:
+            self._good_size = max(self._good_size, p.checkpoint.size)
+            return
+        self._add(idx, Check.CHECKPOINT,
+                  f"checkpoint #{p.ordinal} signed head {p.checkpoint.head[:12]}… for size "
+                  f"{p.checkpoint.size}, but entry {idx} hashes to {recorded[:12]}…: the "
+                  f"ledger differs from what the collector signed, somewhere in idx "
+                  f"{self._good_size}..{idx}")
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def feed_malformed(self, message: str) -> None:
+        """An entry that does not decode: (1) tampering at the expected idx."""
+        self._guard()
+        self._entries += 1
+        self._add(self._next, Check.ENTRY, f"entry does not decode: {message}")
+        self._pending.pop(self._next, None)     # its head cannot be checked: (1) names it
+        self._next += 1
+        self._head = None       # the next link cannot be checked
+
+    def feed(self, entry: Entry, entry_hash: str, body: bytes | None, *,
+             decoded: Any = None) -> None:
+        """Check one entry (fed in idx order) with its recorded hash and body bytes.
+
+        ``decoded`` may pass the body's JSON value when the caller built ``body`` as
+        ``canonical(decoded)`` (the bundle reader does), to skip parsing it a second time.
+        """
+        self._guard()
+        self._entries += 1
+        idx = entry.idx
+        # (1) idx is the expected next one
+        in_order = idx == self._next
+        if idx > self._next:        # named at the first missing idx
+            self._add(self._next, Check.ENTRY,
+                      f"expected idx {self._next}, found idx {idx}: entries missing")
+        elif idx < self._next:      # named at the position that holds it
+            position = min(self._start + self._entries - 1, self._next)
+            self._add(position, Check.ENTRY, f"position {position} holds idx {idx}, expected "
+                      f"{self._next}: an entry out of order or repeated")
+        # (2) recorded hash = recomputed hash
+        if entry.hash() != entry_hash:
+            self._add(idx, Check.ENTRY_HASH,
+                      f"recorded hash {entry_hash[:12]}… is not the hash of the entry "
+                      f"({entry.hash()[:12]}…): the entry was edited")
+        # (3) prev links to the previous entry's hash
+        if in_order and self._head is not None:
+            try:
+                verify_link(entry, self._head)
+            except WireError as e:
+                self._add(idx, Check.PREV, f"{e}: an entry was removed, inserted or rewritten")
+        self._next = max(self._next, idx + 1)
+        self._head = self._last_hash = entry_hash
+        for p in self._pending.pop(idx, ()):
+            self._check_head(idx, entry_hash, p)
+        if entry.kind == "punch":
+            self._punches += 1
+            self._mark_punch(idx)
+        # (4) body
+        value = self._body(entry, body, decoded)
+        if value is None:
+            return
+        # (5) the fact, per kind
+        try:
+            handler = getattr(self, f"_fact_{entry.kind}")
+            handler(idx, value)
+        except WireError as e:
+            self._add(idx, Check.FACT, f"{entry.kind} body: {e}")
+
+    def _body(self, entry: Entry, body: bytes | None, decoded: Any) -> Any | None:
+        idx = entry.idx
+        st = self._state
+        if body is None:
+            if entry.kind in UNDELETABLE_KINDS:
+                self._add(idx, Check.BODY, f"the body of a {entry.kind} entry is missing; "
+                          f"retention never deletes {entry.kind} bodies")
+                return None
+            if entry.kind == "punch":
+                st.deleted_punches += 1
+            if st.null_ranges and st.null_ranges[-1][1] == idx - 1:
+                st.null_ranges[-1][1] = idx
+            else:
+                st.null_ranges.append([idx, idx])
+            return None
+        if body_hash(body) != entry.body:
+            self._add(idx, Check.BODY, f"body hashes to {body_hash(body)[:12]}…, the entry "
+                      f"records {entry.body[:12]}…: the body was edited")
+            return None
+        if decoded is not None:
+            return decoded
+        try:
+            value = loads(body)
+        except DecodeError as e:
+            self._add(idx, Check.BODY, f"body is not strict JSON: {e}")
+            return None
+        if canonical(value) != body:
+            self._add(idx, Check.BODY, "body bytes are not canonical JSON")
+        return value
+
+    def _mark_punch(self, idx: int) -> None:
+        bits = self._state.punch_bits
+        off = idx - self._start
+        if off < 0:
+            return
+        need = off // 8 + 1
+        if len(bits) < need:
+            bits.extend(bytes(need - len(bits)))
+        bits[off // 8] |= 1 << (off % 8)
+
+    def _is_punch(self, idx: int) -> bool | None:
+        off = idx - self._start
+        if off < 0:
+            kind = self._prior_kind(idx) if self._prior_kind else None
+            return None if self._prior_kind is None else kind == "punch"
+        bits = self._state.punch_bits
+        return off // 8 < len(bits) and bool(bits[off // 8] & (1 << (off % 8)))
+
+    # -- (5) facts ---------------------------------------------------------------------------
+
+    def _fact_punch(self, idx: int, value: Any) -> None:
+        sp = SignedPunch.from_dict(value)
+        p = sp.punch
+        keys = self._keys.get(p.device)
+        if not keys:
+            self._add(idx, Check.FACT, f"punch {p.device}#{p.seq}: no earlier device entry "
+                      f"enrolled {p.device}")
+            return
+        key = next((k for k in keys if k.key_id == p.key), None)
+        if key is None:
+            self._add(idx, Check.FACT, f"punch {p.device}#{p.seq} is signed with key {p.key}, "
+                      f"which no earlier device entry registered for {p.device}")
+            return
+        why = key.invalid_for(p.seq, idx)
+        if why is not None:
+            self._add(idx, Check.FACT, f"punch {p.device}#{p.seq}: {why}")
+            return
+        try:
+            sp.verify(key.verify_key)
+        except WireError as e:
+            self._add(idx, Check.FACT, f"punch {p.device}#{p.seq}: {e}")
+            return
+        self._chain(idx, p)
+
+    def _fact_device(self, idx: int, value: Any) -> None:
+        obj = _require(value, "device body", ("event", "device"))
+        event = get_choice(obj, "event", DEVICE_EVENTS)
+        device = get_str(obj, "device", DEVICE_ID_RE)
+        keys = self._keys.get(device, [])
+        if event != "enrolled" and not keys:
+            raise DecodeError(f"{event} {device}, which was never enrolled")
+        if event == "revoked":
+            self._revoke(idx, obj, device, keys)
+            return
+        if event == "enrolled":
+            _require(obj, "enrolled device body", ("key", "signing_key", "site"))
+            get_str(obj, "site")
+            from_seq = get_int(obj, "from_seq", minimum=1) if "from_seq" in obj else 1
+        else:
+            _require(obj, "rotated device body", ("key", "signing_key", "from_seq"))
+            from_seq = get_int(obj, "from_seq", minimum=1)
+        kid = get_str(obj, "key", KEY_ID_RE)
+        vk = VerifyKey.from_b64(get_str(obj, "signing_key"))
+        if vk.key_id != kid:
+            raise DecodeError(f"key {kid} is not the key id of signing_key ({vk.key_id})",
+                              field="key")
+        owner = self._key_owner.get(kid)
+        if owner is not None:       # keys are generated on one device and never leave it
+            raise DecodeError(f"key {kid} is already registered for {owner}", field="key")
+        for k in keys:      # older keys stay valid below from_seq only
+            if k.until_seq is None or k.until_seq > from_seq:
+                k.until_seq = max(from_seq, k.from_seq)
+        self._keys.setdefault(device, []).append(
+            KeyState(device, kid, vk, from_seq=from_seq, registered_idx=idx))
+        self._key_owner[kid] = device
+
+    @staticmethod
+    def _revoke(idx: int, obj: Mapping[str, Any], device: str, keys: list[KeyState]) -> None:
+        """Revoke one key (``key`` given) or every key of the device, from this idx on."""
+        _require(obj, "revoked device body", ("reason",))
+        get_str(obj, "reason")
+        targets = keys
+        if obj.get("key") is not None:
+            kid = get_str(obj, "key", KEY_ID_RE)
+            targets = [k for k in keys if k.key_id == kid]
+            if not targets:
+                raise DecodeError(f"revokes key {kid}, which is not a key of {device}")
+        for k in targets:
+            if k.revoked_at_idx is None:
+                k.revoked_at_idx = idx
+
+    def _fact_rejection(self, idx: int, value: Any) -> None:
+        obj = _require(value, "rejection body", ("reason", "topic", "raw_sha256", "received_at"))
+        get_str(obj, "reason")
+        get_str(obj, "topic")
+        get_str(obj, "raw_sha256", HASH_RE)
+        get_int(obj, "received_at", minimum=0)
+        if "detail" in obj:
+            get_str(obj, "detail")
+        if obj.get("device") is not None:
+            get_str(obj, "device", DEVICE_ID_RE)
+
+    def _fact_retention(self, idx: int, value: Any) -> None:
+        obj = _require(value, "retention body", ("policy", "deleted", "count"))
+        get_str(obj, "policy")
+        count = get_int(obj, "count", minimum=0)
+        ranges = obj["deleted"]
+        if not isinstance(ranges, list):
+            raise DecodeError("deleted: expected an array of [first_idx,last_idx]")
+        parsed: list[tuple[int, int]] = []
+        for r in ranges:
+            if (not isinstance(r, list) or len(r) != 2
+                    or any(not isinstance(x, int) or isinstance(x, bool) for x in r)):
+                raise DecodeError("deleted: each range is [first_idx,last_idx] integers")
+            a, b = r
+            if not 0 <= a <= b < idx:
+                raise DecodeError(f"deleted: range [{a},{b}] is not below this entry's idx")
+            if parsed and a <= parsed[-1][1]:
+                raise DecodeError("deleted: ranges must be sorted and disjoint")
+            parsed.append((a, b))
+        span = sum(b - a + 1 for a, b in parsed)
+        if count > span:
+            raise DecodeError(f"count {count} exceeds the {span} idx the ranges cover")
+        self._state.retained.extend(parsed)
+
+    def _fact_access(self, idx: int, value: Any) -> None:
+        _require(value, "access body", ())
+
+    def _fact_correction(self, idx: int, value: Any) -> None:
+        obj = _require(value, "correction body", ("original_idx",))
+        original = get_int(obj, "original_idx", minimum=0)
+        if original >= idx:
+            raise DecodeError(f"original_idx {original} is not an earlier entry")
+        if self._is_punch(original) is False:
+            raise DecodeError(f"original_idx {original} is not a punch entry")
+
+    # -- (6) device chains ---------------------------------------------------------------
+
+    def _chain(self, idx: int, p: Punch) -> None:
+        chain = self._chains.setdefault(p.device, _DeviceChain())
+        phash = p.hash()
+        where = f"{p.device}#{p.seq}"
+        prior = self._prior_hash
+        if chain.contains(p.seq) or (prior is not None and prior(p.device, p.seq) is not None):
+            self._add(idx, Check.DEVICE_CHAIN, f"seq {where} is recorded more than once "
+                      f"(a replayed punch, or a reused seq: cloned key or restored device)")
+            return
+        # Link to seq-1 when known (here, or before the resume point).
+        below = chain.hash_of(p.seq - 1)
+        if below is None and p.seq > 1 and prior is not None and not chain.contains(p.seq - 1):
+            below = prior(p.device, p.seq - 1)
+        if below is not None and p.prev != below:
+            self._add(idx, Check.DEVICE_CHAIN, f"punch {where}: prev does not match the hash "
+                      f"of seq {p.seq - 1}: the device chain forks")
+        above_prev, above_idx = chain.add(p.seq, p.prev, phash, idx)
+        if above_prev is not None and above_prev != phash:
+            self._add(idx, Check.DEVICE_CHAIN, f"punch {where}: seq {p.seq + 1} (idx "
+                      f"{above_idx}) does not link to it: the device chain forks")
+
+    def _gap_findings(self) -> None:
+        note = ""
+        if self._state.deleted_punches:
+            note = (f" (or among the {self._state.deleted_punches} punch bodies retention "
+                    f"deleted)")
+        for device, chain in self._chains.items():
+            for first, last, next_idx in chain.gaps():
+                for a, b in self._unrecorded_before_start(device, first, last):
+                    seqs = f"seq {a}" if a == b else f"seqs {a}..{b}"
+                    self._add(next_idx, Check.DEVICE_CHAIN,
+                              f"{device}: {seqs} missing before seq {b + 1}{note}",
+                              tamper=False)
+
+    def _unrecorded_before_start(self, device: str, first: int,
+                                 last: int) -> Iterable[tuple[int, int]]:
+        prior = self._prior_hash
+        if prior is None or last - first + 1 > MAX_GAP_LOOKUPS:
+            yield first, last
+            return
+        run: int | None = None
+        for s in range(first, last + 1):
+            if prior(device, s) is None:
+                run = s if run is None else run
+            elif run is not None:
+                yield run, s - 1
+                run = None
+        if run is not None:
+            yield run, last
+
+    # -- finish --------------------------------------------------------------------------
+
+    def finish(self) -> AuditReport:
+        """Run the end-of-ledger checks once and return the report (idempotent)."""
+        if self._report is not None:
+            return self._report
+        st = self._state
+        # (4) a missing body needs a later retention entry that lists its idx
+        cover = _merge(st.retained)
+        for a, b in st.null_ranges:
+            for ua, ub in _subtract(a, b, cover):
+                span = f"idx {ua}" if ua == ub else f"idx {ua}..{ub}"
+                self._add(ua, Check.BODY, f"body of {span} is missing and no later retention "
+                          f"entry lists it: deleted without a retention record")
+        # (7) a checkpoint beyond the end: the tail was truncated under a signed checkpoint
+        pending = [p for ps in self._pending.values() for p in ps]
+        for p in pending:
+            if p.checkpoint.size <= self._next:
+                self._add(p.checkpoint.size - 1, Check.CHECKPOINT,
+                          f"checkpoint #{p.ordinal} covers entry {p.checkpoint.size - 1}, "
+                          f"which is not in the ledger")
+        beyond = [p for p in pending if p.checkpoint.size > self._next]
+        if beyond:
+            p = max(beyond, key=lambda p: p.checkpoint.size)
+            self._add(self._next, Check.CHECKPOINT,
+                      f"checkpoint #{p.ordinal} signed size {p.checkpoint.size}, but the "
+                      f"ledger ends at {self._next} entries: idx {self._next}.."
+                      f"{p.checkpoint.size - 1} are missing (truncated)")
+        self._gap_findings()
+        self._report = AuditReport(
+            entries=self._entries, punches=self._punches,
+            devices=sum(1 for ks in self._keys.values() if ks),
+            checkpoints=self._checkpoints, findings=self._findings.sorted(),
+            size=self._next, head=self._last_hash,
+            omitted=self._findings.omitted)
+        return self._report
+
+    def _guard(self) -> None:
+        if self._report is not None:
+            raise ValueError("the audit is finished; start a new LedgerAuditor")

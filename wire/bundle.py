@@ -1,0 +1,268 @@
+"""The audit bundle (DESIGN.md §6, docs/protocol.md §8): write it, read it as a stream, audit it.
+
+A bundle is a directory with ``ledger.ndjson`` (one ``{"entry","hash","body"}`` per line, idx
+order, body as a JSON value or null), ``checkpoints.ndjson`` (one signed checkpoint per line)
+and ``keys.json`` (``{"collector":[{"key","public"}]}``). Every line is canonical JSON.
+
+Invariants: reading never holds more than one ledger line in memory (a million-line bundle
+streams); a line that does not decode becomes a (1)/(7) finding at its position, never an
+exception; a body's bytes are ``canonical(body value)``, so the writer refuses a stored body
+that is not JSON (a damaged store must be verified in place, not exported).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from wire.audit import AuditReport, Check, Finding, LedgerAuditor
+from wire.canonical import canonical, loads
+from wire.errors import DecodeError, WireError
+from wire.fields import HASH_RE, KEY_ID_RE, get_str, require_object
+from wire.keys import VerifyKey
+from wire.ledger import Entry, SignedCheckpoint
+
+LEDGER_FILE = "ledger.ndjson"
+CHECKPOINTS_FILE = "checkpoints.ndjson"
+KEYS_FILE = "keys.json"
+MAX_LINE_BYTES = 4 * 1024 * 1024   # far above any body (punch envelopes are ≤ 256 KiB)
+_LINE_KEYS = frozenset({"entry", "hash", "body"})
+
+
+class BundleError(WireError):
+    """A bundle that cannot be read at all (missing file, bad keys.json, I/O error)."""
+
+    reason = "bundle"
+
+
+@dataclass(frozen=True, slots=True)
+class BundleEntry:
+    """One decoded ledger line; ``body`` is the canonical bytes of the embedded value."""
+
+    line: int
+    entry: Entry
+    hash: str
+    body: bytes | None
+    value: Any = None            # the body's JSON value (body == canonical(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A line that does not decode; ``message`` names the line and what is wrong."""
+
+    line: int
+    message: str
+
+
+@dataclass
+class BundleAudit:
+    report: AuditReport
+    pinned: bool                 # the log keys came from the caller, not from keys.json
+    bundle_keys: list[str]       # key ids listed in keys.json
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+def ledger_line(entry: Entry, entry_hash: str, body: bytes | None) -> bytes:
+    """The canonical ``ledger.ndjson`` line (with its newline) for one stored entry."""
+    value = None
+    if body is not None:
+        try:
+            value = loads(body)
+        except DecodeError as e:
+            raise BundleError(f"entry {entry.idx}: stored body is not JSON ({e}); the store "
+                              f"is damaged: run verify on it instead of exporting") from e
+    return canonical({"entry": entry.to_dict(), "hash": entry_hash, "body": value}) + b"\n"
+
+
+def keys_document(log_keys: Iterable[VerifyKey]) -> bytes:
+    keys = sorted({k.key_id: k for k in log_keys}.values(), key=lambda k: k.key_id)
+    return canonical({"collector": [{"key": k.key_id, "public": k.b64} for k in keys]}) + b"\n"
+
+
+def _create(path: Path) -> IO[bytes]:
+    try:
+        return path.open("xb")
+    except FileExistsError as e:
+        raise BundleError(f"{path}: exists; refusing to overwrite a bundle") from e
+    except OSError as e:
+        raise BundleError(f"{path}: cannot create: {e.strerror}") from e
+
+
+def write_bundle(directory: Path, entries: Iterable[tuple[Entry, str, bytes | None]],
+                 checkpoints: Iterable[SignedCheckpoint],
+                 log_keys: Iterable[VerifyKey]) -> int:
+    """Write a bundle into ``directory`` (created if needed; existing files are refused).
+
+    ``entries`` are (entry, recorded hash, body bytes or None) in idx order and are streamed.
+    Returns the number of entries written.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BundleError(f"{directory}: cannot create: {e.strerror}") from e
+    count = 0
+    try:
+        with _create(directory / KEYS_FILE) as f:
+            f.write(keys_document(log_keys))
+        with _create(directory / CHECKPOINTS_FILE) as f:
+            for cp in checkpoints:
+                f.write(cp.to_bytes() + b"\n")
+        with _create(directory / LEDGER_FILE) as f:
+            for entry, entry_hash, body in entries:
+                f.write(ledger_line(entry, entry_hash, body))
+                count += 1
+    except OSError as e:
+        raise BundleError(f"{directory}: write failed: {e.strerror}") from e
+    return count
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except FileNotFoundError as e:
+        raise BundleError(f"{path}: missing; an audit bundle holds {LEDGER_FILE}, "
+                          f"{CHECKPOINTS_FILE} and {KEYS_FILE}") from e
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, content without newline); None for a line over MAX_LINE_BYTES."""
+    with _open(path) as f:
+        n = 0
+        while True:
+            try:
+                line = f.readline(MAX_LINE_BYTES + 1)
+                n += 1
+                if not line:
+                    return
+                if len(line) > MAX_LINE_BYTES:
+                    while line and not line.endswith(b"\n"):     # skip to the line's end
+                        line = f.readline(MAX_LINE_BYTES)
+                    yield n, None
+                    continue
+            except OSError as e:
+                raise BundleError(f"{path}: read failed at line {n}: {e.strerror}") from e
+            yield n, line[:-1] if line.endswith(b"\n") else line
+
+
+def read_keys(directory: Path) -> dict[str, VerifyKey]:
+    """The collector log keys listed in ``keys.json``, by key id (each id is checked)."""
+    path = Path(directory) / KEYS_FILE
+    with _open(path) as f:
+        data = f.read(MAX_LINE_BYTES)
+    try:
+        obj = require_object(loads(data), "keys.json", frozenset({"collector"}))
+        listed = obj["collector"]
+        if not isinstance(listed, list):
+            raise DecodeError("collector: expected an array")
+        keys: dict[str, VerifyKey] = {}
+        for item in listed:
+            k = require_object(item, "collector key", frozenset({"key", "public"}))
+            kid = get_str(k, "key", KEY_ID_RE)
+            vk = VerifyKey.from_b64(get_str(k, "public"))
+            if vk.key_id != kid:
+                raise DecodeError(f"key {kid} is not the key id of its public key "
+                                  f"({vk.key_id})")
+            keys[kid] = vk
+    except WireError as e:
+        raise BundleError(f"{path}: {e}") from e
+    return keys
+
+
+def iter_checkpoints(directory: Path) -> Iterator[SignedCheckpoint | Malformed]:
+    for n, raw in _lines(Path(directory) / CHECKPOINTS_FILE):
+        if raw is None:
+            yield Malformed(n, f"{CHECKPOINTS_FILE} line {n}: longer than {MAX_LINE_BYTES} B")
+            continue
+        try:
+            yield SignedCheckpoint.from_bytes(raw)
+        except WireError as e:
+            yield Malformed(n, f"{CHECKPOINTS_FILE} line {n}: {e}")
+
+
+def decode_ledger_line(raw: bytes, line: int = 0) -> BundleEntry:
+    """Decode one ``ledger.ndjson`` line; the body bytes are ``canonical(body value)``."""
+    obj = require_object(loads(raw), "ledger line", _LINE_KEYS)
+    entry = Entry.from_dict(obj["entry"])
+    entry_hash = get_str(obj, "hash", HASH_RE)
+    value = obj["body"]
+    return BundleEntry(line, entry, entry_hash, None if value is None else canonical(value),
+                       value)
+
+
+def iter_ledger(directory: Path) -> Iterator[BundleEntry | Malformed]:
+    for n, raw in _lines(Path(directory) / LEDGER_FILE):
+        if raw is None:
+            yield Malformed(n, f"{LEDGER_FILE} line {n}: longer than {MAX_LINE_BYTES} B")
+            continue
+        try:
+            yield decode_ledger_line(raw, n)
+        except WireError as e:
+            yield Malformed(n, f"{LEDGER_FILE} line {n}: {e}")
+
+
+# -- auditing --------------------------------------------------------------------------------
+
+def _trusted_keys(listed: dict[str, VerifyKey], pinned: Sequence[VerifyKey] | None,
+                  ) -> tuple[dict[str, VerifyKey], list[Finding]]:
+    """(0) the keys to trust, and a finding per keys.json key that was not pinned."""
+    if pinned is None:
+        return listed, []
+    trusted = {k.key_id: k for k in pinned}
+    findings = [
+        Finding(None, Check.KEYS.value, f"{KEYS_FILE} lists collector key {kid}, which is not "
+                f"a pinned collector key: the bundle does not come from the pinned collector, "
+                f"or {KEYS_FILE} was replaced", True)
+        for kid, key in sorted(listed.items()) if trusted.get(kid) != key]
+    return trusted, findings
+
+
+def audit_bundle(directory: Path, *, pinned: Sequence[VerifyKey] | None = None) -> BundleAudit:
+    """Verify a bundle: steps (0)-(7) of docs/protocol.md §9.
+
+    With ``pinned`` (collector keys obtained out of band) only those keys are trusted, and a
+    key in keys.json that is not pinned is a (0) failure. Without it keys.json is trusted,
+    which proves only that the bundle is consistent with itself: the caller must say so.
+    Raises :class:`BundleError` only when the bundle cannot be read.
+    """
+    directory = Path(directory)
+    for name in (LEDGER_FILE, CHECKPOINTS_FILE):
+        if not (directory / name).is_file():
+            raise BundleError(f"{directory / name}: missing; is {directory} an audit bundle?")
+    listed = read_keys(directory)
+    trusted, key_findings = _trusted_keys(listed, pinned)
+    auditor = LedgerAuditor(trusted)
+    for cp in iter_checkpoints(directory):
+        if isinstance(cp, Malformed):
+            auditor.feed_malformed_checkpoint(cp.message)
+        else:
+            auditor.feed_checkpoint(cp)
+    for item in iter_ledger(directory):
+        if isinstance(item, Malformed):
+            auditor.feed_malformed(item.message)
+        else:
+            auditor.feed(item.entry, item.hash, item.body, decoded=item.value)
+    report = auditor.finish()
+    if key_findings:
+        report.findings = sorted(key_findings + report.findings, key=Finding.sort_key)
+    return BundleAudit(report, pinned is not None, sorted(listed))
+
+
+def dumps_report(audit: BundleAudit) -> str:
+    """The ``--json`` form of an audit."""
+    out = audit.report.to_dict()
+    out["collector_key_pinned"] = audit.pinned
+    out["bundle_keys"] = audit.bundle_keys
+    return json.dumps(out, indent=2, sort_keys=True)
