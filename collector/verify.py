@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +130,6 @@ def _prior_punch_hash(store: SQLStore, start: int) -> Callable[[str, int], str |
     return lookup
 
 
-def _snapshot_keys(auditor: LedgerAuditor) -> tuple[KeyState, ...]:
-    # The auditor has no public accessor for its key table yet; copy it at a checkpoint.
-    keys: dict[str, list[KeyState]] = auditor._keys  # noqa: SLF001
-    return tuple(replace(k) for ks in keys.values() for k in ks)
-
-
 def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
                  state: VerifyState | None = None, progress: Progress | None = None
                  ) -> VerifyResult:
@@ -173,7 +167,7 @@ def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
         else:
             auditor.feed(entry, str(raw.hash), raw.body)
             if target is not None and entry.idx + 1 == target.checkpoint.size:
-                keys_at_target = _snapshot_keys(auditor)
+                keys_at_target = auditor.keys_snapshot()
         done += 1
         if progress is not None and done % PROGRESS_EVERY == 0:
             progress(done, size - start)

@@ -664,6 +664,10 @@ class LedgerAuditor:
 
     # -- finish --------------------------------------------------------------------------
 
+    def keys_snapshot(self) -> tuple[KeyState, ...]:
+        """Copies of every key registration seen so far (to resume a later audit from here)."""
+        return tuple(replace(k) for ks in self._keys.values() for k in ks)
+
     def finish(self) -> AuditReport:
         """Run the end-of-ledger checks once and return the report (idempotent)."""
         if self._report is not None:
