@@ -1,0 +1,595 @@
+"""The agent's MQTT publisher (DESIGN.md §4): outbox → mTLS broker → signed receipts → delete.
+
+Threads: paho's network thread (``loop_start``) does socket I/O and hands received receipts to
+the *sender* thread, which does everything else: it reads :meth:`Outbox.pending`, publishes
+envelopes (QoS 1), verifies receipts and deletes what they ack. The sender wakes on
+:meth:`Publisher.notify_new` (a punch was committed), on a receipt, on (re)connect, or on a timer.
+
+Invariants:
+- A row leaves the outbox only through :meth:`Outbox.delete_acked`, and only for seqs that (1)
+  a receipt whose signature verifies under the log public key acks, (2) for this device, and
+  (3) that this process published and still awaits. Anything else in a receipt is counted and
+  ignored: a compromised broker cannot make the clock delete a punch that never reached the
+  ledger.
+- Every committed punch is published until a receipt covers it: new rows go out in seq order
+  from a cursor; an envelope with no receipt after ``resend_after_s`` (monotonic clock) is
+  published again, and a sweep re-publishes any pending row below the cursor that is neither
+  awaited nor acked. Delivery is at-least-once; the ledger is idempotent on (device, seq).
+- At most ``window_punches`` punches await receipts at once, so a backlog drains in a steady
+  flow of batches (≤ ``batch_max`` punches, ≤ 256 KiB) instead of flooding the broker.
+- Credentials never appear in a log line: logs name seqs and counts only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.clock import clock_state
+from agent.errors import AgentError
+from wire import topics
+from wire.ack import Ranges, SignedAck
+from wire.errors import WireError
+from wire.keys import VerifyKey
+from wire.punch import MAX_ENVELOPE_BYTES, MAX_ENVELOPE_PUNCHES, Envelope, SignedPunch
+from wire.tls import client_context
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+STATUS_VERSION = 1
+# Bytes of signed punches asked from the outbox per envelope: the envelope adds ~60 bytes of
+# header and one comma per punch, so 250,000 + 500 + 60 stays under the 256 KiB broker limit.
+_PENDING_MAX_BYTES = 250_000
+# Pending rows looked at by each sweep for orphans (rows below the cursor nobody awaits).
+_SWEEP_ROWS = 64
+
+
+class PublisherError(AgentError):
+    """The publisher could not be set up (TLS files, settings)."""
+
+
+class OutboxLike(Protocol):
+    """The part of :class:`agent.queue.Outbox` the publisher uses (thread-safe)."""
+
+    def pending(self, *, limit: int = 500, max_bytes: int = 250_000,
+                after_seq: int = 0) -> list[SignedPunch]: ...
+    def delete_acked(self, seqs: list[int]) -> int: ...
+    def depth(self) -> int: ...
+    def oldest_created_us(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherSettings:
+    """Broker endpoint, TLS files and delivery tuning (units in names)."""
+
+    host: str
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    keepalive_s: int = 60
+    connect_timeout_s: float = 10.0
+    session_expiry_s: int = 7 * 86400     # the broker keeps our acks while we are away
+    batch_max: int = 500                  # punches per envelope (1-500, DESIGN.md §4)
+    window_punches: int = 10_000          # punches published and awaiting a receipt
+    max_inflight_messages: int = 100      # paho's QoS 1 window (it scans it on every PUBACK)
+    resend_after_s: float = 30.0          # republish an envelope with no receipt after this
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    poll_interval_s: float = 5.0          # sender wakes at least this often
+    status_interval_s: float = 60.0       # republish the retained status this often
+    version: str = "0.1.0"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.batch_max <= MAX_ENVELOPE_PUNCHES:
+            problems.append(f"batch_max must be 1-{MAX_ENVELOPE_PUNCHES}, got {self.batch_max}")
+        if self.window_punches < self.batch_max:
+            problems.append("window_punches must be ≥ batch_max")
+        if self.resend_after_s <= 0 or self.poll_interval_s <= 0:
+            problems.append("resend_after_s and poll_interval_s must be > 0")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            problems.append("need 0 < reconnect_min_s ≤ reconnect_max_s")
+        if not 0 < self.port < 65536:
+            problems.append(f"port {self.port} is not a TCP port")
+        if problems:
+            raise PublisherError("invalid publisher settings: " + "; ".join(problems))
+
+
+StatusFn = Callable[[], Mapping[str, Any]]
+"""The service's status snapshot; the publisher reads its ``clock``, ``readers`` and
+``version`` for the retained MQTT status (queue figures come from the outbox itself)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    connected: bool
+    connects: int
+    connect_failures: int               # TCP/TLS/CONNACK failures (TLS refusals included)
+    disconnects: int
+    last_receipt_at: float | None       # wall clock (``now()``) of the last valid receipt
+    sent_messages: int
+    sent_punches: int                   # includes resends
+    resent_punches: int
+    receipts: int                       # valid receipts for this device
+    receipted: int                      # rows deleted from the outbox because of receipts
+    bad_receipts: int                   # malformed, or signature/log key does not verify
+    foreign_receipts: int               # valid signature but another device
+    unsent_acks: int                    # seqs acked that this process never published
+    duplicate_acks: int                 # seqs acked again after their rows were deleted
+    awaiting: int                       # punches published, awaiting a receipt
+    cursor: int                         # highest seq published by this process
+
+
+@dataclass(slots=True)
+class _Batch:
+    seqs: set[int]
+    sent_at: float                      # monotonic
+
+
+def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped at ``max_s``.
+
+    A fleet that lost its broker at one instant spreads its reconnects over time instead of
+    arriving in one burst (attempt counts from 1).
+    """
+    base: float = min(max_s, min_s * (2 ** min(max(attempt - 1, 0), 30)))
+    jitter: float = rng.uniform(0, base / 2)
+    return base / 2 + jitter
+
+
+def _covered(ranges: Ranges, starts: list[int], seq: int) -> bool:
+    i = bisect.bisect_right(starts, seq) - 1
+    return i >= 0 and ranges[i][0] <= seq <= ranges[i][1]
+
+
+class Publisher:
+    """Publishes an outbox's punches and deletes them on verified receipts.
+
+    ``now`` is the wall clock (status timestamps, ``last_receipt_at``); ``monotonic`` times
+    resends, so a clock step after NTP sync never delays or floods them.
+    """
+
+    def __init__(self, outbox: OutboxLike, device: str, *, log_key: VerifyKey,
+                 settings: PublisherSettings, status: StatusFn | None = None,
+                 now: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._outbox = outbox
+        self.device = device
+        self._log_key = log_key
+        self._s = settings
+        self._status = status if status is not None else self._default_status
+        self._now = now
+        self._mono = monotonic
+        self._rng = random.SystemRandom()
+        self._punch_topic = topics.punches(device)
+        self._ack_topic = topics.acks(device)
+        self._status_topic = topics.status(device)
+
+        self._lock = threading.Lock()          # counters and the receipt inbox
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._receipts: deque[bytes] = deque()
+        self._connected = False
+        self._reconnected = False              # set by on_connect, consumed by the sender
+        self._session_lost = False
+        self._attempt = 0
+        self._sender: threading.Thread | None = None
+        self._c: dict[str, int] = dict.fromkeys(
+            ("connects", "connect_failures", "disconnects", "sent_messages", "sent_punches",
+             "resent_punches", "receipts", "receipted", "bad_receipts", "foreign_receipts",
+             "unsent_acks", "duplicate_acks"), 0)
+        self._last_receipt_at: float | None = None
+
+        # Sender-thread state (no lock: only the sender touches it).
+        self._cursor = 0
+        self._batches: dict[int, _Batch] = {}  # insertion order = publish order
+        self._owner: dict[int, int] = {}       # seq -> batch id
+        self._next_batch = 0
+        self._next_status = 0.0
+        self._next_sweep = 0.0
+
+        self._client = self._make_client()
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        s = self._s
+        try:
+            ctx = client_context(s.ca_file, s.cert_file, s.key_file)
+        except WireError as e:
+            raise PublisherError(f"MQTT TLS setup failed: {e}") from e
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device,
+                        protocol=mqtt.MQTTv5)
+        c.tls_set_context(ctx)
+        c.connect_timeout = s.connect_timeout_s
+        c.max_inflight_messages_set(s.max_inflight_messages)
+        c.max_queued_messages_set(0)           # unbounded: the window bounds what we queue
+        self._set_reconnect_delay(c, s.reconnect_min_s)
+        c.will_set(self._status_topic, self._offline_payload("connection-lost"), qos=1,
+                   retain=True)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        return c
+
+    @staticmethod
+    def _set_reconnect_delay(c: mqtt.Client, delay_s: float) -> None:
+        # paho doubles its delay up to max; min == max == our jittered delay makes paho wait
+        # exactly that long. paho annotates int seconds but uses them as float.
+        setter = cast(Callable[[float, float], None], c.reconnect_delay_set)
+        setter(delay_s, delay_s)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background (retrying with backoff) and start the sender thread."""
+        if self._sender is not None:
+            raise PublisherError("publisher already started")
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._s.session_expiry_s
+        self._client.connect_async(self._s.host, self._s.port, keepalive=self._s.keepalive_s,
+                                   clean_start=False, properties=props)
+        self._client.loop_start()
+        self._sender = threading.Thread(target=self._sender_main,
+                                        name=f"publisher-{self.device}", daemon=True)
+        self._sender.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending, publish a retained "offline" status if connected, disconnect."""
+        self._stopping.set()
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(timeout)
+        if self._connected:
+            try:
+                info = self._client.publish(self._status_topic,
+                                            self._status_payload("offline", "stopped"),
+                                            qos=1, retain=True)
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError, AgentError) as e:
+                log.warning("could not publish offline status: %s", e)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def notify_new(self) -> None:
+        """A punch was committed: wake the sender (cheap; call from any thread)."""
+        self._wake.set()
+
+    wake = notify_new
+
+    def healthy(self) -> bool:
+        """The sender loop runs (disconnected and retrying with backoff is healthy)."""
+        return (self._sender is not None and self._sender.is_alive()
+                and not self._stopping.is_set())
+
+    def state(self) -> dict[str, Any]:
+        """For the service's status: connection state, a one-line detail, receipt figures."""
+        st = self.stats()
+        if self._stopping.is_set() or self._sender is None:
+            status = "stopped"
+        else:
+            status = "connected" if st.connected else "connecting"
+        return {
+            "status": status,
+            "detail": (f"{self._s.host}:{self._s.port}; {st.awaiting} awaiting receipt; "
+                       f"{st.receipted} receipted, {st.bad_receipts + st.foreign_receipts} "
+                       f"receipts ignored"),
+            "last_receipt_us": (None if st.last_receipt_at is None
+                                else int(st.last_receipt_at * 1_000_000)),
+            "awaiting": st.awaiting, "receipted": st.receipted,
+            "bad_receipts": st.bad_receipts, "foreign_receipts": st.foreign_receipts,
+            "unsent_acks": st.unsent_acks, "resent_punches": st.resent_punches,
+        }
+
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            c = dict(self._c)
+            last = self._last_receipt_at
+            connected = self._connected
+        return PublisherStats(
+            connected=connected, connects=c["connects"],
+            connect_failures=c["connect_failures"], disconnects=c["disconnects"],
+            last_receipt_at=last, sent_messages=c["sent_messages"],
+            sent_punches=c["sent_punches"], resent_punches=c["resent_punches"],
+            receipts=c["receipts"], receipted=c["receipted"], bad_receipts=c["bad_receipts"],
+            foreign_receipts=c["foreign_receipts"], unsent_acks=c["unsent_acks"],
+            duplicate_acks=c["duplicate_acks"], awaiting=len(self._owner), cursor=self._cursor)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._c[name] += n
+
+    # --- paho callbacks (network thread) ----------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: mqtt.ConnectFlags,
+                    reason: ReasonCode, _props: Properties | None) -> None:
+        if reason.is_failure:
+            self._count("connect_failures")
+            log.warning("broker refused connection: %s", reason)
+            return
+        client.subscribe(self._ack_topic, qos=1)
+        with self._lock:
+            self._connected = True
+            self._reconnected = True
+            self._session_lost = not flags.session_present
+            self._c["connects"] += 1
+            self._attempt = 0
+        self._set_reconnect_delay(client, self._s.reconnect_min_s)
+        log.info("connected to %s:%d (session %s)", self._s.host, self._s.port,
+                 "resumed" if flags.session_present else "new")
+        self._wake.set()
+
+    def _next_backoff(self, client: mqtt.Client) -> float:
+        with self._lock:
+            self._attempt += 1
+            attempt = self._attempt
+        delay = backoff_delay(attempt, self._s.reconnect_min_s, self._s.reconnect_max_s,
+                              self._rng)
+        self._set_reconnect_delay(client, delay)
+        return delay
+
+    def _on_connect_fail(self, client: mqtt.Client, _userdata: Any) -> None:
+        self._count("connect_failures")
+        delay = self._next_backoff(client)
+        log.warning("cannot reach broker %s:%d; retrying in %.1f s", self._s.host, self._s.port,
+                    delay)
+
+    def _on_disconnect(self, client: mqtt.Client, _userdata: Any,
+                       _flags: mqtt.DisconnectFlags, reason: ReasonCode,
+                       _props: Properties | None) -> None:
+        with self._lock:
+            was = self._connected
+            self._connected = False
+            if was:
+                self._c["disconnects"] += 1
+        if self._stopping.is_set():
+            return
+        delay = self._next_backoff(client)
+        log.warning("disconnected from broker (%s); reconnecting in %.1f s", reason, delay)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any,
+                    msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self._ack_topic:
+            return
+        with self._lock:
+            self._receipts.append(bytes(msg.payload))
+        self._wake.set()
+
+    # --- sender thread ----------------------------------------------------------------------
+
+    def _sender_main(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._step()
+            except Exception:
+                # Top of a long-running loop: log with the traceback and keep going; a
+                # transient queue error must not stop delivery for good.
+                log.exception("publisher step failed")
+                self._stopping.wait(1.0)
+            self._wake.wait(self._sleep_for())
+            self._wake.clear()
+
+    def _sleep_for(self) -> float:
+        t = self._s.poll_interval_s
+        # Disconnected, nothing can be resent: on_connect wakes us.
+        if self._batches and self._connected:
+            oldest = next(iter(self._batches.values()))
+            t = min(t, max(0.0, oldest.sent_at + self._s.resend_after_s - self._mono()))
+        return max(t, 0.005)
+
+    def _step(self) -> None:
+        self._process_receipts()
+        with self._lock:
+            connected = self._connected
+            reconnected, self._reconnected = self._reconnected, False
+            session_lost, self._session_lost = self._session_lost, False
+        if not connected or self._stopping.is_set():
+            return
+        mono = self._mono()
+        if reconnected:
+            self._next_status = 0.0
+            if session_lost:
+                # The broker forgot our session: receipts sent while we were away are gone.
+                # Expire everything awaited so it goes out again now.
+                for b in self._batches.values():
+                    b.sent_at = float("-inf")
+        if mono >= self._next_status:
+            self._publish_status()
+            self._next_status = mono + self._s.status_interval_s
+        self._resend_expired(mono)
+        if mono >= self._next_sweep:
+            self._sweep()
+            self._next_sweep = mono + min(self._s.resend_after_s, self._s.poll_interval_s)
+        self._send_new()
+
+    def _send_new(self) -> None:
+        while not self._stopping.is_set() and self._connected:
+            room = self._s.window_punches - len(self._owner)
+            if room <= 0:
+                return
+            rows = self._outbox.pending(limit=min(self._s.batch_max, room),
+                                        max_bytes=_PENDING_MAX_BYTES, after_seq=self._cursor)
+            if not rows:
+                return
+            self._publish(rows, resend=False)
+            self._cursor = max(self._cursor, rows[-1].punch.seq)
+            # Receipts for earlier batches free room in the window while we send.
+            if self._receipts:
+                self._process_receipts()
+
+    def _resend_expired(self, mono: float) -> None:
+        due = self._s.resend_after_s
+        while self._batches:
+            bid, batch = next(iter(self._batches.items()))
+            if batch.sent_at + due > mono:
+                return
+            del self._batches[bid]
+            for s in batch.seqs:
+                del self._owner[s]
+            lo, hi = min(batch.seqs), max(batch.seqs)
+            # A batch was a run of consecutive pending rows; the rows left of it are a subset.
+            rows = [r for r in self._outbox.pending(limit=MAX_ENVELOPE_PUNCHES,
+                                                    max_bytes=_PENDING_MAX_BYTES,
+                                                    after_seq=lo - 1)
+                    if r.punch.seq <= hi and r.punch.seq in batch.seqs]
+            if rows:
+                log.info("no receipt for seqs %d-%d after %.0f s; publishing %d again",
+                         lo, hi, due, len(rows))
+                self._publish(rows, resend=True)
+
+    def _sweep(self) -> None:
+        """Re-publish pending rows below the cursor that nobody awaits (e.g. a failed delete,
+        or a row committed out of order): every committed punch must reach a receipt."""
+        rows = [r for r in self._outbox.pending(limit=_SWEEP_ROWS, max_bytes=_PENDING_MAX_BYTES)
+                if r.punch.seq <= self._cursor and r.punch.seq not in self._owner]
+        if rows:
+            log.info("publishing %d pending row(s) below the cursor again", len(rows))
+            self._publish(rows, resend=True)
+
+    def _publish(self, rows: list[SignedPunch], *, resend: bool) -> None:
+        payload = Envelope(self.device, tuple(rows)).to_bytes()
+        if len(payload) > MAX_ENVELOPE_BYTES and len(rows) > 1:
+            half = len(rows) // 2
+            self._publish(rows[:half], resend=resend)
+            self._publish(rows[half:], resend=resend)
+            return
+        bid = self._next_batch
+        self._next_batch += 1
+        seqs = {r.punch.seq for r in rows}
+        self._batches[bid] = _Batch(seqs, self._mono())
+        for s in seqs:
+            self._owner[s] = bid
+        # Not connected: paho queues the message and sends it after reconnecting; the batch
+        # is awaited either way, and republished if no receipt comes.
+        self._client.publish(self._punch_topic, payload, qos=1)
+        with self._lock:
+            self._c["sent_messages"] += 1
+            self._c["sent_punches"] += len(rows)
+            if resend:
+                self._c["resent_punches"] += len(rows)
+
+    # receipts
+
+    def _process_receipts(self) -> None:
+        while True:
+            with self._lock:
+                if not self._receipts:
+                    return
+                payload = self._receipts.popleft()
+            self._handle_receipt(payload)
+
+    def _handle_receipt(self, payload: bytes) -> None:
+        # (1) parse strictly, (2) signature under the log key, (3) this device,
+        # (4) delete exactly the acked seqs that we published and still await.
+        try:
+            receipt = SignedAck.from_bytes(payload)
+            receipt.verify(self._log_key)
+        except WireError as e:
+            self._count("bad_receipts")
+            log.warning("ignored a receipt that does not verify (%s): %s", e.reason, e)
+            return
+        ack = receipt.ack
+        if ack.device != self.device:
+            self._count("foreign_receipts")
+            log.warning("ignored a receipt for device %s on our acks topic", ack.device)
+            return
+        hits, duplicate, unsent = self._classify(ack.acked)
+        for s in hits:
+            bid = self._owner.pop(s)
+            batch = self._batches[bid]
+            batch.seqs.discard(s)
+            if not batch.seqs:
+                del self._batches[bid]
+        deleted = self._outbox.delete_acked(hits) if hits else 0
+        with self._lock:
+            self._c["receipts"] += 1
+            self._c["receipted"] += deleted
+            self._c["duplicate_acks"] += duplicate
+            self._c["unsent_acks"] += unsent
+            self._last_receipt_at = self._now()
+        if unsent:
+            log.warning("receipt acks %d seq(s) this agent never published; ignored them",
+                        unsent)
+
+    def _classify(self, ranges: Ranges) -> tuple[list[int], int, int]:
+        """Split acked seqs into (awaited seqs, count already deleted, count never published)."""
+        total = sum(b - a + 1 for a, b in ranges)
+        unsent = sum(max(0, b - max(a, self._cursor + 1) + 1) for a, b in ranges)
+        if total <= len(self._owner):
+            hits = [s for a, b in ranges for s in range(a, b + 1) if s in self._owner]
+        else:
+            starts = [a for a, _ in ranges]
+            hits = sorted(s for s in self._owner if _covered(ranges, starts, s))
+        return hits, total - unsent - len(hits), unsent
+
+    # status
+
+    def _default_status(self) -> Mapping[str, Any]:
+        return {"clock": clock_state(), "readers": {}, "version": self._s.version}
+
+    def _status_payload(self, state: str, reason: str | None = None) -> bytes:
+        snap = self._status()
+        body: dict[str, Any] = {
+            "v": STATUS_VERSION, "device": self.device, "state": state,
+            "at": int(self._now() * 1_000_000),
+            "queue": {"depth": self._outbox.depth(),
+                      "oldest_unacked_us": self._outbox.oldest_created_us()},
+            "clock": snap.get("clock", "unsynced"), "readers": snap.get("readers", {}),
+            "version": snap.get("version", self._s.version),
+        }
+        if reason is not None:
+            body["reason"] = reason
+        # default=str: reader states are plain values; never let one odd field kill status.
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+    def _offline_payload(self, reason: str) -> bytes:
+        body = {"v": STATUS_VERSION, "device": self.device, "state": "offline",
+                "reason": reason, "version": self._s.version}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def _publish_status(self) -> None:
+        self._client.publish(self._status_topic, self._status_payload("online"), qos=1,
+                             retain=True)
+
+
+def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
+                   env: Mapping[str, str] | None = None) -> Publisher:
+    """Build the publisher from the agent config (``agent.service`` calls this when
+    ``[mqtt]`` is configured). TLS key paths may be systemd credentials."""
+    from agent.status import agent_version  # noqa: PLC0415 -- keeps this module light
+
+    m, k = config.mqtt, config.keys
+    if m is None:
+        raise PublisherError("no [mqtt] section: nothing to publish to")
+    ca, cert, key, log_key = k.ca_cert, k.tls_cert, k.tls_key, k.log_public_key
+    if ca is None or cert is None or key is None or log_key is None:
+        missing = [name for name, v in (("ca_cert", ca), ("tls_cert", cert), ("tls_key", key),
+                                        ("log_public_key", log_key)) if v is None]
+        raise PublisherError(f"[mqtt] needs keys.{', keys.'.join(missing)}")
+    settings = PublisherSettings(
+        host=m.host, port=m.port, ca_file=ca, cert_file=cert, key_file=key.resolve(env),
+        keepalive_s=m.keepalive_s, batch_max=m.batch_max,
+        resend_after_s=m.resend_after_s, reconnect_min_s=m.reconnect_min_s,
+        reconnect_max_s=m.reconnect_max_s, version=agent_version())
+    return Publisher(outbox, config.device.id, log_key=log_key, settings=settings,
+                     status=status)

@@ -1,0 +1,95 @@
+"""Broker outages: punches recorded while the broker is away all reach a receipt afterwards.
+
+The broker is the REAL mTLS Mosquitto of the fixture, stopped (SIGTERM) or crashed (SIGKILL,
+losing whatever it had not saved) and started again on the same port.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.publisher import Publisher
+from agent.queue import Outbox
+from tests.agent.receipt_standin import DEVICE, ReceiptStandin, record_n, settings, wait
+from tests.fixtures.mosquitto import MosquittoBroker
+from wire.keys import SigningKey
+
+
+@pytest.fixture
+def broker(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    return mosquitto_factory(collectors=("test",))
+
+
+@pytest.fixture
+def log_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    with Outbox(tmp_path / "queue.db", os.urandom(32), DEVICE) as ob:
+        yield ob
+
+
+@pytest.fixture
+def standin(broker: MosquittoBroker, log_key: SigningKey) -> Iterator[ReceiptStandin]:
+    with ReceiptStandin(broker.host, broker.port, broker.context("collector.test"),
+                        log_key) as s:
+        yield s
+
+
+def test_d4_1000_punches_recorded_while_broker_down_are_all_receipted(
+        broker: MosquittoBroker, outbox: Outbox, log_key: SigningKey,
+        standin: ReceiptStandin) -> None:
+    device_key = SigningKey.generate()
+    pub = Publisher(outbox, DEVICE, log_key=log_key.verify_key,
+                    settings=settings(broker, resend_after_s=5.0))
+    pub.start()
+    try:
+        wait(lambda: pub.stats().connected, 10, "connection")
+        broker.stop()
+        wait(lambda: not pub.stats().connected, 10, "the agent to see the outage")
+        seqs = record_n(outbox, device_key, 1000, pub.notify_new)
+        assert seqs == list(range(1, 1001))
+        assert outbox.depth() == 1000
+        assert standin.punches == 0
+        t0 = time.monotonic()
+        broker.start()
+        wait(lambda: outbox.depth() == 0, 60, "the queue to empty after the broker returned")
+        drain_s = time.monotonic() - t0
+        st = pub.stats()
+        assert st.receipted == 1000
+        assert st.bad_receipts == st.foreign_receipts == st.unsent_acks == 0
+        assert set(standin.seqs_seen(DEVICE)) == set(range(1, 1001))
+        assert standin.errors == []
+        assert drain_s < 30
+    finally:
+        pub.stop()
+
+
+def test_d4_broker_crash_mid_drain_loses_no_punch(
+        broker: MosquittoBroker, outbox: Outbox, log_key: SigningKey,
+        standin: ReceiptStandin) -> None:
+    """SIGKILL drops what the broker had PUBACKed but not delivered and the receipts it
+    held; only receipts delete rows, so resends fill the gap."""
+    device_key = SigningKey.generate()
+    record_n(outbox, device_key, 600)
+    pub = Publisher(outbox, DEVICE, log_key=log_key.verify_key,
+                    settings=settings(broker, batch_max=20, window_punches=100,
+                                      resend_after_s=1.0))
+    pub.start()
+    try:
+        wait(lambda: pub.stats().receipts >= 2, 10, "the drain to start")
+        broker.kill()
+        assert outbox.depth() > 0
+        broker.start()
+        wait(lambda: outbox.depth() == 0, 60, "the queue to empty after the crash")
+        assert set(standin.seqs_seen(DEVICE)) == set(range(1, 601))
+        assert pub.stats().receipted == 600
+    finally:
+        pub.stop()
