@@ -1,0 +1,212 @@
+"""Streaming punches as NDJSON through the HTTPS API: throughput and server memory.
+
+Setup, once per invocation: a CA and server certificate (collector.pki) in a temp dir, a
+SQLite ledger seeded with ``--rows`` pre-signed punches (Ed25519, chained per device) by
+direct batched ``store.append`` calls, and an ``hr.read`` token.
+
+Each run: the API server runs in its own process (collector.api.start_api, HTTPS, TLS ≥ 1.2,
+real token authentication and access logging); the client (aiohttp, this process) GETs
+``/v1/punches?format=ndjson`` and counts rows as they stream. The server's RSS is sampled
+from /proc every 50 ms; growth = peak during the stream − RSS just before it.
+
+Targets: median ≥ 50,000 rows/s and RSS growth < 50 MB; exit status 1 if missed.
+
+    python bench/export.py            # 3 runs, 1,000,000 punches
+    python bench/export.py --quick    # 2 runs, 100,000 punches
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import common  # sets sys.path to the repository root
+
+from collector.api import ApiSection, start_api
+from collector.ledger.base import EventFact, PunchFact
+from collector.ledger.sqlite import SQLiteStore
+from collector.pki import CertificateAuthority
+from collector.principals import Principals
+from wire import ZERO_HASH
+from wire.keys import SigningKey
+from wire.punch import Punch
+from wire.topics import punches as topic
+
+TARGET_ROWS_S = 50_000
+TARGET_RSS_MB = 50.0
+T0 = 1_764_140_400_000_000
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def seed(db: Path, rows: int, devices: int) -> float:
+    """Fill ``db`` with ``rows`` signed punches over ``devices`` clocks; returns seconds."""
+    started = time.perf_counter()
+    store = SQLiteStore(db)
+    store._conn.execute("PRAGMA synchronous = OFF")  # seeding only; the API reads normally
+    keys = {f"clock-{d:03d}": SigningKey.generate() for d in range(devices)}
+    store.append([EventFact("device", {"event": "enrolled", "device": dev, "site": "hq",
+                                       "key": k.key_id, "signing_key": k.verify_key.b64})
+                  for dev, k in keys.items()], now_us=T0)
+    prev = dict.fromkeys(keys, ZERO_HASH)
+    per_device = rows // devices
+    batch: list[PunchFact] = []
+    n = 0
+    for seq in range(1, per_device + 1):
+        for dev, k in keys.items():
+            p = Punch(device=dev, seq=seq, prev=prev[dev], ts=T0 + n * 1000, clock="synced",
+                      boot="6b2f1e0c-3c4d-4e8a-9f1a-2b3c4d5e6f70", mono=seq, reader="front",
+                      credential=f"em4100:{n % 5000:010d}",
+                      action="in" if seq % 2 else "out", key=k.key_id)
+            prev[dev] = p.hash()
+            batch.append(PunchFact(p.sign(k), topic(dev), T0 + n * 1000))
+            n += 1
+            if len(batch) >= 5000:
+                store.append(batch, now_us=T0 + n * 1000)
+                batch = []
+    if batch:
+        store.append(batch, now_us=T0 + n * 1000)
+    store.close()
+    return time.perf_counter() - started
+
+
+def serve(db: str, port: int, cert: str, key: str) -> None:
+    """Child process: serve the API over HTTPS until stdin closes."""
+
+    async def main() -> None:
+        store = SQLiteStore(Path(db))
+        section = ApiSection(cert=Path(cert), key=Path(key), listen="127.0.0.1", port=port)
+        runner = await start_api(section, store, log_keys={})
+        print("READY", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await runner.cleanup()
+        store.close()
+
+    asyncio.run(main())
+
+
+async def fetch(url: str, token: str, ctx: ssl.SSLContext) -> tuple[int, float]:
+    rows = 0
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as s, s.get(
+            url, headers={"Authorization": f"Bearer {token}"}, ssl=ctx) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{r.status}: {await r.text()}")
+        async for chunk in r.content.iter_chunked(1 << 20):
+            rows += chunk.count(b"\n")
+    return rows, time.perf_counter() - started
+
+
+def one_run(db: Path, token: str, *, cert: Path, key: Path, ca: Path
+            ) -> tuple[int, float, float]:
+    port = common_free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(db), str(port),
+                             str(cert), str(key)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "READY":
+            raise RuntimeError("API server did not start")
+        base = rss_kb(proc.pid)
+        peak = base
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.05):
+                peak = max(peak, rss_kb(proc.pid))
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        ctx = ssl.create_default_context(cafile=str(ca))
+        rows, secs = asyncio.run(fetch(f"https://127.0.0.1:{port}/v1/punches?format=ndjson",
+                                       token, ctx))
+        done.set()
+        t.join()
+        peak = max(peak, rss_kb(proc.pid))
+        return rows, secs, (peak - base) / 1024
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(30)
+
+
+def common_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 runs of 100,000 punches")
+    ap.add_argument("--rows", type=int, help="punches in the ledger (default 1,000,000)")
+    ap.add_argument("--runs", type=int, help="runs (default 3)")
+    ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        serve(*args.serve)
+        return 0
+    rows = args.rows or (100_000 if args.quick else 1_000_000)
+    runs = args.runs or (2 if args.quick else 3)
+
+
+    with tempfile.TemporaryDirectory(prefix="tc-bench-export-") as tmp:
+        work = Path(tmp)
+        print(common.header("API NDJSON export: punches streamed over HTTPS", data_dir=work))
+        now = dt.datetime.now(dt.UTC)
+        ca = CertificateAuthority.init(work / "ca", now=now, common_name="bench CA")
+        server = ca.issue_server(dns=["localhost"], ips=["127.0.0.1"], now=now, name="api")
+        db = work / "ledger.db"
+        seed_s = seed(db, rows, devices=50)
+        print(f"seeded  : {rows:,} signed punches in {seed_s:.1f} s "
+              f"({rows / seed_s:,.0f}/s, batched store.append of pre-signed punches); "
+              f"db {db.stat().st_size / 2**20:.0f} MiB")
+        store = SQLiteStore(db)
+        token = Principals(store).create_token("bench", ["hr.read"], expires_days=1,
+                                               actor="bench", now_us=time.time_ns() // 1000
+                                               ).token
+        store.close()
+        results = []
+        for i in range(runs):
+            n, secs, growth = one_run(db, token, cert=server.cert_file, key=server.key_file,
+                                      ca=ca.cert_file)
+            if n != rows:
+                print(f"run {i + 1}: expected {rows} rows, got {n}", file=sys.stderr)
+                return 1
+            results.append((n / secs, growth, secs))
+        print(common.table(["run", "rows", "seconds", "rows/s", "server RSS growth MB"],
+                           [[i + 1, f"{rows:,}", f"{s:.2f}", f"{r:,.0f}", f"{g:.1f}"]
+                            for i, (r, g, s) in enumerate(results)]))
+        med_rate = common.median([r for r, _, _ in results])
+        med_growth = common.median([g for _, g, _ in results])
+        worst_growth = max(g for _, g, _ in results)
+        ok = med_rate >= TARGET_ROWS_S and worst_growth < TARGET_RSS_MB
+        print(f"median  : {med_rate:,.0f} rows/s (target ≥ {TARGET_ROWS_S:,}); RSS growth "
+              f"median {med_growth:.1f} MB, worst {worst_growth:.1f} MB (target < "
+              f"{TARGET_RSS_MB:.0f} MB) → {'OK' if ok else 'MISSED'}")
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())

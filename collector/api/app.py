@@ -1,0 +1,247 @@
+"""The API application factory and its HTTPS server (``[api]`` section of the collector
+config).
+
+``make_app(store, settings=..., clock=...)`` builds the aiohttp application (tests use it
+directly through aiohttp's test client); ``start_api``/``run_api`` serve it over HTTPS with
+the server certificate from our CA (TLS ≥ 1.2 via wire.tls.server_context) and, when
+``client_ca`` is set, accept client certificates of that CA as principals (CN = principal).
+``ApiThread`` runs it beside the threaded ingest service.
+
+Invariant: the access log is flushed on shutdown (cleanup context) before the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from collector.api.access import AccessLog, Throttle
+from collector.api.keys import (
+    ACCESS_LOG,
+    CLOCK,
+    CORRECTIONS,
+    PRINCIPALS,
+    SETTINGS,
+    STORE,
+    THROTTLE,
+    VERIFY_STATE,
+    ApiSettings,
+    VerifyBox,
+)
+from collector.api.middlewares import guard
+from collector.api.routes import add_routes
+from collector.corrections import Corrections
+from collector.errors import ConfigError
+from collector.ledger.sqlbase import SQLStore
+from collector.principals import Principals, ensure_schema
+from wire.errors import WireError
+from wire.keys import VerifyKey
+from wire.tls import server_context
+
+log = logging.getLogger("timeclock.api")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
+             clock: Callable[[], int] = now_us) -> web.Application:
+    """The API application over ``store`` (access tables created if SQLite)."""
+    settings = settings or ApiSettings()
+    ensure_schema(store)
+    app = web.Application(middlewares=[guard], client_max_size=settings.body_max_bytes)
+    app[STORE] = store
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    app[PRINCIPALS] = Principals(store)
+    app[CORRECTIONS] = Corrections(store)
+    app[THROTTLE] = Throttle(max_failures=settings.auth_failures_max,
+                             window_s=settings.auth_failures_window_s)
+    app[VERIFY_STATE] = VerifyBox()
+    add_routes(app)
+    app.cleanup_ctx.append(_access_log)
+    return app
+
+
+async def _access_log(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    alog = AccessLog(app[STORE], app[CLOCK], flush_interval_s=s.access_flush_ms / 1000,
+                     batch_max=s.access_batch_max, max_pending=s.access_max_pending)
+    app[ACCESS_LOG] = alog
+    alog.start()
+    yield
+    await alog.close()
+
+
+# -- configuration ([api] section) -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ApiSection:
+    """``[api]``: where and how to serve; see docs/api.md."""
+
+    cert: Path                      # server certificate (from our CA)
+    key: Path                       # its key (0600)
+    listen: str = "127.0.0.1"
+    port: int = 8443
+    client_ca: Path | None = None   # accept client certificates of this CA (CN = principal)
+    crl: Path | None = None         # refuse revoked client certificates (needs client_ca)
+    access_flush_ms: int = 100
+    access_batch_max: int = 200
+    auth_failures_max: int = 10
+    auth_failures_window_s: int = 300
+
+    def settings(self, log_keys: Mapping[str, VerifyKey]) -> ApiSettings:
+        return ApiSettings(log_keys=dict(log_keys), access_flush_ms=self.access_flush_ms,
+                           access_batch_max=self.access_batch_max,
+                           auth_failures_max=self.auth_failures_max,
+                           auth_failures_window_s=self.auth_failures_window_s)
+
+
+_LIMITS = {"port": (1, 65535), "access_flush_ms": (1, 10_000), "access_batch_max": (1, 10_000),
+           "auth_failures_max": (1, 1000), "auth_failures_window_s": (1, 86_400)}
+
+
+def _paths(table: Mapping[str, Any], base_dir: Path, prefix: str, values: dict[str, Any],
+           problems: list[str]) -> None:
+    for k in ("cert", "key"):
+        if k not in table:
+            problems.append(f"{prefix}.{k}: required")
+    for k in ("cert", "key", "client_ca", "crl"):
+        if k not in table:
+            continue
+        v = table[k]
+        if not isinstance(v, str) or not v:
+            problems.append(f"{prefix}.{k}: must be a file path")
+        else:
+            p = Path(v)
+            values[k] = p if p.is_absolute() else base_dir / p
+
+
+def _numbers(table: Mapping[str, Any], prefix: str, values: dict[str, Any],
+             problems: list[str]) -> None:
+    for k, (lo, hi) in _LIMITS.items():
+        if k not in table:
+            continue
+        v = table[k]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            problems.append(f"{prefix}.{k}: must be an integer in {lo}…{hi}")
+        else:
+            values[k] = v
+
+
+def parse_api_section(table: Mapping[str, Any], base_dir: Path, *, prefix: str = "api"
+                      ) -> ApiSection:
+    """An :class:`ApiSection` from a TOML table; every problem at once (ConfigError).
+    Relative paths are resolved against ``base_dir`` (the config file's directory)."""
+    known = {f.name for f in fields(ApiSection)}
+    problems = [f"{prefix}.{k}: unknown key (known: {', '.join(sorted(known))})"
+                for k in table if k not in known]
+    values: dict[str, Any] = {}
+    _paths(table, base_dir, prefix, values, problems)
+    _numbers(table, prefix, values, problems)
+    if "listen" in table:
+        if not isinstance(table["listen"], str) or not table["listen"]:
+            problems.append(f"{prefix}.listen: must be a host or address")
+        else:
+            values["listen"] = table["listen"]
+    if "crl" in values and "client_ca" not in values:
+        problems.append(f"{prefix}.crl: needs {prefix}.client_ca (nothing to check)")
+    if problems:
+        raise ConfigError(problems)
+    return ApiSection(**values)
+
+
+def tls_context(section: ApiSection) -> ssl.SSLContext:
+    """The HTTPS context: our server certificate, TLS ≥ 1.2; client certificates of
+    ``client_ca`` are optional (tokens are the other way in) but verified when presented,
+    against the CRL when one is configured."""
+    try:
+        if section.client_ca is None:
+            return server_context(section.cert, section.cert, section.key,
+                                  require_client_cert=False)
+        ctx = server_context(section.client_ca, section.cert, section.key,
+                             require_client_cert=True, crl_file=section.crl)
+    except WireError as e:
+        raise ConfigError([f"api: {e}"]) from e
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+async def start_api(section: ApiSection, store: SQLStore, *,
+                    log_keys: Mapping[str, VerifyKey],
+                    clock: Callable[[], int] = now_us) -> web.AppRunner:
+    """Start serving on ``section.listen:port`` over HTTPS; ``await runner.cleanup()`` stops
+    it (in-flight requests finish, the access log is flushed)."""
+    app = make_app(store, settings=section.settings(log_keys), clock=clock)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+    await runner.setup()
+    site = web.TCPSite(runner, section.listen, section.port, ssl_context=tls_context(section))
+    await site.start()
+    log.info("API listening on https://%s:%d", section.listen, section.port)
+    return runner
+
+
+async def run_api(section: ApiSection, store: SQLStore, *,
+                  log_keys: Mapping[str, VerifyKey], stop: asyncio.Event,
+                  clock: Callable[[], int] = now_us) -> None:
+    """Serve until ``stop`` is set, then shut down cleanly."""
+    runner = await start_api(section, store, log_keys=log_keys, clock=clock)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+class ApiThread:
+    """The API in its own thread and event loop, for the threaded ``serve`` command:
+    ``start()`` returns once the socket listens (or raises), ``stop()`` shuts it down."""
+
+    def __init__(self, section: ApiSection, store: SQLStore, *,
+                 log_keys: Mapping[str, VerifyKey], clock: Callable[[], int] = now_us) -> None:
+        self.section, self.store, self.log_keys, self.clock = section, store, log_keys, clock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="timeclock-api", daemon=True)
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            runner = await start_api(self.section, self.store, log_keys=self.log_keys,
+                                     clock=self.clock)
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError("the API did not start in time")
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout_s)

@@ -1,0 +1,75 @@
+"""Typed application and request keys (aiohttp ``AppKey``/``RequestKey``) of the API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from collector.api.access import AccessLog, AccessRecord, Throttle
+from collector.corrections import Corrections
+from collector.ledger.sqlbase import SQLStore
+from collector.principals import Principal, Principals
+from collector.verify import VerifyState
+from wire.keys import VerifyKey
+
+if TYPE_CHECKING:
+    from collector.api.routes import Route
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Runtime knobs of the API application (see ``[api]`` in docs/api.md)."""
+
+    log_keys: Mapping[str, VerifyKey] = field(default_factory=dict)
+    access_flush_ms: int = 100
+    access_batch_max: int = 200
+    access_max_pending: int = 50_000
+    auth_failures_max: int = 10
+    auth_failures_window_s: int = 300
+    page_max: int = 1000
+    body_max_bytes: int = 64 * 1024
+
+
+@dataclass
+class RequestContext:
+    """Who is calling, with which role, and the access record being filled in."""
+
+    record: AccessRecord
+    route: Route | None = None
+    principal: Principal | None = None
+    role: str | None = None
+    streaming: bool = False         # a response started streaming (no problem possible)
+
+
+@dataclass
+class VerifyBox:
+    """The last clean verification state of this process (resume point) and its lock."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    state: VerifyState | None = None
+
+
+STORE = web.AppKey("store", SQLStore)
+PRINCIPALS = web.AppKey("principals", Principals)
+CORRECTIONS = web.AppKey("corrections", Corrections)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
+THROTTLE = web.AppKey("throttle", Throttle)
+SETTINGS = web.AppKey("settings", ApiSettings)
+CLOCK = web.AppKey[Callable[[], int]]("clock")
+VERIFY_STATE = web.AppKey("verify_state", VerifyBox)
+CTX = web.RequestKey("ctx", RequestContext)
+
+
+def ctx(request: web.Request) -> RequestContext:
+    return request[CTX]
+
+
+def principal_name(request: web.Request) -> str:
+    p = request[CTX].principal
+    if p is None:
+        raise RuntimeError("view reached without an authenticated principal")
+    return p.name

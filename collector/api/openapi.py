@@ -1,0 +1,191 @@
+"""The OpenAPI 3.1 document of the API, built from the route table and ``params.PARAMS``.
+
+Served at /v1/openapi.json and kept byte-identical in docs/openapi.json
+(``python -m collector.api.openapi > docs/openapi.json``; a test compares them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cache
+from typing import Any
+
+from collector.api.params import PARAMS
+from collector.api.routes import ROUTES
+from collector.corrections import FIELDS, REASONS
+from collector.principals import ROLES
+from wire.fields import DEVICE_ID_RE
+from wire.punch import ACTIONS
+
+VERSION = "1.0.0"
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_NSTR = {"type": ["string", "null"]}
+_NINT = {"type": ["integer", "null"]}
+_OBJ = {"type": "object"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None, *,
+         extra: bool = True) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        d["required"] = required
+    if not extra:
+        d["additionalProperties"] = False
+    return d
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Object": _OBJ,
+    "Health": _obj({"status": {"const": "ok"}}, ["status"]),
+    "Problem": _obj({"type": _STR, "title": _STR, "status": _INT, "detail": _STR,
+                     "instance": _STR, "request_id": _STR},
+                    ["type", "title", "status", "detail"]),
+    "Applied": _obj({"value": {"type": ["string", "integer"]}, "correction_idx": _INT,
+                     "proposal": _STR}),
+    "Punch": _obj({
+        "device": _STR, "site": _STR, "seq": _INT, "credential": _STR,
+        "action": {"enum": sorted(ACTIONS)}, "device_time": _STR, "device_time_us": _INT,
+        "clock": _STR, "recorded_at": _STR, "recorded_at_us": _INT, "ledger_idx": _INT,
+        "entry_hash": _STR, "reader": _STR, "key": _STR,
+        "corrections": {"type": "object", "additionalProperties": _ref("Applied")},
+        "effective": _obj({"action": _STR, "device_time": _STR, "device_time_us": _INT})},
+        ["device", "seq", "action", "device_time_us", "ledger_idx", "effective"]),
+    "PunchPage": _obj({"items": {"type": "array", "items": _ref("Punch")},
+                       "next": _NSTR}, ["items", "next"]),
+    "PunchDetail": _obj({"punch": _ref("Punch"), "signed": {"type": ["object", "null"]},
+                         "punch_hash": _STR, "entry": _OBJ,
+                         "key": {"type": ["object", "null"]},
+                         "checkpoint": {"type": ["object", "null"]},
+                         "corrections": {"type": "array", "items": _ref("Correction")}}),
+    "PayrollStream": {"type": "string",
+                      "description": "NDJSON: {header} line, one Punch per line, {trailer} "
+                                     "line; CSV: '# ' header/trailer lines and columns"},
+    "Correction": _obj({
+        "id": _STR, "device": _STR, "seq": _INT, "original_idx": _INT,
+        "field": {"enum": list(FIELDS)}, "before": {"type": ["string", "integer"]},
+        "after": {"type": ["string", "integer"]}, "reason": {"enum": list(REASONS)},
+        "note": _STR, "editor": _STR, "proposed_at": _INT,
+        "status": {"enum": ["proposed", "approved", "rejected"]}, "approver": _NSTR,
+        "decided_at": _NINT, "decision_note": _NSTR, "correction_idx": _NINT}),
+    "CorrectionPage": _obj({"items": {"type": "array", "items": _ref("Correction")},
+                            "next": _NSTR, "reasons": _OBJ}),
+    "CorrectionProposal": _obj({
+        "device": {"type": "string", "pattern": DEVICE_ID_RE.pattern},
+        "seq": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+        "field": {"enum": list(FIELDS)},
+        "after": {"oneOf": [{"enum": sorted(ACTIONS)},
+                            {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}],
+                  "description": "new action, or new device time in µs (per field)"},
+        "before": {"type": ["string", "integer"],
+                   "description": "optional: the value you saw (409 if it changed)"},
+        "reason": {"enum": list(REASONS)},
+        "note": {"type": "string", "maxLength": 500}},
+        ["device", "seq", "field", "after", "reason"], extra=False),
+    "Decision": _obj({"note": {"type": "string", "maxLength": 500}}, extra=False),
+    "TokenRequest": _obj({
+        "principal": {"type": "string", "maxLength": 64},
+        "roles": {"type": "array", "items": {"enum": list(ROLES)}, "maxItems": 10},
+        "expires_days": {"type": "integer", "minimum": 1, "maximum": 365}},
+        ["principal"], extra=False),
+    "IssuedToken": _obj({"token": _STR, "id": _STR, "principal": _STR, "expires_at": _INT,
+                         "status": _STR}, ["token", "id"]),
+    "Roles": _obj({"roles": {"type": "array", "items": {"enum": list(ROLES)},
+                             "maxItems": 10}}, ["roles"], extra=False),
+    "ItemList": _obj({"items": {"type": "array", "items": _OBJ}}, ["items"]),
+    "EntryPage": _obj({"items": {"type": "array", "items": _OBJ}, "next_after": _NINT},
+                      ["items"]),
+    "Verification": _obj({"ok": {"type": "boolean"}, "size": _INT, "resumed_from": _INT,
+                          "entries_checked": _INT, "first_failure": {
+                              "type": ["object", "null"]},
+                          "findings": {"type": "array", "items": _OBJ}}, ["ok"]),
+    "AccessReview": _obj({"unused_days": _INT, "flagged": _INT,
+                          "items": {"type": "array", "items": _OBJ}}, ["items"]),
+}
+
+_PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "device": {"type": "string", "pattern": DEVICE_ID_RE.pattern},
+    "seq": {"type": "integer", "minimum": 1},
+    "id": {"type": "string", "maxLength": 40},
+    "name": {"type": "string", "maxLength": 64},
+}
+
+
+def _problem(desc: str) -> dict[str, Any]:
+    return {"description": desc,
+            "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+
+
+def _operation(r: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": r.name, "summary": r.summary}
+    parameters = [{"name": n, "in": "path", "required": True, "schema": s}
+                  for n, s in _PATH_PARAMS.items() if "{" + n + "}" in r.path]
+    parameters += [{"name": n, "in": "query", "required": False, "schema": PARAMS[n][0],
+                    "description": PARAMS[n][1]} for n in r.params]
+    if parameters:
+        op["parameters"] = parameters
+    if r.body is not None:
+        op["requestBody"] = {"required": r.body != "Decision", "content": {
+            "application/json": {"schema": _ref(r.body)}}}
+    content: dict[str, Any] = {"application/json": {"schema": _ref(r.response)}}
+    if r.streams:
+        content = {"application/x-ndjson": {"schema": {"type": "string"}},
+                   "text/csv": {"schema": {"type": "string"}}}
+        if r.name == "listPunches":
+            content["application/json"] = {"schema": _ref(r.response)}
+    responses: dict[str, Any] = {str(r.status): {"description": "OK", "content": content},
+                                 "400": _problem("malformed query or body"),
+                                 "503": _problem("ledger unavailable")}
+    if r.roles is None:
+        op["security"] = []
+    else:
+        op["x-roles"] = list(r.roles)
+        op["description"] = f"Roles: {', '.join(r.roles)}."
+        responses.update({"401": _problem("no or invalid credentials"),
+                          "403": _problem("role missing or segregation of duties"),
+                          "429": _problem("too many failed authentications")})
+    if "{" in r.path:
+        responses["404"] = _problem("not found")
+    if r.method == "POST" and "corrections" in r.path:
+        responses["409"] = _problem("conflict with the current state")
+    op["responses"] = dict(sorted(responses.items()))
+    return op
+
+
+@cache
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        paths.setdefault(r.path, {})[r.method.lower()] = _operation(r)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "timeclock collector API", "version": VERSION,
+                 "description": "HR, payroll and auditor access to the tamper-evident "
+                                "attendance ledger. Every request is recorded as an access "
+                                "ledger entry. Errors are RFC 9457 problem documents. "
+                                "Roles: " + "; ".join(f"{k}: {v}" for k, v in ROLES.items())},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}, {"clientCertificate": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "token from `timeclock-collector token create`"},
+                "clientCertificate": {"type": "mutualTLS",
+                                      "description": "client certificate of the timeclock "
+                                                     "CA; CN = a registered principal"}}},
+    }
+
+
+def render() -> str:
+    return json.dumps(document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,172 @@
+"""Strict parsing of query parameters and JSON bodies; every failure is a BadRequestError.
+
+The OpenAPI document declares the same names, types and limits (collector.api.openapi
+builds its parameter list from ``PARAMS``), so the document and the code cannot drift.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from collector.api.errors import BadRequestError
+from collector.export import ExportError, parse_time
+from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
+
+SITE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+TIME_DESC = ("µs since the Unix epoch, or ISO 8601 with a UTC offset "
+             "(e.g. 2025-11-26T07:00:00Z)")
+
+# name -> (JSON schema, description)
+PARAMS: dict[str, tuple[dict[str, Any], str]] = {
+    "since": ({"type": "string", "maxLength": 40},
+              f"device time lower bound, inclusive: {TIME_DESC}"),
+    "until": ({"type": "string", "maxLength": 40},
+              f"device time upper bound, exclusive: {TIME_DESC}"),
+    "site": ({"type": "string", "pattern": SITE_RE.pattern}, "site of the device"),
+    "device": ({"type": "string", "pattern": DEVICE_ID_RE.pattern}, "device id"),
+    "credential": ({"type": "string", "pattern": CREDENTIAL_RE.pattern},
+                   "badge credential <format>:<id>"),
+    "cursor": ({"type": "string", "maxLength": 200},
+               "opaque cursor from the previous page's `next`"),
+    "limit": ({"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
+    "format": ({"type": "string", "enum": ["json", "ndjson", "csv"]},
+               "representation; overrides the Accept header"),
+    "status": ({"type": "string", "enum": ["proposed", "approved", "rejected"]},
+               "correction status"),
+    "after": ({"type": "integer", "minimum": 0},
+              "return items after this ledger idx (or quarantine id)"),
+    "unused_days": ({"type": "integer", "minimum": 1, "maximum": 3650},
+                    "flag access unused for this many days (default 90)"),
+}
+
+
+def check_known(query: MultiMapping[str], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise BadRequestError(f"unknown query parameter(s) {', '.join(unknown)[:200]}; "
+                              f"allowed: {', '.join(allowed) or '(none)'}")
+    for k in query:
+        if len(query.getall(k)) > 1:
+            raise BadRequestError(f"query parameter {k} given more than once")
+
+
+def string(query: MultiMapping[str], name: str, pattern: re.Pattern[str] | None = None
+           ) -> str | None:
+    v = query.get(name)
+    if v is None:
+        return None
+    if pattern is not None and not pattern.fullmatch(v):
+        raise BadRequestError(f"{name}: {v[:80]!r} does not match {pattern.pattern}")
+    return v
+
+
+def integer(query: MultiMapping[str], name: str, *, lo: int, hi: int,
+            default: int | None = None) -> int | None:
+    v = query.get(name)
+    if v is None:
+        return default
+    if not re.fullmatch(r"-?\d{1,16}", v):
+        raise BadRequestError(f"{name}: {v[:40]!r} is not an integer")
+    n = int(v)
+    if not lo <= n <= hi:
+        raise BadRequestError(f"{name}: {n} is outside {lo}…{hi}")
+    return n
+
+
+def time(query: MultiMapping[str], name: str) -> int | None:
+    v = query.get(name)
+    if v is None:
+        return None
+    if len(v) > 40:
+        raise BadRequestError(f"{name}: too long")
+    try:
+        t = parse_time(v)
+    except (ExportError, ValueError, OverflowError) as e:
+        raise BadRequestError(f"{name}: {e}") from e
+    if not 0 <= t <= 2**53 - 1:
+        raise BadRequestError(f"{name}: outside the representable range")
+    return t
+
+
+def choice(query: MultiMapping[str], name: str, options: tuple[str, ...]) -> str | None:
+    v = query.get(name)
+    if v is not None and v not in options:
+        raise BadRequestError(f"{name}: {v[:40]!r} is not one of {', '.join(options)}")
+    return v
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()
+                                    ).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> list[Any]:
+    if len(text) > 200:
+        raise BadRequestError("cursor: too long")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as e:
+        raise BadRequestError("cursor: not a cursor returned by this API") from e
+    if not isinstance(value, list):
+        raise BadRequestError("cursor: not a cursor returned by this API")
+    return value
+
+
+async def json_body(request: web.Request, *, required: tuple[str, ...],
+                    optional: tuple[str, ...] = (), max_bytes: int) -> dict[str, Any]:
+    """The request's JSON object with exactly the allowed keys (values checked by callers)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BadRequestError(f"body larger than {max_bytes} bytes")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise BadRequestError(f"body larger than {max_bytes} bytes")
+    if not raw.strip() and not required:
+        return {}
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BadRequestError(f"body is not JSON: {str(e)[:120]}") from e
+    if not isinstance(value, dict):
+        raise BadRequestError("body must be a JSON object")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise BadRequestError(f"body: missing {', '.join(missing)}")
+    unknown = sorted(set(value) - set(required) - set(optional))
+    if unknown:
+        raise BadRequestError(f"body: unknown field(s) {', '.join(unknown)[:200]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def field_str(body: Mapping[str, Any], name: str, *, max_len: int = 500,
+              pattern: re.Pattern[str] | None = None, default: str | None = None) -> str:
+    v = body.get(name, default)
+    if not isinstance(v, str) or len(v) > max_len:
+        raise BadRequestError(f"{name}: a string of at most {max_len} characters")
+    if pattern is not None and not pattern.fullmatch(v):
+        raise BadRequestError(f"{name}: {v[:80]!r} does not match {pattern.pattern}")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequestError(f"{name}: not valid Unicode text") from e
+    return v
+
+
+def field_int(body: Mapping[str, Any], name: str, *, lo: int, hi: int,
+              default: int | None = None) -> int:
+    v = body.get(name, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise BadRequestError(f"{name}: an integer in {lo}…{hi}")
+    return v

@@ -1,0 +1,107 @@
+"""The route table: every endpoint with its handler, the roles that may call it, its query
+parameters and the shapes the OpenAPI document states. rbac, the middleware, the router and
+collector.api.openapi all read this one table."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from collector.api import views_admin as A
+from collector.api import views_audit as U
+from collector.api import views_hr as H
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    name: str                       # operationId
+    handler: Handler
+    roles: tuple[str, ...] | None   # None: public (no authentication)
+    summary: str
+    params: tuple[str, ...] = ()
+    body: str | None = None         # components/schemas name of the JSON request body
+    response: str = "Object"        # components/schemas name of the 2xx body
+    status: int = 200
+    streams: bool = False           # also NDJSON/CSV
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", "healthz", A.healthz, None, "Liveness (no auth)",
+          response="Health"),
+    Route("GET", "/v1/openapi.json", "openapi", A.openapi, None, "This OpenAPI document"),
+    Route("GET", "/v1/punches", "listPunches", H.list_punches, ("hr.read",),
+          "Punches by device time, filtered; JSON pages with a cursor, or NDJSON/CSV streamed",
+          H.PUNCH_PARAMS, response="PunchPage", streams=True),
+    Route("GET", "/v1/punches/{device}/{seq}", "getPunch", H.get_punch, ("hr.read",),
+          "One punch with its ledger entry, signature, key, covering checkpoint, corrections",
+          response="PunchDetail"),
+    Route("GET", "/v1/exports/payroll", "payrollExport", H.payroll_export,
+          ("payroll.export",), "Payroll extract with header, trailer and corrected values",
+          H.PAYROLL_PARAMS, response="PayrollStream", streams=True),
+    Route("GET", "/v1/corrections", "listCorrections", H.list_corrections,
+          ("hr.correct", "hr.approve", "audit.read"), "Corrections (proposals and decisions)",
+          ("status", "device", "cursor", "limit"), response="CorrectionPage"),
+    Route("POST", "/v1/corrections", "proposeCorrection", H.propose_correction,
+          ("hr.correct",), "Propose a correction of a punch's action or time",
+          body="CorrectionProposal", response="Correction", status=201),
+    Route("GET", "/v1/corrections/{id}", "getCorrection", H.get_correction,
+          ("hr.correct", "hr.approve", "audit.read"), "One correction",
+          response="Correction"),
+    Route("POST", "/v1/corrections/{id}/approve", "approveCorrection",
+          H.approve_correction, ("hr.approve",),
+          "Approve (another principal's) proposal: appends a correction ledger entry",
+          body="Decision", response="Correction"),
+    Route("POST", "/v1/corrections/{id}/reject", "rejectCorrection", H.reject_correction,
+          ("hr.approve",), "Reject (another principal's) proposal", body="Decision",
+          response="Correction"),
+    Route("GET", "/v1/checkpoints", "listCheckpoints", U.checkpoints, ("audit.read",),
+          "Signed checkpoints of the ledger", response="ItemList"),
+    Route("GET", "/v1/verification", "verification", U.verification, ("audit.read",),
+          "Verify the ledger now (incrementally) and report", response="Verification"),
+    Route("GET", "/v1/access-log", "accessLog", U.access_log, ("audit.read",),
+          "Access ledger entries: every API request and every access change",
+          ("after", "limit"), response="EntryPage"),
+    Route("GET", "/v1/quarantine", "quarantine", U.quarantine, ("audit.read",),
+          "Quarantined input (metadata; raw bytes stay in the store)", ("after", "limit"),
+          response="EntryPage"),
+    Route("GET", "/v1/device-events", "deviceEvents", U.device_events, ("audit.read",),
+          "Device ledger entries (enrolled, rotated, revoked)", ("after", "limit"),
+          response="EntryPage"),
+    Route("GET", "/v1/devices", "listDevices", U.devices, ("ops.devices", "audit.read"),
+          "Device registry and keys (no punch data)", response="ItemList"),
+    Route("GET", "/v1/principals", "listPrincipals", A.list_principals,
+          ("admin", "audit.read"), "Principals, roles and token metadata (never tokens)",
+          response="ItemList"),
+    Route("GET", "/v1/access-review", "accessReview", A.access_review,
+          ("admin", "audit.read"), "Access review: roles, last use, unused access flagged",
+          ("unused_days",), response="AccessReview"),
+    Route("POST", "/v1/tokens", "createToken", A.create_token, ("admin",),
+          "Issue a token (shown once); creates the principal with roles if new",
+          body="TokenRequest", response="IssuedToken", status=201),
+    Route("POST", "/v1/tokens/{id}/revoke", "revokeToken", A.revoke_token, ("admin",),
+          "Revoke a token", response="Object"),
+    Route("PUT", "/v1/principals/{name}/roles", "setRoles", A.set_roles, ("admin",),
+          "Replace a principal's roles (segregation of duties enforced)", body="Roles",
+          response="Object"),
+)
+
+BY_NAME: dict[str, Route] = {r.name: r for r in ROUTES}
+
+
+def add_routes(app: web.Application) -> None:
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.handler, name=r.name)
+
+
+def route_of(request: web.Request) -> Route | None:
+    """The Route a request matched, or None (no route: 404/405)."""
+    if request.match_info.http_exception is not None:
+        return None
+    name = request.match_info.route.name
+    return BY_NAME.get(name) if name is not None else None

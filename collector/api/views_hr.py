@@ -1,0 +1,437 @@
+"""HR and payroll views: punches (filtered, paged or streamed), one punch with its evidence,
+the payroll export, and the correction workflow.
+
+Punch rows come from the store's payroll query (collector.ledger.sqlbase ``PunchQuery`` /
+``punch_rows``, shared with collector.export); corrections are overlaid, never written into
+the rows: every row shows the original values and, beside them, the effective values with
+the ledger idx of the correction entry that set each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from collector.api import params as P
+from collector.api.errors import BadRequestError, NotAcceptableError, NotFoundError
+from collector.api.keys import CLOCK, CORRECTIONS, SETTINGS, STORE, ctx, principal_name
+from collector.corrections import FIELDS, REASONS, Applied, check_value
+from collector.export import COLUMNS, ExportSummary, _latest_checkpoint, iso
+from collector.ledger.sqlbase import _PAYROLL, PunchQuery, PunchRow, SQLStore
+from wire.errors import WireError
+from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
+from wire.punch import SignedPunch
+
+EXTRA_COLUMNS = ("reader", "key", "effective_action", "effective_device_time",
+                 "effective_device_time_us", "correction_idx")
+PUNCH_COLUMNS = (*COLUMNS, *EXTRA_COLUMNS)
+ROWS_PER_CHUNK = 2000
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+PUNCH_PARAMS = ("since", "until", "site", "device", "credential", "cursor", "limit", "format")
+PAYROLL_PARAMS = ("since", "until", "site", "device", "format")
+
+
+# -- representation -----------------------------------------------------------------------
+
+class _Iso:
+    """``collector.export.iso`` with the per-second prefix memoised (it dominates a stream's
+    cost otherwise: device and ledger times of neighbouring rows share their second)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, us: int) -> str:
+        sec, frac = divmod(us, 1_000_000)
+        prefix = self._cache.get(sec)
+        if prefix is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            prefix = self._cache[sec] = iso(sec * 1_000_000)[:-8]
+        return f"{prefix}.{frac:06d}Z"
+
+
+_iso = _Iso()
+_encode = json.JSONEncoder(ensure_ascii=False).encode   # keys are built in sorted order
+
+
+def punch_item(r: PunchRow, fixed: dict[str, Applied] | None) -> dict[str, Any]:
+    """A punch as the API shows it: the columns of collector.export (original values) plus
+    reader, key, its corrections and the effective values. Keys in sorted order."""
+    device_time = _iso(r.ts)
+    if fixed:
+        ts = fixed["ts"].value if "ts" in fixed else r.ts
+        effective = {"action": fixed["action"].value if "action" in fixed else r.action,
+                     "device_time": _iso(ts), "device_time_us": ts}
+        corrections = {f: a.to_dict() for f, a in sorted(fixed.items())}
+    else:
+        effective = {"action": r.action, "device_time": device_time, "device_time_us": r.ts}
+        corrections = {}
+    return {"action": r.action, "clock": r.clock, "corrections": corrections,
+            "credential": r.credential, "device": r.device, "device_time": device_time,
+            "device_time_us": r.ts, "effective": effective, "entry_hash": r.entry_hash,
+            "key": r.key_id, "ledger_idx": r.idx, "reader": r.reader,
+            "recorded_at": _iso(r.at), "recorded_at_us": r.at, "seq": r.seq, "site": r.site}
+
+
+def csv_values(item: dict[str, Any]) -> list[Any]:
+    eff = item["effective"]
+    idxs = ";".join(str(c["correction_idx"]) for c in item["corrections"].values())
+    flat = {**item, "effective_action": eff["action"],
+            "effective_device_time": eff["device_time"],
+            "effective_device_time_us": eff["device_time_us"], "correction_idx": idxs}
+    return [flat[c] for c in PUNCH_COLUMNS]
+
+
+def negotiate(query: MultiMapping[str], accept: str, *, allowed: tuple[str, ...],
+              default: str) -> str:
+    fmt = P.choice(query, "format", allowed)
+    if fmt is not None:
+        return fmt
+    for part in (p.split(";")[0].strip().lower() for p in accept.split(",")):
+        if part in NDJSON_TYPES and "ndjson" in allowed:
+            return "ndjson"
+        if part == "text/csv" and "csv" in allowed:
+            return "csv"
+        if part in ("application/json", "application/*", "*/*", "") and "json" in allowed:
+            return "json"
+        if part in ("application/json", "application/*", "*/*", ""):
+            return default
+    raise NotAcceptableError(f"Accept {accept[:100]!r}: this resource is available as "
+                             f"{', '.join(allowed)} (or pass ?format=)")
+
+
+CONTENT_TYPES = {"json": "application/json", "ndjson": "application/x-ndjson",
+                 "csv": "text/csv"}
+
+
+# -- queries --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PunchFilter:
+    query: PunchQuery
+    credential: str | None
+    cursor: tuple[int, str, int] | None
+    limit: int
+    stream_limit: int | None = None     # streams are unbounded unless ?limit= is given
+
+    @classmethod
+    def parse(cls, q: MultiMapping[str], *, page_max: int) -> PunchFilter:
+        cursor = None
+        text = P.string(q, "cursor")
+        if text is not None:
+            v = P.decode_cursor(text)
+            ok = (len(v) == 3 and isinstance(v[0], int) and isinstance(v[1], str)
+                  and isinstance(v[2], int) and DEVICE_ID_RE.fullmatch(v[1]) is not None
+                  and 0 <= v[0] <= 2**53 - 1 and 0 <= v[2] <= 2**53 - 1)
+            if not ok:
+                raise BadRequestError("cursor: not a cursor returned by this API")
+            cursor = (int(v[0]), str(v[1]), int(v[2]))
+        query = PunchQuery(since=P.time(q, "since"), until=P.time(q, "until"),
+                           site=P.string(q, "site", P.SITE_RE),
+                           device=P.string(q, "device", DEVICE_ID_RE))
+        limit = P.integer(q, "limit", lo=1, hi=page_max, default=100)
+        assert limit is not None  # noqa: S101 - a default was given
+        return cls(query, P.string(q, "credential", CREDENTIAL_RE), cursor, limit,
+                   limit if "limit" in q else None)
+
+    def sql(self, limit: int) -> tuple[str, list[Any]]:
+        where, params = self.query.where("?")
+        extra: list[str] = []
+        if self.credential is not None:
+            extra.append("p.credential = ?")
+            params.append(self.credential)
+        if self.cursor is not None:
+            extra.append("(p.ts, p.device, p.seq) > (?, ?, ?)")
+            params.extend(self.cursor)
+        if extra:
+            where = (where + " AND " if where else " WHERE ") + " AND ".join(extra)
+        return _PAYROLL.format(where=where) + " LIMIT ?", [*params, limit]
+
+    def page(self, store: SQLStore) -> list[PunchRow]:
+        text, params = self.sql(self.limit)
+        return [PunchRow(*r) for r in store._q(text, params)]
+
+    def stream(self, store: SQLStore) -> Iterator[PunchRow]:
+        q = self.query
+        if self.cursor is not None and (q.since is None or q.since < self.cursor[0]):
+            q = PunchQuery(since=self.cursor[0], until=q.until, site=q.site, device=q.device)
+        n = 0
+        for r in store.punch_rows(q):
+            if self.credential is not None and r.credential != self.credential:
+                continue
+            if self.cursor is not None and (r.ts, r.device, r.seq) <= self.cursor:
+                continue
+            if self.stream_limit is not None and n >= self.stream_limit:
+                return
+            n += 1
+            yield r
+
+
+# -- streaming ------------------------------------------------------------------------------
+
+class Counter:
+    n = 0
+
+
+def encode_rows(rows: Iterator[PunchRow], fmt: str, fixed: dict[tuple[str, int],
+                dict[str, Applied]], counter: Counter, *, head: bytes = b"",
+                tail: Any = None) -> Iterator[bytes]:
+    """Byte chunks of ``rows`` as NDJSON or CSV (runs in a worker thread)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n") if fmt == "csv" else None
+    if head:
+        yield head
+    if writer is not None:
+        writer.writerow(PUNCH_COLUMNS)
+    n = 0
+    for r in rows:
+        item = punch_item(r, fixed.get((r.device, r.seq)) if fixed else None)
+        if writer is not None:
+            writer.writerow(csv_values(item))
+        else:
+            buf.write(_encode(item))
+            buf.write("\n")
+        n += 1
+        if n % ROWS_PER_CHUNK == 0:
+            counter.n = n
+            yield buf.getvalue().encode()
+            buf.seek(0)
+            buf.truncate()
+    counter.n = n
+    if tail is not None:
+        buf.write(tail())
+    if buf.tell():
+        yield buf.getvalue().encode()
+
+
+async def stream(request: web.Request, fmt: str, chunks: Iterator[bytes],
+                 headers: dict[str, str] | None = None) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPES[fmt] + (
+        "; charset=utf-8" if fmt == "csv" else ""), **(headers or {})})
+    resp.enable_chunked_encoding()
+    loop = asyncio.get_running_loop()
+    try:
+        first = await loop.run_in_executor(None, next, chunks, None)
+        ctx(request).streaming = True
+        await resp.prepare(request)
+        chunk = first
+        while chunk is not None:
+            await resp.write(chunk)
+            chunk = await loop.run_in_executor(None, next, chunks, None)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await loop.run_in_executor(None, close)
+    await resp.write_eof()
+    return resp
+
+
+# -- views ----------------------------------------------------------------------------------
+
+async def list_punches(request: web.Request) -> web.StreamResponse:
+    """GET /v1/punches: JSON pages with a cursor, or the whole selection streamed."""
+    store, corr = request.app[STORE], request.app[CORRECTIONS]
+    q = request.rel_url.query
+    fmt = negotiate(q, request.headers.get("Accept", ""), allowed=("json", "ndjson", "csv"),
+                    default="json")
+    f = PunchFilter.parse(q, page_max=request.app[SETTINGS].page_max)
+    if fmt == "json":
+        rows = await asyncio.to_thread(f.page, store)
+        fixed = await asyncio.to_thread(corr.applied, {(r.device, r.seq) for r in rows})
+        items = [punch_item(r, fixed.get((r.device, r.seq))) for r in rows]
+        nxt = None
+        if len(rows) == f.limit:
+            last = rows[-1]
+            nxt = P.encode_cursor([last.ts, last.device, last.seq])
+        ctx(request).record.count = len(items)
+        return web.json_response({"items": items, "next": nxt})
+    fixed_all = await asyncio.to_thread(corr.applied)
+    counter = Counter()
+    try:
+        return await stream(request, fmt, encode_rows(f.stream(store), fmt, fixed_all, counter))
+    finally:
+        ctx(request).record.count = counter.n
+
+
+async def get_punch(request: web.Request) -> web.Response:
+    """GET /v1/punches/{device}/{seq}: the punch, its ledger entry, signature, key and the
+    latest checkpoint covering it, and its corrections."""
+    store, corr = request.app[STORE], request.app[CORRECTIONS]
+    device = request.match_info["device"]
+    seq_text = request.match_info["seq"]
+    if not DEVICE_ID_RE.fullmatch(device) or not seq_text.isdigit() or len(seq_text) > 16:
+        raise NotFoundError(f"no punch {device[:80]}#{seq_text[:20]}")
+    seq = int(seq_text)
+
+    def load() -> dict[str, Any]:
+        found = store.punch_hash(device, seq)
+        if found is None:
+            raise NotFoundError(f"no recorded punch {device}#{seq}")
+        phash, idx = found
+        r = PunchRow(*store._q(_PAYROLL.format(where=" WHERE p.device = ? AND p.seq = ?"),
+                               (device, seq))[0])
+        se = next(store.entries(idx, idx + 1))
+        signed: dict[str, Any] | None = None
+        if se.body is not None:
+            try:
+                signed = SignedPunch.from_bytes(se.body).to_dict()
+            except WireError:
+                signed = None
+        key = next((k for k in store.keys(device) if k.key_id == r.key_id), None)
+        cps = [c for c in store.checkpoints() if c.checkpoint.size > idx]
+        cp = max(cps, key=lambda c: (c.checkpoint.size, c.checkpoint.at), default=None)
+        fixed = corr.applied({(device, seq)}).get((device, seq))
+        return {
+            "punch": punch_item(r, fixed), "signed": signed, "punch_hash": phash,
+            "entry": {"entry": se.entry.to_dict(), "hash": se.hash},
+            "key": None if key is None else {"key": key.key_id, "public": key.public_b64,
+                                              "from_seq": key.from_seq,
+                                              "until_seq": key.until_seq,
+                                              "status": key.status,
+                                              "registered_idx": key.registered_idx},
+            "checkpoint": None if cp is None else cp.to_dict(),
+            "corrections": [c.to_dict() for c in corr.find(device=device, seq=seq,
+                                                           limit=1000)],
+        }
+
+    doc = await asyncio.to_thread(load)
+    ctx(request).record.count = 1
+    return web.json_response(doc)
+
+
+async def payroll_export(request: web.Request) -> web.StreamResponse:
+    """GET /v1/exports/payroll: collector.export's payroll extract (header, rows, trailer),
+    streamed, with the corrected values and their correction idx beside the originals."""
+    store, corr, clock = request.app[STORE], request.app[CORRECTIONS], request.app[CLOCK]
+    q = request.rel_url.query
+    fmt = negotiate(q, request.headers.get("Accept", ""), allowed=("ndjson", "csv"),
+                    default="ndjson")
+    query = PunchQuery(since=P.time(q, "since"), until=P.time(q, "until"),
+                       site=P.string(q, "site", P.SITE_RE),
+                       device=P.string(q, "device", DEVICE_ID_RE))
+
+    def prepare() -> tuple[ExportSummary, dict[tuple[str, int], dict[str, Applied]]]:
+        size, head = store.head()
+        return ExportSummary(query, size, head, _latest_checkpoint(store, size)), corr.applied()
+
+    summary, fixed = await asyncio.to_thread(prepare)
+    header = summary.header(generated_at=clock(), fmt=fmt)
+    header["columns"] = list(PUNCH_COLUMNS)
+    header["corrections"] = ("original values in action/device_time; effective_* hold the "
+                             "values after approved corrections, correction_idx their ledger "
+                             "entries (the punch entry itself is ledger_idx)")
+    header["requested_by"] = principal_name(request)
+    cp_size = 0 if summary.checkpoint is None else summary.checkpoint.checkpoint.size
+
+    def bounded() -> Iterator[PunchRow]:
+        for r in store.punch_rows(query):
+            if r.idx >= summary.size:
+                continue        # appended after the snapshot
+            summary.rows += 1
+            if r.idx >= cp_size:
+                summary.uncovered += 1
+            rng = summary.seq_ranges.setdefault(r.device, [r.seq, r.seq])
+            rng[0], rng[1] = min(rng[0], r.seq), max(rng[1], r.seq)
+            yield r
+
+    def tail() -> str:
+        t = json.dumps({"trailer": summary.trailer()}, sort_keys=True)
+        return ("# " + t if fmt == "csv" else t) + "\n"
+
+    h = json.dumps({"header": header}, sort_keys=True)
+    head = (("# " + h) if fmt == "csv" else h) + "\n"
+    counter = Counter()
+    try:
+        return await stream(request, fmt, encode_rows(bounded(), fmt, fixed, counter,
+                                                      head=head.encode(), tail=tail),
+                            {"Content-Disposition": f"attachment; filename=payroll.{fmt}"})
+    finally:
+        ctx(request).record.count = counter.n
+
+
+# -- corrections ----------------------------------------------------------------------------
+
+async def list_corrections(request: web.Request) -> web.Response:
+    q = request.rel_url.query
+    status = P.choice(q, "status", ("proposed", "approved", "rejected"))
+    device = P.string(q, "device", DEVICE_ID_RE)
+    cursor = P.string(q, "cursor")
+    if cursor is not None and (len(cursor) > 40 or not cursor.startswith("cor-")):
+        raise BadRequestError("cursor: not a cursor returned by this API")
+    limit = P.integer(q, "limit", lo=1, hi=request.app[SETTINGS].page_max, default=100) or 100
+    items = await asyncio.to_thread(request.app[CORRECTIONS].find, status=status,
+                                    device=device, after=cursor, limit=limit)
+    ctx(request).record.count = len(items)
+    nxt = items[-1].id if len(items) == limit else None
+    return web.json_response({"items": [c.to_dict() for c in items], "next": nxt,
+                              "reasons": REASONS})
+
+
+def _cid(request: web.Request) -> str:
+    cid = request.match_info["id"]
+    if len(cid) > 40 or not cid.startswith("cor-"):
+        raise NotFoundError(f"no correction {cid[:40]!r}")
+    return cid
+
+
+async def get_correction(request: web.Request) -> web.Response:
+    c = await asyncio.to_thread(request.app[CORRECTIONS].get, _cid(request))
+    ctx(request).record.count = 1
+    return web.json_response(c.to_dict())
+
+
+async def propose_correction(request: web.Request) -> web.Response:
+    body = await P.json_body(request, required=("device", "seq", "field", "after", "reason"),
+                             optional=("note", "before"),
+                             max_bytes=request.app[SETTINGS].body_max_bytes)
+    device = P.field_str(body, "device", max_len=63, pattern=DEVICE_ID_RE)
+    seq = P.field_int(body, "seq", lo=1, hi=2**53 - 1)
+    field = P.field_str(body, "field", max_len=10)
+    if field not in FIELDS:
+        raise BadRequestError(f"field: one of {', '.join(FIELDS)}")
+    reason = P.field_str(body, "reason", max_len=40)
+    note = P.field_str(body, "note", default="")
+    after = check_value(field, body["after"])
+    before = body.get("before")
+    if before is not None:
+        check_value(field, before)
+    editor = principal_name(request)
+    c = await asyncio.to_thread(
+        request.app[CORRECTIONS].propose, device=device, seq=seq, field=field, after=after,
+        reason=reason, note=note, before=before, editor=editor, now_us=request.app[CLOCK]())
+    rec = ctx(request).record
+    rec.count, rec.extra = 1, {"proposal": c.id}
+    return web.json_response(c.to_dict(), status=201,
+                             headers={"Location": f"/v1/corrections/{c.id}"})
+
+
+async def _decide(request: web.Request, approve: bool) -> web.Response:
+    cid = _cid(request)
+    rec = ctx(request).record
+    rec.extra = {"proposal": cid}
+    body = await P.json_body(request, required=(), optional=("note",),
+                             max_bytes=request.app[SETTINGS].body_max_bytes)
+    note = P.field_str(body, "note", default="")
+    c = await asyncio.to_thread(request.app[CORRECTIONS].decide, cid, approve=approve,
+                                approver=principal_name(request), note=note,
+                                now_us=request.app[CLOCK]())
+    rec.count = 1
+    if c.correction_idx is not None:
+        rec.extra["correction_idx"] = c.correction_idx
+    return web.json_response(c.to_dict())
+
+
+async def approve_correction(request: web.Request) -> web.Response:
+    return await _decide(request, True)
+
+
+async def reject_correction(request: web.Request) -> web.Response:
+    return await _decide(request, False)
