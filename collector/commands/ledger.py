@@ -24,6 +24,7 @@ from collector.export import FORMATS, ExportError, export_bundle, export_payroll
 from collector.ledger import open_store, sqlite_path
 from collector.ledger.postgres import migrate, redact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.principals import migrate_postgres
 from collector.verify import Progress, VerifyResult, load_state, save_state, verify_store
 from wire.errors import WireError
 from wire.keys import VerifyKey
@@ -228,6 +229,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     if sqlite_path(args.store) is None:
         migrate(args.store, app_role=args.app_role)
+        # Principals, tokens and corrections live beside the ledger (not in the chain).
+        migrate_postgres(args.store, args.app_role)
     else:
         open_store(args.store).close()
     print(f"ledger schema ready: {redact(args.store)}", file=sys.stderr)

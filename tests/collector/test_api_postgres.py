@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 
+from collector.cli import main as cli_main
 from collector.ledger.postgres import PostgresStore
-from collector.principals import migrate_postgres
 from tests.collector.test_api_kit import requests_of, seed, start_api
 from tests.fixtures.postgres import PgDatabase
 
 
 async def test_postgres_smoke_tokens_punches_correction_access_log(pg_ledger: PgDatabase
                                                                    ) -> None:
-    migrate_postgres(pg_ledger.owner_dsn, pg_ledger.app_role)
+    # The operator's one migrate command prepares the ledger and the access tables.
+    assert cli_main(["migrate", "--store", pg_ledger.owner_dsn,
+                     "--app-role", pg_ledger.app_role]) == 0
     store = PostgresStore(pg_ledger.app_dsn)
     seed(store, devices=1, punches=3)
     api = await start_api(store)
