@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent import provision
 from agent.config import AgentConfig, load_config
 from agent.errors import AgentError, ConfigError
 from agent.keystore import KeyRef, new_queue_key, save_queue_key
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_CONFIG_HELP)
     p.add_argument("config", type=Path, help="agent TOML file")
     p.set_defaults(func=cmd_check_config)
+    provision.register(sub)   # provision BUNDLE, rotate-key
     return parser
 
 

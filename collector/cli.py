@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from collector.errors import CollectorError
 
 # Command modules, in --help order. Each is collector.commands.<name>.
-COMMANDS: tuple[str, ...] = ("ca", "broker", "serve", "ledger", "device", "token")
+COMMANDS: tuple[str, ...] = ("ca", "broker", "serve", "ledger", "device", "site", "token")
 
 
 def build_parser() -> argparse.ArgumentParser:

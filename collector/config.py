@@ -35,6 +35,12 @@ Example::
 
     [gaps]                                      # optional
     report_after_s = 300
+
+    [broker]                                    # optional: run Mosquitto under `serve`
+    managed = true                              # start/supervise it (collector.managed_broker)
+    dir = "/var/lib/timeclock/broker"           # prepared by `broker-config`/`site`; it
+                                                # listens on [mqtt] host:port
+    # mosquitto = "/usr/sbin/mosquitto"
 """
 
 from __future__ import annotations
@@ -101,6 +107,15 @@ class GapSection:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerSection:
+    """``[broker]``: with ``managed``, ``serve`` runs Mosquitto from ``dir`` itself."""
+
+    managed: bool = False
+    dir: Path | None = None
+    mosquitto: str = "/usr/sbin/mosquitto"
+
+
+@dataclass(frozen=True, slots=True)
 class CollectorConfig:
     collector: CollectorSection
     mqtt: MqttSection
@@ -108,6 +123,7 @@ class CollectorConfig:
     checkpoints: CheckpointSection
     gaps: GapSection
     source: Path | None = None
+    broker: BrokerSection = BrokerSection()
 
 
 def redact_url(url: str) -> str:
@@ -213,7 +229,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     """Build the config from decoded TOML; raise ConfigError listing every problem."""
     problems: list[str] = []
     r = _Reader(problems, base)
-    r.unknown("", data, {"collector", "mqtt", "ingest", "checkpoints", "gaps"})
+    r.unknown("", data, {"collector", "mqtt", "ingest", "checkpoints", "gaps", "broker"})
     # A top-level unknown key is reported as ".x"; drop the leading dot.
     problems[:] = [p[1:] if p.startswith(".") else p for p in problems]
 
@@ -260,6 +276,19 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
                                            r.integer(1, 30 * 86_400),
                                            GapSection().report_after_s))
 
+    b = r.table(data, "broker", required=False)
+    r.unknown("broker", b, {"managed", "dir", "mosquitto"})
+    managed = b.get("managed", False)
+    if not isinstance(managed, bool):
+        problems.append("broker.managed: expected true or false")
+        managed = False
+    broker = BrokerSection(managed=managed,
+                           dir=r.opt("broker", b, "dir", r.path(), None),
+                           mosquitto=r.opt("broker", b, "mosquitto", r.text(),
+                                           BrokerSection().mosquitto))
+    if broker.managed and broker.dir is None:
+        problems.append("broker.dir: required when broker.managed = true")
+
     if (problems or name is None or store is None or log_key is None or host is None
             or port is None or ca_cert is None or cert is None or key is None):
         raise ConfigError(problems)
@@ -268,7 +297,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
         mqtt=MqttSection(host=host, port=port, ca_cert=ca_cert, cert=cert, key=key,
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),
-        ingest=ingest, checkpoints=checkpoints, gaps=gaps)
+        ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker)
 
 
 def load_config(path: Path) -> CollectorConfig:
@@ -283,7 +312,7 @@ def load_config(path: Path) -> CollectorConfig:
         raise ConfigError([f"{path}: not valid TOML: {e}"]) from e
     cfg = parse_config(data, base=path.resolve().parent)
     return CollectorConfig(cfg.collector, cfg.mqtt, cfg.ingest, cfg.checkpoints, cfg.gaps,
-                           source=path)
+                           source=path, broker=cfg.broker)
 
 
 def check_files(cfg: CollectorConfig) -> None:
@@ -304,5 +333,9 @@ def check_files(cfg: CollectorConfig) -> None:
                 check_private_file(p)
             except KeyFileError as e:
                 problems.append(f"{keypath}: {e}")
+    if cfg.broker.managed and cfg.broker.dir is not None \
+            and not (cfg.broker.dir / "mosquitto.conf").is_file():
+        problems.append(f"broker.dir: {cfg.broker.dir}/mosquitto.conf: no such file (prepare "
+                        f"it with `timeclock-collector broker-config`)")
     if problems:
         raise ConfigError(problems)

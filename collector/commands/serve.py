@@ -8,6 +8,7 @@ from pathlib import Path
 
 from collector.checkpoints import load_log_key
 from collector.config import check_files, load_config, redact_url
+from collector.managed_broker import ManagedBroker
 from collector.service import CollectorService
 
 log = logging.getLogger("timeclock.collector")
@@ -23,6 +24,9 @@ The config is TOML (see docs/operations.md, or collector/config.py for every key
   [mqtt]      host, port, ca_cert, cert, key     (the collector's mTLS identity collector.<name>)
   [ingest]    batch_max, batch_wait_ms, max_payload_bytes, queue_max        (optional)
   [checkpoints] every_entries, every_s     [gaps] report_after_s            (optional)
+  [broker]    managed = true, dir = "/var/lib/timeclock/broker"   (optional: serve starts
+              Mosquitto from that directory on [mqtt] host:port, restarts it if it dies and
+              stops it on shutdown; see collector/managed_broker.py)
 
 serve runs until SIGTERM or Ctrl-C, then finishes the batch in flight (commit, receipts,
 acknowledgements) and disconnects; messages not yet processed stay with the broker.
@@ -53,5 +57,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(args.config)
     check_files(cfg)
-    CollectorService(cfg).serve_forever()
+    broker = None
+    if cfg.broker.managed and cfg.broker.dir is not None:
+        broker = ManagedBroker(cfg.broker.dir, host=cfg.mqtt.host, port=cfg.mqtt.port,
+                               mosquitto=cfg.broker.mosquitto)
+        broker.start()
+    try:
+        CollectorService(cfg).serve_forever()
+    finally:
+        if broker is not None:
+            broker.stop()
     return 0

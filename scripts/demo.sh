@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's first command: install what is missing, then run a whole site on this machine
+# (CA, Mosquitto with mTLS, collector, three clocks, a broker outage, verification).
+#   bash scripts/demo.sh                      # 60 s of badge taps, 3 clocks, under run/site/
+#   bash scripts/demo.sh --duration-s 20      # any `timeclock-collector site` option
+# Ctrl-C stops every process it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/timeclock-collector site --dir run/site "$@"
