@@ -45,6 +45,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from collector.api.app import ApiSection, parse_api_section
 from collector.errors import ConfigError
 from wire.errors import KeyFileError
 from wire.keys import check_private_file
@@ -124,6 +126,7 @@ class CollectorConfig:
     gaps: GapSection
     source: Path | None = None
     broker: BrokerSection = BrokerSection()
+    api: ApiSection | None = None               # [api]: serve also runs the HTTPS API
 
 
 def redact_url(url: str) -> str:
@@ -229,7 +232,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     """Build the config from decoded TOML; raise ConfigError listing every problem."""
     problems: list[str] = []
     r = _Reader(problems, base)
-    r.unknown("", data, {"collector", "mqtt", "ingest", "checkpoints", "gaps", "broker"})
+    r.unknown("", data, {"collector", "mqtt", "ingest", "checkpoints", "gaps", "broker", "api"})
     # A top-level unknown key is reported as ".x"; drop the leading dot.
     problems[:] = [p[1:] if p.startswith(".") else p for p in problems]
 
@@ -289,6 +292,14 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     if broker.managed and broker.dir is None:
         problems.append("broker.dir: required when broker.managed = true")
 
+    api = None
+    a = r.table(data, "api", required=False)
+    if "api" in data:
+        try:
+            api = parse_api_section(a, base)
+        except ConfigError as e:
+            problems.extend(e.problems)
+
     if (problems or name is None or store is None or log_key is None or host is None
             or port is None or ca_cert is None or cert is None or key is None):
         raise ConfigError(problems)
@@ -297,7 +308,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
         mqtt=MqttSection(host=host, port=port, ca_cert=ca_cert, cert=cert, key=key,
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),
-        ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker)
+        ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker, api=api)
 
 
 def load_config(path: Path) -> CollectorConfig:
@@ -311,8 +322,7 @@ def load_config(path: Path) -> CollectorConfig:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError([f"{path}: not valid TOML: {e}"]) from e
     cfg = parse_config(data, base=path.resolve().parent)
-    return CollectorConfig(cfg.collector, cfg.mqtt, cfg.ingest, cfg.checkpoints, cfg.gaps,
-                           source=path, broker=cfg.broker)
+    return dataclasses.replace(cfg, source=path)
 
 
 def check_files(cfg: CollectorConfig) -> None:

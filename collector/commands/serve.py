@@ -6,8 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from collector.api.app import ApiThread
 from collector.checkpoints import load_log_key
 from collector.config import check_files, load_config, redact_url
+from collector.ledger import open_store
 from collector.managed_broker import ManagedBroker
 from collector.service import CollectorService
 
@@ -27,6 +29,8 @@ The config is TOML (see docs/operations.md, or collector/config.py for every key
   [broker]    managed = true, dir = "/var/lib/timeclock/broker"   (optional: serve starts
               Mosquitto from that directory on [mqtt] host:port, restarts it if it dies and
               stops it on shutdown; see collector/managed_broker.py)
+  [api]       cert, key, listen = "127.0.0.1", port = 8443, client_ca, crl   (optional: also
+              serve the HTTPS API for HR, payroll and auditors; see docs/api.md)
 
 serve runs until SIGTERM or Ctrl-C, then finishes the batch in flight (commit, receipts,
 acknowledgements) and disconnects; messages not yet processed stay with the broker.
@@ -62,9 +66,22 @@ def run(args: argparse.Namespace) -> int:
         broker = ManagedBroker(cfg.broker.dir, host=cfg.mqtt.host, port=cfg.mqtt.port,
                                mosquitto=cfg.broker.mosquitto)
         broker.start()
+    api = api_store = None
     try:
+        if cfg.api is not None:
+            # The API reads through its own connection; the ingest writer keeps its own.
+            log_key = load_log_key(cfg.collector.log_key)
+            api_store = open_store(cfg.collector.store)
+            api = ApiThread(cfg.api, api_store,
+                            log_keys={log_key.key_id: log_key.verify_key})
+            api.start()
+            log.info("HTTPS API listening on %s:%d", cfg.api.listen, cfg.api.port)
         CollectorService(cfg).serve_forever()
     finally:
+        if api is not None:
+            api.stop()          # flushes the access log into the ledger
+        if api_store is not None:
+            api_store.close()
         if broker is not None:
             broker.stop()
     return 0

@@ -3,12 +3,16 @@ persistent sessions, PUBACK-after-commit, status table, SIGTERM, ``--check-confi
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
+import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from tests.collector.punchkit import (
     wait_until,
     write_collector_config,
 )
-from tests.fixtures.mosquitto import MosquittoBroker
+from tests.fixtures.mosquitto import MosquittoBroker, free_port
 from wire.keys import SigningKey
 from wire.ledger import SignedCheckpoint
 from wire.topics import CHECKPOINT
@@ -218,4 +222,63 @@ def test_d5_two_collectors_share_the_load_on_one_ledger(
     assert sum(handled) == 40
     assert min(handled) > 0, f"the shared subscription gave one collector nothing: {handled}"
     assert [a for s in (main_svc, standby) for a in s.alerts.recent()] == []
+    store.close()
+
+
+def test_d12_serve_runs_the_https_api_and_flushes_its_access_log_on_sigterm(
+        mosquitto: MosquittoBroker, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    clock = new_clock()
+    enroll(store, clock)
+    assert main(["token", "create", "--store", f"sqlite://{db}", "--principal", "pat",
+                 "--role", "hr.read", "--expires", "1d"]) == 0
+    token = capsys.readouterr().out.split()[-1]
+    port = free_port()
+    pki = mosquitto.pki
+    cfg_file, log_key = write_collector_config(
+        tmp_path / "c", mosquitto, store_url=f"sqlite://{db}",
+        extra=f'[api]\ncert = "{pki.server_cert_file}"\nkey = "{pki.server_key_file}"\n'
+              f'port = {port}\n')
+    dev = Device(mosquitto, clock)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve", "--config",
+                             str(cfg_file)], cwd=root, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(root)))
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or ()])
+    reader.start()
+    seen: list[str] = []
+    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+    try:
+        while not any("MQTT subscribed" in x for x in seen):
+            seen.append(lines.get(timeout=20))
+        dev.send(clock.batch(2))
+        assert dev.acked_until(log_key, {1, 2}, timeout_s=20) == {1, 2}
+        req = urllib.request.Request(f"https://127.0.0.1:{port}/v1/punches?format=ndjson",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:  # noqa: S310
+            rows = [json.loads(x) for x in resp.read().splitlines()]
+        assert [(r["device"], r["seq"]) for r in rows] == [(clock.device, 1),
+                                                            (clock.device, 2)]
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/punches",  # noqa: S310
+                                   context=ctx, timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    reader.join(5)
+    err = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
+    assert "Traceback" not in err
+    store.close()
+    store = SQLiteStore(db)
+    access = [json.loads(se.body or b"{}") for se in store.entries() if se.entry.kind == "access"]
+    requests = [(a.get("principal"), a.get("status")) for a in access
+                if a.get("type") == "request"]
+    assert requests == [("pat", 200), ("anonymous", 401)]
     store.close()
