@@ -28,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,6 +178,7 @@ class Ingestor:
 
     def _after_commit(self, done: Sequence[tuple[Fact, AppendResult]], *, now_us: int) -> None:
         appended: dict[str, list[int]] = {}
+        outcomes: Counter[Outcome] = Counter()
         for fact, r in done:
             if isinstance(fact, RejectionFact):
                 self.alerts.count(f"rejected:{fact.reason}")
@@ -185,7 +186,7 @@ class Ingestor:
                             fact.device or fact.topic[:120], fact.detail[:200], r.idx)
             elif isinstance(fact, PunchFact):
                 p = fact.signed.punch
-                self.alerts.count(f"punch:{r.outcome.value}")
+                outcomes[r.outcome] += 1
                 if r.outcome is Outcome.CONFLICT:
                     self.alerts.alert(
                         "conflict", severity=SEVERITY_CRITICAL, device=p.device,
@@ -196,6 +197,8 @@ class Ingestor:
                     appended.setdefault(p.device, []).append(p.seq)
                     if self.chain is not None:
                         self.chain.observe(p.device, p.seq, fact.signed.hash(), p.prev)
+        for outcome, n in outcomes.items():   # one counter update per outcome and batch
+            self.alerts.count(f"punch:{outcome.value}", n)
         if self.gaps is not None:
             for device, seqs in appended.items():
                 self._track_gaps(device, seqs, now_us=now_us)

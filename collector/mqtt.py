@@ -42,6 +42,16 @@ log = logging.getLogger("timeclock.mqtt")
 MAX_INFLIGHT = 100   # DESIGN.md §4: paho scans in-flight messages per PUBACK; 100 is fastest
 
 
+def _settled(info: paho.MQTTMessageInfo) -> bool:
+    """Published, or never to be confirmed: paho's ``is_published`` raises for a message
+    handed over while disconnected (rc NO_CONN), even after it went out on reconnect. Such a
+    receipt is not tracked further; if it was lost, the clock resends and the ledger dedupes."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return True
+
+
 class MqttError(CollectorError):
     """The MQTT link could not be set up or used."""
 
@@ -129,7 +139,7 @@ class MqttLink(Publisher):
             log.warning("publishing on %s failed: %s", topic, paho.error_string(info.rc))
             return
         with self._pub_lock:
-            self._pending_pubs = [i for i in self._pending_pubs if not i.is_published()]
+            self._pending_pubs = [i for i in self._pending_pubs if not _settled(i)]
             self._pending_pubs.append(info)
 
     def ack(self, msg: Inbound) -> None:

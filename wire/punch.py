@@ -3,13 +3,20 @@
 Invariants: a :class:`Punch` is always valid per the field table; the signed message is
 ``b"timeclock/punch/v1\\n" + canonical(punch)``; the punch hash is SHA-256 hex of exactly that
 message, and ``prev`` of seq n is the punch hash of seq n-1 (64 zeros for seq 1).
+
+Hot path (the collector decodes, verifies, hashes and stores every punch): a punch's canonical
+bytes are built once, when it is constructed, by formatting its fields in sorted key order.
+That equals ``canonical(punch.to_dict())`` byte for byte because every string field has
+already matched a pattern whose characters need no JSON escaping (ASCII letters, digits,
+``-`` and ``:``) and every integer is a plain ``int``; a value of another type falls back to
+the JSON encoder. tests/wire/test_punch_fastpath.py checks the equality on generated punches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wire import ZERO_HASH
@@ -42,6 +49,42 @@ _PUNCH_KEYS = frozenset(
      "action", "key"})
 _SIGNED_KEYS = frozenset({"punch", "sig"})
 _ENVELOPE_KEYS = frozenset({"v", "device", "punches"})
+_FIELDS = ("v", "device", "seq", "prev", "ts", "clock", "boot", "mono", "reader", "credential",
+           "action", "key")
+# Sorted keys (JCS); every %s is a pattern-checked string that needs no escaping.
+_PUNCH_FORMAT = ('{"action":"%s","boot":"%s","clock":"%s","credential":"%s","device":"%s",'
+                 '"key":"%s","mono":%d,"prev":"%s","reader":"%s","seq":%d,"ts":%d,"v":%d}')
+_device_ok = DEVICE_ID_RE.fullmatch
+_hash_ok = HASH_RE.fullmatch
+_uuid_ok = UUID_RE.fullmatch
+_credential_ok = CREDENTIAL_RE.fullmatch
+_key_ok = KEY_ID_RE.fullmatch
+_sig_ok = SIG_RE.fullmatch
+
+
+def _fast_validate(d: dict[str, Any]) -> dict[str, Any] | None:
+    """The field table's checks for a plain dict of plain values, or None to take the slow
+    path (which accepts the same punches and names what is wrong with the others)."""
+    device, seq, prev, ts = d["device"], d["seq"], d["prev"], d["ts"]
+    clock, boot, mono, reader = d["clock"], d["boot"], d["mono"], d["reader"]
+    credential, action, key, v = d["credential"], d["action"], d["key"], d["v"]
+    if (type(v) is int and v == 1
+            and type(seq) is int and seq >= 1
+            and type(ts) is int and ts >= 0
+            and type(mono) is int and mono >= 0
+            and type(device) is str and _device_ok(device) is not None
+            and type(prev) is str and _hash_ok(prev) is not None
+            and type(clock) is str and clock in CLOCK_STATES
+            and type(boot) is str and _uuid_ok(boot) is not None
+            and type(reader) is str and _device_ok(reader) is not None
+            and type(credential) is str and _credential_ok(credential) is not None
+            and type(action) is str and action in ACTIONS
+            and type(key) is str and _key_ok(key) is not None
+            and (seq != 1 or prev == ZERO_HASH)):
+        return {"v": 1, "device": device, "seq": seq, "prev": prev, "ts": ts, "clock": clock,
+                "boot": boot, "mono": mono, "reader": reader, "credential": credential,
+                "action": action, "key": key}
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +101,43 @@ class Punch:
     action: str
     key: str
     v: int = 1
+    # Derived once from the fields above (not part of a punch's identity): canonical bytes,
+    # and the punch hash on first use.
+    _bytes: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _hash: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Construction goes through the same checks as decoding: objects that exist are valid.
         Punch._validate(self.to_dict())
+        object.__setattr__(self, "_bytes", self._encode())
+
+    @classmethod
+    def _trusted(cls, values: dict[str, Any]) -> Punch:
+        """A punch from values that ``_validate`` returned (skips validating them twice)."""
+        p = object.__new__(cls)
+        for name in _FIELDS:
+            object.__setattr__(p, name, values[name])
+        object.__setattr__(p, "_hash", "")
+        object.__setattr__(p, "_bytes", p._encode())
+        return p
+
+    def _encode(self) -> bytes:
+        if (type(self.device) is str and type(self.prev) is str and type(self.clock) is str
+                and type(self.boot) is str and type(self.reader) is str
+                and type(self.credential) is str and type(self.action) is str
+                and type(self.key) is str and type(self.seq) is int and type(self.ts) is int
+                and type(self.mono) is int and type(self.v) is int):
+            return (_PUNCH_FORMAT % (
+                self.action, self.boot, self.clock, self.credential, self.device, self.key,
+                self.mono, self.prev, self.reader, self.seq, self.ts, self.v)).encode("ascii")
+        return canonical_trusted(self.to_dict())
 
     @staticmethod
     def _validate(d: Any) -> dict[str, Any]:
+        if type(d) is dict and d.keys() == _PUNCH_KEYS:
+            fast = _fast_validate(d)
+            if fast is not None:
+                return fast
         obj = require_object(d, "punch", _PUNCH_KEYS)
         check_version(obj)
         out = {
@@ -87,8 +160,7 @@ class Punch:
 
     @classmethod
     def from_dict(cls, d: Any) -> Punch:
-        v = cls._validate(d)
-        return cls(**v)
+        return cls._trusted(cls._validate(d))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Punch:
@@ -103,13 +175,17 @@ class Punch:
         }
 
     def to_bytes(self) -> bytes:
-        return canonical_trusted(self.to_dict())
+        return self._bytes
 
     def signed_message(self) -> bytes:
-        return PUNCH_DOMAIN + self.to_bytes()
+        return PUNCH_DOMAIN + self._bytes
 
     def hash(self) -> str:
-        return hashlib.sha256(self.signed_message()).hexdigest()
+        h = self._hash
+        if not h:
+            h = hashlib.sha256(PUNCH_DOMAIN + self._bytes).hexdigest()
+            object.__setattr__(self, "_hash", h)
+        return h
 
     def sign(self, key: SigningKey) -> SignedPunch:
         if key.key_id != self.key:
@@ -131,8 +207,17 @@ class SignedPunch:
 
     @classmethod
     def from_dict(cls, d: Any) -> SignedPunch:
-        obj = require_object(d, "signed punch", _SIGNED_KEYS)
-        return cls(Punch.from_dict(obj["punch"]), get_str(obj, "sig", SIG_RE))
+        obj = (d if type(d) is dict and d.keys() == _SIGNED_KEYS
+               else require_object(d, "signed punch", _SIGNED_KEYS))
+        punch = Punch.from_dict(obj["punch"])
+        sig = obj["sig"]
+        if type(sig) is not str or _sig_ok(sig) is None:
+            get_str(obj, "sig", SIG_RE)            # raises, naming what is wrong
+            raise DecodeError("sig: expected 64 bytes of standard base64", field="sig")
+        out = object.__new__(cls)             # both parts are checked: skip __post_init__
+        object.__setattr__(out, "punch", punch)
+        object.__setattr__(out, "sig", sig)
+        return out
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedPunch:
@@ -142,6 +227,9 @@ class SignedPunch:
         return {"punch": self.punch.to_dict(), "sig": self.sig}
 
     def to_bytes(self) -> bytes:
+        if type(self.sig) is str:   # matched SIG_RE: base64 needs no escaping
+            return b'{"punch":' + self.punch._bytes + b',"sig":"' + self.sig.encode("ascii") \
+                + b'"}'
         return canonical_trusted(self.to_dict())
 
     def hash(self) -> str:
@@ -192,4 +280,7 @@ class Envelope:
         return {"v": 1, "device": self.device, "punches": [p.to_dict() for p in self.punches]}
 
     def to_bytes(self) -> bytes:
+        if type(self.device) is str:   # matched DEVICE_ID_RE: needs no escaping
+            return (b'{"device":"' + self.device.encode("ascii") + b'","punches":['
+                    + b",".join(p.to_bytes() for p in self.punches) + b'],"v":1}')
         return canonical_trusted(self.to_dict())

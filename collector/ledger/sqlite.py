@@ -19,6 +19,7 @@ from collector.ledger.schema_sqlite import SCHEMA, SCHEMA_VERSION
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 
 BUSY_TIMEOUT_MS = 30_000
+_IN_CHUNK = 500   # seqs per IN (...) list; SQLite allows ≥ 999 parameters
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -94,13 +95,21 @@ class SQLiteStore(SQLStore):
 
     def _existing(self, cur: Any, pairs: set[tuple[str, int]]
                   ) -> dict[tuple[str, int], tuple[str, int]]:
-        out: dict[tuple[str, int], tuple[str, int]] = {}
+        # One indexed query per device and chunk of seqs, not one per punch: a backlog
+        # batch of 2,000 punches from a few clocks costs a handful of statements.
+        by_device: dict[str, list[int]] = {}
         for device, seq in pairs:
-            cur.execute("SELECT punch_hash, idx FROM punches WHERE device = ? AND seq = ?",
-                        (device, seq))
-            row = cur.fetchone()
-            if row is not None:
-                out[(device, seq)] = (str(row[0]), int(row[1]))
+            by_device.setdefault(device, []).append(seq)
+        out: dict[tuple[str, int], tuple[str, int]] = {}
+        for device, seqs in by_device.items():
+            seqs.sort()
+            for i in range(0, len(seqs), _IN_CHUNK):
+                chunk = seqs[i:i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT seq, punch_hash, idx FROM punches WHERE device = ? AND seq IN ({marks})"  # noqa: E501, S608 - only ? placeholders are formatted in
+                cur.execute(sql, (device, *chunk))
+                for seq, h, idx in cur.fetchall():
+                    out[(device, int(seq))] = (str(h), int(idx))
         return out
 
     def punch_rows(self, query: PunchQuery) -> Iterator[PunchRow]:

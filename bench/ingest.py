@@ -1,0 +1,524 @@
+"""End-to-end ingest throughput: clocks' backlogs → mTLS Mosquitto → collector → SQLite → receipts.
+
+Setup, once per invocation: a test CA (tests/fixtures/pki.py), one device certificate and one
+Ed25519 signing key per clock, and each clock's backlog signed in advance (``--per-device``
+chained punches, cut into envelopes of ``--batch`` punches and ≤ 250,000 bytes, exactly as
+agent/publisher.py cuts a backlog) — signing is the clocks' work, not the collector's.
+
+Each run, on a fresh broker (tests/fixtures/mosquitto.py: mTLS, the generated ACL,
+persistence) and a fresh SQLite ledger with the clocks enrolled:
+
+1. broker: a subscriber that only counts punches (``payload.count(b'"sig":')``, no JSON, no
+   crypto), in its own process as ``collector.standby``, receives the same envelopes from the
+   same publisher: what broker + paho carry. Timed from the first publish to the last punch.
+2. end to end: the real collector, ``timeclock-collector serve`` in its own process (the
+   production wiring: CollectorService, MqttLink, Writer, SQLiteStore with WAL and
+   synchronous=FULL, checkpoints every 1,000 entries), ingests the same envelopes. The
+   publisher process connects one MQTT client per clock with the clock's own certificate
+   (the ACL lets it publish only its own punches and read only its own receipts), publishes
+   every envelope at once with QoS 1 (an agent's default window of 10,000 punches covers a
+   10,000-punch backlog), and verifies every receipt with the log's public key. Timed from
+   the first publish to the receipt that completes the last clock's seqs. Afterwards the
+   ledger must hold exactly the punches sent.
+3. bare verify: PyNaCl ``VerifyKey.verify`` over the same signed punches in a loop, in its
+   own process, on one core: the ceiling for one verifying process.
+
+Targets (docs/performance.md, "Ingest"): median end-to-end ≥ 10,000 punches/s and ≥ 0.4 × the
+median bare verify rate of the same invocation; exit status 1 when missed.
+
+    python bench/ingest.py                  # 3 runs, 10 clocks × 10,000 punches
+    python bench/ingest.py --quick          # 2 runs, 4 clocks × 2,500 punches
+    python bench/ingest.py --profile        # + one profiled run: top functions of the collector
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import common  # sets sys.path to the repository root
+import paho.mqtt.client as mqtt
+from nacl.signing import VerifyKey as NaclVerifyKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collector import registry
+from collector.cli import main as collector_main
+from collector.ledger.sqlbase import PunchQuery
+from collector.ledger.sqlite import SQLiteStore
+from tests.collector.punchkit import SimClock, write_collector_config
+from tests.fixtures.mosquitto import MosquittoBroker
+from tests.fixtures.pki import ClientCert, TestPKI
+from wire.ack import SignedAck
+from wire.keys import VerifyKey
+from wire.punch import Envelope, SignedPunch
+from wire.topics import ALL_PUNCHES, acks
+
+TARGET_RATE = 10_000
+TARGET_RATIO = 0.4
+MAX_ENVELOPE_BYTES = 250_000      # agent/publisher.py _PENDING_MAX_BYTES
+T0_US = 1_764_140_400_000_000
+
+
+# --- pre-signed backlogs ---------------------------------------------------------------------
+
+@dataclass
+class Fleet:
+    clocks: list[SimClock]
+    envelopes: list[tuple[str, str, bytes, int]]   # (device, topic, payload, punches)
+    messages: list[tuple[bytes, bytes, str]]       # (signed message, raw sig, public b64)
+
+    @property
+    def total(self) -> int:
+        return sum(n for *_, n in self.envelopes)
+
+
+def make_fleet(devices: int, per_device: int, batch: int) -> Fleet:
+    clocks: list[SimClock] = []
+    per_clock: list[list[tuple[str, str, bytes, int]]] = []
+    messages: list[tuple[bytes, bytes, str]] = []
+    for i in range(devices):
+        c = SimClock(f"bench-clock-{i:03d}")
+        punches = c.batch(per_device)
+        clocks.append(c)
+        if i == 0:
+            messages = [(p.punch.signed_message(), _raw_sig(p), c.key.verify_key.b64)
+                        for p in punches]
+        per_clock.append([(c.device, c.topic, payload, n)
+                          for payload, n in _envelopes(c.device, punches, batch)])
+    # Interleave the clocks' envelopes, as a fleet draining at once would send them.
+    envelopes = [e for group in _interleave(per_clock) for e in group]
+    return Fleet(clocks, envelopes, messages)
+
+
+def _raw_sig(p: SignedPunch) -> bytes:
+    return base64.b64decode(p.sig)
+
+
+def _envelopes(device: str, punches: list[SignedPunch], batch: int
+               ) -> list[tuple[bytes, int]]:
+    out: list[tuple[bytes, int]] = []
+    i = 0
+    while i < len(punches):
+        n = min(batch, len(punches) - i)
+        while True:
+            payload = Envelope(device, tuple(punches[i:i + n])).to_bytes()
+            if len(payload) <= MAX_ENVELOPE_BYTES or n == 1:
+                break
+            n = max(1, n * MAX_ENVELOPE_BYTES // len(payload) - 1)
+        out.append((payload, n))
+        i += n
+    return out
+
+
+def _interleave(groups: list[list[Any]]) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    for k in range(max(len(g) for g in groups)):
+        out.append([g[k] for g in groups if k < len(g)])
+    return out
+
+
+# --- child processes ---------------------------------------------------------------------------
+
+def child_counter(cfg: dict[str, Any]) -> int:
+    """Child: subscribe to all punches as a collector, count punches, report the last time."""
+    cert = ClientCert(cfg["name"], "collector", Path(cfg["key"]), Path(cfg["cert"]),
+                      Path(cfg["ca"]), "0")
+    expected = int(cfg["expected"])
+    state = {"punches": 0, "messages": 0, "last": 0.0}
+    done = threading.Event()
+    ready = threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        state["punches"] += msg.payload.count(b'"sig":')
+        state["messages"] += 1
+        if state["punches"] >= expected:
+            state["last"] = time.monotonic()
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter",
+                    protocol=mqtt.MQTTv5)
+    c.tls_set_context(cert.context())
+    c.max_inflight_messages_set(100)
+    c.on_message = on_message
+    c.on_subscribe = lambda *_a: ready.set()
+    c.on_connect = lambda cl, *_a: cl.subscribe(ALL_PUNCHES, qos=1)
+    c.connect(cfg["host"], cfg["port"])
+    c.loop_start()
+    if not ready.wait(10):
+        print(json.dumps({"error": "counter did not subscribe"}), flush=True)
+        return 1
+    print(json.dumps({"ready": True}), flush=True)
+    ok = done.wait(float(cfg["timeout_s"]))
+    print(json.dumps({"last": state["last"], "punches": state["punches"],
+                      "messages": state["messages"], "ok": ok}), flush=True)
+    c.disconnect()
+    c.loop_stop()
+    return 0
+
+
+def child_verify(cfg: dict[str, Any]) -> int:
+    """Child: PyNaCl verify loop over the given signed messages on one core; print the rate."""
+    with open(cfg["file"], "rb") as f:
+        data = json.loads(f.read())
+    vk = NaclVerifyKey(VerifyKey.from_b64(data["public"]).raw)
+    items = [(bytes.fromhex(m), bytes.fromhex(s)) for m, s in data["items"]]
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as asked
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < float(cfg["seconds"]):
+        for m, s in items:
+            vk.verify(m, s)
+        n += len(items)
+    el = time.perf_counter() - t0
+    print(json.dumps({"rate": n / el, "n": n}), flush=True)
+    return 0
+
+
+def child_collector(config: str, profile_out: str) -> int:
+    """Child (--profile only): ``serve`` with every thread under cProfile; stats to a file.
+
+    cProfile follows one thread; the collector's work happens in the ingest writer and
+    paho's network thread, so each thread gets its own profiler, merged at exit.
+    """
+    profiles: list[cProfile.Profile] = []
+    lock = threading.Lock()
+    original_run = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        p = cProfile.Profile()
+        with lock:
+            profiles.append(p)
+        p.enable()
+        try:
+            original_run(self)
+        finally:
+            p.disable()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+    rc = collector_main(["serve", "--config", config])
+    stats: pstats.Stats | None = None
+    for p in profiles:
+        try:
+            stats = pstats.Stats(p) if stats is None else stats.add(p)
+        except TypeError:   # a thread that never ran any Python
+            continue
+    if stats is not None:
+        stats.dump_stats(profile_out)
+    return rc
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+class Publisher:
+    """One MQTT client per clock (its own certificate), each subscribed to its receipts."""
+
+    def __init__(self, broker: MosquittoBroker, fleet: Fleet, log_key: VerifyKey | None
+                 ) -> None:
+        self.fleet = fleet
+        self.log_key = log_key
+        self.lock = threading.Lock()
+        self.wanted = {c.device: c.seq for c in fleet.clocks}
+        self.acked: dict[str, set[int]] = {c.device: set() for c in fleet.clocks}
+        self.complete: set[str] = set()
+        self.done = threading.Event()
+        self.last = 0.0
+        self.receipts = 0
+        self.errors: list[str] = []
+        self.clients: dict[str, mqtt.Client] = {}
+        for c in fleet.clocks:
+            sub = broker.subscribe(c.device, acks(c.device),
+                                   configure=self._configure)
+            self.clients[c.device] = sub.client
+
+    def _configure(self, c: mqtt.Client) -> None:
+        c.max_inflight_messages_set(100)   # agent default (DESIGN.md §4)
+
+    def arm(self) -> None:
+        for device, c in self.clients.items():
+            c.on_message = lambda _c, _u, m, d=device: self._receipt(d, m)
+
+    def _receipt(self, device: str, msg: mqtt.MQTTMessage) -> None:
+        if self.log_key is None:
+            return
+        try:
+            r = SignedAck.from_bytes(bytes(msg.payload))
+            r.verify(self.log_key)
+        except Exception as e:  # a bench: report, do not crash paho's thread
+            self.errors.append(f"{device}: bad receipt: {e}")
+            return
+        with self.lock:
+            self.receipts += 1
+            got = self.acked[device]
+            got.update(r.ack.seqs())
+            if device not in self.complete and len(got) >= self.wanted[device]:
+                self.complete.add(device)
+                if len(self.complete) == len(self.wanted):
+                    self.last = time.monotonic()
+                    self.done.set()
+
+    def publish_all(self) -> float:
+        t0 = time.monotonic()
+        infos = [self.clients[d].publish(topic, payload, qos=1)
+                 for d, topic, payload, _ in self.fleet.envelopes]
+        for info in infos:
+            info.wait_for_publish(120)
+        return t0
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.disconnect()
+            c.loop_stop()
+
+
+@dataclass
+class RunResult:
+    e2e: float
+    broker: float
+    verify: float
+    receipts: int
+    entries: int
+    profile: str = ""
+
+
+def start_broker(pki: TestPKI, d: Path) -> MosquittoBroker:
+    b = MosquittoBroker(pki, d, collectors=("main", "standby"))
+    b.start()
+    return b
+
+
+def broker_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float) -> float:
+    broker = start_broker(pki, d / "broker-count")
+    try:
+        cert = pki.collector("standby")
+        cfg = {"host": broker.host, "port": broker.port, "name": cert.name,
+               "key": str(cert.key_file), "cert": str(cert.cert_file), "ca": str(cert.ca_file),
+               "expected": fleet.total, "timeout_s": timeout_s}
+        proc = subprocess.Popen([sys.executable, __file__, "--child-counter", json.dumps(cfg)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        if not json.loads(proc.stdout.readline() or '{"error": "no output"}').get("ready"):
+            raise RuntimeError("counting subscriber did not start")
+        pub = Publisher(broker, fleet, None)
+        t0 = pub.publish_all()
+        out = json.loads(proc.stdout.readline() or "{}")
+        proc.wait(30)
+        pub.close()
+        if not out.get("ok"):
+            raise RuntimeError(f"counting subscriber got {out.get('punches')} of {fleet.total}")
+        return fleet.total / (float(out["last"]) - t0)
+    finally:
+        broker.close()
+
+
+def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,
+              profile_out: Path | None) -> tuple[float, int, int]:
+    broker = start_broker(pki, d / "broker-e2e")
+    db = d / "ledger.db"
+    store = SQLiteStore(db)
+    warm = SimClock("bench-warmup")
+    for c in [warm, *fleet.clocks]:
+        registry.enroll(store, c.device, "hq", c.key.verify_key.b64, now_us=T0_US)
+    store.close()
+    cfg_file, log_key = write_collector_config(d / "collector", broker,
+                                               store_url=f"sqlite://{db}")
+    if profile_out is None:
+        cmd = [sys.executable, "-m", "collector.cli", "serve", "--config", str(cfg_file)]
+    else:
+        cmd = [sys.executable, __file__, "--child-collector", str(cfg_file), str(profile_out)]
+    with open(d / "collector.log", "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, cwd=common.ROOT)
+    pub: Publisher | None = None
+    try:
+        warm_up(broker, warm, log_key.verify_key, d / "collector.log")
+        pub = Publisher(broker, fleet, log_key.verify_key)
+        pub.arm()
+        t0 = pub.publish_all()
+        if not pub.done.wait(timeout_s):
+            raise RuntimeError(f"receipts incomplete after {timeout_s:.0f} s: "
+                               f"{ {k: len(v) for k, v in pub.acked.items()} } "
+                               f"errors={pub.errors[:3]}")
+        if pub.errors:
+            raise RuntimeError(f"bad receipts: {pub.errors[:3]}")
+        rate = fleet.total / (pub.last - t0)
+        receipts = pub.receipts
+    finally:
+        if pub is not None:
+            pub.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        broker.close()
+    check = SQLiteStore(db)
+    try:
+        n = sum(1 for _ in check.punch_rows(PunchQuery()))
+    finally:
+        check.close()
+    if n != fleet.total + 1:
+        raise RuntimeError(f"ledger holds {n} punches, expected {fleet.total + 1}")
+    return rate, receipts, n
+
+
+def warm_up(broker: MosquittoBroker, warm: SimClock, log_key: VerifyKey, log_file: Path) -> None:
+    """Return once a warm-up clock's punch was receipted through the whole path.
+
+    Resent until receipted (as a clock does): the collector subscribes some time after its
+    process starts, and a punch published before that reaches no one.
+    """
+    first = warm.punch()
+    pub = Publisher(broker, Fleet([warm], [(warm.device, warm.topic, Envelope(
+        warm.device, (first,)).to_bytes(), 1)], []), log_key)
+    pub.arm()
+    deadline = time.monotonic() + 30
+    while not pub.done.is_set() and time.monotonic() < deadline:
+        pub.publish_all()
+        pub.done.wait(0.5)
+    pub.close()
+    if not pub.done.is_set():
+        raise RuntimeError(f"collector did not receipt a warm-up punch; see {log_file}")
+
+
+def verify_phase(d: Path, fleet: Fleet, seconds: float) -> float:
+    f = d / "verify.json"
+    f.write_text(json.dumps({"public": fleet.messages[0][2],
+                             "items": [(m.hex(), s.hex()) for m, s, _ in fleet.messages]}))
+    out = subprocess.run([sys.executable, __file__, "--child-verify",
+                          json.dumps({"file": str(f), "seconds": seconds})],
+                         capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout)["rate"])
+
+
+def profile_summary(path: Path, top: int) -> str:
+    buf = io.StringIO()
+    st = pstats.Stats(str(path), stream=buf)
+    st.sort_stats("tottime").print_stats(top)
+    buf.write("\n--- by cumulative time ---\n")
+    st.sort_stats("cumulative").print_stats(top)
+    text = buf.getvalue()
+    return text.replace(str(common.ROOT) + "/", "")
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="End-to-end ingest throughput (clocks → Mosquitto → collector → SQLite → "
+                    "receipts) against a counting subscriber and a bare Ed25519 verify loop "
+                    "measured in the same run.",
+        epilog=__doc__.split("Targets", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", type=int, default=10, help="clocks (default 10)")
+    p.add_argument("--per-device", type=int, default=10_000,
+                   help="backlog per clock in punches (default 10,000)")
+    p.add_argument("--batch", type=int, default=500,
+                   help="punches per envelope, 1-500 (agent default 500)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="runs; medians are reported (default 3, --quick 2)")
+    p.add_argument("--quick", action="store_true", help="2 runs of 4 clocks × 2,500 punches")
+    p.add_argument("--profile", action="store_true",
+                   help="afterwards, one more end-to-end run with the collector under cProfile "
+                        "(all threads); prints its top functions")
+    p.add_argument("--top", type=int, default=25, help="functions shown with --profile")
+    p.add_argument("--verify-seconds", type=float, default=3.0,
+                   help="duration of the bare verify loop per run")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--child-counter", help=argparse.SUPPRESS)
+    p.add_argument("--child-verify", help=argparse.SUPPRESS)
+    p.add_argument("--child-collector", nargs=2, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.devices, a.per_device = 4, 2_500
+        a.runs = 2 if a.runs is None else a.runs
+    a.runs = 3 if a.runs is None else a.runs
+    if not 1 <= a.batch <= 500 or a.devices < 1 or a.per_device < 1 or a.runs < 1:
+        p.error("--batch must be 1-500; --devices, --per-device and --runs at least 1")
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse(argv)
+    if a.child_counter:
+        return child_counter(json.loads(a.child_counter))
+    if a.child_verify:
+        return child_verify(json.loads(a.child_verify))
+    if a.child_collector:
+        return child_collector(*a.child_collector)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    print(common.header("ingest: clocks → Mosquitto (mTLS) → collector → SQLite → receipts",
+                        data_dir=tmp))
+    print(f"workload: {a.devices} clocks × {a.per_device:,} punches, envelopes of "
+          f"≤ {a.batch} punches and ≤ {MAX_ENVELOPE_BYTES:,} bytes, {a.runs} run(s)")
+    try:
+        t = time.monotonic()
+        pki = TestPKI(tmp / "pki")
+        fleet = make_fleet(a.devices, a.per_device, a.batch)
+        for c in fleet.clocks:
+            pki.device(c.device)
+        pki.device("bench-warmup")
+        sizes = [len(p) for _, _, p, _ in fleet.envelopes]
+        print(f"setup   : {fleet.total:,} punches signed in {len(fleet.envelopes)} envelopes "
+              f"(mean {sum(sizes) // len(sizes):,} bytes) in {time.monotonic() - t:.1f} s\n")
+        rows: list[list[object]] = []
+        results: list[RunResult] = []
+        for i in range(a.runs):
+            d = tmp / f"run{i + 1}"
+            d.mkdir()
+            br = broker_phase(pki, d, fleet, a.timeout)
+            e2e, receipts, entries = e2e_phase(pki, d, fleet, a.timeout, profile_out=None)
+            vr = verify_phase(d, fleet, a.verify_seconds)
+            r = RunResult(e2e, br, vr, receipts, entries)
+            results.append(r)
+            rows.append([i + 1, f"{e2e:,.0f}", f"{br:,.0f}", f"{vr:,.0f}",
+                         f"{e2e / vr:.2f}", receipts])
+            print(f"run {i + 1}: end-to-end {e2e:,.0f}/s, counting subscriber {br:,.0f}/s, "
+                  f"bare verify {vr:,.0f}/s", flush=True)
+        med_e2e = common.median([r.e2e for r in results])
+        med_br = common.median([r.broker for r in results])
+        med_vr = common.median([r.verify for r in results])
+        ratio = common.median([r.e2e / r.verify for r in results])
+        rows.append(["median", f"{med_e2e:,.0f}", f"{med_br:,.0f}", f"{med_vr:,.0f}",
+                     f"{ratio:.2f}", ""])
+        print()
+        print(common.table(["run", "end-to-end punches/s", "counting subscriber punches/s",
+                            "bare verify /s (1 core)", "e2e / verify", "receipts"], rows))
+        ok_rate = med_e2e >= TARGET_RATE
+        ok_ratio = ratio >= TARGET_RATIO
+        print(f"\ntarget: end-to-end ≥ {TARGET_RATE:,}/s: {'met' if ok_rate else 'MISSED'}; "
+              f"≥ {TARGET_RATIO} × bare verify: {'met' if ok_ratio else 'MISSED'}")
+        if a.profile:
+            d = tmp / "profile"
+            d.mkdir()
+            prof = d / "collector.prof"
+            rate, _, _ = e2e_phase(pki, d, fleet, a.timeout, profile_out=prof)
+            print(f"\nprofiled run (cProfile slows Python code, not C): {rate:,.0f} punches/s; "
+                  f"stats in {prof}\n")
+            print(profile_summary(prof, a.top))
+        return 0 if ok_rate and ok_ratio else 1
+    finally:
+        if a.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
