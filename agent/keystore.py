@@ -11,8 +11,6 @@ The queue key file is ``timeclock-queue-key-v1\\n`` + base64(32 random bytes) + 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 from collections.abc import Mapping
@@ -21,7 +19,12 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 from wire.errors import KeyFileError
-from wire.keys import SigningKey, check_private_file, load_signing_key, write_private_file
+from wire.keys import (
+    SigningKey,
+    load_signing_key,
+    read_key_file,
+    write_key_file,
+)
 
 CREDENTIAL_PREFIX = "credential:"
 QUEUE_KEY_BYTES = 32
@@ -81,22 +84,12 @@ def new_queue_key() -> bytes:
 def save_queue_key(path: Path, key: bytes, *, force: bool = False) -> None:
     if len(key) != QUEUE_KEY_BYTES:
         raise KeyFileError(f"queue key must be {QUEUE_KEY_BYTES} bytes")
-    write_private_file(path, _QUEUE_KEY_HEADER + base64.b64encode(key) + b"\n", force=force)
+    write_key_file(path, _QUEUE_KEY_HEADER, key, force=force)
 
 
 def load_queue_key(path: Path) -> bytes:
     """Read a queue key file (0600 enforced); raise :class:`KeyFileError` naming the problem."""
-    check_private_file(path)
-    data = path.read_bytes()
-    if not data.startswith(_QUEUE_KEY_HEADER):
-        raise KeyFileError(f"{path}: not a timeclock queue key file")
-    try:
-        key = base64.b64decode(data[len(_QUEUE_KEY_HEADER):].strip(), validate=True)
-    except binascii.Error as e:
-        raise KeyFileError(f"{path}: corrupt queue key file") from e
-    if len(key) != QUEUE_KEY_BYTES:
-        raise KeyFileError(f"{path}: queue key must be {QUEUE_KEY_BYTES} bytes, got {len(key)}")
-    return key
+    return read_key_file(path, _QUEUE_KEY_HEADER, what="queue key", length=QUEUE_KEY_BYTES)
 
 
 def load_signing(ref: KeyRef, env: Mapping[str, str] | None = None) -> SigningKey:

@@ -44,7 +44,13 @@ from agent.errors import AgentError
 from wire.canonical import canonical
 from wire.errors import WireError
 from wire.fields import DEVICE_ID_RE
-from wire.keys import SigningKey, VerifyKey, load_signing_key, save_signing_key
+from wire.keys import (
+    SigningKey,
+    VerifyKey,
+    load_signing_key,
+    save_signing_key,
+    write_public_file,
+)
 
 BUNDLE_KIND = "timeclock-provisioning-bundle"
 ROTATION_KIND = "timeclock-key-rotation"
@@ -178,16 +184,6 @@ def _check_cert(d: Mapping[str, Any], directory: Path) -> tuple[bytes, bytes]:
             ca.public_bytes(serialization.Encoding.PEM))
 
 
-def _replace_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_STATE_DIR,
                    credentials: bool = False, force: bool = False) -> Installed:
     """Install ``bundle`` into ``directory`` (which holds the keys from ``init``)."""
@@ -219,10 +215,10 @@ def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_S
             raise ProvisionError(f"{config_file}: exists with other content; use --force to "
                                  f"replace it (or edit it by hand)")
     try:
-        _replace_public(directory / CA_FILE, ca_pem)
-        _replace_public(directory / CERT_FILE, cert_pem)
+        write_public_file(directory / CA_FILE, ca_pem)
+        write_public_file(directory / CERT_FILE, cert_pem)
         if config_file is not None:
-            _replace_public(config_file, text.encode())
+            write_public_file(config_file, text.encode())
     except OSError as e:
         raise ProvisionError(f"cannot write into {directory}: {e.strerror}") from e
     return Installed(device, d["purpose"], directory / CERT_FILE, directory / CA_FILE,

@@ -43,7 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from collector.errors import PKIError
 from wire.errors import KeyFileError, WireError
 from wire.fields import COLLECTOR_ID_RE, DEVICE_ID_RE
-from wire.keys import check_private_file, write_private_file
+from wire.keys import check_private_file, write_private_file, write_public_file
 from wire.tls import make_tls_key_and_csr
 
 Kind = Literal["device", "collector", "server"]
@@ -167,18 +167,6 @@ def _write_new_public(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _replace_public(path: Path, data: bytes) -> None:
-    """Atomically replace a public file (index, CRL): readers see the old or the new bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -346,7 +334,7 @@ class CertificateAuthority:
         return data
 
     def _save_index(self, index: dict[str, Any]) -> None:
-        _replace_public(self.index_file,
+        write_public_file(self.index_file,
                         (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
 
     def _leaf(self, *, cn: str, public_key: Any, kind: Kind, days: int, now: dt.datetime,
@@ -540,5 +528,5 @@ class CertificateAuthority:
                   days: int = DEFAULT_CRL_DAYS) -> Path:
         """Write the CRL atomically to ``out`` (default ``<ca>/crl.pem``); return the path."""
         path = Path(out) if out is not None else self.crl_file
-        _replace_public(path, self.crl(now=now, days=days))
+        write_public_file(path, self.crl(now=now, days=days))
         return path

@@ -142,21 +142,46 @@ def write_private_file(path: Path, data: bytes, *, force: bool = False) -> None:
         os.close(fd)
 
 
+def write_public_file(path: Path, data: bytes) -> None:
+    """Atomically replace a public file (certificate, CRL, index, config): readers see the old
+    or the new bytes, never a torn file, even across a power cut."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def write_key_file(path: Path, header: bytes, secret: bytes, *, force: bool = False) -> None:
+    """A small text key file: one header line naming its kind, then the base64 secret."""
+    write_private_file(path, header + base64.b64encode(secret) + b"\n", force=force)
+
+
+def read_key_file(path: Path, header: bytes, *, what: str, length: int) -> bytes:
+    """The secret of a :func:`write_key_file` file (0600 enforced), checked for kind and size."""
+    check_private_file(path)
+    data = path.read_bytes()
+    if not data.startswith(header):
+        raise KeyFileError(f"{path}: not a timeclock {what} file")
+    try:
+        secret = base64.b64decode(data[len(header):].strip(), validate=True)
+    except binascii.Error as e:
+        raise KeyFileError(f"{path}: corrupt {what} file") from e
+    if len(secret) != length:
+        raise KeyFileError(f"{path}: {what} must be {length} bytes, got {len(secret)}")
+    return secret
+
+
 _SEED_HEADER = b"timeclock-ed25519-seed-v1\n"
 
 
 def save_signing_key(path: Path, key: SigningKey, *, force: bool = False) -> None:
     """Store a signing key as a small text file: a header line and the base64 seed."""
-    write_private_file(path, _SEED_HEADER + base64.b64encode(key.seed) + b"\n", force=force)
+    write_key_file(path, _SEED_HEADER, key.seed, force=force)
 
 
 def load_signing_key(path: Path) -> SigningKey:
-    check_private_file(path)
-    data = path.read_bytes()
-    if not data.startswith(_SEED_HEADER):
-        raise KeyFileError(f"{path}: not a timeclock Ed25519 key file")
-    try:
-        seed = base64.b64decode(data[len(_SEED_HEADER):].strip(), validate=True)
-    except binascii.Error as e:
-        raise KeyFileError(f"{path}: corrupt key file") from e
-    return SigningKey(seed)
+    return SigningKey(read_key_file(path, _SEED_HEADER, what="Ed25519 key", length=32))
