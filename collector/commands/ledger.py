@@ -7,6 +7,7 @@ password is never printed in clear).
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import json
 import os
@@ -16,12 +17,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from collector.checkpoints import load_log_key
 from collector.errors import CollectorError, LedgerError
-from collector.export import FORMATS, ExportError, export_bundle, export_payroll, parse_time
+from collector.export import (
+    COLUMNS,
+    FORMATS,
+    ExportError,
+    export_bundle,
+    export_payroll,
+    parse_time,
+)
 from collector.ledger import open_store, sqlite_path
+from collector.ledger.base import EventFact
 from collector.ledger.postgres import migrate, redact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.principals import migrate_postgres
@@ -100,6 +109,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--device", help="only this device")
     e.add_argument("--out", type=Path, metavar="FILE", help="payroll file (default: stdout)")
     e.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    e.add_argument("--purpose", default="not stated", metavar="TEXT",
+                   help="why the data leaves the system (recorded in the ledger, D20)")
     e.set_defaults(func=cmd_export)
 
     m = sub.add_parser("migrate", help="create or update the ledger schema",
@@ -202,6 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise ExportError("a bundle lists the collector log key: pass --log-key-pub "
                                   "B64 or --log-key FILE")
             n = export_bundle(store, args.bundle, keys.values())
+            _record_export(store, args, what="bundle", rows=n, query={})
             print(f"audit bundle: {n} entries written to {args.bundle}", file=sys.stderr)
             return 0
         query = PunchQuery(
@@ -221,9 +233,25 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise ExportError(f"{args.out}: exists; use --force to overwrite") from e
             except OSError as e:
                 raise ExportError(f"{args.out}: {e.strerror}") from e
+        _record_export(store, args, what="payroll", rows=summary.rows,
+                       query={k: v for k, v in (("since", query.since), ("until", query.until),
+                                                ("site", query.site), ("device", query.device))
+                              if v is not None})
     print(f"payroll: {summary.rows} rows ({summary.uncovered} beyond the latest checkpoint)",
           file=sys.stderr)
     return 0
+
+
+def _record_export(store: SQLStore, args: argparse.Namespace, *, what: str, rows: int,
+                   query: dict[str, Any]) -> None:
+    """Output control (D20): every export leaves an ``access`` entry naming who, why, what."""
+    body = {"type": "export", "via": "cli", "principal": f"os:{getpass.getuser()}",
+            "what": what, "purpose": args.purpose, "query": query, "rows": rows,
+            "format": "bundle" if what == "bundle" else args.format,
+            "fields": [] if what == "bundle" else list(COLUMNS),
+            "out": "stdout" if what == "payroll" and args.out is None
+            else str(args.bundle if what == "bundle" else args.out)}
+    store.append([EventFact("access", body)], now_us=time.time_ns() // 1000)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -143,3 +143,27 @@ def test_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "--log-key-pub" in capsys.readouterr().err
     assert main(["export", "--store", str(tmp_path / "missing.db"), "--payroll"]) == 2
     assert "no such ledger file" in capsys.readouterr().err
+
+
+def test_d20_every_cli_export_is_an_access_entry(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    s = open_store(str(db))
+    _fill(s)
+    s.close()
+    assert main(["export", "--store", str(db), "--payroll", "--format", "ndjson", "--site",
+                 "hq", "--purpose", "November payroll run", "--out",
+                 str(tmp_path / "p.ndjson")]) == 0
+    key_file = tmp_path / "log.key"
+    save_signing_key(key_file, LOG_KEY)
+    assert main(["export", "--store", str(db), "--bundle", str(tmp_path / "b"),
+                 "--log-key", str(key_file)]) == 0
+    s = open_store(str(db))
+    exports = [json.loads(se.body or b"{}") for se in s.entries()
+               if se.entry.kind == "access"]
+    s.close()
+    assert [(e["type"], e["what"], e["purpose"], e["query"]) for e in exports] == [
+        ("export", "payroll", "November payroll run", {"site": "hq"}),
+        ("export", "bundle", "not stated", {})]
+    assert exports[0]["principal"].startswith("os:")
+    assert exports[0]["rows"] == 2
+    assert "credential" in exports[0]["fields"]
