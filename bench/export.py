@@ -9,6 +9,10 @@ real token authentication and access logging); the client (aiohttp, this process
 ``/v1/punches?format=ndjson`` and counts rows as they stream. The server's RSS is sampled
 from /proc every 50 ms; growth = peak during the stream − RSS just before it.
 
+Baseline, same run: the raw floor without HTTP, TLS, auth or the API's row shaping — a plain
+``sqlite3`` cursor over the same punch rows, each row ``json.dumps``-ed (what any NDJSON export
+of this ledger must at least do); the ratio API / baseline shows what the API layer costs.
+
 Targets: median ≥ 50,000 rows/s and RSS growth < 50 MB; exit status 1 if missed.
 
     python bench/export.py            # 3 runs, 1,000,000 punches
@@ -148,6 +152,25 @@ def one_run(db: Path, token: str, *, cert: Path, key: Path, ca: Path
         proc.wait(30)
 
 
+def baseline(db: Path) -> tuple[int, float]:
+    """Raw floor: iterate the punch rows with a bare sqlite3 cursor, one JSON line each."""
+    import json  # noqa: PLC0415 -- only the baseline needs it
+    import sqlite3  # noqa: PLC0415
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = 0
+    started = time.perf_counter()
+    cur = conn.execute("SELECT device, site, seq, credential, action, ts, clock, idx, punch_hash "
+                       "FROM punches ORDER BY ts, device, seq")
+    cols = [d[0] for d in cur.description]
+    for row in cur:
+        json.dumps(dict(zip(cols, row, strict=True)))
+        rows += 1
+    secs = time.perf_counter() - started
+    conn.close()
+    return rows, secs
+
+
 def common_free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,13 +216,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if n != rows:
                 print(f"run {i + 1}: expected {rows} rows, got {n}", file=sys.stderr)
                 return 1
-            results.append((n / secs, growth, secs))
-        print(common.table(["run", "rows", "seconds", "rows/s", "server RSS growth MB"],
-                           [[i + 1, f"{rows:,}", f"{s:.2f}", f"{r:,.0f}", f"{g:.1f}"]
-                            for i, (r, g, s) in enumerate(results)]))
-        med_rate = common.median([r for r, _, _ in results])
-        med_growth = common.median([g for _, g, _ in results])
-        worst_growth = max(g for _, g, _ in results)
+            bn, bsecs = baseline(db)
+            results.append((n / secs, growth, secs, bn / bsecs))
+        print(common.table(["run", "rows", "seconds", "rows/s", "server RSS growth MB",
+                            "baseline rows/s", "API / baseline"],
+                           [[i + 1, f"{rows:,}", f"{s:.2f}", f"{r:,.0f}", f"{g:.1f}",
+                             f"{b:,.0f}", f"{r / b:.2f}"]
+                            for i, (r, g, s, b) in enumerate(results)]))
+        print(f"baseline: median {common.median([b for *_, b in results]):,.0f} rows/s (bare "
+              f"sqlite3 cursor + json.dumps per row, same ledger, same run)")
+        med_rate = common.median([r for r, *_ in results])
+        med_growth = common.median([g for _, g, *_ in results])
+        worst_growth = max(g for _, g, *_ in results)
         ok = med_rate >= TARGET_ROWS_S and worst_growth < TARGET_RSS_MB
         print(f"median  : {med_rate:,.0f} rows/s (target ≥ {TARGET_ROWS_S:,}); RSS growth "
               f"median {med_growth:.1f} MB, worst {worst_growth:.1f} MB (target < "
