@@ -24,15 +24,20 @@ from collector.api import params as P
 from collector.api.errors import BadRequestError, NotAcceptableError, NotFoundError
 from collector.api.keys import CLOCK, CORRECTIONS, SETTINGS, STORE, ctx, principal_name
 from collector.corrections import FIELDS, REASONS, Applied, check_value
-from collector.export import COLUMNS, ExportSummary, _latest_checkpoint, iso
+from collector.export import (
+    PUNCH_COLUMNS,
+    ExportSummary,
+    csv_values,
+    encode_item,
+    latest_checkpoint,
+    punch_item,
+    snapshot_rows,
+)
 from collector.ledger.sqlbase import _PAYROLL, PunchQuery, PunchRow, SQLStore
 from wire.errors import WireError
 from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
 from wire.punch import SignedPunch
 
-EXTRA_COLUMNS = ("reader", "key", "effective_action", "effective_device_time",
-                 "effective_device_time_us", "correction_idx")
-PUNCH_COLUMNS = (*COLUMNS, *EXTRA_COLUMNS)
 ROWS_PER_CHUNK = 2000
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 PUNCH_PARAMS = ("since", "until", "site", "device", "credential", "cursor", "limit", "format")
@@ -40,55 +45,6 @@ PAYROLL_PARAMS = ("since", "until", "site", "device", "format")
 
 
 # -- representation -----------------------------------------------------------------------
-
-class _Iso:
-    """``collector.export.iso`` with the per-second prefix memoised (it dominates a stream's
-    cost otherwise: device and ledger times of neighbouring rows share their second)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, us: int) -> str:
-        sec, frac = divmod(us, 1_000_000)
-        prefix = self._cache.get(sec)
-        if prefix is None:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            prefix = self._cache[sec] = iso(sec * 1_000_000)[:-8]
-        return f"{prefix}.{frac:06d}Z"
-
-
-_iso = _Iso()
-_encode = json.JSONEncoder(ensure_ascii=False).encode   # keys are built in sorted order
-
-
-def punch_item(r: PunchRow, fixed: dict[str, Applied] | None) -> dict[str, Any]:
-    """A punch as the API shows it: the columns of collector.export (original values) plus
-    reader, key, its corrections and the effective values. Keys in sorted order."""
-    device_time = _iso(r.ts)
-    if fixed:
-        ts = fixed["ts"].value if "ts" in fixed else r.ts
-        effective = {"action": fixed["action"].value if "action" in fixed else r.action,
-                     "device_time": _iso(ts), "device_time_us": ts}
-        corrections = {f: a.to_dict() for f, a in sorted(fixed.items())}
-    else:
-        effective = {"action": r.action, "device_time": device_time, "device_time_us": r.ts}
-        corrections = {}
-    return {"action": r.action, "clock": r.clock, "corrections": corrections,
-            "credential": r.credential, "device": r.device, "device_time": device_time,
-            "device_time_us": r.ts, "effective": effective, "entry_hash": r.entry_hash,
-            "key": r.key_id, "ledger_idx": r.idx, "reader": r.reader,
-            "recorded_at": _iso(r.at), "recorded_at_us": r.at, "seq": r.seq, "site": r.site}
-
-
-def csv_values(item: dict[str, Any]) -> list[Any]:
-    eff = item["effective"]
-    idxs = ";".join(str(c["correction_idx"]) for c in item["corrections"].values())
-    flat = {**item, "effective_action": eff["action"],
-            "effective_device_time": eff["device_time"],
-            "effective_device_time_us": eff["device_time_us"], "correction_idx": idxs}
-    return [flat[c] for c in PUNCH_COLUMNS]
-
 
 def negotiate(query: MultiMapping[str], accept: str, *, allowed: tuple[str, ...],
               default: str) -> str:
@@ -197,7 +153,7 @@ def encode_rows(rows: Iterator[PunchRow], fmt: str, fixed: dict[tuple[str, int],
         if writer is not None:
             writer.writerow(csv_values(item))
         else:
-            buf.write(_encode(item))
+            buf.write(encode_item(item))
             buf.write("\n")
         n += 1
         if n % ROWS_PER_CHUNK == 0:
@@ -320,28 +276,11 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
 
     def prepare() -> tuple[ExportSummary, dict[tuple[str, int], dict[str, Applied]]]:
         size, head = store.head()
-        return ExportSummary(query, size, head, _latest_checkpoint(store, size)), corr.applied()
+        return ExportSummary(query, size, head, latest_checkpoint(store, size)), corr.applied()
 
     summary, fixed = await asyncio.to_thread(prepare)
     header = summary.header(generated_at=clock(), fmt=fmt)
-    header["columns"] = list(PUNCH_COLUMNS)
-    header["corrections"] = ("original values in action/device_time; effective_* hold the "
-                             "values after approved corrections, correction_idx their ledger "
-                             "entries (the punch entry itself is ledger_idx)")
     header["requested_by"] = principal_name(request)
-    cp_size = 0 if summary.checkpoint is None else summary.checkpoint.checkpoint.size
-
-    def bounded() -> Iterator[PunchRow]:
-        for r in store.punch_rows(query):
-            if r.idx >= summary.size:
-                continue        # appended after the snapshot
-            summary.rows += 1
-            if r.idx >= cp_size:
-                summary.uncovered += 1
-            rng = summary.seq_ranges.setdefault(r.device, [r.seq, r.seq])
-            rng[0], rng[1] = min(rng[0], r.seq), max(rng[1], r.seq)
-            yield r
-
     def tail() -> str:
         t = json.dumps({"trailer": summary.trailer()}, sort_keys=True)
         return ("# " + t if fmt == "csv" else t) + "\n"
@@ -350,7 +289,8 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
     head = (("# " + h) if fmt == "csv" else h) + "\n"
     counter = Counter()
     try:
-        return await stream(request, fmt, encode_rows(bounded(), fmt, fixed, counter,
+        rows = snapshot_rows(store, summary)
+        return await stream(request, fmt, encode_rows(rows, fmt, fixed, counter,
                                                       head=head.encode(), tail=tail),
                             {"Content-Disposition": f"attachment; filename=payroll.{fmt}"})
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from collector.checkpoints import load_log_key
+from collector.corrections import Corrections
 from collector.errors import CollectorError, LedgerError
 from collector.export import (
     COLUMNS,
@@ -221,14 +222,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             until=None if args.until is None else parse_time(args.until),
             site=args.site, device=args.device)
         now_us = time.time_ns() // 1000
+        # Approved corrections are shown beside the untouched originals (D6).
+        fixed = Corrections(store).applied()
         if args.out is None:
             summary = export_payroll(store, sys.stdout, fmt=args.format, query=query,
-                                     now_us=now_us)
+                                     now_us=now_us, corrections=fixed)
         else:
             try:
                 with args.out.open("w" if args.force else "x", newline="") as f:
                     summary = export_payroll(store, f, fmt=args.format, query=query,
-                                             now_us=now_us)
+                                             now_us=now_us, corrections=fixed)
             except FileExistsError as e:
                 raise ExportError(f"{args.out}: exists; use --force to overwrite") from e
             except OSError as e:

@@ -13,6 +13,7 @@ import pytest
 
 from collector.checkpoints import make_checkpoint
 from collector.cli import main
+from collector.corrections import Corrections
 from collector.export import ExportError, export_bundle, export_payroll, iso, parse_time
 from collector.ledger import open_store
 from collector.ledger.base import EventFact
@@ -167,3 +168,25 @@ def test_d20_every_cli_export_is_an_access_entry(tmp_path: Path) -> None:
     assert exports[0]["principal"].startswith("os:")
     assert exports[0]["rows"] == 2
     assert "credential" in exports[0]["fields"]
+
+
+def test_d6_cli_payroll_export_shows_corrected_value_beside_the_original(
+        tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    s = open_store(str(db))
+    _fill(s)
+    corr = Corrections(s)
+    c = corr.propose(device="clock-a", seq=2, field="action", after="break-start",
+                     reason="wrong-action", editor="ed", now_us=T0 + 50)
+    corr.decide(c.id, approve=True, approver="ann", now_us=T0 + 60)
+    correction_idx = [se.entry.idx for se in s.entries() if se.entry.kind == "correction"]
+    s.close()
+    out = tmp_path / "p.csv"
+    assert main(["export", "--store", str(db), "--payroll", "--format", "csv",
+                 "--device", "clock-a", "--out", str(out)]) == 0
+    header, rows, _ = _csv(out.read_text())
+    assert "effective_action" in header["columns"]
+    assert [(r["seq"], r["action"], r["effective_action"], r["correction_idx"])
+            for r in rows] == [("1", "in", "in", ""),
+                               ("2", "out", "break-start", str(correction_idx[0]))]
+    assert rows[1]["ledger_idx"] == "4"     # the original punch entry, untouched
