@@ -48,6 +48,10 @@ class CorrectionNotFoundError(CorrectionError):
     """No such punch or correction."""
 
 
+class CorrectionIntegrityError(CorrectionError):
+    """The corrections table disagrees with the ``correction`` entry it names in the ledger."""
+
+
 class CorrectionConflictError(CorrectionError):
     """The correction no longer fits the punch's current value or was already decided."""
 
@@ -158,7 +162,10 @@ class Corrections:
 
     def applied(self, pairs: set[tuple[str, int]] | None = None
                 ) -> dict[tuple[str, int], dict[str, Applied]]:
-        """Effective corrected fields per (device, seq); all of them when ``pairs`` is None."""
+        """Effective corrected fields per (device, seq); all of them when ``pairs`` is None.
+
+        The table is only an index: each value is checked against the ``correction`` ledger
+        entry it names, so an edited table row cannot change what an export shows."""
         rows = read(self.store, "SELECT device, seq, field, after_value, correction_idx, id "
                                 "FROM tc_corrections WHERE status = 'approved' "
                                 "ORDER BY correction_idx")
@@ -168,7 +175,34 @@ class Corrections:
             if pairs is not None and key not in pairs:
                 continue
             out.setdefault(key, {})[str(fld)] = Applied(json.loads(after), int(cidx), str(cid))
+        self._check_against_ledger(out)
         return out
+
+    def _check_against_ledger(self, applied: dict[tuple[str, int], dict[str, Applied]]) -> None:
+        wanted = {a.correction_idx: (key, fld, a) for key, fields in applied.items()
+                  for fld, a in fields.items()}
+        idxs = sorted(wanted)
+        for i in range(0, len(idxs), 500):
+            chunk = idxs[i:i + 500]
+            sql = ("SELECT b.idx, b.body FROM bodies b JOIN entries e ON e.idx = b.idx "  # noqa: S608 - only "?" placeholders are joined in
+                   "WHERE e.kind = 'correction' AND b.idx IN (" + ", ".join("?" * len(chunk)) + ")")
+            for idx, raw in read(self.store, sql, chunk):
+                (device, seq), fld, a = wanted.pop(int(idx))
+                body = json.loads(bytes(raw))
+                if (body.get("device"), body.get("seq"), body.get("field"),
+                        body.get("after")) != (device, seq, fld, a.value):
+                    raise CorrectionIntegrityError(
+                        f"correction {a.proposal}: the corrections table says {device}#{seq} "
+                        f"{fld} = {a.value!r}, ledger entry {idx} says otherwise; the table "
+                        f"was altered outside timeclock (the ledger is authoritative)")
+        # What is left names no correction entry with a body: retention may have deleted it
+        # (then the table row is all that is left), or the idx is not a correction at all.
+        for idx, (_, _, a) in wanted.items():
+            kind = read(self.store, "SELECT kind FROM entries WHERE idx = ?", (idx,))
+            if not kind or kind[0][0] != "correction":
+                raise CorrectionIntegrityError(
+                    f"correction {a.proposal}: the corrections table names ledger entry {idx}, "
+                    f"which is not a correction entry (the table was altered)")
 
     def _original(self, device: str, seq: int) -> tuple[int, dict[str, Any]]:
         rows = read(self.store, "SELECT idx, action, ts FROM punches WHERE device = ? AND "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,25 @@ def test_d6_cli_payroll_export_shows_corrected_value_beside_the_original(
             for r in rows] == [("1", "in", "in", ""),
                                ("2", "out", "break-start", str(correction_idx[0]))]
     assert rows[1]["ledger_idx"] == "4"     # the original punch entry, untouched
+
+
+def test_d6_an_edited_corrections_table_cannot_change_an_export(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "ledger.db"
+    s = open_store(str(db))
+    _fill(s)
+    corr = Corrections(s)
+    c = corr.propose(device="clock-a", seq=2, field="action", after="break-start",
+                     reason="wrong-action", editor="ed", now_us=T0 + 50)
+    corr.decide(c.id, approve=True, approver="ann", now_us=T0 + 60)
+    s.close()
+    # An attacker with write access to the table (not to the chain) edits the approved value.
+    raw = sqlite3.connect(db)
+    raw.execute("UPDATE tc_corrections SET after_value = '\"in\"' WHERE id = ?", (c.id,))
+    raw.commit()
+    raw.close()
+    assert main(["export", "--store", str(db), "--payroll", "--out",
+                 str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "the corrections table says clock-a#2 action = 'in', ledger entry" in err
+    assert "was altered outside timeclock (the ledger is authoritative)" in err
