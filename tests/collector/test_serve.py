@@ -148,6 +148,39 @@ def test_d4_no_puback_before_commit_so_the_broker_redelivers(
     store.close()
 
 
+class ServeProcess:
+    """``timeclock-collector serve --config F`` as a real subprocess, its stderr collected."""
+
+    def __init__(self, cfg_file: Path) -> None:
+        root = Path(__file__).resolve().parents[2]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "serve", "--config", str(cfg_file)],
+            cwd=root, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(root)))
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._seen: list[str] = []
+        self._reader = threading.Thread(
+            target=lambda: [self._lines.put(x) for x in self.proc.stderr or ()])
+        self._reader.start()
+
+    def wait_for_line(self, text: str, timeout_s: float = 20) -> None:
+        while not any(text in x for x in self._seen):
+            self._seen.append(self._lines.get(timeout=timeout_s))
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(15)
+
+    def close(self) -> str:
+        """Kill it if still running; return everything it wrote to stderr."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._reader.join(5)
+        return "".join(self._seen) + "".join(self._lines.get()
+                                             for _ in range(self._lines.qsize()))
+
+
 def test_serve_cli_runs_until_sigterm_and_stops_cleanly(
         mosquitto: MosquittoBroker, tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
@@ -157,28 +190,14 @@ def test_serve_cli_runs_until_sigterm_and_stops_cleanly(
     cfg_file, log_key = write_collector_config(tmp_path / "c", mosquitto,
                                                store_url=f"sqlite://{db}")
     dev = Device(mosquitto, clock)
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve", "--config",
-                             str(cfg_file)], cwd=root, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(root)))
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stderr is not None
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or ()])
-    reader.start()
-    seen: list[str] = []
+    serve = ServeProcess(cfg_file)
     try:
-        while "MQTT subscribed" not in (seen[-1] if seen else ""):
-            seen.append(lines.get(timeout=20))
+        serve.wait_for_line("MQTT subscribed")
         dev.send(clock.batch(1))
         assert dev.acked_until(log_key, {1}, timeout_s=20) == {1}
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert serve.terminate() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    reader.join(5)
-    err = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
+        err = serve.close()
     assert "stopping after the batch in flight" in err
     assert "collector.main stopped" in err
     assert "Traceback" not in err
@@ -242,19 +261,10 @@ def test_d12_serve_runs_the_https_api_and_flushes_its_access_log_on_sigterm(
         extra=f'[api]\ncert = "{pki.server_cert_file}"\nkey = "{pki.server_key_file}"\n'
               f'port = {port}\n')
     dev = Device(mosquitto, clock)
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve", "--config",
-                             str(cfg_file)], cwd=root, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(root)))
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stderr is not None
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or ()])
-    reader.start()
-    seen: list[str] = []
+    serve = ServeProcess(cfg_file)
     ctx = ssl.create_default_context(cafile=str(pki.ca_file))
     try:
-        while not any("MQTT subscribed" in x for x in seen):
-            seen.append(lines.get(timeout=20))
+        serve.wait_for_line("MQTT subscribed")
         dev.send(clock.batch(2))
         assert dev.acked_until(log_key, {1, 2}, timeout_s=20) == {1, 2}
         req = urllib.request.Request(f"https://127.0.0.1:{port}/v1/punches?format=ndjson",
@@ -266,14 +276,9 @@ def test_d12_serve_runs_the_https_api_and_flushes_its_access_log_on_sigterm(
         with pytest.raises(urllib.error.HTTPError, match="401"):
             urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/punches",  # noqa: S310
                                    context=ctx, timeout=10)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert serve.terminate() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    reader.join(5)
-    err = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
+        err = serve.close()
     assert "Traceback" not in err
     store.close()
     store = SQLiteStore(db)
