@@ -478,9 +478,10 @@ def _finish(site: Site, *, drain_timeout_s: float, step: Callable[[str], None],
         "collectors/main/ (collector.toml, serve.log)")
     say("  clocks/<id>/ (keys 0600, agent.toml, state/queue.db, agent.log)  "
         "ledger.db  audit-bundle/")
-    say(f"  try: timeclock-collector device list --store {site.store_url} --ca "
-        f"{site.root / 'ca'}")
-    say(f"       timeclock-verify {site.root / 'audit-bundle'} --collector-key "
+    bindir = Path(sys.executable).parent     # the venv's scripts, activated or not
+    say(f"  try: {bindir / 'timeclock-collector'} device list --store {site.store_url} "
+        f"--ca {site.root / 'ca'}")
+    say(f"       {bindir / 'timeclock-verify'} {site.root / 'audit-bundle'} --collector-key "
         f"{site.log_key.verify_key.b64 if site.log_key else '<log key>'}")
     return 0 if ok else 1
 

@@ -40,8 +40,13 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "bootstrap: installing Python packages into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "bootstrap: installing Python packages into .venv (log: .venv/pip.log)"
+  if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+         .venv/bin/python -m pip install --disable-pip-version-check -e '.[dev]'; } \
+       > .venv/pip.log 2>&1; then
+    tail -40 .venv/pip.log >&2
+    echo "bootstrap: pip install failed; the whole log is in .venv/pip.log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
