@@ -193,6 +193,11 @@ class Ingestor:
                         detail=f"seq {p.seq} arrived with another punch hash than the "
                                f"recorded one (cloned key or restored device?); quarantined "
                                f"at idx {r.idx}")
+                elif r.outcome is Outcome.REJECTED:
+                    # The registry changed between verification and the commit (revoked or
+                    # rotated meanwhile): the store quarantined it under the chain lock.
+                    log.warning("quarantined %s#%d at commit: its device or key is no longer "
+                                "valid [idx %d]", p.device, p.seq, r.idx)
                 elif r.outcome is Outcome.APPENDED:
                     appended.setdefault(p.device, []).append(p.seq)
                     if self.chain is not None:

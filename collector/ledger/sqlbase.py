@@ -366,6 +366,8 @@ class _Append:
         self.quarantine: list[tuple[Any, ...]] = []
         self.retained: list[tuple[int, int, int]] = []
         self.sites: dict[str, str] = {}
+        # Registry state read under the chain lock: (device status, keys by id).
+        self.registry: dict[str, tuple[str | None, dict[str, tuple[str, int, int | None]]]] = {}
 
     def _entry(self, kind: str, body: bytes) -> int:
         idx = self.size
@@ -395,6 +397,42 @@ class _Append:
             row = self.cur.fetchone()
             if row is not None:
                 self.sites[d] = str(row[0])
+
+    def _registry(self, device: str) -> tuple[str | None, dict[str, tuple[str, int, int | None]]]:
+        if device not in self.registry:
+            self.cur.execute(self.s._sql("SELECT status FROM devices WHERE device = ?"),
+                             (device,))
+            row = self.cur.fetchone()
+            self.cur.execute(self.s._sql("SELECT key_id, status, from_seq, until_seq FROM keys "
+                                         "WHERE device = ?"), (device,))
+            keys = {str(k): (str(st), int(a), None if b is None else int(b))
+                    for k, st, a, b in self.cur.fetchall()}
+            self.registry[device] = (None if row is None else str(row[0]), keys)
+        return self.registry[device]
+
+    def _still_valid(self, f: PunchFact) -> tuple[str, str] | None:
+        """Re-check the registry under the chain lock: the ingest verified against a snapshot,
+        and a revocation or rotation may have been committed since (by this or another
+        collector). A punch recorded after its device or key stopped being valid would be
+        reported as tampering by the auditor, so it is rejected here instead."""
+        p = f.signed.punch
+        status, keys = self._registry(p.device)
+        if status is None:
+            return "unknown-device", f"{p.device} is not enrolled"
+        if status != "active":
+            return "device-revoked", f"{p.device} is {status} (changed while this punch was " \
+                                     f"being verified)"
+        k = keys.get(p.key)
+        if k is None:
+            return "unknown-key", f"key {p.key} is not registered for {p.device}"
+        kstatus, from_seq, until_seq = k
+        if kstatus != "active":
+            return "key-revoked", f"key {p.key} of {p.device} is {kstatus}"
+        if p.seq < from_seq or (until_seq is not None and p.seq >= until_seq):
+            last = "" if until_seq is None else str(until_seq - 1)
+            return "key-not-valid-for-seq", (f"key {p.key} of {p.device} signs seqs "
+                                             f"{from_seq}..{last}, not {p.seq}")
+        return None
 
     def run(self, facts: Sequence[Fact]) -> list[AppendResult]:
         pairs = {(f.signed.punch.device, f.signed.punch.seq) for f in facts
@@ -429,6 +467,12 @@ class _Append:
                 detail=f"seq {p.seq} is already recorded at idx {prior[1]} with punch hash "
                        f"{prior[0]}; this punch hash is {h} (cloned key or restored device?)")
             return AppendResult(Outcome.CONFLICT, idx, p.device, p.seq)
+        invalid = self._still_valid(f)
+        if invalid is not None:
+            idx = self._reject(reason=invalid[0], detail=invalid[1], topic=f.topic,
+                               raw=f.signed.to_bytes(), received_at=f.received_at,
+                               device=p.device)
+            return AppendResult(Outcome.REJECTED, idx, p.device, p.seq)
         idx = self._entry("punch", f.signed.to_bytes())
         seen[key] = (h, idx)
         self.punches.append((p.device, p.seq, h, idx, p.key, p.ts, p.clock, p.credential,
@@ -455,6 +499,7 @@ class _Append:
             self.cur.execute(self.s._sql(sql), params)
 
         event, device = body["event"], body["device"]
+        self.registry.pop(device, None)     # later punches of this batch see the change
         if event == "enrolled":
             x("INSERT INTO devices (device, site, status, enrolled_idx, changed_idx) "
               "VALUES (?, ?, 'active', ?, ?)", (device, body["site"], idx, idx))

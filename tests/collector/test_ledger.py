@@ -255,6 +255,36 @@ def test_device_events_update_the_registry_projection(store: SQLStore) -> None:
     assert store.device("nope") is None
 
 
+def test_d1_registry_is_rechecked_under_the_chain_lock(store: SQLStore) -> None:
+    """Ingest verifies against a registry snapshot; a revocation or rotation committed since
+    (here: earlier in the same batch, or in an earlier batch) must still win, or the ledger
+    would hold a punch the auditor reports as tampering."""
+    a, b = Clock("clock-a"), Clock("clock-b")
+    enroll(store, a)
+    enroll(store, b)
+    stale = a.fact()                                  # verified before the revocation
+    revoked = {"event": "revoked", "device": "clock-a", "reason": "stolen"}
+    new_key = seeded_key("clock-b-2")
+    rotated = {"event": "rotated", "device": "clock-b", "key": new_key.key_id,
+               "signing_key": new_key.verify_key.b64, "from_seq": 2}
+    b1 = b.fact()                                     # seq 1, old key: still valid
+    b2_old_key = b.fact()                             # seq 2 signed with the old key
+    results = store.append([EventFact("device", revoked), stale, EventFact("device", rotated),
+                            b1, b2_old_key], now_us=T0 + 10)
+    assert [(r.outcome, r.device, r.seq) for r in results] == [
+        (Outcome.APPENDED, "clock-a", None), (Outcome.REJECTED, "clock-a", 1),
+        (Outcome.APPENDED, "clock-b", None), (Outcome.APPENDED, "clock-b", 1),
+        (Outcome.REJECTED, "clock-b", 2)]
+    reasons = [(q.reason, q.idx) for q in store.quarantine()]
+    assert reasons == [("device-revoked", results[1].idx),
+                       ("key-not-valid-for-seq", results[4].idx)]
+    assert [r.outcome for r in store.append([Clock("clock-z").fact()], now_us=T0 + 11)] == [
+        Outcome.REJECTED]
+    assert store.quarantine()[-1].reason == "unknown-device"
+    report = verify_store(store, LOG_KEYS).report
+    assert report.ok, report.findings
+
+
 def test_a_failing_fact_rolls_back_the_whole_batch(store: SQLStore) -> None:
     c = Clock("clock-1")
     enroll(store, c)
