@@ -148,12 +148,16 @@ def _stats(conn: sqlite3.Connection) -> QueueStats:
 
 def read_stats(path: Path) -> QueueStats:
     """Queue depth/age/last seq from the clear metadata, read-only and without the key
-    (``timeclock-agent status`` uses this next to a running agent)."""
+    (``timeclock-agent status`` uses this next to a running agent). A file whose schema is not
+    there yet (an agent starting: the schema is created in one transaction) is an empty queue."""
     if not path.exists():
         raise QueueError(f"{path}: no queue database")
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
         try:
+            if conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                            "AND name = 'punches'").fetchone()[0] == 0:
+                return QueueStats(0, None, 0, 0)
             return _stats(conn)
         finally:
             conn.close()

@@ -297,3 +297,15 @@ def test_read_stats_without_key_while_writer_open(qpath: Path) -> None:
         assert (stats.depth, stats.last_seq, stats.set_aside) == (2, 3, 0)
     with pytest.raises(QueueError, match="no queue database"):
         read_stats(qpath.parent / "nope.db")
+
+
+def test_read_stats_of_a_queue_still_being_created_is_empty(qpath: Path) -> None:
+    # What `status` (or the demo) sees in the instant between an agent creating the file and
+    # committing its schema: an empty queue, not an error.
+    qpath.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(qpath).close()
+    stats = read_stats(qpath)
+    assert (stats.depth, stats.last_seq, stats.set_aside) == (0, 0, 0)
+    with Outbox(qpath, KEY, DEVICE) as box:
+        fill(box, 2)
+    assert read_stats(qpath).last_seq == 2
