@@ -178,6 +178,23 @@ class Corrections:
         self._check_against_ledger(out)
         return out
 
+    def applied_complete(self) -> dict[tuple[str, int], dict[str, Applied]]:
+        """:meth:`applied` for all punches, also proving the table lost no approved correction:
+        the ledger's ``correction`` entries and the table's approved rows must be the same
+        set. One scan of the chain: for exports, which read everything anyway."""
+        out = self.applied()
+        in_table = {a.correction_idx for fields in out.values() for a in fields.values()}
+        in_ledger = {int(r[0]) for r in read(self.store, "SELECT idx FROM entries "
+                                                         "WHERE kind = 'correction'")}
+        missing = sorted(in_ledger - in_table)
+        if missing:
+            raise CorrectionIntegrityError(
+                f"ledger correction entr{'y' if len(missing) == 1 else 'ies'} "
+                f"{', '.join(map(str, missing[:10]))} {'has' if len(missing) == 1 else 'have'} "
+                f"no approved row in the corrections table (rows were deleted outside "
+                f"timeclock; the ledger is authoritative): refusing to export without them")
+        return out
+
     def _check_against_ledger(self, applied: dict[tuple[str, int], dict[str, Applied]]) -> None:
         wanted = {a.correction_idx: (key, fld, a) for key, fields in applied.items()
                   for fld, a in fields.items()}

@@ -15,6 +15,7 @@ from aiohttp import web
 from collector.corrections import (
     CorrectionConflictError,
     CorrectionError,
+    CorrectionIntegrityError,
     CorrectionNotFoundError,
 )
 from collector.errors import CollectorError, ForbiddenError, LedgerError
@@ -97,6 +98,8 @@ def classify(e: BaseException) -> Problem:
         (TokenError, 401, "unauthenticated", "Authentication required"),
         (CorrectionNotFoundError, 404, "not-found", "Not found"),
         (CorrectionConflictError, 409, "conflict", "Conflict with the current state"),
+        # Tampering found while reading, not a client mistake: the operator must look.
+        (CorrectionIntegrityError, 500, "integrity", "Stored data disagrees with the ledger"),
         (CorrectionError, 400, "invalid-correction", "Invalid correction"),
         (PrincipalError, 400, "invalid-principal", "Invalid principal or token request"),
         (ExportError, 400, "bad-request", "Malformed request"),

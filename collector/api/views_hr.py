@@ -209,7 +209,7 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
             nxt = P.encode_cursor([last.ts, last.device, last.seq])
         ctx(request).record.count = len(items)
         return web.json_response({"items": items, "next": nxt})
-    fixed_all = await asyncio.to_thread(corr.applied)
+    fixed_all = await asyncio.to_thread(corr.applied_complete)
     counter = Counter()
     try:
         return await stream(request, fmt, encode_rows(f.stream(store), fmt, fixed_all, counter))
@@ -276,7 +276,8 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
 
     def prepare() -> tuple[ExportSummary, dict[tuple[str, int], dict[str, Applied]]]:
         size, head = store.head()
-        return ExportSummary(query, size, head, latest_checkpoint(store, size)), corr.applied()
+        summary = ExportSummary(query, size, head, latest_checkpoint(store, size))
+        return summary, corr.applied_complete()
 
     summary, fixed = await asyncio.to_thread(prepare)
     header = summary.header(generated_at=clock(), fmt=fmt)

@@ -223,7 +223,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             site=args.site, device=args.device)
         now_us = time.time_ns() // 1000
         # Approved corrections are shown beside the untouched originals (D6).
-        fixed = Corrections(store).applied()
+        fixed = Corrections(store).applied_complete()
         if args.out is None:
             summary = export_payroll(store, sys.stdout, fmt=args.format, query=query,
                                      now_us=now_us, corrections=fixed)

@@ -6,6 +6,7 @@ SoD violation is refused and recorded."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,21 @@ async def test_d6_invalid_proposals(api: Api, over: dict[str, object], status: i
     resp = await api.call("POST", "/v1/corrections", "editor", json={**PROPOSAL, **over})
     assert resp.status == status
     assert match in (await resp.json(content_type="application/problem+json"))["detail"]
+
+
+async def test_d6_payroll_refuses_when_the_corrections_table_lost_a_row(api: Api,
+                                                                        tmp_path: Path) -> None:
+    proposal = await _propose(api)
+    resp = await api.call("POST", f"/v1/corrections/{proposal['id']}/approve", "approver")
+    assert resp.status == 200, await resp.text()
+    raw = sqlite3.connect(tmp_path / "ledger.db")
+    raw.execute("DELETE FROM tc_corrections WHERE id = ?", (proposal["id"],))
+    raw.commit()
+    raw.close()
+    resp = await api.call("GET", "/v1/exports/payroll?format=ndjson", "payroll")
+    problem = await resp.json(content_type=None)
+    assert (resp.status, problem["type"]) == (500, "urn:timeclock:problem:integrity")
+    assert "has no approved row in the corrections table" in problem["detail"]
+    await api.flush()
+    assert [(r["route"], r["status"]) for r in requests_of(api.store)][-1] == (
+        "/v1/exports/payroll", 500)

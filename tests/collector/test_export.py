@@ -213,3 +213,24 @@ def test_d6_an_edited_corrections_table_cannot_change_an_export(
     err = capsys.readouterr().err
     assert "the corrections table says clock-a#2 action = 'in', ledger entry" in err
     assert "was altered outside timeclock (the ledger is authoritative)" in err
+
+
+def test_d6_a_deleted_corrections_row_cannot_hide_a_correction_from_an_export(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "ledger.db"
+    s = open_store(str(db))
+    _fill(s)
+    corr = Corrections(s)
+    c = corr.propose(device="clock-b", seq=1, field="action", after="out",
+                     reason="wrong-action", editor="ed", now_us=T0 + 50)
+    corr.decide(c.id, approve=True, approver="ann", now_us=T0 + 60)
+    cidx = next(se.entry.idx for se in s.entries() if se.entry.kind == "correction")
+    s.close()
+    raw = sqlite3.connect(db)
+    raw.execute("DELETE FROM tc_corrections WHERE id = ?", (c.id,))
+    raw.commit()
+    raw.close()
+    assert main(["export", "--store", str(db), "--payroll", "--out",
+                 str(tmp_path / "p.csv")]) == 2
+    assert (f"ledger correction entry {cidx} has no approved row in the corrections table"
+            in capsys.readouterr().err)
