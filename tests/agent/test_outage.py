@@ -6,41 +6,13 @@ losing whatever it had not saved) and started again on the same port.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
 
 from agent.publisher import Publisher
 from agent.queue import Outbox
 from tests.agent.receipt_standin import DEVICE, ReceiptStandin, record_n, settings, wait
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire.keys import SigningKey
-
-
-@pytest.fixture
-def broker(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
-    return mosquitto_factory(collectors=("test",))
-
-
-@pytest.fixture
-def log_key() -> SigningKey:
-    return SigningKey.generate()
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    with Outbox(tmp_path / "queue.db", os.urandom(32), DEVICE) as ob:
-        yield ob
-
-
-@pytest.fixture
-def standin(broker: MosquittoBroker, log_key: SigningKey) -> Iterator[ReceiptStandin]:
-    with ReceiptStandin(broker.host, broker.port, broker.context("collector.test"),
-                        log_key) as s:
-        yield s
 
 
 def test_d4_1000_punches_recorded_while_broker_down_are_all_receipted(

@@ -37,32 +37,9 @@ from wire.punch import MAX_ENVELOPE_BYTES
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def broker(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
-    return mosquitto_factory(collectors=("test",))
 
 
-@pytest.fixture
-def log_key() -> SigningKey:
-    return SigningKey.generate()
 
-
-@pytest.fixture
-def device_key() -> SigningKey:
-    return SigningKey.generate()
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    with Outbox(tmp_path / "queue.db", os.urandom(32), DEVICE) as ob:
-        yield ob
-
-
-@pytest.fixture
-def standin(broker: MosquittoBroker, log_key: SigningKey) -> Iterator[ReceiptStandin]:
-    with ReceiptStandin(broker.host, broker.port, broker.context("collector.test"),
-                        log_key) as s:
-        yield s
 
 
 @pytest.fixture
