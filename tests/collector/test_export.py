@@ -171,17 +171,31 @@ def test_d20_every_cli_export_is_an_access_entry(tmp_path: Path) -> None:
     assert "credential" in exports[0]["fields"]
 
 
-def test_d6_cli_payroll_export_shows_corrected_value_beside_the_original(
-        tmp_path: Path) -> None:
-    db = tmp_path / "ledger.db"
+def _approved_correction(db: Path, *, device: str, seq: int, after: str) -> tuple[str, int]:
+    """A filled ledger at ``db`` with one approved correction: (proposal id, its entry idx)."""
     s = open_store(str(db))
     _fill(s)
     corr = Corrections(s)
-    c = corr.propose(device="clock-a", seq=2, field="action", after="break-start",
+    c = corr.propose(device=device, seq=seq, field="action", after=after,
                      reason="wrong-action", editor="ed", now_us=T0 + 50)
     corr.decide(c.id, approve=True, approver="ann", now_us=T0 + 60)
-    correction_idx = [se.entry.idx for se in s.entries() if se.entry.kind == "correction"]
+    cidx = next(se.entry.idx for se in s.entries() if se.entry.kind == "correction")
     s.close()
+    return c.id, cidx
+
+
+def _raw_sql(db: Path, sql: str, params: tuple[str, ...]) -> None:
+    """An attacker with write access to the access tables (not to the chain)."""
+    raw = sqlite3.connect(db)
+    raw.execute(sql, params)
+    raw.commit()
+    raw.close()
+
+
+def test_d6_cli_payroll_export_shows_corrected_value_beside_the_original(
+        tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    _, cidx = _approved_correction(db, device="clock-a", seq=2, after="break-start")
     out = tmp_path / "p.csv"
     assert main(["export", "--store", str(db), "--payroll", "--format", "csv",
                  "--device", "clock-a", "--out", str(out)]) == 0
@@ -189,25 +203,15 @@ def test_d6_cli_payroll_export_shows_corrected_value_beside_the_original(
     assert "effective_action" in header["columns"]
     assert [(r["seq"], r["action"], r["effective_action"], r["correction_idx"])
             for r in rows] == [("1", "in", "in", ""),
-                               ("2", "out", "break-start", str(correction_idx[0]))]
+                               ("2", "out", "break-start", str(cidx))]
     assert rows[1]["ledger_idx"] == "4"     # the original punch entry, untouched
 
 
 def test_d6_an_edited_corrections_table_cannot_change_an_export(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "ledger.db"
-    s = open_store(str(db))
-    _fill(s)
-    corr = Corrections(s)
-    c = corr.propose(device="clock-a", seq=2, field="action", after="break-start",
-                     reason="wrong-action", editor="ed", now_us=T0 + 50)
-    corr.decide(c.id, approve=True, approver="ann", now_us=T0 + 60)
-    s.close()
-    # An attacker with write access to the table (not to the chain) edits the approved value.
-    raw = sqlite3.connect(db)
-    raw.execute("UPDATE tc_corrections SET after_value = '\"in\"' WHERE id = ?", (c.id,))
-    raw.commit()
-    raw.close()
+    cid, _ = _approved_correction(db, device="clock-a", seq=2, after="break-start")
+    _raw_sql(db, "UPDATE tc_corrections SET after_value = '\"in\"' WHERE id = ?", (cid,))
     assert main(["export", "--store", str(db), "--payroll", "--out",
                  str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err
@@ -218,18 +222,8 @@ def test_d6_an_edited_corrections_table_cannot_change_an_export(
 def test_d6_a_deleted_corrections_row_cannot_hide_a_correction_from_an_export(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "ledger.db"
-    s = open_store(str(db))
-    _fill(s)
-    corr = Corrections(s)
-    c = corr.propose(device="clock-b", seq=1, field="action", after="out",
-                     reason="wrong-action", editor="ed", now_us=T0 + 50)
-    corr.decide(c.id, approve=True, approver="ann", now_us=T0 + 60)
-    cidx = next(se.entry.idx for se in s.entries() if se.entry.kind == "correction")
-    s.close()
-    raw = sqlite3.connect(db)
-    raw.execute("DELETE FROM tc_corrections WHERE id = ?", (c.id,))
-    raw.commit()
-    raw.close()
+    cid, cidx = _approved_correction(db, device="clock-b", seq=1, after="out")
+    _raw_sql(db, "DELETE FROM tc_corrections WHERE id = ?", (cid,))
     assert main(["export", "--store", str(db), "--payroll", "--out",
                  str(tmp_path / "p.csv")]) == 2
     assert (f"ledger correction entry {cidx} has no approved row in the corrections table"
