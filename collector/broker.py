@@ -17,7 +17,6 @@ Invariants of the rendered configuration:
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from collector.pki import CertificateAuthority
 from wire import topics
 from wire.errors import KeyFileError
 from wire.fields import COLLECTOR_ID_RE
-from wire.keys import write_private_file
+from wire.keys import write_private_file, write_public_file
 
 MESSAGE_SIZE_LIMIT = 256 * 1024  # DESIGN.md §4: an envelope is at most 256 KiB
 # The default 1000 silently drops QoS 1 messages for a subscriber that falls behind
@@ -177,11 +176,7 @@ def write_broker_files(s: BrokerSettings, config_file: Path) -> tuple[Path, Path
     persistence directory (0700). Returns (config_file, acl_file)."""
     for path, text in ((s.acl_file, render_acl(s.collectors)),
                        (config_file, render_mosquitto_conf(s))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_public_file(path, text.encode("utf-8"))
     s.persistence_location.mkdir(parents=True, exist_ok=True, mode=0o700)
     return config_file, s.acl_file
 

@@ -148,6 +148,17 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def terminate(p: subprocess.Popen[Any], timeout_s: float) -> None:
+    """SIGTERM and wait; SIGKILL if it has not exited within ``timeout_s``."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout_s)
+
+
 class ManagedBroker:
     """One supervised Mosquitto process for a prepared directory."""
 
@@ -214,13 +225,7 @@ class ManagedBroker:
         p = self._proc
         if p is None:
             return
-        if p.poll() is None:
-            p.terminate()   # SIGTERM: Mosquitto saves its persistence file
-            try:
-                p.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout_s)
+        terminate(p, timeout_s)   # SIGTERM: Mosquitto saves its persistence file
         self._proc = None
 
     def pause(self, timeout_s: float = 10.0) -> None:

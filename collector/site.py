@@ -39,7 +39,7 @@ from collector.errors import CollectorError
 from collector.export import export_bundle
 from collector.ledger import open_store
 from collector.ledger.base import DeviceProgress
-from collector.managed_broker import ManagedBroker, prepare_managed_broker
+from collector.managed_broker import ManagedBroker, prepare_managed_broker, terminate
 from collector.pki import CertificateAuthority
 from collector.provision import enroll_device
 from collector.verify import verify_store
@@ -273,14 +273,8 @@ class Site:
             stdin=subprocess.DEVNULL, env=_env(), cwd=REPO, start_new_session=True)
 
     def stop_clock(self, clock: Clock, timeout_s: float = 20.0) -> None:
-        p = clock.process
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout_s)
+        if clock.process is not None:
+            terminate(clock.process, timeout_s)
         clock.process = None
 
     # ---- observing -----------------------------------------------------------------------
