@@ -14,6 +14,19 @@ from collections.abc import Sequence
 
 from collector.errors import CollectorError
 
+EPILOG = """\
+a site in a few commands (each has --help with examples; docs/operations.md walks through it):
+  timeclock-collector ca init /etc/timeclock/ca
+  timeclock-collector ca issue-server --ca /etc/timeclock/ca --dns broker.example.org
+  timeclock-collector broker-config --ca /etc/timeclock/ca --out /var/lib/timeclock/broker \\
+      --port 8883 --collector main
+  timeclock-collector device enroll --csr clock-0017.csr --signing-key clock-0017.pub ...
+  timeclock-collector serve --config /etc/timeclock/collector.toml
+  timeclock-collector verify --store sqlite:///var/lib/timeclock/ledger.db --log-key-pub B64
+  timeclock-collector export --store URL --bundle ./audit-2026-11 --log-key-pub B64
+or see everything run on this machine first:  timeclock-collector site
+"""
+
 # Command modules, in --help order. Each is collector.commands.<name>.
 COMMANDS: tuple[str, ...] = ("ca", "broker", "serve", "ledger", "device", "site", "token")
 
@@ -22,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="timeclock-collector",
         description="Verify punches from time clocks, keep the tamper-evident ledger, run the "
-                    "site's CA and broker configuration, and serve HR and auditors.")
+                    "site's CA and broker configuration, and serve HR and auditors.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
