@@ -24,7 +24,7 @@ from typing import Any
 
 from agent.readers.base import CommonOptions, Reader, Session
 from agent.readers.options import SectionParser
-from agent.readers.serialport import BAUD_RATES, SerialSession, SerialSettings
+from agent.readers.serialport import SerialSession, SerialSettings, baud_option
 
 log = logging.getLogger("agent.readers")
 
@@ -127,9 +127,7 @@ class Rdm6300Reader(Reader):
         p = SectionParser(name, section)
         common = p.common(cls.kind)
         port = p.string("port", hint="e.g. /dev/serial0 or /dev/timeclock/<name>")
-        baud = p.integer("baud", 9600)
-        if baud not in BAUD_RATES:
-            p.problem("baud", f"{baud} is not one of {', '.join(map(str, BAUD_RATES))}")
+        baud = baud_option(p)
         frame_timeout_s = p.number("frame_timeout_s", 0.25, minimum=0.02, maximum=10.0)
         p.finish()
         return cls(name, common, port=port, baud=baud, frame_timeout_s=frame_timeout_s)

@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.readers.base import CommonOptions, Reader, Session
 from agent.readers.options import FORMAT_RE, ID_RE, SectionParser
-from agent.readers.serialport import BAUD_RATES, SerialSession, SerialSettings
+from agent.readers.serialport import SerialSession, SerialSettings, baud_option
 
 
 class LineParser:
@@ -122,9 +122,7 @@ class SerialLineReader(Reader):
         p = SectionParser(name, section)
         common = p.common(cls.kind)
         port = p.string("port", hint="e.g. /dev/ttyUSB0 or /dev/timeclock/<name>")
-        baud = p.integer("baud", 9600)
-        if baud not in BAUD_RATES:
-            p.problem("baud", f"{baud} is not one of {', '.join(map(str, BAUD_RATES))}")
+        baud = baud_option(p)
         bytesize = p.integer("bytesize", 8, minimum=5, maximum=8)
         parity = p.choice("parity", "N", frozenset({"N", "E", "O", "M", "S"}))
         stopbits = p.number("stopbits", 1.0)

@@ -18,8 +18,17 @@ from typing import Any, Protocol
 
 from agent.errors import ReaderError
 from agent.readers.base import POLL_S, Read, Session, mono_us
+from agent.readers.options import SectionParser
 
 BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+
+
+def baud_option(p: SectionParser, default: int = 9600) -> int:
+    """The ``baud`` key of a serial reader's section, one of :data:`BAUD_RATES`."""
+    baud = p.integer("baud", default)
+    if baud not in BAUD_RATES:
+        p.problem("baud", f"{baud} is not one of {', '.join(map(str, BAUD_RATES))}")
+    return baud
 
 
 class ByteParser(Protocol):

@@ -14,10 +14,11 @@ import json
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from collector.ledger import open_store
-from collector.ledger.sqlbase import SQLStore
 from collector.principals import (
     ROLES,
     Principals,
@@ -130,10 +131,15 @@ def _actor() -> str:
         return "cli:unknown"
 
 
-def _open(args: argparse.Namespace) -> tuple[SQLStore, Principals]:
+@contextmanager
+def _principals(args: argparse.Namespace) -> Iterator[Principals]:
+    """The principals of ``--store``; the store is closed when the command is done."""
     store = open_store(args.store)
-    ensure_schema(store)
-    return store, Principals(store)
+    try:
+        ensure_schema(store)
+        yield Principals(store)
+    finally:
+        store.close()
 
 
 def _when(us: int | None) -> str:
@@ -144,12 +150,9 @@ def _when(us: int | None) -> str:
 
 def cmd_create(args: argparse.Namespace) -> int:
     days = parse_duration_days(args.expires)
-    store, principals = _open(args)
-    try:
+    with _principals(args) as principals:
         issued = principals.create_token(args.principal, args.role, expires_days=days,
                                          actor=_actor(), now_us=_now())
-    finally:
-        store.close()
     print(issued.token)
     print(f"token {issued.record.id} for {issued.record.principal}, expires "
           f"{_when(issued.record.expires_at)}; it is shown only now", file=sys.stderr)
@@ -157,13 +160,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store, principals = _open(args)
     now = _now()
-    try:
+    with _principals(args) as principals:
         items = [{**p.to_dict(), "tokens": [t.to_dict(now) for t in principals.tokens(p.name)]}
                  for p in principals.all()]
-    finally:
-        store.close()
     if args.json:
         print(json.dumps(items, indent=2, sort_keys=True))
         return 0
@@ -178,42 +178,30 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    store, principals = _open(args)
-    try:
+    with _principals(args) as principals:
         t = principals.revoke_token(args.token_id, actor=_actor(), now_us=_now())
-    finally:
-        store.close()
     print(f"revoked {t.id} of {t.principal}")
     return 0
 
 
 def cmd_cert(args: argparse.Namespace) -> int:
-    store, principals = _open(args)
-    try:
+    with _principals(args) as principals:
         p = principals.register_cert(args.principal, args.role, actor=_actor(), now_us=_now())
-    finally:
-        store.close()
     print(f"client certificates with CN {p.name} now act as {p.name} "
           f"({', '.join(sorted(p.roles))})")
     return 0
 
 
 def cmd_roles(args: argparse.Namespace) -> int:
-    store, principals = _open(args)
-    try:
+    with _principals(args) as principals:
         p = principals.set_roles(args.principal, args.role, actor=_actor(), now_us=_now())
-    finally:
-        store.close()
     print(f"{p.name}: {', '.join(sorted(p.roles)) or 'no roles'}")
     return 0
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
-    store, principals = _open(args)
-    try:
+    with _principals(args) as principals:
         principals.disable(args.principal, actor=_actor(), now_us=_now())
-    finally:
-        store.close()
     print(f"{args.principal}: disabled, tokens revoked")
     return 0
 
@@ -222,11 +210,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     if not 1 <= args.unused_days <= 3650:
         print("timeclock-collector: error: --unused-days must be 1…3650", file=sys.stderr)
         return 2
-    store, principals = _open(args)
-    try:
+    with _principals(args) as principals:
         rows = principals.review(unused_days=args.unused_days, now_us=_now())
-    finally:
-        store.close()
     flagged = [r for r in rows if r.unused]
     if args.json:
         print(json.dumps({"unused_days": args.unused_days,
