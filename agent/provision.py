@@ -1,8 +1,8 @@
 """The clock's side of provisioning: install a bundle, rotate the signing key (control D1, D17).
 
 ``timeclock-agent provision BUNDLE --dir DIR`` installs what ``timeclock-collector device
-enroll`` (collector/provision.py) produced for this clock: the device certificate, the CA
-certificate and, for an enrolment, ``agent.toml`` naming the broker, the log public key and the
+enroll`` (collector/fleet/provisioning.py) produced for this clock: the device certificate, the
+CA certificate and, for an enrolment, ``agent.toml`` naming the broker, the log public key and the
 readers. ``timeclock-agent rotate-key --config F`` replaces the signing key with a new one made
 here and writes a rotation request for the operator (``device rotate-key --request``).
 
@@ -132,7 +132,7 @@ def render_agent_config(*, device: str, directory: Path, state_dir: Path, broker
 # ---- provision --------------------------------------------------------------------------------
 
 def read_bundle(data: bytes) -> dict[str, Any]:
-    """Decode a bundle and check its shape (the collector writes it; see collector/provision)."""
+    """Decode a bundle and check its shape (see collector/fleet/provisioning.py)."""
     if _PRIVATE_PEM.search(data):
         raise ProvisionError("this bundle contains a private key, which no genuine bundle "
                              "does; do not use it")

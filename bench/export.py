@@ -1,6 +1,6 @@
 """Streaming punches as NDJSON through the HTTPS API: throughput and server memory.
 
-Setup, once per invocation: a CA and server certificate (collector.pki) in a temp dir, a
+Setup, once per invocation: a CA and server certificate (collector.fleet.pki) in a temp dir, a
 SQLite ledger seeded with ``--rows`` pre-signed punches (Ed25519, chained per device) by
 direct batched ``store.append`` calls, and an ``hr.read`` token.
 
@@ -38,11 +38,11 @@ from pathlib import Path
 import aiohttp
 import common  # sets sys.path to the repository root
 
+from collector.access.principals import Principals
 from collector.api import ApiSection, start_api
+from collector.fleet.pki import CertificateAuthority
 from collector.ledger.base import EventFact, PunchFact
 from collector.ledger.sqlite import SQLiteStore
-from collector.pki import CertificateAuthority
-from collector.principals import Principals
 from wire import ZERO_HASH
 from wire.keys import SigningKey
 from wire.punch import Punch

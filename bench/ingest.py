@@ -57,8 +57,8 @@ import paho.mqtt.client as mqtt
 from nacl.signing import VerifyKey as NaclVerifyKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector import registry
-from collector.cli import main as collector_main
+from collector.cli.main import main as collector_main
+from collector.ledger import registry
 from collector.ledger.sqlbase import PunchQuery
 from collector.ledger.sqlite import SQLiteStore
 from tests.collector.punchkit import SimClock, write_collector_config
@@ -338,7 +338,7 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,
     cfg_file, log_key = write_collector_config(d / "collector", broker,
                                                store_url=f"sqlite://{db}")
     if profile_out is None:
-        cmd = [sys.executable, "-m", "collector.cli", "serve", "--config", str(cfg_file)]
+        cmd = [sys.executable, "-m", "collector.cli.main", "serve", "--config", str(cfg_file)]
     else:
         cmd = [sys.executable, __file__, "--child-collector", str(cfg_file), str(profile_out)]
     with open(d / "collector.log", "wb") as logf:

@@ -1,1 +1,36 @@
 """timeclock collector: verify punches, record them in the hash-chained ledger, serve HR/audit."""
+
+
+from __future__ import annotations
+
+
+class CollectorError(Exception):
+    """Base of every collector error."""
+
+
+class ConfigError(CollectorError):
+    """Every problem of a config at once, each prefixed with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+class PKIError(CollectorError):
+    """The CA could not issue, sign or revoke (bad CSR, key file, existing file...)."""
+
+
+class LedgerError(CollectorError):
+    """The ledger store failed (connection, schema, integrity)."""
+
+
+class AppendOnlyError(LedgerError):
+    """The store refused an UPDATE or DELETE on the chain."""
+
+
+class RegistryError(CollectorError):
+    """A device-registry operation is not allowed (unknown device, duplicate key...)."""
+
+
+class ForbiddenError(CollectorError):
+    """A principal is not allowed to do this."""

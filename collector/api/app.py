@@ -24,7 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from collector.api.access import AccessLog, Throttle
+from collector import ConfigError
+from collector.access.principals import Principals, ensure_schema
+from collector.api.access_log import AccessLog, Throttle
 from collector.api.keys import (
     ACCESS_LOG,
     CLOCK,
@@ -39,10 +41,8 @@ from collector.api.keys import (
 )
 from collector.api.middlewares import guard
 from collector.api.routes import add_routes
-from collector.corrections import Corrections
-from collector.errors import ConfigError
 from collector.ledger.sqlbase import SQLStore
-from collector.principals import Principals, ensure_schema
+from collector.records.corrections import Corrections
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.tls import server_context

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from collector.corrections import (
+from collector import CollectorError, ForbiddenError, LedgerError
+from collector.access.principals import PrincipalError, SoDError, TokenError
+from collector.records.corrections import (
     CorrectionConflictError,
     CorrectionError,
     CorrectionIntegrityError,
     CorrectionNotFoundError,
 )
-from collector.errors import CollectorError, ForbiddenError, LedgerError
-from collector.export import ExportError
-from collector.principals import PrincipalError, SoDError, TokenError
+from collector.records.exports import ExportError
 
 PROBLEM_TYPE = "urn:timeclock:problem:"
 PROBLEM_CONTENT_TYPE = "application/problem+json"

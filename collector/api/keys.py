@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from collector.api.access import AccessLog, AccessRecord, Throttle
-from collector.corrections import Corrections
+from collector.access.principals import Principal, Principals
+from collector.api.access_log import AccessLog, AccessRecord, Throttle
+from collector.ledger.audit import VerifyState
 from collector.ledger.sqlbase import SQLStore
-from collector.principals import Principal, Principals
-from collector.verify import VerifyState
+from collector.records.corrections import Corrections
 from wire.keys import VerifyKey
 
 if TYPE_CHECKING:

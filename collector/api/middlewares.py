@@ -2,7 +2,7 @@
 
 It is the only place that turns errors into responses (RFC 9457 problem documents,
 ``application/problem+json``), and it records every request, whatever happened, as one
-access record in ``finally`` (collector.api.access).
+access record in ``finally`` (collector.api.access_log).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from collector.access.principals import Principal, TokenError
 from collector.api import params as P
-from collector.api.access import AccessRecord, clean_query
+from collector.api.access_log import AccessRecord, clean_query
 from collector.api.errors import (
     PROBLEM_CONTENT_TYPE,
     ThrottledError,
@@ -27,7 +28,6 @@ from collector.api.errors import (
 from collector.api.keys import ACCESS_LOG, CLOCK, CTX, PRINCIPALS, THROTTLE, RequestContext
 from collector.api.rbac import authorize
 from collector.api.routes import Handler, route_of
-from collector.principals import Principal, TokenError
 
 log = logging.getLogger("timeclock.api")
 

@@ -11,10 +11,10 @@ import sys
 from functools import cache
 from typing import Any
 
+from collector.access.principals import ROLES
 from collector.api.params import PARAMS
 from collector.api.routes import ROUTES
-from collector.corrections import FIELDS, REASONS
-from collector.principals import ROLES
+from collector.records.corrections import FIELDS, REASONS
 from wire.fields import DEVICE_ID_RE
 from wire.punch import ACTIONS
 

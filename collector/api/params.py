@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from collector.api.errors import BadRequestError
-from collector.export import ExportError, parse_time
+from collector.records.exports import ExportError, parse_time
 from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
 
 SITE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

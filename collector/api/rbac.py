@@ -1,15 +1,15 @@
 """Role-based access control: which role a principal uses for a route, or why it may not.
 
-Roles and segregation-of-duties rules live in collector.principals (shared with the CLI);
+Roles and segregation-of-duties rules live in collector.access.principals (shared with the CLI);
 this module applies them per request. A principal whose stored roles break segregation of
 duties (e.g. granted behind the API's back) is refused everything until fixed.
 """
 
 from __future__ import annotations
 
+from collector import ForbiddenError
+from collector.access.principals import Principal, check_roles
 from collector.api.routes import Route
-from collector.errors import ForbiddenError
-from collector.principals import Principal, check_roles
 
 PUNCH_DATA_ROLES = frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve"})
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
+from collector.access.principals import MAX_TOKEN_DAYS, PRINCIPAL_RE
 from collector.api import params as P
 from collector.api.errors import BadRequestError
 from collector.api.keys import CLOCK, PRINCIPALS, SETTINGS, STORE, ctx, principal_name
-from collector.principals import MAX_TOKEN_DAYS, PRINCIPAL_RE
 
 
 async def healthz(request: web.Request) -> web.Response:

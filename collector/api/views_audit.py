@@ -11,8 +11,8 @@ from aiohttp import web
 
 from collector.api import params as P
 from collector.api.keys import SETTINGS, STORE, VERIFY_STATE, ctx
+from collector.ledger.audit import verify_store
 from collector.ledger.sqlbase import SQLStore
-from collector.verify import verify_store
 
 _KIND_PAGE = ("SELECT e.idx, e.at, e.hash, b.body FROM entries e LEFT JOIN bodies b "
               "ON b.idx = e.idx WHERE e.kind = ? AND e.idx > ? ORDER BY e.idx LIMIT ?")

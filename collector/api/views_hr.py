@@ -2,7 +2,7 @@
 the payroll export, and the correction workflow.
 
 Punch rows come from the store's payroll query (collector.ledger.sqlbase ``PunchQuery`` /
-``punch_rows``, shared with collector.export); corrections are overlaid, never written into
+``punch_rows``, shared with collector.records.exports); corrections are overlaid, never written into
 the rows: every row shows the original values and, beside them, the effective values with
 the ledger idx of the correction entry that set each.
 """
@@ -23,8 +23,9 @@ from multidict import MultiMapping
 from collector.api import params as P
 from collector.api.errors import BadRequestError, NotAcceptableError, NotFoundError
 from collector.api.keys import CLOCK, CORRECTIONS, SETTINGS, STORE, ctx, principal_name
-from collector.corrections import FIELDS, REASONS, Applied, check_value
-from collector.export import (
+from collector.ledger.sqlbase import _PAYROLL, PunchQuery, PunchRow, SQLStore
+from collector.records.corrections import FIELDS, REASONS, Applied, check_value
+from collector.records.exports import (
     PUNCH_COLUMNS,
     ExportSummary,
     csv_values,
@@ -33,7 +34,6 @@ from collector.export import (
     punch_item,
     snapshot_rows,
 )
-from collector.ledger.sqlbase import _PAYROLL, PunchQuery, PunchRow, SQLStore
 from wire.errors import WireError
 from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
 from wire.punch import SignedPunch
@@ -264,7 +264,7 @@ async def get_punch(request: web.Request) -> web.Response:
 
 
 async def payroll_export(request: web.Request) -> web.StreamResponse:
-    """GET /v1/exports/payroll: collector.export's payroll extract (header, rows, trailer),
+    """GET /v1/exports/payroll: collector.records.exports's payroll extract (header, rows, trailer),
     streamed, with the corrected values and their correction idx beside the originals."""
     store, corr, clock = request.app[STORE], request.app[CORRECTIONS], request.app[CLOCK]
     q = request.rel_url.query

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from collector.errors import LedgerError
+from collector import LedgerError
 from collector.ledger.postgres import PostgresStore
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from collector.errors import LedgerError
+from collector import LedgerError
 from collector.ledger.schema_postgres import GRANTS, SCHEMA, SCHEMA_VERSION
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 

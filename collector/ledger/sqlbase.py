@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from collector.errors import AppendOnlyError, LedgerError, RegistryError
+from collector import AppendOnlyError, LedgerError, RegistryError
 from collector.ledger.base import (
     AppendResult,
     DeviceProgress,

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from collector.errors import LedgerError
+from collector import LedgerError
 from collector.ledger.schema_sqlite import SCHEMA, SCHEMA_VERSION
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 

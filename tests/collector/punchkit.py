@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collector import registry
+from collector.ledger import registry
 from collector.ledger.sqlbase import SQLStore
-from collector.service import wait_for
+from collector.service.runner import wait_for
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire import ZERO_HASH
 from wire.ack import SignedAck

@@ -15,6 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from collector import ConfigError
+from collector.access.principals import Principals
 from collector.api import (
     ApiSection,
     ApiSettings,
@@ -24,9 +26,7 @@ from collector.api import (
     tls_context,
 )
 from collector.api.openapi import render
-from collector.errors import ConfigError
 from collector.ledger.sqlite import SQLiteStore
-from collector.principals import Principals
 from tests.collector.test_api_kit import (
     Api,
     FakeClock,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import main
+from collector.access.principals import DAY_US, Principals, token_hash
+from collector.cli.main import main
 from collector.ledger.sqlite import SQLiteStore
-from collector.principals import DAY_US, Principals, token_hash
 from tests.collector.test_api_kit import access_bodies
 
 

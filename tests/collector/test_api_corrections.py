@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.corrections import CorrectionConflictError, Corrections
-from collector.export import export_bundle
-from collector.principals import Principals, SoDError
+from collector.access.principals import Principals, SoDError
+from collector.records.corrections import CorrectionConflictError, Corrections
+from collector.records.exports import export_bundle
 from tests.collector.test_api_kit import (
     Api,
     access_bodies,
@@ -86,7 +86,7 @@ async def test_d6_correction_flow_end_to_end(api: Api, tmp_path: Path) -> None:
     trailer = json.loads(lines[-1][2:])["trailer"]
     assert trailer["rows"] == 5
 
-    # the audit bundle (collector.export → wire bundle) verifies with timeclock-verify
+    # the audit bundle (collector.records.exports → wire bundle) verifies with timeclock-verify
     log_key = SigningKey.generate()
     size, head = api.store.head()
     await api.flush()

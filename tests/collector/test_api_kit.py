@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from collector.access.principals import Principals, ensure_schema
 from collector.api import ApiSettings, make_app
 from collector.api.keys import ACCESS_LOG
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
-from collector.principals import Principals, ensure_schema
 from tests.collector.ledgerkit import T0, Clock
 
 ROLE_PRINCIPALS: dict[str, tuple[str, ...]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from collector.cli import main as cli_main
+from collector.cli.main import main as cli_main
 from collector.ledger.postgres import PostgresStore
 from tests.collector.test_api_kit import requests_of, seed, start_api
 from tests.fixtures.postgres import PgDatabase

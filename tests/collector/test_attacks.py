@@ -17,16 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from collector import registry
-from collector.alerts import Alerts
-from collector.config import load_config
-from collector.ingest import Inbound, Ingestor
-from collector.ledger import open_store
+from collector.ingest.alerts import Alerts
+from collector.ingest.pipeline import Inbound, Ingestor
+from collector.ledger import open_store, registry
 from collector.ledger.base import Outcome
+from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
-from collector.registry import RegistrySnapshot
-from collector.service import CollectorService
+from collector.service.config import load_config
+from collector.service.runner import CollectorService
 from tests.collector.punchkit import (
     T0,
     Device,

@@ -1,4 +1,4 @@
-"""collector.broker rendering, and control D3 (mTLS MQTT) against a real Mosquitto 2.0.11."""
+"""Broker config rendering, and control D3 (mTLS MQTT) against a real Mosquitto 2.0.11."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from collector.broker import BrokerSettings, render_acl, render_mosquitto_conf
-from collector.errors import ConfigError
+from collector import ConfigError
+from collector.fleet.broker_config import BrokerSettings, render_acl, render_mosquitto_conf
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.pki import TestPKI
 from wire import topics

@@ -1,4 +1,4 @@
-"""collector.config: TOML → frozen dataclasses; every problem reported at once with its key path."""
+"""Collector config: TOML → frozen dataclasses; every problem reported at once with its key path."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import (
+from collector import ConfigError
+from collector.service.config import (
     CollectorConfig,
     check_files,
     load_config,
     parse_config,
     redact_url,
 )
-from collector.errors import ConfigError
 
 MINIMAL = """
 [collector]

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from collector.checkpoints import make_checkpoint
-from collector.cli import main
-from collector.corrections import Corrections
-from collector.export import ExportError, export_bundle, export_payroll, iso, parse_time
+from collector.cli.main import main
+from collector.ingest.checkpoints import make_checkpoint
 from collector.ledger import open_store
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.records.corrections import Corrections
+from collector.records.exports import ExportError, export_bundle, export_payroll, iso, parse_time
 from tests.collector.ledgerkit import T0, Clock, seeded_key
 from wire.bundle import audit_bundle
 from wire.keys import save_signing_key

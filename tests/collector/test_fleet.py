@@ -15,15 +15,15 @@ from agent.provision import (
     read_bundle,
     rotation_request,
 )
-from collector import fleet
-from collector.commands.device import verify_request
-from collector.errors import RegistryError
+from collector import RegistryError
+from collector.cli.device import verify_request
+from collector.fleet import devices as fleet
+from collector.fleet.pki import CertificateAuthority
+from collector.fleet.provisioning import Bundle, enroll_device, renew_certificate
+from collector.fleet.provisioning import ProvisionError as CollectorProvisionError
 from collector.ledger import open_store
+from collector.ledger.registry import revoke
 from collector.ledger.sqlbase import SQLStore
-from collector.pki import CertificateAuthority
-from collector.provision import Bundle, enroll_device, renew_certificate
-from collector.provision import ProvisionError as CollectorProvisionError
-from collector.registry import revoke
 from wire.keys import SigningKey, save_signing_key, write_private_file
 from wire.tls import make_tls_key_and_csr
 

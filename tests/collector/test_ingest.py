@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from collector import registry
-from collector.alerts import Alerts, ChainWatch, GapTracker
-from collector.ingest import Inbound, Ingestor, Publisher, StatusTable, Writer
+from collector.ingest.alerts import Alerts, ChainWatch, GapTracker
+from collector.ingest.pipeline import Inbound, Ingestor, Publisher, StatusTable, Writer
+from collector.ingest.punch_verifier import judge
+from collector.ingest.receipts import ackable_seqs, build_receipts
+from collector.ledger import registry
 from collector.ledger.base import AppendResult, Fact, Outcome, PunchFact, RejectionFact
+from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlite import SQLiteStore
-from collector.receipts import ackable_seqs, build_receipts
-from collector.registry import RegistrySnapshot
-from collector.verifier import judge
 from tests.collector.punchkit import T0, SimClock, enroll, envelope, new_clock, raw_envelope
 from wire.ack import SignedAck
 from wire.canonical import canonical

@@ -20,13 +20,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from collector.checkpoints import make_checkpoint
-from collector.errors import AppendOnlyError, LedgerError, RegistryError
+from collector import AppendOnlyError, LedgerError, RegistryError
+from collector.ingest.checkpoints import make_checkpoint
 from collector.ledger import open_store
+from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact, Outcome, RejectionFact
 from collector.ledger.schema_sqlite import SCHEMA, TRIGGER_NAMES
 from collector.ledger.sqlbase import SQLStore
-from collector.verify import verify_store
 from tests.collector.ledgerkit import T0, Clock, seeded_key
 from wire import ZERO_HASH
 from wire.canonical import canonical, loads

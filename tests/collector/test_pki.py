@@ -1,4 +1,4 @@
-"""collector.pki and the `ca` / `broker-config` commands: CA layout, signing rules, revocation."""
+"""fleet.pki and `ca` / `broker-config` commands: CA layout, signing rules, revocation."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from collector.cli import main
-from collector.errors import PKIError
-from collector.pki import CertificateAuthority, parse_serial
+from collector import PKIError
+from collector.cli.main import main
+from collector.fleet.pki import CertificateAuthority, parse_serial
 from wire.tls import make_tls_key_and_csr
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)

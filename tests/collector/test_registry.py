@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import main
-from collector.errors import RegistryError
+from collector import RegistryError
+from collector.cli.main import main
+from collector.ingest.punch_verifier import registry_reason
 from collector.ledger import open_store
-from collector.ledger.sqlbase import SQLStore
-from collector.registry import (
+from collector.ledger.audit import verify_store
+from collector.ledger.registry import (
     DeviceRevokedError,
     KeyLookupError,
     KeyNotValidForSeqError,
@@ -24,8 +25,7 @@ from collector.registry import (
     revoke,
     rotate,
 )
-from collector.verifier import registry_reason
-from collector.verify import verify_store
+from collector.ledger.sqlbase import SQLStore
 from tests.collector.ledgerkit import T0, Clock, seeded_key
 from wire.canonical import loads
 

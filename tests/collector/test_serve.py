@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import main
-from collector.config import load_config
+from collector.cli.main import main
 from collector.ledger.sqlite import SQLiteStore
-from collector.service import CollectorService
+from collector.service.config import load_config
+from collector.service.runner import CollectorService
 from tests.collector.punchkit import (
     Device,
     enroll,
@@ -154,7 +154,7 @@ class ServeProcess:
     def __init__(self, cfg_file: Path) -> None:
         root = Path(__file__).resolve().parents[2]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "serve", "--config", str(cfg_file)],
+            [sys.executable, "-m", "collector.cli.main", "serve", "--config", str(cfg_file)],
             cwd=root, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, PYTHONPATH=str(root)))
         self._lines: queue.Queue[str] = queue.Queue()

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from collector.checkpoints import CheckpointPolicy, LogKeyError, load_log_key, make_checkpoint
-from collector.cli import main
+from collector.cli.main import main
+from collector.ingest.checkpoints import (
+    CheckpointPolicy,
+    LogKeyError,
+    load_log_key,
+    make_checkpoint,
+)
 from collector.ledger import open_store
+from collector.ledger.audit import VerifyStateError, load_state, save_state, verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.schema_sqlite import SCHEMA, TRIGGER_NAMES
 from collector.ledger.sqlbase import SQLStore
-from collector.verify import VerifyStateError, load_state, save_state, verify_store
 from tests.collector.ledgerkit import T0, Clock, seeded_key
 from wire.keys import save_signing_key
 from wire.ledger import make_entry

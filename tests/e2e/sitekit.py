@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end tests: real processes built by collector.site.Site."""
+"""Helpers for the end-to-end tests: real processes built by lab.site.Site."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from collector.ledger import open_store
 from collector.ledger.sqlbase import PunchQuery
-from collector.site import REPO, Site, _env, wait_for
+from lab.site import REPO, Site, _env, wait_for
 
 __all__ = ["Site", "assert_exactly_once", "bundle_verifies", "cli", "running_site",
            "simulated", "wait_for"]
@@ -26,7 +26,7 @@ def simulated(*, interval_s: float, count: int, action: str = "punch",
 
 
 def cli(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m <module> args`` (collector.cli, agent.provision, wire.verify_cli)."""
+    """Run ``python -m <module> args`` (collector.cli.main, agent.provision, wire.verify_cli)."""
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                           env=_env(), cwd=REPO, timeout=timeout_s, check=False)
 

@@ -37,7 +37,7 @@ def test_d1_d3_d17_enrol_rotate_revoke(tmp_path: Path) -> None:
         assert m is not None, r.stdout
         request = json.loads(Path(m.group(1)).read_text())["rotation"]
         assert request["from_seq"] == last + 1
-        r = cli("collector.cli", "device", "rotate-key", "--config", cfg,
+        r = cli("collector.cli.main", "device", "rotate-key", "--config", cfg,
                 "--request", m.group(1))
         assert r.returncode == 0, r.stderr
         site.start_clock(a)
@@ -54,7 +54,7 @@ def test_d1_d3_d17_enrol_rotate_revoke(tmp_path: Path) -> None:
         bundle_verifies(site, tmp_path / "bundle-rotated")
 
         # -- revocation in the ledger: the clock's new punches are quarantined, not acked
-        r = cli("collector.cli", "device", "revoke", "--config", cfg, "--device", "clock-a",
+        r = cli("collector.cli.main", "device", "revoke", "--config", cfg, "--device", "clock-a",
                 "--reason", "stolen")
         assert r.returncode == 0, r.stderr
 
@@ -75,7 +75,7 @@ def test_d1_d3_d17_enrol_rotate_revoke(tmp_path: Path) -> None:
         log = site.root / "broker" / "mosquitto.log"
         kicked_before = log.read_text().count("clock-a been disconnected")
         t0 = time.monotonic()
-        r = cli("collector.cli", "device", "revoke", "--config", cfg, "--ca",
+        r = cli("collector.cli.main", "device", "revoke", "--config", cfg, "--ca",
                 str(site.root / "ca"), "--device", "clock-a", "--reason", "stolen",
                 "--cert-reason", "key-compromise")
         assert r.returncode == 0, r.stderr

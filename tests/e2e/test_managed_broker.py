@@ -13,7 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.managed_broker import CONTROL_TOPIC, uses_plugin
+from collector.fleet.broker_process import CONTROL_TOPIC, uses_plugin
 from tests.e2e.sitekit import cli, running_site, simulated, wait_for
 from wire.tls import client_context
 
@@ -67,7 +67,7 @@ def test_d3_plugin_keeps_acl_and_device_list_reads_statuses(tmp_path: Path) -> N
             c.disconnect()
             c.loop_stop()
 
-        r = cli("collector.cli", "device", "list", "--config", str(site.collector_config()),
+        r = cli("collector.cli.main", "device", "list", "--config", str(site.collector_config()),
                 "--ca", str(site.root / "ca"), "--json")
         assert r.returncode == 0, r.stderr
         rows = {row["device"]: row for row in json.loads(r.stdout)}
@@ -82,7 +82,7 @@ def test_serve_supervises_the_managed_broker(tmp_path: Path) -> None:
     import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
-    from collector.managed_broker import BrokerControl  # noqa: PLC0415
+    from collector.fleet.broker_process import BrokerControl  # noqa: PLC0415
 
     with running_site(tmp_path / "site") as site:
         site.prepare()

@@ -1,4 +1,4 @@
-"""The README's first command: `timeclock-collector site` completes, leaves an audit bundle
+"""The README's first command: `python -m lab` completes, leaves an audit bundle
 that `timeclock-verify` accepts, and stops every process it started."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from collector.site import REPO, _env
+from lab.site import REPO, _env
 from tests.e2e.sitekit import cli, wait_for
 
 
@@ -27,7 +27,7 @@ def _children_of(pid: int) -> list[int]:
 
 def test_site_demo_short_run_verifies(tmp_path: Path) -> None:
     root = tmp_path / "site"
-    r = cli("collector.cli", "site", "--dir", str(root), "--duration-s", "15",
+    r = cli("lab", "--dir", str(root), "--duration-s", "15",
             "--outage-s", "4", timeout_s=170)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "broker outage" in r.stdout
@@ -40,7 +40,7 @@ def test_site_demo_short_run_verifies(tmp_path: Path) -> None:
 
 
 def test_site_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "site", "--dir",
+    p = subprocess.Popen([sys.executable, "-m", "lab", "--dir",
                           str(tmp_path / "site"), "--duration-s", "60"], env=_env(), cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

@@ -1,0 +1,402 @@
+"""``timeclock-collector device ...``: the fleet's life cycle (controls D1, D3, D17).
+
+    enroll      sign the clock's CSR, register it and its signing key, write its bundle
+    renew       a new certificate for an enrolled clock (bundle with the certificate only)
+    rotate-key  register a new signing key from the clock's signed rotation request
+    revoke      reject its punches, revoke its certificate, cut its broker session
+    list        registry, ledger progress, certificate expiry and live status
+    register / rotate   low-level registry entries (no CA, no bundle)
+
+Every registry change appends one ``device`` entry to the ledger (collector.ledger.registry): the
+ledger is the registry, so every enrolment, rotation and revocation is tamper-evident.
+``--config`` (the collector's TOML) supplies the store, the collector's MQTT identity (for
+``list`` statuses and the revocation kick) and the managed broker directory; ``--store``
+alone is enough for registry-only work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import textwrap
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from collector import CollectorError, PKIError, RegistryError
+from collector.cli.ca import _passphrase
+from collector.fleet import devices as fleet
+from collector.fleet.broker_process import BrokerControl, cut_off
+from collector.fleet.pki import DEFAULT_LEAF_DAYS, REASONS, CertificateAuthority
+from collector.fleet.provisioning import (
+    enroll_device,
+    load_signing_public,
+    parse_broker,
+    renew_certificate,
+)
+from collector.ledger import open_store
+from collector.ledger.registry import enroll, revoke, rotate
+from collector.ledger.sqlbase import SQLStore
+from collector.service.config import CollectorConfig, load_config
+from wire.canonical import canonical
+from wire.errors import WireError
+from wire.keys import VerifyKey, load_signing_key
+from wire.tls import client_context
+
+ROTATION_DOMAIN = b"timeclock/rotate/v1\n"   # agent/provision.py signs requests with it
+
+EPILOG = textwrap.dedent("""\
+    provisioning a clock (keys made on the clock; docs/operations.md walks through it):
+      # on the clock:   timeclock-agent init --device clock-17 --dir /etc/timeclock
+      timeclock-collector device enroll --config /etc/timeclock/collector.toml \\
+          --ca /etc/timeclock/ca --csr clock-17.csr --signing-key <base64 from init> \\
+          --site hq --broker mqtt.example.org:8883 --out clock-17.bundle
+      # on the clock:   timeclock-agent provision clock-17.bundle --dir /etc/timeclock
+
+    rotation, renewal, revocation, fleet:
+      timeclock-collector device rotate-key --config C --request rotate-clock-17-<id>.json
+      timeclock-collector device renew --config C --ca DIR --csr clock-17-new.csr --out r.bundle
+      timeclock-collector device revoke --config C --ca DIR --device clock-17 --reason stolen
+      timeclock-collector device list --config C --ca DIR
+
+    A revoked device id is never enrolled again; a key id belongs to one device only.
+    """)
+
+
+# ---- shared options ---------------------------------------------------------------------------
+
+def _source(q: argparse.ArgumentParser) -> None:
+    g = q.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", type=Path, metavar="FILE",
+                   help="collector TOML: store, MQTT identity, managed broker")
+    g.add_argument("--store", metavar="URL",
+                   help="ledger: sqlite:///path, a path, or postgresql://…")
+
+
+def _ca_opts(q: argparse.ArgumentParser, *, required: bool) -> None:
+    q.add_argument("--ca", type=Path, required=required, metavar="DIR", help="CA directory")
+    q.add_argument("--passphrase-file", type=Path, metavar="F",
+                   help="file (0600) with the CA key passphrase")
+
+
+def _config(args: argparse.Namespace) -> CollectorConfig | None:
+    return load_config(args.config) if getattr(args, "config", None) else None
+
+
+@contextmanager
+def _store(args: argparse.Namespace) -> Iterator[SQLStore]:
+    cfg = _config(args)
+    store = open_store(cfg.collector.store if cfg is not None else args.store)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _ca(args: argparse.Namespace) -> CertificateAuthority:
+    return CertificateAuthority.open(args.ca, passphrase=_passphrase(args))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _log_public(args: argparse.Namespace, cfg: CollectorConfig | None) -> VerifyKey:
+    if args.log_key_pub:
+        try:
+            return VerifyKey.from_b64(args.log_key_pub)
+        except WireError as e:
+            raise CollectorError(f"--log-key-pub: {e}") from e
+    path = args.log_key or (cfg.collector.log_key if cfg is not None else None)
+    if path is None:
+        raise CollectorError("the bundle needs the log public key: --log-key-pub B64, "
+                             "--log-key FILE or --config")
+    try:
+        return load_signing_key(path).verify_key
+    except WireError as e:
+        raise CollectorError(f"log key: {e}") from e
+
+
+def _readers(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise CollectorError(f"--readers {path}: {e}") from e
+    readers = data.get("readers")
+    if not isinstance(readers, dict) or not readers:
+        raise CollectorError(f"--readers {path}: expected [readers.<name>] sections")
+    return readers
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CollectorError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("device", help="enrol, rotate, renew, revoke and list time clocks",
+                       description="Manage the fleet: the device registry kept in the ledger, "
+                                   "the clocks' certificates and their broker sessions.",
+                       epilog=EPILOG, formatter_class=fmt)
+    dsub = p.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    _register_provisioning(dsub)
+    _register_lifecycle(dsub)
+
+
+def _register_provisioning(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    e = dsub.add_parser("enroll", help="sign a clock's CSR, register it, write its bundle",
+                        formatter_class=fmt, epilog=EPILOG)
+    _source(e)
+    _ca_opts(e, required=True)
+    e.add_argument("--csr", type=Path, required=True, help="the clock's CSR (CN = device id)")
+    e.add_argument("--signing-key", required=True, metavar="B64|FILE",
+                   help="the clock's Ed25519 public key (`timeclock-agent init` prints it)")
+    e.add_argument("--site", required=True, help="site the clock is installed at")
+    e.add_argument("--broker", required=True, metavar="HOST:PORT",
+                   help="broker address the clock connects to")
+    e.add_argument("--log-key-pub", metavar="B64", help="collector log public key")
+    e.add_argument("--log-key", type=Path, metavar="FILE", help="or the log key file")
+    e.add_argument("--readers", type=Path, metavar="TOML",
+                   help="file with the clock's [readers.<name>] sections (default: one "
+                        "rdm6300 on /dev/serial0)")
+    e.add_argument("--days", type=int, default=DEFAULT_LEAF_DAYS, help="certificate days")
+    e.add_argument("--approver", help="who approved this enrolment (recorded)")
+    e.add_argument("--out", type=Path, required=True, metavar="BUNDLE",
+                   help="bundle file to write (no private key inside)")
+    e.set_defaults(func=cmd_enroll)
+
+    n = dsub.add_parser("renew", help="new certificate for an enrolled clock (before expiry)")
+    _source(n)
+    _ca_opts(n, required=True)
+    n.add_argument("--csr", type=Path, required=True,
+                   help="a CSR from the clock (same or new TLS key)")
+    n.add_argument("--days", type=int, default=DEFAULT_LEAF_DAYS, help="certificate days")
+    n.add_argument("--out", type=Path, required=True, metavar="BUNDLE")
+    n.set_defaults(func=cmd_renew)
+
+
+def _register_lifecycle(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    k = dsub.add_parser("rotate-key", help="register a clock's new signing key from its "
+                                           "signed rotation request")
+    _source(k)
+    k.add_argument("--request", type=Path, required=True, metavar="FILE",
+                   help="`timeclock-agent rotate-key` output")
+    k.add_argument("--approver", help="who approved this rotation (recorded)")
+    k.set_defaults(func=cmd_rotate_key)
+
+    v = dsub.add_parser("revoke", help="revoke a clock for good: punches, certificate, session")
+    _source(v)
+    v.add_argument("--device", required=True, help="device id")
+    v.add_argument("--reason", required=True, help="lost, stolen, decommissioned, …")
+    v.add_argument("--key", metavar="KEY_ID",
+                   help="revoke only this signing key (no certificate or broker action)")
+    v.add_argument("--approver", help="who approved this revocation (recorded)")
+    _ca_opts(v, required=False)
+    v.add_argument("--cert-reason", choices=sorted(REASONS), default="cessation-of-operation",
+                   help="CRL reason (%(default)s; key-compromise for a stolen clock)")
+    v.add_argument("--broker-dir", type=Path, metavar="DIR",
+                   help="managed broker directory (default: [broker] dir of --config)")
+    v.set_defaults(func=cmd_revoke)
+
+    li = dsub.add_parser("list", help="every clock: status, seq, gaps, certificate, link")
+    _source(li)
+    li.add_argument("--ca", type=Path, metavar="DIR", help="CA directory (certificate expiry)")
+    li.add_argument("--no-status", action="store_true",
+                    help="do not read the retained status messages from the broker")
+    li.add_argument("--timeout-s", type=float, default=3.0,
+                    help="how long to wait for statuses (%(default)s)")
+    li.add_argument("--json", action="store_true", help="machine-readable output")
+    li.set_defaults(func=cmd_list)
+
+    r = dsub.add_parser("register", help="registry only: enrol a device with its first key")
+    _source(r)
+    r.add_argument("--device", required=True, help="device id (its certificate CN)")
+    r.add_argument("--site", required=True, help="site the device is installed at")
+    r.add_argument("--signing-key", required=True, metavar="B64",
+                   help="the device's Ed25519 public key, base64")
+    r.add_argument("--approver", help="who approved this change (recorded)")
+    r.set_defaults(func=cmd_register)
+
+    o = dsub.add_parser("rotate", help="registry only: a new signing key from a seq on")
+    _source(o)
+    o.add_argument("--device", required=True, help="device id")
+    o.add_argument("--signing-key", required=True, metavar="B64", help="new public key")
+    o.add_argument("--from-seq", type=int, required=True,
+                   help="first seq the clock signs with the new key")
+    o.add_argument("--approver", help="who approved this change (recorded)")
+    o.set_defaults(func=cmd_rotate)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    log_pub = _log_public(args, cfg)
+    broker = parse_broker(args.broker)
+    if args.out.exists():
+        raise PKIError(f"{args.out}: exists; refusing to overwrite a bundle")
+    csr = _read(args.csr, "CSR")
+    with _store(args) as store:
+        bundle = enroll_device(store, _ca(args), csr, args.signing_key, site=args.site,
+                               broker=broker, log_public_key=log_pub, now=_now(),
+                               readers=_readers(args.readers), approver=args.approver,
+                               days=args.days)
+    bundle.write(args.out)
+    print(f"enrolled {bundle.device} at {bundle.site}: signing key {bundle.signing_key_id}, "
+          f"certificate {bundle.cert_serial} valid until {bundle.cert_not_after}")
+    print(f"bundle (no private key): {args.out}")
+    print(f"on the clock: timeclock-agent provision {args.out.name} --dir /etc/timeclock")
+    return 0
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        raise PKIError(f"{args.out}: exists; refusing to overwrite a bundle")
+    csr = _read(args.csr, "CSR")
+    with _store(args) as store:
+        bundle = renew_certificate(store, _ca(args), csr, now=_now(), days=args.days)
+    bundle.write(args.out)
+    print(f"renewed {bundle.device}: certificate {bundle.cert_serial} valid until "
+          f"{bundle.cert_not_after}: {args.out}")
+    print(f"on the clock: timeclock-agent provision {args.out.name} --dir /etc/timeclock && "
+          f"systemctl restart timeclock-agent")
+    return 0
+
+
+def verify_request(store: SQLStore, doc: dict[str, Any]) -> dict[str, Any]:
+    """The body of a rotation request, after checking its signature under the device's
+    current key (the key it replaces)."""
+    body = doc.get("rotation")
+    sig = doc.get("sig")
+    if not isinstance(body, dict) or not isinstance(sig, str) \
+            or body.get("kind") != "timeclock-key-rotation":
+        raise RegistryError("not a timeclock key rotation request")
+    device = str(body.get("device"))
+    current = [k for k in store.keys(device) if k.until_seq is None and k.status == "active"]
+    if not current:
+        raise RegistryError(f"device {device} has no active key to rotate from")
+    old = current[-1]
+    if body.get("old_key") != old.key_id:
+        raise RegistryError(f"the request replaces key {body.get('old_key')}, but the "
+                            f"registered current key of {device} is {old.key_id}")
+    try:
+        VerifyKey.from_b64(old.public_b64).verify(ROTATION_DOMAIN + canonical(body), sig)
+    except WireError as e:
+        raise RegistryError(f"the rotation request is not signed by {device}'s key "
+                            f"{old.key_id}: refused") from e
+    return body
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    try:
+        doc = json.loads(_read(args.request, "rotation request"))
+    except ValueError as e:
+        raise RegistryError(f"{args.request}: not JSON ({e})") from e
+    with _store(args) as store:
+        body = verify_request(store, doc)
+        vk = load_signing_public(str(body["signing_key"]))
+        r = rotate(store, str(body["device"]), vk.b64, int(body["from_seq"]),
+                   now_us=_now_us(), approver=args.approver)
+    print(f"rotated {body['device']}: key {vk.key_id} from seq {body['from_seq']} "
+          f"(ledger entry {r.idx}); punches signed by {body['old_key']} stay valid")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    t0 = time.monotonic()
+    with _store(args) as store:
+        rec = store.device(args.device)
+        if rec is not None and rec.status == "revoked" and not args.key:
+            # A retry after a partial failure: finish the certificate and broker steps.
+            print(f"{args.device} was already revoked in the ledger (idx {rec.changed_idx})")
+        else:
+            r = revoke(store, args.device, args.reason, key_id=args.key, now_us=_now_us(),
+                       approver=args.approver)
+            what = f"key {args.key} of {args.device}" if args.key else args.device
+            print(f"revoked {what}: ledger entry {r.idx}; its punches are quarantined from "
+                  f"now on")
+    if args.key:
+        return 0
+    if args.ca is None:
+        print("no --ca: the certificate is NOT revoked; the clock can still connect (its "
+              "punches are rejected). Run `ca revoke --cn` and reload the broker.")
+        return 0
+    ca = _ca(args)
+    try:
+        for e in ca.revoke(cn=args.device, reason=args.cert_reason, now=_now()):
+            print(f"certificate {e.serial} revoked ({e.reason}); CRL rewritten")
+    except PKIError as e:
+        print(f"certificate: {e}")
+    broker_dir = args.broker_dir or (cfg.broker.dir if cfg is not None else None)
+    if broker_dir is None:
+        print(f"no managed broker: copy {ca.crl_file} to the broker and reload/restart it "
+              f"(certs/README.md)")
+        return 0
+    ctx = identity = None
+    host, port = "127.0.0.1", 0
+    if cfg is not None:
+        ctx = client_context(cfg.mqtt.ca_cert, cfg.mqtt.cert, cfg.mqtt.key)
+        identity = cfg.collector.identity
+        host, port = cfg.mqtt.host, cfg.mqtt.port
+    done = cut_off(BrokerControl(broker_dir), ca.crl_file, [args.device], host=host,
+                   port=port, context=ctx, identity=identity)
+    print(f"broker: CRL reloaded and session cut ({done.method}) in {done.seconds:.2f} s; "
+          f"total {time.monotonic() - t0:.2f} s")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    now_us = _now_us()
+    certs = CertificateAuthority.open(args.ca).entries() if args.ca else []
+    statuses: dict[str, dict[str, Any]] | None = None
+    if cfg is not None and not args.no_status:
+        try:
+            statuses = fleet.read_retained_statuses(
+                cfg.mqtt.host, cfg.mqtt.port,
+                client_context(cfg.mqtt.ca_cert, cfg.mqtt.cert, cfg.mqtt.key),
+                cfg.collector.identity, timeout_s=args.timeout_s)
+        except (CollectorError, WireError) as e:
+            print(f"(statuses unavailable: {e})")
+    with _store(args) as store:
+        rows = fleet.fleet_rows(store, now_us=now_us, certs=certs, statuses=statuses)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=1, sort_keys=True))
+    else:
+        print(fleet.render_table(rows, now_us=now_us))
+        if statuses is None:
+            print("(link/queue/clock unknown: pass --config to read the clocks' statuses)")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        r = enroll(store, args.device, args.site, args.signing_key, now_us=_now_us(),
+                   approver=args.approver)
+    print(f"enrolled {args.device} at {args.site}: ledger entry {r.idx}")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        r = rotate(store, args.device, args.signing_key, args.from_seq, now_us=_now_us(),
+                   approver=args.approver)
+    print(f"rotated the key of {args.device}: ledger entry {r.idx}")
+    return 0

@@ -1,0 +1,268 @@
+"""``timeclock-collector verify | export | migrate``: check, export and prepare a ledger store.
+
+``--store`` takes ``sqlite:///path``, a plain path, or ``postgresql://…`` (a DSN with a
+password is never printed in clear).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import json
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from collector import CollectorError, LedgerError
+from collector.access.principals import migrate_postgres
+from collector.ingest.checkpoints import load_log_key
+from collector.ledger import open_store, sqlite_path
+from collector.ledger.audit import Progress, VerifyResult, load_state, save_state, verify_store
+from collector.ledger.base import EventFact
+from collector.ledger.postgres import migrate, redact
+from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.records.corrections import Corrections
+from collector.records.exports import (
+    COLUMNS,
+    FORMATS,
+    ExportError,
+    export_bundle,
+    export_payroll,
+    parse_time,
+)
+from wire.errors import WireError
+from wire.keys import VerifyKey
+
+VERIFY_EPILOG = textwrap.dedent("""\
+    examples:
+      timeclock-collector verify --store /var/lib/timeclock/ledger.db \\
+          --log-key-pub Kay64UG8yvCyLhqU000LxzYeUm0L/hLIl5S8kyKWbdc=
+      timeclock-collector verify --store postgresql://auditor@db/timeclock \\
+          --log-key /etc/timeclock/log.key --full
+
+    Reads entries and bodies exactly as stored and checks every hash, link, body, punch
+    signature (under the key an earlier device entry registered), device chain and signed
+    checkpoint. After a clean run it remembers the last verified checkpoint in --state, and
+    the next run starts there; --full re-reads everything (do it after a restore: D16).
+    Exit status: 0 clean, 1 tampering found (the first failing idx is printed), 2 error.
+    """)
+
+EXPORT_EPILOG = textwrap.dedent("""\
+    examples:
+      timeclock-collector export --store ledger.db --bundle /tmp/audit-2025q4 \\
+          --log-key-pub Kay64UG8yvCyLhqU000LxzYeUm0L/hLIl5S8kyKWbdc=
+      timeclock-collector export --store ledger.db --payroll --format csv \\
+          --since 2025-11-01T00:00:00Z --until 2025-12-01T00:00:00Z --site hq --out nov.csv
+
+    Payroll rows are filtered on device time (since inclusive, until exclusive) and carry
+    the ledger index and entry hash of each punch; the header names the query, the ledger
+    snapshot and the covering checkpoint; the trailer the row count and seq ranges.
+    """)
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, metavar="URL",
+                   help="ledger: sqlite:///path, a path, or postgresql://user@host/db")
+
+
+def _add_log_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-key-pub", action="append", default=[], metavar="B64",
+                   help="trusted collector log public key (base64); repeat for rotated keys")
+    p.add_argument("--log-key", action="append", default=[], type=Path, metavar="FILE",
+                   help="a log signing key file (0600); its public key is trusted")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    v = sub.add_parser("verify", help="verify a ledger store (hashes, signatures, checkpoints)",
+                       description="Verify the ledger store in place, incrementally.",
+                       epilog=VERIFY_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_store(v)
+    _add_log_keys(v)
+    v.add_argument("--state", type=Path, metavar="FILE",
+                   help="resume state (default: under $XDG_STATE_HOME/timeclock/verify/)")
+    v.add_argument("--full", action="store_true", help="ignore the state; verify from idx 0")
+    v.add_argument("--progress", action="store_true",
+                   help="show progress on stderr even when it is not a terminal")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=cmd_verify)
+
+    e = sub.add_parser("export", help="export the audit bundle or a payroll extract",
+                       description="Export from the ledger store, streaming.",
+                       epilog=EXPORT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_store(e)
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--bundle", type=Path, metavar="DIR",
+                      help="write the audit bundle (DESIGN.md §6) into DIR")
+    what.add_argument("--payroll", action="store_true", help="write one row per punch")
+    _add_log_keys(e)
+    e.add_argument("--format", choices=FORMATS, default="csv", help="payroll format")
+    e.add_argument("--since", help="device time from (ISO 8601 with offset, or µs)")
+    e.add_argument("--until", help="device time before (ISO 8601 with offset, or µs)")
+    e.add_argument("--site", help="only this site")
+    e.add_argument("--device", help="only this device")
+    e.add_argument("--out", type=Path, metavar="FILE", help="payroll file (default: stdout)")
+    e.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    e.add_argument("--purpose", default="not stated", metavar="TEXT",
+                   help="why the data leaves the system (recorded in the ledger, D20)")
+    e.set_defaults(func=cmd_export)
+
+    m = sub.add_parser("migrate", help="create or update the ledger schema",
+                       description="Create the ledger schema. On PostgreSQL run it as the "
+                                   "owner role; --app-role gets INSERT/SELECT only.")
+    _add_store(m)
+    m.add_argument("--app-role", metavar="ROLE",
+                   help="PostgreSQL role the collectors connect as (granted the minimum)")
+    m.set_defaults(func=cmd_migrate)
+
+
+def _log_keys(args: argparse.Namespace) -> dict[str, VerifyKey]:
+    keys: dict[str, VerifyKey] = {}
+    for b64 in args.log_key_pub:
+        try:
+            vk = VerifyKey.from_b64(b64)
+        except WireError as e:
+            raise CollectorError(f"--log-key-pub {b64[:12]}…: {e}") from e
+        keys[vk.key_id] = vk
+    for path in args.log_key:
+        vk = load_log_key(path).verify_key
+        keys[vk.key_id] = vk
+    return keys
+
+
+@contextmanager
+def _store(url: str) -> Iterator[SQLStore]:
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise LedgerError(f"{path}: no such ledger file")
+    store = open_store(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def default_state_path(url: str) -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    path = sqlite_path(url)
+    ident = str(path.resolve()) if path is not None else redact(url)
+    return base / "timeclock" / "verify" / (hashlib.sha256(ident.encode()).hexdigest()[:16]
+                                            + ".json")
+
+
+def _progress_printer(stream: TextIO) -> Progress:
+    def show(done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        width = 30
+        bar = "#" * (width * pct // 100)
+        stream.write(f"\rverify [{bar:<{width}}] {done}/{total} entries ({pct}%)")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+    return show
+
+
+def _print_result(result: VerifyResult, *, as_json: bool) -> None:
+    r = result.report
+    if as_json:
+        out = r.to_dict()
+        out["resumed_from"] = result.resumed_from
+        print(json.dumps(out, indent=1, sort_keys=True))
+        return
+    span = f"idx {result.resumed_from}..{result.size - 1}" if result.size else "empty ledger"
+    if r.ok:
+        print(f"OK: {span} verified: {r.entries} entries, {r.punches} punches, "
+              f"{r.devices} devices, {r.checkpoints} checkpoints; head {r.head}")
+    else:
+        print(f"TAMPERED: {span}: {r.first_failure}")
+    shown = r.findings[:50]
+    for f in shown:
+        print(f"  {f}")
+    if len(r.findings) > len(shown) or r.omitted:
+        print(f"  … {len(r.findings) - len(shown) + r.omitted} more findings")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    keys = _log_keys(args)
+    if not keys:
+        raise CollectorError("verify needs the collector log public key: --log-key-pub B64 "
+                             "or --log-key FILE")
+    state_path: Path = args.state or default_state_path(args.store)
+    with _store(args.store) as store:
+        state = None if args.full else load_state(state_path)
+        show = args.progress or sys.stderr.isatty()
+        progress = _progress_printer(sys.stderr) if show else None
+        result = verify_store(store, keys, state=state, progress=progress)
+    if result.state is not None:
+        save_state(state_path, result.state)
+    _print_result(result, as_json=args.json)
+    return 0 if result.ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _store(args.store) as store:
+        if args.bundle is not None:
+            keys = _log_keys(args)
+            if not keys:
+                raise ExportError("a bundle lists the collector log key: pass --log-key-pub "
+                                  "B64 or --log-key FILE")
+            n = export_bundle(store, args.bundle, keys.values())
+            _record_export(store, args, what="bundle", rows=n, query={})
+            print(f"audit bundle: {n} entries written to {args.bundle}", file=sys.stderr)
+            return 0
+        query = PunchQuery(
+            since=None if args.since is None else parse_time(args.since),
+            until=None if args.until is None else parse_time(args.until),
+            site=args.site, device=args.device)
+        now_us = time.time_ns() // 1000
+        # Approved corrections are shown beside the untouched originals (D6).
+        fixed = Corrections(store).applied_complete()
+        if args.out is None:
+            summary = export_payroll(store, sys.stdout, fmt=args.format, query=query,
+                                     now_us=now_us, corrections=fixed)
+        else:
+            try:
+                with args.out.open("w" if args.force else "x", newline="") as f:
+                    summary = export_payroll(store, f, fmt=args.format, query=query,
+                                             now_us=now_us, corrections=fixed)
+            except FileExistsError as e:
+                raise ExportError(f"{args.out}: exists; use --force to overwrite") from e
+            except OSError as e:
+                raise ExportError(f"{args.out}: {e.strerror}") from e
+        _record_export(store, args, what="payroll", rows=summary.rows,
+                       query={k: v for k, v in (("since", query.since), ("until", query.until),
+                                                ("site", query.site), ("device", query.device))
+                              if v is not None})
+    print(f"payroll: {summary.rows} rows ({summary.uncovered} beyond the latest checkpoint)",
+          file=sys.stderr)
+    return 0
+
+
+def _record_export(store: SQLStore, args: argparse.Namespace, *, what: str, rows: int,
+                   query: dict[str, Any]) -> None:
+    """Output control (D20): every export leaves an ``access`` entry naming who, why, what."""
+    body = {"type": "export", "via": "cli", "principal": f"os:{getpass.getuser()}",
+            "what": what, "purpose": args.purpose, "query": query, "rows": rows,
+            "format": "bundle" if what == "bundle" else args.format,
+            "fields": [] if what == "bundle" else list(COLUMNS),
+            "out": "stdout" if what == "payroll" and args.out is None
+            else str(args.bundle if what == "bundle" else args.out)}
+    store.append([EventFact("access", body)], now_us=time.time_ns() // 1000)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    if sqlite_path(args.store) is None:
+        migrate(args.store, app_role=args.app_role)
+        # Principals, tokens and corrections live beside the ledger (not in the chain).
+        migrate_postgres(args.store, args.app_role)
+    else:
+        open_store(args.store).close()
+    print(f"ledger schema ready: {redact(args.store)}", file=sys.stderr)
+    return 0

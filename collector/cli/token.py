@@ -1,0 +1,225 @@
+"""``timeclock-collector token …`` and ``access-review``: API principals, roles and tokens
+(controls D7, D8).
+
+Tokens are printed once and stored only as SHA-256 hashes; every change (and every refused
+change, e.g. a segregation-of-duties violation) is an ``access`` entry in the ledger, with
+the acting OS user as ``cli:<user>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from collector.access.principals import (
+    ROLES,
+    Principals,
+    ensure_schema,
+    parse_duration_days,
+)
+from collector.ledger import open_store
+
+EPILOG = textwrap.dedent("""\
+    examples:
+      timeclock-collector token create --store ledger.db --principal alice --role hr.read \\
+          --role hr.correct --expires 90d
+      timeclock-collector token create --store ledger.db --principal alice   # another token
+      timeclock-collector token list --store ledger.db
+      timeclock-collector token revoke --store ledger.db tok-1a2b3c4d5e6f
+      timeclock-collector token cert --store ledger.db --principal payroll.acme \\
+          --role payroll.export        # client certificates with CN payroll.acme
+      timeclock-collector token roles --store ledger.db --principal bob --role hr.approve
+      timeclock-collector token disable --store ledger.db --principal mallory   # leaver
+
+    roles:
+    """) + "\n".join(f"      {k:15} {v}" for k, v in ROLES.items()) + textwrap.dedent("""
+
+    Segregation of duties is enforced: nobody holds both hr.correct and hr.approve, and
+    admin holds no hr.* or payroll role. The token is printed once; keep it in a secret
+    store. Clients send it as `Authorization: Bearer <token>`.
+    """)
+
+REVIEW_EPILOG = textwrap.dedent("""\
+    example:
+      timeclock-collector access-review --store ledger.db --unused-days 90 [--json]
+
+    Lists every enabled principal with its roles, last use and active tokens, and flags
+    access unused for N days (revoke it with `token disable` or `token roles`). Exit status
+    is 0 when nothing is flagged, 1 otherwise.
+    """)
+
+
+def _store_arg(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--store", required=True, metavar="URL",
+                   help="ledger: sqlite:///path, a path, or postgresql://… (its database "
+                        "also holds the principals)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("token", help="API principals, roles and bearer tokens",
+                       description="Issue, list and revoke API tokens; register client-"
+                                   "certificate principals; set roles.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tsub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+
+    c = tsub.add_parser("create", help="issue a token (printed once)")
+    _store_arg(c)
+    c.add_argument("--principal", required=True, help="who the token is for (one person "
+                                                      "or system; no shared accounts)")
+    c.add_argument("--role", action="append", default=[], choices=sorted(ROLES),
+                   help="role of a NEW principal (repeat); existing principals keep theirs")
+    c.add_argument("--expires", default="90d", metavar="DAYS",
+                   help="lifetime: 90d, 12w or days (≤ 365; default 90d)")
+    c.set_defaults(func=cmd_create)
+
+    ls = tsub.add_parser("list", help="principals, roles and tokens (never the tokens)")
+    _store_arg(ls)
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_list)
+
+    r = tsub.add_parser("revoke", help="revoke one token by id")
+    _store_arg(r)
+    r.add_argument("token_id", metavar="TOKEN_ID", help="id from `token list` (tok-…)")
+    r.set_defaults(func=cmd_revoke)
+
+    ce = tsub.add_parser("cert", help="accept client certificates with CN = principal")
+    _store_arg(ce)
+    ce.add_argument("--principal", required=True, help="the certificate CN")
+    ce.add_argument("--role", action="append", default=[], choices=sorted(ROLES),
+                    required=True, help="role (repeat)")
+    ce.set_defaults(func=cmd_cert)
+
+    ro = tsub.add_parser("roles", help="replace a principal's roles")
+    _store_arg(ro)
+    ro.add_argument("--principal", required=True)
+    ro.add_argument("--role", action="append", default=[], choices=sorted(ROLES),
+                    help="role (repeat; none = no access)")
+    ro.set_defaults(func=cmd_roles)
+
+    d = tsub.add_parser("disable", help="disable a principal and revoke all its tokens")
+    _store_arg(d)
+    d.add_argument("--principal", required=True)
+    d.set_defaults(func=cmd_disable)
+
+    a = sub.add_parser("access-review", help="review API access: roles, last use, unused",
+                       description="Access review (CONTROLS.md D8): principals, roles and "
+                                   "last use; flags access unused for --unused-days.",
+                       epilog=REVIEW_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _store_arg(a)
+    a.add_argument("--unused-days", type=int, default=90, metavar="N",
+                   help="flag principals not used for N days (default 90)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(func=cmd_review)
+
+
+def _now() -> int:
+    return time.time_ns() // 1000
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+@contextmanager
+def _principals(args: argparse.Namespace) -> Iterator[Principals]:
+    """The principals of ``--store``; the store is closed when the command is done."""
+    store = open_store(args.store)
+    try:
+        ensure_schema(store)
+        yield Principals(store)
+    finally:
+        store.close()
+
+
+def _when(us: int | None) -> str:
+    if us is None:
+        return "never"
+    return datetime.fromtimestamp(us / 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    days = parse_duration_days(args.expires)
+    with _principals(args) as principals:
+        issued = principals.create_token(args.principal, args.role, expires_days=days,
+                                         actor=_actor(), now_us=_now())
+    print(issued.token)
+    print(f"token {issued.record.id} for {issued.record.principal}, expires "
+          f"{_when(issued.record.expires_at)}; it is shown only now", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    now = _now()
+    with _principals(args) as principals:
+        items = [{**p.to_dict(), "tokens": [t.to_dict(now) for t in principals.tokens(p.name)]}
+                 for p in principals.all()]
+    if args.json:
+        print(json.dumps(items, indent=2, sort_keys=True))
+        return 0
+    for it in items:
+        state = " (disabled)" if it["disabled_at"] is not None else ""
+        print(f"{it['name']} [{it['kind']}]{state} roles: {', '.join(it['roles']) or '-'}; "
+              f"last used {_when(it['last_used_at'])}")
+        for t in it["tokens"]:
+            print(f"    {t['id']} {t['status']:8} expires {_when(t['expires_at'])} "
+                  f"last used {_when(t['last_used_at'])}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with _principals(args) as principals:
+        t = principals.revoke_token(args.token_id, actor=_actor(), now_us=_now())
+    print(f"revoked {t.id} of {t.principal}")
+    return 0
+
+
+def cmd_cert(args: argparse.Namespace) -> int:
+    with _principals(args) as principals:
+        p = principals.register_cert(args.principal, args.role, actor=_actor(), now_us=_now())
+    print(f"client certificates with CN {p.name} now act as {p.name} "
+          f"({', '.join(sorted(p.roles))})")
+    return 0
+
+
+def cmd_roles(args: argparse.Namespace) -> int:
+    with _principals(args) as principals:
+        p = principals.set_roles(args.principal, args.role, actor=_actor(), now_us=_now())
+    print(f"{p.name}: {', '.join(sorted(p.roles)) or 'no roles'}")
+    return 0
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    with _principals(args) as principals:
+        principals.disable(args.principal, actor=_actor(), now_us=_now())
+    print(f"{args.principal}: disabled, tokens revoked")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    if not 1 <= args.unused_days <= 3650:
+        print("timeclock-collector: error: --unused-days must be 1…3650", file=sys.stderr)
+        return 2
+    with _principals(args) as principals:
+        rows = principals.review(unused_days=args.unused_days, now_us=_now())
+    flagged = [r for r in rows if r.unused]
+    if args.json:
+        print(json.dumps({"unused_days": args.unused_days,
+                          "items": [r.to_dict() for r in rows]}, indent=2, sort_keys=True))
+    else:
+        for r in rows:
+            flag = f"UNUSED ≥{args.unused_days}d" if r.unused else "ok"
+            print(f"{flag:14} {r.principal} [{r.kind}] roles: {', '.join(r.roles) or '-'}; "
+                  f"last used {_when(r.last_used_at)}; active tokens {r.active_tokens}")
+        print(f"{len(rows)} principals, {len(flagged)} flagged")
+    return 1 if flagged else 0

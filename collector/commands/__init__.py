@@ -1,1 +1,0 @@
-"""Command groups of ``timeclock-collector`` (see collector/cli.py)."""

@@ -1,0 +1,377 @@
+"""The ingest pipeline: MQTT message → verify → append → receipt → PUBACK (DESIGN.md §4, §6).
+
+Wiring only; the parts live elsewhere: collector.ingest.punch_verifier (steps 1-6), the store (7-8),
+collector.ingest.receipts (the ack rule), collector.ingest.checkpoints (signed checkpoints),
+collector.ingest.alerts (gaps, chain breaks, conflicts), collector.service.mqtt (paho).
+
+Invariants:
+- ONE writer thread owns the store for appends: it takes messages from a bounded queue,
+  judges them, and records a batch (≤ ``batch_max`` facts or ``batch_wait_ms``) in one
+  ``store.append`` transaction.
+- Order per batch: commit → publish receipts (QoS 1) → PUBACK the messages. A message is
+  PUBACKed only after everything it carried is committed (punch or rejection entry); a
+  message that could not be committed is never PUBACKed, so the broker redelivers it.
+- A rejection identical to one recorded recently (reason, topic, raw bytes: a clock resending
+  an unacked rejected punch) is counted (``rejected-repeat:<reason>``), not recorded again:
+  its bytes are already in quarantine with a rejection entry.
+- Nothing is dropped and no input stops the writer: a message whose judging raises is
+  quarantined as ``internal-error`` (logged with its traceback); a batch whose append
+  raises is retried message by message, and a message whose append still raises is
+  quarantined as ``internal-error``. If even that fails, the store is unavailable: the
+  messages stay pending (not PUBACKed) and the writer retries after a back-off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.ingest.alerts import SEVERITY_CRITICAL, Alerts, ChainWatch, GapTracker
+from collector.ingest.punch_verifier import RegistryView, judge
+from collector.ingest.receipts import receipts_for
+from collector.ledger.base import (
+    AppendResult,
+    Fact,
+    LedgerStore,
+    Outcome,
+    PunchFact,
+    RejectionFact,
+)
+from wire.ack import SignedAck
+from wire.canonical import loads
+from wire.errors import DecodeError
+from wire.keys import SigningKey
+from wire.punch import MAX_ENVELOPE_BYTES
+from wire.topics import device_of
+
+log = logging.getLogger("timeclock.ingest")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One MQTT message as received; ``mid``/``qos`` identify it for the PUBACK."""
+
+    topic: str
+    payload: bytes
+    received_at: int
+    mid: int = 0
+    qos: int = 1
+
+
+@dataclass(slots=True)
+class BatchResult:
+    committed: list[Inbound] = field(default_factory=list)    # PUBACK these
+    pending: list[Inbound] = field(default_factory=list)      # store unavailable: retry
+    results: list[AppendResult] = field(default_factory=list)
+    receipts: list[tuple[str, SignedAck]] = field(default_factory=list)
+
+
+class Ingestor:
+    """Judge → append → receipts for one batch of messages. Used by one thread at a time."""
+
+    REPEAT_MEMORY = 10_000
+
+    def __init__(self, store: LedgerStore, registry: Callable[[], RegistryView],
+                 log_key: SigningKey, alerts: Alerts, *,
+                 max_payload_bytes: int = MAX_ENVELOPE_BYTES,
+                 gaps: GapTracker | None = None, chain: ChainWatch | None = None) -> None:
+        self.store = store
+        self.registry = registry
+        self.log_key = log_key
+        self.alerts = alerts
+        self.max_payload_bytes = max_payload_bytes
+        self.gaps = gaps
+        self.chain = chain
+        self._contiguous: dict[str, int] = {}
+        self._recent_rejections: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
+
+    def judge(self, msg: Inbound, registry: RegistryView) -> list[Fact]:
+        """Steps (1)-(6) for one message; never raises."""
+        try:
+            return judge(msg.topic, msg.payload, msg.received_at, registry,
+                         max_bytes=self.max_payload_bytes)
+        except Exception as e:  # top of the per-message loop: quarantine, never crash
+            log.exception("judging a message on %s failed; quarantining it", msg.topic[:120])
+            return [internal_error(msg, e)]
+
+    def process(self, batch: Sequence[Inbound], *, now_us: int) -> BatchResult:
+        """Judge, commit, and build receipts for ``batch``; see the module invariants."""
+        registry = self.registry()
+        groups = [(m, self.judge(m, registry)) for m in batch]
+        return self.commit(groups, now_us=now_us)
+
+    def _repeat(self, f: Fact) -> bool:
+        """A rejection already recorded recently (same reason, topic and raw bytes)?"""
+        if not isinstance(f, RejectionFact) or f.reason == "internal-error":
+            return False
+        key = (f.reason, f.topic, hashlib.sha256(f.raw).digest())
+        if key in self._recent_rejections:
+            self._recent_rejections.move_to_end(key)
+            self.alerts.count(f"rejected-repeat:{f.reason}")
+            return True
+        return False
+
+    def _remember(self, facts: Sequence[Fact]) -> None:
+        for f in facts:
+            if isinstance(f, RejectionFact) and f.reason != "internal-error":
+                key = (f.reason, f.topic, hashlib.sha256(f.raw).digest())
+                self._recent_rejections[key] = None
+                self._recent_rejections.move_to_end(key)
+        while len(self._recent_rejections) > self.REPEAT_MEMORY:
+            self._recent_rejections.popitem(last=False)
+
+    def commit(self, groups: Sequence[tuple[Inbound, list[Fact]]], *,
+               now_us: int) -> BatchResult:
+        out = BatchResult()
+        # A clock resends what was not acked (rejected punches are never acked): the same
+        # bytes rejected for the same reason are already in quarantine, so a resend is
+        # counted, not recorded again (bounded memory; after a restart, once more).
+        groups = [(m, [f for f in fs if not self._repeat(f)]) for m, fs in groups]
+        facts = [f for _, fs in groups for f in fs]
+        try:
+            results = self.store.append(facts, now_us=now_us)
+            out.committed = [m for m, _ in groups]
+            out.results = results
+            done = list(zip(facts, results, strict=True))
+        except Exception:
+            log.exception("appending a batch of %d facts failed; retrying message by message",
+                          len(facts))
+            done = self._isolate(groups, out, now_us=now_us)
+        self._remember([f for f, _ in done])
+        self._after_commit(done, now_us=now_us)
+        out.receipts = receipts_for(out.results, self.log_key, now_us=now_us)
+        return out
+
+    def _isolate(self, groups: Sequence[tuple[Inbound, list[Fact]]], out: BatchResult, *,
+                 now_us: int) -> list[tuple[Fact, AppendResult]]:
+        done: list[tuple[Fact, AppendResult]] = []
+        for i, (msg, judged) in enumerate(groups):
+            fs = judged
+            try:
+                rs = self.store.append(fs, now_us=now_us)
+            except Exception as e:
+                log.exception("appending the facts of a message on %s failed; quarantining "
+                              "it as internal-error", msg.topic[:120])
+                fs = [internal_error(msg, e)]
+                try:
+                    rs = self.store.append(fs, now_us=now_us)
+                except Exception:
+                    log.exception("the ledger store is unavailable; %d message(s) stay "
+                                  "pending (not acknowledged)", len(groups) - i)
+                    out.pending = [m for m, _ in groups[i:]]
+                    return done
+            out.committed.append(msg)
+            out.results.extend(rs)
+            done.extend(zip(fs, rs, strict=True))
+        return done
+
+    def _after_commit(self, done: Sequence[tuple[Fact, AppendResult]], *, now_us: int) -> None:
+        appended: dict[str, list[int]] = {}
+        outcomes: Counter[Outcome] = Counter()
+        for fact, r in done:
+            if isinstance(fact, RejectionFact):
+                self.alerts.count(f"rejected:{fact.reason}")
+                log.warning("quarantined (%s) from %s: %s [idx %d]", fact.reason,
+                            fact.device or fact.topic[:120], fact.detail[:200], r.idx)
+            elif isinstance(fact, PunchFact):
+                p = fact.signed.punch
+                outcomes[r.outcome] += 1
+                if r.outcome is Outcome.CONFLICT:
+                    self.alerts.alert(
+                        "conflict", severity=SEVERITY_CRITICAL, device=p.device,
+                        detail=f"seq {p.seq} arrived with another punch hash than the "
+                               f"recorded one (cloned key or restored device?); quarantined "
+                               f"at idx {r.idx}")
+                elif r.outcome is Outcome.REJECTED:
+                    # The registry changed between verification and the commit (revoked or
+                    # rotated meanwhile): the store quarantined it under the chain lock.
+                    log.warning("quarantined %s#%d at commit: its device or key is no longer "
+                                "valid [idx %d]", p.device, p.seq, r.idx)
+                elif r.outcome is Outcome.APPENDED:
+                    appended.setdefault(p.device, []).append(p.seq)
+                    if self.chain is not None:
+                        self.chain.observe(p.device, p.seq, fact.signed.hash(), p.prev)
+        for outcome, n in outcomes.items():   # one counter update per outcome and batch
+            self.alerts.count(f"punch:{outcome.value}", n)
+        if self.gaps is not None:
+            for device, seqs in appended.items():
+                self._track_gaps(device, seqs, now_us=now_us)
+
+    def _track_gaps(self, device: str, seqs: list[int], *, now_us: int) -> None:
+        # Cheap path: the device's seqs simply extend its known contiguous prefix.
+        assert self.gaps is not None  # noqa: S101 - checked by the caller
+        known = self._contiguous.get(device)
+        s = sorted(seqs)
+        if (known is not None and not self.gaps.open_gaps(device)
+                and s == list(range(known + 1, known + 1 + len(s)))):
+            self._contiguous[device] = s[-1]
+            return
+        progress = self.store.progress(device)
+        self._contiguous[device] = progress.contiguous
+        self.gaps.observe(device, progress.gaps, now_us=now_us)
+
+    def report_gaps(self, *, now_us: int) -> None:
+        if self.gaps is not None:
+            self.gaps.report_due(now_us=now_us,
+                                 refresh=lambda d: self.store.progress(d).gaps)
+
+
+def internal_error(msg: Inbound, e: BaseException) -> RejectionFact:
+    try:
+        device: str | None = device_of(msg.topic, "punches")
+    except DecodeError:
+        device = None
+    return RejectionFact(reason="internal-error",
+                         detail=f"{type(e).__name__}: {str(e)[:300]}", topic=msg.topic,
+                         raw=bytes(msg.payload), received_at=msg.received_at, device=device)
+
+
+class Publisher:
+    """What the writer needs from the MQTT link (collector.service.mqtt.MqttLink implements it)."""
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                retain: bool = False) -> None:
+        raise NotImplementedError
+
+    def ack(self, msg: Inbound) -> None:
+        raise NotImplementedError
+
+
+class Writer:
+    """The single writer thread: batches the inbox into transactions, then receipts, PUBACKs.
+
+    ``tick`` (if given) runs after every batch and on idle wake-ups (time-based checkpoints,
+    gap reports). On ``stop`` the batch in flight is finished (commit, receipts, PUBACKs);
+    messages still in the inbox are left unacknowledged for the broker to redeliver.
+    """
+
+    def __init__(self, ingestor: Ingestor, inbox: queue.Queue[Inbound], link: Publisher, *,
+                 batch_max: int = 2000, batch_wait_ms: int = 50,
+                 clock: Callable[[], int] = now_us,
+                 tick: Callable[[int, int], None] | None = None,
+                 idle_wake_s: float = 0.5, retry_s: float = 1.0) -> None:
+        self.ingestor = ingestor
+        self.inbox = inbox
+        self.link = link
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.clock = clock
+        self.tick = tick
+        self.idle_wake_s = idle_wake_s
+        self.retry_s = retry_s
+        self.batches = 0
+        self._pending: list[Inbound] = []
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.step(stop)
+            except Exception:  # top of the long-running loop: log and go on
+                log.exception("ingest writer step failed")
+                stop.wait(self.retry_s)
+
+    def step(self, stop: threading.Event) -> int:
+        """Collect one batch and process it; returns the number of messages handled."""
+        first: list[Inbound] = self._pending
+        self._pending = []
+        if not first:
+            try:
+                first = [self.inbox.get(timeout=self.idle_wake_s)]
+            except queue.Empty:
+                self._tick(0)
+                return 0
+        # One registry snapshot per batch, read once a message is at hand, so a revocation
+        # committed before this batch applies to all of it.
+        registry = self.ingestor.registry()
+        groups: list[tuple[Inbound, list[Fact]]] = []
+        nfacts = 0
+        for m in first:
+            fs = self.ingestor.judge(m, registry)
+            groups.append((m, fs))
+            nfacts += len(fs)
+        deadline = time.monotonic() + self.batch_wait_s
+        while nfacts < self.batch_max:
+            left = deadline - time.monotonic()
+            try:
+                m = self.inbox.get(timeout=left) if left > 0 else self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            fs = self.ingestor.judge(m, registry)
+            groups.append((m, fs))
+            nfacts += len(fs)
+        res = self.ingestor.commit(groups, now_us=self.clock())
+        self.batches += 1
+        for topic, receipt in res.receipts:
+            self.link.publish(topic, receipt.to_bytes(), qos=1)
+        for m in res.committed:
+            self.link.ack(m)
+        if res.pending:
+            self._pending = res.pending
+            stop.wait(self.retry_s)
+        self._tick(len(res.committed))
+        return len(res.committed)
+
+    def _tick(self, handled: int) -> None:
+        if self.tick is not None:
+            try:
+                self.tick(self.clock(), handled)
+            except Exception:
+                log.exception("periodic ingest work failed")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    device: str
+    received_at: int
+    status: dict[str, Any] | None      # the decoded status object, None if not JSON
+    size: int
+
+
+class StatusTable:
+    """Last status message per device (``timeclock/v1/devices/{id}/status``), in memory.
+
+    Statuses are telemetry, not evidence: they are not signed, not recorded in the ledger,
+    and only used for ``device list`` and monitoring. Thread-safe.
+    """
+
+    MAX_BYTES = 16 * 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[str, DeviceStatus] = {}
+
+    def update(self, topic: str, payload: bytes, received_at: int) -> DeviceStatus | None:
+        try:
+            device = device_of(topic, "status")
+        except DecodeError:
+            return None
+        value: dict[str, Any] | None = None
+        if len(payload) <= self.MAX_BYTES:
+            try:
+                decoded = loads(payload)
+                value = decoded if isinstance(decoded, dict) else None
+            except DecodeError:
+                value = None
+        row = DeviceStatus(device, received_at, value, len(payload))
+        with self._lock:
+            self._rows[device] = row
+        return row
+
+    def get(self, device: str) -> DeviceStatus | None:
+        with self._lock:
+            return self._rows.get(device)
+
+    def snapshot(self) -> dict[str, DeviceStatus]:
+        with self._lock:
+            return dict(self._rows)

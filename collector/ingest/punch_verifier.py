@@ -1,0 +1,257 @@
+"""Verification of one MQTT punch message (DESIGN.md §3-4, CONTROLS.md D1/D2): pure, no I/O.
+
+``judge(topic, payload, received_at, registry)`` turns one message into facts for the store:
+a :class:`~collector.ledger.base.PunchFact` for each punch that passed steps (1)-(6), a
+:class:`~collector.ledger.base.RejectionFact` for everything else. Steps (DESIGN.md §4),
+numbered the same in docs, logs and tests:
+
+  (1) size: payload ≤ ``max_bytes`` (256 KiB by default)            → ``oversized``
+  (2) strict decode (wire.punch.Envelope.from_bytes)               → ``malformed``
+  (3) topic device == payload device == every punch's device       → ``bad-topic`` /
+                                                                     ``device-mismatch``
+  (4) device known and active                                      → ``unknown-device`` /
+                                                                     ``device-revoked``
+  (5) key registered, active, valid from that seq                  → ``unknown-key`` /
+                                                                     ``key-revoked`` /
+                                                                     ``key-not-valid-for-seq``
+  (6) Ed25519 signature over the domain-prefixed canonical punch   → ``bad-signature``
+  (7) dedupe on (device, seq)     — in the store's transaction     → DUPLICATE / ``conflict``
+  (8) append                      — in the store's transaction
+
+Invariants:
+- Nothing is dropped: every input yields at least one fact; every rejection carries the raw
+  bytes, a short stable ``reason`` code and an operator-facing ``detail``.
+- Framing failures (1)-(3) reject the message whole, with the payload bytes as raw. With
+  valid framing each punch is judged alone: a bad punch in a batch does not sink the good
+  ones. A per-punch rejection's raw bytes are the canonical bytes of that signed punch (the
+  input was strict JSON, so they carry exactly what was signed) and name its device.
+- One exception to "framing rejects whole": when the envelope frame is valid but one punch
+  object fails strict decoding, that punch alone is rejected as ``malformed`` (so one buggy
+  punch cannot block a clock's whole backlog forever); the others are judged normally.
+- ``judge`` raises only on a programming error; the caller quarantines the input as
+  ``internal-error`` then (see collector/ingest/pipeline.py).
+- Signature checks (6) of one message may run on two threads at once (PyNaCl releases the
+  GIL inside libsodium, so a backlog envelope of 500 punches uses a second core); each punch
+  still gets exactly steps (4)-(6) in order, and the facts come out in the payload's order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+from collector import RegistryError
+from collector.ledger.base import Fact, PunchFact, RejectionFact
+from wire.canonical import canonical, loads
+from wire.errors import DecodeError, SignatureError, WireError
+from wire.fields import DEVICE_ID_RE
+from wire.keys import VerifyKey
+from wire.punch import MAX_ENVELOPE_BYTES, MAX_ENVELOPE_PUNCHES, Envelope, SignedPunch
+from wire.topics import device_of
+
+REASONS = frozenset({
+    "oversized", "malformed", "bad-topic", "device-mismatch", "unknown-device",
+    "device-revoked", "unknown-key", "key-revoked", "key-not-valid-for-seq",
+    "bad-signature", "conflict", "internal-error", "registry-error"})
+_REGISTRY_REASONS = frozenset({"unknown-device", "device-revoked", "unknown-key",
+                               "key-revoked", "key-not-valid-for-seq"})
+
+
+class RegistryView(Protocol):
+    """What the verifier needs from the device registry (a projection of ``device`` entries).
+
+    ``key_for`` returns the verify key registered as ``key_id`` for ``device`` and valid for
+    ``seq``, or raises :class:`~collector.RegistryError` whose ``reason`` is one of
+    unknown-device, device-revoked, unknown-key, key-revoked, key-not-valid-for-seq.
+    """
+
+    def key_for(self, device: str, key_id: str, seq: int) -> VerifyKey: ...
+
+
+def registry_reason(e: RegistryError) -> str:
+    """Map a registry error to a stable reason code (its ``reason``, else its class name)."""
+    reason = getattr(e, "reason", None)
+    if isinstance(reason, str) and reason in _REGISTRY_REASONS:
+        return reason
+    name = re.sub(r"Error$", "", type(e).__name__)
+    kebab = re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+    return kebab if kebab in _REGISTRY_REASONS else "registry-error"
+
+
+def _topic_device(topic: str) -> str | None:
+    try:
+        return device_of(topic, "punches")
+    except DecodeError:
+        return None
+
+
+class _FramingError(Exception):
+    """Steps (1)-(3) failed: the whole message is rejected with this reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _salvage(payload: bytes) -> tuple[str, list[SignedPunch | tuple[bytes, str]]] | None:
+    """Re-read an envelope whose strict decode failed: valid frame → per-punch results.
+
+    Returns None if the frame itself is bad; else the envelope device and, per punch, the
+    decoded signed punch or ``(canonical bytes, error)`` for a punch that fails decoding.
+    """
+    try:
+        obj = loads(payload)
+    except DecodeError:
+        return None
+    if (not isinstance(obj, dict) or set(obj) != {"v", "device", "punches"}
+            or obj["v"] != 1 or isinstance(obj["v"], bool)
+            or not isinstance(obj["device"], str) or not DEVICE_ID_RE.fullmatch(obj["device"])
+            or not isinstance(obj["punches"], list)
+            or not 1 <= len(obj["punches"]) <= MAX_ENVELOPE_PUNCHES):
+        return None
+    out: list[SignedPunch | tuple[bytes, str]] = []
+    for i, p in enumerate(obj["punches"]):
+        try:
+            out.append(SignedPunch.from_dict(p))
+        except DecodeError as e:
+            out.append((canonical(p), f"punches[{i}]: {e}"))
+    return obj["device"], out
+
+
+def _claimed_device(value: Any) -> str | None:
+    """The device a malformed punch claims, if it names a valid one (for the rejection)."""
+    if isinstance(value, dict):
+        punch = value.get("punch")
+        if isinstance(punch, dict):
+            d = punch.get("device")
+            if isinstance(d, str) and DEVICE_ID_RE.fullmatch(d):
+                return d
+    return None
+
+
+def judge(topic: str, payload: bytes, received_at: int, registry: RegistryView, *,
+          max_bytes: int = MAX_ENVELOPE_BYTES) -> list[Fact]:
+    """Judge one message from ``timeclock/v1/devices/{id}/punches``; see the module doc."""
+    topic_device = _topic_device(topic)
+    try:
+        items = _frame(topic, topic_device, payload, max_bytes)
+    except _FramingError as e:
+        return [RejectionFact(reason=e.reason, detail=str(e)[:500], topic=topic,
+                              raw=bytes(payload), received_at=received_at, device=topic_device)]
+    facts: list[Fact | None] = []
+    to_verify: list[tuple[int, SignedPunch, VerifyKey]] = []
+    for item in items:
+        if isinstance(item, SignedPunch):
+            judged = _lookup_key(item, topic, received_at, registry)
+            if isinstance(judged, VerifyKey):
+                to_verify.append((len(facts), item, judged))
+                facts.append(None)
+            else:
+                facts.append(judged)
+        else:
+            raw, detail = item
+            facts.append(RejectionFact(reason="malformed", detail=detail[:500], topic=topic,
+                                       raw=raw, received_at=received_at, device=topic_device))
+    for (i, signed, _), error in zip(to_verify, _verify_all(to_verify), strict=True):
+        facts[i] = (PunchFact(signed=signed, topic=topic, received_at=received_at)
+                    if error is None else _reject(signed, topic, received_at, *error))
+    return [f for f in facts if f is not None]
+
+
+# -- (6) signatures, on up to two threads ---------------------------------------------------
+
+PARALLEL_MIN = 32          # below this many signatures, one thread is faster
+_pool: list[ThreadPoolExecutor] = []     # created on first use, at most one
+_pool_lock = threading.Lock()
+
+
+def _helpers() -> ThreadPoolExecutor | None:
+    """One helper thread when the process may use more than one core, else None."""
+    if not _pool and len(os.sched_getaffinity(0)) > 1:
+        with _pool_lock:
+            if not _pool:
+                _pool.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify"))
+    return _pool[0] if _pool else None
+
+
+def _verify_all(items: Sequence[tuple[int, SignedPunch, VerifyKey]]
+                ) -> list[tuple[str, str] | None]:
+    """Per item: None if its signature verifies, else (reason, detail) of the rejection."""
+    pool = _helpers() if len(items) >= PARALLEL_MIN else None
+    if pool is None:
+        return _verify_chunk(items)
+    half = len(items) // 2
+    other: Future[list[tuple[str, str] | None]] = pool.submit(_verify_chunk, items[half:])
+    mine = _verify_chunk(items[:half])
+    return mine + other.result()
+
+
+def _verify_chunk(items: Sequence[tuple[int, SignedPunch, VerifyKey]]
+                  ) -> list[tuple[str, str] | None]:
+    out: list[tuple[str, str] | None] = []
+    for _, signed, key in items:
+        # (6) signature over b"timeclock/punch/v1\n" + canonical(punch), under that key.
+        try:
+            signed.verify(key)
+        except SignatureError as e:
+            out.append(("bad-signature", str(e)))
+            continue
+        except WireError as e:  # key id mismatch: the registry returned another key
+            out.append(("bad-signature", str(e)))
+            continue
+        out.append(None)
+    return out
+
+
+def _frame(topic: str, topic_device: str | None, payload: bytes,
+           max_bytes: int) -> Sequence[SignedPunch | tuple[bytes, str]]:
+    """Steps (1)-(3); raise _FramingError to reject the whole message."""
+    # (1) size: before parsing anything, so a huge payload costs nothing.
+    if len(payload) > max_bytes:
+        raise _FramingError("oversized", f"payload is {len(payload)} bytes, limit {max_bytes}")
+    # (2) strict decode.
+    items: Sequence[SignedPunch | tuple[bytes, str]]
+    try:
+        env = Envelope.from_bytes(payload, max_bytes=max_bytes)
+        device, items = env.device, env.punches
+    except DecodeError as e:  # OversizeError cannot happen: (1) bounds the size
+        salvaged = _salvage(payload)
+        if salvaged is None:
+            raise _FramingError("malformed", str(e)) from e
+        device, items = salvaged
+    # (3) topic device == payload device == every punch's device.
+    if topic_device is None:
+        raise _FramingError("bad-topic", f"topic {topic[:120]!r} is not a device punches topic")
+    if device != topic_device:
+        raise _FramingError("device-mismatch", f"payload device {device!r} published on the "
+                                               f"topic of {topic_device!r}")
+    for item in items:
+        claimed = (item.punch.device if isinstance(item, SignedPunch)
+                   else _claimed_device(loads(item[0])))
+        if claimed is not None and claimed != topic_device:
+            raise _FramingError("device-mismatch", f"a punch names device {claimed!r} on the "
+                                                   f"topic of {topic_device!r}")
+    return items
+
+
+def _reject(signed: SignedPunch, topic: str, received_at: int, reason: str,
+            detail: str) -> RejectionFact:
+    p = signed.punch
+    return RejectionFact(reason=reason, detail=f"seq {p.seq}: {detail}"[:500], topic=topic,
+                         raw=signed.to_bytes(), received_at=received_at, device=p.device)
+
+
+def _lookup_key(signed: SignedPunch, topic: str, received_at: int,
+                registry: RegistryView) -> VerifyKey | RejectionFact:
+    """Steps (4)-(5): the key that must have signed this punch, or its rejection."""
+    p = signed.punch
+    # (4) device known and active; (5) key registered, active, valid from that seq.
+    try:
+        return registry.key_for(p.device, p.key, p.seq)
+    except RegistryError as e:
+        return _reject(signed, topic, received_at, registry_reason(e), str(e))
+

@@ -1,0 +1,1 @@
+"""What HR and payroll read: corrections (propose, approve) and exports."""

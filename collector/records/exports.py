@@ -1,0 +1,213 @@
+"""Exports from a ledger store: the audit bundle (DESIGN.md §6) and payroll extracts.
+
+Both stream: entries and punches are read a page (or a server-side cursor batch) at a time
+and written as they come; nothing is materialised. Both are bounded by the ledger size at the
+start of the export, so a concurrent append never makes a file disagree with its own header.
+
+A payroll extract is evidence an auditor can test (AT-C 205.36): it names its query, its
+ledger snapshot (size and head), the latest signed checkpoint and how many rows it covers,
+and ends with the row count and each device's seq range.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from collector import CollectorError
+from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
+from wire.bundle import write_bundle
+from wire.errors import WireError
+from wire.keys import VerifyKey
+from wire.ledger import SignedCheckpoint
+
+if TYPE_CHECKING:
+    from collector.records.corrections import Applied
+
+FORMATS = ("csv", "ndjson")
+COLUMNS = ("device", "site", "seq", "credential", "action", "device_time", "device_time_us",
+           "clock", "recorded_at", "recorded_at_us", "ledger_idx", "entry_hash")
+EXTRA_COLUMNS = ("reader", "key", "effective_action", "effective_device_time",
+                 "effective_device_time_us", "correction_idx")
+PUNCH_COLUMNS = (*COLUMNS, *EXTRA_COLUMNS)
+CORRECTIONS_NOTE = ("original values in action/device_time; effective_* hold the values after "
+                    "approved corrections, correction_idx their ledger entries (the punch "
+                    "entry itself is ledger_idx)")
+Fixed = Mapping[tuple[str, int], Mapping[str, "Applied"]]
+
+
+class ExportError(CollectorError):
+    """An export could not be written (bad query, existing bundle, I/O error)."""
+
+
+def parse_time(text: str) -> int:
+    """µs since the epoch from an integer or an ISO 8601 time with a UTC offset (or ``Z``)."""
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as e:
+        raise ExportError(f"{text!r} is neither µs since the epoch nor an ISO 8601 time") from e
+    if dt.tzinfo is None:
+        raise ExportError(f"{text!r} has no UTC offset; add Z or +hh:mm (payroll spans "
+                          f"time zones and DST changes)")
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def iso(us: int) -> str:
+    secs, frac = divmod(us, 1_000_000)
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:06d}Z"
+
+
+class _Iso:
+    """``exports.iso`` with the per-second prefix memoised (it dominates a stream's
+    cost otherwise: device and ledger times of neighbouring rows share their second)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, us: int) -> str:
+        sec, frac = divmod(us, 1_000_000)
+        prefix = self._cache.get(sec)
+        if prefix is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            prefix = self._cache[sec] = iso(sec * 1_000_000)[:-8]
+        return f"{prefix}.{frac:06d}Z"
+
+
+_iso = _Iso()
+encode_item = json.JSONEncoder(ensure_ascii=False).encode   # keys are built in sorted order
+
+
+def punch_item(r: PunchRow, fixed: Mapping[str, Applied] | None) -> dict[str, Any]:
+    """A punch as the API shows it: the columns of collector.records.exports (original values) plus
+    reader, key, its corrections and the effective values. Keys in sorted order."""
+    device_time = _iso(r.ts)
+    if fixed:
+        ts = fixed["ts"].value if "ts" in fixed else r.ts
+        effective = {"action": fixed["action"].value if "action" in fixed else r.action,
+                     "device_time": _iso(ts), "device_time_us": ts}
+        corrections = {f: a.to_dict() for f, a in sorted(fixed.items())}
+    else:
+        effective = {"action": r.action, "device_time": device_time, "device_time_us": r.ts}
+        corrections = {}
+    return {"action": r.action, "clock": r.clock, "corrections": corrections,
+            "credential": r.credential, "device": r.device, "device_time": device_time,
+            "device_time_us": r.ts, "effective": effective, "entry_hash": r.entry_hash,
+            "key": r.key_id, "ledger_idx": r.idx, "reader": r.reader,
+            "recorded_at": _iso(r.at), "recorded_at_us": r.at, "seq": r.seq, "site": r.site}
+
+
+def csv_values(item: dict[str, Any]) -> list[Any]:
+    eff = item["effective"]
+    idxs = ";".join(str(c["correction_idx"]) for c in item["corrections"].values())
+    flat = {**item, "effective_action": eff["action"],
+            "effective_device_time": eff["device_time"],
+            "effective_device_time_us": eff["device_time_us"], "correction_idx": idxs}
+    return [flat[c] for c in PUNCH_COLUMNS]
+
+
+@dataclass
+class ExportSummary:
+    query: PunchQuery
+    size: int                                  # ledger size the export is bounded by
+    head: str
+    checkpoint: SignedCheckpoint | None        # latest checkpoint within the snapshot
+    rows: int = 0
+    uncovered: int = 0                         # rows beyond the checkpoint (not yet signed)
+    seq_ranges: dict[str, list[int]] = field(default_factory=dict)   # device -> [min, max]
+
+    def header(self, *, generated_at: int, fmt: str) -> dict[str, Any]:
+        cp = self.checkpoint
+        return {
+            "export": "timeclock payroll v1", "format": fmt, "generated_at": iso(generated_at),
+            "query": {"since": self.query.since, "until": self.query.until,
+                      "site": self.query.site, "device": self.query.device,
+                      "time": "device time (ts), since inclusive, until exclusive",
+                      "order": "device time, device, seq"},
+            "ledger": {"size": self.size, "head": self.head},
+            "checkpoint": None if cp is None else cp.to_dict(),
+            "columns": list(PUNCH_COLUMNS),
+            "corrections": CORRECTIONS_NOTE,
+        }
+
+    def trailer(self) -> dict[str, Any]:
+        cp_size = 0 if self.checkpoint is None else self.checkpoint.checkpoint.size
+        return {"rows": self.rows, "covered_by_checkpoint": self.rows - self.uncovered,
+                "checkpoint_size": cp_size, "uncovered": self.uncovered,
+                "seq_ranges": {d: r for d, r in sorted(self.seq_ranges.items())}}
+
+
+def latest_checkpoint(store: SQLStore, size: int) -> SignedCheckpoint | None:
+    cps = [c for c in store.checkpoints() if c.checkpoint.size <= size]
+    return max(cps, key=lambda c: (c.checkpoint.size, c.checkpoint.at), default=None)
+
+
+def snapshot_rows(store: SQLStore, summary: ExportSummary) -> Iterator[PunchRow]:
+    """The punches of ``summary.query`` recorded within the snapshot (idx < size), counting
+    rows, rows beyond the checkpoint and each device's seq range into ``summary``."""
+    cp_size = 0 if summary.checkpoint is None else summary.checkpoint.checkpoint.size
+    for r in store.punch_rows(summary.query):
+        if r.idx >= summary.size:
+            continue        # appended after the snapshot: belongs to the next export
+        summary.rows += 1
+        if r.idx >= cp_size:
+            summary.uncovered += 1
+        rng = summary.seq_ranges.setdefault(r.device, [r.seq, r.seq])
+        rng[0], rng[1] = min(rng[0], r.seq), max(rng[1], r.seq)
+        yield r
+
+
+def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
+                   now_us: int, corrections: Fixed | None = None) -> ExportSummary:
+    """Write one row per recorded punch matching ``query`` to ``out`` as CSV or NDJSON.
+
+    Each row shows the original values and, beside them, the effective values after the
+    approved ``corrections`` with the ledger idx of each correction entry (the same
+    representation as the API's payroll export).
+    CSV: ``#`` comment lines carry the header and trailer (as JSON), then a column row.
+    NDJSON: a ``{"header":…}`` line, one object per punch, a ``{"trailer":…}`` line.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
+    size, head = store.head()
+    summary = ExportSummary(query, size, head, latest_checkpoint(store, size))
+    header = summary.header(generated_at=now_us, fmt=fmt)
+    writer: Any = None
+    if fmt == "csv":
+        out.write("# " + json.dumps({"header": header}, sort_keys=True) + "\n")
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(PUNCH_COLUMNS)
+    else:
+        out.write(json.dumps({"header": header}, sort_keys=True) + "\n")
+    for r in snapshot_rows(store, summary):
+        item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None)
+        if writer is not None:
+            writer.writerow(csv_values(item))
+        else:
+            out.write(encode_item(item) + "\n")
+    trailer = summary.trailer()
+    if fmt == "csv":
+        out.write("# " + json.dumps({"trailer": trailer}, sort_keys=True) + "\n")
+    else:
+        out.write(json.dumps({"trailer": trailer}, sort_keys=True) + "\n")
+    return summary
+
+
+def export_bundle(store: SQLStore, directory: Path, log_keys: Iterable[VerifyKey]) -> int:
+    """Write the audit bundle of the whole ledger into ``directory``; returns entries written."""
+    size, _ = store.head()
+    cps = [c for c in store.checkpoints() if c.checkpoint.size <= size]
+    entries = ((se.entry, se.hash, se.body) for se in store.entries(0, size))
+    try:
+        return write_bundle(directory, entries, cps, log_keys)
+    except WireError as e:
+        raise ExportError(f"audit bundle: {e}") from e

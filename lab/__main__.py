@@ -1,0 +1,7 @@
+"""``python -m lab``: the demo site."""
+
+import sys
+
+from lab.cli import main
+
+sys.exit(main())
