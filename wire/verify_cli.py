@@ -14,6 +14,7 @@ from pathlib import Path
 
 from wire.audit import Check
 from wire.bundle import BundleAudit, BundleError, audit_bundle, dumps_report
+from wire.cli import run_command
 from wire.errors import WireError
 from wire.keys import VerifyKey
 
@@ -103,11 +104,12 @@ def _print_human(audit: BundleAudit, bundle: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        audit = audit_bundle(args.bundle, pinned=_pinned(args.collector_key))
-    except BundleError as e:
-        print(f"timeclock-verify: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command("timeclock-verify", lambda: _verify(args), (BundleError,))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    # A bundle that cannot be read at all is BundleError: exit 2 (EXIT_USAGE) via run_command.
+    audit = audit_bundle(args.bundle, pinned=_pinned(args.collector_key))
     if args.json:
         if not audit.pinned:
             print("WARNING: the collector key was NOT pinned out of band (--collector-key)",

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
 from collector import CollectorError
+from wire.cli import run_command, setup_logging
 
 EPILOG = """\
 a site in a few commands (each has --help with examples; docs/operations.md walks through it):
@@ -46,18 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        rc: int = args.func(args)
-    except CollectorError as e:
-        print(f"timeclock-collector: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return rc
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    return run_command("timeclock-collector", lambda: int(args.func(args)), (CollectorError,))
 
 
 if __name__ == "__main__":
