@@ -12,11 +12,11 @@ because ``finish`` raises.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from agent.errors import ConfigError
 from agent.readers.base import CommonOptions
+from wire.config import Section
 from wire.fields import DEVICE_ID_RE
 from wire.punch import ACTIONS
 
@@ -26,124 +26,63 @@ ID_RE = re.compile(r"^[0-9A-Za-z]{1,64}$")    # the part after it
 
 
 class SectionParser:
-    """Typed getters over one reader section that accumulate problems."""
+    """Typed getters over one reader section that accumulate problems.
+
+    The checks and their wording are :class:`wire.config.Section`'s (the project's one
+    config-section reader); this adds the reader conventions: a getter that found a problem
+    returns a placeholder ("" or 0), and :meth:`finish` raises.
+    """
 
     def __init__(self, name: str, section: object) -> None:
         self.name = name
         self.prefix = f"readers.{name}"
         self.problems: list[str] = []
-        self._used: set[str] = set()
         if not DEVICE_ID_RE.fullmatch(name):
             self.problems.append(f"{self.prefix}: reader name must match {DEVICE_ID_RE.pattern} "
                                  "(lowercase letters, digits and inner dashes)")
-        self._section: Mapping[str, Any] = {}
-        if isinstance(section, Mapping):
-            self._section = section
-        else:  # TOML gave a scalar where a table belongs
-            self.problems.append(f"{self.prefix}: expected a table, got {type(section).__name__}")
+        self._s = Section(self.prefix, section, self.problems)
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.prefix}.{key}: {message}")
+        self._s.problem(key, message)
 
     def has(self, key: str) -> bool:
-        return key in self._section
+        return self._s.has(key)
 
     def _get(self, key: str) -> Any:
-        self._used.add(key)
-        return self._section.get(key)
+        return self._s.raw(key)
 
     # ---- getters --------------------------------------------------------------------------
 
     def string(self, key: str, default: str | None = None, *,
                pattern: re.Pattern[str] | None = None, hint: str = "") -> str:
         """A string; required when ``default`` is None."""
-        v = self._get(key)
-        if v is None:
-            if default is None:
-                self.problem(key, "required" + (f" ({hint})" if hint else ""))
-                return ""
-            return default
-        if not isinstance(v, str):
-            self.problem(key, f"expected a string, got {type(v).__name__}")
-            return default or ""
-        if pattern is not None and not pattern.fullmatch(v):
-            self.problem(key, f"{v[:60]!r} must match {pattern.pattern}"
-                         + (f" ({hint})" if hint else ""))
-            return default or ""
-        return v
+        v = self._s.string(key, default, required=default is None, pattern=pattern, hint=hint)
+        return "" if v is None else v
 
     def optional_string(self, key: str, *, pattern: re.Pattern[str] | None = None,
                         hint: str = "") -> str | None:
-        if self._section.get(key) is None:
-            self._used.add(key)
-            return None
-        return self.string(key, "", pattern=pattern, hint=hint) or None
+        return self._s.string(key, None, pattern=pattern, hint=hint)
 
     def choice(self, key: str, default: str, choices: frozenset[str]) -> str:
-        v = self.string(key, default)
-        if v not in choices:
-            self.problem(key, f"{v[:40]!r} is not one of {', '.join(sorted(choices))}")
-            return default
-        return v
+        return self._s.choice(key, default, choices)
 
     def integer(self, key: str, default: int | None = None, *, minimum: int | None = None,
                 maximum: int | None = None) -> int:
         """An integer; required when ``default`` is None."""
-        v = self._get(key)
-        if v is None:
-            if default is None:
-                self.problem(key, "required")
-                return 0
-            return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.problem(key, f"expected an integer, got {type(v).__name__}")
-            return default or 0
-        return int(self._bounded(key, v, default or 0, minimum, maximum))
+        v = self._s.integer(key, default, lo=minimum, hi=maximum, required=default is None)
+        return 0 if v is None else v
 
     def number(self, key: str, default: float, *, minimum: float | None = None,
                maximum: float | None = None) -> float:
         """An int or float (TOML ``3`` and ``3.0`` both mean 3 seconds)."""
-        v = self._get(key)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            self.problem(key, f"expected a number, got {type(v).__name__}")
-            return default
-        return float(self._bounded(key, v, default, minimum, maximum))
-
-    def _bounded(self, key: str, v: Any, fallback: Any, minimum: float | None,
-                 maximum: float | None) -> Any:
-        if minimum is not None and v < minimum:
-            self.problem(key, f"must be ≥ {minimum:g}, got {v}")
-            return fallback
-        if maximum is not None and v > maximum:
-            self.problem(key, f"must be ≤ {maximum:g}, got {v}")
-            return fallback
-        return v
+        v = self._s.number(key, default, lo=minimum, hi=maximum)
+        return default if v is None else v
 
     def string_list(self, key: str, *, pattern: re.Pattern[str] | None = None,
                     max_items: int = 10_000) -> list[str]:
         """A required, non-empty list of strings; each bad item is its own problem."""
-        v = self._get(key)
-        if v is None:
-            self.problem(key, "required (a non-empty list of strings)")
-            return []
-        if not isinstance(v, list) or not v:
-            self.problem(key, "expected a non-empty list of strings")
-            return []
-        if len(v) > max_items:
-            self.problem(key, f"at most {max_items} items, got {len(v)}")
-            return []
-        out: list[str] = []
-        for i, item in enumerate(v):
-            if not isinstance(item, str):
-                self.problems.append(f"{self.prefix}.{key}[{i}]: expected a string, "
-                                     f"got {type(item).__name__}")
-            elif pattern is not None and not pattern.fullmatch(item):
-                self.problems.append(f"{self.prefix}.{key}[{i}]: must match {pattern.pattern}")
-            else:
-                out.append(item)
-        return out
+        return self._s.string_list(key, pattern=pattern, required=True,
+                                   max_items=max_items) or []
 
     # ---- the keys every kind shares ------------------------------------------------------
 
@@ -162,7 +101,6 @@ class SectionParser:
 
     def finish(self) -> None:
         """Add unknown keys as problems; raise :class:`ConfigError` if there are any."""
-        for key in sorted(set(self._section) - self._used):
-            self.problem(key, "unknown key")
+        self._s.finish()
         if self.problems:
             raise ConfigError(self.problems)

@@ -133,13 +133,14 @@ def test_config_errors_are_listed_all_at_once_with_key_paths() -> None:
         "readers.Front: reader name must match ^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$ "
         "(lowercase letters, digits and inner dashes)",
         "readers.Front.action: 'lunch' is not one of break-end, break-start, in, out, punch",
-        "readers.Front.debounce_s: must be ≥ 0, got -1",
+        "readers.Front.debounce_s: must be between 0 and 3600, got -1",
         "readers.Front.reopen_min_s: expected a number, got str",
         "readers.Front.port: required (e.g. /dev/serial0 or /dev/timeclock/<name>)",
         "readers.Front.baud: 9601 is not one of 1200, 2400, 4800, 9600, 19200, 38400, 57600, "
         "115200, 230400",
         "readers.Front.frame_timeout_s: expected a number, got bool",
-        "readers.Front.colour: unknown key",
+        "readers.Front.colour: unknown key (allowed: action, baud, debounce_s, "
+        "frame_timeout_s, kind, port, reopen_max_s, reopen_min_s)",
     ]
     assert str(info.value).startswith("invalid configuration:\n  readers.Front: ")
 

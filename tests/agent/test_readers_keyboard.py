@@ -176,8 +176,9 @@ def test_config_by_path_defaults() -> None:
       "inter_key_timeout_s": 0, "grab": False},
      ["readers.wedge.path: give either path or vendor_product/name, not both",
       "readers.wedge.format: 'EM' must match ^[a-z0-9]{1,16}$",
-      "readers.wedge.inter_key_timeout_s: must be ≥ 0.01, got 0",
-      "readers.wedge.grab: unknown key"]),
+      "readers.wedge.inter_key_timeout_s: must be between 0.01 and 10, got 0",
+      "readers.wedge.grab: unknown key (allowed: action, debounce_s, format, "
+      "inter_key_timeout_s, kind, name, path, reopen_max_s, reopen_min_s, vendor_product)"]),
     ({"vendor_product": "ffff-0035", "name": 3},
      ["readers.wedge.vendor_product: 'ffff-0035' must match ^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$ "
       "(USB ids in hex, \"vendor:product\", as lsusb prints them)",

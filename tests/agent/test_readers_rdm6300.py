@@ -100,7 +100,8 @@ def test_config_every_problem_at_once() -> None:
     assert info.value.problems == [
         "readers.front.port: expected a string, got int",
         "readers.front.baud: expected an integer, got str",
-        "readers.front.parity: unknown key",
+        "readers.front.parity: unknown key (allowed: action, baud, debounce_s, "
+        "frame_timeout_s, kind, port, reopen_max_s, reopen_min_s)",
     ]
 
 

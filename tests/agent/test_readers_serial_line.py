@@ -112,14 +112,14 @@ def test_config_every_problem_at_once() -> None:
     assert info.value.problems == [
         "readers.door.debounce_s: expected a number, got str",
         "readers.door.port: required (e.g. /dev/ttyUSB0 or /dev/timeclock/<name>)",
-        "readers.door.bytesize: must be ≤ 8, got 9",
+        "readers.door.bytesize: must be between 5 and 8, got 9",
         "readers.door.parity: 'X' is not one of E, M, N, O, S",
         "readers.door.stopbits: must be 1, 1.5 or 2, got 3",
         "readers.door.format: 'Wiegand-26' must match ^[a-z0-9]{1,16}$ "
         '(the credential prefix, e.g. "wiegand26")',
         "readers.door.regex: required (a regex with one group capturing the id)",
-        "readers.door.max_line_bytes: must be ≥ 1, got 0",
-        "readers.door.line_timeout_s: must be ≥ 0.05, got 0",
+        "readers.door.max_line_bytes: must be between 1 and 4096, got 0",
+        "readers.door.line_timeout_s: must be between 0.05 and 60, got 0",
     ]
 
 

@@ -75,7 +75,7 @@ def test_config_every_problem_at_once() -> None:
     assert info.value.problems == [
         "readers.demo.credentials[1]: must match ^[0-9A-Za-z]{1,64}$",
         "readers.demo.credentials[2]: expected a string, got int",
-        "readers.demo.interval_s: must be ≥ 0.001, got 0",
+        "readers.demo.interval_s: must be between 0.001 and 86400, got 0",
         "readers.demo.count: must be ≥ 0, got -1",
         "readers.demo.format: 'SIM' must match ^[a-z0-9]{1,16}$",
         "readers.demo.jitter_s: must be ≤ interval_s (5)",
