@@ -12,8 +12,10 @@ Checks, numbered as in docs/protocol.md:
   (3) prev: ``prev`` is the hash of the previous entry (64 zeros at idx 0).
   (4) body: body bytes hash to ``entry.body`` and are canonical JSON; a missing body is allowed
       only where a LATER ``retention`` entry lists its idx, and never for ``device``/``retention``.
-  (5) fact: each body decodes for its kind; a punch verifies under a key that an EARLIER
-      ``device`` entry registered for its device, valid for its seq and not revoked.
+  (5) fact: each body parses for its kind (wire.bodies: the rule the store applies on append,
+      so both refuse the same bodies with the same message); a punch verifies under a key
+      that an EARLIER ``device`` entry registered for its device, valid for its seq and not
+      revoked.
   (6) device-chain: per device, by seq (not ledger position): a seq recorded twice or a ``prev``
       that does not link is tampering; a missing seq is a finding (not tampering).
   (7) checkpoint: signed by a trusted log key, size ≤ entries, head = hash of entry size-1.
@@ -33,9 +35,18 @@ from enum import StrEnum
 from typing import Any
 
 from wire import ZERO_HASH
+from wire.bodies import (
+    UNDELETABLE_KINDS,
+    Access,
+    BodyError,
+    Correction,
+    DeviceEvent,
+    Rejection,
+    Retention,
+    parse_body,
+)
 from wire.canonical import canonical, loads
 from wire.errors import DecodeError, WireError
-from wire.fields import DEVICE_ID_RE, HASH_RE, KEY_ID_RE, get_choice, get_int, get_str
 from wire.keys import VerifyKey
 from wire.ledger import Checkpoint, Entry, SignedCheckpoint, body_hash, verify_link
 from wire.punch import Punch, SignedPunch
@@ -46,9 +57,6 @@ MAX_FINDINGS = 10_000
 MAX_GAP_LOOKUPS = 10_000
 """In a resumed audit, seqs of one gap looked up in the prior store before giving up."""
 
-DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked"})
-# Kinds whose bodies are needed to verify the rest of the ledger: retention never deletes them.
-UNDELETABLE_KINDS = frozenset({"device", "retention"})
 
 
 class Check(StrEnum):
@@ -227,16 +235,6 @@ class _DeviceChain:
             if start > expected:
                 yield expected, start - 1, self.bottom[start][1]
             expected = end + 1
-
-
-def _require(value: Any, what: str, required: Iterable[str]) -> Mapping[str, Any]:
-    """An object holding at least ``required``; other fields are informational (allowed)."""
-    if not isinstance(value, dict):
-        raise DecodeError(f"{what}: expected a JSON object")
-    missing = sorted(set(required) - set(value))
-    if missing:
-        raise DecodeError(f"{what}: missing field(s) {', '.join(missing)}", field=missing[0])
-    return value
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -437,10 +435,16 @@ class LedgerAuditor:
         value = self._body(entry, body, decoded)
         if value is None:
             return
-        # (5) the fact, per kind
+        # (5) the fact, per kind: the body parses as the store parses it on append (one
+        # rule, wire.bodies), then it is checked against the ledger before it
+        try:
+            fact = parse_body(entry.kind, value, idx=idx)
+        except BodyError as e:
+            self._add(idx, Check.FACT, str(e))
+            return
         try:
             handler = getattr(self, f"_fact_{entry.kind}")
-            handler(idx, value)
+            handler(idx, fact)
         except WireError as e:
             self._add(idx, Check.FACT, f"{entry.kind} body: {e}")
 
@@ -494,8 +498,7 @@ class LedgerAuditor:
 
     # -- (5) facts ---------------------------------------------------------------------------
 
-    def _fact_punch(self, idx: int, value: Any) -> None:
-        sp = SignedPunch.from_dict(value)
+    def _fact_punch(self, idx: int, sp: SignedPunch) -> None:
         p = sp.punch
         keys = self._keys.get(p.device)
         if not keys:
@@ -518,95 +521,49 @@ class LedgerAuditor:
             return
         self._chain(idx, p)
 
-    def _fact_device(self, idx: int, value: Any) -> None:
-        obj = _require(value, "device body", ("event", "device"))
-        event = get_choice(obj, "event", DEVICE_EVENTS)
-        device = get_str(obj, "device", DEVICE_ID_RE)
+    def _fact_device(self, idx: int, ev: DeviceEvent) -> None:
+        device = ev.device
         keys = self._keys.get(device, [])
-        if event != "enrolled" and not keys:
-            raise DecodeError(f"{event} {device}, which was never enrolled")
-        if event == "revoked":
-            self._revoke(idx, obj, device, keys)
+        if ev.event != "enrolled" and not keys:
+            raise DecodeError(f"{ev.event} {device}, which was never enrolled")
+        if ev.event == "revoked":
+            self._revoke(idx, ev, keys)
             return
-        if event == "enrolled":
-            _require(obj, "enrolled device body", ("key", "signing_key", "site"))
-            get_str(obj, "site")
-            from_seq = get_int(obj, "from_seq", minimum=1) if "from_seq" in obj else 1
-        else:
-            _require(obj, "rotated device body", ("key", "signing_key", "from_seq"))
-            from_seq = get_int(obj, "from_seq", minimum=1)
-        kid = get_str(obj, "key", KEY_ID_RE)
-        vk = VerifyKey.from_b64(get_str(obj, "signing_key"))
-        if vk.key_id != kid:
-            raise DecodeError(f"key {kid} is not the key id of signing_key ({vk.key_id})",
-                              field="key")
-        owner = self._key_owner.get(kid)
+        if ev.key is None or ev.signing_key is None or ev.from_seq is None:
+            raise DecodeError(f"{ev.event} {device} registers no key")   # parse_device sets them
+        owner = self._key_owner.get(ev.key)
         if owner is not None:       # keys are generated on one device and never leave it
-            raise DecodeError(f"key {kid} is already registered for {owner}", field="key")
+            raise DecodeError(f"key {ev.key} is already registered for {owner}", field="key")
         for k in keys:      # older keys stay valid below from_seq only
-            if k.until_seq is None or k.until_seq > from_seq:
-                k.until_seq = max(from_seq, k.from_seq)
+            if k.until_seq is None or k.until_seq > ev.from_seq:
+                k.until_seq = max(ev.from_seq, k.from_seq)
         self._keys.setdefault(device, []).append(
-            KeyState(device, kid, vk, from_seq=from_seq, registered_idx=idx))
-        self._key_owner[kid] = device
+            KeyState(device, ev.key, ev.signing_key, from_seq=ev.from_seq, registered_idx=idx))
+        self._key_owner[ev.key] = device
 
     @staticmethod
-    def _revoke(idx: int, obj: Mapping[str, Any], device: str, keys: list[KeyState]) -> None:
+    def _revoke(idx: int, ev: DeviceEvent, keys: list[KeyState]) -> None:
         """Revoke one key (``key`` given) or every key of the device, from this idx on."""
-        _require(obj, "revoked device body", ("reason",))
-        get_str(obj, "reason")
         targets = keys
-        if obj.get("key") is not None:
-            kid = get_str(obj, "key", KEY_ID_RE)
-            targets = [k for k in keys if k.key_id == kid]
+        if ev.key is not None:
+            targets = [k for k in keys if k.key_id == ev.key]
             if not targets:
-                raise DecodeError(f"revokes key {kid}, which is not a key of {device}")
+                raise DecodeError(f"revokes key {ev.key}, which is not a key of {ev.device}")
         for k in targets:
             if k.revoked_at_idx is None:
                 k.revoked_at_idx = idx
 
-    def _fact_rejection(self, idx: int, value: Any) -> None:
-        obj = _require(value, "rejection body", ("reason", "topic", "raw_sha256", "received_at"))
-        get_str(obj, "reason")
-        get_str(obj, "topic")
-        get_str(obj, "raw_sha256", HASH_RE)
-        get_int(obj, "received_at", minimum=0)
-        if "detail" in obj:
-            get_str(obj, "detail")
-        if obj.get("device") is not None:
-            get_str(obj, "device", DEVICE_ID_RE)
+    def _fact_rejection(self, idx: int, rejection: Rejection) -> None:
+        """Nothing beyond the parse: the raw bytes are in quarantine, not in the bundle."""
 
-    def _fact_retention(self, idx: int, value: Any) -> None:
-        obj = _require(value, "retention body", ("policy", "deleted", "count"))
-        get_str(obj, "policy")
-        count = get_int(obj, "count", minimum=0)
-        ranges = obj["deleted"]
-        if not isinstance(ranges, list):
-            raise DecodeError("deleted: expected an array of [first_idx,last_idx]")
-        parsed: list[tuple[int, int]] = []
-        for r in ranges:
-            if (not isinstance(r, list) or len(r) != 2
-                    or any(not isinstance(x, int) or isinstance(x, bool) for x in r)):
-                raise DecodeError("deleted: each range is [first_idx,last_idx] integers")
-            a, b = r
-            if not 0 <= a <= b < idx:
-                raise DecodeError(f"deleted: range [{a},{b}] is not below this entry's idx")
-            if parsed and a <= parsed[-1][1]:
-                raise DecodeError("deleted: ranges must be sorted and disjoint")
-            parsed.append((a, b))
-        span = sum(b - a + 1 for a, b in parsed)
-        if count > span:
-            raise DecodeError(f"count {count} exceeds the {span} idx the ranges cover")
-        self._state.retained.extend(parsed)
+    def _fact_retention(self, idx: int, retention: Retention) -> None:
+        self._state.retained.extend(retention.deleted)
 
-    def _fact_access(self, idx: int, value: Any) -> None:
-        _require(value, "access body", ())
+    def _fact_access(self, idx: int, access: Access) -> None:
+        """Informational for the verifier (protocol §7.2)."""
 
-    def _fact_correction(self, idx: int, value: Any) -> None:
-        obj = _require(value, "correction body", ("original_idx",))
-        original = get_int(obj, "original_idx", minimum=0)
-        if original >= idx:
-            raise DecodeError(f"original_idx {original} is not an earlier entry")
+    def _fact_correction(self, idx: int, correction: Correction) -> None:
+        original = correction.original_idx
         if self._is_punch(original) is False:
             raise DecodeError(f"original_idx {original} is not a punch entry")
 

@@ -36,10 +36,9 @@ from collector.ledger.base import (
     StoredEntry,
 )
 from wire import ZERO_HASH
+from wire.bodies import Body, BodyError, DeviceEvent, Retention, parse_body
 from wire.canonical import canonical
 from wire.errors import WireError
-from wire.fields import DEVICE_ID_RE, KEY_ID_RE
-from wire.keys import VerifyKey
 from wire.ledger import Entry, SignedCheckpoint, body_hash, make_entry
 
 PAGE = 1000
@@ -48,7 +47,9 @@ _RAW_PAGE = ("SELECT e.idx, e.kind, e.at, e.body, e.prev, e.hash, b.body FROM en
 _PAYROLL = ("SELECT p.device, p.site, p.seq, p.credential, p.action, p.ts, p.clock, p.reader, "
             "p.key_id, e.at, p.idx, e.hash FROM punches p JOIN entries e ON e.idx = p.idx"
             "{where} ORDER BY p.ts, p.device, p.seq")
-DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked"})
+# Kinds appended through their own fact type (PunchFact, RejectionFact), never as EventFact:
+# a punch must pass the registry re-check, a rejection keeps its raw bytes in quarantine.
+_OWN_FACT_KINDS = frozenset({"punch", "rejection"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,53 +114,15 @@ def to_bytes(v: Any) -> bytes | None:
     return bytes(v)
 
 
-def _str(body: dict[str, Any], key: str) -> str:
-    v = body.get(key)
-    if not isinstance(v, str):
-        raise RegistryError(f"device event: {key!r} must be a string")
-    return v
-
-
-def check_device_event(body: dict[str, Any]) -> str:
-    """Shape of a ``device`` body (DESIGN.md §6); returns the event name."""
-    event = body.get("event")
-    if event not in DEVICE_EVENTS:
-        raise RegistryError(f"device event: 'event' must be one of {sorted(DEVICE_EVENTS)}")
-    if not DEVICE_ID_RE.fullmatch(_str(body, "device")):
-        raise RegistryError(f"device event: {body['device']!r} is not a device id")
-    if event in ("enrolled", "rotated"):
-        try:
-            vk = VerifyKey.from_b64(_str(body, "signing_key"))
-        except WireError as e:
-            raise RegistryError(f"device event: signing_key: {e}") from e
-        if _str(body, "key") != vk.key_id:
-            raise RegistryError("device event: key is not the key id of signing_key")
-    if event == "enrolled":
-        _str(body, "site")
-    if event == "rotated":
-        fs = body.get("from_seq")
-        if not isinstance(fs, int) or isinstance(fs, bool) or fs < 1:
-            raise RegistryError("device event: from_seq must be an integer ≥ 1")
-    if event == "revoked":
-        _str(body, "reason")
-        if "key" in body and not KEY_ID_RE.fullmatch(_str(body, "key")):
-            raise RegistryError("device event: key must be a key id")
-    return str(event)
-
-
-def retention_ranges(body: dict[str, Any], idx: int) -> list[tuple[int, int]]:
-    deleted = body.get("deleted")
-    if not isinstance(deleted, list):
-        raise LedgerError("retention entry: 'deleted' must be a list of [first, last] ranges")
-    out: list[tuple[int, int]] = []
-    for r in deleted:
-        ok = (isinstance(r, list) and len(r) == 2
-              and all(isinstance(x, int) and not isinstance(x, bool) for x in r))
-        if not ok or not 0 <= r[0] <= r[1] < idx:
-            raise LedgerError(f"retention entry: range {r!r} must be [first, last] with "
-                              f"0 ≤ first ≤ last < {idx}")
-        out.append((r[0], r[1]))
-    return out
+def checked_body(kind: str, body: dict[str, Any], *, idx: int) -> Body:
+    """The body of a ``kind`` entry about to be appended at ``idx``, parsed by the rule the
+    auditor applies (wire.bodies), so the store never records a body that verify would
+    report; a bad ``device`` body is a RegistryError, any other a LedgerError, with the
+    auditor's message."""
+    try:
+        return parse_body(kind, body, idx=idx)
+    except BodyError as e:
+        raise (RegistryError if kind == "device" else LedgerError)(str(e)) from e
 
 
 class SQLStore(LedgerStore):
@@ -386,6 +349,7 @@ class _Append:
                                 "received_at": received_at, "detail": detail}
         if device is not None:
             body["device"] = device
+        checked_body("rejection", body, idx=self.size)
         idx = self._entry("rejection", canonical(body))
         self.quarantine.append((idx, received_at, topic, reason, detail, device, raw, raw_sha,
                                 len(raw)))
@@ -484,17 +448,19 @@ class _Append:
             body = canonical(f.body)
         except WireError as e:
             raise LedgerError(f"{f.kind} entry: body is not canonical JSON: {e}") from e
-        if f.kind == "device":
-            check_device_event(f.body)
+        if f.kind in _OWN_FACT_KINDS:
+            raise LedgerError(f"a {f.kind} entry is appended as a {f.kind.capitalize()}Fact, "
+                              f"not as an EventFact")
+        fact = checked_body(f.kind, f.body, idx=self.size)
         idx = self._entry(f.kind, body)
-        if f.kind == "device":
-            self._apply_device(f.body, idx)
-        elif f.kind == "retention":
-            self.retained.extend((idx, a, b) for a, b in retention_ranges(f.body, idx))
+        if isinstance(fact, DeviceEvent):
+            self._apply_device(f.body, idx, fact)
+        elif isinstance(fact, Retention):
+            self.retained.extend((idx, a, b) for a, b in fact.deleted)
         return AppendResult(Outcome.APPENDED, idx, f.body.get("device") if isinstance(
             f.body.get("device"), str) else None)
 
-    def _apply_device(self, body: dict[str, Any], idx: int) -> None:
+    def _apply_device(self, body: dict[str, Any], idx: int, ev: DeviceEvent) -> None:
         def x(sql: str, params: tuple[Any, ...]) -> None:
             self.cur.execute(self.s._sql(sql), params)
 
@@ -504,8 +470,8 @@ class _Append:
             x("INSERT INTO devices (device, site, status, enrolled_idx, changed_idx) "
               "VALUES (?, ?, 'active', ?, ?)", (device, body["site"], idx, idx))
             x("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, status, "
-              "registered_idx) VALUES (?, ?, ?, 1, NULL, 'active', ?)",
-              (body["key"], device, body["signing_key"], idx))
+              "registered_idx) VALUES (?, ?, ?, ?, NULL, 'active', ?)",
+              (body["key"], device, body["signing_key"], ev.from_seq, idx))
             self.sites[device] = body["site"]
         elif event == "rotated":
             x("UPDATE keys SET until_seq = ? WHERE device = ? AND until_seq IS NULL",

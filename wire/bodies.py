@@ -1,0 +1,205 @@
+"""Ledger entry bodies (DESIGN.md §6, docs/protocol.md §7.2): one strict parse per entry kind.
+
+The collector's store parses every body it appends with :func:`parse_body` and the auditor
+(``wire.audit``, so also ``timeclock-verify`` and the live-store verify) parses every body it
+reads with the same function, so a body the store refuses is exactly a body the auditor
+reports, with the same message (``"<kind> body: <what is wrong>"``).
+
+What is checked here is what a body says on its own (its fields, their types and patterns,
+idx it refers to being below its own). What needs the rest of the ledger (a device enrolled
+earlier, a key registered once, a correction's original being a punch) is checked by each
+reader against its own state: the auditor against the entries before, the store against its
+registry tables.
+
+Invariants: bodies are JSON objects; every kind but ``punch`` has required fields and may
+carry more, which are informational and never change the meaning of the required ones
+(protocol §7.2); a parsed body exists only if it is valid (build them with the parsers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from wire.errors import DecodeError, WireError
+from wire.fields import DEVICE_ID_RE, HASH_RE, KEY_ID_RE, get_choice, get_int, get_str
+from wire.keys import VerifyKey
+from wire.ledger import KINDS
+from wire.punch import SignedPunch
+
+DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked"})
+UNDELETABLE_KINDS = frozenset({"device", "retention"})
+"""Kinds whose bodies are needed to verify the rest of the ledger: retention never deletes
+them."""
+
+
+class BodyError(DecodeError):
+    """A body that is not valid for its entry kind; the message starts ``<kind> body:``."""
+
+    reason = "bad-body"
+
+    def __init__(self, kind: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{kind} body: {message}", field=field)
+        self.kind = kind
+
+
+def require(value: Any, what: str, required: Iterable[str]) -> Mapping[str, Any]:
+    """An object holding at least ``required``; other fields are informational (allowed)."""
+    if not isinstance(value, dict):
+        raise DecodeError(f"{what}: expected a JSON object")
+    missing = sorted(set(required) - set(value))
+    if missing:
+        raise DecodeError(f"{what}: missing field(s) {', '.join(missing)}", field=missing[0])
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    """A ``device`` body. ``key``: the key registered (enrolled, rotated) or the one key
+    revoked (revoked; None revokes every key of the device). ``from_seq``: the first seq the
+    registered key signs (enrolled: 1 unless given; revoked: None)."""
+
+    event: str
+    device: str
+    key: str | None = None
+    signing_key: VerifyKey | None = None
+    from_seq: int | None = None
+    site: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A ``rejection`` body; the raw bytes stay in quarantine (``raw_sha256`` names them)."""
+
+    reason: str
+    topic: str
+    raw_sha256: str
+    received_at: int
+    detail: str | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """A ``retention`` body: the idx ranges whose bodies it deleted, sorted and disjoint."""
+
+    policy: str
+    deleted: tuple[tuple[int, int], ...]
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A ``correction`` body: an amendment of the punch at ``original_idx`` (never an edit)."""
+
+    original_idx: int
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """An ``access`` body: any object (who read or exported what), informational."""
+
+    fields: Mapping[str, Any]
+
+
+Body = SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access
+
+
+def parse_device(value: Any) -> DeviceEvent:
+    obj = require(value, "device body", ("event", "device"))
+    event = get_choice(obj, "event", DEVICE_EVENTS)
+    device = get_str(obj, "device", DEVICE_ID_RE)
+    if event == "revoked":
+        require(obj, "revoked device body", ("reason",))
+        reason = get_str(obj, "reason")
+        # ``key`` absent revokes every key; present it must name one (null is not a key id).
+        key = get_str(obj, "key", KEY_ID_RE) if "key" in obj else None
+        return DeviceEvent(event, device, key=key, reason=reason)
+    if event == "enrolled":
+        require(obj, "enrolled device body", ("key", "signing_key", "site"))
+        site = get_str(obj, "site")
+        from_seq = get_int(obj, "from_seq", minimum=1) if "from_seq" in obj else 1
+    else:
+        require(obj, "rotated device body", ("key", "signing_key", "from_seq"))
+        site = None
+        from_seq = get_int(obj, "from_seq", minimum=1)
+    kid = get_str(obj, "key", KEY_ID_RE)
+    vk = VerifyKey.from_b64(get_str(obj, "signing_key"))
+    if vk.key_id != kid:
+        raise DecodeError(f"key {kid} is not the key id of signing_key ({vk.key_id})",
+                          field="key")
+    return DeviceEvent(event, device, key=kid, signing_key=vk, from_seq=from_seq, site=site)
+
+
+def parse_rejection(value: Any) -> Rejection:
+    obj = require(value, "rejection body", ("reason", "topic", "raw_sha256", "received_at"))
+    detail = get_str(obj, "detail") if "detail" in obj else None
+    device = get_str(obj, "device", DEVICE_ID_RE) if obj.get("device") is not None else None
+    return Rejection(get_str(obj, "reason"), get_str(obj, "topic"),
+                     get_str(obj, "raw_sha256", HASH_RE),
+                     get_int(obj, "received_at", minimum=0), detail, device)
+
+
+def parse_retention(value: Any, idx: int) -> Retention:
+    obj = require(value, "retention body", ("policy", "deleted", "count"))
+    policy = get_str(obj, "policy")
+    count = get_int(obj, "count", minimum=0)
+    ranges = obj["deleted"]
+    if not isinstance(ranges, list):
+        raise DecodeError("deleted: expected an array of [first_idx,last_idx]", field="deleted")
+    parsed: list[tuple[int, int]] = []
+    for r in ranges:
+        if (not isinstance(r, list) or len(r) != 2
+                or any(not isinstance(x, int) or isinstance(x, bool) for x in r)):
+            raise DecodeError("deleted: each range is [first_idx,last_idx] integers",
+                              field="deleted")
+        a, b = r
+        if not 0 <= a <= b < idx:
+            raise DecodeError(f"deleted: range [{a},{b}] is not below this entry's idx",
+                              field="deleted")
+        if parsed and a <= parsed[-1][1]:
+            raise DecodeError("deleted: ranges must be sorted and disjoint", field="deleted")
+        parsed.append((a, b))
+    span = sum(b - a + 1 for a, b in parsed)
+    if count > span:
+        raise DecodeError(f"count {count} exceeds the {span} idx the ranges cover",
+                          field="count")
+    return Retention(policy, tuple(parsed), count)
+
+
+def parse_correction(value: Any, idx: int) -> Correction:
+    obj = require(value, "correction body", ("original_idx",))
+    original = get_int(obj, "original_idx", minimum=0)
+    if original >= idx:
+        raise DecodeError(f"original_idx {original} is not an earlier entry",
+                          field="original_idx")
+    return Correction(original)
+
+
+def parse_access(value: Any) -> Access:
+    return Access(require(value, "access body", ()))
+
+
+def parse_body(kind: str, value: Any, *, idx: int) -> Body:
+    """The body of a ``kind`` entry at ``idx``, parsed strictly; else :class:`BodyError`."""
+    try:
+        if kind == "punch":
+            return SignedPunch.from_dict(value)
+        if kind == "device":
+            return parse_device(value)
+        if kind == "rejection":
+            return parse_rejection(value)
+        if kind == "retention":
+            return parse_retention(value, idx)
+        if kind == "correction":
+            return parse_correction(value, idx)
+        if kind == "access":
+            return parse_access(value)
+    except BodyError:
+        raise
+    except WireError as e:
+        raise BodyError(kind, str(e), field=e.field) from e
+    raise BodyError(kind, f"{kind!r} is not an entry kind (one of {sorted(KINDS)})",
+                    field="kind")
