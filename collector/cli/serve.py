@@ -6,7 +6,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from collector.api.app import ApiThread
 from collector.fleet.broker_process import ManagedBroker
 from collector.ingest.checkpoints import load_log_key
 from collector.ledger import open_store
@@ -69,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     api = api_store = None
     try:
         if cfg.api is not None:
+            # Only now the web stack (aiohttp): a collector without [api] never loads it.
+            from collector.api.app import ApiThread  # noqa: PLC0415 - see the comment above
+
             # The API reads through its own connection; the ingest writer keeps its own.
             log_key = load_log_key(cfg.collector.log_key)
             api_store = open_store(cfg.collector.store)

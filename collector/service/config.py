@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from collector import ConfigError
-from collector.api.app import ApiSection, parse_api_section
+from collector.api.config import ApiSection, parse_api_section
 from wire.errors import KeyFileError
 from wire.keys import check_private_file
 from wire.punch import MAX_ENVELOPE_BYTES
