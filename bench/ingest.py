@@ -61,7 +61,7 @@ from collector.cli.main import main as collector_main
 from collector.ledger import registry
 from collector.ledger.sqlbase import PunchQuery
 from collector.ledger.sqlite import SQLiteStore
-from tests.collector.punchkit import SimClock, write_collector_config
+from tests.collector.punch_kit import SimClock, write_collector_config
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.pki import ClientCert, TestPKI
 from wire.ack import SignedAck

@@ -1,25 +1,22 @@
-"""Shared helpers of the API tests (no tests here): a real SQLite ledger with enrolled clocks
-and signed punches, principals with tokens for every role, an injected clock, and an
-aiohttp test client over the real application (collector.api.make_app)."""
+"""Shared helpers of the API tests: a ledger seeded with enrolled clocks and signed punches,
+principals with tokens for every role, an injected clock, and an aiohttp test client over the
+real application (collector.api.make_app). The ``api`` fixture is in tests/collector/conftest.py."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from collector.access.principals import Principals, ensure_schema
+from collector.access.directory import Principals
 from collector.api import ApiSettings, make_app
 from collector.api.keys import ACCESS_LOG
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import SQLStore
-from collector.ledger.sqlite import SQLiteStore
-from tests.collector.ledgerkit import T0, Clock
+from collector.ledger.tables import ensure_schema
+from tests.collector.ledger_kit import T0, Clock
 
 ROLE_PRINCIPALS: dict[str, tuple[str, ...]] = {
     "hr-reader": ("hr.read",),
@@ -105,19 +102,3 @@ async def start_api(store: SQLStore, *, settings: ApiSettings | None = None,
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     return Api(client, store, clock, tokens, clocks or [])
-
-
-@pytest.fixture
-def sqlite_store(tmp_path: Path) -> SQLiteStore:
-    return SQLiteStore(tmp_path / "ledger.db")
-
-
-@pytest.fixture
-async def api(sqlite_store: SQLiteStore) -> AsyncIterator[Api]:
-    clocks = seed(sqlite_store)
-    a = await start_api(sqlite_store, clocks=clocks)
-    try:
-        yield a
-    finally:
-        await a.client.close()
-        sqlite_store.close()

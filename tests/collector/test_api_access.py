@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from collector import ConfigError
-from collector.access.principals import Principals
+from collector.access.directory import Principals
 from collector.api import (
     ApiSection,
     ApiSettings,
@@ -27,19 +27,16 @@ from collector.api import (
 )
 from collector.api.openapi import render
 from collector.ledger.sqlite import SQLiteStore
-from tests.collector.test_api_kit import (
+from tests.collector.api_kit import (
     Api,
     FakeClock,
     access_bodies,
-    api,
     requests_of,
     seed,
-    sqlite_store,
 )
-from tests.collector.test_api_kit import start_api as start
+from tests.collector.api_kit import start_api as start
 from tests.fixtures.pki import TestPKI
 
-__all__ = ["api", "sqlite_store"]  # fixtures
 ROOT = Path(__file__).resolve().parents[2]
 
 

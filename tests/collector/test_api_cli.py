@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from collector.access.principals import DAY_US, Principals, token_hash
+from collector.access.directory import Principals
+from collector.access.principals import DAY_US
+from collector.access.tokens import token_hash
 from collector.cli.main import main
 from collector.ledger.sqlite import SQLiteStore
-from tests.collector.test_api_kit import access_bodies
+from tests.collector.api_kit import access_bodies
 
 
 def test_d7_token_create_list_revoke_and_review(tmp_path: Path,

@@ -13,21 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from collector.access.principals import Principals, SoDError
+from collector import SoDError
+from collector.access.directory import Principals
 from collector.records.corrections import CorrectionConflictError, Corrections
 from collector.records.exports import export_bundle
-from tests.collector.test_api_kit import (
+from tests.collector.api_kit import (
     Api,
     access_bodies,
-    api,
     requests_of,
-    sqlite_store,
 )
 from wire import verify_cli
 from wire.keys import SigningKey
 from wire.ledger import Checkpoint
-
-__all__ = ["api", "sqlite_store"]  # fixtures
 
 PROPOSAL = {"device": "clock-00", "seq": 2, "field": "action", "after": "break-start",
             "reason": "wrong-action", "note": "pressed in instead of break"}

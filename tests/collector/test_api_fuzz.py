@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from collector.api import ApiSettings
 from collector.ledger.sqlite import SQLiteStore
-from tests.collector.test_api_kit import ROLE_PRINCIPALS, requests_of, seed, start_api
+from tests.collector.api_kit import ROLE_PRINCIPALS, requests_of, seed, start_api
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = json.loads((ROOT / "docs" / "openapi.json").read_text())

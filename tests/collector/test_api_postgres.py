@@ -7,7 +7,7 @@ import json
 
 from collector.cli.main import main as cli_main
 from collector.ledger.postgres import PostgresStore
-from tests.collector.test_api_kit import requests_of, seed, start_api
+from tests.collector.api_kit import requests_of, seed, start_api
 from tests.fixtures.postgres import PgDatabase
 
 

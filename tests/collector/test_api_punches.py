@@ -9,12 +9,10 @@ import json
 
 import pytest
 
-from tests.collector.test_api_kit import Api, api, sqlite_store
+from tests.collector.api_kit import Api
 from wire.keys import SigningKey, VerifyKey
 from wire.ledger import Checkpoint, SignedCheckpoint
 from wire.punch import SignedPunch
-
-__all__ = ["api", "sqlite_store"]  # fixtures
 
 
 async def test_cursor_pages_cover_the_selection_once(api: Api) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from tests.collector.test_api_kit import ROLE_PRINCIPALS, Api, api, requests_of, sqlite_store
-
-__all__ = ["api", "sqlite_store"]  # fixtures
+from tests.collector.api_kit import ROLE_PRINCIPALS, Api, requests_of
 
 _n = itertools.count()
 

@@ -26,7 +26,7 @@ from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.service.config import load_config
 from collector.service.runner import CollectorService
-from tests.collector.punchkit import (
+from tests.collector.punch_kit import (
     T0,
     Device,
     SimClock,

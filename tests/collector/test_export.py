@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records.corrections import Corrections
 from collector.records.exports import ExportError, export_bundle, export_payroll, iso, parse_time
-from tests.collector.ledgerkit import T0, Clock, seeded_key
+from tests.collector.ledger_kit import T0, Clock, seeded_key
 from wire.bundle import audit_bundle
 from wire.keys import save_signing_key
 
@@ -37,16 +36,12 @@ def _fill(store: SQLStore) -> tuple[Clock, Clock]:
     return a, b
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStore]:
-    if request.param == "sqlite":
-        url = str(tmp_path / "ledger.db")
-    else:
-        url = request.getfixturevalue("pg_ledger").app_dsn
-    s = open_store(url)
-    _fill(s)
-    yield s
-    s.close()
+@pytest.fixture(autouse=True)
+def _filled(request: pytest.FixtureRequest) -> None:
+    """The ``store`` of a test that takes one (both stores, tests/collector/conftest.py)
+    holds the entries of :func:`_fill`."""
+    if "store" in request.fixturenames:
+        _fill(request.getfixturevalue("store"))
 
 
 def _csv(text: str) -> tuple[dict[str, Any], list[dict[str, str]], dict[str, Any]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,9 @@ from collector.ingest.receipts import ackable_seqs, build_receipts
 from collector.ledger import registry
 from collector.ledger.base import AppendResult, Fact, Outcome, PunchFact, RejectionFact
 from collector.ledger.registry import RegistrySnapshot
+from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
-from tests.collector.punchkit import T0, SimClock, enroll, envelope, new_clock, raw_envelope
+from tests.collector.punch_kit import T0, SimClock, enroll, envelope, new_clock, raw_envelope
 from wire.ack import SignedAck
 from wire.canonical import canonical
 from wire.errors import SignatureError
@@ -31,25 +31,18 @@ from wire.topics import punches
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "ledger.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def log_key() -> SigningKey:
     return SigningKey.generate()
 
 
 @pytest.fixture
-def clock(store: SQLiteStore) -> SimClock:
+def clock(store: SQLStore) -> SimClock:
     c = new_clock()
     enroll(store, c)
     return c
 
 
-def view(store: SQLiteStore) -> RegistrySnapshot:
+def view(store: SQLStore) -> RegistrySnapshot:
     return RegistrySnapshot.load(store)
 
 
@@ -59,7 +52,7 @@ def reasons(facts: list[Fact]) -> list[str]:
 
 # -- verifier: one test per step -------------------------------------------------------------
 
-def test_d2_valid_envelope_yields_one_punch_fact_per_punch(store: SQLiteStore,
+def test_d2_valid_envelope_yields_one_punch_fact_per_punch(store: SQLStore,
                                                           clock: SimClock) -> None:
     items = clock.batch(3)
     facts = judge(clock.topic, envelope(clock.device, items), T0, view(store))
@@ -67,7 +60,7 @@ def test_d2_valid_envelope_yields_one_punch_fact_per_punch(store: SQLiteStore,
     assert [f.signed for f in facts if isinstance(f, PunchFact)] == items
 
 
-def test_d2_step1_oversized_is_rejected_whole_before_parsing(store: SQLiteStore,
+def test_d2_step1_oversized_is_rejected_whole_before_parsing(store: SQLStore,
                                                             clock: SimClock) -> None:
     payload = envelope(clock.device, clock.batch(2))
     facts = judge(clock.topic, payload, T0, view(store), max_bytes=len(payload) - 1)
@@ -90,7 +83,7 @@ def test_d2_step1_oversized_is_rejected_whole_before_parsing(store: SQLiteStore,
     (b"[]", "expected an object"),
     (b"", "not JSON"),
 ])
-def test_d2_step2_strict_decode_rejects_whole(store: SQLiteStore, payload: bytes,
+def test_d2_step2_strict_decode_rejects_whole(store: SQLStore, payload: bytes,
                                               detail: str) -> None:
     facts = judge(punches("x"), payload, T0, view(store))
     assert reasons(facts) == ["malformed"]
@@ -99,7 +92,7 @@ def test_d2_step2_strict_decode_rejects_whole(store: SQLiteStore, payload: bytes
     assert facts[0].raw == payload
 
 
-def test_d2_step2_one_malformed_punch_does_not_sink_the_others(store: SQLiteStore,
+def test_d2_step2_one_malformed_punch_does_not_sink_the_others(store: SQLStore,
                                                                clock: SimClock) -> None:
     good = clock.batch(2)
     bad = good[0].to_dict()
@@ -114,7 +107,7 @@ def test_d2_step2_one_malformed_punch_does_not_sink_the_others(store: SQLiteStor
     assert rej.device == clock.device
 
 
-def test_d2_step3_topic_and_device_must_agree(store: SQLiteStore, clock: SimClock) -> None:
+def test_d2_step3_topic_and_device_must_agree(store: SQLStore, clock: SimClock) -> None:
     other = new_clock()
     enroll(store, other)
     # payload device ≠ topic device
@@ -133,7 +126,7 @@ def test_d2_step3_topic_and_device_must_agree(store: SQLiteStore, clock: SimCloc
     assert reasons(facts) == ["bad-topic"]
 
 
-def test_d1_step4_unknown_and_revoked_devices(store: SQLiteStore, clock: SimClock) -> None:
+def test_d1_step4_unknown_and_revoked_devices(store: SQLStore, clock: SimClock) -> None:
     stranger = new_clock()
     facts = judge(stranger.topic, envelope(stranger.device, stranger.batch(1)), T0, view(store))
     assert reasons(facts) == ["unknown-device"]
@@ -142,7 +135,7 @@ def test_d1_step4_unknown_and_revoked_devices(store: SQLiteStore, clock: SimCloc
     assert reasons(facts) == ["device-revoked"]
 
 
-def test_d1_step5_key_checks(store: SQLiteStore, clock: SimClock) -> None:
+def test_d1_step5_key_checks(store: SQLStore, clock: SimClock) -> None:
     rogue = SigningKey.generate()
     facts = judge(clock.topic, envelope(clock.device, [clock.punch(key=rogue)]), T0,
                   view(store))
@@ -168,7 +161,7 @@ def test_d1_step5_key_checks(store: SQLiteStore, clock: SimClock) -> None:
     assert reasons(facts) == ["key-revoked"]
 
 
-def test_d2_step6_bad_signature_rejects_only_that_punch(store: SQLiteStore,
+def test_d2_step6_bad_signature_rejects_only_that_punch(store: SQLStore,
                                                        clock: SimClock) -> None:
     a, b, c = clock.batch(3)
     forged = b.to_dict()
@@ -183,7 +176,7 @@ def test_d2_step6_bad_signature_rejects_only_that_punch(store: SQLiteStore,
 
 # -- Ingestor: (7) dedupe, (8) append, receipts ----------------------------------------------
 
-def make_ingestor(store: SQLiteStore, log_key: SigningKey, **kw: object) -> Ingestor:
+def make_ingestor(store: SQLStore, log_key: SigningKey, **kw: object) -> Ingestor:
     return Ingestor(store, lambda: RegistrySnapshot.load(store), log_key, Alerts(),
                     **kw)  # type: ignore[arg-type]
 
@@ -205,7 +198,7 @@ def acked(receipts: list[tuple[str, SignedAck]], log_key: SigningKey) -> dict[st
     return out
 
 
-def test_d5_append_then_receipt_then_duplicate(store: SQLiteStore, clock: SimClock,
+def test_d5_append_then_receipt_then_duplicate(store: SQLStore, clock: SimClock,
                                                log_key: SigningKey) -> None:
     ing = make_ingestor(store, log_key)
     items = clock.batch(3)
@@ -222,7 +215,7 @@ def test_d5_append_then_receipt_then_duplicate(store: SQLiteStore, clock: SimClo
     assert ing.alerts.counts()["punch:duplicate"] == 2
 
 
-def test_d5_conflict_is_quarantined_alerted_and_acked(store: SQLiteStore, clock: SimClock,
+def test_d5_conflict_is_quarantined_alerted_and_acked(store: SQLStore, clock: SimClock,
                                                       log_key: SigningKey) -> None:
     ing = make_ingestor(store, log_key)
     twin = SimClock(clock.device, clock.key)   # a clone: same key, same seq, other content
@@ -238,7 +231,7 @@ def test_d5_conflict_is_quarantined_alerted_and_acked(store: SQLiteStore, clock:
     assert [(a.device, a.severity) for a in alerts] == [(clock.device, 1)]
 
 
-def test_d2_rejected_punches_are_recorded_but_never_acked(store: SQLiteStore,
+def test_d2_rejected_punches_are_recorded_but_never_acked(store: SQLStore,
                                                           clock: SimClock,
                                                           log_key: SigningKey) -> None:
     ing = make_ingestor(store, log_key)
@@ -321,7 +314,7 @@ def test_no_input_crashes_internal_errors_are_quarantined(tmp_path: Path,
 
 # -- alerts: gaps and chain breaks -----------------------------------------------------------
 
-def test_d5_gap_open_longer_than_limit_is_reported_once(store: SQLiteStore, clock: SimClock,
+def test_d5_gap_open_longer_than_limit_is_reported_once(store: SQLStore, clock: SimClock,
                                                        log_key: SigningKey) -> None:
     alerts = Alerts()
     gaps = GapTracker(10, alerts)
@@ -340,7 +333,7 @@ def test_d5_gap_open_longer_than_limit_is_reported_once(store: SQLiteStore, cloc
     assert gaps.open_gaps(clock.device) == ()
 
 
-def test_d5_gap_filled_elsewhere_is_not_reported(store: SQLiteStore, clock: SimClock,
+def test_d5_gap_filled_elsewhere_is_not_reported(store: SQLStore, clock: SimClock,
                                                 log_key: SigningKey) -> None:
     alerts = Alerts()
     gaps = GapTracker(1, alerts)
@@ -353,7 +346,7 @@ def test_d5_gap_filled_elsewhere_is_not_reported(store: SQLiteStore, clock: SimC
     assert alerts.recent("gap") == []
 
 
-def test_d5_prev_mismatch_raises_chain_break_alert(store: SQLiteStore, clock: SimClock,
+def test_d5_prev_mismatch_raises_chain_break_alert(store: SQLStore, clock: SimClock,
                                                    log_key: SigningKey) -> None:
     alerts = Alerts()
     ing = Ingestor(store, lambda: RegistrySnapshot.load(store), log_key, alerts,
@@ -383,7 +376,7 @@ class RecordingLink(Publisher):
         self.events.append(("puback", msg.mid))
 
 
-def test_writer_commits_then_receipts_then_pubacks(store: SQLiteStore, clock: SimClock,
+def test_writer_commits_then_receipts_then_pubacks(store: SQLStore, clock: SimClock,
                                                    log_key: SigningKey) -> None:
     inbox: queue.Queue[Inbound] = queue.Queue()
     link = RecordingLink()
@@ -405,7 +398,7 @@ def test_writer_commits_then_receipts_then_pubacks(store: SQLiteStore, clock: Si
     assert ticks == [2, 1, 0]
 
 
-def test_writer_run_stops_cleanly(store: SQLiteStore, clock: SimClock,
+def test_writer_run_stops_cleanly(store: SQLStore, clock: SimClock,
                                   log_key: SigningKey) -> None:
     inbox: queue.Queue[Inbound] = queue.Queue()
     link = RecordingLink()
@@ -436,7 +429,7 @@ def test_status_table_keeps_last_status() -> None:
     assert set(t.snapshot()) == {"c1"}
 
 
-def test_entries_of_rejections_chain_like_everything_else(store: SQLiteStore,
+def test_entries_of_rejections_chain_like_everything_else(store: SQLStore,
                                                          clock: SimClock,
                                                          log_key: SigningKey) -> None:
     ing = make_ingestor(store, log_key)
@@ -450,7 +443,7 @@ def test_entries_of_rejections_chain_like_everything_else(store: SQLiteStore,
         prev = se.hash
 
 
-def test_d2_resent_rejection_is_counted_not_recorded_again(store: SQLiteStore,
+def test_d2_resent_rejection_is_counted_not_recorded_again(store: SQLStore,
                                                           clock: SimClock,
                                                           log_key: SigningKey) -> None:
     ing = make_ingestor(store, log_key)

@@ -12,7 +12,7 @@ import random
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact, Outcome, RejectionFact
 from collector.ledger.schema_sqlite import SCHEMA, TRIGGER_NAMES
 from collector.ledger.sqlbase import SQLStore
-from tests.collector.ledgerkit import T0, Clock, seeded_key
+from tests.collector.ledger_kit import T0, Clock, seeded_key
 from wire import ZERO_HASH
 from wire.canonical import canonical, loads
 from wire.ledger import Entry, body_hash
@@ -87,7 +87,7 @@ def _sqlite_backend(path: Path) -> Backend:
             shutil.copyfile(copy, path)
         return restore
 
-    return Backend("sqlite", f"sqlite:///{path}", app_exec, tamper, snapshot)
+    return Backend("sqlite", f"sqlite://{path}", app_exec, tamper, snapshot)
 
 
 def _pg_backend(db: Any) -> Backend:
@@ -120,18 +120,12 @@ def _pg_backend(db: Any) -> Backend:
     return Backend("postgres", db.app_dsn, app_exec, tamper, snapshot)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "sqlite":
-        return _sqlite_backend(tmp_path / "ledger.db")
-    return _pg_backend(request.getfixturevalue("pg_ledger"))
-
-
 @pytest.fixture
-def store(backend: Backend) -> Iterator[SQLStore]:
-    s = backend.open()
-    yield s
-    s.close()
+def backend(store_kind: str, sqlite_path: Path, request: pytest.FixtureRequest) -> Backend:
+    """Raw access to the very ledger the ``store`` fixture (tests/collector/conftest.py) opens."""
+    if store_kind == "sqlite":
+        return _sqlite_backend(sqlite_path)
+    return _pg_backend(request.getfixturevalue("pg_ledger"))
 
 
 def enroll(store: SQLStore, clock: Clock, now: int = T0) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,8 @@ from collector.ledger.registry import (
     rotate,
 )
 from collector.ledger.sqlbase import SQLStore
-from tests.collector.ledgerkit import T0, Clock, seeded_key
+from tests.collector.ledger_kit import T0, Clock, seeded_key
 from wire.canonical import loads
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLStore]:
-    s = open_store(str(tmp_path / "ledger.db"))
-    yield s
-    s.close()
 
 
 def b64(name: str) -> str:

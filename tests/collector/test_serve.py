@@ -22,7 +22,7 @@ from collector.cli.main import main
 from collector.ledger.sqlite import SQLiteStore
 from collector.service.config import load_config
 from collector.service.runner import CollectorService
-from tests.collector.punchkit import (
+from tests.collector.punch_kit import (
     Device,
     enroll,
     new_clock,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,24 +19,12 @@ from collector.ledger.audit import VerifyStateError, load_state, save_state, ver
 from collector.ledger.base import EventFact
 from collector.ledger.schema_sqlite import SCHEMA, TRIGGER_NAMES
 from collector.ledger.sqlbase import SQLStore
-from tests.collector.ledgerkit import T0, Clock, seeded_key
+from tests.collector.ledger_kit import T0, Clock, seeded_key
 from wire.keys import save_signing_key
 from wire.ledger import make_entry
 
 LOG_KEY = seeded_key("log-key")
 LOG_KEYS = {LOG_KEY.key_id: LOG_KEY.verify_key}
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.db"
-
-
-@pytest.fixture
-def store(db: Path) -> Iterator[SQLStore]:
-    s = open_store(str(db))
-    yield s
-    s.close()
 
 
 def _attack(db: Path, *stmts: tuple[str, tuple[object, ...]]) -> None:
@@ -78,23 +65,23 @@ def test_d5_verify_resumes_from_the_last_verified_checkpoint(store: SQLStore,
 
 
 def test_d5_incremental_verify_catches_a_replay_across_the_resume_point(
-        store: SQLStore, db: Path) -> None:
+        sqlite_store: SQLStore, sqlite_path: Path) -> None:
     c = Clock("clock-1")
-    store.append([EventFact("device", c.enrolled_body())], now_us=T0)
+    sqlite_store.append([EventFact("device", c.enrolled_body())], now_us=T0)
     punches = [c.punch() for _ in range(4)]
-    store.append([c.fact(p) for p in punches], now_us=T0)
-    make_checkpoint(store, LOG_KEY, T0)
-    state = verify_store(store, LOG_KEYS).state
+    sqlite_store.append([c.fact(p) for p in punches], now_us=T0)
+    make_checkpoint(sqlite_store, LOG_KEY, T0)
+    state = verify_store(sqlite_store, LOG_KEYS).state
     assert state is not None
     # An attacker appends a well-formed entry that replays seq 2 (recorded before the
     # resume point): only the device chain across the resume point can catch it.
-    size, head = store.head()
+    size, head = sqlite_store.head()
     body = punches[1].to_bytes()
     e = make_entry(idx=size, kind="punch", at=T0, body=body, prev=head)
-    _attack(db, ("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+    _attack(sqlite_path, ("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
                  (e.idx, e.kind, e.at, e.body, e.prev, e.hash())),
             ("INSERT INTO bodies VALUES (?, ?)", (e.idx, body)))
-    result = verify_store(store, LOG_KEYS, state=state)
+    result = verify_store(sqlite_store, LOG_KEYS, state=state)
     assert result.resumed_from == 5
     first = result.report.first_failure
     assert first is not None
@@ -114,34 +101,35 @@ def test_verify_state_of_another_ledger_is_refused(store: SQLStore, tmp_path: Pa
     other.close()
 
 
-def test_verify_cli(store: SQLStore, db: Path, tmp_path: Path,
+def test_verify_cli(sqlite_store: SQLStore, sqlite_path: Path, tmp_path: Path,
                     capsys: pytest.CaptureFixture[str]) -> None:
     c = Clock("clock-1")
-    store.append([EventFact("device", c.enrolled_body())], now_us=T0)
-    store.append([c.fact() for _ in range(5)], now_us=T0)
-    make_checkpoint(store, LOG_KEY, T0)
+    sqlite_store.append([EventFact("device", c.enrolled_body())], now_us=T0)
+    sqlite_store.append([c.fact() for _ in range(5)], now_us=T0)
+    make_checkpoint(sqlite_store, LOG_KEY, T0)
     state = tmp_path / "vs.json"
     pub = LOG_KEY.verify_key.b64
-    args = ["verify", "--store", f"sqlite:///{db}", "--log-key-pub", pub, "--state", str(state)]
+    args = ["verify", "--store", f"sqlite://{sqlite_path}", "--log-key-pub", pub,
+            "--state", str(state)]
     assert main([*args, "--progress"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("OK: idx 0..5 verified: 6 entries, 5 punches, 1 devices")
     assert "verify [##############################] 6/6 entries (100%)" in out.err
     assert state.exists()
-    store.append([c.fact()], now_us=T0)
+    sqlite_store.append([c.fact()], now_us=T0)
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("OK: idx 6..6 verified: 1 entries")
-    _attack(db, ("UPDATE bodies SET body = ? WHERE idx = 3", (b"{}",)))
+    _attack(sqlite_path, ("UPDATE bodies SET body = ? WHERE idx = 3", (b"{}",)))
     assert main(args) == 0          # before the resume point: attested by the checkpoint
     capsys.readouterr()
     assert main([*args, "--full"]) == 1
     out = capsys.readouterr()
     assert out.out.startswith("TAMPERED: idx 0..6: TAMPER at idx 3, check (4) body")
-    assert main(["verify", "--store", str(db)]) == 2
+    assert main(["verify", "--store", str(sqlite_path)]) == 2
     assert "needs the collector log public key" in capsys.readouterr().err
     key_file = tmp_path / "log.key"
     save_signing_key(key_file, LOG_KEY)
-    assert main(["verify", "--store", str(db), "--log-key", str(key_file), "--full",
+    assert main(["verify", "--store", str(sqlite_path), "--log-key", str(key_file), "--full",
                  "--json", "--state", str(state)]) == 1
     assert '"first_failure"' in capsys.readouterr().out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from collector.ledger import open_store
 from collector.ledger.sqlbase import PunchQuery
-from tests.e2e.sitekit import bundle_verifies, cli, running_site, simulated, wait_for
+from tests.e2e.site_kit import bundle_verifies, cli, running_site, simulated, wait_for
 from tests.fixtures.mosquitto import mqtt_probe
 from wire.tls import client_context
 

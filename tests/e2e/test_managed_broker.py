@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.fleet.broker_process import CONTROL_TOPIC, uses_plugin
-from tests.e2e.sitekit import cli, running_site, simulated, wait_for
+from tests.e2e.site_kit import cli, running_site, simulated, wait_for
 from wire.tls import client_context
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from lab.site import REPO, _env
-from tests.e2e.sitekit import cli, wait_for
+from tests.e2e.site_kit import cli, wait_for
 
 
 def _children_of(pid: int) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.sitekit import (
+from tests.e2e.site_kit import (
     assert_exactly_once,
     bundle_verifies,
     running_site,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.wire.bundle_builder import (
+from tests.wire.bundle_kit import (
     COLLECTOR_KEY,
     DEVICE_B_KEY,
     DEVICE_KEY,

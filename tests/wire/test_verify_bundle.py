@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.wire.bundle_builder import (
+from tests.wire.bundle_kit import (
     COLLECTOR_KEY,
     DEVICE_B_KEY,
     DEVICE_KEY_V2,
