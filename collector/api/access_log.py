@@ -7,6 +7,11 @@ Invariants:
   the last batch is flushed on a clean shutdown, so none is lost; a failed append keeps the
   batch for the next attempt, and once ``max_pending`` records wait the API refuses new
   requests (503) rather than serve without an audit trail;
+- each record is appended exactly once, whatever is cancelled and when: a batch is taken out
+  of the buffer and handed to a worker thread, and only that thread's outcome settles it (a
+  done callback on the loop: committed → counted; failed → put back at the front of the
+  buffer). A cancelled flush leaves the thread committing; the next flush (and ``close``)
+  first awaits that in-flight batch instead of appending the same records again;
 - records never hold a credential: no Authorization header, no request body, query values
   truncated, and strings made encodable (a lone surrogate becomes U+FFFD) so that one odd
   request can never make a whole batch fail to append.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -105,6 +111,8 @@ class AccessLog:
         self.batch_max = batch_max
         self.max_pending = max_pending
         self._buf: list[dict[str, Any]] = []
+        self._inflight: asyncio.Future[Any] | None = None   # the batch a thread is appending
+        self._inflight_n = 0
         self._kick = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -113,35 +121,71 @@ class AccessLog:
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        """Records not yet committed: buffered, plus the batch a thread is appending."""
+        return len(self._buf) + self._inflight_n
 
     @property
     def overloaded(self) -> bool:
-        return len(self._buf) >= self.max_pending
+        return self.pending >= self.max_pending
 
     def add(self, body: dict[str, Any]) -> None:
         self._buf.append(body)
         if len(self._buf) >= self.batch_max:
             self._kick.set()
 
+    def _hand_over(self, batch: list[dict[str, Any]]) -> asyncio.Future[Any]:
+        """Give ``batch`` (already out of the buffer) to a worker thread; the done callback,
+        not whoever awaits, settles it, so a cancelled awaiter cannot lose or repeat it."""
+        facts = [EventFact("access", b) for b in batch]
+        fut = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self.store.append, facts, now_us=self.clock()))
+        self._inflight, self._inflight_n = fut, len(batch)
+
+        def settled(f: asyncio.Future[Any]) -> None:
+            if self._inflight is f:
+                self._inflight, self._inflight_n = None, 0
+            # Nothing cancels fut (it is only awaited through shield/wait), so cancelled is
+            # not expected; it would mean an unknown outcome, kept as a failure.
+            exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
+            if exc is None:
+                self.appended += len(batch)
+                return
+            # Keep the batch, in order: the next flush retries; overloaded → the API answers 503.
+            self._buf[:0] = batch
+            self.failures += 1
+            log.error("appending %d access records failed; will retry", len(batch),
+                      exc_info=exc)
+        fut.add_done_callback(settled)
+        return fut
+
+    @staticmethod
+    async def _settled(fut: asyncio.Future[Any]) -> bool:
+        """Wait for ``fut`` without ever cancelling it (even if we are cancelled) and for its
+        done callback; True when its batch committed."""
+        if not fut.done():
+            await asyncio.wait({fut})
+        await asyncio.sleep(0)          # a just-finished fut's done callback runs first
+        return not fut.cancelled() and fut.exception() is None
+
     async def flush(self) -> int:
         """Append everything buffered now; returns how many records were appended."""
         async with self._flush_lock:
+            if self._inflight is not None:
+                # A cancelled flush left its batch with a thread: await its outcome rather
+                # than append those records again (failed → they are back in the buffer).
+                await self._settled(self._inflight)
             total = 0
             while self._buf:
                 batch = self._buf[:self.batch_max * 10]
-                facts = [EventFact("access", b) for b in batch]
-                try:
-                    await asyncio.to_thread(self.store.append, facts, now_us=self.clock())
-                except Exception:
-                    # Keep the batch: the next flush retries; overloaded → the API answers 503.
-                    self.failures += 1
-                    log.exception("appending %d access records failed; will retry",
-                                  len(batch))
-                    return total
                 del self._buf[:len(batch)]
+                fut = self._hand_over(batch)
+                # shield: cancelling this flush must not cancel fut (the thread commits anyway,
+                # and a cancelled fut would lose the outcome the done callback settles on).
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(fut)
+                if not await self._settled(fut):
+                    return total
                 total += len(batch)
-                self.appended += len(batch)
             return total
 
     async def _run(self) -> None:
@@ -162,6 +206,8 @@ class AccessLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        # flush() first awaits a batch the cancelled task left with its thread, then appends
+        # the rest once (a failed in-flight batch is back in the buffer and retried here).
         await self.flush()
         if self._buf:
             log.error("%d access records could not be appended at shutdown", len(self._buf))
