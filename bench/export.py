@@ -38,7 +38,7 @@ from pathlib import Path
 import aiohttp
 import common  # sets sys.path to the repository root
 
-from collector.access.principals import Principals
+from collector.access.directory import Principals
 from collector.api import ApiSection, start_api
 from collector.fleet.pki import CertificateAuthority
 from collector.ledger.base import EventFact, PunchFact

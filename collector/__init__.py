@@ -34,3 +34,7 @@ class RegistryError(CollectorError):
 
 class ForbiddenError(CollectorError):
     """A principal is not allowed to do this."""
+
+
+class SoDError(ForbiddenError):
+    """A role grant or an action would break segregation of duties (CONTROLS.md D6/D8)."""

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from aiohttp import web
 
 from collector import ConfigError
-from collector.access.principals import Principals, ensure_schema
+from collector.access.directory import Principals
 from collector.api.access_log import AccessLog, Throttle
 from collector.api.config import ApiSection
 from collector.api.keys import (
@@ -40,6 +40,7 @@ from collector.api.keys import (
 from collector.api.middlewares import guard
 from collector.api.routes import add_routes
 from collector.ledger.sqlbase import SQLStore
+from collector.ledger.tables import ensure_schema
 from collector.records.corrections import Corrections
 from wire.errors import WireError
 from wire.keys import VerifyKey

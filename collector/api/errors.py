@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from collector import CollectorError, ForbiddenError, LedgerError
-from collector.access.principals import PrincipalError, SoDError, TokenError
+from collector import CollectorError, ForbiddenError, LedgerError, SoDError
+from collector.access.principals import PrincipalError
+from collector.access.tokens import TokenError
 from collector.records.corrections import (
     CorrectionConflictError,
     CorrectionError,

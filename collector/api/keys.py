@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from collector.access.principals import Principal, Principals
+from collector.access.directory import Principals
+from collector.access.principals import Principal
 from collector.api.access_log import AccessLog, AccessRecord, Throttle
 from collector.ledger.audit import VerifyState
 from collector.ledger.sqlbase import SQLStore

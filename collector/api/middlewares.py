@@ -15,7 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from collector.access.principals import Principal, TokenError
+from collector.access.principals import Principal
+from collector.access.tokens import TokenError
 from collector.api import params as P
 from collector.api.access_log import AccessRecord, clean_query
 from collector.api.errors import (

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from collector.access.principals import MAX_TOKEN_DAYS, PRINCIPAL_RE
+from collector.access.principals import PRINCIPAL_RE
+from collector.access.tokens import MAX_TOKEN_DAYS
 from collector.api import params as P
 from collector.api.errors import BadRequestError
 from collector.api.keys import CLOCK, PRINCIPALS, SETTINGS, STORE, ctx, principal_name

@@ -11,11 +11,9 @@ from aiohttp import web
 
 from collector.api import params as P
 from collector.api.keys import SETTINGS, STORE, VERIFY_STATE, ctx
+from collector.ledger import queries
 from collector.ledger.audit import verify_store
 from collector.ledger.sqlbase import SQLStore
-
-_KIND_PAGE = ("SELECT e.idx, e.at, e.hash, b.body FROM entries e LEFT JOIN bodies b "
-              "ON b.idx = e.idx WHERE e.kind = ? AND e.idx > ? ORDER BY e.idx LIMIT ?")
 
 
 def _limit(request: web.Request) -> int:
@@ -26,11 +24,9 @@ def _limit(request: web.Request) -> int:
 
 def entries_of_kind(store: SQLStore, kind: str, after: int, limit: int
                     ) -> list[dict[str, Any]]:
-    out = []
-    for idx, at, h, body in store._q(_KIND_PAGE, (kind, after, limit)):
-        out.append({"idx": int(idx), "at": int(at), "hash": str(h),
-                    "body": None if body is None else json.loads(bytes(body))})
-    return out
+    return [{"idx": e.idx, "at": e.at, "hash": e.hash,
+             "body": None if e.body is None else json.loads(e.body)}
+            for e in queries.entries_of_kind(store, kind, after, limit)]
 
 
 async def _kind_page(request: web.Request, kind: str) -> web.Response:

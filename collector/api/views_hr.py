@@ -2,7 +2,8 @@
 the payroll export, and the correction workflow.
 
 Punch rows come from the store's payroll query (collector.ledger.sqlbase ``PunchQuery`` /
-``punch_rows``, shared with collector.records.exports); corrections are overlaid, never written into
+``punch_rows``, shared with collector.records.exports; pages and single punches from
+collector.ledger.queries); corrections are overlaid, never written into
 the rows: every row shows the original values and, beside them, the effective values with
 the ledger idx of the correction entry that set each.
 """
@@ -23,7 +24,8 @@ from multidict import MultiMapping
 from collector.api import params as P
 from collector.api.errors import BadRequestError, NotAcceptableError, NotFoundError
 from collector.api.keys import CLOCK, CORRECTIONS, SETTINGS, STORE, ctx, principal_name
-from collector.ledger.sqlbase import _PAYROLL, PunchQuery, PunchRow, SQLStore
+from collector.ledger import queries
+from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from collector.records.corrections import FIELDS, REASONS, Applied, check_value
 from collector.records.exports import (
     PUNCH_COLUMNS,
@@ -98,22 +100,9 @@ class PunchFilter:
         return cls(query, P.string(q, "credential", CREDENTIAL_RE), cursor, limit,
                    limit if "limit" in q else None)
 
-    def sql(self, limit: int) -> tuple[str, list[Any]]:
-        where, params = self.query.where("?")
-        extra: list[str] = []
-        if self.credential is not None:
-            extra.append("p.credential = ?")
-            params.append(self.credential)
-        if self.cursor is not None:
-            extra.append("(p.ts, p.device, p.seq) > (?, ?, ?)")
-            params.extend(self.cursor)
-        if extra:
-            where = (where + " AND " if where else " WHERE ") + " AND ".join(extra)
-        return _PAYROLL.format(where=where) + " LIMIT ?", [*params, limit]
-
     def page(self, store: SQLStore) -> list[PunchRow]:
-        text, params = self.sql(self.limit)
-        return [PunchRow(*r) for r in store._q(text, params)]
+        return queries.punch_page(store, self.query, limit=self.limit,
+                                  credential=self.credential, after=self.cursor)
 
     def stream(self, store: SQLStore) -> Iterator[PunchRow]:
         q = self.query
@@ -232,8 +221,9 @@ async def get_punch(request: web.Request) -> web.Response:
         if found is None:
             raise NotFoundError(f"no recorded punch {device}#{seq}")
         phash, idx = found
-        r = PunchRow(*store._q(_PAYROLL.format(where=" WHERE p.device = ? AND p.seq = ?"),
-                               (device, seq))[0])
+        r = queries.punch_row(store, device, seq)
+        if r is None:
+            raise NotFoundError(f"no recorded punch {device}#{seq}")
         se = next(store.entries(idx, idx + 1))
         signed: dict[str, Any] | None = None
         if se.body is not None:

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from collector import CollectorError, LedgerError
-from collector.access.principals import migrate_postgres
 from collector.ingest.checkpoints import load_log_key
 from collector.ledger import open_store, sqlite_path
 from collector.ledger.audit import Progress, VerifyResult, load_state, save_state, verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.postgres import migrate, redact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.ledger.tables import migrate_postgres
 from collector.records.corrections import Corrections
 from collector.records.exports import (
     COLUMNS,

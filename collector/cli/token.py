@@ -18,12 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from collector.access.principals import (
-    ROLES,
-    Principals,
-    ensure_schema,
-    parse_duration_days,
-)
+from collector.access.directory import Principals
+from collector.access.principals import ROLES
+from collector.access.tokens import parse_duration_days
 from collector.ledger import open_store
 
 EPILOG = textwrap.dedent("""\
@@ -136,8 +133,7 @@ def _principals(args: argparse.Namespace) -> Iterator[Principals]:
     """The principals of ``--store``; the store is closed when the command is done."""
     store = open_store(args.store)
     try:
-        ensure_schema(store)
-        yield Principals(store)
+        yield Principals(store)            # creates the access tables in a SQLite ledger
     finally:
         store.close()
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,10 +92,30 @@ class PunchQuery:
     site: str | None = None
     device: str | None = None
 
-    def sql(self, ph: str) -> tuple[str, list[Any]]:
-        """The payroll SELECT with ``ph`` placeholders, and its parameters."""
+    def sql(self, ph: str, *, credential: str | None = None, seq: int | None = None,
+            after: tuple[int, str, int] | None = None, limit: int | None = None
+            ) -> tuple[str, list[Any]]:
+        """The payroll SELECT with ``ph`` placeholders, and its parameters; ``credential``,
+        ``seq``, ``after`` (a (ts, device, seq) cursor, exclusive) and ``limit`` narrow it
+        to one API page or one punch."""
         where, params = self.where(ph)
-        return _PAYROLL.format(where=where), params  # values are parameters, never text
+        extra: list[str] = []
+        if credential is not None:
+            extra.append(f"p.credential = {ph}")
+            params.append(credential)
+        if seq is not None:
+            extra.append(f"p.seq = {ph}")
+            params.append(seq)
+        if after is not None:
+            extra.append(f"(p.ts, p.device, p.seq) > ({ph}, {ph}, {ph})")
+            params.extend(after)
+        if extra:
+            where = (where + " AND " if where else " WHERE ") + " AND ".join(extra)
+        text = _PAYROLL.format(where=where)  # values are parameters, never text
+        if limit is not None:
+            text += f" LIMIT {ph}"
+            params.append(limit)
+        return text, params
 
     def where(self, ph: str) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -123,6 +143,34 @@ def checked_body(kind: str, body: dict[str, Any], *, idx: int) -> Body:
         return parse_body(kind, body, idx=idx)
     except BodyError as e:
         raise (RegistryError if kind == "device" else LedgerError)(str(e)) from e
+
+
+class Tx:
+    """One write transaction of a store (from :meth:`SQLStore.transaction`), holding the
+    chain-head lock. :meth:`record` appends a ledger entry inside it with exactly the bytes
+    ``append`` would give it; :meth:`execute`/:meth:`rows` run the statements of the
+    ledger's table modules (``?`` placeholders) in the same transaction."""
+
+    def __init__(self, cur: Any, now_us: int, sql: Callable[[str], str],
+                 planner: Callable[[Any, int], _Append]) -> None:
+        self.now_us = now_us
+        self.results: list[AppendResult] = []
+        self._cur = cur
+        self._sql = sql
+        self._planner = planner
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cur.execute(self._sql(sql), tuple(params))
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.execute(sql, params)
+        return list(self._cur.fetchall())
+
+    def record(self, kind: str, body: dict[str, Any]) -> int:
+        """Append ``body`` as a ``kind`` entry now (same transaction); returns its idx."""
+        res = self._planner(self._cur, self.now_us).run([EventFact(kind, body)])
+        self.results.extend(res)
+        return res[0].idx
 
 
 class SQLStore(LedgerStore):
@@ -172,6 +220,41 @@ class SQLStore(LedgerStore):
             except self.db_errors as e:
                 raise self._fail(e, "ledger read failed") from e
 
+    # -- the public transaction and query API (for the ledger's table and query modules) ----
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read; ``sql`` uses ``?`` placeholders on every store.
+
+        For collector.ledger's own query modules (queries, access_tables, corrections_table):
+        code outside collector.ledger calls their typed functions, never SQL."""
+        return self._q(sql, params)
+
+    @contextmanager
+    def transaction(self, now_us: int, *, what: str = "ledger transaction") -> Iterator[Tx]:
+        """One write transaction holding the chain-head lock: the statements run through the
+        yielded :class:`Tx` and the entries it records commit together, or none of them do
+        (an exception inside the block rolls everything back and propagates)."""
+        with self._lock:
+            try:
+                with self._write() as cur:
+                    yield Tx(cur, now_us, self._sql, self._planner)
+            except self.db_errors as e:
+                raise self._fail(e, f"{what} failed") from e
+
+    def create_tables(self, ddl: str) -> None:
+        """Run ``ddl`` (``;``-separated ``CREATE … IF NOT EXISTS`` statements) in one write
+        transaction. For SQLite; on PostgreSQL the owner role creates tables when migrating."""
+        with self._lock:
+            try:
+                with self._write() as cur:
+                    for stmt in ddl.split(";"):
+                        if stmt.strip():
+                            cur.execute(stmt)
+            except self.db_errors as e:
+                raise self._fail(e, "creating tables failed") from e
+
+    def _planner(self, cur: Any, now_us: int) -> _Append:
+        return _Append(cur, now_us, sql=self._sql, existing=self._existing)
+
     # -- append ---------------------------------------------------------------------------
     def append(self, facts: Sequence[Fact], *, now_us: int) -> list[AppendResult]:
         if not facts:
@@ -179,7 +262,7 @@ class SQLStore(LedgerStore):
         with self._lock:
             try:
                 with self._write() as cur:
-                    return _Append(self, cur, now_us).run(facts)
+                    return self._planner(cur, now_us).run(facts)
             except self.db_errors as e:
                 if "UNIQUE" in str(e).upper() and any(
                         isinstance(f, EventFact) and f.kind == "device" for f in facts):
@@ -314,8 +397,11 @@ class SQLStore(LedgerStore):
 class _Append:
     """One append transaction: plan rows in memory, then insert them in a few executemany."""
 
-    def __init__(self, store: SQLStore, cur: Any, now_us: int) -> None:
-        self.s = store
+    def __init__(self, cur: Any, now_us: int, *, sql: Callable[[str], str],
+                 existing: Callable[[Any, set[tuple[str, int]]],
+                                    dict[tuple[str, int], tuple[str, int]]]) -> None:
+        self.sql = sql              # the store's placeholder translation
+        self.existing = existing    # the store's (device, seq) lookup
         self.cur = cur
         cur.execute("SELECT idx, hash, at FROM entries ORDER BY idx DESC LIMIT 1")
         row = cur.fetchone()
@@ -357,17 +443,17 @@ class _Append:
 
     def _load_sites(self, devices: set[str]) -> None:
         for d in devices:
-            self.cur.execute(self.s._sql("SELECT site FROM devices WHERE device = ?"), (d,))
+            self.cur.execute(self.sql("SELECT site FROM devices WHERE device = ?"), (d,))
             row = self.cur.fetchone()
             if row is not None:
                 self.sites[d] = str(row[0])
 
     def _registry(self, device: str) -> tuple[str | None, dict[str, tuple[str, int, int | None]]]:
         if device not in self.registry:
-            self.cur.execute(self.s._sql("SELECT status FROM devices WHERE device = ?"),
+            self.cur.execute(self.sql("SELECT status FROM devices WHERE device = ?"),
                              (device,))
             row = self.cur.fetchone()
-            self.cur.execute(self.s._sql("SELECT key_id, status, from_seq, until_seq FROM keys "
+            self.cur.execute(self.sql("SELECT key_id, status, from_seq, until_seq FROM keys "
                                          "WHERE device = ?"), (device,))
             keys = {str(k): (str(st), int(a), None if b is None else int(b))
                     for k, st, a, b in self.cur.fetchall()}
@@ -401,7 +487,7 @@ class _Append:
     def run(self, facts: Sequence[Fact]) -> list[AppendResult]:
         pairs = {(f.signed.punch.device, f.signed.punch.seq) for f in facts
                  if isinstance(f, PunchFact)}
-        seen = self.s._existing(self.cur, pairs) if pairs else {}
+        seen = self.existing(self.cur, pairs) if pairs else {}
         self._load_sites({d for d, _ in pairs})
         results: list[AppendResult] = []
         for f in facts:
@@ -462,7 +548,7 @@ class _Append:
 
     def _apply_device(self, body: dict[str, Any], idx: int, ev: DeviceEvent) -> None:
         def x(sql: str, params: tuple[Any, ...]) -> None:
-            self.cur.execute(self.s._sql(sql), params)
+            self.cur.execute(self.sql(sql), params)
 
         event, device = body["event"], body["device"]
         self.registry.pop(device, None)     # later punches of this batch see the change
@@ -490,7 +576,7 @@ class _Append:
               (idx, device))
 
     def _flush(self) -> None:
-        c, q = self.cur, self.s._sql
+        c, q = self.cur, self.sql
         if self.entries:
             c.executemany(q("INSERT INTO entries (idx, kind, at, body, prev, hash) "
                             "VALUES (?, ?, ?, ?, ?, ?)"), self.entries)

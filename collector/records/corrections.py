@@ -22,9 +22,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from collector import CollectorError
-from collector.access.principals import SoDError, ensure_schema, read, transaction
+from collector import CollectorError, SoDError
+from collector.ledger import corrections_table, queries
+from collector.ledger.corrections_table import Correction
 from collector.ledger.sqlbase import SQLStore
+from collector.ledger.tables import ensure_schema
 from wire.punch import ACTIONS
 
 FIELDS = ("action", "ts")
@@ -56,41 +58,12 @@ class CorrectionConflictError(CorrectionError):
     """The correction no longer fits the punch's current value or was already decided."""
 
 
-@dataclass(frozen=True, slots=True)
-class Correction:
-    id: str
-    device: str
-    seq: int
-    original_idx: int
-    field: str
-    before: Any
-    after: Any
-    reason: str
-    note: str
-    editor: str
-    proposed_at: int
-    status: str
-    approver: str | None
-    decided_at: int | None
-    decision_note: str | None
-    correction_idx: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "device": self.device, "seq": self.seq,
-                "original_idx": self.original_idx, "field": self.field,
-                "before": self.before, "after": self.after, "reason": self.reason,
-                "note": self.note, "editor": self.editor, "proposed_at": self.proposed_at,
-                "status": self.status, "approver": self.approver,
-                "decided_at": self.decided_at, "decision_note": self.decision_note,
-                "correction_idx": self.correction_idx}
-
-    def entry_body(self, approver: str, approved_at: int) -> dict[str, Any]:
-        """The ``correction`` ledger entry's body."""
-        return {"original_idx": self.original_idx, "device": self.device, "seq": self.seq,
-                "field": self.field, "before": self.before, "after": self.after,
-                "reason": self.reason, "note": self.note, "editor": self.editor,
-                "approver": approver, "proposal": self.id, "proposed_at": self.proposed_at,
-                "approved_at": approved_at}
+def entry_body(c: Correction, approver: str, approved_at: int) -> dict[str, Any]:
+    """The ``correction`` ledger entry's body approving ``c``."""
+    return {"original_idx": c.original_idx, "device": c.device, "seq": c.seq,
+            "field": c.field, "before": c.before, "after": c.after, "reason": c.reason,
+            "note": c.note, "editor": c.editor, "approver": approver, "proposal": c.id,
+            "proposed_at": c.proposed_at, "approved_at": approved_at}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +79,6 @@ class Applied:
                 "proposal": self.proposal}
 
 
-_COLS = ("id, device, seq, original_idx, field, before_value, after_value, reason, note, "
-         "editor, proposed_at, status, approver, decided_at, decision_note, correction_idx")
-
-
-def _row(r: tuple[Any, ...]) -> Correction:
-    return Correction(str(r[0]), str(r[1]), int(r[2]), int(r[3]), str(r[4]), json.loads(r[5]),
-                      json.loads(r[6]), str(r[7]), str(r[8]), str(r[9]), int(r[10]),
-                      str(r[11]), r[12], None if r[13] is None else int(r[13]), r[14],
-                      None if r[15] is None else int(r[15]))
-
-
 def check_value(field: str, value: Any) -> Any:
     if field == "action":
         if not isinstance(value, str) or value not in ACTIONS:
@@ -130,7 +92,7 @@ def check_value(field: str, value: Any) -> Any:
 
 
 class Corrections:
-    """The correction workflow over one ledger store (tables from collector.access.principals)."""
+    """The correction workflow over one ledger store (table: collector.ledger.corrections_table)."""
 
     def __init__(self, store: SQLStore) -> None:
         ensure_schema(store)
@@ -138,27 +100,16 @@ class Corrections:
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, cid: str) -> Correction:
-        rows = read(self.store, f"SELECT {_COLS} FROM tc_corrections WHERE id = ?",  # noqa: S608 - constant columns
-                    (cid,))
-        if not rows:
+        c = corrections_table.get(self.store, cid)
+        if c is None:
             raise CorrectionNotFoundError(f"no correction {cid[:40]!r}")
-        return _row(rows[0])
+        return c
 
     def find(self, *, status: str | None = None, device: str | None = None,
              seq: int | None = None, after: str | None = None,
              limit: int = 100) -> list[Correction]:
-        clauses, params = [], []
-        for col, val in (("status", status), ("device", device), ("seq", seq)):
-            if val is not None:
-                clauses.append(f"{col} = ?")
-                params.append(val)
-        if after is not None:
-            clauses.append("id > ?")
-            params.append(after)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        return [_row(r) for r in read(
-            self.store, f"SELECT {_COLS} FROM tc_corrections{where} ORDER BY id LIMIT ?",  # noqa: S608 - values are parameters
-            (*params, limit))]
+        return corrections_table.find(self.store, status=status, device=device, seq=seq,
+                                      after=after, limit=limit)
 
     def applied(self, pairs: set[tuple[str, int]] | None = None
                 ) -> dict[tuple[str, int], dict[str, Applied]]:
@@ -166,15 +117,12 @@ class Corrections:
 
         The table is only an index: each value is checked against the ``correction`` ledger
         entry it names, so an edited table row cannot change what an export shows."""
-        rows = read(self.store, "SELECT device, seq, field, after_value, correction_idx, id "
-                                "FROM tc_corrections WHERE status = 'approved' "
-                                "ORDER BY correction_idx")
         out: dict[tuple[str, int], dict[str, Applied]] = {}
-        for device, seq, fld, after, cidx, cid in rows:
-            key = (str(device), int(seq))
+        for r in corrections_table.approved(self.store):
+            key = (r.device, r.seq)
             if pairs is not None and key not in pairs:
                 continue
-            out.setdefault(key, {})[str(fld)] = Applied(json.loads(after), int(cidx), str(cid))
+            out.setdefault(key, {})[r.field] = Applied(r.after, r.correction_idx, r.id)
         self._check_against_ledger(out)
         return out
 
@@ -184,8 +132,7 @@ class Corrections:
         set. One scan of the chain: for exports, which read everything anyway."""
         out = self.applied()
         in_table = {a.correction_idx for fields in out.values() for a in fields.values()}
-        in_ledger = {int(r[0]) for r in read(self.store, "SELECT idx FROM entries "
-                                                         "WHERE kind = 'correction'")}
+        in_ledger = queries.idxs_of_kind(self.store, "correction")
         missing = sorted(in_ledger - in_table)
         if missing:
             raise CorrectionIntegrityError(
@@ -198,36 +145,28 @@ class Corrections:
     def _check_against_ledger(self, applied: dict[tuple[str, int], dict[str, Applied]]) -> None:
         wanted = {a.correction_idx: (key, fld, a) for key, fields in applied.items()
                   for fld, a in fields.items()}
-        idxs = sorted(wanted)
-        for i in range(0, len(idxs), 500):
-            chunk = idxs[i:i + 500]
-            sql = ("SELECT b.idx, b.body FROM bodies b JOIN entries e ON e.idx = b.idx "  # noqa: S608 - only "?" placeholders are joined in
-                   "WHERE e.kind = 'correction' AND b.idx IN (" + ", ".join("?" * len(chunk)) + ")")
-            for idx, raw in read(self.store, sql, chunk):
-                (device, seq), fld, a = wanted.pop(int(idx))
-                body = json.loads(bytes(raw))
-                if (body.get("device"), body.get("seq"), body.get("field"),
-                        body.get("after")) != (device, seq, fld, a.value):
-                    raise CorrectionIntegrityError(
-                        f"correction {a.proposal}: the corrections table says {device}#{seq} "
-                        f"{fld} = {a.value!r}, ledger entry {idx} says otherwise; the table "
-                        f"was altered outside timeclock (the ledger is authoritative)")
+        for idx, raw in queries.bodies_of_kind(self.store, "correction", list(wanted)):
+            (device, seq), fld, a = wanted.pop(idx)
+            body = json.loads(raw)
+            if (body.get("device"), body.get("seq"), body.get("field"),
+                    body.get("after")) != (device, seq, fld, a.value):
+                raise CorrectionIntegrityError(
+                    f"correction {a.proposal}: the corrections table says {device}#{seq} "
+                    f"{fld} = {a.value!r}, ledger entry {idx} says otherwise; the table "
+                    f"was altered outside timeclock (the ledger is authoritative)")
         # What is left names no correction entry with a body: retention may have deleted it
         # (then the table row is all that is left), or the idx is not a correction at all.
         for idx, (_, _, a) in wanted.items():
-            kind = read(self.store, "SELECT kind FROM entries WHERE idx = ?", (idx,))
-            if not kind or kind[0][0] != "correction":
+            if queries.kind_of(self.store, idx) != "correction":
                 raise CorrectionIntegrityError(
                     f"correction {a.proposal}: the corrections table names ledger entry {idx}, "
                     f"which is not a correction entry (the table was altered)")
 
     def _original(self, device: str, seq: int) -> tuple[int, dict[str, Any]]:
-        rows = read(self.store, "SELECT idx, action, ts FROM punches WHERE device = ? AND "
-                                "seq = ?", (device, seq))
-        if not rows:
+        p = queries.punch_fields(self.store, device, seq)
+        if p is None:
             raise CorrectionNotFoundError(f"no recorded punch {device}#{seq}")
-        idx, action, ts = rows[0]
-        return int(idx), {"action": str(action), "ts": int(ts)}
+        return p.idx, {"action": p.action, "ts": p.ts}
 
     def current(self, device: str, seq: int, field: str) -> tuple[int, Any]:
         """(original ledger idx, effective value of ``field``) of a recorded punch."""
@@ -253,11 +192,8 @@ class Corrections:
             raise CorrectionError(f"after: {field} is already {cur!r}")
         c = Correction("cor-" + secrets.token_hex(8), device, seq, idx, field, cur, after,
                        reason, note, editor, now_us, "proposed", None, None, None, None)
-        with transaction(self.store, now_us) as tx:
-            tx.x(f"INSERT INTO tc_corrections ({_COLS}) VALUES "  # noqa: S608 - constant columns
-                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (c.id, device, seq, idx, field, json.dumps(cur), json.dumps(after), reason,
-                  note, editor, now_us, "proposed", None, None, None, None))
+        with self.store.transaction(now_us, what="proposing a correction") as tx:
+            corrections_table.insert(tx, c)
             tx.record("access", {"type": "correction", "action": "propose", "actor": editor,
                                  "at": now_us, "proposal": c.id, "original_idx": idx,
                                  "device": device, "seq": seq, "field": field,
@@ -274,14 +210,14 @@ class Corrections:
         if c.editor == approver:
             err = SoDError(f"segregation of duties: {approver} proposed correction {cid} and "
                            f"may not {action} it; another principal with hr.approve must")
-            with transaction(self.store, now_us) as tx:
+            with self.store.transaction(now_us, what="recording a refusal") as tx:
                 tx.record("access", {"type": "correction", "action": action, "actor": approver,
                                      "at": now_us, "proposal": cid, "outcome": "refused",
                                      "error": str(err)})
             raise err
         if c.status != "proposed":
             raise CorrectionConflictError(f"correction {cid} is already {c.status}")
-        with transaction(self.store, now_us) as tx:
+        with self.store.transaction(now_us, what="deciding a correction") as tx:
             cidx = None
             if approve:
                 _, cur = self.current(c.device, c.seq, c.field)
@@ -289,16 +225,14 @@ class Corrections:
                     raise CorrectionConflictError(
                         f"correction {cid} was proposed against {c.field} = {c.before!r}, "
                         f"but it is now {cur!r}: reject it and propose again")
-                cidx = tx.record("correction", c.entry_body(approver, now_us))
+                cidx = tx.record("correction", entry_body(c, approver, now_us))
             else:
                 tx.record("access", {"type": "correction", "action": "reject",
                                      "actor": approver, "at": now_us, "proposal": cid,
                                      "outcome": "done"})
-            n = tx.rows("UPDATE tc_corrections SET status = ?, approver = ?, decided_at = ?, "
-                        "decision_note = ?, correction_idx = ? WHERE id = ? AND status = "
-                        "'proposed' RETURNING id",
-                        ("approved" if approve else "rejected", approver, now_us, note, cidx,
-                         cid))
-            if not n:
+            decided = corrections_table.decide(
+                tx, cid, status="approved" if approve else "rejected", approver=approver,
+                now_us=now_us, note=note, correction_idx=cidx)
+            if not decided:
                 raise CorrectionConflictError(f"correction {cid} was decided concurrently")
         return self.get(cid)

@@ -1,0 +1,161 @@
+"""Bearer tokens (CONTROLS.md D7) and authentication of API callers.
+
+Invariants:
+- a token is shown once, at creation; only SHA-256(token) is stored (a 32-byte random token
+  has full entropy, so a fast hash is enough); lookups compare hashes in constant time;
+- every token expires (at most ``MAX_TOKEN_DAYS``); revoked and expired tokens never
+  authenticate, nor do tokens of a disabled principal; last use is recorded (coarsely, at
+  most once a minute per token or certificate principal);
+- issuing and revoking are ``access`` ledger entries in the same transaction as the rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from collector.access.grants import Grants
+from collector.access.principals import (
+    DAY_US,
+    PRINCIPAL_RE,
+    Principal,
+    PrincipalError,
+    access_change,
+    get_principal,
+)
+from collector.ledger import access_tables
+from collector.ledger.access_tables import TokenRecord
+from collector.ledger.sqlbase import SQLStore
+
+TOKEN_PREFIX = "tct_"  # noqa: S105 - a prefix that makes leaked tokens greppable, no secret
+TOKEN_RE = re.compile(r"^tct_[A-Za-z0-9_-]{43}$")
+MAX_TOKEN_DAYS = 365
+LAST_USE_GRANULARITY_US = 60 * 1_000_000
+
+
+class TokenError(PrincipalError):
+    """A presented token is malformed, unknown, expired or revoked (never says which)."""
+
+
+def parse_duration_days(text: str) -> int:
+    """``90d``, ``12w`` or a plain number of days → days (1 … MAX_TOKEN_DAYS)."""
+    m = re.fullmatch(r"(\d{1,4})([dw]?)", text.strip())
+    if m is None:
+        raise PrincipalError(f"expiry {text[:40]!r}: use a number of days like 90d or 12w")
+    days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
+    if not 1 <= days <= MAX_TOKEN_DAYS:
+        raise PrincipalError(f"expiry {text!r}: between 1 and {MAX_TOKEN_DAYS} days "
+                             f"(tokens are short-lived, CONTROLS.md D7)")
+    return days
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str          # shown once
+    record: TokenRecord
+
+
+class Tokens:
+    """Tokens of one ledger database, and authentication by token or certificate CN."""
+
+    def __init__(self, store: SQLStore, grants: Grants) -> None:
+        self.store = store
+        self.grants = grants
+        self._last_use_written: dict[str, int] = {}
+
+    def records(self, principal: str | None = None) -> list[TokenRecord]:
+        return access_tables.tokens(self.store, principal)
+
+    # -- authentication -----------------------------------------------------------------------
+    def authenticate_token(self, token: str, *, now_us: int) -> Principal:
+        """The principal a bearer token stands for, or :class:`TokenError`."""
+        if not TOKEN_RE.fullmatch(token):
+            raise TokenError("malformed token")
+        h = token_hash(token)
+        row = access_tables.token_by_hash(self.store, h)
+        if row is None or not hmac.compare_digest(row.hash, h):
+            raise TokenError("unknown token")
+        if row.revoked_at is not None or now_us >= row.expires_at:
+            raise TokenError("token revoked or expired")
+        p = get_principal(self.store, row.principal)
+        if p is None or p.disabled_at is not None or p.kind != "token":
+            raise TokenError("token's principal is disabled")
+        self._touch(p.name, row.id, now_us)
+        return Principal(p.name, p.kind, p.roles, p.created_at, p.last_used_at,
+                         p.disabled_at, token_id=row.id)
+
+    def authenticate_cert(self, common_name: str, *, now_us: int) -> Principal:
+        """The principal registered for a verified client certificate's CN."""
+        p = get_principal(self.store, common_name) if PRINCIPAL_RE.fullmatch(common_name) \
+            else None
+        if p is None or p.kind != "cert" or p.disabled_at is not None:
+            raise TokenError(f"client certificate {common_name[:80]!r} is not a registered "
+                             f"API principal")
+        self._touch(p.name, None, now_us)
+        return p
+
+    def _touch(self, name: str, token_id: str | None, now_us: int) -> None:
+        key = token_id or f"cert:{name}"
+        if now_us - self._last_use_written.get(key, -LAST_USE_GRANULARITY_US) \
+                < LAST_USE_GRANULARITY_US:
+            return
+        self._last_use_written[key] = now_us
+        with self.store.transaction(now_us, what="recording token use") as tx:
+            access_tables.touch(tx, name, token_id, now_us=now_us)
+
+    # -- changes (each also an access entry) ------------------------------------------------
+    def create(self, principal: str, roles: Sequence[str], *, expires_days: int, actor: str,
+               now_us: int) -> IssuedToken:
+        """Issue a token for ``principal`` (created with ``roles`` if new). If the principal
+        exists, ``roles`` must be empty or equal to its roles (change roles with
+        :meth:`Grants.set_roles`)."""
+        if not 1 <= expires_days <= MAX_TOKEN_DAYS:
+            raise PrincipalError(f"expiry must be 1…{MAX_TOKEN_DAYS} days")
+        rs = self.grants.checked_roles(actor, "token.create", now_us, principal, roles)
+        existing = get_principal(self.store, principal)
+        if existing is None and not rs:
+            raise PrincipalError(f"principal {principal!r} is new: give at least one --role")
+        if existing is not None:
+            if existing.kind != "token":
+                raise PrincipalError(f"principal {principal!r} authenticates with a client "
+                                     f"certificate, not tokens")
+            if rs and rs != existing.roles:
+                raise PrincipalError(f"principal {principal!r} already has roles "
+                                     f"{', '.join(sorted(existing.roles)) or '(none)'}; "
+                                     f"change them with `token roles`")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        rec = TokenRecord(id="tok-" + secrets.token_hex(6), principal=principal,
+                          created_at=now_us, created_by=actor,
+                          expires_at=now_us + expires_days * DAY_US, last_used_at=None,
+                          revoked_at=None)
+        with self.store.transaction(now_us, what="issuing a token") as tx:
+            if existing is None:
+                access_tables.insert_principal(tx, principal, "token", rs, actor=actor,
+                                               now_us=now_us)
+            access_tables.insert_token(tx, rec, token_hash(token))
+            tx.record("access", access_change(
+                actor, "token.create", now_us, outcome="done", principal=principal,
+                token=rec.id, expires_at=rec.expires_at,
+                roles=sorted(rs) if existing is None else sorted(existing.roles),
+                new_principal=existing is None))
+        return IssuedToken(token, rec)
+
+    def revoke(self, token_id: str, *, actor: str, now_us: int) -> TokenRecord:
+        rows = [t for t in self.records() if t.id == token_id]
+        if not rows:
+            raise PrincipalError(f"no token with id {token_id[:40]!r} (see `token list`)")
+        if rows[0].revoked_at is not None:
+            raise PrincipalError(f"token {token_id} is already revoked")
+        with self.store.transaction(now_us, what="revoking a token") as tx:
+            access_tables.revoke_token(tx, token_id, actor=actor, now_us=now_us)
+            tx.record("access", access_change(actor, "token.revoke", now_us, outcome="done",
+                                              principal=rows[0].principal, token=token_id))
+        return [t for t in self.records() if t.id == token_id][0]

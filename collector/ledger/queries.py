@@ -1,0 +1,81 @@
+"""Typed reads of the chain and its projections for the API, records and access layers.
+
+Every SQL text of the collector lives in collector.ledger; callers get rows as values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore, to_bytes
+
+IN_CHUNK = 500      # values per IN (...) list (SQLite allows ≥ 999 parameters)
+_KIND_PAGE = ("SELECT e.idx, e.at, e.hash, b.body FROM entries e LEFT JOIN bodies b "
+              "ON b.idx = e.idx WHERE e.kind = ? AND e.idx > ? ORDER BY e.idx LIMIT ?")
+
+
+@dataclass(frozen=True, slots=True)
+class KindEntry:
+    idx: int
+    at: int
+    hash: str
+    body: bytes | None             # None once retention deleted it
+
+
+def entries_of_kind(store: SQLStore, kind: str, after: int, limit: int) -> list[KindEntry]:
+    """At most ``limit`` entries of ``kind`` with idx > ``after``, in idx order."""
+    return [KindEntry(int(idx), int(at), str(h), to_bytes(body))
+            for idx, at, h, body in store.query(_KIND_PAGE, (kind, after, limit))]
+
+
+def idxs_of_kind(store: SQLStore, kind: str) -> set[int]:
+    """The idx of every entry of ``kind`` (one scan of the chain)."""
+    return {int(r[0]) for r in store.query("SELECT idx FROM entries WHERE kind = ?", (kind,))}
+
+
+def kind_of(store: SQLStore, idx: int) -> str | None:
+    rows = store.query("SELECT kind FROM entries WHERE idx = ?", (idx,))
+    return str(rows[0][0]) if rows else None
+
+
+def bodies_of_kind(store: SQLStore, kind: str, idxs: Iterable[int]
+                   ) -> Iterator[tuple[int, bytes]]:
+    """(idx, body) of those ``idxs`` that are ``kind`` entries and still have a body."""
+    wanted = sorted(idxs)
+    for i in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[i:i + IN_CHUNK]
+        sql = ("SELECT b.idx, b.body FROM bodies b JOIN entries e ON e.idx = b.idx "  # noqa: S608 - only "?" placeholders are joined in
+               "WHERE e.kind = ? AND b.idx IN (" + ", ".join("?" * len(chunk)) + ")")
+        for idx, raw in store.query(sql, (kind, *chunk)):
+            yield int(idx), bytes(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class PunchFields:
+    """The recorded (original) values of a punch that a correction may change."""
+
+    idx: int
+    action: str
+    ts: int
+
+
+def punch_fields(store: SQLStore, device: str, seq: int) -> PunchFields | None:
+    rows = store.query("SELECT idx, action, ts FROM punches WHERE device = ? AND seq = ?",
+                       (device, seq))
+    return PunchFields(int(rows[0][0]), str(rows[0][1]), int(rows[0][2])) if rows else None
+
+
+def punch_page(store: SQLStore, query: PunchQuery, *, limit: int,
+               credential: str | None = None, after: tuple[int, str, int] | None = None
+               ) -> list[PunchRow]:
+    """One page of ``query`` (ordered by (ts, device, seq)), after the cursor ``after``."""
+    text, params = query.sql("?", credential=credential, after=after, limit=limit)
+    return [PunchRow(*r) for r in store.query(text, params)]
+
+
+def punch_row(store: SQLStore, device: str, seq: int) -> PunchRow | None:
+    """The payroll row of one recorded punch."""
+    text, params = PunchQuery(device=device).sql("?", seq=seq)
+    rows = store.query(text, params)
+    return PunchRow(*rows[0]) if rows else None
