@@ -8,5 +8,6 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy (strict: agent/ collector/ wire/)"
 .venv/bin/mypy
+echo "== import contracts"; .venv/bin/lint-imports
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

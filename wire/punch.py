@@ -228,7 +228,7 @@ class SignedPunch:
 
     def to_bytes(self) -> bytes:
         if type(self.sig) is str:   # matched SIG_RE: base64 needs no escaping
-            return b'{"punch":' + self.punch._bytes + b',"sig":"' + self.sig.encode("ascii") \
+            return b'{"punch":' + self.punch.to_bytes() + b',"sig":"' + self.sig.encode("ascii") \
                 + b'"}'
         return canonical_trusted(self.to_dict())
 
