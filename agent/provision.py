@@ -7,9 +7,10 @@ readers. ``timeclock-agent rotate-key --config F`` replaces the signing key with
 here and writes a rotation request for the operator (``device rotate-key --request``).
 
 Invariants:
-- nothing private travels: the bundle holds certificates and public keys only (a bundle with
-  a PEM private key is refused), and the rotation request holds the new PUBLIC key, signed by
-  the OLD private key so the collector knows it comes from the enrolled clock;
+- nothing private travels: the bundle (wire.provisioning) holds certificates and public keys
+  only (a bundle with a PEM private key is refused), and the rotation request
+  (wire.rotation) holds the new PUBLIC key, signed by the OLD private key so the collector
+  knows it comes from the enrolled clock (the collector verifies it, with wire.rotation);
 - a bundle is installed only if it matches the keys on this clock: the certificate's public
   key is the TLS key's, its CN is the device id, the CA signed it, and (for an enrolment) the
   registered signing key id is this clock's signing key;
@@ -41,20 +42,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from agent.errors import AgentError
-from wire.canonical import canonical
 from wire.errors import WireError
-from wire.fields import DEVICE_ID_RE
 from wire.keys import (
     SigningKey,
-    VerifyKey,
     load_signing_key,
     save_signing_key,
     write_public_file,
 )
+from wire.provisioning import ProvisioningBundle
+from wire.rotation import RotationRequest, SignedRotationRequest
 
-BUNDLE_KIND = "timeclock-provisioning-bundle"
-ROTATION_KIND = "timeclock-key-rotation"
-ROTATION_DOMAIN = b"timeclock/rotate/v1\n"
 SIGNING_KEY_FILE = "signing.key"
 TLS_KEY_FILE = "tls.key"
 QUEUE_KEY_FILE = "queue.key"
@@ -62,7 +59,6 @@ CERT_FILE = "tls.crt"
 CA_FILE = "ca.crt"
 CONFIG_FILE = "agent.toml"
 DEFAULT_STATE_DIR = Path("/var/lib/timeclock-agent")
-_PRIVATE_PEM = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -131,39 +127,24 @@ def render_agent_config(*, device: str, directory: Path, state_dir: Path, broker
 
 # ---- provision --------------------------------------------------------------------------------
 
-def read_bundle(data: bytes) -> dict[str, Any]:
-    """Decode a bundle and check its shape (see collector/fleet/provisioning.py)."""
-    if _PRIVATE_PEM.search(data):
-        raise ProvisionError("this bundle contains a private key, which no genuine bundle "
-                             "does; do not use it")
+def read_bundle(data: bytes) -> ProvisioningBundle:
+    """Parse a bundle strictly (wire.provisioning, the definition the collector writes)."""
     try:
-        d = json.loads(data)
-    except ValueError as e:
-        raise ProvisionError(f"not a provisioning bundle (invalid JSON: {e})") from e
-    if not isinstance(d, dict) or d.get("kind") != BUNDLE_KIND or d.get("v") != 1:
-        raise ProvisionError("not a version 1 timeclock provisioning bundle")
-    need = ["purpose", "device", "site", "signing_key_id", "device_cert", "ca_cert",
-            "cert_not_after"]
-    if d.get("purpose") == "enrol":
-        need += ["broker", "log_public_key", "readers"]
-    missing = [k for k in need if k not in d]
-    if missing or d.get("purpose") not in ("enrol", "renew"):
-        raise ProvisionError(f"provisioning bundle: missing {', '.join(missing) or 'purpose'}")
-    if not isinstance(d["device"], str) or not DEVICE_ID_RE.fullmatch(d["device"]):
-        raise ProvisionError("provisioning bundle: invalid device id")
-    return d
+        return ProvisioningBundle.from_bytes(data)
+    except WireError as e:
+        raise ProvisionError(f"{e}; do not use this file") from e
 
 
-def _check_cert(d: Mapping[str, Any], directory: Path) -> tuple[bytes, bytes]:
+def _check_cert(b: ProvisioningBundle, directory: Path) -> tuple[bytes, bytes]:
     """The certificate matches this clock's TLS key, its device id, and the bundled CA."""
     try:
-        cert = x509.load_pem_x509_certificate(str(d["device_cert"]).encode())
-        ca = x509.load_pem_x509_certificate(str(d["ca_cert"]).encode())
+        cert = x509.load_pem_x509_certificate(b.cert_pem.encode())
+        ca = x509.load_pem_x509_certificate(b.ca_pem.encode())
     except ValueError as e:
         raise ProvisionError(f"provisioning bundle: bad certificate ({e})") from e
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(cn) != 1 or cn[0].value != d["device"]:
-        raise ProvisionError(f"the bundle's certificate is not for device {d['device']}")
+    if len(cn) != 1 or cn[0].value != b.device:
+        raise ProvisionError(f"the bundle's certificate is not for device {b.device}")
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as e:
@@ -188,27 +169,28 @@ def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_S
                    credentials: bool = False, force: bool = False) -> Installed:
     """Install ``bundle`` into ``directory`` (which holds the keys from ``init``)."""
     try:
-        d = read_bundle(bundle.read_bytes())
+        b = read_bundle(bundle.read_bytes())
     except OSError as e:
         raise ProvisionError(f"{bundle}: cannot read: {e.strerror}") from e
-    device: str = d["device"]
-    cert_pem, ca_pem = _check_cert(d, directory)
+    device = b.device
+    cert_pem, ca_pem = _check_cert(b, directory)
     config_file: Path | None = None
     text = ""
-    if d["purpose"] == "enrol":
+    if b.purpose == "enrol":
         try:
             own = load_signing_key(directory / SIGNING_KEY_FILE)
         except WireError as e:
             raise ProvisionError(f"{directory / SIGNING_KEY_FILE}: {e}") from e
-        if own.key_id != d["signing_key_id"]:
-            raise ProvisionError(f"the bundle registers signing key {d['signing_key_id']}, but "
+        if own.key_id != b.signing_key_id:
+            raise ProvisionError(f"the bundle registers signing key {b.signing_key_id}, but "
                                  f"this clock's key is {own.key_id}")
-        broker = d["broker"]
+        if b.broker_host is None or b.broker_port is None or b.log_public_key is None:
+            raise ProvisionError("an enrolment bundle without broker or log key")  # parsed
         text = render_agent_config(
             device=device, directory=directory, state_dir=state_dir,
-            broker_host=str(broker["host"]), broker_port=int(broker["port"]),
-            log_public_key=str(d["log_public_key"]), readers=d["readers"],
-            mqtt_options=broker.get("options") or {}, credentials=credentials)
+            broker_host=b.broker_host, broker_port=b.broker_port,
+            log_public_key=b.log_public_key, readers=b.readers,
+            mqtt_options=b.mqtt_options, credentials=credentials)
         config_file = directory / CONFIG_FILE
         if config_file.exists() and config_file.read_text(encoding="utf-8") != text \
                 and not force:
@@ -221,39 +203,23 @@ def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_S
             write_public_file(config_file, text.encode())
     except OSError as e:
         raise ProvisionError(f"cannot write into {directory}: {e.strerror}") from e
-    return Installed(device, d["purpose"], directory / CERT_FILE, directory / CA_FILE,
-                     config_file, str(d["cert_not_after"]))
+    return Installed(device, b.purpose, directory / CERT_FILE, directory / CA_FILE,
+                     config_file, b.cert_not_after)
 
 
 # ---- rotate-key -------------------------------------------------------------------------------
 
 def rotation_request(device: str, old: SigningKey, new: SigningKey, from_seq: int,
-                     *, at_us: int) -> dict[str, Any]:
-    """The request ``device rotate-key --request`` takes: the new public key and first seq,
-    signed by the old key (domain ``timeclock/rotate/v1``)."""
-    body: dict[str, Any] = {"v": 1, "kind": ROTATION_KIND, "device": device,
-                            "old_key": old.key_id, "key": new.key_id,
-                            "signing_key": new.verify_key.b64, "from_seq": from_seq,
-                            "at": at_us}
-    return {"rotation": body, "sig": old.sign(ROTATION_DOMAIN + canonical(body))}
-
-
-def verify_rotation_request(doc: Mapping[str, Any], old: VerifyKey) -> dict[str, Any]:
-    """Check a request's signature under ``old``; return its body."""
-    body = doc.get("rotation")
-    sig = doc.get("sig")
-    if not isinstance(body, dict) or not isinstance(sig, str) \
-            or body.get("kind") != ROTATION_KIND:
-        raise ProvisionError("not a timeclock key rotation request")
-    try:
-        old.verify(ROTATION_DOMAIN + canonical(body), sig)
-    except WireError as e:
-        raise ProvisionError(f"the rotation request is not signed by key {old.key_id}") from e
-    return body
+                     *, at_us: int) -> SignedRotationRequest:
+    """The request ``device rotate-key --request`` takes (wire.rotation): the new public key
+    and first seq, signed by the old key."""
+    return RotationRequest(device=device, old_key=old.key_id, key=new.key_id,
+                           signing_key=new.verify_key, from_seq=from_seq,
+                           at=at_us).sign(old)
 
 
 def rotate_signing_key(config_path: Path, *, request_out: Path | None = None,
-                       now_us: int | None = None) -> tuple[Path, dict[str, Any]]:
+                       now_us: int | None = None) -> tuple[Path, SignedRotationRequest]:
     """Replace the signing key named by the config; return (request file, request)."""
     from agent.config import load_config  # noqa: PLC0415 -- config pulls in reader plugins
     from agent.queue import read_stats  # noqa: PLC0415
@@ -280,8 +246,8 @@ def rotate_signing_key(config_path: Path, *, request_out: Path | None = None,
     request = rotation_request(config.device.id, old, new, last_seq + 1, at_us=now_us)
     out = request_out or config_path.parent / f"rotate-{config.device.id}-{new.key_id}.json"
     try:
-        with open(out, "x", encoding="utf-8") as f:
-            f.write(json.dumps(request, indent=1, sort_keys=True) + "\n")
+        with open(out, "xb") as f:
+            f.write(request.to_bytes())
     except OSError as e:
         raise ProvisionError(f"{out}: cannot write the rotation request: {e.strerror}") from e
     tmp = ref.path.with_name(f".{ref.path.name}.new")
@@ -365,11 +331,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    out, req = rotate_signing_key(args.config, request_out=args.request)
-    body = req["rotation"]
-    print(f"new signing key {body['key']} for {body['device']} from seq {body['from_seq']} "
-          f"(old key {body['old_key']} destroyed)")
-    print(f"signing public key: {body['signing_key']}")
+    out, signed = rotate_signing_key(args.config, request_out=args.request)
+    req = signed.request
+    print(f"new signing key {req.key} for {req.device} from seq {req.from_seq} "
+          f"(old key {req.old_key} destroyed)")
+    print(f"signing public key: {req.signing_key.b64}")
     print(f"rotation request:   {out}")
     print(f"register it: timeclock-collector device rotate-key --store URL --request {out.name}")
     return 0

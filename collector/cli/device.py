@@ -34,7 +34,6 @@ from collector.fleet.broker_process import BrokerControl, cut_off
 from collector.fleet.pki import DEFAULT_LEAF_DAYS, REASONS, CertificateAuthority
 from collector.fleet.provisioning import (
     enroll_device,
-    load_signing_public,
     parse_broker,
     renew_certificate,
 )
@@ -42,12 +41,10 @@ from collector.ledger import open_store
 from collector.ledger.registry import enroll, revoke, rotate
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, load_config
-from wire.canonical import canonical
 from wire.errors import WireError
 from wire.keys import VerifyKey, load_signing_key
+from wire.rotation import RotationRequest, SignedRotationRequest
 from wire.tls import client_context
-
-ROTATION_DOMAIN = b"timeclock/rotate/v1\n"   # agent/provision.py signs requests with it
 
 EPILOG = textwrap.dedent("""\
     provisioning a clock (keys made on the clock; docs/operations.md walks through it):
@@ -279,42 +276,37 @@ def cmd_renew(args: argparse.Namespace) -> int:
     return 0
 
 
-def verify_request(store: SQLStore, doc: dict[str, Any]) -> dict[str, Any]:
-    """The body of a rotation request, after checking its signature under the device's
-    current key (the key it replaces)."""
-    body = doc.get("rotation")
-    sig = doc.get("sig")
-    if not isinstance(body, dict) or not isinstance(sig, str) \
-            or body.get("kind") != "timeclock-key-rotation":
-        raise RegistryError("not a timeclock key rotation request")
-    device = str(body.get("device"))
-    current = [k for k in store.keys(device) if k.until_seq is None and k.status == "active"]
+def verify_request(store: SQLStore, signed: SignedRotationRequest) -> RotationRequest:
+    """The request, after checking that it replaces the device's current key and that this
+    key signed it (wire.rotation)."""
+    req = signed.request
+    current = [k for k in store.keys(req.device)
+               if k.until_seq is None and k.status == "active"]
     if not current:
-        raise RegistryError(f"device {device} has no active key to rotate from")
+        raise RegistryError(f"device {req.device} has no active key to rotate from")
     old = current[-1]
-    if body.get("old_key") != old.key_id:
-        raise RegistryError(f"the request replaces key {body.get('old_key')}, but the "
-                            f"registered current key of {device} is {old.key_id}")
+    if req.old_key != old.key_id:
+        raise RegistryError(f"the request replaces key {req.old_key}, but the registered "
+                            f"current key of {req.device} is {old.key_id}")
     try:
-        VerifyKey.from_b64(old.public_b64).verify(ROTATION_DOMAIN + canonical(body), sig)
+        return signed.verify(VerifyKey.from_b64(old.public_b64))
     except WireError as e:
-        raise RegistryError(f"the rotation request is not signed by {device}'s key "
+        raise RegistryError(f"the rotation request is not signed by {req.device}'s key "
                             f"{old.key_id}: refused") from e
-    return body
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     try:
-        doc = json.loads(_read(args.request, "rotation request"))
-    except ValueError as e:
-        raise RegistryError(f"{args.request}: not JSON ({e})") from e
+        signed = SignedRotationRequest.from_bytes(_read(args.request, "rotation request"))
+    except WireError as e:
+        raise RegistryError(f"{args.request}: not a timeclock key rotation request: {e}"
+                            ) from e
     with _store(args) as store:
-        body = verify_request(store, doc)
-        vk = load_signing_public(str(body["signing_key"]))
-        r = rotate(store, str(body["device"]), vk.b64, int(body["from_seq"]),
-                   now_us=_now_us(), approver=args.approver)
-    print(f"rotated {body['device']}: key {vk.key_id} from seq {body['from_seq']} "
-          f"(ledger entry {r.idx}); punches signed by {body['old_key']} stay valid")
+        req = verify_request(store, signed)
+        r = rotate(store, req.device, req.signing_key.b64, req.from_seq, now_us=_now_us(),
+                   approver=args.approver)
+    print(f"rotated {req.device}: key {req.key} from seq {req.from_seq} "
+          f"(ledger entry {r.idx}); punches signed by {req.old_key} stay valid")
     return 0
 
 

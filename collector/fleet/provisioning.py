@@ -6,12 +6,13 @@ Enrolment with keys made on the device: ``timeclock-agent init`` writes the TLS 
 device and its key in the ledger (a ``device`` entry, collector.ledger.registry) and returns a
 :class:`Bundle`: one JSON file with the device certificate, the CA certificate, the log public
 key (which the agent needs to verify receipts), the broker address and the reader sections.
-``timeclock-agent provision BUNDLE`` (agent/provision.py, which parses it without importing
-the collector) installs it with one command. Format: docs/operations.md, "The bundle".
+``timeclock-agent provision BUNDLE`` (agent/provision.py) installs it with one command. The
+bundle's one definition, shared with the agent, is wire.provisioning.ProvisioningBundle
+(``Bundle`` here). Format: docs/operations.md, "The bundle".
 
 Invariants:
-- a bundle never contains private key material: :meth:`Bundle.to_bytes` refuses to produce
-  bytes containing a PEM private key block, and nothing in it comes from a private key;
+- a bundle never contains private key material: ProvisioningBundle refuses to exist or be
+  written with a PEM private key block in it, and nothing in it comes from a private key;
 - the registry is checked before the CA signs (device not enrolled, key unused), so a refused
   enrolment issues no certificate; if the ledger append still fails after signing, the new
   certificate is revoked at once;
@@ -22,10 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,72 +38,25 @@ from collector.ledger.sqlbase import SQLStore
 from wire.errors import WireError
 from wire.fields import DEVICE_ID_RE
 from wire.keys import VerifyKey
+from wire.provisioning import HOST_RE, ProvisioningBundle
 
-BUNDLE_KIND = "timeclock-provisioning-bundle"
-BUNDLE_VERSION = 1
-_PRIVATE_PEM = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
-_HOST_RE = re.compile(r"^[A-Za-z0-9.:\-\[\]]{1,253}$")
 DEFAULT_READERS: dict[str, dict[str, Any]] = {
     "front": {"kind": "rdm6300", "port": "/dev/serial0", "action": "punch"}}
 
+Bundle = ProvisioningBundle
+"""The bundle this module writes: its one definition is wire.provisioning (the agent reads it
+with the same class)."""
+
 
 class ProvisionError(PKIError):
-    """A bundle cannot be made or read (bad CSR, key, broker address, bundle file)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Bundle:
-    """A provisioning bundle. ``purpose`` is ``enrol`` (full) or ``renew`` (certificate)."""
-
-    purpose: str
-    device: str
-    site: str
-    signing_key_id: str
-    cert_pem: str
-    ca_pem: str
-    cert_serial: str
-    cert_not_after: str
-    log_public_key: str | None = None
-    broker_host: str | None = None
-    broker_port: int | None = None
-    readers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    mqtt_options: Mapping[str, Any] = field(default_factory=dict)  # extra agent [mqtt] keys
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "v": BUNDLE_VERSION, "kind": BUNDLE_KIND, "purpose": self.purpose,
-            "device": self.device, "site": self.site, "signing_key_id": self.signing_key_id,
-            "cert_serial": self.cert_serial, "cert_not_after": self.cert_not_after,
-            "device_cert": self.cert_pem, "ca_cert": self.ca_pem}
-        if self.purpose == "enrol":
-            d["log_public_key"] = self.log_public_key
-            d["broker"] = {"host": self.broker_host, "port": self.broker_port,
-                           "options": dict(self.mqtt_options)}
-            d["readers"] = {k: dict(v) for k, v in self.readers.items()}
-        return d
-
-    def to_bytes(self) -> bytes:
-        data = (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode()
-        if _PRIVATE_PEM.search(data):
-            raise ProvisionError("refusing to write a bundle that contains a private key")
-        return data
-
-    def write(self, path: Path, *, force: bool = False) -> Path:
-        try:
-            with open(path, "wb" if force else "xb") as f:
-                f.write(self.to_bytes())
-        except FileExistsError as e:
-            raise ProvisionError(f"{path}: exists; refusing to overwrite (use --force)") from e
-        except OSError as e:
-            raise ProvisionError(f"cannot write the bundle {path}: {e.strerror}") from e
-        return path
+    """A bundle cannot be made (bad CSR, key, broker address)."""
 
 
 def parse_broker(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) → (host, port)."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not _HOST_RE.fullmatch(host) or not port.isdigit() \
+    if not sep or not host or not HOST_RE.fullmatch(host) or not port.isdigit() \
             or not 1 <= int(port) <= 65535:
         raise ProvisionError(f"broker {text[:80]!r}: expected HOST:PORT, e.g. "
                              f"mqtt.example.org:8883")
