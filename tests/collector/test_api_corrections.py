@@ -37,6 +37,7 @@ async def _propose(api: Api, who: str = "editor", **over: object) -> dict[str, o
     return body
 
 
+@pytest.mark.subprocess
 async def test_d6_correction_flow_end_to_end(api: Api, tmp_path: Path) -> None:
     before = {se.entry.idx: (se.hash, se.body) for se in api.store.entries()}
     punch_idx = api.store.punch_hash("clock-00", 2)

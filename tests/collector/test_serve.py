@@ -181,6 +181,7 @@ class ServeProcess:
                                              for _ in range(self._lines.qsize()))
 
 
+@pytest.mark.subprocess
 def test_serve_cli_runs_until_sigterm_and_stops_cleanly(
         mosquitto: MosquittoBroker, tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
@@ -244,6 +245,7 @@ def test_d5_two_collectors_share_the_load_on_one_ledger(
     store.close()
 
 
+@pytest.mark.subprocess
 def test_d12_serve_runs_the_https_api_and_flushes_its_access_log_on_sigterm(
         mosquitto: MosquittoBroker, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

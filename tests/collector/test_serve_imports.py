@@ -45,6 +45,7 @@ def _probe(cfg_file: Path, extra: str = "") -> dict[str, object]:
     return out
 
 
+@pytest.mark.subprocess
 def test_serve_without_api_imports_no_aiohttp(tmp_path: Path,
                                               mosquitto: MosquittoBroker) -> None:
     cfg_file, _ = write_collector_config(tmp_path, mosquitto,
@@ -52,6 +53,7 @@ def test_serve_without_api_imports_no_aiohttp(tmp_path: Path,
     assert _probe(cfg_file) == {"rc": 0, "api": False, "aiohttp": [], "app": False}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("with_app", [False, True], ids=["config-only", "app-imported"])
 def test_the_api_section_alone_imports_no_aiohttp_but_the_app_does(
         tmp_path: Path, mosquitto: MosquittoBroker, with_app: bool) -> None:

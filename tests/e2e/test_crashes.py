@@ -26,6 +26,8 @@ from tests.e2e.site_kit import (
 )
 from tests.fixtures.postgres import PgDatabase
 
+pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
+
 KILLS = 20
 INTERVAL_S = 0.1
 
@@ -56,7 +58,8 @@ def _kill_collector_repeatedly(site: Site) -> None:
         site.start_collector("main")
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite",
+                                     pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_d5_collector_sigkill_20_times(tmp_path: Path, backend: str,
                                        request: pytest.FixtureRequest) -> None:
     store_url = None

@@ -11,11 +11,15 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from collector.ledger import open_store
 from collector.ledger.sqlbase import PunchQuery
 from tests.e2e.site_kit import bundle_verifies, cli, running_site, simulated, wait_for
 from tests.fixtures.mosquitto import mqtt_probe
 from wire.tls import client_context
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
 
 
 def test_d1_d3_d17_enrol_rotate_revoke(tmp_path: Path) -> None:

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.fleet.broker_process import CONTROL_TOPIC, uses_plugin
 from tests.e2e.site_kit import cli, running_site, simulated, wait_for
 from wire.tls import client_context
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
 
 
 def _client(site_port: int, ctx: Any, cid: str) -> mqtt.Client:

@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lab.site import REPO, _env
 from tests.e2e.site_kit import cli, wait_for
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
 
 
 def _children_of(pid: int) -> list[int]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.subprocess]   # runs systemd-analyze
+
 UNITS = sorted((Path(__file__).resolve().parents[2] / "systemd").glob("*.service"))
 LIMIT = 2.0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.site_kit import (
     assert_exactly_once,
     bundle_verifies,
@@ -13,6 +15,8 @@ from tests.e2e.site_kit import (
     wait_for,
 )
 from tests.fixtures.postgres import PgDatabase
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
 
 CLOCKS = 10
 COUNT = 40

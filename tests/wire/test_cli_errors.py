@@ -52,6 +52,7 @@ def _closed_pipe_run(argv: list[str]) -> tuple[int, str]:
     return p.returncode, p.stderr
 
 
+@pytest.mark.subprocess
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     ca = tmp_path / "ca"
     subprocess.run([str(BIN / "timeclock-collector"), "ca", "init", str(ca)], check=True,
