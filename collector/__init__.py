@@ -24,6 +24,12 @@ class LedgerError(CollectorError):
     """The ledger store failed (connection, schema, integrity)."""
 
 
+class LedgerUnavailableError(LedgerError):
+    """The database is away for now (connection lost or refused, SQLite locked or I/O error):
+    nothing was recorded by the failed call (or its commit is settled on reconnect); retry
+    after :meth:`SQLStore.reconnect <collector.ledger.sqlbase.SQLStore.reconnect>`."""
+
+
 class AppendOnlyError(LedgerError):
     """The store refused an UPDATE or DELETE on the chain."""
 

@@ -19,6 +19,9 @@ Invariants:
   raises is retried message by message, and a message whose append still raises is
   quarantined as ``internal-error``. If even that fails, the store is unavailable: the
   messages stay pending (not PUBACKed) and the writer retries after a back-off.
+- A store that is unavailable (LedgerUnavailableError: the database is away) fails the batch
+  as a whole: nothing is quarantined for it, every message stays pending (not PUBACKed), and
+  the service reconnects (collector.service.runner) before the writer's next step.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector import LedgerUnavailableError
 from collector.ingest.alerts import SEVERITY_CRITICAL, Alerts, ChainWatch, GapTracker
 from collector.ingest.punch_verifier import RegistryView, judge
 from collector.ingest.receipts import receipts_for
@@ -144,6 +148,9 @@ class Ingestor:
             out.committed = [m for m, _ in groups]
             out.results = results
             done = list(zip(facts, results, strict=True))
+        except LedgerUnavailableError:
+            out.pending = [m for m, _ in groups]    # the database is away, not these facts
+            return out
         except Exception:
             log.exception("appending a batch of %d facts failed; retrying message by message",
                           len(facts))
@@ -160,6 +167,9 @@ class Ingestor:
             fs = judged
             try:
                 rs = self.store.append(fs, now_us=now_us)
+            except LedgerUnavailableError:
+                out.pending = [m for m, _ in groups[i:]]
+                return done
             except Exception as e:
                 log.exception("appending the facts of a message on %s failed; quarantining "
                               "it as internal-error", msg.topic[:120])
@@ -293,7 +303,11 @@ class Writer:
                 return 0
         # One registry snapshot per batch, read once a message is at hand, so a revocation
         # committed before this batch applies to all of it.
-        registry = self.ingestor.registry()
+        try:
+            registry = self.ingestor.registry()
+        except Exception:
+            self._pending = first       # e.g. the database is away: keep them for the retry
+            raise
         groups: list[tuple[Inbound, list[Fact]]] = []
         nfacts = 0
         for m in first:

@@ -7,25 +7,37 @@ refuse a second entry at the same idx or with a wrong ``prev`` anyway.
 
 Collectors connect as the app role, which may only INSERT/SELECT the chain; ``migrate`` runs
 as the owner role and grants exactly that.
+
+A lost connection (server restart, network) makes the store unavailable
+(LedgerUnavailableError) instead of failing every call forever with "the connection is
+closed": :meth:`SQLStore.reconnect` opens a new one, checks the schema again and settles an
+append whose COMMIT was in flight (collector.ledger.indoubt). Connections use TCP keepalives,
+so a peer that vanished without a reset is noticed in about half a minute, and a reconnect
+gives up after ``RECONNECT_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
-from collector import LedgerError
+from collector import LedgerError, LedgerUnavailableError
 from collector.ledger.schema_postgres import GRANTS, SCHEMA, SCHEMA_VERSION
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 
 # Arbitrary constant identifying "the chain head of this database" among advisory locks.
 LOCK_KEY = 0x74696D65636C6B  # "timeclk"
 EXPORT_ITERSIZE = 2000
+RECONNECT_TIMEOUT_S = 5
+# libpq keepalives: a silent peer is detected after about idle + interval × count seconds.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3}
 
 
 def redact(dsn: str) -> str:
@@ -34,9 +46,9 @@ def redact(dsn: str) -> str:
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn, flags=re.IGNORECASE)
 
 
-def _connect(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
+def _connect(dsn: str, **params: Any) -> psycopg.Connection[tuple[Any, ...]]:
     try:
-        return psycopg.connect(dsn, autocommit=True)
+        return psycopg.connect(make_conninfo(dsn, **KEEPALIVES, **params), autocommit=True)
     except psycopg.Error as e:
         raise LedgerError(f"cannot connect to PostgreSQL ledger {redact(dsn)}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
@@ -66,18 +78,54 @@ class PostgresStore(SQLStore):
     def __init__(self, dsn: str) -> None:
         super().__init__()
         self._dsn = dsn
-        self._conn = _connect(dsn)
+        self._conn = self._open(_connect(dsn))
+
+    def _open(self, conn: psycopg.Connection[tuple[Any, ...]]
+              ) -> psycopg.Connection[tuple[Any, ...]]:
+        """``conn`` once the ledger schema is checked on it (closed and raised otherwise)."""
+        dsn = self._dsn
         try:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         except psycopg.Error as e:
-            self._conn.close()
+            conn.close()
+            if self._unavailable(e, conn):
+                raise LedgerUnavailableError(f"{redact(dsn)}: {str(e).strip()[:300]}") from e
             raise LedgerError(f"{redact(dsn)}: no ledger schema here (run `timeclock-collector "
                               f"migrate` as the owner role first): "
                               f"{str(e).splitlines()[0]}") from e
         if row is None or int(row[0]) != SCHEMA_VERSION:
-            self._conn.close()
+            conn.close()
             raise LedgerError(f"{redact(dsn)}: ledger schema version {row and row[0]} is not "
                               f"{SCHEMA_VERSION}")
+        return conn
+
+    def _unavailable(self, e: Exception,
+                     conn: psycopg.Connection[tuple[Any, ...]] | None = None) -> bool:
+        # Class 08 (connection exception), 57P (admin/crash shutdown, cannot connect now),
+        # or a connection psycopg knows is gone ("the connection is closed").
+        if not isinstance(e, psycopg.OperationalError):
+            return False
+        c = conn if conn is not None else getattr(self, "_conn", None)
+        if c is not None and (c.closed or c.broken):
+            return True
+        return (e.sqlstate or "").startswith(("08", "57P"))
+
+    def _reopen(self) -> None:
+        with suppress(psycopg.Error):   # it is gone already; closing is only hygiene
+            self._conn.close()
+        try:
+            conn = psycopg.connect(make_conninfo(self._dsn, **KEEPALIVES,
+                                                 connect_timeout=RECONNECT_TIMEOUT_S),
+                                   autocommit=True)
+        except psycopg.OperationalError as e:
+            # Refused, starting up, shutting down, unreachable: still away.
+            raise LedgerUnavailableError(
+                f"cannot reconnect to PostgreSQL ledger {redact(self._dsn)}: "
+                f"{str(e).strip().splitlines()[-1][:300] if str(e).strip() else e}") from e
+        except psycopg.Error as e:
+            raise LedgerError(f"cannot reconnect to PostgreSQL ledger {redact(self._dsn)}: "
+                              f"{str(e).strip()[:300]}") from e
+        self._conn = self._open(conn)
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self._dsn)})"

@@ -13,6 +13,7 @@ idx values consecutive from the current size; ``at`` never below the previous en
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from collector import AppendOnlyError, LedgerError, RegistryError
+from collector import AppendOnlyError, LedgerError, LedgerUnavailableError, RegistryError
 from collector.ledger.base import (
     AppendResult,
     DeviceProgress,
@@ -35,11 +36,14 @@ from collector.ledger.base import (
     RejectionFact,
     StoredEntry,
 )
+from collector.ledger.indoubt import InDoubt, Settled, merge
 from wire import ZERO_HASH
 from wire.bodies import Body, BodyError, DeviceEvent, Retention, parse_body
 from wire.canonical import canonical
 from wire.errors import WireError
 from wire.ledger import Entry, SignedCheckpoint, body_hash, make_entry
+
+log = logging.getLogger("timeclock.ledger")
 
 PAGE = 1000
 _RAW_PAGE = ("SELECT e.idx, e.kind, e.at, e.body, e.prev, e.hash, b.body FROM entries e "
@@ -181,6 +185,13 @@ class SQLStore(LedgerStore):
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        # Connection handling (see reconnect): the loss that made this store unavailable,
+        # appends whose commit was in flight when it happened, and those found committed.
+        self._lost: LedgerUnavailableError | None = None
+        self._in_doubt: list[InDoubt] = []
+        self._settled = Settled()
+        self.last_error: LedgerError | None = None   # a failure that is not an outage
+        self.auto_reconnect = True                   # the next call tries once by itself
 
     # -- hooks ----------------------------------------------------------------------------
     @abstractmethod
@@ -203,15 +214,66 @@ class SQLStore(LedgerStore):
     def _sql(self, s: str) -> str:
         return s if self.ph == "?" else s.replace("?", self.ph)
 
+    def _unavailable(self, e: Exception) -> bool:
+        """Is ``e`` the database being away (lost connection, locked, I/O) rather than a
+        refusal of this statement? Such a failure is retried after :meth:`reconnect`."""
+        return False
+
+    def _reopen(self) -> None:
+        """Replace the connection with a new one (raise LedgerUnavailableError if the
+        database is still away)."""
+        raise LedgerUnavailableError(f"{self!r} cannot reconnect")
+
+    # -- connection handling ----------------------------------------------------------------
+    @property
+    def unavailable(self) -> LedgerUnavailableError | None:
+        """The loss that made the store unavailable, until :meth:`reconnect` succeeds."""
+        return self._lost
+
+    def reconnect(self) -> None:
+        """Open a new connection after a loss, then settle appends whose commit outcome was
+        unknown (see collector.ledger.indoubt). Raises LedgerUnavailableError while the
+        database is still away, another LedgerError if it is back but unusable."""
+        with self._lock:
+            try:
+                self._reopen()
+                for doubt in self._in_doubt:
+                    with self._read() as cur:
+                        cur.execute(self._sql("SELECT hash FROM entries WHERE idx = ?"),
+                                    (doubt.first_idx,))
+                        row = cur.fetchone()
+                    committed = row is not None and str(row[0]) == doubt.first_hash
+                    log.warning("an append of %d fact(s) was committing when the connection "
+                                "dropped: it %s", len(doubt.facts),
+                                "had committed (a retry gets its results, no second entry)"
+                                if committed else "had not committed (a retry appends it)")
+                    if committed:
+                        self._settled.add(doubt)
+            except self.db_errors as e:
+                raise self._fail(e, "reconnecting to the ledger failed") from e
+            self._in_doubt.clear()
+            self._lost = None
+
+    def _ensure_connected(self) -> None:
+        if self._lost is not None:
+            if not self.auto_reconnect:
+                raise self._lost
+            self.reconnect()
+
     def _fail(self, e: Exception, what: str) -> LedgerError:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if self._unavailable(e):
+            self._lost = LedgerUnavailableError(f"{what}: the database is unavailable: {msg}")
+            return self._lost
         if "append-only" in msg or "permission denied" in msg:
             # the trigger (SQLite, PostgreSQL) or the app role's missing grant (PostgreSQL)
             return AppendOnlyError(f"{what}: {msg}")
-        return LedgerError(f"{what}: {msg}")
+        self.last_error = LedgerError(f"{what}: {msg}")
+        return self.last_error
 
     def _q(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
+            self._ensure_connected()
             try:
                 with self._read() as cur:
                     cur.execute(self._sql(sql), tuple(params))
@@ -260,10 +322,25 @@ class SQLStore(LedgerStore):
         if not facts:
             return []
         with self._lock:
+            self._ensure_connected()
+            # Facts an in-doubt append turned out to have committed are not appended again.
+            todo, known = self._settled.split(facts)
+            plan: _Append | None = None
+            results: list[AppendResult] | None = None
             try:
-                with self._write() as cur:
-                    return self._planner(cur, now_us).run(facts)
+                if todo:
+                    with self._write() as cur:
+                        plan = self._planner(cur, now_us)
+                        results = plan.run(todo)
+                self.last_error = None
+                self._settled.used(facts, known)
+                return merge(len(facts), known, results or [])
             except self.db_errors as e:
+                if results is not None and plan is not None and plan.entries \
+                        and self._unavailable(e):
+                    # Lost while committing: the outcome is unknown until reconnect() reads.
+                    self._in_doubt.append(InDoubt(tuple(todo), tuple(results),
+                                                  plan.entries[0][0], plan.entries[0][5]))
                 if "UNIQUE" in str(e).upper() and any(
                         isinstance(f, EventFact) and f.kind == "device" for f in facts):
                     raise RegistryError(f"device event conflicts with the registry: "
@@ -351,6 +428,7 @@ class SQLStore(LedgerStore):
     def add_checkpoint(self, signed: SignedCheckpoint) -> None:
         cp = signed.checkpoint
         with self._lock:
+            self._ensure_connected()
             try:
                 with self._write() as cur:
                     if cp.size > 0:

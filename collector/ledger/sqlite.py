@@ -4,22 +4,30 @@ WAL journal, ``synchronous=FULL`` (a commit that returned survives power loss, s
 sent after ``append`` is honest), ``BEGIN IMMEDIATE`` per append: it takes the database's
 write lock before reading the chain head, so concurrent appenders from other processes
 queue up and the chain stays one chain. Append-only is enforced by the schema's triggers.
+
+A write lock held by another process beyond ``busy_timeout``, an I/O error, a full disk or a
+file that cannot be opened makes the store unavailable (LedgerUnavailableError), not a failure
+of the facts: the caller retries after :meth:`SQLStore.reconnect`, which opens the file anew,
+and gives up after its own limit (the collector's ``[ledger] outage_max_s``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from collector import LedgerError
+from collector import LedgerError, LedgerUnavailableError
 from collector.ledger.schema_sqlite import SCHEMA, SCHEMA_VERSION
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 
 BUSY_TIMEOUT_MS = 30_000
 _IN_CHUNK = 500   # seqs per IN (...) list; SQLite allows ≥ 999 parameters
+# Primary result codes of a database that is away, not of a statement that is wrong:
+# BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL.
+_UNAVAILABLE_CODES = {5, 6, 10, 13, 14, 15}
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -61,6 +69,27 @@ class SQLiteStore(SQLStore):
             self._conn.close()
             raise LedgerError(f"{self.path}: ledger schema version {row and row[0]} is not "
                               f"{SCHEMA_VERSION}; this collector cannot use it")
+
+    def _unavailable(self, e: Exception) -> bool:
+        code = getattr(e, "sqlite_errorcode", None)
+        return isinstance(e, sqlite3.OperationalError) and code is not None \
+            and code & 0xFF in _UNAVAILABLE_CODES
+
+    def _reopen(self) -> None:
+        with suppress(sqlite3.Error):   # closing also rolls back a transaction left open
+            self._conn.close()
+        try:
+            self._conn = connect(self.path)
+            row = self._schema_version()
+        except LedgerError as e:
+            raise LedgerUnavailableError(str(e)) from e
+        except sqlite3.Error as e:
+            if self._unavailable(e):
+                raise LedgerUnavailableError(f"{self.path}: {e}") from e
+            raise LedgerError(f"{self.path}: {e}") from e
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise LedgerError(f"{self.path}: ledger schema version {row and row[0]} is not "
+                              f"{SCHEMA_VERSION}")
 
     def _schema_version(self) -> tuple[Any, ...] | None:
         has_meta = self._conn.execute(
