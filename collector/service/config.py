@@ -36,6 +36,11 @@ Example::
     [gaps]                                      # optional
     report_after_s = 300
 
+    [ledger]                                    # optional: when the database is away
+    reconnect_initial_ms = 200                  # first reconnect after this, then doubling
+    reconnect_max_ms = 2000                     # … up to this between attempts
+    outage_max_s = 300                          # away longer: exit non-zero (systemd restarts)
+
     [broker]                                    # optional: run Mosquitto under `serve`
     managed = true                              # start/supervise it (fleet.broker_process)
     dir = "/var/lib/timeclock/broker"           # prepared by `broker-config`/`site`; it
@@ -109,6 +114,15 @@ class GapSection:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerSection:
+    """``[ledger]``: how ``serve`` rides out a database outage (collector.service.runner)."""
+
+    reconnect_initial_ms: int = 200
+    reconnect_max_ms: int = 2000
+    outage_max_s: int = 300
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerSection:
     """``[broker]``: with ``managed``, ``serve`` runs Mosquitto from ``dir`` itself."""
 
@@ -127,6 +141,7 @@ class CollectorConfig:
     source: Path | None = None
     broker: BrokerSection = BrokerSection()
     api: ApiSection | None = None               # [api]: serve also runs the HTTPS API
+    ledger: LedgerSection = LedgerSection()
 
 
 def redact_url(url: str) -> str:
@@ -228,11 +243,27 @@ def _store_url(base: Path) -> Callable[[str, Any], str]:
     return conv
 
 
+def _ledger_section(r: _Reader, lg: Mapping[str, Any]) -> LedgerSection:
+    r.unknown("ledger", lg, {"reconnect_initial_ms", "reconnect_max_ms", "outage_max_s"})
+    ld = LedgerSection()
+    ledger = LedgerSection(
+        reconnect_initial_ms=r.opt("ledger", lg, "reconnect_initial_ms", r.integer(10, 60_000),
+                                   ld.reconnect_initial_ms),
+        reconnect_max_ms=r.opt("ledger", lg, "reconnect_max_ms", r.integer(10, 300_000),
+                               ld.reconnect_max_ms),
+        outage_max_s=r.opt("ledger", lg, "outage_max_s", r.integer(1, 7 * 86_400),
+                           ld.outage_max_s))
+    if ledger.reconnect_max_ms < ledger.reconnect_initial_ms:
+        r.problems.append("ledger.reconnect_max_ms: must be at least reconnect_initial_ms")
+    return ledger
+
+
 def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     """Build the config from decoded TOML; raise ConfigError listing every problem."""
     problems: list[str] = []
     r = _Reader(problems, base)
-    r.unknown("", data, {"collector", "mqtt", "ingest", "checkpoints", "gaps", "broker", "api"})
+    r.unknown("", data, {"collector", "mqtt", "ingest", "checkpoints", "gaps", "broker", "api",
+                         "ledger"})
     # A top-level unknown key is reported as ".x"; drop the leading dot.
     problems[:] = [p[1:] if p.startswith(".") else p for p in problems]
 
@@ -292,6 +323,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     if broker.managed and broker.dir is None:
         problems.append("broker.dir: required when broker.managed = true")
 
+    ledger = _ledger_section(r, r.table(data, "ledger", required=False))
     api = None
     a = r.table(data, "api", required=False)
     if "api" in data:
@@ -308,7 +340,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
         mqtt=MqttSection(host=host, port=port, ca_cert=ca_cert, cert=cert, key=key,
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),
-        ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker, api=api)
+        ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker, api=api,
+        ledger=ledger)
 
 
 def load_config(path: Path) -> CollectorConfig:

@@ -9,6 +9,22 @@ Wiring only (the parts are tested alone). Lifecycle:
 
 Messages still in the inbox at stop are not PUBACKed: the broker keeps them in the
 collector's persistent session (or gives them to another collector of the shared group).
+
+The database may go away (restart, network, a SQLite lock or I/O error). The ingest loop
+then stops taking steps and reconnects with back-off (``[ledger] reconnect_initial_ms``
+doubling up to ``reconnect_max_ms``): one WARNING when the outage begins, one INFO with its
+duration when the ledger is back, ``STATUS=`` to systemd and :meth:`CollectorService.status`
+meanwhile. Nothing is acknowledged during the outage: the batch in flight and the inbox stay
+un-PUBACKed (the broker stops sending at ``receive_maximum``; clocks resend until receipts
+arrive), and the ledger's dedupe plus the in-doubt check of collector.ledger.indoubt keep
+every fact recorded once across the reconnect. An outage longer than ``outage_max_s``, a
+ledger that refuses appends for another reason, or a writer that fails, stops the collector
+with :class:`ServiceError` (``serve`` exits non-zero; the unit restarts it).
+
+systemd (wire.sdnotify, Type=notify): READY=1 once subscribed; WATCHDOG=1 at half of
+``$WATCHDOG_USEC`` and only while the ingest loop completed an iteration within the last
+``max(interval, STALL_MIN_S)`` seconds (riding out an outage within its limit counts: the
+loop is alive and doing what it should), so a blocked loop is restarted by systemd.
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from collector import CollectorError
+from collector import CollectorError, LedgerError, LedgerUnavailableError
 from collector.ingest import checkpoints
 from collector.ingest.alerts import Alerts, ChainWatch, GapTracker
 from collector.ingest.pipeline import Inbound, Ingestor, StatusTable, Writer, now_us
@@ -33,9 +49,35 @@ from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, redact_url
 from collector.service.mqtt import MqttLink
 from wire.keys import SigningKey
+from wire.sdnotify import Notifier
 from wire.topics import CHECKPOINT
 
 log = logging.getLogger("timeclock.collector")
+
+STALL_MIN_S = 2.0     # an ingest iteration older than this (and the watchdog interval) is a stall
+BEAT_S = 0.25         # the outage back-off waits in slices this long, beating between them
+
+
+class ServiceError(CollectorError):
+    """The collector stopped itself: the ledger was away too long, refused appends for a reason
+    other than an outage, or the ingest writer failed. The service manager restarts it."""
+
+
+class Outage:
+    """One database outage: when it began, what it is, the back-off between reconnects."""
+
+    def __init__(self, cause: LedgerError, *, initial_s: float, max_s: float,
+                 now: float) -> None:
+        self.cause = cause
+        self.since = now
+        self.attempts = 0
+        self._delay = initial_s
+        self._max = max_s
+
+    def next_delay(self) -> float:
+        d = self._delay
+        self._delay = min(self._delay * 2, self._max)
+        return d
 
 
 class Checkpointer:
@@ -71,8 +113,14 @@ class CollectorService:
 
     def __init__(self, cfg: CollectorConfig, *, store: SQLStore | None = None,
                  clock: Callable[[], int] = now_us,
-                 registry: Callable[[SQLStore], RegistryView] = RegistrySnapshot.load) -> None:
+                 registry: Callable[[SQLStore], RegistryView] = RegistrySnapshot.load,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.failure: str | None = None          # why the collector stopped itself
+        self.outage: Outage | None = None
+        self._failed = threading.Event()
+        self._beat = time.monotonic()            # the ingest loop's last sign of life
         self.clock = clock
         self._own_store = store is None
         self._store = store
@@ -100,6 +148,7 @@ class CollectorService:
             log.info("opening ledger %s", redact_url(cfg.collector.store))
             self._store = open_store(cfg.collector.store)
         store = self._store
+        store.auto_reconnect = False     # reconnects follow the back-off of _ride_out only
 
         def lookup(device: str, seq: int) -> str | None:
             found = store.punch_hash(device, seq)
@@ -120,8 +169,9 @@ class CollectorService:
                              batch_max=cfg.ingest.batch_max,
                              batch_wait_ms=cfg.ingest.batch_wait_ms, clock=self.clock,
                              tick=self._tick)
-        self._thread = threading.Thread(target=self.writer.run, args=(self._stop,),
-                                        name="ingest-writer", daemon=True)
+        self._beat = time.monotonic()
+        self._thread = threading.Thread(target=self._ingest, name="ingest-writer",
+                                        daemon=True)
         self._thread.start()
         log.info("collector %s: log key %s, broker %s:%d", cfg.collector.identity,
                  log_key.key_id, cfg.mqtt.host, cfg.mqtt.port)
@@ -131,10 +181,120 @@ class CollectorService:
         self.statuses.update(msg.topic, msg.payload, msg.received_at)
 
     def _tick(self, now: int, _handled: int) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.maybe(now)
-        if self.ingestor is not None:
-            self.ingestor.report_gaps(now_us=now)
+        if self._store is not None and self._store.unavailable is not None:
+            return                       # the outage is reported once, by _ride_out
+        try:
+            if self.checkpointer is not None:
+                self.checkpointer.maybe(now)
+            if self.ingestor is not None:
+                self.ingestor.report_gaps(now_us=now)
+        except LedgerUnavailableError:
+            pass                         # the ingest loop notices and rides it out
+
+    # -- the ingest loop (writer thread) --------------------------------------------------
+    def _ingest(self) -> None:
+        """Writer steps while the ledger is there; reconnects while it is not; see the
+        module doc. Ends on stop or by :meth:`_give_up`."""
+        assert self.writer is not None  # noqa: S101 - started by start()
+        writer, store, stop = self.writer, self.store, self._stop
+        def away() -> bool:              # a call, so that checks are not narrowed away
+            return store.unavailable is not None
+
+        while not stop.is_set():
+            self._beat = time.monotonic()
+            if away():
+                self._ride_out(store, stop)
+                continue
+            try:
+                writer.step(stop)
+            except Exception:   # top of the long-running loop
+                if away():
+                    continue                     # an outage: reported by _ride_out
+                log.exception("the ingest writer failed")
+                self._give_up("the ingest writer failed (traceback above)")
+                return
+            if store.last_error is not None:
+                self._give_up(f"the ledger refuses appends ({store.last_error}); the "
+                              f"messages stay unacknowledged for a restarted collector")
+                return
+
+    def _ride_out(self, store: SQLStore, stop: threading.Event) -> None:
+        """Reconnect with back-off until the ledger is back, the collector stops, or the
+        outage is over ``[ledger] outage_max_s`` (then :meth:`_give_up`)."""
+        lim = self.cfg.ledger
+        cause = store.unavailable
+        assert cause is not None  # noqa: S101 - checked by the caller
+        outage = Outage(cause, initial_s=lim.reconnect_initial_ms / 1000,
+                        max_s=lim.reconnect_max_ms / 1000, now=time.monotonic())
+        self.outage = outage
+        log.warning("ledger unavailable (%s): the batch in flight and %d queued message(s) "
+                    "stay unacknowledged (the broker keeps them, clocks resend); reconnecting "
+                    "every %.1f-%.1f s for up to %d s", cause, self.inbox.qsize(),
+                    lim.reconnect_initial_ms / 1000, lim.reconnect_max_ms / 1000,
+                    lim.outage_max_s)
+        self.notifier.status(f"ledger unavailable, reconnecting: {cause}"[:200])
+        while not stop.is_set():
+            end = time.monotonic() + outage.next_delay()
+            while (left := end - time.monotonic()) > 0:
+                if stop.wait(min(left, BEAT_S)):
+                    return
+                self._beat = time.monotonic()    # waiting by policy is a sign of life
+            away = time.monotonic() - outage.since
+            if away > lim.outage_max_s:
+                self._give_up(f"the ledger has been unavailable for {away:.0f} s, beyond "
+                              f"[ledger] outage_max_s = {lim.outage_max_s} "
+                              f"({outage.attempts} reconnect attempts; last: {outage.cause})")
+                return
+            outage.attempts += 1
+            try:
+                store.reconnect()
+            except LedgerUnavailableError as e:
+                outage.cause = e
+                continue
+            except LedgerError as e:
+                self._give_up(f"the ledger is back but unusable: {e}")
+                return
+            log.info("ledger available again after %.1f s (%d reconnect attempt(s)); ingest "
+                     "resumes", time.monotonic() - outage.since, outage.attempts)
+            self.outage = None
+            self.notifier.status("ingesting")
+            return
+
+    def _give_up(self, why: str) -> None:
+        self.failure = why
+        log.error("%s: stopping the collector (exit status non-zero; the service manager "
+                  "restarts it)", why)
+        self.notifier.status(f"failed: {why}"[:200])
+        self._failed.set()
+        self._stop.set()
+
+    # -- health -------------------------------------------------------------------------
+    def stall_s(self) -> float:
+        return max(self.notifier.watchdog_interval_s or 0.0, STALL_MIN_S)
+
+    def healthy(self) -> bool:
+        """True while the ingest loop is alive and recent (what WATCHDOG=1 vouches for)."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return (alive and not self._failed.is_set()
+                and time.monotonic() - self._beat < self.stall_s())
+
+    def status(self) -> dict[str, object]:
+        """State for operators: ``ingesting``, ``ledger-unavailable`` (with how long, how many
+        reconnect attempts, what), ``stalled`` or ``failed`` (with why)."""
+        out: dict[str, object] = {"queued": self.inbox.qsize()}
+        outage = self.outage
+        if self.failure is not None:
+            out |= {"state": "failed", "failure": self.failure}
+        elif outage is not None:
+            out |= {"state": "ledger-unavailable", "outage_s": round(
+                time.monotonic() - outage.since, 1), "reconnect_attempts": outage.attempts,
+                "cause": str(outage.cause)}
+        elif self._thread is not None and not self.healthy():
+            out |= {"state": "stalled", "last_iteration_s": round(
+                time.monotonic() - self._beat, 1)}
+        else:
+            out["state"] = "ingesting" if self._thread is not None else "stopped"
+        return out
 
     def wait_ready(self, timeout_s: float = 10.0) -> bool:
         return self.link is not None and self.link.wait_ready(timeout_s)
@@ -158,7 +318,8 @@ class CollectorService:
         log.info("collector %s stopped", self.cfg.collector.identity)
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
-        """Run until SIGTERM/SIGINT (or ``stop`` is set), then stop cleanly."""
+        """Run until SIGTERM/SIGINT (or ``stop`` is set), then stop cleanly; raise
+        ServiceError if the collector stopped itself (see :meth:`_give_up`)."""
         stop = stop or threading.Event()
 
         def handler(signum: int, _frame: FrameType | None) -> None:
@@ -168,12 +329,34 @@ class CollectorService:
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
-            while not stop.wait(1.0):
-                pass
+            self._supervise(stop)
         finally:
+            self.notifier.stopping()
             self.stop()
             for s, h in previous.items():
                 signal.signal(s, h)
+        if self.failure is not None:
+            raise ServiceError(self.failure)
+
+    def _supervise(self, stop: threading.Event) -> None:
+        """READY=1 once subscribed; WATCHDOG=1 while :meth:`healthy`; until stop or failure."""
+        wd = self.notifier.watchdog_interval_s
+        tick = min(0.5, wd / 2) if wd else 0.5
+        ready, was_ok, next_wd = False, True, 0.0
+        while not stop.wait(tick) and not self._failed.is_set():
+            if not ready and self.link is not None and self.link.subscribed.is_set():
+                ready = True
+                self.notifier.ready("ingesting")
+            ok = self.healthy()
+            if not ok and was_ok and not self._failed.is_set():
+                log.warning("the ingest loop has not completed an iteration for %.0f s; "
+                            "withholding the watchdog ping", time.monotonic() - self._beat)
+            elif ok and not was_ok:
+                log.info("the ingest loop is running again")
+            was_ok = ok
+            if ready and ok and wd is not None and time.monotonic() >= next_wd:
+                self.notifier.watchdog()
+                next_wd = time.monotonic() + wd
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.01) -> bool:
