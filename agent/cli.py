@@ -1,7 +1,8 @@
 """``timeclock-agent``: provision a clock's keys, run the agent, inspect it, check a config.
 
 Exit codes: 0 success; 2 a user or configuration error (a clear message, no traceback);
-3 ``status`` found no running agent; 1 the service stopped because a part died.
+3 ``status`` found no running agent; 4 ``status`` found the agent running but unable to record
+(storage full) or unable to refresh its status file; 1 the service stopped because a part died.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from agent import provision
 from agent.config import AgentConfig, load_config
 from agent.errors import AgentError, ConfigError
 from agent.keystore import KeyRef, new_queue_key, save_queue_key
-from agent.queue import read_stats
+from agent.queue import free_bytes, read_stats
 from agent.status import read_status, render
 from wire.errors import WireError
 from wire.fields import validate_device_id
@@ -71,6 +72,9 @@ The config is TOML; every problem is reported at once with its key path. Minimal
   kind = "rdm6300"                            # rdm6300 | serial-line | keyboard | simulated
   port = "/dev/ttyAMA0"
   action = "in"                               # in | out | break-start | break-end | punch
+
+  [feedback]                                  # optional: run a program for a refused tap
+  refused_command = ["/usr/local/bin/clock-beep", "--error"]   # (disk full); default: log only
 """
 
 
@@ -106,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the running agent's health",
                        description="Queue depth, oldest unacked punch, last receipt, reader and "
                                    "clock state. Reads the status file the running agent keeps "
-                                   "fresh and the queue's clear metadata (read-only, no key). "
-                                   "Exit 0 if the agent runs, 3 if not.")
+                                   "fresh and the queue's clear metadata (read-only, no key), "
+                                   "and the free space of the state directory. Exit 0 if the "
+                                   "agent runs, 3 if not, 4 if it runs but cannot record "
+                                   "(storage full) or cannot refresh its status file.")
     p.add_argument("--config", "-c", required=True, type=Path, help="agent TOML file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_status)
@@ -190,14 +196,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     except AgentError as e:
         if "queue" not in snap:
             snap["queue"] = {"error": str(e)}
+    writer_alive = sf.writer_alive if sf else False
+    free_now = free_bytes(config.device.state_dir)
+    storage = snap.get("storage")
+    full = isinstance(storage, dict) and storage.get("state") == "full"
     snap["running"] = live
+    snap["free_bytes_now"] = free_now
     if args.json:
         print(json.dumps(snap, sort_keys=True, indent=1))
     else:
-        print(render(snap, now_us=now_us, live=live))
+        print(render(snap, now_us=now_us, live=live, writer_alive=writer_alive,
+                     free_now=free_now))
         if sf is None:
             print(f"(no status file at {config.status.path}: the agent has not run yet)")
-    return 0 if live else 3
+        if full or (writer_alive and not live):
+            print(f"(the agent cannot record: free space in {config.device.state_dir}; it "
+                  "resumes by itself, see docs/operations.md \"Storage full\")")
+    if live and not full:
+        return 0
+    return 4 if live or writer_alive else 3
 
 
 # ---- check-config -----------------------------------------------------------------------------

@@ -58,7 +58,11 @@ class KernelClock:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    # find_library may run ldconfig: do it once per process.
+    # The libc this interpreter already runs on (dlopen(NULL)): no search, no process.
+    # find_library would run ldconfig -p, a fork+exec at the first punch.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "adjtimex"):
+        return libc
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 

@@ -28,6 +28,9 @@ Example::
     kind = "rdm6300"
     port = "/dev/ttyAMA0"
     action = "in"
+
+    [feedback]                # optional: signal a refused tap at the reader (agent.feedback)
+    refused_command = ["/usr/local/bin/clock-beep", "--error"]
 """
 
 from __future__ import annotations
@@ -88,6 +91,14 @@ class StatusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackConfig:
+    """``[feedback]``: what to run when a tap is refused (empty: log and count only)."""
+
+    refused_command: tuple[str, ...] = ()
+    command_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class ReaderConfig:
     """A reader section as written; :func:`agent.readers.build_reader` turns it into a Reader."""
 
@@ -107,6 +118,7 @@ class AgentConfig:
     status: StatusConfig
     readers: tuple[ReaderConfig, ...] = field(default=())
     source: Path | None = None
+    feedback: FeedbackConfig = field(default=FeedbackConfig())
 
     @property
     def queue_path(self) -> Path:
@@ -194,7 +206,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
                  check_readers: bool = True) -> AgentConfig:
     """Validate a decoded TOML document; raise one :class:`ConfigError` with every problem."""
     problems: list[str] = []
-    for k in sorted(set(data) - {"device", "keys", "mqtt", "readers", "status"}):
+    for k in sorted(set(data) - {"device", "keys", "mqtt", "readers", "status", "feedback"}):
         problems.append(f"{k}: unknown section")
     for k in ("device", "keys"):
         if k not in data:
@@ -213,10 +225,11 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
                           ss.number("interval_s", 5.0, 0.2, 3600.0))
     ss.finish()
     readers = _parse_readers(data.get("readers", {}), problems, check=check_readers)
+    feedback = _parse_feedback(data.get("feedback", {}), problems)
     if problems or keys is None:
         raise ConfigError(problems)
     return AgentConfig(device=device, keys=keys, mqtt=mqtt, status=status,
-                       readers=readers, source=source)
+                       readers=readers, source=source, feedback=feedback)
 
 
 def _parse_device(table: Any, base_dir: Path, problems: list[str], *,
@@ -267,6 +280,25 @@ def _parse_mqtt(table: Any, problems: list[str]) -> MqttConfig:
         ms.problem("reconnect_max_s", f"must be ≥ reconnect_min_s ({rmin:g})")
     ms.finish()
     return MqttConfig(host, port, keepalive_s, batch_max, resend_after_s, rmin, rmax)
+
+
+def _parse_feedback(table: Any, problems: list[str]) -> FeedbackConfig:
+    fs = _Section("feedback", table, problems)
+    argv: tuple[str, ...] = ()
+    raw = fs.raw("refused_command")
+    if raw is not None:
+        if (not isinstance(raw, list) or not raw
+                or not all(isinstance(a, str) and a for a in raw)):
+            fs.problem("refused_command", "expected a non-empty list of non-empty strings "
+                                          '(argv, e.g. ["/usr/local/bin/clock-beep", "-e"])')
+        elif not Path(raw[0]).is_absolute():
+            fs.problem("refused_command", f"the program must be an absolute path, got "
+                                          f"{raw[0][:80]!r}")
+        else:
+            argv = tuple(raw)
+    timeout_s = fs.number("command_timeout_s", FeedbackConfig().command_timeout_s, 0.1, 300.0)
+    fs.finish()
+    return FeedbackConfig(argv, timeout_s)
 
 
 def _parse_readers(raw: Any, problems: list[str], *, check: bool) -> tuple[ReaderConfig, ...]:

@@ -23,5 +23,13 @@ class QueueError(AgentError):
     """The encrypted queue could not be opened, read or written."""
 
 
+class QueueFullError(QueueError):
+    """The queue's filesystem is full: the write was rolled back (nothing half-written)."""
+
+
+class TapRefusedError(AgentError):
+    """A tap was read but refused: no punch was committed (already logged and counted)."""
+
+
 class QueueIntegrityError(QueueError):
     """A queue row failed authentication (altered ciphertext, wrong key or wrong row)."""

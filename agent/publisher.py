@@ -18,12 +18,16 @@ Invariants:
 - At most ``window_punches`` punches await receipts at once, so a backlog drains in a steady
   flow of batches (≤ ``batch_max`` punches, ≤ 256 KiB) instead of flooding the broker.
 - Credentials never appear in a log line: logs name seqs and counts only.
+- The retained status is a :class:`wire.device_status.DeviceStatus` (the collector parses the
+  same type); it is republished at once when the service says the health changed
+  (:meth:`Publisher.publish_status_soon`, e.g. storage became full).
+- :meth:`Publisher.threads` names both threads (sender and paho's network loop) so the service
+  supervises them: if either dies the watchdog stops and systemd restarts the agent.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import random
 import threading
@@ -41,9 +45,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.clock import clock_state
-from agent.errors import AgentError
-from wire import topics
+from agent.errors import AgentError, QueueFullError
+from wire import device_status, topics
 from wire.ack import Ranges, SignedAck
+from wire.device_status import DeviceStatus, QueueStatus, StorageStatus
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.punch import MAX_ENVELOPE_BYTES, MAX_ENVELOPE_PUNCHES, Envelope, SignedPunch
@@ -54,7 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUS_VERSION = 1
+STATUS_VERSION = device_status.STATUS_VERSION
+# While the disk is full, a failed delete of receipted rows is logged at most this often.
+_FULL_LOG_EVERY_S = 60.0
 # Bytes of signed punches asked from the outbox per envelope: the envelope adds ~60 bytes of
 # header and one comma per punch, so 250,000 + 500 + 60 stays under the 256 KiB broker limit.
 _PENDING_MAX_BYTES = 250_000
@@ -115,8 +122,9 @@ class PublisherSettings:
 
 
 StatusFn = Callable[[], Mapping[str, Any]]
-"""The service's status snapshot; the publisher reads its ``clock``, ``readers`` and
-``version`` for the retained MQTT status (queue figures come from the outbox itself)."""
+"""The service's status snapshot; the publisher reads its ``clock``, ``readers``, ``version``
+and ``storage`` (a :class:`StorageStatus` dict) for the retained MQTT status (queue figures come
+from the outbox itself)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +201,9 @@ class Publisher:
         self._session_lost = False
         self._attempt = 0
         self._sender: threading.Thread | None = None
+        self._network: threading.Thread | None = None
+        self._status_due = False               # publish_status_soon() was called
+        self._next_full_log = 0.0
         self._c: dict[str, int] = dict.fromkeys(
             ("connects", "connect_failures", "disconnects", "sent_messages", "sent_punches",
              "resent_punches", "receipts", "receipted", "bad_receipts", "foreign_receipts",
@@ -250,6 +261,12 @@ class Publisher:
         self._client.connect_async(self._s.host, self._s.port, keepalive=self._s.keepalive_s,
                                    clean_start=False, properties=props)
         self._client.loop_start()
+        # paho keeps its loop thread in a private attribute; holding our own reference lets
+        # the service see it die (it once did, unnoticed, while the sender looked fine).
+        net = getattr(self._client, "_thread", None)
+        self._network = net if isinstance(net, threading.Thread) else None
+        if self._network is None:
+            log.warning("paho's network thread is not visible; only the sender is supervised")
         self._sender = threading.Thread(target=self._sender_main,
                                         name=f"publisher-{self.device}", daemon=True)
         self._sender.start()
@@ -266,7 +283,7 @@ class Publisher:
                                             self._status_payload("offline", "stopped"),
                                             qos=1, retain=True)
                 info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError, AgentError) as e:
+            except (RuntimeError, ValueError, AgentError, WireError) as e:
                 log.warning("could not publish offline status: %s", e)
         self._client.disconnect()
         self._client.loop_stop()
@@ -277,10 +294,21 @@ class Publisher:
 
     wake = notify_new
 
+    def publish_status_soon(self) -> None:
+        """The agent's health changed (storage full or writable again): republish the retained
+        status at the sender's next step instead of at the next status interval."""
+        with self._lock:
+            self._status_due = True
+        self._wake.set()
+
+    def threads(self) -> list[threading.Thread]:
+        """The threads this publisher runs (sender, paho network loop) once started."""
+        return [t for t in (self._sender, self._network) if t is not None]
+
     def healthy(self) -> bool:
-        """The sender loop runs (disconnected and retrying with backoff is healthy)."""
-        return (self._sender is not None and self._sender.is_alive()
-                and not self._stopping.is_set())
+        """Sender and network loops run (disconnected and retrying with backoff is healthy)."""
+        return (self._sender is not None and not self._stopping.is_set()
+                and all(t.is_alive() for t in self.threads()))
 
     def state(self) -> dict[str, Any]:
         """For the service's status: connection state, a one-line detail, receipt figures."""
@@ -381,6 +409,14 @@ class Publisher:
         while not self._stopping.is_set():
             try:
                 self._step()
+            except QueueFullError as e:
+                # Receipted rows cannot be deleted while the disk is full; they stay queued,
+                # are published again and deleted by a later receipt.
+                if self._mono() >= self._next_full_log:
+                    self._next_full_log = self._mono() + _FULL_LOG_EVERY_S
+                    log.warning("publisher: %s; receipted rows stay queued until space is "
+                                "freed", e)
+                self._stopping.wait(1.0)
             except Exception:
                 # Top of a long-running loop: log with the traceback and keep going; a
                 # transient queue error must not stop delivery for good.
@@ -403,6 +439,7 @@ class Publisher:
             connected = self._connected
             reconnected, self._reconnected = self._reconnected, False
             session_lost, self._session_lost = self._session_lost, False
+            status_due, self._status_due = self._status_due, False
         if not connected or self._stopping.is_set():
             return
         mono = self._mono()
@@ -413,7 +450,7 @@ class Publisher:
                 # Expire everything awaited so it goes out again now.
                 for b in self._batches.values():
                     b.sent_at = float("-inf")
-        if mono >= self._next_status:
+        if status_due or mono >= self._next_status:
             self._publish_status()
             self._next_status = mono + self._s.status_interval_s
         self._resend_expired(mono)
@@ -547,25 +584,34 @@ class Publisher:
     def _default_status(self) -> Mapping[str, Any]:
         return {"clock": clock_state(), "readers": {}, "version": self._s.version}
 
-    def _status_payload(self, state: str, reason: str | None = None) -> bytes:
+    def device_status(self, state: str, reason: str | None = None) -> DeviceStatus:
+        """The status message as it is published now (state ``online`` or ``offline``)."""
         snap = self._status()
-        body: dict[str, Any] = {
-            "v": STATUS_VERSION, "device": self.device, "state": state,
-            "at": int(self._now() * 1_000_000),
-            "queue": {"depth": self._outbox.depth(),
-                      "oldest_unacked_us": self._outbox.oldest_created_us()},
-            "clock": snap.get("clock", "unsynced"), "readers": snap.get("readers", {}),
-            "version": snap.get("version", self._s.version),
-        }
-        if reason is not None:
-            body["reason"] = reason
-        # default=str: reader states are plain values; never let one odd field kill status.
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+        storage = None
+        raw = snap.get("storage")
+        if raw is not None:
+            try:
+                storage = StorageStatus.from_dict(dict(raw))
+            except (WireError, TypeError, ValueError) as e:
+                log.warning("status: storage state left out: %s", e)
+        common: dict[str, Any] = {
+            "device": self.device, "state": state, "at": int(self._now() * 1_000_000),
+            "version": str(snap.get("version", self._s.version)),
+            "queue": QueueStatus(self._outbox.depth(), self._outbox.oldest_created_us()),
+            "clock": snap.get("clock", "unsynced"), "storage": storage, "reason": reason}
+        readers = snap.get("readers", {})
+        try:
+            return DeviceStatus(**common, readers=dict(readers))
+        except (WireError, TypeError, ValueError) as e:
+            # Never let one odd reader field kill the status: send it without reader states.
+            log.warning("status: reader states left out: %s", e)
+            return DeviceStatus(**common, readers={})
+
+    def _status_payload(self, state: str, reason: str | None = None) -> bytes:
+        return self.device_status(state, reason).to_bytes()
 
     def _offline_payload(self, reason: str) -> bytes:
-        body = {"v": STATUS_VERSION, "device": self.device, "state": "offline",
-                "reason": reason, "version": self._s.version}
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return DeviceStatus(self.device, "offline", self._s.version, reason=reason).to_bytes()
 
     def _publish_status(self) -> None:
         self._client.publish(self._status_topic, self._status_payload("online"), qos=1,

@@ -4,23 +4,35 @@
 ("recorded seq=N" log line, ``on_recorded`` hook for a buzzer/LED or the publisher) only after
 :meth:`agent.queue.Outbox.record` has committed it; one lock serialises punches so seq and prev
 come from one chain; the credential never appears in a log line or an error message.
+
+A tap that cannot be committed is *refused*: no seq is used, the ``on_refused`` hooks run (a
+buzzer or LED at the reader, see :mod:`agent.feedback`), and the error goes back to the reader.
+A refusal for lack of space is counted (``refused``), logged with one clear line per tap (after
+:data:`REFUSAL_LOG_BURST` lines, one line per :data:`REFUSAL_LOG_EVERY_S` with the count
+of those not logged) and raised as :class:`agent.errors.TapRefusedError`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 from agent.clock import ClockSource, SystemClock
-from agent.errors import ReaderError
+from agent.errors import QueueFullError, ReaderError, TapRefusedError
 from agent.queue import Outbox
 from wire.errors import WireError
 from wire.keys import SigningKey
 from wire.punch import Punch, SignedPunch
 
 log = logging.getLogger(__name__)
+
+REFUSAL_LOG_BURST = 10
+REFUSAL_LOG_EVERY_S = 60.0
+REFUSED_FULL = "storage-full"      # reasons given to on_refused hooks
+REFUSED_ERROR = "error"
 
 
 class TapLike(Protocol):
@@ -36,12 +48,38 @@ class TapLike(Protocol):
     def mono_us(self) -> int: ...
 
 
+RefusedHook = Callable[[TapLike, str], None]
+"""``hook(tap, reason)`` after a tap was refused; ``reason`` is :data:`REFUSED_FULL` or
+:data:`REFUSED_ERROR`. Never given the credential to log: hooks must not log ``tap``."""
+
+
+class _RefusalLog:
+    """Lets the first :data:`REFUSAL_LOG_BURST` refusals through, then one per interval."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._mono = monotonic
+        self._logged = 0
+        self._next = 0.0
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = self._mono()
+        if self._logged < REFUSAL_LOG_BURST or now >= self._next:
+            self._logged += 1
+            self._next = now + REFUSAL_LOG_EVERY_S
+            return True
+        self.suppressed += 1
+        return False
+
+
 class PunchMaker:
     """Turns taps into signed punches committed to the outbox. Thread-safe."""
 
     def __init__(self, outbox: Outbox, signing_key: SigningKey, *,
                  clock: ClockSource | None = None,
-                 on_recorded: Callable[[SignedPunch], None] | None = None) -> None:
+                 on_recorded: Callable[[SignedPunch], None] | None = None,
+                 on_refused: RefusedHook | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
         self.device = outbox.device
         self._key = signing_key
@@ -50,12 +88,21 @@ class PunchMaker:
         self._hooks: list[Callable[[SignedPunch], None]] = []
         if on_recorded is not None:
             self._hooks.append(on_recorded)
+        self._refused_hooks: list[RefusedHook] = []
+        if on_refused is not None:
+            self._refused_hooks.append(on_refused)
+        self._refusal_log = _RefusalLog(monotonic)
         self.recorded = 0
+        self.refused = 0                 # taps refused because the queue's disk is full
         self.last_recorded: SignedPunch | None = None
 
     def add_hook(self, hook: Callable[[SignedPunch], None]) -> None:
         """Call ``hook(signed_punch)`` after each commit (e.g. wake the publisher)."""
         self._hooks.append(hook)
+
+    def add_refused_hook(self, hook: RefusedHook) -> None:
+        """Call ``hook(tap, reason)`` after each refused tap (e.g. a buzzer at the reader)."""
+        self._refused_hooks.append(hook)
 
     def make(self, tap: TapLike, seq: int, prev: str) -> SignedPunch:
         """Build and sign the punch for ``tap`` at ``seq``/``prev`` (no I/O besides clocks)."""
@@ -76,10 +123,26 @@ class PunchMaker:
 
     def record(self, tap: TapLike) -> SignedPunch:
         """Commit one punch for ``tap``; return after the commit (the readers' ``Emit``)."""
-        with self._lock:
-            signed = self.outbox.record(lambda seq, prev: self.make(tap, seq, prev))
-            self.recorded += 1
-            self.last_recorded = signed
+        try:
+            with self._lock:
+                signed = self.outbox.record(lambda seq, prev: self.make(tap, seq, prev))
+                self.recorded += 1
+                self.last_recorded = signed
+        except QueueFullError as e:
+            with self._lock:
+                self.refused += 1
+                n = self.refused
+            if self._refusal_log.allow():
+                skipped, self._refusal_log.suppressed = self._refusal_log.suppressed, 0
+                log.error("tap REFUSED on reader %s (action %s): %s; the punch was not "
+                          "recorded, tap again once space is freed (%d refused since start%s)",
+                          tap.reader, tap.action, e, n,
+                          f", {skipped} not logged" if skipped else "")
+            self._refused_hook(tap, REFUSED_FULL)
+            raise TapRefusedError(f"storage full, the punch was not recorded ({e})") from e
+        except Exception:
+            self._refused_hook(tap, REFUSED_ERROR)
+            raise
         p = signed.punch
         log.info("recorded seq=%d reader=%s action=%s clock=%s", p.seq, p.reader, p.action,
                  p.clock)
@@ -90,5 +153,12 @@ class PunchMaker:
                 # A broken buzzer must not turn a committed punch into a reader error.
                 log.exception("on_recorded hook failed for seq=%d", p.seq)
         return signed
+
+    def _refused_hook(self, tap: TapLike, reason: str) -> None:
+        for hook in self._refused_hooks:
+            try:
+                hook(tap, reason)
+            except Exception:
+                log.exception("on_refused hook failed on reader %s", tap.reader)
 
     __call__ = record

@@ -1,6 +1,10 @@
 """The encrypted outbox (DESIGN.md §5): signed punches wait here until a signed receipt acks them.
 
-Storage: SQLite in WAL mode, ``synchronous=FULL``, ``secure_delete=ON``. Tables:
+Storage: SQLite in WAL mode, ``synchronous=FULL``, ``secure_delete=ON``, and a bounded WAL
+(``wal_autocheckpoint`` of :data:`WAL_AUTOCHECKPOINT_PAGES`, ``journal_size_limit`` of
+:data:`JOURNAL_SIZE_LIMIT_BYTES`): each commit appends ~3 pages to the WAL, and SQLite's default
+(checkpoint at 1000 pages, never shrink) would let the WAL alone take ~4 MB, refilling a small
+disk by itself. Tables:
 
 - ``punches(seq, created_us, nonce, ct)``: ``ct`` = XChaCha20-Poly1305-IETF of the canonical
   signed punch under the queue key, random 24-byte nonce, associated data
@@ -18,10 +22,16 @@ reaches the file in clear. :meth:`Outbox.record` reads the chain state, builds t
 it and advances the state in ONE transaction and returns only after COMMIT (fsync'd), so seq
 never repeats or skips, even across a crash. :meth:`Outbox.delete_acked` is the only way a row
 leaves ``punches`` other than being set aside as unauthentic; a set-aside row is never returned.
+
+A full disk (``SQLITE_FULL``) is a state, not a crash: the failed write is rolled back and raised
+as :class:`QueueFullError`, the outbox reads ``full`` in :meth:`Outbox.storage` until a later
+commit succeeds, and :meth:`Outbox.probe_storage` (the service calls it every tick) truncates
+the WAL and tries a one-row write so that a freed disk is noticed without a tap.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -39,7 +49,7 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
 
-from agent.errors import QueueError, QueueIntegrityError
+from agent.errors import QueueError, QueueFullError, QueueIntegrityError
 from wire import ZERO_HASH
 from wire.canonical import canonical, loads
 from wire.errors import WireError
@@ -55,6 +65,16 @@ NONCE_BYTES = 24
 KEY_BYTES = 32
 SCHEMA_VERSION = 1
 _KEYCHECK_PLAINTEXT = b"timeclock queue key check v1"
+# WAL bounds (see the module docstring): ~256 KiB of WAL between checkpoints, and the WAL file
+# is cut back to 256 KiB when it restarts, so a 2 MiB filesystem keeps room for the punches.
+WAL_AUTOCHECKPOINT_PAGES = 64
+JOURNAL_SIZE_LIMIT_BYTES = 256 * 1024
+# Free space below this reads "low"; a full queue is declared writable again only once at
+# least this much is free and a probe write commits (hysteresis: no flapping at 0 bytes).
+MIN_FREE_BYTES = 64 * 1024
+_SQLITE_FULL = 13
+_CHECKPOINT_BUSY_MS = 100          # a TRUNCATE checkpoint waits this long for a reader at most
+_BUSY_MS = 30_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -165,6 +185,39 @@ def read_stats(path: Path) -> QueueStats:
         raise QueueError(f"{path}: cannot read queue: {e}") from e
 
 
+# --- storage ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StorageState:
+    """Can the outbox commit? ``ok``, ``low`` (under :data:`MIN_FREE_BYTES` free, still
+    committing) or ``full`` (the last write failed for lack of space and none succeeded since)."""
+
+    state: str
+    free_bytes: int | None          # free space for us on the queue's filesystem (statvfs)
+    since_us: int | None            # when this state began
+    detail: str
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on ``directory``'s filesystem, or None."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_full_error(e: BaseException) -> bool:
+    """SQLITE_FULL ("database or disk is full") or ENOSPC, whatever layer reported it."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, sqlite3.Error):
+        code = getattr(e, "sqlite_errorcode", None)
+        return (isinstance(code, int) and code & 0xFF == _SQLITE_FULL) \
+            or "database or disk is full" in str(e)
+    return False
+
+
 # --- the outbox --------------------------------------------------------------------------------
 
 class Outbox:
@@ -180,6 +233,10 @@ class Outbox:
         self._now = now
         self._lock = threading.RLock()
         self._set_aside_reported = 0
+        self._full_since_us: int | None = None
+        self._full_detail = ""
+        self._state_seen = ("ok", now())       # the last state storage() reported, since when
+        self.full_errors = 0                   # writes (probes too) that failed for lack of space
         self._conn = self._connect()
         try:
             self._init_or_check()
@@ -201,6 +258,8 @@ class Outbox:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA secure_delete=ON")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}").fetchone()
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}").fetchone()
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
                 conn.close()
@@ -219,6 +278,9 @@ class Outbox:
                 raise QueueError(f"{self.path}: cannot start a transaction: {e}") from e
             try:
                 yield self._conn
+            except sqlite3.Error as e:
+                self._rollback()
+                raise self._error(e, "write failed") from e
             except BaseException:
                 self._rollback()
                 raise
@@ -226,13 +288,56 @@ class Outbox:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as e:
                 self._rollback()
-                raise QueueError(f"{self.path}: commit failed: {e}") from e
+                raise self._error(e, "commit failed") from e
+            self._writable()
 
     def _rollback(self) -> None:
+        # SQLite may already have rolled back (it does on SQLITE_FULL): no second ROLLBACK.
+        if not self._conn.in_transaction:
+            return
         try:
             self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             log.exception("queue rollback failed")
+
+    def _error(self, e: sqlite3.Error, what: str) -> QueueError:
+        """The QueueError for ``e``; a full disk is a :class:`QueueFullError` and a state."""
+        if not is_full_error(e):
+            return QueueError(f"{self.path}: {what}: {e}")
+        self.full_errors += 1
+        if self._full_since_us is None:
+            self._full_since_us = self._now()
+            log.error("queue storage FULL: %s on %s (%s free); punches cannot be committed "
+                      "until space is freed", e, self.path.parent,
+                      _size(free_bytes(self.path.parent)))
+        self._full_detail = f"{what}: {e}"
+        # The WAL may hold pages a checkpoint can move into free pages of the database: cut
+        # it back now so that the next tap has a chance (a no-op if the disk is truly full).
+        self._checkpoint_truncate()
+        return QueueFullError(f"{self.path}: storage full, {what}: {e}")
+
+    def _writable(self) -> None:
+        if self._full_since_us is not None:
+            log.info("queue storage writable again after %.0f s full",
+                        (self._now() - self._full_since_us) / 1e6)
+            self._full_since_us = None
+            self._full_detail = ""
+
+    def _checkpoint_truncate(self) -> bool:
+        """``wal_checkpoint(TRUNCATE)`` waiting at most briefly for readers; True if complete."""
+        with self._lock:
+            if self._conn.in_transaction:
+                return False
+            try:
+                self._conn.execute(f"PRAGMA busy_timeout={_CHECKPOINT_BUSY_MS}")
+                try:
+                    busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                finally:
+                    self._conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            except sqlite3.Error as e:
+                log.debug("queue checkpoint failed: %s", e)
+                return False
+            return int(busy) == 0
 
     def _init_or_check(self) -> None:
         try:
@@ -320,9 +425,10 @@ class Outbox:
             try:
                 c.execute("INSERT INTO punches (seq, created_us, nonce, ct) VALUES (?, ?, ?, ?)",
                           (seq, self._now(), nonce, ct))
+                self._write_state(c, seq, signed.hash())
             except sqlite3.Error as e:
-                raise QueueError(f"{self.path}: cannot store punch seq {seq}: {e}") from e
-            self._write_state(c, seq, signed.hash())
+                self._rollback()
+                raise self._error(e, f"cannot store punch seq {seq}") from e
         return signed
 
     def pending(self, *, limit: int = 500, max_bytes: int = 250_000,
@@ -390,6 +496,42 @@ class Outbox:
                 deleted += cur.rowcount
         return deleted
 
+    def storage(self) -> StorageState:
+        """Whether a punch can be committed now (no I/O besides one statvfs)."""
+        free = free_bytes(self.path.parent)
+        if self._full_since_us is not None:
+            state, since = "full", self._full_since_us
+            detail = (f"{self.path.parent}: {_size(free)} free; {self._full_detail}; taps are "
+                      "refused until space is freed")
+        else:
+            state = "low" if free is not None and free < MIN_FREE_BYTES else "ok"
+            since = self._state_seen[1] if self._state_seen[0] == state else self._now()
+            detail = f"{self.path.parent}: {_size(free)} free"
+        self._state_seen = (state, since)
+        return StorageState(state, free, since, detail)
+
+    def probe_storage(self) -> StorageState:
+        """While full: truncate the WAL and, once :data:`MIN_FREE_BYTES` are free, commit a
+        one-row write; success clears ``full``. Otherwise only :meth:`storage`."""
+        if self._full_since_us is not None:
+            self._checkpoint_truncate()
+            free = free_bytes(self.path.parent)
+            if free is None or free >= MIN_FREE_BYTES:
+                try:
+                    with self._tx() as c:
+                        c.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('probe', ?)",
+                                  (str(self._now()).encode(),))
+                except QueueError as e:
+                    log.debug("queue storage probe failed: %s", e)
+        return self.storage()
+
+    def wal_bytes(self) -> int:
+        """Size of the ``-wal`` file (0 if there is none)."""
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def stats(self) -> QueueStats:
         with self._lock:
             try:
@@ -426,3 +568,13 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unknown space"
+    if n < 10 * 1024:
+        return f"{n} bytes"
+    if n < 10 * 1024 * 1024:
+        return f"{n // 1024} KiB"
+    return f"{n // (1024 * 1024)} MiB"

@@ -8,6 +8,15 @@ queue answers, and the publisher (if any) says it is healthy, so systemd restart
 shutdown stops the readers first (no punch is cut in half: ``record`` is one transaction), then
 the publisher, then closes the queue.
 
+WATCHDOG=1 is sent only while :func:`agent.health.check_health` says so: every supervised thread
+(each reader, the publisher's sender and MQTT network loop) is alive, the queue answers, a punch
+can be committed (storage is not ``full``) and the publisher says it is healthy. A dead thread
+is logged and the agent exits (status 1) so that the service manager restarts it. A full disk
+is a visible state, not a silent failure: every tick probes the queue
+(:meth:`Outbox.probe_storage`, which also notices freed space without a tap), and a change of
+storage state is logged, sent as sd_notify ``STATUS=``, written to the status file at once and
+republished on the retained MQTT status; refused taps are counted in the status.
+
 The publisher plugs in through :data:`PublisherFactory`; by default it is
 ``agent.publisher.make_publisher`` when ``[mqtt]`` is configured, else nothing is published.
 """
@@ -26,13 +35,16 @@ from typing import Any, Protocol
 from agent.clock import ClockSource, SystemClock, clock_state
 from agent.config import AgentConfig
 from agent.errors import AgentError
+from agent.feedback import CommandFeedback
+from agent.health import HealthReport, check_health
 from agent.keystore import load_queue, load_signing
 from agent.punches import PunchMaker
-from agent.queue import Outbox
+from agent.queue import Outbox, StorageState
 from agent.readers import build_reader
 from agent.readers.base import Reader
 from agent.sdnotify import Notifier
 from agent.status import STATUS_VERSION, agent_version, write_status
+from wire.device_status import StorageStatus
 from wire.punch import SignedPunch
 
 log = logging.getLogger(__name__)
@@ -59,6 +71,12 @@ class Publisher(Protocol):
 
     def healthy(self) -> bool:
         """Its loop is alive (being disconnected and retrying with backoff is healthy)."""
+
+    def threads(self) -> Sequence[threading.Thread]:
+        """The threads it runs (sender, network loop): the service supervises them."""
+
+    def publish_status_soon(self) -> None:
+        """The agent's health changed: republish the retained status now (cheap)."""
 
     def state(self) -> Mapping[str, Any]:
         """For status: ``{"status": "connected"|…, "detail": str, "last_receipt_us": int|None}``."""
@@ -110,10 +128,16 @@ class AgentService:
             raise
         if self.publisher is not None:
             self.punch_maker.add_hook(lambda _p: self._wake_publisher())
+        self.feedback: CommandFeedback | None = None
+        if config.feedback.refused_command:
+            self.feedback = CommandFeedback(config.feedback.refused_command,
+                                            timeout_s=config.feedback.command_timeout_s)
+            self.punch_maker.add_refused_hook(self.feedback)
         self.key_id = signing.key_id
         self._threads: list[threading.Thread] = []
         self._last_written: dict[str, Any] | None = None
         self._last_write_mono = 0.0
+        self._status_in_place = False
 
     def _wake_publisher(self) -> None:
         if self.publisher is not None:
@@ -133,11 +157,13 @@ class AgentService:
         pub: dict[str, Any] = ({"status": "disabled", "detail": "no [mqtt] section"}
                                if self.publisher is None else dict(self.publisher.state()))
         last: SignedPunch | None = self.punch_maker.last_recorded
+        storage = self.storage_status(self.outbox.storage())
         return {
             "v": STATUS_VERSION, "device": self.config.device.id, "key": self.key_id,
             "version": agent_version(), "pid": os.getpid(), "state": self._state,
             "online": self._state == "running", "at_us": self._now_us(),
             "clock": clock_state(), "queue": queue, "readers": readers, "publisher": pub,
+            "storage": storage.to_dict(),
             "recorded_since_start": self.punch_maker.recorded,
             "last_recorded_seq": None if last is None else last.punch.seq,
         }
@@ -149,22 +175,45 @@ class AgentService:
         if not (force or due or comparable != self._last_written):
             return
         try:
-            write_status(self.config.status.path, snap)
+            how = write_status(self.config.status.path, snap)
         except AgentError as e:
             log.warning("%s", e)
             return
+        if (how == "in-place") != self._status_in_place:
+            self._status_in_place = how == "in-place"
+            if self._status_in_place:
+                log.warning("%s: disk full; the status file is now rewritten in place",
+                            self.config.status.path)
         self._last_written = comparable
         self._last_write_mono = time.monotonic()
 
-    def healthy(self) -> bool:
-        """True while everything the watchdog vouches for works."""
-        if not all(t.is_alive() for t in self._threads):
-            return False
+    def storage_status(self, storage: StorageState) -> StorageStatus:
+        """The outbox's storage state with the refused-tap count (status file and MQTT)."""
+        return StorageStatus(storage.state, storage.free_bytes, self.punch_maker.refused,
+                             storage.since_us, storage.detail[:300])
+
+    def supervised_threads(self) -> list[threading.Thread]:
+        """Reader threads, then the publisher's threads."""
+        pub = [] if self.publisher is None else list(self.publisher.threads())
+        return [*self._threads, *pub]
+
+    def health(self, storage: StorageState | None = None) -> HealthReport:
+        """What the watchdog vouches for, now (``storage``: a state just probed, if any)."""
+        storage = self.outbox.storage() if storage is None else storage
         try:
             self.outbox.stats()
-        except AgentError:
-            return False
-        return self.publisher is None or self.publisher.healthy()
+            queue_error = None
+        except AgentError as e:
+            queue_error = str(e)
+        return check_health({t.name: t.is_alive() for t in self.supervised_threads()},
+                            storage_state=storage.state, storage_detail=storage.detail,
+                            queue_error=queue_error,
+                            publisher_ok=None if self.publisher is None
+                            else self.publisher.healthy())
+
+    def healthy(self) -> bool:
+        """True while everything the watchdog vouches for works."""
+        return self.health().ok
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -195,26 +244,44 @@ class AgentService:
         next_wd = time.monotonic()
         tick = min(self.tick_s, wd / 2) if wd else self.tick_s
         was_ok = True
+        storage_state = "ok"
         while not stop.wait(tick):
-            ok = self.healthy()
-            if not ok:
-                dead = [t.name for t in self._threads if not t.is_alive()]
-                if dead:
-                    # Reader threads never return before stop: one that did is a bug; let
-                    # systemd restart us rather than run without a reader.
-                    log.error("thread(s) died: %s; exiting so the service manager restarts "
-                              "the agent", ", ".join(dead))
-                    return 1
-                if was_ok:
-                    log.warning("agent unhealthy; withholding the watchdog ping")
-            elif not was_ok:
+            storage = self.outbox.probe_storage()
+            if storage.state != storage_state:
+                self._storage_changed(storage_state, storage)
+                storage_state = storage.state
+            report = self.health(storage)
+            if stop.is_set():
+                break   # threads return once stop is set: that is no death
+            if report.dead_threads:
+                # Supervised threads never return before stop: one that did is a bug; let
+                # systemd restart us rather than run without a reader or a publisher.
+                log.error("thread(s) died: %s; no more watchdog pings, exiting so the service "
+                          "manager restarts the agent", ", ".join(report.dead_threads))
+                return 1
+            if not report.ok and was_ok:
+                log.warning("agent unhealthy (%s); withholding the watchdog ping",
+                            report.summary())
+            elif report.ok and not was_ok:
                 log.info("agent healthy again")
-            was_ok = ok
-            if ok and wd is not None and time.monotonic() >= next_wd:
+            was_ok = report.ok
+            if report.ok and wd is not None and time.monotonic() >= next_wd:
                 self.notifier.watchdog()
                 next_wd = time.monotonic() + wd
             self._write_status()
         return 0
+
+    def _storage_changed(self, before: str, storage: StorageState) -> None:
+        if storage.state == "full":
+            self.notifier.status(f"STORAGE FULL: taps are refused ({storage.detail})"[:200])
+        elif before == "full":
+            log.info("storage writable again (%s); recording resumes", storage.detail)
+            self.notifier.status(f"recording; storage {storage.state}")
+        elif storage.state == "low":
+            log.warning("storage low: %s", storage.detail)
+        if self.publisher is not None:
+            self.publisher.publish_status_soon()
+        self._write_status(force=True)
 
     def _shutdown(self, stop: threading.Event) -> None:
         self._state = "stopping"

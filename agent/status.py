@@ -1,23 +1,36 @@
 """The agent's health snapshot: one dict, written atomically to a file and shown by ``status``.
 
 The same snapshot feeds the retained MQTT status topic (DESIGN.md §4): online/offline, queue
-depth, oldest unacked time, clock state, reader states, version. Invariants: the file is
-replaced with rename(2) (a reader never sees half a file), is 0644 (it holds no secret: no
-credential, no key path), and names the writer's pid so ``status`` can tell a stale file.
+depth, oldest unacked time, clock state, reader states, storage state, version. Invariants:
+the file is 0644 (it holds no secret: no credential, no key path) and names the writer's pid
+so ``status`` can tell a stale file. It is normally replaced with rename(2) (a reader never
+sees half a file). It is padded with blanks to whole 4 KiB blocks with at least
+:data:`STATUS_SLACK_BYTES` to spare, so that when the disk is full and no new file can be
+written, the snapshot is rewritten *in place* into the blocks the file already owns (a reader
+that catches that rewrite half-done retries); only a snapshot that no longer fits is dropped,
+and then ``status`` sees a stale file next to a live pid and says so.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
 
+log = logging.getLogger(__name__)
+
 STATUS_VERSION = 1
+STATUS_BLOCK_BYTES = 4096
+STATUS_SLACK_BYTES = 2048
+_READ_TRIES = 5
 
 
 @functools.cache
@@ -30,20 +43,51 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-def write_status(path: Path, snapshot: dict[str, Any]) -> None:
-    """Atomically replace ``path`` with ``snapshot`` as JSON."""
+def _pad(data: bytes, size: int) -> bytes:
+    return data + b" " * (size - len(data) - 1) + b"\n"
+
+
+def write_status(path: Path, snapshot: dict[str, Any]) -> str:
+    """Replace ``path`` with ``snapshot`` as JSON: atomically, or in place if the disk is full.
+    Return ``"replaced"`` or ``"in-place"``; raise :class:`AgentError` if neither worked."""
     data = json.dumps(snapshot, sort_keys=True, indent=1).encode() + b"\n"
+    blocks = -(-(len(data) + STATUS_SLACK_BYTES) // STATUS_BLOCK_BYTES)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, data)
+            os.write(fd, _pad(data, blocks * STATUS_BLOCK_BYTES))
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except OSError as e:
-        raise AgentError(f"{path}: cannot write status file: {e.strerror or e}") from e
+        try:
+            tmp.unlink(missing_ok=True)      # a half-written temp file holds the space we lack
+        except OSError:
+            log.debug("cannot remove %s", tmp)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise AgentError(f"{path}: cannot write status file: {e.strerror or e}") from e
+        _rewrite_in_place(path, data, e)
+        return "in-place"
+    return "replaced"
+
+
+def _rewrite_in_place(path: Path, data: bytes, cause: OSError) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)      # no O_CREAT, no O_TRUNC: keep the file's blocks
+        try:
+            size = os.fstat(fd).st_size
+            if len(data) >= size:
+                raise AgentError(f"{path}: disk full ({cause.strerror}) and the status "
+                                 f"({len(data)} bytes) does not fit in the file's {size} "
+                                 "bytes; kept the previous status")
+            os.pwrite(fd, _pad(data, size), 0)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise AgentError(f"{path}: disk full ({cause.strerror}) and cannot rewrite the status "
+                         f"file in place: {e.strerror or e}") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +95,24 @@ class StatusFile:
     snapshot: dict[str, Any]
     live: bool          # the writer is running and the file is fresh
     age_s: float
+    writer_alive: bool = False   # the pid that wrote it still exists (fresh or not)
 
 
 def read_status(path: Path, *, now_us: int, stale_after_s: float) -> StatusFile | None:
     """The last snapshot, or None if there is none. ``live`` says whether its writer runs."""
-    try:
-        snap = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise AgentError(f"{path}: cannot read status file: {e}") from e
+    for attempt in range(_READ_TRIES):
+        try:
+            snap = json.loads(path.read_text(encoding="utf-8"))
+            break
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            # Caught an in-place rewrite (disk full) half-done: read again shortly.
+            if attempt == _READ_TRIES - 1:
+                raise AgentError(f"{path}: cannot read status file: {e}") from e
+            time.sleep(0.02)
+        except OSError as e:
+            raise AgentError(f"{path}: cannot read status file: {e}") from e
     if not isinstance(snap, dict):
         raise AgentError(f"{path}: status file is not a JSON object")
     at = snap.get("at_us")
@@ -68,7 +120,7 @@ def read_status(path: Path, *, now_us: int, stale_after_s: float) -> StatusFile 
     pid = snap.get("pid")
     alive = isinstance(pid, int) and Path(f"/proc/{pid}").exists()
     live = alive and snap.get("state") == "running" and age_s <= stale_after_s
-    return StatusFile(snap, live, age_s)
+    return StatusFile(snap, live, age_s, alive and snap.get("state") == "running")
 
 
 def _age(now_us: int, at_us: Any) -> str:
@@ -82,13 +134,42 @@ def _age(now_us: int, at_us: Any) -> str:
     return f"{s // 3600}h ago"
 
 
-def render(snap: dict[str, Any], *, now_us: int, live: bool) -> str:
+def _bytes(n: Any) -> str:
+    if not isinstance(n, int):
+        return "? bytes"
+    if n < 10 * 1024:
+        return f"{n} bytes"
+    if n < 10 * 1024 * 1024:
+        return f"{n // 1024} KiB"
+    return f"{n // (1024 * 1024)} MiB"
+
+
+def storage_line(storage: Any, *, now_us: int, free_now: int | None = None) -> str:
+    """``storage: …`` for ``status``: the agent's view, and the free space measured now."""
+    now = "" if free_now is None else f"; {_bytes(free_now)} free now"
+    if not isinstance(storage, dict):
+        return f"storage:       unknown{now}"
+    state = storage.get("state", "?")
+    refused = storage.get("refused_taps", 0)
+    if state == "full":
+        head = f"FULL since {_age(now_us, storage.get('since_us'))}: taps are REFUSED"
+    else:
+        head = f"{state} ({_bytes(storage.get('free_bytes'))} free when the agent looked)"
+    return f"storage:       {head}; {refused} tap(s) refused since start{now}"
+
+
+def render(snap: dict[str, Any], *, now_us: int, live: bool, writer_alive: bool = False,
+           free_now: int | None = None) -> str:
     """Human text of a snapshot for ``timeclock-agent status``."""
     q = snap.get("queue") or {}
+    agent = ("running" if live else
+             "running, but its status file is STALE (disk full?)" if writer_alive else
+             "NOT RUNNING")
     lines = [
         f"device:        {snap.get('device', '?')}",
-        f"agent:         {'running' if live else 'NOT RUNNING'} (pid {snap.get('pid', '?')}, "
+        f"agent:         {agent} (pid {snap.get('pid', '?')}, "
         f"state {snap.get('state', '?')}, snapshot {_age(now_us, snap.get('at_us'))})",
+        storage_line(snap.get("storage"), now_us=now_us, free_now=free_now),
         f"clock:         {snap.get('clock', '?')}",
         f"queue depth:   {q.get('depth', '?')} unacked (last seq {q.get('last_seq', '?')}, "
         f"set aside {q.get('set_aside', '?')})",

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from agent.errors import ReaderError
+from agent.errors import ReaderError, TapRefusedError
 from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
 from wire.punch import ACTIONS
 
@@ -268,6 +268,10 @@ class Reader(ABC):
     def _deliver(self, emit: Emit, tap: Tap) -> None:
         try:
             emit(tap)
+        except TapRefusedError as e:
+            # Refused (a full disk): emit has logged it, rate-limited; no traceback per tap.
+            self._update(status="error", detail=f"last tap refused: {e}")
+            return
         except Exception as e:
             # Not a device error: the punch was not recorded. Keep reading (the next tap may
             # succeed) and make the failure visible in the state until one does.

@@ -1,5 +1,6 @@
 """Fixtures shared by the agent's delivery tests (publisher, outages): a real mTLS broker whose
-ACL knows ``collector.test``, the receipting stand-in collector, keys and an outbox."""
+ACL knows ``collector.test``, the receipting stand-in collector, keys and an outbox; and for the
+full-disk tests a 2 MiB tmpfs (``tiny_fs``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.queue import Outbox
+from tests.agent.disk_helpers import tmpfs
 from tests.agent.receipt_standin import DEVICE, ReceiptStandin
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire.keys import SigningKey
@@ -41,3 +43,10 @@ def standin(broker: MosquittoBroker, log_key: SigningKey) -> Iterator[ReceiptSta
     with ReceiptStandin(broker.host, broker.port, broker.context("collector.test"),
                         log_key) as s:
         yield s
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB filesystem (tmpfs), unmounted after the test."""
+    with tmpfs(tmp_path / "tiny") as d:
+        yield d

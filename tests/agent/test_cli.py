@@ -206,6 +206,7 @@ def test_sdnotify_disabled_and_watchdog_env(tmp_path: Path) -> None:
 
 # ---- run + status (real processes) ------------------------------------------------------------
 
+@pytest.mark.subprocess
 def test_run_under_notify_socket_status_while_running_and_clean_sigterm(
         tmp_path: Path, keydir: Path, notify_path: NotifySocket,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -277,6 +278,7 @@ class RecordingPublisher:
         self.status_fn = status
         self.events: list[str] = []
         self.wakes = 0
+        self.status_requests = 0
         self.is_healthy = True
 
     def start(self) -> None:
@@ -290,6 +292,12 @@ class RecordingPublisher:
 
     def healthy(self) -> bool:
         return self.is_healthy
+
+    def threads(self) -> list[threading.Thread]:
+        return []
+
+    def publish_status_soon(self) -> None:
+        self.status_requests += 1
 
     def state(self) -> Mapping[str, Any]:
         return {"status": "connected", "detail": "test", "last_receipt_us": 123}

@@ -144,7 +144,7 @@ kind = "teleporter"
         "keys.ca_cert: required when [mqtt] is configured",
         "status.interval_s: expected a number",
         "readers.front.credentials: required",
-        "readers.front.interval_s: must be ≥",
+        "readers.front.interval_s: must be between",
         "readers.front.colour: unknown key",
         "readers.Bad_Name: reader name must match",
         "readers.side.kind: 'teleporter' is not one of",

@@ -61,6 +61,7 @@ class AgentProcess:
         self._t.join(timeout=10)  # EOF: every line written before the kill is read
 
 
+@pytest.mark.subprocess
 def test_kill_9_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
     sk = SigningKey.generate()
     save_signing_key(tmp_path / "signing.key", sk)

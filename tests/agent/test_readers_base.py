@@ -99,6 +99,7 @@ def test_registry_lists_every_kind() -> None:
         assert cls.kind == kind
 
 
+@pytest.mark.subprocess
 def test_importing_readers_loads_no_hardware_library() -> None:
     code = ("import sys, agent.readers; "
             "print(sorted(m for m in ('serial', 'evdev') if m in sys.modules))")

@@ -1,0 +1,248 @@
+"""The device status message (DESIGN.md §4, protocol §5.3): a clock's retained health report.
+
+Published by the agent on ``timeclock/v1/devices/{id}/status`` (QoS 1, retained; the same topic
+carries its MQTT last will). It is telemetry, not evidence: unsigned, never in the ledger, and it
+MUST NOT carry a credential or key material. Version 1, canonical JSON::
+
+    {"v": 1, "device": "clock-0017", "state": "online", "version": "0.1.0",
+     "at": 1767225600000000,                              # µs since the epoch
+     "queue": {"depth": 3, "oldest_unacked_us": 1767225590000000},
+     "clock": "synced",
+     "readers": {"front": {"kind": "rdm6300", "status": "open", ...}},
+     "storage": {"state": "full", "free_bytes": 0, "refused_taps": 4,
+                 "since_us": 1767225599000000, "detail": "..."},
+     "reason": "stopped"}
+
+Required: ``v``, ``device``, ``state``, ``version``. An ``online`` status also carries ``at``,
+``queue``, ``clock`` and ``readers``; the last will carries only ``reason`` besides the
+required four. ``storage`` is optional (agents before it was added do not send it): absent
+means unknown. ``readers`` maps reader names to free-form JSON (the agent sends its reader
+states). Invariants: a :class:`DeviceStatus` that exists is valid; parsing is strict (unknown
+fields, wrong types, floats, oversize input are :class:`wire.errors.DecodeError`), and
+``from_bytes(to_bytes(s)) == s``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from wire.canonical import canonical, loads
+from wire.errors import DecodeError, OversizeError
+from wire.fields import (
+    DEVICE_ID_RE,
+    check_version,
+    get_choice,
+    get_int,
+    get_str,
+    validate_device_id,
+)
+from wire.punch import CLOCK_STATES
+
+STATUS_VERSION = 1
+MAX_STATUS_BYTES = 16 * 1024          # the collector drops larger status messages
+DEVICE_STATES = frozenset({"online", "offline"})
+STORAGE_STATES = frozenset({"ok", "low", "full"})
+VERSION_RE = re.compile(r"^[0-9A-Za-z.+_-]{1,64}$")
+REASON_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+MAX_DETAIL_CHARS = 300
+
+_REQUIRED = frozenset({"v", "device", "state", "version"})
+_OPTIONAL = frozenset({"at", "queue", "clock", "readers", "storage", "reason"})
+_ONLINE = frozenset({"at", "queue", "clock", "readers"})
+_QUEUE_KEYS = frozenset({"depth", "oldest_unacked_us"})
+_STORAGE_KEYS = frozenset({"state", "free_bytes", "refused_taps", "since_us", "detail"})
+
+
+def _object(value: Any, name: str, required: frozenset[str],
+            optional: frozenset[str] = frozenset()) -> Mapping[str, Any]:
+    """``value`` if it is an object with every ``required`` key and nothing unknown."""
+    if not isinstance(value, dict):
+        raise DecodeError(f"{name}: expected an object", field=name)
+    unknown = sorted(set(value) - required - optional)
+    if unknown:
+        raise DecodeError(f"{name}: unknown field(s) {', '.join(unknown)}", field=unknown[0])
+    missing = sorted(required - set(value))
+    if missing:
+        raise DecodeError(f"{name}: missing field(s) {', '.join(missing)}", field=missing[0])
+    return value
+
+
+def _int_or_none(obj: Mapping[str, Any], key: str, where: str) -> int | None:
+    if obj[key] is None:
+        return None
+    try:
+        return get_int(obj, key, minimum=0)
+    except DecodeError as e:
+        raise DecodeError(f"{where}.{e}", field=key) from None
+
+
+def _in(where: str, e: DecodeError) -> DecodeError:
+    return DecodeError(f"{where}.{e}", field=e.field)
+
+
+_QueueFields = tuple[int, int | None]
+_StorageFields = tuple[str, int | None, int, int | None, str]
+
+
+def _queue_fields(d: Any) -> _QueueFields:
+    obj = _object(d, "queue", _QUEUE_KEYS)
+    try:
+        depth = get_int(obj, "depth", minimum=0)
+    except DecodeError as e:
+        raise _in("queue", e) from None
+    return depth, _int_or_none(obj, "oldest_unacked_us", "queue")
+
+
+def _storage_fields(d: Any) -> _StorageFields:
+    obj = _object(d, "storage", _STORAGE_KEYS)
+    try:
+        state = get_choice(obj, "state", STORAGE_STATES)
+        refused = get_int(obj, "refused_taps", minimum=0)
+        detail = get_str(obj, "detail")
+    except DecodeError as e:
+        raise _in("storage", e) from None
+    if len(detail) > MAX_DETAIL_CHARS:
+        raise DecodeError(f"storage.detail: longer than {MAX_DETAIL_CHARS} chars",
+                          field="detail")
+    return (state, _int_or_none(obj, "free_bytes", "storage"), refused,
+            _int_or_none(obj, "since_us", "storage"), detail)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """The clock's outbox: punches committed and not yet receipted."""
+
+    depth: int
+    oldest_unacked_us: int | None
+
+    def __post_init__(self) -> None:
+        _queue_fields(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Any) -> QueueStatus:
+        return cls(*_queue_fields(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"depth": self.depth, "oldest_unacked_us": self.oldest_unacked_us}
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStatus:
+    """Whether the clock can commit punches: ``ok``; ``low`` (little free space, still
+    recording); ``full`` (the last commit failed for lack of space: taps are refused)."""
+
+    state: str
+    free_bytes: int | None            # free space of the queue's filesystem, None = unknown
+    refused_taps: int                 # taps refused for lack of space since the agent started
+    since_us: int | None              # when ``state`` began (µs since the epoch)
+    detail: str = ""                  # one line for the operator
+
+    def __post_init__(self) -> None:
+        _storage_fields(self.to_dict())
+
+    @property
+    def full(self) -> bool:
+        return self.state == "full"
+
+    @classmethod
+    def from_dict(cls, d: Any) -> StorageStatus:
+        return cls(*_storage_fields(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "free_bytes": self.free_bytes,
+                "refused_taps": self.refused_taps, "since_us": self.since_us,
+                "detail": self.detail}
+
+
+def _readers(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DecodeError("readers: expected an object", field="readers")
+    for name, state in value.items():
+        if not isinstance(name, str) or not DEVICE_ID_RE.fullmatch(name):
+            raise DecodeError(f"readers: {str(name)[:70]!r} is not a reader name",
+                              field="readers")
+        try:
+            canonical(state)
+        except DecodeError as e:
+            raise DecodeError(f"readers.{name}: {e}", field="readers") from None
+    return dict(value)
+
+
+def _status_fields(d: Any) -> tuple[str, str, str, int | None, _QueueFields | None, str | None,
+                                    dict[str, Any] | None, _StorageFields | None, str | None]:
+    obj = _object(d, "status", _REQUIRED, _OPTIONAL)
+    check_version(obj, expected=STATUS_VERSION)
+    device = validate_device_id(get_str(obj, "device"))
+    state = get_choice(obj, "state", DEVICE_STATES)
+    version = get_str(obj, "version", VERSION_RE)
+    if state == "online":
+        missing = sorted(_ONLINE - set(obj))
+        if missing:
+            raise DecodeError(f"status: an online status needs {', '.join(missing)}",
+                              field=missing[0])
+    return (device, state, version,
+            get_int(obj, "at", minimum=0) if "at" in obj else None,
+            _queue_fields(obj["queue"]) if "queue" in obj else None,
+            get_choice(obj, "clock", CLOCK_STATES) if "clock" in obj else None,
+            _readers(obj["readers"]) if "readers" in obj else None,
+            _storage_fields(obj["storage"]) if "storage" in obj else None,
+            get_str(obj, "reason", REASON_RE) if "reason" in obj else None)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """One status message. Build it with keywords; ``from_bytes`` parses what a clock sent."""
+
+    device: str
+    state: str                        # "online" | "offline"
+    version: str                      # agent software version
+    at: int | None = None             # µs since the epoch when the clock sent it
+    queue: QueueStatus | None = None
+    clock: str | None = None          # "synced" | "unsynced"
+    readers: Mapping[str, Any] | None = None
+    storage: StorageStatus | None = None
+    reason: str | None = None         # why offline: "stopped", "connection-lost", …
+    v: int = STATUS_VERSION
+
+    def __post_init__(self) -> None:
+        _status_fields(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DeviceStatus:
+        (device, state, version, at, queue, clock, readers, storage,
+         reason) = _status_fields(d)
+        return cls(device, state, version, at,
+                   None if queue is None else QueueStatus(*queue), clock, readers,
+                   None if storage is None else StorageStatus(*storage), reason)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DeviceStatus:
+        if len(data) > MAX_STATUS_BYTES:
+            raise OversizeError(f"status: {len(data)} bytes, more than {MAX_STATUS_BYTES}")
+        return cls.from_dict(loads(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": self.v, "device": self.device, "state": self.state,
+                               "version": self.version}
+        if self.at is not None:
+            out["at"] = self.at
+        if self.queue is not None:
+            out["queue"] = self.queue.to_dict()
+        if self.clock is not None:
+            out["clock"] = self.clock
+        if self.readers is not None:
+            out["readers"] = dict(self.readers)
+        if self.storage is not None:
+            out["storage"] = self.storage.to_dict()
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+    def to_bytes(self) -> bytes:
+        data = canonical(self.to_dict())
+        if len(data) > MAX_STATUS_BYTES:
+            raise OversizeError(f"status: {len(data)} bytes, more than {MAX_STATUS_BYTES}")
+        return data
