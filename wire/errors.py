@@ -47,6 +47,13 @@ class ChainBrokenError(WireError):
     reason = "chain-broken"
 
 
+class ProofError(WireError):
+    """A Merkle inclusion or consistency proof (DESIGN.md §8.1) that does not verify, or a
+    proof that cannot be produced for the sizes asked."""
+
+    reason = "bad-proof"
+
+
 class ReplayError(WireError):
     """A (device, seq) already recorded."""
 

@@ -358,7 +358,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     cfg = _config(args)
     now_us = _now_us()
     certs = CertificateAuthority.open(args.ca).entries() if args.ca else []
-    statuses: dict[str, dict[str, Any]] | None = None
+    statuses: dict[str, fleet.StatusReading] | None = None
     if cfg is not None and not args.no_status:
         try:
             statuses = fleet.read_retained_statuses(

@@ -4,8 +4,10 @@ Sources, each optional except the ledger:
 - the ledger (registry projection and per-device progress: highest/contiguous seq, gaps, and
   the recorded time of the last punch, i.e. "last seen" by the ledger);
 - the CA index (certificate serial, expiry; a warning ``EXPIRY_WARN_DAYS`` ahead);
-- the devices' RETAINED status messages (``timeclock/v1/devices/{id}/status``: online state,
-  queue depth, oldest unacked punch, clock state). They are read by subscribing as a
+- the devices' RETAINED status messages (``timeclock/v1/devices/{id}/status``, parsed as
+  wire.device_status.DeviceStatus: online state, queue depth, oldest unacked punch, clock
+  state, storage; a device whose storage is full refuses taps, which is always a warning;
+  an unreadable status is a warning too). They are read by subscribing as a
   collector identity with a fresh, clean session and a short timeout
   (:func:`read_retained_statuses`), which works from any process that holds a collector
   certificate, whether or not ``serve`` runs on the same host; the running service's
@@ -18,9 +20,7 @@ own, so it never takes over the running collector's session.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
 import secrets
 import ssl
 import threading
@@ -31,12 +31,17 @@ from typing import Any
 
 from collector import CollectorError
 from collector.fleet.pki import IndexEntry
+from collector.ingest.pipeline import parse_status
 from collector.ledger.sqlbase import SQLStore
+from wire.device_status import DeviceStatus
 from wire.errors import WireError
 from wire.topics import ALL_STATUS, device_of
 
 EXPIRY_WARN_DAYS = 30
 QUEUE_AGE_WARN_S = 3600
+
+StatusReading = DeviceStatus | str
+"""A device's retained status: parsed, or why its message is not a valid status."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,7 @@ class DeviceRow:
     oldest_unacked_us: int | None = None
     clock: str | None = None
     status_at_us: int | None = None
+    storage: str | None = None        # ok | low | full (reported), None = unknown
     warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +74,8 @@ class DeviceRow:
                 else self.cert_not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "online": self.online, "queue_depth": self.queue_depth,
                 "oldest_unacked_us": self.oldest_unacked_us, "clock": self.clock,
-                "status_at_us": self.status_at_us, "warnings": list(self.warnings)}
+                "status_at_us": self.status_at_us, "storage": self.storage,
+                "warnings": list(self.warnings)}
 
 
 def _last_seen(store: SQLStore, device: str, highest: int) -> int | None:
@@ -94,8 +101,21 @@ def _certs_by_cn(entries: Sequence[IndexEntry]) -> dict[str, IndexEntry]:
     return out
 
 
+def _storage_warning(st: DeviceStatus, now_us: int) -> str | None:
+    s = st.storage
+    if s is None or s.state == "ok":
+        return None
+    since = "" if s.since_us is None else f" for {_age(now_us, s.since_us)}"
+    free = "" if s.free_bytes is None else f", {s.free_bytes} bytes free"
+    detail = f": {s.detail}" if s.detail else ""
+    if s.full:
+        return (f"storage FULL{since}: the clock refuses taps ({s.refused_taps} refused"
+                f"{free}){detail}")
+    return f"storage low{since}{free}{detail}"
+
+
 def fleet_rows(store: SQLStore, *, now_us: int, certs: Sequence[IndexEntry] = (),
-               statuses: Mapping[str, Mapping[str, Any]] | None = None) -> list[DeviceRow]:
+               statuses: Mapping[str, StatusReading] | None = None) -> list[DeviceRow]:
     """One row per enrolled device, with warnings an operator should act on."""
     now = dt.datetime.fromtimestamp(now_us / 1e6, dt.UTC)
     by_cn = _certs_by_cn(certs)
@@ -118,22 +138,25 @@ def fleet_rows(store: SQLStore, *, now_us: int, certs: Sequence[IndexEntry] = ()
                                 f"(device renew)")
         if prog.gaps:
             warnings.append(f"{sum(b - a + 1 for a, b in prog.gaps)} seq missing")
-        st = statuses.get(rec.device, {})
-        queue = st.get("queue") if isinstance(st.get("queue"), dict) else {}
-        assert isinstance(queue, dict)  # noqa: S101 -- narrowed above, for mypy
-        depth = queue.get("depth") if isinstance(queue.get("depth"), int) else None
-        oldest = queue.get("oldest_unacked_us")
-        oldest = oldest if isinstance(oldest, int) else None
+        reading = statuses.get(rec.device)
+        st = reading if isinstance(reading, DeviceStatus) else None
+        if isinstance(reading, str):
+            warnings.append(f"status message invalid: {reading}")
+        depth = st.queue.depth if st is not None and st.queue is not None else None
+        oldest = st.queue.oldest_unacked_us if st is not None and st.queue is not None \
+            else None
         if oldest is not None and now_us - oldest > QUEUE_AGE_WARN_S * 1_000_000:
             warnings.append(f"oldest unacked punch is {(now_us - oldest) // 3_600_000_000} h "
                             f"old")
-        clock = st.get("clock") if isinstance(st.get("clock"), str) else None
+        clock = st.clock if st is not None else None
         if clock == "unsynced":
             warnings.append("clock unsynced")
-        online = st.get("state") if isinstance(st.get("state"), str) else None
+        storage_warning = _storage_warning(st, now_us) if st is not None else None
+        if storage_warning is not None:
+            warnings.append(storage_warning)
+        online = st.state if st is not None else None
         if rec.status == "revoked" and online == "online":
             warnings.append("revoked but reported online")
-        at = st.get("at")
         rows.append(DeviceRow(
             device=rec.device, site=rec.site, status=rec.status,
             key_id=current[-1].key_id if current else None, keys=len(keys),
@@ -142,14 +165,17 @@ def fleet_rows(store: SQLStore, *, now_us: int, certs: Sequence[IndexEntry] = ()
             cert_serial=None if cert is None else cert.serial,
             cert_not_after=None if cert is None else cert.not_after,
             online=online, queue_depth=depth, oldest_unacked_us=oldest, clock=clock,
-            status_at_us=at if isinstance(at, int) else None, warnings=tuple(warnings)))
+            status_at_us=st.at if st is not None else None,
+            storage=st.storage.state if st is not None and st.storage is not None else None,
+            warnings=tuple(warnings)))
     return rows
 
 
 def read_retained_statuses(host: str, port: int, context: ssl.SSLContext, identity: str, *,
                            timeout_s: float = 3.0, quiet_s: float = 0.3
-                           ) -> dict[str, dict[str, Any]]:
-    """The retained status of every device, as the broker holds them now.
+                           ) -> dict[str, StatusReading]:
+    """The retained status of every device, as the broker holds them now (each parsed, or
+    the reason it is not a valid status).
 
     Connects as ``identity`` (a collector certificate) with a new client id and a clean
     session, subscribes to all statuses and returns once no message arrived for ``quiet_s``
@@ -159,7 +185,7 @@ def read_retained_statuses(host: str, port: int, context: ssl.SSLContext, identi
     import paho.mqtt.client as mqtt  # noqa: PLC0415 -- only `device list` needs it here
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, StatusReading] = {}
     lock = threading.Lock()
     last = [time.monotonic()]
     subscribed = threading.Event()
@@ -168,12 +194,18 @@ def read_retained_statuses(host: str, port: int, context: ssl.SSLContext, identi
     c.tls_set_context(context)
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with contextlib.suppress(WireError, ValueError):
+        try:
             device = device_of(msg.topic, "status")
-            value = json.loads(msg.payload[:16384])
-            if isinstance(value, dict):
-                with lock:
-                    out[device] = value
+        except WireError:
+            device = None       # not a status topic: ignored
+        if device is not None:
+            reading: StatusReading
+            try:
+                reading = parse_status(device, bytes(msg.payload))
+            except WireError as e:
+                reading = str(e)
+            with lock:
+                out[device] = reading
         last[0] = time.monotonic()
 
     def on_subscribe(*_a: Any) -> None:
@@ -211,7 +243,7 @@ def _age(now_us: int, at: int | None) -> str:
 def render_table(rows: Sequence[DeviceRow], *, now_us: int) -> str:
     head = (f"{'DEVICE':<20} {'SITE':<10} {'STATUS':<8} {'KEY':<17} {'SEQ':>6} {'GAPS':>4} "
             f"{'LAST SEEN':>9} {'CERT UNTIL':<10} {'LINK':<8} {'QUEUE':>5} {'OLDEST':>6} "
-            f"{'CLOCK':<8}")
+            f"{'CLOCK':<8} {'DISK':<4}")
     lines = [head]
     for r in rows:
         until = "-" if r.cert_not_after is None else f"{r.cert_not_after:%Y-%m-%d}"
@@ -219,6 +251,7 @@ def render_table(rows: Sequence[DeviceRow], *, now_us: int) -> str:
             f"{r.device:<20} {r.site[:10]:<10} {r.status:<8} {r.key_id or '-':<17} "
             f"{r.recorded:>6} {len(r.gaps):>4} {_age(now_us, r.last_seen_us):>9} {until:<10} "
             f"{r.online or '?':<8} {'-' if r.queue_depth is None else r.queue_depth:>5} "
-            f"{_age(now_us, r.oldest_unacked_us):>6} {r.clock or '?':<8}")
+            f"{_age(now_us, r.oldest_unacked_us):>6} {r.clock or '?':<8} "
+            f"{(r.storage or '?').replace('full', 'FULL'):<4}")
         lines += [f"  ! {w}" for w in r.warnings]
     return "\n".join(lines)

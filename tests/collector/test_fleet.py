@@ -21,9 +21,11 @@ from collector.cli.device import verify_request
 from collector.fleet import devices as fleet
 from collector.fleet.pki import CertificateAuthority
 from collector.fleet.provisioning import Bundle, enroll_device, renew_certificate
+from collector.ingest.pipeline import parse_status
 from collector.ledger import open_store
 from collector.ledger.registry import revoke
 from collector.ledger.sqlbase import SQLStore
+from wire.device_status import DeviceStatus, QueueStatus, StorageStatus
 from wire.keys import SigningKey, save_signing_key, write_private_file
 from wire.provisioning import PrivateKeyInBundleError
 from wire.rotation import SignedRotationRequest
@@ -162,9 +164,9 @@ def test_fleet_rows_warn_on_expiry_gaps_and_unsynced_clock(
     clock = ClockDir(root, "clock-23")
     _enroll(store, ca, clock, days=40)
     now_us = int((NOW + dt.timedelta(days=15)).timestamp() * 1e6)
-    statuses = {"clock-23": {"state": "online", "clock": "unsynced",
-                             "queue": {"depth": 7, "oldest_unacked_us": now_us - 10**6},
-                             "at": now_us}}
+    statuses: dict[str, fleet.StatusReading] = {"clock-23": DeviceStatus(
+        device="clock-23", state="online", version="0.1.0", at=now_us,
+        queue=QueueStatus(7, now_us - 10**6), clock="unsynced", readers={})}
     rows = fleet.fleet_rows(store, now_us=now_us, certs=ca.entries(), statuses=statuses)
     assert [r.device for r in rows] == ["clock-23"]
     r = rows[0]
@@ -172,4 +174,44 @@ def test_fleet_rows_warn_on_expiry_gaps_and_unsynced_clock(
                                                            clock.signing.key_id)
     assert any("expires in 25 days" in w for w in r.warnings), r.warnings
     assert "clock unsynced" in r.warnings
+    assert not any("storage" in w for w in r.warnings)
     assert "clock-23" in fleet.render_table(rows, now_us=now_us)
+
+
+@pytest.mark.parametrize(("storage", "warning", "column"), [
+    (StorageStatus("full", 0, 12, 0, "No space left on device"),
+     "storage FULL for 60s: the clock refuses taps (12 refused, 0 bytes free): No space left "
+     "on device", "FULL"),
+    (StorageStatus("low", 4096, 0, None), "storage low, 4096 bytes free", "low"),
+    (StorageStatus("ok", 10**9, 0, None), None, "ok"),
+    (None, None, "?"),
+])
+def test_device_list_warns_when_a_clock_reports_storage_full(
+        env: tuple[SQLStore, CertificateAuthority, Path], storage: StorageStatus | None,
+        warning: str | None, column: str) -> None:
+    store, ca, root = env
+    _enroll(store, ca, ClockDir(root, "clock-24"))
+    now_us = 60 * 10**6
+    status = DeviceStatus(device="clock-24", state="online", version="0.1.0", at=now_us,
+                          queue=QueueStatus(3, None), clock="synced", readers={},
+                          storage=storage)
+    # what read_retained_statuses gives for the retained message the agent published
+    reading = parse_status("clock-24", status.to_bytes())
+    [r] = fleet.fleet_rows(store, now_us=now_us, statuses={"clock-24": reading})
+    assert [w for w in r.warnings if "storage" in w] == ([warning] if warning else [])
+    assert (r.storage, r.to_dict()["storage"]) == ((storage.state,) * 2 if storage
+                                                   else (None, None))
+    table = fleet.render_table([r], now_us=now_us).splitlines()
+    assert table[0].split()[-1] == "DISK"
+    assert table[1].split()[-1] == column
+    if warning:
+        assert f"  ! {warning}" in table
+
+
+def test_device_list_warns_about_an_unreadable_status(
+        env: tuple[SQLStore, CertificateAuthority, Path]) -> None:
+    store, ca, root = env
+    _enroll(store, ca, ClockDir(root, "clock-25"))
+    [r] = fleet.fleet_rows(store, now_us=1, statuses={"clock-25": "status: missing field(s) v"})
+    assert "status message invalid: status: missing field(s) v" in r.warnings
+    assert r.online is None

@@ -23,6 +23,7 @@ from collector.ledger.sqlite import SQLiteStore
 from tests.collector.punch_kit import T0, SimClock, enroll, envelope, new_clock, raw_envelope
 from wire.ack import SignedAck
 from wire.canonical import canonical
+from wire.device_status import DeviceStatus, StorageStatus
 from wire.errors import SignatureError
 from wire.keys import SigningKey
 from wire.ledger import Entry
@@ -420,13 +421,26 @@ def test_writer_run_stops_cleanly(store: SQLStore, clock: SimClock,
 
 def test_status_table_keeps_last_status() -> None:
     t = StatusTable()
-    assert t.update("timeclock/v1/devices/c1/status", b'{"state":"online"}', 5) is not None
+    full = DeviceStatus(device="c1", state="offline", version="0.1.0", reason="stopped",
+                        storage=StorageStatus("full", 0, 4, 7, "disk full"))
+    row = t.update("timeclock/v1/devices/c1/status", full.to_bytes(), 5)
+    assert row is not None
+    assert (row.status, row.error) == (full, None)
+    assert row.status.storage is not None
+    assert row.status.storage.full
     t.update("timeclock/v1/devices/c1/status", b"garbage", 6)
     row = t.get("c1")
     assert row is not None
     assert (row.received_at, row.status, row.size) == (6, None, 7)
+    assert row.error is not None
+    assert "not JSON" in row.error
+    # a status naming another device than its topic is not what it claims
+    other = t.update("timeclock/v1/devices/c2/status", full.to_bytes(), 7)
+    assert other is not None
+    assert (other.status, other.error) == (None, "status names device c1, published on "
+                                                  "the topic of c2")
     assert t.update("bogus/topic", b"{}", 1) is None
-    assert set(t.snapshot()) == {"c1"}
+    assert set(t.snapshot()) == {"c1", "c2"}
 
 
 def test_entries_of_rejections_chain_like_everything_else(store: SQLStore,

@@ -30,6 +30,7 @@ from tests.collector.punch_kit import (
     write_collector_config,
 )
 from tests.fixtures.mosquitto import MosquittoBroker, free_port
+from wire.device_status import DeviceStatus
 from wire.keys import SigningKey
 from wire.ledger import SignedCheckpoint
 from wire.topics import CHECKPOINT
@@ -87,13 +88,15 @@ def test_d2_d5_punches_are_recorded_receipted_and_checkpointed(
     retained = late.get(10)
     assert retained.retain
     assert SignedCheckpoint.from_bytes(retained.payload) == cp
-    # Statuses go to the last-seen table.
+    # Statuses go to the last-seen table, parsed (wire.device_status).
+    status = DeviceStatus(device=clock.device, state="offline", version="0.1.0",
+                          reason="stopped")
     dev.client.publish(f"timeclock/v1/devices/{clock.device}/status",
-                       b'{"state":"online","queue":0}', qos=1, retain=True).wait_for_publish(5)
+                       status.to_bytes(), qos=1, retain=True).wait_for_publish(5)
     wait_until(lambda: svc.statuses.get(clock.device) is not None, what="status seen")
     row = svc.statuses.get(clock.device)
     assert row is not None
-    assert row.status == {"state": "online", "queue": 0}
+    assert (row.status, row.error) == (status, None)
     svc.stop()
     store.close()
 
