@@ -6,14 +6,12 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from collector.ledger import registry
 from collector.ledger.sqlbase import SQLStore
-from collector.service.runner import wait_for
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire import ZERO_HASH
 from wire.ack import SignedAck
@@ -121,19 +119,19 @@ class Device:
 
     def publish(self, payload: bytes, *, topic: str | None = None) -> None:
         info = self.client.publish(topic or self.clock.topic, payload, qos=1)
-        info.wait_for_publish(10)
+        info.wait_for_publish(30)
         assert info.is_published()
 
     def send(self, items: list[SignedPunch]) -> None:
         self.publish(envelope(self.clock.device, items))
 
-    def receipt(self, log_key: SigningKey, timeout_s: float = 10.0) -> SignedAck:
+    def receipt(self, log_key: SigningKey, timeout_s: float = 30.0) -> SignedAck:
         r = SignedAck.from_bytes(self.receipts.get(timeout_s).payload)
         r.verify(log_key.verify_key)
         return r
 
     def acked_until(self, log_key: SigningKey, seqs: set[int],
-                    timeout_s: float = 10.0) -> set[int]:
+                    timeout_s: float = 60.0) -> set[int]:
         """Collect verified receipts until every seq in ``seqs`` is acked; return all acked."""
         got: set[int] = set()
         deadline = time.monotonic() + timeout_s
@@ -145,8 +143,3 @@ class Device:
             got |= set(self.receipt(log_key, left).ack.seqs())
         return got
 
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0,
-               what: str = "condition") -> None:
-    if not wait_for(predicate, timeout_s):
-        raise AssertionError(f"{what} not reached within {timeout_s} s")

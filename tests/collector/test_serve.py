@@ -26,10 +26,10 @@ from tests.collector.punch_kit import (
     Device,
     enroll,
     new_clock,
-    wait_until,
     write_collector_config,
 )
 from tests.fixtures.mosquitto import MosquittoBroker, free_port
+from tests.polling import wait_for
 from wire.device_status import DeviceStatus
 from wire.keys import SigningKey
 from wire.ledger import SignedCheckpoint
@@ -52,7 +52,7 @@ def start_collector(tmp_path: Path) -> Iterator[Starter]:
         svc = CollectorService(load_config(cfg_file), store=store)
         svc.start()
         running.append(svc)
-        assert svc.wait_ready(10), "collector did not connect and subscribe"
+        assert svc.wait_ready(60), "collector did not connect and subscribe"
         return svc, key
 
     yield start
@@ -78,22 +78,22 @@ def test_d2_d5_punches_are_recorded_receipted_and_checkpointed(
     # Checkpoints (the first one at start, then one once 3 entries were added): published
     # retained, signed with the log key, and stored.
     msgs = checkpoints.get_until(
-        lambda m: SignedCheckpoint.from_bytes(m.payload).checkpoint.size == 4, 10)
+        lambda m: SignedCheckpoint.from_bytes(m.payload).checkpoint.size == 4, 30)
     for m in msgs:
         SignedCheckpoint.from_bytes(m.payload).verify(log_key.verify_key)
     cp = SignedCheckpoint.from_bytes(msgs[-1].payload)
     assert cp.checkpoint.head == store.head()[1]
     assert store.checkpoints()[-1] == cp
     late = mosquitto.subscribe("fixture-probe", CHECKPOINT, client_id="late-reader")
-    retained = late.get(10)
+    retained = late.get(30)
     assert retained.retain
     assert SignedCheckpoint.from_bytes(retained.payload) == cp
     # Statuses go to the last-seen table, parsed (wire.device_status).
     status = DeviceStatus(device=clock.device, state="offline", version="0.1.0",
                           reason="stopped")
     dev.client.publish(f"timeclock/v1/devices/{clock.device}/status",
-                       status.to_bytes(), qos=1, retain=True).wait_for_publish(5)
-    wait_until(lambda: svc.statuses.get(clock.device) is not None, what="status seen")
+                       status.to_bytes(), qos=1, retain=True).wait_for_publish(30)
+    wait_for(lambda: svc.statuses.get(clock.device) is not None, 30, "the status to be seen")
     row = svc.statuses.get(clock.device)
     assert row is not None
     assert (row.status, row.error) == (status, None)
@@ -139,11 +139,11 @@ def test_d4_no_puback_before_commit_so_the_broker_redelivers(
     svc, log_key = start_collector(mosquitto, db=db, store=down)
     dev = Device(mosquitto, clock)
     dev.send(clock.batch(2))
-    wait_until(lambda: svc.writer is not None and svc.writer.batches >= 1,
-               what="a failed batch")
+    wait_for(lambda: svc.writer is not None and svc.writer.batches >= 1, 30,
+             "a failed batch")
     assert store.progress(clock.device).highest == 0
     # The collector dies with the message un-PUBACKed; a healthy one gets it again.
-    svc.stop(timeout_s=5)
+    svc.stop(timeout_s=30)
     down.close()
     start_collector(mosquitto, db=db, log_key=log_key)
     assert dev.acked_until(log_key, {1, 2}) == {1, 2}
@@ -166,20 +166,20 @@ class ServeProcess:
             target=lambda: [self._lines.put(x) for x in self.proc.stderr or ()])
         self._reader.start()
 
-    def wait_for_line(self, text: str, timeout_s: float = 20) -> None:
+    def wait_for_line(self, text: str, timeout_s: float = 60) -> None:
         while not any(text in x for x in self._seen):
             self._seen.append(self._lines.get(timeout=timeout_s))
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
+        return self.proc.wait(60)
 
     def close(self) -> str:
         """Kill it if still running; return everything it wrote to stderr."""
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(5)
-        self._reader.join(5)
+            self.proc.wait(30)
+        self._reader.join(30)
         return "".join(self._seen) + "".join(self._lines.get()
                                              for _ in range(self._lines.qsize()))
 
@@ -198,7 +198,7 @@ def test_serve_cli_runs_until_sigterm_and_stops_cleanly(
     try:
         serve.wait_for_line("MQTT subscribed")
         dev.send(clock.batch(1))
-        assert dev.acked_until(log_key, {1}, timeout_s=20) == {1}
+        assert dev.acked_until(log_key, {1}, timeout_s=60) == {1}
         assert serve.terminate() == 0
     finally:
         err = serve.close()
@@ -271,16 +271,16 @@ def test_d12_serve_runs_the_https_api_and_flushes_its_access_log_on_sigterm(
     try:
         serve.wait_for_line("MQTT subscribed")
         dev.send(clock.batch(2))
-        assert dev.acked_until(log_key, {1, 2}, timeout_s=20) == {1, 2}
+        assert dev.acked_until(log_key, {1, 2}, timeout_s=60) == {1, 2}
         req = urllib.request.Request(f"https://127.0.0.1:{port}/v1/punches?format=ndjson",
                                      headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:  # noqa: S310
             rows = [json.loads(x) for x in resp.read().splitlines()]
         assert [(r["device"], r["seq"]) for r in rows] == [(clock.device, 1),
                                                             (clock.device, 2)]
         with pytest.raises(urllib.error.HTTPError, match="401"):
             urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/punches",  # noqa: S310
-                                   context=ctx, timeout=10)
+                                   context=ctx, timeout=30)
         assert serve.terminate() == 0
     finally:
         err = serve.close()

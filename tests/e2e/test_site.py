@@ -60,4 +60,4 @@ def test_site_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
     assert p.returncode == 130, "".join(lines) + rest
     wait_for(lambda: not any(Path(f"/proc/{k}").exists() and
                              "Z" not in Path(f"/proc/{k}/stat").read_text().split()[2]
-                             for k in kids), 10, "every child to exit")
+                             for k in kids), 30, "every child to exit")

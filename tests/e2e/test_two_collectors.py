@@ -31,13 +31,13 @@ def test_d5_two_collectors_one_postgres_ten_clocks(tmp_path: Path,
         site.start_collector("b")
         for name in ("a", "b"):
             log = site.root / "collectors" / name / "serve.log"
-            wait_for(lambda f=log: f.exists() and "MQTT subscribed" in f.read_text(), 30,
+            wait_for(lambda f=log: f.exists() and "MQTT subscribed" in f.read_text(), 60,
                      f"collector {name} to subscribe")
         for i in range(CLOCKS):
             site.add_clock(f"clock-{i + 1:02d}", simulated(interval_s=0.1, count=COUNT))
-        wait_for(lambda: all(c.queue_stats()[1] == COUNT for c in site.clocks), 60,
+        wait_for(lambda: all(c.queue_stats()[1] == COUNT for c in site.clocks), 120,
                  "every clock to record its punches")
-        wait_for(site.drained, 60, "the clocks' queues to drain")
+        wait_for(site.drained, 120, "the clocks' queues to drain")
         assert_exactly_once(site)
         out = bundle_verifies(site, tmp_path / "bundle")
         assert f"punches: {CLOCKS * COUNT}" in out

@@ -26,8 +26,8 @@ def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
     Returns what the client read, the server-side errors, and the peer cert the server saw.
     """
     a, b = socket.socketpair()
-    a.settimeout(5)
-    b.settimeout(5)
+    a.settimeout(30)
+    b.settimeout(30)
     errors: list[BaseException] = []
     seen: dict = {}
 
