@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -27,6 +26,7 @@ from agent.errors import AgentError, ConfigError
 from agent.keystore import KeyRef, new_queue_key, save_queue_key
 from agent.queue import free_bytes, read_stats
 from agent.status import read_status, render
+from wire.clock import now_us as clock_now_us
 from wire.errors import WireError
 from wire.fields import validate_device_id
 from wire.keys import SigningKey, check_private_file, save_signing_key, write_private_file
@@ -186,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config, check_readers=False)
-    now_us = time.time_ns() // 1000
+    now_us = clock_now_us()
     sf = read_status(config.status.path, now_us=now_us,
                      stale_after_s=max(3 * config.status.interval_s, 15.0))
     snap: dict[str, Any] = dict(sf.snapshot) if sf else {"device": config.device.id}

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from wire.clock import now_us as wall_us
+
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 STA_UNSYNC = 0x0040
@@ -93,9 +95,6 @@ def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
 def monotonic_us() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
-
-def wall_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.keystore import KeyRef
+from wire.config import Section
 from wire.errors import DecodeError
 from wire.fields import DEVICE_ID_RE
 from wire.keys import VerifyKey
@@ -125,67 +126,8 @@ class AgentConfig:
         return self.device.queue_path
 
 
-class _Section:
-    """Typed getters over one table that collect problems with their key paths."""
-
-    def __init__(self, prefix: str, table: Any, problems: list[str]) -> None:
-        self.prefix = prefix
-        self.problems = problems
-        self.used: set[str] = set()
-        if isinstance(table, Mapping):
-            self.table: Mapping[str, Any] = table
-        else:
-            problems.append(f"{prefix}: expected a table")
-            self.table = {}
-
-    def problem(self, key: str, msg: str) -> None:
-        self.problems.append(f"{self.prefix}.{key}: {msg}")
-
-    def raw(self, key: str) -> Any:
-        self.used.add(key)
-        return self.table.get(key)
-
-    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
-        v = self.raw(key)
-        if v is None:
-            if required:
-                self.problem(key, "required")
-            return default
-        if not isinstance(v, str) or not v:
-            self.problem(key, f"expected a non-empty string, got {type(v).__name__}")
-            return default
-        return v
-
-    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
-        v = self.raw(key)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.problem(key, f"expected an integer, got {type(v).__name__}")
-            return default
-        if not lo <= v <= hi:
-            self.problem(key, f"must be between {lo} and {hi}, got {v}")
-            return default
-        return v
-
-    def number(self, key: str, default: float, lo: float, hi: float) -> float:
-        v = self.raw(key)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            self.problem(key, f"expected a number (seconds), got {type(v).__name__}")
-            return default
-        if not lo <= v <= hi:
-            self.problem(key, f"must be between {lo:g} and {hi:g}, got {v}")
-            return default
-        return float(v)
-
-    def path(self, key: str, base: Path, *, required: bool = False) -> Path | None:
-        s = self.string(key, required=required)
-        if s is None:
-            return None
-        p = Path(s).expanduser()
-        return p if p.is_absolute() else base / p
+class _Section(Section):
+    """wire.config.Section plus the agent's key references (a file or a systemd credential)."""
 
     def keyref(self, key: str, base: Path, *, required: bool = False) -> KeyRef | None:
         s = self.string(key, required=required)
@@ -197,20 +139,21 @@ class _Section:
             self.problem(key, str(e))
             return None
 
-    def finish(self) -> None:
-        for k in sorted(set(self.table) - self.used):
-            self.problem(k, "unknown key")
+
+SECTIONS = ("device", "keys", "mqtt", "readers", "status", "feedback")
 
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None = None,
                  check_readers: bool = True) -> AgentConfig:
     """Validate a decoded TOML document; raise one :class:`ConfigError` with every problem."""
     problems: list[str] = []
-    for k in sorted(set(data) - {"device", "keys", "mqtt", "readers", "status", "feedback"}):
-        problems.append(f"{k}: unknown section")
+    top = Section("", data, problems)
+    for k in SECTIONS:
+        top.raw(k)
+    top.finish()
     for k in ("device", "keys"):
         if k not in data:
-            problems.append(f"{k}: section required")
+            top.problem(k, f"required (a [{k}] table)")
     device = _parse_device(data.get("device", {}), base_dir, problems,
                            required="device" in data)
     keys = _parse_keys(data.get("keys", {}), base_dir, problems, required="keys" in data)
@@ -222,7 +165,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
                 problems.append(f"keys.{key}: required when [mqtt] is configured")
     ss = _Section("status", data.get("status", {}), problems)
     status = StatusConfig(ss.path("path", base_dir) or device.state_dir / STATUS_FILE,
-                          ss.number("interval_s", 5.0, 0.2, 3600.0))
+                          ss.number("interval_s", 5.0, lo=0.2, hi=3600.0))
     ss.finish()
     readers = _parse_readers(data.get("readers", {}), problems, check=check_readers)
     feedback = _parse_feedback(data.get("feedback", {}), problems)
@@ -270,12 +213,12 @@ def _parse_mqtt(table: Any, problems: list[str]) -> MqttConfig:
     ms = _Section("mqtt", table, problems)
     host = ms.string("host", required=True) or ""
     d = MqttConfig(host="-")
-    port = ms.integer("port", d.port, 1, 65535)
-    keepalive_s = ms.integer("keepalive_s", d.keepalive_s, 5, 3600)
-    batch_max = ms.integer("batch_max", d.batch_max, 1, 500)
-    resend_after_s = ms.number("resend_after_s", d.resend_after_s, 1.0, 86400.0)
-    rmin = ms.number("reconnect_min_s", d.reconnect_min_s, 0.1, 3600.0)
-    rmax = ms.number("reconnect_max_s", d.reconnect_max_s, 0.1, 86400.0)
+    port = ms.integer("port", d.port, lo=1, hi=65535)
+    keepalive_s = ms.integer("keepalive_s", d.keepalive_s, lo=5, hi=3600)
+    batch_max = ms.integer("batch_max", d.batch_max, lo=1, hi=500)
+    resend_after_s = ms.number("resend_after_s", d.resend_after_s, lo=1.0, hi=86400.0)
+    rmin = ms.number("reconnect_min_s", d.reconnect_min_s, lo=0.1, hi=3600.0)
+    rmax = ms.number("reconnect_max_s", d.reconnect_max_s, lo=0.1, hi=86400.0)
     if rmax < rmin:
         ms.problem("reconnect_max_s", f"must be ≥ reconnect_min_s ({rmin:g})")
     ms.finish()
@@ -296,7 +239,8 @@ def _parse_feedback(table: Any, problems: list[str]) -> FeedbackConfig:
                                           f"{raw[0][:80]!r}")
         else:
             argv = tuple(raw)
-    timeout_s = fs.number("command_timeout_s", FeedbackConfig().command_timeout_s, 0.1, 300.0)
+    timeout_s = fs.number("command_timeout_s", FeedbackConfig().command_timeout_s, lo=0.1,
+                          hi=300.0)
     fs.finish()
     return FeedbackConfig(argv, timeout_s)
 

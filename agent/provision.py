@@ -30,7 +30,6 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from agent.errors import AgentError
+from wire.clock import now_us as clock_now_us
 from wire.errors import WireError
 from wire.keys import (
     SigningKey,
@@ -225,7 +225,7 @@ def rotate_signing_key(config_path: Path, *, request_out: Path | None = None,
     from agent.queue import read_stats  # noqa: PLC0415
     from agent.status import read_status  # noqa: PLC0415
 
-    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    now_us = clock_now_us() if now_us is None else now_us
     config = load_config(config_path, check_readers=False)
     ref = config.keys.signing_key
     if ref.path is None:

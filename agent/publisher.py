@@ -48,6 +48,7 @@ from agent.clock import clock_state
 from agent.errors import AgentError, QueueFullError
 from wire import device_status, topics
 from wire.ack import Ranges, SignedAck
+from wire.clock import to_us
 from wire.device_status import DeviceStatus, QueueStatus, StorageStatus
 from wire.errors import WireError
 from wire.keys import VerifyKey
@@ -323,7 +324,7 @@ class Publisher:
                        f"{st.receipted} receipted, {st.bad_receipts + st.foreign_receipts} "
                        f"receipts ignored"),
             "last_receipt_us": (None if st.last_receipt_at is None
-                                else int(st.last_receipt_at * 1_000_000)),
+                                else to_us(st.last_receipt_at)),
             "awaiting": st.awaiting, "receipted": st.receipted,
             "bad_receipts": st.bad_receipts, "foreign_receipts": st.foreign_receipts,
             "unsent_acks": st.unsent_acks, "resent_punches": st.resent_punches,
@@ -595,7 +596,7 @@ class Publisher:
             except (WireError, TypeError, ValueError) as e:
                 log.warning("status: storage state left out: %s", e)
         common: dict[str, Any] = {
-            "device": self.device, "state": state, "at": int(self._now() * 1_000_000),
+            "device": self.device, "state": state, "at": to_us(self._now()),
             "version": str(snap.get("version", self._s.version)),
             "queue": QueueStatus(self._outbox.depth(), self._outbox.oldest_created_us()),
             "clock": snap.get("clock", "unsynced"), "storage": storage, "reason": reason}

@@ -36,7 +36,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from nacl.bindings import (
 from agent.errors import QueueError, QueueFullError, QueueIntegrityError
 from wire import ZERO_HASH
 from wire.canonical import canonical, loads
+from wire.clock import now_us as wall_us
 from wire.errors import WireError
 from wire.fields import HASH_RE, validate_device_id
 from wire.punch import SignedPunch
@@ -100,9 +100,6 @@ CREATE TABLE IF NOT EXISTS set_aside (
 );
 """
 
-
-def wall_us() -> int:
-    return time.time_ns() // 1000
 
 
 # --- the row cipher (pure functions; the test vector goes through these) ---------------------

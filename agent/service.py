@@ -44,6 +44,7 @@ from agent.readers import build_reader
 from agent.readers.base import Reader
 from agent.sdnotify import Notifier
 from agent.status import STATUS_VERSION, agent_version, write_status
+from wire.clock import now_us
 from wire.device_status import StorageStatus
 from wire.punch import SignedPunch
 
@@ -109,7 +110,7 @@ class AgentService:
                  notifier: Notifier | None = None, clock: ClockSource | None = None,
                  publisher_factory: PublisherFactory = default_publisher_factory,
                  readers: Sequence[Reader] | None = None,
-                 now_us: Callable[[], int] = lambda: time.time_ns() // 1000) -> None:
+                 now_us: Callable[[], int] = now_us) -> None:
         self.config = config
         self.notifier = notifier if notifier is not None else Notifier(env)
         self._now_us = now_us

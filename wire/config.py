@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 
 def unknown_key(path: str, allowed: Iterable[str]) -> str:
@@ -73,6 +73,13 @@ class Section:
             return Section(self.path_of(key), {}, self.problems)
         return Section(self.path_of(key), v, self.problems)
 
+    @overload
+    def string(self, key: str, default: str, *, required: bool = False,
+               pattern: re.Pattern[str] | None = None, hint: str = "") -> str: ...
+    @overload
+    def string(self, key: str, default: None = None, *, required: bool = False,
+               pattern: re.Pattern[str] | None = None, hint: str = "") -> str | None: ...
+
     def string(self, key: str, default: str | None = None, *, required: bool = False,
                pattern: re.Pattern[str] | None = None, hint: str = "") -> str | None:
         """A non-empty string, or ``default`` when absent (a problem when ``required``)."""
@@ -95,11 +102,18 @@ class Section:
 
     def choice(self, key: str, default: str, choices: Iterable[str]) -> str:
         allowed = frozenset(choices)
-        v = self.string(key, default)
+        v: str = self.string(key, default)
         if v not in allowed:
             self.problem(key, f"{str(v)[:40]!r} is not one of {', '.join(sorted(allowed))}")
             return default
         return v
+
+    @overload
+    def integer(self, key: str, default: int, *, lo: int | None = None,
+                hi: int | None = None, required: bool = False) -> int: ...
+    @overload
+    def integer(self, key: str, default: None = None, *, lo: int | None = None,
+                hi: int | None = None, required: bool = False) -> int | None: ...
 
     def integer(self, key: str, default: int | None = None, *, lo: int | None = None,
                 hi: int | None = None, required: bool = False) -> int | None:
@@ -116,6 +130,13 @@ class Section:
             self.problem(key, _range_message(v, lo, hi))
             return default
         return v
+
+    @overload
+    def number(self, key: str, default: float, *, lo: float | None = None,
+               hi: float | None = None, required: bool = False) -> float: ...
+    @overload
+    def number(self, key: str, default: None = None, *, lo: float | None = None,
+               hi: float | None = None, required: bool = False) -> float | None: ...
 
     def number(self, key: str, default: float | None = None, *, lo: float | None = None,
                hi: float | None = None, required: bool = False) -> float | None:

@@ -246,3 +246,14 @@ class DeviceStatus:
         if len(data) > MAX_STATUS_BYTES:
             raise OversizeError(f"status: {len(data)} bytes, more than {MAX_STATUS_BYTES}")
         return data
+
+
+def parse_status(topic_device: str, payload: bytes) -> DeviceStatus:
+    """A status message published on ``topic_device``'s topic, parsed strictly; a status naming
+    another device than its topic is refused (the ACL lets a clock publish only on its own
+    topic, so such a message is not what it claims)."""
+    status = DeviceStatus.from_bytes(payload)
+    if status.device != topic_device:
+        raise DecodeError(f"status names device {status.device}, published on the topic of "
+                          f"{topic_device}", field="device")
+    return status

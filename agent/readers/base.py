@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from agent.errors import ReaderError, TapRefusedError
+from wire.clock import to_us
 from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
 from wire.punch import ACTIONS
 
@@ -100,7 +101,7 @@ class Debouncer:
     def __init__(self, window_s: float = 3.0) -> None:
         if window_s < 0:
             raise ValueError("debounce window must be ≥ 0")
-        self.window_us = int(window_s * 1_000_000)
+        self.window_us = to_us(window_s)
         self._last_seen: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import ssl
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
@@ -42,15 +41,13 @@ from collector.api.routes import add_routes
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.tables import ensure_schema
 from collector.records.corrections import Corrections
+from wire.clock import now_us
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.tls import server_context
 
 log = logging.getLogger("timeclock.api")
 
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def make_app(store: SQLStore, *, settings: ApiSettings | None = None,

@@ -41,6 +41,7 @@ from collector.ledger import open_store
 from collector.ledger.registry import enroll, revoke, rotate
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, load_config
+from wire.clock import now_us as _now_us
 from wire.errors import WireError
 from wire.keys import VerifyKey, load_signing_key
 from wire.rotation import RotationRequest, SignedRotationRequest
@@ -101,9 +102,6 @@ def _ca(args: argparse.Namespace) -> CertificateAuthority:
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _log_public(args: argparse.Namespace, cfg: CollectorConfig | None) -> VerifyKey:

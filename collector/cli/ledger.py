@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +35,7 @@ from collector.records.exports import (
     export_payroll,
     parse_time,
 )
+from wire.clock import now_us as clock_now_us
 from wire.errors import WireError
 from wire.keys import VerifyKey
 
@@ -221,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             since=None if args.since is None else parse_time(args.since),
             until=None if args.until is None else parse_time(args.until),
             site=args.site, device=args.device)
-        now_us = time.time_ns() // 1000
+        now_us = clock_now_us()
         # Approved corrections are shown beside the untouched originals (D6).
         fixed = Corrections(store).applied_complete()
         if args.out is None:
@@ -254,7 +254,7 @@ def _record_export(store: SQLStore, args: argparse.Namespace, *, what: str, rows
             "fields": [] if what == "bundle" else list(COLUMNS),
             "out": "stdout" if what == "payroll" and args.out is None
             else str(args.bundle if what == "bundle" else args.out)}
-    store.append([EventFact("access", body)], now_us=time.time_ns() // 1000)
+    store.append([EventFact("access", body)], now_us=clock_now_us())
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

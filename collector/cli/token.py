@@ -13,7 +13,6 @@ import getpass
 import json
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from collector.access.directory import Principals
 from collector.access.principals import ROLES
 from collector.access.tokens import parse_duration_days
 from collector.ledger import open_store
+from wire.clock import now_us
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -118,7 +118,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _now() -> int:
-    return time.time_ns() // 1000
+    return now_us()
 
 
 def _actor() -> str:

@@ -31,9 +31,8 @@ from typing import Any
 
 from collector import CollectorError
 from collector.fleet.pki import IndexEntry
-from collector.ingest.pipeline import parse_status
 from collector.ledger.sqlbase import SQLStore
-from wire.device_status import DeviceStatus
+from wire.device_status import DeviceStatus, parse_status
 from wire.errors import WireError
 from wire.topics import ALL_STATUS, device_of
 

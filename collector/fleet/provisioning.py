@@ -35,6 +35,7 @@ from collector import PKIError, RegistryError
 from collector.fleet.pki import DEFAULT_LEAF_DAYS, CertificateAuthority, IssuedCert
 from collector.ledger import registry
 from collector.ledger.sqlbase import SQLStore
+from wire.clock import to_us
 from wire.errors import WireError
 from wire.fields import DEVICE_ID_RE
 from wire.keys import VerifyKey
@@ -151,4 +152,4 @@ def renew_certificate(store: SQLStore, ca: CertificateAuthority, csr_pem: bytes,
 
 
 def _us(now: dt.datetime) -> int:
-    return int(now.timestamp() * 1_000_000)
+    return to_us(now.timestamp())

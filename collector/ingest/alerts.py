@@ -24,6 +24,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from wire.clock import to_us
+
 log = logging.getLogger("timeclock.alerts")
 
 SEVERITY_CRITICAL = 1   # possible tampering: cloned key, chain break, conflict
@@ -88,7 +90,7 @@ class GapTracker:
     """Remembers when each open gap of each device was first seen; reports lasting ones once."""
 
     def __init__(self, report_after_s: float, alerts: Alerts) -> None:
-        self.report_after_us = int(report_after_s * 1_000_000)
+        self.report_after_us = to_us(report_after_s)
         self.alerts = alerts
         self._open: dict[str, list[_OpenGap]] = {}
 

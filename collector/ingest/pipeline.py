@@ -48,17 +48,13 @@ from collector.ledger.base import (
     RejectionFact,
 )
 from wire.ack import SignedAck
-from wire.device_status import DeviceStatus
-from wire.errors import DecodeError, WireError
+from wire.clock import now_us
+from wire.errors import DecodeError
 from wire.keys import SigningKey
 from wire.punch import MAX_ENVELOPE_BYTES
 from wire.topics import device_of
 
 log = logging.getLogger("timeclock.ingest")
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,61 +337,3 @@ class Writer:
                 self.tick(self.clock(), handled)
             except Exception:
                 log.exception("periodic ingest work failed")
-
-
-@dataclass(frozen=True, slots=True)
-class StatusRow:
-    """The last status message of one device: ``status`` as the clock published it
-    (wire.device_status), or None with ``error`` saying why the message was not one."""
-
-    device: str
-    received_at: int
-    status: DeviceStatus | None
-    size: int
-    error: str | None = None
-
-
-def parse_status(topic_device: str, payload: bytes) -> DeviceStatus:
-    """A status message of ``topic_device``, parsed strictly (wire.device_status); a status
-    naming another device than its topic is refused (the ACL lets a clock publish only on its
-    own topic, so such a message is not what it claims)."""
-    status = DeviceStatus.from_bytes(payload)
-    if status.device != topic_device:
-        raise DecodeError(f"status names device {status.device}, published on the topic of "
-                          f"{topic_device}", field="device")
-    return status
-
-
-class StatusTable:
-    """Last status message per device (``timeclock/v1/devices/{id}/status``), in memory.
-
-    Statuses are telemetry, not evidence: they are not signed, not recorded in the ledger,
-    and only used for ``device list`` and monitoring. An invalid message replaces the last
-    status too (with its error): the clock's last word is that it sent something unreadable.
-    Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._rows: dict[str, StatusRow] = {}
-
-    def update(self, topic: str, payload: bytes, received_at: int) -> StatusRow | None:
-        try:
-            device = device_of(topic, "status")
-        except DecodeError:
-            return None
-        try:
-            row = StatusRow(device, received_at, parse_status(device, payload), len(payload))
-        except WireError as e:
-            row = StatusRow(device, received_at, None, len(payload), str(e))
-        with self._lock:
-            self._rows[device] = row
-        return row
-
-    def get(self, device: str) -> StatusRow | None:
-        with self._lock:
-            return self._rows.get(device)
-
-    def snapshot(self) -> dict[str, StatusRow]:
-        with self._lock:
-            return dict(self._rows)

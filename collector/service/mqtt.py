@@ -31,8 +31,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collector import CollectorError
-from collector.ingest.pipeline import Inbound, Publisher, now_us
+from collector.ingest.pipeline import Inbound, Publisher
 from collector.service.config import MqttSection
+from wire.clock import now_us
 from wire.errors import WireError
 from wire.tls import client_context
 from wire.topics import ALL_STATUS, SHARED_PUNCHES

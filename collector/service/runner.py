@@ -40,14 +40,16 @@ from types import FrameType
 from collector import CollectorError, LedgerError, LedgerUnavailableError
 from collector.ingest import checkpoints
 from collector.ingest.alerts import Alerts, ChainWatch, GapTracker
-from collector.ingest.pipeline import Inbound, Ingestor, StatusTable, Writer, now_us
+from collector.ingest.pipeline import Inbound, Ingestor, Writer
 from collector.ingest.punch_verifier import RegistryView
+from collector.ingest.statuses import StatusTable
 from collector.ledger import open_store
 from collector.ledger.base import LedgerStore
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, redact_url
 from collector.service.mqtt import MqttLink
+from wire.clock import now_us
 from wire.keys import SigningKey
 from wire.sdnotify import Notifier
 from wire.topics import CHECKPOINT

@@ -127,10 +127,10 @@ kind = "teleporter"
         load_config(write(tmp_path, bad))
     problems = ei.value.problems
     expected_prefixes = [
-        "colour: unknown section",
+        "colour: unknown key (allowed: device, feedback, keys, mqtt, readers, status)",
         "device.id: 'Clock.17' must match",
         "device.state: unknown key",
-        "keys.signing_key: expected a non-empty string",
+        "keys.signing_key: expected a string, got int",
         "keys.queue_key: credential name '../etc/shadow'",
         "keys.log_public_key: not a base64 Ed25519 public key",
         "mqtt.host: required",
@@ -154,14 +154,14 @@ kind = "teleporter"
     # log_public_key has its own problem; no duplicate "required when [mqtt]" for it.
     assert not any(p.startswith("keys.log_public_key: required") for p in problems)
     assert len(problems) == len(expected_prefixes)
-    assert str(ei.value).startswith("invalid configuration:\n  colour: unknown section")
+    assert str(ei.value).startswith("invalid configuration:\n  colour: unknown key")
 
 
 def test_missing_sections_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         load_config(write(tmp_path, ""))
     assert ei.value.problems == [
-        "device: section required", "keys: section required",
+        "device: required (a [device] table)", "keys: required (a [keys] table)",
         "readers: at least one [readers.<name>] section is required"]
 
 

@@ -21,11 +21,10 @@ from collector.cli.device import verify_request
 from collector.fleet import devices as fleet
 from collector.fleet.pki import CertificateAuthority
 from collector.fleet.provisioning import Bundle, enroll_device, renew_certificate
-from collector.ingest.pipeline import parse_status
 from collector.ledger import open_store
 from collector.ledger.registry import revoke
 from collector.ledger.sqlbase import SQLStore
-from wire.device_status import DeviceStatus, QueueStatus, StorageStatus
+from wire.device_status import DeviceStatus, QueueStatus, StorageStatus, parse_status
 from wire.keys import SigningKey, save_signing_key, write_private_file
 from wire.provisioning import PrivateKeyInBundleError
 from wire.rotation import SignedRotationRequest

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from collector.ingest.alerts import Alerts, ChainWatch, GapTracker
-from collector.ingest.pipeline import Inbound, Ingestor, Publisher, StatusTable, Writer
+from collector.ingest.pipeline import Inbound, Ingestor, Publisher, Writer
 from collector.ingest.punch_verifier import judge
 from collector.ingest.receipts import ackable_seqs, build_receipts
+from collector.ingest.statuses import StatusTable
 from collector.ledger import registry
 from collector.ledger.base import AppendResult, Fact, Outcome, PunchFact, RejectionFact
 from collector.ledger.registry import RegistrySnapshot
