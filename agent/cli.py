@@ -26,6 +26,7 @@ from agent.errors import AgentError, ConfigError
 from agent.keystore import KeyRef, new_queue_key, save_queue_key
 from agent.queue import free_bytes, read_stats
 from agent.status import read_status, render
+from wire.cli import run_command, setup_logging
 from wire.clock import now_us as clock_now_us
 from wire.errors import WireError
 from wire.fields import validate_device_id
@@ -257,19 +258,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # ---- entry point ------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    fmt = ("%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
-           else "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=fmt)
-    try:
-        rc: int = args.func(args)
-    except (AgentError, WireError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return rc
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    return run_command(PROG, lambda: int(args.func(args)), (AgentError,))
 
 
 if __name__ == "__main__":

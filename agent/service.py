@@ -2,7 +2,7 @@
 
 Parts (each testable alone): :class:`agent.queue.Outbox`, :class:`agent.punches.PunchMaker`,
 the readers from :func:`agent.readers.build_reader`, a :class:`Publisher`, and
-:mod:`agent.sdnotify`. Invariants: READY=1 is sent only after the queue is open and the readers
+:mod:`wire.sdnotify`. Invariants: READY=1 is sent only after the queue is open and the readers
 run; WATCHDOG=1 is sent only while the supervision loop runs, every reader thread is alive, the
 queue answers, and the publisher (if any) says it is healthy, so systemd restarts a wedged agent;
 shutdown stops the readers first (no punch is cut in half: ``record`` is one transaction), then
@@ -42,11 +42,11 @@ from agent.punches import PunchMaker
 from agent.queue import Outbox, StorageState
 from agent.readers import build_reader
 from agent.readers.base import Reader
-from agent.sdnotify import Notifier
 from agent.status import STATUS_VERSION, agent_version, write_status
 from wire.clock import now_us
 from wire.device_status import StorageStatus
 from wire.punch import SignedPunch
+from wire.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 

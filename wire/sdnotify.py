@@ -1,6 +1,6 @@
 """sd_notify(3) without dependencies: READY=1, WATCHDOG=1, STOPPING=1, STATUS= to systemd.
 
-Shared by the collector (collector.service.runner) and, if it wants, the agent: stdlib only,
+Shared by the collector (collector.service.runner) and the agent (agent.service): stdlib only,
 no hardware, database or network code (one AF_UNIX datagram per call).
 
 ``$NOTIFY_SOCKET`` names an AF_UNIX datagram socket: a path, or ``@name`` for the abstract

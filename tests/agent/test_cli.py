@@ -21,9 +21,9 @@ import pytest
 from agent.cli import main
 from agent.config import AgentConfig, load_config
 from agent.queue import Outbox
-from agent.sdnotify import Notifier
 from agent.service import AgentService, StatusFn
 from wire.keys import load_signing_key
+from wire.sdnotify import Notifier
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
@@ -256,6 +256,21 @@ def test_status_before_first_run(tmp_path: Path, keydir: Path,
     assert main(["status", "--config", str(cfg)]) == 3
     out = capsys.readouterr().out
     assert "the agent has not run yet" in out
+
+
+@pytest.mark.subprocess
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path, keydir: Path) -> None:
+    """`timeclock-agent status | head -0`: exit 141 like a Unix filter, no traceback."""
+    cfg = write_config(tmp_path, keydir)
+    r, w = os.pipe()
+    os.close(r)   # the reader is gone before the first write: the write must fail
+    try:
+        p = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(cfg)],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO,
+                           check=False)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (141, "")
 
 
 def test_run_with_unreadable_key_is_a_clear_error(tmp_path: Path, keydir: Path,
