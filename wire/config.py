@@ -37,10 +37,13 @@ class Section:
     top level). ``problems`` may be shared by several sections so that one error lists all.
     """
 
-    def __init__(self, prefix: str, table: object, problems: list[str] | None = None) -> None:
+    def __init__(self, prefix: str, table: object, problems: list[str] | None = None, *,
+                 absent: bool = False) -> None:
         self.prefix = prefix
         self.problems: list[str] = [] if problems is None else problems
         self.used: set[str] = set()
+        # A required table that is missing was reported once; its keys are not reported again.
+        self.absent = absent
         self.table: Mapping[str, Any] = {}
         if isinstance(table, Mapping):
             self.table = table
@@ -53,6 +56,11 @@ class Section:
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{self.path_of(key)}: {message}")
+
+    def missing(self, key: str, hint: str = "") -> None:
+        """A required key is absent (not reported again inside a table that is absent)."""
+        if not self.absent:
+            self.problem(key, "required" + (f" ({hint})" if hint else ""))
 
     def has(self, key: str) -> bool:
         return key in self.table
@@ -70,7 +78,7 @@ class Section:
         if v is None:
             if required:
                 self.problem(key, f"required (a [{self.path_of(key)}] table)")
-            return Section(self.path_of(key), {}, self.problems)
+            return Section(self.path_of(key), {}, self.problems, absent=required)
         return Section(self.path_of(key), v, self.problems)
 
     @overload
@@ -86,7 +94,7 @@ class Section:
         v = self.raw(key)
         if v is None:
             if required:
-                self.problem(key, "required" + (f" ({hint})" if hint else ""))
+                self.missing(key, hint)
             return default
         if not isinstance(v, str):
             self.problem(key, f"expected a string, got {_kind(v)}")
@@ -121,7 +129,7 @@ class Section:
         v = self.raw(key)
         if v is None:
             if required:
-                self.problem(key, "required")
+                self.missing(key)
             return default
         if isinstance(v, bool) or not isinstance(v, int):
             self.problem(key, f"expected an integer, got {_kind(v)}")
@@ -144,7 +152,7 @@ class Section:
         v = self.raw(key)
         if v is None:
             if required:
-                self.problem(key, "required")
+                self.missing(key)
             return default
         if isinstance(v, bool) or not isinstance(v, int | float):
             self.problem(key, f"expected a number, got {_kind(v)}")
@@ -177,7 +185,7 @@ class Section:
         v = self.raw(key)
         if v is None:
             if required:
-                self.problem(key, "required (a non-empty list of strings)")
+                self.missing(key, "a non-empty list of strings")
             return None
         if not isinstance(v, list) or not v:
             self.problem(key, "expected a non-empty list of strings")

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector import ConfigError
+from wire.config import Section
+from wire.keys import VerifyKey
 
 if TYPE_CHECKING:
     from collector.api.keys import ApiSettings
-    from wire.keys import VerifyKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,51 +48,34 @@ _LIMITS = {"port": (1, 65535), "access_flush_ms": (1, 10_000), "access_batch_max
            "auth_failures_max": (1, 1000), "auth_failures_window_s": (1, 86_400)}
 
 
-def _paths(table: Mapping[str, Any], base_dir: Path, prefix: str, values: dict[str, Any],
-           problems: list[str]) -> None:
-    for k in ("cert", "key"):
-        if k not in table:
-            problems.append(f"{prefix}.{k}: required")
-    for k in ("cert", "key", "client_ca", "crl"):
-        if k not in table:
-            continue
-        v = table[k]
-        if not isinstance(v, str) or not v:
-            problems.append(f"{prefix}.{k}: must be a file path")
-        else:
-            p = Path(v)
-            values[k] = p if p.is_absolute() else base_dir / p
-
-
-def _numbers(table: Mapping[str, Any], prefix: str, values: dict[str, Any],
-             problems: list[str]) -> None:
-    for k, (lo, hi) in _LIMITS.items():
-        if k not in table:
-            continue
-        v = table[k]
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            problems.append(f"{prefix}.{k}: must be an integer in {lo}…{hi}")
-        else:
-            values[k] = v
-
-
 def parse_api_section(table: Mapping[str, Any], base_dir: Path, *, prefix: str = "api"
                       ) -> ApiSection:
-    """An :class:`ApiSection` from a TOML table; every problem at once (ConfigError).
-    Relative paths are resolved against ``base_dir`` (the config file's directory)."""
-    known = {f.name for f in fields(ApiSection)}
-    problems = [f"{prefix}.{k}: unknown key (known: {', '.join(sorted(known))})"
-                for k in table if k not in known]
-    values: dict[str, Any] = {}
-    _paths(table, base_dir, prefix, values, problems)
-    _numbers(table, prefix, values, problems)
-    if "listen" in table:
-        if not isinstance(table["listen"], str) or not table["listen"]:
-            problems.append(f"{prefix}.listen: must be a host or address")
-        else:
-            values["listen"] = table["listen"]
-    if "crl" in values and "client_ca" not in values:
-        problems.append(f"{prefix}.crl: needs {prefix}.client_ca (nothing to check)")
-    if problems:
+    """An :class:`ApiSection` from a TOML table; every problem at once (ConfigError)."""
+    problems: list[str] = []
+    section = read_api_section(table, base_dir, problems, prefix=prefix)
+    if section is None:
         raise ConfigError(problems)
-    return ApiSection(**values)
+    return section
+
+
+def read_api_section(table: object, base_dir: Path, problems: list[str], *,
+                     prefix: str = "api") -> ApiSection | None:
+    """Read ``[api]`` with wire.config.Section, adding every problem (with its key path) to
+    ``problems``; None when there is any. Relative paths are resolved against ``base_dir``
+    (the config file's directory)."""
+    sec = Section(prefix, table, problems)
+    before = len(problems)
+    d = ApiSection(cert=Path("-"), key=Path("-"))
+    cert = sec.path("cert", base_dir, required=True)
+    key = sec.path("key", base_dir, required=True)
+    client_ca = sec.path("client_ca", base_dir)
+    crl = sec.path("crl", base_dir)
+    listen = sec.string("listen", d.listen, hint="a host name or address")
+    numbers = {k: sec.integer(k, getattr(d, k), lo=lo, hi=hi) for k, (lo, hi) in _LIMITS.items()}
+    if crl is not None and client_ca is None:
+        sec.problem("crl", f"needs {sec.path_of('client_ca')} (nothing to check)")
+    sec.finish(allowed={f.name for f in fields(ApiSection)})
+    if len(problems) > before or cert is None or key is None:
+        return None
+    return ApiSection(cert=cert, key=key, listen=listen, client_ca=client_ca, crl=crl,
+                      **numbers)

@@ -296,6 +296,7 @@ class SQLStore(LedgerStore):
         yielded :class:`Tx` and the entries it records commit together, or none of them do
         (an exception inside the block rolls everything back and propagates)."""
         with self._lock:
+            self._ensure_connected()
             try:
                 with self._write() as cur:
                     yield Tx(cur, now_us, self._sql, self._planner)
@@ -306,6 +307,7 @@ class SQLStore(LedgerStore):
         """Run ``ddl`` (``;``-separated ``CREATE … IF NOT EXISTS`` statements) in one write
         transaction. For SQLite; on PostgreSQL the owner role creates tables when migrating."""
         with self._lock:
+            self._ensure_connected()
             try:
                 with self._write() as cur:
                     for stmt in ddl.split(";"):

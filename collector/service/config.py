@@ -53,13 +53,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from collector import ConfigError
-from collector.api.config import ApiSection, parse_api_section
+from collector.api.config import ApiSection, read_api_section
+from wire.config import Section
 from wire.errors import KeyFileError
 from wire.keys import check_private_file
 from wire.punch import MAX_ENVELOPE_BYTES
@@ -150,187 +151,94 @@ def redact_url(url: str) -> str:
     return re.sub(r"(password=)[^\s&]+", r"\1***", url)
 
 
-T = TypeVar("T")
-
-
-class _Reader:
-    """Collects problems while reading one table; never raises until :meth:`done`."""
-
-    def __init__(self, problems: list[str], base: Path) -> None:
-        self.problems = problems
-        self.base = base
-
-    def table(self, data: Mapping[str, Any], key: str, *, required: bool) -> dict[str, Any]:
-        if key not in data:
-            if required:
-                self.problems.append(f"{key}: missing section [{key}]")
-            return {}
-        value = data[key]
-        if not isinstance(value, dict):
-            self.problems.append(f"{key}: expected a table [{key}]")
-            return {}
-        return value
-
-    def unknown(self, section: str, table: Mapping[str, Any], allowed: set[str]) -> None:
-        for k in sorted(set(table) - allowed):
-            self.problems.append(f"{section}.{k}: unknown key (allowed: "
-                                 f"{', '.join(sorted(allowed))})")
-
-    def req(self, section: str, table: Mapping[str, Any], key: str,
-            conv: Callable[[str, Any], T]) -> T | None:
-        """A required key: None (and a problem recorded) when missing or invalid."""
-        if key not in table:
-            self.problems.append(f"{section}.{key}: missing")
-            return None
-        try:
-            return conv(f"{section}.{key}", table[key])
-        except ValueError as e:
-            self.problems.append(f"{section}.{key}: {e}")
-            return None
-
-    def opt(self, section: str, table: Mapping[str, Any], key: str,
-            conv: Callable[[str, Any], T], default: T) -> T:
-        """An optional key: ``default`` when missing (or invalid, with a problem recorded)."""
-        if key not in table:
-            return default
-        try:
-            return conv(f"{section}.{key}", table[key])
-        except ValueError as e:
-            self.problems.append(f"{section}.{key}: {e}")
-            return default
-
-    # Converters raise ValueError with the message that follows the key path.
-    @staticmethod
-    def text(pattern: re.Pattern[str] | None = None) -> Callable[[str, Any], str]:
-        def conv(_path: str, v: Any) -> str:
-            if not isinstance(v, str) or not v:
-                raise ValueError("expected a non-empty string")
-            if pattern is not None and not pattern.fullmatch(v):
-                raise ValueError(f"{v[:60]!r} does not match {pattern.pattern}")
-            return v
-        return conv
-
-    @staticmethod
-    def integer(lo: int, hi: int) -> Callable[[str, Any], int]:
-        def conv(_path: str, v: Any) -> int:
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError("expected an integer")
-            if not lo <= v <= hi:
-                raise ValueError(f"must be between {lo} and {hi}, got {v}")
-            return v
-        return conv
-
-    def path(self) -> Callable[[str, Any], Path]:
-        def conv(_path: str, v: Any) -> Path:
-            if not isinstance(v, str) or not v:
-                raise ValueError("expected a path string")
-            p = Path(v).expanduser()
-            return p if p.is_absolute() else (self.base / p)
-        return conv
-
-
-def _store_url(base: Path) -> Callable[[str, Any], str]:
+def _store_url(sec: Section, key: str, base: Path) -> str | None:
     """A store URL (see collector.ledger.open_store); a relative SQLite path is made
     absolute against the config file's directory."""
-    def conv(_path: str, v: Any) -> str:
-        if not isinstance(v, str) or not (v.startswith(STORE_SCHEMES) or _KV_DSN.match(v)):
-            raise ValueError("expected a store URL: sqlite:///abs/ledger.db, "
-                             "sqlite:relative/ledger.db or postgresql://user@host/db")
-        if v.startswith("sqlite:") and not v.startswith("sqlite://"):
-            rel = Path(v[len("sqlite:"):]).expanduser()
-            return f"sqlite://{rel if rel.is_absolute() else base / rel}"
-        return v
-    return conv
+    v = sec.string(key, required=True, hint="a store URL")
+    if v is None:
+        return None
+    if not (v.startswith(STORE_SCHEMES) or _KV_DSN.match(v)):
+        sec.problem(key, "expected a store URL: sqlite:///abs/ledger.db, "
+                         "sqlite:relative/ledger.db or postgresql://user@host/db")
+        return None
+    if v.startswith("sqlite:") and not v.startswith("sqlite://"):
+        rel = Path(v[len("sqlite:"):]).expanduser()
+        return f"sqlite://{rel if rel.is_absolute() else base / rel}"
+    return v
 
 
-def _ledger_section(r: _Reader, lg: Mapping[str, Any]) -> LedgerSection:
-    r.unknown("ledger", lg, {"reconnect_initial_ms", "reconnect_max_ms", "outage_max_s"})
+def _ledger_section(lg: Section) -> LedgerSection:
     ld = LedgerSection()
     ledger = LedgerSection(
-        reconnect_initial_ms=r.opt("ledger", lg, "reconnect_initial_ms", r.integer(10, 60_000),
-                                   ld.reconnect_initial_ms),
-        reconnect_max_ms=r.opt("ledger", lg, "reconnect_max_ms", r.integer(10, 300_000),
-                               ld.reconnect_max_ms),
-        outage_max_s=r.opt("ledger", lg, "outage_max_s", r.integer(1, 7 * 86_400),
-                           ld.outage_max_s))
+        reconnect_initial_ms=lg.integer("reconnect_initial_ms", ld.reconnect_initial_ms,
+                                        lo=10, hi=60_000),
+        reconnect_max_ms=lg.integer("reconnect_max_ms", ld.reconnect_max_ms, lo=10, hi=300_000),
+        outage_max_s=lg.integer("outage_max_s", ld.outage_max_s, lo=1, hi=7 * 86_400))
     if ledger.reconnect_max_ms < ledger.reconnect_initial_ms:
-        r.problems.append("ledger.reconnect_max_ms: must be at least reconnect_initial_ms")
+        lg.problem("reconnect_max_ms", "must be at least reconnect_initial_ms")
+    lg.finish()
     return ledger
 
 
 def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     """Build the config from decoded TOML; raise ConfigError listing every problem."""
     problems: list[str] = []
-    r = _Reader(problems, base)
-    r.unknown("", data, {"collector", "mqtt", "ingest", "checkpoints", "gaps", "broker", "api",
-                         "ledger"})
-    # A top-level unknown key is reported as ".x"; drop the leading dot.
-    problems[:] = [p[1:] if p.startswith(".") else p for p in problems]
+    top = Section("", data, problems)
 
-    c = r.table(data, "collector", required=True)
-    r.unknown("collector", c, {"name", "store", "log_key"})
-    name = r.req("collector", c, "name", r.text(NAME_RE))
-    store = r.req("collector", c, "store", _store_url(base))
-    log_key = r.req("collector", c, "log_key", r.path())
+    c = top.section("collector", required=True)
+    name = c.string("name", required=True, pattern=NAME_RE)
+    store = _store_url(c, "store", base)
+    log_key = c.path("log_key", base, required=True)
+    c.finish()
 
-    m = r.table(data, "mqtt", required=True)
-    r.unknown("mqtt", m, {"host", "port", "ca_cert", "cert", "key", "keepalive_s",
-                          "session_expiry_s", "receive_maximum"})
-    host = r.req("mqtt", m, "host", r.text(HOST_RE))
-    port = r.req("mqtt", m, "port", r.integer(1, 65535))
-    ca_cert = r.req("mqtt", m, "ca_cert", r.path())
-    cert = r.req("mqtt", m, "cert", r.path())
-    key = r.req("mqtt", m, "key", r.path())
-    keepalive = r.opt("mqtt", m, "keepalive_s", r.integer(5, 3600), 30)
-    expiry = r.opt("mqtt", m, "session_expiry_s", r.integer(60, 2**32 - 1), 7 * 24 * 3600)
-    recv_max = r.opt("mqtt", m, "receive_maximum", r.integer(1, 65535), 1000)
+    m = top.section("mqtt", required=True)
+    host = m.string("host", required=True, pattern=HOST_RE)
+    port = m.integer("port", lo=1, hi=65535, required=True)
+    ca_cert = m.path("ca_cert", base, required=True)
+    cert = m.path("cert", base, required=True)
+    key = m.path("key", base, required=True)
+    keepalive = m.integer("keepalive_s", 30, lo=5, hi=3600)
+    expiry = m.integer("session_expiry_s", 7 * 24 * 3600, lo=60, hi=2**32 - 1)
+    recv_max = m.integer("receive_maximum", 1000, lo=1, hi=65535)
+    m.finish()
 
-    i = r.table(data, "ingest", required=False)
-    r.unknown("ingest", i, {"batch_max", "batch_wait_ms", "max_payload_bytes", "queue_max"})
+    i = top.section("ingest")
     d = IngestSection()
     ingest = IngestSection(
-        batch_max=r.opt("ingest", i, "batch_max", r.integer(1, 100_000), d.batch_max),
-        batch_wait_ms=r.opt("ingest", i, "batch_wait_ms", r.integer(0, 10_000),
-                            d.batch_wait_ms),
-        max_payload_bytes=r.opt("ingest", i, "max_payload_bytes",
-                                r.integer(64, MAX_ENVELOPE_BYTES), d.max_payload_bytes),
-        queue_max=r.opt("ingest", i, "queue_max", r.integer(1, 10_000_000), d.queue_max))
+        batch_max=i.integer("batch_max", d.batch_max, lo=1, hi=100_000),
+        batch_wait_ms=i.integer("batch_wait_ms", d.batch_wait_ms, lo=0, hi=10_000),
+        max_payload_bytes=i.integer("max_payload_bytes", d.max_payload_bytes, lo=64,
+                                    hi=MAX_ENVELOPE_BYTES),
+        queue_max=i.integer("queue_max", d.queue_max, lo=1, hi=10_000_000))
+    i.finish()
 
-    k = r.table(data, "checkpoints", required=False)
-    r.unknown("checkpoints", k, {"every_entries", "every_s"})
+    k = top.section("checkpoints")
     kd = CheckpointSection()
     checkpoints = CheckpointSection(
-        every_entries=r.opt("checkpoints", k, "every_entries", r.integer(1, 10_000_000),
-                            kd.every_entries),
-        every_s=r.opt("checkpoints", k, "every_s", r.integer(1, 86_400), kd.every_s))
+        every_entries=k.integer("every_entries", kd.every_entries, lo=1, hi=10_000_000),
+        every_s=k.integer("every_s", kd.every_s, lo=1, hi=86_400))
+    k.finish()
 
-    g = r.table(data, "gaps", required=False)
-    r.unknown("gaps", g, {"report_after_s"})
-    gaps = GapSection(report_after_s=r.opt("gaps", g, "report_after_s",
-                                           r.integer(1, 30 * 86_400),
-                                           GapSection().report_after_s))
+    g = top.section("gaps")
+    gaps = GapSection(report_after_s=g.integer("report_after_s", GapSection().report_after_s,
+                                               lo=1, hi=30 * 86_400))
+    g.finish()
 
-    b = r.table(data, "broker", required=False)
-    r.unknown("broker", b, {"managed", "dir", "mosquitto"})
-    managed = b.get("managed", False)
-    if not isinstance(managed, bool):
-        problems.append("broker.managed: expected true or false")
-        managed = False
-    broker = BrokerSection(managed=managed,
-                           dir=r.opt("broker", b, "dir", r.path(), None),
-                           mosquitto=r.opt("broker", b, "mosquitto", r.text(),
-                                           BrokerSection().mosquitto))
+    b = top.section("broker")
+    broker = BrokerSection(managed=b.boolean("managed", False),
+                           dir=b.path("dir", base),
+                           mosquitto=b.string("mosquitto", BrokerSection().mosquitto))
     if broker.managed and broker.dir is None:
-        problems.append("broker.dir: required when broker.managed = true")
+        b.problem("dir", "required when broker.managed = true")
+    b.finish()
 
-    ledger = _ledger_section(r, r.table(data, "ledger", required=False))
+    ledger = _ledger_section(top.section("ledger"))
     api = None
-    a = r.table(data, "api", required=False)
-    if "api" in data:
-        try:
-            api = parse_api_section(a, base)
-        except ConfigError as e:
-            problems.extend(e.problems)
+    if top.has("api"):
+        api = read_api_section(top.raw("api"), base, problems)
+    else:
+        top.raw("api")
+    top.finish()
 
     if (problems or name is None or store is None or log_key is None or host is None
             or port is None or ca_cert is None or cert is None or key is None):

@@ -131,8 +131,9 @@ async def test_expired_and_revoked_tokens_refused(api: Api) -> None:
 
 
 def test_api_section_reports_every_problem(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"api.key: required(.|\n)*api.port: must be an "
-                                          r"integer(.|\n)*api.crl: needs api.client_ca"):
+    with pytest.raises(ConfigError, match=r"api.key: required(.|\n)*api.port: must be between 1 "
+                                          r"and 65535, got 0(.|\n)*api.crl: needs "
+                                          r"api.client_ca"):
         parse_api_section({"cert": "c.pem", "port": 0, "crl": "x.pem"}, tmp_path)
     sec = parse_api_section({"cert": "c.pem", "key": "/k.pem", "port": 9443}, tmp_path)
     assert (sec.cert, sec.key, sec.port) == (tmp_path / "c.pem", Path("/k.pem"), 9443)

@@ -219,7 +219,7 @@ def test_serve_check_config(tmp_path: Path, mosquitto: MosquittoBroker,
     bad.write_text('[collector]\nname = "main"\n[mqtt]\nport = 0\n')
     assert main(["serve", "--check-config", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "collector.store: missing" in err
+    assert "collector.store: required" in err
     assert "mqtt.port: must be between 1 and 65535" in err
     os.chmod(tmp_path / "log.key", 0o644)
     assert main(["serve", "--check-config", str(cfg_file)]) == 2

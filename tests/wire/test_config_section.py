@@ -83,3 +83,14 @@ def test_choice_and_boolean_refuse_other_values() -> None:
     assert s.boolean("on", False) is False
     assert s.problems == ["r.mode: 'warp' is not one of fast, slow",
                           "r.on: expected true or false, got int"]
+
+
+def test_a_missing_required_table_is_reported_once_not_key_by_key() -> None:
+    top = Section("", {})
+    c = top.section("collector", required=True)
+    assert c.string("name", required=True) is None
+    assert c.integer("port", required=True) is None
+    present = top.section("mqtt")          # absent but optional: its required keys still count
+    present.string("host", required=True)
+    top.finish()
+    assert top.problems == ["collector: required (a [collector] table)", "mqtt.host: required"]
