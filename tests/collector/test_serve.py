@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -167,8 +168,20 @@ class ServeProcess:
         self._reader.start()
 
     def wait_for_line(self, text: str, timeout_s: float = 60) -> None:
+        """Wait for a stderr line containing ``text``; fail at once, with what serve wrote,
+        if it exits first, and name what was awaited at the deadline."""
+        deadline = time.monotonic() + timeout_s
         while not any(text in x for x in self._seen):
-            self._seen.append(self._lines.get(timeout=timeout_s))
+            try:
+                self._seen.append(self._lines.get(timeout=0.1))
+            except queue.Empty:
+                if self.proc.poll() is not None and not self._reader.is_alive() \
+                        and self._lines.empty():
+                    raise AssertionError(f"serve exited ({self.proc.returncode}) before "
+                                         f"{text!r}:\n{''.join(self._seen)[-3000:]}") from None
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no {text!r} from serve within {timeout_s} s:\n"
+                                         f"{''.join(self._seen)[-3000:]}") from None
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
