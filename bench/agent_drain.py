@@ -8,7 +8,7 @@ persistence); an encrypted outbox filled with ``--backlog`` signed punches (fill
 Each run, on a fresh copy of that outbox:
 
 - agent: :class:`agent.publisher.Publisher` (paho, QoS 1, batches) publishes the backlog; a
-  receipting stand-in collector in a separate process (tests/agent/receipt_standin.py, so the
+  receipting stand-in collector in a separate process (tests/agent/receipt_kit.py, so the
   two do not share a GIL) acks every envelope with a signed receipt; the agent verifies each
   receipt and deletes the acked rows. Timed from ``start()`` until every row is deleted.
 - baseline: the same envelopes, already serialised, published by a bare paho client (QoS 1,
@@ -41,7 +41,7 @@ import paho.mqtt.client as mqtt
 
 from agent.publisher import Publisher, PublisherSettings
 from agent.queue import Outbox
-from tests.agent.receipt_standin import ReceiptStandin, punch_builder
+from tests.agent.receipt_kit import ReceiptStandin, punch_builder
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.pki import ClientCert, TestPKI
 from wire import topics

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.queue import Outbox
-from tests.agent.disk_helpers import tmpfs
-from tests.agent.receipt_standin import DEVICE, ReceiptStandin
+from tests.agent.disk_kit import tmpfs
+from tests.agent.receipt_kit import DEVICE, ReceiptStandin
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire.keys import SigningKey
 

@@ -33,8 +33,8 @@ import pytest
 from agent.cli import main
 from agent.keystore import load_queue_key, new_queue_key, save_queue_key
 from agent.queue import Outbox
-from tests.agent.disk_helpers import fill
-from tests.agent.receipt_standin import DEVICE
+from tests.agent.disk_kit import fill
+from tests.agent.receipt_kit import DEVICE
 from tests.agent.test_cli import NotifySocket
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire import topics

@@ -23,7 +23,7 @@ from agent.queue import Outbox
 from agent.readers.base import CommonOptions, Emit
 from agent.readers.simulated import SimulatedReader
 from agent.service import AgentService, StatusFn
-from tests.agent.receipt_standin import DEVICE, settings, wait
+from tests.agent.receipt_kit import DEVICE, settings, wait
 from tests.agent.test_cli import NotifySocket
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire.keys import SigningKey, save_signing_key

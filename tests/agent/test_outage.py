@@ -10,7 +10,7 @@ import time
 
 from agent.publisher import Publisher
 from agent.queue import Outbox
-from tests.agent.receipt_standin import DEVICE, ReceiptStandin, record_n, settings, wait
+from tests.agent.receipt_kit import DEVICE, ReceiptStandin, record_n, settings, wait
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire.keys import SigningKey
 

@@ -28,7 +28,7 @@ from agent.publisher import (
     make_publisher,
 )
 from agent.queue import Outbox
-from tests.agent.receipt_standin import DEVICE, ReceiptStandin, record_n, settings, wait
+from tests.agent.receipt_kit import DEVICE, ReceiptStandin, record_n, settings, wait
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire import topics
 from wire.keys import SigningKey

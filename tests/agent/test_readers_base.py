@@ -16,7 +16,7 @@ from agent.errors import ConfigError
 from agent.readers import REGISTRY, Debouncer, Tap, build_reader
 from agent.readers.base import Session
 from agent.readers.simulated import SimulatedReader
-from tests.agent.readers_helpers import TapSink, running, status_is
+from tests.agent.readers_kit import TapSink, running, status_is
 
 
 def tap(cred: str = "em4100:0A00C0FFEE", t_s: float = 0.0, reader: str = "front") -> Tap:

@@ -18,7 +18,7 @@ from agent.errors import ConfigError
 from agent.readers import build_reader
 from agent.readers import keyboard as kb
 from agent.readers.keyboard import KeyboardReader, KeyboardSession, KeySequenceDecoder
-from tests.agent.readers_helpers import TapSink, running, status_is
+from tests.agent.readers_kit import TapSink, running, status_is
 
 CHAR_KEYS = {**{str(d): getattr(ecodes, f"KEY_{d}") for d in range(10)},
              **{c: getattr(ecodes, f"KEY_{c}") for c in "ABCDEF"}}

@@ -10,7 +10,7 @@ import pytest
 from agent.errors import ConfigError
 from agent.readers import build_reader
 from agent.readers.rdm6300 import Em4100Parser, Rdm6300Reader, em4100_frame
-from tests.agent.readers_helpers import PtyPort, TapSink, running, status_is
+from tests.agent.readers_kit import PtyPort, TapSink, running, status_is
 
 CARD = "0A00C0FFEE"   # checksum 0A^00^C0^FF^EE = 0xDB
 CARD2 = "1234567890"  # checksum 12^34^56^78^90 = 0x98

@@ -10,7 +10,7 @@ import pytest
 from agent.errors import ConfigError
 from agent.readers import build_reader
 from agent.readers.serial_line import LineParser, SerialLineReader
-from tests.agent.readers_helpers import PtyPort, TapSink, running, status_is
+from tests.agent.readers_kit import PtyPort, TapSink, running, status_is
 
 BASE = {"kind": "serial-line", "port": "/dev/ttyUSB0", "format": "wiegand26",
         "regex": "W26:([0-9]+)"}

@@ -9,7 +9,7 @@ import pytest
 from agent.errors import ConfigError
 from agent.readers import build_reader
 from agent.readers.simulated import SimulatedReader, schedule
-from tests.agent.readers_helpers import TapSink, running, status_is
+from tests.agent.readers_kit import TapSink, running, status_is
 
 
 def test_schedule_is_deterministic_with_a_seed() -> None:

@@ -26,8 +26,8 @@ from agent.queue import (
 )
 from agent.readers.base import Tap, mono_us
 from agent.status import STATUS_BLOCK_BYTES, read_status, write_status
-from tests.agent.disk_helpers import fill, free_bytes
-from tests.agent.receipt_standin import punch_builder
+from tests.agent.disk_kit import fill, free_bytes
+from tests.agent.receipt_kit import punch_builder
 from wire.chain import verify_device_chain
 from wire.keys import SigningKey
 
