@@ -24,7 +24,9 @@ def sqlite_path(url: str) -> Path | None:
     if url.startswith(("postgresql://", "postgres://")) or _KV_DSN.match(url):
         return None
     if url.startswith("sqlite:///"):
-        return Path("/" + url[len("sqlite:///"):])
+        # sqlite:////abs is the same file as sqlite:///abs (POSIX keeps a leading "//" in a
+        # Path, which SQLite's URI open then reads as an authority and refuses).
+        return Path("/" + url[len("sqlite:///"):].lstrip("/"))
     if url.startswith("sqlite://"):
         raise LedgerError(f"{url!r}: use sqlite:///absolute/path or sqlite:relative/path")
     if url.startswith("sqlite:"):

@@ -34,8 +34,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the ledger's pragmas; autocommit mode (transactions are explicit)."""
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False)
+            # as_uri() percent-encodes the path: '?', '#', '%' or a leading '//' in a file
+            # name cannot turn into URI syntax.
+            conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True,
+                                   isolation_level=None, check_same_thread=False)
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
