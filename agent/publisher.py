@@ -21,6 +21,10 @@ Invariants:
 - The retained status is a :class:`wire.device_status.DeviceStatus` (the collector parses the
   same type); it is republished at once when the service says the health changed
   (:meth:`Publisher.publish_status_soon`, e.g. storage became full).
+- Witnessing (DESIGN.md §8.3, agent.witness): with a :class:`ClockWitness`, the publisher also
+  subscribes to its own ``checkpoint`` topic, hands each request to the witness on the sender
+  thread and publishes the answer (cosignature, conflict or signed refusal) on its own
+  ``cosignature`` topic; a change of the witness state republishes the retained status.
 - :meth:`Publisher.threads` names both threads (sender and paho's network loop) so the service
   supervises them: if either dies the watchdog stops and systemd restarts the agent.
 """
@@ -46,7 +50,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.clock import clock_state
 from agent.errors import AgentError, QueueFullError
+from agent.witness import ClockWitness, witness_path
 from wire import device_status, topics
+from wire import witness as witness_msgs
 from wire.ack import Ranges, SignedAck
 from wire.clock import to_us
 from wire.device_status import DeviceStatus, QueueStatus, StorageStatus
@@ -180,7 +186,8 @@ class Publisher:
     def __init__(self, outbox: OutboxLike, device: str, *, log_key: VerifyKey,
                  settings: PublisherSettings, status: StatusFn | None = None,
                  now: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 witness: ClockWitness | None = None) -> None:
         self._outbox = outbox
         self.device = device
         self._log_key = log_key
@@ -192,6 +199,10 @@ class Publisher:
         self._punch_topic = topics.punches(device)
         self._ack_topic = topics.acks(device)
         self._status_topic = topics.status(device)
+        self._witness = witness
+        self._checkpoint_topic = witness_msgs.checkpoint_topic(device)
+        self._cosignature_topic = witness_msgs.cosignature_topic(device)
+        self._checkpoints: deque[bytes] = deque(maxlen=16)   # newest requests win
 
         self._lock = threading.Lock()          # counters and the receipt inbox
         self._wake = threading.Event()
@@ -328,6 +339,7 @@ class Publisher:
             "awaiting": st.awaiting, "receipted": st.receipted,
             "bad_receipts": st.bad_receipts, "foreign_receipts": st.foreign_receipts,
             "unsent_acks": st.unsent_acks, "resent_punches": st.resent_punches,
+            "witness": None if self._witness is None else self._witness.status().to_dict(),
         }
 
     def stats(self) -> PublisherStats:
@@ -357,6 +369,8 @@ class Publisher:
             log.warning("broker refused connection: %s", reason)
             return
         client.subscribe(self._ack_topic, qos=1)
+        if self._witness is not None:
+            client.subscribe(self._checkpoint_topic, qos=1)
         with self._lock:
             self._connected = True
             self._reconnected = True
@@ -398,6 +412,11 @@ class Publisher:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any,
                     msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._checkpoint_topic and self._witness is not None:
+            with self._lock:
+                self._checkpoints.append(bytes(msg.payload))
+            self._wake.set()
+            return
         if msg.topic != self._ack_topic:
             return
         with self._lock:
@@ -451,6 +470,8 @@ class Publisher:
                 # Expire everything awaited so it goes out again now.
                 for b in self._batches.values():
                     b.sent_at = float("-inf")
+        if self._process_checkpoints():
+            status_due = True
         if status_due or mono >= self._next_status:
             self._publish_status()
             self._next_status = mono + self._s.status_interval_s
@@ -580,6 +601,26 @@ class Publisher:
             hits = sorted(s for s in self._owner if _covered(ranges, starts, s))
         return hits, total - unsent - len(hits), unsent
 
+    # witness
+
+    def _process_checkpoints(self) -> bool:
+        """Answer the checkpoint requests received; True if the witness state changed."""
+        w = self._witness
+        if w is None:
+            return False
+        before = w.status()
+        while True:
+            with self._lock:
+                if not self._checkpoints:
+                    break
+                payload = self._checkpoints.popleft()
+            reply = w.handle(payload)
+            if reply is not None:
+                self._client.publish(self._cosignature_topic, reply.to_bytes(), qos=1)
+        after = w.status()
+        return (after.state, after.size, after.reason) != (before.state, before.size,
+                                                            before.reason)
+
     # status
 
     def _default_status(self) -> Mapping[str, Any]:
@@ -599,7 +640,8 @@ class Publisher:
             "device": self.device, "state": state, "at": to_us(self._now()),
             "version": str(snap.get("version", self._s.version)),
             "queue": QueueStatus(self._outbox.depth(), self._outbox.oldest_created_us()),
-            "clock": snap.get("clock", "unsynced"), "storage": storage, "reason": reason}
+            "clock": snap.get("clock", "unsynced"), "storage": storage, "reason": reason,
+            "witness": None if self._witness is None else self._witness.status()}
         readers = snap.get("readers", {})
         try:
             return DeviceStatus(**common, readers=dict(readers))
@@ -638,5 +680,9 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
         keepalive_s=m.keepalive_s, batch_max=m.batch_max,
         resend_after_s=m.resend_after_s, reconnect_min_s=m.reconnect_min_s,
         reconnect_max_s=m.reconnect_max_s, version=agent_version())
+    from agent.keystore import load_signing  # noqa: PLC0415 -- as above
+
+    witness = ClockWitness(witness_path(config.device.state_dir), config.device.id,
+                           load_signing(config.keys.signing_key, env), log_key)
     return Publisher(outbox, config.device.id, log_key=log_key, settings=settings,
-                     status=status)
+                     status=status, witness=witness)

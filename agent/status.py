@@ -158,6 +158,25 @@ def storage_line(storage: Any, *, now_us: int, free_now: int | None = None) -> s
     return f"storage:       {head}; {refused} tap(s) refused since start{now}"
 
 
+def witness_line(witness: Any, *, now_us: int) -> str:
+    """``witness: …`` for ``status``: the clock as a witness of the log (agent.witness)."""
+    if not isinstance(witness, dict):
+        return "witness:       unknown (no publisher)"
+    state, size = witness.get("state"), witness.get("size")
+    if state == "refusing":
+        return (f"witness:       REFUSING to cosign ({witness.get('reason')}) since "
+                f"{_age(now_us, witness.get('since_us'))}: {witness.get('detail', '')}; "
+                f"holds size {size}; {witness.get('refusals', 0)} refusal(s)")
+    if state == "broken":
+        return f"witness:       BROKEN, cosigning nothing: {witness.get('detail', '')}"
+    if state == "ok":
+        last = f"; {witness['detail']}" if witness.get("detail") else ""
+        return (f"witness:       ok, cosigned size {size} "
+                f"{_age(now_us, witness.get('cosigned_at'))}; "
+                f"{witness.get('refusals', 0)} refusal(s){last}")
+    return "witness:       no checkpoint seen yet"
+
+
 def render(snap: dict[str, Any], *, now_us: int, live: bool, writer_alive: bool = False,
            free_now: int | None = None) -> str:
     """Human text of a snapshot for ``timeclock-agent status``."""
@@ -179,6 +198,7 @@ def render(snap: dict[str, Any], *, now_us: int, live: bool, writer_alive: bool 
     lines.append(f"publisher:     {pub.get('status', 'disabled')}"
                  + (f" ({pub['detail']})" if pub.get("detail") else ""))
     lines.append(f"last receipt:  {_age(now_us, pub.get('last_receipt_us'))}")
+    lines.append(witness_line(pub.get("witness"), now_us=now_us))
     for name, r in sorted((snap.get("readers") or {}).items()):
         lines.append(f"reader {name}: {r.get('status', '?')} — {r.get('detail', '')} "
                      f"(taps {r.get('taps', 0)}, read errors {r.get('read_errors', 0)}, "

@@ -16,7 +16,11 @@ MUST NOT carry a credential or key material. Version 1, canonical JSON::
 Required: ``v``, ``device``, ``state``, ``version``. An ``online`` status also carries ``at``,
 ``queue``, ``clock`` and ``readers``; the last will carries only ``reason`` besides the
 required four. ``storage`` is optional (agents before it was added do not send it): absent
-means unknown. ``readers`` maps reader names to free-form JSON (the agent sends its reader
+means unknown. ``witness`` is optional too (DESIGN.md §8.3, protocol §13.3): the clock as a
+witness of the log, ``{"state": "none"|"ok"|"refusing"|"broken", "size": n|null,
+"cosigned_at": µs|null, "refusals": n, "reason": str|null, "detail": str, "since_us": µs|null}``
+— ``refusing`` means the last checkpoint offered was refused (``reason``), since ``since_us``.
+``readers`` maps reader names to free-form JSON (the agent sends its reader
 states). Invariants: a :class:`DeviceStatus` that exists is valid; parsing is strict (unknown
 fields, wrong types, floats, oversize input are :class:`wire.errors.DecodeError`), and
 ``from_bytes(to_bytes(s)) == s``.
@@ -50,10 +54,14 @@ REASON_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 MAX_DETAIL_CHARS = 300
 
 _REQUIRED = frozenset({"v", "device", "state", "version"})
-_OPTIONAL = frozenset({"at", "queue", "clock", "readers", "storage", "reason"})
+_OPTIONAL = frozenset({"at", "queue", "clock", "readers", "storage", "reason", "witness"})
 _ONLINE = frozenset({"at", "queue", "clock", "readers"})
 _QUEUE_KEYS = frozenset({"depth", "oldest_unacked_us"})
 _STORAGE_KEYS = frozenset({"state", "free_bytes", "refused_taps", "since_us", "detail"})
+_WITNESS_KEYS = frozenset({"state", "size", "cosigned_at", "refusals", "reason", "detail",
+                           "since_us"})
+WITNESS_STATES = frozenset({"none", "ok", "refusing", "broken"})
+WITNESS_REASON_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
 
 def _object(value: Any, name: str, required: frozenset[str],
@@ -109,6 +117,58 @@ def _storage_fields(d: Any) -> _StorageFields:
                           field="detail")
     return (state, _int_or_none(obj, "free_bytes", "storage"), refused,
             _int_or_none(obj, "since_us", "storage"), detail)
+
+
+_WitnessFields = tuple[str, int | None, int | None, int, str | None, str, int | None]
+
+
+def _witness_fields(d: Any) -> _WitnessFields:
+    obj = _object(d, "witness", _WITNESS_KEYS)
+    try:
+        state = get_choice(obj, "state", WITNESS_STATES)
+        refusals = get_int(obj, "refusals", minimum=0)
+        detail = get_str(obj, "detail")
+        reason = None if obj["reason"] is None else get_str(obj, "reason", WITNESS_REASON_RE)
+    except DecodeError as e:
+        raise _in("witness", e) from None
+    if len(detail) > MAX_DETAIL_CHARS:
+        raise DecodeError(f"witness.detail: longer than {MAX_DETAIL_CHARS} chars",
+                          field="detail")
+    return (state, _int_or_none(obj, "size", "witness"),
+            _int_or_none(obj, "cosigned_at", "witness"), refusals, reason, detail,
+            _int_or_none(obj, "since_us", "witness"))
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessStatus:
+    """The clock as a witness of the log (DESIGN.md §8.3): ``none`` (no checkpoint yet),
+    ``ok`` (it cosigned the last checkpoint offered), ``refusing`` (it refused it: the log
+    shrank or is inconsistent with the largest checkpoint it holds, or the note did not
+    verify), ``broken`` (its witness state file is unreadable: it cosigns nothing)."""
+
+    state: str
+    size: int | None = None           # the largest checkpoint it verified
+    cosigned_at: int | None = None    # µs of its last cosignature
+    refusals: int = 0                 # refusals since the state file was created
+    reason: str | None = None         # of the current (or last) refusal
+    detail: str = ""
+    since_us: int | None = None       # when the current refusing/broken state began
+
+    def __post_init__(self) -> None:
+        _witness_fields(self.to_dict())
+
+    @property
+    def alarm(self) -> bool:
+        return self.state in ("refusing", "broken")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> WitnessStatus:
+        return cls(*_witness_fields(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "size": self.size, "cosigned_at": self.cosigned_at,
+                "refusals": self.refusals, "reason": self.reason, "detail": self.detail,
+                "since_us": self.since_us}
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +232,8 @@ def _readers(value: Any) -> dict[str, Any]:
 
 
 def _status_fields(d: Any) -> tuple[str, str, str, int | None, _QueueFields | None, str | None,
-                                    dict[str, Any] | None, _StorageFields | None, str | None]:
+                                    dict[str, Any] | None, _StorageFields | None, str | None,
+                                    _WitnessFields | None]:
     obj = _object(d, "status", _REQUIRED, _OPTIONAL)
     check_version(obj, expected=STATUS_VERSION)
     device = validate_device_id(get_str(obj, "device"))
@@ -189,7 +250,8 @@ def _status_fields(d: Any) -> tuple[str, str, str, int | None, _QueueFields | No
             get_choice(obj, "clock", CLOCK_STATES) if "clock" in obj else None,
             _readers(obj["readers"]) if "readers" in obj else None,
             _storage_fields(obj["storage"]) if "storage" in obj else None,
-            get_str(obj, "reason", REASON_RE) if "reason" in obj else None)
+            get_str(obj, "reason", REASON_RE) if "reason" in obj else None,
+            _witness_fields(obj["witness"]) if "witness" in obj else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +268,7 @@ class DeviceStatus:
     storage: StorageStatus | None = None
     reason: str | None = None         # why offline: "stopped", "connection-lost", …
     v: int = STATUS_VERSION
+    witness: WitnessStatus | None = None
 
     def __post_init__(self) -> None:
         _status_fields(self.to_dict())
@@ -213,10 +276,11 @@ class DeviceStatus:
     @classmethod
     def from_dict(cls, d: Any) -> DeviceStatus:
         (device, state, version, at, queue, clock, readers, storage,
-         reason) = _status_fields(d)
+         reason, witness) = _status_fields(d)
         return cls(device, state, version, at,
                    None if queue is None else QueueStatus(*queue), clock, readers,
-                   None if storage is None else StorageStatus(*storage), reason)
+                   None if storage is None else StorageStatus(*storage), reason,
+                   witness=None if witness is None else WitnessStatus(*witness))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DeviceStatus:
@@ -239,6 +303,8 @@ class DeviceStatus:
             out["storage"] = self.storage.to_dict()
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.witness is not None:
+            out["witness"] = self.witness.to_dict()
         return out
 
     def to_bytes(self) -> bytes:

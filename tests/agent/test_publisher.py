@@ -31,7 +31,7 @@ from agent.queue import Outbox
 from tests.agent.receipt_kit import DEVICE, ReceiptStandin, record_n, settings, wait
 from tests.fixtures.mosquitto import MosquittoBroker
 from wire import topics
-from wire.keys import SigningKey
+from wire.keys import SigningKey, save_signing_key
 from wire.punch import MAX_ENVELOPE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +173,7 @@ def test_make_publisher_wires_the_agent_config(
         broker: MosquittoBroker, outbox: Outbox, device_key: SigningKey, log_key: SigningKey,
         tmp_path: Path) -> None:
     cert = broker.pki.device(DEVICE)
+    save_signing_key(tmp_path / "sign.key", device_key)   # the witness cosigns with it
     config = parse_config({
         "device": {"id": DEVICE, "state_dir": str(tmp_path)},
         "keys": {"signing_key": "sign.key", "queue_key": "queue.key",
