@@ -67,6 +67,7 @@ def cosignature_topic(device: str) -> str:
 
 
 ALL_COSIGNATURES = f"{_DEVICE_PREFIX}+/cosignature"
+ALL_CHECKPOINT_REQUESTS = f"{_DEVICE_PREFIX}+/checkpoint"
 
 
 def device_witness_name(origin: str, device: str) -> str:

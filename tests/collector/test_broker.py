@@ -16,7 +16,7 @@ from collector.fleet.broker_config import BrokerSettings, render_acl, render_mos
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.pki import TestPKI
 from tests.polling import wait_for
-from wire import topics
+from wire import topics, witness
 
 MARKER = b"marker"
 
@@ -58,22 +58,28 @@ def test_conf_sizes_and_user_are_configurable() -> None:
 
 
 def test_acl_text() -> None:
-    assert render_acl(["collector.main", "collector.standby"]).splitlines()[5:] == [
+    assert render_acl(["collector.main", "collector.standby"]).splitlines()[6:] == [
         "pattern write timeclock/v1/devices/%u/punches",
         "pattern write timeclock/v1/devices/%u/status",
+        "pattern write timeclock/v1/devices/%u/cosignature",
         "pattern read timeclock/v1/devices/%u/acks",
+        "pattern read timeclock/v1/devices/%u/checkpoint",
         "pattern read timeclock/v1/log/checkpoint",
         "",
         "user collector.main",
         "topic read timeclock/v1/devices/+/punches",
         "topic read timeclock/v1/devices/+/status",
+        "topic read timeclock/v1/devices/+/cosignature",
         "topic write timeclock/v1/devices/+/acks",
+        "topic write timeclock/v1/devices/+/checkpoint",
         "topic readwrite timeclock/v1/log/checkpoint",
         "",
         "user collector.standby",
         "topic read timeclock/v1/devices/+/punches",
         "topic read timeclock/v1/devices/+/status",
+        "topic read timeclock/v1/devices/+/cosignature",
         "topic write timeclock/v1/devices/+/acks",
+        "topic write timeclock/v1/devices/+/checkpoint",
         "topic readwrite timeclock/v1/log/checkpoint",
     ]
 
@@ -178,7 +184,9 @@ def test_d3_device_cannot_publish_into_another_devices_topics(mosquitto: Mosquit
 
     a.on_publish = on_publish
     for topic in (topics.punches("dev-b"), topics.status("dev-b"), topics.acks("dev-a"),
-                  topics.acks("dev-b"), topics.CHECKPOINT, "timeclock/v1/other"):
+                  topics.acks("dev-b"), topics.CHECKPOINT, "timeclock/v1/other",
+                  witness.cosignature_topic("dev-b"), witness.checkpoint_topic("dev-a"),
+                  witness.checkpoint_topic("dev-b")):
         done.clear()
         a.publish(topic, b"forged", qos=1)
         assert done.wait(30)
@@ -200,6 +208,27 @@ def test_d3_device_cannot_read_another_devices_acks(mosquitto: MosquittoBroker) 
         (topics.acks("dev-a"), MARKER)]
     assert [(m.topic, m.payload) for m in snoop.get_until(lambda m: m.payload == MARKER)] == [
         (topics.acks("dev-a"), MARKER)]
+
+
+def test_witness_topics_each_device_its_own(mosquitto: MosquittoBroker) -> None:
+    """A clock reads only its own witness requests and publishes only its own cosignatures
+    (DESIGN.md §8.3); the collector reads every clock's cosignatures."""
+    col_sub = mosquitto.subscribe("collector.main", witness.ALL_COSIGNATURES)
+    a = mosquitto.subscribe("dev-a", "timeclock/v1/devices/+/checkpoint")
+    snoop = mosquitto.subscribe("dev-a", "timeclock/v1/#", client_id="dev-a-snoop")
+    col = mosquitto.client("collector.main", client_id="collector-pub")
+    publish_ok(col, witness.checkpoint_topic("dev-b"), b"for b")
+    publish_ok(col, witness.checkpoint_topic("dev-a"), MARKER)
+    assert [(m.topic, m.payload) for m in a.get_until(lambda m: m.payload == MARKER)] == [
+        (witness.checkpoint_topic("dev-a"), MARKER)]
+    assert [m.payload for m in snoop.get_until(lambda m: m.payload == MARKER)] == [MARKER]
+    publish_ok(mosquitto.client("dev-b"), witness.cosignature_topic("dev-b"), b"b's")
+    publish_ok(mosquitto.client("dev-a", client_id="dev-a-pub"),
+               witness.cosignature_topic("dev-a"), MARKER)
+    got = col_sub.get_until(lambda m: m.payload == MARKER)
+    assert sorted((m.topic, m.payload) for m in got) == [
+        (witness.cosignature_topic("dev-a"), MARKER), (witness.cosignature_topic("dev-b"),
+                                                       b"b's")]
 
 
 def test_d3_device_cannot_read_other_punches_or_status(mosquitto: MosquittoBroker) -> None:
