@@ -5,8 +5,11 @@ collectors append one after another, each reading the chain head only after the 
 one committed (READ COMMITTED sees it), so the chain stays one chain. The schema's triggers
 refuse a second entry at the same idx or with a wrong ``prev`` anyway.
 
-Collectors connect as the app role, which may only INSERT/SELECT the chain; ``migrate`` runs
-as the owner role and grants exactly that.
+Collectors connect as the app role, which may only INSERT/SELECT the chain and the Merkle
+tree's node table; ``migrate`` runs as the owner role (the app role never runs DDL), grants
+exactly that, and upgrades a version 1 ledger by building its tree (collector.ledger.tree)
+under the chain lock, so no append interleaves; collectors refuse a ledger whose schema is
+not version 2 until then.
 
 A lost connection (server restart, network) makes the store unavailable
 (LedgerUnavailableError) instead of failing every call forever with "the connection is
@@ -28,7 +31,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from collector import LedgerError, LedgerUnavailableError
-from collector.ledger.schema_postgres import GRANTS, SCHEMA, SCHEMA_VERSION
+from collector.ledger import tree
+from collector.ledger.schema_postgres import GRANTS, SCHEMA, SCHEMA_VERSION, SET_VERSION
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 
 # Arbitrary constant identifying "the chain head of this database" among advisory locks.
@@ -54,19 +58,27 @@ def _connect(dsn: str, **params: Any) -> psycopg.Connection[tuple[Any, ...]]:
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
 
 
-def migrate(owner_dsn: str, *, app_role: str | None = None) -> None:
-    """Create or update the schema as the owner role; grant ``app_role`` its narrow rights."""
+def migrate(owner_dsn: str, *, app_role: str | None = None) -> int:
+    """Create or update the schema as the owner role; grant ``app_role`` its narrow rights.
+
+    Builds the Merkle tree of the entries it does not cover yet (a version 1 ledger) under the
+    chain lock and records version 2 after it; returns how many leaves were added."""
     with _connect(owner_dsn) as conn:
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY + 1,))
                 conn.execute(SCHEMA)
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                    leaves = tree.build(cur, tree.PG_TREE)
+                    cur.execute(SET_VERSION)
                 if app_role is not None:
                     for stmt in GRANTS.strip().splitlines():
                         conn.execute(sql.SQL(stmt.rstrip(";")).format(
                             role=sql.Identifier(app_role)))
         except psycopg.Error as e:
             raise LedgerError(f"migrating {redact(owner_dsn)} failed: {e}") from e
+    return leaves
 
 
 class PostgresStore(SQLStore):
@@ -74,6 +86,7 @@ class PostgresStore(SQLStore):
 
     ph = "%s"
     db_errors = (psycopg.Error,)
+    tree_sql = tree.PG_TREE
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
@@ -96,7 +109,8 @@ class PostgresStore(SQLStore):
         if row is None or int(row[0]) != SCHEMA_VERSION:
             conn.close()
             raise LedgerError(f"{redact(dsn)}: ledger schema version {row and row[0]} is not "
-                              f"{SCHEMA_VERSION}")
+                              f"{SCHEMA_VERSION} (run `timeclock-collector migrate` as the "
+                              f"owner role to upgrade it)")
         return conn
 
     def _unavailable(self, e: Exception,

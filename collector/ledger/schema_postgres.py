@@ -1,10 +1,15 @@
-"""PostgreSQL schema of the ledger (version 1), applied by ``postgres.migrate`` as the owner role.
+"""PostgreSQL schema of the ledger (version 2), applied by ``postgres.migrate`` as the owner role.
+
+Version 2 adds the Merkle tree's node table ``tc_merkle`` (collector.ledger.tree). The DDL is
+idempotent; ``migrate`` runs it, builds the tree of the entries a version 1 ledger already
+holds and only then records version 2 (``meta.schema``), all in one transaction.
 
 Same tables as the SQLite schema. Invariants enforced by the database itself:
 - triggers: an entry is inserted only at idx = size with prev = hash of entry size-1; a body
   only for an existing entry whose ``body`` column is its SHA-256; UPDATE, DELETE and
-  TRUNCATE of entries, punches, quarantine, retained, checkpoints raise; UPDATE of bodies and
-  DELETE of devices/keys raise; a body may be deleted only when a ``retention`` entry
+  TRUNCATE of entries, punches, quarantine, retained, checkpoints, tc_merkle raise; an entry
+  is inserted only when its Merkle leaf already is (the tree covers every entry); UPDATE of
+  bodies and DELETE of devices/keys raise; a body may be deleted only when a ``retention`` entry
   covers it (never a ``device`` or ``retention`` body);
 - privileges: the app role (what collectors connect as) gets SELECT and INSERT only, plus
   UPDATE on the registry projection (devices, keys) and DELETE on bodies (retention, still
@@ -13,11 +18,11 @@ Same tables as the SQLite schema. Invariants enforced by the database itself:
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _ZERO = "0" * 64
 
-_APPEND_ONLY = ("entries", "punches", "quarantine", "retained", "checkpoints")
+_APPEND_ONLY = ("entries", "punches", "quarantine", "retained", "checkpoints", "tc_merkle")
 
 
 def _forbid(table: str, ops: str, *, truncate: bool) -> str:
@@ -106,6 +111,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     sig    TEXT NOT NULL,
     UNIQUE (log, size, at, sig)
 );
+CREATE TABLE IF NOT EXISTS tc_merkle (
+    level  INTEGER NOT NULL,
+    idx    BIGINT NOT NULL,
+    hash   BYTEA NOT NULL CHECK (octet_length(hash) = 32),
+    PRIMARY KEY (level, idx)
+);
 
 CREATE OR REPLACE FUNCTION tc_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -126,6 +137,16 @@ BEGIN
     IF NEW.idx <> last_idx + 1 OR NEW.prev <> last_hash THEN
         RAISE EXCEPTION 'timeclock: entry % refused: idx must be % and prev the hash of the '
                         'last entry', NEW.idx, last_idx + 1
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION tc_entries_need_leaf() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM tc_merkle m WHERE m.level = 0 AND m.idx = NEW.idx) THEN
+        RAISE EXCEPTION 'timeclock: entry % refused: its Merkle leaf is not in tc_merkle (the '
+                        'tree must cover every entry)', NEW.idx
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
     RETURN NEW;
@@ -157,6 +178,8 @@ END $$;
 
 CREATE OR REPLACE TRIGGER entries_chain BEFORE INSERT ON entries
     FOR EACH ROW EXECUTE FUNCTION tc_entries_chain();
+CREATE OR REPLACE TRIGGER entries_need_leaf BEFORE INSERT ON entries
+    FOR EACH ROW EXECUTE FUNCTION tc_entries_need_leaf();
 CREATE OR REPLACE TRIGGER bodies_insert BEFORE INSERT ON bodies
     FOR EACH ROW EXECUTE FUNCTION tc_bodies_insert();
 CREATE OR REPLACE TRIGGER bodies_delete BEFORE DELETE ON bodies
@@ -168,8 +191,12 @@ CREATE OR REPLACE TRIGGER bodies_no_truncate BEFORE TRUNCATE ON bodies
 {"".join(_forbid(t, "UPDATE OR DELETE", truncate=True) for t in _APPEND_ONLY)}
 {_forbid("devices", "DELETE", truncate=True)}
 {_forbid("keys", "DELETE", truncate=True)}
+-- A new database is version 2 at once (its empty tree is complete); a version 1 one keeps
+-- '1' here until migrate() has built its tree (SET_VERSION).
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}') ON CONFLICT DO NOTHING;
 """  # noqa: S608 - a constant: no input reaches this DDL
+
+SET_VERSION = f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema'"  # noqa: S608 - a constant
 
 # {role} is substituted with a quoted identifier by migrate().
 GRANTS = """

@@ -1,4 +1,8 @@
-"""SQLite schema of the ledger (version 1), applied by ``SQLiteStore`` when it opens a file.
+"""SQLite schema of the ledger (version 2), applied by ``SQLiteStore`` when it opens a file.
+
+Version 2 adds the Merkle tree's node table ``tc_merkle`` (collector.ledger.tree): opening a
+version 1 file upgrades it in one transaction (:data:`TREE_DDL`, then the tree is built from
+the entries, then ``meta.schema`` becomes 2). :data:`SCHEMA_V1` is kept for that test.
 
 Tables: ``entries`` (the chain) and ``bodies`` are the record; ``punches``, ``devices``,
 ``keys`` are projections of it (derived, rebuilt-able); ``quarantine``, ``retained`` and
@@ -6,8 +10,10 @@ Tables: ``entries`` (the chain) and ``bodies`` are the record; ``punches``, ``de
 
 Invariants enforced by the database itself (triggers), not only by the code:
 - an entry is inserted only at idx = size with prev = hash of entry size-1 (one chain);
-- UPDATE/DELETE of entries, punches, quarantine, retained, checkpoints raises; so does
-  UPDATE of bodies and DELETE of devices/keys;
+- UPDATE/DELETE of entries, punches, quarantine, retained, checkpoints, tc_merkle raises; so
+  does UPDATE of bodies and DELETE of devices/keys;
+- an entry is inserted only when its Merkle leaf (tc_merkle level 0, same idx) already is, so
+  the append writes the nodes first and the tree covers every entry;
 - a body may be deleted only when a ``retention`` entry (recorded in ``retained``, joined to
   an entry of kind ``retention`` after it) covers its idx, and never the body of a ``device``
   or ``retention`` entry (verifying the rest of the ledger needs them).
@@ -15,7 +21,7 @@ Invariants enforced by the database itself (triggers), not only by the code:
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _ZERO = "0" * 64
 
@@ -32,9 +38,10 @@ TRIGGER_NAMES: tuple[str, ...] = (
     "quarantine_no_update", "quarantine_no_delete", "retained_no_update",
     "retained_no_delete", "checkpoints_no_update", "checkpoints_no_delete",
     "bodies_no_update", "devices_no_delete", "keys_no_delete",
+    "entries_need_leaf", "tc_merkle_no_update", "tc_merkle_no_delete",
 )
 
-SCHEMA = f"""
+_V1 = f"""
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -142,5 +149,25 @@ END;
 {_forbid("bodies", "UPDATE")}
 {_forbid("devices", "DELETE")}
 {_forbid("keys", "DELETE")}
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}');
 """  # noqa: S608 - a constant: no input reaches this DDL
+
+# Version 2: the Merkle tree's complete subtrees (collector.ledger.tree), one statement each
+# (the v1 → v2 upgrade runs them inside its own transaction).
+TREE_DDL: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS tc_merkle (\n"
+    "    level  INTEGER NOT NULL,\n"
+    "    idx    INTEGER NOT NULL,\n"
+    "    hash   BLOB NOT NULL CHECK (length(hash) = 32),\n"
+    "    PRIMARY KEY (level, idx)\n"
+    ") WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS entries_need_leaf BEFORE INSERT ON entries\n"
+    "WHEN NOT EXISTS (SELECT 1 FROM tc_merkle WHERE level = 0 AND idx = NEW.idx)\n"
+    "BEGIN SELECT RAISE(ABORT, 'timeclock: entry refused: its Merkle leaf is not in "
+    "tc_merkle (the tree must cover every entry)'); END",
+    _forbid("tc_merkle", "UPDATE").rstrip(";"),
+    _forbid("tc_merkle", "DELETE").rstrip(";"),
+)
+
+_VERSION = "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{}');\n"
+SCHEMA_V1 = _V1 + _VERSION.format(1)
+SCHEMA = _V1 + "".join(f"{stmt};\n" for stmt in TREE_DDL) + _VERSION.format(SCHEMA_VERSION)

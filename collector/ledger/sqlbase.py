@@ -7,7 +7,8 @@ facts as the same bytes.
 
 Invariants of ``append`` (also enforced by the schemas' triggers): one transaction per call;
 idx values consecutive from the current size; ``at`` never below the previous entry's ``at``;
-(device, seq) deduplicated against the table and within the batch.
+(device, seq) deduplicated against the table and within the batch; the Merkle tree's new
+nodes (collector.ledger.tree) are inserted in the same transaction, before the entries.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import AppendOnlyError, LedgerError, LedgerUnavailableError, RegistryError
+from collector.ledger import tree
 from collector.ledger.base import (
     AppendResult,
     DeviceProgress,
@@ -37,10 +39,10 @@ from collector.ledger.base import (
     StoredEntry,
 )
 from collector.ledger.indoubt import InDoubt, Settled, merge
-from wire import ZERO_HASH
+from wire import ZERO_HASH, merkle
 from wire.bodies import Body, BodyError, DeviceEvent, Retention, parse_body
 from wire.canonical import canonical
-from wire.errors import WireError
+from wire.errors import ProofError, WireError
 from wire.ledger import Entry, SignedCheckpoint, body_hash, make_entry
 
 log = logging.getLogger("timeclock.ledger")
@@ -182,6 +184,7 @@ class SQLStore(LedgerStore):
 
     ph = "?"
     db_errors: tuple[type[Exception], ...] = ()
+    tree_sql: tree.TreeSQL = tree.SQLITE_TREE
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -317,7 +320,8 @@ class SQLStore(LedgerStore):
                 raise self._fail(e, "creating tables failed") from e
 
     def _planner(self, cur: Any, now_us: int) -> _Append:
-        return _Append(cur, now_us, sql=self._sql, existing=self._existing)
+        return _Append(cur, now_us, sql=self._sql, existing=self._existing,
+                       tree_sql=self.tree_sql)
 
     # -- append ---------------------------------------------------------------------------
     def append(self, facts: Sequence[Fact], *, now_us: int) -> list[AppendResult]:
@@ -473,15 +477,94 @@ class SQLStore(LedgerStore):
             raise LedgerError(f"no quarantined message with id {qid}")
         return bytes(rows[0][0])
 
+    # -- the Merkle tree (DESIGN.md §8.1; collector.ledger.tree) -----------------------------
+    def tree_size(self) -> int:
+        """The number of leaves: the number of entries (the tree covers every one)."""
+        rows = self._q("SELECT e.idx, m.hash FROM entries e LEFT JOIN tc_merkle m "
+                       "ON m.level = 0 AND m.idx = e.idx ORDER BY e.idx DESC LIMIT 1")
+        if not rows:
+            return 0
+        if rows[0][1] is None:
+            raise LedgerError(f"the Merkle tree does not cover entry {rows[0][0]}: the node "
+                              f"table is incomplete (run `timeclock-collector migrate`)")
+        return int(rows[0][0]) + 1
+
+    def _tree_read(self, what: str, size: int, f: Callable[[merkle.HashReader], Any]) -> Any:
+        """``f`` over the stored nodes: one query (wire.merkle reads every node at once)."""
+        with self._lock:
+            self._ensure_connected()
+            try:
+                with self._read() as cur:
+                    try:
+                        return f(tree.CursorReader(cur, self.tree_sql))
+                    except ProofError as e:
+                        # Beyond the tree is the caller's mistake; a node missing inside it
+                        # is the store's (an incomplete or damaged node table).
+                        leaves = tree.tree_leaves(cur)
+                        if size > leaves:
+                            raise LedgerError(f"{what}: size {size} is beyond the tree, "
+                                              f"which has {leaves} leaves") from e
+                        raise LedgerError(f"{what}: {e}") from e
+            except self.db_errors as e:
+                raise self._fail(e, f"{what} failed") from e
+
+    def merkle_root(self, size: int) -> bytes:
+        """MTH of the first ``size`` entries (popcount(size) stored nodes)."""
+        if not isinstance(size, int) or size < 0:
+            raise LedgerError(f"tree size must be an integer ≥ 0, got {size!r}")
+        out: bytes = self._tree_read(f"Merkle root of size {size}", size,
+                                     lambda r: merkle.root(r, size))
+        return out
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of leaf (entry) ``index`` in the tree of ``size``."""
+        out: list[bytes] = self._tree_read(
+            f"inclusion proof of leaf {index} in size {size}", size,
+            lambda r: merkle.inclusion_proof(r, index, size))
+        return out
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 9162 consistency proof from the tree of ``old_size`` to ``new_size``; the
+        sizes must not exceed the tree (an empty proof is only for 0 or equal sizes)."""
+        if isinstance(new_size, int) and new_size > 0 and old_size in (0, new_size):
+            self.leaf_hash(new_size - 1)     # still refuse a size beyond the tree
+        out: list[bytes] = self._tree_read(
+            f"consistency proof from size {old_size} to {new_size}", new_size,
+            lambda r: merkle.consistency_proof(r, old_size, new_size))
+        return out
+
+    def leaf_hash(self, index: int) -> bytes:
+        """The stored leaf hash of entry ``index``."""
+        if not isinstance(index, int) or index < 0:
+            raise LedgerError(f"leaf index must be an integer ≥ 0, got {index!r}")
+        out: list[bytes] = self._tree_read(f"leaf {index}", index + 1,
+                                           lambda r: r.get_nodes([(0, index)]))
+        return out[0]
+
+    def check_tree(self, start: int = 0, stop: int | None = None) -> tree.TreeCheck:
+        """Recompute the tree's nodes for leaves ``start`` … ``stop`` − 1 (default: to the
+        end) from the entry rows and compare them with the stored nodes (for ``verify
+        --full``: an edited node table is a finding, never a silent wrong proof)."""
+        with self._lock:
+            self._ensure_connected()
+            try:
+                with self._read() as cur:
+                    end = tree.entry_count(cur) if stop is None else stop
+                    return tree.check(cur, self.tree_sql, start, end)
+            except self.db_errors as e:
+                raise self._fail(e, "checking the Merkle tree failed") from e
+
 
 class _Append:
     """One append transaction: plan rows in memory, then insert them in a few executemany."""
 
     def __init__(self, cur: Any, now_us: int, *, sql: Callable[[str], str],
                  existing: Callable[[Any, set[tuple[str, int]]],
-                                    dict[tuple[str, int], tuple[str, int]]]) -> None:
+                                    dict[tuple[str, int], tuple[str, int]]],
+                 tree_sql: tree.TreeSQL = tree.SQLITE_TREE) -> None:
         self.sql = sql              # the store's placeholder translation
         self.existing = existing    # the store's (device, seq) lookup
+        self.tree_sql = tree_sql    # the store's node table statements
         self.cur = cur
         cur.execute("SELECT idx, hash, at FROM entries ORDER BY idx DESC LIMIT 1")
         row = cur.fetchone()
@@ -489,7 +572,9 @@ class _Append:
         self.prev = ZERO_HASH if row is None else str(row[1])
         # The clock may step back (NTP, VM migration): never record an earlier time.
         self.at = now_us if row is None else max(now_us, int(row[2]))
+        self.start = self.size
         self.entries: list[tuple[int, str, int, str, str, str]] = []
+        self.leaves: list[bytes] = []   # Merkle leaf hash of each entry, same order
         self.bodies: list[tuple[int, bytes]] = []
         self.punches: list[tuple[Any, ...]] = []
         self.quarantine: list[tuple[Any, ...]] = []
@@ -501,7 +586,10 @@ class _Append:
     def _entry(self, kind: str, body: bytes) -> int:
         idx = self.size
         e = make_entry(idx=idx, kind=kind, at=self.at, body=body, prev=self.prev)
-        h = e.hash()
+        # One serialisation for both: the entry hash and the Merkle leaf hash the same bytes.
+        data = merkle.entry_leaf_data(e)
+        h = hashlib.sha256(data).hexdigest()
+        self.leaves.append(merkle.leaf_hash(data))
         self.entries.append((idx, kind, self.at, e.body, e.prev, h))
         self.bodies.append((idx, body))
         self.prev = h
@@ -658,6 +746,14 @@ class _Append:
     def _flush(self) -> None:
         c, q = self.cur, self.sql
         if self.entries:
+            # The nodes first: the schema refuses an entry whose leaf is not stored yet.
+            try:
+                nodes = merkle.append_nodes(tree.CursorReader(c, self.tree_sql), self.start,
+                                            self.leaves)
+            except ProofError as e:
+                raise LedgerError(f"the Merkle tree cannot grow from size {self.start}: {e} "
+                                  f"(run `timeclock-collector migrate`)") from e
+            self.tree_sql.insert(c, nodes)
             c.executemany(q("INSERT INTO entries (idx, kind, at, body, prev, hash) "
                             "VALUES (?, ?, ?, ?, ?, ?)"), self.entries)
             c.executemany(q("INSERT INTO bodies (idx, body) VALUES (?, ?)"), self.bodies)

@@ -5,6 +5,12 @@ sent after ``append`` is honest), ``BEGIN IMMEDIATE`` per append: it takes the d
 write lock before reading the chain head, so concurrent appenders from other processes
 queue up and the chain stays one chain. Append-only is enforced by the schema's triggers.
 
+A version 1 file (no Merkle tree) is upgraded when it is opened, in one ``BEGIN IMMEDIATE``
+transaction: the node table and its triggers are created, the tree is built from the entries
+(collector.ledger.tree.build, streaming) and ``meta.schema`` becomes 2; a crash during it
+leaves the file at version 1, and a second process opening it meanwhile waits for the lock
+and finds version 2.
+
 A write lock held by another process beyond ``busy_timeout``, an I/O error, a full disk or a
 file that cannot be opened makes the store unavailable (LedgerUnavailableError), not a failure
 of the facts: the caller retries after :meth:`SQLStore.reconnect`, which opens the file anew,
@@ -13,15 +19,20 @@ and gives up after its own limit (the collector's ``[ledger] outage_max_s``).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from collector import LedgerError, LedgerUnavailableError
-from collector.ledger.schema_sqlite import SCHEMA, SCHEMA_VERSION
+from collector.ledger import tree
+from collector.ledger.schema_sqlite import SCHEMA, SCHEMA_VERSION, TREE_DDL
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
+
+log = logging.getLogger("timeclock.ledger")
 
 BUSY_TIMEOUT_MS = 30_000
 _IN_CHUNK = 500   # seqs per IN (...) list; SQLite allows ≥ 999 parameters
@@ -64,6 +75,12 @@ class SQLiteStore(SQLStore):
             if row is None:
                 self._conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
                 row = self._schema_version()
+            elif int(row[0]) == 1:
+                self._upgrade_v1()
+                row = self._schema_version()
+        except LedgerError:
+            self._conn.close()
+            raise
         except sqlite3.Error as e:
             self._conn.close()
             raise LedgerError(f"{self.path}: cannot create or read the ledger schema: {e}") from e
@@ -71,6 +88,30 @@ class SQLiteStore(SQLStore):
             self._conn.close()
             raise LedgerError(f"{self.path}: ledger schema version {row and row[0]} is not "
                               f"{SCHEMA_VERSION}; this collector cannot use it")
+
+    def _upgrade_v1(self) -> None:
+        """Version 1 → 2: the node table, its triggers and the tree of every entry, at once."""
+        t0 = time.monotonic()
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._schema_version()      # another process may have upgraded meanwhile
+            if row is not None and int(row[0]) == 1:
+                for stmt in TREE_DDL:
+                    cur.execute(stmt)
+                leaves = tree.build(cur, tree.SQLITE_TREE)
+                cur.execute("UPDATE meta SET value = ? WHERE key = 'schema'",
+                            (str(SCHEMA_VERSION),))
+                log.warning("%s: ledger schema upgraded from version 1 to %d: Merkle tree of "
+                            "%d entries built in %.1f s", self.path, SCHEMA_VERSION, leaves,
+                            time.monotonic() - t0)
+        except BaseException:
+            self._conn.rollback()
+            raise
+        else:
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
 
     def _unavailable(self, e: Exception) -> bool:
         code = getattr(e, "sqlite_errorcode", None)

@@ -1,0 +1,293 @@
+"""The ledger's Merkle tree in the store (DESIGN.md §8.1; docs/protocol.md §12.2, §13.1).
+
+The node table ``tc_merkle (level, idx) -> hash`` holds every *complete* subtree of the tree
+over the entries (wire.merkle's storage): level 0 the leaf hashes, (L, k) the hash of leaves
+k·2**L … (k+1)·2**L − 1. Invariants, kept by the database and not only by this code:
+- the table is append-only like ``entries`` (triggers refuse UPDATE/DELETE; on PostgreSQL the
+  app role may only INSERT and SELECT);
+- an entry is inserted only after its leaf (a trigger on ``entries``), and the append writes
+  the new nodes in its own transaction, so the tree always covers every committed entry and a
+  crash leaves both or neither;
+- a node never changes once written (its last leaf is appended), so a proof read at any time
+  for a size up to the stored size is final.
+
+This module holds the SQL of the node table for both dialects (:class:`TreeSQL`), the leaf of
+an entry row, the streaming tree build of ``migrate`` (:func:`build`) and the recomputation
+the store audit runs (:func:`check`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector import LedgerError
+from wire.errors import ProofError
+from wire.ledger import KINDS, LEDGER_DOMAIN
+from wire.merkle import Address, Node, append_nodes, frontier, leaf_hash
+
+BUILD_BATCH = 20_000   # entries read, hashed and their nodes inserted per step of a build
+CHECK_BATCH = 20_000
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_INT = 2**53 - 1
+_ENTRY_PAGE = ("SELECT idx, kind, at, body, prev, hash FROM entries WHERE idx >= ? AND idx < ? "
+               "ORDER BY idx")
+
+
+def row_leaf_data(idx: Any, kind: Any, at: Any, body: Any, prev: Any) -> bytes:
+    """The leaf data of a stored entry row: ``LEDGER_DOMAIN + canonical(entry)``.
+
+    Built directly from the validated fields (the canonical form of an entry whose kind is one
+    of wire.ledger.KINDS and whose hashes are lowercase hex needs no escaping, keys in sorted
+    order), which is what makes a 1M-entry build fast; tests check it equals
+    ``wire.merkle.entry_leaf_data`` of the same Entry. A row that is not a valid entry is a
+    LedgerError: no leaf is made for it.
+    """
+    if type(idx) is not int or type(at) is not int or not 0 <= idx <= _MAX_INT \
+            or not 0 <= at <= _MAX_INT or kind not in KINDS \
+            or not isinstance(body, str) or not _HEX64.fullmatch(body) \
+            or not isinstance(prev, str) or not _HEX64.fullmatch(prev):
+        raise LedgerError(f"entry row {idx!r} is not a valid entry: no Merkle leaf for it")
+    return LEDGER_DOMAIN + (f'{{"at":{at},"body":"{body}","idx":{idx},"kind":"{kind}",'
+                            f'"prev":"{prev}","v":1}}').encode("ascii")
+
+
+class TreeSQL:
+    """The node table's statements in one dialect (SQLite: ``?``, row values)."""
+
+    ph = "?"
+
+    def select(self, cur: Any, addresses: Sequence[Address]) -> dict[Address, bytes]:
+        """{(level, idx): hash} of those of ``addresses`` that are stored (one query)."""
+        if not addresses:
+            return {}
+        marks = ",".join(["(?, ?)"] * len(addresses))
+        cur.execute(f"SELECT level, idx, hash FROM tc_merkle WHERE (level, idx) IN "  # noqa: S608 - only ? placeholders are formatted in
+                    f"(VALUES {marks})", [v for a in addresses for v in a])
+        return {(int(lv), int(i)): bytes(h) for lv, i, h in cur.fetchall()}
+
+    def insert(self, cur: Any, nodes: Sequence[Node]) -> None:
+        if nodes:
+            cur.executemany("INSERT INTO tc_merkle (level, idx, hash) VALUES (?, ?, ?)", nodes)
+
+    def sql(self, s: str) -> str:
+        return s if self.ph == "?" else s.replace("?", self.ph)
+
+
+class PgTreeSQL(TreeSQL):
+    """PostgreSQL: arrays through ``unnest``, so a statement's text never depends on a count
+    (one plan) and a batch of nodes is one INSERT."""
+
+    ph = "%s"
+
+    def select(self, cur: Any, addresses: Sequence[Address]) -> dict[Address, bytes]:
+        if not addresses:
+            return {}
+        cur.execute("SELECT m.level, m.idx, m.hash FROM tc_merkle m "
+                    "JOIN unnest(%s::int[], %s::bigint[]) AS q(level, idx) "
+                    "ON m.level = q.level AND m.idx = q.idx",
+                    ([a[0] for a in addresses], [a[1] for a in addresses]))
+        return {(int(lv), int(i)): bytes(h) for lv, i, h in cur.fetchall()}
+
+    def insert(self, cur: Any, nodes: Sequence[Node]) -> None:
+        if nodes:
+            cur.execute("INSERT INTO tc_merkle (level, idx, hash) "
+                        "SELECT * FROM unnest(%s::int[], %s::bigint[], %s::bytea[])",
+                        ([n[0] for n in nodes], [n[1] for n in nodes], [n[2] for n in nodes]))
+
+
+SQLITE_TREE = TreeSQL()
+PG_TREE = PgTreeSQL()
+
+
+class CursorReader:
+    """A wire.merkle.HashReader over the node table through one cursor (inside the caller's
+    transaction, so an append sees the nodes it is about to build on)."""
+
+    def __init__(self, cur: Any, dialect: TreeSQL) -> None:
+        self._cur = cur
+        self._dialect = dialect
+
+    def get_nodes(self, addresses: Sequence[Address]) -> list[bytes]:
+        found = self._dialect.select(self._cur, addresses)
+        missing = [a for a in addresses if a not in found]
+        if missing:
+            raise ProofError(f"the node table has no node at (level, index) {missing[0]}")
+        return [found[a] for a in addresses]
+
+
+class _Frontier:
+    """A HashReader holding only the compact range of a tree being recomputed in memory."""
+
+    def __init__(self, nodes: dict[Address, bytes]) -> None:
+        self.nodes = nodes
+
+    def get_nodes(self, addresses: Sequence[Address]) -> list[bytes]:
+        return [self.nodes[a] for a in addresses]
+
+    def advance(self, size: int, new: Sequence[Node]) -> None:
+        known = dict(self.nodes)
+        known.update(((lv, i), h) for lv, i, h in new)
+        self.nodes = {a: known[a] for a in frontier(size)}
+
+
+def _count(cur: Any, sql: str) -> int:
+    cur.execute(sql)
+    row = cur.fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def entry_count(cur: Any) -> int:
+    return _count(cur, "SELECT MAX(idx) + 1 FROM entries")
+
+
+def tree_leaves(cur: Any) -> int:
+    """How many leaves the node table holds (they are consecutive from 0)."""
+    return _count(cur, "SELECT MAX(idx) + 1 FROM tc_merkle WHERE level = 0")
+
+
+def _leaves(rows: Sequence[tuple[Any, ...]], expect_first: int) -> list[bytes]:
+    out: list[bytes] = []
+    for n, (idx, kind, at, body, prev, h) in enumerate(rows):
+        if int(idx) != expect_first + n:
+            raise LedgerError(f"entry {expect_first + n} is missing (next row is idx {idx}): "
+                              f"the ledger is not a chain; run `timeclock-collector verify`")
+        data = row_leaf_data(int(idx), kind, int(at), body, prev)
+        if hashlib.sha256(data).hexdigest() != h:
+            raise LedgerError(f"entry {idx}'s stored hash is not the hash of its row: no tree "
+                              f"is built over a tampered ledger; run `timeclock-collector "
+                              f"verify --full`")
+        out.append(leaf_hash(data))
+    return out
+
+
+def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
+          progress: Callable[[int, int], None] | None = None) -> int:
+    """Add the nodes of every entry the node table does not cover yet, inside the caller's
+    write transaction (which holds the chain lock), streaming ``batch`` entries at a time;
+    returns how many leaves were added. Each entry's stored hash is checked against its row
+    on the way (a tree is never built over an entry that fails its own hash)."""
+    q = dialect.sql
+    size = tree_leaves(cur)
+    total = entry_count(cur)
+    reader = CursorReader(cur, dialect)
+    start = size
+    while size < total:
+        stop = min(total, size + batch)
+        cur.execute(q(_ENTRY_PAGE), (size, stop))
+        leaves = _leaves(cur.fetchall(), size)
+        if not leaves:
+            raise LedgerError(f"entry {size} is missing: the ledger is not a chain")
+        try:
+            nodes = append_nodes(reader, size, leaves)
+        except ProofError as e:
+            raise LedgerError(f"the node table is incomplete below leaf {size}: {e}") from e
+        dialect.insert(cur, nodes)
+        size += len(leaves)
+        if progress is not None:
+            progress(size, total)
+    return size - start
+
+
+@dataclass(frozen=True, slots=True)
+class TreeFinding:
+    """One stored node that is missing, extra or not what the entries give."""
+
+    level: int
+    index: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TreeCheck:
+    """What :func:`check` found over leaves ``start`` … ``stop`` − 1."""
+
+    start: int
+    stop: int
+    nodes_checked: int
+    findings: tuple[TreeFinding, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def first_leaf(self) -> int | None:
+        """The first leaf index whose tree position is wrong (where to look), or None."""
+        if not self.findings:
+            return None
+        return min(f.index << f.level for f in self.findings)
+
+
+def _stored_range(cur: Any, dialect: TreeSQL, first: int, last: int
+                  ) -> Iterator[tuple[Address, bytes]]:
+    """Stored nodes whose last leaf lies in first … last (one range query per level)."""
+    level = 0
+    while (1 << level) <= last + 1:
+        lo = ((first + (1 << level)) >> level) - 1     # ceil((first + 1) / 2**level) − 1
+        hi = ((last + 1) >> level) - 1
+        if lo <= hi:
+            cur.execute(dialect.sql("SELECT idx, hash FROM tc_merkle WHERE level = ? "
+                                    "AND idx >= ? AND idx <= ?"), (level, lo, hi))
+            for i, h in cur.fetchall():
+                yield (level, int(i)), bytes(h)
+        level += 1
+
+
+def check(cur: Any, dialect: TreeSQL, start: int, stop: int, *,
+          batch: int = CHECK_BATCH, max_findings: int = 100) -> TreeCheck:
+    """Recompute the nodes whose last leaf is in ``start`` … ``stop`` − 1 from the entry rows
+    and compare them with the stored ones; also count the whole table when ``stop`` is the
+    ledger's size (a node planted beyond the tree is a finding).
+
+    The stored compact range at ``start`` (popcount(start) nodes) is the trusted base, as a
+    resumed audit trusts what it verified before; ``start`` = 0 checks everything.
+    """
+    q = dialect.sql
+    findings: list[TreeFinding] = []
+    total = entry_count(cur)
+    if not 0 <= start <= stop <= total:
+        raise LedgerError(f"tree check range {start}…{stop} is outside the ledger's "
+                          f"0…{total}")
+    try:
+        base = dict(zip(frontier(start), CursorReader(cur, dialect).get_nodes(frontier(start)),
+                        strict=True))
+    except ProofError as e:
+        return TreeCheck(start, stop, 0, (TreeFinding(0, start, f"base of the check: {e}"),))
+    tree = _Frontier(base)
+    size, checked = start, 0
+    while size < stop and len(findings) < max_findings:
+        end = min(stop, size + batch)
+        cur.execute(q(_ENTRY_PAGE), (size, end))
+        rows = cur.fetchall()
+        leaves: list[bytes] = []
+        for n, (idx, kind, at, body, prev, _h) in enumerate(rows):
+            if int(idx) != size + n:
+                raise LedgerError(f"entry {size + n} is missing: the ledger is not a chain")
+            try:
+                leaves.append(leaf_hash(row_leaf_data(int(idx), kind, int(at), body, prev)))
+            except LedgerError as e:
+                raise LedgerError(f"tree check: {e}") from e
+        expected = append_nodes(tree, size, leaves)
+        stored = dict(_stored_range(cur, dialect, size, end - 1))
+        for lv, i, h in expected:
+            got = stored.get((lv, i))
+            if got is None:
+                findings.append(TreeFinding(lv, i, "node missing from the node table"))
+            elif got != h:
+                findings.append(TreeFinding(
+                    lv, i, f"stored node is {got.hex()[:16]}…, the entries give "
+                           f"{h.hex()[:16]}…"))
+        checked += len(expected)
+        tree.advance(end, expected)
+        size = end
+    if stop == total and not findings:
+        have = _count(cur, "SELECT COUNT(*) FROM tc_merkle")
+        want = 2 * total - bin(total).count("1")
+        if have != want:
+            findings.append(TreeFinding(0, total, f"the node table holds {have} nodes; a tree "
+                                                  f"of {total} leaves has {want}"))
+    return TreeCheck(start, stop, checked, tuple(findings[:max_findings]))
