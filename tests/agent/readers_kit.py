@@ -1,7 +1,9 @@
 """Test helpers for reader plugins: real pty "serial devices" that can be unplugged and
 replugged behind a stable path, a thread-safe tap sink, and a reader-in-a-thread context.
 
-Waits are conditions with deadlines, never fixed sleeps.
+Waits are conditions with deadlines, never fixed sleeps. ``DEADLINE_S`` is generous on purpose:
+a condition that already holds returns at once, so it costs nothing on a fast machine and keeps
+a busy one green. Polling (state with no condition to wait on) goes through tests.polling.
 """
 
 from __future__ import annotations
@@ -12,24 +14,17 @@ import os
 import struct
 import termios
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from agent.readers.base import Reader, ReaderState, Tap
+from tests.polling import wait_for
 
-DEADLINE_S = 10.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = DEADLINE_S,
-               interval_s: float = 0.005) -> bool:
-    """Poll ``predicate`` until it holds or the deadline passes (for state with no condition)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
+DEADLINE_S = 60.0
+# A reader must stop within this after stop is set: the bound IS the property (stop interrupts
+# a reopen backoff instead of waiting it out), so it stays below the 5 s backoffs the tests set
+# (and far below the 600 s of test_stop_returns_promptly_during_a_long_backoff).
+STOP_WITHIN_S = 4.0
 
 
 class PtyPort:
@@ -74,8 +69,9 @@ class PtyPort:
         buf = fcntl.ioctl(self._probe, termios.FIONREAD, struct.pack("i", 0))
         return int(struct.unpack("i", buf)[0])
 
-    def wait_drained(self, timeout_s: float = DEADLINE_S) -> bool:
-        return wait_until(lambda: self.unread() == 0, timeout_s)
+    def wait_drained(self, timeout_s: float = DEADLINE_S) -> None:
+        """Wait until the reader has read every byte written (fails the test at the deadline)."""
+        wait_for(lambda: self.unread() == 0, timeout_s, f"the reader to drain {self.link.name}")
 
     def close(self) -> None:
         self.unplug()
@@ -114,8 +110,9 @@ def running(reader: Reader, emit: Callable[[Tap], None]) -> Iterator[threading.E
         yield stop
     finally:
         stop.set()
-        thread.join(timeout=2.0)
-        assert not thread.is_alive(), f"reader {reader.name} did not stop within 2 s"
+        thread.join(timeout=STOP_WITHIN_S)
+        assert not thread.is_alive(), \
+            f"reader {reader.name} did not stop within {STOP_WITHIN_S:g} s"
         assert reader.state.status == "closed"
 
 

@@ -3,7 +3,9 @@ service's wiring points (publisher, watchdog only while healthy)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import stat
@@ -22,20 +24,16 @@ from agent.cli import main
 from agent.config import AgentConfig, load_config
 from agent.queue import Outbox
 from agent.service import AgentService, StatusFn
+from tests.polling import wait_for
 from wire.keys import load_signing_key
 from wire.sdnotify import Notifier
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(60)
+# Deadlines are generous (a condition that holds returns at once); the hang guard is above them.
+pytestmark = pytest.mark.timeout(300)
 DEVICE = "clock-0017"
-
-
-def wait_for(pred: Any, timeout_s: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+START_S = 120.0   # a `python -m agent.cli run` start-up, up to its first notification
+WAIT_S = 60.0     # anything else a running agent is awaited to do
 
 
 @pytest.fixture
@@ -163,9 +161,37 @@ class NotifySocket:
                 break
         return self.messages
 
-    def wait_for(self, text: str, *, since: int = 0, timeout_s: float = 15.0) -> None:
+    def wait_for(self, text: str, *, since: int = 0, timeout_s: float = WAIT_S) -> None:
         """Wait for a message containing ``text`` among those after index ``since``."""
         wait_for(lambda: any(text in m for m in self.collect()[since:]), timeout_s, repr(text))
+
+    @contextlib.contextmanager
+    def mark_on_log(self, text: str) -> Iterator[str]:
+        """While active, the thread that logs a record containing ``text`` also sends
+        ``MARK=<text>`` to this socket, at that instant. Its pings and the mark then arrive in
+        the order it made them, so "no WATCHDOG=1 after it decided" is read from the stream,
+        not guessed from a sleep. Yields the mark (see :meth:`after`)."""
+        mark = f"MARK={text}"
+        address = self.sock.getsockname()
+
+        class Marker(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if text in record.getMessage():
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                        s.sendto(mark.encode(), address)
+
+        handler = Marker()
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield mark
+        finally:
+            root.removeHandler(handler)
+
+    def after(self, mark: str) -> list[str]:
+        """The messages received after ``mark`` (waits for the mark itself first)."""
+        self.wait_for(mark)
+        return self.messages[self.messages.index(mark) + 1:]
 
     def close(self) -> None:
         self.sock.close()
@@ -218,12 +244,12 @@ def test_run_under_notify_socket_status_while_running_and_clean_sigterm(
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        notify_path.wait_for("READY=1")
+        notify_path.wait_for("READY=1", timeout_s=START_S)
         notify_path.wait_for("WATCHDOG=1")
         config = load_config(cfg)
         wait_for(lambda: config.status.path.exists()
                  and json.loads(config.status.path.read_text())["queue"]["depth"] >= 3,
-                 what="3 punches in the status file")
+                 WAIT_S, "3 punches in the status file")
         assert main(["status", "--config", str(cfg)]) == 0
         out = capsys.readouterr().out
         assert "agent:         running" in out
@@ -237,7 +263,7 @@ def test_run_under_notify_socket_status_while_running_and_clean_sigterm(
         assert snap["readers"]["front"]["taps"] >= 3
         assert "0012345678" not in json.dumps(snap)
         proc.terminate()
-        _, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=WAIT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -335,25 +361,29 @@ def test_service_wires_publisher_and_feeds_watchdog_only_while_healthy(
     t.start()
     try:
         pub = made[0]
-        wait_for(lambda: pub.wakes >= 3, what="publisher woken after commits")
+        wait_for(lambda: pub.wakes >= 3, WAIT_S, "publisher woken after commits")
         assert pub.events == ["start"]
         snap = pub.status_fn()
         assert snap["publisher"]["last_receipt_us"] == 123
         assert snap["online"] is True
         notify_path.wait_for("WATCHDOG=1")
-        pub.is_healthy = False
-        time.sleep(0.3)  # an in-flight tick may still ping; the absence is measured after it
-        notify_path.collect()
-        n = len(notify_path.messages)
-        # Four watchdog periods pass without a ping while the publisher is unhealthy.
+        with notify_path.mark_on_log("withholding the watchdog ping") as mark:
+            pub.is_healthy = False
+            # The mark is sent by the supervisor's tick that saw the publisher unhealthy: pings
+            # of earlier ticks come before it, and none may come after it.
+            notify_path.after(mark)
+        # Four watchdog periods (0.1 s) watched for a ping while the publisher is unhealthy.
+        # The window is the property, and short on purpose: a slow machine may tick less often
+        # in it (fewer chances to ping wrongly), never ping because it is slow.
         deadline = time.monotonic() + 0.4
         while time.monotonic() < deadline:
             notify_path.collect()
-        assert "WATCHDOG=1" not in notify_path.messages[n:]
+        assert "WATCHDOG=1" not in notify_path.after(mark)
+        since = len(notify_path.messages)
         pub.is_healthy = True
-        notify_path.wait_for("WATCHDOG=1", since=len(notify_path.messages))
+        notify_path.wait_for("WATCHDOG=1", since=since)
     finally:
         stop.set()
-        t.join(timeout=15)
+        t.join(timeout=WAIT_S)
     assert pub.events == ["start", "stop"]
     assert json.loads(config.status.path.read_text())["state"] == "stopped"

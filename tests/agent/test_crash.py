@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEVICE = "clock-crash"
 KILLS = 50
 RECORDED_RE = re.compile(r"recorded seq=(\d+) ")
-pytestmark = pytest.mark.timeout(120)
+START_S = 120.0   # a `python -m agent.cli run` start-up, up to its first recorded punch
+# 50 process starts: a hang guard well above what a busy machine needs, not a speed bound.
+pytestmark = pytest.mark.timeout(600)
 
 
 class AgentProcess:
@@ -57,8 +59,8 @@ class AgentProcess:
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._t.join(timeout=10)  # EOF: every line written before the kill is read
+        self.proc.wait(timeout=60)
+        self._t.join(timeout=60)  # EOF: every line written before the kill is read
 
 
 @pytest.mark.subprocess
@@ -84,10 +86,12 @@ debounce_s = 0
     rng = random.Random(20251126)  # noqa: S311 -- kill timing, not security
     reported: list[int] = []
     started = time.monotonic()
+    # Each run waits for its own first "recorded" line before its kill: the faults never
+    # outrun the work, however slow the machine.
     for i in range(KILLS):
         agent = AgentProcess(config)
         try:
-            if not agent.first.wait(timeout=20):
+            if not agent.first.wait(timeout=START_S):
                 agent.kill()
                 raise AssertionError(f"run {i}: no 'recorded' line; stderr:\n"
                                      + "".join(agent.lines[-20:]))
@@ -116,5 +120,5 @@ debounce_s = 0
     for p in punches:
         p.verify(sk.verify_key)
     assert len(reported) >= KILLS
+    # How long 50 start/kill cycles take is the machine's speed, not crash safety: reported only.
     print(f"{KILLS} kills, {len(reported)} reported, {last} in queue, {elapsed:.1f}s")
-    assert elapsed < 60, f"{KILLS} kill cycles took {elapsed:.1f}s"

@@ -23,13 +23,16 @@ from agent.queue import Outbox
 from agent.readers.base import CommonOptions, Emit
 from agent.readers.simulated import SimulatedReader
 from agent.service import AgentService, StatusFn
-from tests.agent.receipt_kit import DEVICE, settings, wait
-from tests.agent.test_cli import NotifySocket
+from tests.agent.receipt_kit import DEVICE, ROUND_TRIP_S, settings
+from tests.agent.test_cli import WAIT_S, NotifySocket
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.polling import wait_for
 from wire.keys import SigningKey, save_signing_key
 from wire.sdnotify import Notifier
 
-pytestmark = pytest.mark.timeout(60)
+# Deadlines are generous (a condition that holds returns at once); the hang guard is above them.
+pytestmark = pytest.mark.timeout(300)
+DIED = "no more watchdog pings"   # logged by the supervisor's tick that saw a thread dead
 
 
 @pytest.mark.parametrize(("threads", "kw", "ok", "dead", "problem"), [
@@ -112,16 +115,18 @@ def test_a_dead_reader_thread_stops_the_watchdog_and_the_agent_exits(
         tmp_path: Path, notify: NotifySocket, caplog: pytest.LogCaptureFixture) -> None:
     reader = MortalReader()
     service = AgentService(_config(tmp_path), notifier=_notifier(tmp_path), readers=[reader])
-    t, rc = _run(service)
-    notify.wait_for("WATCHDOG=1")
-    assert service.health().ok is True
-    reader.die.set()
-    service._threads[0].join(10)  # noqa: SLF001 -- the reader thread, now dead
-    assert service.health().dead_threads == ("reader-front",)
-    n = len(notify.collect())     # a ping decided before the death has arrived by now
-    t.join(15)
-    assert rc == [1]
-    assert "WATCHDOG=1" not in notify.collect()[n:]
+    with notify.mark_on_log(DIED) as mark:
+        t, rc = _run(service)
+        notify.wait_for("WATCHDOG=1")
+        assert service.health().ok is True
+        reader.die.set()
+        service._threads[0].join(WAIT_S)  # noqa: SLF001 -- the reader thread, now dead
+        assert service.health().dead_threads == ("reader-front",)
+        t.join(WAIT_S)
+        assert rc == [1]
+        # A tick that decided before the death may still have pinged; the one that saw it and
+        # everything after it must not (the mark is sent by that tick, in stream order).
+        assert "WATCHDOG=1" not in notify.after(mark)
     assert "thread(s) died: reader-front; no more watchdog pings" in caplog.text
 
 
@@ -163,14 +168,14 @@ def test_a_dead_publisher_thread_stops_the_watchdog_and_the_agent_exits(
 
     service = AgentService(_config(tmp_path), notifier=_notifier(tmp_path),
                            publisher_factory=factory)
-    t, rc = _run(service)
-    notify.wait_for("WATCHDOG=1")
-    pub.die.set()
-    pub.net.join(10)
-    n = len(notify.collect())
-    t.join(15)
-    assert rc == [1]
-    assert "WATCHDOG=1" not in notify.collect()[n:]
+    with notify.mark_on_log(DIED) as mark:
+        t, rc = _run(service)
+        notify.wait_for("WATCHDOG=1")
+        pub.die.set()
+        pub.net.join(WAIT_S)
+        t.join(WAIT_S)
+        assert rc == [1]
+        assert "WATCHDOG=1" not in notify.after(mark)
     assert "thread(s) died: mqtt-network" in caplog.text
 
 
@@ -185,7 +190,7 @@ def test_publisher_reports_its_network_thread_dead(
     pub = Publisher(outbox, DEVICE, log_key=log_key.verify_key, settings=settings(broker))
     pub.start()
     try:
-        wait(lambda: pub.stats().connected, 10, "connection")
+        wait_for(lambda: pub.stats().connected, ROUND_TRIP_S, "connection")
         names = [t.name for t in pub.threads()]
         assert names == [f"publisher-{DEVICE}", f"paho-mqtt-client-{DEVICE}"]
         assert pub.healthy() is True
@@ -195,7 +200,7 @@ def test_publisher_reports_its_network_thread_dead(
 
         boom: Callable[..., Any] = broken_loop
         pub._client._loop = boom  # type: ignore[method-assign]  # noqa: SLF001
-        wait(lambda: not pub.threads()[1].is_alive(), 10, "the network thread to die")
+        wait_for(lambda: not pub.threads()[1].is_alive(), WAIT_S, "the network thread to die")
         assert pub.healthy() is False
         assert pub.threads()[0].is_alive(), "the sender still runs: it alone looked healthy"
         report = check_health({t.name: t.is_alive() for t in pub.threads()},

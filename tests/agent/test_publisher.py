@@ -28,18 +28,22 @@ from agent.publisher import (
     make_publisher,
 )
 from agent.queue import Outbox
-from tests.agent.receipt_kit import DEVICE, ReceiptStandin, record_n, settings, wait
+from tests.agent.receipt_kit import (
+    DEVICE,
+    DRAIN_S,
+    ROUND_TRIP_S,
+    ReceiptStandin,
+    record_n,
+    settings,
+)
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.polling import wait_for
 from wire import topics
 from wire.keys import SigningKey, save_signing_key
 from wire.punch import MAX_ENVELOPE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-
-
-
+START_S = 120.0   # a Python process start, then a connect: a busy machine is slow at both
 
 
 @pytest.fixture
@@ -66,10 +70,10 @@ def test_d4_live_punches_go_one_per_envelope_and_leave_on_receipt(
         outbox: Outbox, device_key: SigningKey, standin: ReceiptStandin,
         run_publisher: Callable[..., Publisher]) -> None:
     pub = run_publisher()
-    wait(lambda: pub.stats().connected, 10, "connection")
+    wait_for(lambda: pub.stats().connected, ROUND_TRIP_S, "connection")
     for n in range(1, 6):
         record_n(outbox, device_key, 1, pub.notify_new)
-        wait(lambda: outbox.depth() == 0, 10, f"receipt for punch {n}")
+        wait_for(lambda: outbox.depth() == 0, ROUND_TRIP_S, f"receipt for punch {n}")
     st = pub.stats()
     assert (st.receipted, st.receipts, st.bad_receipts, st.unsent_acks) == (5, 5, 0, 0)
     assert st.last_receipt_at is not None
@@ -83,7 +87,7 @@ def test_d4_backlog_goes_in_batches_within_limits(
         run_publisher: Callable[..., Publisher]) -> None:
     record_n(outbox, device_key, 1200)
     pub = run_publisher(batch_max=500)
-    wait(lambda: outbox.depth() == 0, 30, "the backlog to drain")
+    wait_for(lambda: outbox.depth() == 0, DRAIN_S, "the backlog to drain")
     assert [n for n, _ in standin.sizes] == [500, 500, 200]
     assert max(b for _, b in standin.sizes) <= MAX_ENVELOPE_BYTES
     assert standin.seqs_seen(DEVICE) == dict.fromkeys(range(1, 1201), 1)
@@ -96,12 +100,12 @@ def test_d4_receipt_signed_by_wrong_key_deletes_nothing(
     standin.forge_with = SigningKey.generate()
     record_n(outbox, device_key, 3)
     pub = run_publisher(resend_after_s=0.5)      # one envelope of 3, one forged receipt
-    wait(lambda: pub.stats().bad_receipts >= 1, 10, "the forged receipt")
+    wait_for(lambda: pub.stats().bad_receipts >= 1, ROUND_TRIP_S, "the forged receipt")
     assert outbox.depth() == 3
     assert pub.stats().receipted == 0
     # The collector's real receipts, once they come, still work: the punches were resent.
     standin.forge_with = None
-    wait(lambda: outbox.depth() == 0, 10, "a genuine receipt after resend")
+    wait_for(lambda: outbox.depth() == 0, ROUND_TRIP_S, "a genuine receipt after resend")
     assert pub.stats().resent_punches >= 3
 
 
@@ -112,8 +116,8 @@ def test_d4_receipt_acking_unsent_seqs_deletes_none_of_them(
     standin.extra_seqs = (3, 4, 5, 6, 99)     # seqs the agent has not published (yet/ever)
     standin.max_receipts = 1
     pub = run_publisher(batch_max=2, window_punches=2)
-    wait(lambda: pub.stats().receipts == 1, 10, "the first receipt")
-    wait(lambda: standin.envelopes >= 2, 10, "the next batch after the window freed")
+    wait_for(lambda: pub.stats().receipts == 1, ROUND_TRIP_S, "the first receipt")
+    wait_for(lambda: standin.envelopes >= 2, ROUND_TRIP_S, "the next batch after the window freed")
     st = pub.stats()
     assert st.receipted == 2
     assert st.unsent_acks == 5
@@ -127,7 +131,7 @@ def test_d4_receipt_for_another_device_is_ignored(
     standin.ack_device = "clock-0002"
     pub = run_publisher()
     record_n(outbox, device_key, 2, pub.notify_new)
-    wait(lambda: pub.stats().foreign_receipts >= 1, 10, "the foreign receipt")
+    wait_for(lambda: pub.stats().foreign_receipts >= 1, ROUND_TRIP_S, "the foreign receipt")
     assert outbox.depth() == 2
     assert pub.stats().receipted == 0
 
@@ -138,11 +142,16 @@ def test_d4_resend_after_timeout_when_first_receipt_is_lost(
     standin.drop_first = 1
     record_n(outbox, device_key, 3)
     pub = run_publisher(resend_after_s=0.5)      # one envelope of 3; its receipt is lost
-    wait(lambda: outbox.depth() == 0, 15, "delivery after the resend")
+    wait_for(lambda: outbox.depth() == 0, ROUND_TRIP_S, "delivery after the resend")
     assert standin.dropped == 1
-    assert standin.seqs_seen(DEVICE) == {1: 2, 2: 2, 3: 2}
+    # Resent at least once; on a busy machine a receipt can take longer than the 0.5 s timer,
+    # and then the envelope is (rightly) resent again: always whole, never seq by seq.
+    seen = standin.seqs_seen(DEVICE)
+    sends = seen[1]
+    assert sends >= 2
+    assert seen == {1: sends, 2: sends, 3: sends}
     st = pub.stats()
-    assert (st.resent_punches, st.receipted) == (3, 3)
+    assert (st.resent_punches, st.receipted) == (3 * (sends - 1), 3)
 
 
 def test_d3_broker_certificate_from_another_ca_is_refused(
@@ -151,7 +160,8 @@ def test_d3_broker_certificate_from_another_ca_is_refused(
                     settings=settings(broker, ca_file=broker.pki.foreign_ca_file))
     pub.start()
     try:
-        wait(lambda: pub.stats().connect_failures >= 2, 10, "two failed TLS handshakes")
+        wait_for(lambda: pub.stats().connect_failures >= 2, ROUND_TRIP_S,
+                 "two failed TLS handshakes")
         assert pub.stats().connects == 0
     finally:
         pub.stop()
@@ -161,11 +171,11 @@ def test_d4_reconnects_and_resumes_after_broker_restart(
         broker: MosquittoBroker, outbox: Outbox, device_key: SigningKey,
         standin: ReceiptStandin, run_publisher: Callable[..., Publisher]) -> None:
     pub = run_publisher()
-    wait(lambda: pub.stats().connected, 10, "connection")
+    wait_for(lambda: pub.stats().connected, ROUND_TRIP_S, "connection")
     broker.restart()
-    wait(lambda: pub.stats().connects >= 2, 10, "the reconnect")
+    wait_for(lambda: pub.stats().connects >= 2, ROUND_TRIP_S, "the reconnect")
     record_n(outbox, device_key, 4, pub.notify_new)
-    wait(lambda: outbox.depth() == 0, 15, "delivery after the restart")
+    wait_for(lambda: outbox.depth() == 0, ROUND_TRIP_S, "delivery after the restart")
 
 
 @pytest.mark.usefixtures("standin")
@@ -188,7 +198,7 @@ def test_make_publisher_wires_the_agent_config(
     pub.start()
     try:
         record_n(outbox, device_key, 2, pub.wake)
-        wait(lambda: outbox.depth() == 0, 10, "delivery")
+        wait_for(lambda: outbox.depth() == 0, ROUND_TRIP_S, "delivery")
         assert pub.healthy()
         state = pub.state()
         assert (state["status"], state["receipted"]) == ("connected", 2)
@@ -206,9 +216,9 @@ def test_status_is_retained_online_with_queue_and_health(
     record_n(outbox, device_key, 2)       # nobody acks: both stay queued
     pub = run_publisher(status=lambda: {"clock": "synced", "readers": {"front": "ok"},
                                          "version": "9.9.9", "pid": 1})
-    wait(lambda: pub.stats().sent_punches == 2, 10, "publishing")
+    wait_for(lambda: pub.stats().sent_punches == 2, ROUND_TRIP_S, "publishing")
     sub = broker.subscribe("collector.test", topics.status(DEVICE), client_id="status-reader")
-    msg = sub.get(5)
+    msg = sub.get(ROUND_TRIP_S)
     body = json.loads(msg.payload)
     assert msg.retain
     assert body["state"] == "online"
@@ -218,7 +228,8 @@ def test_status_is_retained_online_with_queue_and_health(
                                                                    "9.9.9")
     pub.stop()
     assert json.loads(sub.get_until(
-        lambda m: json.loads(m.payload)["state"] == "offline")[-1].payload)["reason"] == "stopped"
+        lambda m: json.loads(m.payload)["state"] == "offline", ROUND_TRIP_S)[-1].payload
+    )["reason"] == "stopped"
 
 
 _CHILD = r"""
@@ -251,17 +262,19 @@ def test_will_marks_the_clock_offline_when_its_process_is_killed(
     child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg)],
                              stdin=subprocess.PIPE)
     try:
-        online = sub.get_until(lambda m: json.loads(m.payload)["state"] == "online", 20)[-1]
+        online = sub.get_until(lambda m: json.loads(m.payload)["state"] == "online",
+                               START_S)[-1]
         assert json.loads(online.payload)["clock"] == "unsynced"
         child.kill()
-        child.wait(10)
-        will = sub.get_until(lambda m: json.loads(m.payload)["state"] == "offline", 10)[-1]
+        child.wait(ROUND_TRIP_S)
+        will = sub.get_until(lambda m: json.loads(m.payload)["state"] == "offline",
+                             ROUND_TRIP_S)[-1]
         assert json.loads(will.payload)["reason"] == "connection-lost"
     finally:
         child.kill()
-        child.wait(10)
+        child.wait(ROUND_TRIP_S)
     late = broker.subscribe("collector.test", topics.status(device), client_id="late-reader")
-    retained = late.get(5)
+    retained = late.get(ROUND_TRIP_S)
     assert retained.retain
     assert json.loads(retained.payload)["state"] == "offline"
 

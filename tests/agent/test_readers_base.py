@@ -16,7 +16,7 @@ from agent.errors import ConfigError
 from agent.readers import REGISTRY, Debouncer, Tap, build_reader
 from agent.readers.base import Session
 from agent.readers.simulated import SimulatedReader
-from tests.agent.readers_kit import TapSink, running, status_is
+from tests.agent.readers_kit import DEADLINE_S, TapSink, running, status_is
 
 
 def tap(cred: str = "em4100:0A00C0FFEE", t_s: float = 0.0, reader: str = "front") -> Tap:
@@ -171,14 +171,14 @@ def test_missing_device_is_retried_with_exponential_backoff_capped(
     reader = build_reader("gone", {"kind": "rdm6300", "port": str(tmp_path / "nothing"),
                                    "reopen_min_s": 0.01, "reopen_max_s": 0.04})
     with running(reader, TapSink()):
-        assert reader.wait_for(lambda s: s.detail.endswith("retry in 0.04s"), 10)
+        assert reader.wait_for(lambda s: s.detail.endswith("retry in 0.04s"), DEADLINE_S)
         state = reader.state
         assert state.status == "reopening"
         assert re.fullmatch(r"cannot open .*nothing: .*No such file or directory.*; "
                             r"retry in 0\.04s", state.detail)
         # Five failures: 0.01, 0.02, 0.04 (cap), 0.04, 0.04.
         # The log line is written before the state changes, so a notify means it is there.
-        assert reader.wait_for(lambda s: caplog.text.count("retry in") >= 5, 10)
+        assert reader.wait_for(lambda s: caplog.text.count("retry in") >= 5, DEADLINE_S)
     delays = re.findall(r"retry in ([0-9.]+)s", caplog.text)
     assert delays[:5] == ["0.01", "0.02", "0.04", "0.04", "0.04"]
     assert reader.state.reopens == 0
@@ -199,8 +199,8 @@ def test_a_failing_reader_does_not_affect_another(tmp_path: Path) -> None:
 def test_stop_returns_promptly_during_a_long_backoff(tmp_path: Path) -> None:
     reader = build_reader("slow", {"kind": "rdm6300", "port": str(tmp_path / "none"),
                                    "reopen_min_s": 600, "reopen_max_s": 600})
-    with running(reader, TapSink()):  # joins with a 2 s limit on exit
-        assert reader.wait_for(status_is("reopening"), 10)
+    with running(reader, TapSink()):  # on exit, joins within STOP_WITHIN_S
+        assert reader.wait_for(status_is("reopening"), DEADLINE_S)
 
 
 def test_emit_failure_is_visible_and_the_reader_keeps_reading() -> None:
@@ -216,7 +216,7 @@ def test_emit_failure_is_visible_and_the_reader_keeps_reading() -> None:
             raise OSError("disk full")
 
     with running(reader, emit):
-        assert reader.wait_for(lambda s: s.taps == 2, 10)
+        assert reader.wait_for(lambda s: s.taps == 2, DEADLINE_S)
         assert reader.state.status == "open"
     assert len(calls) == 3
 
@@ -229,7 +229,7 @@ def test_emit_failure_state_says_why() -> None:
         raise OSError("disk full")
 
     with running(reader, emit):
-        assert reader.wait_for(status_is("error"), 10)
+        assert reader.wait_for(status_is("error"), DEADLINE_S)
         assert reader.state.detail == "last tap not recorded: disk full"
         assert reader.state.taps == 0
 
@@ -253,7 +253,7 @@ def test_missing_hardware_library_is_an_error_state_not_a_crash() -> None:
     reader = _NoLibrary.from_config("nolib", {"kind": "simulated", "credentials": ["1"],
                                               "reopen_min_s": 5, "reopen_max_s": 5})
     with running(reader, TapSink()):
-        assert reader.wait_for(status_is("error"), 10)
+        assert reader.wait_for(status_is("error"), DEADLINE_S)
         assert reader.state.detail == ("hardware library missing: No module named 'serial'; "
                                        "retry in 5s")
 
@@ -263,7 +263,7 @@ def test_a_plugin_bug_is_logged_with_traceback_and_retried(
     reader = _Buggy.from_config("buggy", {"kind": "simulated", "credentials": ["1"],
                                           "reopen_min_s": 0.01, "reopen_max_s": 0.01})
     with running(reader, TapSink()):
-        assert reader.wait_for(lambda s: s.reopens >= 2, 10)
+        assert reader.wait_for(lambda s: s.reopens >= 2, DEADLINE_S)
         assert reader.state.status in {"error", "open"}
     assert "unexpected error while reading simulated badges every 5s: " \
            "ZeroDivisionError('division by zero')" in caplog.text

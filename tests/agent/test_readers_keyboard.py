@@ -18,7 +18,7 @@ from agent.errors import ConfigError
 from agent.readers import build_reader
 from agent.readers import keyboard as kb
 from agent.readers.keyboard import KeyboardReader, KeyboardSession, KeySequenceDecoder
-from tests.agent.readers_kit import TapSink, running, status_is
+from tests.agent.readers_kit import DEADLINE_S, TapSink, running, status_is
 
 CHAR_KEYS = {**{str(d): getattr(ecodes, f"KEY_{d}") for d in range(10)},
              **{c: getattr(ecodes, f"KEY_{c}") for c in "ABCDEF"}}
@@ -194,7 +194,7 @@ def test_missing_input_device_is_retried_with_reason(tmp_path: Path) -> None:
     r = build_reader("wedge", {"kind": "keyboard", "path": str(tmp_path / "event99"),
                                "reopen_min_s": 5, "reopen_max_s": 5})
     with running(r, TapSink()):
-        assert r.wait_for(status_is("reopening"), 10)
+        assert r.wait_for(status_is("reopening"), DEADLINE_S)
         assert "No such file or directory" in r.state.detail
 
 
@@ -202,7 +202,7 @@ def test_no_matching_input_device_is_retried_with_reason() -> None:
     r = build_reader("wedge", {"kind": "keyboard", "vendor_product": "ffff:0035",
                                "reopen_min_s": 5, "reopen_max_s": 5})
     with running(r, TapSink()):
-        assert r.wait_for(status_is("reopening"), 10)
+        assert r.wait_for(status_is("reopening"), DEADLINE_S)
         assert r.state.detail == ("cannot open input device ffff:0035: no readable input "
                                   "device ffff:0035 (plugged in? in group input?); retry in 5s")
 
@@ -272,14 +272,14 @@ def test_device_loop_reads_taps_counts_errors_and_reopens_after_unplug() -> None
     assert isinstance(reader, PipeKeyboard)
     sink = TapSink()
     with running(reader, sink):
-        assert reader.wait_for(status_is("open"), 10)
+        assert reader.wait_for(status_is("open"), DEADLINE_S)
         dev = reader.devices[0]
         dev.send(typed("0012345678", t0=0.0, step=0.0))
         assert sink.wait_count(1)
         dev.send([key(ecodes.KEY_9, 0.0)])  # a partial read, then nothing: expires as an error
-        assert reader.wait_for(lambda s: s.read_errors == 1, 10)
+        assert reader.wait_for(lambda s: s.read_errors == 1, DEADLINE_S)
         dev.unplug()
-        assert reader.wait_for(lambda s: s.reopens == 1 and s.status == "open", 10)
+        assert reader.wait_for(lambda s: s.reopens == 1 and s.status == "open", DEADLINE_S)
         assert dev.grabbed is False
         reader.devices[1].send(typed("77", t0=0.0, step=0.0))
         assert sink.wait_count(2)
@@ -298,7 +298,7 @@ def test_uinput_keyboard_is_grabbed_and_read() -> None:  # pragma: no cover - ne
                                         "name": "timeclock-test-wedge"})
         sink = TapSink()
         with running(reader, sink):
-            assert reader.wait_for(status_is("open"), 10)
+            assert reader.wait_for(status_is("open"), DEADLINE_S)
             for ch in "0A00C0FFEE":
                 ui.write(ecodes.EV_KEY, CHAR_KEYS[ch], 1)
                 ui.write(ecodes.EV_KEY, CHAR_KEYS[ch], 0)

@@ -10,7 +10,7 @@ import pytest
 from agent.errors import ConfigError
 from agent.readers import build_reader
 from agent.readers.rdm6300 import Em4100Parser, Rdm6300Reader, em4100_frame
-from tests.agent.readers_kit import PtyPort, TapSink, running, status_is
+from tests.agent.readers_kit import DEADLINE_S, PtyPort, TapSink, running, status_is
 
 CARD = "0A00C0FFEE"   # checksum 0A^00^C0^FF^EE = 0xDB
 CARD2 = "1234567890"  # checksum 12^34^56^78^90 = 0x98
@@ -125,7 +125,7 @@ def make_reader(port: PtyPort, **extra: object) -> Rdm6300Reader:
 def test_pty_good_frames_become_taps(port: PtyPort) -> None:
     reader, sink = make_reader(port, action="in"), TapSink()
     with running(reader, sink):
-        assert reader.wait_for(status_is("open"), 10)
+        assert reader.wait_for(status_is("open"), DEADLINE_S)
         port.write(em4100_frame(CARD) + em4100_frame(CARD2))
         assert sink.wait_count(2)
     assert [(t.reader, t.credential, t.action) for t in sink.taps] == [
@@ -139,10 +139,10 @@ def test_pty_frame_arriving_in_pieces(port: PtyPort) -> None:
     reader, sink = make_reader(port, frame_timeout_s=5.0), TapSink()
     frame = em4100_frame(CARD)
     with running(reader, sink):
-        assert reader.wait_for(status_is("open"), 10)
+        assert reader.wait_for(status_is("open"), DEADLINE_S)
         for piece in (frame[:1], frame[1:6], frame[6:13], frame[13:]):
             port.write(piece)
-            assert port.wait_drained()  # the reader consumed this piece on its own
+            port.wait_drained()  # the reader consumed this piece on its own
         assert sink.wait_count(1)
     assert sink.credentials == ["em4100:0A00C0FFEE"]
     assert reader.state.read_errors == 0
@@ -151,14 +151,14 @@ def test_pty_frame_arriving_in_pieces(port: PtyPort) -> None:
 def test_pty_bad_checksum_truncated_and_noise_are_errors_not_punches(port: PtyPort) -> None:
     reader, sink = make_reader(port), TapSink()
     with running(reader, sink):
-        assert reader.wait_for(status_is("open"), 10)
+        assert reader.wait_for(status_is("open"), DEADLINE_S)
         port.write(em4100_frame(CARD, checksum=0x00))        # bad checksum
         port.write(em4100_frame(CARD)[:7])                    # truncated by the next STX
         port.write(em4100_frame(CARD2))                       # good
         port.write(b"\x00\xffNOISE\r\n")                      # noise between frames
         port.write(em4100_frame(CARD))                        # resync: good
         assert sink.wait_count(2)
-        assert reader.wait_for(lambda s: s.read_errors == 3, 10)
+        assert reader.wait_for(lambda s: s.read_errors == 3, DEADLINE_S)
     assert sink.credentials == ["em4100:1234567890", "em4100:0A00C0FFEE"]
     assert reader.state.taps == 2
 
@@ -166,19 +166,19 @@ def test_pty_bad_checksum_truncated_and_noise_are_errors_not_punches(port: PtyPo
 def test_pty_truncated_frame_then_silence(port: PtyPort) -> None:
     reader, sink = make_reader(port, frame_timeout_s=0.05), TapSink()
     with running(reader, sink):
-        assert reader.wait_for(status_is("open"), 10)
+        assert reader.wait_for(status_is("open"), DEADLINE_S)
         port.write(em4100_frame(CARD)[:9])
-        assert reader.wait_for(lambda s: s.read_errors == 1, 10)
+        assert reader.wait_for(lambda s: s.read_errors == 1, DEADLINE_S)
     assert sink.taps == []
 
 
 def test_pty_repeated_frames_of_a_resting_card_are_one_punch(port: PtyPort) -> None:
     reader, sink = make_reader(port), TapSink()
     with running(reader, sink):
-        assert reader.wait_for(status_is("open"), 10)
+        assert reader.wait_for(status_is("open"), DEADLINE_S)
         port.write(em4100_frame(CARD) * 5 + em4100_frame(CARD2))
         assert sink.wait_count(2)
-        assert port.wait_drained()
+        port.wait_drained()
     assert sink.credentials == ["em4100:0A00C0FFEE", "em4100:1234567890"]
 
 
@@ -190,14 +190,14 @@ def test_pty_unplug_and_replug_reopens_with_backoff_and_resumes(tmp_path: Path) 
     sink = TapSink()
     try:
         with running(r_front, sink), running(r_back, sink):
-            assert r_front.wait_for(status_is("open"), 10)
-            assert r_back.wait_for(status_is("open"), 10)
+            assert r_front.wait_for(status_is("open"), DEADLINE_S)
+            assert r_back.wait_for(status_is("open"), DEADLINE_S)
             front.write(em4100_frame(CARD))
             assert sink.wait_count(1)
 
             front.unplug()  # the USB adapter is pulled
             assert r_front.wait_for(
-                lambda s: s.status == "reopening" and "cannot open" in s.detail, 10)
+                lambda s: s.status == "reopening" and "cannot open" in s.detail, DEADLINE_S)
             detail = r_front.state.detail
             assert "No such file or directory" in detail
             assert "retry in" in detail
@@ -208,7 +208,7 @@ def test_pty_unplug_and_replug_reopens_with_backoff_and_resumes(tmp_path: Path) 
             assert sink.taps[1].reader == "back"
 
             front.plug()  # plugged back: a new tty behind the same stable name
-            assert r_front.wait_for(lambda s: s.status == "open" and s.reopens == 1, 10)
+            assert r_front.wait_for(lambda s: s.status == "open" and s.reopens == 1, DEADLINE_S)
             front.write(em4100_frame(CARD2))
             assert sink.wait_count(3)
     finally:
@@ -224,9 +224,9 @@ def test_pty_unplug_and_replug_reopens_with_backoff_and_resumes(tmp_path: Path) 
 def test_pty_device_vanishing_while_open_is_reported(port: PtyPort) -> None:
     reader = make_reader(port, reopen_min_s=5, reopen_max_s=5)
     with running(reader, TapSink()):
-        assert reader.wait_for(status_is("open"), 10)
+        assert reader.wait_for(status_is("open"), DEADLINE_S)
         port.unplug()
-        assert reader.wait_for(status_is("reopening"), 10)
+        assert reader.wait_for(status_is("reopening"), DEADLINE_S)
         assert reader.state.detail.startswith(f"{port.link} vanished: ")
         assert reader.state.detail.endswith("; retry in 5s")
 
@@ -236,7 +236,7 @@ def test_pty_port_is_opened_exclusively(port: PtyPort) -> None:
     second = build_reader("second", {"kind": "rdm6300", "port": str(port.link),
                                      "reopen_min_s": 5, "reopen_max_s": 5})
     with running(first, TapSink()):
-        assert first.wait_for(status_is("open"), 10)
+        assert first.wait_for(status_is("open"), DEADLINE_S)
         with running(second, TapSink()):
-            assert second.wait_for(status_is("reopening"), 10)
+            assert second.wait_for(status_is("reopening"), DEADLINE_S)
             assert "cannot open" in second.state.detail

@@ -10,7 +10,7 @@ import pytest
 from agent.errors import ConfigError
 from agent.readers import build_reader
 from agent.readers.serial_line import LineParser, SerialLineReader
-from tests.agent.readers_kit import PtyPort, TapSink, running, status_is
+from tests.agent.readers_kit import DEADLINE_S, PtyPort, TapSink, running, status_is
 
 BASE = {"kind": "serial-line", "port": "/dev/ttyUSB0", "format": "wiegand26",
         "regex": "W26:([0-9]+)"}
@@ -133,14 +133,14 @@ def test_pty_lines_become_taps_and_bad_lines_errors(tmp_path: Path) -> None:
     sink = TapSink()
     try:
         with running(reader, sink):
-            assert reader.wait_for(status_is("open"), 10)
+            assert reader.wait_for(status_is("open"), DEADLINE_S)
             port.write(b"W26:00123\r\n")
             port.write(b"garbage\r\n")
             port.write(b"W2")
-            assert port.wait_drained()
+            port.wait_drained()
             port.write(b"6:456\r\n")
             assert sink.wait_count(2)
-            assert reader.wait_for(lambda s: s.read_errors == 1, 10)
+            assert reader.wait_for(lambda s: s.read_errors == 1, DEADLINE_S)
     finally:
         port.close()
     assert [(t.reader, t.credential, t.action) for t in sink.taps] == [
@@ -154,17 +154,17 @@ def test_pty_unplug_replug_resumes(tmp_path: Path) -> None:
     sink = TapSink()
     try:
         with running(reader, sink):
-            assert reader.wait_for(status_is("open"), 10)
+            assert reader.wait_for(status_is("open"), DEADLINE_S)
             port.write(b"W26:1\n")
             assert sink.wait_count(1)
             port.unplug()
-            assert reader.wait_for(lambda s: "cannot open" in s.detail, 10)
+            assert reader.wait_for(lambda s: "cannot open" in s.detail, DEADLINE_S)
             port.plug()
-            assert reader.wait_for(lambda s: s.status == "open" and s.reopens == 1, 10)
+            assert reader.wait_for(lambda s: s.status == "open" and s.reopens == 1, DEADLINE_S)
             port.write(b"W26:1\n")  # a repeat: the debounce spans the reopen
             port.write(b"W26:2\n")
             assert sink.wait_count(2)
-            assert port.wait_drained()
+            port.wait_drained()
     finally:
         port.close()
     assert sink.credentials == ["wiegand26:1", "wiegand26:2"]
