@@ -19,6 +19,15 @@ Checks, numbered as in docs/protocol.md:
   (6) device-chain: per device, by seq (not ledger position): a seq recorded twice or a ``prev``
       that does not link is tampering; a missing seq is a finding (not tampering).
   (7) checkpoint: signed by a trusted log key, size ≤ entries, head = hash of entry size-1.
+  (8) checkpoint-v2: a C2SP checkpoint note (DESIGN.md §8.2), opened under the log key by the
+      caller, in size order, size ≤ entries, root = the RFC 9162 root of the entries fed, at
+      its size (the auditor keeps the tree's frontier while streaming: O(log n) hashes).
+  (9) trusted-checkpoint: a checkpoint the verifier already holds: the ledger is at least as
+      large, and the tree at its size has its root (else truncated / rewritten).
+  (10) witness: the newest v2 checkpoint carries the policy's quorum (bundle.py).
+  (11) coverage: with ``require_coverage``, a non-empty ledger's last entry is covered by a
+      checkpoint that verified (v1 head or v2 root); a bundle with v2 checkpoints needs a v2
+      one (DESIGN.md §8.2: the last one covers the bundle's last entry).
 
 Invariants: ``feed`` never raises on bad data, it records findings; a finding is ``tamper``
 when the ledger cannot be what the collector committed to; the report names the lowest idx.
@@ -26,6 +35,8 @@ when the ledger cannot be what the collector committed to; the report names the 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import heapq
 import itertools
 from bisect import bisect_right
@@ -48,7 +59,9 @@ from wire.bodies import (
 from wire.canonical import canonical, loads
 from wire.errors import DecodeError, WireError
 from wire.keys import VerifyKey
-from wire.ledger import Checkpoint, Entry, SignedCheckpoint, body_hash, verify_link
+from wire.ledger import LEDGER_DOMAIN, Checkpoint, Entry, SignedCheckpoint, body_hash, verify_link
+from wire.merkle import EMPTY_ROOT, node_hash
+from wire.note import Checkpoint as NoteCheckpoint
 from wire.punch import Punch, SignedPunch
 
 MAX_FINDINGS = 10_000
@@ -70,6 +83,10 @@ class Check(StrEnum):
     FACT = "fact"
     DEVICE_CHAIN = "device-chain"
     CHECKPOINT = "checkpoint"
+    CHECKPOINT_V2 = "checkpoint-v2"
+    TRUSTED = "trusted-checkpoint"
+    WITNESS = "witness"
+    COVERAGE = "coverage"
 
     @property
     def number(self) -> int:
@@ -109,6 +126,10 @@ class AuditReport:
     size: int             # idx of the next entry: start_idx + entries when idx were in order
     head: str             # recorded hash of the last entry fed (start_head if none)
     omitted: int = 0      # findings beyond MAX_FINDINGS that were not kept
+    checkpoints_v2: int = 0        # v2 checkpoint notes fed
+    trusted: int = 0               # trusted checkpoints fed
+    covered: int = 0               # largest size covered by a checkpoint that verified
+    root: str | None = None        # base64 RFC 9162 root of the entries fed (None: not computed)
 
     @property
     def ok(self) -> bool:
@@ -124,7 +145,9 @@ class AuditReport:
         return {"ok": self.ok, "entries": self.entries, "punches": self.punches,
                 "devices": self.devices, "checkpoints": self.checkpoints, "size": self.size,
                 "head": self.head, "first_failure": first.to_dict() if first else None,
-                "findings": [f.to_dict() for f in self.findings], "omitted": self.omitted}
+                "findings": [f.to_dict() for f in self.findings], "omitted": self.omitted,
+                "checkpoints_v2": self.checkpoints_v2, "trusted_checkpoints": self.trusted,
+                "covered": self.covered, "root": self.root}
 
 
 @dataclass(slots=True)
@@ -272,6 +295,50 @@ class _Pending:
     checkpoint: Checkpoint
 
 
+@dataclass(frozen=True)
+class _RootCheck:
+    """A root to compare with the tree's when the tree reaches ``size`` leaves."""
+
+    check: Check            # CHECKPOINT_V2 (from the bundle) or TRUSTED (the verifier's own)
+    label: str              # how the report names it
+    size: int
+    root: bytes
+
+
+class TreeFrontier:
+    """The RFC 9162 tree over the leaves appended so far, kept as its frontier: one complete
+    subtree hash per set bit of the size, so O(log n) memory for a ledger of any length."""
+
+    __slots__ = ("_hashes", "_levels", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._levels: list[int] = []
+        self._hashes: list[bytes] = []
+
+    def append(self, leaf: bytes) -> None:
+        level, h = 0, leaf
+        while self._levels and self._levels[-1] == level:
+            self._levels.pop()
+            h = node_hash(self._hashes.pop(), h)
+            level += 1
+        self._levels.append(level)
+        self._hashes.append(h)
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._hashes:
+            return EMPTY_ROOT
+        acc = self._hashes[-1]
+        for h in reversed(self._hashes[:-1]):
+            acc = node_hash(h, acc)
+        return acc
+
+
+def _b64(h: bytes) -> str:
+    return base64.b64encode(h).decode("ascii")
+
+
 @dataclass
 class _State:
     null_ranges: list[list[int]] = field(default_factory=list)   # idx with no body, merged
@@ -294,7 +361,8 @@ class LedgerAuditor:
                  start_head: str = ZERO_HASH,
                  prior_punch_hash: Callable[[str, int], str | None] | None = None,
                  prior_keys: Iterable[KeyState] | None = None,
-                 prior_entry_kind: Callable[[int], str | None] | None = None) -> None:
+                 prior_entry_kind: Callable[[int], str | None] | None = None,
+                 require_coverage: bool = False) -> None:
         for kid, key in log_keys.items():
             if key.key_id != kid:
                 raise ValueError(f"log key listed as {kid} has key id {key.key_id}")
@@ -320,6 +388,17 @@ class LedgerAuditor:
         self._punches = 0
         self._checkpoints = 0
         self._report: AuditReport | None = None
+        # (8)-(11): the tree is computed only from idx 0 (a resumed audit has no frontier)
+        self._require_coverage = require_coverage
+        self._tree: TreeFrontier | None = TreeFrontier() if start_idx == 0 else None
+        self._tree_broken: int | None = None       # position of an entry that did not decode
+        self._roots: dict[int, list[_RootCheck]] = {}
+        self._notes = 0
+        self._trusted = 0
+        self._last_note_size = -1
+        self._good_v2 = 0            # largest v2 size whose root matched
+        self._v2_failed = False      # a v2 note did not open (the caller fed it as malformed)
+        self._truncated = False      # a checkpoint lies beyond the last entry
 
     # -- recording -------------------------------------------------------------------------
 
@@ -383,6 +462,67 @@ class LedgerAuditor:
                   f"ledger differs from what the collector signed, somewhere in idx "
                   f"{self._good_size}..{idx}")
 
+    # -- (8) v2 checkpoints, (9) trusted checkpoints ------------------------------------------
+
+    def feed_note(self, cp: NoteCheckpoint) -> None:
+        """A v2 checkpoint from the bundle, whose note the caller opened under the log key.
+
+        Fed in file order (size order), before the entries it covers, like v1 checkpoints.
+        """
+        self._guard()
+        self._notes += 1
+        label = f"v2 checkpoint #{self._notes} (size {cp.size})"
+        if cp.size < self._last_note_size:
+            self._add(cp.size - 1 if cp.size else None, Check.CHECKPOINT_V2,
+                      f"{label} follows one of size {self._last_note_size}: "
+                      f"checkpoints.v2.ndjson is not in size order")
+        self._last_note_size = max(self._last_note_size, cp.size)
+        self._expect_root(_RootCheck(Check.CHECKPOINT_V2, label, cp.size, cp.root))
+
+    def feed_malformed_note(self, message: str) -> None:
+        """A v2 checkpoint line that does not decode or whose note does not open: (8)."""
+        self._guard()
+        self._notes += 1
+        self._v2_failed = True
+        self._add(None, Check.CHECKPOINT_V2, f"v2 checkpoint #{self._notes}: {message}")
+
+    def feed_trusted(self, cp: NoteCheckpoint, label: str = "") -> None:
+        """A checkpoint the verifier already holds (its signature checked by the caller)."""
+        self._guard()
+        self._trusted += 1
+        label = label or f"trusted checkpoint #{self._trusted}"
+        self._expect_root(_RootCheck(Check.TRUSTED, f"{label} (size {cp.size})", cp.size,
+                                     cp.root))
+
+    def _expect_root(self, rc: _RootCheck) -> None:
+        if self._tree is None and self._tree_broken is None:
+            raise ValueError("v2 roots can be checked only by an audit that starts at idx 0")
+        position = self._start + self._entries
+        if rc.size < position:
+            raise ValueError(f"{rc.label} was fed after the entries it covers; feed "
+                             f"checkpoints first")
+        if rc.size == position and self._tree is not None:
+            self._check_root(rc, self._tree.root())
+            return
+        self._roots.setdefault(rc.size, []).append(rc)
+
+    def _check_root(self, rc: _RootCheck, computed: bytes) -> None:
+        if computed == rc.root:
+            if rc.check is Check.CHECKPOINT_V2:
+                self._good_v2 = max(self._good_v2, rc.size)
+            return
+        at = rc.size - 1 if rc.size else None
+        if rc.check is Check.TRUSTED:
+            self._add(at, Check.TRUSTED,
+                      f"the ledger was rewritten below a checkpoint you hold: {rc.label} has "
+                      f"root {_b64(rc.root)}, the ledger's tree at that size has root "
+                      f"{_b64(computed)}")
+        else:
+            self._add(at, Check.CHECKPOINT_V2,
+                      f"{rc.label} signed root {_b64(rc.root)[:16]}…, but the tree of the "
+                      f"ledger's first {rc.size} entries has root {_b64(computed)[:16]}…: the "
+                      f"ledger differs from what the collector signed")
+
     # -- entries ---------------------------------------------------------------------------
 
     def feed_malformed(self, message: str) -> None:
@@ -391,6 +531,9 @@ class LedgerAuditor:
         self._entries += 1
         self._add(self._next, Check.ENTRY, f"entry does not decode: {message}")
         self._pending.pop(self._next, None)     # its head cannot be checked: (1) names it
+        if self._tree is not None:              # nor any root above it: (1) names it too
+            self._tree_broken = self._start + self._entries - 1
+            self._tree = None
         self._next += 1
         self._head = None       # the next link cannot be checked
 
@@ -413,11 +556,14 @@ class LedgerAuditor:
             position = min(self._start + self._entries - 1, self._next)
             self._add(position, Check.ENTRY, f"position {position} holds idx {idx}, expected "
                       f"{self._next}: an entry out of order or repeated")
-        # (2) recorded hash = recomputed hash
-        if entry.hash() != entry_hash:
+        # (2) recorded hash = recomputed hash; the same bytes are leaf data of the tree (8)
+        leaf_data = LEDGER_DOMAIN + entry.to_bytes()
+        computed = hashlib.sha256(leaf_data).hexdigest()
+        if computed != entry_hash:
             self._add(idx, Check.ENTRY_HASH,
                       f"recorded hash {entry_hash[:12]}… is not the hash of the entry "
-                      f"({entry.hash()[:12]}…): the entry was edited")
+                      f"({computed[:12]}…): the entry was edited")
+        self._grow_tree(leaf_data)
         # (3) prev links to the previous entry's hash
         if in_order and self._head is not None:
             try:
@@ -447,6 +593,18 @@ class LedgerAuditor:
             handler(idx, fact)
         except WireError as e:
             self._add(idx, Check.FACT, f"{entry.kind} body: {e}")
+
+    def _grow_tree(self, leaf_data: bytes) -> None:
+        """(8) append the leaf (RFC 9162: SHA-256(0x00 ‖ data)); check roots due at this size."""
+        tree = self._tree
+        if tree is None:
+            return
+        tree.append(hashlib.sha256(b"\x00" + leaf_data).digest())
+        checks = self._roots.pop(tree.size, None)
+        if checks:
+            tree_root = tree.root()
+            for rc in checks:
+                self._check_root(rc, tree_root)
 
     def _body(self, entry: Entry, body: bytes | None, decoded: Any) -> Any | None:
         idx = entry.idx
@@ -645,20 +803,72 @@ class LedgerAuditor:
                           f"checkpoint #{p.ordinal} covers entry {p.checkpoint.size - 1}, "
                           f"which is not in the ledger")
         beyond = [p for p in pending if p.checkpoint.size > self._next]
+        self._truncated = bool(beyond)
         if beyond:
             p = max(beyond, key=lambda p: p.checkpoint.size)
             self._add(self._next, Check.CHECKPOINT,
                       f"checkpoint #{p.ordinal} signed size {p.checkpoint.size}, but the "
                       f"ledger ends at {self._next} entries: idx {self._next}.."
                       f"{p.checkpoint.size - 1} are missing (truncated)")
+        self._finish_v2()
+        covered = max(self._good_size, self._good_v2)
+        self._finish_coverage(covered)
         self._gap_findings()
         self._report = AuditReport(
             entries=self._entries, punches=self._punches,
             devices=sum(1 for ks in self._keys.values() if ks),
             checkpoints=self._checkpoints, findings=self._findings.sorted(),
             size=self._next, head=self._last_hash,
-            omitted=self._findings.omitted)
+            omitted=self._findings.omitted, checkpoints_v2=self._notes,
+            trusted=self._trusted, covered=covered,
+            root=_b64(self._tree.root()) if self._tree is not None else None)
         return self._report
+
+    def _finish_v2(self) -> None:
+        """(8)/(9) roots the ledger never reached: truncated, or uncheckable after (1)."""
+        end = self._start + self._entries
+        for size, checks in sorted(self._roots.items()):
+            for rc in checks:
+                if self._tree_broken is not None and size > self._tree_broken:
+                    self._add(size - 1, rc.check, f"{rc.label}: the root cannot be "
+                              f"recomputed: the entry at position {self._tree_broken} does "
+                              f"not decode")
+                elif rc.check is Check.TRUSTED:
+                    self._truncated = True
+                    self._add(end, Check.TRUSTED,
+                              f"the ledger is smaller than a checkpoint you hold — truncated: "
+                              f"{rc.label}, but the ledger ends at {end} entries: idx "
+                              f"{end}..{size - 1} are missing")
+                else:
+                    self._truncated = True
+                    self._add(end, Check.CHECKPOINT_V2,
+                              f"{rc.label} was signed, but the ledger ends at {end} entries: "
+                              f"idx {end}..{size - 1} are missing (truncated)")
+
+    def _finish_coverage(self, covered: int) -> None:
+        """(11) a non-empty ledger's last entry lies under a checkpoint that verified."""
+        end = self._next
+        # A checkpoint beyond the end already names the cut (truncation), at the first
+        # missing idx: the uncovered tail is its consequence, not a second finding.
+        if not self._require_coverage or end == 0 or self._truncated:
+            return
+        if self._notes and self._good_v2 < end and not self._v2_failed:
+            self._add(end - 1, Check.COVERAGE,
+                      f"no v2 checkpoint covers the last entry (idx {end - 1}): the newest "
+                      f"whose root verifies covers {self._good_v2} entries (a bundle's last "
+                      f"v2 checkpoint is of the bundle's own size, DESIGN.md §8.2)")
+            return
+        if covered >= end:
+            return
+        if self._checkpoints + self._notes == 0:
+            self._add(end - 1, Check.COVERAGE,
+                      f"the ledger has {end} entries and no checkpoint: nothing the collector "
+                      f"signed covers any of it")
+            return
+        self._add(end - 1, Check.COVERAGE,
+                  f"no checkpoint covers the last entry (idx {end - 1}): the newest that "
+                  f"verifies covers {covered} entries, so idx {covered}..{end - 1} could have "
+                  f"been added, changed or removed without a trace")
 
     def _guard(self) -> None:
         if self._report is not None:

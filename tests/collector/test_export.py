@@ -91,11 +91,14 @@ def test_payroll_ndjson_filters(store: SQLStore) -> None:
 
 
 def test_audit_bundle_verifies_offline(store: SQLStore, tmp_path: Path) -> None:
+    # Issue 10: a bundle whose last entry no checkpoint covers fails (coverage), so sign
+    # one over idx 5 first, as an export does (DESIGN.md §8.2).
+    make_checkpoint(store, LOG_KEY, T0 + 8)
     n = export_bundle(store, tmp_path / "bundle", [LOG_KEY.verify_key])
     assert n == 6
     audit = audit_bundle(tmp_path / "bundle", pinned=[LOG_KEY.verify_key])
     assert audit.ok, audit.report.findings
-    assert (audit.report.entries, audit.report.checkpoints) == (6, 1)
+    assert (audit.report.entries, audit.report.checkpoints) == (6, 2)
     with pytest.raises(ExportError, match="exists"):
         export_bundle(store, tmp_path / "bundle", [LOG_KEY.verify_key])
 

@@ -4,6 +4,11 @@
 (byte for byte), then adds a second device with out-of-order arrivals, a rejection, a key
 rotation, an access event, a correction, a retention that deletes two bodies, and checkpoints.
 The ``*_lines`` helpers edit a written bundle the way an attacker would.
+
+Version 2 (issue 10): with ``v2=True`` every checkpoint is also a C2SP checkpoint note over the
+builder's Merkle tree (wire.merkle.MemoryTree), signed with the log key under ``ORIGIN`` and
+cosigned by ``witnesses`` (an external witness and clock-0017 by default), written to
+``checkpoints.v2.ndjson``. v1 builders (the default) write no v2 file, as v1 bundles do.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from wire.bundle import write_bundle
 from wire.canonical import canonical
 from wire.keys import SigningKey
 from wire.ledger import Checkpoint, Entry, SignedCheckpoint, make_entry
+from wire.merkle import MemoryTree, entry_leaf_hash, root
+from wire.note import COSIGNATURE_V1, NoteVerifier
+from wire.note import Checkpoint as NoteCheckpoint
 from wire.punch import Punch, SignedPunch
 
 VECTORS: dict[str, Any] = json.loads(
@@ -39,6 +47,17 @@ DEVICE_B_KEY = seeded_key("clock-0042")
 DEVICE_KEY_V2 = seeded_key("clock-0017 v2")
 ROGUE_KEY = seeded_key("rogue")
 
+ORIGIN = "acme.example/timeclock"
+EXTERNAL_WITNESS = ("witness.hr.acme.example", seeded_key("witness hr"))
+CLOCK_WITNESS = (f"{ORIGIN}/devices/clock-0042", DEVICE_B_KEY)
+WITNESSES = (EXTERNAL_WITNESS, CLOCK_WITNESS)
+COSIGNED_AT = 1764140500       # POSIX seconds of every test cosignature
+
+
+def witness_vkey(witness: tuple[str, SigningKey]) -> str:
+    name, key = witness
+    return NoteVerifier(name, key.verify_key, COSIGNATURE_V1).vkey()
+
 
 def make_punch(device: str, key: SigningKey, seq: int, prev: str, *, ts: int,
                credential: str = "em4100:0012345678", action: str = "in") -> SignedPunch:
@@ -56,6 +75,11 @@ class LedgerBuilder:
     checkpoints: list[SignedCheckpoint] = field(default_factory=list)
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)   # device -> (seq, hash)
     clock: int = T0
+    v2: bool = False
+    origin: str = ORIGIN
+    witnesses: tuple[tuple[str, SigningKey], ...] = WITNESSES
+    tree: MemoryTree = field(default_factory=MemoryTree)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def head(self) -> str:
@@ -70,6 +94,7 @@ class LedgerBuilder:
         entry = make_entry(idx=len(self.entries), kind=kind, at=self._at(at), body=raw,
                            prev=self.head)
         self.entries.append((entry, entry.hash(), raw))
+        self.tree.append([entry_leaf_hash(entry)])
         return entry.idx
 
     def enrol(self, device: str, key: SigningKey, *, site: str = "hq",
@@ -107,16 +132,31 @@ class LedgerBuilder:
         cp = Checkpoint(log=self.log_key.key_id, size=len(self.entries), head=self.head,
                         at=self._at(at)).sign(self.log_key)
         self.checkpoints.append(cp)
+        if self.v2:
+            self.checkpoint_v2()
         return cp
 
+    def checkpoint_v2(self, *, size: int | None = None,
+                      witnesses: tuple[tuple[str, SigningKey], ...] | None = None,
+                      timestamp: int = COSIGNED_AT) -> str:
+        """A v2 checkpoint note of ``size`` (default: every entry), signed and cosigned."""
+        n = len(self.entries) if size is None else size
+        cp = NoteCheckpoint(self.origin, n, root(self.tree, n))
+        note = cp.signed_note(self.log_key)
+        for name, key in self.witnesses if witnesses is None else witnesses:
+            note = note.with_signature(cp.cosign(key, name, timestamp=timestamp))
+        self.notes.append(note.to_text())
+        return self.notes[-1]
+
     def write(self, directory: Path) -> Path:
-        write_bundle(directory, self.entries, self.checkpoints, [self.log_key.verify_key])
+        write_bundle(directory, self.entries, self.checkpoints, [self.log_key.verify_key],
+                     notes=self.notes if self.v2 else None)
         return directory
 
 
-def vector_ledger() -> LedgerBuilder:
+def vector_ledger(*, v2: bool = False) -> LedgerBuilder:
     """The ledger and checkpoint of tests/vectors/punch-v1.json, rebuilt."""
-    b = LedgerBuilder()
+    b = LedgerBuilder(v2=v2)
     for vec in VECTORS["ledger"]:
         e = vec["entry"]
         b.append(e["kind"], vec["body"].encode(), at=e["at"])
@@ -126,9 +166,10 @@ def vector_ledger() -> LedgerBuilder:
     return b
 
 
-def standard_ledger() -> LedgerBuilder:
-    """A valid 18-entry ledger (idx noted below) with checkpoints of size 4, 10, 15 and 18."""
-    b = vector_ledger()                                   # 0 enrol A, 1-3 A#1..3, cp size 4
+def standard_ledger(*, v2: bool = False) -> LedgerBuilder:
+    """A valid 18-entry ledger (idx noted below) with checkpoints of size 4, 10, 15 and 18
+    (with ``v2``, each also as a cosigned checkpoint note)."""
+    b = vector_ledger(v2=v2)                                  # 0 enrol A, 1-3 A#1..3, cp size 4
     b.enrol("clock-0042", DEVICE_B_KEY, site="plant")     # 4
     p1 = b.signed("clock-0042", DEVICE_B_KEY)
     p2 = b.signed("clock-0042", DEVICE_B_KEY, credential="hid:77")

@@ -86,6 +86,12 @@ def test_gaps_are_findings_not_failures(bundle: Path,
     skipped = make_punch("clock-0042", DEVICE_B_KEY, 7, "ab" * 32, ts=LAST_AT)
     append_line(lines, "punch", skipped.to_dict(), LAST_AT)
     write_lines(bundle, lines)
+    # Issue 10 (coverage): a tail no checkpoint covers now fails, so the collector signs a
+    # checkpoint over the new entry, as an export does; the gap stays a finding only.
+    cps = read_lines(bundle, "checkpoints.ndjson")
+    cps.append(Checkpoint(log=COLLECTOR_KEY.key_id, size=len(lines), head=lines[-1]["hash"],
+                          at=LAST_AT).sign(COLLECTOR_KEY).to_dict())
+    write_lines(bundle, cps, "checkpoints.ndjson")
     rc, report = run(bundle, capsys)
     assert rc == 0
     assert [(f["idx"], f["check"], f["tamper"]) for f in report["findings"]] == [
