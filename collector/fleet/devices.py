@@ -6,9 +6,10 @@ Sources, each optional except the ledger:
 - the CA index (certificate serial, expiry; a warning ``EXPIRY_WARN_DAYS`` ahead);
 - the devices' RETAINED status messages (``timeclock/v1/devices/{id}/status``, parsed as
   wire.device_status.DeviceStatus: online state, queue depth, oldest unacked punch, clock
-  state, storage; a device whose storage is full refuses taps, which is always a warning;
-  an unreadable status is a warning too). They are read by subscribing as a
-  collector identity with a fresh, clean session and a short timeout
+  state, storage, witness; a device whose storage is full refuses taps, and a clock that
+  refuses to cosign the log's checkpoint (DESIGN.md §8.3) has caught the log shrinking or
+  rewritten: both are always warnings; an unreadable status is a warning too). They are
+  read by subscribing as a collector identity with a fresh, clean session and a short timeout
   (:func:`read_retained_statuses`), which works from any process that holds a collector
   certificate, whether or not ``serve`` runs on the same host; the running service's
   in-memory StatusTable is not shared across processes.
@@ -62,6 +63,8 @@ class DeviceRow:
     clock: str | None = None
     status_at_us: int | None = None
     storage: str | None = None        # ok | low | full (reported), None = unknown
+    witness: str | None = None        # none | ok | refusing | broken (reported), None = unknown
+    witness_size: int | None = None   # the largest checkpoint the clock verified
     warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +77,7 @@ class DeviceRow:
                 "online": self.online, "queue_depth": self.queue_depth,
                 "oldest_unacked_us": self.oldest_unacked_us, "clock": self.clock,
                 "status_at_us": self.status_at_us, "storage": self.storage,
+                "witness": self.witness, "witness_size": self.witness_size,
                 "warnings": list(self.warnings)}
 
 
@@ -111,6 +115,18 @@ def _storage_warning(st: DeviceStatus, now_us: int) -> str | None:
         return (f"storage FULL{since}: the clock refuses taps ({s.refused_taps} refused"
                 f"{free}){detail}")
     return f"storage low{since}{free}{detail}"
+
+
+def _witness_warning(st: DeviceStatus, now_us: int) -> str | None:
+    """The clock as a witness of the log (DESIGN.md §8.3): loud when it refuses to cosign."""
+    w = st.witness
+    if w is None or not w.alarm:
+        return None
+    since = "" if w.since_us is None else f" for {_age(now_us, w.since_us)}"
+    if w.state == "broken":
+        return f"WITNESS BROKEN{since}: the clock cosigns nothing ({w.detail})"
+    return (f"WITNESS REFUSES to cosign{since}: {w.reason} ({w.detail}); it holds a "
+            f"checkpoint of size {w.size}")
 
 
 def fleet_rows(store: SQLStore, *, now_us: int, certs: Sequence[IndexEntry] = (),
@@ -153,6 +169,10 @@ def fleet_rows(store: SQLStore, *, now_us: int, certs: Sequence[IndexEntry] = ()
         storage_warning = _storage_warning(st, now_us) if st is not None else None
         if storage_warning is not None:
             warnings.append(storage_warning)
+        witness_warning = _witness_warning(st, now_us) if st is not None else None
+        if witness_warning is not None:
+            warnings.append(witness_warning)
+        witness = st.witness if st is not None else None
         online = st.state if st is not None else None
         if rec.status == "revoked" and online == "online":
             warnings.append("revoked but reported online")
@@ -166,6 +186,8 @@ def fleet_rows(store: SQLStore, *, now_us: int, certs: Sequence[IndexEntry] = ()
             online=online, queue_depth=depth, oldest_unacked_us=oldest, clock=clock,
             status_at_us=st.at if st is not None else None,
             storage=st.storage.state if st is not None and st.storage is not None else None,
+            witness=None if witness is None else witness.state,
+            witness_size=None if witness is None else witness.size,
             warnings=tuple(warnings)))
     return rows
 
@@ -242,7 +264,7 @@ def _age(now_us: int, at: int | None) -> str:
 def render_table(rows: Sequence[DeviceRow], *, now_us: int) -> str:
     head = (f"{'DEVICE':<20} {'SITE':<10} {'STATUS':<8} {'KEY':<17} {'SEQ':>6} {'GAPS':>4} "
             f"{'LAST SEEN':>9} {'CERT UNTIL':<10} {'LINK':<8} {'QUEUE':>5} {'OLDEST':>6} "
-            f"{'CLOCK':<8} {'DISK':<4}")
+            f"{'CLOCK':<8} {'WITNESS':<8} {'DISK':<4}")
     lines = [head]
     for r in rows:
         until = "-" if r.cert_not_after is None else f"{r.cert_not_after:%Y-%m-%d}"
@@ -251,6 +273,7 @@ def render_table(rows: Sequence[DeviceRow], *, now_us: int) -> str:
             f"{r.recorded:>6} {len(r.gaps):>4} {_age(now_us, r.last_seen_us):>9} {until:<10} "
             f"{r.online or '?':<8} {'-' if r.queue_depth is None else r.queue_depth:>5} "
             f"{_age(now_us, r.oldest_unacked_us):>6} {r.clock or '?':<8} "
+            f"{(r.witness or '?').replace('refusing', 'REFUSING'):<8} "
             f"{(r.storage or '?').replace('full', 'FULL'):<4}")
         lines += [f"  ! {w}" for w in r.warnings]
     return "\n".join(lines)

@@ -24,7 +24,13 @@ from collector.fleet.provisioning import Bundle, enroll_device, renew_certificat
 from collector.ledger import open_store
 from collector.ledger.registry import revoke
 from collector.ledger.sqlbase import SQLStore
-from wire.device_status import DeviceStatus, QueueStatus, StorageStatus, parse_status
+from wire.device_status import (
+    DeviceStatus,
+    QueueStatus,
+    StorageStatus,
+    WitnessStatus,
+    parse_status,
+)
 from wire.keys import SigningKey, save_signing_key, write_private_file
 from wire.provisioning import PrivateKeyInBundleError
 from wire.rotation import SignedRotationRequest
@@ -214,3 +220,30 @@ def test_device_list_warns_about_an_unreadable_status(
     [r] = fleet.fleet_rows(store, now_us=1, statuses={"clock-25": "status: missing field(s) v"})
     assert "status message invalid: status: missing field(s) v" in r.warnings
     assert r.online is None
+
+
+@pytest.mark.parametrize(("witness", "warning", "column"), [
+    (WitnessStatus("refusing", 40, None, 2, "shrinking", "the log offers size 31", 0),
+     "WITNESS REFUSES to cosign for 60s: shrinking (the log offers size 31); it holds a "
+     "checkpoint of size 40", "REFUSING"),
+    (WitnessStatus("broken", None, None, 0, "state-unreadable", "bad json", 0),
+     "WITNESS BROKEN for 60s: the clock cosigns nothing (bad json)", "broken"),
+    (WitnessStatus("ok", 40, 10, 0), None, "ok"),
+    (None, None, "?"),
+])
+def test_device_list_shows_a_clock_refusing_to_cosign(
+        env: tuple[SQLStore, CertificateAuthority, Path], witness: WitnessStatus | None,
+        warning: str | None, column: str) -> None:
+    store, ca, root = env
+    _enroll(store, ca, ClockDir(root, "clock-26"))
+    now_us = 60 * 10**6
+    status = DeviceStatus(device="clock-26", state="online", version="0.1.0", at=now_us,
+                          queue=QueueStatus(0, None), clock="synced", readers={},
+                          witness=witness)
+    reading = parse_status("clock-26", status.to_bytes())
+    [r] = fleet.fleet_rows(store, now_us=now_us, statuses={"clock-26": reading})
+    assert [w for w in r.warnings if "WITNESS" in w] == ([warning] if warning else [])
+    assert r.to_dict()["witness"] == (None if witness is None else witness.state)
+    table = fleet.render_table([r], now_us=now_us).splitlines()
+    assert table[0].split()[-2:] == ["WITNESS", "DISK"]
+    assert table[1].split()[-2] == column
