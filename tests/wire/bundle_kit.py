@@ -22,10 +22,11 @@ from typing import Any
 from wire import ZERO_HASH
 from wire.bundle import write_bundle
 from wire.canonical import canonical
+from wire.export_proofs import header_proofs, iso, row_proof
 from wire.keys import SigningKey
 from wire.ledger import Checkpoint, Entry, SignedCheckpoint, make_entry
-from wire.merkle import MemoryTree, entry_leaf_hash, root
-from wire.note import COSIGNATURE_V1, NoteVerifier
+from wire.merkle import MemoryTree, entry_leaf_hash, inclusion_proof, root
+from wire.note import COSIGNATURE_V1, Note, NoteVerifier
 from wire.note import Checkpoint as NoteCheckpoint
 from wire.punch import Punch, SignedPunch
 
@@ -238,3 +239,31 @@ def append_line(lines: list[dict[str, Any]], kind: str, body: Any, at: int) -> N
                       "prev": prev}, "hash": "", "body": body}
     rehash(line)
     lines.append(line)
+
+
+# -- a payroll export with proofs (wire.export_proofs), as the collector writes one ------------
+
+def proof_export(b: LedgerBuilder, path: Path, *, note: str | None = None) -> Path:
+    """Write the NDJSON payroll export of every punch of ``b`` with a proof per row against
+    ``note`` (default: b's newest v2 note), in the collector's row shape."""
+    text = note if note is not None else b.notes[-1]
+    size = NoteCheckpoint.from_body(Note.from_text(text).body).size
+    lines: list[dict[str, Any]] = [{"header": {"export": "timeclock payroll v1", "format": "ndjson",
+                         "ledger": {"size": size, "head": b.entries[size - 1][1]},
+                         "proofs": header_proofs(text)}}]
+    for entry, h, body in b.entries[:size]:
+        if entry.kind != "punch" or body is None:
+            continue
+        p = SignedPunch.from_bytes(body).punch
+        effective = {"action": p.action, "device_time": iso(p.ts), "device_time_us": p.ts}
+        lines.append({"action": p.action, "clock": p.clock, "corrections": {},
+                      "credential": p.credential, "device": p.device,
+                      "device_time": iso(p.ts), "device_time_us": p.ts,
+                      "effective": effective, "entry_hash": h, "key": p.key,
+                      "ledger_idx": entry.idx, "reader": p.reader,
+                      "recorded_at": iso(entry.at), "recorded_at_us": entry.at, "seq": p.seq,
+                      "site": "hq",
+                      "proof": row_proof(entry, body, inclusion_proof(b.tree, entry.idx, size))})
+    lines.append({"trailer": {"rows": len(lines) - 1}})
+    path.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
+    return path

@@ -27,6 +27,7 @@ from tests.wire.bundle_kit import (
     ROGUE_KEY,
     LedgerBuilder,
     append_line,
+    proof_export,
     read_lines,
     rechain,
     standard_ledger,
@@ -423,3 +424,152 @@ def test_streaming_frontier_matches_the_stored_tree() -> None:
         frontier.append(leaf)
         assert frontier.root() == root(tree, i + 1), i
     assert canonical({"n": frontier.size}) == b'{"n":70}'
+
+
+# -- a payroll export with proofs, verified alone ------------------------------------------------
+
+def export_lines(path: Path) -> Lines:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def write_export(path: Path, lines: Lines) -> None:
+    path.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
+
+
+def edit_row_credential(lines: Lines) -> None:
+    lines[3]["credential"] = "em4100:0000000666"
+
+
+def edit_row_action_and_effective(lines: Lines) -> None:
+    other = "in" if lines[3]["action"] != "in" else "out"
+    lines[3]["action"] = lines[3]["effective"]["action"] = other
+
+
+def edit_row_and_its_body(lines: Lines) -> None:
+    lines[3]["credential"] = "em4100:0000000666"
+    lines[3]["proof"]["body"]["punch"]["credential"] = "em4100:0000000666"
+
+
+def edit_effective_without_correction(lines: Lines) -> None:
+    lines[3]["effective"]["device_time_us"] += 3_600_000_000
+
+
+def swap_proofs(lines: Lines) -> None:
+    a, b = lines[2]["proof"], lines[5]["proof"]
+    a["inclusion_path"], b["inclusion_path"] = b["inclusion_path"], a["inclusion_path"]
+
+
+def swap_whole_proofs(lines: Lines) -> None:
+    lines[2]["proof"], lines[5]["proof"] = lines[5]["proof"], lines[2]["proof"]
+
+
+def drop_row(lines: Lines) -> None:
+    del lines[4]
+
+
+def duplicate_row(lines: Lines) -> None:
+    lines.insert(4, lines[3])
+    lines[-1]["trailer"]["rows"] += 1
+
+
+def strip_proof(lines: Lines) -> None:
+    del lines[2]["proof"]
+
+
+def older_checkpoint(lines: Lines, b: LedgerBuilder) -> None:
+    lines[0]["header"]["proofs"]["checkpoint"] = b.notes[2]        # size 15, rows up to 17
+
+
+def uncosigned_checkpoint(lines: Lines, b: LedgerBuilder) -> None:
+    cp = NoteCheckpoint(ORIGIN, 18, root(b.tree, 18))
+    lines[0]["header"]["proofs"]["checkpoint"] = cp.sign(COLLECTOR_KEY)
+
+
+def rogue_checkpoint(lines: Lines, b: LedgerBuilder) -> None:
+    cp = NoteCheckpoint(ORIGIN, 18, root(b.tree, 18))
+    lines[0]["header"]["proofs"]["checkpoint"] = cp.sign(ROGUE_KEY)
+
+
+def cut_trailer(lines: Lines) -> None:
+    del lines[-1]
+
+
+# (name, edit of the export's lines, expected (line, check) of the first failure)
+EXPORT_CASES: list[tuple[str, Callable[..., None], tuple[int | None, str]]] = [
+    ("edited row", edit_row_credential, (4, "fields")),
+    ("edited row and its effective value", edit_row_action_and_effective, (4, "fields")),
+    ("edited row and the body in its proof", edit_row_and_its_body, (4, "row")),
+    ("effective value changed without a correction", edit_effective_without_correction,
+     (4, "fields")),
+    ("swapped inclusion paths", swap_proofs, (3, "inclusion")),
+    ("swapped proofs", swap_whole_proofs, (3, "row")),
+    ("a row without its proof", strip_proof, (3, "row")),
+    ("a row removed", drop_row, (11, "trailer")),
+    ("a row repeated", duplicate_row, (5, "row")),
+    ("trailer cut off", cut_trailer, (None, "trailer")),
+    # every row's proof is for size 18, not 15: the first row already fails
+    ("an older checkpoint than the rows need", older_checkpoint, (2, "inclusion")),
+    ("a checkpoint no witness cosigned", uncosigned_checkpoint, (1, "witness")),
+    ("a checkpoint signed by another key", rogue_checkpoint, (1, "note")),
+]
+
+
+def _export_run(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, Any]:
+    rc = main(["--export", str(path), "--collector-key", PINNED, "--json", *extra])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def test_export_with_proofs_verifies_alone(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    b = standard_ledger(v2=True)
+    path = proof_export(b, tmp_path / "payroll.ndjson")
+    rc, report = _export_run(path, capsys, *WITNESS_ARGS)
+    assert (rc, report["rows"], report["proven"], report["checkpoint_size"]) == (0, 10, 10, 18)
+    assert report["witness"]["cosigned_by"] == [EXTERNAL_WITNESS[0], CLOCK_WITNESS[0]]
+    assert [f["message"][:24] for f in report["findings"]] == ["the site column is not p"]
+    rc = main(["--export", str(path), "--collector-key", PINNED, *WITNESS_ARGS])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "rows: 10  proven: 10" in text
+    assert "RESULT: OK" in text
+
+
+@pytest.mark.parametrize("case", EXPORT_CASES, ids=[c[0] for c in EXPORT_CASES])
+def test_export_with_proofs_attacks(
+        case: tuple[str, Callable[..., None], tuple[int | None, str]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    name, edit, (line, check) = case
+    b = standard_ledger(v2=True)
+    path = proof_export(b, tmp_path / "payroll.ndjson")
+    lines = export_lines(path)
+    if edit.__code__.co_argcount == 2:
+        edit(lines, b)
+    else:
+        edit(lines)
+    write_export(path, lines)
+    rc, report = _export_run(path, capsys, *WITNESS_ARGS)
+    first = report["first_failure"]
+    assert rc == 1, name
+    assert (first["line"], first["check"]) == (line, check), first
+    rc = main(["--export", str(path), "--collector-key", PINNED, *WITNESS_ARGS])
+    assert rc == 1
+    assert f"check {check}: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--export", "{path}"], "--export needs --collector-key"),
+    (["--export", "{path}", "{path}"], "give a BUNDLE_DIR or --export FILE"),
+    (["--export", "{plain}", "--collector-key", PINNED], "not a header with proofs"),
+])
+def test_export_usage_errors_exit_2(argv: list[str], message: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = proof_export(standard_ledger(v2=True), tmp_path / "payroll.ndjson")
+    plain = tmp_path / "plain.ndjson"
+    plain.write_text('{"header": {"export": "timeclock payroll v1"}}\n{"trailer": {"rows": 0}}\n')
+    args = [a.format(path=path, plain=plain) for a in argv]
+    if "BUNDLE_DIR" in message:
+        with pytest.raises(SystemExit, match="2"):
+            main(args)
+    else:
+        assert main(args) == 2
+    assert message in capsys.readouterr().err
