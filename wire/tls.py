@@ -66,6 +66,18 @@ def client_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSLCon
     return ctx
 
 
+def https_client_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Context for a client that authenticates only the server (the collector → an external
+    witness over HTTPS): TLS ≥ 1.2, certificate and host name checked against ``ca_file``, or
+    the system's trust store when None."""
+    ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT, Path(ca_file) if ca_file is not None else None)
+    if ca_file is None:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    return ctx
+
+
 def server_context(ca_file: Path, cert_file: Path, key_file: Path, *,
                    require_client_cert: bool, crl_file: Path | None = None) -> ssl.SSLContext:
     """Context for a TLS server (the HTTPS API).

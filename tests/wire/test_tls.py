@@ -16,7 +16,13 @@ from cryptography.x509.oid import NameOID
 
 from tests.fixtures.pki import TestPKI
 from wire.errors import DecodeError, KeyFileError
-from wire.tls import TLSConfigError, client_context, make_tls_key_and_csr, server_context
+from wire.tls import (
+    TLSConfigError,
+    client_context,
+    https_client_context,
+    make_tls_key_and_csr,
+    server_context,
+)
 
 
 def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
@@ -165,3 +171,20 @@ def test_make_tls_key_and_csr_is_p256_with_cn() -> None:
 def test_make_tls_key_and_csr_rejects_bad_common_names(cn: str) -> None:
     with pytest.raises(DecodeError, match="neither a device id"):
         make_tls_key_and_csr(cn)
+
+
+def test_https_client_checks_the_server_only(pki: TestPKI) -> None:
+    ctx = https_client_context(pki.ca_file)
+    assert (ctx.verify_mode, ctx.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert handshake(server_ctx(pki, require=False), ctx) == (b"ok", [], {})
+    got, _, _ = handshake(server_ctx(pki, require=False), ctx, server_hostname="elsewhere")
+    assert got.startswith(b"client error:")
+    got, _, _ = handshake(server_ctx(pki, require=False),
+                          https_client_context(pki.foreign_ca_file))
+    assert b"certificate verify failed" in got
+
+
+def test_https_client_context_missing_ca(tmp_path: Path) -> None:
+    with pytest.raises(TLSConfigError, match="cannot load CA"):
+        https_client_context(tmp_path / "nope.crt")
