@@ -10,25 +10,43 @@ the auditor at that trusted head; ``full=True`` re-reads everything. Entries bef
 resume point are attested by the signed checkpoint; ``prior_punch_hash`` lookups for the
 device chains across the resume point read the punch index and then re-check the raw entry
 and body it points to.
+
+Version 2 (issue 10, docs/protocol.md §13.4), the rules of ``timeclock-verify`` where they
+apply to a live store:
+
+- the state's checkpoint is one the auditor already holds: a store smaller than it is
+  truncated, and a store whose entry size-1 no longer has its head was rewritten below it
+  (also on a ``full`` run, which re-reads from idx 0 but still checks the state);
+- the stored Merkle tree is recomputed from the entry rows over the range read
+  (``SQLStore.check_tree``), so a root or proof the store serves is the entries' own;
+- every v2 checkpoint note opens under the log key and its root equals the store's tree at its
+  size (on a full run, also the root the auditor computes from the entries while streaming);
+- the tail: a live store is normally ahead of its newest checkpoint by up to one checkpoint
+  interval, so an uncovered tail is reported (``VerifyResult.uncovered``), and fails only with
+  ``require_coverage`` (what a bundle must meet: its export signs a checkpoint of its size).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector import CollectorError
+from collector import CollectorError, LedgerError
 from collector.ledger.sqlbase import SQLStore
 from wire import ZERO_HASH
-from wire.audit import AuditReport, KeyState, LedgerAuditor
+from wire.audit import AuditReport, Check, Finding, KeyState, LedgerAuditor
+from wire.bundle import LogNotes
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.ledger import Entry, SignedCheckpoint, body_hash
+from wire.note import Checkpoint as NoteCheckpoint
+from wire.note import Note
 from wire.punch import SignedPunch
 
 STATE_VERSION = 1
@@ -98,6 +116,8 @@ class VerifyResult:
     resumed_from: int             # first idx read (0 for a full run)
     size: int                     # entries in the store when the run started
     state: VerifyState | None     # the new resume point (None when not clean/no checkpoint)
+    uncovered: int = 0            # entries after the newest checkpoint that verified
+    notes: int = 0                # v2 checkpoint notes checked
 
     @property
     def ok(self) -> bool:
@@ -130,26 +150,116 @@ def _prior_punch_hash(store: SQLStore, start: int) -> Callable[[str, int], str |
     return lookup
 
 
+def _held(store: SQLStore, size: int, state: VerifyState) -> list[Finding]:
+    """(9) the state's checkpoint is held by the auditor: the store is not smaller than it
+    and still has its head at its size (a re-hash below it changes that hash)."""
+    cp = state.checkpoint.checkpoint
+    where = (f"the checkpoint of size {cp.size} that an earlier verify verified (head "
+             f"{cp.head[:12]}…, in the verify state)")
+    if size < cp.size:
+        return [Finding(size, Check.TRUSTED.value, f"the ledger is smaller than a checkpoint "
+                        f"you hold — truncated: {size} entries, below {where}", True)]
+    last = next(store.raw_entries(cp.size - 1, cp.size), None) if cp.size else None
+    if last is not None and str(last.hash) != cp.head:
+        return [Finding(cp.size - 1, Check.TRUSTED.value, f"the ledger was rewritten below a "
+                        f"checkpoint you hold: entry {cp.size - 1} hashes to "
+                        f"{str(last.hash)[:12]}…, not the head of {where}", True)]
+    return []
+
+
+def _tree_findings(store: SQLStore, start: int, size: int) -> list[Finding]:
+    """The stored tree over leaves start … size − 1 is the one the entry rows give."""
+    if size <= start:
+        return []
+    try:
+        check = store.check_tree(start, size)
+    except LedgerError as e:        # e.g. entries missing: the auditor names where, (1)
+        return [Finding(None, Check.CHECKPOINT_V2.value, f"the stored Merkle tree cannot be "
+                        f"checked: {e}", True)]
+    # Named at the node's last leaf: the entry whose append completed it.
+    return [Finding(((f.index + 1) << f.level) - 1, Check.CHECKPOINT_V2.value,
+                    f"stored Merkle node (level {f.level}, index {f.index}): {f.message}: "
+                    f"roots and proofs served from it are not the entries' own", True)
+            for f in check.findings]
+
+
+def _note_findings(store: SQLStore, notes: Sequence[str], log_keys: Mapping[str, VerifyKey],
+                   *, size: int, start: int, auditor: LedgerAuditor | None) -> list[Finding]:
+    """(8) each v2 note opens under the log key and matches the store's tree at its size;
+    with ``auditor`` (a run from idx 0) it is also fed, to match the recomputed tree."""
+    opener = LogNotes(log_keys.values())
+    out: list[Finding] = []
+    for n, text in enumerate(notes, 1):
+        try:
+            cp = opener.open(Note.from_text(text))
+        except WireError as e:
+            out.append(Finding(None, Check.CHECKPOINT_V2.value,
+                               f"stored v2 checkpoint #{n}: {e}", True))
+            continue
+        if cp.size < start:
+            continue        # attested by the checkpoint this run resumed from
+        out.extend(_note_root(store, cp, n, size))
+        if auditor is not None:
+            auditor.feed_note(cp)
+    return out
+
+
+def _note_root(store: SQLStore, cp: NoteCheckpoint, n: int, size: int) -> list[Finding]:
+    what = f"stored v2 checkpoint #{n} (size {cp.size})"
+    if cp.size > size:
+        return [Finding(size, Check.CHECKPOINT_V2.value, f"{what} was signed, but the ledger "
+                        f"ends at {size} entries: idx {size}..{cp.size - 1} are missing "
+                        f"(truncated)", True)]
+    stored = store.merkle_root(cp.size)
+    if stored != cp.root:
+        return [Finding(cp.size - 1 if cp.size else None, Check.CHECKPOINT_V2.value,
+                        f"{what} signed root {base64.b64encode(cp.root).decode()[:16]}…, the "
+                        f"store's tree has {base64.b64encode(stored).decode()[:16]}… at that "
+                        f"size", True)]
+    return []
+
+
+def _resume(store: SQLStore, size: int, sid: str, state: VerifyState | None, *, full: bool
+            ) -> tuple[int, str, tuple[KeyState, ...] | None, list[Finding]]:
+    """(start idx, its head, prior keys, findings) of a run from ``state``."""
+    if state is None:
+        return 0, ZERO_HASH, None, []
+    if state.store_id != sid:
+        raise VerifyStateError("the verify state belongs to another ledger (entry 0 "
+                               "differs); run a full verify" if not full else
+                               "the verify state belongs to another ledger (entry 0 "
+                               "differs): if the ledger was replaced on purpose, remove "
+                               "the state file")
+    findings = _held(store, size, state)
+    if full or findings:        # re-read everything; a broken resume point is no resume point
+        return 0, ZERO_HASH, None, findings
+    cp = state.checkpoint.checkpoint
+    return cp.size, cp.head, state.keys, findings
+
+
 def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
-                 state: VerifyState | None = None, progress: Progress | None = None
-                 ) -> VerifyResult:
-    """Audit ``store`` from ``state``'s checkpoint (or from idx 0) to its current end."""
+                 state: VerifyState | None = None, progress: Progress | None = None,
+                 full: bool = False, notes: Sequence[str] = (),
+                 require_coverage: bool = False) -> VerifyResult:
+    """Audit ``store`` from ``state``'s checkpoint (or from idx 0) to its current end.
+
+    With ``full`` the audit reads from idx 0 but still holds ``state``'s checkpoint as
+    trusted. ``notes`` are the store's v2 checkpoint notes (collector.ledger.
+    checkpoint_tables). ``require_coverage`` makes an uncovered tail a failure.
+    """
     size, _ = store.head()
     sid = store_id(store)
-    start, start_head, prior_keys = 0, ZERO_HASH, None
-    if state is not None:
-        if state.store_id != sid:
-            raise VerifyStateError("the verify state belongs to another ledger (entry 0 "
-                                   "differs); run a full verify")
-        start = state.checkpoint.checkpoint.size
-        start_head = state.checkpoint.checkpoint.head
-        prior_keys = state.keys
+    start, start_head, prior_keys, extra = _resume(store, size, sid, state, full=full)
     auditor = LedgerAuditor(log_keys, start_idx=start, start_head=start_head,
                             prior_keys=prior_keys,
-                            prior_punch_hash=_prior_punch_hash(store, start) if start else None)
+                            prior_punch_hash=_prior_punch_hash(store, start) if start else None,
+                            require_coverage=require_coverage)
     cps = [c for c in store.checkpoints() if c.checkpoint.size >= start]
     for c in cps:
         auditor.feed_checkpoint(c)
+    extra.extend(_note_findings(store, notes, log_keys, size=size, start=start,
+                                auditor=auditor if start == 0 else None))
+    extra.extend(_tree_findings(store, start, size))
     # Resume point for next time: the largest checkpoint within what we read.
     target = max((c for c in cps if 0 < c.checkpoint.size <= size
                   and c.checkpoint.log in log_keys),
@@ -174,7 +284,11 @@ def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
     if progress is not None:
         progress(done, size - start)
     report = auditor.finish()
+    if extra:
+        report.findings = sorted(extra + report.findings, key=Finding.sort_key)
     new_state = None
     if report.ok and target is not None and keys_at_target is not None:
         new_state = VerifyState(sid, target, keys_at_target)
-    return VerifyResult(report, start, size, new_state)
+    covered = max(report.covered, start)
+    return VerifyResult(report, start, size, new_state, uncovered=max(size - covered, 0),
+                        notes=len(notes))
