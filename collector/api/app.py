@@ -38,6 +38,7 @@ from collector.api.keys import (
 )
 from collector.api.middlewares import guard
 from collector.api.routes import add_routes
+from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.tables import ensure_schema
 from collector.records.corrections import Corrections
@@ -55,6 +56,7 @@ def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
     """The API application over ``store`` (access tables created if SQLite)."""
     settings = settings or ApiSettings()
     ensure_schema(store)
+    checkpoint_tables.ensure_schema(store)
     app = web.Application(middlewares=[guard], client_max_size=settings.body_max_bytes)
     app[STORE] = store
     app[SETTINGS] = settings

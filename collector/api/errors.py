@@ -22,6 +22,7 @@ from collector.records.corrections import (
     CorrectionNotFoundError,
 )
 from collector.records.exports import ExportError
+from collector.records.proofs import ProofNotFoundError, ProofRequestError
 
 PROBLEM_TYPE = "urn:timeclock:problem:"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -104,6 +105,8 @@ def classify(e: BaseException) -> Problem:
         (CorrectionError, 400, "invalid-correction", "Invalid correction"),
         (PrincipalError, 400, "invalid-principal", "Invalid principal or token request"),
         (ExportError, 400, "bad-request", "Malformed request"),
+        (ProofNotFoundError, 404, "not-found", "Not found"),
+        (ProofRequestError, 400, "bad-request", "Malformed request"),
         (LedgerError, 503, "ledger-unavailable", "The ledger is unavailable"),
     )
     for cls, status, slug, title in table:

@@ -104,6 +104,21 @@ SCHEMAS: dict[str, Any] = {
                           "entries_checked": _INT, "first_failure": {
                               "type": ["object", "null"]},
                           "findings": {"type": "array", "items": _OBJ}}, ["ok"]),
+    "InclusionProof": _obj({"leaf_index": _INT, "tree_size": _INT,
+                            "inclusion_path": {"type": "array", "items": _STR}},
+                           ["leaf_index", "tree_size", "inclusion_path"], extra=False),
+    "ConsistencyProof": _obj({"tree_size_1": _INT, "tree_size_2": _INT,
+                              "consistency_path": {"type": "array", "items": _STR}},
+                             ["tree_size_1", "tree_size_2", "consistency_path"], extra=False),
+    "CheckpointNote": _obj({"note": {"type": "string", "description": "C2SP signed note: "
+                                     "origin, size, base64 root, blank line, the log's "
+                                     "signature and every cosignature line"}}, ["note"]),
+    "PunchProof": _obj({"entry": _OBJ, "punch_hash": _STR, "leaf_index": _INT,
+                        "inclusion_proof": _ref("InclusionProof"),
+                        "checkpoint": {"type": "string",
+                                       "description": "the v2 checkpoint note the proof "
+                                                      "leads to (size = tree_size)"}},
+                       ["entry", "leaf_index", "inclusion_proof", "checkpoint"]),
     "AccessReview": _obj({"unused_days": _INT, "flagged": _INT,
                           "items": {"type": "array", "items": _OBJ}}, ["items"]),
 }

@@ -43,6 +43,10 @@ PARAMS: dict[str, tuple[dict[str, Any], str]] = {
                "correction status"),
     "after": ({"type": "integer", "minimum": 0},
               "return items after this ledger idx (or quarantine id)"),
+    "from": ({"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+             "older tree size (e.g. of a checkpoint you hold)"),
+    "to": ({"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+           "newer tree size (default: the newest checkpoint's)"),
     "unused_days": ({"type": "integer", "minimum": 1, "maximum": 3650},
                     "flag access unused for this many days (default 90)"),
 }

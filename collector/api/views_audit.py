@@ -1,5 +1,6 @@
-"""Auditor and operations views: checkpoints, verification status, the access log,
-quarantine, device events (audit.read) and the device registry (ops.devices, no punch data)."""
+"""Auditor and operations views: checkpoints (v1 list, the newest v2 note, consistency
+proofs), verification status, the access log, quarantine, device events (audit.read) and the
+device registry (ops.devices, no punch data)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 from aiohttp import web
 
 from collector.api import params as P
+from collector.api.errors import BadRequestError
 from collector.api.keys import SETTINGS, STORE, VERIFY_STATE, ctx
 from collector.ledger import queries
 from collector.ledger.audit import verify_store
 from collector.ledger.sqlbase import SQLStore
+from collector.records import proofs
 
 
 def _limit(request: web.Request) -> int:
@@ -53,6 +56,34 @@ async def checkpoints(request: web.Request) -> web.Response:
     cps = await asyncio.to_thread(request.app[STORE].checkpoints)
     ctx(request).record.count = len(cps)
     return web.json_response({"items": [c.to_dict() for c in cps]})
+
+
+async def log_checkpoint(request: web.Request) -> web.Response:
+    """GET /v1/log/checkpoint: the newest v2 checkpoint note with every cosignature."""
+    doc = await asyncio.to_thread(proofs.newest_checkpoint, request.app[STORE])
+    ctx(request).record.count = 1
+    return web.json_response(doc)
+
+
+async def log_consistency(request: web.Request) -> web.Response:
+    """GET /v1/log/consistency?from=N&to=M: RFC 9162 consistency proof (``to`` defaults to
+    the newest checkpoint's size)."""
+    q = request.rel_url.query
+    old = P.integer(q, "from", lo=0, hi=2**53 - 1)
+    new = P.integer(q, "to", lo=0, hi=2**53 - 1)
+    if old is None:
+        raise BadRequestError("from: required (the tree size of the checkpoint you hold)")
+    store = request.app[STORE]
+
+    def load() -> dict[str, Any]:
+        to = new
+        if to is None:
+            to = proofs.newest_size(store)
+        return proofs.consistency(store, old, to)
+
+    doc = await asyncio.to_thread(load)
+    ctx(request).record.count = 1
+    return web.json_response(doc)
 
 
 async def quarantine(request: web.Request) -> web.Response:

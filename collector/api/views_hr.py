@@ -26,6 +26,7 @@ from collector.api.errors import BadRequestError, NotAcceptableError, NotFoundEr
 from collector.api.keys import CLOCK, CORRECTIONS, SETTINGS, STORE, ctx, principal_name
 from collector.ledger import queries
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
+from collector.records import proofs
 from collector.records.corrections import FIELDS, REASONS, Applied, check_value
 from collector.records.exports import (
     PUNCH_COLUMNS,
@@ -249,6 +250,19 @@ async def get_punch(request: web.Request) -> web.Response:
         }
 
     doc = await asyncio.to_thread(load)
+    ctx(request).record.count = 1
+    return web.json_response(doc)
+
+
+async def punch_proof(request: web.Request) -> web.Response:
+    """GET /v1/punches/{device}/{seq}/proof: entry, leaf index, inclusion proof and the
+    newest v2 checkpoint covering the punch (collector.records.proofs)."""
+    device = request.match_info["device"]
+    seq_text = request.match_info["seq"]
+    if not DEVICE_ID_RE.fullmatch(device) or not seq_text.isdigit() or len(seq_text) > 16:
+        raise NotFoundError(f"no punch {device[:80]}#{seq_text[:20]}")
+    doc = await asyncio.to_thread(proofs.punch_proof, request.app[STORE], device,
+                                  int(seq_text))
     ctx(request).record.count = 1
     return web.json_response(doc)
 

@@ -1,4 +1,5 @@
-"""``timeclock-collector verify | export | migrate``: check, export and prepare a ledger store.
+"""``timeclock-collector verify | export | migrate | proof``: check, export and prepare a
+ledger store, and print Merkle proofs from it (JSON, as the API serves them).
 
 ``--store`` takes ``sqlite:///path``, a plain path, or ``postgresql://…`` (a DSN with a
 password is never printed in clear).
@@ -13,19 +14,20 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from collector import CollectorError, LedgerError
-from collector.ingest.checkpoints import load_log_key
-from collector.ledger import open_store, sqlite_path
+from collector.ingest.checkpoints import load_log_key, make_checkpoint_v2, resolve_origin
+from collector.ledger import checkpoint_tables, open_store, sqlite_path
 from collector.ledger.audit import Progress, VerifyResult, load_state, save_state, verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.postgres import migrate, redact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.tables import migrate_postgres
+from collector.records import proofs
 from collector.records.corrections import Corrections
 from collector.records.exports import (
     COLUMNS,
@@ -34,6 +36,7 @@ from collector.records.exports import (
     export_bundle,
     export_payroll,
     parse_time,
+    v2_covered,
 )
 from wire.clock import now_us as clock_now_us
 from wire.errors import WireError
@@ -63,6 +66,19 @@ EXPORT_EPILOG = textwrap.dedent("""\
     Payroll rows are filtered on device time (since inclusive, until exclusive) and carry
     the ledger index and entry hash of each punch; the header names the query, the ledger
     snapshot and the covering checkpoint; the trailer the row count and seq ranges.
+    """)
+
+
+PROOF_EPILOG = textwrap.dedent("""\
+    examples:
+      timeclock-collector proof punch clock-0017 4711 --store /var/lib/timeclock/ledger.db
+      timeclock-collector proof consistency --from 1000 --to 2000 --store URL
+
+    punch: {"entry","punch_hash","leaf_index","inclusion_proof","checkpoint"}: the inclusion
+    proof (RFC 9162, base64 hashes) leads to the root of the checkpoint note, which carries
+    the log's signature and every cosignature gathered for it.
+    consistency: {"tree_size_1","tree_size_2","consistency_path"}.
+    Exit status: 0 printed, 2 no such punch, no checkpoint covering it, or sizes out of range.
     """)
 
 
@@ -110,9 +126,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--device", help="only this device")
     e.add_argument("--out", type=Path, metavar="FILE", help="payroll file (default: stdout)")
     e.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    e.add_argument("--origin", metavar="ORIGIN",
+                   help="origin of the v2 checkpoint a bundle export makes with --log-key "
+                        "(default: the origin of the ledger's checkpoints)")
     e.add_argument("--purpose", default="not stated", metavar="TEXT",
                    help="why the data leaves the system (recorded in the ledger, D20)")
     e.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("proof", help="print an inclusion or consistency proof (JSON)",
+                        description="Merkle proofs from the stored tree, as the API serves "
+                                    "them (docs/protocol.md §13).",
+                        epilog=PROOF_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = pr.add_subparsers(dest="proof", metavar="KIND", required=True)
+    pp = kinds.add_parser("punch", help="a punch's entry, inclusion proof and checkpoint")
+    pp.add_argument("device", metavar="DEVICE")
+    pp.add_argument("seq", type=int, metavar="SEQ")
+    _add_store(pp)
+    pp.set_defaults(func=cmd_proof_punch)
+    pc = kinds.add_parser("consistency", help="a consistency proof between two tree sizes")
+    pc.add_argument("--from", dest="old", type=int, required=True, metavar="N",
+                    help="older tree size (the checkpoint you hold)")
+    pc.add_argument("--to", dest="new", type=int, metavar="M",
+                    help="newer tree size (default: the newest checkpoint's)")
+    _add_store(pc)
+    pc.set_defaults(func=cmd_proof_consistency)
 
     m = sub.add_parser("migrate", help="create or update the ledger schema",
                        description="Create the ledger schema. On PostgreSQL run it as the "
@@ -121,6 +159,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--app-role", metavar="ROLE",
                    help="PostgreSQL role the collectors connect as (granted the minimum)")
     m.set_defaults(func=cmd_migrate)
+
+
+def cmd_proof_punch(args: argparse.Namespace) -> int:
+    with _store(args.store) as store:
+        checkpoint_tables.ensure_schema(store)
+        doc = proofs.punch_proof(store, args.device, args.seq)
+    print(json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+def cmd_proof_consistency(args: argparse.Namespace) -> int:
+    with _store(args.store) as store:
+        checkpoint_tables.ensure_schema(store)
+        new = args.new if args.new is not None else proofs.newest_size(store)
+        doc = proofs.consistency(store, args.old, new)
+    print(json.dumps(doc, indent=1, sort_keys=True))
+    return 0
 
 
 def _log_keys(args: argparse.Namespace) -> dict[str, VerifyKey]:
@@ -213,9 +268,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             if not keys:
                 raise ExportError("a bundle lists the collector log key: pass --log-key-pub "
                                   "B64 or --log-key FILE")
-            n = export_bundle(store, args.bundle, keys.values())
+            n = export_bundle(store, args.bundle, keys.values(), sign=_v2_signer(store, args))
             _record_export(store, args, what="bundle", rows=n, query={})
             print(f"audit bundle: {n} entries written to {args.bundle}", file=sys.stderr)
+            if not v2_covered(store, n):
+                print("warning: no v2 checkpoint covers the bundle's last entry (pass the log "
+                      "signing key as --log-key FILE so the export makes one)", file=sys.stderr)
             return 0
         query = PunchQuery(
             since=None if args.since is None else parse_time(args.since),
@@ -245,6 +303,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _v2_signer(store: SQLStore, args: argparse.Namespace) -> Callable[[int], object] | None:
+    """With a log signing key (--log-key FILE), make a v2 checkpoint of a bundle's size under
+    --origin (default: the ledger's own origin, see collector.ingest.checkpoints)."""
+    if not args.log_key:
+        return None
+    key = load_log_key(args.log_key[0])
+    checkpoint_tables.ensure_schema(store)
+    stored = checkpoint_tables.newest(store)
+    origin = resolve_origin(args.origin or (stored.checkpoint.origin if stored else None),
+                            store, key)
+
+    def sign(size: int) -> object:
+        return make_checkpoint_v2(store, key, origin, size, clock_now_us())
+    return sign
+
+
 def _record_export(store: SQLStore, args: argparse.Namespace, *, what: str, rows: int,
                    query: dict[str, Any]) -> None:
     """Output control (D20): every export leaves an ``access`` entry naming who, why, what."""
@@ -262,7 +336,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         migrate(args.store, app_role=args.app_role)
         # Principals, tokens and corrections live beside the ledger (not in the chain).
         migrate_postgres(args.store, args.app_role)
+        checkpoint_tables.migrate_postgres(args.store, args.app_role)
     else:
-        open_store(args.store).close()
+        s = open_store(args.store)
+        try:
+            checkpoint_tables.ensure_schema(s)
+        finally:
+            s.close()
     print(f"ledger schema ready: {redact(args.store)}", file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""Exports from a ledger store: the audit bundle (DESIGN.md §6) and payroll extracts.
+"""Exports from a ledger store: the audit bundle (DESIGN.md §6, §8.2) and payroll extracts.
 
 Both stream: entries and punches are read a page (or a server-side cursor batch) at a time
 and written as they come; nothing is materialised. Both are bounded by the ledger size at the
@@ -14,15 +14,17 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from collector import CollectorError
+from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from wire.bundle import write_bundle
+from wire.canonical import canonical
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.ledger import SignedCheckpoint
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from collector.records.corrections import Applied
 
 FORMATS = ("csv", "ndjson")
+CHECKPOINTS_V2_FILE = "checkpoints.v2.ndjson"   # DESIGN.md §8.2
 COLUMNS = ("device", "site", "seq", "credential", "action", "device_time", "device_time_us",
            "clock", "recorded_at", "recorded_at_us", "ledger_idx", "entry_hash")
 EXTRA_COLUMNS = ("reader", "key", "effective_action", "effective_device_time",
@@ -202,12 +205,44 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
     return summary
 
 
-def export_bundle(store: SQLStore, directory: Path, log_keys: Iterable[VerifyKey]) -> int:
-    """Write the audit bundle of the whole ledger into ``directory``; returns entries written."""
+def export_bundle(store: SQLStore, directory: Path, log_keys: Iterable[VerifyKey], *,
+                  sign: Callable[[int], object] | None = None) -> int:
+    """Write the audit bundle of the whole ledger into ``directory``; returns entries written.
+
+    Besides the files of DESIGN.md §6 it writes ``checkpoints.v2.ndjson`` (§8.2): one
+    ``{"note": <note text with every signature line>}`` per v2 checkpoint within the bundle,
+    in size order. When the newest does not cover the bundle's last entry, ``sign(size)``
+    (given by a caller holding the log key) first makes a checkpoint of the bundle's size;
+    without it the file holds what is stored, and :func:`v2_covered` says whether it covers.
+    A ledger without any v2 checkpoint (and no ``sign``) gives a v1 bundle without the file.
+    """
     size, _ = store.head()
+    checkpoint_tables.ensure_schema(store)
+    newest = checkpoint_tables.newest(store, at_most=size)
+    if size > 0 and sign is not None and (newest is None or newest.size < size):
+        sign(size)
     cps = [c for c in store.checkpoints() if c.checkpoint.size <= size]
     entries = ((se.entry, se.hash, se.body) for se in store.entries(0, size))
     try:
-        return write_bundle(directory, entries, cps, log_keys)
+        n = write_bundle(directory, entries, cps, log_keys)
     except WireError as e:
         raise ExportError(f"audit bundle: {e}") from e
+    notes = checkpoint_tables.all_checkpoints(store, at_most=size)
+    if not notes:
+        return n            # a ledger from before v2 checkpoints: a v1 bundle, as it was
+    path = Path(directory) / CHECKPOINTS_V2_FILE
+    try:
+        with path.open("xb") as f:
+            for cp in notes:
+                f.write(canonical({"note": cp.note}) + b"\n")
+    except FileExistsError as e:
+        raise ExportError(f"{path}: exists; refusing to overwrite a bundle") from e
+    except OSError as e:
+        raise ExportError(f"{path}: cannot write: {e.strerror}") from e
+    return n
+
+
+def v2_covered(store: SQLStore, size: int) -> bool:
+    """Does a stored v2 checkpoint cover a bundle of ``size`` entries (size 0: trivially)?"""
+    newest = checkpoint_tables.newest(store, at_most=size)
+    return size == 0 or (newest is not None and newest.size == size)

@@ -14,6 +14,11 @@ Example::
     store = "sqlite:///var/lib/timeclock/ledger.db"   # or postgresql://… (password: use
                                                       # PGPASSFILE, not the URL)
     log_key = "/etc/timeclock/log.key"          # Ed25519 log key (0600): receipts, checkpoints
+    # origin = "acme.example/timeclock"         # names the ledger in v2 checkpoints; the same
+                                                # for every collector of one ledger (default:
+                                                # timeclock.invalid/<log key id>)
+    # state_dir = "/etc/timeclock"              # largest-checkpoint.note (default: beside
+                                                # log_key); serve refuses a ledger below it
 
     [mqtt]
     host = "broker.example.org"
@@ -58,8 +63,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector import ConfigError
+from collector import CollectorError, ConfigError
 from collector.api.config import ApiSection, read_api_section
+from collector.ingest.checkpoints import validate_origin
 from wire.config import Section
 from wire.errors import KeyFileError
 from wire.keys import check_private_file
@@ -76,6 +82,13 @@ class CollectorSection:
     name: str
     store: str
     log_key: Path
+    origin: str | None = None       # None: collector.ingest.checkpoints.default_origin
+    state_dir: Path | None = None   # None: the log key's directory
+
+    @property
+    def state_directory(self) -> Path:
+        """Where ``largest-checkpoint.note`` lives (collector.service.log_state)."""
+        return self.state_dir if self.state_dir is not None else self.log_key.parent
 
     @property
     def identity(self) -> str:
@@ -189,6 +202,13 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     name = c.string("name", required=True, pattern=NAME_RE)
     store = _store_url(c, "store", base)
     log_key = c.path("log_key", base, required=True)
+    origin = c.string("origin", hint="a schema-less URL, e.g. acme.example/timeclock")
+    if origin is not None:
+        try:
+            validate_origin(origin)
+        except CollectorError as e:
+            c.problem("origin", str(e))
+    state_dir = c.path("state_dir", base)
     c.finish()
 
     m = top.section("mqtt", required=True)
@@ -244,7 +264,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
             or port is None or ca_cert is None or cert is None or key is None):
         raise ConfigError(problems)
     return CollectorConfig(
-        collector=CollectorSection(name=name, store=store, log_key=log_key),
+        collector=CollectorSection(name=name, store=store, log_key=log_key, origin=origin,
+                                   state_dir=state_dir),
         mqtt=MqttSection(host=host, port=port, ca_cert=ca_cert, cert=cert, key=key,
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),

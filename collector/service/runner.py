@@ -43,11 +43,11 @@ from collector.ingest.alerts import Alerts, ChainWatch, GapTracker
 from collector.ingest.pipeline import Inbound, Ingestor, Writer
 from collector.ingest.punch_verifier import RegistryView
 from collector.ingest.statuses import StatusTable
-from collector.ledger import open_store
-from collector.ledger.base import LedgerStore
+from collector.ledger import checkpoint_tables, open_store
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, redact_url
+from collector.service.log_state import LogState, check_ledger
 from collector.service.mqtt import MqttLink
 from wire.clock import now_us
 from wire.keys import SigningKey
@@ -83,31 +83,68 @@ class Outage:
 
 
 class Checkpointer:
-    """Makes a checkpoint when collector.ingest.checkpoints.CheckpointPolicy says it is due (every
-    ``every_entries`` entries or ``every_s`` seconds, only if the log grew); the store keeps
-    it and it is published retained on ``timeclock/v1/log/checkpoint``."""
+    """Makes checkpoints when collector.ingest.checkpoints.CheckpointPolicy says they are due
+    (every ``every_entries`` entries or ``every_s`` seconds, only if the log grew): a v1
+    checkpoint and, for the same size, a v2 note (§8.2), both stored. The v2 note, with every
+    signature gathered for it, is published retained on ``timeclock/v1/log/checkpoint``
+    and kept in the state file (collector.service.log_state); it is published again, and
+    the state file rewritten, whenever the newest checkpoint gains a cosignature (whichever
+    collector of the ledger received it: the tables are polled every ``poll_s``)."""
 
-    def __init__(self, store: LedgerStore, log_key: SigningKey,
+    def __init__(self, store: SQLStore, log_key: SigningKey,
                  publish: Callable[[str, bytes], None], *, every_entries: int,
-                 every_s: int) -> None:
+                 every_s: int, origin: str, state: LogState | None = None,
+                 poll_s: float = 1.0) -> None:
         self.store = store
         self.log_key = log_key
         self.publish = publish
+        self.origin = origin
+        self.state = state
+        self.poll_s = poll_s
         self.policy = checkpoints.CheckpointPolicy.from_store(
             store, every_entries=every_entries, every_s=every_s)
         self.made = 0
+        self.published: tuple[int, int] | None = None   # (size, cosignatures) on the topic
+        self._polled_at: int | None = None
+        self._started = False
 
     def maybe(self, now_us: int) -> bool:
         size, _ = self.store.head()
-        if not self.policy.due(size, now_us):
-            return False
-        signed = checkpoints.make_checkpoint(self.store, self.log_key, now_us)
-        self.policy.made(signed)
-        self.made += 1
-        self.publish(CHECKPOINT, signed.to_bytes())
-        log.info("checkpoint: size %d head %s…", signed.checkpoint.size,
-                 signed.checkpoint.head[:16])
-        return True
+        made = False
+        if self.policy.due(size, now_us):
+            signed = checkpoints.make_checkpoint(self.store, self.log_key, now_us)
+            self.policy.made(signed)
+            size = signed.checkpoint.size
+            made = True
+            log.info("checkpoint: size %d head %s…", size, signed.checkpoint.head[:16])
+        newest = checkpoint_tables.newest(self.store)
+        # v2 for the v1 size; also once at start when the v2 checkpoints lag behind (a
+        # ledger from before v2, or entries appended while no collector ran)
+        lagging = not self._started and (newest is None or newest.size < size)
+        self._started = True
+        if size > 0 and (made or lagging):
+            newest = checkpoints.make_checkpoint_v2(self.store, self.log_key, self.origin,
+                                                    size, now_us)
+            self.made += 1
+            made = True
+            self._announce(newest)
+        elif newest is not None and (self._polled_at is None or self.published is None or
+                                     now_us - self._polled_at >= self.poll_s * 1_000_000):
+            self._polled_at = now_us
+            if self.published != (newest.size, newest.cosignatures):
+                self._announce(newest)
+        return made
+
+    def _announce(self, cp: checkpoint_tables.StoredCheckpoint) -> None:
+        """Publish ``cp``'s full note (retained) and keep it in the state file."""
+        if self.published is not None and (cp.size, cp.cosignatures) <= self.published:
+            return
+        self.publish(CHECKPOINT, cp.note.encode("utf-8"))
+        self.published = (cp.size, cp.cosignatures)
+        if self.state is not None:
+            self.state.save(cp.size, cp.note)
+        log.info("checkpoint v2: %s size %d root %s… (%d cosignature(s))", cp.checkpoint.origin,
+                 cp.size, cp.checkpoint.root.hex()[:16], cp.cosignatures)
 
 
 class CollectorService:
@@ -150,6 +187,13 @@ class CollectorService:
             log.info("opening ledger %s", redact_url(cfg.collector.store))
             self._store = open_store(cfg.collector.store)
         store = self._store
+        # v2 checkpoints: one origin per ledger, and never serve a ledger below the largest
+        # checkpoint this collector made or saw cosigned (collector.service.log_state).
+        checkpoint_tables.ensure_schema(store)
+        origin = checkpoints.resolve_origin(cfg.collector.origin, store, log_key)
+        state = LogState(cfg.collector.state_directory,
+                         checkpoints.note_verifier(origin, log_key))
+        check_ledger(store, state)
         store.auto_reconnect = False     # reconnects follow the back-off of _ride_out only
 
         def lookup(device: str, seq: int) -> str | None:
@@ -166,7 +210,8 @@ class CollectorService:
         link = self.link
         self.checkpointer = Checkpointer(
             store, log_key, lambda t, b: link.publish(t, b, qos=1, retain=True),
-            every_entries=cfg.checkpoints.every_entries, every_s=cfg.checkpoints.every_s)
+            every_entries=cfg.checkpoints.every_entries, every_s=cfg.checkpoints.every_s,
+            origin=origin, state=state)
         self.writer = Writer(self.ingestor, self.inbox, link,
                              batch_max=cfg.ingest.batch_max,
                              batch_wait_ms=cfg.ingest.batch_wait_ms, clock=self.clock,

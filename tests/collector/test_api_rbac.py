@@ -14,6 +14,7 @@ _n = itertools.count()
 MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/punches"): frozenset({"hr.read"}),
     ("GET", "/v1/punches/clock-00/1"): frozenset({"hr.read"}),
+    ("GET", "/v1/punches/clock-00/1/proof"): frozenset({"hr.read", "audit.read"}),
     ("GET", "/v1/exports/payroll"): frozenset({"payroll.export"}),
     ("GET", "/v1/corrections"): frozenset({"hr.correct", "hr.approve", "audit.read"}),
     ("POST", "/v1/corrections"): frozenset({"hr.correct"}),
@@ -21,6 +22,8 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/corrections/cor-0000/approve"): frozenset({"hr.approve"}),
     ("POST", "/v1/corrections/cor-0000/reject"): frozenset({"hr.approve"}),
     ("GET", "/v1/checkpoints"): frozenset({"audit.read"}),
+    ("GET", "/v1/log/checkpoint"): frozenset({"hr.read", "payroll.export", "audit.read"}),
+    ("GET", "/v1/log/consistency"): frozenset({"audit.read"}),
     ("GET", "/v1/verification"): frozenset({"audit.read"}),
     ("GET", "/v1/access-log"): frozenset({"audit.read"}),
     ("GET", "/v1/quarantine"): frozenset({"audit.read"}),

@@ -33,7 +33,8 @@ from tests.fixtures.mosquitto import MosquittoBroker, free_port
 from tests.polling import wait_for
 from wire.device_status import DeviceStatus
 from wire.keys import SigningKey
-from wire.ledger import SignedCheckpoint
+from wire.note import Checkpoint as NoteCheckpoint
+from wire.note import NoteVerifier
 from wire.topics import CHECKPOINT
 
 Starter = Callable[..., tuple[CollectorService, SigningKey]]
@@ -76,19 +77,20 @@ def test_d2_d5_punches_are_recorded_receipted_and_checkpointed(
     assert dev.acked_until(log_key, {1, 2, 3}) == {1, 2, 3}
     kinds = [e.entry.kind for e in store.entries()]
     assert kinds == ["device", "punch", "punch", "punch"]
-    # Checkpoints (the first one at start, then one once 3 entries were added): published
-    # retained, signed with the log key, and stored.
-    msgs = checkpoints.get_until(
-        lambda m: SignedCheckpoint.from_bytes(m.payload).checkpoint.size == 4, 30)
-    for m in msgs:
-        SignedCheckpoint.from_bytes(m.payload).verify(log_key.verify_key)
-    cp = SignedCheckpoint.from_bytes(msgs[-1].payload)
-    assert cp.checkpoint.head == store.head()[1]
-    assert store.checkpoints()[-1] == cp
+    # Checkpoints (the first one at start, then one once 3 entries were added): v1 signed
+    # with the log key and stored; the v2 note of the same size (§8.2) published retained.
+    origin = f"timeclock.invalid/{log_key.key_id}"     # no [collector] origin: the default
+    verifier = NoteVerifier(origin, log_key.verify_key)
+    msgs = checkpoints.get_until(lambda m: NoteCheckpoint.open(m.payload, verifier).size == 4,
+                                 30)
+    cp = store.checkpoints()[-1]
+    cp.verify(log_key.verify_key)
+    assert (cp.checkpoint.size, cp.checkpoint.head) == (4, store.head()[1])
+    assert NoteCheckpoint.open(msgs[-1].payload, verifier).root == store.merkle_root(4)
     late = mosquitto.subscribe("fixture-probe", CHECKPOINT, client_id="late-reader")
     retained = late.get(30)
     assert retained.retain
-    assert SignedCheckpoint.from_bytes(retained.payload) == cp
+    assert retained.payload == msgs[-1].payload
     # Statuses go to the last-seen table, parsed (wire.device_status).
     status = DeviceStatus(device=clock.device, state="offline", version="0.1.0",
                           reason="stopped")
