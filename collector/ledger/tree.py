@@ -133,9 +133,17 @@ class _Frontier:
         return [self.nodes[a] for a in addresses]
 
     def advance(self, size: int, new: Sequence[Node]) -> None:
+        want = frontier(size)
         known = dict(self.nodes)
-        known.update(((lv, i), h) for lv, i, h in new)
-        self.nodes = {a: known[a] for a in frontier(size)}
+        # The new compact range is made of the last nodes completed at each of its levels.
+        levels = {lv for lv, _ in want}
+        for lv, i, h in reversed(new):
+            if lv in levels and (lv, i) in want:
+                known[(lv, i)] = h
+                levels.discard(lv)
+                if not levels:
+                    break
+        self.nodes = {a: known[a] for a in want}
 
 
 def _count(cur: Any, sql: str) -> int:
@@ -182,27 +190,41 @@ def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
     """Add the nodes of every entry the node table does not cover yet, inside the caller's
     write transaction (which holds the chain lock), streaming ``batch`` entries at a time;
     returns how many leaves were added. Each entry's stored hash is checked against its row
-    on the way (a tree is never built over an entry that fails its own hash)."""
-    q = dialect.sql
+    on the way (a tree is never built over an entry that fails its own hash). The compact
+    range is read once and then kept in memory.
+
+    (Reading and hashing in a second thread on a second connection while this one inserts
+    was measured slower on the 2-core machine of docs/performance.md: the GIL.)
+    """
     size = tree_leaves(cur)
     total = entry_count(cur)
-    reader = CursorReader(cur, dialect)
-    start = size
+    try:
+        base = frontier(size)
+        tip = _Frontier(dict(zip(base, CursorReader(cur, dialect).get_nodes(base),
+                                 strict=True)))
+    except ProofError as e:
+        raise LedgerError(f"the node table is incomplete below leaf {size}: {e}") from e
+    done = size
+    for done, nodes in _pages(cur, dialect, tip, size, total, batch=batch):
+        dialect.insert(cur, nodes)
+        if progress is not None:
+            progress(done, total)
+    return done - size
+
+
+def _pages(cur: Any, dialect: TreeSQL, tip: _Frontier, size: int, total: int, *,
+           batch: int) -> Iterator[tuple[int, list[Node]]]:
+    """(tree size after, its new nodes) per batch of entries from ``size`` up to ``total``."""
+    q = dialect.sql(_ENTRY_PAGE)
     while size < total:
-        stop = min(total, size + batch)
-        cur.execute(q(_ENTRY_PAGE), (size, stop))
+        cur.execute(q, (size, min(total, size + batch)))
         leaves = _leaves(cur.fetchall(), size)
         if not leaves:
             raise LedgerError(f"entry {size} is missing: the ledger is not a chain")
-        try:
-            nodes = append_nodes(reader, size, leaves)
-        except ProofError as e:
-            raise LedgerError(f"the node table is incomplete below leaf {size}: {e}") from e
-        dialect.insert(cur, nodes)
+        nodes = append_nodes(tip, size, leaves)
         size += len(leaves)
-        if progress is not None:
-            progress(size, total)
-    return size - start
+        tip.advance(size, nodes)
+        yield size, nodes
 
 
 @dataclass(frozen=True, slots=True)
