@@ -135,7 +135,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     pr = sub.add_parser("proof", help="print an inclusion or consistency proof (JSON)",
                         description="Merkle proofs from the stored tree, as the API serves "
-                                    "them (docs/protocol.md §13).",
+                                    "them (docs/protocol.md §13.6).",
                         epilog=PROOF_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = pr.add_subparsers(dest="proof", metavar="KIND", required=True)

@@ -12,7 +12,7 @@ ledger share:
 
 The origin names one ledger and must be the same for every collector of it: configured as
 ``[collector] origin``, or else :func:`default_origin` of the log key (see docs/protocol.md
-§13).
+§13.6).
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from collector import CollectorError
 from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from wire.bundle import write_bundle
-from wire.canonical import canonical
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.ledger import SignedCheckpoint
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from collector.records.corrections import Applied
 
 FORMATS = ("csv", "ndjson")
-CHECKPOINTS_V2_FILE = "checkpoints.v2.ndjson"   # DESIGN.md §8.2
 COLUMNS = ("device", "site", "seq", "credential", "action", "device_time", "device_time_us",
            "clock", "recorded_at", "recorded_at_us", "ledger_idx", "entry_hash")
 EXTRA_COLUMNS = ("reader", "key", "effective_action", "effective_device_time",
@@ -222,24 +220,13 @@ def export_bundle(store: SQLStore, directory: Path, log_keys: Iterable[VerifyKey
     if size > 0 and sign is not None and (newest is None or newest.size < size):
         sign(size)
     cps = [c for c in store.checkpoints() if c.checkpoint.size <= size]
+    # A ledger from before v2 checkpoints (none stored): a v1 bundle, without the v2 file.
+    notes = [c.note for c in checkpoint_tables.all_checkpoints(store, at_most=size)]
     entries = ((se.entry, se.hash, se.body) for se in store.entries(0, size))
     try:
-        n = write_bundle(directory, entries, cps, log_keys)
+        return write_bundle(directory, entries, cps, log_keys, notes=notes or None)
     except WireError as e:
         raise ExportError(f"audit bundle: {e}") from e
-    notes = checkpoint_tables.all_checkpoints(store, at_most=size)
-    if not notes:
-        return n            # a ledger from before v2 checkpoints: a v1 bundle, as it was
-    path = Path(directory) / CHECKPOINTS_V2_FILE
-    try:
-        with path.open("xb") as f:
-            for cp in notes:
-                f.write(canonical({"note": cp.note}) + b"\n")
-    except FileExistsError as e:
-        raise ExportError(f"{path}: exists; refusing to overwrite a bundle") from e
-    except OSError as e:
-        raise ExportError(f"{path}: cannot write: {e.strerror}") from e
-    return n
 
 
 def v2_covered(store: SQLStore, size: int) -> bool:

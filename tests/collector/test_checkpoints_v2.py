@@ -20,7 +20,7 @@ from collector.ingest import checkpoints
 from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
-from collector.records.exports import CHECKPOINTS_V2_FILE, export_bundle
+from collector.records.exports import export_bundle
 from collector.service.config import load_config, parse_config
 from collector.service.log_state import (
     STATE_FILE,
@@ -34,6 +34,7 @@ from tests.collector.ledger_kit import T0, Clock
 from tests.collector.punch_kit import Device, enroll, new_clock, write_collector_config
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.polling import wait_for
+from wire.bundle import CHECKPOINTS_V2_FILE, audit_bundle
 from wire.canonical import loads
 from wire.keys import SigningKey, save_signing_key
 from wire.ledger import SignedCheckpoint
@@ -382,6 +383,9 @@ def test_bundle_has_checkpoints_v2_covering_its_last_entry(tmp_path: Path,
     assert [c.size for c in cps] == [5, 6]                           # in size order
     entries = (tmp_path / "b" / "ledger.ndjson").read_bytes().splitlines()
     assert len(entries) == 6                                         # the last one is covered
+    # the offline verifier (wire.bundle) accepts it, pinned to the log key and the origin
+    audit = audit_bundle(tmp_path / "b", pinned=[LOG_KEY.verify_key], origin=ORIGIN)
+    assert (audit.ok, audit.v2, audit.origin) == (True, True, ORIGIN), audit.report.findings
     assert cp5.verify_cosignature(lines[0]["note"], w) == 7          # with its cosignatures
     reopened = SQLiteStore(db)
     assert cps[1].root == reference_root(reopened, 6)
