@@ -33,11 +33,13 @@ from collector.records.exports import (
     COLUMNS,
     FORMATS,
     ExportError,
+    ExportSummary,
     export_bundle,
     export_payroll,
     parse_time,
     v2_covered,
 )
+from collector.records.payroll_proofs import export_payroll_with_proofs
 from wire.clock import now_us as clock_now_us
 from wire.errors import WireError
 from wire.keys import VerifyKey
@@ -126,6 +128,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--device", help="only this device")
     e.add_argument("--out", type=Path, metavar="FILE", help="payroll file (default: stdout)")
     e.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    e.add_argument("--with-proofs", action="store_true",
+                   help="payroll (NDJSON) rows carry their ledger entry and an inclusion proof "
+                        "to the newest v2 checkpoint, whose note is in the header "
+                        "(docs/protocol.md §13.3; verify with timeclock-verify --export)")
     e.add_argument("--origin", metavar="ORIGIN",
                    help="origin of the v2 checkpoint a bundle export makes with --log-key "
                         "(default: the origin of the ledger's checkpoints)")
@@ -251,10 +257,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                              "or --log-key FILE")
     state_path: Path = args.state or default_state_path(args.store)
     with _store(args.store) as store:
-        state = None if args.full else load_state(state_path)
+        # --full re-reads from idx 0 but still holds the state's checkpoint (issue 10)
+        state = load_state(state_path)
         show = args.progress or sys.stderr.isatty()
         progress = _progress_printer(sys.stderr) if show else None
-        result = verify_store(store, keys, state=state, progress=progress)
+        result = verify_store(store, keys, state=state, progress=progress, full=args.full)
     if result.state is not None:
         save_state(state_path, result.state)
     _print_result(result, as_json=args.json)
@@ -282,14 +289,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         now_us = clock_now_us()
         # Approved corrections are shown beside the untouched originals (D6).
         fixed = Corrections(store).applied_complete()
+        if args.with_proofs and args.format != "ndjson":
+            raise ExportError("--with-proofs needs --format ndjson (CSV rows carry no proofs)")
+
+        def write(out: TextIO) -> ExportSummary:
+            if args.with_proofs:
+                return export_payroll_with_proofs(store, out, query=query, now_us=now_us,
+                                                  corrections=fixed)
+            return export_payroll(store, out, fmt=args.format, query=query, now_us=now_us,
+                                  corrections=fixed)
+
         if args.out is None:
-            summary = export_payroll(store, sys.stdout, fmt=args.format, query=query,
-                                     now_us=now_us, corrections=fixed)
+            summary = write(sys.stdout)
         else:
             try:
                 with args.out.open("w" if args.force else "x", newline="") as f:
-                    summary = export_payroll(store, f, fmt=args.format, query=query,
-                                             now_us=now_us, corrections=fixed)
+                    summary = write(f)
             except FileExistsError as e:
                 raise ExportError(f"{args.out}: exists; use --force to overwrite") from e
             except OSError as e:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from collector import CollectorError, LedgerError
+from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import SQLStore
 from wire import ZERO_HASH
 from wire.audit import AuditReport, Check, Finding, KeyState, LedgerAuditor
@@ -219,6 +220,16 @@ def _note_root(store: SQLStore, cp: NoteCheckpoint, n: int, size: int) -> list[F
     return []
 
 
+def stored_notes(store: SQLStore) -> list[str]:
+    """The store's v2 checkpoint notes, with every signature gathered, in size order; none
+    for a ledger whose checkpoint v2 tables were never created (a v1 ledger)."""
+    try:
+        checkpoint_tables.ensure_schema(store)
+    except LedgerError:
+        return []       # PostgreSQL not migrated for v2: there is nothing v2 to check
+    return [c.note for c in checkpoint_tables.all_checkpoints(store)]
+
+
 def _resume(store: SQLStore, size: int, sid: str, state: VerifyState | None, *, full: bool
             ) -> tuple[int, str, tuple[KeyState, ...] | None, list[Finding]]:
     """(start idx, its head, prior keys, findings) of a run from ``state``."""
@@ -239,14 +250,16 @@ def _resume(store: SQLStore, size: int, sid: str, state: VerifyState | None, *, 
 
 def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
                  state: VerifyState | None = None, progress: Progress | None = None,
-                 full: bool = False, notes: Sequence[str] = (),
+                 full: bool = False, notes: Sequence[str] | None = None,
                  require_coverage: bool = False) -> VerifyResult:
     """Audit ``store`` from ``state``'s checkpoint (or from idx 0) to its current end.
 
     With ``full`` the audit reads from idx 0 but still holds ``state``'s checkpoint as
-    trusted. ``notes`` are the store's v2 checkpoint notes (collector.ledger.
-    checkpoint_tables). ``require_coverage`` makes an uncovered tail a failure.
+    trusted. ``notes`` are v2 checkpoint notes to check (default: the store's own, from
+    collector.ledger.checkpoint_tables). ``require_coverage`` makes an uncovered tail a failure.
     """
+    if notes is None:
+        notes = stored_notes(store)
     size, _ = store.head()
     sid = store_id(store)
     start, start_head, prior_keys, extra = _resume(store, size, sid, state, full=full)

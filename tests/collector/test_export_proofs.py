@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from collector.cli.main import main as collector_main
 from collector.ledger import checkpoint_tables
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
@@ -99,3 +100,18 @@ def test_no_v2_checkpoint_is_a_clear_error(sqlite_store: SQLStore) -> None:
     with pytest.raises(ExportError, match="no v2 checkpoint is stored yet"):
         export_payroll_with_proofs(sqlite_store, out, query=PunchQuery(), now_us=T0)
     assert out.getvalue() == ""
+
+
+def test_export_cli_with_proofs(sqlite_store: SQLStore, sqlite_path: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(sqlite_store)
+    out = tmp_path / "nov.ndjson"
+    args = ["export", "--store", f"sqlite://{sqlite_path}", "--payroll", "--with-proofs",
+            "--out", str(out)]
+    assert collector_main([*args, "--format", "csv"]) == 2
+    assert "--with-proofs needs --format ndjson" in capsys.readouterr().err
+    assert not out.exists()
+    assert collector_main([*args, "--format", "ndjson"]) == 0
+    capsys.readouterr()
+    rc, report = _verify(out, capsys)
+    assert (rc, report["rows"], report["proven"]) == (0, 3, 3)

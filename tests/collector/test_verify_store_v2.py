@@ -12,6 +12,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from collector.cli.main import main
 from collector.ingest.checkpoints import make_checkpoint
 from collector.ledger.audit import VerifyState, verify_store
 from collector.ledger.base import EventFact
@@ -155,3 +158,19 @@ def test_an_uncovered_tail_is_counted_and_fails_only_when_required(
     strict = verify_store(sqlite_store, LOG_KEYS, require_coverage=True).report.first_failure
     assert strict is not None
     assert (strict.idx, strict.check) == (13, "coverage")
+
+
+def test_cli_verify_holds_its_state_on_full_runs(sqlite_store: SQLStore, sqlite_path: Path,
+                                                 tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _ledger(sqlite_store)
+    args = ["verify", "--store", f"sqlite://{sqlite_path}", "--log-key-pub",
+            LOG_KEY.verify_key.b64, "--state", str(tmp_path / "vs.json")]
+    assert main(args) == 0                      # state: the checkpoint of size 11
+    capsys.readouterr()
+    _truncate(sqlite_path, 8)
+    for extra in ([], ["--full"]):
+        assert main([*args, *extra]) == 1, extra
+        out = capsys.readouterr().out
+        assert "check (9) trusted-checkpoint: the ledger is smaller than a checkpoint you " \
+               "hold — truncated" in out
