@@ -39,10 +39,12 @@ from collector import CollectorError
 from collector.fleet.broker_process import ManagedBroker, prepare_managed_broker, terminate
 from collector.fleet.pki import CertificateAuthority
 from collector.fleet.provisioning import enroll_device
+from collector.ingest.checkpoints import make_checkpoint_v2, resolve_origin
 from collector.ledger import open_store
 from collector.ledger.audit import verify_store
 from collector.ledger.base import DeviceProgress
 from collector.records.exports import export_bundle
+from wire.clock import now_us
 from wire.keys import SigningKey, VerifyKey, save_signing_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,7 +311,11 @@ class Site:
                        f"checkpoints" + ("" if r.ok else f"; first failure {r.first_failure}"))
             if out.exists():
                 shutil.rmtree(out)
-            export_bundle(store, out, keys.values())
+            # The site holds the log key, as an operator does: the export signs a checkpoint
+            # of its own size, so the bundle's last entry is covered (DESIGN.md §8.2).
+            log_key, origin = self.log_key, resolve_origin(None, store, self.log_key)
+            export_bundle(store, out, keys.values(), sign=lambda n: make_checkpoint_v2(
+                store, log_key, origin, n, now_us()))
         finally:
             store.close()
         v = subprocess.run(  # noqa: S603 -- our own CLI
