@@ -78,9 +78,9 @@ class LogState:
         if self._saved is not None and (size, lines) <= self._saved:
             return False     # smaller, or the same checkpoint with no more signatures
         directory = self.path.parent
+        tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.write(fd, note.encode("utf-8"))

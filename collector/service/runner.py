@@ -40,14 +40,16 @@ from types import FrameType
 from collector import CollectorError, LedgerError, LedgerUnavailableError
 from collector.ingest import checkpoints
 from collector.ingest.alerts import Alerts, ChainWatch, GapTracker
+from collector.ingest.cosignatures import DeviceWitnesses
 from collector.ingest.pipeline import Inbound, Ingestor, Writer
 from collector.ingest.punch_verifier import RegistryView
 from collector.ingest.statuses import StatusTable
+from collector.ingest.witness_client import ExternalWitnesses
 from collector.ledger import checkpoint_tables, open_store
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, redact_url
-from collector.service.log_state import LogState, check_ledger
+from collector.service.log_state import LogState, StateFileError, check_ledger
 from collector.service.mqtt import MqttLink
 from wire.clock import now_us
 from wire.keys import SigningKey
@@ -123,11 +125,14 @@ class Checkpointer:
         lagging = not self._started and (newest is None or newest.size < size)
         self._started = True
         if size > 0 and (made or lagging):
-            newest = checkpoints.make_checkpoint_v2(self.store, self.log_key, self.origin,
-                                                    size, now_us)
+            checkpoints.make_checkpoint_v2(self.store, self.log_key, self.origin, size, now_us)
             self.made += 1
             made = True
-            self._announce(newest)
+            # the newest stored, which another collector of the ledger may have made larger:
+            # the retained message never goes back to a smaller checkpoint
+            newest = checkpoint_tables.newest(self.store)
+            if newest is not None:
+                self._announce(newest)
         elif newest is not None and (self._polled_at is None or self.published is None or
                                      now_us - self._polled_at >= self.poll_s * 1_000_000):
             self._polled_at = now_us
@@ -142,7 +147,14 @@ class Checkpointer:
         self.publish(CHECKPOINT, cp.note.encode("utf-8"))
         self.published = (cp.size, cp.cosignatures)
         if self.state is not None:
-            self.state.save(cp.size, cp.note)
+            try:
+                self.state.save(cp.size, cp.note)
+            except StateFileError as e:
+                # Ingest goes on (the clocks' punches matter more); the next checkpoint or
+                # cosignature tries again, and until then a rollback below it goes unnoticed
+                # at restart, so say so loudly.
+                log.error("%s; a truncated ledger would not be refused at the next start "
+                          "until it is written", e)
         log.info("checkpoint v2: %s size %d root %s… (%d cosignature(s))", cp.checkpoint.origin,
                  cp.size, cp.checkpoint.root.hex()[:16], cp.cosignatures)
 
@@ -173,6 +185,11 @@ class CollectorService:
         self.writer: Writer | None = None
         self.ingestor: Ingestor | None = None
         self.checkpointer: Checkpointer | None = None
+        # Witnesses (DESIGN.md §8.3): the clocks, and any [[witnesses]], are asked to cosign
+        # each new v2 checkpoint, and once at start.
+        self.device_witnesses: DeviceWitnesses | None = None
+        self.external_witnesses: ExternalWitnesses | None = None
+        self._witnesses_asked_at: int | None = None
 
     @property
     def store(self) -> SQLStore:
@@ -206,8 +223,14 @@ class CollectorService:
             gaps=GapTracker(cfg.gaps.report_after_s, self.alerts),
             chain=ChainWatch(self.alerts, lookup=lookup))
         self.link = MqttLink(cfg.mqtt, cfg.collector.identity, self.inbox,
-                             on_status=self._on_status, clock=self.clock)
+                             on_status=self._on_status, clock=self.clock,
+                             on_cosignature=self._on_cosignature)
         link = self.link
+        self.device_witnesses = DeviceWitnesses(
+            store, origin, lambda t, b, r: link.publish(t, b, qos=1, retain=r),
+            alerts=self.alerts)
+        self.external_witnesses = ExternalWitnesses(store, cfg.witnesses, alerts=self.alerts)
+        self.external_witnesses.start()
         self.checkpointer = Checkpointer(
             store, log_key, lambda t, b: link.publish(t, b, qos=1, retain=True),
             every_entries=cfg.checkpoints.every_entries, every_s=cfg.checkpoints.every_s,
@@ -227,12 +250,30 @@ class CollectorService:
     def _on_status(self, msg: Inbound) -> None:
         self.statuses.update(msg.topic, msg.payload, msg.received_at)
 
+    def _on_cosignature(self, msg: Inbound) -> None:
+        if self.device_witnesses is not None:
+            self.device_witnesses.receive(msg.topic, msg.payload, msg.received_at)
+
+    def _ask_witnesses(self, now: int) -> None:
+        """Offer the newest v2 checkpoint to the clocks and the external witnesses."""
+        newest = checkpoint_tables.newest(self.store)
+        self._witnesses_asked_at = now
+        if newest is None:
+            return
+        if self.device_witnesses is not None:
+            self.device_witnesses.offer(newest)
+        if self.external_witnesses is not None:
+            self.external_witnesses.offer(newest)
+
     def _tick(self, now: int, _handled: int) -> None:
         if self._store is not None and self._store.unavailable is not None:
             return                       # the outage is reported once, by _ride_out
         try:
-            if self.checkpointer is not None:
-                self.checkpointer.maybe(now)
+            if self.checkpointer is not None and (self.checkpointer.maybe(now)
+                                                  or self._witnesses_asked_at is None):
+                self._ask_witnesses(now)
+            if self.device_witnesses is not None:
+                self.device_witnesses.process()
             if self.ingestor is not None:
                 self.ingestor.report_gaps(now_us=now)
         except LedgerUnavailableError:
@@ -355,6 +396,8 @@ class CollectorService:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
                 log.error("the ingest writer did not finish within %.0f s", timeout_s)
+        if self.external_witnesses is not None:
+            self.external_witnesses.stop()
         if self.link is not None:
             if not self.link.flush(timeout_s):
                 log.warning("some receipts were not confirmed by the broker before "

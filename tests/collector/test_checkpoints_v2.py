@@ -423,3 +423,20 @@ def test_export_bundle_api_writes_v2_lines(sqlite_store: SQLiteStore, tmp_path: 
     assert _v2_lines(tmp_path / "b") == _v2_lines(tmp_path / "c")
     with pytest.raises(Exception, match="exists"):
         export_bundle(sqlite_store, tmp_path / "c", [LOG_KEY.verify_key])
+
+
+def test_a_state_file_that_cannot_be_written_is_logged_and_ingest_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    store = SQLiteStore(tmp_path / "ledger.db")
+    checkpoint_tables.ensure_schema(store)
+    fill(store, 2)
+    published: list[bytes] = []
+    cpr = Checkpointer(store, LOG_KEY, lambda _t, b: published.append(b), every_entries=1000,
+                       every_s=60, origin=ORIGIN, state=LogState(blocker, log_verifier()))
+    assert cpr.maybe(T0)
+    assert Checkpoint.open(published[-1], log_verifier()).size == 3
+    assert "cannot write" in caplog.text
+    assert "would not be refused at the next start" in caplog.text
+    store.close()
