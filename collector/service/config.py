@@ -51,6 +51,12 @@ Example::
     dir = "/var/lib/timeclock/broker"           # prepared by `broker-config`/`site`; it
                                                 # listens on [mqtt] host:port
     # mosquitto = "/usr/sbin/mosquitto"
+
+    [[witnesses]]                               # optional, any number: external C2SP
+    url = "https://witness.auditor.example:8443"  # witnesses (collector.ingest.witness_client)
+    name = "auditor.example/witness"
+    key = "auditor.example/witness+1a2b3c4d+BAb…"  # its vkey
+    ca_cert = "/etc/timeclock/auditor-ca.crt"   # optional: else the system trust store
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from typing import Any
 from collector import CollectorError, ConfigError
 from collector.api.config import ApiSection, read_api_section
 from collector.ingest.checkpoints import validate_origin
+from collector.ingest.witness_client import WitnessEndpoint, parse_witnesses
 from wire.config import Section
 from wire.errors import KeyFileError
 from wire.keys import check_private_file
@@ -156,6 +163,7 @@ class CollectorConfig:
     broker: BrokerSection = BrokerSection()
     api: ApiSection | None = None               # [api]: serve also runs the HTTPS API
     ledger: LedgerSection = LedgerSection()
+    witnesses: tuple[WitnessEndpoint, ...] = ()   # [[witnesses]]
 
 
 def redact_url(url: str) -> str:
@@ -253,11 +261,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     b.finish()
 
     ledger = _ledger_section(top.section("ledger"))
-    api = None
-    if top.has("api"):
-        api = read_api_section(top.raw("api"), base, problems)
-    else:
-        top.raw("api")
+    api = read_api_section(top.raw("api"), base, problems) if top.has("api") else None
+    witnesses = parse_witnesses(top.raw("witnesses"), base, problems)
     top.finish()
 
     if (problems or name is None or store is None or log_key is None or host is None
@@ -270,7 +275,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),
         ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker, api=api,
-        ledger=ledger)
+        ledger=ledger, witnesses=witnesses)
 
 
 def load_config(path: Path) -> CollectorConfig:

@@ -10,7 +10,9 @@ Invariants (DESIGN.md §4):
   is never PUBACKed (crash, store down) is redelivered by the broker.
 - Punches arrive through the shared subscription ``$share/collectors/…/+/punches`` (several
   collectors share the load); statuses through a plain subscription (retained statuses are
-  not delivered on shared subscriptions, and every collector keeps its own last-seen table).
+  not delivered on shared subscriptions, and every collector keeps its own last-seen table);
+  the clocks' cosignature replies likewise (collector.ingest.cosignatures), PUBACKed on
+  receipt: a lost reply is asked again with the next checkpoint.
 - ``on_message`` never raises into paho: a handler failure is logged and the message stays
   un-PUBACKed. A full inbox blocks ``on_message`` (back-pressure to the broker over TCP)
   until there is room or the link is stopping.
@@ -37,6 +39,7 @@ from wire.clock import now_us
 from wire.errors import WireError
 from wire.tls import client_context
 from wire.topics import ALL_STATUS, SHARED_PUNCHES
+from wire.witness import ALL_COSIGNATURES
 
 log = logging.getLogger("timeclock.mqtt")
 
@@ -63,11 +66,13 @@ class MqttLink(Publisher):
     def __init__(self, cfg: MqttSection, identity: str, inbox: queue.Queue[Inbound], *,
                  on_status: Callable[[Inbound], None] | None = None,
                  clock: Callable[[], int] = now_us,
-                 subscribe_punches: str = SHARED_PUNCHES) -> None:
+                 subscribe_punches: str = SHARED_PUNCHES,
+                 on_cosignature: Callable[[Inbound], None] | None = None) -> None:
         self.cfg = cfg
         self.identity = identity
         self.inbox = inbox
         self.on_status = on_status
+        self.on_cosignature = on_cosignature
         self.clock = clock
         self.subscribe_punches = subscribe_punches
         self.connected = threading.Event()
@@ -156,8 +161,11 @@ class MqttLink(Publisher):
         self.connected.set()
         log.info("MQTT connected as %s (session present: %s)", self.identity,
                  flags.session_present)
-        client.subscribe([(self.subscribe_punches, SubscribeOptions(qos=1)),
-                          (ALL_STATUS, SubscribeOptions(qos=1))])
+        subs = [(self.subscribe_punches, SubscribeOptions(qos=1)),
+                (ALL_STATUS, SubscribeOptions(qos=1))]
+        if self.on_cosignature is not None:
+            subs.append((ALL_COSIGNATURES, SubscribeOptions(qos=1)))
+        client.subscribe(subs)
 
     def _on_subscribe(self, _client: paho.Client, _userdata: object, _mid: int,
                       reasons: list[ReasonCode], _props: Properties | None) -> None:
@@ -184,6 +192,11 @@ class MqttLink(Publisher):
             if msg.topic.endswith("/status"):
                 if self.on_status is not None:
                     self.on_status(msg)
+                self.ack(msg)
+                return
+            if msg.topic.endswith("/cosignature"):
+                if self.on_cosignature is not None:
+                    self.on_cosignature(msg)
                 self.ack(msg)
                 return
             while not self._stopping.is_set():

@@ -1,0 +1,222 @@
+"""Clocks as witnesses on a live site (DESIGN.md §8.3; lab.site: broker, collector and real
+agents as processes): every clock cosigns the checkpoints, the cosignatures are stored and
+re-published with the checkpoint; then the truncation attack of issue 10 — stop the collector,
+delete the ledger's last entries (the triggers dropped, with their tree nodes and the
+checkpoints above), remove the collector's own state file, restart — and every clock refuses
+to cosign the first checkpoint it is offered, and says so in its status, `timeclock-agent
+status` and `device list`."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collector.ledger import checkpoint_tables, open_store
+from collector.service.log_state import STATE_FILE
+from lab.site import Site
+from tests.e2e.site_kit import Taps, cli, running_site, tapped_clock, wait_for
+from wire.clock import now_us
+from wire.keys import VerifyKey
+from wire.note import COSIGNATURE_V1, Checkpoint, Note, NoteVerifier, cosigned_by
+from wire.tls import client_context
+from wire.topics import CHECKPOINT
+from wire.witness import device_witness_name
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
+
+INTERVAL_S = 0.2          # one tap per clock this often
+CHECKPOINT_EVERY_S = 2    # a short checkpoint interval, so a refusal comes quickly
+DEVICES = ("clock-1", "clock-2")
+
+
+def _short_checkpoints(site: Site) -> None:
+    cfg = site.collector_config()
+    text = cfg.read_text()
+    assert "every_s = 5" in text
+    cfg.write_text(text.replace("every_s = 5", f"every_s = {CHECKPOINT_EVERY_S}"))
+
+
+def _device_keys(site: Site) -> dict[str, VerifyKey]:
+    store = open_store(site.store_url)
+    try:
+        return {d: VerifyKey.from_b64(next(k for k in store.keys(d)
+                                           if k.until_seq is None).public_b64)
+                for d in DEVICES}
+    finally:
+        store.close()
+
+
+def _verifiers(site: Site, origin: str) -> list[NoteVerifier]:
+    return [NoteVerifier(device_witness_name(origin, d), k, COSIGNATURE_V1)
+            for d, k in _device_keys(site).items()]
+
+
+def _newest(site: Site) -> checkpoint_tables.StoredCheckpoint | None:
+    store = open_store(site.store_url)
+    try:
+        return checkpoint_tables.newest(store)
+    finally:
+        store.close()
+
+
+def _fully_cosigned(site: Site) -> checkpoint_tables.StoredCheckpoint | None:
+    """The newest checkpoint, if every clock's cosignature of it is stored and verifies."""
+    cp = _newest(site)
+    if cp is None:
+        return None
+    names = cosigned_by(cp.checkpoint, Note.from_text(cp.note),
+                        _verifiers(site, cp.checkpoint.origin))
+    return cp if len(names) == len(DEVICES) else None
+
+
+def _retained_checkpoint(site: Site) -> str:
+    """The note retained on timeclock/v1/log/checkpoint, read as a collector would."""
+    d = site.root / "collectors" / "main"
+    got: queue.Queue[bytes] = queue.Queue()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="witness-test-reader",
+                    protocol=mqtt.MQTTv5)
+    c.tls_set_context(client_context(site.root / "ca" / "ca.crt", d / "tls.crt",
+                                     d / "tls.key"))
+    c.on_connect = lambda cl, *_a: cl.subscribe(CHECKPOINT, qos=1)
+    c.on_message = lambda _c, _u, m: got.put(bytes(m.payload))
+    c.connect("127.0.0.1", site.port)
+    c.loop_start()
+    try:
+        return got.get(timeout=30).decode()
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _device_list(site: Site) -> dict[str, dict[str, Any]]:
+    r = cli("collector.cli.main", "device", "list", "--config", str(site.collector_config()),
+            "--json")
+    assert r.returncode == 0, r.stderr
+    return {row["device"]: row for row in json.loads(r.stdout)}
+
+
+def _truncate(db: Path, keep: int) -> None:
+    """What a database admin can do with the collector stopped: drop the triggers and delete
+    every entry from ``keep`` on, with its body, punch row, tree nodes, quarantine rows and
+    the checkpoints (v1 and v2) and cosignatures above it."""
+    conn = sqlite3.connect(db)
+    try:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                                    ).fetchall():
+            conn.execute(f'DROP TRIGGER "{name}"')
+        for table in ("bodies", "punches", "quarantine", "entries"):
+            conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (keep,))  # noqa: S608 -- ours
+        # a complete subtree (L, k) covers leaves k·2^L … (k+1)·2^L − 1
+        conn.execute("DELETE FROM tc_merkle WHERE (idx + 1) * (1 << level) > ?", (keep,))
+        for table in ("tc_cosignatures", "tc_checkpoints_v2", "checkpoints"):
+            conn.execute(f"DELETE FROM {table} WHERE size > ?", (keep,))  # noqa: S608 -- ours
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _witness_state(site: Site, device: str) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(
+        (site.root / "clocks" / device / "state" / "witness.json").read_text())
+    return state
+
+
+def test_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path) -> None:
+    with running_site(tmp_path / "site") as site:
+        site.prepare()
+        _short_checkpoints(site)
+        site.start_broker()
+        site.start_collector()
+        for d in DEVICES:
+            tapped_clock(site, d)
+        taps = Taps(site.clocks, interval_s=INTERVAL_S)
+
+        # -- every clock cosigns; the cosignatures are stored and re-published ----------------
+        held: dict[str, checkpoint_tables.StoredCheckpoint] = {}
+
+        def cosigned_past(n: int) -> bool:
+            cp = _fully_cosigned(site)
+            if cp is not None and cp.size > n:
+                held["cp"] = cp
+                return True
+            return False
+        wait_for(lambda: cosigned_past(20), 120, "a checkpoint cosigned by every clock")
+        first = held["cp"]
+        wait_for(lambda: cosigned_past(first.size), 120,
+                 "a later checkpoint cosigned by every clock (a proof from the first)")
+        cp = held["cp"]
+        origin = cp.checkpoint.origin
+
+        verifiers = _verifiers(site, origin)
+
+        def republished() -> bool:
+            note = Note.from_text(_retained_checkpoint(site))
+            return len(cosigned_by(Checkpoint.from_body(note.body), note, verifiers)) == \
+                len(DEVICES)
+        wait_for(republished, 60, "a checkpoint re-published, retained, with every clock's "
+                 "cosignature")
+        wait_for(lambda: all(r["witness"] == "ok" for r in _device_list(site).values()), 60,
+                 "device list showing every clock's witness ok")
+
+        # -- the attack ------------------------------------------------------------------------
+        sent = taps.stop_and_drain(site)
+        assert sent > 0
+        wait_for(lambda: all(_witness_state(site, d)["note"] is not None for d in DEVICES), 30,
+                 "every clock holding a checkpoint")
+        site.kill_collector("main", signal.SIGTERM)
+        sizes = {d: int(Note.from_text(_witness_state(site, d)["note"]).body.split("\n")[1])
+                 for d in DEVICES}
+        keep = min(sizes.values()) - 5
+        assert keep > 10, sizes
+        _truncate(site.root / "ledger.db", keep)
+        (site.root / STATE_FILE).unlink()        # the attacker erases the collector's memory
+        restart_us = now_us()
+        site.start_collector()
+        taps = Taps(site.clocks, interval_s=INTERVAL_S)
+        try:
+            wait_for(lambda: all(_witness_state(site, d).get("refusing") for d in DEVICES),
+                     120, "every clock refusing to cosign the truncated ledger")
+            wait_for(lambda: all(r["witness"] == "refusing"
+                                 for r in _device_list(site).values()), 60,
+                     "device list showing every clock refusing")
+        finally:
+            taps.stop()
+
+        # Within one checkpoint interval: each clock refused the very first checkpoint the
+        # restarted collector offered it (the newest it kept, or the first it made).
+        store = open_store(site.store_url)
+        try:
+            after = [c for c in checkpoint_tables.all_checkpoints(store)
+                     if c.made_at >= restart_us or c.size <= keep]
+            offered_first = max(c.size for c in after if c.size <= keep)
+            v2_sizes = sorted(c.size for c in after)
+        finally:
+            store.close()
+        for d in DEVICES:
+            st = _witness_state(site, d)
+            refusing = st["refusing"]
+            assert refusing["reason"] in ("shrinking", "inconsistent"), refusing
+            assert refusing["offered_size"] in (offered_first, *[s for s in v2_sizes
+                                                                 if s > keep][:1]), \
+                (refusing, offered_first, v2_sizes)
+            assert st["cosigned_at_us"] < restart_us      # nothing cosigned since the attack
+            # still the honest checkpoint it held at the attack (a request in flight when the
+            # collector stopped may have moved it forward, never back)
+            assert int(Note.from_text(st["note"]).body.split("\n")[1]) >= sizes[d]
+        rows = _device_list(site)
+        for d in DEVICES:
+            assert any("WITNESS REFUSES" in w for w in rows[d]["warnings"]), rows[d]
+        status = cli("agent.cli", "status", "--config", str(site.clocks[0].config))
+        assert "witness:       REFUSING to cosign" in status.stdout, status.stdout
+        serve_log = (site.root / "collectors" / "main" / "serve.log").read_text()
+        assert "kind=witness-refusal" in serve_log
+        for c in site.clocks:
+            assert "WITNESS REFUSES" in c.log_file.read_text()
