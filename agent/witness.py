@@ -1,4 +1,4 @@
-"""The clock as a witness of the log (DESIGN.md §8.3, docs/protocol.md §13.3).
+"""The clock as a witness of the log (DESIGN.md §8.3, docs/protocol.md §13.7).
 
 The collector asks each clock, on ``timeclock/v1/devices/{id}/checkpoint``, to cosign its
 newest checkpoint with a C2SP tlog-witness add-checkpoint request (wire.witness.AddCheckpoint):

@@ -16,7 +16,7 @@ MUST NOT carry a credential or key material. Version 1, canonical JSON::
 Required: ``v``, ``device``, ``state``, ``version``. An ``online`` status also carries ``at``,
 ``queue``, ``clock`` and ``readers``; the last will carries only ``reason`` besides the
 required four. ``storage`` is optional (agents before it was added do not send it): absent
-means unknown. ``witness`` is optional too (DESIGN.md §8.3, protocol §13.3): the clock as a
+means unknown. ``witness`` is optional too (DESIGN.md §8.3, protocol §13.7): the clock as a
 witness of the log, ``{"state": "none"|"ok"|"refusing"|"broken", "size": n|null,
 "cosigned_at": µs|null, "refusals": n, "reason": str|null, "detail": str, "since_us": µs|null}``
 — ``refusing`` means the last checkpoint offered was refused (``reason``), since ``since_us``.

@@ -1,4 +1,4 @@
-"""Witness messages (DESIGN.md §8.3, docs/protocol.md §13.3): what a witness is asked, and
+"""Witness messages (DESIGN.md §8.3, docs/protocol.md §13.7): what a witness is asked, and
 what a clock answers.
 
 - :class:`AddCheckpoint` is the body of a C2SP tlog-witness ``POST /add-checkpoint``::

@@ -1,4 +1,4 @@
-"""Clocks as witnesses, collector side (DESIGN.md §8.3, docs/protocol.md §13.3).
+"""Clocks as witnesses, collector side (DESIGN.md §8.3, docs/protocol.md §13.7).
 
 For each new v2 checkpoint, :meth:`DeviceWitnesses.offer` asks every active clock to cosign it:
 a C2SP tlog-witness add-checkpoint body (wire.witness.AddCheckpoint) on the clock's own
