@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from collector import LedgerError
+from collector import LedgerError, LedgerUnavailableError
 from collector.ingest.alerts import SEVERITY_CRITICAL, SEVERITY_WARNING, Alerts
 from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import SQLStore
@@ -160,8 +160,12 @@ class DeviceWitnesses:
             n += 1
             try:
                 self.handle(topic, payload, received_at)
-            except LedgerError:
+            except LedgerUnavailableError:
                 raise               # the ingest loop rides out an outage; the reply is lost
+            except LedgerError as e:
+                # e.g. two collectors of one ledger storing the same cosignature at once: the
+                # reply is dropped, the next checkpoint asks again; ingest goes on.
+                log.warning("witness reply on %s not stored: %s", topic[:120], e)
             except WireError as e:
                 self._bad(topic, f"{e}")
 
