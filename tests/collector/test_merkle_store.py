@@ -8,7 +8,11 @@ rolled-back transaction leave one consistent tree.
 
 from __future__ import annotations
 
+import queue
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -294,6 +298,59 @@ def test_two_concurrent_appenders_on_postgres_keep_one_tree(pg_ledger: Any) -> N
             merkle.verify_consistency(n, total, r, final, setup.consistency_proof(n, total))
     finally:
         setup.close()
+
+
+_APPENDER = """
+import sys
+from collector.ledger import open_store
+from collector.ledger.base import EventFact
+from tests.collector.ledger_kit import T0, Clock
+s = open_store(sys.argv[1])
+c = Clock(sys.argv[2])
+s.append([EventFact("device", c.enrolled_body())], now_us=T0)
+i = 0
+while True:
+    s.append([c.fact() for _ in range(300)], now_us=T0 + i)
+    i += 1
+    print(i, flush=True)
+"""
+
+
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
+    for line in proc.stdout or []:
+        lines.put(line)
+
+
+@pytest.mark.subprocess
+def test_a_killed_appender_leaves_entries_and_tree_in_step(store: SQLStore,
+                                                           store_url: str) -> None:
+    """SIGKILL an appending process (most of its time is inside an append transaction),
+    three times: what committed has its tree, what did not has neither."""
+    root = Path(__file__).resolve().parents[2]
+    for cycle in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", _APPENDER, store_url, f"clock-k{cycle}"],
+                                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(proc, lines), daemon=True)
+        reader.start()
+        try:
+            for _ in range(2 + cycle):        # a few appends committed, then kill
+                try:
+                    lines.get(timeout=60)
+                except queue.Empty:
+                    pytest.fail(f"the appender printed nothing in 60 s: "
+                                f"{proc.stderr.read() if proc.poll() is not None else ''}")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            reader.join(timeout=60)
+        size = store.head()[0]
+        assert size >= 1 + 300 * (2 + cycle)
+        assert store.tree_size() == size
+        assert store.check_tree() == tree.TreeCheck(0, size, 2 * size - size.bit_count())
+    ref = reference(store)
+    assert store.merkle_root(ref.size) == merkle.root(ref, ref.size)
 
 
 # -- the audit's recomputation -------------------------------------------------------------
