@@ -260,7 +260,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
-    return run_command(PROG, lambda: int(args.func(args)), (AgentError,))
+    return run_command(PROG, lambda: int(args.func(args)), (AgentError,), extra="agent")
 
 
 if __name__ == "__main__":

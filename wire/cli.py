@@ -8,7 +8,10 @@ on stderr, never a traceback for an operator's mistake:
 - Ctrl-C exits 130 quietly;
 - a closed pipe (``timeclock-collector ca list | head -1``) ends quietly with 141, like a Unix
   filter killed by SIGPIPE: stdout is pointed at /dev/null so the interpreter's final flush
-  cannot raise a second time.
+  cannot raise a second time;
+- an optional dependency missing on an install without the program's extra (``pip install
+  timeclock`` then ``timeclock-collector``) prints which extra to install and exits 2
+  (:func:`missing_extra`).
 
 Anything else is a bug and keeps its traceback.
 """
@@ -30,6 +33,24 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"   # journald stamps lines itself
 
 
+# Import names of the optional dependencies (pyproject.toml [project.optional-dependencies]).
+# Only these are an operator's missing extra; any other missing module is a bug and keeps its
+# traceback.
+OPTIONAL_MODULES = frozenset(
+    {"aiohttp", "paho", "psycopg", "sqlite_utils", "prometheus_client", "serial", "evdev"})
+
+
+def missing_extra(prog: str, extra: str, error: ModuleNotFoundError) -> int:
+    """Print the one line that names the extra to install, and return the exit status; re-raise
+    ``error`` when the missing module is not an optional dependency."""
+    name = (error.name or "").partition(".")[0]
+    if name not in OPTIONAL_MODULES:
+        raise error
+    print(f"{prog}: this command needs the '{extra}' extra: pip install 'timeclock[{extra}]' "
+          f"(no module named {name!r})", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def setup_logging(*, verbose: bool) -> None:
     """Log to stderr; without timestamps under systemd (``$JOURNAL_STREAM``)."""
     fmt = JOURNAL_LOG_FORMAT if os.environ.get("JOURNAL_STREAM") else LOG_FORMAT
@@ -37,12 +58,17 @@ def setup_logging(*, verbose: bool) -> None:
 
 
 def run_command(prog: str, command: Callable[[], int],
-                errors: tuple[type[Exception], ...] = ()) -> int:
-    """Run ``command`` and return its exit status, mapping errors as the module doc says."""
+                errors: tuple[type[Exception], ...] = (), *, extra: str | None = None) -> int:
+    """Run ``command`` and return its exit status, mapping errors as the module doc says;
+    ``extra`` names the program's extra for :func:`missing_extra` (None: none is optional)."""
     handled: tuple[type[Exception], ...] = (*errors, WireError)
     try:
         rc = command()
         sys.stdout.flush()   # a pipe closed early raises here, inside the handler below
+    except ModuleNotFoundError as e:
+        if extra is None:
+            raise
+        return missing_extra(prog, extra, e)
     except handled as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_ERROR

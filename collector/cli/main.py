@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from collector import CollectorError
-from wire.cli import run_command, setup_logging
+from wire.cli import missing_extra, run_command, setup_logging
 
 EPILOG = """\
 a site in a few commands (each has --help with examples; docs/operations.md walks through it):
@@ -46,9 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        # The command modules import the 'collector' extra's libraries (aiohttp, paho, psycopg).
+        parser = build_parser()
+    except ModuleNotFoundError as e:
+        return missing_extra("timeclock-collector", "collector", e)
+    args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose)
-    return run_command("timeclock-collector", lambda: int(args.func(args)), (CollectorError,))
+    return run_command("timeclock-collector", lambda: int(args.func(args)), (CollectorError,),
+                       extra="collector")
 
 
 if __name__ == "__main__":
