@@ -4,7 +4,7 @@ re-published with the checkpoint; then the truncation attack of issue 10 — sto
 delete the ledger's last entries (the triggers dropped, with their tree nodes and the
 checkpoints above), remove the collector's own state file, restart — and every clock refuses
 to cosign the first checkpoint it is offered, and says so in its status, `timeclock-agent
-status` and `device list`."""
+status` and `device list`; an external witness (`timeclock-witness`) refuses too."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import queue
 import signal
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.ingest.checkpoints import default_origin
 from collector.ledger import checkpoint_tables, open_store
 from collector.service.log_state import STATE_FILE
 from lab.site import Site
 from tests.e2e.site_kit import Taps, cli, running_site, tapped_clock, wait_for
+from tests.witness.witness_kit import WITNESS_NAME, Log, ServerTLS, WitnessServer
 from wire.clock import now_us
 from wire.keys import VerifyKey
 from wire.note import COSIGNATURE_V1, Checkpoint, Note, NoteVerifier, cosigned_by
@@ -42,6 +45,22 @@ def _short_checkpoints(site: Site) -> None:
     text = cfg.read_text()
     assert "every_s = 5" in text
     cfg.write_text(text.replace("every_s = 5", f"every_s = {CHECKPOINT_EVERY_S}"))
+
+
+def _external_witness(site: Site) -> WitnessServer:
+    """A timeclock-witness for this site's log (HTTPS with the site CA's server certificate),
+    in the collector's [[witnesses]]."""
+    assert site.ca is not None
+    assert site.log_key is not None
+    key_file, cert_file = site.ca.server_files()
+    srv = WitnessServer(site.root / "witness", ServerTLS(site.ca.cert_file, cert_file, key_file),
+                        [Log(site.log_key, default_origin(site.log_key.key_id))])
+    srv.start()
+    cfg = site.collector_config()
+    cfg.write_text(cfg.read_text() + f'\n[[witnesses]]\nurl = "{srv.url}"\n'
+                   f'name = "{WITNESS_NAME}"\nkey = "{srv.verifier.vkey()}"\n'
+                   f'ca_cert = "{site.ca.cert_file}"\n')
+    return srv
 
 
 def _device_keys(site: Site) -> dict[str, VerifyKey]:
@@ -67,14 +86,16 @@ def _newest(site: Site) -> checkpoint_tables.StoredCheckpoint | None:
         store.close()
 
 
-def _fully_cosigned(site: Site) -> checkpoint_tables.StoredCheckpoint | None:
-    """The newest checkpoint, if every clock's cosignature of it is stored and verifies."""
+def _fully_cosigned(site: Site, extra: NoteVerifier
+                    ) -> checkpoint_tables.StoredCheckpoint | None:
+    """The newest checkpoint, if every clock's and the external witness's cosignatures of it
+    are stored and verify."""
     cp = _newest(site)
     if cp is None:
         return None
     names = cosigned_by(cp.checkpoint, Note.from_text(cp.note),
-                        _verifiers(site, cp.checkpoint.origin))
-    return cp if len(names) == len(DEVICES) else None
+                        [*_verifiers(site, cp.checkpoint.origin), extra])
+    return cp if len(names) == len(DEVICES) + 1 else None
 
 
 def _retained_checkpoint(site: Site) -> str:
@@ -129,10 +150,21 @@ def _witness_state(site: Site, device: str) -> dict[str, Any]:
     return state
 
 
-def test_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path) -> None:
+@pytest.fixture
+def cleanup() -> Iterator[list[WitnessServer]]:
+    servers: list[WitnessServer] = []
+    yield servers
+    for srv in servers:
+        srv.stop()
+
+
+def test_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path,
+                                                      cleanup: list[WitnessServer]) -> None:
     with running_site(tmp_path / "site") as site:
         site.prepare()
         _short_checkpoints(site)
+        external = _external_witness(site)
+        cleanup.append(external)
         site.start_broker()
         site.start_collector()
         for d in DEVICES:
@@ -143,12 +175,13 @@ def test_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path) -> None:
         held: dict[str, checkpoint_tables.StoredCheckpoint] = {}
 
         def cosigned_past(n: int) -> bool:
-            cp = _fully_cosigned(site)
+            cp = _fully_cosigned(site, external.verifier)
             if cp is not None and cp.size > n:
                 held["cp"] = cp
                 return True
             return False
-        wait_for(lambda: cosigned_past(20), 120, "a checkpoint cosigned by every clock")
+        wait_for(lambda: cosigned_past(20), 120,
+                 "a checkpoint cosigned by every clock and the external witness")
         first = held["cp"]
         wait_for(lambda: cosigned_past(first.size), 120,
                  "a later checkpoint cosigned by every clock (a proof from the first)")
@@ -159,9 +192,9 @@ def test_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path) -> None:
 
         def republished() -> bool:
             note = Note.from_text(_retained_checkpoint(site))
-            return len(cosigned_by(Checkpoint.from_body(note.body), note, verifiers)) == \
-                len(DEVICES)
-        wait_for(republished, 60, "a checkpoint re-published, retained, with every clock's "
+            return len(cosigned_by(Checkpoint.from_body(note.body), note,
+                                   [*verifiers, external.verifier])) == len(DEVICES) + 1
+        wait_for(republished, 60, "a checkpoint re-published, retained, with every "
                  "cosignature")
         wait_for(lambda: all(r["witness"] == "ok" for r in _device_list(site).values()), 60,
                  "device list showing every clock's witness ok")
@@ -187,6 +220,9 @@ def test_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path) -> None:
             wait_for(lambda: all(r["witness"] == "refusing"
                                  for r in _device_list(site).values()), 60,
                      "device list showing every clock refusing")
+            wait_for(lambda: f"witness {WITNESS_NAME} REFUSES" in (
+                site.root / "collectors" / "main" / "serve.log").read_text(), 120,
+                "the external witness refusing the truncated ledger")
         finally:
             taps.stop()
 
@@ -220,3 +256,5 @@ def test_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path) -> None:
         assert "kind=witness-refusal" in serve_log
         for c in site.clocks:
             assert "WITNESS REFUSES" in c.log_file.read_text()
+        # The external witness kept the honest checkpoint and never cosigned the other log.
+        assert external.size_held(origin) >= min(sizes.values())

@@ -4,6 +4,7 @@ a Merkle tree (wire.merkle.MemoryTree) whose checkpoints a log key signs."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import socket
 import ssl
@@ -19,7 +20,7 @@ from tests.fixtures.mosquitto import free_port
 from tests.fixtures.pki import TestPKI
 from wire.keys import SigningKey, save_signing_key
 from wire.merkle import MemoryTree, consistency_proof, leaf_hash, root
-from wire.note import COSIGNATURE_V1, Checkpoint, NoteVerifier
+from wire.note import COSIGNATURE_V1, Checkpoint, Note, NoteVerifier
 from wire.witness import AddCheckpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,6 +64,15 @@ class Log:
         return NoteVerifier(self.origin, self.key.verify_key).vkey()
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """The files a witness serves HTTPS with (a TestPKI has the same attributes)."""
+
+    ca_file: Path
+    server_cert_file: Path
+    server_key_file: Path
+
+
 @dataclass
 class Answer:
     status: int
@@ -75,7 +85,7 @@ class WitnessServer:
     """``python -m witness serve`` as a process; :meth:`post` is an HTTPS client of it."""
 
     root: Path
-    pki: TestPKI
+    pki: TestPKI | ServerTLS
     logs: list[Log]
     key: SigningKey = field(default_factory=SigningKey.generate)
     port: int = field(default_factory=free_port)
@@ -131,6 +141,13 @@ class WitnessServer:
         self.process = None
         if hasattr(self, "log"):
             self.log.close()
+
+    def size_held(self, origin: str) -> int:
+        """The size of the checkpoint in the witness's state file for ``origin`` (0: none)."""
+        path = self.root / "state" / f"{hashlib.sha256(origin.encode()).hexdigest()}.note"
+        if not path.exists():
+            return 0
+        return Checkpoint.from_body(Note.from_text(path.read_text()).body).size
 
     def post(self, body: bytes, path: str = "/add-checkpoint") -> Answer:
         req = urllib.request.Request(self.url + path, data=body, method="POST",  # noqa: S310 -- https only
