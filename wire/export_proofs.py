@@ -223,8 +223,7 @@ class _Verifier:
             if not isinstance(path, list) or len(path) > MAX_PROOF_HASHES:
                 raise DecodeError(f"inclusion_path must be a list of at most "
                                   f"{MAX_PROOF_HASHES} hashes")
-            hashes = [b64decode_strict(h, field="inclusion_path", length=32) if
-                      isinstance(h, str) else _not_str() for h in path]
+            hashes = [_hash(h) for h in path]
             verify_inclusion(entry_leaf_hash(entry), entry.idx, self.cp.size, hashes,
                              self.cp.root)
         except WireError as e:
@@ -284,8 +283,10 @@ class _Verifier:
         return self.audit
 
 
-def _not_str() -> bytes:
-    raise DecodeError("inclusion_path holds a non-string", field="inclusion_path")
+def _hash(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise DecodeError("inclusion_path holds a non-string", field="inclusion_path")
+    return b64decode_strict(value, field="inclusion_path", length=32)
 
 
 def _field_mismatches(row: dict[str, Any], entry: Entry, sp: SignedPunch) -> list[str]:

@@ -573,3 +573,23 @@ def test_export_usage_errors_exit_2(argv: list[str], message: str, tmp_path: Pat
     else:
         assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_export_rows_with_corrections_are_noted_not_failed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrected row shows other effective values; the correction entries are not in the
+    export, so the verifier says so and still proves the original values."""
+    b = standard_ledger(v2=True)
+    path = proof_export(b, tmp_path / "payroll.ndjson")
+    lines = export_lines(path)
+    lines[1]["effective"]["action"] = "out"
+    lines[1]["corrections"] = {"action": {"correction_idx": 12, "value": "out"}}
+    lines[2]["proof"]["inclusion_path"][0] = 7           # not a base64 hash
+    write_export(path, lines)
+    rc, report = _export_run(path, capsys, *WITNESS_ARGS)
+    assert rc == 1
+    assert (report["first_failure"]["line"], report["first_failure"]["check"]) == (
+        3, "inclusion")
+    assert (report["rows"], report["proven"]) == (10, 9)
+    notes = [f["message"] for f in report["findings"] if not f["failure"]]
+    assert notes[0].startswith("1 row(s) show effective values that rest on corrections")
