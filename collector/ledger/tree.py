@@ -320,9 +320,32 @@ def check(cur: Any, dialect: TreeSQL, start: int, stop: int, *,
         tree.advance(end, expected)
         size = end
     if stop == total and not findings:
-        have = _count(cur, "SELECT COUNT(*) FROM tc_merkle")
-        want = 2 * total - bin(total).count("1")
-        if have != want:
-            findings.append(TreeFinding(0, total, f"the node table holds {have} nodes; a tree "
-                                                  f"of {total} leaves has {want}"))
+        findings.extend(_count_check(cur, dialect, total))
     return TreeCheck(start, stop, checked, tuple(findings[:max_findings]))
+
+
+# A node (L, k) lies inside the tree of n leaves iff its last leaf does: k < n >> L.
+_INSIDE = ("SELECT COUNT(*) FROM tc_merkle WHERE level >= 0 AND level <= 62 AND idx >= 0 "
+           "AND idx < (? >> level)")
+# One statement, so one snapshot: appends that commit meanwhile add entries and nodes together.
+_BEYOND = ("SELECT COUNT(*) FROM tc_merkle m, (SELECT COALESCE(MAX(idx) + 1, 0) AS n "
+           "FROM entries) e WHERE m.level < 0 OR m.level > 62 OR m.idx < 0 "
+           "OR m.idx >= (e.n >> m.level)")
+
+
+def _count_check(cur: Any, dialect: TreeSQL, total: int) -> list[TreeFinding]:
+    """The whole table: exactly 2n − popcount(n) nodes inside the tree of ``total`` leaves,
+    and none beyond the ledger (a node planted ahead of the appends). Safe while a collector
+    appends: the nodes inside ``total`` never change."""
+    out: list[TreeFinding] = []
+    cur.execute(dialect.sql(_INSIDE), (total,))
+    have = int(cur.fetchone()[0])
+    want = 2 * total - bin(total).count("1")
+    if have != want:
+        out.append(TreeFinding(0, total, f"the node table holds {have} nodes inside the tree "
+                                         f"of {total} leaves, which has {want}"))
+    beyond = _count(cur, _BEYOND)
+    if beyond:
+        out.append(TreeFinding(0, total, f"the node table holds {beyond} node(s) beyond the "
+                                         f"ledger's last entry"))
+    return out

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -394,7 +395,9 @@ def _tamper(store_kind: str, sqlite_path: Path, request: pytest.FixtureRequest,
     (("DELETE FROM tc_merkle WHERE level = 1 AND idx = 6", ()),
      (1, 6), "missing"),
     (("INSERT INTO tc_merkle (level, idx, hash) VALUES (0, 40, ?)", (b"\x03" * 32,)),
-     (0, 20), "holds 39 nodes; a tree of 20 leaves has 38"),
+     (0, 20), "holds 1 node(s) beyond the ledger's last entry"),
+    (("INSERT INTO tc_merkle (level, idx, hash) VALUES (63, 0, ?)", (b"\x03" * 32,)),
+     (0, 20), "holds 1 node(s) beyond the ledger's last entry"),
 ])
 def test_check_tree_finds_an_edited_node_table(store: SQLStore, tamper: Tamper,
                                                stmt: tuple[str, tuple[Any, ...]],
@@ -419,6 +422,50 @@ def test_check_tree_resumes_from_a_trusted_base(store: SQLStore) -> None:
     assert (part.ok, part.start, part.stop) == (True, 17, 25)
     with pytest.raises(LedgerError, match="outside the ledger"):
         store.check_tree(0, 32)
+
+
+def test_check_tree_counts_the_whole_table_when_it_reaches_the_end(store: SQLStore,
+                                                                    tamper: Tamper) -> None:
+    fill(store, 19)
+    tamper(("DELETE FROM tc_merkle WHERE level = 1 AND idx = 2", ()))
+    assert store.check_tree(16, 19).ok       # neither the range nor its base holds (1, 2)
+    assert store.check_tree(16, 20).findings == (tree.TreeFinding(
+        0, 20, "the node table holds 37 nodes inside the tree of 20 leaves, which has 38"),)
+
+
+def test_check_tree_during_appends_finds_nothing(store: SQLStore, store_url: str) -> None:
+    """A live audit runs while the collector appends: nodes that commit meanwhile are not
+    'beyond the tree'."""
+    c = fill(store, 3)
+    other = open_store(store_url)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    appended = [0]
+
+    def append() -> None:
+        try:
+            while not stop.is_set():
+                other.append([c.fact() for _ in range(7)], now_us=T0)
+                appended[0] += 1
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    t = threading.Thread(target=append)
+    t.start()
+    results: list[tree.TreeCheck] = []
+    deadline = time.monotonic() + 120
+    try:
+        # at least 30 checks, and at least 10 appends committed while they ran
+        while (len(results) < 30 or appended[0] < 10) and time.monotonic() < deadline \
+                and not errors:
+            results.append(store.check_tree())
+    finally:
+        stop.set()
+        t.join(timeout=60)
+        other.close()
+    assert errors == []
+    assert appended[0] >= 10
+    assert [r.findings for r in results if not r.ok] == []
 
 
 def test_a_missing_node_is_a_ledger_error_not_a_wrong_proof(store: SQLStore,
