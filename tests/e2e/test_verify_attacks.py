@@ -1,22 +1,34 @@
 """Issue 10's acceptance for ``timeclock-verify``, on a live site (lab.site: broker, collector
 and real agents as processes, the clocks witnessing): a bundle exported while every clock
-cosigns verifies with a quorum of the clocks; then the truncation attack — the collector
-stopped, the ledger's last entries deleted with their tree nodes and the checkpoints above,
-and a fresh bundle exported with the log key (which signs a checkpoint of the cut size) — fails
-against the checkpoint the auditor kept from the first bundle, and fails ``--quorum 1``."""
+cosigns verifies with a quorum of the clocks, and the auditor keeps its newest checkpoint.
+Then, with the collector stopped, an attacker who holds the database and the log key
+
+- truncates the ledger (the last entries, their tree nodes and the checkpoints above), or
+- deletes a punch from the middle, re-chains and re-trees everything after it, and appends a
+  forged entry so that the size is unchanged,
+
+and exports a fresh bundle with the log key (which signs a checkpoint of its size). Each
+attacked bundle verifies on its own, and fails against the held checkpoint and ``--quorum 1``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from collector.ledger import checkpoint_tables, open_store
 from tests.e2e.site_kit import Site, Taps, cli, running_site, tapped_clock, wait_for
+from wire import ZERO_HASH
+from wire.canonical import canonical
 from wire.keys import VerifyKey
+from wire.ledger import Entry
+from wire.merkle import MemoryTree, entry_leaf_hash
 from wire.note import COSIGNATURE_V1, Note, NoteVerifier, cosigned_by
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
@@ -80,6 +92,48 @@ def _truncate(db: Path, keep: int) -> None:
         conn.close()
 
 
+def _rehash_without_a_punch(db: Path, size: int) -> int:
+    """A database admin, collector stopped: delete a punch from the middle, re-chain and
+    re-number everything after it, append a forged ``access`` entry (the size is what the
+    auditor saw), rebuild the whole tree and drop every checkpoint above the victim."""
+    conn = sqlite3.connect(db)
+    try:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                                    ).fetchall():
+            conn.execute(f'DROP TRIGGER "{name}"')
+        rows = conn.execute("SELECT idx, kind, at, body, prev, hash FROM entries "
+                            "WHERE idx < ? ORDER BY idx", (size,)).fetchall()
+        bodies = dict(conn.execute("SELECT idx, body FROM bodies WHERE idx < ?", (size,)))
+        victim = next(r[0] for r in rows[size // 2:] if r[1] == "punch")
+        forged = canonical({"principal": "mallory", "action": "read", "at": rows[-1][2]})
+        kept = [(r[1], r[2], r[3], bodies.get(r[0])) for r in rows if r[0] != victim]
+        kept.append(("access", rows[-1][2], hashlib.sha256(forged).hexdigest(), forged))
+        for table in ("entries", "bodies", "quarantine"):
+            conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (victim,))  # noqa: S608 -- ours
+        conn.execute("DELETE FROM punches WHERE idx = ?", (victim,))
+        conn.execute("UPDATE punches SET idx = idx - 1 WHERE idx > ?", (victim,))
+        for table in ("tc_merkle", "tc_cosignatures", "tc_checkpoints_v2", "checkpoints"):
+            where = "" if table == "tc_merkle" else " WHERE size > ?"
+            conn.execute(f"DELETE FROM {table}{where}",  # noqa: S608 -- ours
+                         () if not where else (victim,))
+        tree = MemoryTree()
+        prev = ZERO_HASH
+        for i, (kind, at, body_hash, body) in enumerate(kept):
+            entry = Entry(idx=i, kind=kind, at=at, body=body_hash, prev=prev)
+            prev = entry.hash()
+            if i >= victim:
+                conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                             (i, kind, at, body_hash, entry.prev, prev))
+                if body is not None:
+                    conn.execute("INSERT INTO bodies VALUES (?, ?)", (i, body))
+            conn.executemany("INSERT INTO tc_merkle VALUES (?, ?, ?)",
+                             tree.append([entry_leaf_hash(entry)]))
+        conn.commit()
+    finally:
+        conn.close()
+    return int(victim)
+
+
 def _export(site: Site, out: Path) -> None:
     r = cli("collector.cli.main", "export", "--store", site.store_url, "--bundle", str(out),
             "--log-key", str(site.root / "log.key"), "--purpose", "issue 10 acceptance")
@@ -95,63 +149,86 @@ def _verify(site: Site, bundle: Path, *extra: str) -> tuple[int, dict[str, objec
     return r.returncode, report
 
 
+@dataclass
+class Audit:
+    """What the auditor holds after the honest audit."""
+
+    witnesses: list[str]        # --witness VKEY arguments, both clocks
+    held: Path                  # the newest checkpoint note of the honest bundle
+    size: int                   # the honest bundle's size
+
+
+def _honest_audit(site: Site, tmp_path: Path) -> Audit:
+    site.prepare()
+    site.start_broker()
+    site.start_collector()
+    for d in DEVICES:
+        tapped_clock(site, d)
+    taps = Taps(site.clocks, interval_s=0.2)
+    wait_for(lambda: _size(site) > 30, 120, "the clocks' first punches in the ledger")
+    assert taps.stop_and_drain(site) > 0
+    origins: list[str] = []
+
+    def ready() -> bool:
+        origin = _covered_and_cosigned(site)
+        if origin is not None:
+            origins.append(origin)
+        return origin is not None
+    wait_for(ready, 120, "a checkpoint of the whole ledger cosigned by every clock")
+    witnesses = [a for v in _witness_vkeys(site, origins[-1]) for a in ("--witness", v)]
+    honest = tmp_path / "honest"
+    _export(site, honest)
+    rc, report = _verify(site, honest, *witnesses, "--quorum", "2")
+    assert (rc, report["first_failure"]) == (0, None), report["first_failure"]
+    held = tmp_path / "held.txt"
+    notes = (honest / "checkpoints.v2.ndjson").read_text().splitlines()
+    held.write_text(json.loads(notes[-1])["note"])
+    site.kill_collector("main", signal.SIGTERM)
+    return Audit(witnesses, held, int(str(report["size"])))
+
+
+def _assert_fails(site: Site, attacked: Path, audit: Audit, *, idx: int, message: str) -> None:
+    rc, report = _verify(site, attacked)
+    assert rc == 0, report["first_failure"]     # on its own the attacked ledger looks clean
+    rc, report = _verify(site, attacked, "--trusted-checkpoint", str(audit.held))
+    first = report["first_failure"]
+    assert rc == 1
+    assert isinstance(first, dict)
+    assert (first["idx"], first["check"]) == (idx, "trusted-checkpoint")
+    assert message in first["message"]
+    rc, report = _verify(site, attacked, *audit.witnesses, "--quorum", "1")
+    first = report["first_failure"]
+    assert rc == 1
+    assert isinstance(first, dict)
+    assert first["check"] == "witness"
+    assert "0 of the required 1 witness cosignatures" in first["message"]
+
+
 def test_truncated_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path) -> None:
     with running_site(tmp_path / "site") as site:
-        site.prepare()
-        site.start_broker()
-        site.start_collector()
-        for d in DEVICES:
-            tapped_clock(site, d)
-        taps = Taps(site.clocks, interval_s=0.2)
-        wait_for(lambda: _size(site) > 30, 120, "the clocks' first punches in the ledger")
-        sent = taps.stop_and_drain(site)
-        assert sent > 0
-        origins: list[str] = []
-
-        def ready() -> bool:
-            origin = _covered_and_cosigned(site)
-            if origin is not None:
-                origins.append(origin)
-            return origin is not None
-        wait_for(ready, 120, "a checkpoint of the whole ledger cosigned by every clock")
-        witnesses = [a for v in _witness_vkeys(site, origins[-1]) for a in ("--witness", v)]
-
-        # -- the honest bundle verifies with both clocks' cosignatures; the auditor keeps it --
-        honest = tmp_path / "honest"
-        _export(site, honest)
-        rc, report = _verify(site, honest, *witnesses, "--quorum", "2")
-        assert (rc, report["first_failure"]) == (0, None), report["first_failure"]
-        held = tmp_path / "held.txt"
-        notes = (honest / "checkpoints.v2.ndjson").read_text().splitlines()
-        held.write_text(json.loads(notes[-1])["note"])
-
-        # -- the attack --------------------------------------------------------------------
-        site.kill_collector("main", signal.SIGTERM)
+        audit = _honest_audit(site, tmp_path)
         # Cut where no checkpoint was made: a cut back to exactly an old cosigned one meets
         # the quorum (the stated limit, docs/protocol.md §13.1); the held checkpoint still
         # catches it.
-        size = int(str(report["size"]))
         store = open_store(site.store_url)
         try:
             made = {c.size for c in checkpoint_tables.all_checkpoints(store)}
         finally:
             store.close()
-        keep = max(k for k in range(size - 9, size - 2) if k not in made)
+        keep = max(k for k in range(audit.size - 9, audit.size - 2) if k not in made)
         _truncate(site.root / "ledger.db", keep)
         attacked = tmp_path / "attacked"
         _export(site, attacked)             # signs a checkpoint of the cut size: no witness
+        _assert_fails(site, attacked, audit, idx=keep,
+                      message="the ledger is smaller than a checkpoint you hold — truncated")
 
-        rc, report = _verify(site, attacked)
-        assert rc == 0, report["first_failure"]     # on its own the cut looks clean
-        rc, report = _verify(site, attacked, "--trusted-checkpoint", str(held))
-        first = report["first_failure"]
-        assert rc == 1
-        assert isinstance(first, dict)
-        assert (first["idx"], first["check"]) == (keep, "trusted-checkpoint")
-        assert "the ledger is smaller than a checkpoint you hold — truncated" in first["message"]
-        rc, report = _verify(site, attacked, *witnesses, "--quorum", "1")
-        first = report["first_failure"]
-        assert rc == 1
-        assert isinstance(first, dict)
-        assert first["check"] == "witness"
-        assert "0 of the required 1 witness cosignatures" in first["message"]
+
+def test_rehashed_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path) -> None:
+    with running_site(tmp_path / "site") as site:
+        audit = _honest_audit(site, tmp_path)
+        victim = _rehash_without_a_punch(site.root / "ledger.db", audit.size)
+        assert 0 < victim < audit.size
+        attacked = tmp_path / "attacked"
+        _export(site, attacked)             # signs a checkpoint of the forged ledger
+        _assert_fails(site, attacked, audit, idx=audit.size - 1,
+                      message="the ledger was rewritten below a checkpoint you hold")
