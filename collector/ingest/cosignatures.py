@@ -112,13 +112,14 @@ class DeviceWitnesses:
         self._newest = cp
         note = _log_note(cp)
         asked = 0
+        bodies: dict[int, bytes | None] = {}    # most clocks share their old size: one proof
         for device in self._active_devices():
-            if self._ask(device, cp, note):
+            if self._ask(device, cp, note, bodies):
                 asked += 1
         return asked
 
-    def _ask(self, device: str, cp: checkpoint_tables.StoredCheckpoint, note: str) -> bool:
-        old = self._sizes.get(device, 0)
+    def _request(self, old: int, cp: checkpoint_tables.StoredCheckpoint,
+                 note: str) -> bytes | None:
         if old > cp.size:
             # The clock holds more than this ledger has: there is no proof to give. Ask anyway;
             # the clock refuses (shrinking), and that refusal is the alarm.
@@ -126,14 +127,25 @@ class DeviceWitnesses:
         else:
             try:
                 proof = self.store.consistency_proof(old, cp.size)
+            except LedgerUnavailableError:
+                raise                       # an outage: the ingest loop rides it out
             except LedgerError as e:
-                log.error("cannot build a consistency proof %d -> %d for %s: %s", old,
-                          cp.size, device, e)
-                return False
+                log.error("cannot build a consistency proof %d -> %d: %s", old, cp.size, e)
+                return None
         try:
-            body = AddCheckpoint(old, tuple(proof), note).to_bytes()
+            return AddCheckpoint(old, tuple(proof), note).to_bytes()
         except WireError as e:
-            log.error("cannot ask %s to cosign size %d: %s", device, cp.size, e)
+            log.error("cannot ask to cosign size %d from %d: %s", cp.size, old, e)
+            return None
+
+    def _ask(self, device: str, cp: checkpoint_tables.StoredCheckpoint, note: str,
+             bodies: dict[int, bytes | None] | None = None) -> bool:
+        old = self._sizes.get(device, 0)
+        bodies = {} if bodies is None else bodies
+        if old not in bodies:
+            bodies[old] = self._request(old, cp, note)
+        body = bodies[old]
+        if body is None:
             return False
         self._asked[device] = (cp.size, old)
         self.publish(checkpoint_topic(device), body, True)
