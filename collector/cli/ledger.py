@@ -235,12 +235,16 @@ def _print_result(result: VerifyResult, *, as_json: bool) -> None:
     if as_json:
         out = r.to_dict()
         out["resumed_from"] = result.resumed_from
+        out["uncovered"] = result.uncovered
         print(json.dumps(out, indent=1, sort_keys=True))
         return
     span = f"idx {result.resumed_from}..{result.size - 1}" if result.size else "empty ledger"
     if r.ok:
         print(f"OK: {span} verified: {r.entries} entries, {r.punches} punches, "
               f"{r.devices} devices, {r.checkpoints} checkpoints; head {r.head}")
+        if result.uncovered:
+            print(f"  {result.uncovered} entries after the newest checkpoint are not signed "
+                  f"yet (the next checkpoint covers them; a bundle export signs one)")
     else:
         print(f"TAMPERED: {span}: {r.first_failure}")
     shown = r.findings[:50]
