@@ -177,7 +177,12 @@ def _print_human(audit: BundleAudit, bundle: Path) -> None:
             print(f"  … and {hidden} more (use --json for the kept ones)", file=out)
     first = r.first_failure
     if first is None:
+        also = [what for what, on in (
+            ("the Merkle tree matches every v2 checkpoint", r.checkpoints_v2 > 0),
+            ("the ledger extends every checkpoint you hold", r.trusted > 0),
+            ("the witness quorum is met", audit.witness is not None)) if on]
         print("RESULT: OK: every entry, body, signature, device chain and checkpoint verifies"
+              + "".join(f"; {a}" for a in also)
               + ("" if audit.pinned else " (against the UNPINNED key in keys.json)"), file=out)
         return
     where = f"idx {first.idx}" if first.idx is not None else "the bundle keys/checkpoints"
