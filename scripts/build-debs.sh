@@ -78,8 +78,9 @@ if [ "$from" = head ]; then
   git archive HEAD | tar -x -C "$src"
   rev="$(git rev-list --count HEAD).$(git rev-parse --short=10 HEAD)"
 else
-  tar -c --exclude=.git --exclude=.venv --exclude=build --exclude='*.egg-info' \
-      --exclude=__pycache__ . | tar -x -C "$src"
+  # Tracked and new files, not what .gitignore names (keys, .venv, build/).
+  git ls-files -z --cached --others --exclude-standard \
+    | tar --null --files-from=- --ignore-failed-read -c 2>/dev/null | tar -x -C "$src"
   rev="$(git rev-list --count HEAD).$(git rev-parse --short=10 HEAD).worktree"
 fi
 upstream="$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$src/pyproject.toml")"
