@@ -94,3 +94,34 @@ def test_run_command_without_an_extra_keeps_the_traceback() -> None:
     optional = ModuleNotFoundError("No module named 'aiohttp'", name="aiohttp")
     with pytest.raises(ModuleNotFoundError, match="aiohttp"):
         run_command("timeclock-verify", lambda: _raise(optional))
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_real_bare_pip_install(tmp_path: Path) -> None:
+    # The literal case: a venv with `pip install timeclock` (the wheel of this tree, no extras).
+    def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(a) for a in argv], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600, check=False)
+
+    r = run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp_path / "dist",
+            ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("timeclock-*.whl")
+    venv = tmp_path / "venv"
+    r = run(sys.executable, "-m", "venv", venv)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", wheel)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run(venv / "bin" / "timeclock-collector", "--help")
+    assert (r.returncode, r.stdout) == (EXIT_ERROR, ""), r.stdout[-2000:]
+    assert r.stderr.startswith("timeclock-collector: this command needs the 'collector' extra: "
+                               "pip install 'timeclock[collector]' (no module named "), r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    for prog in ("timeclock-agent", "timeclock-verify"):
+        r = run(venv / "bin" / prog, "--help")
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr[-2000:]
+    r = run(venv / "bin" / "timeclock-agent", "init", "--device", "clock-0001", "--dir",
+            tmp_path / "keys")
+    assert r.returncode == 0, r.stderr[-2000:]
