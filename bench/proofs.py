@@ -1,0 +1,257 @@
+"""Proof latency through the HTTPS API on a large ledger (issue 10: p99 ≤ 5 ms).
+
+Setup, once per invocation: a CA and server certificate (collector.fleet.pki) in a temp dir;
+a SQLite ledger of ``--entries`` entries built as bench/export.py builds its synthetic ledger
+(pre-signed, chained punches over 50 clocks, batched ``store.append``; the store maintains its
+Merkle tree inside each append); then 32 v2 checkpoints (collector.ingest.checkpoints) at
+random sizes and at the full size, and a token with ``hr.read`` and ``audit.read``.
+
+Measured: the API server runs in its own process (collector.api.start_api: HTTPS, real token
+authentication, access logging into the same ledger). The client (aiohttp, this process, one
+keep-alive connection) sends ``--requests`` sequential requests of each kind and times each
+one from send to the last body byte:
+
+- ``GET /v1/punches/{device}/{seq}/proof`` for random punches (inclusion proof to the newest
+  checkpoint, with its note);
+- ``GET /v1/log/consistency?from=N&to=M`` between two random checkpoints N < M.
+- baseline, same run: ``GET /v1/log/checkpoint`` (authentication, access logging and one
+  small read, no proof), to show what the API layer itself costs on this machine.
+
+Every response is verified with wire.merkle against the checkpoint roots, outside the timed
+span (a fast wrong answer would not count). Targets: p99 ≤ 5 ms for both; exit status 1 if missed.
+
+    python bench/proofs.py              # 1,000,000 entries, 2,000 requests of each kind
+    python bench/proofs.py --quick      # 100,000 entries, 500 requests of each kind
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import common  # sets sys.path to the repository root
+from export import common_free_port, seed
+
+from collector.access.directory import Principals
+from collector.api import ApiSection, start_api
+from collector.fleet.pki import CertificateAuthority
+from collector.ingest.checkpoints import make_checkpoint_v2
+from collector.ledger import checkpoint_tables
+from collector.ledger.sqlite import SQLiteStore
+from collector.ledger.tables import ensure_schema
+from wire.keys import SigningKey
+from wire.ledger import Entry
+from wire.merkle import ConsistencyProof, InclusionProof, entry_leaf_hash
+from wire.note import Checkpoint, NoteVerifier
+
+TARGET_P99_MS = 5.0
+DEVICES = 50
+ORIGIN = "bench.example/timeclock"
+CHECKPOINTS = 32
+
+
+def serve(db: str, port: int, cert: str, key: str) -> None:
+    """Child process: serve the API over HTTPS until stdin closes."""
+
+    async def main() -> None:
+        store = SQLiteStore(Path(db))
+        section = ApiSection(cert=Path(cert), key=Path(key), listen="127.0.0.1", port=port)
+        runner = await start_api(section, store, log_keys={})
+        print("READY", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await runner.cleanup()
+        store.close()
+
+    asyncio.run(main())
+
+
+async def timed(s: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                ctx: ssl.SSLContext) -> tuple[float, Any]:
+    """(milliseconds from send to the last body byte, the parsed JSON body)."""
+    started = time.perf_counter()
+    async with s.get(url, headers=headers, ssl=ctx) as r:
+        body = await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{url}: {r.status}: {body[:300]!r}")
+    return (time.perf_counter() - started) * 1000, json.loads(body)
+
+
+async def measure(base: str, token: str, ctx: ssl.SSLContext, *, requests: int,
+                  punches: int, log: NoteVerifier, roots: dict[int, bytes]
+                  ) -> dict[str, list[float]]:
+    """Per-request latencies (ms) of each kind; every response is verified (untimed)."""
+    rnd = random.Random(7)  # noqa: S311 - reproducible sampling, not security
+    headers = {"Authorization": f"Bearer {token}"}
+    per_device = punches // DEVICES
+    sizes = sorted(roots)
+    out: dict[str, list[float]] = {"inclusion": [], "consistency": [], "baseline": []}
+    conn = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        for _ in range(20):      # warm-up: TLS handshake, the first pages into the cache
+            await timed(s, f"{base}/v1/log/checkpoint", headers, ctx)
+        # Interleaved, so that every kind sees the same machine (the cores are shared).
+        for _ in range(requests):
+            dev, seq = f"clock-{rnd.randrange(DEVICES):03d}", rnd.randint(1, per_device)
+            ms, doc = await timed(s, f"{base}/v1/punches/{dev}/{seq}/proof", headers, ctx)
+            out["inclusion"].append(ms)
+            cp = Checkpoint.open(doc["checkpoint"], log)
+            entry = Entry.from_dict(doc["entry"]["entry"])
+            InclusionProof.from_dict(doc["inclusion_proof"]).verify(entry_leaf_hash(entry),
+                                                                    cp.root)
+            old, new = sorted(rnd.sample(sizes, 2))
+            ms, doc = await timed(s, f"{base}/v1/log/consistency?from={old}&to={new}",
+                                  headers, ctx)
+            out["consistency"].append(ms)
+            ConsistencyProof.from_dict(doc).verify(roots[old], roots[new])
+            ms, doc = await timed(s, f"{base}/v1/log/checkpoint", headers, ctx)
+            out["baseline"].append(ms)
+            Checkpoint.open(doc["note"], log)
+    return out
+
+
+ROUTES = {"inclusion": "/v1/punches/{device}/{seq}/proof",
+          "consistency": "/v1/log/consistency", "baseline": "/v1/log/checkpoint"}
+
+
+def server_durations(db: Path, since: int) -> dict[str, list[float]]:
+    """Server-side ms per route of the 200 responses recorded in access entries ≥ ``since``
+    (from the guard middleware's start to the response: no TLS, no client)."""
+    out: dict[str, list[float]] = {r: [] for r in ROUTES.values()}
+    store = SQLiteStore(db)
+    try:
+        for se in store.entries(since):
+            if se.entry.kind != "access" or se.body is None:
+                continue
+            b = json.loads(se.body)
+            if b.get("type") == "request" and b.get("route") in out and b["status"] == 200:
+                out[b["route"]].append(b["duration_us"] / 1000)
+    finally:
+        store.close()
+    return out
+
+
+@dataclass
+class Ledger:
+    db: Path
+    token: str
+    log: NoteVerifier
+    roots: dict[int, bytes]
+    size: int
+
+
+def prepare(db: Path, punches: int) -> Ledger:
+    """The synthetic ledger, its checkpoints (random sizes and the full size: consistency
+    proofs go between two of them, as between a checkpoint a witness holds and a newer
+    one) and a token."""
+    seed_s = seed(db, punches, devices=DEVICES)
+    store = SQLiteStore(db)
+    try:
+        size = store.tree_size()
+        print(f"seeded  : {size:,} entries ({punches:,} signed punches) in {seed_s:.1f} s "
+              f"({size / seed_s:,.0f}/s, tree maintained by each append); db "
+              f"{db.stat().st_size / 2**20:.0f} MiB")
+        log_key = SigningKey.generate()
+        checkpoint_tables.ensure_schema(store)
+        ensure_schema(store)
+        rnd = random.Random(11)  # noqa: S311 - reproducible sizes
+        roots: dict[int, bytes] = {}
+        for n in sorted({*rnd.sample(range(1, size), CHECKPOINTS - 1), size}):
+            roots[n] = make_checkpoint_v2(store, log_key, ORIGIN, n,
+                                          time.time_ns() // 1000).checkpoint.root
+        token = Principals(store).create_token("bench", ["hr.read", "audit.read"],
+                                               expires_days=1, actor="bench",
+                                               now_us=time.time_ns() // 1000).token
+        return Ledger(db, token, NoteVerifier(ORIGIN, log_key.verify_key), roots,
+                      store.tree_size())
+    finally:
+        store.close()
+
+
+def run(ledger: Ledger, *, cert: Path, key: Path, ca: Path, requests: int,
+        punches: int) -> dict[str, list[float]] | None:
+    """Serve the ledger in a child process and measure; None if the server did not start."""
+    port = common_free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(ledger.db), str(port),
+                             str(cert), str(key)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None  # noqa: S101 - Popen with stdout=PIPE
+        if proc.stdout.readline().strip() != "READY":
+            return None
+        ctx = ssl.create_default_context(cafile=str(ca))
+        return asyncio.run(measure(f"https://127.0.0.1:{port}", ledger.token, ctx,
+                                   requests=requests, punches=punches, log=ledger.log,
+                                   roots=ledger.roots))
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(30)
+
+
+def report(results: dict[str, list[float]], server: dict[str, list[float]]) -> bool:
+    rows = []
+    ok = True
+    for kind, ms in results.items():
+        p99 = common.percentile(ms, 99)
+        ok = ok and (kind == "baseline" or p99 <= TARGET_P99_MS)
+        srv = server[ROUTES[kind]]
+        rows.append([kind, f"{len(ms):,}", f"{common.percentile(ms, 50):.2f}",
+                     f"{common.percentile(ms, 90):.2f}", f"{p99:.2f}", f"{max(ms):.2f}",
+                     f"{common.percentile(srv, 50):.2f}", f"{common.percentile(srv, 99):.2f}"])
+    print(common.table(["request", "n", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                        "server p50", "server p99"], rows))
+    print("client  : send to last body byte, sequential on one keep-alive HTTPS connection")
+    print("server  : duration_us of each request's access ledger entry (middleware in to "
+          "response: no TLS, no client)")
+    print("baseline: GET /v1/log/checkpoint, same connection and token (authentication, "
+          "access log, one small read): what the API costs without a proof")
+    print(f"target  : client p99 ≤ {TARGET_P99_MS} ms for both proofs → "
+          f"{'OK' if ok else 'MISSED'}")
+    return ok
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100,000 entries, 500 requests")
+    ap.add_argument("--entries", type=int, help="punches in the ledger (default 1,000,000)")
+    ap.add_argument("--requests", type=int, help="requests of each kind (default 2,000)")
+    ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        serve(*args.serve)
+        return 0
+    punches = args.entries or (100_000 if args.quick else 1_000_000)
+    requests = args.requests or (500 if args.quick else 2_000)
+    with tempfile.TemporaryDirectory(prefix="tc-bench-proofs-") as tmp:
+        work = Path(tmp)
+        print(common.header("Merkle proofs served through the HTTPS API", data_dir=work))
+        now = dt.datetime.now(dt.UTC)
+        ca = CertificateAuthority.init(work / "ca", now=now, common_name="bench CA")
+        files = ca.issue_server(dns=["localhost"], ips=["127.0.0.1"], now=now, name="api")
+        ledger = prepare(work / "ledger.db", punches)
+        results = run(ledger, cert=files.cert_file, key=files.key_file, ca=ca.cert_file,
+                      requests=requests, punches=punches)
+        if results is None:
+            print("API server did not start", file=sys.stderr)
+            return 1
+        return 0 if report(results, server_durations(ledger.db, ledger.size)) else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
