@@ -10,7 +10,7 @@ from collector.fleet.broker_process import ManagedBroker
 from collector.ingest.checkpoints import load_log_key
 from collector.ledger import open_store
 from collector.service.config import check_files, load_config, redact_url
-from collector.service.runner import CollectorService
+from collector.service.runner import CollectorService, preflight
 
 log = logging.getLogger("timeclock.collector")
 
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(args.config)
     check_files(cfg)
+    preflight(cfg)      # a truncated or rewritten ledger is refused before anything serves
     broker = None
     if cfg.broker.managed and cfg.broker.dir is not None:
         broker = ManagedBroker(cfg.broker.dir, host=cfg.mqtt.host, port=cfg.mqtt.port,

@@ -159,6 +159,30 @@ class Checkpointer:
                  cp.size, cp.checkpoint.root.hex()[:16], cp.cosignatures)
 
 
+def log_checks(cfg: CollectorConfig, store: SQLStore, log_key: SigningKey
+               ) -> tuple[str, LogState]:
+    """v2 checkpoints before anything is served: the tables exist, the origin is the ledger's
+    own (collector.ingest.checkpoints.resolve_origin), and the ledger extends the largest
+    checkpoint this collector made or saw cosigned (collector.service.log_state; raises
+    LedgerRollbackError). Returns the origin and the state file."""
+    checkpoint_tables.ensure_schema(store)
+    origin = checkpoints.resolve_origin(cfg.collector.origin, store, log_key)
+    state = LogState(cfg.collector.state_directory, checkpoints.note_verifier(origin, log_key))
+    check_ledger(store, state)
+    return origin, state
+
+
+def preflight(cfg: CollectorConfig) -> None:
+    """:func:`log_checks` on a connection of its own, for ``serve`` to run before it starts
+    the broker or the API (a refused ledger is never served, not even briefly)."""
+    log_key = checkpoints.load_log_key(cfg.collector.log_key)
+    store = open_store(cfg.collector.store)
+    try:
+        log_checks(cfg, store, log_key)
+    finally:
+        store.close()
+
+
 class CollectorService:
     """One running collector. ``start``/``stop`` from one thread; see the module doc."""
 
@@ -204,13 +228,7 @@ class CollectorService:
             log.info("opening ledger %s", redact_url(cfg.collector.store))
             self._store = open_store(cfg.collector.store)
         store = self._store
-        # v2 checkpoints: one origin per ledger, and never serve a ledger below the largest
-        # checkpoint this collector made or saw cosigned (collector.service.log_state).
-        checkpoint_tables.ensure_schema(store)
-        origin = checkpoints.resolve_origin(cfg.collector.origin, store, log_key)
-        state = LogState(cfg.collector.state_directory,
-                         checkpoints.note_verifier(origin, log_key))
-        check_ledger(store, state)
+        origin, state = log_checks(cfg, store, log_key)
         store.auto_reconnect = False     # reconnects follow the back-off of _ride_out only
 
         def lookup(device: str, seq: int) -> str | None:

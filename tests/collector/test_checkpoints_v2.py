@@ -254,7 +254,8 @@ def _service(tmp_path: Path, db: Path, state_dir: Path) -> CollectorService:
     return CollectorService(cfg)
 
 
-def test_serve_refuses_a_truncated_ledger_naming_both_sizes(tmp_path: Path) -> None:
+def test_serve_refuses_a_truncated_ledger_naming_both_sizes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db, state_dir = tmp_path / "ledger.db", tmp_path / "state"
     store, _ = _checkpointed(db, state_dir, 9)        # checkpoint of size 10 in the state file
     store.close()
@@ -274,6 +275,34 @@ def test_serve_refuses_a_truncated_ledger_naming_both_sizes(tmp_path: Path) -> N
         svc.start()
     svc.stop()
     assert svc.link is None          # refused before connecting anywhere
+    # `serve` refuses it before it starts a broker or the API, and says why (exit 2)
+    for name in ("ca.pem", "c.pem", "c.key"):
+        (tmp_path / name).write_text("unused: refused before any connection\n")
+    (tmp_path / "c.key").chmod(0o600)
+    cfg_file = tmp_path / "collector.toml"
+    cfg_file.write_text(f"""[collector]
+name = "a"
+store = "sqlite://{cut}"
+log_key = "{tmp_path / 'log.key'}"
+origin = "{ORIGIN}"
+state_dir = "{state_dir}"
+
+[mqtt]
+host = "localhost"
+port = 8883
+ca_cert = "ca.pem"
+cert = "c.pem"
+key = "c.key"
+
+[api]
+cert = "c.pem"
+key = "c.key"
+port = 1
+""")
+    assert main(["serve", "--config", str(cfg_file)]) == 2
+    err = capsys.readouterr().err
+    assert "the ledger has 6 entries" in err
+    assert "size 10" in err
     # the untouched ledger starts past the check (and would go on to connect)
     ok = SQLiteStore(db)
     assert check_ledger(ok, LogState(state_dir, log_verifier())).size == 10  # type: ignore[union-attr]
