@@ -135,6 +135,7 @@ def test_build_install_verify_run_remove(tmp_path: Path, clean_machine: list[Pat
     install_missing_depends(debs)
     run("dpkg", "-i", *debs, timeout=300)
     assert all(installed(p) for p in PACKAGES)
+    run("dpkg", "-i", *debs, timeout=300)   # again, as an upgrade: the scripts are idempotent
     account = pwd.getpwnam("timeclock")
     assert account.pw_shell in ("/usr/sbin/nologin", "/sbin/nologin")
     for d in STATE_DIRS:
