@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from wire.audit import AuditReport, Check, Finding, LedgerAuditor
+from wire.audit import AuditReport, Check, Finding, KeyState, LedgerAuditor
 from wire.canonical import canonical, loads
 from wire.errors import DecodeError, KeyMismatchError, SignatureError, WireError
 from wire.fields import HASH_RE, KEY_ID_RE, get_str, require_object
 from wire.keys import VerifyKey
 from wire.ledger import Entry, SignedCheckpoint
-from wire.note import MAX_NOTE_BYTES, Note, NoteVerifier
+from wire.note import COSIGNATURE_V1, MAX_NOTE_BYTES, Note, NoteVerifier
 from wire.note import Checkpoint as NoteCheckpoint
 from wire.witness_policy import PolicyError, QuorumResult, WitnessPolicy
 
@@ -344,10 +344,13 @@ def audit_bundle(directory: Path, *, pinned: Sequence[VerifyKey] | None = None,
         else:
             auditor.feed_checkpoint(cp)
     opener = LogNotes(trusted_keys.values(), _origin(origin, policy))
+    held = 0        # the largest size of a held checkpoint that opened
     # (9) the checkpoints the verifier holds fix the origin before the bundle's notes can
     for label, note in trusted:
         try:
-            auditor.feed_trusted(opener.open(note), label)
+            held_cp = opener.open(note)
+            auditor.feed_trusted(held_cp, label)
+            held = max(held, held_cp.size)
         except WireError as e:
             extra.append(Finding(None, Check.TRUSTED.value, f"{label}: {e}: it cannot vouch "
                                  f"for this ledger", True))
@@ -358,12 +361,27 @@ def audit_bundle(directory: Path, *, pinned: Sequence[VerifyKey] | None = None,
         else:
             auditor.feed(item.entry, item.hash, item.body, decoded=item.value)
     report = auditor.finish()
+    if policy is not None and policy.enrolled_clocks and opener.origin is not None:
+        policy = policy.with_clocks(_enrolled_clocks(auditor, held, opener.origin))
     quorum = _check_quorum(newest, policy, now_s, extra)
     if extra:
         report.findings = sorted(extra + report.findings, key=Finding.sort_key)
     return BundleAudit(report, pinned is not None, sorted(listed), opener.origin,
                        (directory / CHECKPOINTS_V2_FILE).is_file(),
                        policy.describe() if policy is not None else "", quorum)
+
+
+def _enrolled_clocks(auditor: LedgerAuditor, held: int, origin: str) -> list[NoteVerifier]:
+    """The witness keys of the clocks the ledger enrolled before ``held`` (a held checkpoint's
+    size): per clock, the key in force at that size, never revoked (docs/protocol.md §13.2)."""
+    newest: dict[str, KeyState] = {}
+    for k in auditor.keys_snapshot():
+        if k.registered_idx is None or k.registered_idx >= held:
+            continue
+        if k.device not in newest or k.registered_idx > (newest[k.device].registered_idx or 0):
+            newest[k.device] = k
+    return [NoteVerifier(f"{origin}/devices/{k.device}", k.verify_key, COSIGNATURE_V1)
+            for k in newest.values() if k.revoked_at_idx is None]
 
 
 def _feed_notes(directory: Path, auditor: LedgerAuditor, opener: LogNotes,

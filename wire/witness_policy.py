@@ -22,6 +22,11 @@ directive per line; ``#`` starts a comment, blank lines are ignored::
 - ``external``: how many of those must be external witnesses (default 0; DESIGN.md §8.3 says
   a policy should require at least one): a witness is a *clock* of the log when its name is
   ``<origin>/devices/<device id>``, external otherwise.
+- ``clocks enrolled-before-trusted``: optional: also count every clock whose signing key the
+  ledger itself registered before the largest trusted checkpoint (the key in force at that
+  size, as ``<origin>/devices/<device id>``, not revoked since): the operator could enrol a
+  clock of its own only *after* a checkpoint the auditor already holds. Needs a numeric
+  ``quorum``; without a trusted checkpoint it adds no clock.
 - ``max-age``: optional, seconds: a cosignature counts only if its timestamp is at most this
   old at the verifier's ``now``. Without it, a ledger truncated back to exactly an old,
   genuinely cosigned checkpoint still meets the quorum (only a trusted checkpoint or a fresh
@@ -42,7 +47,8 @@ from wire.errors import WireError
 from wire.note import COSIGNATURE_V1, Checkpoint, Note, NoteVerifier, check_origin
 
 MAX_POLICY_BYTES = 1 << 20
-DIRECTIVES = ("origin", "witness", "quorum", "external", "max-age")
+DIRECTIVES = ("origin", "witness", "quorum", "external", "max-age", "clocks")
+ENROLLED_BEFORE_TRUSTED = "enrolled-before-trusted"
 
 
 class PolicyError(WireError):
@@ -97,6 +103,7 @@ class WitnessPolicy:
     external: int = 0
     origin: str | None = None
     max_age_s: int | None = None
+    enrolled_clocks: bool = False     # also count clocks enrolled before the trusted checkpoint
 
     def __post_init__(self) -> None:
         names: set[str] = set()
@@ -109,7 +116,7 @@ class WitnessPolicy:
                 raise PolicyError(f"witness {w.name[:80]!r} is named twice")
             names.add(w.name)
             ids.add(w.key_id)
-        if not 0 <= self.quorum <= len(self.witnesses):
+        if self.quorum < 0 or (self.quorum > len(self.witnesses) and not self.enrolled_clocks):
             raise PolicyError(f"quorum {self.quorum} needs 0…{len(self.witnesses)} (the "
                               f"number of witnesses given)")
         if not 0 <= self.external <= self.quorum:
@@ -126,7 +133,15 @@ class WitnessPolicy:
 
     @property
     def empty(self) -> bool:
-        return not self.witnesses and self.max_age_s is None
+        return not self.witnesses and self.max_age_s is None and not self.enrolled_clocks
+
+    def with_clocks(self, clocks: Iterable[NoteVerifier]) -> WitnessPolicy:
+        """This policy with ``clocks`` (derived from the ledger) counted too; a clock the
+        policy already names keeps the named key."""
+        named = {w.name for w in self.witnesses}
+        extra = tuple(c for c in clocks if c.name not in named)
+        return WitnessPolicy((*self.witnesses, *extra), self.quorum, self.external,
+                             self.origin, self.max_age_s, enrolled_clocks=True)
 
     # -- building --------------------------------------------------------------------------
 
@@ -166,12 +181,20 @@ class WitnessPolicy:
             raise PolicyError("; ".join(problems))
         try:
             witnesses = tuple(_vkey(v, f"{source}: witness {v[:60]!r}") for v in vkeys)
+            clocks = seen.get("clocks")
+            if clocks is not None and clocks != ENROLLED_BEFORE_TRUSTED:
+                raise PolicyError(f"clocks {clocks[:40]!r}: the one value is "
+                                  f"{ENROLLED_BEFORE_TRUSTED}")
             quorum_text = seen.get("quorum", "all")
+            if quorum_text == "all" and clocks is not None:
+                raise PolicyError("quorum all is not defined with clocks "
+                                  f"{ENROLLED_BEFORE_TRUSTED}: give a number")
             quorum = len(witnesses) if quorum_text == "all" else _count(quorum_text, "quorum")
             external = _count(seen.get("external", "0"), "external")
             max_age = seen.get("max-age")
             return cls(witnesses, quorum, external, seen.get("origin"),
-                       None if max_age is None else _count(max_age, "max-age"))
+                       None if max_age is None else _count(max_age, "max-age"),
+                       enrolled_clocks=clocks is not None)
         except PolicyError as e:
             raise PolicyError(f"{source}: {e}") from e
 
@@ -224,11 +247,13 @@ class WitnessPolicy:
                 cp.verify_cosignature(note, w)
 
     def describe(self) -> str:
-        if not self.witnesses:
+        if not self.witnesses and not self.enrolled_clocks:
             return "no witnesses (quorum 0)"
         ext = f", {self.external} external" if self.external else ""
         age = f", cosigned within {self.max_age_s} s" if self.max_age_s is not None else ""
-        return f"quorum {self.quorum} of {len(self.witnesses)} witnesses{ext}{age}"
+        clocks = (" (with the clocks enrolled before the trusted checkpoint)"
+                  if self.enrolled_clocks else "")
+        return f"quorum {self.quorum} of {len(self.witnesses)} witnesses{clocks}{ext}{age}"
 
     def names(self) -> Iterable[str]:
         return (w.name for w in self.witnesses)

@@ -593,3 +593,61 @@ def test_export_rows_with_corrections_are_noted_not_failed(
     assert (report["rows"], report["proven"]) == (10, 9)
     notes = [f["message"] for f in report["findings"] if not f["failure"]]
     assert notes[0].startswith("1 row(s) show effective values that rest on corrections")
+
+
+# -- a policy that counts the clocks enrolled before the held checkpoint (DESIGN.md §8.3) -------
+
+ENROLLED_POLICY = f"origin {ORIGIN}\nclocks enrolled-before-trusted\nquorum 1\n"
+
+
+def enrol_rogue_clock_and_cosign(bundle: Path) -> None:
+    """The operator (log key in hand) enrols a clock of its own after everything the auditor
+    holds, and has it cosign a fresh checkpoint of the grown ledger."""
+    lines = read_lines(bundle)
+    append_line(lines, "device", {"event": "enrolled", "device": "clock-evil", "site": "hq",
+                                  "key": ROGUE_KEY.key_id,
+                                  "signing_key": ROGUE_KEY.verify_key.b64}, LAST_AT)
+    write_lines(bundle, lines)
+    tree = MemoryTree()
+    tree.append(entry_leaf_hash(Entry.from_dict(x["entry"])) for x in lines)
+    cp = NoteCheckpoint(ORIGIN, len(lines), root(tree, len(lines)))
+    note = cp.signed_note(COLLECTOR_KEY).with_signature(
+        cp.cosign(ROGUE_KEY, f"{ORIGIN}/devices/clock-evil", timestamp=COSIGNED_AT))
+    write_notes(bundle, [*notes(bundle), note.to_text()])
+
+
+ENROLLED_CASES: list[tuple[Callable[[Path], None], int | None, tuple[int, str] | None]] = [
+    (nothing, 10, None),                        # clock-0042 (enrolled at idx 4) cosigned
+    (nothing, 4, (17, "witness")),              # enrolled at idx 4: not before size 4
+    (nothing, None, (17, "witness")),           # no held checkpoint: no clock counts
+    (enrol_rogue_clock_and_cosign, 18, (18, "witness")),   # enrolled after what is held
+]
+
+
+@pytest.mark.parametrize("case", ENROLLED_CASES,
+                         ids=["held-10", "held-4", "nothing-held", "rogue-clock-after-held"])
+def test_policy_counting_clocks_enrolled_before_the_held_checkpoint(
+        case: tuple[Callable[[Path], None], int | None, tuple[int, str] | None], site: Site,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    attack, held, expected = case
+    policy = tmp_path / "policy.txt"
+    policy.write_text(ENROLLED_POLICY)
+    attack(site.bundle)
+    extra = ["--trusted-checkpoint", str(site.held[held])] if held is not None else []
+    rc, report = run(site.bundle, capsys, "--witness-policy", str(policy), *extra)
+    if expected is None:
+        assert (rc, report["witness"]["cosigned_by"]) == (0, [CLOCK_WITNESS[0]])
+        assert "with the clocks enrolled before the trusted checkpoint" in report["policy"]
+        return
+    first = report["first_failure"]
+    assert (rc, first["idx"], first["check"]) == (1, *expected)
+    assert "0 of the required 1 witness cosignatures" in first["message"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("clocks sometimes\nquorum 1\n", "the one value is enrolled-before-trusted"),
+    ("clocks enrolled-before-trusted\n", "quorum all is not defined"),
+])
+def test_bad_clocks_directive(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        WitnessPolicy.from_text(text)
