@@ -13,7 +13,8 @@ SELECT and INSERT them):
   the first one a witness gave is kept, later ones for the same size are ignored.
 
 The full note of a checkpoint (:func:`checkpoint_note`) is the stored note followed by its
-cosignature lines in the order they were received: what is published on
+cosignature lines in the order they were received (at most wire.note.MAX_SIGNATURES lines in
+all; later cosignatures stay in the table): what is published on
 ``timeclock/v1/log/checkpoint``, served by the API and written to ``checkpoints.v2.ndjson``.
 
 Invariant: a stored note's root is the store's Merkle root at its size (checked on insert
@@ -36,7 +37,7 @@ from collector.ledger.postgres import redact
 from collector.ledger.sqlbase import SQLStore
 from wire.errors import WireError
 from wire.merkle import InclusionProof
-from wire.note import Checkpoint, Note, NoteSignature
+from wire.note import MAX_SIGNATURES, Checkpoint, Note, NoteSignature
 
 TABLES = ("tc_checkpoints_v2", "tc_cosignatures")
 
@@ -58,6 +59,8 @@ _SQLITE = [
       f"RAISE(ABORT, 'timeclock: {op} on {t} refused: the ledger is append-only'); END"
       for t in TABLES for op in ("UPDATE", "DELETE")),
 ]
+
+_SQLITE_TRIGGERS = tuple(f"{t}_no_{op}" for t in TABLES for op in ("update", "delete"))
 
 _POSTGRES = [
     """CREATE TABLE IF NOT EXISTS tc_checkpoints_v2 (
@@ -106,6 +109,11 @@ def ensure_schema(store: SQLStore) -> None:
         if int(have[0][0]) != len(TABLES):
             raise LedgerError("the checkpoint v2 tables are missing in this PostgreSQL "
                               "ledger: run `timeclock-collector migrate` as the owner role")
+        return
+    # Read first: an auditor's read-only copy that has the tables needs no write lock.
+    have = store.query("SELECT COUNT(*) FROM sqlite_master WHERE name IN "
+                       "(?, ?, ?, ?, ?, ?)", (*TABLES, *_SQLITE_TRIGGERS))
+    if int(have[0][0]) == len(TABLES) + len(_SQLITE_TRIGGERS):
         return
     with store.transaction(0, what="creating the checkpoint v2 tables") as tx:
         for stmt in _SQLITE:
@@ -201,8 +209,10 @@ def add_cosignature(store: SQLStore, size: int, line: str, name: str,  # noqa: P
 
 # -- reads ------------------------------------------------------------------------------------
 
-def _full(note: str, lines: Iterable[str]) -> str:
-    return note + "".join(f"{ln}\n" for ln in lines)
+def _full(note: str, lines: list[str]) -> str:
+    # A note holds at most MAX_SIGNATURES lines (wire.note): the log's and the first
+    # cosignatures received; any beyond stay in the table.
+    return note + "".join(f"{ln}\n" for ln in lines[:MAX_SIGNATURES - 1])
 
 
 def _stored(size: int, note: str, made_at: int, lines: list[str]) -> StoredCheckpoint:
@@ -213,7 +223,7 @@ def _stored(size: int, note: str, made_at: int, lines: list[str]) -> StoredCheck
         raise LedgerError(f"stored checkpoint of size {size} is malformed: {e}") from e
     if cp.size != size:
         raise LedgerError(f"stored checkpoint under size {size} is of size {cp.size}")
-    return StoredCheckpoint(cp, full, int(made_at), len(lines))
+    return StoredCheckpoint(cp, full, int(made_at), min(len(lines), MAX_SIGNATURES - 1))
 
 
 def _lines(store: SQLStore, size: int) -> list[str]:
@@ -249,6 +259,17 @@ def newest(store: SQLStore, *, at_most: int | None = None) -> StoredCheckpoint |
     if not rows or rows[0][0] is None:
         return None
     return get(store, int(rows[0][0]))
+
+
+def newest_size(store: SQLStore) -> tuple[int, int] | None:
+    """(size, cosignatures in its note) of the largest stored checkpoint, in one query (for
+    polling: the note is read only when this changed)."""
+    rows = store.query("SELECT c.size, (SELECT COUNT(*) FROM tc_cosignatures s "
+                       "WHERE s.size = c.size) FROM tc_checkpoints_v2 c "
+                       "ORDER BY c.size DESC LIMIT 1")
+    if not rows:
+        return None
+    return int(rows[0][0]), min(int(rows[0][1]), MAX_SIGNATURES - 1)
 
 
 def covering(store: SQLStore, idx: int) -> StoredCheckpoint | None:

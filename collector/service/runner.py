@@ -119,25 +119,27 @@ class Checkpointer:
             size = signed.checkpoint.size
             made = True
             log.info("checkpoint: size %d head %s…", size, signed.checkpoint.head[:16])
-        newest = checkpoint_tables.newest(self.store)
+        first, self._started = not self._started, True
         # v2 for the v1 size; also once at start when the v2 checkpoints lag behind (a
         # ledger from before v2, or entries appended while no collector ran)
-        lagging = not self._started and (newest is None or newest.size < size)
-        self._started = True
+        lagging = False
+        if first and not made and size > 0:
+            top = checkpoint_tables.newest_size(self.store)
+            lagging = top is None or top[0] < size
         if size > 0 and (made or lagging):
             checkpoints.make_checkpoint_v2(self.store, self.log_key, self.origin, size, now_us)
             self.made += 1
             made = True
-            # the newest stored, which another collector of the ledger may have made larger:
-            # the retained message never goes back to a smaller checkpoint
-            newest = checkpoint_tables.newest(self.store)
-            if newest is not None:
-                self._announce(newest)
-        elif newest is not None and (self._polled_at is None or self.published is None or
-                                     now_us - self._polled_at >= self.poll_s * 1_000_000):
+        if made or first or now_us - (self._polled_at or 0) >= self.poll_s * 1_000_000:
+            # One cheap query per poll; the note is read only when there is news. The newest
+            # stored may have been made (or cosigned) through another collector of the
+            # ledger; the retained message never goes back to a smaller checkpoint.
             self._polled_at = now_us
-            if self.published != (newest.size, newest.cosignatures):
-                self._announce(newest)
+            top = checkpoint_tables.newest_size(self.store)
+            if top is not None and (self.published is None or top > self.published):
+                newest = checkpoint_tables.get(self.store, top[0])
+                if newest is not None:
+                    self._announce(newest)
         return made
 
     def _announce(self, cp: checkpoint_tables.StoredCheckpoint) -> None:

@@ -469,3 +469,33 @@ def test_a_state_file_that_cannot_be_written_is_logged_and_ingest_goes_on(
     assert "cannot write" in caplog.text
     assert "would not be refused at the next start" in caplog.text
     store.close()
+
+
+def test_a_note_holds_at_most_max_signatures_lines(sqlite_store: SQLiteStore) -> None:
+    """A fleet of clocks can cosign more often than one note may carry lines (wire.note
+    allows MAX_SIGNATURES): the first ones received are in the note, all are stored."""
+    from wire.note import MAX_SIGNATURES  # noqa: PLC0415 - local to this test
+
+    checkpoint_tables.ensure_schema(sqlite_store)
+    fill(sqlite_store, 1)
+    cp = checkpoints.make_checkpoint_v2(sqlite_store, LOG_KEY, ORIGIN, 2, T0).checkpoint
+    def line(i: int) -> tuple[str, str, bytes]:
+        name = f"{ORIGIN}/devices/clock-{i:04d}"
+        w = NoteVerifier(name, WITNESS.verify_key, 0x04)
+        return name, cp.cosign(WITNESS, name, timestamp=i).line(), w.key_id
+
+    # most rows in one transaction (the cap is the point here, not 1,000 commits) ...
+    with sqlite_store.transaction(T0) as tx:
+        for i in range(MAX_SIGNATURES - 2):
+            name, text, kid = line(i)
+            tx.execute("INSERT INTO tc_cosignatures (size, name, key_id, line, received_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (2, name, kid.hex(), text[:-1], T0 + i))
+    # ... and the last ones as a receiver stores them
+    for i in range(MAX_SIGNATURES - 2, MAX_SIGNATURES):
+        name, text, kid = line(i)
+        assert checkpoint_tables.add_cosignature(sqlite_store, 2, text, name, kid, T0 + i)
+    assert checkpoint_tables.signature_count(sqlite_store, 2) == MAX_SIGNATURES
+    note = Note.from_text(checkpoint_tables.checkpoint_note(sqlite_store, 2))
+    assert len(note.signatures) == MAX_SIGNATURES
+    assert note.signatures[-1].name == f"{ORIGIN}/devices/clock-{MAX_SIGNATURES - 2:04d}"
+    assert checkpoint_tables.newest_size(sqlite_store) == (2, MAX_SIGNATURES - 1)
