@@ -109,6 +109,9 @@ class Checkpointer:
         self.published: tuple[int, int] | None = None   # (size, cosignatures) on the topic
         self._polled_at: int | None = None
         self._started = False
+        # Called with each checkpoint of a new (larger) size once it is published: where
+        # witnesses are asked to cosign it (collector.ingest.cosignatures, witness_client).
+        self.on_checkpoint: list[Callable[[checkpoint_tables.StoredCheckpoint], None]] = []
 
     def maybe(self, now_us: int) -> bool:
         size, _ = self.store.head()
@@ -146,8 +149,12 @@ class Checkpointer:
         """Publish ``cp``'s full note (retained) and keep it in the state file."""
         if self.published is not None and (cp.size, cp.cosignatures) <= self.published:
             return
+        new_size = self.published is None or cp.size > self.published[0]
         self.publish(CHECKPOINT, cp.note.encode("utf-8"))
         self.published = (cp.size, cp.cosignatures)
+        if new_size:
+            for listener in self.on_checkpoint:
+                listener(cp)
         if self.state is not None:
             try:
                 self.state.save(cp.size, cp.note)

@@ -499,3 +499,29 @@ def test_a_note_holds_at_most_max_signatures_lines(sqlite_store: SQLiteStore) ->
     assert len(note.signatures) == MAX_SIGNATURES
     assert note.signatures[-1].name == f"{ORIGIN}/devices/clock-{MAX_SIGNATURES - 2:04d}"
     assert checkpoint_tables.newest_size(sqlite_store) == (2, MAX_SIGNATURES - 1)
+
+
+def test_listeners_hear_each_new_checkpoint_once_and_cosignatures_republish(
+        sqlite_store: SQLiteStore) -> None:
+    checkpoint_tables.ensure_schema(sqlite_store)
+    c = fill(sqlite_store, 2)
+    published: list[str] = []
+    cpr = Checkpointer(sqlite_store, LOG_KEY, lambda _t, b: published.append(b.decode()),
+                       every_entries=2, every_s=3600, origin=ORIGIN, poll_s=0)
+    heard: list[int] = []
+    cpr.on_checkpoint.append(lambda cp: heard.append(cp.size))
+    assert cpr.maybe(T0)
+    assert not cpr.maybe(T0 + 1)                      # nothing new: nothing published
+    assert (heard, len(published)) == ([3], 1)
+    w = witness_verifier()
+    cp = checkpoint_tables.get(sqlite_store, 3).checkpoint  # type: ignore[union-attr]
+    checkpoint_tables.add_cosignature(sqlite_store, 3, cp.cosign(WITNESS, w.name,
+                                                                 timestamp=5).line(),
+                                      w.name, w.key_id, T0)
+    assert not cpr.maybe(T0 + 2)
+    assert (heard, len(published)) == ([3], 2)        # republished, not a new checkpoint
+    assert cp.verify_cosignature(published[-1], w) == 5
+    sqlite_store.append([c.fact() for _ in range(2)], now_us=T0 + 3)
+    assert cpr.maybe(T0 + 4)
+    assert heard == [3, 5]
+    assert Checkpoint.open(published[-1], log_verifier()).size == 5
