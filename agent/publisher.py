@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -158,6 +158,7 @@ class PublisherStats:
 class _Batch:
     seqs: set[int]
     sent_at: float                      # monotonic
+    hashes: dict[int, str] = field(default_factory=dict)   # seq -> punch hash sent
 
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
@@ -219,7 +220,7 @@ class Publisher:
         self._c: dict[str, int] = dict.fromkeys(
             ("connects", "connect_failures", "disconnects", "sent_messages", "sent_punches",
              "resent_punches", "receipts", "receipted", "bad_receipts", "foreign_receipts",
-             "unsent_acks", "duplicate_acks"), 0)
+             "unsent_acks", "duplicate_acks", "foreign_punch_acks"), 0)
         self._last_receipt_at: float | None = None
 
         # Sender-thread state (no lock: only the sender touches it).
@@ -339,6 +340,7 @@ class Publisher:
             "awaiting": st.awaiting, "receipted": st.receipted,
             "bad_receipts": st.bad_receipts, "foreign_receipts": st.foreign_receipts,
             "unsent_acks": st.unsent_acks, "resent_punches": st.resent_punches,
+            "foreign_punch_acks": self._c["foreign_punch_acks"],
             "witness": None if self._witness is None else self._witness.status().to_dict(),
         }
 
@@ -535,7 +537,8 @@ class Publisher:
         bid = self._next_batch
         self._next_batch += 1
         seqs = {r.punch.seq for r in rows}
-        self._batches[bid] = _Batch(seqs, self._mono())
+        self._batches[bid] = _Batch(seqs, self._mono(),
+                                    {r.punch.seq: r.punch.hash() for r in rows})
         for s in seqs:
             self._owner[s] = bid
         # Not connected: paho queues the message and sends it after reconnecting; the batch
@@ -559,7 +562,7 @@ class Publisher:
 
     def _handle_receipt(self, payload: bytes) -> None:
         # (1) parse strictly, (2) signature under the log key, (3) this device,
-        # (4) delete exactly the acked seqs that we published and still await.
+        # (4) delete exactly the acked seqs that we published and still await, and (5) below.
         try:
             receipt = SignedAck.from_bytes(payload)
             receipt.verify(self._log_key)
@@ -573,6 +576,18 @@ class Publisher:
             log.warning("ignored a receipt for device %s on our acks topic", ack.device)
             return
         hits, duplicate, unsent = self._classify(ack.acked)
+        # (5) receipts v2 name the punch the ledger holds for each seq: a row is deleted only
+        # when that is this clock's own punch (DESIGN.md §8.4)
+        committed = ack.punch_hashes()
+        if committed is not None:
+            foreign = {s for s in hits
+                       if committed.get(s) != self._batches[self._owner[s]].hashes.get(s)}
+            if foreign:
+                hits = [s for s in hits if s not in foreign]
+                self._count("foreign_punch_acks", len(foreign))
+                log.error("receipt acks seq(s) %s with ANOTHER punch than this clock's (the "
+                          "ledger holds a conflicting punch: cloned key or restored clock?); "
+                          "keeping ours", ", ".join(map(str, sorted(foreign)[:20])))
         for s in hits:
             bid = self._owner.pop(s)
             batch = self._batches[bid]

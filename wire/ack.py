@@ -3,6 +3,13 @@
 A receipt is ``{"ack": {...}, "sig": ...}`` signed with the log key over
 ``b"timeclock/ack/v1\\n" + canonical(ack)``. ``acked`` holds inclusive seq ranges, sorted and
 disjoint (and not adjacent: adjacent ranges are merged, so one set of seqs has one encoding).
+
+Version 2 (DESIGN.md §8.4, docs/protocol.md §13.8) adds ``punches``: one
+``[seq, "<punch hash hex>", <leaf index>]`` per acked seq, in seq order, exactly the seqs of
+``acked``: the hash of the punch the ledger holds for that seq and the ledger entry (Merkle
+leaf) that records it. It is signed over ``b"timeclock/ack/v2\n" + canonical(ack)``. A clock
+deletes a row only when the hash is its own punch's, so a receipt for someone else's
+conflicting punch never deletes the genuine one. v1 receipts remain readable.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from wire.canonical import canonical_trusted, loads
 from wire.errors import DecodeError, KeyMismatchError
 from wire.fields import (
     DEVICE_ID_RE,
+    HASH_RE,
     KEY_ID_RE,
     check_version,
     get_int,
@@ -25,8 +33,14 @@ from wire.keys import SigningKey, VerifyKey
 from wire.punch import SIG_RE
 
 ACK_DOMAIN = b"timeclock/ack/v1\n"
+ACK_DOMAIN_V2 = b"timeclock/ack/v2\n"
 MAX_ACK_RANGES = 10_000
+MAX_ACK_PUNCHES = 10_000
 _ACK_KEYS = frozenset({"v", "device", "acked", "at", "log"})
+_ACK_KEYS_V2 = _ACK_KEYS | {"punches"}
+
+Landed = tuple[tuple[int, str, int], ...]
+"""Receipt v2: (seq, punch hash, leaf index) per acked seq, in seq order."""
 _SIGNED_KEYS = frozenset({"ack", "sig"})
 
 Ranges = tuple[tuple[int, int], ...]
@@ -68,11 +82,38 @@ def _parse_ranges(value: Any) -> Ranges:
     return tuple(out)
 
 
-def _validate(d: Any) -> tuple[str, Ranges, int, str]:
+def _parse_punches(value: Any, ranges: Ranges) -> Landed:
+    if not isinstance(value, list) or len(value) > MAX_ACK_PUNCHES:
+        raise DecodeError(f"punches: expected an array of at most {MAX_ACK_PUNCHES} "
+                          "[seq, hash, leaf]", field="punches")
+    out: list[tuple[int, str, int]] = []
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[1], str)
+                or any(not isinstance(x, int) or isinstance(x, bool) for x in (item[0],
+                                                                               item[2]))):
+            raise DecodeError("punches: each item is [seq, hash, leaf index]",
+                              field="punches")
+        seq, h, leaf = item
+        if not HASH_RE.fullmatch(h) or leaf < 0:
+            raise DecodeError(f"punches: seq {seq}: bad hash or leaf index", field="punches")
+        out.append((seq, h, leaf))
+    if [p[0] for p in out] != list(seqs_in(ranges)):
+        raise DecodeError("punches: must list exactly the acked seqs, in order",
+                          field="punches")
+    return tuple(out)
+
+
+def _validate(d: Any) -> tuple[str, Ranges, int, str, int, Landed | None]:
+    if isinstance(d, dict) and d.get("v") == 2:
+        obj = require_object(d, "ack", _ACK_KEYS_V2)
+        check_version(obj, expected=2)
+        ranges = _parse_ranges(obj["acked"])
+        return (get_str(obj, "device", DEVICE_ID_RE), ranges, get_int(obj, "at", minimum=0),
+                get_str(obj, "log", KEY_ID_RE), 2, _parse_punches(obj["punches"], ranges))
     obj = require_object(d, "ack", _ACK_KEYS)
     check_version(obj)
     return (get_str(obj, "device", DEVICE_ID_RE), _parse_ranges(obj["acked"]),
-            get_int(obj, "at", minimum=0), get_str(obj, "log", KEY_ID_RE))
+            get_int(obj, "at", minimum=0), get_str(obj, "log", KEY_ID_RE), 1, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +123,7 @@ class Ack:
     at: int
     log: str
     v: int = 1
+    punches: Landed | None = None     # v2 only
 
     def __post_init__(self) -> None:
         _validate(self.to_dict())
@@ -90,12 +132,27 @@ class Ack:
     def from_dict(cls, d: Any) -> Ack:
         return cls(*_validate(d))
 
+    @classmethod
+    def landed(cls, device: str, punches: Landed, *, at: int, log: str) -> Ack:
+        """A v2 ack of ``punches`` ((seq, hash, leaf) in seq order)."""
+        return cls(device, ranges_from_seqs(p[0] for p in punches), at, log, 2,
+                   tuple(sorted(punches)))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"v": self.v, "device": self.device, "acked": [list(r) for r in self.acked],
-                "at": self.at, "log": self.log}
+        out: dict[str, Any] = {"v": self.v, "device": self.device,
+                               "acked": [list(r) for r in self.acked], "at": self.at,
+                               "log": self.log}
+        if self.v == 2:
+            out["punches"] = [list(p) for p in self.punches or ()]
+        return out
+
+    def punch_hashes(self) -> dict[int, str] | None:
+        """v2: seq -> the punch hash the ledger holds for it; v1: None (no commitment)."""
+        return None if self.punches is None else {s: h for s, h, _ in self.punches}
 
     def signed_message(self) -> bytes:
-        return ACK_DOMAIN + canonical_trusted(self.to_dict())
+        domain = ACK_DOMAIN_V2 if self.v == 2 else ACK_DOMAIN
+        return domain + canonical_trusted(self.to_dict())
 
     def seqs(self) -> Iterable[int]:
         return seqs_in(self.acked)

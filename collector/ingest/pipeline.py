@@ -152,7 +152,26 @@ class Ingestor:
             done = self._isolate(groups, out, now_us=now_us)
         self._remember([f for f, _ in done])
         self._after_commit(done, now_us=now_us)
-        out.receipts = receipts_for(out.results, self.log_key, now_us=now_us)
+        out.receipts = receipts_for(out.results, self.log_key, now_us=now_us,
+                                    landed=self._landed(done))
+        return out
+
+    def _landed(self, done: Sequence[tuple[Fact, AppendResult]]
+                ) -> dict[tuple[str, int], tuple[str, int]]:
+        """Receipts v2: where each ackable punch landed (hash and leaf of the recorded one)."""
+        out: dict[tuple[str, int], tuple[str, int]] = {}
+        for fact, r in done:
+            if not isinstance(fact, PunchFact) or r.device is None or r.seq is None:
+                continue
+            if r.outcome in (Outcome.APPENDED, Outcome.DUPLICATE):
+                out[(r.device, r.seq)] = (fact.signed.punch.hash(), r.idx)
+            elif r.outcome is Outcome.CONFLICT and (lookup := getattr(
+                    self.store, "punch_hash", None)) is not None:
+                # the punch recorded for that seq, not the one just quarantined; a store
+                # without the lookup gets a v1 receipt for that device
+                found = lookup(r.device, r.seq)
+                if found is not None:
+                    out[(r.device, r.seq)] = (str(found[0]), int(found[1]))
         return out
 
     def _isolate(self, groups: Sequence[tuple[Inbound, list[Fact]]], out: BatchResult, *,

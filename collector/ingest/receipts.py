@@ -26,6 +26,11 @@ counted) until an operator acts — visible, never silent. A CONFLICT is acked b
 versions are validly signed by the device's key and both are durably kept; the alert, not
 the clock's queue, is where a cloned key or restored device gets resolved.
 
+Receipts are version 2 (DESIGN.md §8.4) when the caller says where each acked punch landed
+(``landed``: (device, seq) -> (the hash of the punch the ledger holds for that seq, its
+entry idx, which is its Merkle leaf index)): for a CONFLICT that is the recorded punch, not
+the one just quarantined, so the clock that sent the other one keeps it.
+
 ``acked`` ranges are sorted, disjoint and merged (wire.ack.ranges_from_seqs); a receipt
 never carries more than ``MAX_ACK_RANGES`` ranges (more seqs are split over receipts).
 """
@@ -35,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from collector.ledger.base import AppendResult, Outcome
-from wire.ack import MAX_ACK_RANGES, Ack, SignedAck, ranges_from_seqs
+from wire.ack import MAX_ACK_PUNCHES, MAX_ACK_RANGES, Ack, SignedAck, ranges_from_seqs
 from wire.keys import SigningKey
 from wire.topics import acks
 
@@ -51,11 +56,23 @@ def ackable_seqs(results: Iterable[AppendResult]) -> dict[str, set[int]]:
     return out
 
 
+Landed = Mapping[tuple[str, int], tuple[str, int]]
+"""(device, seq) -> (punch hash the ledger holds, entry idx = leaf index)."""
+
+
 def build_receipts(seqs_by_device: Mapping[str, Iterable[int]], log_key: SigningKey, *,
-                   now_us: int) -> list[tuple[str, SignedAck]]:
-    """Signed receipts, as ``(acks topic, receipt)``, one or more per device, sorted by device."""
+                   now_us: int, landed: Landed | None = None) -> list[tuple[str, SignedAck]]:
+    """Signed receipts, as ``(acks topic, receipt)``, one or more per device, sorted by device;
+    v2 (with each punch's hash and leaf) when ``landed`` names every acked seq."""
     out: list[tuple[str, SignedAck]] = []
     for device in sorted(seqs_by_device):
+        seqs = sorted(set(seqs_by_device[device]))
+        if landed is not None and all((device, s) in landed for s in seqs):
+            for i in range(0, len(seqs), MAX_ACK_PUNCHES):
+                part = tuple((s, *landed[(device, s)]) for s in seqs[i:i + MAX_ACK_PUNCHES])
+                ack = Ack.landed(device, part, at=now_us, log=log_key.key_id)
+                out.append((acks(device), ack.sign(log_key)))
+            continue
         ranges = ranges_from_seqs(seqs_by_device[device])
         for i in range(0, len(ranges), MAX_ACK_RANGES):
             ack = Ack(device=device, acked=ranges[i:i + MAX_ACK_RANGES], at=now_us,
@@ -65,6 +82,6 @@ def build_receipts(seqs_by_device: Mapping[str, Iterable[int]], log_key: Signing
 
 
 def receipts_for(results: Sequence[AppendResult], log_key: SigningKey, *,
-                 now_us: int) -> list[tuple[str, SignedAck]]:
+                 now_us: int, landed: Landed | None = None) -> list[tuple[str, SignedAck]]:
     """Receipts for the ackable outcomes of one committed ``append``."""
-    return build_receipts(ackable_seqs(results), log_key, now_us=now_us)
+    return build_receipts(ackable_seqs(results), log_key, now_us=now_us, landed=landed)
