@@ -14,9 +14,11 @@ import asyncio
 import csv
 import io
 import json
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -37,6 +39,7 @@ from collector.records.exports import (
     punch_item,
     snapshot_rows,
 )
+from collector.records.payroll_proofs import export_payroll_with_proofs
 from wire.errors import WireError
 from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
 from wire.punch import SignedPunch
@@ -44,7 +47,9 @@ from wire.punch import SignedPunch
 ROWS_PER_CHUNK = 2000
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 PUNCH_PARAMS = ("since", "until", "site", "device", "credential", "cursor", "limit", "format")
-PAYROLL_PARAMS = ("since", "until", "site", "device", "format")
+PAYROLL_PARAMS = ("since", "until", "site", "device", "format", "proofs")
+TEXT_CHUNK = 1 << 16        # bytes of a text producer's output per streamed chunk
+TEXT_QUEUE = 8              # chunks a text producer may run ahead of the client
 
 
 # -- representation -----------------------------------------------------------------------
@@ -277,6 +282,10 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
     query = PunchQuery(since=P.time(q, "since"), until=P.time(q, "until"),
                        site=P.string(q, "site", P.SITE_RE),
                        device=P.string(q, "device", DEVICE_ID_RE))
+    if P.choice(q, "proofs", ("0", "1")) == "1":
+        if fmt != "ndjson":
+            raise BadRequestError("proofs=1 needs format=ndjson (CSV rows carry no proofs)")
+        return await _payroll_with_proofs(request, query)
 
     def prepare() -> tuple[ExportSummary, dict[tuple[str, int], dict[str, Applied]]]:
         size, head = store.head()
@@ -300,6 +309,83 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
                             {"Content-Disposition": f"attachment; filename=payroll.{fmt}"})
     finally:
         ctx(request).record.count = counter.n
+
+
+async def _payroll_with_proofs(request: web.Request, query: PunchQuery) -> web.StreamResponse:
+    """The payroll export that carries proofs (collector.records.payroll_proofs, docs/
+    protocol.md §13.3): bounded by the newest v2 checkpoint, its note in the header, each
+    row's entry, body and inclusion path; streamed as it is written."""
+    store, corr, clock = request.app[STORE], request.app[CORRECTIONS], request.app[CLOCK]
+    fixed = await asyncio.to_thread(corr.applied_complete)
+    counter = Counter()
+
+    def produce(out: TextIO) -> None:
+        summary = export_payroll_with_proofs(store, out, query=query, now_us=clock(),
+                                             corrections=fixed)
+        counter.n = summary.rows
+
+    try:
+        return await stream(request, "ndjson", text_chunks(produce),
+                            {"Content-Disposition": "attachment; filename=payroll.ndjson"})
+    finally:
+        ctx(request).record.count = counter.n
+
+
+class _Cancelled(Exception):
+    """The client went away: the producer stops at its next write."""
+
+
+def text_chunks(produce: Callable[[TextIO], object]) -> Iterator[bytes]:
+    """Byte chunks of what ``produce`` writes to a text stream, as it writes them.
+
+    ``produce`` runs in a thread of its own and may run at most TEXT_QUEUE chunks ahead; an
+    error it raises is raised here (before the first chunk, it becomes a problem response).
+    Closing the iterator (the client went away) stops the producer at its next write."""
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=TEXT_QUEUE)
+    cancel = threading.Event()
+
+    def put(item: bytes | BaseException | None) -> None:
+        while not cancel.is_set():
+            try:
+                chunks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    class Writer(io.StringIO):
+        def write(self, s: str) -> int:
+            if cancel.is_set():
+                raise _Cancelled
+            n = super().write(s)
+            if self.tell() >= TEXT_CHUNK:
+                put(self.getvalue().encode("utf-8"))
+                self.seek(0)
+                self.truncate()
+            return n
+
+    def run() -> None:
+        w = Writer()
+        try:
+            produce(w)
+            if w.tell():
+                put(w.getvalue().encode("utf-8"))
+            put(None)
+        except _Cancelled:
+            return
+        except BaseException as e:  # handed to the consumer, which raises it
+            put(e)
+
+    threading.Thread(target=run, name="text-export", daemon=True).start()
+    try:
+        while True:
+            item = chunks.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
 
 
 # -- corrections ----------------------------------------------------------------------------

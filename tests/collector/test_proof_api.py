@@ -213,3 +213,43 @@ def test_inclusion_proofs_for_a_set_of_entries_lead_to_one_checkpoint(
         checkpoint_tables.inclusion_proofs(store, [21], size)
     with pytest.raises(Exception, match="no checkpoint of size 5"):
         checkpoint_tables.inclusion_proofs(store, [1], 5)
+
+
+async def test_payroll_export_with_proofs_verifies_alone(api: Api, tmp_path: Any,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """GET /v1/exports/payroll?format=ndjson&proofs=1 streams collector.records.payroll_proofs
+    (several chunks here), and timeclock-verify --export accepts it without the bundle."""
+    from wire import verify_cli  # noqa: PLC0415 - the verifier, only here
+    from wire.note import COSIGNATURE_V1  # noqa: PLC0415
+
+    resp = await api.call("GET", "/v1/exports/payroll?format=ndjson&proofs=1", "payroll")
+    problem = await resp.json(content_type="application/problem+json")
+    assert resp.status == 400
+    assert "no v2 checkpoint" in problem["detail"]
+    more = Clock("clock-many")
+    api.store.append([EventFact("device", more.enrolled_body())], now_us=T0 + 2)
+    api.store.append([more.fact() for _ in range(400)], now_us=T0 + 3)
+    size = checkpoint(api.store)
+    witness = SigningKey(bytes(range(3, 35)))
+    w = NoteVerifier("witness.hr.example", witness.verify_key, COSIGNATURE_V1)
+    cp = checkpoint_tables.get(api.store, size).checkpoint  # type: ignore[union-attr]
+    checkpoint_tables.add_cosignature(api.store, size, cp.cosign(
+        witness, w.name, timestamp=1_764_140_500).line(), w.name, w.key_id, T0 + 4)
+    resp = await api.call("GET", "/v1/exports/payroll?format=ndjson&proofs=1", "payroll")
+    assert resp.status == 200, await resp.text()
+    body = await resp.read()
+    assert len(body) > 3 * (1 << 16)                 # more than one chunk of the producer
+    lines = body.decode().splitlines()
+    assert len(lines) == 2 + 410
+    path = tmp_path / "payroll.ndjson"
+    path.write_bytes(body)
+    capsys.readouterr()
+    assert verify_cli.main(["--export", str(path), "--collector-key", LOG_KEY.verify_key.b64,
+                            "--origin", ORIGIN, "--witness", w.vkey(), "--quorum", "1"]) == 0, \
+        capsys.readouterr().out
+    # CSV carries no proofs; the role is payroll.export's
+    resp = await api.call("GET", "/v1/exports/payroll?format=csv&proofs=1", "payroll")
+    assert resp.status == 400
+    resp = await api.call("GET", "/v1/exports/payroll?format=ndjson&proofs=1", "auditor")
+    assert resp.status == 403
