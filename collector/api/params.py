@@ -47,6 +47,9 @@ PARAMS: dict[str, tuple[dict[str, Any], str]] = {
              "older tree size (e.g. of a checkpoint you hold)"),
     "to": ({"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
            "newer tree size (default: the newest checkpoint's)"),
+    "size": ({"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
+             "prove to the stored v2 checkpoint of this size (default: the newest covering "
+             "the punch that carries a cosignature, else the newest)"),
     "proofs": ({"type": "string", "enum": ["0", "1"]},
                "1: each row carries its inclusion proof to the newest v2 checkpoint, whose "
                "note is in the header (NDJSON only; docs/protocol.md §13.3)"),

@@ -43,8 +43,9 @@ ROUTES: tuple[Route, ...] = (
           response="PunchDetail"),
     Route("GET", "/v1/punches/{device}/{seq}/proof", "getPunchProof", H.punch_proof,
           ("hr.read", "audit.read"),
-          "A punch's ledger entry, leaf index and inclusion proof to the newest v2 checkpoint "
-          "covering it (note with every cosignature)", response="PunchProof"),
+          "A punch's ledger entry, leaf index and inclusion proof to the newest (cosigned) v2 "
+          "checkpoint covering it, or to the one of ?size= (note with every cosignature)",
+          ("size",), response="PunchProof"),
     Route("GET", "/v1/exports/payroll", "payrollExport", H.payroll_export,
           ("payroll.export",), "Payroll extract with header, trailer and corrected values",
           H.PAYROLL_PARAMS, response="PayrollStream", streams=True),

@@ -266,8 +266,9 @@ async def punch_proof(request: web.Request) -> web.Response:
     seq_text = request.match_info["seq"]
     if not DEVICE_ID_RE.fullmatch(device) or not seq_text.isdigit() or len(seq_text) > 16:
         raise NotFoundError(f"no punch {device[:80]}#{seq_text[:20]}")
+    size = P.integer(request.rel_url.query, "size", lo=1, hi=2**53 - 1)
     doc = await asyncio.to_thread(proofs.punch_proof, request.app[STORE], device,
-                                  int(seq_text))
+                                  int(seq_text), size=size)
     ctx(request).record.count = 1
     return web.json_response(doc)
 

@@ -148,6 +148,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pp = kinds.add_parser("punch", help="a punch's entry, inclusion proof and checkpoint")
     pp.add_argument("device", metavar="DEVICE")
     pp.add_argument("seq", type=int, metavar="SEQ")
+    pp.add_argument("--size", type=int, metavar="N",
+                    help="prove to the stored checkpoint of size N (default: the newest "
+                         "covering the punch that carries a cosignature, else the newest)")
     _add_store(pp)
     pp.set_defaults(func=cmd_proof_punch)
     pc = kinds.add_parser("consistency", help="a consistency proof between two tree sizes")
@@ -170,7 +173,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_proof_punch(args: argparse.Namespace) -> int:
     with _store(args.store) as store:
         checkpoint_tables.ensure_schema(store)
-        doc = proofs.punch_proof(store, args.device, args.seq)
+        doc = proofs.punch_proof(store, args.device, args.seq, size=args.size)
     print(json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False))
     return 0
 

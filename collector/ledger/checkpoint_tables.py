@@ -272,8 +272,16 @@ def newest_size(store: SQLStore) -> tuple[int, int] | None:
     return int(rows[0][0]), min(int(rows[0][1]), MAX_SIGNATURES - 1)
 
 
-def covering(store: SQLStore, idx: int) -> StoredCheckpoint | None:
-    """The newest checkpoint that includes entry ``idx`` (size > idx), if any."""
+def covering(store: SQLStore, idx: int, *, cosigned: bool = False
+             ) -> StoredCheckpoint | None:
+    """The newest checkpoint that includes entry ``idx`` (size > idx), if any; with
+    ``cosigned``, the newest such one that carries a cosignature, if there is one."""
+    if cosigned:
+        rows = store.query("SELECT MAX(c.size) FROM tc_checkpoints_v2 c WHERE c.size > ? AND "
+                           "EXISTS (SELECT 1 FROM tc_cosignatures s WHERE s.size = c.size)",
+                           (idx,))
+        if rows and rows[0][0] is not None:
+            return get(store, int(rows[0][0]))
     cp = newest(store)
     return cp if cp is not None and cp.size > idx else None
 

@@ -33,8 +33,13 @@ class ProofNotFoundError(ProofRequestError):
     """No such punch, or no checkpoint covers it yet."""
 
 
-def punch_proof(store: SQLStore, device: str, seq: int) -> dict[str, Any]:
-    """``{"entry","punch_hash","leaf_index","inclusion_proof","checkpoint"}`` of a punch."""
+def punch_proof(store: SQLStore, device: str, seq: int, *, size: int | None = None
+                ) -> dict[str, Any]:
+    """``{"entry","punch_hash","leaf_index","inclusion_proof","checkpoint"}`` of a punch.
+
+    The proof leads to the stored checkpoint of ``size`` when given (e.g. the one a clock
+    holds), else to the newest checkpoint covering the punch that carries a cosignature, or,
+    while none does, to the newest covering it."""
     found = store.punch_hash(device, seq)
     if found is None:
         raise ProofNotFoundError(f"no recorded punch {device}#{seq}")
@@ -42,7 +47,15 @@ def punch_proof(store: SQLStore, device: str, seq: int) -> dict[str, Any]:
     se = next(store.entries(idx, idx + 1), None)
     if se is None:
         raise ProofNotFoundError(f"no ledger entry {idx} for punch {device}#{seq}")
-    cp = checkpoint_tables.covering(store, idx)
+    if size is not None:
+        cp = checkpoint_tables.get(store, size)
+        if cp is None:
+            raise ProofNotFoundError(f"no checkpoint of size {size} is stored")
+        if size <= idx:
+            raise ProofRequestError(f"the checkpoint of size {size} does not include punch "
+                                    f"{device}#{seq} (entry {idx}); ask for a size > {idx}")
+    else:
+        cp = checkpoint_tables.covering(store, idx, cosigned=True)
     if cp is None:
         newest = checkpoint_tables.newest(store)
         raise ProofNotFoundError(

@@ -253,3 +253,37 @@ async def test_payroll_export_with_proofs_verifies_alone(api: Api, tmp_path: Any
     assert resp.status == 400
     resp = await api.call("GET", "/v1/exports/payroll?format=ndjson&proofs=1", "auditor")
     assert resp.status == 403
+
+
+async def test_a_punch_proof_to_the_newest_cosigned_checkpoint_or_to_a_size(api: Api) -> None:
+    first = checkpoint(api.store)
+    witness = SigningKey(bytes(range(4, 36)))
+    w = NoteVerifier("witness.example", witness.verify_key, 0x04)
+    cp1 = checkpoint_tables.get(api.store, first).checkpoint  # type: ignore[union-attr]
+    checkpoint_tables.add_cosignature(api.store, first, cp1.cosign(
+        witness, w.name, timestamp=1).line(), w.name, w.key_id, T0)
+    c = Clock("clock-later")
+    api.store.append([EventFact("device", c.enrolled_body()), c.fact()], now_us=T0 + 2)
+    second = checkpoint(api.store)                    # newest, not cosigned yet
+    path = "/v1/punches/clock-00/1/proof"
+    doc = await (await api.call("GET", path, "hr-reader")).json()
+    assert verify_punch_proof(doc).size == first      # the newest that carries a cosignature
+    assert cp1.verify_cosignature(doc["checkpoint"], w) == 1
+    doc = await (await api.call("GET", f"{path}?size={second}", "hr-reader")).json()
+    assert verify_punch_proof(doc).size == second     # the one the caller holds
+    # a punch only the uncosigned newest covers is proven to it
+    doc = await (await api.call("GET", f"/v1/punches/{c.device}/1/proof", "auditor")).json()
+    assert verify_punch_proof(doc).size == second
+    for query, status, detail in ((f"?size={second + 5}", 404, "no checkpoint of size"),
+                                  ("?size=1", 404, "no checkpoint of size 1"),
+                                  ("?size=0", 400, "outside")):
+        resp = await api.call("GET", path + query, "hr-reader")
+        problem = await resp.json(content_type="application/problem+json")
+        assert (resp.status, detail in problem["detail"]) == (status, True), problem
+    small = checkpoint_tables.newest(api.store, at_most=2)
+    assert small is None
+    make_checkpoint_v2(api.store, LOG_KEY, ORIGIN, 2, T0)
+    resp = await api.call("GET", f"/v1/punches/{c.device}/1/proof?size=2", "hr-reader")
+    problem = await resp.json(content_type="application/problem+json")
+    assert resp.status == 400
+    assert "does not include punch" in problem["detail"]
