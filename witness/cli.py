@@ -2,7 +2,8 @@
 
 - ``keygen --key PATH --name NAME``: a new Ed25519 witness key (0600); prints its vkey.
 - ``vkey --config PATH``: the vkey to give the log's operator and the verifiers.
-- ``serve --config PATH``: HTTPS until SIGTERM; sd_notify READY=1 once listening.
+- ``serve --config PATH``: HTTPS until SIGTERM; sd_notify READY=1 once listening (needs the
+  ``witness`` extra, aiohttp; without it ``serve`` says so in one line and exits 2).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
 from wire.cli import run_command, setup_logging
 from wire.keys import SigningKey, load_signing_key, save_signing_key
 from wire.note import COSIGNATURE_V1, NoteVerifier, check_key_name
@@ -24,7 +23,6 @@ from wire.tls import server_context
 from witness import WitnessError
 from witness.config import WitnessConfig, load_config
 from witness.core import Witness
-from witness.server import make_app
 
 log = logging.getLogger("timeclock.witness")
 
@@ -49,6 +47,11 @@ def _witness(cfg: WitnessConfig) -> Witness:
 
 
 async def _serve(cfg: WitnessConfig) -> None:
+    # aiohttp only here: keygen and vkey work on a bare install (wire.cli.missing_extra)
+    from aiohttp import web  # noqa: PLC0415
+
+    from witness.server import make_app  # noqa: PLC0415
+
     witness = _witness(cfg)
     ctx = server_context(cfg.client_ca or cfg.tls_cert, cfg.tls_cert, cfg.tls_key,
                          require_client_cert=cfg.client_ca is not None)
@@ -91,7 +94,8 @@ def _command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
-    return run_command("timeclock-witness", lambda: _command(args), (WitnessError, OSError))
+    return run_command("timeclock-witness", lambda: _command(args), (WitnessError, OSError),
+                       extra="witness")
 
 
 if __name__ == "__main__":

@@ -147,3 +147,32 @@ def test_a_config_with_problems_lists_them_all(tmp_path: Path) -> None:
                 "logs[0].key"):
         assert key in r.stderr, r.stderr
     assert ORIGIN not in r.stderr
+
+
+_BARE = """\
+import sys
+
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "aiohttp":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Hide())
+from witness.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_aiohttp_serve_names_the_extra_and_keygen_works(
+        tmp_path: Path, server: WitnessServer) -> None:
+    root = str(Path(__file__).resolve().parents[2])
+    r = subprocess.run([sys.executable, "-c", _BARE, "serve", "--config", str(server.config)],
+                       capture_output=True, text=True, check=False, cwd=root)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == ("timeclock-witness: this command needs the 'witness' extra: pip install "
+                        "'timeclock[witness]' (no module named 'aiohttp')\n")
+    r = subprocess.run([sys.executable, "-c", _BARE, "keygen", "--key", str(tmp_path / "k"),
+                        "--name", "w.example/w"], capture_output=True, text=True, check=False,
+                       cwd=root)
+    assert r.returncode == 0, r.stderr
