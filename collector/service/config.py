@@ -17,8 +17,9 @@ Example::
     # origin = "acme.example/timeclock"         # names the ledger in v2 checkpoints; the same
                                                 # for every collector of one ledger (default:
                                                 # timeclock.invalid/<log key id>)
-    # state_dir = "/etc/timeclock"              # largest-checkpoint.note (default: beside
-                                                # log_key); serve refuses a ledger below it
+    # state_dir = "/var/lib/timeclock"         # largest-checkpoint.note (default: systemd's
+                                                # $STATE_DIRECTORY, else beside log_key);
+                                                # serve refuses a ledger below it
 
     [mqtt]
     host = "broker.example.org"
@@ -62,6 +63,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -94,8 +96,13 @@ class CollectorSection:
 
     @property
     def state_directory(self) -> Path:
-        """Where ``largest-checkpoint.note`` lives (collector.service.log_state)."""
-        return self.state_dir if self.state_dir is not None else self.log_key.parent
+        """Where ``largest-checkpoint.note`` lives (collector.service.log_state): ``state_dir``,
+        else systemd's ``$STATE_DIRECTORY`` (the unit's ``StateDirectory=``, writable under
+        ``ProtectSystem=strict`` where /etc is not), else the log key's directory."""
+        if self.state_dir is not None:
+            return self.state_dir
+        systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(systemd) if systemd else self.log_key.parent
 
     @property
     def identity(self) -> str:

@@ -188,11 +188,15 @@ def test_config_refuses_a_bad_origin(tmp_path: Path, origin: str, message: str) 
     assert "collector.origin" in str(e.value)
 
 
-def test_config_origin_and_state_dir(tmp_path: Path) -> None:
+def test_config_origin_and_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     cfg = parse_config(_cfg(tmp_path, origin=ORIGIN, state_dir="state"), base=tmp_path)
     assert (cfg.collector.origin, cfg.collector.state_directory) == (ORIGIN, tmp_path / "state")
     cfg = parse_config(_cfg(tmp_path), base=tmp_path)
     assert (cfg.collector.origin, cfg.collector.state_directory) == (None, tmp_path)
+    # under systemd (StateDirectory=timeclock): /var/lib/timeclock, writable where /etc is not
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/timeclock:/var/lib/other")
+    assert cfg.collector.state_directory == Path("/var/lib/timeclock")
 
 
 def test_default_origin_is_the_log_keys_and_a_ledger_keeps_its_origin(
@@ -337,7 +341,8 @@ def test_state_file_only_grows_and_must_verify(tmp_path: Path) -> None:
 # -- on the real broker -----------------------------------------------------------------------
 
 def test_v2_note_on_schedule_published_retained_and_republished_with_a_cosignature(
-        mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+        mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     db = tmp_path / "ledger.db"
     store = SQLiteStore(db)
     clock = new_clock()
