@@ -100,6 +100,18 @@ class FeedbackConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WitnessConfig:
+    """``[witness]``: the clock's checks that its own punches are in the log (agent.inclusion,
+    protocol.md §13.9): ``check_inclusion`` all | sample | off, ``sample_rate`` (for sample),
+    how long a leaf may wait for a valid proof once asked, and how often it is asked again."""
+
+    check_inclusion: str = "all"
+    sample_rate: float = 0.1
+    inclusion_deadline_s: float = 3600.0
+    inclusion_retry_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ReaderConfig:
     """A reader section as written; :func:`agent.readers.build_reader` turns it into a Reader."""
 
@@ -120,6 +132,7 @@ class AgentConfig:
     readers: tuple[ReaderConfig, ...] = field(default=())
     source: Path | None = None
     feedback: FeedbackConfig = field(default=FeedbackConfig())
+    witness: WitnessConfig = field(default=WitnessConfig())
 
     @property
     def queue_path(self) -> Path:
@@ -140,7 +153,7 @@ class _Section(Section):
             return None
 
 
-SECTIONS = ("device", "keys", "mqtt", "readers", "status", "feedback")
+SECTIONS = ("device", "keys", "mqtt", "readers", "status", "feedback", "witness")
 
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None = None,
@@ -169,10 +182,11 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
     ss.finish()
     readers = _parse_readers(data.get("readers", {}), problems, check=check_readers)
     feedback = _parse_feedback(data.get("feedback", {}), problems)
+    witness = _parse_witness(data.get("witness", {}), problems)
     if problems or keys is None:
         raise ConfigError(problems)
     return AgentConfig(device=device, keys=keys, mqtt=mqtt, status=status,
-                       readers=readers, source=source, feedback=feedback)
+                       readers=readers, source=source, feedback=feedback, witness=witness)
 
 
 def _parse_device(table: Any, base_dir: Path, problems: list[str], *,
@@ -223,6 +237,18 @@ def _parse_mqtt(table: Any, problems: list[str]) -> MqttConfig:
         ms.problem("reconnect_max_s", f"must be ≥ reconnect_min_s ({rmin:g})")
     ms.finish()
     return MqttConfig(host, port, keepalive_s, batch_max, resend_after_s, rmin, rmax)
+
+
+def _parse_witness(table: Any, problems: list[str]) -> WitnessConfig:
+    ws = _Section("witness", table, problems)
+    d = WitnessConfig()
+    mode = ws.choice("check_inclusion", d.check_inclusion, ("all", "sample", "off"))
+    rate = ws.number("sample_rate", d.sample_rate, lo=0.0, hi=1.0)
+    deadline = ws.number("inclusion_deadline_s", d.inclusion_deadline_s, lo=1.0,
+                         hi=30 * 86400.0)
+    retry = ws.number("inclusion_retry_s", d.inclusion_retry_s, lo=0.5, hi=86400.0)
+    ws.finish()
+    return WitnessConfig(mode, rate, deadline, retry)
 
 
 def _parse_feedback(table: Any, problems: list[str]) -> FeedbackConfig:

@@ -32,6 +32,8 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import hashlib
 import logging
 import random
 import threading
@@ -50,12 +52,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.clock import clock_state
 from agent.errors import AgentError, QueueFullError
+from agent.inclusion import InclusionChecker, inclusion_path
 from agent.witness import ClockWitness, witness_path
 from wire import device_status, topics
+from wire import inclusion as inclusion_msgs
 from wire import witness as witness_msgs
 from wire.ack import Ranges, SignedAck
 from wire.clock import to_us
-from wire.device_status import DeviceStatus, QueueStatus, StorageStatus
+from wire.device_status import DeviceStatus, QueueStatus, StorageStatus, WitnessStatus
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.punch import MAX_ENVELOPE_BYTES, MAX_ENVELOPE_PUNCHES, Envelope, SignedPunch
@@ -159,6 +163,7 @@ class _Batch:
     seqs: set[int]
     sent_at: float                      # monotonic
     hashes: dict[int, str] = field(default_factory=dict)   # seq -> punch hash sent
+    bodies: dict[int, str] = field(default_factory=dict)   # seq -> SHA-256 of the signed punch
 
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
@@ -188,7 +193,8 @@ class Publisher:
                  settings: PublisherSettings, status: StatusFn | None = None,
                  now: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 witness: ClockWitness | None = None) -> None:
+                 witness: ClockWitness | None = None,
+                 inclusion: InclusionChecker | None = None) -> None:
         self._outbox = outbox
         self.device = device
         self._log_key = log_key
@@ -204,6 +210,13 @@ class Publisher:
         self._checkpoint_topic = witness_msgs.checkpoint_topic(device)
         self._cosignature_topic = witness_msgs.cosignature_topic(device)
         self._checkpoints: deque[bytes] = deque(maxlen=16)   # newest requests win
+        # Inclusion checks of our own punches (agent.inclusion): only with a witness, whose
+        # verified checkpoint the proofs are checked against.
+        self._inclusion = inclusion if witness is not None else None
+        self._inclusion_request_topic = inclusion_msgs.request_topic(device)
+        self._inclusion_answer_topic = inclusion_msgs.answer_topic(device)
+        self._inclusion_answers: deque[bytes] = deque(maxlen=64)
+        self._next_inclusion = 0.0
 
         self._lock = threading.Lock()          # counters and the receipt inbox
         self._wake = threading.Event()
@@ -341,7 +354,7 @@ class Publisher:
             "bad_receipts": st.bad_receipts, "foreign_receipts": st.foreign_receipts,
             "unsent_acks": st.unsent_acks, "resent_punches": st.resent_punches,
             "foreign_punch_acks": self._c["foreign_punch_acks"],
-            "witness": None if self._witness is None else self._witness.status().to_dict(),
+            "witness": None if self._witness is None else self.witness_status().to_dict(),
         }
 
     def stats(self) -> PublisherStats:
@@ -373,6 +386,8 @@ class Publisher:
         client.subscribe(self._ack_topic, qos=1)
         if self._witness is not None:
             client.subscribe(self._checkpoint_topic, qos=1)
+        if self._inclusion is not None:
+            client.subscribe(self._inclusion_answer_topic, qos=1)
         with self._lock:
             self._connected = True
             self._reconnected = True
@@ -417,6 +432,11 @@ class Publisher:
         if msg.topic == self._checkpoint_topic and self._witness is not None:
             with self._lock:
                 self._checkpoints.append(bytes(msg.payload))
+            self._wake.set()
+            return
+        if msg.topic == self._inclusion_answer_topic and self._inclusion is not None:
+            with self._lock:
+                self._inclusion_answers.append(bytes(msg.payload))
             self._wake.set()
             return
         if msg.topic != self._ack_topic:
@@ -473,6 +493,8 @@ class Publisher:
                 for b in self._batches.values():
                     b.sent_at = float("-inf")
         if self._process_checkpoints():
+            status_due = True
+        if self._process_inclusion(mono):
             status_due = True
         if status_due or mono >= self._next_status:
             self._publish_status()
@@ -538,7 +560,9 @@ class Publisher:
         self._next_batch += 1
         seqs = {r.punch.seq for r in rows}
         self._batches[bid] = _Batch(seqs, self._mono(),
-                                    {r.punch.seq: r.punch.hash() for r in rows})
+                                    {r.punch.seq: r.punch.hash() for r in rows},
+                                    {r.punch.seq: hashlib.sha256(r.to_bytes()).hexdigest()
+                                     for r in rows} if self._inclusion is not None else {})
         for s in seqs:
             self._owner[s] = bid
         # Not connected: paho queues the message and sends it after reconnecting; the batch
@@ -588,6 +612,12 @@ class Publisher:
                 log.error("receipt acks seq(s) %s with ANOTHER punch than this clock's (the "
                           "ledger holds a conflicting punch: cloned key or restored clock?); "
                           "keeping ours", ", ".join(map(str, sorted(foreign)[:20])))
+            if self._inclusion is not None and hits and ack.punches is not None:
+                # kept before the rows go: (seq, leaf index, our signed punch's body hash)
+                leaves = {seq: leaf for seq, _h, leaf in ack.punches}
+                self._inclusion.record([
+                    (s, leaves[s], self._batches[self._owner[s]].bodies[s]) for s in hits
+                    if s in self._batches[self._owner[s]].bodies])
         for s in hits:
             bid = self._owner.pop(s)
             batch = self._batches[bid]
@@ -636,6 +666,37 @@ class Publisher:
         return (after.state, after.size, after.reason) != (before.state, before.size,
                                                             before.reason)
 
+    # inclusion of our own punches
+
+    def _process_inclusion(self, mono: float) -> bool:
+        """Verify the answers received, ask for the proofs due (at most once a second);
+        True if the inclusion state changed."""
+        checker, w = self._inclusion, self._witness
+        if checker is None or w is None:
+            return False
+        before = checker.status()
+        while True:
+            with self._lock:
+                if not self._inclusion_answers:
+                    break
+                payload = self._inclusion_answers.popleft()
+            checker.handle(payload)
+        if mono >= self._next_inclusion:
+            self._next_inclusion = mono + 1.0
+            for req in checker.requests(w.checkpoint):
+                self._client.publish(self._inclusion_request_topic, req.to_bytes(), qos=1)
+        after = checker.status()
+        return (after.failed, after.checked) != (before.failed, before.checked)
+
+    def witness_status(self) -> WitnessStatus:
+        """The witness state with the inclusion checks (requires a witness)."""
+        if self._witness is None:
+            raise PublisherError("no witness configured")
+        st = self._witness.status()
+        if self._inclusion is None:
+            return st
+        return dataclasses.replace(st, inclusion=self._inclusion.status())
+
     # status
 
     def _default_status(self) -> Mapping[str, Any]:
@@ -656,7 +717,7 @@ class Publisher:
             "version": str(snap.get("version", self._s.version)),
             "queue": QueueStatus(self._outbox.depth(), self._outbox.oldest_created_us()),
             "clock": snap.get("clock", "unsynced"), "storage": storage, "reason": reason,
-            "witness": None if self._witness is None else self._witness.status()}
+            "witness": None if self._witness is None else self.witness_status()}
         readers = snap.get("readers", {})
         try:
             return DeviceStatus(**common, readers=dict(readers))
@@ -699,5 +760,10 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
 
     witness = ClockWitness(witness_path(config.device.state_dir), config.device.id,
                            load_signing(config.keys.signing_key, env), log_key)
+    wc = config.witness
+    inclusion = InclusionChecker(
+        inclusion_path(config.device.state_dir), config.device.id, mode=wc.check_inclusion,
+        sample_rate=wc.sample_rate, deadline_s=wc.inclusion_deadline_s,
+        retry_s=wc.inclusion_retry_s)
     return Publisher(outbox, config.device.id, log_key=log_key, settings=settings,
-                     status=status, witness=witness)
+                     status=status, witness=witness, inclusion=inclusion)

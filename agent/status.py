@@ -158,10 +158,27 @@ def storage_line(storage: Any, *, now_us: int, free_now: int | None = None) -> s
     return f"storage:       {head}; {refused} tap(s) refused since start{now}"
 
 
+def _inclusion_part(inc: Any, now_us: int) -> str:
+    """The inclusion checks of the clock's own punches (agent.inclusion), for the witness
+    line: loud while any failed."""
+    if not isinstance(inc, dict):
+        return ""
+    counts = (f"{inc.get('checked', 0)} punch(es) proven in the log, "
+              f"{inc.get('pending', 0)} pending")
+    if inc.get("failed"):
+        return (f"; INCLUSION CHECK FAILED x{inc['failed']} (last {inc.get('reason')} "
+                f"{_age(now_us, inc.get('since_us'))}: {inc.get('detail', '')}); {counts}")
+    return f"; {counts}"
+
+
 def witness_line(witness: Any, *, now_us: int) -> str:
     """``witness: …`` for ``status``: the clock as a witness of the log (agent.witness)."""
     if not isinstance(witness, dict):
         return "witness:       unknown (no publisher)"
+    return _witness_head(witness, now_us) + _inclusion_part(witness.get("inclusion"), now_us)
+
+
+def _witness_head(witness: dict[str, Any], now_us: int) -> str:
     state, size = witness.get("state"), witness.get("size")
     if state == "refusing":
         return (f"witness:       REFUSING to cosign ({witness.get('reason')}) since "

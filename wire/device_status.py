@@ -119,11 +119,55 @@ def _storage_fields(d: Any) -> _StorageFields:
             _int_or_none(obj, "since_us", "storage"), detail)
 
 
-_WitnessFields = tuple[str, int | None, int | None, int, str | None, str, int | None]
+_INCLUSION_KEYS = frozenset({"checked", "pending", "failed", "reason", "detail", "since_us"})
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionStatus:
+    """The clock's checks that its own punches are in the log (protocol.md §13.9):
+    ``checked`` proofs that verified, ``pending`` leaves waiting, ``failed`` checks (a failure
+    stays until the operator clears it), and the last failure's reason, detail and time."""
+
+    checked: int = 0
+    pending: int = 0
+    failed: int = 0
+    reason: str | None = None
+    detail: str = ""
+    since_us: int | None = None
+
+    def __post_init__(self) -> None:
+        _inclusion_fields(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Any) -> InclusionStatus:
+        return cls(*_inclusion_fields(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "pending": self.pending, "failed": self.failed,
+                "reason": self.reason, "detail": self.detail, "since_us": self.since_us}
+
+
+def _inclusion_fields(d: Any) -> tuple[int, int, int, str | None, str, int | None]:
+    obj = _object(d, "witness.inclusion", _INCLUSION_KEYS)
+    try:
+        counts = [get_int(obj, k, minimum=0) for k in ("checked", "pending", "failed")]
+        detail = get_str(obj, "detail")
+        reason = None if obj["reason"] is None else get_str(obj, "reason", WITNESS_REASON_RE)
+    except DecodeError as e:
+        raise _in("witness.inclusion", e) from None
+    if len(detail) > MAX_DETAIL_CHARS:
+        raise DecodeError(f"witness.inclusion.detail: longer than {MAX_DETAIL_CHARS} chars",
+                          field="detail")
+    return (counts[0], counts[1], counts[2], reason, detail,
+            _int_or_none(obj, "since_us", "witness.inclusion"))
+
+
+_WitnessFields = tuple[str, int | None, int | None, int, str | None, str, int | None,
+                       InclusionStatus | None]
 
 
 def _witness_fields(d: Any) -> _WitnessFields:
-    obj = _object(d, "witness", _WITNESS_KEYS)
+    obj = _object(d, "witness", _WITNESS_KEYS, frozenset({"inclusion"}))
     try:
         state = get_choice(obj, "state", WITNESS_STATES)
         refusals = get_int(obj, "refusals", minimum=0)
@@ -136,7 +180,9 @@ def _witness_fields(d: Any) -> _WitnessFields:
                           field="detail")
     return (state, _int_or_none(obj, "size", "witness"),
             _int_or_none(obj, "cosigned_at", "witness"), refusals, reason, detail,
-            _int_or_none(obj, "since_us", "witness"))
+            _int_or_none(obj, "since_us", "witness"),
+            None if obj.get("inclusion") is None else
+            InclusionStatus.from_dict(obj["inclusion"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +199,18 @@ class WitnessStatus:
     reason: str | None = None         # of the current (or last) refusal
     detail: str = ""
     since_us: int | None = None       # when the current refusing/broken state began
+    inclusion: InclusionStatus | None = None   # its own punches' inclusion checks (§13.9)
 
     def __post_init__(self) -> None:
         _witness_fields(self.to_dict())
 
     @property
     def alarm(self) -> bool:
-        return self.state in ("refusing", "broken")
+        return self.state in ("refusing", "broken") or self.inclusion_failed
+
+    @property
+    def inclusion_failed(self) -> bool:
+        return self.inclusion is not None and self.inclusion.failed > 0
 
     @classmethod
     def from_dict(cls, d: Any) -> WitnessStatus:
@@ -168,7 +219,8 @@ class WitnessStatus:
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "size": self.size, "cosigned_at": self.cosigned_at,
                 "refusals": self.refusals, "reason": self.reason, "detail": self.detail,
-                "since_us": self.since_us}
+                "since_us": self.since_us} | (
+                    {} if self.inclusion is None else {"inclusion": self.inclusion.to_dict()})
 
 
 @dataclass(frozen=True, slots=True)

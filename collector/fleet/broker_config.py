@@ -9,10 +9,12 @@ Invariants of the rendered configuration:
 - ``require_certificate true`` + ``use_identity_as_username true``: the certificate CN *is*
   the MQTT user, so the ACL's ``%u`` is the device id the CA vouched for;
 - ``crlfile`` is always set: a broker that cannot check revocation does not start;
-- a device may write only its own ``punches``/``status``/``cosignature`` and read only its
-  own ``acks`` and ``checkpoint`` (witness requests, wire.witness) and the log checkpoint;
-  each listed collector (``collector.<name>``) reads all punches, status and cosignatures,
-  writes all acks, witness requests and the retained checkpoint; nobody else gets anything.
+- a device may write only its own ``punches``/``status``/``cosignature``/``inclusion/request``
+  and read only its own ``acks``, ``checkpoint`` (witness requests, wire.witness) and
+  ``inclusion`` (proofs of its punches, wire.inclusion) and the log checkpoint; each listed
+  collector (``collector.<name>``) reads all punches, status, cosignatures and inclusion
+  requests, writes all acks, witness requests, inclusion answers and the retained checkpoint;
+  nobody else gets anything.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from collector import ConfigError, PKIError
 from collector.fleet.pki import CertificateAuthority
+from wire import inclusion as inclusion_topics
 from wire import topics
 from wire import witness as witness_topics
 from wire.errors import KeyFileError
@@ -110,8 +113,10 @@ def render_acl(collectors: Sequence[str]) -> str:
         f"pattern write {topics.PREFIX}%u/punches",
         f"pattern write {topics.PREFIX}%u/status",
         f"pattern write {witness_topics.cosignature_topic('%u')}",
+        f"pattern write {inclusion_topics.request_topic('%u')}",
         f"pattern read {topics.PREFIX}%u/acks",
         f"pattern read {witness_topics.checkpoint_topic('%u')}",
+        f"pattern read {inclusion_topics.answer_topic('%u')}",
         f"pattern read {topics.CHECKPOINT}",
     ]
     for cid in collectors:
@@ -124,6 +129,8 @@ def render_acl(collectors: Sequence[str]) -> str:
             f"topic read {topics.ALL_PUNCHES}",
             f"topic read {topics.ALL_STATUS}",
             f"topic read {witness_topics.ALL_COSIGNATURES}",
+            f"topic read {inclusion_topics.ALL_INCLUSION_REQUESTS}",
+            f"topic write {inclusion_topics.answer_topic('+')}",
             f"topic write {topics.PREFIX}+/acks",
             f"topic write {witness_topics.ALL_CHECKPOINT_REQUESTS}",
             f"topic readwrite {topics.CHECKPOINT}",

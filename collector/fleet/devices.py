@@ -63,7 +63,8 @@ class DeviceRow:
     clock: str | None = None
     status_at_us: int | None = None
     storage: str | None = None        # ok | low | full (reported), None = unknown
-    witness: str | None = None        # none | ok | refusing | broken (reported), None = unknown
+    witness: str | None = None        # none | ok | refusing | broken (reported) | inclusion-failed
+    #                                   (ok, but a check of its own punches failed), None = ?
     witness_size: int | None = None   # the largest checkpoint the clock verified
     warnings: tuple[str, ...] = field(default=())
 
@@ -122,11 +123,19 @@ def _witness_warning(st: DeviceStatus, now_us: int) -> str | None:
     w = st.witness
     if w is None or not w.alarm:
         return None
+    inc = w.inclusion
+    failed = "" if inc is None or not inc.failed else (
+        f"INCLUSION CHECK FAILED x{inc.failed}: the log does not prove this clock's "
+        f"punch(es); last {inc.reason} {_age(now_us, inc.since_us)} ago ({inc.detail})")
+    if w.state not in ("refusing", "broken"):
+        return failed
+    if failed:
+        failed = f"; {failed}"
     since = "" if w.since_us is None else f" for {_age(now_us, w.since_us)}"
     if w.state == "broken":
-        return f"WITNESS BROKEN{since}: the clock cosigns nothing ({w.detail})"
+        return f"WITNESS BROKEN{since}: the clock cosigns nothing ({w.detail}){failed}"
     return (f"WITNESS REFUSES to cosign{since}: {w.reason} ({w.detail}); it holds a "
-            f"checkpoint of size {w.size}")
+            f"checkpoint of size {w.size}{failed}")
 
 
 def fleet_rows(store: SQLStore, *, now_us: int, certs: Sequence[IndexEntry] = (),
@@ -186,7 +195,9 @@ def fleet_rows(store: SQLStore, *, now_us: int, certs: Sequence[IndexEntry] = ()
             online=online, queue_depth=depth, oldest_unacked_us=oldest, clock=clock,
             status_at_us=st.at if st is not None else None,
             storage=st.storage.state if st is not None and st.storage is not None else None,
-            witness=None if witness is None else witness.state,
+            witness=None if witness is None else (
+                "inclusion-failed" if witness.inclusion_failed and witness.state == "ok"
+                else witness.state),
             witness_size=None if witness is None else witness.size,
             warnings=tuple(warnings)))
     return rows
@@ -261,6 +272,9 @@ def _age(now_us: int, at: int | None) -> str:
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
+_WITNESS_SHOWN = {"refusing": "REFUSING", "inclusion-failed": "INCL-BAD"}
+
+
 def render_table(rows: Sequence[DeviceRow], *, now_us: int) -> str:
     head = (f"{'DEVICE':<20} {'SITE':<10} {'STATUS':<8} {'KEY':<17} {'SEQ':>6} {'GAPS':>4} "
             f"{'LAST SEEN':>9} {'CERT UNTIL':<10} {'LINK':<8} {'QUEUE':>5} {'OLDEST':>6} "
@@ -273,7 +287,7 @@ def render_table(rows: Sequence[DeviceRow], *, now_us: int) -> str:
             f"{r.recorded:>6} {len(r.gaps):>4} {_age(now_us, r.last_seen_us):>9} {until:<10} "
             f"{r.online or '?':<8} {'-' if r.queue_depth is None else r.queue_depth:>5} "
             f"{_age(now_us, r.oldest_unacked_us):>6} {r.clock or '?':<8} "
-            f"{(r.witness or '?').replace('refusing', 'REFUSING'):<8} "
+            f"{_WITNESS_SHOWN.get(r.witness or '?', r.witness or '?'):<8} "
             f"{(r.storage or '?').replace('full', 'FULL'):<4}")
         lines += [f"  ! {w}" for w in r.warnings]
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from collector import CollectorError, LedgerError, LedgerUnavailableError
 from collector.ingest import checkpoints
 from collector.ingest.alerts import Alerts, ChainWatch, GapTracker
 from collector.ingest.cosignatures import DeviceWitnesses
+from collector.ingest.inclusion_answers import InclusionAnswers
 from collector.ingest.pipeline import Inbound, Ingestor, Writer
 from collector.ingest.punch_verifier import RegistryView
 from collector.ingest.statuses import StatusTable
@@ -221,6 +222,7 @@ class CollectorService:
         # Witnesses (DESIGN.md §8.3): the clocks, and any [[witnesses]], are asked to cosign
         # each new v2 checkpoint, and once at start.
         self.device_witnesses: DeviceWitnesses | None = None
+        self.inclusion_answers: InclusionAnswers | None = None
         self.external_witnesses: ExternalWitnesses | None = None
         self._witnesses_asked_at: int | None = None
 
@@ -251,8 +253,11 @@ class CollectorService:
             chain=ChainWatch(self.alerts, lookup=lookup))
         self.link = MqttLink(cfg.mqtt, cfg.collector.identity, self.inbox,
                              on_status=self._on_status, clock=self.clock,
-                             on_cosignature=self._on_cosignature)
+                             on_cosignature=self._on_cosignature,
+                             on_inclusion_request=self._on_inclusion_request)
         link = self.link
+        self.inclusion_answers = InclusionAnswers(
+            store, lambda t, b: link.publish(t, b, qos=1))
         self.device_witnesses = DeviceWitnesses(
             store, origin, lambda t, b, r: link.publish(t, b, qos=1, retain=r),
             alerts=self.alerts)
@@ -281,6 +286,10 @@ class CollectorService:
         if self.device_witnesses is not None:
             self.device_witnesses.receive(msg.topic, msg.payload, msg.received_at)
 
+    def _on_inclusion_request(self, msg: Inbound) -> None:
+        if self.inclusion_answers is not None:
+            self.inclusion_answers.receive(msg.topic, msg.payload)
+
     def _ask_witnesses(self, now: int) -> None:
         """Offer the newest v2 checkpoint to the clocks and the external witnesses."""
         newest = checkpoint_tables.newest(self.store)
@@ -301,6 +310,8 @@ class CollectorService:
                 self._ask_witnesses(now)
             if self.device_witnesses is not None:
                 self.device_witnesses.process()
+            if self.inclusion_answers is not None:
+                self.inclusion_answers.process()
             if self.ingestor is not None:
                 self.ingestor.report_gaps(now_us=now)
         except LedgerUnavailableError:

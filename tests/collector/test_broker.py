@@ -16,7 +16,7 @@ from collector.fleet.broker_config import BrokerSettings, render_acl, render_mos
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.pki import TestPKI
 from tests.polling import wait_for
-from wire import topics, witness
+from wire import inclusion, topics, witness
 
 MARKER = b"marker"
 
@@ -62,14 +62,18 @@ def test_acl_text() -> None:
         "pattern write timeclock/v1/devices/%u/punches",
         "pattern write timeclock/v1/devices/%u/status",
         "pattern write timeclock/v1/devices/%u/cosignature",
+        "pattern write timeclock/v1/devices/%u/inclusion/request",
         "pattern read timeclock/v1/devices/%u/acks",
         "pattern read timeclock/v1/devices/%u/checkpoint",
+        "pattern read timeclock/v1/devices/%u/inclusion",
         "pattern read timeclock/v1/log/checkpoint",
         "",
         "user collector.main",
         "topic read timeclock/v1/devices/+/punches",
         "topic read timeclock/v1/devices/+/status",
         "topic read timeclock/v1/devices/+/cosignature",
+        "topic read timeclock/v1/devices/+/inclusion/request",
+        "topic write timeclock/v1/devices/+/inclusion",
         "topic write timeclock/v1/devices/+/acks",
         "topic write timeclock/v1/devices/+/checkpoint",
         "topic readwrite timeclock/v1/log/checkpoint",
@@ -78,6 +82,8 @@ def test_acl_text() -> None:
         "topic read timeclock/v1/devices/+/punches",
         "topic read timeclock/v1/devices/+/status",
         "topic read timeclock/v1/devices/+/cosignature",
+        "topic read timeclock/v1/devices/+/inclusion/request",
+        "topic write timeclock/v1/devices/+/inclusion",
         "topic write timeclock/v1/devices/+/acks",
         "topic write timeclock/v1/devices/+/checkpoint",
         "topic readwrite timeclock/v1/log/checkpoint",
@@ -186,7 +192,8 @@ def test_d3_device_cannot_publish_into_another_devices_topics(mosquitto: Mosquit
     for topic in (topics.punches("dev-b"), topics.status("dev-b"), topics.acks("dev-a"),
                   topics.acks("dev-b"), topics.CHECKPOINT, "timeclock/v1/other",
                   witness.cosignature_topic("dev-b"), witness.checkpoint_topic("dev-a"),
-                  witness.checkpoint_topic("dev-b")):
+                  witness.checkpoint_topic("dev-b"), inclusion.request_topic("dev-b"),
+                  inclusion.answer_topic("dev-a"), inclusion.answer_topic("dev-b")):
         done.clear()
         a.publish(topic, b"forged", qos=1)
         assert done.wait(30)
@@ -229,6 +236,27 @@ def test_witness_topics_each_device_its_own(mosquitto: MosquittoBroker) -> None:
     assert sorted((m.topic, m.payload) for m in got) == [
         (witness.cosignature_topic("dev-a"), MARKER), (witness.cosignature_topic("dev-b"),
                                                        b"b's")]
+
+
+def test_inclusion_topics_each_device_its_own(mosquitto: MosquittoBroker) -> None:
+    """A clock publishes only its own inclusion requests and reads only the answers to it
+    (protocol.md §13.9); the collector reads every clock's requests and answers each."""
+    col_sub = mosquitto.subscribe("collector.main", inclusion.ALL_INCLUSION_REQUESTS)
+    a = mosquitto.subscribe("dev-a", "timeclock/v1/devices/+/inclusion")
+    snoop = mosquitto.subscribe("dev-a", "timeclock/v1/#", client_id="dev-a-snoop")
+    col = mosquitto.client("collector.main", client_id="collector-pub")
+    publish_ok(col, inclusion.answer_topic("dev-b"), b"for b")
+    publish_ok(col, inclusion.answer_topic("dev-a"), MARKER)
+    assert [(m.topic, m.payload) for m in a.get_until(lambda m: m.payload == MARKER)] == [
+        (inclusion.answer_topic("dev-a"), MARKER)]
+    assert [m.payload for m in snoop.get_until(lambda m: m.payload == MARKER)] == [MARKER]
+    publish_ok(mosquitto.client("dev-b"), inclusion.request_topic("dev-b"), b"b's")
+    publish_ok(mosquitto.client("dev-a", client_id="dev-a-pub"),
+               inclusion.request_topic("dev-a"), MARKER)
+    got = col_sub.get_until(lambda m: m.payload == MARKER)
+    assert sorted((m.topic, m.payload) for m in got) == [
+        (inclusion.request_topic("dev-a"), MARKER), (inclusion.request_topic("dev-b"),
+                                                     b"b's")]
 
 
 def test_d3_device_cannot_read_other_punches_or_status(mosquitto: MosquittoBroker) -> None:
