@@ -69,11 +69,13 @@ def serve(db: str, port: int, cert: str, key: str) -> None:
 
     async def main() -> None:
         store = SQLiteStore(Path(db))
+        reader = SQLiteStore(Path(db))      # as serve does: proofs on their own connection
         section = ApiSection(cert=Path(cert), key=Path(key), listen="127.0.0.1", port=port)
-        runner = await start_api(section, store, log_keys={})
+        runner = await start_api(section, store, log_keys={}, reader=reader)
         print("READY", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         await runner.cleanup()
+        reader.close()
         store.close()
 
     asyncio.run(main())

@@ -29,6 +29,7 @@ from collector.api.keys import (
     CLOCK,
     CORRECTIONS,
     PRINCIPALS,
+    READER,
     SETTINGS,
     STORE,
     THROTTLE,
@@ -52,13 +53,16 @@ log = logging.getLogger("timeclock.api")
 
 
 def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
-             clock: Callable[[], int] = now_us) -> web.Application:
-    """The API application over ``store`` (access tables created if SQLite)."""
+             clock: Callable[[], int] = now_us,
+             reader: SQLStore | None = None) -> web.Application:
+    """The API application over ``store`` (access tables created if SQLite). ``reader``, a
+    second connection to the same ledger, serves the proof reads (default: ``store``)."""
     settings = settings or ApiSettings()
     ensure_schema(store)
     checkpoint_tables.ensure_schema(store)
     app = web.Application(middlewares=[guard], client_max_size=settings.body_max_bytes)
     app[STORE] = store
+    app[READER] = reader if reader is not None else store
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[PRINCIPALS] = Principals(store)
@@ -99,10 +103,11 @@ def tls_context(section: ApiSection) -> ssl.SSLContext:
 
 async def start_api(section: ApiSection, store: SQLStore, *,
                     log_keys: Mapping[str, VerifyKey],
-                    clock: Callable[[], int] = now_us) -> web.AppRunner:
+                    clock: Callable[[], int] = now_us,
+                    reader: SQLStore | None = None) -> web.AppRunner:
     """Start serving on ``section.listen:port`` over HTTPS; ``await runner.cleanup()`` stops
     it (in-flight requests finish, the access log is flushed)."""
-    app = make_app(store, settings=section.settings(log_keys), clock=clock)
+    app = make_app(store, settings=section.settings(log_keys), clock=clock, reader=reader)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
     await runner.setup()
     site = web.TCPSite(runner, section.listen, section.port, ssl_context=tls_context(section))
@@ -127,8 +132,10 @@ class ApiThread:
     ``start()`` returns once the socket listens (or raises), ``stop()`` shuts it down."""
 
     def __init__(self, section: ApiSection, store: SQLStore, *,
-                 log_keys: Mapping[str, VerifyKey], clock: Callable[[], int] = now_us) -> None:
+                 log_keys: Mapping[str, VerifyKey], clock: Callable[[], int] = now_us,
+                 reader: SQLStore | None = None) -> None:
         self.section, self.store, self.log_keys, self.clock = section, store, log_keys, clock
+        self.reader = reader
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -143,7 +150,7 @@ class ApiThread:
         self._stop = asyncio.Event()
         try:
             runner = await start_api(self.section, self.store, log_keys=self.log_keys,
-                                     clock=self.clock)
+                                     clock=self.clock, reader=self.reader)
         except BaseException as e:
             self._error = e
             self._ready.set()

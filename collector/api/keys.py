@@ -55,6 +55,9 @@ class VerifyBox:
 
 
 STORE = web.AppKey("store", SQLStore)
+# Proof reads go through their own connection when one is given (make_app(reader=)), so they
+# never queue behind the access log's batched commits on STORE's connection.
+READER = web.AppKey("reader", SQLStore)
 PRINCIPALS = web.AppKey("principals", Principals)
 CORRECTIONS = web.AppKey("corrections", Corrections)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)

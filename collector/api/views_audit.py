@@ -12,7 +12,7 @@ from aiohttp import web
 
 from collector.api import params as P
 from collector.api.errors import BadRequestError
-from collector.api.keys import SETTINGS, STORE, VERIFY_STATE, ctx
+from collector.api.keys import READER, SETTINGS, STORE, VERIFY_STATE, ctx
 from collector.ledger import queries
 from collector.ledger.audit import verify_store
 from collector.ledger.sqlbase import SQLStore
@@ -60,7 +60,7 @@ async def checkpoints(request: web.Request) -> web.Response:
 
 async def log_checkpoint(request: web.Request) -> web.Response:
     """GET /v1/log/checkpoint: the newest v2 checkpoint note with every cosignature."""
-    doc = await asyncio.to_thread(proofs.newest_checkpoint, request.app[STORE])
+    doc = await asyncio.to_thread(proofs.newest_checkpoint, request.app[READER])
     ctx(request).record.count = 1
     return web.json_response(doc)
 
@@ -73,7 +73,7 @@ async def log_consistency(request: web.Request) -> web.Response:
     new = P.integer(q, "to", lo=0, hi=2**53 - 1)
     if old is None:
         raise BadRequestError("from: required (the tree size of the checkpoint you hold)")
-    store = request.app[STORE]
+    store = request.app[READER]
 
     def load() -> dict[str, Any]:
         to = new

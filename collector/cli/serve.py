@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         broker = ManagedBroker(cfg.broker.dir, host=cfg.mqtt.host, port=cfg.mqtt.port,
                                mosquitto=cfg.broker.mosquitto)
         broker.start()
-    api = api_store = None
+    api = api_store = api_reader = None
     try:
         if cfg.api is not None:
             # Only now the web stack (aiohttp): a collector without [api] never loads it.
@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
             # The API reads through its own connection; the ingest writer keeps its own.
             log_key = load_log_key(cfg.collector.log_key)
             api_store = open_store(cfg.collector.store)
+            api_reader = open_store(cfg.collector.store)    # proofs: never behind a commit
             api = ApiThread(cfg.api, api_store,
-                            log_keys={log_key.key_id: log_key.verify_key})
+                            log_keys={log_key.key_id: log_key.verify_key}, reader=api_reader)
             api.start()
             log.info("HTTPS API listening on %s:%d", cfg.api.listen, cfg.api.port)
         CollectorService(cfg).serve_forever()
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             api.stop()          # flushes the access log into the ledger
         if api_store is not None:
             api_store.close()
+        if api_reader is not None:
+            api_reader.close()
         if broker is not None:
             broker.stop()
     return 0

@@ -287,3 +287,40 @@ async def test_a_punch_proof_to_the_newest_cosigned_checkpoint_or_to_a_size(api:
     problem = await resp.json(content_type="application/problem+json")
     assert resp.status == 400
     assert "does not include punch" in problem["detail"]
+
+
+async def test_proofs_through_a_reader_connection_see_every_commit(sqlite_store: SQLStore
+                                                                  ) -> None:
+    """serve gives the API a second connection for proof reads (make_app(reader=)): what
+    the ledger's writers committed is what the reader proves."""
+    from aiohttp.test_utils import TestClient, TestServer  # noqa: PLC0415 - this test only
+
+    from collector.api import make_app  # noqa: PLC0415
+    from collector.ledger.sqlite import SQLiteStore  # noqa: PLC0415
+    from tests.collector.api_kit import issue_tokens  # noqa: PLC0415
+    from wire.clock import now_us  # noqa: PLC0415
+
+    reader = SQLiteStore(sqlite_store.path)  # type: ignore[attr-defined]
+    app = make_app(sqlite_store, reader=reader)
+    tokens = issue_tokens(sqlite_store, now_us(), {"auditor": ("audit.read",)})
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        h = {"Authorization": f"Bearer {tokens['auditor']}"}
+        c = Clock("clock-r")
+        sqlite_store.append([EventFact("device", c.enrolled_body()), c.fact(), c.fact()],
+                            now_us=T0)
+        for _ in range(3):
+            size = checkpoint(sqlite_store)
+            resp = await client.get(f"/v1/punches/{c.device}/2/proof", headers=h)
+            doc = await resp.json(content_type=None)
+            assert resp.status == 200, doc
+            assert verify_punch_proof(doc).size == size
+            old = await (await client.get(f"/v1/log/consistency?from=1&to={size}",
+                                          headers=h)).json()
+            ConsistencyProof.from_dict(old).verify(sqlite_store.merkle_root(1),
+                                                   sqlite_store.merkle_root(size))
+            sqlite_store.append([c.fact()], now_us=T0 + size)
+    finally:
+        await client.close()
+        reader.close()
