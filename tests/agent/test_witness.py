@@ -72,7 +72,7 @@ def device_verifier(key: SigningKey) -> NoteVerifier:
     return NoteVerifier(device_witness_name(ORIGIN, DEVICE), key.verify_key, COSIGNATURE_V1)
 
 
-def test_cosigns_a_consistent_checkpoint_persists_it_and_survives_a_restart(
+def test_d5_cosigns_a_consistent_checkpoint_persists_it_and_survives_a_restart(
         make: Callable[[], ClockWitness], log_key: SigningKey, device_key: SigningKey,
         tmp_path: Path) -> None:
     log_ = Log(log_key)
@@ -97,7 +97,7 @@ def test_cosigns_a_consistent_checkpoint_persists_it_and_survives_a_restart(
     assert make().checkpoint == log_.checkpoint()
 
 
-def test_a_request_from_another_size_gets_conflict_with_the_size_held(
+def test_d5_a_request_from_another_size_gets_conflict_with_the_size_held(
         make: Callable[[], ClockWitness], log_key: SigningKey) -> None:
     log_ = Log(log_key)
     log_.grow(3)
@@ -147,7 +147,7 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize(("case", "build", "reason"), REFUSALS, ids=[c[0] for c in REFUSALS])
-def test_refuses_and_says_so(  # noqa: PLR0917 -- three parameters and four fixtures
+def test_d5_refuses_and_says_so(  # noqa: PLR0917 -- three parameters and four fixtures
         case: str, build: Callable[[Log, SigningKey], bytes], reason: str,
         make: Callable[[], ClockWitness], log_key: SigningKey, device_key: SigningKey,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -179,7 +179,7 @@ def test_refuses_and_says_so(  # noqa: PLR0917 -- three parameters and four fixt
     assert f"REFUSING to cosign ({reason})" in line
 
 
-def test_a_forged_refusal_does_not_verify(make: Callable[[], ClockWitness],
+def test_d5_a_forged_refusal_does_not_verify(make: Callable[[], ClockWitness],
                                           log_key: SigningKey) -> None:
     log_ = Log(log_key)
     log_.grow(4)
@@ -192,7 +192,7 @@ def test_a_forged_refusal_does_not_verify(make: Callable[[], ClockWitness],
         reply.verify_refusal(SigningKey.generate().verify_key)
 
 
-def test_consistent_again_after_a_refusal_cosigns_and_keeps_the_record(
+def test_d5_consistent_again_after_a_refusal_cosigns_and_keeps_the_record(
         make: Callable[[], ClockWitness], log_key: SigningKey) -> None:
     log_ = Log(log_key)
     log_.grow(4)
@@ -206,7 +206,7 @@ def test_consistent_again_after_a_refusal_cosigns_and_keeps_the_record(
     assert (st.state, st.refusals, st.reason, st.size) == ("ok", 1, "shrinking", 6)
 
 
-def test_another_origin_is_refused(make: Callable[[], ClockWitness],
+def test_d5_another_origin_is_refused(make: Callable[[], ClockWitness],
                                    log_key: SigningKey) -> None:
     log_ = Log(log_key)
     log_.grow(2)
@@ -218,7 +218,7 @@ def test_another_origin_is_refused(make: Callable[[], ClockWitness],
     assert (reply.result, reply.reason) == ("refused", "wrong-origin")  # type: ignore[union-attr]
 
 
-def test_garbage_is_ignored_loudly_and_changes_nothing(
+def test_d5_garbage_is_ignored_loudly_and_changes_nothing(
         make: Callable[[], ClockWitness], log_key: SigningKey,
         caplog: pytest.LogCaptureFixture) -> None:
     log_ = Log(log_key)
@@ -232,7 +232,7 @@ def test_garbage_is_ignored_loudly_and_changes_nothing(
     assert w.checkpoint == log_.checkpoint()
 
 
-def test_an_unreadable_state_file_is_broken_not_a_fresh_start(
+def test_d5_an_unreadable_state_file_is_broken_not_a_fresh_start(
         make: Callable[[], ClockWitness], log_key: SigningKey, tmp_path: Path) -> None:
     witness_path(tmp_path).write_text("{not json")
     log_ = Log(log_key)
@@ -243,7 +243,7 @@ def test_an_unreadable_state_file_is_broken_not_a_fresh_start(
     assert witness_path(tmp_path).read_text() == "{not json"
 
 
-def test_the_state_file_is_replaced_atomically(make: Callable[[], ClockWitness],
+def test_d5_the_state_file_is_replaced_atomically(make: Callable[[], ClockWitness],
                                                log_key: SigningKey, tmp_path: Path) -> None:
     log_ = Log(log_key)
     log_.grow(3)
@@ -254,7 +254,7 @@ def test_the_state_file_is_replaced_atomically(make: Callable[[], ClockWitness],
 
 # -- the message shapes (wire.witness) -------------------------------------------------------
 
-def test_add_checkpoint_bytes_are_the_c2sp_body(log_key: SigningKey) -> None:
+def test_d5_add_checkpoint_bytes_are_the_c2sp_body(log_key: SigningKey) -> None:
     log_ = Log(log_key)
     log_.grow(7)
     note = log_.checkpoint().sign(log_key)
@@ -274,12 +274,12 @@ def test_add_checkpoint_bytes_are_the_c2sp_body(log_key: SigningKey) -> None:
     (b"old 1\n\nnot a note\n", "blank line|signature"),
     (b"old 1\n\n" + b"x" * 70_000, "at most"),
 ])
-def test_add_checkpoint_is_parsed_strictly(body: bytes, match: str) -> None:
+def test_d5_add_checkpoint_is_parsed_strictly(body: bytes, match: str) -> None:
     with pytest.raises(DecodeError, match=match):
         AddCheckpoint.from_bytes(body)
 
 
-def test_reply_is_parsed_strictly(log_key: SigningKey) -> None:
+def test_d5_reply_is_parsed_strictly(log_key: SigningKey) -> None:
     cp = Checkpoint(ORIGIN, 1, hashlib.sha256(b"x").digest())
     ok = CosignatureReply.conflict(DEVICE, cp.body_text(), 4).to_dict()
     for bad, match in [({**ok, "extra": 1}, "unknown field"), ({**ok, "result": "maybe"},

@@ -76,7 +76,7 @@ def witness_verifier(name: str = "witness.example") -> NoteVerifier:
 
 # -- tables and notes (both stores) ------------------------------------------------------------
 
-def test_v2_checkpoint_root_is_the_reference_root_and_the_note_verifies(
+def test_d5_v2_checkpoint_root_is_the_reference_root_and_the_note_verifies(
         store: SQLStore) -> None:
     checkpoint_tables.ensure_schema(store)
     fill(store, 6)
@@ -104,7 +104,7 @@ def test_v2_checkpoint_root_is_the_reference_root_and_the_note_verifies(
      "another checkpoint note is stored for size 4"),
     (lambda s: "not a note\n", "malformed"),
 ], ids=["forged-root", "beyond-size", "other-origin", "malformed"])
-def test_add_checkpoint_refuses(store: SQLStore, make: Any, message: str) -> None:
+def test_d5_add_checkpoint_refuses(store: SQLStore, make: Any, message: str) -> None:
     checkpoint_tables.ensure_schema(store)
     fill(store, 4)
     checkpoints.make_checkpoint_v2(store, LOG_KEY, ORIGIN, 4, T0)
@@ -113,7 +113,7 @@ def test_add_checkpoint_refuses(store: SQLStore, make: Any, message: str) -> Non
     assert [c.size for c in checkpoint_tables.all_checkpoints(store)] == [4]
 
 
-def test_cosignatures_are_stored_once_and_gathered_into_the_note(store: SQLStore) -> None:
+def test_d5_cosignatures_are_stored_once_and_gathered_into_the_note(store: SQLStore) -> None:
     checkpoint_tables.ensure_schema(store)
     fill(store, 3)
     stored = checkpoints.make_checkpoint_v2(store, LOG_KEY, ORIGIN, 4, T0)
@@ -140,7 +140,7 @@ def test_cosignatures_are_stored_once_and_gathered_into_the_note(store: SQLStore
     (4, "witness.example", "00000000", "with key id 00000000"),
     (4, ORIGIN, None, "the log's own name"),
 ], ids=["unknown-size", "other-name", "other-key-id", "log-name"])
-def test_add_cosignature_refuses(store: SQLStore, size: int, name: str, kid: str | None,
+def test_d5_add_cosignature_refuses(store: SQLStore, size: int, name: str, kid: str | None,
                                  message: str) -> None:
     checkpoint_tables.ensure_schema(store)
     fill(store, 3)
@@ -153,7 +153,7 @@ def test_add_cosignature_refuses(store: SQLStore, size: int, name: str, kid: str
     assert checkpoint_tables.signature_count(store, 4) == 0
 
 
-def test_v2_tables_are_append_only(store: SQLStore) -> None:
+def test_d5_v2_tables_are_append_only(store: SQLStore) -> None:
     checkpoint_tables.ensure_schema(store)
     fill(store, 3)
     cp = checkpoints.make_checkpoint_v2(store, LOG_KEY, ORIGIN, 4, T0).checkpoint
@@ -182,13 +182,13 @@ def _cfg(tmp_path: Path, **collector: str) -> dict[str, Any]:
     ("https://acme.example/timeclock", "schema-less URL"),
     ("acme example", "no spaces"),
 ], ids=["reserved-prefix", "scheme", "space"])
-def test_config_refuses_a_bad_origin(tmp_path: Path, origin: str, message: str) -> None:
+def test_d5_config_refuses_a_bad_origin(tmp_path: Path, origin: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as e:
         parse_config(_cfg(tmp_path, origin=origin), base=tmp_path)
     assert "collector.origin" in str(e.value)
 
 
-def test_config_origin_and_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_d5_config_origin_and_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     cfg = parse_config(_cfg(tmp_path, origin=ORIGIN, state_dir="state"), base=tmp_path)
     assert (cfg.collector.origin, cfg.collector.state_directory) == (ORIGIN, tmp_path / "state")
@@ -199,7 +199,7 @@ def test_config_origin_and_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert cfg.collector.state_directory == Path("/var/lib/timeclock")
 
 
-def test_default_origin_is_the_log_keys_and_a_ledger_keeps_its_origin(
+def test_d5_default_origin_is_the_log_keys_and_a_ledger_keeps_its_origin(
         sqlite_store: SQLiteStore) -> None:
     checkpoint_tables.ensure_schema(sqlite_store)
     fill(sqlite_store, 2)
@@ -258,7 +258,7 @@ def _service(tmp_path: Path, db: Path, state_dir: Path) -> CollectorService:
     return CollectorService(cfg)
 
 
-def test_serve_refuses_a_truncated_ledger_naming_both_sizes(
+def test_d5_serve_refuses_a_truncated_ledger_naming_both_sizes(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db, state_dir = tmp_path / "ledger.db", tmp_path / "state"
     store, _ = _checkpointed(db, state_dir, 9)        # checkpoint of size 10 in the state file
@@ -313,7 +313,7 @@ port = 1
     ok.close()
 
 
-def test_serve_refuses_a_ledger_rewritten_below_its_checkpoint(tmp_path: Path) -> None:
+def test_d5_serve_refuses_a_ledger_rewritten_below_its_checkpoint(tmp_path: Path) -> None:
     db, state_dir = tmp_path / "ledger.db", tmp_path / "state"
     store, _ = _checkpointed(db, state_dir, 5)        # size 6
     store.close()
@@ -327,7 +327,7 @@ def test_serve_refuses_a_ledger_rewritten_below_its_checkpoint(tmp_path: Path) -
     svc.stop()
 
 
-def test_state_file_only_grows_and_must_verify(tmp_path: Path) -> None:
+def test_d5_state_file_only_grows_and_must_verify(tmp_path: Path) -> None:
     store, state = _checkpointed(tmp_path / "ledger.db", tmp_path / "state", 3)   # size 4
     small = checkpoints.make_checkpoint_v2(store, LOG_KEY, ORIGIN, 2, T0)
     assert not state.save(small.size, small.note)
@@ -340,7 +340,7 @@ def test_state_file_only_grows_and_must_verify(tmp_path: Path) -> None:
 
 # -- on the real broker -----------------------------------------------------------------------
 
-def test_v2_note_on_schedule_published_retained_and_republished_with_a_cosignature(
+def test_d5_v2_note_on_schedule_published_retained_and_republished_with_a_cosignature(
         mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     db = tmp_path / "ledger.db"
@@ -396,7 +396,7 @@ def _v2_lines(bundle: Path) -> list[dict[str, Any]]:
     return [loads(line) for line in (bundle / CHECKPOINTS_V2_FILE).read_bytes().splitlines()]
 
 
-def test_bundle_has_checkpoints_v2_covering_its_last_entry(tmp_path: Path,
+def test_d5_bundle_has_checkpoints_v2_covering_its_last_entry(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]
                                                           ) -> None:
     db = tmp_path / "ledger.db"
@@ -441,7 +441,7 @@ def test_bundle_has_checkpoints_v2_covering_its_last_entry(tmp_path: Path,
             for d in _v2_lines(tmp_path / "c")] == [5, 6]
 
 
-def test_export_bundle_api_writes_v2_lines(sqlite_store: SQLiteStore, tmp_path: Path) -> None:
+def test_d5_export_bundle_api_writes_v2_lines(sqlite_store: SQLiteStore, tmp_path: Path) -> None:
     checkpoint_tables.ensure_schema(sqlite_store)
     fill(sqlite_store, 3)
     made: list[int] = []
@@ -459,7 +459,7 @@ def test_export_bundle_api_writes_v2_lines(sqlite_store: SQLiteStore, tmp_path: 
         export_bundle(sqlite_store, tmp_path / "c", [LOG_KEY.verify_key])
 
 
-def test_a_state_file_that_cannot_be_written_is_logged_and_ingest_goes_on(
+def test_d5_a_state_file_that_cannot_be_written_is_logged_and_ingest_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the state directory should be")
@@ -476,7 +476,7 @@ def test_a_state_file_that_cannot_be_written_is_logged_and_ingest_goes_on(
     store.close()
 
 
-def test_a_note_holds_at_most_max_signatures_lines(sqlite_store: SQLiteStore) -> None:
+def test_d5_a_note_holds_at_most_max_signatures_lines(sqlite_store: SQLiteStore) -> None:
     """A fleet of clocks can cosign more often than one note may carry lines (wire.note
     allows MAX_SIGNATURES): the first ones received are in the note, all are stored."""
     from wire.note import MAX_SIGNATURES  # noqa: PLC0415 - local to this test
@@ -506,7 +506,7 @@ def test_a_note_holds_at_most_max_signatures_lines(sqlite_store: SQLiteStore) ->
     assert checkpoint_tables.newest_size(sqlite_store) == (2, MAX_SIGNATURES - 1)
 
 
-def test_listeners_hear_each_new_checkpoint_once_and_cosignatures_republish(
+def test_d5_listeners_hear_each_new_checkpoint_once_and_cosignatures_republish(
         sqlite_store: SQLiteStore) -> None:
     checkpoint_tables.ensure_schema(sqlite_store)
     c = fill(sqlite_store, 2)

@@ -93,7 +93,7 @@ def verifiers(site: Site) -> list[NoteVerifier]:
             for d, c in site.clocks.items()]
 
 
-def test_clocks_cosign_each_checkpoint_with_a_proof_from_their_last(
+def test_d5_clocks_cosign_each_checkpoint_with_a_proof_from_their_last(
         store: SQLStore, tmp_path: Path) -> None:
     site = Site(store, tmp_path, ("clock-a", "clock-b"))
     site.punch(5)
@@ -118,7 +118,7 @@ def test_clocks_cosign_each_checkpoint_with_a_proof_from_their_last(
     assert site.collector().cosigned_size("clock-b") == cp2.size
 
 
-def test_a_clock_ahead_of_the_collector_answers_conflict_and_is_asked_again(
+def test_d5_a_clock_ahead_of_the_collector_answers_conflict_and_is_asked_again(
         store: SQLStore, tmp_path: Path) -> None:
     site = Site(store, tmp_path, ("clock-a",))
     site.punch(4)
@@ -136,7 +136,7 @@ def test_a_clock_ahead_of_the_collector_answers_conflict_and_is_asked_again(
 
 
 @pytest.mark.parametrize("forgery", ["other-key", "other-device-topic", "unknown-checkpoint"])
-def test_forged_cosignatures_are_not_stored(store: SQLStore, tmp_path: Path,
+def test_d5_forged_cosignatures_are_not_stored(store: SQLStore, tmp_path: Path,
                                             forgery: str) -> None:
     site = Site(store, tmp_path, ("clock-a", "clock-b"))
     site.punch(3)
@@ -155,7 +155,7 @@ def test_forged_cosignatures_are_not_stored(store: SQLStore, tmp_path: Path,
     assert checkpoint_tables.get(store, cp.size).cosignatures == 0  # type: ignore[union-attr]
 
 
-def test_a_refusal_is_a_critical_alert(store: SQLStore, tmp_path: Path) -> None:
+def test_d5_a_refusal_is_a_critical_alert(store: SQLStore, tmp_path: Path) -> None:
     site = Site(store, tmp_path, ("clock-a",))
     site.punch(6)
     cp = site.checkpoint()
@@ -173,7 +173,7 @@ def test_a_refusal_is_a_critical_alert(store: SQLStore, tmp_path: Path) -> None:
     assert "REFUSES" in alert.detail
 
 
-def test_a_refusal_not_signed_by_the_clock_is_ignored(store: SQLStore, tmp_path: Path) -> None:
+def test_d5_a_refusal_not_signed_by_the_clock_is_ignored(store: SQLStore, tmp_path: Path) -> None:
     site = Site(store, tmp_path, ("clock-a",))
     site.punch(2)
     cp = site.checkpoint()

@@ -66,7 +66,7 @@ def node_count(store: SQLStore) -> int:
     return int(store.query("SELECT COUNT(*) FROM tc_merkle")[0][0])
 
 
-def test_stored_root_equals_the_reference_after_every_batch(store: SQLStore) -> None:
+def test_d5_stored_root_equals_the_reference_after_every_batch(store: SQLStore) -> None:
     c = Clock("clock-1")
     store.append([EventFact("device", c.enrolled_body())], now_us=T0)
     sizes = [1]
@@ -85,7 +85,7 @@ def test_stored_root_equals_the_reference_after_every_batch(store: SQLStore) -> 
     assert store.check_tree() == tree.TreeCheck(0, 64, 127)
 
 
-def test_every_inclusion_and_consistency_proof_verifies_for_sizes_1_to_64(
+def test_d5_every_inclusion_and_consistency_proof_verifies_for_sizes_1_to_64(
         store: SQLStore) -> None:
     fill(store)
     ref = reference(store)
@@ -109,7 +109,7 @@ def test_every_inclusion_and_consistency_proof_verifies_for_sizes_1_to_64(
         merkle.verify_inclusion(leaves[5], 5, 64, bad, roots[64])
 
 
-def test_leaf_data_of_a_row_is_the_entry_s_leaf_data(store: SQLStore) -> None:
+def test_d5_leaf_data_of_a_row_is_the_entry_s_leaf_data(store: SQLStore) -> None:
     fill(store, 10)
     seen = set()
     for se in store.entries():
@@ -136,14 +136,14 @@ def test_leaf_data_of_a_row_is_the_entry_s_leaf_data(store: SQLStore) -> None:
     (lambda s: s.leaf_hash(10), "beyond the tree"),
     (lambda s: s.leaf_hash(-1), "leaf index must be an integer ≥ 0"),
 ])
-def test_out_of_range_is_a_ledger_error(store: SQLStore, call: Any, match: str) -> None:
+def test_d5_out_of_range_is_a_ledger_error(store: SQLStore, call: Any, match: str) -> None:
     fill(store, 9)
     assert store.tree_size() == 10
     with pytest.raises(LedgerError, match=match):
         call(store)
 
 
-def test_an_empty_ledger_has_the_empty_tree(store: SQLStore) -> None:
+def test_d5_an_empty_ledger_has_the_empty_tree(store: SQLStore) -> None:
     assert store.tree_size() == 0
     assert store.merkle_root(0) == merkle.EMPTY_ROOT
     assert store.consistency_proof(0, 0) == []
@@ -175,7 +175,7 @@ def _app_exec(store_kind: str, sqlite_path: Path, request: pytest.FixtureRequest
     "DELETE FROM tc_merkle",
     "INSERT INTO tc_merkle (level, idx, hash) VALUES (0, 1, zeroblob(32))",
 ])
-def test_node_table_refuses_rewrites(store: SQLStore, store_kind: str, sqlite_path: Path,
+def test_d5_node_table_refuses_rewrites(store: SQLStore, store_kind: str, sqlite_path: Path,
                                      request: pytest.FixtureRequest, sql: str) -> None:
     fill(store, 7)
     before = store.query("SELECT level, idx, hash FROM tc_merkle ORDER BY level, idx")
@@ -188,7 +188,7 @@ def test_node_table_refuses_rewrites(store: SQLStore, store_kind: str, sqlite_pa
     assert store.check_tree().ok
 
 
-def test_pg_owner_cannot_rewrite_or_truncate_nodes_either(pg_ledger: Any) -> None:
+def test_d5_pg_owner_cannot_rewrite_or_truncate_nodes_either(pg_ledger: Any) -> None:
     s = PostgresStore(pg_ledger.app_dsn)
     try:
         fill(s, 3)
@@ -205,7 +205,7 @@ def test_pg_owner_cannot_rewrite_or_truncate_nodes_either(pg_ledger: Any) -> Non
                 conn.execute(sql)
 
 
-def test_an_entry_without_its_leaf_is_refused(store: SQLStore, store_kind: str,
+def test_d5_an_entry_without_its_leaf_is_refused(store: SQLStore, store_kind: str,
                                               sqlite_path: Path,
                                               request: pytest.FixtureRequest) -> None:
     fill(store, 2)
@@ -221,7 +221,7 @@ def test_an_entry_without_its_leaf_is_refused(store: SQLStore, store_kind: str,
 
 # -- transactions --------------------------------------------------------------------------
 
-def test_a_rollback_leaves_no_nodes(store: SQLStore) -> None:
+def test_d5_a_rollback_leaves_no_nodes(store: SQLStore) -> None:
     fill(store, 5)
     nodes, root = node_count(store), store.merkle_root(6)
 
@@ -246,7 +246,7 @@ def test_a_rollback_leaves_no_nodes(store: SQLStore) -> None:
     merkle.verify_consistency(6, 7, root, store.merkle_root(7), store.consistency_proof(6, 7))
 
 
-def test_entries_recorded_in_one_transaction_grow_the_tree(store: SQLStore) -> None:
+def test_d5_entries_recorded_in_one_transaction_grow_the_tree(store: SQLStore) -> None:
     fill(store, 2)
     with store.transaction(T0) as tx:
         for i in range(5):
@@ -257,7 +257,7 @@ def test_entries_recorded_in_one_transaction_grow_the_tree(store: SQLStore) -> N
     assert store.check_tree().ok
 
 
-def test_two_concurrent_appenders_on_postgres_keep_one_tree(pg_ledger: Any) -> None:
+def test_d5_two_concurrent_appenders_on_postgres_keep_one_tree(pg_ledger: Any) -> None:
     setup = PostgresStore(pg_ledger.app_dsn)
     clocks = [Clock(f"clock-{i}") for i in range(2)]
     for c in clocks:
@@ -323,7 +323,7 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
 
 
 @pytest.mark.subprocess
-def test_a_killed_appender_leaves_entries_and_tree_in_step(store: SQLStore,
+def test_d5_a_killed_appender_leaves_entries_and_tree_in_step(store: SQLStore,
                                                            store_url: str) -> None:
     """SIGKILL an appending process (most of its time is inside an append transaction),
     three times: what committed has its tree, what did not has neither."""
@@ -399,7 +399,7 @@ def _tamper(store_kind: str, sqlite_path: Path, request: pytest.FixtureRequest,
     (("INSERT INTO tc_merkle (level, idx, hash) VALUES (63, 0, ?)", (b"\x03" * 32,)),
      (0, 20), "holds 1 node(s) beyond the ledger's last entry"),
 ])
-def test_check_tree_finds_an_edited_node_table(store: SQLStore, tamper: Tamper,
+def test_d5_check_tree_finds_an_edited_node_table(store: SQLStore, tamper: Tamper,
                                                stmt: tuple[str, tuple[Any, ...]],
                                                where: tuple[int, int], message: str) -> None:
     fill(store, 19)
@@ -414,7 +414,7 @@ def test_check_tree_finds_an_edited_node_table(store: SQLStore, tamper: Tamper,
         assert store.check_tree(16, 20) == tree.TreeCheck(16, 20, 7)
 
 
-def test_check_tree_resumes_from_a_trusted_base(store: SQLStore) -> None:
+def test_d5_check_tree_resumes_from_a_trusted_base(store: SQLStore) -> None:
     fill(store, 30)
     full = store.check_tree()
     assert full.ok
@@ -424,7 +424,7 @@ def test_check_tree_resumes_from_a_trusted_base(store: SQLStore) -> None:
         store.check_tree(0, 32)
 
 
-def test_check_tree_counts_the_whole_table_when_it_reaches_the_end(store: SQLStore,
+def test_d5_check_tree_counts_the_whole_table_when_it_reaches_the_end(store: SQLStore,
                                                                     tamper: Tamper) -> None:
     fill(store, 19)
     tamper(("DELETE FROM tc_merkle WHERE level = 1 AND idx = 2", ()))
@@ -433,7 +433,7 @@ def test_check_tree_counts_the_whole_table_when_it_reaches_the_end(store: SQLSto
         0, 20, "the node table holds 37 nodes inside the tree of 20 leaves, which has 38"),)
 
 
-def test_check_tree_during_appends_finds_nothing(store: SQLStore, store_url: str) -> None:
+def test_d5_check_tree_during_appends_finds_nothing(store: SQLStore, store_url: str) -> None:
     """A live audit runs while the collector appends: nodes that commit meanwhile are not
     'beyond the tree'."""
     c = fill(store, 3)
@@ -468,7 +468,7 @@ def test_check_tree_during_appends_finds_nothing(store: SQLStore, store_url: str
     assert [r.findings for r in results if not r.ok] == []
 
 
-def test_a_missing_node_is_a_ledger_error_not_a_wrong_proof(store: SQLStore,
+def test_d5_a_missing_node_is_a_ledger_error_not_a_wrong_proof(store: SQLStore,
                                                             tamper: Tamper) -> None:
     fill(store, 15)
     tamper(("DELETE FROM tc_merkle WHERE level = 2 AND idx = 1", ()))
@@ -507,7 +507,7 @@ def write_v1_ledger(path: Path, n: int) -> list[bytes]:
     return leaves
 
 
-def test_a_v1_sqlite_ledger_is_upgraded_by_migrate_and_then_proves(
+def test_d5_a_v1_sqlite_ledger_is_upgraded_by_migrate_and_then_proves(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "v1.db"
     leaves = write_v1_ledger(path, 37)
@@ -537,7 +537,7 @@ def test_a_v1_sqlite_ledger_is_upgraded_by_migrate_and_then_proves(
     again.close()
 
 
-def test_a_v1_sqlite_ledger_with_a_broken_entry_is_not_upgraded(tmp_path: Path) -> None:
+def test_d5_a_v1_sqlite_ledger_with_a_broken_entry_is_not_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     write_v1_ledger(path, 12)
     conn = sqlite3.connect(path, isolation_level=None)
@@ -555,7 +555,7 @@ def test_a_v1_sqlite_ledger_with_a_broken_entry_is_not_upgraded(tmp_path: Path) 
         conn.close()
 
 
-def test_a_v1_postgres_ledger_is_refused_until_migrate_builds_its_tree(pg_ledger: Any) -> None:
+def test_d5_a_v1_postgres_ledger_is_refused_until_migrate_builds_its_tree(pg_ledger: Any) -> None:
     s = PostgresStore(pg_ledger.app_dsn)
     fill(s, 40)
     ref = reference(s)
@@ -582,7 +582,7 @@ def test_a_v1_postgres_ledger_is_refused_until_migrate_builds_its_tree(pg_ledger
         s.close()
 
 
-def test_opening_a_store_with_an_incomplete_tree_fails_its_next_append(tmp_path: Path) -> None:
+def test_d5_opening_a_store_with_an_incomplete_tree_fails_its_next_append(tmp_path: Path) -> None:
     s = open_store(str(tmp_path / "l.db"))
     fill(s, 6)
     s.close()

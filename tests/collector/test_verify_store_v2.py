@@ -89,7 +89,7 @@ def _rehash_without(db: Path, victim: int) -> None:
     conn.close()
 
 
-def test_truncation_below_the_verified_checkpoint_fails(sqlite_store: SQLStore,
+def test_d5_truncation_below_the_verified_checkpoint_fails(sqlite_store: SQLStore,
                                                         sqlite_path: Path) -> None:
     state = _ledger(sqlite_store)
     _truncate(sqlite_path, 4)
@@ -102,7 +102,7 @@ def test_truncation_below_the_verified_checkpoint_fails(sqlite_store: SQLStore,
         assert "the ledger is smaller than a checkpoint you hold — truncated" in first.message
 
 
-def test_rehash_below_the_verified_checkpoint_fails(sqlite_store: SQLStore,
+def test_d5_rehash_below_the_verified_checkpoint_fails(sqlite_store: SQLStore,
                                                     sqlite_path: Path) -> None:
     state = _ledger(sqlite_store)
     _rehash_without(sqlite_path, 3)
@@ -116,7 +116,7 @@ def test_rehash_below_the_verified_checkpoint_fails(sqlite_store: SQLStore,
         assert "rewritten below a checkpoint you hold" in first.message
 
 
-def test_an_edited_tree_node_fails(sqlite_store: SQLStore, sqlite_path: Path) -> None:
+def test_d5_an_edited_tree_node_fails(sqlite_store: SQLStore, sqlite_path: Path) -> None:
     _ledger(sqlite_store)
     conn = _connect(sqlite_path)
     conn.execute("UPDATE tc_merkle SET hash = ? WHERE level = 1 AND idx = 2", (bytes(32),))
@@ -127,7 +127,7 @@ def test_an_edited_tree_node_fails(sqlite_store: SQLStore, sqlite_path: Path) ->
     assert "stored Merkle node (level 1, index 2)" in first.message
 
 
-def test_v2_notes_match_the_stores_tree(sqlite_store: SQLStore) -> None:
+def test_d5_v2_notes_match_the_stores_tree(sqlite_store: SQLStore) -> None:
     _ledger(sqlite_store)
     good = [NoteCheckpoint(ORIGIN, n, sqlite_store.merkle_root(n)).sign(LOG_KEY)
             for n in (6, 11)]
@@ -147,7 +147,7 @@ def test_v2_notes_match_the_stores_tree(sqlite_store: SQLStore) -> None:
         assert message in first.message
 
 
-def test_an_uncovered_tail_is_counted_and_fails_only_when_required(
+def test_d5_an_uncovered_tail_is_counted_and_fails_only_when_required(
         sqlite_store: SQLStore) -> None:
     _ledger(sqlite_store)
     c = Clock("clock-2")
@@ -160,7 +160,7 @@ def test_an_uncovered_tail_is_counted_and_fails_only_when_required(
     assert (strict.idx, strict.check) == (13, "coverage")
 
 
-def test_cli_verify_holds_its_state_on_full_runs(sqlite_store: SQLStore, sqlite_path: Path,
+def test_d5_cli_verify_holds_its_state_on_full_runs(sqlite_store: SQLStore, sqlite_path: Path,
                                                  tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     _ledger(sqlite_store)

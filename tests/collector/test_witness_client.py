@@ -68,7 +68,7 @@ def cosigned(store: SQLStore, size: int, srv: WitnessServer) -> list[str]:
     return cosigned_by(stored.checkpoint, Note.from_text(stored.note), [srv.verifier])
 
 
-def test_each_checkpoint_is_cosigned_with_a_proof_from_the_last(
+def test_d5_each_checkpoint_is_cosigned_with_a_proof_from_the_last(
         tmp_path: Path, server: WitnessServer) -> None:
     led = Ledger(tmp_path / "ledger.db")
     client = ExternalWitnesses(led.store, (endpoint(server),))
@@ -89,7 +89,7 @@ def test_each_checkpoint_is_cosigned_with_a_proof_from_the_last(
     assert cosigned(led.store, cp3.size, server) == [WITNESS_NAME]
 
 
-def test_a_witness_ahead_answers_409_and_is_asked_again(tmp_path: Path,
+def test_d5_a_witness_ahead_answers_409_and_is_asked_again(tmp_path: Path,
                                                         server: WitnessServer) -> None:
     led = Ledger(tmp_path / "ledger.db")
     cp = led.grow(3)
@@ -102,7 +102,7 @@ def test_a_witness_ahead_answers_409_and_is_asked_again(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("attack", "regrow"), [("truncated", 0), ("rewritten", 12)])
-def test_a_truncated_or_rewritten_ledger_is_refused_and_alerted(
+def test_d5_a_truncated_or_rewritten_ledger_is_refused_and_alerted(
         tmp_path: Path, server: WitnessServer, attack: str, regrow: int) -> None:
     honest = Ledger(tmp_path / "honest.db")
     cp = honest.grow(8)
@@ -123,7 +123,7 @@ def test_a_truncated_or_rewritten_ledger_is_refused_and_alerted(
     assert cosigned(fake.store, fake_cp.size, server) == []
 
 
-def test_unreachable_witness_is_a_warning_not_a_crash(tmp_path: Path, pki: TestPKI) -> None:
+def test_d5_unreachable_witness_is_a_warning_not_a_crash(tmp_path: Path, pki: TestPKI) -> None:
     led = Ledger(tmp_path / "ledger.db")
     srv = WitnessServer(tmp_path / "w", pki, [Log(LOG_KEY, ORIGIN)])   # never started
     client = ExternalWitnesses(led.store, (endpoint(srv),))
@@ -137,7 +137,7 @@ def test_unreachable_witness_is_a_warning_not_a_crash(tmp_path: Path, pki: TestP
      "witnesses[0].extra: unknown key"),
     ({"url": "https://w.example", "name": "w.example/w"}, "witnesses[0].key: required"),
 ])
-def test_witness_config_problems(table: dict[str, object], problem: str) -> None:
+def test_d5_witness_config_problems(table: dict[str, object], problem: str) -> None:
     problems: list[str] = []
     assert parse_witnesses([table], Path("/"), problems) == ()
     assert any(problem in p for p in problems), problems

@@ -204,7 +204,7 @@ def _assert_fails(site: Site, attacked: Path, audit: Audit, *, idx: int, message
     assert "0 of the required 1 witness cosignatures" in first["message"]
 
 
-def test_truncated_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path) -> None:
+def test_d5_truncated_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path) -> None:
     with running_site(tmp_path / "site") as site:
         audit = _honest_audit(site, tmp_path)
         # Cut where no checkpoint was made: a cut back to exactly an old cosigned one meets
@@ -223,7 +223,7 @@ def test_truncated_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path) ->
                       message="the ledger is smaller than a checkpoint you hold — truncated")
 
 
-def test_rehashed_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path) -> None:
+def test_d5_rehashed_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path) -> None:
     with running_site(tmp_path / "site") as site:
         audit = _honest_audit(site, tmp_path)
         victim = _rehash_without_a_punch(site.root / "ledger.db", audit.size)

@@ -158,7 +158,7 @@ def cleanup() -> Iterator[list[WitnessServer]]:
         srv.stop()
 
 
-def test_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path,
+def test_d5_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path,
                                                       cleanup: list[WitnessServer]) -> None:
     with running_site(tmp_path / "site") as site:
         site.prepare()

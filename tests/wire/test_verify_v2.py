@@ -230,7 +230,7 @@ CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], tuple[int | None
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_v2_verdicts(case: tuple[str, Callable[[Path], None], tuple[str, ...],
+def test_d5_v2_verdicts(case: tuple[str, Callable[[Path], None], tuple[str, ...],
                                  tuple[int | None, str] | None, str],
                      site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     name, attack, extra, expected, message = case
@@ -253,7 +253,7 @@ def test_v2_verdicts(case: tuple[str, Callable[[Path], None], tuple[str, ...],
     assert "RESULT: FAILED at " in text
 
 
-def test_valid_v2_report(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+def test_d5_valid_v2_report(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     rc, report = run(site.bundle, capsys, *WITNESS_ARGS, "--quorum", "2")
     tree = site.builder.tree
     assert rc == 0
@@ -274,7 +274,7 @@ def test_valid_v2_report(site: Site, capsys: pytest.CaptureFixture[str]) -> None
     assert "RESULT: OK" in text
 
 
-def test_v1_bundle_still_verifies_and_a_trusted_note_checks_it(
+def test_d5_v1_bundle_still_verifies_and_a_trusted_note_checks_it(
         tmp_path: Path, site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     """DESIGN.md §8: v1 bundles still verify. The tree is computed from the entries alone, so
     a held v2 note checks a v1 bundle too; a quorum cannot be met without v2 notes."""
@@ -289,7 +289,7 @@ def test_v1_bundle_still_verifies_and_a_trusted_note_checks_it(
     assert "no v2 checkpoint" in report["first_failure"]["message"]
 
 
-def test_trusted_checkpoint_of_another_log_fails(tmp_path: Path, site: Site,
+def test_d5_trusted_checkpoint_of_another_log_fails(tmp_path: Path, site: Site,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     foreign = tmp_path / "foreign.txt"
     foreign.write_text(NoteCheckpoint(ORIGIN, 4, bytes(32)).sign(ROGUE_KEY))
@@ -308,7 +308,7 @@ def _flip_bytes(raw: bytes, line: int, pos: int) -> bytes:
     return raw[:at] + bytes([raw[at] ^ (1 << (pos % 8))]) + raw[at + 1:]
 
 
-def test_every_byte_of_the_newest_note_flipped_fails(site: Site,
+def test_d5_every_byte_of_the_newest_note_flipped_fails(site: Site,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """One bit of each byte of the newest note's line (the bit position rotates), with a
     quorum of both witnesses: every flip must fail, whatever part it hits (JSON, body, log
@@ -328,7 +328,7 @@ def test_every_byte_of_the_newest_note_flipped_fails(site: Site,
 
 
 @pytest.mark.parametrize("part", ["body", "log signature"])
-def test_flipped_bit_in_an_older_note_fails(part: str, site: Site,
+def test_d5_flipped_bit_in_an_older_note_fails(part: str, site: Site,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     texts = notes(site.bundle)
     text = texts[1]
@@ -339,7 +339,7 @@ def test_flipped_bit_in_an_older_note_fails(part: str, site: Site,
     assert (rc, report["first_failure"]["check"]) == (1, "checkpoint-v2")
 
 
-def test_bad_cosignature_in_an_older_note_fails(site: Site,
+def test_d5_bad_cosignature_in_an_older_note_fails(site: Site,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """A named witness's line must verify in every note (C2SP: reject, do not skip)."""
     texts = notes(site.bundle)
@@ -357,7 +357,7 @@ def test_bad_cosignature_in_an_older_note_fails(site: Site,
 
 # -- the policy file ---------------------------------------------------------------------------
 
-def test_witness_policy_file(tmp_path: Path, site: Site,
+def test_d5_witness_policy_file(tmp_path: Path, site: Site,
                              capsys: pytest.CaptureFixture[str]) -> None:
     policy = tmp_path / "policy.txt"
     policy.write_text(f"# HR's policy for the ACME ledger\norigin {ORIGIN}\n"
@@ -387,7 +387,7 @@ def test_witness_policy_file(tmp_path: Path, site: Site,
     ("witness acme.example/timeclock+b56d8385+ASmsuuFBvMrwsi4alNNNC8c2HlJtC/4SyJeUvJMilm3X\n",
      "type 0x01 key"),
 ])
-def test_bad_policy_is_a_usage_error(text: str, message: str, tmp_path: Path, site: Site,
+def test_d5_bad_policy_is_a_usage_error(text: str, message: str, tmp_path: Path, site: Site,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(PolicyError, match=message.replace("(", r"\(")):
         WitnessPolicy.from_text(text)
@@ -404,7 +404,7 @@ def test_bad_policy_is_a_usage_error(text: str, message: str, tmp_path: Path, si
     (["--quorum", "1"], "quorum 1 needs 0…0"),
     (["--witness-policy", "{garbage}", "--quorum", "1"], "replaces --witness"),
 ])
-def test_v2_usage_errors_exit_2(argv: list[str], message: str, site: Site, tmp_path: Path,
+def test_d5_v2_usage_errors_exit_2(argv: list[str], message: str, site: Site, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     garbage = tmp_path / "garbage.txt"
     garbage.write_text("not a note\n")
@@ -413,7 +413,7 @@ def test_v2_usage_errors_exit_2(argv: list[str], message: str, site: Site, tmp_p
     assert message in capsys.readouterr().err
 
 
-def test_streaming_frontier_matches_the_stored_tree() -> None:
+def test_d5_streaming_frontier_matches_the_stored_tree() -> None:
     """The auditor's O(log n) frontier gives wire.merkle's root at every size 0..70."""
     tree, frontier = MemoryTree(), TreeFrontier()
     assert frontier.root() == root(tree, 0)
@@ -519,7 +519,7 @@ def _export_run(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> 
     return rc, json.loads(capsys.readouterr().out)
 
 
-def test_export_with_proofs_verifies_alone(tmp_path: Path,
+def test_d5_export_with_proofs_verifies_alone(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     b = standard_ledger(v2=True)
     path = proof_export(b, tmp_path / "payroll.ndjson")
@@ -535,7 +535,7 @@ def test_export_with_proofs_verifies_alone(tmp_path: Path,
 
 
 @pytest.mark.parametrize("case", EXPORT_CASES, ids=[c[0] for c in EXPORT_CASES])
-def test_export_with_proofs_attacks(
+def test_d5_export_with_proofs_attacks(
         case: tuple[str, Callable[..., None], tuple[int | None, str]], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     name, edit, (line, check) = case
@@ -561,7 +561,7 @@ def test_export_with_proofs_attacks(
     (["--export", "{path}", "{path}"], "give a BUNDLE_DIR or --export FILE"),
     (["--export", "{plain}", "--collector-key", PINNED], "not a header with proofs"),
 ])
-def test_export_usage_errors_exit_2(argv: list[str], message: str, tmp_path: Path,
+def test_d5_export_usage_errors_exit_2(argv: list[str], message: str, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     path = proof_export(standard_ledger(v2=True), tmp_path / "payroll.ndjson")
     plain = tmp_path / "plain.ndjson"
@@ -575,7 +575,7 @@ def test_export_usage_errors_exit_2(argv: list[str], message: str, tmp_path: Pat
     assert message in capsys.readouterr().err
 
 
-def test_export_rows_with_corrections_are_noted_not_failed(
+def test_d5_export_rows_with_corrections_are_noted_not_failed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A corrected row shows other effective values; the correction entries are not in the
     export, so the verifier says so and still proves the original values."""
@@ -626,7 +626,7 @@ ENROLLED_CASES: list[tuple[Callable[[Path], None], int | None, tuple[int, str] |
 
 @pytest.mark.parametrize("case", ENROLLED_CASES,
                          ids=["held-10", "held-4", "nothing-held", "rogue-clock-after-held"])
-def test_policy_counting_clocks_enrolled_before_the_held_checkpoint(
+def test_d5_policy_counting_clocks_enrolled_before_the_held_checkpoint(
         case: tuple[Callable[[Path], None], int | None, tuple[int, str] | None], site: Site,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     attack, held, expected = case
@@ -648,6 +648,6 @@ def test_policy_counting_clocks_enrolled_before_the_held_checkpoint(
     ("clocks sometimes\nquorum 1\n", "the one value is enrolled-before-trusted"),
     ("clocks enrolled-before-trusted\n", "quorum all is not defined"),
 ])
-def test_bad_clocks_directive(text: str, message: str) -> None:
+def test_d5_bad_clocks_directive(text: str, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         WitnessPolicy.from_text(text)

@@ -44,7 +44,7 @@ def cosignature(srv: WitnessServer, log_: Log, answer_body: str) -> int:
     return cp.verify_cosignature(note, srv.verifier)
 
 
-def test_cosigns_consistent_checkpoints_and_remembers_across_a_restart(
+def test_d5_cosigns_consistent_checkpoints_and_remembers_across_a_restart(
         server: WitnessServer, log_: Log) -> None:
     a = server.post(log_.request(0))
     assert (a.status, a.content_type.split(";")[0]) == (200, "text/plain")
@@ -62,12 +62,12 @@ def test_cosigns_consistent_checkpoints_and_remembers_across_a_restart(
     assert server.post(log_.request(17)).status == 200
 
 
-def test_the_same_checkpoint_again_is_cosigned_again(server: WitnessServer, log_: Log) -> None:
+def test_d5_the_same_checkpoint_again_is_cosigned_again(server: WitnessServer, log_: Log) -> None:
     assert server.post(log_.request(0)).status == 200
     assert server.post(log_.request(10)).status == 200
 
 
-def test_truncation_and_rewrite_are_refused(server: WitnessServer, log_: Log) -> None:
+def test_d5_truncation_and_rewrite_are_refused(server: WitnessServer, log_: Log) -> None:
     assert server.post(log_.request(0)).status == 200       # the witness holds size 10
     # Truncated to 6: old 10 > size 6 is a bad request; from any other old size, a conflict.
     short = log_.truncated(6, 0)
@@ -92,7 +92,7 @@ def test_truncation_and_rewrite_are_refused(server: WitnessServer, log_: Log) ->
     ("unknown-origin", 404), ("bad-signature", 403), ("malformed", 400),
     ("too-large", 413), ("bad-proof", 422),
 ])
-def test_refusals_name_the_status_of_the_spec(server: WitnessServer, log_: Log, case: str,
+def test_d5_refusals_name_the_status_of_the_spec(server: WitnessServer, log_: Log, case: str,
                                               status: int) -> None:
     if case == "unknown-origin":
         body = Log(log_.key, "other.example/log").grow(3).request(0)
@@ -112,11 +112,11 @@ def test_refusals_name_the_status_of_the_spec(server: WitnessServer, log_: Log, 
     assert a.status == status, a.body
 
 
-def test_unknown_paths_are_404(server: WitnessServer, log_: Log) -> None:
+def test_d5_unknown_paths_are_404(server: WitnessServer, log_: Log) -> None:
     assert server.post(log_.request(0), path="/nope").status == 404
 
 
-def test_keygen_and_vkey(tmp_path: Path, server: WitnessServer) -> None:
+def test_d5_keygen_and_vkey(tmp_path: Path, server: WitnessServer) -> None:
     r = subprocess.run([sys.executable, "-m", "witness", "vkey", "--config",
                         str(server.config)], capture_output=True, text=True, check=False,
                        cwd=str(Path(__file__).resolve().parents[2]))
@@ -136,7 +136,7 @@ def test_keygen_and_vkey(tmp_path: Path, server: WitnessServer) -> None:
     assert (tmp_path / "k.key").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_config_with_problems_lists_them_all(tmp_path: Path) -> None:
+def test_d5_a_config_with_problems_lists_them_all(tmp_path: Path) -> None:
     cfg = tmp_path / "w.toml"
     cfg.write_text('[witness]\nname = "w"\nport = 0\nextra = 1\n[[logs]]\norigin = "x/y"\n')
     r = subprocess.run([sys.executable, "-m", "witness", "serve", "--config", str(cfg)],
@@ -164,7 +164,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_without_aiohttp_serve_names_the_extra_and_keygen_works(
+def test_d5_without_aiohttp_serve_names_the_extra_and_keygen_works(
         tmp_path: Path, server: WitnessServer) -> None:
     root = str(Path(__file__).resolve().parents[2])
     r = subprocess.run([sys.executable, "-c", _BARE, "serve", "--config", str(server.config)],
