@@ -57,6 +57,18 @@ def inclusion_path(state_dir: Path) -> Path:
     return state_dir / INCLUSION_FILE
 
 
+_ITEM_KEYS = frozenset({"seq", "body", "asked_size", "asked_root", "first_us", "sent_us",
+                        "asks"})
+
+
+def _pending_item(v: Any) -> dict[str, Any]:
+    """One pending leaf as read back from the file (raises ValueError when it is not one)."""
+    if not isinstance(v, dict) or set(v) != _ITEM_KEYS or not isinstance(v["body"], str) \
+            or not isinstance(v["asks"], int):
+        raise ValueError(f"a pending check is not one: {str(v)[:80]}")
+    return dict(v)
+
+
 class InclusionChecker:
     """Pending inclusion checks of this clock's deleted punches (thread-safe)."""
 
@@ -100,7 +112,7 @@ class InclusionChecker:
             d = json.loads(data)
             if not isinstance(d, dict) or d.get("v") != STATE_VERSION:
                 raise ValueError("not a version 1 inclusion state")
-            self._pending = {int(k): dict(v) for k, v in d["pending"].items()}
+            self._pending = {int(k): _pending_item(v) for k, v in d["pending"].items()}
             self._failures = list(d["failures"])[-MAX_FAILURES_KEPT:]
             self._failed = int(d["failed"])
             self._checked = int(d["checked"])
@@ -149,7 +161,8 @@ class InclusionChecker:
                 if self.mode == "sample" and self._rng.random() >= self.sample_rate:
                     continue
                 self._pending[leaf] = {"seq": seq, "body": body, "asked_size": None,
-                                       "asked_root": None, "first_us": None, "sent_us": None}
+                                       "asked_root": None, "first_us": None, "sent_us": None,
+                                       "asks": 0}
                 kept += 1
             while len(self._pending) > self.max_pending:
                 oldest = min(self._pending)
@@ -180,6 +193,7 @@ class InclusionChecker:
                         and now_us - sent < self.retry_s * 1e6):
                     continue
                 p["asked_size"], p["asked_root"], p["sent_us"] = cp.size, root, now_us
+                p["asks"] += 1
                 if p["first_us"] is None:
                     p["first_us"] = now_us
                 due.append(leaf)
@@ -190,11 +204,16 @@ class InclusionChecker:
                 for i in range(0, len(due), MAX_REQUEST_LEAVES)]
 
     def _expire(self, now_us: int) -> bool:
+        # Late = the deadline passed since the first request AND it was asked as often as the
+        # deadline allows: requests go out only while connected, so a clock that was offline
+        # for a while does not count that time against the collector.
+        asks = max(3, int(self.deadline_s // self.retry_s))
         late = [leaf for leaf, p in self._pending.items()
-                if p["first_us"] is not None and now_us - p["first_us"] > self.deadline_s * 1e6]
+                if p["first_us"] is not None and p["asks"] >= asks
+                and now_us - p["first_us"] > self.deadline_s * 1e6]
         for leaf in late:
             self._fail(leaf, "no-answer", f"no valid inclusion proof within "
-                       f"{self.deadline_s:g} s of the first request")
+                       f"{self.deadline_s:g} s and {asks} requests")
         return bool(late)
 
     # -- answers ------------------------------------------------------------------------------
@@ -226,8 +245,8 @@ class InclusionChecker:
                 try:
                     verify_inclusion(entry_leaf_hash(entry), proof.leaf_index, ans.size,
                                      proof.inclusion_path,
-                                     base64.b64decode(p["asked_root"], validate=True))
-                except ProofError as err:
+                                     base64.b64decode(str(p["asked_root"]), validate=True))
+                except (ProofError, ValueError) as err:
                     self._fail(proof.leaf_index, "bad-proof", f"size {ans.size}: {err}")
                     continue
                 del self._pending[proof.leaf_index]
