@@ -206,3 +206,37 @@ def test_queue_key_file_round_trip_and_mode_check(tmp_path: Path) -> None:
     bad.chmod(0o600)
     with pytest.raises(KeyFileError, match="must be 32 bytes"):
         load_queue_key(bad)
+
+
+def test_witness_section_inclusion_checks(tmp_path: Path) -> None:
+    base = """
+[device]
+id = "c1"
+[keys]
+signing_key = "/k/s"
+queue_key = "/k/q"
+[readers.r]
+kind = "simulated"
+credentials = ["1"]
+"""
+    cfg = load_config(write(tmp_path, base))
+    assert (cfg.witness.check_inclusion, cfg.witness.sample_rate) == ("all", 0.1)
+    cfg = load_config(write(tmp_path, base + """
+[witness]
+check_inclusion = "sample"
+sample_rate = 0.25
+inclusion_deadline_s = 600
+"""))
+    assert (cfg.witness.check_inclusion, cfg.witness.sample_rate,
+            cfg.witness.inclusion_deadline_s) == ("sample", 0.25, 600.0)
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, base + """
+[witness]
+check_inclusion = "some"
+sample_rate = 2
+colour = 1
+"""))
+    problems = "\n".join(ei.value.problems)
+    assert "witness.check_inclusion" in problems
+    assert "witness.sample_rate" in problems
+    assert "witness.colour" in problems
