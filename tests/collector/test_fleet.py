@@ -26,6 +26,7 @@ from collector.ledger.registry import revoke
 from collector.ledger.sqlbase import SQLStore
 from wire.device_status import (
     DeviceStatus,
+    InclusionStatus,
     QueueStatus,
     StorageStatus,
     WitnessStatus,
@@ -247,3 +248,27 @@ def test_device_list_shows_a_clock_refusing_to_cosign(
     table = fleet.render_table([r], now_us=now_us).splitlines()
     assert table[0].split()[-2:] == ["WITNESS", "DISK"]
     assert table[1].split()[-2] == column
+
+
+def test_device_list_shows_a_failed_inclusion_check(
+        env: tuple[SQLStore, CertificateAuthority, Path]) -> None:
+    """protocol.md §13.9: a clock whose check of its own punches failed is INCL-BAD with a
+    warning; a refusing clock keeps REFUSING and its warning names the failure too."""
+    store, ca, root = env
+    _enroll(store, ca, ClockDir(root, "clock-27"))
+    now_us = 60 * 10**6
+    inc = InclusionStatus(5, 1, 1, "wrong-entry", "seq 3 (leaf 9): not this clock's punch", 0)
+    for witness, column, listed in (
+            (WitnessStatus("ok", 40, 10, 0, inclusion=inc), "INCL-BAD", "inclusion-failed"),
+            (WitnessStatus("refusing", 40, None, 1, "inconsistent", "size 40 -> 50", 0,
+                           inclusion=inc), "REFUSING", "refusing")):
+        status = DeviceStatus(device="clock-27", state="online", version="0.1.0", at=now_us,
+                              queue=QueueStatus(0, None), clock="synced", readers={},
+                              witness=witness)
+        reading = parse_status("clock-27", status.to_bytes())
+        [r] = fleet.fleet_rows(store, now_us=now_us, statuses={"clock-27": reading})
+        [w] = [w for w in r.warnings if "INCLUSION CHECK FAILED x1" in w]
+        assert "wrong-entry 60s ago (seq 3 (leaf 9): not this clock's punch)" in w
+        assert ("WITNESS REFUSES" in w) == (witness.state == "refusing")
+        assert r.to_dict()["witness"] == listed
+        assert fleet.render_table([r], now_us=now_us).splitlines()[1].split()[-2] == column
