@@ -81,7 +81,8 @@ def make(tmp_path: Path, now: Now | None = None, **kw: object) -> InclusionCheck
     return InclusionChecker(inclusion_path(tmp_path), DEVICE, now=now or Now(), **kw)  # type: ignore[arg-type]
 
 
-def test_own_punches_proven_and_the_pending_list_survives_a_restart(tmp_path: Path) -> None:
+def test_d5_own_punches_proven_and_the_pending_list_survives_a_restart(
+        tmp_path: Path) -> None:
     lg = Log()
     lg.grow(30)
     chk = make(tmp_path)
@@ -115,7 +116,8 @@ def test_only_leaves_below_the_verified_size_are_asked(tmp_path: Path) -> None:
     assert chk.status().pending == 7
 
 
-def test_a_tampered_path_is_a_failure(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_d5_a_tampered_path_is_a_failure(tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     lg = Log()
     lg.grow(20)
     chk = make(tmp_path)
@@ -140,7 +142,7 @@ def test_a_tampered_path_is_a_failure(tmp_path: Path, caplog: pytest.LogCaptureF
     assert DeviceStatus.from_bytes(ds.to_bytes()) == ds
 
 
-def test_a_proof_of_another_root_is_a_failure(tmp_path: Path) -> None:
+def test_d5_a_proof_of_another_root_is_a_failure(tmp_path: Path) -> None:
     """The proof is right for the collector's (rewritten) tree, not the checkpoint held."""
     lg, forged = Log(), Log()
     lg.grow(12)
@@ -156,7 +158,7 @@ def test_a_proof_of_another_root_is_a_failure(tmp_path: Path) -> None:
     assert chk.status().reason == "bad-proof"
 
 
-def test_another_entry_is_a_failure(tmp_path: Path) -> None:
+def test_d5_another_entry_is_a_failure(tmp_path: Path) -> None:
     lg = Log()
     lg.grow(20)
     chk = make(tmp_path)
@@ -167,7 +169,7 @@ def test_another_entry_is_a_failure(tmp_path: Path) -> None:
     assert chk.status().failed == 1
 
 
-def test_missing_and_no_answer_are_failures(tmp_path: Path) -> None:
+def test_d5_missing_and_no_answer_are_failures(tmp_path: Path) -> None:
     lg = Log()
     lg.grow(20)
     now = Now()

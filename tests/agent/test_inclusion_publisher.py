@@ -34,10 +34,11 @@ ORIGIN = "acme.example/timeclock"
 FOREIGN = "f" * 64
 
 
-def test_own_receipted_punches_are_asked_and_proven(broker: MosquittoBroker, outbox: Outbox,
-                                                    device_key: SigningKey,
-                                                    log_key: SigningKey,
-                                                    tmp_path: Path) -> None:
+def test_d5_own_receipted_punches_are_asked_and_proven(broker: MosquittoBroker,
+                                                       outbox: Outbox,
+                                                       device_key: SigningKey,
+                                                       log_key: SigningKey,
+                                                       tmp_path: Path) -> None:
     punches = broker.subscribe("collector.test", topics.punches(DEVICE))
     requests = broker.subscribe("collector.test", request_topic(DEVICE),
                                 client_id="collector-test-inclusion")

@@ -37,7 +37,7 @@ def _site(store: SQLStore) -> tuple[Clock, dict[int, tuple[int, str]]]:
     return a, mine
 
 
-def test_answers_verify_on_the_clock(store: SQLStore, tmp_path: Path) -> None:
+def test_d5_answers_verify_on_the_clock(store: SQLStore, tmp_path: Path) -> None:
     _a, mine = _site(store)
     size = store.tree_size()
     published: list[tuple[str, bytes]] = []
@@ -55,7 +55,8 @@ def test_answers_verify_on_the_clock(store: SQLStore, tmp_path: Path) -> None:
     assert (st.checked, st.pending, st.failed) == (12, 0, 0)
 
 
-def test_a_body_hash_that_is_not_the_punch_fails(store: SQLStore, tmp_path: Path) -> None:
+def test_d5_a_body_hash_that_is_not_the_punch_fails(store: SQLStore,
+                                                    tmp_path: Path) -> None:
     _a, mine = _site(store)
     size = store.tree_size()
     answers = InclusionAnswers(store, lambda t, b: None)

@@ -94,7 +94,7 @@ def _rehash_without(db: Path, device: str) -> tuple[int, int]:
     return int(victim), int(covered)
 
 
-def test_clocks_prove_their_punches_then_catch_a_dropped_one(tmp_path: Path) -> None:
+def test_d5_clocks_prove_their_punches_then_catch_a_dropped_one(tmp_path: Path) -> None:
     with running_site(tmp_path / "site") as site:
         site.prepare()
         _checkpoints(site, every_s=2, every_entries=50)
