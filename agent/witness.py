@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from agent.errors import AgentError
 from wire.clock import to_us
 from wire.device_status import WitnessStatus
 from wire.errors import DecodeError, KeyMismatchError, ProofError, SignatureError, WireError
-from wire.keys import SigningKey, VerifyKey
+from wire.keys import SigningKey, VerifyKey, write_public_file
 from wire.merkle import EMPTY_ROOT, verify_consistency
 from wire.note import ED25519, Checkpoint, Note, NoteVerifier, check_origin
 from wire.witness import MAX_DETAIL_CHARS, AddCheckpoint, CosignatureReply, device_witness_name
@@ -82,26 +81,9 @@ def _sanitize(text: str) -> str:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: a reader (or a power cut) sees the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_public_file(path, data)
     except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            log.debug("cannot remove %s", tmp)
         raise WitnessStateError(f"{path}: cannot write the witness state: "
                                 f"{e.strerror or e}") from e
 

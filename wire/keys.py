@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import stat
@@ -142,17 +143,29 @@ def write_private_file(path: Path, data: bytes, *, force: bool = False) -> None:
         os.close(fd)
 
 
-def write_public_file(path: Path, data: bytes) -> None:
-    """Atomically replace a public file (certificate, CRL, index, config): readers see the old
-    or the new bytes, never a torn file, even across a power cut."""
+def write_public_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Atomically and durably replace a public file (certificate, CRL, index, config, witness
+    state): readers see the old or the new bytes, never a torn file, even across a power cut
+    (temporary file, fsync, rename, fsync of the directory). Raises OSError; the temporary
+    file never outlives a failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # per process: no shared temp
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def write_key_file(path: Path, header: bytes, secret: bytes, *, force: bool = False) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wire.errors import DecodeError, KeyMismatchError, ProofError, SignatureError, WireError
-from wire.keys import SigningKey
+from wire.keys import SigningKey, write_public_file
 from wire.merkle import EMPTY_ROOT, verify_consistency
 from wire.note import COSIGNATURE_V1, Checkpoint, Note, NoteVerifier
 from wire.witness import AddCheckpoint
@@ -59,22 +58,9 @@ class Rejection(WitnessError):
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_public_file(path, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise StateError(f"{path}: cannot write the witness state: {e.strerror or e}") from e
 
 

@@ -18,14 +18,13 @@ directory), mode 0644 (a checkpoint is public), in a directory created 0700.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 
 from collector import CollectorError, LedgerError
 from collector.ledger.sqlbase import SQLStore
 from wire.errors import ProofError, WireError
+from wire.keys import write_public_file
 from wire.merkle import verify_consistency
 from wire.note import Checkpoint, Note, NoteVerifier
 
@@ -77,26 +76,10 @@ class LogState:
             raise StateFileError(f"not writing {self.path}: the note is malformed: {e}") from e
         if self._saved is not None and (size, lines) <= self._saved:
             return False     # smaller, or the same checkpoint with no more signatures
-        directory = self.path.parent
-        tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, note.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_public_file(self.path, note.encode("utf-8"))
         except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise StateFileError(f"{self.path}: cannot write: {e}") from e
         self._saved = (size, lines)
         return True
