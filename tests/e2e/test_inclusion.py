@@ -8,7 +8,6 @@ state, `timeclock-agent status`, its log and `device list`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import sqlite3
@@ -18,11 +17,8 @@ from typing import Any
 import pytest
 
 from lab.site import Site
+from tests.e2e.attack_kit import drop_triggers, rewrite_from, without_victim_plus_forgery
 from tests.e2e.site_kit import Taps, cli, running_site, tapped_clock, wait_for
-from wire import ZERO_HASH
-from wire.canonical import canonical
-from wire.ledger import Entry
-from wire.merkle import MemoryTree, entry_leaf_hash
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
 
@@ -59,35 +55,20 @@ def _rehash_without(db: Path, device: str) -> tuple[int, int]:
     (same size) and rebuild the tree. Returns (victim idx, largest checkpoint size)."""
     conn = sqlite3.connect(db)
     try:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
-                                    ).fetchall():
-            conn.execute(f'DROP TRIGGER "{name}"')
+        drop_triggers(conn)
         (covered,) = conn.execute("SELECT MAX(size) FROM tc_checkpoints_v2").fetchone()
         victim = conn.execute("SELECT MIN(idx) FROM punches WHERE device = ? AND idx >= ?",
                               (device, covered)).fetchone()[0]
         assert victim is not None, "no punch of the device above the last checkpoint"
         rows = conn.execute("SELECT idx, kind, at, body FROM entries ORDER BY idx").fetchall()
         bodies = dict(conn.execute("SELECT idx, body FROM bodies"))
-        forged = canonical({"principal": "mallory", "action": "read", "at": rows[-1][2]})
-        kept = [(r[1], r[2], r[3], bodies.get(r[0])) for r in rows if r[0] != victim]
-        kept.append(("access", rows[-1][2], hashlib.sha256(forged).hexdigest(), forged))
+        kept = without_victim_plus_forgery(rows, bodies, victim)
         for table in ("entries", "bodies", "quarantine"):
             conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (victim,))  # noqa: S608 -- ours
         conn.execute("DELETE FROM punches WHERE idx = ?", (victim,))
         conn.execute("UPDATE punches SET idx = idx - 1 WHERE idx > ?", (victim,))
         conn.execute("DELETE FROM tc_merkle")
-        tree = MemoryTree()
-        prev = ZERO_HASH
-        for i, (kind, at, body_hash, body) in enumerate(kept):
-            entry = Entry(idx=i, kind=kind, at=at, body=body_hash, prev=prev)
-            prev = entry.hash()
-            if i >= victim:
-                conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                             (i, kind, at, body_hash, entry.prev, prev))
-                if body is not None:
-                    conn.execute("INSERT INTO bodies VALUES (?, ?)", (i, body))
-            conn.executemany("INSERT INTO tc_merkle VALUES (?, ?, ?)",
-                             tree.append([entry_leaf_hash(entry)]))
+        rewrite_from(conn, kept, victim)
         conn.commit()
     finally:
         conn.close()

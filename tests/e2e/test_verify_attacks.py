@@ -13,7 +13,6 @@ attacked bundle verifies on its own, and fails against the held checkpoint and `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import sqlite3
@@ -23,12 +22,14 @@ from pathlib import Path
 import pytest
 
 from collector.ledger import checkpoint_tables, open_store
+from tests.e2e.attack_kit import (
+    drop_triggers,
+    rewrite_from,
+    truncate_ledger,
+    without_victim_plus_forgery,
+)
 from tests.e2e.site_kit import Site, Taps, cli, running_site, tapped_clock, wait_for
-from wire import ZERO_HASH
-from wire.canonical import canonical
 from wire.keys import VerifyKey
-from wire.ledger import Entry
-from wire.merkle import MemoryTree, entry_leaf_hash
 from wire.note import COSIGNATURE_V1, Note, NoteVerifier, cosigned_by
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
@@ -74,40 +75,18 @@ def _size(site: Site) -> int:
         store.close()
 
 
-def _truncate(db: Path, keep: int) -> None:
-    """A database admin, collector stopped: triggers dropped, every entry from ``keep`` on
-    deleted with its body, punch row and tree nodes, and the checkpoints above it."""
-    conn = sqlite3.connect(db)
-    try:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
-                                    ).fetchall():
-            conn.execute(f'DROP TRIGGER "{name}"')
-        for table in ("bodies", "punches", "quarantine", "entries"):
-            conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (keep,))  # noqa: S608 -- ours
-        conn.execute("DELETE FROM tc_merkle WHERE (idx + 1) * (1 << level) > ?", (keep,))
-        for table in ("tc_cosignatures", "tc_checkpoints_v2", "checkpoints"):
-            conn.execute(f"DELETE FROM {table} WHERE size > ?", (keep,))  # noqa: S608 -- ours
-        conn.commit()
-    finally:
-        conn.close()
-
-
 def _rehash_without_a_punch(db: Path, size: int) -> int:
     """A database admin, collector stopped: delete a punch from the middle, re-chain and
     re-number everything after it, append a forged ``access`` entry (the size is what the
     auditor saw), rebuild the whole tree and drop every checkpoint above the victim."""
     conn = sqlite3.connect(db)
     try:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
-                                    ).fetchall():
-            conn.execute(f'DROP TRIGGER "{name}"')
+        drop_triggers(conn)
         rows = conn.execute("SELECT idx, kind, at, body, prev, hash FROM entries "
                             "WHERE idx < ? ORDER BY idx", (size,)).fetchall()
         bodies = dict(conn.execute("SELECT idx, body FROM bodies WHERE idx < ?", (size,)))
         victim = next(r[0] for r in rows[size // 2:] if r[1] == "punch")
-        forged = canonical({"principal": "mallory", "action": "read", "at": rows[-1][2]})
-        kept = [(r[1], r[2], r[3], bodies.get(r[0])) for r in rows if r[0] != victim]
-        kept.append(("access", rows[-1][2], hashlib.sha256(forged).hexdigest(), forged))
+        kept = without_victim_plus_forgery(rows, bodies, victim)
         for table in ("entries", "bodies", "quarantine"):
             conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (victim,))  # noqa: S608 -- ours
         conn.execute("DELETE FROM punches WHERE idx = ?", (victim,))
@@ -116,18 +95,7 @@ def _rehash_without_a_punch(db: Path, size: int) -> int:
             where = "" if table == "tc_merkle" else " WHERE size > ?"
             conn.execute(f"DELETE FROM {table}{where}",  # noqa: S608 -- ours
                          () if not where else (victim,))
-        tree = MemoryTree()
-        prev = ZERO_HASH
-        for i, (kind, at, body_hash, body) in enumerate(kept):
-            entry = Entry(idx=i, kind=kind, at=at, body=body_hash, prev=prev)
-            prev = entry.hash()
-            if i >= victim:
-                conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                             (i, kind, at, body_hash, entry.prev, prev))
-                if body is not None:
-                    conn.execute("INSERT INTO bodies VALUES (?, ?)", (i, body))
-            conn.executemany("INSERT INTO tc_merkle VALUES (?, ?, ?)",
-                             tree.append([entry_leaf_hash(entry)]))
+        rewrite_from(conn, kept, victim)
         conn.commit()
     finally:
         conn.close()
@@ -216,7 +184,7 @@ def test_d5_truncated_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path)
         finally:
             store.close()
         keep = max(k for k in range(audit.size - 9, audit.size - 2) if k not in made)
-        _truncate(site.root / "ledger.db", keep)
+        truncate_ledger(site.root / "ledger.db", keep)
         attacked = tmp_path / "attacked"
         _export(site, attacked)             # signs a checkpoint of the cut size: no witness
         _assert_fails(site, attacked, audit, idx=keep,

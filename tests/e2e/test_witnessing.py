@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from collector.ingest.checkpoints import default_origin
 from collector.ledger import checkpoint_tables, open_store
 from collector.service.log_state import STATE_FILE
 from lab.site import Site
+from tests.e2e.attack_kit import truncate_ledger
 from tests.e2e.site_kit import Taps, cli, running_site, tapped_clock, wait_for
 from tests.witness.witness_kit import WITNESS_NAME, Log, ServerTLS, WitnessServer
 from wire.clock import now_us
@@ -124,26 +124,6 @@ def _device_list(site: Site) -> dict[str, dict[str, Any]]:
     return {row["device"]: row for row in json.loads(r.stdout)}
 
 
-def _truncate(db: Path, keep: int) -> None:
-    """What a database admin can do with the collector stopped: drop the triggers and delete
-    every entry from ``keep`` on, with its body, punch row, tree nodes, quarantine rows and
-    the checkpoints (v1 and v2) and cosignatures above it."""
-    conn = sqlite3.connect(db)
-    try:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
-                                    ).fetchall():
-            conn.execute(f'DROP TRIGGER "{name}"')
-        for table in ("bodies", "punches", "quarantine", "entries"):
-            conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (keep,))  # noqa: S608 -- ours
-        # a complete subtree (L, k) covers leaves k·2^L … (k+1)·2^L − 1
-        conn.execute("DELETE FROM tc_merkle WHERE (idx + 1) * (1 << level) > ?", (keep,))
-        for table in ("tc_cosignatures", "tc_checkpoints_v2", "checkpoints"):
-            conn.execute(f"DELETE FROM {table} WHERE size > ?", (keep,))  # noqa: S608 -- ours
-        conn.commit()
-    finally:
-        conn.close()
-
-
 def _witness_state(site: Site, device: str) -> dict[str, Any]:
     state: dict[str, Any] = json.loads(
         (site.root / "clocks" / device / "state" / "witness.json").read_text())
@@ -209,7 +189,7 @@ def test_d5_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path,
                  for d in DEVICES}
         keep = min(sizes.values()) - 5
         assert keep > 10, sizes
-        _truncate(site.root / "ledger.db", keep)
+        truncate_ledger(site.root / "ledger.db", keep)
         (site.root / STATE_FILE).unlink()        # the attacker erases the collector's memory
         restart_us = now_us()
         site.start_collector()
