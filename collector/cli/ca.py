@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from collector import PKIError
+from collector.fleet import cert_status
+from collector.fleet.broker_process import BrokerControl, BrokerError
 from collector.fleet.pki import (
     DEFAULT_CA_DAYS,
     DEFAULT_CRL_DAYS,
@@ -120,7 +122,42 @@ def _cmd_crl(args: argparse.Namespace) -> int:
     ca = _open(args)
     path = ca.write_crl(now=_now(), out=args.out, days=args.days)
     print(f"CRL written to {path}, valid {args.days} days")
+    if args.broker_dir is not None:
+        control = BrokerControl(args.broker_dir)
+        if not (control.directory / "mosquitto.conf").is_file():
+            raise PKIError(f"--broker-dir {args.broker_dir}: no mosquitto.conf (prepare it with "
+                           f"`timeclock-collector init` or `broker-config`)")
+        control.install_crl(path)
+        try:
+            control.pid()
+        except BrokerError:
+            print(f"installed in {control.directory}; the broker is not running (it loads "
+                  f"the new CRL when it starts)")
+            return 0
+        control.reload()
+        print(f"installed in {control.directory}; the broker reloaded it (SIGHUP)")
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    ca = CertificateAuthority.open(args.ca)
+    rows = cert_status.site_status(ca, now=_now(), warn_days=args.warn_days,
+                                   crl_warn_days=args.crl_warn_days,
+                                   broker_dirs=tuple(args.broker_dir))
+    level = cert_status.worst(rows)
+    if args.json:
+        print(json.dumps({"level": level, "warn_days": args.warn_days,
+                          "crl_warn_days": args.crl_warn_days,
+                          "items": [r.to_dict() for r in rows]}, indent=2))
+        return cert_status.EXIT[level]
+    print(f"{'LEVEL':<9} {'KIND':<9} {'NOT AFTER':<11} {'NAME':<40} DETAIL")
+    for r in rows:
+        when = "-" if r.not_after is None else f"{r.not_after:%Y-%m-%d}"
+        print(f"{r.level.upper():<9} {r.kind:<9} {when:<11} {r.name:<40} {r.detail}")
+    bad = [r for r in rows if r.level != "ok"]
+    print(f"{level.upper()}: {len(rows)} checked, {len(bad)} need attention "
+          f"(warning window {args.warn_days} days, CRLs {args.crl_warn_days})")
+    return cert_status.EXIT[level]
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -140,7 +177,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # noqa: PLR0915 - one parser per command
     fmt = argparse.RawDescriptionHelpFormatter
     ca = sub.add_parser(
         "ca", help="run the site CA: broker, device and collector TLS certificates, CRL",
@@ -214,7 +251,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="where to write it (default DIR/crl.pem)")
     p.add_argument("--days", type=int, default=DEFAULT_CRL_DAYS,
                    help="validity in days (%(default)s)")
+    p.add_argument("--broker-dir", type=Path, metavar="DIR",
+                   help="also install it in this broker directory and SIGHUP the broker "
+                        "through its pid file (what systemd/timeclock-crl-refresh.timer runs)")
     p.set_defaults(func=_cmd_crl)
+
+    p = cmds.add_parser(
+        "status", help="expiry of every certificate and CRL (exit 0 ok, 1 warning, 2 critical)",
+        formatter_class=fmt,
+        epilog=textwrap.dedent("""\
+            example (cron, Nagios: exit 0 ok, 1 inside the warning window, 2 expired or
+            unreadable):
+              timeclock-collector ca status --ca /etc/timeclock/ca \\
+                  --broker-dir /var/lib/timeclock/broker --warn-days 30
+
+            Lists the CA, the server certificates (CA/server/*.crt, and the copy in each
+            --broker-dir), the newest unrevoked certificate of every collector and device
+            in index.json, and the next update of the CA's CRL and of each broker's copy."""))
+    p.add_argument("--ca", type=Path, required=True, metavar="DIR", help="the CA directory")
+    p.add_argument("--broker-dir", type=Path, action="append", default=[], metavar="DIR",
+                   help="a broker directory whose server.crt and crl.pem to check (repeatable)")
+    p.add_argument("--warn-days", type=int, default=cert_status.DEFAULT_WARN_DAYS,
+                   metavar="N", help="warn this many days before a certificate expires "
+                                     "(%(default)s)")
+    p.add_argument("--crl-warn-days", type=int, default=cert_status.DEFAULT_CRL_WARN_DAYS,
+                   metavar="N", help="warn this many days before a CRL's next update "
+                                     "(%(default)s; the timer renews it daily)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_status)
 
     p = cmds.add_parser("list", help="list issued certificates and their status",
                         epilog="example: timeclock-collector ca list --ca DIR --json")

@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("timeclock-agent", "timeclock-collector")
 UNITS = {"timeclock-agent.service": "timeclock-agent",
          "timeclock-collector.service": "timeclock-collector",
-         "timeclock-broker.service": "timeclock-collector"}
+         "timeclock-broker.service": "timeclock-collector",
+         "timeclock-crl-refresh.service": "timeclock-collector",
+         "timeclock-crl-refresh.timer": "timeclock-collector"}
 COMMANDS = {"/usr/bin/timeclock-agent": "timeclock-agent",
             "/usr/bin/timeclock-collector": "timeclock-collector",
             "/usr/bin/timeclock-verify": "timeclock-collector"}
@@ -144,7 +146,7 @@ def test_build_install_verify_run_remove(tmp_path: Path, clean_machine: list[Pat
     assert ETC.is_dir()
 
     # (3) every installed unit verifies, and what it names exists.
-    units = sorted(p.name for p in UNIT_DIR.glob("timeclock-*.service"))
+    units = sorted(p.name for p in UNIT_DIR.glob("timeclock-*"))
     assert units == sorted(UNITS)
     for name in units:
         unit = UNIT_DIR / name
