@@ -27,12 +27,16 @@ from typing import Any
 from collector import LedgerError
 from wire.errors import ProofError
 from wire.ledger import KINDS, LEDGER_DOMAIN
-from wire.merkle import Address, Node, append_nodes, frontier, leaf_hash
+from wire.merkle import Address, Node, append_nodes, frontier, leaf_hash, node_hash
 
-BUILD_BATCH = 20_000   # entries read, hashed and their nodes inserted per step of a build
+BUILD_BATCH = 1 << 14  # entries read, hashed and their nodes inserted per step of a build
 CHECK_BATCH = 20_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_INT = 2**53 - 1
+# (count, level, first, blob of count hashes): nodes (level, first + k) from 32-byte slices.
+_RUN_INSERT = ("WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?) "
+               "INSERT INTO tc_merkle (level, idx, hash) "
+               "SELECT ?, ? + i, substr(?, i * 32 + 1, 32) FROM k")
 _ENTRY_PAGE = ("SELECT idx, kind, at, body, prev, hash FROM entries WHERE idx >= ? AND idx < ? "
                "ORDER BY idx")
 
@@ -76,6 +80,13 @@ class TreeSQL:
         if nodes:
             cur.executemany("INSERT INTO tc_merkle (level, idx, hash) VALUES (?, ?, ?)", nodes)
 
+    def insert_run(self, cur: Any, level: int, first: int, hashes: Sequence[bytes]) -> None:
+        """Insert the nodes (level, first + k) = hashes[k]: one statement whose loop runs in
+        SQLite (a recursive CTE over one blob), not one binding per row from Python — the
+        build's largest cost (about 1.7× faster than ``executemany`` here)."""
+        if hashes:
+            cur.execute(_RUN_INSERT, (len(hashes), level, first, b"".join(hashes)))
+
     def sql(self, s: str) -> str:
         return s if self.ph == "?" else s.replace("?", self.ph)
 
@@ -101,6 +112,13 @@ class PgTreeSQL(TreeSQL):
             with cur.copy("COPY tc_merkle (level, idx, hash) FROM STDIN") as cp:
                 for n in nodes:
                     cp.write_row(n)
+
+    def insert_run(self, cur: Any, level: int, first: int, hashes: Sequence[bytes]) -> None:
+        if hashes:     # the loop runs in the server: one bytea, cut by generate_series
+            cur.execute("INSERT INTO tc_merkle (level, idx, hash) "
+                        "SELECT %s, %s::bigint + i, substring(%s::bytea from i * 32 + 1 for 32) "
+                        "FROM generate_series(0, %s - 1) AS i",
+                        (level, first, b"".join(hashes), len(hashes)))
 
 
 SQLITE_TREE = TreeSQL()
@@ -188,10 +206,16 @@ def _leaves(rows: Sequence[tuple[Any, ...]], expect_first: int) -> list[bytes]:
 def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
           progress: Callable[[int, int], None] | None = None) -> int:
     """Add the nodes of every entry the node table does not cover yet, inside the caller's
-    write transaction (which holds the chain lock), streaming ``batch`` entries at a time;
-    returns how many leaves were added. Each entry's stored hash is checked against its row
-    on the way (a tree is never built over an entry that fails its own hash). The compact
+    write transaction (which holds the chain lock), streaming about ``batch`` entries at a
+    time; returns how many leaves were added. Each entry's stored hash is checked against its
+    row on the way (a tree is never built over an entry that fails its own hash). The compact
     range is read once and then kept in memory.
+
+    Steps are aligned to a power of two (``span``, the largest one ≤ ``batch``): a whole
+    aligned step is one complete subtree, hashed level by level in bulk and written one level
+    per statement (:meth:`TreeSQL.insert_run`), then joined to the frontier above it; only
+    the first step (from an unaligned size) and the last (a partial one) take the general
+    path, :func:`wire.merkle.append_nodes`. Both give the same nodes (tests compare them).
 
     (Reading and hashing in a second thread on a second connection while this one inserts
     was measured slower on the 2-core machine of docs/performance.md: the GIL.)
@@ -204,27 +228,57 @@ def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
                                  strict=True)))
     except ProofError as e:
         raise LedgerError(f"the node table is incomplete below leaf {size}: {e}") from e
-    done = size
-    for done, nodes in _pages(cur, dialect, tip, size, total, batch=batch):
-        dialect.insert(cur, nodes)
-        if progress is not None:
-            progress(done, total)
-    return done - size
-
-
-def _pages(cur: Any, dialect: TreeSQL, tip: _Frontier, size: int, total: int, *,
-           batch: int) -> Iterator[tuple[int, list[Node]]]:
-    """(tree size after, its new nodes) per batch of entries from ``size`` up to ``total``."""
+    height = max(0, batch.bit_length() - 1)
+    span = 1 << height
     q = dialect.sql(_ENTRY_PAGE)
+    start = size
     while size < total:
-        cur.execute(q, (size, min(total, size + batch)))
+        end = min(total, (size // span + 1) * span)
+        cur.execute(q, (size, end))
         leaves = _leaves(cur.fetchall(), size)
-        if not leaves:
-            raise LedgerError(f"entry {size} is missing: the ledger is not a chain")
-        nodes = append_nodes(tip, size, leaves)
-        size += len(leaves)
-        tip.advance(size, nodes)
-        yield size, nodes
+        if len(leaves) != end - size:
+            raise LedgerError(f"entry {size + len(leaves)} is missing: the ledger is not a "
+                              f"chain; run `timeclock-collector verify`")
+        if size % span == 0 and end - size == span:
+            runs = _subtree(leaves, height)
+            for level, run in enumerate(runs):
+                dialect.insert_run(cur, level, size >> level, run)
+            joined = _join_up(tip.nodes, size, height, runs[-1][0])
+            dialect.insert(cur, joined)
+            tip.advance(end, [(height, size >> height, runs[-1][0]), *joined])
+        else:
+            nodes = append_nodes(tip, size, leaves)
+            dialect.insert(cur, nodes)
+            tip.advance(end, nodes)
+        size = end
+        if progress is not None:
+            progress(size, total)
+    return size - start
+
+
+def _subtree(leaves: Sequence[bytes], height: int) -> list[list[bytes]]:
+    """The levels 0 … ``height`` of the complete subtree over 2**height leaf hashes."""
+    sha256 = hashlib.sha256
+    runs = [list(leaves)]
+    for _ in range(height):
+        below = runs[-1]
+        runs.append([sha256(b"\x01" + left + right).digest()
+                     for left, right in zip(below[0::2], below[1::2], strict=True)])
+    return runs
+
+
+def _join_up(frontier_nodes: dict[Address, bytes], size: int, level: int,
+             top: bytes) -> list[Node]:
+    """The interior nodes completed when the subtree (level, size >> level) = ``top`` is added
+    to a tree of ``size`` leaves (a multiple of 2**level): while it is a right child, its left
+    sibling is on the frontier and their parent is new."""
+    out: list[Node] = []
+    idx, h = size >> level, top
+    while idx & 1:
+        h = node_hash(frontier_nodes[(level, idx - 1)], h)
+        level, idx = level + 1, idx >> 1
+        out.append((level, idx, h))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from collector.cli.main import main
 from collector.ledger import open_store, tree
 from collector.ledger.base import EventFact, RejectionFact
 from collector.ledger.postgres import PostgresStore, migrate
-from collector.ledger.schema_sqlite import SCHEMA_V1, TRIGGER_NAMES
+from collector.ledger.schema_sqlite import SCHEMA_V1, TREE_DDL, TRIGGER_NAMES
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from tests.collector.ledger_kit import T0, Clock
@@ -535,6 +535,69 @@ def test_d5_a_v1_sqlite_ledger_is_upgraded_by_migrate_and_then_proves(
     again = SQLiteStore(path)
     assert again.check_tree().ok
     again.close()
+
+
+def _stored_nodes(rows: Any) -> set[tuple[int, int, bytes]]:
+    return {(int(lv), int(i), bytes(h)) for lv, i, h in rows}
+
+
+@pytest.mark.parametrize("batch", [1, 4, 5, 8, 16])
+@pytest.mark.parametrize("start", [0, 3, 8, 13, 32, 33])
+def test_d5_the_build_in_aligned_steps_stores_exactly_the_nodes_of_append(
+        tmp_path: Path, start: int, batch: int) -> None:
+    """tree.build takes whole aligned subtrees in bulk and the unaligned first and last steps
+    through append_nodes: from any stored size and for any step, it stores the nodes the
+    reference's append gives, no more, no fewer."""
+    path = tmp_path / "v1.db"
+    leaves = write_v1_ledger(path, 70)
+    ref = merkle.MemoryTree()
+    before = ref.append(leaves[:start])
+    after = ref.append(leaves[start:])
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for stmt in TREE_DDL:
+            conn.execute(stmt)
+        conn.executemany("INSERT INTO tc_merkle VALUES (?, ?, ?)", before)
+        cur = conn.cursor()
+        assert tree.build(cur, tree.SQLITE_TREE, batch=batch) == 70 - start
+        conn.execute("COMMIT")
+        got = _stored_nodes(conn.execute("SELECT level, idx, hash FROM tc_merkle"))
+    finally:
+        conn.close()
+    assert got == set(before) | set(after)
+    assert len(got) == 2 * 70 - bin(70).count("1")
+
+
+def test_d5_the_aligned_build_writes_through_copy_on_postgres(pg_ledger: Any) -> None:
+    s = PostgresStore(pg_ledger.app_dsn)
+    fill(s, 40)
+    ref = reference(s)
+    s.close()
+    with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM tc_merkle WHERE (idx + 1) * (1 << level) > 5")  # keep size 5
+        with conn.transaction(), conn.cursor() as cur:
+            assert tree.build(cur, tree.PG_TREE, batch=8) == 36
+            cur.execute("SELECT level, idx, hash FROM tc_merkle")
+            got = _stored_nodes(cur.fetchall())
+    want = set(merkle.MemoryTree().append([merkle.entry_leaf_hash(se.entry)
+                                            for se in ref_entries(pg_ledger)]))
+    assert got == want
+    s = PostgresStore(pg_ledger.app_dsn)
+    try:
+        assert [s.merkle_root(n) for n in range(42)] == [merkle.root(ref, n) for n in range(42)]
+        assert s.check_tree().ok
+    finally:
+        s.close()
+
+
+def ref_entries(pg_ledger: Any) -> list[Any]:
+    s = PostgresStore(pg_ledger.app_dsn)
+    try:
+        return list(s.entries())
+    finally:
+        s.close()
 
 
 def test_d5_a_v1_sqlite_ledger_with_a_broken_entry_is_not_upgraded(tmp_path: Path) -> None:
