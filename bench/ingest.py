@@ -23,12 +23,19 @@ persistence) and a fresh SQLite ledger with the clocks enrolled:
 3. bare verify: PyNaCl ``VerifyKey.verify`` over the same signed punches in a loop, in its
    own process, on one core: the ceiling for one verifying process.
 
+4. with ``--tree-ab``: the end-to-end phase twice per run, on two fresh ledgers in alternating
+   order: A is the collector as before the Merkle tree (the store's append without leaf
+   hashes, ``append_nodes`` or node rows, the leaf trigger dropped, and no v2 checkpoint
+   made: bench/merkle.py's ``no_tree``), B the real one. Reported: A and B punches/s and B's
+   cost in percent of A (issue: at most 10 %).
+
 Targets (docs/performance.md, "Ingest"): median end-to-end ≥ 10,000 punches/s and ≥ 0.4 × the
 median bare verify rate of the same invocation; exit status 1 when missed.
 
     python bench/ingest.py                  # 3 runs, 10 clocks × 10,000 punches
     python bench/ingest.py --quick          # 2 runs, 4 clocks × 2,500 punches
     python bench/ingest.py --profile        # + one profiled run: top functions of the collector
+    python bench/ingest.py --tree-ab        # + A (no Merkle tree, no v2 checkpoints) vs B
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import os
 import pstats
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -223,6 +231,28 @@ def child_collector(config: str, profile_out: str) -> int:
     return rc
 
 
+def child_collector_without_tree(config: str) -> int:
+    """Child (--tree-ab, side A): ``serve`` with the append of version 1 (no leaf hash, no
+    ``append_nodes``, no node rows) and no v2 checkpoint made; v1 checkpoints and receipts as
+    in B."""
+    import merkle as merkle_bench  # noqa: PLC0415 - bench/merkle.py, side A only
+
+    from collector.ingest import checkpoints  # noqa: PLC0415
+
+    opened = SQLiteStore.__init__
+
+    def open_without_tree(self: SQLiteStore, *args: Any, **kwargs: Any) -> None:
+        opened(self, *args, **kwargs)
+        merkle_bench.no_tree(self)
+
+    def no_v2(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    SQLiteStore.__init__ = open_without_tree  # type: ignore[method-assign]
+    checkpoints.make_checkpoint_v2 = no_v2  # type: ignore[assignment]
+    return collector_main(["serve", "--config", config])
+
+
 # --- one run --------------------------------------------------------------------------------------
 
 class Publisher:
@@ -327,7 +357,7 @@ def broker_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float) -> float
 
 
 def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,
-              profile_out: Path | None) -> tuple[float, int, int]:
+              profile_out: Path | None, without_tree: bool = False) -> tuple[float, int, int]:
     broker = start_broker(pki, d / "broker-e2e")
     db = d / "ledger.db"
     store = SQLiteStore(db)
@@ -335,9 +365,15 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,
     for c in [warm, *fleet.clocks]:
         registry.enroll(store, c.device, "hq", c.key.verify_key.b64, now_us=T0_US)
     store.close()
+    if without_tree:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("DROP TRIGGER entries_need_leaf")
+        conn.close()
     cfg_file, log_key = write_collector_config(d / "collector", broker,
                                                store_url=f"sqlite://{db}")
-    if profile_out is None:
+    if without_tree:
+        cmd = [sys.executable, __file__, "--child-collector-without-tree", str(cfg_file)]
+    elif profile_out is None:
         cmd = [sys.executable, "-m", "collector.cli.main", "serve", "--config", str(cfg_file)]
     else:
         cmd = [sys.executable, __file__, "--child-collector", str(cfg_file), str(profile_out)]
@@ -375,6 +411,23 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,
     if n != fleet.total + 1:
         raise RuntimeError(f"ledger holds {n} punches, expected {fleet.total + 1}")
     return rate, receipts, n
+
+
+def tree_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *, a_first: bool
+                  ) -> tuple[float, int, int, float]:
+    """B (the real collector) and A (without the tree) on fresh ledgers, A first when
+    ``a_first``; returns B's (rate, receipts, punches) and A's rate."""
+    da, db = d / "without-tree", d / "with-tree"
+    da.mkdir()
+    db.mkdir()
+    out: dict[bool, tuple[float, int, int]] = {}
+    for without in ((True, False) if a_first else (False, True)):
+        out[without] = e2e_phase(pki, da if without else db, fleet, timeout_s,
+                                 profile_out=None, without_tree=without)
+    rate_a, _, n_a = out[True]
+    if n_a != out[False][2]:
+        raise RuntimeError(f"A recorded {n_a} punches, B {out[False][2]}")
+    return (*out[False], rate_a)
 
 
 def warm_up(broker: MosquittoBroker, warm: SimClock, log_key: VerifyKey, log_file: Path) -> None:
@@ -440,10 +493,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--verify-seconds", type=float, default=3.0,
                    help="duration of the bare verify loop per run")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
+    p.add_argument("--tree-ab", action="store_true",
+                   help="also run the end-to-end phase without the Merkle tree and v2 "
+                        "checkpoints (A) beside the real collector (B), alternating, and "
+                        "report the tree's cost in percent")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--child-counter", help=argparse.SUPPRESS)
     p.add_argument("--child-verify", help=argparse.SUPPRESS)
     p.add_argument("--child-collector", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--child-collector-without-tree", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
         a.devices, a.per_device = 4, 2_500
@@ -454,14 +512,65 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    a = parse(argv)
+def run_child(a: argparse.Namespace) -> int | None:
+    """The exit status of a child role this process was started for, else None."""
     if a.child_counter:
         return child_counter(json.loads(a.child_counter))
     if a.child_verify:
         return child_verify(json.loads(a.child_verify))
     if a.child_collector:
         return child_collector(*a.child_collector)
+    if a.child_collector_without_tree:
+        return child_collector_without_tree(a.child_collector_without_tree)
+    return None
+
+
+def report_tree_ab(ab: Sequence[tuple[float, float]]) -> None:
+    med_a = common.median([x for x, _ in ab])
+    med_b = common.median([y for _, y in ab])
+    cost = common.median([100 * (1 - y / x) for x, y in ab])
+    print("\n" + common.table(
+        ["run", "A: no tree, no v2 checkpoints /s", "B: real collector /s", "cost"],
+        [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
+           for k, (x, y) in enumerate(ab)],
+         ["median", f"{med_a:,.0f}", f"{med_b:,.0f}", f"{cost:.1f} %"]]))
+    print(f"target: the tree and v2 checkpoints cost ≤ 10 % of end-to-end ingest: "
+          f"{'met' if cost <= 10 else 'MISSED'} (median of the per-run costs)")
+
+
+def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path
+            ) -> tuple[list[list[object]], list[RunResult], list[tuple[float, float]]]:
+    """Every run: table rows, results, and (A, B) rates when ``--tree-ab``."""
+    rows: list[list[object]] = []
+    results: list[RunResult] = []
+    ab: list[tuple[float, float]] = []
+    for i in range(a.runs):
+        d = tmp / f"run{i + 1}"
+        d.mkdir()
+        br = broker_phase(pki, d, fleet, a.timeout)
+        if a.tree_ab:
+            e2e, receipts, entries, without = tree_ab_phase(pki, d, fleet, a.timeout,
+                                                            a_first=i % 2 == 0)
+            ab.append((without, e2e))
+            print(f"run {i + 1}: A without tree {without:,.0f}/s, B with tree "
+                  f"{e2e:,.0f}/s: cost {100 * (1 - e2e / without):.1f} %", flush=True)
+        else:
+            e2e, receipts, entries = e2e_phase(pki, d, fleet, a.timeout, profile_out=None)
+        vr = verify_phase(d, fleet, a.verify_seconds)
+        r = RunResult(e2e, br, vr, receipts, entries)
+        results.append(r)
+        rows.append([i + 1, f"{e2e:,.0f}", f"{br:,.0f}", f"{vr:,.0f}",
+                     f"{e2e / vr:.2f}", receipts])
+        print(f"run {i + 1}: end-to-end {e2e:,.0f}/s, counting subscriber {br:,.0f}/s, "
+              f"bare verify {vr:,.0f}/s", flush=True)
+    return rows, results, ab
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse(argv)
+    child = run_child(a)
+    if child is not None:
+        return child
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     print(common.header("ingest: clocks → Mosquitto (mTLS) → collector → SQLite → receipts",
                         data_dir=tmp))
@@ -477,20 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = [len(p) for _, _, p, _ in fleet.envelopes]
         print(f"setup   : {fleet.total:,} punches signed in {len(fleet.envelopes)} envelopes "
               f"(mean {sum(sizes) // len(sizes):,} bytes) in {time.monotonic() - t:.1f} s\n")
-        rows: list[list[object]] = []
-        results: list[RunResult] = []
-        for i in range(a.runs):
-            d = tmp / f"run{i + 1}"
-            d.mkdir()
-            br = broker_phase(pki, d, fleet, a.timeout)
-            e2e, receipts, entries = e2e_phase(pki, d, fleet, a.timeout, profile_out=None)
-            vr = verify_phase(d, fleet, a.verify_seconds)
-            r = RunResult(e2e, br, vr, receipts, entries)
-            results.append(r)
-            rows.append([i + 1, f"{e2e:,.0f}", f"{br:,.0f}", f"{vr:,.0f}",
-                         f"{e2e / vr:.2f}", receipts])
-            print(f"run {i + 1}: end-to-end {e2e:,.0f}/s, counting subscriber {br:,.0f}/s, "
-                  f"bare verify {vr:,.0f}/s", flush=True)
+        rows, results, ab = run_all(a, pki, fleet, tmp)
         med_e2e = common.median([r.e2e for r in results])
         med_br = common.median([r.broker for r in results])
         med_vr = common.median([r.verify for r in results])
@@ -500,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(common.table(["run", "end-to-end punches/s", "counting subscriber punches/s",
                             "bare verify /s (1 core)", "e2e / verify", "receipts"], rows))
+        if ab:
+            report_tree_ab(ab)
         ok_rate = med_e2e >= TARGET_RATE
         ok_ratio = ratio >= TARGET_RATIO
         print(f"\ntarget: end-to-end ≥ {TARGET_RATE:,}/s: {'met' if ok_rate else 'MISSED'}; "
