@@ -63,3 +63,30 @@ def rewrite_from(conn: sqlite3.Connection, kept: Kept, victim: int) -> None:
                 conn.execute("INSERT INTO bodies VALUES (?, ?)", (i, body))
         conn.executemany("INSERT INTO tc_merkle VALUES (?, ?, ?)",
                          tree.append([entry_leaf_hash(entry)]))
+
+
+def rehash_without_a_punch(db: Path, size: int) -> int:
+    """A database admin, collector stopped: delete a punch from the middle, re-chain and
+    re-number everything after it, append a forged ``access`` entry (the size is what the
+    auditor saw), rebuild the whole tree and drop every checkpoint above the victim."""
+    conn = sqlite3.connect(db)
+    try:
+        drop_triggers(conn)
+        rows = conn.execute("SELECT idx, kind, at, body, prev, hash FROM entries "
+                            "WHERE idx < ? ORDER BY idx", (size,)).fetchall()
+        bodies = dict(conn.execute("SELECT idx, body FROM bodies WHERE idx < ?", (size,)))
+        victim = next(r[0] for r in rows[size // 2:] if r[1] == "punch")
+        kept = without_victim_plus_forgery(rows, bodies, victim)
+        for table in ("entries", "bodies", "quarantine"):
+            conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (victim,))  # noqa: S608 -- ours
+        conn.execute("DELETE FROM punches WHERE idx = ?", (victim,))
+        conn.execute("UPDATE punches SET idx = idx - 1 WHERE idx > ?", (victim,))
+        for table in ("tc_merkle", "tc_cosignatures", "tc_checkpoints_v2", "checkpoints"):
+            where = "" if table == "tc_merkle" else " WHERE size > ?"
+            conn.execute(f"DELETE FROM {table}{where}",  # noqa: S608 -- ours
+                         () if not where else (victim,))
+        rewrite_from(conn, kept, victim)
+        conn.commit()
+    finally:
+        conn.close()
+    return int(victim)

@@ -15,19 +15,13 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from collector.ledger import checkpoint_tables, open_store
-from tests.e2e.attack_kit import (
-    drop_triggers,
-    rewrite_from,
-    truncate_ledger,
-    without_victim_plus_forgery,
-)
+from tests.e2e.attack_kit import rehash_without_a_punch, truncate_ledger
 from tests.e2e.site_kit import Site, Taps, cli, running_site, tapped_clock, wait_for
 from wire.keys import VerifyKey
 from wire.note import COSIGNATURE_V1, Note, NoteVerifier, cosigned_by
@@ -73,33 +67,6 @@ def _size(site: Site) -> int:
         return store.head()[0]
     finally:
         store.close()
-
-
-def _rehash_without_a_punch(db: Path, size: int) -> int:
-    """A database admin, collector stopped: delete a punch from the middle, re-chain and
-    re-number everything after it, append a forged ``access`` entry (the size is what the
-    auditor saw), rebuild the whole tree and drop every checkpoint above the victim."""
-    conn = sqlite3.connect(db)
-    try:
-        drop_triggers(conn)
-        rows = conn.execute("SELECT idx, kind, at, body, prev, hash FROM entries "
-                            "WHERE idx < ? ORDER BY idx", (size,)).fetchall()
-        bodies = dict(conn.execute("SELECT idx, body FROM bodies WHERE idx < ?", (size,)))
-        victim = next(r[0] for r in rows[size // 2:] if r[1] == "punch")
-        kept = without_victim_plus_forgery(rows, bodies, victim)
-        for table in ("entries", "bodies", "quarantine"):
-            conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (victim,))  # noqa: S608 -- ours
-        conn.execute("DELETE FROM punches WHERE idx = ?", (victim,))
-        conn.execute("UPDATE punches SET idx = idx - 1 WHERE idx > ?", (victim,))
-        for table in ("tc_merkle", "tc_cosignatures", "tc_checkpoints_v2", "checkpoints"):
-            where = "" if table == "tc_merkle" else " WHERE size > ?"
-            conn.execute(f"DELETE FROM {table}{where}",  # noqa: S608 -- ours
-                         () if not where else (victim,))
-        rewrite_from(conn, kept, victim)
-        conn.commit()
-    finally:
-        conn.close()
-    return int(victim)
 
 
 def _export(site: Site, out: Path) -> None:
@@ -194,7 +161,7 @@ def test_d5_truncated_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path)
 def test_d5_rehashed_ledger_fails_trusted_checkpoint_and_quorum(tmp_path: Path) -> None:
     with running_site(tmp_path / "site") as site:
         audit = _honest_audit(site, tmp_path)
-        victim = _rehash_without_a_punch(site.root / "ledger.db", audit.size)
+        victim = rehash_without_a_punch(site.root / "ledger.db", audit.size)
         assert 0 < victim < audit.size
         attacked = tmp_path / "attacked"
         _export(site, attacked)             # signs a checkpoint of the forged ledger

@@ -1,10 +1,12 @@
 """Clocks as witnesses on a live site (DESIGN.md §8.3; lab.site: broker, collector and real
 agents as processes): every clock cosigns the checkpoints, the cosignatures are stored and
-re-published with the checkpoint; then the truncation attack of issue 10 — stop the collector,
-delete the ledger's last entries (the triggers dropped, with their tree nodes and the
-checkpoints above), remove the collector's own state file, restart — and every clock refuses
-to cosign the first checkpoint it is offered, and says so in its status, `timeclock-agent
-status` and `device list`; an external witness (`timeclock-witness`) refuses too."""
+re-published with the checkpoint; then each attack of issue 10 — stop the collector and
+either delete the ledger's last entries (the triggers dropped, with their tree nodes and the
+checkpoints above) or delete a punch from the middle and re-hash the chain and the tree after
+it (the covering checkpoints removed), remove the collector's own state file, restart — and
+every clock refuses to cosign the first checkpoint it is offered, and says so in its status,
+`timeclock-agent status` and `device list`; an external witness (`timeclock-witness`) refuses
+too."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from collector.ingest.checkpoints import default_origin
 from collector.ledger import checkpoint_tables, open_store
 from collector.service.log_state import STATE_FILE
 from lab.site import Site
-from tests.e2e.attack_kit import truncate_ledger
+from tests.e2e.attack_kit import rehash_without_a_punch, truncate_ledger
 from tests.e2e.site_kit import Taps, cli, running_site, tapped_clock, wait_for
 from tests.witness.witness_kit import WITNESS_NAME, Log, ServerTLS, WitnessServer
 from wire.clock import now_us
@@ -130,6 +132,14 @@ def _witness_state(site: Site, device: str) -> dict[str, Any]:
     return state
 
 
+def _head(site: Site) -> int:
+    store = open_store(site.store_url)
+    try:
+        return store.head()[0]
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def cleanup() -> Iterator[list[WitnessServer]]:
     servers: list[WitnessServer] = []
@@ -138,8 +148,9 @@ def cleanup() -> Iterator[list[WitnessServer]]:
         srv.stop()
 
 
-def test_d5_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path,
-                                                      cleanup: list[WitnessServer]) -> None:
+@pytest.mark.parametrize("attack", ["truncate", "rehash"])
+def test_d5_clocks_cosign_then_refuse_an_attacked_ledger(tmp_path: Path, attack: str,
+                                                         cleanup: list[WitnessServer]) -> None:
     with running_site(tmp_path / "site") as site:
         site.prepare()
         _short_checkpoints(site)
@@ -187,22 +198,26 @@ def test_d5_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path,
         site.kill_collector("main", signal.SIGTERM)
         sizes = {d: int(Note.from_text(_witness_state(site, d)["note"]).body.split("\n")[1])
                  for d in DEVICES}
-        keep = min(sizes.values()) - 5
-        assert keep > 10, sizes
-        truncate_ledger(site.root / "ledger.db", keep)
+        if attack == "truncate":
+            keep = min(sizes.values()) - 5
+            assert keep > 10, sizes
+            truncate_ledger(site.root / "ledger.db", keep)
+        else:   # the same size, another history from ``keep`` (the victim) on
+            keep = rehash_without_a_punch(site.root / "ledger.db", _head(site))
+            assert 0 < keep < min(sizes.values()), (keep, sizes)
         (site.root / STATE_FILE).unlink()        # the attacker erases the collector's memory
         restart_us = now_us()
         site.start_collector()
         taps = Taps(site.clocks, interval_s=INTERVAL_S)
         try:
             wait_for(lambda: all(_witness_state(site, d).get("refusing") for d in DEVICES),
-                     120, "every clock refusing to cosign the truncated ledger")
+                     120, f"every clock refusing to cosign the attacked ({attack}) ledger")
             wait_for(lambda: all(r["witness"] == "refusing"
                                  for r in _device_list(site).values()), 60,
                      "device list showing every clock refusing")
             wait_for(lambda: f"witness {WITNESS_NAME} REFUSES" in (
                 site.root / "collectors" / "main" / "serve.log").read_text(), 120,
-                "the external witness refusing the truncated ledger")
+                f"the external witness refusing the attacked ({attack}) ledger")
         finally:
             taps.stop()
 
@@ -219,7 +234,8 @@ def test_d5_clocks_cosign_then_refuse_a_truncated_ledger(tmp_path: Path,
         for d in DEVICES:
             st = _witness_state(site, d)
             refusing = st["refusing"]
-            assert refusing["reason"] in ("shrinking", "inconsistent"), refusing
+            assert refusing["reason"] in (("shrinking", "inconsistent") if attack == "truncate"
+                                          else ("inconsistent",)), refusing
             assert refusing["offered_size"] in (offered_first, *[s for s in v2_sizes
                                                                  if s > keep][:1]), \
                 (refusing, offered_first, v2_sizes)
