@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import provision
+from agent import provision, resume
 from agent.config import AgentConfig, load_config
 from agent.errors import AgentError, ConfigError
 from agent.keystore import KeyRef, new_queue_key, save_queue_key
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="agent TOML file")
     p.set_defaults(func=cmd_check_config)
     provision.register(sub)   # provision BUNDLE, rotate-key
+    resume.register(sub)      # resume (a clock refusing taps: sequence)
     return parser
 
 
@@ -201,6 +202,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     free_now = free_bytes(config.device.state_dir)
     storage = snap.get("storage")
     full = isinstance(storage, dict) and storage.get("state") == "full"
+    sequence = snap.get("sequence")
+    refusing = isinstance(sequence, dict) and sequence.get("state") == "refusing"
     snap["running"] = live
     snap["free_bytes_now"] = free_now
     if args.json:
@@ -213,7 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if full or (writer_alive and not live):
             print(f"(the agent cannot record: free space in {config.device.state_dir}; it "
                   "resumes by itself, see docs/operations.md \"Storage full\")")
-    if live and not full:
+    if live and not full and not refusing:
         return 0
     return 4 if live or writer_alive else 3
 

@@ -33,3 +33,12 @@ class TapRefusedError(AgentError):
 
 class QueueIntegrityError(QueueError):
     """A queue row failed authentication (altered ciphertext, wrong key or wrong row)."""
+
+
+class SeqMarkError(QueueError):
+    """The sequence mark (agent/seqmark.py) could not be read or written, or is damaged."""
+
+
+class SequenceRefusedError(QueueError):
+    """The queue is behind its sequence mark (or the mark is lost): nothing may be recorded
+    until an operator resumes the clock (``timeclock-agent resume``); no seq was used."""

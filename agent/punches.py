@@ -9,7 +9,9 @@ A tap that cannot be committed is *refused*: no seq is used, the ``on_refused`` 
 buzzer or LED at the reader, see :mod:`agent.feedback`), and the error goes back to the reader.
 A refusal for lack of space is counted (``refused``), logged with one clear line per tap (after
 :data:`REFUSAL_LOG_BURST` lines, one line per :data:`REFUSAL_LOG_EVERY_S` with the count
-of those not logged) and raised as :class:`agent.errors.TapRefusedError`.
+of those not logged) and raised as :class:`agent.errors.TapRefusedError`. So is a refusal
+because the clock's sequence is refusing (its queue is behind its sequence mark, see
+:mod:`agent.seqmark`): reason :data:`REFUSED_SEQUENCE`, counted in ``refused_sequence``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.clock import ClockSource, SystemClock
-from agent.errors import QueueFullError, ReaderError, TapRefusedError
+from agent.errors import QueueFullError, ReaderError, SequenceRefusedError, TapRefusedError
 from agent.queue import Outbox
 from wire.errors import WireError
 from wire.keys import SigningKey
@@ -33,6 +35,7 @@ REFUSAL_LOG_BURST = 10
 REFUSAL_LOG_EVERY_S = 60.0
 REFUSED_FULL = "storage-full"      # reasons given to on_refused hooks
 REFUSED_ERROR = "error"
+REFUSED_SEQUENCE = "sequence"    # the queue is behind its sequence mark: resume needed
 
 
 class TapLike(Protocol):
@@ -49,8 +52,9 @@ class TapLike(Protocol):
 
 
 RefusedHook = Callable[[TapLike, str], None]
-"""``hook(tap, reason)`` after a tap was refused; ``reason`` is :data:`REFUSED_FULL` or
-:data:`REFUSED_ERROR`. Never given the credential to log: hooks must not log ``tap``."""
+"""``hook(tap, reason)`` after a tap was refused; ``reason`` is :data:`REFUSED_FULL`,
+:data:`REFUSED_SEQUENCE` or :data:`REFUSED_ERROR`. Never given the credential to log: hooks
+must not log ``tap``."""
 
 
 class _RefusalLog:
@@ -94,6 +98,7 @@ class PunchMaker:
         self._refusal_log = _RefusalLog(monotonic)
         self.recorded = 0
         self.refused = 0                 # taps refused because the queue's disk is full
+        self.refused_sequence = 0        # taps refused because the sequence is refusing
         self.last_recorded: SignedPunch | None = None
 
     def add_hook(self, hook: Callable[[SignedPunch], None]) -> None:
@@ -140,6 +145,18 @@ class PunchMaker:
                           f", {skipped} not logged" if skipped else "")
             self._refused_hook(tap, REFUSED_FULL)
             raise TapRefusedError(f"storage full, the punch was not recorded ({e})") from e
+        except SequenceRefusedError as e:
+            with self._lock:
+                self.refused_sequence += 1
+                n = self.refused_sequence
+            if self._refusal_log.allow():
+                skipped, self._refusal_log.suppressed = self._refusal_log.suppressed, 0
+                log.error("tap REFUSED on reader %s (action %s): %s; the punch was not "
+                          "recorded: this clock needs `timeclock-agent resume` (%d refused "
+                          "since start%s)", tap.reader, tap.action, e, n,
+                          f", {skipped} not logged" if skipped else "")
+            self._refused_hook(tap, REFUSED_SEQUENCE)
+            raise TapRefusedError(f"sequence refusing, the punch was not recorded ({e})") from e
         except Exception:
             self._refused_hook(tap, REFUSED_ERROR)
             raise

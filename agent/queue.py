@@ -23,6 +23,15 @@ it and advances the state in ONE transaction and returns only after COMMIT (fsyn
 never repeats or skips, even across a crash. :meth:`Outbox.delete_acked` is the only way a row
 leaves ``punches`` other than being set aside as unauthentic; a set-aside row is never returned.
 
+The sequence mark (:mod:`agent.seqmark`, given as ``mark=``) is a second record of the chain head
+outside this file, written after each COMMIT and before the punch is reported or readable by
+the publisher. At open the queue is compared with it: a queue behind its mark (file deleted or
+zero-length, WAL truncated, deleted or garbled), a mark that is lost while the queue was used
+with one, or a mark that disagrees with the queue makes :meth:`Outbox.sequence` read
+``refusing``, and :meth:`Outbox.record` raises :class:`SequenceRefusedError` (no seq used) until
+:meth:`Outbox.resume` continues the chain after the highest seq either record knows. So a seq
+is never used twice, even when SQLite silently drops committed transactions.
+
 A full disk (``SQLITE_FULL``) is a state, not a crash: the failed write is rolled back and raised
 as :class:`QueueFullError`, the outbox reads ``full`` in :meth:`Outbox.storage` until a later
 commit succeeds, and :meth:`Outbox.probe_storage` (the service calls it every tick) truncates
@@ -40,7 +49,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nacl import exceptions as nacl_exceptions
 from nacl.bindings import (
@@ -48,13 +57,22 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
 
-from agent.errors import QueueError, QueueFullError, QueueIntegrityError
+from agent.errors import (
+    QueueError,
+    QueueFullError,
+    QueueIntegrityError,
+    SeqMarkError,
+    SequenceRefusedError,
+)
 from wire import ZERO_HASH
 from wire.canonical import canonical, loads
 from wire.clock import now_us as wall_us
 from wire.errors import WireError
 from wire.fields import HASH_RE, validate_device_id
 from wire.punch import SignedPunch
+
+if TYPE_CHECKING:
+    from agent.seqmark import SeqLoss, SeqMark
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +233,37 @@ def is_full_error(e: BaseException) -> bool:
     return False
 
 
+# --- the sequence state ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SequenceState:
+    """Queue against sequence mark. ``state``: ``ok``, ``refusing`` (taps are refused until an
+    operator resumes the clock) or ``unmarked`` (no mark configured). ``reason`` (refusing):
+    ``queue-behind-mark``, ``mark-lost``, ``mark-damaged``, ``mark-disagrees``,
+    ``mark-write-failed``. ``lost`` is the seq range committed on this clock and gone from the
+    queue (``queue-behind-mark``)."""
+
+    state: str
+    reason: str | None
+    queue_seq: int
+    mark_seq: int | None
+    lost: tuple[int, int] | None
+    since_us: int
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "queue_seq": self.queue_seq,
+                "mark_seq": self.mark_seq, "lost": None if self.lost is None else list(self.lost),
+                "since_us": self.since_us, "detail": self.detail}
+
+
 # --- the outbox --------------------------------------------------------------------------------
 
 class Outbox:
     """The agent's durable, encrypted queue of signed punches. Thread-safe (one lock)."""
 
     def __init__(self, path: Path, key: bytes, device: str, *,
-                 now: Callable[[], int] = wall_us) -> None:
+                 now: Callable[[], int] = wall_us, mark: SeqMark | None = None) -> None:
         if len(key) != KEY_BYTES:
             raise QueueError(f"queue key must be {KEY_BYTES} bytes, got {len(key)}")
         self.path = path
@@ -234,9 +276,13 @@ class Outbox:
         self._full_detail = ""
         self._state_seen = ("ok", now())       # the last state storage() reported, since when
         self.full_errors = 0                   # writes (probes too) that failed for lack of space
+        self.mark = mark
+        self._sequence = SequenceState("unmarked", None, 0, None, None, now(), "no sequence mark")
         self._conn = self._connect()
         try:
             self._init_or_check()
+            if mark is not None:
+                self._sequence = self._reconcile(mark)
         except BaseException:
             self._conn.close()
             raise
@@ -405,28 +451,153 @@ class Outbox:
                                       f"state {seq} (rolled-back state?); refusing to reuse seqs")
         return seq, h
 
+    # sequence mark
+
+    def _marked(self) -> bool:
+        row = self._conn.execute("SELECT v FROM meta WHERE k = 'seqmark'").fetchone()
+        return row is not None
+
+    def _set_marked(self) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('seqmark', ?)", (b"1",))
+
+    def _refusing(self, reason: str, q_seq: int, m_seq: int | None, detail: str,
+                  lost: tuple[int, int] | None = None) -> SequenceState:
+        log.error("sequence REFUSING (%s): %s; taps are refused until an operator resumes this "
+                  "clock (timeclock-agent resume, docs/operations.md)", reason, detail)
+        return SequenceState("refusing", reason, q_seq, m_seq, lost, self._now(), detail)
+
+    def _reconcile(self, mark: SeqMark) -> SequenceState:
+        """Compare the queue's chain state with the mark (see the module docstring)."""
+        from agent.seqmark import Mark  # noqa: PLC0415 -- seqmark imports this module
+
+        q_seq, q_hash = self._read_state(self._conn)
+        marked = self._marked()
+        try:
+            m = mark.read()
+        except SeqMarkError as e:
+            return self._refusing("mark-damaged", q_seq, None, f"{e}; the queue is at seq {q_seq}")
+        if m is None:
+            if marked:
+                return self._refusing(
+                    "mark-lost", q_seq, None,
+                    f"{mark.path} is missing but this queue was kept with one (queue at seq "
+                    f"{q_seq}); the queue may be an old copy")
+            mark.create(Mark(q_seq, q_hash))
+            self._set_marked()
+            if q_seq:
+                log.info("sequence mark created at seq %d from the queue", q_seq)
+            return SequenceState("ok", None, q_seq, q_seq, None, self._now(), "mark created")
+        if not marked:
+            self._set_marked()
+        if q_seq > m.seq:
+            # A crash between the queue's COMMIT and the mark's write: the queue is ahead.
+            mark.write(Mark(q_seq, q_hash))
+        elif q_seq == m.seq and q_hash != m.hash:
+            return self._refusing("mark-disagrees", q_seq, m.seq,
+                                  f"queue and mark both end at seq {q_seq} with different punch "
+                                  f"hashes (a queue from another copy?)")
+        elif q_seq < m.seq:
+            return self._refusing(
+                "queue-behind-mark", q_seq, m.seq,
+                f"{self.path} ends at seq {q_seq} but the clock committed up to seq {m.seq} "
+                f"(queue file or WAL lost or damaged): seqs {q_seq + 1}..{m.seq} are gone from "
+                f"the queue", lost=(q_seq + 1, m.seq))
+        return SequenceState("ok", None, max(q_seq, m.seq), max(q_seq, m.seq), None,
+                             self._now(), "queue and mark agree")
+
+    def sequence(self) -> SequenceState:
+        """Queue against mark, as found at open (or after :meth:`resume`)."""
+        return self._sequence
+
+    def resume(self, *, reason: str, after_seq: int | None = None) -> SeqLoss:
+        """Continue a refusing chain after the highest seq known to the queue, the mark or the
+        operator (``after_seq``: e.g. the collector's last recorded seq of this clock); the next
+        punch gets that seq + 1, with ``prev`` the hash of the punch at that seq when it is
+        known. Records and returns the loss (an empty range when no seq was lost)."""
+        from agent.seqmark import LOSS_FILE, Mark, SeqLoss, append_loss  # noqa: PLC0415
+
+        if self.mark is None:
+            raise QueueError("this outbox has no sequence mark: nothing to resume")
+        with self._lock:
+            st = self._sequence
+            if st.state != "refusing":
+                raise QueueError(f"the sequence is {st.state}, not refusing: nothing to resume")
+            q_seq, q_hash = self._read_state(self._conn)
+            try:
+                m = self.mark.read()
+            except SeqMarkError:
+                m = None                    # a damaged mark is moved aside below
+            base = Mark(q_seq, q_hash)
+            if m is not None and m.seq >= base.seq:
+                base = m
+            if after_seq is not None and after_seq > base.seq:
+                base = Mark(after_seq, ZERO_HASH)   # beyond both: after a gap, prev is unknown
+            with self._tx() as c:
+                self._write_state(c, base.seq, base.hash)
+                c.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('seqmark', ?)", (b"1",))
+            if m is None:
+                if self.mark.path.exists():
+                    aside = self.mark.path.with_name(f"{self.mark.path.name}.damaged."
+                                                     f"{self._now()}")
+                    os.replace(self.mark.path, aside)
+                    log.warning("damaged sequence mark moved aside to %s", aside)
+                self.mark.create(base)
+            else:
+                self.mark.write(base)
+            loss = SeqLoss(first=q_seq + 1, last=base.seq, reason=reason[:200],
+                           detail=f"{st.reason}: {st.detail}"[:500], at_us=self._now())
+            append_loss(self.mark.path.with_name(LOSS_FILE), loss)
+            self._sequence = SequenceState("ok", None, base.seq, base.seq, None, self._now(),
+                                           f"resumed after seq {base.seq}")
+        lost = (f"seqs {loss.first}..{loss.last} lost from the queue"
+                if loss.last >= loss.first else "no seq lost")
+        log.error("sequence RESUMED by operator (%s): %s; the next punch is seq %d", reason,
+                  lost, base.seq + 1)
+        return loss
+
     # public API
 
     def record(self, build: Callable[[int, str], SignedPunch]) -> SignedPunch:
         """Commit the next punch: ``build(seq, prev)`` makes it inside ONE transaction with the
-        chain-state read and update; returns only after COMMIT. ``build`` errors roll back."""
-        with self._tx() as c:
-            last_seq, last_hash = self._read_state(c)
-            seq = last_seq + 1
-            signed = build(seq, last_hash)
-            p = signed.punch
-            if p.seq != seq or p.prev != last_hash or p.device != self.device:
-                raise QueueError(f"built punch {p.device}#{p.seq} does not continue the chain "
-                                 f"of {self.device} at seq {seq}")
-            nonce, ct = encrypt_row(self._key, self.device, seq, signed.to_bytes())
-            try:
-                c.execute("INSERT INTO punches (seq, created_us, nonce, ct) VALUES (?, ?, ?, ?)",
-                          (seq, self._now(), nonce, ct))
-                self._write_state(c, seq, signed.hash())
-            except sqlite3.Error as e:
-                self._rollback()
-                raise self._error(e, f"cannot store punch seq {seq}") from e
+        chain-state read and update; returns only after COMMIT and the sequence mark's write.
+        ``build`` errors roll back. A refusing sequence raises :class:`SequenceRefusedError`
+        before anything is built."""
+        with self._lock:
+            if self._sequence.state == "refusing":
+                st = self._sequence
+                raise SequenceRefusedError(f"sequence refusing ({st.reason}): {st.detail}")
+            with self._tx() as c:
+                last_seq, last_hash = self._read_state(c)
+                seq = last_seq + 1
+                signed = build(seq, last_hash)
+                p = signed.punch
+                if p.seq != seq or p.prev != last_hash or p.device != self.device:
+                    raise QueueError(f"built punch {p.device}#{p.seq} does not continue the "
+                                     f"chain of {self.device} at seq {seq}")
+                nonce, ct = encrypt_row(self._key, self.device, seq, signed.to_bytes())
+                try:
+                    c.execute("INSERT INTO punches (seq, created_us, nonce, ct) "
+                              "VALUES (?, ?, ?, ?)", (seq, self._now(), nonce, ct))
+                    self._write_state(c, seq, signed.hash())
+                except sqlite3.Error as e:
+                    self._rollback()
+                    raise self._error(e, f"cannot store punch seq {seq}") from e
+            if self.mark is not None:
+                self._advance_mark(seq, signed.hash())
         return signed
+
+    def _advance_mark(self, seq: int, punch_hash: str) -> None:
+        """After the COMMIT, still under the lock (the publisher cannot read the row yet)."""
+        from agent.seqmark import Mark  # noqa: PLC0415 -- seqmark imports this module
+
+        assert self.mark is not None  # noqa: S101 -- checked by the caller
+        try:
+            self.mark.write(Mark(seq, punch_hash))
+        except SeqMarkError as e:
+            # The punch is committed (it will be published); later taps are refused, since a
+            # queue lost now could reuse seqs the mark does not cover.
+            self._sequence = self._refusing("mark-write-failed", seq, seq - 1, str(e))
 
     def pending(self, *, limit: int = 500, max_bytes: int = 250_000,
                 after_seq: int = 0) -> list[SignedPunch]:
@@ -555,6 +726,8 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            if self.mark is not None:
+                self.mark.close()
             try:
                 self._conn.close()
             except sqlite3.Error as e:

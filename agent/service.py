@@ -17,6 +17,11 @@ is a visible state, not a silent failure: every tick probes the queue
 storage state is logged, sent as sd_notify ``STATUS=``, written to the status file at once and
 republished on the retained MQTT status; refused taps are counted in the status.
 
+The queue is opened with its sequence mark (``seqmark`` next to ``queue.db`` in the state
+directory, :mod:`agent.seqmark`): a queue behind its mark makes the agent run *refusing* — every
+tap refused with feedback, the reason in the log, sd_notify ``STATUS=`` and the status file's
+``sequence`` object — until an operator resumes it (``timeclock-agent resume``).
+
 The publisher plugs in through :data:`PublisherFactory`; by default it is
 ``agent.publisher.make_publisher`` when ``[mqtt]`` is configured, else nothing is published.
 """
@@ -34,7 +39,7 @@ from typing import Any, Protocol
 
 from agent.clock import ClockSource, SystemClock, clock_state
 from agent.config import AgentConfig
-from agent.errors import AgentError
+from agent.errors import AgentError, SeqMarkError
 from agent.feedback import CommandFeedback
 from agent.health import HealthReport, check_health
 from agent.keystore import load_queue, load_signing
@@ -42,6 +47,7 @@ from agent.punches import PunchMaker
 from agent.queue import Outbox, StorageState
 from agent.readers import build_reader
 from agent.readers.base import Reader
+from agent.seqmark import LOSS_FILE, MARK_FILE, SeqMark, read_losses
 from agent.status import STATUS_VERSION, agent_version, write_status
 from wire.clock import now_us
 from wire.device_status import StorageStatus
@@ -88,6 +94,13 @@ class PublisherFactory(Protocol):
                  status: StatusFn) -> Publisher | None: ...
 
 
+def open_outbox(config: AgentConfig, queue_key: bytes, *,
+                now: Callable[[], int] = now_us) -> Outbox:
+    """The outbox of ``config`` with its sequence mark (in the state directory)."""
+    mark = SeqMark(config.device.state_dir / MARK_FILE, queue_key, config.device.id)
+    return Outbox(config.queue_path, queue_key, config.device.id, now=now, mark=mark)
+
+
 def default_publisher_factory(config: AgentConfig, outbox: Outbox, *,
                               status: StatusFn) -> Publisher | None:
     if config.mqtt is None:
@@ -119,7 +132,7 @@ class AgentService:
         queue_key = load_queue(config.keys.queue_key, env)
         self.readers: list[Reader] = (list(readers) if readers is not None else
                                       [build_reader(r.name, r.section) for r in config.readers])
-        self.outbox = Outbox(config.queue_path, queue_key, config.device.id, now=now_us)
+        self.outbox = open_outbox(config, queue_key, now=now_us)
         try:
             self.punch_maker = PunchMaker(self.outbox, signing,
                                           clock=clock if clock is not None else SystemClock())
@@ -159,12 +172,20 @@ class AgentService:
                                if self.publisher is None else dict(self.publisher.state()))
         last: SignedPunch | None = self.punch_maker.last_recorded
         storage = self.storage_status(self.outbox.storage())
+        sequence = self.outbox.sequence().to_dict()
+        sequence["refused_taps"] = self.punch_maker.refused_sequence
+        try:
+            losses = read_losses(self.config.device.state_dir / LOSS_FILE)
+            sequence["losses"] = [x.to_dict() for x in losses[-10:]]
+        except SeqMarkError as e:
+            sequence["losses_error"] = str(e)
         return {
             "v": STATUS_VERSION, "device": self.config.device.id, "key": self.key_id,
             "version": agent_version(), "pid": os.getpid(), "state": self._state,
             "online": self._state == "running", "at_us": self._now_us(),
             "clock": clock_state(), "queue": queue, "readers": readers, "publisher": pub,
             "storage": storage.to_dict(),
+            "sequence": sequence,
             "recorded_since_start": self.punch_maker.recorded,
             "last_recorded_seq": None if last is None else last.punch.seq,
         }
@@ -231,7 +252,12 @@ class AgentService:
                 self.publisher.start()
             self._state = "running"
             self._write_status(force=True)
-            self.notifier.ready(f"recording; queue depth {self.outbox.depth()}")
+            seq = self.outbox.sequence()
+            if seq.state == "refusing":
+                self.notifier.ready(f"REFUSING TAPS: sequence {seq.reason}; run "
+                                    f"timeclock-agent resume ({seq.detail})"[:200])
+            else:
+                self.notifier.ready(f"recording; queue depth {self.outbox.depth()}")
             log.info("agent %s running: key %s, %d reader(s), queue seq %d, publisher %s",
                      self.config.device.id, self.key_id, len(self.readers),
                      self.outbox.last_seq(), "on" if self.publisher else "off")

@@ -158,6 +158,25 @@ def storage_line(storage: Any, *, now_us: int, free_now: int | None = None) -> s
     return f"storage:       {head}; {refused} tap(s) refused since start{now}"
 
 
+def sequence_line(seq: Any, *, now_us: int) -> str:
+    """``sequence: …`` for ``status``: the queue against its sequence mark (agent.seqmark)."""
+    if not isinstance(seq, dict):
+        return "sequence:      unknown"
+    losses = seq.get("losses") or []
+    lost = ""
+    if losses:
+        last = losses[-1]
+        rng = (f"seqs {last.get('first')}..{last.get('last')}"
+               if last.get("last", 0) >= last.get("first", 1) else "no seq")
+        lost = f"; {len(losses)} resume(s), last {_age(now_us, last.get('at_us'))}: {rng} lost"
+    if seq.get("state") == "refusing":
+        return (f"sequence:      REFUSING TAPS ({seq.get('reason')}) since "
+                f"{_age(now_us, seq.get('since_us'))}: {seq.get('detail', '')}; "
+                f"{seq.get('refused_taps', 0)} tap(s) refused; run `timeclock-agent resume` "
+                f"(docs/operations.md){lost}")
+    return f"sequence:      {seq.get('state', '?')} at seq {seq.get('mark_seq')}{lost}"
+
+
 def _inclusion_part(inc: Any, now_us: int) -> str:
     """The inclusion checks of the clock's own punches (agent.inclusion), for the witness
     line: loud while any failed."""
@@ -206,6 +225,7 @@ def render(snap: dict[str, Any], *, now_us: int, live: bool, writer_alive: bool 
         f"agent:         {agent} (pid {snap.get('pid', '?')}, "
         f"state {snap.get('state', '?')}, snapshot {_age(now_us, snap.get('at_us'))})",
         storage_line(snap.get("storage"), now_us=now_us, free_now=free_now),
+        sequence_line(snap.get("sequence"), now_us=now_us),
         f"clock:         {snap.get('clock', '?')}",
         f"queue depth:   {q.get('depth', '?')} unacked (last seq {q.get('last_seq', '?')}, "
         f"set aside {q.get('set_aside', '?')})",

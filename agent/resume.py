@@ -1,0 +1,66 @@
+"""``timeclock-agent resume``: the operator's conspicuous step that lets a refusing clock record.
+
+A clock whose queue is behind its sequence mark (agent/seqmark.py) refuses every tap. On a
+stopped agent, ``resume`` continues the chain after the highest seq the queue, the mark or the
+operator knows (``--after-seq``: the collector's last recorded seq of this clock, from
+``timeclock-collector device list``), never inside it, and appends the loss to ``seqloss.json``
+in the state directory (the seqs that were committed on the clock and are gone from its queue;
+those the collector did not record are lost). Nothing is deleted. The command prints what it did
+and is logged at ERROR level by the outbox; run it only after reading docs/operations.md
+"A clock refuses taps: sequence".
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.config import load_config
+from agent.errors import AgentError
+from agent.keystore import load_queue
+
+RESUME_EPILOG = """\
+Stop the agent first (systemctl stop timeclock-agent). Example:
+  timeclock-agent resume -c /etc/timeclock/agent.toml --reason "SD card replaced, ticket 4711"
+Exit 0 when resumed, 1 on an error, 2 when there is nothing to resume (the sequence is ok).
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resume`` to ``timeclock-agent``'s subcommands."""
+    p = sub.add_parser("resume", help="let a clock whose queue is behind its sequence mark "
+                                      "record again (records the loss)",
+                       description="Continue the seq chain after the highest seq known, "
+                                   "never reusing one, and record the lost range.",
+                       epilog=RESUME_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", required=True, type=Path, help="agent TOML file")
+    p.add_argument("--reason", required=True, help="why (kept in the loss record)")
+    p.add_argument("--after-seq", type=int, default=None,
+                   help="the collector's last recorded seq of this clock, if higher")
+    p.set_defaults(func=cmd_resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from agent.service import open_outbox  # noqa: PLC0415 -- pulls in the queue
+
+    config = load_config(args.config, check_readers=False)
+    if args.after_seq is not None and args.after_seq < 0:
+        raise AgentError("--after-seq must be 0 or more")
+    box = open_outbox(config, load_queue(config.keys.queue_key, None))
+    try:
+        st = box.sequence()
+        if st.state != "refusing":
+            print(f"{config.device.id}: sequence {st.state} ({st.detail}); nothing to resume")
+            return 2
+        print(f"{config.device.id}: sequence was refusing ({st.reason}): {st.detail}")
+        loss = box.resume(reason=args.reason, after_seq=args.after_seq)
+    finally:
+        box.close()
+    if loss.last >= loss.first:
+        print(f"RESUMED: seqs {loss.first}..{loss.last} were committed on this clock and are "
+              f"gone from its queue; those the collector did not record are LOST.")
+    else:
+        print("RESUMED: no seq is missing from the queue.")
+    print(f"The next punch is seq {loss.last + 1}; the loss is recorded in "
+          f"{config.device.state_dir / 'seqloss.json'}.")
+    return 0
