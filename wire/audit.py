@@ -712,7 +712,13 @@ class LedgerAuditor:
                 k.revoked_at_idx = idx
 
     def _fact_rejection(self, idx: int, rejection: Rejection) -> None:
-        """Nothing beyond the parse: the raw bytes are in quarantine, not in the bundle."""
+        """The raw bytes are in quarantine, not in the bundle. A ``fork`` (DESIGN.md §8.5: a
+        punch whose prev did not link to its recorded neighbours, quarantined instead of
+        appended) is reported as a finding, not tampering: the chain itself is intact."""
+        if rejection.reason == "fork":
+            self._add(idx, Check.DEVICE_CHAIN, f"a fork of {rejection.device or '?'}'s chain "
+                      f"was quarantined (not appended): {rejection.detail or ''}"[:500],
+                      tamper=False)
 
     def _fact_retention(self, idx: int, retention: Retention) -> None:
         self._state.retained.extend(retention.deleted)

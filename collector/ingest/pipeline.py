@@ -2,7 +2,10 @@
 
 Wiring only; the parts live elsewhere: collector.ingest.punch_verifier (steps 1-6), the store (7-8),
 collector.ingest.receipts (the ack rule), collector.ingest.checkpoints (signed checkpoints),
-collector.ingest.alerts (gaps, chain breaks, conflicts), collector.service.mqtt (paho).
+collector.ingest.alerts (gaps, chain breaks, conflicts, forks), collector.service.mqtt (paho).
+A punch whose ``prev`` does not link to its recorded neighbours is quarantined by the store as a
+fork (``Outcome.FORK``, a ``rejection`` entry with reason ``fork``) and raises a severity-1 alert;
+it is never appended as a punch and never acknowledged.
 
 Invariants:
 - ONE writer thread owns the store for appends: it takes messages from a bounded queue,
@@ -217,6 +220,13 @@ class Ingestor:
                         detail=f"seq {p.seq} arrived with another punch hash than the "
                                f"recorded one (cloned key or restored device?); quarantined "
                                f"at idx {r.idx}")
+                elif r.outcome is Outcome.FORK:
+                    # DESIGN.md §8.5 "Forks": quarantined by the store, never a punch entry.
+                    self.alerts.alert(
+                        "fork", severity=SEVERITY_CRITICAL, device=p.device,
+                        detail=f"seq {p.seq} does not link to the recorded neighbouring "
+                               f"punches (cloned key, or a clock that restarted its chain?); "
+                               f"quarantined at idx {r.idx}, not appended, not acknowledged")
                 elif r.outcome is Outcome.REJECTED:
                     # The registry changed between verification and the commit (revoked or
                     # rotated meanwhile): the store quarantined it under the chain lock.

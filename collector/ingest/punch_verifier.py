@@ -16,6 +16,7 @@ numbered the same in docs, logs and tests:
                                                                      ``key-not-valid-for-seq``
   (6) Ed25519 signature over the domain-prefixed canonical punch   → ``bad-signature``
   (7) dedupe on (device, seq)     — in the store's transaction     → DUPLICATE / ``conflict``
+      and the link to recorded neighbours (prev == hash(seq-1), hash == prev(seq+1)) → ``fork``
   (8) append                      — in the store's transaction
 
 Invariants:
@@ -56,7 +57,7 @@ from wire.topics import device_of
 REASONS = frozenset({
     "oversized", "malformed", "bad-topic", "device-mismatch", "unknown-device",
     "device-revoked", "unknown-key", "key-revoked", "key-not-valid-for-seq",
-    "bad-signature", "conflict", "internal-error", "registry-error"})
+    "bad-signature", "conflict", "fork", "internal-error", "registry-error"})
 _REGISTRY_REASONS = frozenset({"unknown-device", "device-revoked", "unknown-key",
                                "key-revoked", "key-not-valid-for-seq"})
 

@@ -65,6 +65,8 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"    # same (device, seq, hash) already recorded: receipt again
     CONFLICT = "conflict"      # same (device, seq), other hash: quarantined + rejection entry
     REJECTED = "rejected"      # a RejectionFact, recorded
+    FORK = "fork"              # prev does not link to the recorded neighbour: quarantined +
+                               # ``rejection`` entry (reason ``fork``), never a punch entry
 
 
 @dataclass(frozen=True, slots=True)

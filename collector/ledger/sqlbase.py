@@ -44,6 +44,7 @@ from wire.bodies import Body, BodyError, DeviceEvent, Retention, parse_body
 from wire.canonical import canonical
 from wire.errors import ProofError, WireError
 from wire.ledger import Entry, SignedCheckpoint, body_hash, make_entry
+from wire.punch import SignedPunch
 
 log = logging.getLogger("timeclock.ledger")
 
@@ -580,6 +581,7 @@ class _Append:
         self.quarantine: list[tuple[Any, ...]] = []
         self.retained: list[tuple[int, int, int]] = []
         self.sites: dict[str, str] = {}
+        self.prevs: dict[tuple[str, int], str] = {}     # prev of punches read or appended
         # Registry state read under the chain lock: (device status, keys by id).
         self.registry: dict[str, tuple[str | None, dict[str, tuple[str, int, int | None]]]] = {}
 
@@ -655,7 +657,9 @@ class _Append:
     def run(self, facts: Sequence[Fact]) -> list[AppendResult]:
         pairs = {(f.signed.punch.device, f.signed.punch.seq) for f in facts
                  if isinstance(f, PunchFact)}
-        seen = self.existing(self.cur, pairs) if pairs else {}
+        # The neighbours too: a punch whose prev does not link to them is a fork (_fork).
+        near = pairs | {(d, s + k) for d, s in pairs for k in (-1, 1) if s + k >= 1}
+        seen = self.existing(self.cur, near) if pairs else {}
         self._load_sites({d for d, _ in pairs})
         results: list[AppendResult] = []
         for f in facts:
@@ -685,6 +689,12 @@ class _Append:
                 detail=f"seq {p.seq} is already recorded at idx {prior[1]} with punch hash "
                        f"{prior[0]}; this punch hash is {h} (cloned key or restored device?)")
             return AppendResult(Outcome.CONFLICT, idx, p.device, p.seq)
+        fork = self._fork(f, h, seen)
+        if fork is not None:
+            idx = self._reject(reason="fork", detail=fork, topic=f.topic,
+                               raw=f.signed.to_bytes(), received_at=f.received_at,
+                               device=p.device)
+            return AppendResult(Outcome.FORK, idx, p.device, p.seq)
         invalid = self._still_valid(f)
         if invalid is not None:
             idx = self._reject(reason=invalid[0], detail=invalid[1], topic=f.topic,
@@ -693,9 +703,42 @@ class _Append:
             return AppendResult(Outcome.REJECTED, idx, p.device, p.seq)
         idx = self._entry("punch", f.signed.to_bytes())
         seen[key] = (h, idx)
+        self.prevs[key] = p.prev
         self.punches.append((p.device, p.seq, h, idx, p.key, p.ts, p.clock, p.credential,
                              p.action, p.reader, self.sites.get(p.device, "")))
         return AppendResult(Outcome.APPENDED, idx, p.device, p.seq)
+
+    def _fork(self, f: PunchFact, h: str, seen: dict[tuple[str, int], tuple[str, int]]
+              ) -> str | None:
+        """DESIGN.md §8.5 "Forks", the auditor's step (6) before the append: a punch whose
+        ``prev`` is not the hash of the recorded seq-1, or whose hash is not the ``prev`` of the
+        recorded seq+1, is never appended as a punch (the auditor would call that tampering)."""
+        p = f.signed.punch
+        below = seen.get((p.device, p.seq - 1))
+        if below is not None and below[0] != p.prev:
+            return (f"seq {p.seq} prev {p.prev} does not link to recorded seq {p.seq - 1} "
+                    f"(idx {below[1]}, hash {below[0]}): a fork of {p.device}'s chain "
+                    f"(cloned key, or a clock that lost its queue and restarted its chain?)")
+        above = seen.get((p.device, p.seq + 1))
+        if above is not None:
+            above_prev = self._prev_of(p.device, p.seq + 1, above[1])
+            if above_prev is not None and above_prev != h:
+                return (f"seq {p.seq} hash {h} is not the prev {above_prev} of recorded seq "
+                        f"{p.seq + 1} (idx {above[1]}): a fork of {p.device}'s chain")
+        return None
+
+    def _prev_of(self, device: str, seq: int, idx: int) -> str | None:
+        """The ``prev`` of the recorded punch (device, seq) at ``idx``; None if its body was
+        deleted under retention (the auditor cannot check that link either)."""
+        if (device, seq) in self.prevs:
+            return self.prevs[(device, seq)]
+        self.cur.execute(self.sql("SELECT body FROM bodies WHERE idx = ?"), (idx,))
+        row = self.cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        prev = SignedPunch.from_bytes(bytes(row[0])).punch.prev
+        self.prevs[(device, seq)] = prev
+        return prev
 
     def _event(self, f: EventFact) -> AppendResult:
         try:
