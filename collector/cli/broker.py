@@ -7,8 +7,11 @@ and data/ (persistence), all rendered by collector.fleet.broker_config.
 from __future__ import annotations
 
 import argparse
+import os
+import pwd
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from collector import PKIError
 from collector.fleet.broker_config import (
@@ -17,6 +20,7 @@ from collector.fleet.broker_config import (
     DEFAULT_MAX_QUEUED_MESSAGES,
     prepare_broker_dir,
 )
+from collector.fleet.broker_process import PID_FILE, prepare_managed_broker
 from collector.fleet.pki import CertificateAuthority
 
 EPILOG = textwrap.dedent("""\
@@ -36,20 +40,38 @@ EPILOG = textwrap.dedent("""\
 
 def _cmd(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.open(args.ca)
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "max_queued_messages": args.max_queued_messages,
         "max_inflight_messages": args.max_inflight_messages,
         "autosave_interval_s": args.autosave_interval,
     }
     if args.user is not None:
         options["user"] = args.user
+    # Started as root, Mosquitto switches to `user` (default `mosquitto`), which must own
+    # the directory: else it cannot write its pid file and crash-loops (issue 15).
+    owner = args.user or ("mosquitto" if os.geteuid() == 0 else None)
+    account = None
+    if os.geteuid() == 0 and owner is not None:
+        try:
+            account = pwd.getpwnam(owner)
+        except KeyError as e:
+            raise PKIError(f"--user {owner}: no such account (Mosquitto started as root "
+                           f"switches to it; give --user ACCOUNT, e.g. the account serve "
+                           f"runs as)") from e
+    prepare = prepare_broker_dir if args.standalone else prepare_managed_broker
     try:
-        files = prepare_broker_dir(ca, args.out, port=args.port, host=args.host,
-                                   collectors=args.collector, server_name=args.server_name,
-                                   **options)
+        files = prepare(ca, args.out, port=args.port, host=args.host,
+                        collectors=args.collector, server_name=args.server_name, **options)
+        if account is not None:
+            for path in (files.directory, *files.directory.rglob("*")):
+                os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
     except OSError as e:
         raise PKIError(f"cannot write the broker directory {args.out}: {e}") from e
     print(f"broker configuration written to {files.directory}")
+    if account is not None:
+        print(f"  owned by {owner} (the account Mosquitto runs as when started as root)")
+    if not args.standalone:
+        print(f"  pid file {files.directory / PID_FILE}: `device revoke` reloads it")
     print(f"  listener {files.settings.host}:{files.settings.port} (mTLS only), collectors: "
           f"{', '.join(files.settings.collectors)}")
     print(f"  run: mosquitto -c {files.config_file}")
@@ -74,7 +96,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "collector.NAME (repeatable)")
     p.add_argument("--server-name", default="broker",
                    help="server certificate under CA/server/ (%(default)s)")
-    p.add_argument("--user", help="account Mosquitto runs as (default: its own `mosquitto`)")
+    p.add_argument("--user", help="account Mosquitto runs as (default: its own `mosquitto`); "
+                                  "as root, the directory is given to it")
+    p.add_argument("--standalone", action="store_true",
+                   help="for timeclock-broker.service: no pid or log file (the journal logs); "
+                        "default: the managed layout `serve` and `device revoke` need (pid "
+                        "file, log file, dynamic-security plugin)")
     p.add_argument("--max-queued-messages", type=int, default=DEFAULT_MAX_QUEUED_MESSAGES,
                    metavar="N", help="per-client QoS 1 queue (%(default)s)")
     p.add_argument("--max-inflight-messages", type=int, default=DEFAULT_MAX_INFLIGHT_MESSAGES,

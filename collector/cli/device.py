@@ -29,6 +29,7 @@ from typing import Any
 
 from collector import CollectorError, PKIError, RegistryError
 from collector.cli.ca import _passphrase
+from collector.cli.ledger import open_existing_store
 from collector.fleet import devices as fleet
 from collector.fleet.broker_process import BrokerControl, cut_off
 from collector.fleet.pki import DEFAULT_LEAF_DAYS, REASONS, CertificateAuthority
@@ -37,7 +38,6 @@ from collector.fleet.provisioning import (
     parse_broker,
     renew_certificate,
 )
-from collector.ledger import open_store
 from collector.ledger.registry import enroll, revoke, rotate
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, load_config
@@ -88,7 +88,7 @@ def _config(args: argparse.Namespace) -> CollectorConfig | None:
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[SQLStore]:
     cfg = _config(args)
-    store = open_store(cfg.collector.store if cfg is not None else args.store)
+    store = open_existing_store(cfg.collector.store if cfg is not None else args.store)
     try:
         yield store
     finally:

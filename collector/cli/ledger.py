@@ -201,12 +201,21 @@ def _log_keys(args: argparse.Namespace) -> dict[str, VerifyKey]:
     return keys
 
 
-@contextmanager
-def _store(url: str) -> Iterator[SQLStore]:
+def open_existing_store(url: str) -> SQLStore:
+    """Open the ledger ``url`` names, refusing a SQLite file that does not exist (opening
+    one would create an empty ledger: a typo in --store must not look like a fresh site).
+    Only ``init``, ``migrate`` and ``serve`` create a ledger. A PostgreSQL database that does
+    not exist or lacks the schema is refused by the store itself."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
-        raise LedgerError(f"{path}: no such ledger file")
-    store = open_store(url)
+        raise LedgerError(f"{path}: no such ledger file (a typo in --store?); "
+                          f"`timeclock-collector init` or `migrate --store URL` creates one")
+    return open_store(url)
+
+
+@contextmanager
+def _store(url: str) -> Iterator[SQLStore]:
+    store = open_existing_store(url)
     try:
         yield store
     finally:

@@ -16,19 +16,20 @@ from wire.cli import missing_extra, run_command, setup_logging
 
 EPILOG = """\
 a site in a few commands (each has --help with examples; docs/operations.md walks through it):
-  timeclock-collector ca init /etc/timeclock/ca
-  timeclock-collector ca issue-server --ca /etc/timeclock/ca --dns broker.example.org
-  timeclock-collector broker-config --ca /etc/timeclock/ca --out /var/lib/timeclock/broker \\
-      --port 8883 --collector main
-  timeclock-collector device enroll --csr clock-0017.csr --signing-key clock-0017.pub ...
+  timeclock-collector init --user timeclock --origin acme.example/timeclock \\
+      --dns mqtt.acme.example --listen 0.0.0.0     # CA, log key, certificates, broker, config
+  timeclock-collector init --check --user timeclock  # what is missing or wrong (changes nothing)
   timeclock-collector serve --config /etc/timeclock/collector.toml
+  timeclock-collector device enroll --config /etc/timeclock/collector.toml --ca /etc/timeclock/ca \\
+      --csr clock-0017.csr --signing-key B64 --site hq --broker mqtt.acme.example:8883 --out b
+  timeclock-collector ca status --ca /etc/timeclock/ca --broker-dir /var/lib/timeclock/broker
   timeclock-collector verify --store sqlite:///var/lib/timeclock/ledger.db --log-key-pub B64
   timeclock-collector export --store URL --bundle ./audit-2026-11 --log-key-pub B64
 or see everything run on this machine first, from a checkout:  bash scripts/demo.sh
 """
 
 # Command modules, in --help order. Each is collector.cli.<name>.
-COMMANDS: tuple[str, ...] = ("ca", "broker", "serve", "ledger", "device", "token")
+COMMANDS: tuple[str, ...] = ("init", "ca", "broker", "serve", "ledger", "device", "token")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from collector.access.directory import Principals
 from collector.access.principals import ROLES
 from collector.access.tokens import parse_duration_days
-from collector.ledger import open_store
+from collector.cli.ledger import open_existing_store
 from wire.clock import now_us
 
 EPILOG = textwrap.dedent("""\
@@ -131,7 +131,7 @@ def _actor() -> str:
 @contextmanager
 def _principals(args: argparse.Namespace) -> Iterator[Principals]:
     """The principals of ``--store``; the store is closed when the command is done."""
-    store = open_store(args.store)
+    store = open_existing_store(args.store)     # a typo must not make a new, empty ledger
     try:
         yield Principals(store)            # creates the access tables in a SQLite ledger
     finally:

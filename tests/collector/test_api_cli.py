@@ -19,6 +19,7 @@ from tests.collector.api_kit import access_bodies
 def test_d7_token_create_list_revoke_and_review(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "ledger.db")
+    assert main(["migrate", "--store", db]) == 0   # token commands never create a ledger
     assert main(["token", "create", "--store", db, "--principal", "alice", "--role",
                  "hr.read", "--role", "hr.correct", "--expires", "30d"]) == 0
     token = capsys.readouterr().out.strip()

@@ -261,8 +261,10 @@ def test_cli_happy_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out_dir = tmp_path / "broker"
     assert main(["broker-config", "--ca", str(ca_dir), "--out", str(out_dir), "--port", "8883",
                  "--collector", "main", "--collector", "collector.standby"]) == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == [
-        "acl", "ca.crt", "crl.pem", "data", "mosquitto.conf", "server.crt", "server.key"]
+    assert {"acl", "ca.crt", "crl.pem", "data", "mosquitto.conf", "server.crt",
+            "server.key"} <= {p.name for p in out_dir.iterdir()}
+    # the managed layout: what `device revoke` needs (issue 15)
+    assert f"pid_file {out_dir / 'mosquitto.pid'}" in (out_dir / "mosquitto.conf").read_text()
     assert mode(out_dir / "server.key") == 0o600
     assert "user collector.standby" in (out_dir / "acl").read_text()
     # Regenerating into the same directory is allowed (same key), a different key is not.

@@ -162,6 +162,7 @@ def test_d1_registry_entries_satisfy_the_shared_auditor(store: SQLStore) -> None
 
 def test_device_register_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "ledger.db"
+    assert main(["migrate", "--store", str(db)]) == 0   # device commands never create one
     assert main(["device", "register", "--store", str(db), "--device", "clock-17",
                  "--site", "hq", "--signing-key", b64("a"), "--approver", "bob"]) == 0
     assert "enrolled clock-17 at hq: ledger entry 0" in capsys.readouterr().out
