@@ -10,4 +10,4 @@ echo "== mypy (strict: agent/ collector/ wire/)"
 .venv/bin/mypy
 echo "== import contracts"; .venv/bin/lint-imports
 echo "== pytest"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"
