@@ -2,7 +2,9 @@
 
 A "tap" is timed from the moment a reader would hand it over (``Tap.mono_us``) until
 :meth:`agent.punches.PunchMaker.record` returns, i.e. the punch is built, signed (Ed25519),
-encrypted (XChaCha20-Poly1305) and committed with ``synchronous=FULL`` in WAL mode. The
+encrypted (XChaCha20-Poly1305), committed with ``synchronous=FULL`` in WAL mode and its
+sequence mark written (agent/seqmark.py: one pwrite + fdatasync, as the agent runs;
+``--no-mark`` measures without it, as before the mark existed). The
 baseline is a bare ``INSERT`` + ``COMMIT`` of a row of the same size into a plain SQLite file
 with the same pragmas, interleaved tap by tap so both see the same disk. Each run uses fresh
 files; the table shows medians over runs of each run's p50/p99.
@@ -11,6 +13,7 @@ Target: median p99 of a punch ≤ 2 × median p99 of the bare commit; exit statu
 
     python bench/agent_latency.py             # 5 runs x 300 taps
     python bench/agent_latency.py --quick     # 3 runs x 100 taps
+    python bench/agent_latency.py --no-mark   # the outbox without its sequence mark
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import common  # sets sys.path to the repository root
 from agent.punches import PunchMaker
 from agent.queue import Outbox
 from agent.readers.base import Tap
+from agent.seqmark import SeqMark
 from wire.keys import SigningKey
 
 TARGET_RATIO = 2.0
@@ -44,11 +48,13 @@ def _bare_db(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def one_run(workdir: Path, taps: int) -> tuple[list[float], list[float]]:
+def one_run(workdir: Path, taps: int, *, mark: bool = True) -> tuple[list[float], list[float]]:
     """Return (punch latencies, bare commit latencies) in milliseconds."""
     run_dir = Path(tempfile.mkdtemp(prefix="latency-", dir=workdir))
     try:
-        outbox = Outbox(run_dir / "queue.db", os.urandom(32), "bench-clock")
+        key = os.urandom(32)
+        outbox = Outbox(run_dir / "queue.db", key, "bench-clock",
+                        mark=SeqMark(run_dir / "seqmark", key, "bench-clock") if mark else None)
         maker = PunchMaker(outbox, SigningKey.generate())
         bare = _bare_db(run_dir / "bare.db")
         punch_ms: list[float] = []
@@ -79,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="independent runs (default 5)")
     ap.add_argument("--taps", type=int, default=300, help="taps per run (default 300)")
     ap.add_argument("--quick", action="store_true", help="3 runs x 100 taps")
+    ap.add_argument("--no-mark", action="store_true",
+                    help="no sequence mark (the outbox before agent/seqmark.py)")
     ap.add_argument("--dir", type=Path, default=None,
                     help="directory on the filesystem to measure (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -94,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p50s: list[tuple[float, float]] = []
     p99s: list[tuple[float, float]] = []
     for r in range(args.runs):
-        punch, bare = one_run(workdir, args.taps)
+        punch, bare = one_run(workdir, args.taps, mark=not args.no_mark)
         p = (common.percentile(punch, 50), common.percentile(punch, 99))
         b = (common.percentile(bare, 50), common.percentile(bare, 99))
         p50s.append((p[0], b[0]))
@@ -105,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
            common.median([x[1] for x in p50s]), common.median([x[1] for x in p99s])]
     ratio = med[1] / med[3]
     rows.append(["median", *(f"{v:.2f}" for v in med), f"{ratio:.2f}"])
-    print(f"{args.runs} runs x {args.taps} taps; milliseconds")
+    print(f"{args.runs} runs x {args.taps} taps; milliseconds; sequence mark "
+          f"{'off' if args.no_mark else 'on'}")
     print(common.table(["", "punch p50", "punch p99", "bare p50", "bare p99", "p99 ratio"],
                        rows))
     ok = ratio <= TARGET_RATIO
