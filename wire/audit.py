@@ -49,6 +49,7 @@ from wire import ZERO_HASH
 from wire.bodies import (
     UNDELETABLE_KINDS,
     Access,
+    Alert,
     BodyError,
     Correction,
     DeviceEvent,
@@ -725,6 +726,9 @@ class LedgerAuditor:
 
     def _fact_access(self, idx: int, access: Access) -> None:
         """Informational for the verifier (protocol §7.2)."""
+
+    def _fact_alert(self, idx: int, alert: Alert) -> None:
+        """Informational for the verifier (protocol §7.2): what a detector saw."""
 
     def _fact_correction(self, idx: int, correction: Correction) -> None:
         original = correction.original_idx

@@ -18,6 +18,7 @@ carry more, which are informational and never change the meaning of the required
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -98,13 +99,24 @@ class Correction:
 
 
 @dataclass(frozen=True, slots=True)
+class Alert:
+    """An ``alert`` body: what a detector saw (collector.ingest.alerts); informational for the
+    verifier, which checks only its shape (protocol §7.2)."""
+
+    alert: str
+    severity: int
+    detail: str
+    device: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Access:
     """An ``access`` body: any object (who read or exported what), informational."""
 
     fields: Mapping[str, Any]
 
 
-Body = SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access
+Body = SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
 
 
 def parse_device(value: Any) -> DeviceEvent:
@@ -182,7 +194,20 @@ def parse_access(value: Any) -> Access:
     return Access(require(value, "access body", ()))
 
 
-def parse_body(kind: str, value: Any, *, idx: int) -> Body:
+ALERT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+
+def parse_alert(value: Any) -> Alert:
+    obj = require(value, "alert body", ("alert", "severity", "detail"))
+    severity = get_int(obj, "severity", minimum=1)
+    if severity > 3:
+        raise DecodeError("severity: expected 1 (critical), 2 (warning) or 3 (info)",
+                          field="severity")
+    device = get_str(obj, "device", DEVICE_ID_RE) if obj.get("device") is not None else None
+    return Alert(get_str(obj, "alert", ALERT_RE), severity, get_str(obj, "detail"), device)
+
+
+def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911 - one per kind
     """The body of a ``kind`` entry at ``idx``, parsed strictly; else :class:`BodyError`."""
     try:
         if kind == "punch":
@@ -197,6 +222,8 @@ def parse_body(kind: str, value: Any, *, idx: int) -> Body:
             return parse_correction(value, idx)
         if kind == "access":
             return parse_access(value)
+        if kind == "alert":
+            return parse_alert(value)
     except BodyError:
         raise
     except WireError as e:
