@@ -4,7 +4,7 @@ The outbox (:mod:`agent.queue`) holds the chain state inside ``queue.db``. If th
 WAL, is lost or damaged (an SD card swap with the keys kept, a zero-length file, a truncated or
 garbled WAL), SQLite opens what is left without complaint and the chain would silently restart
 below seqs the clock already used: the collector would see reused seqs (conflicts) and forks
-(docs/protocol.md §13.10, DESIGN.md §8.5 "Forks"). The mark is the second, independent record
+(docs/protocol.md §13.11, DESIGN.md §8.5 "Forks"). The mark is the second, independent record
 that makes this visible: the queue is compared with it at every open, and a queue *behind* its
 mark refuses to record until an operator resumes it (``timeclock-agent resume``), which continues
 the chain *after* the mark, never inside it, and records the loss (:data:`LOSS_FILE`).
