@@ -29,6 +29,7 @@ from collector.api.errors import (
 from collector.api.keys import ACCESS_LOG, CLOCK, CTX, PRINCIPALS, THROTTLE, RequestContext
 from collector.api.rbac import authorize
 from collector.api.routes import Handler, route_of
+from collector.fleet.pki import client_kind
 
 log = logging.getLogger("timeclock.api")
 
@@ -68,6 +69,11 @@ async def authenticate(request: web.Request, rec: AccessRecord) -> Principal:
     cn = _peer_cn(request)
     if cn is not None:
         rec.auth = "cert"
+        if client_kind(cn) != "api-client":
+            # A clock's or collector's certificate is an MQTT identity, never an API one.
+            raise UnauthenticatedError(f"client certificate {cn[:80]!r} is a "
+                                       f"{client_kind(cn) or 'unknown'} certificate; the API "
+                                       f"accepts only api-client certificates (CN api.<name>)")
         try:
             return await asyncio.to_thread(principals.authenticate_cert, cn, now_us=now)
         except TokenError as e:

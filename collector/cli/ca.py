@@ -17,6 +17,7 @@ from collector import PKIError
 from collector.fleet import cert_status
 from collector.fleet.broker_process import BrokerControl, BrokerError
 from collector.fleet.pki import (
+    CLIENT_KINDS,
     DEFAULT_CA_DAYS,
     DEFAULT_CRL_DAYS,
     DEFAULT_LEAF_DAYS,
@@ -221,10 +222,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None: 
     p = cmds.add_parser("sign-csr", help="sign a device's or collector's CSR",
                         epilog="example: timeclock-collector ca sign-csr --ca DIR clock-17.csr "
                                "--kind device --out clock-17.crt\n"
-                               "The CN must be the device id (device) or collector.<name>.")
+                               "The CN must be the device id (device), collector.<name> or "
+                               "api.<name> (api-client).")
     common(p)
     p.add_argument("csr", type=Path, metavar="CSR", help="PEM CSR (timeclock-agent init makes one)")
-    p.add_argument("--kind", choices=("device", "collector"), required=True)
+    p.add_argument("--kind", choices=CLIENT_KINDS, required=True,
+                   help="api-client: an API integration (CN api.<name>), refused by the broker")
     p.add_argument("--days", type=int, default=DEFAULT_LEAF_DAYS,
                    help="validity in days (%(default)s)")
     p.add_argument("--out", type=Path, required=True, metavar="CERT",

@@ -31,7 +31,7 @@ from collector import CollectorError, PKIError, RegistryError
 from collector.cli.ca import _passphrase
 from collector.cli.ledger import open_existing_store
 from collector.fleet import devices as fleet
-from collector.fleet.broker_process import BrokerControl, cut_off
+from collector.fleet.broker_process import CONTROL_IDENTITY, BrokerControl, cut_off
 from collector.fleet.pki import DEFAULT_LEAF_DAYS, REASONS, CertificateAuthority
 from collector.fleet.provisioning import (
     enroll_device,
@@ -359,10 +359,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     statuses: dict[str, fleet.StatusReading] | None = None
     if cfg is not None and not args.no_status:
         try:
-            statuses = fleet.read_retained_statuses(
+            # The managed broker's control identity when there is one: the broker forces the
+            # client id to the CN, so the collector's own certificate would replace its session.
+            own = BrokerControl(cfg.broker.dir).control_client() if cfg.broker.dir else None
+            host, port, ctx, ident = (*own, CONTROL_IDENTITY) if own is not None else (
                 cfg.mqtt.host, cfg.mqtt.port,
                 client_context(cfg.mqtt.ca_cert, cfg.mqtt.cert, cfg.mqtt.key),
-                cfg.collector.identity, timeout_s=args.timeout_s)
+                cfg.collector.identity)
+            statuses = fleet.read_retained_statuses(host, port, ctx, ident,
+                                                    timeout_s=args.timeout_s)
         except (CollectorError, WireError) as e:
             print(f"(statuses unavailable: {e})")
     with _store(args) as store:

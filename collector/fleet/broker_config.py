@@ -9,6 +9,15 @@ Invariants of the rendered configuration:
 - ``require_certificate true`` + ``use_identity_as_username true``: the certificate CN *is*
   the MQTT user, so the ACL's ``%u`` is the device id the CA vouched for;
 - ``crlfile`` is always set: a broker that cannot check revocation does not start;
+- ``use_username_as_clientid true``: the client id *is* the certificate CN, so no
+  certificate can take another identity's client id (kick the collector off, wipe its
+  session); a second connection of the same certificate replaces the first;
+- the ``timeclock_acl`` plugin (``timeclock_acl.c``, built by :func:`build_acl_plugin`) is
+  loaded before any other: it refuses at SUBSCRIBE every filter the ACL file does not let
+  the client read (``$share/...`` included; only listed collectors may share), and every
+  access of an identity that is neither a device id nor a ``user`` of the ACL file (API
+  client certificates, unlisted collectors). Mosquitto 2.0's ACL file alone checks only at
+  delivery;
 - a device may write only its own ``punches``/``status``/``cosignature``/``inclusion/request``
   and read only its own ``acks``, ``checkpoint`` (witness requests, wire.witness) and
   ``inclusion`` (proofs of its punches, wire.inclusion) and the log checkpoint; each listed
@@ -19,8 +28,13 @@ Invariants of the rendered configuration:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import ipaddress
+import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +55,12 @@ DEFAULT_MAX_QUEUED_MESSAGES = 1_000_000
 # Per client, outgoing QoS 1 in flight; paho is fastest around 100 (DESIGN.md §4).
 DEFAULT_MAX_INFLIGHT_MESSAGES = 100
 DEFAULT_AUTOSAVE_INTERVAL_S = 60
+
+ACL_PLUGIN_SOURCE = Path(__file__).with_name("timeclock_acl.c")
+ACL_PLUGIN_FILE = "timeclock_acl.so"
+# wire.fields.DEVICE_ID_RE as a POSIX extended regular expression (the plugin's regcomp);
+# tests/collector/test_broker.py checks that both accept the same names.
+DEVICE_ID_ERE = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
 def collector_id(name: str) -> str:
@@ -64,6 +84,7 @@ class BrokerSettings:
     acl_file: Path
     persistence_location: Path
     collectors: tuple[str, ...]
+    acl_plugin: Path
     host: str = "127.0.0.1"
     max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES
     max_inflight_messages: int = DEFAULT_MAX_INFLIGHT_MESSAGES
@@ -93,7 +114,7 @@ class BrokerSettings:
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be ≥ 1")
         for name in ("cafile", "certfile", "keyfile", "crlfile", "acl_file",
-                     "persistence_location"):
+                     "persistence_location", "acl_plugin"):
             value = str(getattr(self, name))
             if any(ch in value for ch in "\n\r") or value != value.strip():
                 problems.append(f"{name}: path {value!r} cannot be written to mosquitto.conf")
@@ -147,6 +168,10 @@ def render_mosquitto_conf(s: BrokerSettings) -> str:
         "per_listener_settings false",
         "allow_anonymous false",
         f"acl_file {s.acl_file}",
+        # First plugin: its SUBSCRIBE answer is final; it defers publish/read to the ACL file.
+        f"plugin {s.acl_plugin}",
+        f"plugin_opt_acl_file {s.acl_file}",
+        f"plugin_opt_device_re {DEVICE_ID_ERE}",
         "",
         "persistence true",
         f"persistence_location {persistence}",
@@ -180,9 +205,52 @@ def render_mosquitto_conf(s: BrokerSettings) -> str:
         f"crlfile {s.crlfile}",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
     ]
     lines += list(s.extra)
     return "\n".join(lines) + "\n"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "timeclock"
+
+
+def build_acl_plugin(out: Path, *, cc: str | None = None) -> Path:
+    """Compile ``timeclock_acl.c`` and copy the shared object to ``out`` (0644).
+
+    Built once per source version into ``$XDG_CACHE_HOME/timeclock`` (the compiler runs only
+    when the source changed); needs a C compiler (``cc``, or ``$CC``) and nothing else: the
+    source declares the Mosquitto 2.0 plugin ABI itself. Raises ConfigError when it cannot.
+    """
+    source = ACL_PLUGIN_SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    cached = _cache_dir() / f"timeclock_acl-{digest}.so"
+    compiler = cc or os.environ.get("CC") or "cc"
+    try:
+        if not cached.is_file():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".so.tmp")
+            os.close(fd)
+            try:
+                r = subprocess.run(  # noqa: S603 -- fixed arguments, no shell
+                    [compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(ACL_PLUGIN_SOURCE)],
+                    capture_output=True, text=True, timeout=120, check=False)
+                if r.returncode != 0:
+                    raise ConfigError([f"broker ACL plugin: {compiler} failed to build "
+                                       f"{ACL_PLUGIN_SOURCE}: {r.stderr.strip()[:2000]}"])
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, cached)  # concurrent builders: the last rename wins, same bytes
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        write_public_file(Path(out), cached.read_bytes())
+    except FileNotFoundError as e:
+        raise ConfigError([f"broker ACL plugin: no C compiler {compiler!r} to build "
+                           f"{ACL_PLUGIN_SOURCE} (install gcc, or set $CC): {e}"]) from e
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ConfigError([f"broker ACL plugin: cannot build or install {out}: {e}"]) from e
+    return Path(out)
 
 
 def write_broker_files(s: BrokerSettings, config_file: Path) -> tuple[Path, Path]:
@@ -219,8 +287,9 @@ def _copy_key(src: Path, dst: Path) -> None:
 def prepare_broker_dir(ca: CertificateAuthority, out: Path, *, port: int,
                        collectors: Sequence[str], host: str = "127.0.0.1",
                        server_name: str = "broker", **options: object) -> BrokerFiles:
-    """Build ``out`` = mosquitto.conf, acl, ca.crt, crl.pem, server.crt, server.key (0600),
-    data/. ``options`` are further :class:`BrokerSettings` fields (user, max_queued_messages…).
+    """Build ``out`` = mosquitto.conf, acl, timeclock_acl.so, ca.crt, crl.pem, server.crt,
+    server.key (0600), data/. ``options`` are further :class:`BrokerSettings` fields (user,
+    max_queued_messages…).
 
     The CRL is a copy: after a revocation, refresh it (``ca crl --out OUT/crl.pem``) and make
     the broker load it (certs/README.md, "Revocation and Mosquitto").
@@ -238,12 +307,13 @@ def prepare_broker_dir(ca: CertificateAuthority, out: Path, *, port: int,
         shutil.copyfile(ca.crl_file, out / "crl.pem")
         shutil.copyfile(cert_src, out / "server.crt")
         _copy_key(key_src, out / "server.key")
+        build_acl_plugin(out / ACL_PLUGIN_FILE)
     except OSError as e:
         raise PKIError(f"cannot prepare broker directory {out}: {e}") from e
     settings = BrokerSettings(
         port=port, host=host, cafile=out / "ca.crt", certfile=out / "server.crt",
         keyfile=out / "server.key", crlfile=out / "crl.pem", acl_file=out / "acl",
-        persistence_location=out / "data",
+        persistence_location=out / "data", acl_plugin=out / ACL_PLUGIN_FILE,
         collectors=tuple(collector_id(c) for c in collectors),
         **options)  # type: ignore[arg-type]
     config_file, _ = write_broker_files(settings, out / "mosquitto.conf")

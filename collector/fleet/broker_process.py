@@ -16,16 +16,23 @@ the revoked identities' sessions: with the plugin, ``createClient`` + ``disableC
 reconnection then fails the TLS handshake against the new CRL); without it, a broker
 restart (persistence keeps queued messages; every client reconnects with backoff).
 
-Invariants: the plugin never decides access here: the ACL file answers first and its answer
-is final (checked in tests/e2e), and the plugin's default access is "deny"; only collector
-identities may publish to the control topic; the supervisor never restarts a broker it was
-asked to stop or pause.
+The control client has its own identity, ``collector.broker-control`` (``control.crt`` and
+``control.key``, 0600, issued into the broker directory when it is prepared): the broker
+forces every client id to its certificate CN (broker_config), so a control client using the
+collector's certificate would replace the running collector's session.
+
+Invariants: the dynamic-security plugin never decides access here: timeclock_acl answers
+SUBSCRIBE, then the ACL file answers publish/read and its answer is final (checked in
+tests/e2e), and the dynamic-security default access is "deny"; only collector identities and
+the control identity may publish to the control topic; the supervisor never restarts a
+broker it was asked to stop or pause.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime as dt
 import json
 import logging
 import os
@@ -42,9 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from collector import CollectorError
+from collector import CollectorError, PKIError
 from collector.fleet.broker_config import BrokerFiles, prepare_broker_dir
 from collector.fleet.pki import CertificateAuthority
+from wire.errors import WireError
+from wire.tls import client_context
+from wire.topics import ALL_STATUS
 
 log = logging.getLogger("timeclock.broker")
 
@@ -57,6 +67,10 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 PID_FILE = "mosquitto.pid"
 LOG_FILE = "mosquitto.log"
 DYNSEC_FILE = "dynamic-security.json"
+CONTROL_IDENTITY = "collector.broker-control"
+CONTROL_CERT = "control.crt"
+CONTROL_KEY = "control.key"
+FORCED_CLIENT_ID = "use_username_as_clientid true"
 RELOADED = "Reloading config."
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 30.0
@@ -84,11 +98,13 @@ def prepare_managed_broker(ca: CertificateAuthority, directory: Path, *, port: i
     files = prepare_broker_dir(ca, directory, port=port, collectors=collectors, host=host,
                                extra=tuple(extra), **options)
     if plugin is not None:
-        lines = ["", "# Revocation: collectors may drive the dynamic-security plugin",
-                 "# (disableClient drops a revoked clock's live session)."]
-        for cid in files.settings.collectors:
+        lines = ["", "# Revocation: collectors and the broker's control identity may drive the",
+                 "# dynamic-security plugin (disableClient drops a revoked clock's live session)."]
+        for cid in (*files.settings.collectors, CONTROL_IDENTITY):
             lines += [f"user {cid}", f"topic write {CONTROL_TOPIC}",
                       f"topic read {CONTROL_TOPIC}/response"]
+        # `device list` reads the retained statuses as the control identity.
+        lines.append(f"topic read {ALL_STATUS}")
         with open(files.settings.acl_file, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         dyn = directory / DYNSEC_FILE
@@ -101,7 +117,31 @@ def prepare_managed_broker(ca: CertificateAuthority, directory: Path, *, port: i
             fd = os.open(dyn, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(doc, f)
+        _ensure_control_identity(ca, directory)
     return files
+
+
+def _ensure_control_identity(ca: CertificateAuthority, directory: Path) -> None:
+    """Issue ``collector.broker-control`` into the broker directory unless it is there. A CA
+    whose key cannot be used here (passphrase not given) leaves revocation on the restart
+    path, with a warning."""
+    key, cert = directory / CONTROL_KEY, directory / CONTROL_CERT
+    if key.is_file() and cert.is_file():
+        return
+    try:
+        ca.issue_client(CONTROL_IDENTITY, key, cert, kind="collector",
+                        now=dt.datetime.now(dt.UTC))
+    except PKIError as e:
+        log.warning("no broker control identity (%s): `device revoke` will restart the "
+                    "broker to cut a live session", e)
+
+
+def uses_forced_client_ids(directory: Path) -> bool:
+    try:
+        text = (Path(directory) / "mosquitto.conf").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return FORCED_CLIENT_ID in text.splitlines()
 
 
 def uses_plugin(directory: Path) -> bool:
@@ -328,6 +368,24 @@ class BrokerControl:
         _wait(lambda: _log_count(self.log_file, RELOADED) > before, timeout_s,
               "log a reload after SIGHUP")
 
+    def control_client(self) -> tuple[str, int, ssl.SSLContext] | None:
+        """(host, port, TLS context) of the directory's control identity, if it has one."""
+        d = self.directory
+        if not (d / CONTROL_CERT).is_file() or not (d / CONTROL_KEY).is_file():
+            return None
+        try:
+            text = (d / "mosquitto.conf").read_text(encoding="utf-8")
+            listener = next(ln.split() for ln in text.splitlines()
+                            if ln.startswith("listener "))
+            port = int(listener[1])
+            host = listener[2] if len(listener) > 2 else "127.0.0.1"
+            ctx = client_context(d / "ca.crt", d / CONTROL_CERT, d / CONTROL_KEY)
+        except (OSError, StopIteration, ValueError, IndexError, WireError) as e:
+            raise BrokerError(f"{d}: unusable broker control identity: {e}") from e
+        if host in ("0.0.0.0", "::"):  # noqa: S104 -- a listen address, not a bind here
+            host = "127.0.0.1"
+        return host, port, ctx
+
     def restart(self, timeout_s: float = 15.0) -> None:
         """SIGTERM the broker; its supervisor (``serve``/``site``) starts it again."""
         old = self.pid()
@@ -349,8 +407,8 @@ def disable_clients(host: str, port: int, context: ssl.SSLContext, identity: str
     done = threading.Event()
     subscribed = threading.Event()
     answers: list[dict[str, Any]] = []
-    c = mqtt.Client(CallbackAPIVersion.VERSION2,
-                    client_id=f"{identity}.ctl-{secrets.token_hex(4)}", protocol=mqtt.MQTTv5)
+    # The broker forces the client id to the certificate CN anyway (use_username_as_clientid).
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity, protocol=mqtt.MQTTv5)
     c.tls_set_context(context)
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -395,10 +453,19 @@ def cut_off(control: BrokerControl, crl_file: Path, identities: Sequence[str], *
     t0 = time.monotonic()
     control.install_crl(crl_file)
     control.reload(timeout_s)
-    if context is not None and identity is not None and uses_plugin(control.directory):
+    own = control.control_client() if uses_plugin(control.directory) else None
+    if own is not None:
         # The control client's CONNACK comes after the reload (Mosquitto is single-threaded),
         # so a clock kicked now reconnects against the new CRL.
-        disable_clients(host, port, context, identity, identities, timeout_s=timeout_s)
+        disable_clients(own[0], own[1], own[2], CONTROL_IDENTITY, identities,
+                        timeout_s=timeout_s)
+        return CutOff("disable-client", time.monotonic() - t0)
+    if context is not None and identity is not None and uses_plugin(control.directory) \
+            and not uses_forced_client_ids(control.directory):
+        # An older broker directory (client ids not forced): the collector's certificate
+        # may connect a second time under another client id.
+        disable_clients(host, port, context, f"{identity}.ctl-{secrets.token_hex(4)}",
+                        identities, timeout_s=timeout_s)
         return CutOff("disable-client", time.monotonic() - t0)
     control.restart(timeout_s * 3)
     return CutOff("restart", time.monotonic() - t0)

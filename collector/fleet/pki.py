@@ -1,5 +1,6 @@
-"""The site CA (DESIGN.md §1, §4): issues broker, device and collector TLS certificates, revokes
-them and publishes the CRL that the broker checks. ``cryptography`` only; never shells out.
+"""The site CA (DESIGN.md §1, §4): issues broker, device, collector and API-client TLS
+certificates, revokes them and publishes the CRL that the broker checks. ``cryptography``
+only; never shells out.
 
 CA directory (documented in certs/README.md)::
 
@@ -14,7 +15,10 @@ Invariants:
 - a key or certificate is never overwritten; key files are created 0600 and a key file that
   group/others can read is refused before use;
 - a device certificate's CN matches the device-id pattern, a collector's is ``collector.<name>``
-  (the dot keeps the two disjoint, so an ACL ``%u`` of a collector never names a device topic);
+  (the dot keeps the two disjoint, so an ACL ``%u`` of a collector never names a device topic),
+  an API integration's (kind ``api-client``) is ``api.<name>``: the three shapes are disjoint,
+  so the CN alone says what a certificate is for (:func:`client_kind`). The broker refuses
+  every access of an ``api.`` identity (timeclock_acl) and the API accepts no other kind;
   client certificates carry EKU clientAuth only, the broker's serverAuth only;
 - every issued certificate is in the index before the call returns, so it can be revoked;
 - every time comes from a ``now=`` parameter.
@@ -46,8 +50,9 @@ from wire.fields import COLLECTOR_ID_RE, DEVICE_ID_RE
 from wire.keys import check_private_file, write_private_file, write_public_file
 from wire.tls import make_tls_key_and_csr
 
-Kind = Literal["device", "collector", "server"]
-CLIENT_KINDS: tuple[str, ...] = ("device", "collector")
+Kind = Literal["device", "collector", "api-client", "server"]
+CLIENT_KINDS: tuple[str, ...] = ("device", "collector", "api-client")
+API_CLIENT_ID_RE = re.compile(r"^api\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
@@ -78,6 +83,33 @@ REASONS: dict[str, x509.ReasonFlags] = {
 _DNS_RE = re.compile(r"^(?=.{1,253}$)(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*"
                      r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def client_kind(cn: str) -> str | None:
+    """The client-certificate kind a CN of this CA has (``device``, ``collector``,
+    ``api-client``), or None: :meth:`CertificateAuthority.sign_csr` issues no other shape."""
+    if DEVICE_ID_RE.fullmatch(cn):
+        return "device"
+    if COLLECTOR_ID_RE.fullmatch(cn):
+        return "collector"
+    if API_CLIENT_ID_RE.fullmatch(cn):
+        return "api-client"
+    return None
+
+
+def _api_client_key_and_csr(cn: str) -> tuple[bytes, bytes]:
+    """wire.tls.make_tls_key_and_csr for an ``api.<name>`` CN (wire knows only the two MQTT
+    kinds): an EC P-256 key (PKCS#8 PEM) and its CSR."""
+    if not API_CLIENT_ID_RE.fullmatch(cn):
+        raise PKIError(f"api-client CN {cn[:80]!r} must be api.<name> "
+                       f"(match {API_CLIENT_ID_RE.pattern})")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+           .sign(key, hashes.SHA256()))
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()),
+            csr.public_bytes(serialization.Encoding.PEM))
 
 
 def _iso(t: dt.datetime) -> str:
@@ -413,7 +445,8 @@ class CertificateAuthority:
 
     def sign_csr(self, csr_pem: bytes, *, kind: str, now: dt.datetime,
                  days: int = DEFAULT_LEAF_DAYS) -> IssuedCert:
-        """Sign a device's or collector's CSR as a TLS client certificate (EKU clientAuth).
+        """Sign a device's, collector's or API client's CSR as a TLS client certificate (EKU
+        clientAuth).
 
         Only the CSR's CN and public key are used; any extensions it asks for are ignored.
         """
@@ -437,6 +470,9 @@ class CertificateAuthority:
         if kind == "collector" and not COLLECTOR_ID_RE.fullmatch(cn):
             raise PKIError(f"collector CN {cn[:80]!r} must be collector.<name> "
                            f"(match {COLLECTOR_ID_RE.pattern})")
+        if kind == "api-client" and not API_CLIENT_ID_RE.fullmatch(cn):
+            raise PKIError(f"api-client CN {cn[:80]!r} must be api.<name> "
+                           f"(match {API_CLIENT_ID_RE.pattern})")
         public_key = csr.public_key()
         _check_public_key(public_key)
         return self._leaf(cn=cn, public_key=public_key, kind=kind,  # type: ignore[arg-type]
@@ -453,7 +489,8 @@ class CertificateAuthority:
             if Path(p).exists():
                 raise PKIError(f"{p}: exists; refusing to overwrite")
         try:
-            key_pem, csr_pem = make_tls_key_and_csr(cn)
+            key_pem, csr_pem = (_api_client_key_and_csr(cn) if kind == "api-client"
+                                else make_tls_key_and_csr(cn))
         except WireError as e:
             raise PKIError(str(e)) from e
         issued = self.sign_csr(csr_pem, kind=kind, now=now, days=days)

@@ -40,9 +40,9 @@ def test_d5_own_receipted_punches_are_asked_and_proven(broker: MosquittoBroker,
                                                        log_key: SigningKey,
                                                        tmp_path: Path) -> None:
     punches = broker.subscribe("collector.test", topics.punches(DEVICE))
-    requests = broker.subscribe("collector.test", request_topic(DEVICE),
-                                client_id="collector-test-inclusion")
-    col = broker.client("collector.test", client_id="collector-test-acks")
+    # One certificate, one connection: the broker forces the client id to the CN.
+    assert broker.suback(punches.client, [request_topic(DEVICE)]) == ["Granted QoS 1"]
+    requests, col = punches, punches.client
     record_n(outbox, device_key, 3)
     witness = ClockWitness(witness_path(tmp_path), DEVICE, device_key, log_key.verify_key)
     checker = InclusionChecker(inclusion_path(tmp_path), DEVICE)
@@ -68,7 +68,8 @@ def test_d5_own_receipted_punches_are_asked_and_proven(broker: MosquittoBroker,
         cp = Checkpoint(ORIGIN, 13, root(tree, 13))
         col.publish(checkpoint_topic(DEVICE), AddCheckpoint(0, (), cp.sign(log_key)).to_bytes(),
                     qos=1).wait_for_publish(30)
-        req = InclusionRequest.from_bytes(requests.get().payload)
+        req = InclusionRequest.from_bytes(requests.get_until(
+            lambda m: m.topic == request_topic(DEVICE))[-1].payload)
         assert (req.size, req.leaves) == (13, (10, 12))
         answer = InclusionAnswer(DEVICE, 13, tuple(
             LeafProof(i, entries[i], tuple(inclusion_proof(tree, i, 13))) for i in req.leaves))

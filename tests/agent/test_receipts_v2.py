@@ -25,7 +25,7 @@ def test_a_v2_receipt_for_another_punch_keeps_ours(broker: MosquittoBroker, outb
                                                    device_key: SigningKey,
                                                    log_key: SigningKey) -> None:
     punches = broker.subscribe("collector.test", topics.punches(DEVICE))
-    col = broker.client("collector.test", client_id="collector-test-acks")
+    col = punches.client   # one certificate, one connection (client id forced to the CN)
     record_n(outbox, device_key, 3)            # queued before it connects: one envelope
     pub = Publisher(outbox, DEVICE, log_key=log_key.verify_key, settings=settings(broker))
     pub.start()

@@ -149,7 +149,7 @@ def _free_port() -> int:
 async def test_https_tls12_minimum_and_client_certificate_principal(
         sqlite_store: SQLiteStore, pki: TestPKI) -> None:
     seed(sqlite_store)
-    Principals(sqlite_store).register_cert("payroll-system", ["payroll.export"],
+    Principals(sqlite_store).register_cert("api.payroll-system", ["payroll.export"],
                                            actor="cli:t", now_us=1)
     section = ApiSection(cert=pki.server_cert_file, key=pki.server_key_file,
                          listen="127.0.0.1", port=_free_port(), client_ca=pki.ca_file,
@@ -157,7 +157,7 @@ async def test_https_tls12_minimum_and_client_certificate_principal(
     runner = await start_api(section, sqlite_store, log_keys={})
     try:
         url = f"https://127.0.0.1:{section.port}"
-        sys_cert = pki.device("payroll-system")       # CN = payroll-system, our CA
+        sys_cert = pki.api_client("payroll-system")   # CN = api.payroll-system, our CA
         ctx = ssl.create_default_context(cafile=str(pki.ca_file))
         ctx.load_cert_chain(str(sys_cert.cert_file), str(sys_cert.key_file))
         async with aiohttp.ClientSession() as s:
@@ -184,4 +184,5 @@ async def test_https_tls12_minimum_and_client_certificate_principal(
         await runner.cleanup()
     recs = requests_of(sqlite_store)
     assert [(r["principal"], r["auth"], r["status"]) for r in recs] == [
-        ("payroll-system", "cert", 200), ("anonymous", "cert", 401), ("anonymous", "none", 200)]
+        ("api.payroll-system", "cert", 200), ("anonymous", "cert", 401),
+        ("anonymous", "none", 200)]

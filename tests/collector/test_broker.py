@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 import time
@@ -12,11 +13,18 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from collector import ConfigError
-from collector.fleet.broker_config import BrokerSettings, render_acl, render_mosquitto_conf
+from collector.fleet.broker_config import (
+    DEVICE_ID_ERE,
+    BrokerSettings,
+    build_acl_plugin,
+    render_acl,
+    render_mosquitto_conf,
+)
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.pki import TestPKI
 from tests.polling import wait_for
 from wire import inclusion, topics, witness
+from wire.fields import DEVICE_ID_RE
 
 MARKER = b"marker"
 
@@ -26,7 +34,7 @@ def settings(**kw: Any) -> BrokerSettings:
         "port": 8883, "cafile": Path("/b/ca.crt"), "certfile": Path("/b/server.crt"),
         "keyfile": Path("/b/server.key"), "crlfile": Path("/b/crl.pem"),
         "acl_file": Path("/b/acl"), "persistence_location": Path("/b/data"),
-        "collectors": ("collector.main",)}
+        "collectors": ("collector.main",), "acl_plugin": Path("/b/timeclock_acl.so")}
     base.update(kw)
     return BrokerSettings(**base)
 
@@ -41,7 +49,8 @@ def test_conf_has_every_required_directive() -> None:
                  "set_tcp_nodelay true", "listener 8883 0.0.0.0", "tls_version tlsv1.2",
                  "cafile /b/ca.crt", "certfile /b/server.crt", "keyfile /b/server.key",
                  "crlfile /b/crl.pem", "require_certificate true",
-                 "use_identity_as_username true"]:
+                 "use_identity_as_username true", "use_username_as_clientid true",
+                 "plugin /b/timeclock_acl.so", "plugin_opt_acl_file /b/acl"]:
         assert line in lines
     # Exactly one listener, and it is the TLS one (no plain port, no default 1883).
     assert [ln for ln in lines if ln.startswith(("listener", "port"))] == [
@@ -143,7 +152,8 @@ def test_d3_refused_certificates(mosquitto: MosquittoBroker, pki: TestPKI, case:
     assert result.accepted is False, result
     expected = ("peer did not return a certificate" if case == "no-client-cert"
                 else "certificate verify failed")
-    assert expected in mosquitto.log_text()
+    # The refusal is logged by the broker, not necessarily before our socket saw it.
+    wait_for(lambda: expected in mosquitto.log_text(), 30, f"the broker to log {expected!r}")
     # The broker still serves good clients.
     assert mosquitto.probe(mosquitto.context("dev-a")).accepted is True
 
@@ -179,7 +189,11 @@ def test_d3_crl_is_loaded_at_start(mosquitto_factory: Any, pki: TestPKI) -> None
 
 def test_d3_device_cannot_publish_into_another_devices_topics(mosquitto: MosquittoBroker
                                                               ) -> None:
-    sub = mosquitto.subscribe("collector.main", "timeclock/v1/#")
+    sub = mosquitto.subscribe("collector.main", topics.ALL_PUNCHES)
+    # Every topic a collector may read; the acks/witness/inclusion answers it writes only.
+    assert mosquitto.suback(sub.client, [topics.ALL_STATUS, witness.ALL_COSIGNATURES,
+                                         inclusion.ALL_INCLUSION_REQUESTS, topics.CHECKPOINT]
+                            ) == ["Granted QoS 1"] * 4
     a = mosquitto.client("dev-a")
     denied: list[tuple[str, Any]] = []
     done = threading.Event()
@@ -206,14 +220,14 @@ def test_d3_device_cannot_publish_into_another_devices_topics(mosquitto: Mosquit
 
 
 def test_d3_device_cannot_read_another_devices_acks(mosquitto: MosquittoBroker) -> None:
-    a = mosquitto.subscribe("dev-a", "timeclock/v1/devices/+/acks")
-    snoop = mosquitto.subscribe("dev-a", "timeclock/v1/#", client_id="dev-a-snoop")
+    a = mosquitto.subscribe("dev-a", topics.acks("dev-a"))
+    # Refused at SUBSCRIBE (timeclock_acl), not filtered at delivery.
+    assert mosquitto.suback(a.client, ["timeclock/v1/devices/+/acks", "timeclock/v1/#",
+                                       topics.acks("dev-b")]) == ["Not authorized"] * 3
     col = mosquitto.client("collector.main")
     publish_ok(col, topics.acks("dev-b"), b"for b")
     publish_ok(col, topics.acks("dev-a"), MARKER)
     assert [(m.topic, m.payload) for m in a.get_until(lambda m: m.payload == MARKER)] == [
-        (topics.acks("dev-a"), MARKER)]
-    assert [(m.topic, m.payload) for m in snoop.get_until(lambda m: m.payload == MARKER)] == [
         (topics.acks("dev-a"), MARKER)]
 
 
@@ -221,17 +235,17 @@ def test_witness_topics_each_device_its_own(mosquitto: MosquittoBroker) -> None:
     """A clock reads only its own witness requests and publishes only its own cosignatures
     (DESIGN.md §8.3); the collector reads every clock's cosignatures."""
     col_sub = mosquitto.subscribe("collector.main", witness.ALL_COSIGNATURES)
-    a = mosquitto.subscribe("dev-a", "timeclock/v1/devices/+/checkpoint")
-    snoop = mosquitto.subscribe("dev-a", "timeclock/v1/#", client_id="dev-a-snoop")
-    col = mosquitto.client("collector.main", client_id="collector-pub")
+    a = mosquitto.subscribe("dev-a", witness.checkpoint_topic("dev-a"))
+    assert mosquitto.suback(a.client, ["timeclock/v1/devices/+/checkpoint",
+                                       witness.checkpoint_topic("dev-b"),
+                                       witness.ALL_COSIGNATURES]) == ["Not authorized"] * 3
+    col = mosquitto.client("collector.standby")
     publish_ok(col, witness.checkpoint_topic("dev-b"), b"for b")
     publish_ok(col, witness.checkpoint_topic("dev-a"), MARKER)
     assert [(m.topic, m.payload) for m in a.get_until(lambda m: m.payload == MARKER)] == [
         (witness.checkpoint_topic("dev-a"), MARKER)]
-    assert [m.payload for m in snoop.get_until(lambda m: m.payload == MARKER)] == [MARKER]
     publish_ok(mosquitto.client("dev-b"), witness.cosignature_topic("dev-b"), b"b's")
-    publish_ok(mosquitto.client("dev-a", client_id="dev-a-pub"),
-               witness.cosignature_topic("dev-a"), MARKER)
+    publish_ok(a.client, witness.cosignature_topic("dev-a"), MARKER)
     got = col_sub.get_until(lambda m: m.payload == MARKER)
     assert sorted((m.topic, m.payload) for m in got) == [
         (witness.cosignature_topic("dev-a"), MARKER), (witness.cosignature_topic("dev-b"),
@@ -242,17 +256,18 @@ def test_inclusion_topics_each_device_its_own(mosquitto: MosquittoBroker) -> Non
     """A clock publishes only its own inclusion requests and reads only the answers to it
     (protocol.md §13.9); the collector reads every clock's requests and answers each."""
     col_sub = mosquitto.subscribe("collector.main", inclusion.ALL_INCLUSION_REQUESTS)
-    a = mosquitto.subscribe("dev-a", "timeclock/v1/devices/+/inclusion")
-    snoop = mosquitto.subscribe("dev-a", "timeclock/v1/#", client_id="dev-a-snoop")
-    col = mosquitto.client("collector.main", client_id="collector-pub")
+    a = mosquitto.subscribe("dev-a", inclusion.answer_topic("dev-a"))
+    assert mosquitto.suback(a.client, ["timeclock/v1/devices/+/inclusion",
+                                       inclusion.answer_topic("dev-b"),
+                                       inclusion.ALL_INCLUSION_REQUESTS]) == [
+        "Not authorized"] * 3
+    col = mosquitto.client("collector.standby")
     publish_ok(col, inclusion.answer_topic("dev-b"), b"for b")
     publish_ok(col, inclusion.answer_topic("dev-a"), MARKER)
     assert [(m.topic, m.payload) for m in a.get_until(lambda m: m.payload == MARKER)] == [
         (inclusion.answer_topic("dev-a"), MARKER)]
-    assert [m.payload for m in snoop.get_until(lambda m: m.payload == MARKER)] == [MARKER]
     publish_ok(mosquitto.client("dev-b"), inclusion.request_topic("dev-b"), b"b's")
-    publish_ok(mosquitto.client("dev-a", client_id="dev-a-pub"),
-               inclusion.request_topic("dev-a"), MARKER)
+    publish_ok(a.client, inclusion.request_topic("dev-a"), MARKER)
     got = col_sub.get_until(lambda m: m.payload == MARKER)
     assert sorted((m.topic, m.payload) for m in got) == [
         (inclusion.request_topic("dev-a"), MARKER), (inclusion.request_topic("dev-b"),
@@ -260,22 +275,26 @@ def test_inclusion_topics_each_device_its_own(mosquitto: MosquittoBroker) -> Non
 
 
 def test_d3_device_cannot_read_other_punches_or_status(mosquitto: MosquittoBroker) -> None:
-    snoop = mosquitto.subscribe("dev-a", "timeclock/v1/devices/#")
+    a = mosquitto.subscribe("dev-a", topics.acks("dev-a"))
+    assert mosquitto.suback(a.client, ["timeclock/v1/devices/#", topics.ALL_PUNCHES,
+                                       topics.ALL_STATUS, topics.punches("dev-b"),
+                                       topics.SHARED_PUNCHES]) == ["Not authorized"] * 5
     b = mosquitto.client("dev-b")
     publish_ok(b, topics.punches("dev-b"), b"b's punches")
     publish_ok(b, topics.status("dev-b"), b"b's status")
     publish_ok(mosquitto.client("collector.main"), topics.acks("dev-a"), MARKER)
-    assert [m.payload for m in snoop.get_until(lambda m: m.payload == MARKER)] == [MARKER]
+    assert [m.payload for m in a.get_until(lambda m: m.payload == MARKER)] == [MARKER]
 
 
 def test_d3_unlisted_collector_gets_nothing(mosquitto: MosquittoBroker) -> None:
-    rogue = mosquitto.subscribe("collector.rogue", "timeclock/v1/#")
-    publish_ok(mosquitto.client("dev-a"), topics.punches("dev-a"), b"p")
-    publish_ok(mosquitto.client("collector.main"), topics.acks("dev-a"), b"ack")
-    publish_ok(mosquitto.client("collector.main", client_id="cm2"), topics.CHECKPOINT,
-               MARKER, retain=True)
-    # The checkpoint is readable by every certificate holder, nothing else is.
-    assert [m.payload for m in rogue.get_until(lambda m: m.payload == MARKER)] == [MARKER]
+    rogue = mosquitto.client("collector.rogue")
+    # Not a device id and no `user` of the ACL: every SUBSCRIBE refused, the checkpoint too.
+    assert mosquitto.suback(rogue, ["timeclock/v1/#", topics.CHECKPOINT,
+                                    topics.SHARED_PUNCHES]) == ["Not authorized"] * 3
+    info = rogue.publish(topics.punches("collector.rogue"), b"p", qos=1)
+    info.wait_for_publish(30)
+    assert "timeclock_acl: denied PUBLISH timeclock/v1/devices/collector.rogue/punches for " \
+        "collector.rogue" in mosquitto.log_text()
 
 
 def test_shared_subscription_splits_between_collectors(mosquitto: MosquittoBroker) -> None:
@@ -330,3 +349,55 @@ def test_fixture_stop_start_same_port_and_kill(mosquitto: MosquittoBroker) -> No
     assert mosquitto.running is False
     mosquitto.start()
     assert mosquitto.running is True
+
+
+# -- issue 11: one stolen certificate breaks nothing -------------------------------------------
+
+@pytest.mark.parametrize("name", [
+    "a", "dev-a", "clock-17", "a" * 63, "0-9", "a" * 64, "-a", "a-", "Dev", "dev.a",
+    "collector.main", "api.payroll", "dev a", "dev/+", "", "dev_a"])
+def test_device_id_ere_matches_wire_pattern(name: str) -> None:
+    # The plugin's POSIX pattern and wire.fields.DEVICE_ID_RE accept the same names.
+    assert bool(re.fullmatch(DEVICE_ID_ERE, name)) is bool(DEVICE_ID_RE.fullmatch(name))
+
+
+@pytest.mark.subprocess
+def test_acl_plugin_build_without_compiler_is_a_clear_error(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="no C compiler '/nonexistent/cc'"):
+        build_acl_plugin(tmp_path / "p.so", cc="/nonexistent/cc")
+    assert not (tmp_path / "p.so").exists()
+    assert list((tmp_path / "cache" / "timeclock").iterdir()) == []   # no temp left
+
+
+def test_d3_client_id_is_forced_to_the_certificate_cn(mosquitto: MosquittoBroker) -> None:
+    col = mosquitto.subscribe("collector.main", topics.SHARED_PUNCHES)
+    # A device asking for the collector's client id gets its own CN instead; the collector
+    # is not kicked and still receives punches.
+    thief = mosquitto.client("dev-a", client_id="collector.main")
+    log = mosquitto.log_text()
+    assert re.search(r"New client connected from \S+ as dev-a \(", log)
+    assert "Client collector.main already connected" not in log
+    publish_ok(thief, topics.punches("dev-a"), MARKER)
+    assert col.get().payload == MARKER
+    assert col.client.is_connected() is True
+
+
+def test_d3_api_client_certificate_gets_nothing(mosquitto: MosquittoBroker, pki: TestPKI
+                                                ) -> None:
+    api = mosquitto.client("api.payroll", context=pki.api_client("payroll").context())
+    assert mosquitto.suback(api, [topics.CHECKPOINT, topics.SHARED_PUNCHES,
+                                  topics.acks("api.payroll")]) == ["Not authorized"] * 3
+    done = threading.Event()
+    codes: list[Any] = []
+
+    def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: Any, _p: Any) -> None:
+        codes.append(rc)
+        done.set()
+
+    api.on_publish = on_publish
+    api.publish(topics.punches("api.payroll"), b"p", qos=1)
+    assert done.wait(30)
+    assert codes[0].getName() == "Not authorized"

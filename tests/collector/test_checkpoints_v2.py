@@ -372,7 +372,7 @@ def test_d5_v2_note_on_schedule_published_retained_and_republished_with_a_cosign
         state_file = tmp_path / "main" / STATE_FILE     # default: beside the log key
         wait_for(lambda: state_file.exists() and state_file.read_bytes() == msgs[-1].payload,
                  30, "the state file to hold the published note")
-        late = mosquitto.subscribe("fixture-probe", CHECKPOINT, client_id="late-reader")
+        late = mosquitto.subscribe("late-reader", CHECKPOINT)
         retained = late.get(30)
         assert (retained.retain, retained.payload) == (True, msgs[-1].payload)
         # a witness cosigns (stored by whoever received it): published again, state rewritten

@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from collector import PKIError
 from collector.cli.main import main
-from collector.fleet.pki import CertificateAuthority, parse_serial
+from collector.fleet.pki import CertificateAuthority, client_kind, parse_serial
 from wire.tls import make_tls_key_and_csr
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -76,6 +76,12 @@ def test_naive_now_refused(ca: CertificateAuthority) -> None:
     ("collector.Main", "collector", "must be collector.<name>"),
     ("", "device", "exactly one common name"),
     ("dev-a", "server", "kind 'server' must be one of"),
+    # an API integration's certificate can never be an MQTT identity, nor the reverse
+    ("payroll", "api-client", "must be api.<name>"),
+    ("collector.payroll", "api-client", "must be api.<name>"),
+    ("api.Payroll", "api-client", "must be api.<name>"),
+    ("api.payroll", "device", "is not a device id"),
+    ("api.payroll", "collector", "must be collector.<name>"),
 ])
 def test_sign_csr_validates_cn_per_kind(ca: CertificateAuthority, cn: str, kind: str,
                                         error: str) -> None:
@@ -97,6 +103,21 @@ def test_device_certificate_profile(ca: CertificateAuthority) -> None:
     cert.verify_directly_issued_by(ca.cert)
     assert issued.entry.serial == f"{cert.serial_number:x}"
     assert (ca.directory / "issued" / f"{issued.entry.serial}.crt").read_bytes() == issued.cert_pem
+
+
+def test_api_client_certificate_kind(ca: CertificateAuthority, tmp_path: Path) -> None:
+    issued = ca.issue_client("api.payroll", tmp_path / "p.key", tmp_path / "p.crt",
+                             kind="api-client", now=NOW)
+    cert = x509.load_pem_x509_certificate(issued.cert_pem)
+    assert cert.subject.rfc4514_string() == "CN=api.payroll"
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert [(e.cn, e.kind) for e in ca.entries()] == [("api.payroll", "api-client")]
+    assert mode(tmp_path / "p.key") == 0o600
+    # The CN alone says the kind: the three shapes are disjoint.
+    assert [client_kind(cn) for cn in ("clock-17", "collector.main", "api.payroll",
+                                       "api", "collector.a.b", "Api.x")] == [
+        "device", "collector", "api-client", "device", None, None]
 
 
 def test_collector_certificate_and_custom_validity(ca: CertificateAuthority) -> None:

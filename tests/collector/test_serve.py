@@ -87,7 +87,7 @@ def test_d2_d5_punches_are_recorded_receipted_and_checkpointed(
     cp.verify(log_key.verify_key)
     assert (cp.checkpoint.size, cp.checkpoint.head) == (4, store.head()[1])
     assert NoteCheckpoint.open(msgs[-1].payload, verifier).root == store.merkle_root(4)
-    late = mosquitto.subscribe("fixture-probe", CHECKPOINT, client_id="late-reader")
+    late = mosquitto.subscribe("late-reader", CHECKPOINT)
     retained = late.get(30)
     assert retained.retain
     assert retained.payload == msgs[-1].payload

@@ -34,7 +34,9 @@ def _client(site_port: int, ctx: Any, cid: str) -> mqtt.Client:
 
 def test_d3_plugin_keeps_acl_and_device_list_reads_statuses(tmp_path: Path) -> None:
     with running_site(tmp_path / "site") as site:
-        site.prepare()
+        # A second listed collector identity to observe with: the broker forces client ids
+        # to the certificate CN, so collector.main's certificate would replace the collector.
+        site.prepare(collectors=("main", "observer"))
         site.start_broker()
         assert uses_plugin(site.root / "broker")
         site.start_collector()
@@ -43,17 +45,18 @@ def test_d3_plugin_keeps_acl_and_device_list_reads_statuses(tmp_path: Path) -> N
         wait_for(lambda: site.drained() and all(c.queue_stats()[1] == 10 for c in site.clocks),
                  120, "both clocks to record and drain")
 
-        d = site.root / "collectors" / "main"
+        d = site.root / "collectors" / "observer"
         seen: queue.Queue[str] = queue.Queue()
         col = _client(site.port, client_context(site.root / "ca" / "ca.crt", d / "tls.crt",
-                                                d / "tls.key"), "collector.main.test")
+                                                d / "tls.key"), "collector.observer")
         col.on_message = lambda _c, _u, m: seen.put(m.topic)
         subscribed = threading.Event()
         col.on_subscribe = lambda *_a: subscribed.set()
         col.subscribe([("timeclock/v1/devices/+/punches", 1), (f"{CONTROL_TOPIC}/#", 1)])
         assert subscribed.wait(30)
+        site.stop_clock(a)   # its certificate is used below: one connection per certificate
         dev = _client(site.port, client_context(a.directory / "ca.crt", a.directory / "tls.crt",
-                                                a.directory / "tls.key"), "clock-a-test")
+                                                a.directory / "tls.key"), "clock-a")
         dev.publish("timeclock/v1/devices/clock-b/punches", b"forged", qos=1).wait_for_publish(30)
         cmd = {"commands": [{"command": "disableClient", "username": "clock-b"}]}
         dev.publish(CONTROL_TOPIC, json.dumps(cmd), qos=1).wait_for_publish(30)

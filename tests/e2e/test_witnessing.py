@@ -10,6 +10,7 @@ too."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import queue
 import signal
@@ -101,10 +102,16 @@ def _fully_cosigned(site: Site, extra: NoteVerifier
 
 
 def _retained_checkpoint(site: Site) -> str:
-    """The note retained on timeclock/v1/log/checkpoint, read as a collector would."""
-    d = site.root / "collectors" / "main"
+    """The note retained on timeclock/v1/log/checkpoint, read with a certificate of its own
+    (the broker forces the client id to the CN: the collector's would replace its session)."""
+    d = site.root / "checkpoint-reader"
+    if not (d / "tls.crt").exists():
+        assert site.ca is not None
+        d.mkdir(exist_ok=True)
+        site.ca.issue_client("checkpoint-reader", d / "tls.key", d / "tls.crt", kind="device",
+                             now=dt.datetime.now(dt.UTC))
     got: queue.Queue[bytes] = queue.Queue()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="witness-test-reader",
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="checkpoint-reader",
                     protocol=mqtt.MQTTv5)
     c.tls_set_context(client_context(site.root / "ca" / "ca.crt", d / "tls.crt",
                                      d / "tls.key"))
