@@ -273,6 +273,9 @@ def test_will_marks_the_clock_offline_when_its_process_is_killed(
     finally:
         child.kill()
         child.wait(ROUND_TRIP_S)
+    # One connection per certificate (the broker forces the client id to the CN).
+    sub.client.disconnect()
+    sub.client.loop_stop()
     late = broker.subscribe("collector.test", topics.status(device), client_id="late-reader")
     retained = late.get(ROUND_TRIP_S)
     assert retained.retain
