@@ -148,8 +148,9 @@ for p in $packages; do
       cp "$src"/docs/*.json "$stage/usr/share/doc/$pkg/" 2>/dev/null || true
       unit_files="timeclock-collector.service timeclock-broker.service timeclock-crl-refresh.service timeclock-crl-refresh.timer"
       statedir=/var/lib/timeclock
-      # The managed broker (the single-box default) and timeclock-broker.service run Mosquitto 2.
-      depends="python3 (>= 3.11), python3 (<< 3.12), systemd, mosquitto (>= 2.0)"
+      # The managed broker (the single-box default) and timeclock-broker.service run Mosquitto 2;
+      # broker-config/init compile its SUBSCRIBE check (collector/fleet/timeclock_acl.c).
+      depends="python3 (>= 3.11), python3 (<< 3.12), systemd, mosquitto (>= 2.0), gcc | c-compiler"
       summary="timeclock collector: verified punches into a tamper-evident ledger"
       body=" Verifies signed punches from the time clocks over MQTT (mutual TLS), appends
  them to a hash-chained, Merkle-tree ledger (SQLite or PostgreSQL), sends signed

@@ -27,6 +27,7 @@ from collector.api.errors import (
     classify,
 )
 from collector.api.keys import ACCESS_LOG, CLOCK, CTX, PRINCIPALS, THROTTLE, RequestContext
+from collector.api.metrics import MONITOR
 from collector.api.rbac import authorize
 from collector.api.routes import Handler, route_of
 from collector.fleet.pki import client_kind
@@ -128,6 +129,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             except UnauthenticatedError as e:
                 if e.presented:
                     throttle.failed(rec.client, now)
+                    app[MONITOR].auth_failed(rec.auth, rec.client, now_us=now)
                 raise
             rec.principal = context.principal.name
             context.role = rec.role = authorize(context.principal, route)
@@ -150,4 +152,5 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         rec.duration_us = clock() - rec.at
         app[ACCESS_LOG].add(rec.body())
+        app[MONITOR].request(rec.route, rec.method, rec.status or 0, rec.duration_us)
 

@@ -228,14 +228,26 @@ def build_acl_plugin(out: Path, *, cc: str | None = None) -> Path:
     cached = _cache_dir() / f"timeclock_acl-{digest}.so"
     compiler = cc or os.environ.get("CC") or "cc"
     try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(cached.parent, os.W_OK):
+            raise PermissionError(cached.parent)
+    except OSError:
+        # A service account without a writable home: build beside the output instead.
+        cached = Path(out).parent / f".timeclock_acl-{digest}.so"
+    try:
         if not cached.is_file():
-            cached.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".so.tmp")
             os.close(fd)
             try:
-                r = subprocess.run(  # noqa: S603 -- fixed arguments, no shell
-                    [compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(ACL_PLUGIN_SOURCE)],
-                    capture_output=True, text=True, timeout=120, check=False)
+                try:
+                    r = subprocess.run(  # noqa: S603 -- fixed arguments, no shell
+                        [compiler, "-O2", "-shared", "-fPIC", "-o", tmp,
+                         str(ACL_PLUGIN_SOURCE)],
+                        capture_output=True, text=True, timeout=120, check=False)
+                except FileNotFoundError as e:
+                    raise ConfigError([f"broker ACL plugin: no C compiler {compiler!r} to "
+                                       f"build {ACL_PLUGIN_SOURCE} (install gcc, or set $CC)"]
+                                      ) from e
                 if r.returncode != 0:
                     raise ConfigError([f"broker ACL plugin: {compiler} failed to build "
                                        f"{ACL_PLUGIN_SOURCE}: {r.stderr.strip()[:2000]}"])
@@ -245,9 +257,6 @@ def build_acl_plugin(out: Path, *, cc: str | None = None) -> Path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
         write_public_file(Path(out), cached.read_bytes())
-    except FileNotFoundError as e:
-        raise ConfigError([f"broker ACL plugin: no C compiler {compiler!r} to build "
-                           f"{ACL_PLUGIN_SOURCE} (install gcc, or set $CC): {e}"]) from e
     except (OSError, subprocess.SubprocessError) as e:
         raise ConfigError([f"broker ACL plugin: cannot build or install {out}: {e}"]) from e
     return Path(out)

@@ -51,6 +51,7 @@ from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, redact_url
 from collector.service.log_state import LogState, StateFileError, check_ledger
+from collector.service.metrics import ServiceMonitor
 from collector.service.mqtt import MqttLink
 from wire.clock import now_us
 from wire.keys import SigningKey
@@ -210,9 +211,11 @@ class CollectorService:
         self._own_store = store is None
         self._store = store
         self._registry = registry
-        self.alerts = Alerts()
+        self.alerts = Alerts(record=True, clock=clock)   # each alert is an `alert` entry
         self.statuses = StatusTable()
         self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=cfg.ingest.queue_max)
+        self.monitor = ServiceMonitor(cfg, self.alerts, self.statuses, clock=clock,
+                                      pending=self._pending_count, state=self.status)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.link: MqttLink | None = None
@@ -250,7 +253,7 @@ class CollectorService:
             store, lambda: self._registry(store), log_key, self.alerts,
             max_payload_bytes=cfg.ingest.max_payload_bytes,
             gaps=GapTracker(cfg.gaps.report_after_s, self.alerts),
-            chain=ChainWatch(self.alerts, lookup=lookup))
+            chain=ChainWatch(self.alerts, lookup=lookup), monitor=self.monitor.ingest)
         self.link = MqttLink(cfg.mqtt, cfg.collector.identity, self.inbox,
                              on_status=self._on_status, clock=self.clock,
                              on_cosignature=self._on_cosignature,
@@ -275,12 +278,16 @@ class CollectorService:
         self._thread = threading.Thread(target=self._ingest, name="ingest-writer",
                                         daemon=True)
         self._thread.start()
+        self.monitor.start()
         log.info("collector %s: log key %s, broker %s:%d", cfg.collector.identity,
                  log_key.key_id, cfg.mqtt.host, cfg.mqtt.port)
         link.start()
 
     def _on_status(self, msg: Inbound) -> None:
-        self.statuses.update(msg.topic, msg.payload, msg.received_at)
+        self.monitor.status(self.statuses.update(msg.topic, msg.payload, msg.received_at))
+
+    def _pending_count(self) -> int:
+        return self.inbox.qsize() + (self.writer.pending if self.writer is not None else 0)
 
     def _on_cosignature(self, msg: Inbound) -> None:
         if self.device_witnesses is not None:
@@ -314,6 +321,7 @@ class CollectorService:
                 self.inclusion_answers.process()
             if self.ingestor is not None:
                 self.ingestor.report_gaps(now_us=now)
+            self.monitor.tick(self.store, now)
         except LedgerUnavailableError:
             pass                         # the ingest loop notices and rides it out
 
@@ -436,6 +444,7 @@ class CollectorService:
                 log.error("the ingest writer did not finish within %.0f s", timeout_s)
         if self.external_witnesses is not None:
             self.external_witnesses.stop()
+        self.monitor.stop()
         if self.link is not None:
             if not self.link.flush(timeout_s):
                 log.warning("some receipts were not confirmed by the broker before "

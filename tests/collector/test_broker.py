@@ -401,3 +401,21 @@ def test_d3_api_client_certificate_gets_nothing(mosquitto: MosquittoBroker, pki:
     api.publish(topics.punches("api.payroll"), b"p", qos=1)
     assert done.wait(30)
     assert codes[0].getName() == "Not authorized"
+
+
+@pytest.mark.subprocess
+def test_acl_plugin_built_once_per_source_and_without_a_writable_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = build_acl_plugin(tmp_path / "a" / "p.so")
+    cached = list((tmp_path / "cache" / "timeclock").iterdir())
+    assert [p.name.startswith("timeclock_acl-") for p in cached] == [True]
+    # A second build reuses the cached object: the compiler is not run again.
+    build_acl_plugin(tmp_path / "b" / "p.so", cc="/nonexistent/cc")
+    assert (tmp_path / "b" / "p.so").read_bytes() == first.read_bytes()
+    # No writable cache (a service account without a home): built beside the output.
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "timeclock").write_text("not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ro"))
+    (tmp_path / "c").mkdir()
+    assert build_acl_plugin(tmp_path / "c" / "p.so").read_bytes() == first.read_bytes()
