@@ -22,6 +22,7 @@ from aiohttp import web
 
 from collector import ConfigError
 from collector.access.directory import Principals
+from collector.api import metrics as api_metrics
 from collector.api.access_log import AccessLog, Throttle
 from collector.api.config import ApiSection
 from collector.api.keys import (
@@ -72,6 +73,8 @@ def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
     app[VERIFY_STATE] = VerifyBox()
     add_routes(app)
     app.cleanup_ctx.append(_access_log)
+    api_metrics.install(app, store, clock, max_failures=settings.auth_failures_max,
+                        window_s=settings.auth_failures_window_s)
     return app
 
 

@@ -1,8 +1,11 @@
 """Alerts and the ingest-side detectors that raise them (CONTROLS.md §5, D2, D5, D13).
 
-For now an alert is one structured log line (logger ``timeclock.alerts``) plus a counter that
-``counts()`` exposes (for tests, ``device list``, and later a metrics exporter). Alerts never
-delete or block anything: detection is separate from recording.
+An alert is one structured log line (logger ``timeclock.alerts``; with JSON logs its kind,
+severity and device are fields of their own), a counter that ``counts()`` exposes (tests,
+``device list``), the ``timeclock_alerts_total{kind,severity}`` metric, and under ``serve`` an
+``alert`` ledger entry (:class:`Alerts` with ``record``). Alerts never delete or block
+anything: detection is separate from recording. The other detectors are in
+collector.ingest.detectors.
 
 Detectors here keep only bounded in-memory state:
 - :class:`GapTracker`: a gap in a device's seq sequence (DESIGN.md §6) that stays open longer
@@ -21,10 +24,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from wire.clock import to_us
+from collector.ingest import metrics
+from collector.ledger.base import EventFact, Fact
+from wire.clock import now_us, to_us
 
 log = logging.getLogger("timeclock.alerts")
 
@@ -42,24 +48,78 @@ class Alert:
 
 
 class Alerts:
-    """Alert sink: a log line and a counter per kind. Thread-safe."""
+    """Alert sink: a structured log line, a counter per kind, the ``timeclock_alerts_total``
+    metric and, with ``record``, an ``alert`` ledger entry. Thread-safe.
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    With ``record`` every alert is queued as an ``alert`` entry body (protocol §7.2) and
+    :meth:`flush` appends the queue in one transaction (``serve`` flushes on the writer's
+    tick, so the detectors never write to the store themselves and never wait for it). A
+    flush that fails keeps the queue for the next one; the queue holds at most
+    ``max_unrecorded`` bodies (the oldest are dropped with an ERROR that says how many: the
+    log line and the metric of each alert remain).
+    """
+
+    def __init__(self, logger: logging.Logger | None = None, *, record: bool = False,
+                 max_unrecorded: int = 10_000, clock: Callable[[], int] = now_us) -> None:
         self._log = logger or log
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._recent: list[Alert] = []
+        self.record = record
+        self.max_unrecorded = max_unrecorded
+        self.clock = clock
+        self._unrecorded: list[dict[str, Any]] = []
+        self._dropped = 0
 
-    def alert(self, kind: str, *, severity: int, device: str | None, detail: str) -> Alert:
+    def alert(self, kind: str, *, severity: int, device: str | None, detail: str,
+              fields: Mapping[str, Any] | None = None) -> Alert:
+        """Raise one alert; ``fields`` are informational extras of its ledger entry (JSON
+        without floats: integers in µs) and log record; no credential, no person's name:
+        device ids, idx, counts, reasons."""
         a = Alert(kind, severity, device, detail)
         with self._lock:
             self._counts[f"alert:{kind}"] += 1
             self._recent.append(a)
             del self._recent[:-1000]
+            if self.record:
+                body: dict[str, Any] = {**(fields or {}), "alert": kind,
+                                        "severity": severity, "device": device,
+                                        "detail": detail[:1000], "at": self.clock()}
+                self._unrecorded.append(body)
+                if len(self._unrecorded) > self.max_unrecorded:
+                    self._dropped += len(self._unrecorded) - self.max_unrecorded
+                    del self._unrecorded[:-self.max_unrecorded]
+        metrics.ALERTS.labels(kind, str(severity)).inc()
         level = logging.ERROR if severity <= SEVERITY_CRITICAL else logging.WARNING
         self._log.log(level, "ALERT sev=%d kind=%s device=%s: %s", severity, kind,
-                      device or "-", detail)
+                      device or "-", detail,
+                      extra={"alert_kind": kind, "alert_severity": severity,
+                             "device": device or ""})
         return a
+
+    def unrecorded(self) -> int:
+        with self._lock:
+            return len(self._unrecorded)
+
+    def flush(self, append: Callable[[Sequence[Fact]], object]) -> int:
+        """Append the queued ``alert`` bodies with ``append`` (one transaction); returns how
+        many. On any error the bodies stay queued and the error propagates."""
+        with self._lock:
+            todo, self._unrecorded = self._unrecorded, []
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            log.error("%d alert entries were not recorded in the ledger (the store was away "
+                      "and the queue is bounded); their log lines and metrics remain", dropped)
+        if not todo:
+            return 0
+        try:
+            append([EventFact("alert", b) for b in todo])
+        except BaseException:
+            with self._lock:
+                self._unrecorded[:0] = todo
+                del self._unrecorded[:-self.max_unrecorded]
+            raise
+        return len(todo)
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:

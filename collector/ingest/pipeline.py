@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from collector import LedgerUnavailableError
 from collector.ingest.alerts import SEVERITY_CRITICAL, Alerts, ChainWatch, GapTracker
+from collector.ingest.detectors import IngestMonitor
 from collector.ingest.punch_verifier import RegistryView, judge
 from collector.ingest.receipts import receipts_for
 from collector.ledger.base import (
@@ -87,8 +88,10 @@ class Ingestor:
     def __init__(self, store: LedgerStore, registry: Callable[[], RegistryView],
                  log_key: SigningKey, alerts: Alerts, *,
                  max_payload_bytes: int = MAX_ENVELOPE_BYTES,
-                 gaps: GapTracker | None = None, chain: ChainWatch | None = None) -> None:
+                 gaps: GapTracker | None = None, chain: ChainWatch | None = None,
+                 monitor: IngestMonitor | None = None) -> None:
         self.store = store
+        self.monitor = monitor      # metrics and detectors (collector.ingest.detectors)
         self.registry = registry
         self.log_key = log_key
         self.alerts = alerts
@@ -121,6 +124,8 @@ class Ingestor:
         if key in self._recent_rejections:
             self._recent_rejections.move_to_end(key)
             self.alerts.count(f"rejected-repeat:{f.reason}")
+            if self.monitor is not None:
+                self.monitor.repeat(f.reason)
             return True
         return False
 
@@ -142,7 +147,10 @@ class Ingestor:
         groups = [(m, [f for f in fs if not self._repeat(f)]) for m, fs in groups]
         facts = [f for _, fs in groups for f in fs]
         try:
+            t0 = time.perf_counter()
             results = self.store.append(facts, now_us=now_us)
+            if self.monitor is not None:
+                self.monitor.appended(time.perf_counter() - t0)
             out.committed = [m for m, _ in groups]
             out.results = results
             done = list(zip(facts, results, strict=True))
@@ -155,6 +163,8 @@ class Ingestor:
             done = self._isolate(groups, out, now_us=now_us)
         self._remember([f for f, _ in done])
         self._after_commit(done, now_us=now_us)
+        if self.monitor is not None:
+            self.monitor.committed([m.received_at for m in out.committed], done, now_us=now_us)
         out.receipts = receipts_for(out.results, self.log_key, now_us=now_us,
                                     landed=self._landed(done))
         return out
@@ -306,6 +316,11 @@ class Writer:
         self.retry_s = retry_s
         self.batches = 0
         self._pending: list[Inbound] = []
+
+    @property
+    def pending(self) -> int:
+        """Messages held for a retry (the batch the store could not take)."""
+        return len(self._pending)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -53,6 +53,17 @@ Example::
                                                 # listens on [mqtt] host:port
     # mosquitto = "/usr/sbin/mosquitto"
 
+    [metrics]                                   # optional: Prometheus /metrics (plain HTTP)
+    listen = "127.0.0.1"                        # loopback unless a proxy or firewall guards it
+    port = 9464                                 # 0: off (also: no [metrics] table)
+
+    [detectors]                                 # optional: thresholds, docs/operations.md
+    offline_after_s = 300                       # "Monitoring" says why each default
+    silent_after_s = 600
+    skew_max_s = 60
+    travel_same_site_s = 60
+    travel_other_site_s = 1800
+
     [[witnesses]]                               # optional, any number: external C2SP
     url = "https://witness.auditor.example:8443"  # witnesses (collector.ingest.witness_client)
     name = "auditor.example/witness"
@@ -74,6 +85,8 @@ from typing import Any
 from collector import CollectorError, ConfigError
 from collector.api.config import ApiSection, read_api_section
 from collector.ingest.checkpoints import validate_origin
+from collector.ingest.detectors import DetectorSettings, read_detector_section
+from collector.ingest.metrics import MetricsSection, read_metrics_section
 from collector.ingest.witness_client import WitnessEndpoint, parse_witnesses
 from wire.config import Section
 from wire.errors import KeyFileError
@@ -171,6 +184,8 @@ class CollectorConfig:
     api: ApiSection | None = None               # [api]: serve also runs the HTTPS API
     ledger: LedgerSection = LedgerSection()
     witnesses: tuple[WitnessEndpoint, ...] = ()   # [[witnesses]]
+    metrics: MetricsSection | None = None       # [metrics]: /metrics listener (None: off)
+    detectors: DetectorSettings = DetectorSettings()   # [detectors]: thresholds
 
 
 def redact_url(url: str) -> str:
@@ -270,6 +285,9 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     ledger = _ledger_section(top.section("ledger"))
     api = read_api_section(top.raw("api"), base, problems) if top.has("api") else None
     witnesses = parse_witnesses(top.raw("witnesses"), base, problems)
+    metrics = (read_metrics_section(top.section("metrics"), HOST_RE) if top.has("metrics")
+               else None)
+    detectors = read_detector_section(top.section("detectors"))
     top.finish()
 
     if (problems or name is None or store is None or log_key is None or host is None
@@ -282,7 +300,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),
         ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker, api=api,
-        ledger=ledger, witnesses=witnesses)
+        ledger=ledger, witnesses=witnesses, metrics=metrics, detectors=detectors)
 
 
 def load_config(path: Path) -> CollectorConfig:

@@ -1,0 +1,427 @@
+"""The collector's anomaly detectors (issue 14 item 2; CONTROLS.md D13, D14, §5).
+
+Each detector watches what ingest already has in hand (committed punches with their receive
+time, rejections, device status messages, API authentication failures) and raises through
+the :class:`~collector.ingest.alerts.Alerts` sink: a structured log line, the
+``timeclock_alerts_total`` metric and, in ``serve``, an ``alert`` ledger entry. Detection never
+blocks, deletes or delays a punch: it runs after the commit, and what it judges is already
+recorded.
+
+Kinds (``[detectors]`` keys in docs/operations.md "Monitoring", with the rationale of each
+default):
+
+- ``clock-offline`` (sev 2): a device whose last word is an ``offline`` status (a clean stop
+  or its last will) for ``offline_after_s`` (a restart or an upgrade takes less), or that
+  said nothing at all (no online status, no punch) for ``silent_after_s`` (clocks republish
+  their status every minute, so ten missed ones). Re-armed when it speaks again.
+- ``clock-skew`` (sev 2): a device's wall time differs from the collector's receive time by
+  more than ``skew_max_s``: measured on live status messages (published every minute with
+  the device's time; the first one after the collector starts may be the retained copy of an
+  old one and is not used) and on punches dated ahead of their receive time (a backlog makes
+  a punch late, never early). Re-armed once back within the limit.
+- ``implausible-time`` (sev 2): a punch dated before 2020-01-01 or more than a day after its
+  receive time (a 1970 RTC, a clock without battery), or, with ``max_backlog_s`` set (default
+  0: off, since a clock kept offline for months delivers an honest old backlog), more than
+  that before its receive time. One alert per device per ``repeat_after_s``.
+- ``replay-burst`` (sev 1): the same (device, seq) delivered more than ``replay_max`` times
+  within ``replay_window_s``; an honest clock resends an unacknowledged punch once per
+  ``resend_after_s`` (60 s by default), so a burst is someone replaying captured traffic.
+- ``buddy-punch`` (sev 2): the same badge at two different clocks closer in device time than
+  travel between them allows: ``travel_same_site_s`` within one site, ``travel_other_site_s``
+  between sites. It covers badge cloning (two copies used in two places) as well as one
+  person tapping several badges. A double tap at one clock is never an alert.
+- ``verification-failure`` (sev 2): punches or messages quarantined as failing verification
+  (bad signature, unknown or revoked device or key, malformed, …), per device (or topic) and
+  reason at most once per ``repeat_after_s`` with the count since the last alert; every one
+  of them is already a ``rejection`` entry.
+- ``auth-failure-burst`` (sev 2): more than ``[api] auth_failures_max`` failed API
+  authentications from one client address within ``[api] auth_failures_window_s``: the
+  address the API's throttle locks out (collector.api.metrics raises it).
+- ``witness-refusal`` is raised by collector.ingest.cosignatures and witness_client.
+
+Invariants: every detector's state is bounded (per device, per badge with an LRU bound, per
+address with an LRU bound); time comes in as a parameter (``now_us``), so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from collector.ingest import metrics
+from collector.ingest.alerts import SEVERITY_CRITICAL, SEVERITY_WARNING, Alert, Alerts
+from collector.ingest.metrics import Gauge
+from collector.ledger.base import AppendResult, Fact, Outcome, PunchFact, RejectionFact
+from wire.config import Section
+from wire.device_status import DeviceStatus
+
+log = logging.getLogger("timeclock.detectors")
+
+EPOCH_FLOOR_US = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp() * 1_000_000)
+FUTURE_MAX_US = 86_400 * 1_000_000
+_US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSettings:
+    """``[detectors]``: the thresholds (module doc and docs/operations.md say why these)."""
+
+    offline_after_s: int = 300            # an offline status this long: not a restart
+    silent_after_s: int = 600             # ten missed status messages (every 60 s)
+    skew_max_s: int = 60                  # NTP keeps clocks within ms; a minute is payroll
+    max_backlog_s: int = 0                # 0: off (a clock may hold a long backlog)
+    replay_max: int = 5                   # same seq more often than this …
+    replay_window_s: int = 60             # … within this (honest resend: once per minute)
+    travel_same_site_s: int = 60          # walking between two clocks of one site
+    travel_other_site_s: int = 1800       # driving between sites
+    repeat_after_s: int = 3600            # re-alert a lasting condition this often
+    badges_max: int = 200_000             # badges remembered for buddy-punch (LRU)
+
+
+def read_detector_section(sec: Section) -> DetectorSettings:
+    d = DetectorSettings()
+    day = 86_400
+    s = DetectorSettings(
+        offline_after_s=sec.integer("offline_after_s", d.offline_after_s, lo=1, hi=30 * day),
+        silent_after_s=sec.integer("silent_after_s", d.silent_after_s, lo=1, hi=30 * day),
+        skew_max_s=sec.integer("skew_max_s", d.skew_max_s, lo=1, hi=day),
+        max_backlog_s=sec.integer("max_backlog_s", d.max_backlog_s, lo=0, hi=3650 * day),
+        replay_max=sec.integer("replay_max", d.replay_max, lo=1, hi=1_000_000),
+        replay_window_s=sec.integer("replay_window_s", d.replay_window_s, lo=1, hi=day),
+        travel_same_site_s=sec.integer("travel_same_site_s", d.travel_same_site_s, lo=0,
+                                       hi=day),
+        travel_other_site_s=sec.integer("travel_other_site_s", d.travel_other_site_s, lo=0,
+                                        hi=7 * day),
+        repeat_after_s=sec.integer("repeat_after_s", d.repeat_after_s, lo=1, hi=30 * day),
+        badges_max=sec.integer("badges_max", d.badges_max, lo=100, hi=10_000_000))
+    sec.finish()
+    return s
+
+
+@dataclass(slots=True)
+class _Device:
+    last_seen_us: int | None = None      # an online status or a punch message
+    online: bool | None = None           # the last status said so
+    offline_since_us: int | None = None  # the last status said offline, since
+    statuses: int = 0
+    skew_s: float | None = None
+    skewed: bool = False
+    offline_alerted: bool = False
+    implausible_at_us: int | None = None
+    replays: dict[int, deque[int]] = field(default_factory=dict)
+    replay_alerted_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    device: str
+    site: str | None
+    ts: int
+    idx: int
+
+
+class Detectors:
+    """The ingest-side detectors (see the module doc). ``observe`` runs on the writer thread
+    after each commit; ``observe_status`` on the MQTT thread; ``check`` on the writer's tick.
+    Thread-safe."""
+
+    def __init__(self, alerts: Alerts, settings: DetectorSettings | None = None, *,
+                 site_of: Callable[[str], str | None] | None = None) -> None:
+        self.alerts = alerts
+        self.s = settings or DetectorSettings()
+        self.site_of = site_of or (lambda _d: None)
+        self._lock = threading.Lock()
+        self._devices: dict[str, _Device] = {}
+        self._badges: OrderedDict[str, list[_Seen]] = OrderedDict()
+        self._failures: dict[tuple[str, str], tuple[int, int]] = {}   # (who, reason) → n, at
+
+    def _dev(self, device: str) -> _Device:
+        d = self._devices.get(device)
+        if d is None:
+            d = self._devices[device] = _Device()
+        return d
+
+    # -- punches and rejections (writer thread, after the commit) --------------------------
+    def observe(self, done: Sequence[tuple[Fact, AppendResult]], *, now_us: int) -> list[Alert]:
+        out: list[Alert] = []
+        with self._lock:
+            for fact, r in done:
+                if isinstance(fact, PunchFact):
+                    out.extend(self._punch(fact, r, now_us))
+                elif isinstance(fact, RejectionFact) and fact.reason != "conflict":
+                    out.extend(self._rejection(fact.device or fact.topic[:120], fact.reason,
+                                               now_us, fact.detail))
+        return out
+
+    def _punch(self, fact: PunchFact, r: AppendResult, now_us: int) -> list[Alert]:
+        p = fact.signed.punch
+        d = self._dev(p.device)
+        recv = fact.received_at
+        if d.last_seen_us is None or recv > d.last_seen_us:
+            d.last_seen_us = recv
+        out: list[Alert] = []
+        if r.outcome in (Outcome.DUPLICATE, Outcome.CONFLICT):
+            out.extend(self._replay(p.device, d, p.seq, recv))
+        if r.outcome is not Outcome.APPENDED:
+            return out
+        out.extend(self._time(p.device, d, p.ts, recv, r.idx))
+        out.extend(self._buddy(p.credential, _Seen(p.device, self.site_of(p.device), p.ts,
+                                                  r.idx)))
+        return out
+
+    def _time(self, device: str, d: _Device, ts: int, recv: int, idx: int) -> list[Alert]:
+        ahead = ts - recv
+        backlog = self.s.max_backlog_s
+        if ts < EPOCH_FLOOR_US or ahead > FUTURE_MAX_US \
+                or (backlog and recv - ts > backlog * _US):
+            if d.implausible_at_us is None \
+                    or recv - d.implausible_at_us >= self.s.repeat_after_s * _US:
+                d.implausible_at_us = recv
+                when = dt.datetime.fromtimestamp(ts / _US, dt.UTC).isoformat(
+                    timespec="seconds") if ts >= 0 else str(ts)
+                return [self.alerts.alert(
+                    "implausible-time", severity=SEVERITY_WARNING, device=device,
+                    detail=f"punch at idx {idx} is dated {when}, {(recv - ts) / _US:.0f} s "
+                           f"from its receive time: the clock's time cannot be trusted",
+                    fields={"punch_idx": idx, "device_time_us": ts, "received_at": recv})]
+            return []
+        if ahead > self.s.skew_max_s * _US:
+            return self._skew(device, d, ahead / _US, f"punch at idx {idx}")
+        return []
+
+    def _skew(self, device: str, d: _Device, skew_s: float, what: str) -> list[Alert]:
+        d.skew_s = skew_s
+        if abs(skew_s) <= self.s.skew_max_s:
+            if d.skewed:
+                log.info("%s: clock within %d s of the collector again (%+.1f s)", device,
+                         self.s.skew_max_s, skew_s)
+            d.skewed = False
+            return []
+        if d.skewed:
+            return []
+        d.skewed = True
+        side = "ahead of" if skew_s > 0 else "behind"
+        return [self.alerts.alert(
+            "clock-skew", severity=SEVERITY_WARNING, device=device,
+            detail=f"device time {abs(skew_s):.0f} s {side} the collector's receive time "
+                   f"({what}; limit {self.s.skew_max_s} s)",
+            fields={"skew_us": round(skew_s * _US)})]
+
+    def _replay(self, device: str, d: _Device, seq: int, recv: int) -> list[Alert]:
+        window = self.s.replay_window_s * _US
+        q = d.replays.setdefault(seq, deque())
+        q.append(recv)
+        while q and recv - q[0] > window:
+            q.popleft()
+        if len(d.replays) > 1024:          # bounded: forget the seqs not seen for longest
+            for old in sorted(d.replays, key=lambda s: d.replays[s][-1] if d.replays[s]
+                              else 0)[:512]:
+                del d.replays[old]
+        if len(q) <= self.s.replay_max:
+            return []
+        if d.replay_alerted_us is not None and recv - d.replay_alerted_us < window:
+            return []
+        d.replay_alerted_us = recv
+        return [self.alerts.alert(
+            "replay-burst", severity=SEVERITY_CRITICAL, device=device,
+            detail=f"seq {seq} delivered {len(q)} times within {self.s.replay_window_s} s "
+                   f"(an honest clock resends once per resend interval): replayed traffic?",
+            fields={"seq": seq, "count": len(q)})]
+
+    def _buddy(self, credential: str, seen: _Seen) -> list[Alert]:
+        recent = self._badges.get(credential)
+        if recent is None:
+            recent = self._badges[credential] = []
+            while len(self._badges) > self.s.badges_max:
+                self._badges.popitem(last=False)
+        else:
+            self._badges.move_to_end(credential)
+        out: list[Alert] = []
+        for other in recent:
+            if other.device == seen.device:
+                continue
+            same_site = other.site is not None and other.site == seen.site
+            travel = self.s.travel_same_site_s if same_site else self.s.travel_other_site_s
+            apart = abs(seen.ts - other.ts)
+            if apart < travel * _US:
+                where = f"site {seen.site}" if same_site else "two sites"
+                out.append(self.alerts.alert(
+                    "buddy-punch", severity=SEVERITY_WARNING, device=seen.device,
+                    detail=f"one badge at {other.device} (idx {other.idx}) and {seen.device} "
+                           f"(idx {seen.idx}) {apart / _US:.0f} s apart, {where}: closer than "
+                           f"the {travel} s travel allows (buddy punching or a cloned badge)",
+                    fields={"punch_idx": [other.idx, seen.idx],
+                            "devices": [other.device, seen.device],
+                            "apart_us": apart}))
+                break
+        recent.append(seen)
+        horizon = max(self.s.travel_same_site_s, self.s.travel_other_site_s) * _US
+        recent[:] = [x for x in recent if abs(seen.ts - x.ts) < horizon][-8:]
+        return out
+
+    def _rejection(self, who: str, reason: str, now_us: int, detail: str) -> list[Alert]:
+        key = (who, reason)
+        n, at = self._failures.get(key, (0, 0))
+        n += 1
+        if at and now_us - at < self.s.repeat_after_s * _US:
+            self._failures[key] = (n, at)
+            return []
+        self._failures[key] = (0, now_us)
+        if len(self._failures) > 10_000:
+            for k in sorted(self._failures, key=lambda k: self._failures[k][1])[:5_000]:
+                del self._failures[k]
+        device = who if "/" not in who else None
+        return [self.alerts.alert(
+            "verification-failure", severity=SEVERITY_WARNING, device=device,
+            detail=f"{n} message(s) quarantined as {reason} from {who}"
+                   + (" since the last alert" if at else "") + f": {detail[:200]}",
+            fields={"reason": reason, "count": n})]
+
+    # -- statuses (MQTT thread) ----------------------------------------------------------------
+    def observe_status(self, device: str, status: DeviceStatus | None, received_at: int
+                       ) -> list[Alert]:
+        with self._lock:
+            d = self._dev(device)
+            d.statuses += 1
+            if status is None:
+                return []
+            if status.state == "offline":
+                if d.online is not False:
+                    d.offline_since_us = received_at
+                d.online = False
+                return []
+            d.online, d.offline_since_us, d.last_seen_us = True, None, received_at
+            if d.offline_alerted:
+                d.offline_alerted = False
+                log.info("%s: online again", device)
+            at = status.at
+            if d.statuses == 1 or at is None:   # the first may be an old retained copy
+                return []
+            return self._skew(device, d, (at - received_at) / _US, "status message")
+
+    # -- periodic (writer tick) ------------------------------------------------------------------
+    def check(self, devices: Iterable[str], *, now_us: int, started_us: int) -> list[Alert]:
+        """``clock-offline`` for each of ``devices`` (the active ones) offline for
+        ``offline_after_s`` or silent for ``silent_after_s``; a device never heard of counts
+        from ``started_us``."""
+        out: list[Alert] = []
+        with self._lock:
+            for device in devices:
+                d = self._dev(device)
+                if d.offline_alerted:
+                    continue
+                if d.online is False and d.offline_since_us is not None:
+                    since, why = d.offline_since_us, "its last status says offline"
+                    limit_s = self.s.offline_after_s
+                else:
+                    since = d.last_seen_us if d.last_seen_us is not None else started_us
+                    why = "nothing heard from it"
+                    if d.last_seen_us is None:
+                        why += " since the collector started"
+                    limit_s = self.s.silent_after_s
+                limit = limit_s * _US
+                if now_us - since < limit:
+                    continue
+                d.offline_alerted = True
+                out.append(self.alerts.alert(
+                    "clock-offline", severity=SEVERITY_WARNING, device=device,
+                    detail=f"offline for {(now_us - since) // _US} s ({why}; limit "
+                           f"{limit_s} s)",
+                    fields={"since_us": since}))
+        return out
+
+    def gauges(self, *, now_us: int) -> list[Gauge]:
+        out: list[Gauge] = []
+        with self._lock:
+            for device, d in sorted(self._devices.items()):
+                lab = {"device": device}
+                if d.last_seen_us is not None:
+                    out.append(Gauge("device_last_seen_timestamp_seconds",
+                                     "When the collector last heard from a clock (an online "
+                                     "status or a punch).", d.last_seen_us / _US, lab))
+                if d.online is not None:
+                    out.append(Gauge("device_online", "1 while a clock's last status says "
+                                     "online, 0 after its offline status or last will.",
+                                     1.0 if d.online else 0.0, lab))
+                if d.skew_s is not None:
+                    out.append(Gauge("device_clock_skew_seconds",
+                                     "A clock's wall time minus the collector's receive time "
+                                     "(last live status, or a punch dated ahead).",
+                                     d.skew_s, lab))
+        return out
+
+
+class AuthFailures:
+    """``auth-failure-burst``: failed API authentications per client address in a window
+    (the API's throttle refuses; this raises the alert). Bounded LRU of addresses."""
+
+    def __init__(self, alerts: Alerts, *, max_failures: int, window_s: int,
+                 addresses_max: int = 10_000) -> None:
+        self.alerts = alerts
+        self.max_failures = max_failures
+        self.window_us = window_s * _US
+        self.addresses_max = addresses_max
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, tuple[deque[int], int | None]] = OrderedDict()
+
+    def failed(self, client: str, *, now_us: int) -> Alert | None:
+        with self._lock:
+            q, alerted = self._seen.pop(client, (deque(), None))
+            q.append(now_us)
+            while q and now_us - q[0] > self.window_us:
+                q.popleft()
+            fire = len(q) >= self.max_failures and (
+                alerted is None or now_us - alerted >= self.window_us)
+            if fire:
+                alerted = now_us
+            self._seen[client] = (q, alerted)
+            while len(self._seen) > self.addresses_max:
+                self._seen.popitem(last=False)
+            n = len(q)
+        if not fire:
+            return None
+        return self.alerts.alert(
+            "auth-failure-burst", severity=SEVERITY_WARNING, device=None,
+            detail=f"{n} failed API authentications from {client} within "
+                   f"{self.window_us // _US} s (limit {self.max_failures})",
+            fields={"client": client, "count": n})
+
+
+def sites(devices: Mapping[str, str]) -> Callable[[str], str | None]:
+    return devices.get
+
+
+class IngestMonitor:
+    """What the ingest pipeline reports after each commit: the ingest metrics
+    (collector.ingest.metrics) and, if given, the :class:`Detectors`. One object, so the
+    pipeline has one optional hook (``Ingestor(monitor=)``) and a bench can turn it off."""
+
+    def __init__(self, detectors: Detectors | None = None) -> None:
+        self.detectors = detectors
+
+    def appended(self, seconds: float) -> None:
+        metrics.STORE_APPEND.observe(seconds)
+
+    def repeat(self, reason: str) -> None:
+        metrics.INGEST_REPEATS.labels(reason).inc()
+
+    def committed(self, received_at: Sequence[int],
+                  done: Sequence[tuple[Fact, AppendResult]], *, now_us: int) -> None:
+        metrics.INGEST_MESSAGES.inc(len(received_at))
+        observe = metrics.INGEST_LATENCY.observe
+        for r in received_at:
+            observe(max(now_us - r, 0) / _US)
+        outcomes: dict[str, int] = {}
+        for fact, res in done:
+            if isinstance(fact, RejectionFact):
+                metrics.INGEST_REJECTIONS.labels(fact.reason).inc()
+            else:
+                outcomes[res.outcome.value] = outcomes.get(res.outcome.value, 0) + 1
+        for outcome, n in outcomes.items():
+            metrics.INGEST_PUNCHES.labels(outcome).inc(n)
+        if self.detectors is not None:
+            self.detectors.observe(done, now_us=now_us)
