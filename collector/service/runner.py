@@ -29,13 +29,18 @@ loop is alive and doing what it should), so a blocked loop is restarted by syste
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
+from typing import IO, Any, cast
 
 from collector import CollectorError, LedgerError, LedgerUnavailableError
 from collector.ingest import checkpoints
@@ -60,6 +65,12 @@ from wire.topics import CHECKPOINT
 
 log = logging.getLogger("timeclock.collector")
 
+# MQTT v5 reason code 0x8E "Session taken over": another client connected with our client id.
+SESSION_TAKEN_OVER = 142
+# A session the broker ends sooner than this, TAKEOVER_SESSIONS times in a row: another
+# collector with our client id (see CollectorService._watch_takeover).
+TAKEOVER_HOLD_S = 5.0
+TAKEOVER_SESSIONS = 3
 STALL_MIN_S = 2.0     # an ingest iteration older than this (and the watchdog interval) is a stall
 BEAT_S = 0.25         # the outage back-off waits in slices this long, beating between them
 
@@ -67,6 +78,58 @@ BEAT_S = 0.25         # the outage back-off waits in slices this long, beating b
 class ServiceError(CollectorError):
     """The collector stopped itself: the ledger was away too long, refused appends for a reason
     other than an outage, or the ingest writer failed. The service manager restarts it."""
+
+
+class IdentityLock:
+    """One collector identity at a time (issue 15).
+
+    Same host: an exclusive ``flock`` on ``<state directory>/<identity>.lock`` (held by
+    ``serve`` for its whole life; released by the kernel when the process dies, so a crash
+    leaves no stale lock), taken before the broker, the API or MQTT start. Other hosts (or
+    another state directory): the broker tells a collector that another connected with its
+    client id (MQTT v5 "Session taken over"); see :meth:`CollectorService._watch_takeover`.
+    """
+
+    def __init__(self, directory: Path, identity: str) -> None:
+        self.path = Path(directory) / f"{identity}.lock"
+        self.identity = identity
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        except OSError as e:
+            raise ServiceError(f"cannot create the lock file {self.path}: {e.strerror}; set "
+                               f"[collector] state_dir to a directory serve can write") from e
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise ServiceError(f"{self.identity} is already running on this host (pid {pid}, "
+                               f"lock {self.path}): stop it first, or give this collector "
+                               f"its own [collector] name and certificate") from e
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.truncate(0)
+            self._file.close()          # closing drops the flock
+            self._file = None
+
+    def __enter__(self) -> IdentityLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 class Outage:
@@ -259,6 +322,7 @@ class CollectorService:
                              on_cosignature=self._on_cosignature,
                              on_inclusion_request=self._on_inclusion_request)
         link = self.link
+        self._watch_takeover(link)
         self.inclusion_answers = InclusionAnswers(
             store, lambda t, b: link.publish(t, b, qos=1))
         self.device_witnesses = DeviceWitnesses(
@@ -282,6 +346,55 @@ class CollectorService:
         log.info("collector %s: log key %s, broker %s:%d", cfg.collector.identity,
                  log_key.key_id, cfg.mqtt.host, cfg.mqtt.port)
         link.start()
+
+    def _watch_takeover(self, link: MqttLink) -> None:
+        """Fail loudly instead of fighting over the session with another collector of the
+        same identity (client id). Mosquitto closes the older connection of a client id when
+        a new one connects: with MQTT v5 "Session taken over" (0x8E) from 2.0.12 on, by just
+        closing the socket before. So a session that the broker ends while this link held it
+        for less than ``TAKEOVER_HOLD_S``, ``TAKEOVER_SESSIONS`` times in a row (the two
+        take it from each other, about once per reconnect delay), or once with 0x8E, stops
+        the collector. The newcomer gets there first: the established collector's first
+        session was a long one, so its count lags by one; it then keeps the session."""
+        client = link.client
+        # paho's properties are typed loosely; these are MqttLink's own callbacks
+        on_connect = cast("Callable[..., None]", client.on_connect)
+        on_disconnect = cast("Callable[..., None]", client.on_disconnect)
+        since: list[float | None] = [None]
+        short = [0]
+
+        def connected(*a: Any) -> None:
+            if not a[3].is_failure:
+                since[0] = time.monotonic()
+            on_connect(*a)
+
+        def disconnected(*a: Any) -> None:
+            reason = a[3]
+            start, since[0] = since[0], None
+            if start is None or self._stop.is_set() or not reason.is_failure:
+                on_disconnect(*a)
+                return
+            held = time.monotonic() - start
+            short[0] = short[0] + 1 if held < TAKEOVER_HOLD_S else 0
+            who = self.cfg.collector.identity
+            if reason.value == SESSION_TAKEN_OVER or short[0] >= TAKEOVER_SESSIONS:
+                link.pause()
+                client.disconnect()     # no reconnect: do not take the session back
+                on_disconnect(*a)
+                self._give_up(f"another collector is connected to the broker as {who} (MQTT "
+                              f"session taken over, {short[0]} session(s) ended within "
+                              f"{TAKEOVER_HOLD_S:g} s): two collectors must not share an "
+                              f"identity; stop the other one, or give this one its own "
+                              f"[collector] name and certificate")
+                return
+            if short[0]:
+                log.error("the broker ended this collector's session after %.1f s (%d in a "
+                          "row): if another collector connects as %s, one of the two stops "
+                          "after %d", held, short[0], who, TAKEOVER_SESSIONS)
+            on_disconnect(*a)
+
+        client.on_connect = connected
+        client.on_disconnect = disconnected
 
     def _on_status(self, msg: Inbound) -> None:
         self.monitor.status(self.statuses.update(msg.topic, msg.payload, msg.received_at))

@@ -56,7 +56,7 @@ def _levels(doc: dict[str, object]) -> dict[tuple[str, str], str]:
     return {(i["kind"], i["name"]): i["level"] for i in items}
 
 
-def test_a_fresh_site_is_ok_and_exits_0(tmp_path: Path,
+def test_d17_a_fresh_site_is_ok_and_exits_0(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     ca = _ca(tmp_path)
     _client(ca, tmp_path, "collector.main", kind="collector")
@@ -80,7 +80,7 @@ def test_inside_the_warning_window_exits_1_and_warn_days_moves_it(
     assert (rc, _levels(doc)[("device", "clock-0001")]) == (0, "ok")
 
 
-def test_an_expired_certificate_exits_2_unless_renewed_or_revoked(
+def test_d17_an_expired_certificate_exits_2_unless_renewed_or_revoked(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ca = _ca(tmp_path)
     _client(ca, tmp_path, "clock-0001", issued=NOW - 12 * DAY, days=10)   # expired 2 days ago
@@ -122,7 +122,7 @@ def test_an_unreadable_file_is_critical_not_a_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.subprocess
-def test_ca_crl_broker_dir_installs_the_crl_and_the_running_broker_reloads_it(
+def test_d3_ca_crl_broker_dir_installs_the_crl_and_the_running_broker_reloads_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ca = _ca(tmp_path)
     _client(ca, tmp_path, "clock-0001")

@@ -97,7 +97,7 @@ class Clock:
 
 
 @pytest.mark.subprocess
-def test_device_revoke_on_an_init_host_cuts_off_a_connected_clock(tmp_path: Path) -> None:
+def test_d3_device_revoke_on_an_init_host_cuts_off_a_connected_clock(tmp_path: Path) -> None:
     host = new_host(tmp_path)
     clock: Clock | None = None
     try:
