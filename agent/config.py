@@ -29,6 +29,9 @@ Example::
     port = "/dev/ttyAMA0"
     action = "in"
 
+    [metrics]                 # optional: Prometheus metrics on loopback only (agent.metrics)
+    port = 9465               # 0 or absent: off
+
     [feedback]                # optional: signal a refused tap at the reader (agent.feedback)
     refused_command = ["/usr/local/bin/clock-beep", "--error"]
 """
@@ -112,6 +115,14 @@ class WitnessConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus metrics on loopback (agent.metrics); ``port = 0``: off."""
+
+    port: int = 0
+    listen: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
 class ReaderConfig:
     """A reader section as written; :func:`agent.readers.build_reader` turns it into a Reader."""
 
@@ -133,6 +144,7 @@ class AgentConfig:
     source: Path | None = None
     feedback: FeedbackConfig = field(default=FeedbackConfig())
     witness: WitnessConfig = field(default=WitnessConfig())
+    metrics: MetricsConfig = field(default=MetricsConfig())
 
     @property
     def queue_path(self) -> Path:
@@ -153,7 +165,7 @@ class _Section(Section):
             return None
 
 
-SECTIONS = ("device", "keys", "mqtt", "readers", "status", "feedback", "witness")
+SECTIONS = ("device", "keys", "mqtt", "readers", "status", "feedback", "witness", "metrics")
 
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None = None,
@@ -183,10 +195,15 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
     readers = _parse_readers(data.get("readers", {}), problems, check=check_readers)
     feedback = _parse_feedback(data.get("feedback", {}), problems)
     witness = _parse_witness(data.get("witness", {}), problems)
+    ms = _Section("metrics", data.get("metrics", {}), problems)
+    metrics = MetricsConfig(ms.integer("port", 0, lo=0, hi=65535),
+                            ms.choice("listen", "127.0.0.1", ("127.0.0.1", "::1")))
+    ms.finish()
     if problems or keys is None:
         raise ConfigError(problems)
     return AgentConfig(device=device, keys=keys, mqtt=mqtt, status=status,
-                       readers=readers, source=source, feedback=feedback, witness=witness)
+                       readers=readers, source=source, feedback=feedback, witness=witness,
+                       metrics=metrics)
 
 
 def _parse_device(table: Any, base_dir: Path, problems: list[str], *,

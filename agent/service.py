@@ -43,6 +43,8 @@ from agent.errors import AgentError, SeqMarkError
 from agent.feedback import CommandFeedback
 from agent.health import HealthReport, check_health
 from agent.keystore import load_queue, load_signing
+from agent.metrics import AgentMetrics
+from agent.metrics import start_for as start_metrics
 from agent.punches import PunchMaker
 from agent.queue import Outbox, StorageState
 from agent.readers import build_reader
@@ -152,6 +154,7 @@ class AgentService:
         self._last_written: dict[str, Any] | None = None
         self._last_write_mono = 0.0
         self._status_in_place = False
+        self.metrics: AgentMetrics | None = None      # [metrics] listener, while running
 
     def _wake_publisher(self) -> None:
         if self.publisher is not None:
@@ -252,6 +255,7 @@ class AgentService:
                 self.publisher.start()
             self._state = "running"
             self._write_status(force=True)
+            self.metrics = start_metrics(self.config, self.snapshot, now_us=self._now_us)
             seq = self.outbox.sequence()
             if seq.state == "refusing":
                 self.notifier.ready(f"REFUSING TAPS: sequence {seq.reason}; run "
@@ -325,5 +329,7 @@ class AgentService:
                 log.exception("publisher stop failed")
         self._state = "stopped"
         self._write_status(force=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.outbox.close()
         log.info("agent stopped cleanly")
