@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what timeclock needs on a fresh Debian / Raspberry Pi OS machine, idempotently:
-#   - Debian packages: python3-venv, mosquitto (and, with --with-postgres, PostgreSQL for the tests)
+#   - Debian packages: python3-venv, mosquitto, prometheus (and, with --with-postgres, PostgreSQL for the tests)
 #   - a virtualenv in .venv with timeclock installed editable with its dev extras.
 # Uses sudo when not root. Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -22,6 +22,8 @@ python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || { echo "bootstrap: timeclock needs Python >= 3.11 (Debian 12 / Raspberry Pi OS Bookworm)" >&2; exit 1; }
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+# prometheus: promtool checks monitoring/ and the e2e tests run a real Prometheus
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "$with_postgres" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
