@@ -18,6 +18,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -51,10 +52,53 @@ def missing_extra(prog: str, extra: str, error: ModuleNotFoundError) -> int:
     return EXIT_ERROR
 
 
-def setup_logging(*, verbose: bool) -> None:
-    """Log to stderr; without timestamps under systemd (``$JOURNAL_STREAM``)."""
-    fmt = JOURNAL_LOG_FORMAT if os.environ.get("JOURNAL_STREAM") else LOG_FORMAT
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt)
+def setup_logging(*, verbose: bool, json_logs: bool | None = None) -> None:
+    """Log to stderr; without timestamps under systemd (``$JOURNAL_STREAM``); one JSON object
+    per line with journald's field names when ``json_logs`` (default: ``$TIMECLOCK_LOG_FORMAT``
+    is ``json``), see :class:`JsonFormatter`."""
+    if json_logs is None:
+        json_logs = os.environ.get(LOG_FORMAT_ENV, "").strip().lower() == "json"
+    level = logging.DEBUG if verbose else logging.INFO
+    if not json_logs:
+        fmt = JOURNAL_LOG_FORMAT if os.environ.get("JOURNAL_STREAM") else LOG_FORMAT
+        logging.basicConfig(level=level, format=fmt)
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+LOG_FORMAT_ENV = "TIMECLOCK_LOG_FORMAT"
+# syslog priorities (journald's PRIORITY) of Python's levels
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+             logging.DEBUG: 7}
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, with journald's field names (systemd.journal-fields(7)):
+    ``MESSAGE``, ``PRIORITY`` (syslog level), ``SYSLOG_IDENTIFIER`` (the logger), ``CODE_FILE``,
+    ``CODE_LINE``, ``CODE_FUNC``, ``THREAD_NAME``, ``TIMESTAMP_US`` (µs since the
+    epoch) and ``EXCEPTION`` (a traceback, if any); a record's ``extra`` fields are added with
+    upper-case names (``ALERT_KIND``, ``DEVICE``), so a shipper maps them one to one and
+    ``journalctl -o json`` style queries work on them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "MESSAGE": record.getMessage(),
+            "PRIORITY": _PRIORITY.get(record.levelno, 6),
+            "SYSLOG_IDENTIFIER": record.name,
+            "CODE_FILE": record.pathname, "CODE_LINE": record.lineno,
+            "CODE_FUNC": record.funcName, "THREAD_NAME": record.threadName,
+            "TIMESTAMP_US": int(record.created * 1_000_000),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                out[key.upper()] = value if isinstance(value, (str, int, float, bool)) \
+                    or value is None else str(value)
+        if record.exc_info:
+            out["EXCEPTION"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, sort_keys=True)
 
 
 def run_command(prog: str, command: Callable[[], int],
