@@ -39,7 +39,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -217,6 +217,10 @@ class Publisher:
         self._inclusion_answer_topic = inclusion_msgs.answer_topic(device)
         self._inclusion_answers: deque[bytes] = deque(maxlen=64)
         self._next_inclusion = 0.0
+        # Signed loss reports (wire.seqloss) to publish on the punches topic, and those sent
+        # whose PUBACK has not come yet: (payload, on_delivered, message info).
+        self._losses: list[tuple[bytes, Callable[[], None]]] = []
+        self._losses_sent: list[tuple[bytes, Callable[[], None], Any]] = []
 
         self._lock = threading.Lock()          # counters and the receipt inbox
         self._wake = threading.Event()
@@ -499,11 +503,42 @@ class Publisher:
         if status_due or mono >= self._next_status:
             self._publish_status()
             self._next_status = mono + self._s.status_interval_s
+        self._send_losses(reconnected)
         self._resend_expired(mono)
         if mono >= self._next_sweep:
             self._sweep()
             self._next_sweep = mono + min(self._s.resend_after_s, self._s.poll_interval_s)
         self._send_new()
+
+    def send_loss_reports(self, reports: Sequence[tuple[bytes, Callable[[], None]]]) -> None:
+        """Publish these signed loss reports (wire.seqloss) on the punches topic, QoS 1, before
+        new punches; call each one's ``on_delivered()`` once the broker acknowledged it (it is
+        published again after a reconnect until then)."""
+        with self._lock:
+            self._losses.extend(reports)
+        self._wake.set()
+
+    def _send_losses(self, reconnected: bool) -> None:
+        with self._lock:
+            todo, self._losses = self._losses, []
+        if reconnected:
+            todo += [(p, cb) for p, cb, _ in self._losses_sent]
+            self._losses_sent = []
+        for payload, cb in todo:
+            info = self._client.publish(self._punch_topic, payload, qos=1)
+            self._losses_sent.append((payload, cb, info))
+            log.warning("published the clock's loss report to the collector (%d bytes)",
+                        len(payload))
+        still: list[tuple[bytes, Callable[[], None], Any]] = []
+        for payload, cb, info in self._losses_sent:
+            if info.is_published():
+                try:
+                    cb()
+                except Exception:
+                    log.exception("loss report delivered, but noting it failed")
+            else:
+                still.append((payload, cb, info))
+        self._losses_sent = still
 
     def _send_new(self) -> None:
         while not self._stopping.is_set() and self._connected:

@@ -33,6 +33,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -183,27 +184,34 @@ class SeqLoss:
 
     ``first..last`` are the seqs that were committed on the clock and are gone from its queue;
     those among them that the collector did not record are lost (those it did are safe).
-    The chain continues at ``last + 1`` (``resumed_seq``) with ``prev`` = the mark's hash."""
+    The chain continues at ``last + 1`` with ``prev`` = the mark's hash. ``reported_us``: when
+    the collector's broker took the clock's signed report of it (wire.seqloss), if it did."""
 
     first: int
     last: int
     reason: str
     detail: str
     at_us: int
+    reported_us: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"first": self.first, "last": self.last, "reason": self.reason,
-                "detail": self.detail, "at_us": self.at_us}
+        out: dict[str, Any] = {"first": self.first, "last": self.last, "reason": self.reason,
+                               "detail": self.detail, "at_us": self.at_us}
+        if self.reported_us is not None:
+            out["reported_us"] = self.reported_us
+        return out
 
     @classmethod
     def from_dict(cls, d: Any) -> SeqLoss:
-        if not isinstance(d, dict) or set(d) != {"first", "last", "reason", "detail", "at_us"}:
+        base = {"first", "last", "reason", "detail", "at_us"}
+        if not isinstance(d, dict) or set(d) not in (base, base | {"reported_us"}):
             raise SeqMarkError("loss record: unexpected shape")
-        vals = [d["first"], d["last"], d["at_us"]]
+        vals = [d["first"], d["last"], d["at_us"], d.get("reported_us", 0)]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vals) \
                 or not isinstance(d["reason"], str) or not isinstance(d["detail"], str):
             raise SeqMarkError("loss record: wrong field types")
-        return cls(d["first"], d["last"], d["reason"], d["detail"], d["at_us"])
+        return cls(d["first"], d["last"], d["reason"], d["detail"], d["at_us"],
+                   d.get("reported_us"))
 
 
 def read_losses(path: Path) -> list[SeqLoss]:
@@ -221,7 +229,18 @@ def read_losses(path: Path) -> list[SeqLoss]:
 
 def append_loss(path: Path, loss: SeqLoss) -> None:
     """Add ``loss`` to the durable loss record (atomic replace; it holds no secret)."""
-    losses = [*read_losses(path), loss]
+    _write_losses(path, [*read_losses(path), loss])
+
+
+def mark_reported(path: Path, loss: SeqLoss, at_us: int) -> None:
+    """Note in the loss record that ``loss`` was reported to the collector at ``at_us``."""
+    losses = [dataclasses.replace(x, reported_us=at_us)
+              if (x.first, x.last, x.at_us) == (loss.first, loss.last, loss.at_us) else x
+              for x in read_losses(path)]
+    _write_losses(path, losses)
+
+
+def _write_losses(path: Path, losses: list[SeqLoss]) -> None:
     data = json.dumps({"v": 1, "losses": [x.to_dict() for x in losses]}, indent=1,
                       sort_keys=True).encode() + b"\n"
     try:

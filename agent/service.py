@@ -28,9 +28,11 @@ The publisher plugs in through :data:`PublisherFactory`; by default it is
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,12 +51,14 @@ from agent.punches import PunchMaker
 from agent.queue import Outbox, StorageState
 from agent.readers import build_reader
 from agent.readers.base import Reader
-from agent.seqmark import LOSS_FILE, MARK_FILE, SeqMark, read_losses
+from agent.seqmark import LOSS_FILE, MARK_FILE, SeqLoss, SeqMark, mark_reported, read_losses
 from agent.status import STATUS_VERSION, agent_version, write_status
 from wire.clock import now_us
 from wire.device_status import StorageStatus
+from wire.keys import SigningKey
 from wire.punch import SignedPunch
 from wire.sdnotify import Notifier
+from wire.seqloss import MAX_REASON_CHARS, LossReport
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,8 @@ class AgentService:
             raise
         if self.publisher is not None:
             self.punch_maker.add_hook(lambda _p: self._wake_publisher())
+        self._loss_lock = threading.Lock()
+        self._report_losses(signing)
         self.feedback: CommandFeedback | None = None
         if config.feedback.refused_command:
             self.feedback = CommandFeedback(config.feedback.refused_command,
@@ -155,6 +161,40 @@ class AgentService:
         self._last_write_mono = 0.0
         self._status_in_place = False
         self.metrics: AgentMetrics | None = None      # [metrics] listener, while running
+
+    def _report_losses(self, signing: SigningKey) -> None:
+        """Hand the publisher a signed report (wire.seqloss) of each loss in ``seqloss.json``
+        that the collector has not been sent yet (docs/protocol.md §13.11)."""
+        send = getattr(self.publisher, "send_loss_reports", None)
+        if send is None:
+            return
+        path = self.config.device.state_dir / LOSS_FILE
+        try:
+            losses = read_losses(path)
+        except SeqMarkError as e:
+            log.error("%s; the loss record is not reported to the collector", e)
+            return
+        reports = []
+        for loss in losses:
+            if loss.reported_us is not None:
+                continue
+            reason = re.sub(r"[\x00-\x1f\x7f]", " ", loss.reason)[:MAX_REASON_CHARS]
+            signed = LossReport(self.config.device.id, signing.key_id, loss.first, loss.last,
+                                reason, loss.at_us).sign(signing)
+            reports.append((signed.to_bytes(), functools.partial(self._loss_reported, loss)))
+        if reports:
+            log.warning("%d loss record(s) of this clock will be reported to the collector",
+                        len(reports))
+            send(reports)
+
+    def _loss_reported(self, loss: SeqLoss) -> None:
+        with self._loss_lock:
+            try:
+                mark_reported(self.config.device.state_dir / LOSS_FILE, loss, self._now_us())
+            except SeqMarkError as e:
+                log.error("%s", e)
+                return
+        log.info("loss of seqs %d..%d reported to the collector", loss.first, loss.last)
 
     def _wake_publisher(self) -> None:
         if self.publisher is not None:

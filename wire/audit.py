@@ -715,11 +715,15 @@ class LedgerAuditor:
     def _fact_rejection(self, idx: int, rejection: Rejection) -> None:
         """The raw bytes are in quarantine, not in the bundle. A ``fork`` (DESIGN.md §8.5: a
         punch whose prev did not link to its recorded neighbours, quarantined instead of
-        appended) is reported as a finding, not tampering: the chain itself is intact."""
+        appended) is reported as a finding, not tampering: the chain itself is intact; so is a
+        clock's signed ``seq-loss`` report (the reason of a gap, protocol §13.11)."""
         if rejection.reason == "fork":
             self._add(idx, Check.DEVICE_CHAIN, f"a fork of {rejection.device or '?'}'s chain "
                       f"was quarantined (not appended): {rejection.detail or ''}"[:500],
                       tamper=False)
+        elif rejection.reason == "seq-loss":
+            self._add(idx, Check.DEVICE_CHAIN, f"{rejection.device or '?'} reported a loss "
+                      f"(signed): {rejection.detail or ''}"[:500], tamper=False)
 
     def _fact_retention(self, idx: int, retention: Retention) -> None:
         self._state.retained.extend(retention.deleted)

@@ -39,7 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from collector import LedgerUnavailableError
-from collector.ingest.alerts import SEVERITY_CRITICAL, Alerts, ChainWatch, GapTracker
+from collector.ingest.alerts import (
+    SEVERITY_CRITICAL,
+    SEVERITY_WARNING,
+    Alerts,
+    ChainWatch,
+    GapTracker,
+)
 from collector.ingest.detectors import IngestMonitor
 from collector.ingest.punch_verifier import RegistryView, judge
 from collector.ingest.receipts import receipts_for
@@ -217,7 +223,11 @@ class Ingestor:
         appended: dict[str, list[int]] = {}
         outcomes: Counter[Outcome] = Counter()
         for fact, r in done:
-            if isinstance(fact, RejectionFact):
+            if isinstance(fact, RejectionFact) and fact.reason == "seq-loss":
+                # A clock's signed loss report (protocol §13.11): the reason of a gap.
+                self.alerts.alert("seq-loss", severity=SEVERITY_WARNING, device=fact.device,
+                                  detail=f"{fact.detail[:300]} [idx {r.idx}]")
+            elif isinstance(fact, RejectionFact):
                 self.alerts.count(f"rejected:{fact.reason}")
                 log.warning("quarantined (%s) from %s: %s [idx %d]", fact.reason,
                             fact.device or fact.topic[:120], fact.detail[:200], r.idx)

@@ -31,6 +31,10 @@ Invariants:
   punch cannot block a clock's whole backlog forever); the others are judged normally.
 - ``judge`` raises only on a programming error; the caller quarantines the input as
   ``internal-error`` then (see collector/ingest/pipeline.py).
+- A clock's signed loss report (wire.seqloss, docs/protocol.md §13.11) on its punches topic
+  goes through the same steps (1)-(6) and, when valid, becomes a ``seq-loss`` rejection (a
+  recorded finding: the gap in its chain, with the reason); an invalid one is rejected for the
+  step that failed, like a punch.
 - Signature checks (6) of one message may run on two threads at once (PyNaCl releases the
   GIL inside libsodium, so a backlog envelope of 500 punches uses a second core); each punch
   still gets exactly steps (4)-(6) in order, and the facts come out in the payload's order.
@@ -52,12 +56,13 @@ from wire.errors import DecodeError, SignatureError, WireError
 from wire.fields import DEVICE_ID_RE
 from wire.keys import VerifyKey
 from wire.punch import MAX_ENVELOPE_BYTES, MAX_ENVELOPE_PUNCHES, Envelope, SignedPunch
+from wire.seqloss import MAX_LOSS_BYTES, LossReport, SignedLossReport, looks_like_loss
 from wire.topics import device_of
 
 REASONS = frozenset({
     "oversized", "malformed", "bad-topic", "device-mismatch", "unknown-device",
     "device-revoked", "unknown-key", "key-revoked", "key-not-valid-for-seq",
-    "bad-signature", "conflict", "fork", "internal-error", "registry-error"})
+    "bad-signature", "conflict", "fork", "internal-error", "registry-error", "seq-loss"})
 _REGISTRY_REASONS = frozenset({"unknown-device", "device-revoked", "unknown-key",
                                "key-revoked", "key-not-valid-for-seq"})
 
@@ -138,6 +143,8 @@ def judge(topic: str, payload: bytes, received_at: int, registry: RegistryView, 
           max_bytes: int = MAX_ENVELOPE_BYTES) -> list[Fact]:
     """Judge one message from ``timeclock/v1/devices/{id}/punches``; see the module doc."""
     topic_device = _topic_device(topic)
+    if looks_like_loss(payload):
+        return [_judge_loss(topic, topic_device, payload, received_at, registry)]
     try:
         items = _frame(topic, topic_device, payload, max_bytes)
     except _FramingError as e:
@@ -161,6 +168,46 @@ def judge(topic: str, payload: bytes, received_at: int, registry: RegistryView, 
         facts[i] = (PunchFact(signed=signed, topic=topic, received_at=received_at)
                     if error is None else _reject(signed, topic, received_at, *error))
     return [f for f in facts if f is not None]
+
+
+def _judge_loss(topic: str, topic_device: str | None, payload: bytes, received_at: int,
+                registry: RegistryView) -> RejectionFact:
+    """Steps (1)-(6) for a clock's loss report; valid or not, it is one rejection fact."""
+    try:
+        r = _check_loss(topic, topic_device, payload, registry)
+        what = f"seqs {r.first}..{r.last} ({r.lost})" if r.lost else "no seq"
+        reason, detail = "seq-loss", (f"the clock reports {what} committed and lost from its "
+                                      f"queue; its chain continues at seq {r.last + 1}; "
+                                      f"reason: {r.reason}")
+    except _FramingError as e:
+        reason, detail = e.reason, f"loss report: {e}"
+    return RejectionFact(reason=reason, detail=detail[:500], topic=topic, raw=bytes(payload),
+                         received_at=received_at, device=topic_device)
+
+
+def _check_loss(topic: str, topic_device: str | None, payload: bytes,
+                registry: RegistryView) -> LossReport:
+    # (1) size, (2) strict decode, (3) topic device == report device.
+    if len(payload) > MAX_LOSS_BYTES:
+        raise _FramingError("oversized", f"{len(payload)} bytes, limit {MAX_LOSS_BYTES}")
+    try:
+        signed = SignedLossReport.from_bytes(payload)
+    except DecodeError as e:
+        raise _FramingError("malformed", str(e)) from e
+    r = signed.report
+    if topic_device is None:
+        raise _FramingError("bad-topic", f"topic {topic[:120]!r} is not a device punches topic")
+    if r.device != topic_device:
+        raise _FramingError("device-mismatch", f"report of {r.device!r} published on the "
+                                               f"topic of {topic_device!r}")
+    # (4)-(5) the key that signs the clock's punch at next_seq; (6) its signature.
+    try:
+        signed.verify(registry.key_for(r.device, r.key, r.last + 1))
+    except RegistryError as e:
+        raise _FramingError(registry_reason(e), str(e)) from e
+    except WireError as e:
+        raise _FramingError("bad-signature", str(e)) from e
+    return r
 
 
 # -- (6) signatures, on up to two threads ---------------------------------------------------

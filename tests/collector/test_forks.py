@@ -7,6 +7,9 @@ fork as a finding, not tampering). Real ledger stores (SQLite and PostgreSQL), r
 from __future__ import annotations
 
 import hashlib
+import json
+
+import pytest
 
 from collector.ingest.alerts import SEVERITY_CRITICAL, Alerts
 from collector.ingest.pipeline import Inbound, Ingestor
@@ -16,8 +19,11 @@ from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from tests.collector.punch_kit import T0, SimClock, enroll, envelope, new_clock
 from wire import ZERO_HASH
+from wire.canonical import canonical
+from wire.errors import DecodeError
 from wire.keys import SigningKey
 from wire.punch import SignedPunch
+from wire.seqloss import LossReport, SignedLossReport, looks_like_loss
 
 LOG_KEY = SigningKey.generate()
 LOG_KEYS = {LOG_KEY.key_id: LOG_KEY.verify_key}
@@ -141,3 +147,77 @@ def test_d5_finding3_a_clock_that_restarts_its_chain_never_breaks_the_ledger(
     # The genuine clock's next punch links to its recorded 6 and is appended.
     assert _send(ing, clock, [clock.punch()], mid=3) == [Outcome.APPENDED]
     _verifies_with_forks(store, 1)
+
+
+# -- the clock's signed loss report (wire.seqloss, protocol §13.11) ---------------------------
+
+def _loss(clock: SimClock, *, first: int = 4, last: int = 9, key: SigningKey | None = None,
+          device: str | None = None) -> bytes:
+    k = key or clock.key
+    report = LossReport(device or clock.device, k.key_id, first, last, "SD card replaced", T0)
+    return report.sign(k).to_bytes()
+
+
+def test_d5_loss_report_round_trip_is_strict() -> None:
+    key = SigningKey.generate()
+    signed = LossReport("clock-1", key.key_id, 3, 7, "why", T0).sign(key)
+    data = signed.to_bytes()
+    assert looks_like_loss(data)
+    assert SignedLossReport.from_bytes(data) == signed
+    assert signed.verify(key.verify_key).lost == 5
+    assert LossReport("clock-1", key.key_id, 8, 7, "nothing lost", T0).lost == 0
+    with pytest.raises(DecodeError, match="last: below first - 1"):
+        LossReport("clock-1", key.key_id, 9, 7, "x", T0)
+    obj = json.loads(data)
+    obj["loss"]["next_seq"] = 99
+    with pytest.raises(DecodeError, match="next_seq"):
+        SignedLossReport.from_bytes(canonical(obj))
+    obj["loss"]["extra"] = 1
+    with pytest.raises(DecodeError):
+        SignedLossReport.from_bytes(canonical(obj))
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("valid", "seq-loss"),
+    ("another clock's key", "bad-signature"),
+    ("another device in the report", "device-mismatch"),
+    ("unknown key id", "unknown-key"),
+    ("garbled", "malformed"),
+])
+def test_d5_loss_report_is_recorded_as_a_finding_or_rejected_for_its_step(
+        store: SQLStore, case: str, reason: str) -> None:
+    clock = new_clock()
+    enroll(store, clock)
+    other = new_clock()
+    enroll(store, other)
+    ing, alerts = _ingestor(store)
+    assert _send(ing, clock, clock.batch(3)) == [Outcome.APPENDED] * 3
+    payload = {
+        "valid": lambda: _loss(clock),
+        "another clock's key": lambda: _loss(clock, key=SigningKey.generate()),
+        "another device in the report": lambda: _loss(other, device=other.device),
+        "unknown key id": lambda: _loss(clock, key=other.key),
+        "garbled": lambda: _loss(clock)[:-5] + b"xxxx}",
+    }[case]()
+    if case == "another clock's key":      # same key id as the clock's, other private key
+        good = json.loads(_loss(clock))
+        forged = json.loads(payload)
+        good["sig"] = forged["sig"]
+        payload = canonical(good)
+    res = ing.process([Inbound(clock.topic, payload, T0)], now_us=T0)
+    assert [r.outcome for r in res.results] == [Outcome.REJECTED]
+    assert res.receipts == []
+    q = store.quarantine()[-1]
+    assert q.reason == reason, q.detail
+    assert store.quarantined_raw(q.id) == payload
+    assert sorted(_recorded(store, clock)) == [1, 2, 3]          # nothing else changed
+    if reason == "seq-loss":
+        assert "seqs 4..9 (6) committed and lost" in q.detail
+        [a] = alerts.recent("seq-loss")
+        assert (a.device, a.severity) == (clock.device, 2)
+        result = verify_store(store, LOG_KEYS)
+        assert result.report.ok
+        assert [f.tamper for f in result.report.findings
+                if "reported a loss (signed)" in f.message] == [False]
+    else:
+        assert alerts.recent("seq-loss") == []

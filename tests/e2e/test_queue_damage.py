@@ -191,10 +191,16 @@ def test_d4_queue_damage_ends_in_refusal_then_a_recorded_loss_never_a_reused_seq
         assert _status(clock)["sequence"]["state"] == "ok"
         new = [s for s in seqs if s > mark]
         assert new[0] == mark + 1, new[:3]
-        # The lost punches are exactly the gap: undelivered and gone from the queue.
+        # The lost punches are exactly the gap: undelivered and gone from the queue; the
+        # clock's signed report of the loss is in the ledger, and noted as reported.
         assert gaps == _expected_gaps(variant, loss, delivered), (gaps, loss)
-        _verify_full(site)
-        bundle_verifies(site, tmp_path / "bundle-resumed")
+        wait_for(lambda: "seq-loss" in _ledger(site, device)[1], WAIT_S,
+                 "the clock's loss report in the ledger")
+        assert _ledger(site, device)[1].count("seq-loss") == 1
+        wait_for(lambda: read_losses(clock.directory / "state" / LOSS_FILE)[0].reported_us
+                 is not None, WAIT_S, "the loss noted as reported on the clock")
+        assert "reported a loss (signed)" in _verify_full(site)
+        assert "reported a loss (signed)" in bundle_verifies(site, tmp_path / "bundle-resumed")
 
 
 def _last_seq_before_resume(variant: str, mark: int, after: int | None) -> int:

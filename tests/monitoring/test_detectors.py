@@ -190,7 +190,7 @@ def test_d13_travel_limits_are_configurable(store: SQLStore) -> None:
     assert rig.kinds() == ["buddy-punch"]
 
 
-def test_d14_verification_failures_alert_once_per_window_with_the_count(
+def test_d2_d13_verification_failures_alert_once_per_window_with_the_count(
         store: SQLStore) -> None:
     rig = Rig(store, DetectorSettings(repeat_after_s=60))
     a = rig.clock()
