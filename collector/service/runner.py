@@ -68,9 +68,10 @@ log = logging.getLogger("timeclock.collector")
 # MQTT v5 reason code 0x8E "Session taken over": another client connected with our client id.
 SESSION_TAKEN_OVER = 142
 # A session the broker ends sooner than this, TAKEOVER_SESSIONS times in a row: another
-# collector with our client id (see CollectorService._watch_takeover).
+# collector with our client id (see CollectorService._watch_takeover). Five, so that a few
+# broker crashes or restarts in a row (each also ends the session) are never taken for it.
 TAKEOVER_HOLD_S = 5.0
-TAKEOVER_SESSIONS = 3
+TAKEOVER_SESSIONS = 5
 STALL_MIN_S = 2.0     # an ingest iteration older than this (and the watchdog interval) is a stall
 BEAT_S = 0.25         # the outage back-off waits in slices this long, beating between them
 
@@ -351,11 +352,12 @@ class CollectorService:
         """Fail loudly instead of fighting over the session with another collector of the
         same identity (client id). Mosquitto closes the older connection of a client id when
         a new one connects: with MQTT v5 "Session taken over" (0x8E) from 2.0.12 on, by just
-        closing the socket before. So a session that the broker ends while this link held it
-        for less than ``TAKEOVER_HOLD_S``, ``TAKEOVER_SESSIONS`` times in a row (the two
-        take it from each other, about once per reconnect delay), or once with 0x8E, stops
-        the collector. The newcomer gets there first: the established collector's first
-        session was a long one, so its count lags by one; it then keeps the session."""
+        closing the socket before (2.0.11, Debian 12), which looks like a broker restart.
+        So the collector stops when a session it held for less than ``TAKEOVER_HOLD_S`` ends
+        with 0x8E (the newcomer: the established collector, whose session was long, takes it
+        back), or when ``TAKEOVER_SESSIONS`` sessions in a row end that soon (the two take it
+        from each other about once per reconnect delay; the newcomer's count leads by one,
+        so it stops first and the established collector keeps the session)."""
         client = link.client
         # paho's properties are typed loosely; these are MqttLink's own callbacks
         on_connect = cast("Callable[..., None]", client.on_connect)
@@ -377,7 +379,8 @@ class CollectorService:
             held = time.monotonic() - start
             short[0] = short[0] + 1 if held < TAKEOVER_HOLD_S else 0
             who = self.cfg.collector.identity
-            if reason.value == SESSION_TAKEN_OVER or short[0] >= TAKEOVER_SESSIONS:
+            taken = reason.value == SESSION_TAKEN_OVER
+            if (taken and held < TAKEOVER_HOLD_S) or short[0] >= TAKEOVER_SESSIONS:
                 link.pause()
                 client.disconnect()     # no reconnect: do not take the session back
                 on_disconnect(*a)
@@ -387,10 +390,11 @@ class CollectorService:
                               f"identity; stop the other one, or give this one its own "
                               f"[collector] name and certificate")
                 return
-            if short[0]:
-                log.error("the broker ended this collector's session after %.1f s (%d in a "
-                          "row): if another collector connects as %s, one of the two stops "
-                          "after %d", held, short[0], who, TAKEOVER_SESSIONS)
+            if taken or short[0] > 1:
+                log.error("the broker ended this collector's session after %.1f s (%s): if "
+                          "another collector connects as %s, one of the two stops", held,
+                          "session taken over" if taken else f"{short[0]} short sessions in "
+                          f"a row", who)
             on_disconnect(*a)
 
         client.on_connect = connected
