@@ -441,10 +441,13 @@ def cmd_init(args: argparse.Namespace) -> int:
           f"state {p.state}")
     for s in p.steps:
         detail = f"  ({s.detail})" if s.detail else ""
-        print(f"  {s.state:<8} {s.what:<34} {s.path}{detail}")
+        print(f"  {s.state:<8} {s.what:<40} {s.path}{detail}")
     if key is not None:
         print(f"log public key (give it to every verifier, out of band): {key.verify_key.b64}")
         print(f"  key id {key.key_id}, origin {_origin_of(p, key)}")
+    if not args.check and all(s.state not in (MISSING, WRONG) for s in p.steps):
+        print(f"next: timeclock-collector serve --check-config {p.config}; under systemd: "
+              f"systemctl enable --now timeclock-collector timeclock-crl-refresh.timer")
     return _summary(p.steps, check=args.check, print_=print)
 
 
