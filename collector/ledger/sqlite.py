@@ -99,7 +99,7 @@ class SQLiteStore(SQLStore):
             if row is not None and int(row[0]) == 1:
                 for stmt in TREE_DDL:
                     cur.execute(stmt)
-                leaves = tree.build(cur, tree.SQLITE_TREE)
+                leaves = tree.build(cur, tree.SQLITE_TREE, source=self.path)
                 cur.execute("UPDATE meta SET value = ? WHERE key = 'schema'",
                             (str(SCHEMA_VERSION),))
                 log.warning("%s: ledger schema upgraded from version 1 to %d: Merkle tree of "

@@ -19,10 +19,16 @@ the store audit runs (:func:`check`).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, cast
 
 from collector import LedgerError
 from wire.errors import ProofError
@@ -30,6 +36,8 @@ from wire.ledger import KINDS, LEDGER_DOMAIN
 from wire.merkle import Address, Node, append_nodes, frontier, leaf_hash, node_hash
 
 BUILD_BATCH = 1 << 14  # entries read, hashed and their nodes inserted per step of a build
+PARALLEL_MIN_STEPS = 8     # whole steps from which a SQLite build hashes in worker processes
+BUILD_WORKERS = 2
 CHECK_BATCH = 20_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_INT = 2**53 - 1
@@ -80,12 +88,12 @@ class TreeSQL:
         if nodes:
             cur.executemany("INSERT INTO tc_merkle (level, idx, hash) VALUES (?, ?, ?)", nodes)
 
-    def insert_run(self, cur: Any, level: int, first: int, hashes: Sequence[bytes]) -> None:
-        """Insert the nodes (level, first + k) = hashes[k]: one statement whose loop runs in
-        SQLite (a recursive CTE over one blob), not one binding per row from Python — the
-        build's largest cost (about 1.7× faster than ``executemany`` here)."""
-        if hashes:
-            cur.execute(_RUN_INSERT, (len(hashes), level, first, b"".join(hashes)))
+    def insert_run(self, cur: Any, level: int, first: int, run: bytes) -> None:
+        """Insert the nodes (level, first + k) = the k-th 32 bytes of ``run``: one statement
+        whose loop runs in SQLite (a recursive CTE over the blob), not one binding per row from
+        Python — the build's largest cost (about 1.7× faster than ``executemany`` here)."""
+        if run:
+            cur.execute(_RUN_INSERT, (len(run) // 32, level, first, run))
 
     def sql(self, s: str) -> str:
         return s if self.ph == "?" else s.replace("?", self.ph)
@@ -113,12 +121,12 @@ class PgTreeSQL(TreeSQL):
                 for n in nodes:
                     cp.write_row(n)
 
-    def insert_run(self, cur: Any, level: int, first: int, hashes: Sequence[bytes]) -> None:
-        if hashes:     # the loop runs in the server: one bytea, cut by generate_series
+    def insert_run(self, cur: Any, level: int, first: int, run: bytes) -> None:
+        if run:     # the loop runs in the server: one bytea, cut by generate_series
             cur.execute("INSERT INTO tc_merkle (level, idx, hash) "
                         "SELECT %s, %s::bigint + i, substring(%s::bytea from i * 32 + 1 for 32) "
                         "FROM generate_series(0, %s - 1) AS i",
-                        (level, first, b"".join(hashes), len(hashes)))
+                        (level, first, run, len(run) // 32))
 
 
 SQLITE_TREE = TreeSQL()
@@ -204,7 +212,8 @@ def _leaves(rows: Sequence[tuple[Any, ...]], expect_first: int) -> list[bytes]:
 
 
 def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
-          progress: Callable[[int, int], None] | None = None) -> int:
+          progress: Callable[[int, int], None] | None = None,
+          source: Path | None = None) -> int:
     """Add the nodes of every entry the node table does not cover yet, inside the caller's
     write transaction (which holds the chain lock), streaming about ``batch`` entries at a
     time; returns how many leaves were added. Each entry's stored hash is checked against its
@@ -217,8 +226,11 @@ def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
     the first step (from an unaligned size) and the last (a partial one) take the general
     path, :func:`wire.merkle.append_nodes`. Both give the same nodes (tests compare them).
 
-    (Reading and hashing in a second thread on a second connection while this one inserts
-    was measured slower on the 2-core machine of docs/performance.md: the GIL.)
+    ``source``: the SQLite file, in WAL mode, whose committed entries are the ones to build
+    (the v1 → v2 upgrade). With at least :data:`PARALLEL_MIN_STEPS` whole steps, worker
+    processes read and hash the aligned steps from their own read-only connections while this
+    one inserts (threads were measured slower here: the GIL); the results are consumed in
+    order, a bounded number ahead.
     """
     size = tree_leaves(cur)
     total = entry_count(cur)
@@ -230,41 +242,131 @@ def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
         raise LedgerError(f"the node table is incomplete below leaf {size}: {e}") from e
     height = max(0, batch.bit_length() - 1)
     span = 1 << height
-    q = dialect.sql(_ENTRY_PAGE)
+    plan: list[tuple[int, int]] = []
+    at = size
+    while at < total:
+        plan.append((at, min(total, (at // span + 1) * span)))
+        at = plan[-1][1]
+    whole = [a for a, b in plan if a % span == 0 and b - a == span]
     start = size
-    while size < total:
-        end = min(total, (size // span + 1) * span)
-        cur.execute(q, (size, end))
-        leaves = _leaves(cur.fetchall(), size)
-        if len(leaves) != end - size:
-            raise LedgerError(f"entry {size + len(leaves)} is missing: the ledger is not a "
-                              f"chain; run `timeclock-collector verify`")
-        if size % span == 0 and end - size == span:
-            runs = _subtree(leaves, height)
-            for level, run in enumerate(runs):
-                dialect.insert_run(cur, level, size >> level, run)
-            joined = _join_up(tip.nodes, size, height, runs[-1][0])
-            dialect.insert(cur, joined)
-            tip.advance(end, [(height, size >> height, runs[-1][0]), *joined])
-        else:
-            nodes = append_nodes(tip, size, leaves)
-            dialect.insert(cur, nodes)
-            tip.advance(end, nodes)
-        size = end
-        if progress is not None:
-            progress(size, total)
-    return size - start
+    with _step_hasher(cur, dialect, source, whole, height) as hashed:
+        for size, end in plan:
+            if size % span == 0 and end - size == span:
+                runs = hashed(size)
+                for level, run in enumerate(runs):
+                    dialect.insert_run(cur, level, size >> level, run)
+                joined = _join_up(tip.nodes, size, height, runs[-1])
+                dialect.insert(cur, joined)
+                tip.advance(end, [(height, size >> height, runs[-1]), *joined])
+            else:
+                nodes = append_nodes(tip, size, read_leaves(cur, dialect, size, end))
+                dialect.insert(cur, nodes)
+                tip.advance(end, nodes)
+            if progress is not None:
+                progress(end, total)
+    return total - start if plan else 0
 
 
-def _subtree(leaves: Sequence[bytes], height: int) -> list[list[bytes]]:
-    """The levels 0 … ``height`` of the complete subtree over 2**height leaf hashes."""
+def read_leaves(cur: Any, dialect: TreeSQL, start: int, end: int) -> list[bytes]:
+    cur.execute(dialect.sql(_ENTRY_PAGE), (start, end))
+    leaves = _leaves(cur.fetchall(), start)
+    if len(leaves) != end - start:
+        raise LedgerError(f"entry {start + len(leaves)} is missing: the ledger is not a "
+                          f"chain; run `timeclock-collector verify`")
+    return leaves
+
+
+def subtree(leaves: Sequence[bytes], height: int) -> list[bytes]:
+    """The levels 0 … ``height`` of the complete subtree over 2**height leaf hashes, each
+    level as one blob of 32-byte hashes."""
     sha256 = hashlib.sha256
-    runs = [list(leaves)]
+    level = list(leaves)
+    runs = [b"".join(level)]
     for _ in range(height):
-        below = runs[-1]
-        runs.append([sha256(b"\x01" + left + right).digest()
-                     for left, right in zip(below[0::2], below[1::2], strict=True)])
+        level = [sha256(b"\x01" + left + right).digest()
+                 for left, right in zip(level[0::2], level[1::2], strict=True)]
+        runs.append(b"".join(level))
     return runs
+
+
+@contextmanager
+def _step_hasher(cur: Any, dialect: TreeSQL, source: Path | None, starts: Sequence[int],
+                 height: int) -> Iterator[Callable[[int], list[bytes]]]:
+    """A function from an aligned step's start to its levels (:func:`subtree`), called with
+    ``starts`` in order: worker processes (collector.ledger.tree_worker) reading ``source``
+    when the build is large enough and the file is in WAL mode (so their reads see the
+    committed entries while this connection holds the write lock), else the caller's
+    cursor."""
+    span = 1 << height
+
+    def local(start: int) -> list[bytes]:
+        return subtree(read_leaves(cur, dialect, start, start + span), height)
+
+    if source is None or len(starts) < PARALLEL_MIN_STEPS or not _is_wal(cur):
+        yield local
+        return
+    n = max(1, min(BUILD_WORKERS, os.cpu_count() or 1))
+    workers = [subprocess.Popen(  # noqa: S603 - our own module, no shell
+        [sys.executable, "-m", "collector.ledger.tree_worker", str(source), str(height)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(n)]
+    ins = [cast("IO[bytes]", w.stdin) for w in workers]
+    outs = [cast("IO[bytes]", w.stdout) for w in workers]
+    sizes = [32 * (span >> level) for level in range(height + 1)]
+    sent = taken = 0
+
+    def hashed(start: int) -> list[bytes]:
+        nonlocal sent, taken
+        if starts[taken] != start:
+            raise LedgerError(f"tree build out of step: {start} is not {starts[taken]}")
+        while sent < min(taken + 2 * n, len(starts)):    # each worker two steps ahead
+            ins[sent % n].write(b"%d\n" % starts[sent])
+            ins[sent % n].flush()
+            sent += 1
+        out, w = outs[taken % n], workers[taken % n]
+        taken += 1
+        kind = out.read(1)
+        if kind == b"K":
+            blob = _read_exactly(out, sum(sizes))
+            runs, at = [], 0
+            for size in sizes:
+                runs.append(blob[at:at + size])
+                at += size
+            return runs
+        if kind == b"E":
+            (length,) = struct.unpack(">I", _read_exactly(out, 4))
+            raise LedgerError(_read_exactly(out, length).decode(errors="replace"))
+        raise LedgerError(f"tree build worker {w.pid} ended early (exit {w.poll()})")
+
+    done = False
+    try:
+        yield hashed
+        done = True
+    finally:
+        for f in ins:
+            with suppress(OSError):     # a worker that already ended
+                f.close()
+        for w, f in zip(workers, outs, strict=True):
+            if not done:                # a failed build: it may be blocked writing a step
+                w.kill()
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+            f.close()
+
+
+def _read_exactly(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise LedgerError(f"tree build worker: {len(data)} of {n} bytes before it ended")
+    return bytes(data)
+
+
+def _is_wal(cur: Any) -> bool:
+    cur.execute("PRAGMA journal_mode")
+    row = cur.fetchone()
+    return row is not None and str(row[0]).lower() == "wal"
 
 
 def _join_up(frontier_nodes: dict[Address, bytes], size: int, level: int,

@@ -569,6 +569,62 @@ def test_d5_the_build_in_aligned_steps_stores_exactly_the_nodes_of_append(
     assert len(got) == 2 * 70 - bin(70).count("1")
 
 
+@pytest.mark.subprocess
+def test_d5_the_build_hashes_in_worker_processes_and_stores_the_same_nodes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a source file in WAL mode and enough whole steps, tree_worker processes read and
+    hash the aligned steps; the stored nodes are exactly the reference's."""
+    monkeypatch.setattr(tree, "PARALLEL_MIN_STEPS", 2)
+    spawned: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen(args: list[str], **kw: Any) -> Any:
+        spawned.append(list(args))
+        return real_popen(args, **kw)
+    monkeypatch.setattr(tree.subprocess, "Popen", popen)
+    path = tmp_path / "v1.db"
+    leaves = write_v1_ledger(path, 70)
+    ref = merkle.MemoryTree()
+    before = ref.append(leaves[:3])
+    after = ref.append(leaves[3:])
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in TREE_DDL:
+            conn.execute(stmt)
+        conn.executemany("INSERT INTO tc_merkle VALUES (?, ?, ?)", before)
+        assert tree.build(conn.cursor(), tree.SQLITE_TREE, batch=4, source=path) == 67
+        conn.execute("COMMIT")
+        got = _stored_nodes(conn.execute("SELECT level, idx, hash FROM tc_merkle"))
+    finally:
+        conn.close()
+    assert len(spawned) == tree.BUILD_WORKERS
+    assert all("collector.ledger.tree_worker" in a for a in spawned)
+    assert got == set(before) | set(after)
+
+
+@pytest.mark.subprocess
+def test_d5_a_worker_s_finding_stops_the_build_with_its_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tree, "PARALLEL_MIN_STEPS", 2)
+    path = tmp_path / "v1.db"
+    write_v1_ledger(path, 70)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("DROP TRIGGER entries_no_update")
+    conn.execute("UPDATE entries SET at = at + 1 WHERE idx = 41")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in TREE_DDL:
+            conn.execute(stmt)
+        with pytest.raises(LedgerError, match="entry 41's stored hash is not the hash of its row"):
+            tree.build(conn.cursor(), tree.SQLITE_TREE, batch=4, source=path)
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
 def test_d5_the_aligned_build_writes_through_copy_on_postgres(pg_ledger: Any) -> None:
     s = PostgresStore(pg_ledger.app_dsn)
     fill(s, 40)
