@@ -28,6 +28,10 @@ persistence) and a fresh SQLite ledger with the clocks enrolled:
    hashes, ``append_nodes`` or node rows, the leaf trigger dropped, and no v2 checkpoint
    made: bench/merkle.py's ``no_tree``), B the real one. Reported: A and B punches/s and B's
    cost in percent of A (issue: at most 10 %).
+5. with ``--monitor-ab``: the end-to-end phase twice per run, alternating order: A without
+   monitoring (collector.ingest.detectors' IngestMonitor, the service's detector tick and the
+   alert metrics patched out, no ``[metrics]`` listener), B the real collector with
+   ``[metrics]`` on and scraped every second. Reported like ``--tree-ab`` (issue 14: ≤ 5 %).
 
 Targets (docs/performance.md, "Ingest"): median end-to-end ≥ 10,000 punches/s and ≥ 0.4 × the
 median bare verify rate of the same invocation; exit status 1 when missed.
@@ -36,6 +40,7 @@ median bare verify rate of the same invocation; exit status 1 when missed.
     python bench/ingest.py --quick          # 2 runs, 4 clocks × 2,500 punches
     python bench/ingest.py --profile        # + one profiled run: top functions of the collector
     python bench/ingest.py --tree-ab        # + A (no Merkle tree, no v2 checkpoints) vs B
+    python bench/ingest.py --monitor-ab     # + A (no metrics, no detectors) vs B
 """
 
 from __future__ import annotations
@@ -231,6 +236,51 @@ def child_collector(config: str, profile_out: str) -> int:
     return rc
 
 
+def child_collector_without_monitoring(config: str) -> int:
+    """Child (--monitor-ab, side A): ``serve`` with the ingest metrics, the detectors and the
+    service's monitoring tick patched out (the listener is off: A's config has no [metrics])."""
+    from collector.ingest import detectors  # noqa: PLC0415
+    from collector.service import metrics as service_metrics  # noqa: PLC0415
+
+    def off(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    for name in ("appended", "repeat", "committed"):
+        setattr(detectors.IngestMonitor, name, off)
+    service_metrics.ServiceMonitor.tick = off  # type: ignore[method-assign]
+    service_metrics.ServiceMonitor.status = off  # type: ignore[method-assign]
+    return collector_main(["serve", "--config", config])
+
+
+class Scraper:
+    """Side B of --monitor-ab: GET /metrics every second, as a Prometheus would."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request  # noqa: PLC0415
+
+        while not self._stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:  # noqa: S310 - loopback
+                    r.read()
+                self.scrapes += 1
+            except OSError:
+                pass
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(10)
+        if not self.scrapes:
+            print("warning: --monitor-ab side B was never scraped", flush=True)
+        return self.scrapes
+
+
 def child_collector_without_tree(config: str) -> int:
     """Child (--tree-ab, side A): ``serve`` with the append of version 1 (no leaf hash, no
     ``append_nodes``, no node rows) and no v2 checkpoint made; v1 checkpoints and receipts as
@@ -356,8 +406,21 @@ def broker_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float) -> float
         broker.close()
 
 
-def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,
-              profile_out: Path | None, without_tree: bool = False) -> tuple[float, int, int]:
+def _collector_cmd(cfg_file: Path, profile_out: Path | None, *, without_tree: bool,
+                   monitoring: bool | None) -> list[str]:
+    if monitoring is False:
+        return [sys.executable, __file__, "--child-collector-without-monitoring", str(cfg_file)]
+    if without_tree:
+        return [sys.executable, __file__, "--child-collector-without-tree", str(cfg_file)]
+    if profile_out is None:
+        return [sys.executable, "-m", "collector.cli.main", "serve", "--config", str(cfg_file)]
+    return [sys.executable, __file__, "--child-collector", str(cfg_file), str(profile_out)]
+
+
+def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa: PLR0915 - one phase, in order
+              profile_out: Path | None, without_tree: bool = False,
+              monitoring: bool | None = None) -> tuple[float, int, int]:
+    """``monitoring`` (--monitor-ab): False patches it out, True adds a scraped [metrics]."""
     broker = start_broker(pki, d / "broker-e2e")
     db = d / "ledger.db"
     store = SQLiteStore(db)
@@ -369,19 +432,19 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,
         conn = sqlite3.connect(db, isolation_level=None)
         conn.execute("DROP TRIGGER entries_need_leaf")
         conn.close()
-    cfg_file, log_key = write_collector_config(d / "collector", broker,
-                                               store_url=f"sqlite://{db}")
-    if without_tree:
-        cmd = [sys.executable, __file__, "--child-collector-without-tree", str(cfg_file)]
-    elif profile_out is None:
-        cmd = [sys.executable, "-m", "collector.cli.main", "serve", "--config", str(cfg_file)]
-    else:
-        cmd = [sys.executable, __file__, "--child-collector", str(cfg_file), str(profile_out)]
+    metrics_port = common_free_port() if monitoring else None
+    cfg_file, log_key = write_collector_config(
+        d / "collector", broker, store_url=f"sqlite://{db}",
+        extra=f"[metrics]\nport = {metrics_port}\n" if metrics_port else "")
+    cmd = _collector_cmd(cfg_file, profile_out, without_tree=without_tree,
+                         monitoring=monitoring)
     with open(d / "collector.log", "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, cwd=common.ROOT)
     pub: Publisher | None = None
+    scraper: Scraper | None = None
     try:
         warm_up(broker, warm, log_key.verify_key, d / "collector.log")
+        scraper = Scraper(metrics_port) if metrics_port else None
         pub = Publisher(broker, fleet, log_key.verify_key)
         pub.arm()
         t0 = pub.publish_all()
@@ -394,6 +457,8 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,
         rate = fleet.total / (pub.last - t0)
         receipts = pub.receipts
     finally:
+        if scraper is not None:
+            scraper.stop()
         if pub is not None:
             pub.close()
         proc.send_signal(signal.SIGTERM)
@@ -428,6 +493,28 @@ def tree_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *, a_fi
     if n_a != out[False][2]:
         raise RuntimeError(f"A recorded {n_a} punches, B {out[False][2]}")
     return (*out[False], rate_a)
+
+
+def monitor_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *, a_first: bool
+                     ) -> tuple[float, int, int, float]:
+    """B (monitoring on, scraped) and A (monitoring off) on fresh ledgers, A first when
+    ``a_first``; returns B's (rate, receipts, punches) and A's rate."""
+    out: dict[bool, tuple[float, int, int]] = {}
+    for on in ((False, True) if a_first else (True, False)):
+        sub = d / ("with-monitoring" if on else "without-monitoring")
+        sub.mkdir()
+        out[on] = e2e_phase(pki, sub, fleet, timeout_s, profile_out=None, monitoring=on)
+    if out[False][2] != out[True][2]:
+        raise RuntimeError(f"A recorded {out[False][2]} punches, B {out[True][2]}")
+    return (*out[True], out[False][0])
+
+
+def common_free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def warm_up(broker: MosquittoBroker, warm: SimClock, log_key: VerifyKey, log_file: Path) -> None:
@@ -497,11 +584,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also run the end-to-end phase without the Merkle tree and v2 "
                         "checkpoints (A) beside the real collector (B), alternating, and "
                         "report the tree's cost in percent")
+    p.add_argument("--monitor-ab", action="store_true",
+                   help="also run each end-to-end phase without metrics and detectors (A) "
+                        "and with them, scraped every second (B); report B's cost")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--child-counter", help=argparse.SUPPRESS)
     p.add_argument("--child-verify", help=argparse.SUPPRESS)
     p.add_argument("--child-collector", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--child-collector-without-tree", help=argparse.SUPPRESS)
+    p.add_argument("--child-collector-without-monitoring", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
         a.devices, a.per_device = 4, 2_500
@@ -522,6 +613,8 @@ def run_child(a: argparse.Namespace) -> int | None:
         return child_collector(*a.child_collector)
     if a.child_collector_without_tree:
         return child_collector_without_tree(a.child_collector_without_tree)
+    if a.child_collector_without_monitoring:
+        return child_collector_without_monitoring(a.child_collector_without_monitoring)
     return None
 
 
@@ -538,6 +631,19 @@ def report_tree_ab(ab: Sequence[tuple[float, float]]) -> None:
           f"{'met' if cost <= 10 else 'MISSED'} (median of the per-run costs)")
 
 
+def report_monitor_ab(ab: Sequence[tuple[float, float]]) -> None:
+    cost = common.median([100 * (1 - y / x) for x, y in ab])
+    print("\n" + common.table(
+        ["run", "A: no metrics, no detectors /s", "B: metrics (scraped) + detectors /s",
+         "cost"],
+        [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
+           for k, (x, y) in enumerate(ab)],
+         ["median", f"{common.median([x for x, _ in ab]):,.0f}",
+          f"{common.median([y for _, y in ab]):,.0f}", f"{cost:.1f} %"]]))
+    print(f"target: metrics and detectors cost ≤ 5 % of end-to-end ingest: "
+          f"{'met' if cost <= 5 else 'MISSED'} (median of the per-run costs)")
+
+
 def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path
             ) -> tuple[list[list[object]], list[RunResult], list[tuple[float, float]]]:
     """Every run: table rows, results, and (A, B) rates when ``--tree-ab``."""
@@ -548,7 +654,14 @@ def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path
         d = tmp / f"run{i + 1}"
         d.mkdir()
         br = broker_phase(pki, d, fleet, a.timeout)
-        if a.tree_ab:
+        if a.monitor_ab:
+            e2e, receipts, entries, without = monitor_ab_phase(pki, d, fleet, a.timeout,
+                                                               a_first=i % 2 == 0)
+            ab.append((without, e2e))
+            print(f"run {i + 1}: A without monitoring {without:,.0f}/s, B with metrics and "
+                  f"detectors {e2e:,.0f}/s: cost {100 * (1 - e2e / without):.1f} %",
+                  flush=True)
+        elif a.tree_ab:
             e2e, receipts, entries, without = tree_ab_phase(pki, d, fleet, a.timeout,
                                                             a_first=i % 2 == 0)
             ab.append((without, e2e))
@@ -596,7 +709,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(common.table(["run", "end-to-end punches/s", "counting subscriber punches/s",
                             "bare verify /s (1 core)", "e2e / verify", "receipts"], rows))
-        if ab:
+        if ab and a.monitor_ab:
+            report_monitor_ab(ab)
+        elif ab:
             report_tree_ab(ab)
         ok_rate = med_e2e >= TARGET_RATE
         ok_ratio = ratio >= TARGET_RATIO

@@ -48,7 +48,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -116,14 +116,6 @@ class _Device:
     replay_alerted_us: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    device: str
-    site: str | None
-    ts: int
-    idx: int
-
-
 class Detectors:
     """The ingest-side detectors (see the module doc). ``observe`` runs on the writer thread
     after each commit; ``observe_status`` on the MQTT thread; ``check`` on the writer's tick.
@@ -136,7 +128,13 @@ class Detectors:
         self.site_of = site_of or (lambda _d: None)
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
-        self._badges: OrderedDict[str, list[_Seen]] = OrderedDict()
+        self._badges: dict[str, list[tuple[str, int, int]]] = {}
+        # precomputed for the hot path: a punch dated after 2020 and within [receive - lo,
+        # receive + skew] needs no time check (lo: the backlog limit, if any)
+        self._skew_us = self.s.skew_max_s * _US
+        self._lo_us = -(self.s.max_backlog_s * _US) if self.s.max_backlog_s else -(1 << 62)
+        self._travel_max_us = max(self.s.travel_same_site_s, self.s.travel_other_site_s) * _US
+        self._buddy_on = self._travel_max_us > 0
         self._failures: dict[tuple[str, str], tuple[int, int]] = {}   # (who, reason) → n, at
 
     def _dev(self, device: str) -> _Device:
@@ -148,32 +146,42 @@ class Detectors:
     # -- punches and rejections (writer thread, after the commit) --------------------------
     def observe(self, done: Sequence[tuple[Fact, AppendResult]], *, now_us: int) -> list[Alert]:
         out: list[Alert] = []
+        appended = Outcome.APPENDED
         with self._lock:
             for fact, r in done:
-                if isinstance(fact, PunchFact):
-                    out.extend(self._punch(fact, r, now_us))
+                if type(fact) is PunchFact:
+                    if r.outcome is appended:       # the hot path: one per new punch
+                        p = fact.signed.punch
+                        recv = fact.received_at
+                        d = self._devices.get(p.device) or self._dev(p.device)
+                        if d.last_seen_us is None or recv > d.last_seen_us:
+                            d.last_seen_us = recv
+                        ts = p.ts
+                        if ts < EPOCH_FLOOR_US or not self._lo_us <= ts - recv <= self._skew_us:
+                            out.extend(self._time(p.device, d, ts, recv, r.idx))
+                        if self._buddy_on:
+                            out.extend(self._buddy(p.credential, p.device, ts, r.idx))
+                    else:
+                        out.extend(self._punch(fact, r))
                 elif isinstance(fact, RejectionFact) and fact.reason != "conflict":
                     out.extend(self._rejection(fact.device or fact.topic[:120], fact.reason,
                                                now_us, fact.detail))
         return out
 
-    def _punch(self, fact: PunchFact, r: AppendResult, now_us: int) -> list[Alert]:
+    def _punch(self, fact: PunchFact, r: AppendResult) -> list[Alert]:
+        """A punch that was not appended: a duplicate or conflict counts toward replays."""
         p = fact.signed.punch
         d = self._dev(p.device)
         recv = fact.received_at
         if d.last_seen_us is None or recv > d.last_seen_us:
             d.last_seen_us = recv
-        out: list[Alert] = []
         if r.outcome in (Outcome.DUPLICATE, Outcome.CONFLICT):
-            out.extend(self._replay(p.device, d, p.seq, recv))
-        if r.outcome is not Outcome.APPENDED:
-            return out
-        out.extend(self._time(p.device, d, p.ts, recv, r.idx))
-        out.extend(self._buddy(p.credential, _Seen(p.device, self.site_of(p.device), p.ts,
-                                                  r.idx)))
-        return out
+            return self._replay(p.device, d, p.seq, recv)
+        return []
 
     def _time(self, device: str, d: _Device, ts: int, recv: int, idx: int) -> list[Alert]:
+        """A punch dated outside [receive - max_backlog, receive + skew_max]: implausible
+        (before 2020, more than a day ahead, beyond the backlog limit) or skewed ahead."""
         ahead = ts - recv
         backlog = self.s.max_backlog_s
         if ts < EPOCH_FLOOR_US or ahead > FUTURE_MAX_US \
@@ -232,36 +240,46 @@ class Detectors:
                    f"(an honest clock resends once per resend interval): replayed traffic?",
             fields={"seq": seq, "count": len(q)})]
 
-    def _buddy(self, credential: str, seen: _Seen) -> list[Alert]:
-        recent = self._badges.get(credential)
-        if recent is None:
-            recent = self._badges[credential] = []
-            while len(self._badges) > self.s.badges_max:
-                self._badges.popitem(last=False)
-        else:
-            self._badges.move_to_end(credential)
+    def _buddy(self, credential: str, device: str, ts: int, idx: int) -> list[Alert]:
+        # Recent sightings of each badge: (device, ts, idx), newest last, at most 8 and only
+        # within the longest travel time; the dict is an LRU (re-inserted on each sighting).
+        badges = self._badges
+        recent = badges.pop(credential, None)
         out: list[Alert] = []
-        for other in recent:
-            if other.device == seen.device:
-                continue
-            same_site = other.site is not None and other.site == seen.site
-            travel = self.s.travel_same_site_s if same_site else self.s.travel_other_site_s
-            apart = abs(seen.ts - other.ts)
-            if apart < travel * _US:
-                where = f"site {seen.site}" if same_site else "two sites"
-                out.append(self.alerts.alert(
-                    "buddy-punch", severity=SEVERITY_WARNING, device=seen.device,
-                    detail=f"one badge at {other.device} (idx {other.idx}) and {seen.device} "
-                           f"(idx {seen.idx}) {apart / _US:.0f} s apart, {where}: closer than "
-                           f"the {travel} s travel allows (buddy punching or a cloned badge)",
-                    fields={"punch_idx": [other.idx, seen.idx],
-                            "devices": [other.device, seen.device],
-                            "apart_us": apart}))
-                break
-        recent.append(seen)
-        horizon = max(self.s.travel_same_site_s, self.s.travel_other_site_s) * _US
-        recent[:] = [x for x in recent if abs(seen.ts - x.ts) < horizon][-8:]
+        if recent is None:
+            recent = []
+            if len(badges) >= self.s.badges_max:
+                del badges[next(iter(badges))]
+        else:
+            for other, other_ts, other_idx in recent:
+                if other == device:
+                    continue
+                apart = abs(ts - other_ts)
+                if apart >= self._travel_max_us:
+                    continue
+                site, other_site = self.site_of(device), self.site_of(other)
+                same_site = site is not None and site == other_site
+                travel = self.s.travel_same_site_s if same_site else self.s.travel_other_site_s
+                if apart < travel * _US:
+                    out.append(self._buddy_alert(other, other_idx, device, idx, apart,
+                                                 travel, f"site {site}" if same_site
+                                                 else "two sites"))
+                    break
+            if len(recent) >= 8 or abs(ts - recent[0][1]) >= self._travel_max_us:
+                recent = [x for x in recent if abs(ts - x[1]) < self._travel_max_us][-7:]
+        recent.append((device, ts, idx))
+        badges[credential] = recent
         return out
+
+    def _buddy_alert(self, other: str, other_idx: int, device: str, idx: int, apart: int,  # noqa: PLR0913, PLR0917 - the two sightings
+                     travel: int, where: str) -> Alert:
+        return self.alerts.alert(
+            "buddy-punch", severity=SEVERITY_WARNING, device=device,
+            detail=f"one badge at {other} (idx {other_idx}) and {device} (idx {idx}) "
+                   f"{apart / _US:.0f} s apart, {where}: closer than the {travel} s travel "
+                   f"allows (buddy punching or a cloned badge)",
+            fields={"punch_idx": [other_idx, idx], "devices": [other, device],
+                    "apart_us": apart})
 
     def _rejection(self, who: str, reason: str, now_us: int, detail: str) -> list[Alert]:
         key = (who, reason)
@@ -415,12 +433,12 @@ class IngestMonitor:
         observe = metrics.INGEST_LATENCY.observe
         for r in received_at:
             observe(max(now_us - r, 0) / _US)
-        outcomes: dict[str, int] = {}
+        outcomes: Counter[str] = Counter()
         for fact, res in done:
-            if isinstance(fact, RejectionFact):
+            if type(fact) is RejectionFact:
                 metrics.INGEST_REJECTIONS.labels(fact.reason).inc()
             else:
-                outcomes[res.outcome.value] = outcomes.get(res.outcome.value, 0) + 1
+                outcomes[res.outcome.value] += 1
         for outcome, n in outcomes.items():
             metrics.INGEST_PUNCHES.labels(outcome).inc(n)
         if self.detectors is not None:
