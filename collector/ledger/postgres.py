@@ -70,7 +70,7 @@ def migrate(owner_dsn: str, *, app_role: str | None = None) -> int:
                 conn.execute(SCHEMA)
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-                    leaves = tree.build(cur, tree.PG_TREE)
+                    leaves = tree.build(cur, tree.PG_TREE, source=owner_dsn)
                     cur.execute(SET_VERSION)
                 if app_role is not None:
                     for stmt in GRANTS.strip().splitlines():

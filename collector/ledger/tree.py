@@ -213,7 +213,7 @@ def _leaves(rows: Sequence[tuple[Any, ...]], expect_first: int) -> list[bytes]:
 
 def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
           progress: Callable[[int, int], None] | None = None,
-          source: Path | None = None) -> int:
+          source: Path | str | None = None) -> int:
     """Add the nodes of every entry the node table does not cover yet, inside the caller's
     write transaction (which holds the chain lock), streaming about ``batch`` entries at a
     time; returns how many leaves were added. Each entry's stored hash is checked against its
@@ -226,8 +226,9 @@ def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
     the first step (from an unaligned size) and the last (a partial one) take the general
     path, :func:`wire.merkle.append_nodes`. Both give the same nodes (tests compare them).
 
-    ``source``: the SQLite file, in WAL mode, whose committed entries are the ones to build
-    (the v1 → v2 upgrade). With at least :data:`PARALLEL_MIN_STEPS` whole steps, worker
+    ``source``: where the committed entries to build can be read by other processes — the
+    SQLite file (in WAL mode) of the v1 → v2 upgrade, or the PostgreSQL DSN of ``migrate``
+    (a str). With at least :data:`PARALLEL_MIN_STEPS` whole steps, worker
     processes read and hash the aligned steps from their own read-only connections while this
     one inserts (threads were measured slower here: the GIL); the results are consumed in
     order, a bounded number ahead.
@@ -290,7 +291,7 @@ def subtree(leaves: Sequence[bytes], height: int) -> list[bytes]:
 
 
 @contextmanager
-def _step_hasher(cur: Any, dialect: TreeSQL, source: Path | None, starts: Sequence[int],
+def _step_hasher(cur: Any, dialect: TreeSQL, source: Path | str | None, starts: Sequence[int],
                  height: int) -> Iterator[Callable[[int], list[bytes]]]:
     """A function from an aligned step's start to its levels (:func:`subtree`), called with
     ``starts`` in order: worker processes (collector.ledger.tree_worker) reading ``source``
@@ -302,13 +303,17 @@ def _step_hasher(cur: Any, dialect: TreeSQL, source: Path | None, starts: Sequen
     def local(start: int) -> list[bytes]:
         return subtree(read_leaves(cur, dialect, start, start + span), height)
 
-    if source is None or len(starts) < PARALLEL_MIN_STEPS or not _is_wal(cur):
+    sqlite = isinstance(source, Path)
+    if source is None or len(starts) < PARALLEL_MIN_STEPS or (sqlite and not _is_wal(cur)):
         yield local
         return
     n = max(1, min(BUILD_WORKERS, os.cpu_count() or 1))
+    # The source goes through the environment (a DSN may hold a password: not in argv).
+    env = {**os.environ, "TIMECLOCK_TREE_SOURCE": str(source),
+           "TIMECLOCK_TREE_DIALECT": "sqlite" if sqlite else "postgresql"}
     workers = [subprocess.Popen(  # noqa: S603 - our own module, no shell
-        [sys.executable, "-m", "collector.ledger.tree_worker", str(source), str(height)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(n)]
+        [sys.executable, "-m", "collector.ledger.tree_worker", str(height)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) for _ in range(n)]
     ins = [cast("IO[bytes]", w.stdin) for w in workers]
     outs = [cast("IO[bytes]", w.stdout) for w in workers]
     sizes = [32 * (span >> level) for level in range(height + 1)]

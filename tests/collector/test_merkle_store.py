@@ -625,7 +625,13 @@ def test_d5_a_worker_s_finding_stops_the_build_with_its_message(
         conn.close()
 
 
-def test_d5_the_aligned_build_writes_through_copy_on_postgres(pg_ledger: Any) -> None:
+@pytest.mark.parametrize("workers", [
+    pytest.param(False, id="one-process"),
+    pytest.param(True, id="worker-processes", marks=pytest.mark.subprocess)])
+def test_d5_the_aligned_build_writes_through_copy_on_postgres(
+        pg_ledger: Any, workers: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if workers:
+        monkeypatch.setattr(tree, "PARALLEL_MIN_STEPS", 2)
     s = PostgresStore(pg_ledger.app_dsn)
     fill(s, 40)
     ref = reference(s)
@@ -634,7 +640,8 @@ def test_d5_the_aligned_build_writes_through_copy_on_postgres(pg_ledger: Any) ->
         conn.execute("SET session_replication_role = replica")
         conn.execute("DELETE FROM tc_merkle WHERE (idx + 1) * (1 << level) > 5")  # keep size 5
         with conn.transaction(), conn.cursor() as cur:
-            assert tree.build(cur, tree.PG_TREE, batch=8) == 36
+            assert tree.build(cur, tree.PG_TREE, batch=8,
+                              source=pg_ledger.admin_dsn if workers else None) == 36
             cur.execute("SELECT level, idx, hash FROM tc_merkle")
             got = _stored_nodes(cur.fetchall())
     want = set(merkle.MemoryTree().append([merkle.entry_leaf_hash(se.entry)
