@@ -70,6 +70,9 @@ class Alerts:
         self.clock = clock
         self._unrecorded: list[dict[str, Any]] = []
         self._dropped = 0
+        # Called with each alert's entry body (e.g. the signed webhooks of
+        # collector.ingest.detectors_webhooks); must be quick and must not raise.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def alert(self, kind: str, *, severity: int, device: str | None, detail: str,
               fields: Mapping[str, Any] | None = None) -> Alert:
@@ -77,19 +80,23 @@ class Alerts:
         without floats: integers in µs) and log record; no credential, no person's name:
         device ids, idx, counts, reasons."""
         a = Alert(kind, severity, device, detail)
+        body: dict[str, Any] = {**(fields or {}), "alert": kind, "severity": severity,
+                                "device": device, "detail": detail[:1000], "at": self.clock()}
         with self._lock:
             self._counts[f"alert:{kind}"] += 1
             self._recent.append(a)
             del self._recent[:-1000]
             if self.record:
-                body: dict[str, Any] = {**(fields or {}), "alert": kind,
-                                        "severity": severity, "device": device,
-                                        "detail": detail[:1000], "at": self.clock()}
                 self._unrecorded.append(body)
                 if len(self._unrecorded) > self.max_unrecorded:
                     self._dropped += len(self._unrecorded) - self.max_unrecorded
                     del self._unrecorded[:-self.max_unrecorded]
         metrics.ALERTS.labels(kind, str(severity)).inc()
+        for listener in self.listeners:
+            try:
+                listener(body)
+            except Exception:  # an alert is never lost to a listener's bug
+                log.exception("an alert listener failed")
         level = logging.ERROR if severity <= SEVERITY_CRITICAL else logging.WARNING
         self._log.log(level, "ALERT sev=%d kind=%s device=%s: %s", severity, kind,
                       device or "-", detail,

@@ -64,6 +64,12 @@ Example::
     travel_same_site_s = 60
     travel_other_site_s = 1800
 
+    [[webhooks]]                                # optional, any number: signed alert POSTs
+    name = "soc"                                # (collector.ingest.detectors_webhooks)
+    url = "https://soc.example.org/hooks/timeclock"
+    secret_file = "/etc/timeclock/webhook-soc.secret"   # 0600, ≥ 16 bytes: the HMAC key
+    # min_severity = 2, attempts = 8, backoff_initial_s = 1, backoff_max_s = 300
+
     [[witnesses]]                               # optional, any number: external C2SP
     url = "https://witness.auditor.example:8443"  # witnesses (collector.ingest.witness_client)
     name = "auditor.example/witness"
@@ -86,6 +92,7 @@ from collector import CollectorError, ConfigError
 from collector.api.config import ApiSection, read_api_section
 from collector.ingest.checkpoints import validate_origin
 from collector.ingest.detectors import DetectorSettings, read_detector_section
+from collector.ingest.detectors_webhooks import WebhookEndpoint, parse_webhooks
 from collector.ingest.metrics import MetricsSection, read_metrics_section
 from collector.ingest.witness_client import WitnessEndpoint, parse_witnesses
 from wire.config import Section
@@ -186,6 +193,7 @@ class CollectorConfig:
     witnesses: tuple[WitnessEndpoint, ...] = ()   # [[witnesses]]
     metrics: MetricsSection | None = None       # [metrics]: /metrics listener (None: off)
     detectors: DetectorSettings = DetectorSettings()   # [detectors]: thresholds
+    webhooks: tuple[WebhookEndpoint, ...] = ()   # [[webhooks]]: signed alert webhooks
 
 
 def redact_url(url: str) -> str:
@@ -288,6 +296,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     metrics = (read_metrics_section(top.section("metrics"), HOST_RE) if top.has("metrics")
                else None)
     detectors = read_detector_section(top.section("detectors"))
+    webhooks = parse_webhooks(top.raw("webhooks"), base, problems)
     top.finish()
 
     if (problems or name is None or store is None or log_key is None or host is None
@@ -300,7 +309,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),
         ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker, api=api,
-        ledger=ledger, witnesses=witnesses, metrics=metrics, detectors=detectors)
+        ledger=ledger, witnesses=witnesses, metrics=metrics, detectors=detectors,
+        webhooks=webhooks)
 
 
 def load_config(path: Path) -> CollectorConfig:

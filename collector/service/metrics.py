@@ -2,7 +2,8 @@
 and the ``/metrics`` listener (collector.ingest.metrics, collector.ingest.detectors).
 
 Wiring only. :class:`ServiceMonitor` is created by collector.service.runner with the service;
-the writer thread calls :meth:`ServiceMonitor.tick` (alert entries flushed into the ledger,
+the writer thread calls :meth:`ServiceMonitor.tick` (alert entries and webhook delivery
+records flushed into the ledger,
 offline check, the ledger's checkpoint figures cached), the MQTT thread
 :meth:`ServiceMonitor.status`, and a scrape reads :meth:`ServiceMonitor.gauges` — which
 never touches the store (the writer thread caches what needs SQL), so a scrape neither
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from collector import LedgerUnavailableError
 from collector.ingest.alerts import Alerts
 from collector.ingest.detectors import Detectors, IngestMonitor
+from collector.ingest.detectors_webhooks import WebhookSender
 from collector.ingest.metrics import (
     CertCache,
     Gauge,
@@ -88,14 +90,22 @@ class ServiceMonitor:
         self._ledger: _Ledger | None = None
         self._collector: StateCollector | None = None
         self.server: MetricsServer | None = None
+        self.webhooks: WebhookSender | None = None
+        if cfg.webhooks:
+            self.webhooks = WebhookSender(cfg.webhooks, cfg.collector.identity, clock=clock)
+            alerts.listeners.append(self.webhooks.submit)
 
     def start(self) -> None:
         self._collector = register_state(self.gauges)
+        if self.webhooks is not None:
+            self.webhooks.start()
         m = self.cfg.metrics
         if m is not None:
             self.server = MetricsServer(m.listen, m.port)
 
     def stop(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.stop()
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -113,6 +123,8 @@ class ServiceMonitor:
         """Writer thread: record queued alerts, check for offline clocks, cache figures."""
         if self.alerts.unrecorded():
             self.alerts.flush(lambda facts: store.append(facts, now_us=self.clock()))
+        if self.webhooks is not None and self.webhooks.unrecorded():
+            self.webhooks.flush(lambda facts: store.append(facts, now_us=self.clock()))
         if self._ticked_us is not None and now - self._ticked_us < TICK_S * _US:
             return
         self._ticked_us = now
