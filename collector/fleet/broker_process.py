@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cryptography import x509
+
 from collector import CollectorError, PKIError
 from collector.fleet.broker_config import BrokerFiles, prepare_broker_dir
 from collector.fleet.pki import CertificateAuthority
@@ -71,6 +73,7 @@ CONTROL_IDENTITY = "collector.broker-control"
 CONTROL_CERT = "control.crt"
 CONTROL_KEY = "control.key"
 FORCED_CLIENT_ID = "use_username_as_clientid true"
+CONTROL_RENEW_BEFORE = dt.timedelta(days=30)   # re-preparing the directory renews it then
 RELOADED = "Reloading config."
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 30.0
@@ -126,11 +129,23 @@ def _ensure_control_identity(ca: CertificateAuthority, directory: Path) -> None:
     whose key cannot be used here (passphrase not given) leaves revocation on the restart
     path, with a warning."""
     key, cert = directory / CONTROL_KEY, directory / CONTROL_CERT
+    now = dt.datetime.now(dt.UTC)
     if key.is_file() and cert.is_file():
-        return
+        try:
+            expires = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+        except ValueError:
+            expires = now
+        if expires - now > CONTROL_RENEW_BEFORE:
+            return
+    # Missing, expiring or unreadable: a new one (issued beside, then renamed over the old
+    # pair, so a CA key that cannot be used here leaves the old one in place).
+    new_key, new_cert = key.with_name(f".{CONTROL_KEY}.new"), cert.with_name(f".{CONTROL_CERT}.new")
+    for p in (new_key, new_cert):
+        p.unlink(missing_ok=True)
     try:
-        ca.issue_client(CONTROL_IDENTITY, key, cert, kind="collector",
-                        now=dt.datetime.now(dt.UTC))
+        ca.issue_client(CONTROL_IDENTITY, new_key, new_cert, kind="collector", now=now)
+        os.replace(new_key, key)
+        os.replace(new_cert, cert)
     except PKIError as e:
         log.warning("no broker control identity (%s): `device revoke` will restart the "
                     "broker to cut a live session", e)
@@ -457,9 +472,13 @@ def cut_off(control: BrokerControl, crl_file: Path, identities: Sequence[str], *
     if own is not None:
         # The control client's CONNACK comes after the reload (Mosquitto is single-threaded),
         # so a clock kicked now reconnects against the new CRL.
-        disable_clients(own[0], own[1], own[2], CONTROL_IDENTITY, identities,
-                        timeout_s=timeout_s)
-        return CutOff("disable-client", time.monotonic() - t0)
+        try:
+            disable_clients(own[0], own[1], own[2], CONTROL_IDENTITY, identities,
+                            timeout_s=timeout_s)
+            return CutOff("disable-client", time.monotonic() - t0)
+        except BrokerError as e:   # e.g. an expired control certificate: restart instead
+            log.warning("cutting the session with %s failed (%s); restarting the broker",
+                        CONTROL_IDENTITY, e)
     if context is not None and identity is not None and uses_plugin(control.directory) \
             and not uses_forced_client_ids(control.directory):
         # An older broker directory (client ids not forced): the collector's certificate

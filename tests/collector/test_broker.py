@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import ssl
 import threading
@@ -11,6 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
 
 from collector import ConfigError
 from collector.fleet.broker_config import (
@@ -20,7 +22,15 @@ from collector.fleet.broker_config import (
     render_acl,
     render_mosquitto_conf,
 )
-from tests.fixtures.mosquitto import MosquittoBroker
+from collector.fleet.broker_process import (
+    CONTROL_CERT,
+    CONTROL_IDENTITY,
+    CONTROL_KEY,
+    BrokerControl,
+    dynsec_plugin,
+    prepare_managed_broker,
+)
+from tests.fixtures.mosquitto import MosquittoBroker, free_port
 from tests.fixtures.pki import TestPKI
 from tests.polling import wait_for
 from wire import inclusion, topics, witness
@@ -419,3 +429,31 @@ def test_acl_plugin_built_once_per_source_and_without_a_writable_cache(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ro"))
     (tmp_path / "c").mkdir()
     assert build_acl_plugin(tmp_path / "c" / "p.so").read_bytes() == first.read_bytes()
+
+
+@pytest.mark.subprocess
+def test_managed_broker_control_identity_issued_kept_and_renewed(pki: TestPKI,
+                                                                  tmp_path: Path) -> None:
+    d = tmp_path / "broker"
+    prepare_managed_broker(pki.ca, d, port=free_port(), collectors=("main",))
+    if dynsec_plugin() is None:
+        pytest.skip("no dynamic-security plugin in this Mosquitto build")
+    first = (d / CONTROL_CERT).read_bytes()
+    cert = x509.load_pem_x509_certificate(first)
+    assert cert.subject.rfc4514_string() == f"CN={CONTROL_IDENTITY}"
+    acl = (d / "acl").read_text()
+    assert f"user {CONTROL_IDENTITY}\ntopic write $CONTROL/dynamic-security/v1\n" in acl
+    assert acl.rstrip().endswith(f"topic read {topics.ALL_STATUS}")
+    # Prepared again: kept while valid for more than 30 days...
+    prepare_managed_broker(pki.ca, d, port=free_port(), collectors=("main",))
+    assert (d / CONTROL_CERT).read_bytes() == first
+    # ... renewed when it expires sooner.
+    for name in (CONTROL_CERT, CONTROL_KEY):
+        (d / name).unlink()
+    pki.ca.issue_client(CONTROL_IDENTITY, d / CONTROL_KEY, d / CONTROL_CERT, kind="collector",
+                        now=dt.datetime.now(dt.UTC), days=10)
+    prepare_managed_broker(pki.ca, d, port=free_port(), collectors=("main",))
+    renewed = x509.load_pem_x509_certificate((d / CONTROL_CERT).read_bytes())
+    assert renewed.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=300)
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".control")) == []
+    assert BrokerControl(d).control_client() is not None

@@ -75,8 +75,13 @@ def test_d1_d3_d17_enrol_rotate_revoke(tmp_path: Path) -> None:
         # -- certificate revoked, CRL reloaded, the LIVE session cut: refused within 5 s
         ctx = client_context(a.directory / "ca.crt", a.directory / "tls.crt",
                              a.directory / "tls.key")
-        assert mqtt_probe("127.0.0.1", site.port, ctx, client_id="probe-a").accepted
         log = site.root / "broker" / "mosquitto.log"
+        agent_connects = log.read_text().count("as clock-a (p5")
+        assert mqtt_probe("127.0.0.1", site.port, ctx, client_id="probe-a").accepted
+        # The broker forces the client id to the CN: the probe replaced the clock's session.
+        # Wait until the clock is connected again, so there is a live session to cut.
+        wait_for(lambda: log.read_text().count("as clock-a (p5") > agent_connects, 60,
+                 "clock-a to reconnect after the probe")
         kicked_before = log.read_text().count("clock-a been disconnected")
         t0 = time.monotonic()
         r = cli("collector.cli.main", "device", "revoke", "--config", cfg, "--ca",
