@@ -19,10 +19,11 @@ from agent.config import load_config
 from agent.errors import AgentError
 from agent.keystore import load_queue
 
+NOTHING_TO_RESUME = 3     # exit status (wire.cli uses 2 for errors)
 RESUME_EPILOG = """\
 Stop the agent first (systemctl stop timeclock-agent). Example:
   timeclock-agent resume -c /etc/timeclock/agent.toml --reason "SD card replaced, ticket 4711"
-Exit 0 when resumed, 1 on an error, 2 when there is nothing to resume (the sequence is ok).
+Exit 0 when resumed, 3 when there is nothing to resume (the sequence is ok), 2 on an error.
 """
 
 
@@ -51,7 +52,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         st = box.sequence()
         if st.state != "refusing":
             print(f"{config.device.id}: sequence {st.state} ({st.detail}); nothing to resume")
-            return 2
+            return NOTHING_TO_RESUME
         print(f"{config.device.id}: sequence was refusing ({st.reason}): {st.detail}")
         loss = box.resume(reason=args.reason, after_seq=args.after_seq)
     finally:

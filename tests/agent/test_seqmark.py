@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from agent import cli as agent_cli
 from agent.errors import QueueError, SeqMarkError, SequenceRefusedError
+from agent.keystore import save_queue_key
 from agent.punches import REFUSED_SEQUENCE, PunchMaker
 from agent.queue import Outbox
 from agent.seqmark import (
@@ -26,6 +28,7 @@ from agent.seqmark import (
     SeqMark,
     read_losses,
 )
+from agent.status import sequence_line
 from tests.agent.queue_damage_kit import (
     LOSES_QUEUE_TRANSACTIONS,
     VARIANTS,
@@ -35,6 +38,7 @@ from tests.agent.queue_damage_kit import (
 from tests.agent.test_queue import DEVICE, KEY, SK, fill, make
 from wire import ZERO_HASH
 from wire.chain import check_device_chain
+from wire.keys import save_signing_key
 
 PUNCHES = 30          # enough for SQLite to checkpoint once (the WAL holds the rest)
 
@@ -225,3 +229,42 @@ def test_d4_damaged_mark_refuses_and_resume_moves_it_aside(tmp_path: Path) -> No
         box.close()
     assert (nxt.punch.seq, nxt.punch.prev) == (6, hashes[-1])
     assert [p.name for p in snap.glob("seqmark.damaged.*")] != []
+
+
+# -- the operator's view: status and `timeclock-agent resume` ----------------------------------
+
+def test_d4_status_shows_a_refusing_sequence_and_its_losses() -> None:
+    refusing = {"state": "refusing", "reason": "queue-behind-mark", "since_us": 0,
+                "detail": "queue.db ends at seq 3 but the clock committed up to seq 9",
+                "refused_taps": 4, "losses": []}
+    line = sequence_line(refusing, now_us=5_000_000)
+    assert line.startswith("sequence:      REFUSING TAPS (queue-behind-mark)")
+    assert "4 tap(s) refused; run `timeclock-agent resume`" in line
+    resumed = {"state": "ok", "mark_seq": 12, "losses": [
+        {"first": 4, "last": 9, "reason": "r", "detail": "d", "at_us": 0}]}
+    assert sequence_line(resumed, now_us=5_000_000) == \
+        "sequence:      ok at seq 12; 1 resume(s), last 5s ago: seqs 4..9 lost"
+
+
+def test_d4_resume_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_signing_key(tmp_path / "signing.key", SK)
+    save_queue_key(tmp_path / "queue.key", KEY)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[device]\nid = "{DEVICE}"\nstate_dir = "state"\n'
+                   '[keys]\nsigning_key = "signing.key"\nqueue_key = "queue.key"\n'
+                   '[readers.front]\nkind = "simulated"\ncredentials = ["0012345678"]\n')
+    box = _open(tmp_path / "state")
+    try:
+        fill(box, 4)
+    finally:
+        box.close()
+    args = ["resume", "-c", str(cfg), "--reason", "card swapped"]
+    assert agent_cli.main(args) == 3                      # nothing to resume
+    assert "nothing to resume" in capsys.readouterr().out
+    VARIANTS["queue-deleted"](tmp_path / "state")
+    assert agent_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "RESUMED: seqs 1..4 were committed on this clock" in out
+    assert "The next punch is seq 5" in out
+    [loss] = read_losses(tmp_path / "state" / LOSS_FILE)
+    assert (loss.first, loss.last, loss.reason, loss.reported_us) == (1, 4, "card swapped", None)
