@@ -447,6 +447,7 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
         scraper = Scraper(metrics_port) if metrics_port else None
         pub = Publisher(broker, fleet, log_key.verify_key)
         pub.arm()
+        cpu0 = _cpu_s(proc.pid)
         t0 = pub.publish_all()
         if not pub.done.wait(timeout_s):
             raise RuntimeError(f"receipts incomplete after {timeout_s:.0f} s: "
@@ -455,6 +456,8 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
         if pub.errors:
             raise RuntimeError(f"bad receipts: {pub.errors[:3]}")
         rate = fleet.total / (pub.last - t0)
+        if monitoring is not None:
+            MONITOR_CPU_US[monitoring].append((_cpu_s(proc.pid) - cpu0) * 1e6 / fleet.total)
         receipts = pub.receipts
     finally:
         if scraper is not None:
@@ -507,6 +510,17 @@ def monitor_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *, a
     if out[False][2] != out[True][2]:
         raise RuntimeError(f"A recorded {out[False][2]} punches, B {out[True][2]}")
     return (*out[True], out[False][0])
+
+
+MONITOR_CPU_US: dict[bool, list[float]] = {False: [], True: []}
+"""--monitor-ab: the collector process's CPU time per punch over each ingest window (user +
+system, /proc/<pid>/stat), A (False) and B (True): less sensitive to a loaded machine than
+the wall-clock rate."""
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def common_free_port() -> int:
@@ -642,6 +656,11 @@ def report_monitor_ab(ab: Sequence[tuple[float, float]]) -> None:
           f"{common.median([y for _, y in ab]):,.0f}", f"{cost:.1f} %"]]))
     print(f"target: metrics and detectors cost ≤ 5 % of end-to-end ingest: "
           f"{'met' if cost <= 5 else 'MISSED'} (median of the per-run costs)")
+    a_cpu, b_cpu = (common.median(MONITOR_CPU_US[k]) for k in (False, True))
+    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in MONITOR_CPU_US[False]]}"
+          f" µs, B {[round(x, 1) for x in MONITOR_CPU_US[True]]} µs")
+    print(f"collector CPU per punch (median): A {a_cpu:.1f} µs, B {b_cpu:.1f} µs: "
+          f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
 
 
 def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path

@@ -92,7 +92,7 @@ from collector import CollectorError, ConfigError
 from collector.api.config import ApiSection, read_api_section
 from collector.ingest.checkpoints import validate_origin
 from collector.ingest.detectors import DetectorSettings, read_detector_section
-from collector.ingest.detectors_webhooks import WebhookEndpoint, parse_webhooks
+from collector.ingest.detectors_webhooks import WebhookEndpoint, load_secret, parse_webhooks
 from collector.ingest.metrics import MetricsSection, read_metrics_section
 from collector.ingest.witness_client import WitnessEndpoint, parse_witnesses
 from wire.config import Section
@@ -345,6 +345,11 @@ def check_files(cfg: CollectorConfig) -> None:
                 check_private_file(p)
             except KeyFileError as e:
                 problems.append(f"{keypath}: {e}")
+    for n, hook in enumerate(cfg.webhooks):
+        try:
+            load_secret(hook.secret_file)
+        except CollectorError as e:
+            problems.append(f"webhooks[{n}].secret_file: {e}")
     if cfg.broker.managed and cfg.broker.dir is not None \
             and not (cfg.broker.dir / "mosquitto.conf").is_file():
         problems.append(f"broker.dir: {cfg.broker.dir}/mosquitto.conf: no such file (prepare "

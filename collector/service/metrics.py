@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("timeclock.collector")
 
-TICK_S = 1.0          # offline checks and the cached ledger figures, at most this often
+TICK_S = 1.0          # offline checks at most this often
+LEDGER_EVERY_S = 5.0  # the registry and the ledger's figures (a few queries) this often
 _US = 1_000_000
 
 
@@ -87,6 +88,7 @@ class ServiceMonitor:
         self.certs = CertCache(cert_files(cfg))
         self.started_us = clock()
         self._ticked_us: int | None = None
+        self._read_us: int | None = None
         self._ledger: _Ledger | None = None
         self._collector: StateCollector | None = None
         self.server: MetricsServer | None = None
@@ -128,14 +130,16 @@ class ServiceMonitor:
         if self._ticked_us is not None and now - self._ticked_us < TICK_S * _US:
             return
         self._ticked_us = now
-        try:
-            devices = store.devices()
-            self._ledger = self._read_ledger(store)
-        except LedgerUnavailableError:
-            return
-        self._sites.clear()
-        self._sites.update({d.device: d.site for d in devices})
-        self._active = [d.device for d in devices if d.status == "active"]
+        if self._read_us is None or now - self._read_us >= LEDGER_EVERY_S * _US:
+            try:
+                devices = store.devices()
+                self._ledger = self._read_ledger(store)
+            except LedgerUnavailableError:
+                return
+            self._read_us = now
+            self._sites.clear()
+            self._sites.update({d.device: d.site for d in devices})
+            self._active = [d.device for d in devices if d.status == "active"]
         self.detectors.check(self._active, now_us=now, started_us=self.started_us)
 
     @staticmethod

@@ -25,7 +25,7 @@ from collector.ingest.detectors_webhooks import (
 )
 from collector.ingest.metrics import sample_value
 from collector.ledger.sqlbase import SQLStore
-from collector.service.config import parse_config
+from collector.service.config import check_files, parse_config
 from tests.collector.punch_kit import T0
 from tests.fixtures.prometheus import free_port
 from tests.polling import wait_for
@@ -170,3 +170,16 @@ def test_d13_webhook_secrets_must_be_private_and_long(tmp_path: Path) -> None:
     short.chmod(0o600)
     with pytest.raises(WebhookError, match="at least 16 bytes"):
         load_secret(short)
+
+
+def test_d13_check_files_reports_a_loose_webhook_secret(tmp_path: Path) -> None:
+    loose = tmp_path / "loose.secret"
+    loose.write_bytes(SECRET)
+    loose.chmod(0o644)
+    base = {"collector": {"name": "a", "store": "sqlite:///x.db", "log_key": "/k"},
+            "mqtt": {"host": "h", "port": 1, "ca_cert": "a", "cert": "b", "key": "c"},
+            "webhooks": [{"name": "soc", "url": "https://soc.example/h",
+                          "secret_file": str(loose)}]}
+    cfg = parse_config(base, base=tmp_path)
+    with pytest.raises(ConfigError, match=r"webhooks\[0\]\.secret_file: webhook secret .*loose"):
+        check_files(cfg)
