@@ -37,6 +37,9 @@ default):
 - ``auth-failure-burst`` (sev 2): more than ``[api] auth_failures_max`` failed API
   authentications from one client address within ``[api] auth_failures_window_s``: the
   address the API's throttle locks out (collector.api.metrics raises it).
+- ``queue-age`` (sev 2): a clock's live status says its oldest unreceipted punch is older
+  than ``queue_age_max_s`` (an hour: the punches are not in the ledger, so not in payroll;
+  0: off). Re-armed once its queue is younger again.
 - ``witness-refusal`` is raised by collector.ingest.cosignatures and witness_client.
 
 Invariants: every detector's state is bounded (per device, per badge with an LRU bound, per
@@ -79,6 +82,7 @@ class DetectorSettings:
     travel_same_site_s: int = 60          # walking between two clocks of one site
     travel_other_site_s: int = 1800       # driving between sites
     repeat_after_s: int = 3600            # re-alert a lasting condition this often
+    queue_age_max_s: int = 3600           # unreceipted punches this old: payroll at risk
     badges_max: int = 200_000             # badges remembered for buddy-punch (LRU)
 
 
@@ -97,6 +101,8 @@ def read_detector_section(sec: Section) -> DetectorSettings:
         travel_other_site_s=sec.integer("travel_other_site_s", d.travel_other_site_s, lo=0,
                                         hi=7 * day),
         repeat_after_s=sec.integer("repeat_after_s", d.repeat_after_s, lo=1, hi=30 * day),
+        queue_age_max_s=sec.integer("queue_age_max_s", d.queue_age_max_s, lo=0,
+                                    hi=30 * day),
         badges_max=sec.integer("badges_max", d.badges_max, lo=100, hi=10_000_000))
     sec.finish()
     return s
@@ -112,6 +118,7 @@ class _Device:
     skewed: bool = False
     offline_alerted: bool = False
     implausible_at_us: int | None = None
+    queue_alerted: bool = False
     replays: dict[int, deque[int]] = field(default_factory=dict)
     replay_alerted_us: int | None = None
 
@@ -319,7 +326,26 @@ class Detectors:
             at = status.at
             if d.statuses == 1 or at is None:   # the first may be an old retained copy
                 return []
-            return self._skew(device, d, (at - received_at) / _US, "status message")
+            return [*self._skew(device, d, (at - received_at) / _US, "status message"),
+                    *self._queue_age(device, d, status, at)]
+
+    def _queue_age(self, device: str, d: _Device, status: DeviceStatus, at: int
+                   ) -> list[Alert]:
+        oldest = status.queue.oldest_unacked_us if status.queue is not None else None
+        limit = self.s.queue_age_max_s
+        age_s = (at - oldest) / _US if oldest is not None else 0.0
+        if not limit or age_s <= limit:
+            d.queue_alerted = False
+            return []
+        if d.queue_alerted:
+            return []
+        d.queue_alerted = True
+        depth = status.queue.depth if status.queue is not None else 0
+        return [self.alerts.alert(
+            "queue-age", severity=SEVERITY_WARNING, device=device,
+            detail=f"{depth} punch(es) on the clock without a receipt, the oldest for "
+                   f"{age_s:.0f} s (limit {limit} s): they are not in the ledger yet",
+            fields={"depth": depth, "oldest_unacked_us": oldest})]
 
     # -- periodic (writer tick) ------------------------------------------------------------------
     def check(self, devices: Iterable[str], *, now_us: int, started_us: int) -> list[Alert]:

@@ -349,3 +349,24 @@ def test_d13_detector_state_is_bounded(store: SQLStore) -> None:
     assert rig.kinds() == []
     d: Detectors = rig.detectors
     assert len(d._badges) == 100  # noqa: SLF001 - the bound is the point of the test
+
+
+def _queued(device: str, at: int, oldest: int | None, depth: int = 3) -> DeviceStatus:
+    return DeviceStatus(device=device, state="online", version="0.1.0", at=at,
+                        queue=QueueStatus(depth if oldest else 0, oldest), clock="synced",
+                        readers={})
+
+
+def test_d13_queue_age_from_status_messages(store: SQLStore) -> None:
+    rig = Rig(store, DetectorSettings(queue_age_max_s=3600))
+    c = rig.clock()
+    d = rig.detectors
+    stuck = T0 - 2 * 3600 * S
+    for n, oldest in enumerate([stuck, None, stuck + 3000 * S, stuck, stuck, None, stuck]):
+        recv = T0 + n * 60 * S       # the first (maybe retained) status is never judged
+        d.observe_status(c.device, _queued(c.device, recv, oldest), recv)
+    bodies = rig.recorded()
+    # n=2: 3000 s younger than stuck → 7200 - 3000 + 120 s ≈ 72 min: alert; n=3, 4 still old:
+    # once; n=5 drained: re-armed; n=6 old again: a second alert
+    assert [b["alert"] for b in bodies] == ["queue-age", "queue-age"]
+    assert bodies[0]["depth"] == 3
