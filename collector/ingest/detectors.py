@@ -64,6 +64,9 @@ from wire.device_status import DeviceStatus
 
 log = logging.getLogger("timeclock.detectors")
 
+# Rejection reasons that raise an alert of their own (severity 1 conflict and fork in the
+# pipeline, seq-loss for a clock's loss report): not a verification-failure as well.
+OWN_ALERTS = frozenset({"conflict", "fork", "seq-loss"})
 EPOCH_FLOOR_US = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp() * 1_000_000)
 FUTURE_MAX_US = 86_400 * 1_000_000
 _US = 1_000_000
@@ -170,7 +173,7 @@ class Detectors:
                             out.extend(self._buddy(p.credential, p.device, ts, r.idx))
                     else:
                         out.extend(self._punch(fact, r))
-                elif isinstance(fact, RejectionFact) and fact.reason != "conflict":
+                elif isinstance(fact, RejectionFact) and fact.reason not in OWN_ALERTS:
                     out.extend(self._rejection(fact.device or fact.topic[:120], fact.reason,
                                                now_us, fact.detail))
         return out

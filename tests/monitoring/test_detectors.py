@@ -370,3 +370,14 @@ def test_d13_queue_age_from_status_messages(store: SQLStore) -> None:
     # once; n=5 drained: re-armed; n=6 old again: a second alert
     assert [b["alert"] for b in bodies] == ["queue-age", "queue-age"]
     assert bodies[0]["depth"] == 3
+
+
+def test_d13_rejections_with_an_alert_of_their_own_are_not_verification_failures(
+        store: SQLStore) -> None:
+    rig = Rig(store)
+    c = rig.clock()
+    p = c.punch(ts=T0, credential=BADGE)
+    rig.send(c, [p], received_at=T0)
+    c.seq, c.prev = 0, "0" * 64                  # the same seq 1 again, other content
+    rig.send(c, [c.punch(ts=T0 + S, credential=OTHER)], received_at=T0 + S)
+    assert rig.kinds() == ["conflict"]          # the pipeline's own sev-1 alert, only
