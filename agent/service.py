@@ -20,7 +20,9 @@ republished on the retained MQTT status; refused taps are counted in the status.
 The queue is opened with its sequence mark (``seqmark`` next to ``queue.db`` in the state
 directory, :mod:`agent.seqmark`): a queue behind its mark makes the agent run *refusing* — every
 tap refused with feedback, the reason in the log, sd_notify ``STATUS=`` and the status file's
-``sequence`` object — until an operator resumes it (``timeclock-agent resume``).
+``sequence`` object — until an operator resumes it (``timeclock-agent resume``). At start, each
+loss that a resume recorded and the collector has not been sent yet is signed and handed to the
+publisher (``send_loss_reports``, wire.seqloss); it is noted as reported once the broker has it.
 
 The publisher plugs in through :data:`PublisherFactory`; by default it is
 ``agent.publisher.make_publisher`` when ``[mqtt]`` is configured, else nothing is published.
