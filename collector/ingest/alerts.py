@@ -47,11 +47,26 @@ class Alert:
     detail: str
 
 
+# Alert kinds that are NOT written as ``alert`` entries (they still log, count and go to the
+# listeners and metrics), for two reasons:
+# - the ledger already holds their evidence as an entry of its own: a verification failure,
+#   a conflict, a fork and a clock's loss report are each a ``rejection`` entry with its
+#   reason (and the raw bytes in quarantine); a second entry would say the same;
+# - they are about the ledger's checkpoints: a witness refusing to cosign says the ledger may
+#   have been truncated or rewritten. Appending to that ledger is no place for the evidence
+#   against it, and each such entry would grow the log, make a new checkpoint, get it
+#   refused and raise the next alert: a loop. The refusal stays in the log line, the metric,
+#   Prometheus and the webhooks, the clock's signed refusal and its status, and `device list`.
+NOT_RECORDED = frozenset({"verification-failure", "conflict", "fork", "seq-loss",
+                          "witness-refusal", "witness-error"})
+
+
 class Alerts:
     """Alert sink: a structured log line, a counter per kind, the ``timeclock_alerts_total``
     metric and, with ``record``, an ``alert`` ledger entry. Thread-safe.
 
-    With ``record`` every alert is queued as an ``alert`` entry body (protocol §7.2) and
+    With ``record`` every alert but those of :data:`NOT_RECORDED` kinds is queued as an
+    ``alert`` entry body (protocol §7.2) and
     :meth:`flush` appends the queue in one transaction (``serve`` flushes on the writer's
     tick, so the detectors never write to the store themselves and never wait for it). A
     flush that fails keeps the queue for the next one; the queue holds at most
@@ -86,7 +101,7 @@ class Alerts:
             self._counts[f"alert:{kind}"] += 1
             self._recent.append(a)
             del self._recent[:-1000]
-            if self.record:
+            if self.record and kind not in NOT_RECORDED:
                 self._unrecorded.append(body)
                 if len(self._unrecorded) > self.max_unrecorded:
                     self._dropped += len(self._unrecorded) - self.max_unrecorded

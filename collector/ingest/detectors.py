@@ -3,9 +3,10 @@
 Each detector watches what ingest already has in hand (committed punches with their receive
 time, rejections, device status messages, API authentication failures) and raises through
 the :class:`~collector.ingest.alerts.Alerts` sink: a structured log line, the
-``timeclock_alerts_total`` metric and, in ``serve``, an ``alert`` ledger entry. Detection never
-blocks, deletes or delays a punch: it runs after the commit, and what it judges is already
-recorded.
+``timeclock_alerts_total`` metric and, in ``serve``, an ``alert`` ledger entry (not for
+``verification-failure``, whose evidence is the rejection entry: alerts.NOT_RECORDED).
+Detection never blocks, deletes or delays a punch: it runs after the commit, and what it
+judges is already recorded.
 
 Kinds (``[detectors]`` keys in docs/operations.md "Monitoring", with the rationale of each
 default):

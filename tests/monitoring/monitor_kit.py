@@ -30,6 +30,8 @@ class Rig:
     def __post_init__(self) -> None:
         self.sites: dict[str, str] = {}
         self.alerts = Alerts(record=True, clock=lambda: self.now)
+        self.raised: list[dict[str, Any]] = []      # every alert's body, recorded or not
+        self.alerts.listeners.append(self.raised.append)
         self.detectors = Detectors(self.alerts, self.settings, site_of=self.sites.get)
         self.ingestor = Ingestor(self.store, lambda: RegistrySnapshot.load(self.store),
                                  SigningKey.generate(), self.alerts,
@@ -60,4 +62,5 @@ class Rig:
                 if e.entry.kind == "alert" and e.body is not None]
 
     def kinds(self) -> list[str]:
-        return [b["alert"] for b in self.recorded()]
+        """The kinds of every alert raised so far (recorded as entries or not)."""
+        return [b["alert"] for b in self.raised]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from collector import LedgerError
-from collector.ingest.alerts import Alerts
+from collector.ingest.alerts import NOT_RECORDED, Alerts
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import SQLStore
@@ -58,8 +58,8 @@ def test_d13_a_ledger_with_alerts_verifies(store: SQLStore) -> None:
     a, b = rig.clock(), rig.clock()
     rig.tap(a, "em4100:0000000001", ts=T0)
     rig.tap(b, "em4100:0000000001", ts=T0 + 3 * S)
-    rig.alerts.alert("witness-refusal", severity=1, device=None, detail="refused")
-    assert [x["alert"] for x in rig.recorded()] == ["buddy-punch", "witness-refusal"]
+    rig.alerts.alert("chain-break", severity=1, device=a.device, detail="a broken link")
+    assert [x["alert"] for x in rig.recorded()] == ["buddy-punch", "chain-break"]
     result = verify_store(store, {})
     assert result.ok, result.report
 
@@ -86,3 +86,16 @@ def test_d13_the_unrecorded_queue_is_bounded() -> None:
     got: list[EventFact] = []
     alerts.flush(got.extend)
     assert [f.body["detail"] for f in got] == ["gap 2", "gap 3", "gap 4"]
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_RECORDED))
+def test_d13_kinds_whose_evidence_is_elsewhere_are_not_entries(kind: str) -> None:
+    alerts = Alerts(record=True, clock=lambda: T0)
+    seen: list[dict[str, Any]] = []
+    alerts.listeners.append(seen.append)
+    alerts.alert(kind, severity=1, device=None, detail="x")
+    alerts.alert("gap", severity=2, device=None, detail="y")
+    got: list[EventFact] = []
+    alerts.flush(got.extend)
+    assert [f.body["alert"] for f in got] == ["gap"]
+    assert [b["alert"] for b in seen] == [kind, "gap"]       # raised all the same
