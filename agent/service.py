@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import ClockSource, SystemClock, clock_state
 from agent.config import AgentConfig
@@ -47,8 +47,6 @@ from agent.errors import AgentError, SeqMarkError
 from agent.feedback import CommandFeedback
 from agent.health import HealthReport, check_health
 from agent.keystore import load_queue, load_signing
-from agent.metrics import AgentMetrics
-from agent.metrics import start_for as start_metrics
 from agent.punches import PunchMaker
 from agent.queue import Outbox, StorageState
 from agent.readers import build_reader
@@ -61,6 +59,9 @@ from wire.keys import SigningKey
 from wire.punch import SignedPunch
 from wire.sdnotify import Notifier
 from wire.seqloss import MAX_REASON_CHARS, LossReport
+
+if TYPE_CHECKING:
+    from agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,11 @@ class AgentService:
                 self.publisher.start()
             self._state = "running"
             self._write_status(force=True)
-            self.metrics = start_metrics(self.config, self.snapshot, now_us=self._now_us)
+            if self.config.metrics.port:
+                # prometheus-client only when [metrics] asks for it
+                from agent.metrics import start_for  # noqa: PLC0415
+
+                self.metrics = start_for(self.config, self.snapshot, now_us=self._now_us)
             seq = self.outbox.sequence()
             if seq.state == "refusing":
                 self.notifier.ready(f"REFUSING TAPS: sequence {seq.reason}; run "
