@@ -24,9 +24,12 @@ default):
   receive time (a 1970 RTC, a clock without battery), or, with ``max_backlog_s`` set (default
   0: off, since a clock kept offline for months delivers an honest old backlog), more than
   that before its receive time. One alert per device per ``repeat_after_s``.
-- ``replay-burst`` (sev 1): the same (device, seq) delivered more than ``replay_max`` times
-  within ``replay_window_s``; an honest clock resends an unacknowledged punch once per
-  ``resend_after_s`` (60 s by default), so a burst is someone replaying captured traffic.
+- ``replay-burst`` (sev 1): more than ``replay_max`` copies, within ``replay_window_s``, of
+  a device's punches that the ledger recorded at least ``replay_min_age_s`` before they
+  arrived again. An honest clock only resends punches it holds no receipt for: copies queued
+  at the broker while the collector was away arrive together but right after the first copy
+  was recorded, so they do not count; old punches arriving again are captured traffic
+  replayed (or a clock that gets no receipts at all: queue-age says which).
 - ``buddy-punch`` (sev 2): the same badge at two different clocks closer in device time than
   travel between them allows: ``travel_same_site_s`` within one site, ``travel_other_site_s``
   between sites. It covers badge cloning (two copies used in two places) as well as one
@@ -81,8 +84,9 @@ class DetectorSettings:
     silent_after_s: int = 600             # ten missed status messages (every 60 s)
     skew_max_s: int = 60                  # NTP keeps clocks within ms; a minute is payroll
     max_backlog_s: int = 0                # 0: off (a clock may hold a long backlog)
-    replay_max: int = 5                   # same seq more often than this …
-    replay_window_s: int = 60             # … within this (honest resend: once per minute)
+    replay_max: int = 5                   # copies of old punches, more than this …
+    replay_window_s: int = 60             # … within this …
+    replay_min_age_s: int = 600           # … "old": recorded this long before (resend: 30 s)
     travel_same_site_s: int = 60          # walking between two clocks of one site
     travel_other_site_s: int = 1800       # driving between sites
     repeat_after_s: int = 3600            # re-alert a lasting condition this often
@@ -100,6 +104,8 @@ def read_detector_section(sec: Section) -> DetectorSettings:
         max_backlog_s=sec.integer("max_backlog_s", d.max_backlog_s, lo=0, hi=3650 * day),
         replay_max=sec.integer("replay_max", d.replay_max, lo=1, hi=1_000_000),
         replay_window_s=sec.integer("replay_window_s", d.replay_window_s, lo=1, hi=day),
+        replay_min_age_s=sec.integer("replay_min_age_s", d.replay_min_age_s, lo=1,
+                                     hi=30 * day),
         travel_same_site_s=sec.integer("travel_same_site_s", d.travel_same_site_s, lo=0,
                                        hi=day),
         travel_other_site_s=sec.integer("travel_other_site_s", d.travel_other_site_s, lo=0,
@@ -123,8 +129,9 @@ class _Device:
     offline_alerted: bool = False
     implausible_at_us: int | None = None
     queue_alerted: bool = False
-    replays: dict[int, deque[int]] = field(default_factory=dict)
+    replays: deque[int] = field(default_factory=deque)   # arrivals of old copies
     replay_alerted_us: int | None = None
+    young: tuple[int, int] | None = None   # (idx, recorded at) of a recent entry
 
 
 class Detectors:
@@ -133,8 +140,12 @@ class Detectors:
     Thread-safe."""
 
     def __init__(self, alerts: Alerts, settings: DetectorSettings | None = None, *,
-                 site_of: Callable[[str], str | None] | None = None) -> None:
+                 site_of: Callable[[str], str | None] | None = None,
+                 recorded_at: Callable[[int], int | None] | None = None) -> None:
         self.alerts = alerts
+        # When the entry at an idx was recorded (µs): how old a punch arriving again is.
+        # Without it (or when it answers None) copies are not judged.
+        self.recorded_at = recorded_at
         self.s = settings or DetectorSettings()
         self.site_of = site_of or (lambda _d: None)
         self._lock = threading.Lock()
@@ -187,7 +198,7 @@ class Detectors:
         if d.last_seen_us is None or recv > d.last_seen_us:
             d.last_seen_us = recv
         if r.outcome in (Outcome.DUPLICATE, Outcome.CONFLICT):
-            return self._replay(p.device, d, p.seq, recv)
+            return self._replay(p.device, d, p.seq, recv, r.idx)
         return []
 
     def _time(self, device: str, d: _Device, ts: int, recv: int, idx: int) -> list[Alert]:
@@ -230,26 +241,44 @@ class Detectors:
                    f"({what}; limit {self.s.skew_max_s} s)",
             fields={"skew_us": round(skew_s * _US)})]
 
-    def _replay(self, device: str, d: _Device, seq: int, recv: int) -> list[Alert]:
+    def _replay(self, device: str, d: _Device, seq: int, recv: int, idx: int
+                ) -> list[Alert]:
         window = self.s.replay_window_s * _US
-        q = d.replays.setdefault(seq, deque())
+        if d.replay_alerted_us is not None and recv - d.replay_alerted_us < window:
+            return []                       # already alerted: no more lookups this window
+        if not self._old(d, idx, recv):
+            return []
+        q = d.replays
         q.append(recv)
         while q and recv - q[0] > window:
             q.popleft()
-        if len(d.replays) > 1024:          # bounded: forget the seqs not seen for longest
-            for old in sorted(d.replays, key=lambda s: d.replays[s][-1] if d.replays[s]
-                              else 0)[:512]:
-                del d.replays[old]
         if len(q) <= self.s.replay_max:
             return []
-        if d.replay_alerted_us is not None and recv - d.replay_alerted_us < window:
-            return []
         d.replay_alerted_us = recv
+        n = len(q)
+        q.clear()
         return [self.alerts.alert(
             "replay-burst", severity=SEVERITY_CRITICAL, device=device,
-            detail=f"seq {seq} delivered {len(q)} times within {self.s.replay_window_s} s "
-                   f"(an honest clock resends once per resend interval): replayed traffic?",
-            fields={"seq": seq, "count": len(q)})]
+            detail=f"{n} copies of punches recorded more than {self.s.replay_min_age_s} s "
+                   f"earlier arrived within {self.s.replay_window_s} s (last: seq {seq}, "
+                   f"entry {idx}): replayed traffic, or a clock that gets no receipts",
+            fields={"seq": seq, "punch_idx": idx, "count": n})]
+
+    def _old(self, d: _Device, idx: int, recv: int) -> bool:
+        """Was entry ``idx`` recorded ``replay_min_age_s`` or more before ``recv``? One
+        lookup at most per copy; none for copies above a recent entry already looked up
+        (entries are recorded in idx order)."""
+        min_age = self.s.replay_min_age_s * _US
+        if d.young is not None and idx >= d.young[0] and recv - d.young[1] < min_age:
+            return False
+        at = self.recorded_at(idx) if self.recorded_at is not None else None
+        if at is None:
+            return False
+        if recv - at < min_age:
+            if d.young is None or idx < d.young[0] or recv - d.young[1] >= min_age:
+                d.young = (idx, at)
+            return False
+        return True
 
     def _buddy(self, credential: str, device: str, ts: int, idx: int) -> list[Alert]:
         # Recent sightings of each badge: (device, ts, idx), newest last, at most 8 and only

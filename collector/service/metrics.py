@@ -83,7 +83,9 @@ class ServiceMonitor:
         self.state = state
         self._sites: dict[str, str] = {}
         self._active: list[str] = []
-        self.detectors = Detectors(alerts, cfg.detectors, site_of=self._sites.get)
+        self._store: SQLStore | None = None      # the writer's store, from its first tick
+        self.detectors = Detectors(alerts, cfg.detectors, site_of=self._sites.get,
+                                   recorded_at=self._recorded_at)
         self.ingest = IngestMonitor(self.detectors)
         self.certs = CertCache(cert_files(cfg))
         self.started_us = clock()
@@ -123,6 +125,7 @@ class ServiceMonitor:
 
     def tick(self, store: SQLStore, now: int) -> None:
         """Writer thread: record queued alerts, check for offline clocks, cache figures."""
+        self._store = store
         if self.alerts.unrecorded():
             self.alerts.flush(lambda facts: store.append(facts, now_us=self.clock()))
         if self.webhooks is not None and self.webhooks.unrecorded():
@@ -141,6 +144,19 @@ class ServiceMonitor:
             self._sites.update({d.device: d.site for d in devices})
             self._active = [d.device for d in devices if d.status == "active"]
         self.detectors.check(self._active, now_us=now, started_us=self.started_us)
+
+    def _recorded_at(self, idx: int) -> int | None:
+        """When entry ``idx`` was recorded (the replay detector; writer thread, after a
+        commit, so on the writer's own store)."""
+        store = self._store
+        if store is None:
+            return None
+        try:
+            for e in store.entries(idx, idx + 1):
+                return e.entry.at
+        except LedgerUnavailableError:
+            return None
+        return None
 
     @staticmethod
     def _read_ledger(store: SQLStore) -> _Ledger:

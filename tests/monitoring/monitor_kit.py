@@ -32,10 +32,14 @@ class Rig:
         self.alerts = Alerts(record=True, clock=lambda: self.now)
         self.raised: list[dict[str, Any]] = []      # every alert's body, recorded or not
         self.alerts.listeners.append(self.raised.append)
-        self.detectors = Detectors(self.alerts, self.settings, site_of=self.sites.get)
+        self.detectors = Detectors(self.alerts, self.settings, site_of=self.sites.get,
+                                   recorded_at=self.recorded_at)
         self.ingestor = Ingestor(self.store, lambda: RegistrySnapshot.load(self.store),
                                  SigningKey.generate(), self.alerts,
                                  monitor=IngestMonitor(self.detectors))
+
+    def recorded_at(self, idx: int) -> int | None:
+        return next((e.entry.at for e in self.store.entries(idx, idx + 1)), None)
 
     def clock(self, site: str = "hq") -> SimClock:
         c = new_clock()

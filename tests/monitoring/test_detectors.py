@@ -86,11 +86,18 @@ def _backlog_delivered_late(rig: Rig) -> None:
              received_at=T0 + 86_400 * S)
 
 
-def _replayed_seven_times(rig: Rig) -> None:
+def _replayed_an_hour_later(rig: Rig) -> None:
     a = rig.clock()
+    batch = [a.punch(ts=T0 + n * S, credential=f"em4100:{n:010d}") for n in range(10)]
+    rig.send(a, batch, received_at=T0 + 10 * S)
+    rig.send(a, batch, received_at=T0 + 3600 * S)      # captured an hour ago, sent again
+
+
+def _queued_resends_after_an_outage(rig: Rig) -> None:
+    a = rig.clock()                 # the broker kept 40 resends while the collector was away
     p = a.punch(ts=T0, credential=BADGE)
-    for n in range(7):
-        rig.send(a, [p], received_at=T0 + n * 2 * S)
+    for n in range(40):
+        rig.send(a, [p], received_at=T0 + 3600 * S + n * 50_000)
 
 
 def _honest_resends(rig: Rig) -> None:
@@ -148,7 +155,9 @@ CASES = [
     Case("a clock two hours ahead", _two_hours_ahead, ["clock-skew"]),
     Case("a punch a week in the future", _a_week_ahead, ["implausible-time"]),
     Case("a day-old backlog delivered late", _backlog_delivered_late, []),
-    Case("one punch replayed 7 times in 12 s", _replayed_seven_times, ["replay-burst"]),
+    Case("ten punches replayed an hour later", _replayed_an_hour_later, ["replay-burst"]),
+    Case("40 resends queued at the broker, delivered at once", _queued_resends_after_an_outage,
+         []),
     Case("an honest clock resending once a minute", _honest_resends, []),
     Case("five forged signatures", _bad_signatures, ["verification-failure"]),
     Case("a key the registry does not know", _unknown_key, ["verification-failure"]),
