@@ -8,6 +8,7 @@ Exit codes: 0 success; 2 a user or configuration error (a clear message, no trac
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from agent import provision, resume
+from agent.certstate import check_certificate
 from agent.config import AgentConfig, load_config
 from agent.errors import AgentError, ConfigError
 from agent.keystore import KeyRef, new_queue_key, save_queue_key
@@ -241,7 +243,27 @@ def key_file_problems(config: AgentConfig, env: dict[str, str] | None = None) ->
     for name, path in (("tls_cert", config.keys.tls_cert), ("ca_cert", config.keys.ca_cert)):
         if path is not None and not path.is_file():
             problems.append(f"keys.{name}: {path}: no such file")
+    problems.extend(cert_problems(config, env, problems))
     return problems
+
+
+def cert_problems(config: AgentConfig, env: dict[str, str], found: list[str]) -> list[str]:
+    """The clock certificate's dates, issuer (the configured CA) and key, one line each with
+    what to do (agent.certstate); an ``expiring`` warning is not a problem (printed by
+    ``check-config``)."""
+    k = config.keys
+    if k.tls_cert is None or not k.tls_cert.is_file() or any(
+            p.startswith(("keys.tls_cert", "keys.ca_cert")) for p in found):
+        return []
+    key = None
+    if k.tls_key is not None and not any(p.startswith("keys.tls_key") for p in found) and (
+            k.tls_key.credential is None or "CREDENTIALS_DIRECTORY" in env):
+        key = k.tls_key.resolve(env)
+    warn = config.mqtt.cert_warn_days if config.mqtt else 30
+    now = dt.datetime.fromtimestamp(clock_now_us() / 1e6, dt.UTC)
+    return [f"keys.tls_cert: {p.message}"
+            for p in check_certificate(k.tls_cert, key, k.ca_cert, now=now, warn_days=warn)
+            if p.blocking]
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -249,6 +271,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     problems = key_file_problems(config)
     if problems:
         raise ConfigError(problems)
+    k = config.keys
+    if k.tls_cert is not None:
+        warn = config.mqtt.cert_warn_days if config.mqtt else 30
+        now = dt.datetime.fromtimestamp(clock_now_us() / 1e6, dt.UTC)
+        for p in check_certificate(k.tls_cert, None, None, now=now, warn_days=warn):
+            if p.state == "expiring":
+                print(f"warning: keys.tls_cert: {p.message}")
     print(f"{args.config}: OK")
     print(f"device {config.device.id}; queue {config.queue_path}; status {config.status.path}")
     print("mqtt: " + (f"{config.mqtt.host}:{config.mqtt.port}" if config.mqtt

@@ -34,6 +34,9 @@ Example::
 
     [feedback]                # optional: signal a refused tap at the reader (agent.feedback)
     refused_command = ["/usr/local/bin/clock-beep", "--error"]
+
+    [feedback.outcomes]       # optional: per-outcome commands (agent.feedback.OUTCOMES)
+    revoked = ["/usr/local/bin/clock-beep", "3"]
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class MqttConfig:
     resend_after_s: float = 30.0      # republish unacked punches after this long
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    cert_warn_days: int = 30          # warn this long before the clock's certificate expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,8 @@ class FeedbackConfig:
 
     refused_command: tuple[str, ...] = ()
     command_timeout_s: float = 5.0
+    # ``[feedback.outcomes]``: outcome (agent.feedback.OUTCOMES) -> argv; empty: none runs
+    outcomes: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +258,10 @@ def _parse_mqtt(table: Any, problems: list[str]) -> MqttConfig:
     rmax = ms.number("reconnect_max_s", d.reconnect_max_s, lo=0.1, hi=86400.0)
     if rmax < rmin:
         ms.problem("reconnect_max_s", f"must be ≥ reconnect_min_s ({rmin:g})")
+    warn_days = ms.integer("cert_warn_days", d.cert_warn_days, lo=0, hi=3650)
     ms.finish()
-    return MqttConfig(host, port, keepalive_s, batch_max, resend_after_s, rmin, rmax)
+    return MqttConfig(host, port, keepalive_s, batch_max, resend_after_s, rmin, rmax,
+                      warn_days)
 
 
 def _parse_witness(table: Any, problems: list[str]) -> WitnessConfig:
@@ -268,24 +276,37 @@ def _parse_witness(table: Any, problems: list[str]) -> WitnessConfig:
     return WitnessConfig(mode, rate, deadline, retry)
 
 
+def _argv(sec: Section, key: str) -> tuple[str, ...]:
+    """A command as an argv list with an absolute program path; () when absent or bad."""
+    raw = sec.raw(key)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw or not all(isinstance(a, str) and a for a in raw):
+        sec.problem(key, "expected a non-empty list of non-empty strings "
+                         '(argv, e.g. ["/usr/local/bin/clock-beep", "-e"])')
+    elif not Path(raw[0]).is_absolute():
+        sec.problem(key, f"the program must be an absolute path, got {raw[0][:80]!r}")
+    else:
+        return tuple(raw)
+    return ()
+
+
 def _parse_feedback(table: Any, problems: list[str]) -> FeedbackConfig:
+    from agent.feedback import OUTCOMES  # noqa: PLC0415 -- the outcome names live there
+
     fs = _Section("feedback", table, problems)
-    argv: tuple[str, ...] = ()
-    raw = fs.raw("refused_command")
-    if raw is not None:
-        if (not isinstance(raw, list) or not raw
-                or not all(isinstance(a, str) and a for a in raw)):
-            fs.problem("refused_command", "expected a non-empty list of non-empty strings "
-                                          '(argv, e.g. ["/usr/local/bin/clock-beep", "-e"])')
-        elif not Path(raw[0]).is_absolute():
-            fs.problem("refused_command", f"the program must be an absolute path, got "
-                                          f"{raw[0][:80]!r}")
-        else:
-            argv = tuple(raw)
+    argv = _argv(fs, "refused_command")
     timeout_s = fs.number("command_timeout_s", FeedbackConfig().command_timeout_s, lo=0.1,
                           hi=300.0)
+    outcomes: dict[str, tuple[str, ...]] = {}
+    per_outcome = fs.section("outcomes")
     fs.finish()
-    return FeedbackConfig(argv, timeout_s)
+    for name in OUTCOMES:
+        cmd = _argv(per_outcome, name)
+        if cmd:
+            outcomes[name] = cmd
+    per_outcome.finish()
+    return FeedbackConfig(argv, timeout_s, MappingProxyType(outcomes))
 
 
 def _parse_readers(raw: Any, problems: list[str], *, check: bool) -> tuple[ReaderConfig, ...]:

@@ -25,6 +25,11 @@ Invariants:
   subscribes to its own ``checkpoint`` topic, hands each request to the witness on the sender
   thread and publishes the answer (cosignature, conflict or signed refusal) on its own
   ``cosignature`` topic; a change of the witness state republishes the retained status.
+- The clock's certificate is named (agent.certstate): checked at construction and, after a
+  failed connection, by the sender thread (at most every ``diagnose_every_s``: the handshake
+  error paho saw, else one probe handshake that sends nothing). A change of state is logged
+  once (then at most every :data:`_CERT_LOG_EVERY_S`), republished in the status, and handed to
+  ``on_cert_state`` (the per-outcome feedback).
 - :meth:`Publisher.threads` names both threads (sender and paho's network loop) so the service
   supervises them: if either dies the watchdog stops and systemd restarts the agent.
 """
@@ -33,9 +38,11 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import datetime as dt
 import hashlib
 import logging
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -50,8 +57,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent import certstate
+from agent.certstate import CertProblem
 from agent.clock import clock_state
 from agent.errors import AgentError, QueueFullError
+from agent.feedback import OutcomeFeedback
 from agent.inclusion import InclusionChecker, inclusion_path
 from agent.witness import ClockWitness, witness_path
 from wire import device_status, topics
@@ -78,6 +88,8 @@ _FULL_LOG_EVERY_S = 60.0
 _PENDING_MAX_BYTES = 250_000
 # Pending rows looked at by each sweep for orphans (rows below the cursor nobody awaits).
 _SWEEP_ROWS = 64
+# A certificate state that does not change is logged again at most this often.
+_CERT_LOG_EVERY_S = 600.0
 
 
 class PublisherError(AgentError):
@@ -114,6 +126,8 @@ class PublisherSettings:
     reconnect_max_s: float = 60.0
     poll_interval_s: float = 5.0          # sender wakes at least this often
     status_interval_s: float = 60.0       # republish the retained status this often
+    cert_warn_days: int = 30              # certificate "expiring" this long before notAfter
+    diagnose_every_s: float = 30.0        # at most one certificate diagnosis this often
     version: str = "0.1.0"
 
     def __post_init__(self) -> None:
@@ -194,7 +208,8 @@ class Publisher:
                  now: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  witness: ClockWitness | None = None,
-                 inclusion: InclusionChecker | None = None) -> None:
+                 inclusion: InclusionChecker | None = None,
+                 on_cert_state: Callable[[CertProblem], None] | None = None) -> None:
         self._outbox = outbox
         self.device = device
         self._log_key = log_key
@@ -230,6 +245,7 @@ class Publisher:
         self._reconnected = False              # set by on_connect, consumed by the sender
         self._session_lost = False
         self._attempt = 0
+        self._connack_refused = False
         self._sender: threading.Thread | None = None
         self._network: threading.Thread | None = None
         self._status_due = False               # publish_status_soon() was called
@@ -249,6 +265,18 @@ class Publisher:
         self._next_sweep = 0.0
 
         self._client = self._make_client()
+        self._init_cert_state(on_cert_state)
+
+    def _init_cert_state(self, on_cert_state: Callable[[CertProblem], None] | None) -> None:
+        # The certificate state (agent.certstate), written by the sender thread.
+        self._on_cert_state = on_cert_state
+        self._cert = CertProblem("ok", "certificate valid")
+        self._cert_since: float | None = None
+        self._cert_logged = float("-inf")
+        self._tls_error: BaseException | None = None   # set by on_connect_fail
+        self._diagnose_due = False
+        self._next_diagnose = 0.0
+        self._set_cert(self._check_local())
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -343,6 +371,8 @@ class Publisher:
     def state(self) -> dict[str, Any]:
         """For the service's status: connection state, a one-line detail, receipt figures."""
         st = self.stats()
+        with self._lock:
+            cert, since = self._cert, self._cert_since
         if self._stopping.is_set() or self._sender is None:
             status = "stopped"
         else:
@@ -359,6 +389,8 @@ class Publisher:
             "unsent_acks": st.unsent_acks, "resent_punches": st.resent_punches,
             "foreign_punch_acks": self._c["foreign_punch_acks"],
             "witness": None if self._witness is None else self.witness_status().to_dict(),
+            "certificate": {"state": cert.state, "detail": cert.message,
+                            "since_us": None if since is None else to_us(since)},
         }
 
     def stats(self) -> PublisherStats:
@@ -384,7 +416,9 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: mqtt.ConnectFlags,
                     reason: ReasonCode, _props: Properties | None) -> None:
         if reason.is_failure:
-            self._count("connect_failures")
+            with self._lock:
+                self._c["connect_failures"] += 1
+                self._connack_refused = True     # the disconnect that follows is not counted
             log.warning("broker refused connection: %s", reason)
             return
         client.subscribe(self._ack_topic, qos=1)
@@ -398,6 +432,8 @@ class Publisher:
             self._session_lost = not flags.session_present
             self._c["connects"] += 1
             self._attempt = 0
+            self._diagnose_due = False
+            self._tls_error = None
         self._set_reconnect_delay(client, self._s.reconnect_min_s)
         log.info("connected to %s:%d (session %s)", self._s.host, self._s.port,
                  "resumed" if flags.session_present else "new")
@@ -413,10 +449,19 @@ class Publisher:
         return delay
 
     def _on_connect_fail(self, client: mqtt.Client, _userdata: Any) -> None:
-        self._count("connect_failures")
+        # paho calls this inside its ``except OSError``: the exception is the handshake's
+        err = sys.exc_info()[1]
+        with self._lock:
+            self._c["connect_failures"] += 1
+            self._tls_error = err
+            self._diagnose_due = True
+            cert = self._cert
+        self._wake.set()
         delay = self._next_backoff(client)
-        log.warning("cannot reach broker %s:%d; retrying in %.1f s", self._s.host, self._s.port,
-                    delay)
+        # While the certificate is the known cause, its own line says so (rate-limited).
+        log.log(logging.DEBUG if cert.blocking else logging.WARNING,
+                "cannot reach broker %s:%d; retrying in %.1f s", self._s.host, self._s.port,
+                delay)
 
     def _on_disconnect(self, client: mqtt.Client, _userdata: Any,
                        _flags: mqtt.DisconnectFlags, reason: ReasonCode,
@@ -426,10 +471,20 @@ class Publisher:
             self._connected = False
             if was:
                 self._c["disconnects"] += 1
+            else:
+                # Lost before CONNACK: with TLS 1.3 a refused certificate ends here (the
+                # broker's alert comes after our side of the handshake is done).
+                if not self._connack_refused:
+                    self._c["connect_failures"] += 1
+                self._diagnose_due = True
+            self._connack_refused = False
+            cert = self._cert
+        self._wake.set()
         if self._stopping.is_set():
             return
         delay = self._next_backoff(client)
-        log.warning("disconnected from broker (%s); reconnecting in %.1f s", reason, delay)
+        log.log(logging.DEBUG if cert.blocking and not was else logging.WARNING,
+                "disconnected from broker (%s); reconnecting in %.1f s", reason, delay)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any,
                     msg: mqtt.MQTTMessage) -> None:
@@ -486,10 +541,14 @@ class Publisher:
             reconnected, self._reconnected = self._reconnected, False
             session_lost, self._session_lost = self._session_lost, False
             status_due, self._status_due = self._status_due, False
-        if not connected or self._stopping.is_set():
+        if self._stopping.is_set():
+            return
+        if not connected:
+            self._maybe_diagnose()
             return
         mono = self._mono()
         if reconnected:
+            self._set_cert(self._check_local())
             self._next_status = 0.0
             if session_lost:
                 # The broker forgot our session: receipts sent while we were away are gone.
@@ -681,6 +740,66 @@ class Publisher:
             hits = sorted(s for s in self._owner if _covered(ranges, starts, s))
         return hits, total - unsent - len(hits), unsent
 
+    # certificate state (agent.certstate)
+
+    def _check_local(self) -> CertProblem:
+        s = self._s
+        now = dt.datetime.fromtimestamp(self._now(), dt.UTC)
+        found = certstate.check_certificate(s.cert_file, s.key_file, s.ca_file, now=now,
+                                            warn_days=s.cert_warn_days)
+        blocking = [p for p in found if p.blocking]
+        return (blocking or found or [CertProblem("ok", "certificate valid")])[0]
+
+    def _maybe_diagnose(self) -> None:
+        mono = self._mono()
+        with self._lock:
+            if not self._diagnose_due or mono < self._next_diagnose:
+                return
+            self._diagnose_due = False
+            err, self._tls_error = self._tls_error, None
+        self._next_diagnose = mono + self._s.diagnose_every_s
+        s = self._s
+        probe = None
+        if certstate.classify_tls_error(err, now=dt.datetime.now(dt.UTC)) is None:
+            try:
+                ctx = client_context(s.ca_file, s.cert_file, s.key_file)
+            except WireError as e:
+                log.debug("no TLS context for the certificate probe: %s", e)
+            else:
+                probe = (s.host, s.port, ctx)
+        found = certstate.diagnose(s.cert_file, s.key_file, s.ca_file,
+                                   now=dt.datetime.fromtimestamp(self._now(), dt.UTC),
+                                   warn_days=s.cert_warn_days, error=err, probe=probe)
+        self._set_cert(found)
+
+    def _set_cert(self, found: CertProblem) -> None:
+        with self._lock:
+            before = self._cert
+            changed = found.state != before.state
+            self._cert = found
+            if changed:
+                self._cert_since = self._now()
+        mono = self._mono()
+        if changed or (found.blocking and mono >= self._cert_logged + _CERT_LOG_EVERY_S):
+            self._cert_logged = mono
+            if found.state == "ok":
+                log.info("certificate: ok again (was %s)", before.state)
+            else:
+                log.log(logging.ERROR if found.blocking else logging.WARNING,
+                        "certificate: %s", found.message)
+        if changed:
+            if found.outcome is not None and self._on_cert_state is not None:
+                try:
+                    self._on_cert_state(found)
+                except Exception:
+                    log.exception("certificate feedback failed")
+            self.publish_status_soon()
+
+    def cert_state(self) -> CertProblem:
+        """The certificate state last found (agent.certstate)."""
+        with self._lock:
+            return self._cert
+
     # witness
 
     def _process_checkpoints(self) -> bool:
@@ -790,7 +909,8 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
         host=m.host, port=m.port, ca_file=ca, cert_file=cert, key_file=key.resolve(env),
         keepalive_s=m.keepalive_s, batch_max=m.batch_max,
         resend_after_s=m.resend_after_s, reconnect_min_s=m.reconnect_min_s,
-        reconnect_max_s=m.reconnect_max_s, version=agent_version())
+        reconnect_max_s=m.reconnect_max_s, cert_warn_days=m.cert_warn_days,
+        version=agent_version())
     from agent.keystore import load_signing  # noqa: PLC0415 -- as above
 
     witness = ClockWitness(witness_path(config.device.state_dir), config.device.id,
@@ -800,5 +920,13 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
         inclusion_path(config.device.state_dir), config.device.id, mode=wc.check_inclusion,
         sample_rate=wc.sample_rate, deadline_s=wc.inclusion_deadline_s,
         retry_s=wc.inclusion_retry_s)
+    fb = config.feedback
+    outcomes = OutcomeFeedback(fb.outcomes, timeout_s=fb.command_timeout_s)
+
+    def on_cert_state(found: CertProblem) -> None:
+        if found.outcome is not None:
+            outcomes.signal(found.outcome)
+
     return Publisher(outbox, config.device.id, log_key=log_key, settings=settings,
-                     status=status, witness=witness, inclusion=inclusion)
+                     status=status, witness=witness, inclusion=inclusion,
+                     on_cert_state=on_cert_state)

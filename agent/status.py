@@ -213,6 +213,34 @@ def _witness_head(witness: dict[str, Any], now_us: int) -> str:
     return "witness:       no checkpoint seen yet"
 
 
+_CERT_HEADS = {
+    "revoked": "REVOKED by the site CA",
+    "expired": "EXPIRED",
+    "not-yet-valid": "NOT YET VALID (clock behind?)",
+    "unknown-ca": "UNKNOWN CA",
+    "key-mismatch": "KEY DOES NOT MATCH",
+    "unreadable": "UNREADABLE",
+    "broker-untrusted": "BROKER NOT TRUSTED",
+    "tls-refused": "REFUSED by the broker",
+}
+
+
+def certificate_line(cert: Any, *, now_us: int) -> str:
+    """``certificate: …`` for ``status``: the clock's TLS certificate state (agent.certstate);
+    loud, with what to do, while the clock cannot connect because of it."""
+    if not isinstance(cert, dict):
+        return "certificate:   unknown"
+    state = cert.get("state", "?")
+    detail = cert.get("detail", "")
+    if state == "ok":
+        return "certificate:   ok"
+    if state == "expiring":
+        return f"certificate:   expiring soon: {detail}"
+    head = _CERT_HEADS.get(str(state), str(state).upper())
+    return (f"certificate:   {head} since {_age(now_us, cert.get('since_us'))}; the clock "
+            f"cannot connect and keeps queueing: {detail}")
+
+
 def render(snap: dict[str, Any], *, now_us: int, live: bool, writer_alive: bool = False,
            free_now: int | None = None) -> str:
     """Human text of a snapshot for ``timeclock-agent status``."""
@@ -235,6 +263,8 @@ def render(snap: dict[str, Any], *, now_us: int, live: bool, writer_alive: bool 
     lines.append(f"publisher:     {pub.get('status', 'disabled')}"
                  + (f" ({pub['detail']})" if pub.get("detail") else ""))
     lines.append(f"last receipt:  {_age(now_us, pub.get('last_receipt_us'))}")
+    if pub:
+        lines.append(certificate_line(pub.get("certificate"), now_us=now_us))
     lines.append(witness_line(pub.get("witness"), now_us=now_us))
     for name, r in sorted((snap.get("readers") or {}).items()):
         lines.append(f"reader {name}: {r.get('status', '?')} — {r.get('detail', '')} "

@@ -1,0 +1,280 @@
+"""The clock names its certificate problem (agent.certstate; issue 15 item 5): real certificates
+from the session CA (tests/fixtures/pki.py), a real Mosquitto with the real CRL for what the
+broker says, the publisher's reported state, ``status`` and ``check-config`` lines, and the
+per-outcome feedback commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from agent.certstate import CertProblem, check_certificate, classify_tls_error, probe_broker
+from agent.cli import main
+from agent.config import parse_config
+from agent.feedback import OutcomeFeedback
+from agent.publisher import Publisher
+from agent.queue import Outbox
+from agent.status import certificate_line
+from tests.agent.receipt_kit import settings
+from tests.fixtures.mosquitto import MosquittoBroker
+from tests.fixtures.pki import ClientCert, TestPKI
+from tests.polling import wait_for
+from wire.keys import SigningKey
+from wire.tls import client_context
+
+STATE_S = 60.0    # a reconnect, a diagnosis and a probe handshake on a busy machine
+
+
+def _dates(cert: ClientCert) -> tuple[dt.datetime, dt.datetime]:
+    c = x509.load_pem_x509_certificate(cert.cert_file.read_bytes())
+    return c.not_valid_before_utc, c.not_valid_after_utc
+
+
+def _states(found: list[CertProblem]) -> list[str]:
+    return [p.state for p in found]
+
+
+# --- the certificate as the clock sees it -----------------------------------------------------
+
+def test_a_valid_certificate_has_no_problem(pki: TestPKI) -> None:
+    c = pki.device("cert-ok")
+    assert check_certificate(c.cert_file, c.key_file, c.ca_file, now=dt.datetime.now(dt.UTC)) \
+        == []
+
+
+def test_a_clock_two_hours_behind_says_not_yet_valid_and_why(pki: TestPKI) -> None:
+    c = pki.device("cert-ok")
+    nb, _ = _dates(c)
+    (p,) = check_certificate(c.cert_file, c.key_file, c.ca_file,
+                             now=nb - dt.timedelta(hours=2))
+    assert p.state == "not-yet-valid"
+    assert p.outcome == "not-yet-valid"
+    assert "2.0 h later" in p.message
+    assert "no RTC, or NTP not synced yet" in p.message
+    assert nb.strftime("%Y-%m-%d %H:%M:%S UTC") in p.message
+
+
+def test_expired_expiring_foreign_ca_and_wrong_key_are_named(pki: TestPKI) -> None:
+    now = dt.datetime.now(dt.UTC)
+    e = pki.expired_device("cert-expired")
+    (p,) = check_certificate(e.cert_file, e.key_file, e.ca_file, now=now)
+    assert (p.state, p.outcome) == ("expired", "expired")
+    assert "renew" in p.message
+
+    ok = pki.device("cert-ok")
+    _, na = _dates(ok)
+    (p,) = check_certificate(ok.cert_file, ok.key_file, ok.ca_file,
+                             now=na - dt.timedelta(days=5), warn_days=30)
+    assert (p.state, p.blocking) == ("expiring", False)
+    assert check_certificate(ok.cert_file, ok.key_file, ok.ca_file,
+                             now=na - dt.timedelta(days=5), warn_days=3) == []
+
+    f = pki.foreign_device("cert-foreign")
+    (p,) = check_certificate(f.cert_file, f.key_file, f.ca_file, now=now)
+    assert p.state == "unknown-ca"
+    assert "some other CA" in p.message
+
+    other = pki.device("cert-other")
+    (p,) = check_certificate(ok.cert_file, other.key_file, ok.ca_file, now=now)
+    assert p.state == "key-mismatch"
+    assert str(other.key_file) in p.message
+
+
+def test_status_line_says_what_to_do() -> None:
+    line = certificate_line({"state": "revoked", "since_us": 0,
+                             "detail": "certificate REVOKED by the site CA (the broker "
+                                       "refused it): ask ops to re-provision this clock"},
+                            now_us=120_000_000)
+    assert line.startswith("certificate:   REVOKED by the site CA since 2min ago")
+    assert "ask ops to re-provision" in line
+    assert certificate_line({"state": "ok"}, now_us=0) == "certificate:   ok"
+
+
+# --- what the broker says (real Mosquitto, real CRL) ------------------------------------------
+
+def test_d3_broker_alerts_are_classified(pki: TestPKI, broker: MosquittoBroker) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ok = pki.device("cert-ok")
+    assert probe_broker(broker.host, broker.port, ok.context()) is None
+    cases = [(pki.expired_device("cert-expired"), "expired"),
+             (pki.foreign_device("cert-foreign"), "unknown-ca")]
+    revoked = pki.fresh_device("cert-rv")
+    pki.revoke(revoked)
+    broker.reload_crl()
+    cases.append((revoked, "revoked"))
+    for cert, state in cases:
+        err = wait_for(lambda c=cert: probe_broker(broker.host, broker.port, c.context()),
+                       STATE_S, f"a refused handshake for {cert.name}")
+        found = classify_tls_error(err, now=now)
+        assert found is not None, repr(err)
+        assert found.state == state, (cert.name, repr(err))
+    # a clock that does not trust the broker (wrong CA file): our own verification fails
+    untrusting = client_context(pki.foreign_ca_file, ok.cert_file, ok.key_file)
+    found = classify_tls_error(probe_broker(broker.host, broker.port, untrusting), now=now)
+    assert found is not None
+    assert found.state == "broker-untrusted"
+
+
+@pytest.fixture
+def run_publisher(broker: MosquittoBroker, tmp_path: Path
+                  ) -> Iterator[Callable[..., Publisher]]:
+    started: list[tuple[Publisher, Outbox]] = []
+
+    def make(cert: ClientCert, **kw: Any) -> Publisher:
+        ob = Outbox(tmp_path / f"{cert.name}.db", os.urandom(32), cert.name)
+        seen = kw.pop("seen", None)
+        pub = Publisher(ob, cert.name, log_key=SigningKey.generate().verify_key,
+                        settings=settings(broker, cert.name, cert_file=cert.cert_file,
+                                          key_file=cert.key_file, diagnose_every_s=0.5),
+                        on_cert_state=None if seen is None else seen.append, **kw)
+        pub.start()
+        started.append((pub, ob))
+        return pub
+
+    yield make
+    for pub, ob in started:
+        pub.stop()
+        ob.close()
+
+
+def test_d3_a_revoked_clock_reports_revoked_not_cannot_reach_broker(
+        pki: TestPKI, broker: MosquittoBroker,
+        run_publisher: Callable[..., Publisher]) -> None:
+    cert = pki.fresh_device("clk-rv")
+    pki.revoke(cert)
+    broker.reload_crl()
+    seen: list[CertProblem] = []
+    pub = run_publisher(cert, seen=seen)
+    wait_for(lambda: pub.cert_state().state == "revoked", STATE_S, "state revoked")
+    st = pub.state()
+    assert st["status"] == "connecting"
+    assert st["certificate"]["state"] == "revoked"
+    assert "re-provision" in st["certificate"]["detail"]
+    assert st["certificate"]["since_us"] is not None
+    wait_for(lambda: pub.stats().connect_failures >= 3, STATE_S, "more failed connections")
+    assert [p.state for p in seen] == ["revoked"]     # signalled once, not at every retry
+    assert not pub.stats().connected
+
+
+def test_expired_and_behind_clocks_report_their_state(
+        pki: TestPKI, run_publisher: Callable[..., Publisher]) -> None:
+    expired = run_publisher(pki.expired_device("clk-expired"))
+    assert expired.cert_state().state == "expired"
+    ok = pki.device("clk-behind")
+    nb, _ = _dates(ok)
+    behind = run_publisher(ok, now=lambda: (nb - dt.timedelta(hours=2)).timestamp())
+    assert behind.cert_state().state == "not-yet-valid"
+    good = run_publisher(pki.device("clk-good"))
+    wait_for(lambda: good.stats().connected, STATE_S, "the valid clock connects")
+    assert good.cert_state().state == "ok"
+    assert expired.state()["certificate"]["state"] == "expired"
+
+
+# --- feedback per outcome --------------------------------------------------------------------
+
+@pytest.mark.subprocess
+def test_feedback_outcomes_run_their_command_once_per_signal(tmp_path: Path) -> None:
+    out = tmp_path / "signals"
+    script = tmp_path / "beep"
+    script.write_text(f'#!/bin/sh\necho "$TIMECLOCK_OUTCOME $1" >> {out}\n')
+    script.chmod(0o755)
+    cfg = parse_config({
+        "device": {"id": "clock-fb"}, "keys": {"signing_key": "/k", "queue_key": "/q"},
+        "readers": {"a": {"kind": "simulated"}},
+        "feedback": {"outcomes": {"revoked": [str(script), "3"]}}},
+        base_dir=tmp_path, check_readers=False)
+    fb = OutcomeFeedback(cfg.feedback.outcomes, timeout_s=cfg.feedback.command_timeout_s)
+    assert fb.signal("revoked") is True
+    assert fb.commands["revoked"].wait_idle(STATE_S)
+    assert fb.signal("expired") is False       # no command configured: nothing runs
+    assert out.read_text() == "revoked 3\n"
+    assert fb.signalled == ["revoked", "expired"]
+
+
+def test_feedback_outcomes_config_errors_name_the_key(tmp_path: Path) -> None:
+    from agent.errors import ConfigError  # noqa: PLC0415 -- only here
+
+    with pytest.raises(ConfigError, match=r"feedback\.outcomes\.beeped: unknown key") as ei:
+        parse_config({"device": {"id": "clock-fb"},
+                      "keys": {"signing_key": "/k", "queue_key": "/q"},
+                      "readers": {"a": {"kind": "simulated"}},
+                      "feedback": {"outcomes": {"beeped": ["/bin/true"],
+                                                "expired": ["beep"]}}},
+                     base_dir=tmp_path, check_readers=False)
+    assert "feedback.outcomes.expired: the program must be an absolute path" in str(ei.value)
+
+
+# --- check-config ----------------------------------------------------------------------------
+
+def _config(tmp_path: Path, cert: ClientCert, key_file: Path | None = None) -> Path:
+    keys = tmp_path / "keys"
+    assert main(["init", "--device", "clock-cc", "--dir", str(keys)]) == 0
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"""
+[device]
+id = "clock-cc"
+state_dir = "state"
+[keys]
+signing_key = "{keys / 'signing.key'}"
+queue_key = "{keys / 'queue.key'}"
+tls_key = "{key_file or cert.key_file}"
+tls_cert = "{cert.cert_file}"
+ca_cert = "{cert.ca_file}"
+log_public_key = "{SigningKey.generate().verify_key.b64}"
+[mqtt]
+host = "localhost"
+[readers.front]
+kind = "simulated"
+credentials = ["0012345678"]
+format = "em4100"
+action = "in"
+""")
+    return cfg
+
+
+@pytest.mark.parametrize(("kind", "expect"), [
+    ("expired", "certificate EXPIRED on"),
+    ("foreign", "certificate not issued by the configured CA"),
+    ("wrong-key", "does not match certificate"),
+])
+def test_check_config_reports_certificate_problems_one_line_each(
+        tmp_path: Path, pki: TestPKI, capsys: pytest.CaptureFixture[str],
+        kind: str, expect: str) -> None:
+    cert = {"expired": pki.expired_device("cc-expired"),
+            "foreign": pki.foreign_device("cc-foreign"),
+            "wrong-key": pki.device("cc-ok")}[kind]
+    key = pki.device("cc-other").key_file if kind == "wrong-key" else None
+    cfg = _config(tmp_path, cert, key)
+    capsys.readouterr()
+    assert main(["check-config", str(cfg)]) != 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "keys.tls_cert:" in ln]
+    assert len(lines) == 1, err
+    assert expect in lines[0]
+
+
+def test_check_config_passes_a_valid_certificate(
+        tmp_path: Path, pki: TestPKI, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, pki.device("cc-ok"))
+    capsys.readouterr()
+    assert main(["check-config", str(cfg)]) == 0
+    assert f"{cfg}: OK" in capsys.readouterr().out
+
+
+@pytest.mark.subprocess
+def test_check_config_as_a_command_names_the_expired_certificate(
+        tmp_path: Path, pki: TestPKI) -> None:
+    cfg = _config(tmp_path, pki.expired_device("cc-expired"))
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(cfg)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode != 0
+    assert "keys.tls_cert: certificate EXPIRED on" in r.stderr
+    assert "Traceback" not in r.stderr
