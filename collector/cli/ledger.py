@@ -16,15 +16,24 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from collector import CollectorError, LedgerError
 from collector.ingest.checkpoints import load_log_key, make_checkpoint_v2, resolve_origin
 from collector.ledger import checkpoint_tables, open_store, sqlite_path
-from collector.ledger.audit import Progress, VerifyResult, load_state, save_state, verify_store
+from collector.ledger.audit import (
+    SAMPLE_DEFAULT,
+    Progress,
+    VerifyResult,
+    load_state,
+    save_state,
+    verify_store,
+)
 from collector.ledger.base import EventFact
 from collector.ledger.postgres import migrate, redact
+from collector.ledger.schema_check import SchemaCheck, check_schema, restore_sqlite
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.tables import migrate_postgres
 from collector.records import proofs
@@ -55,7 +64,11 @@ VERIFY_EPILOG = textwrap.dedent("""\
     signature (under the key an earlier device entry registered), device chain and signed
     checkpoint. After a clean run it remembers the last verified checkpoint in --state, and
     the next run starts there; --full re-reads everything (do it after a restore: D16).
-    Exit status: 0 clean, 1 tampering found (the first failing idx is printed), 2 error.
+    An incremental run also re-checks --sample random older entries (unpredictable), and
+    every run compares the append-only triggers and the connected role's grants with what
+    `migrate` created (D5).
+    Exit status: 0 clean, 1 tampering or schema drift found (the first failing idx or each
+    drift finding is printed), 2 error.
     """)
 
 EXPORT_EPILOG = textwrap.dedent("""\
@@ -109,6 +122,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.add_argument("--progress", action="store_true",
                    help="show progress on stderr even when it is not a terminal")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--sample", type=int, default=SAMPLE_DEFAULT, metavar="N",
+                   help=f"older entries an incremental run re-checks at random "
+                        f"(default {SAMPLE_DEFAULT}; 0: none)")
     v.set_defaults(func=cmd_verify)
 
     e = sub.add_parser("export", help="export the audit bundle or a payroll extract",
@@ -242,12 +258,28 @@ def _progress_printer(stream: TextIO) -> Progress:
     return show
 
 
-def _print_result(result: VerifyResult, *, as_json: bool) -> None:
+def _coverage(result: VerifyResult) -> str:
+    """What a run covered (D5): read in full, sampled below the resume point, last full run."""
+    last = ("never recorded" if result.last_full_us is None
+            else datetime.fromtimestamp(result.last_full_us / 1e6, UTC).isoformat(
+                timespec="seconds"))
+    if result.resumed_from == 0:
+        return f"coverage: every entry read (full run); last full run {last}"
+    read = (f"idx {result.resumed_from}..{result.size - 1} read"
+            if result.size > result.resumed_from else "no new entries")
+    return (f"coverage: {read}, idx 0..{result.resumed_from - 1} attested by the verified "
+            f"checkpoint and {result.sampled} of them re-checked at random; last full run {last}")
+
+
+def _print_result(result: VerifyResult, schema: SchemaCheck, *, as_json: bool) -> None:
     r = result.report
     if as_json:
         out = r.to_dict()
         out["resumed_from"] = result.resumed_from
         out["uncovered"] = result.uncovered
+        out["sampled"] = result.sampled
+        out["last_full_us"] = result.last_full_us
+        out["schema_findings"] = list(schema.findings)
         print(json.dumps(out, indent=1, sort_keys=True))
         return
     span = f"idx {result.resumed_from}..{result.size - 1}" if result.size else "empty ledger"
@@ -264,6 +296,12 @@ def _print_result(result: VerifyResult, *, as_json: bool) -> None:
         print(f"  {f}")
     if len(r.findings) > len(shown) or r.omitted:
         print(f"  … {len(r.findings) - len(shown) + r.omitted} more findings")
+    print(f"  {_coverage(result)}")
+    if not schema.ok:
+        print(f"SCHEMA DRIFT: {len(schema.findings)} finding(s); re-run `timeclock-collector "
+              f"migrate` as the owner role, then `verify --full`")
+        for finding in schema.findings:
+            print(f"  {finding}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -277,11 +315,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         state = load_state(state_path)
         show = args.progress or sys.stderr.isatty()
         progress = _progress_printer(sys.stderr) if show else None
-        result = verify_store(store, keys, state=state, progress=progress, full=args.full)
+        if args.sample < 0:
+            raise CollectorError(f"--sample {args.sample}: must be 0 or more")
+        result = verify_store(store, keys, state=state, progress=progress, full=args.full,
+                              sample=args.sample, now_us=clock_now_us())
+        schema = check_schema(store)
     if result.state is not None:
         save_state(state_path, result.state)
-    _print_result(result, as_json=args.json)
-    return 0 if result.ok else 1
+    _print_result(result, schema, as_json=args.json)
+    return 0 if result.ok and schema.ok else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -374,5 +416,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             checkpoint_tables.ensure_schema(s)
         finally:
             s.close()
+        path = sqlite_path(args.store)
+        restored = restore_sqlite(path) if path is not None else []
+        if restored:        # D5: a dropped or edited append-only trigger is put back
+            print(f"restored trigger(s): {', '.join(restored)}; now run `timeclock-collector "
+                  f"verify --full`", file=sys.stderr)
     print(f"ledger schema ready: {redact(args.store)}", file=sys.stderr)
     return 0

@@ -24,6 +24,14 @@ apply to a live store:
 - the tail: a live store is normally ahead of its newest checkpoint by up to one checkpoint
   interval, so an uncovered tail is reported (``VerifyResult.uncovered``), and fails only with
   ``require_coverage`` (what a bundle must meet: its export signs a checkpoint of its size).
+
+Sampled re-check (control D5, issue 11): an incremental run also re-reads ``sample`` entries
+drawn at random from below its resume point (``random.SystemRandom`` unless the caller
+injects an RNG, so an insider cannot predict which rows are looked at) and checks each one's
+row hash, its links to both neighbours, its body hash and its stored Merkle leaf. An edit
+there must otherwise be carried up to the state's checkpoint head, which ``_held`` catches.
+The state remembers when the last run from idx 0 was (``last_full_us``), and the result says
+what was covered: the range read, how many older entries were sampled, and that time.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +55,7 @@ from wire.bundle import LogNotes
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.ledger import Entry, SignedCheckpoint, body_hash
+from wire.merkle import entry_leaf_hash
 from wire.note import Checkpoint as NoteCheckpoint
 from wire.note import Note
 from wire.punch import SignedPunch
@@ -53,6 +63,7 @@ from wire.punch import SignedPunch
 STATE_VERSION = 1
 Progress = Callable[[int, int], None]   # (entries done, entries total)
 PROGRESS_EVERY = 2000
+SAMPLE_DEFAULT = 64               # older entries re-checked by each incremental run
 
 
 class VerifyStateError(CollectorError):
@@ -64,9 +75,11 @@ class VerifyState:
     store_id: str                 # hash of entry 0: which ledger this state belongs to
     checkpoint: SignedCheckpoint  # the resume point: verified clean up to its size
     keys: tuple[KeyState, ...]    # device keys registered before checkpoint.size
+    last_full_us: int | None = None   # when the last run from idx 0 finished clean
 
     def to_dict(self) -> dict[str, Any]:
         return {"v": STATE_VERSION, "store_id": self.store_id,
+                "last_full_us": self.last_full_us,
                 "checkpoint": self.checkpoint.to_dict(),
                 "keys": [{"device": k.device, "key": k.key_id, "public": k.verify_key.b64,
                           "from_seq": k.from_seq, "until_seq": k.until_seq,
@@ -82,7 +95,13 @@ class VerifyState:
                                   from_seq=k["from_seq"], until_seq=k["until_seq"],
                                   revoked_at_idx=k["revoked_at_idx"],
                                   registered_idx=k["registered_idx"]) for k in d["keys"])
-            return cls(str(d["store_id"]), SignedCheckpoint.from_dict(d["checkpoint"]), keys)
+            last_full = d.get("last_full_us")      # absent in states written before D5
+            if last_full is not None and (not isinstance(last_full, int)
+                                          or isinstance(last_full, bool)):
+                raise VerifyStateError(f"verify state: last_full_us {last_full!r} is not "
+                                       f"an integer")
+            return cls(str(d["store_id"]), SignedCheckpoint.from_dict(d["checkpoint"]), keys,
+                       last_full)
         except (KeyError, TypeError, WireError) as e:
             raise VerifyStateError(f"verify state is malformed: {e}") from e
 
@@ -119,6 +138,8 @@ class VerifyResult:
     state: VerifyState | None     # the new resume point (None when not clean/no checkpoint)
     uncovered: int = 0            # entries after the newest checkpoint that verified
     notes: int = 0                # v2 checkpoint notes checked
+    sampled: int = 0              # entries below resumed_from re-checked at random (D5)
+    last_full_us: int | None = None   # when the last clean run from idx 0 was (None: unknown)
 
     @property
     def ok(self) -> bool:
@@ -220,6 +241,53 @@ def _note_root(store: SQLStore, cp: NoteCheckpoint, n: int, size: int) -> list[F
     return []
 
 
+def _sampled_findings(store: SQLStore, start: int, head: str, count: int,
+                      rng: random.Random) -> tuple[int, list[Finding]]:
+    """(how many, findings) of re-checking ``count`` random entries below ``start`` (whose
+    entry start − 1 hashes to ``head``, the resume point): each row's hash, its links to the
+    neighbours, its body hash and its stored Merkle leaf."""
+    picks = rng.sample(range(start), min(count, start)) if start > 0 and count > 0 else []
+    out: list[Finding] = []
+    for i in sorted(picks):
+        rows = {r.idx: r for r in store.raw_entries(max(i - 1, 0), i + 2)}
+        raw = rows.get(i)
+        what = f"sampled entry {i} (below the resume point {start})"
+        if raw is None:
+            out.append(Finding(i, Check.ENTRY.value, f"{what} is missing", True))
+            continue
+        try:
+            entry = Entry(idx=raw.idx, kind=raw.kind, at=raw.at, body=raw.body_hash,
+                          prev=raw.prev)
+        except (WireError, TypeError) as e:
+            out.append(Finding(i, Check.ENTRY.value, f"{what} is malformed: {e}", True))
+            continue
+        if entry.hash() != str(raw.hash):
+            out.append(Finding(i, Check.ENTRY_HASH.value, f"{what}: its row hashes to "
+                               f"{entry.hash()[:12]}…, not the stored {str(raw.hash)[:12]}…",
+                               True))
+        before = rows.get(i - 1)
+        want_prev = ZERO_HASH if i == 0 else (str(before.hash) if before else None)
+        if want_prev is None or entry.prev != want_prev:
+            out.append(Finding(i, Check.PREV.value, f"{what}: prev does not link to entry "
+                               f"{i - 1}", True))
+        after = rows.get(i + 1)
+        next_prev = head if i + 1 == start else (str(after.prev) if after else None)
+        if next_prev != str(raw.hash):
+            out.append(Finding(i, Check.PREV.value, f"{what}: entry {i + 1} does not link to "
+                               f"it", True))
+        if raw.body is not None and body_hash(raw.body) != raw.body_hash:
+            out.append(Finding(i, Check.BODY.value, f"{what}: its body does not hash to the "
+                               f"entry's body hash (the body was edited)", True))
+        try:
+            leaf_ok = store.leaf_hash(i) == entry_leaf_hash(entry)
+        except LedgerError:
+            leaf_ok = False
+        if not leaf_ok:
+            out.append(Finding(i, Check.CHECKPOINT_V2.value, f"{what}: its stored Merkle leaf "
+                               f"is not the entry's", True))
+    return len(picks), out
+
+
 def stored_notes(store: SQLStore) -> list[str]:
     """The store's v2 checkpoint notes, with every signature gathered, in size order; none
     for a ledger whose checkpoint v2 tables were never created (a v1 ledger)."""
@@ -251,12 +319,17 @@ def _resume(store: SQLStore, size: int, sid: str, state: VerifyState | None, *, 
 def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
                  state: VerifyState | None = None, progress: Progress | None = None,
                  full: bool = False, notes: Sequence[str] | None = None,
-                 require_coverage: bool = False) -> VerifyResult:
+                 require_coverage: bool = False, sample: int = SAMPLE_DEFAULT,
+                 rng: random.Random | None = None, now_us: int | None = None
+                 ) -> VerifyResult:
     """Audit ``store`` from ``state``'s checkpoint (or from idx 0) to its current end.
 
     With ``full`` the audit reads from idx 0 but still holds ``state``'s checkpoint as
     trusted. ``notes`` are v2 checkpoint notes to check (default: the store's own, from
     collector.ledger.checkpoint_tables). ``require_coverage`` makes an uncovered tail a failure.
+    An incremental run re-checks ``sample`` random older entries, drawn with ``rng`` (default
+    ``random.SystemRandom()``; tests inject a seeded one). ``now_us`` is recorded in the new
+    state as the time of the last full run when this run read from idx 0.
     """
     if notes is None:
         notes = stored_notes(store)
@@ -273,6 +346,9 @@ def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
     extra.extend(_note_findings(store, notes, log_keys, size=size, start=start,
                                 auditor=auditor if start == 0 else None))
     extra.extend(_tree_findings(store, start, size))
+    sampled, found = _sampled_findings(store, start, start_head, sample,
+                                       rng if rng is not None else random.SystemRandom())
+    extra.extend(found)
     # Resume point for next time: the largest checkpoint within what we read.
     target = max((c for c in cps if 0 < c.checkpoint.size <= size
                   and c.checkpoint.log in log_keys),
@@ -299,9 +375,12 @@ def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
     report = auditor.finish()
     if extra:
         report.findings = sorted(extra + report.findings, key=Finding.sort_key)
+    last_full = state.last_full_us if state is not None else None
+    if start == 0 and report.ok and now_us is not None:
+        last_full = now_us
     new_state = None
     if report.ok and target is not None and keys_at_target is not None:
-        new_state = VerifyState(sid, target, keys_at_target)
+        new_state = VerifyState(sid, target, keys_at_target, last_full)
     covered = max(report.covered, start)
     return VerifyResult(report, start, size, new_state, uncovered=max(size - covered, 0),
-                        notes=len(notes))
+                        notes=len(notes), sampled=sampled, last_full_us=last_full)

@@ -46,6 +46,7 @@ Example::
     reconnect_initial_ms = 200                  # first reconnect after this, then doubling
     reconnect_max_ms = 2000                     # … up to this between attempts
     outage_max_s = 300                          # away longer: exit non-zero (systemd restarts)
+    on_schema_drift = "refuse"                  # or "alert": start, severity-1 alert (D5)
 
     [broker]                                    # optional: run Mosquitto under `serve`
     managed = true                              # start/supervise it (fleet.broker_process)
@@ -168,6 +169,9 @@ class LedgerSection:
     reconnect_initial_ms: int = 200
     reconnect_max_ms: int = 2000
     outage_max_s: int = 300
+    # Triggers or grants differ from what migrate created (collector.ledger.schema_check):
+    # "refuse" to start, or "alert" (start and raise a severity-1 alert).
+    on_schema_drift: str = "refuse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +222,17 @@ def _store_url(sec: Section, key: str, base: Path) -> str | None:
     return v
 
 
+SCHEMA_DRIFT = ("refuse", "alert")
+
+
 def _ledger_section(lg: Section) -> LedgerSection:
     ld = LedgerSection()
     ledger = LedgerSection(
         reconnect_initial_ms=lg.integer("reconnect_initial_ms", ld.reconnect_initial_ms,
                                         lo=10, hi=60_000),
         reconnect_max_ms=lg.integer("reconnect_max_ms", ld.reconnect_max_ms, lo=10, hi=300_000),
-        outage_max_s=lg.integer("outage_max_s", ld.outage_max_s, lo=1, hi=7 * 86_400))
+        outage_max_s=lg.integer("outage_max_s", ld.outage_max_s, lo=1, hi=7 * 86_400),
+        on_schema_drift=lg.choice("on_schema_drift", ld.on_schema_drift, SCHEMA_DRIFT))
     if ledger.reconnect_max_ms < ledger.reconnect_initial_ms:
         lg.problem("reconnect_max_ms", "must be at least reconnect_initial_ms")
     lg.finish()

@@ -44,7 +44,7 @@ from typing import IO, Any, cast
 
 from collector import CollectorError, LedgerError, LedgerUnavailableError
 from collector.ingest import checkpoints
-from collector.ingest.alerts import Alerts, ChainWatch, GapTracker
+from collector.ingest.alerts import SEVERITY_CRITICAL, Alerts, ChainWatch, GapTracker
 from collector.ingest.cosignatures import DeviceWitnesses
 from collector.ingest.inclusion_answers import InclusionAnswers
 from collector.ingest.pipeline import Inbound, Ingestor, Writer
@@ -53,6 +53,7 @@ from collector.ingest.statuses import StatusTable
 from collector.ingest.witness_client import ExternalWitnesses
 from collector.ledger import checkpoint_tables, open_store
 from collector.ledger.registry import RegistrySnapshot
+from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, redact_url
 from collector.service.log_state import LogState, StateFileError, check_ledger
@@ -247,6 +248,22 @@ def log_checks(cfg: CollectorConfig, store: SQLStore, log_key: SigningKey
     return origin, state
 
 
+def schema_checks(cfg: CollectorConfig, store: SQLStore, alerts: Alerts | None) -> None:
+    """Control D5: the append-only triggers and the app role's grants are still what
+    ``migrate`` created (collector.ledger.schema_check). On a finding, raise LedgerError
+    (``[ledger] on_schema_drift = "refuse"``, the default) or, with "alert", raise one
+    severity-1 ``schema-drift`` alert on ``alerts`` (None: the preflight, which only refuses)."""
+    check = check_schema(store)
+    if check.ok:
+        return
+    if cfg.ledger.on_schema_drift == "refuse":
+        raise LedgerError(f"refusing to start: {check.message()} (or set [ledger] "
+                          f"on_schema_drift = \"alert\" to start and alert)")
+    if alerts is not None:
+        alerts.alert("schema-drift", severity=SEVERITY_CRITICAL, device=None,
+                     detail=check.message(), fields={"findings": list(check.findings)})
+
+
 def preflight(cfg: CollectorConfig) -> None:
     """:func:`log_checks` on a connection of its own, for ``serve`` to run before it starts
     the broker or the API (a refused ledger is never served, not even briefly)."""
@@ -254,6 +271,7 @@ def preflight(cfg: CollectorConfig) -> None:
     store = open_store(cfg.collector.store)
     try:
         log_checks(cfg, store, log_key)
+        schema_checks(cfg, store, None)
     finally:
         store.close()
 
@@ -307,6 +325,7 @@ class CollectorService:
             self._store = open_store(cfg.collector.store)
         store = self._store
         origin, state = log_checks(cfg, store, log_key)
+        schema_checks(cfg, store, self.alerts)
         store.auto_reconnect = False     # reconnects follow the back-off of _ride_out only
 
         def lookup(device: str, seq: int) -> str | None:

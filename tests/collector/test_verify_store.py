@@ -120,8 +120,10 @@ def test_verify_cli(sqlite_store: SQLStore, sqlite_path: Path, tmp_path: Path,
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("OK: idx 6..6 verified: 1 entries")
     _attack(sqlite_path, ("UPDATE bodies SET body = ? WHERE idx = 3", (b"{}",)))
-    assert main(args) == 0          # before the resume point: attested by the checkpoint
-    capsys.readouterr()
+    assert main([*args, "--sample", "0"]) == 0  # unsampled, below the resume point: attested
+    capsys.readouterr()                             # by the checkpoint
+    assert main(args) == 1          # D5: the 6 older entries are fewer than --sample: all read
+    assert "TAMPER at idx 3, check (4) body: sampled entry 3" in capsys.readouterr().out
     assert main([*args, "--full"]) == 1
     out = capsys.readouterr()
     assert out.out.startswith("TAMPERED: idx 0..6: TAMPER at idx 3, check (4) body")
