@@ -206,6 +206,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     full = isinstance(storage, dict) and storage.get("state") == "full"
     sequence = snap.get("sequence")
     refusing = isinstance(sequence, dict) and sequence.get("state") == "refusing"
+    pub = snap.get("publisher")
+    cert = pub.get("certificate") if isinstance(pub, dict) else None
+    cert_blocked = isinstance(cert, dict) and cert.get("state") not in (None, "ok", "expiring")
     snap["running"] = live
     snap["free_bytes_now"] = free_now
     if args.json:
@@ -218,7 +221,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if full or (writer_alive and not live):
             print(f"(the agent cannot record: free space in {config.device.state_dir}; it "
                   "resumes by itself, see docs/operations.md \"Storage full\")")
-    if live and not full and not refusing:
+    if live and not full and not refusing and not cert_blocked:
         return 0
     return 4 if live or writer_alive else 3
 

@@ -859,6 +859,7 @@ class Publisher:
     def device_status(self, state: str, reason: str | None = None) -> DeviceStatus:
         """The status message as it is published now (state ``online`` or ``offline``)."""
         snap = self._status()
+        cert = self.cert_state()
         storage = None
         raw = snap.get("storage")
         if raw is not None:
@@ -871,7 +872,8 @@ class Publisher:
             "version": str(snap.get("version", self._s.version)),
             "queue": QueueStatus(self._outbox.depth(), self._outbox.oldest_created_us()),
             "clock": snap.get("clock", "unsynced"), "storage": storage, "reason": reason,
-            "witness": None if self._witness is None else self.witness_status()}
+            "witness": None if self._witness is None else self.witness_status(),
+            "certificate": None if cert.state == "ok" else cert.state}
         readers = snap.get("readers", {})
         try:
             return DeviceStatus(**common, readers=dict(readers))

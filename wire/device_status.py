@@ -20,6 +20,8 @@ means unknown. ``witness`` is optional too (DESIGN.md §8.3, protocol §13.7): t
 witness of the log, ``{"state": "none"|"ok"|"refusing"|"broken", "size": n|null,
 "cosigned_at": µs|null, "refusals": n, "reason": str|null, "detail": str, "since_us": µs|null}``
 — ``refusing`` means the last checkpoint offered was refused (``reason``), since ``since_us``.
+``certificate`` is optional (issue 15): the clock's own TLS certificate state when it is not
+``ok`` (:data:`CERT_STATES`, e.g. ``expiring``; agent.certstate); absent means ok or unknown.
 ``readers`` maps reader names to free-form JSON (the agent sends its reader
 states). Invariants: a :class:`DeviceStatus` that exists is valid; parsing is strict (unknown
 fields, wrong types, floats, oversize input are :class:`wire.errors.DecodeError`), and
@@ -49,12 +51,15 @@ STATUS_VERSION = 1
 MAX_STATUS_BYTES = 16 * 1024          # the collector drops larger status messages
 DEVICE_STATES = frozenset({"online", "offline"})
 STORAGE_STATES = frozenset({"ok", "low", "full"})
+CERT_STATES = frozenset({"ok", "expiring", "not-yet-valid", "expired", "revoked", "unknown-ca",
+                         "key-mismatch", "broker-untrusted", "unreadable", "tls-refused"})
 VERSION_RE = re.compile(r"^[0-9A-Za-z.+_-]{1,64}$")
 REASON_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 MAX_DETAIL_CHARS = 300
 
 _REQUIRED = frozenset({"v", "device", "state", "version"})
-_OPTIONAL = frozenset({"at", "queue", "clock", "readers", "storage", "reason", "witness"})
+_OPTIONAL = frozenset({"at", "queue", "clock", "readers", "storage", "reason", "witness",
+                       "certificate"})
 _ONLINE = frozenset({"at", "queue", "clock", "readers"})
 _QUEUE_KEYS = frozenset({"depth", "oldest_unacked_us"})
 _STORAGE_KEYS = frozenset({"state", "free_bytes", "refused_taps", "since_us", "detail"})
@@ -285,7 +290,7 @@ def _readers(value: Any) -> dict[str, Any]:
 
 def _status_fields(d: Any) -> tuple[str, str, str, int | None, _QueueFields | None, str | None,
                                     dict[str, Any] | None, _StorageFields | None, str | None,
-                                    _WitnessFields | None]:
+                                    _WitnessFields | None, str | None]:
     obj = _object(d, "status", _REQUIRED, _OPTIONAL)
     check_version(obj, expected=STATUS_VERSION)
     device = validate_device_id(get_str(obj, "device"))
@@ -303,7 +308,8 @@ def _status_fields(d: Any) -> tuple[str, str, str, int | None, _QueueFields | No
             _readers(obj["readers"]) if "readers" in obj else None,
             _storage_fields(obj["storage"]) if "storage" in obj else None,
             get_str(obj, "reason", REASON_RE) if "reason" in obj else None,
-            _witness_fields(obj["witness"]) if "witness" in obj else None)
+            _witness_fields(obj["witness"]) if "witness" in obj else None,
+            get_choice(obj, "certificate", CERT_STATES) if "certificate" in obj else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +327,7 @@ class DeviceStatus:
     reason: str | None = None         # why offline: "stopped", "connection-lost", …
     v: int = STATUS_VERSION
     witness: WitnessStatus | None = None
+    certificate: str | None = None    # the clock certificate's state when not ok
 
     def __post_init__(self) -> None:
         _status_fields(self.to_dict())
@@ -328,11 +335,12 @@ class DeviceStatus:
     @classmethod
     def from_dict(cls, d: Any) -> DeviceStatus:
         (device, state, version, at, queue, clock, readers, storage,
-         reason, witness) = _status_fields(d)
+         reason, witness, certificate) = _status_fields(d)
         return cls(device, state, version, at,
                    None if queue is None else QueueStatus(*queue), clock, readers,
                    None if storage is None else StorageStatus(*storage), reason,
-                   witness=None if witness is None else WitnessStatus(*witness))
+                   witness=None if witness is None else WitnessStatus(*witness),
+                   certificate=certificate)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DeviceStatus:
@@ -357,6 +365,8 @@ class DeviceStatus:
             out["reason"] = self.reason
         if self.witness is not None:
             out["witness"] = self.witness.to_dict()
+        if self.certificate is not None:
+            out["certificate"] = self.certificate
         return out
 
     def to_bytes(self) -> bytes:

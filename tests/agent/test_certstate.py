@@ -6,6 +6,7 @@ per-outcome feedback commands."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from agent.certstate import CertProblem, check_certificate, classify_tls_error, probe_broker
+from agent.certstate import (
+    STATES,
+    CertProblem,
+    check_certificate,
+    classify_tls_error,
+    probe_broker,
+)
 from agent.cli import main
 from agent.config import parse_config
 from agent.feedback import OutcomeFeedback
@@ -27,10 +34,14 @@ from tests.agent.receipt_kit import settings
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.pki import ClientCert, TestPKI
 from tests.polling import wait_for
+from wire.device_status import CERT_STATES, DeviceStatus
+from wire.errors import DecodeError
 from wire.keys import SigningKey
 from wire.tls import client_context
 
 STATE_S = 60.0    # a reconnect, a diagnosis and a probe handshake on a busy machine
+START_S = 120.0   # a Python process start, then a connect: a busy machine is slow at both
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _dates(cert: ClientCert) -> tuple[dt.datetime, dt.datetime]:
@@ -131,9 +142,11 @@ def run_publisher(broker: MosquittoBroker, tmp_path: Path
     def make(cert: ClientCert, **kw: Any) -> Publisher:
         ob = Outbox(tmp_path / f"{cert.name}.db", os.urandom(32), cert.name)
         seen = kw.pop("seen", None)
+        warn = kw.pop("warn_days", 30)
         pub = Publisher(ob, cert.name, log_key=SigningKey.generate().verify_key,
                         settings=settings(broker, cert.name, cert_file=cert.cert_file,
-                                          key_file=cert.key_file, diagnose_every_s=0.5),
+                                          key_file=cert.key_file, diagnose_every_s=0.5,
+                                          cert_warn_days=warn),
                         on_cert_state=None if seen is None else seen.append, **kw)
         pub.start()
         started.append((pub, ob))
@@ -170,7 +183,7 @@ def test_expired_and_behind_clocks_report_their_state(
     assert expired.cert_state().state == "expired"
     ok = pki.device("clk-behind")
     nb, _ = _dates(ok)
-    behind = run_publisher(ok, now=lambda: (nb - dt.timedelta(hours=2)).timestamp())
+    behind = run_publisher(ok, now=(nb - dt.timedelta(hours=2)).timestamp)
     assert behind.cert_state().state == "not-yet-valid"
     good = run_publisher(pki.device("clk-good"))
     wait_for(lambda: good.stats().connected, STATE_S, "the valid clock connects")
@@ -278,3 +291,97 @@ def test_check_config_as_a_command_names_the_expired_certificate(
     assert r.returncode != 0
     assert "keys.tls_cert: certificate EXPIRED on" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# --- the retained MQTT status (wire.device_status, optional field) ---------------------------
+
+def test_status_message_carries_a_certificate_state_that_is_not_ok(
+        pki: TestPKI, run_publisher: Callable[..., Publisher]) -> None:
+    assert set(STATES) == set(CERT_STATES)
+    pub = run_publisher(pki.device("clk-expiring"))
+    assert pub.device_status("online").certificate is None      # ok: the field is left out
+    assert "certificate" not in pub.device_status("online").to_dict()
+    soon = run_publisher(pki.device("clk-expiring2"), warn_days=1000)
+    status = soon.device_status("online")
+    assert status.certificate == "expiring"
+    assert DeviceStatus.from_bytes(status.to_bytes()) == status
+    old = DeviceStatus("clock-0017", "offline", "0.1.0", reason="stopped").to_dict()
+    assert DeviceStatus.from_dict(old).certificate is None      # statuses before it still parse
+    with pytest.raises(DecodeError, match="certificate"):
+        DeviceStatus.from_dict({**old, "certificate": "stolen"})
+
+
+# --- the agent as a process: a revoked clock says so ------------------------------------------
+
+@pytest.mark.subprocess
+def test_d3_a_revoked_clock_agent_says_revoked_in_status_and_signals_feedback(
+        tmp_path: Path, pki: TestPKI, broker: MosquittoBroker,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cert = pki.fresh_device("agent-rv")
+    pki.revoke(cert)
+    broker.reload_crl()
+    signals = tmp_path / "signals"
+    beep = tmp_path / "beep"
+    beep.write_text(f'#!/bin/sh\necho "$TIMECLOCK_OUTCOME" >> {signals}\n')
+    beep.chmod(0o755)
+    keys = tmp_path / "keys"
+    assert main(["init", "--device", cert.name, "--dir", str(keys)]) == 0
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"""
+[device]
+id = "{cert.name}"
+state_dir = "state"
+[keys]
+signing_key = "{keys / 'signing.key'}"
+queue_key = "{keys / 'queue.key'}"
+tls_key = "{cert.key_file}"
+tls_cert = "{cert.cert_file}"
+ca_cert = "{cert.ca_file}"
+log_public_key = "{SigningKey.generate().verify_key.b64}"
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+reconnect_min_s = 0.2
+reconnect_max_s = 1.0
+[status]
+interval_s = 0.5
+[feedback.outcomes]
+revoked = ["{beep}"]
+[readers.front]
+kind = "simulated"
+credentials = ["0012345678"]
+format = "em4100"
+interval_s = 0.2
+debounce_s = 0
+action = "in"
+""")
+    status_file = tmp_path / "state" / "status.json"
+
+    def cert_state() -> str | None:
+        try:
+            snap = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            return None
+        c = (snap.get("publisher") or {}).get("certificate") or {}
+        return c.get("state") if snap.get("queue", {}).get("depth", 0) >= 2 else None
+
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: cert_state() == "revoked", START_S,
+                 "the status file to name the revoked certificate while taps queue")
+        wait_for(signals.exists, STATE_S, "the revoked feedback command")
+        capsys.readouterr()
+        assert main(["status", "--config", str(cfg)]) == 4
+        out = capsys.readouterr().out
+        assert "certificate:   REVOKED by the site CA since" in out
+        assert "ask ops to re-provision this clock" in out
+        proc.terminate()
+        _, err = proc.communicate(timeout=START_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert signals.read_text() == "revoked\n"           # once, not at every retry
+    assert err.count("certificate REVOKED by the site CA") == 1, err
