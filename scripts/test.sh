@@ -10,4 +10,6 @@ echo "== mypy (strict: agent/ collector/ wire/)"
 .venv/bin/mypy
 echo "== import contracts"; .venv/bin/lint-imports
 echo "== pytest"
-.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"
+# Two or more workers (one per core, at most 4): the suite waits on real services more than it
+# computes; every fixture takes its own ports and directories.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --durations=25 "$@"
