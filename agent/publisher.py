@@ -27,7 +27,8 @@ Invariants:
   ``cosignature`` topic; a change of the witness state republishes the retained status.
 - The clock's certificate is named (agent.certstate): checked at construction and, after a
   failed connection, by the sender thread (at most every ``diagnose_every_s``: the handshake
-  error paho saw, else one probe handshake that sends nothing). A change of state is logged
+  error paho saw, else one probe handshake that sends nothing). A blocking state is left only
+  for another blocking state or by a successful connection. A change of state is logged
   once (then at most every :data:`_CERT_LOG_EVERY_S`), republished in the status, and handed to
   ``on_cert_state`` (the per-outcome feedback).
 - :meth:`Publisher.threads` names both threads (sender and paho's network loop) so the service
@@ -276,6 +277,7 @@ class Publisher:
         self._tls_error: BaseException | None = None   # set by on_connect_fail
         self._diagnose_due = False
         self._next_diagnose = 0.0
+        self.cert_diagnoses = 0      # diagnoses after failed connections (sender thread)
         self._set_cert(self._check_local())
 
     # --- setup ------------------------------------------------------------------------------
@@ -758,6 +760,7 @@ class Publisher:
             self._diagnose_due = False
             err, self._tls_error = self._tls_error, None
         self._next_diagnose = mono + self._s.diagnose_every_s
+        self.cert_diagnoses += 1
         s = self._s
         probe = None
         if certstate.classify_tls_error(err, now=dt.datetime.now(dt.UTC)) is None:
@@ -770,6 +773,11 @@ class Publisher:
         found = certstate.diagnose(s.cert_file, s.key_file, s.ca_file,
                                    now=dt.datetime.fromtimestamp(self._now(), dt.UTC),
                                    warn_days=s.cert_warn_days, error=err, probe=probe)
+        if not found.blocking and self.cert_state().blocking:
+            # Still not connected and nothing new found (a probe that saw no alert in time,
+            # a network fault): the known cause stands until a connection succeeds, so the
+            # state and its feedback do not flap.
+            return
         self._set_cert(found)
 
     def _set_cert(self, found: CertProblem) -> None:

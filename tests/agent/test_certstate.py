@@ -114,7 +114,7 @@ def test_status_line_says_what_to_do() -> None:
 def test_d3_broker_alerts_are_classified(pki: TestPKI, broker: MosquittoBroker) -> None:
     now = dt.datetime.now(dt.UTC)
     ok = pki.device("cert-ok")
-    assert probe_broker(broker.host, broker.port, ok.context()) is None
+    assert probe_broker(broker.host, broker.port, ok.context(), timeout_s=STATE_S) is None
     cases = [(pki.expired_device("cert-expired"), "expired"),
              (pki.foreign_device("cert-foreign"), "unknown-ca")]
     revoked = pki.fresh_device("cert-rv")
@@ -122,14 +122,17 @@ def test_d3_broker_alerts_are_classified(pki: TestPKI, broker: MosquittoBroker) 
     broker.reload_crl()
     cases.append((revoked, "revoked"))
     for cert, state in cases:
-        err = wait_for(lambda c=cert: probe_broker(broker.host, broker.port, c.context()),
+        # an alert slower than the probe's read is a None: probe again
+        err = wait_for(lambda c=cert: probe_broker(broker.host, broker.port, c.context(),
+                                                   timeout_s=STATE_S),
                        STATE_S, f"a refused handshake for {cert.name}")
         found = classify_tls_error(err, now=now)
         assert found is not None, repr(err)
         assert found.state == state, (cert.name, repr(err))
     # a clock that does not trust the broker (wrong CA file): our own verification fails
     untrusting = client_context(pki.foreign_ca_file, ok.cert_file, ok.key_file)
-    found = classify_tls_error(probe_broker(broker.host, broker.port, untrusting), now=now)
+    found = classify_tls_error(probe_broker(broker.host, broker.port, untrusting,
+                                            timeout_s=STATE_S), now=now)
     assert found is not None
     assert found.state == "broker-untrusted"
 
@@ -175,6 +178,14 @@ def test_d3_a_revoked_clock_reports_revoked_not_cannot_reach_broker(
     wait_for(lambda: pub.stats().connect_failures >= 3, STATE_S, "more failed connections")
     assert [p.state for p in seen] == ["revoked"]     # signalled once, not at every retry
     assert not pub.stats().connected
+    # The broker goes away too: connections now fail without any alert, and the known cause
+    # stands (no flapping to ok and back, no second signal).
+    broker.stop()
+    before = pub.cert_diagnoses
+    wait_for(lambda: pub.cert_diagnoses >= before + 2, STATE_S,
+             "two diagnoses with the broker down")
+    assert pub.cert_state().state == "revoked"
+    assert [p.state for p in seen] == ["revoked"]
 
 
 def test_expired_and_behind_clocks_report_their_state(
