@@ -5,11 +5,15 @@ per-outcome feedback commands."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ from agent.feedback import OutcomeFeedback
 from agent.publisher import Publisher
 from agent.queue import Outbox
 from agent.status import certificate_line
+from collector.fleet.pki import CertificateAuthority
 from tests.agent.receipt_kit import settings
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.pki import ClientCert, TestPKI
@@ -396,3 +401,39 @@ action = "in"
             proc.wait()
     assert signals.read_text() == "revoked\n"           # once, not at every retry
     assert err.count("certificate REVOKED by the site CA") == 1, err
+
+
+@pytest.mark.parametrize(("shift_days", "state", "says"), [
+    (1, "not-yet-valid", "the clock is probably behind"),      # the broker's cert is "future"
+    (-30, "broker-untrusted", "has EXPIRED at the clock's time"),
+])
+def test_the_broker_certificate_as_the_clock_sees_it_is_classified(
+        tmp_path: Path, shift_days: int, state: str, says: str) -> None:
+    """A real handshake with a loopback TLS server whose certificate is not valid *now*."""
+    now = dt.datetime.now(dt.UTC)
+    ca = CertificateAuthority.init(tmp_path / "ca", now=now - dt.timedelta(days=60))
+    server = ca.issue_server(dns=["localhost"], ips=["127.0.0.1"],
+                             now=now + dt.timedelta(days=shift_days), days=1)
+    ca.issue_client("clock-bt", tmp_path / "c.key", tmp_path / "c.crt",
+                             kind="device", now=now)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(server.cert_file, server.key_file)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve_one() -> None:
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(OSError):
+                sctx.wrap_socket(conn, server_side=True).close()
+
+        t = threading.Thread(target=serve_one, daemon=True)
+        t.start()
+        err = probe_broker("127.0.0.1", port,
+                           client_context(ca.cert_file, tmp_path / "c.crt", tmp_path / "c.key"),
+                           timeout_s=STATE_S)
+        t.join(STATE_S)
+    assert isinstance(err, ssl.SSLCertVerificationError), repr(err)
+    found = classify_tls_error(err, now=now)
+    assert found is not None
+    assert found.state == state
+    assert says in found.message
