@@ -437,3 +437,15 @@ def test_the_broker_certificate_as_the_clock_sees_it_is_classified(
     assert found is not None
     assert found.state == state
     assert says in found.message
+
+
+def test_check_config_warns_inside_the_warning_window(
+        tmp_path: Path, pki: TestPKI, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, pki.device("cc-ok"))
+    cfg.write_text(cfg.read_text().replace('host = "localhost"\n',
+                                           'host = "localhost"\ncert_warn_days = 1000\n'))
+    capsys.readouterr()
+    assert main(["check-config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: keys.tls_cert: certificate expires on" in out
+    assert "renew it soon" in out
