@@ -57,3 +57,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   echo "$want" > "$stamp"
 fi
+
+# The tests' third-party C2SP witness (tests/interop/aics_kit.py): two pure-Python wheels from
+# PyPI, kept out of the venv (they declare Python >= 3.12; the tests run them on 3.11).
+interop=.venv/interop
+if [ "$with_postgres" = 1 ] && { [ ! -f "$interop/aics_witness-0.1.0-py3-none-any.whl" ] ||
+                                 [ ! -f "$interop/aics_tlog-0.2.1-py3-none-any.whl" ]; }; then
+  echo "bootstrap: downloading the interop test witness (aics-witness) into $interop"
+  if ! .venv/bin/python -m pip download --disable-pip-version-check -q --no-deps \
+         --python-version 3.12 --only-binary=:all: -d "$interop" \
+         aics-witness==0.1.0 aics-tlog==0.2.1 >> .venv/pip.log 2>&1; then
+    tail -20 .venv/pip.log >&2
+    echo "bootstrap: downloading aics-witness failed; the log is in .venv/pip.log" >&2
+    exit 1
+  fi
+fi
