@@ -435,7 +435,9 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
     metrics_port = common_free_port() if monitoring else None
     cfg_file, log_key = write_collector_config(
         d / "collector", broker, store_url=f"sqlite://{db}",
-        extra=f"[metrics]\nport = {metrics_port}\n" if metrics_port else "")
+        extra=(f"[metrics]\nport = {metrics_port}\n" if metrics_port else "")
+        # side A of --tree-ab dropped the leaf trigger on purpose: start, and alert
+        + ("[ledger]\non_schema_drift = \"alert\"\n" if without_tree else ""))
     cmd = _collector_cmd(cfg_file, profile_out, without_tree=without_tree,
                          monitoring=monitoring)
     with open(d / "collector.log", "wb") as logf:
@@ -456,8 +458,11 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
         if pub.errors:
             raise RuntimeError(f"bad receipts: {pub.errors[:3]}")
         rate = fleet.total / (pub.last - t0)
+        cpu_us = (_cpu_s(proc.pid) - cpu0) * 1e6 / fleet.total
         if monitoring is not None:
-            MONITOR_CPU_US[monitoring].append((_cpu_s(proc.pid) - cpu0) * 1e6 / fleet.total)
+            MONITOR_CPU_US[monitoring].append(cpu_us)
+        if without_tree or profile_out is None:
+            TREE_CPU_US[without_tree].append(cpu_us)
         receipts = pub.receipts
     finally:
         if scraper is not None:
@@ -511,6 +516,9 @@ def monitor_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *, a
         raise RuntimeError(f"A recorded {out[False][2]} punches, B {out[True][2]}")
     return (*out[True], out[False][0])
 
+
+TREE_CPU_US: dict[bool, list[float]] = {False: [], True: []}
+"""--tree-ab: the collector's CPU time per punch of each phase, B (False) and A (True)."""
 
 MONITOR_CPU_US: dict[bool, list[float]] = {False: [], True: []}
 """--monitor-ab: the collector process's CPU time per punch over each ingest window (user +
@@ -643,6 +651,11 @@ def report_tree_ab(ab: Sequence[tuple[float, float]]) -> None:
          ["median", f"{med_a:,.0f}", f"{med_b:,.0f}", f"{cost:.1f} %"]]))
     print(f"target: the tree and v2 checkpoints cost ≤ 10 % of end-to-end ingest: "
           f"{'met' if cost <= 10 else 'MISSED'} (median of the per-run costs)")
+    a_cpu, b_cpu = (common.median(TREE_CPU_US[k]) for k in (True, False))
+    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in TREE_CPU_US[True]]} µs, "
+          f"B {[round(x, 1) for x in TREE_CPU_US[False]]} µs")
+    print(f"collector CPU per punch (median): A {a_cpu:.1f} µs, B {b_cpu:.1f} µs: "
+          f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
 
 
 def report_monitor_ab(ab: Sequence[tuple[float, float]]) -> None:
