@@ -796,7 +796,7 @@ class _Append:
             except ProofError as e:
                 raise LedgerError(f"the Merkle tree cannot grow from size {self.start}: {e} "
                                   f"(run `timeclock-collector migrate`)") from e
-            self.tree_sql.insert(c, nodes)
+            self.tree_sql.insert_appended(c, nodes)
             c.executemany(q("INSERT INTO entries (idx, kind, at, body, prev, hash) "
                             "VALUES (?, ?, ?, ?, ?, ?)"), self.entries)
             c.executemany(q("INSERT INTO bodies (idx, body) VALUES (?, ?)"), self.bodies)

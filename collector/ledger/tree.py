@@ -88,6 +88,16 @@ class TreeSQL:
         if nodes:
             cur.executemany("INSERT INTO tc_merkle (level, idx, hash) VALUES (?, ?, ?)", nodes)
 
+    def insert_appended(self, cur: Any, nodes: Sequence[Node]) -> None:
+        """Insert what :func:`wire.merkle.append_nodes` returned for an append: the new leaves
+        (consecutive, about half the rows) as one run, the interior nodes row by row."""
+        leaves = [n for n in nodes if n[0] == 0]
+        if leaves and leaves[-1][1] - leaves[0][1] == len(leaves) - 1:
+            self.insert_run(cur, 0, leaves[0][1], b"".join(n[2] for n in leaves))
+            self.insert(cur, [n for n in nodes if n[0] != 0])
+        else:
+            self.insert(cur, nodes)
+
     def insert_run(self, cur: Any, level: int, first: int, run: bytes) -> None:
         """Insert the nodes (level, first + k) = the k-th 32 bytes of ``run``: one statement
         whose loop runs in SQLite (a recursive CTE over the blob), not one binding per row from
@@ -120,6 +130,9 @@ class PgTreeSQL(TreeSQL):
             with cur.copy("COPY tc_merkle (level, idx, hash) FROM STDIN") as cp:
                 for n in nodes:
                     cp.write_row(n)
+
+    def insert_appended(self, cur: Any, nodes: Sequence[Node]) -> None:
+        self.insert(cur, nodes)      # one COPY is already the cheapest here
 
     def insert_run(self, cur: Any, level: int, first: int, run: bytes) -> None:
         if run:     # the loop runs in the server: one bytea, cut by generate_series

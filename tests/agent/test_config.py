@@ -127,7 +127,8 @@ kind = "teleporter"
         load_config(write(tmp_path, bad))
     problems = ei.value.problems
     expected_prefixes = [
-        "colour: unknown key (allowed: device, feedback, keys, metrics, mqtt, readers, status, witness)",
+        "colour: unknown key (allowed: device, feedback, keys, metrics, mqtt, readers, status, "
+        "witness)",
         "device.id: 'Clock.17' must match",
         "device.state: unknown key",
         "keys.signing_key: expected a string, got int",

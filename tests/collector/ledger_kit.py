@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from collector.ledger.base import PunchFact
+from collector.ingest import checkpoints
+from collector.ledger import checkpoint_tables
+from collector.ledger.base import EventFact, PunchFact
+from collector.ledger.sqlite import SQLiteStore
 from wire import ZERO_HASH
 from wire.keys import SigningKey
 from wire.punch import Punch, SignedPunch
@@ -56,3 +61,23 @@ class Clock:
     def enrolled_body(self) -> dict[str, object]:
         return {"event": "enrolled", "device": self.device, "site": self.site,
                 "key": self.key.key_id, "signing_key": self.key.verify_key.b64}
+
+
+class CheckpointedLedger:
+    """A SQLite ledger of one enrolled clock whose every growth ends in a v2 checkpoint signed
+    with ``log_key`` under ``origin`` (what a witness is offered)."""
+
+    def __init__(self, path: Path, log_key: SigningKey, origin: str,
+                 device: str = "clock-a") -> None:
+        self.store = SQLiteStore(path)
+        checkpoint_tables.ensure_schema(self.store)
+        self.log_key, self.origin = log_key, origin
+        self.clock = Clock(device)
+        self.store.append([EventFact("device", self.clock.enrolled_body())], now_us=T0)
+        self.now = T0
+
+    def grow(self, n: int, **kw: Any) -> checkpoint_tables.StoredCheckpoint:
+        self.now += 10
+        self.store.append([self.clock.fact(**kw) for _ in range(n)], now_us=self.now)
+        return checkpoints.make_checkpoint_v2(self.store, self.log_key, self.origin,
+                                              self.store.tree_size(), self.now)

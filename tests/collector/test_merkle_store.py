@@ -632,21 +632,14 @@ def test_d5_the_aligned_build_writes_through_copy_on_postgres(
         pg_ledger: Any, workers: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if workers:
         monkeypatch.setattr(tree, "PARALLEL_MIN_STEPS", 2)
-    s = PostgresStore(pg_ledger.app_dsn)
-    fill(s, 40)
-    ref = reference(s)
-    s.close()
-    with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn:
-        conn.execute("SET session_replication_role = replica")
-        conn.execute("DELETE FROM tc_merkle WHERE (idx + 1) * (1 << level) > 5")  # keep size 5
-        with conn.transaction(), conn.cursor() as cur:
-            assert tree.build(cur, tree.PG_TREE, batch=8,
-                              source=pg_ledger.admin_dsn if workers else None) == 36
-            cur.execute("SELECT level, idx, hash FROM tc_merkle")
-            got = _stored_nodes(cur.fetchall())
-    want = set(merkle.MemoryTree().append([merkle.entry_leaf_hash(se.entry)
-                                            for se in ref_entries(pg_ledger)]))
-    assert got == want
+    ref, leaves = _pg_ledger_with_nodes_cut(pg_ledger, "(idx + 1) * (1 << level) > 5")
+    with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn, \
+            conn.transaction(), conn.cursor() as cur:        # from a tree of size 5
+        assert tree.build(cur, tree.PG_TREE, batch=8,
+                          source=pg_ledger.admin_dsn if workers else None) == 36
+        cur.execute("SELECT level, idx, hash FROM tc_merkle")
+        got = _stored_nodes(cur.fetchall())
+    assert got == set(merkle.MemoryTree().append(leaves))
     s = PostgresStore(pg_ledger.app_dsn)
     try:
         assert [s.merkle_root(n) for n in range(42)] == [merkle.root(ref, n) for n in range(42)]
@@ -655,12 +648,21 @@ def test_d5_the_aligned_build_writes_through_copy_on_postgres(
         s.close()
 
 
-def ref_entries(pg_ledger: Any) -> list[Any]:
+def _pg_ledger_with_nodes_cut(pg_ledger: Any, where: str) -> tuple[merkle.MemoryTree,
+                                                                     list[bytes]]:
+    """41 entries; then, as a superuser with the triggers off, the nodes ``where`` selects
+    deleted. Returns the reference tree and the leaf hashes of the entries."""
     s = PostgresStore(pg_ledger.app_dsn)
     try:
-        return list(s.entries())
+        fill(s, 40)
+        ref = reference(s)
+        leaves = [merkle.entry_leaf_hash(se.entry) for se in s.entries()]
     finally:
         s.close()
+    with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(f"DELETE FROM tc_merkle WHERE {where}")  # noqa: S608 - the test's own
+    return ref, leaves
 
 
 def test_d5_a_v1_sqlite_ledger_with_a_broken_entry_is_not_upgraded(tmp_path: Path) -> None:
@@ -682,14 +684,10 @@ def test_d5_a_v1_sqlite_ledger_with_a_broken_entry_is_not_upgraded(tmp_path: Pat
 
 
 def test_d5_a_v1_postgres_ledger_is_refused_until_migrate_builds_its_tree(pg_ledger: Any) -> None:
-    s = PostgresStore(pg_ledger.app_dsn)
-    fill(s, 40)
-    ref = reference(s)
-    s.close()
+    ref, _ = _pg_ledger_with_nodes_cut(pg_ledger, "TRUE")
     # Back to version 1: no nodes, version '1' (as a superuser, triggers off).
     with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
-        conn.execute("DELETE FROM tc_merkle")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     with pytest.raises(LedgerError, match="schema version 1 is not 2 .*migrate"):
         PostgresStore(pg_ledger.app_dsn)

@@ -10,14 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.ingest import checkpoints
 from collector.ingest.alerts import Alerts
 from collector.ingest.witness_client import ExternalWitnesses, WitnessEndpoint, parse_witnesses
 from collector.ledger import checkpoint_tables
-from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import SQLStore
-from collector.ledger.sqlite import SQLiteStore
-from tests.collector.ledger_kit import T0, Clock
+from tests.collector.ledger_kit import CheckpointedLedger
 from tests.fixtures.pki import TestPKI
 from tests.witness.witness_kit import ORIGIN, WITNESS_NAME, Log, WitnessServer
 from wire.keys import SigningKey
@@ -46,22 +43,6 @@ def endpoint(srv: WitnessServer) -> WitnessEndpoint:
     return ep
 
 
-class Ledger:
-    def __init__(self, path: Path, device: str = "clock-a") -> None:
-        self.store = SQLiteStore(path)
-        checkpoint_tables.ensure_schema(self.store)
-        self.clock = Clock(device)
-        self.store.append([EventFact("device", self.clock.enrolled_body())], now_us=T0)
-        self.now = T0
-
-    def grow(self, n: int, **kw: object) -> checkpoint_tables.StoredCheckpoint:
-        self.now += 10
-        self.store.append([self.clock.fact(**kw) for _ in range(n)],  # type: ignore[arg-type]
-                          now_us=self.now)
-        return checkpoints.make_checkpoint_v2(self.store, LOG_KEY, ORIGIN,
-                                              self.store.tree_size(), self.now)
-
-
 def cosigned(store: SQLStore, size: int, srv: WitnessServer) -> list[str]:
     stored = checkpoint_tables.get(store, size)
     assert stored is not None
@@ -70,7 +51,7 @@ def cosigned(store: SQLStore, size: int, srv: WitnessServer) -> list[str]:
 
 def test_d5_each_checkpoint_is_cosigned_with_a_proof_from_the_last(
         tmp_path: Path, server: WitnessServer) -> None:
-    led = Ledger(tmp_path / "ledger.db")
+    led = CheckpointedLedger(tmp_path / "ledger.db", LOG_KEY, ORIGIN)
     client = ExternalWitnesses(led.store, (endpoint(server),))
     cp = led.grow(4)
     assert client.send(cp) == {WITNESS_NAME: "cosigned"}
@@ -91,7 +72,7 @@ def test_d5_each_checkpoint_is_cosigned_with_a_proof_from_the_last(
 
 def test_d5_a_witness_ahead_answers_409_and_is_asked_again(tmp_path: Path,
                                                         server: WitnessServer) -> None:
-    led = Ledger(tmp_path / "ledger.db")
+    led = CheckpointedLedger(tmp_path / "ledger.db", LOG_KEY, ORIGIN)
     cp = led.grow(3)
     # Someone (another collector of this ledger) already had size cp.size cosigned.
     assert server.post(AddCheckpoint(0, (), cp.note).to_bytes()).status == 200
@@ -104,13 +85,13 @@ def test_d5_a_witness_ahead_answers_409_and_is_asked_again(tmp_path: Path,
 @pytest.mark.parametrize(("attack", "regrow"), [("truncated", 0), ("rewritten", 12)])
 def test_d5_a_truncated_or_rewritten_ledger_is_refused_and_alerted(
         tmp_path: Path, server: WitnessServer, attack: str, regrow: int) -> None:
-    honest = Ledger(tmp_path / "honest.db")
+    honest = CheckpointedLedger(tmp_path / "honest.db", LOG_KEY, ORIGIN)
     cp = honest.grow(8)
     assert ExternalWitnesses(honest.store, (endpoint(server),)).send(cp)[WITNESS_NAME] == \
         "cosigned"
     # The same log key and origin over another ledger: what is left after a truncation
     # (smaller), or a truncation regrown with other punches (larger, other history).
-    fake = Ledger(tmp_path / "fake.db")
+    fake = CheckpointedLedger(tmp_path / "fake.db", LOG_KEY, ORIGIN)
     fake_cp = fake.grow(3, credential="em4100:0099999999")
     if regrow:
         fake_cp = fake.grow(regrow, credential="em4100:0099999999")
@@ -124,7 +105,7 @@ def test_d5_a_truncated_or_rewritten_ledger_is_refused_and_alerted(
 
 
 def test_d5_unreachable_witness_is_a_warning_not_a_crash(tmp_path: Path, pki: TestPKI) -> None:
-    led = Ledger(tmp_path / "ledger.db")
+    led = CheckpointedLedger(tmp_path / "ledger.db", LOG_KEY, ORIGIN)
     srv = WitnessServer(tmp_path / "w", pki, [Log(LOG_KEY, ORIGIN)])   # never started
     client = ExternalWitnesses(led.store, (endpoint(srv),))
     assert client.send(led.grow(1)) == {WITNESS_NAME: "error"}

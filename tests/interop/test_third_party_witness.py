@@ -18,9 +18,7 @@ from collector.ingest import checkpoints
 from collector.ingest.alerts import Alerts
 from collector.ingest.witness_client import ExternalWitnesses, WitnessEndpoint, parse_witnesses
 from collector.ledger import checkpoint_tables
-from collector.ledger.base import EventFact
-from collector.ledger.sqlite import SQLiteStore
-from tests.collector.ledger_kit import T0, Clock
+from tests.collector.ledger_kit import CheckpointedLedger
 from tests.fixtures.pki import TestPKI
 from tests.interop.aics_kit import NAME, AicsWitness, TLSProxy, unpack
 from wire.keys import SigningKey
@@ -55,23 +53,7 @@ def witness(tmp_path: Path, site_packages: Path, pki: TestPKI
         w.stop()
 
 
-class Ledger:
-    def __init__(self, path: Path) -> None:
-        self.store = SQLiteStore(path)
-        checkpoint_tables.ensure_schema(self.store)
-        self.clock = Clock("clock-a")
-        self.store.append([EventFact("device", self.clock.enrolled_body())], now_us=T0)
-        self.now = T0
-
-    def grow(self, n: int, **kw: object) -> checkpoint_tables.StoredCheckpoint:
-        self.now += 10
-        self.store.append([self.clock.fact(**kw) for _ in range(n)],  # type: ignore[arg-type]
-                          now_us=self.now)
-        return checkpoints.make_checkpoint_v2(self.store, LOG_KEY, ORIGIN,
-                                              self.store.tree_size(), self.now)
-
-
-def cosigners(led: Ledger, size: int, vkey: str) -> list[str]:
+def cosigners(led: CheckpointedLedger, size: int, vkey: str) -> list[str]:
     stored = checkpoint_tables.get(led.store, size)
     assert stored is not None
     return cosigned_by(stored.checkpoint, Note.from_text(stored.note),
@@ -81,7 +63,7 @@ def cosigners(led: Ledger, size: int, vkey: str) -> list[str]:
 def test_d5_a_third_party_witness_cosigns_our_checkpoints_and_we_store_them(
         tmp_path: Path, witness: tuple[AicsWitness, WitnessEndpoint]) -> None:
     w, ep = witness
-    led = Ledger(tmp_path / "ledger.db")
+    led = CheckpointedLedger(tmp_path / "ledger.db", LOG_KEY, ORIGIN)
     client = ExternalWitnesses(led.store, (ep,))
     for n in (4, 9, 1, 17):          # each from the size cosigned before: a real proof
         cp = led.grow(n)
@@ -97,7 +79,7 @@ def test_d5_a_third_party_witness_cosigns_our_checkpoints_and_we_store_them(
 def test_d5_a_third_party_witness_ahead_answers_409_and_we_start_from_its_size(
         tmp_path: Path, witness: tuple[AicsWitness, WitnessEndpoint]) -> None:
     w, ep = witness
-    led = Ledger(tmp_path / "ledger.db")
+    led = CheckpointedLedger(tmp_path / "ledger.db", LOG_KEY, ORIGIN)
     first = ExternalWitnesses(led.store, (ep,))
     assert first.send(led.grow(5)) == {NAME: "cosigned"}
     # Another collector of this ledger, which believes the witness holds nothing yet.
@@ -112,10 +94,10 @@ def test_d5_a_third_party_witness_ahead_answers_409_and_we_start_from_its_size(
 def test_d5_a_third_party_witness_refuses_a_truncated_or_rewritten_ledger(
         tmp_path: Path, witness: tuple[AicsWitness, WitnessEndpoint], regrow: int) -> None:
     w, ep = witness
-    honest = Ledger(tmp_path / "honest.db")
+    honest = CheckpointedLedger(tmp_path / "honest.db", LOG_KEY, ORIGIN)
     cp = honest.grow(8)
     assert ExternalWitnesses(honest.store, (ep,)).send(cp) == {NAME: "cosigned"}
-    fake = Ledger(tmp_path / "fake.db")
+    fake = CheckpointedLedger(tmp_path / "fake.db", LOG_KEY, ORIGIN)
     fake_cp = fake.grow(3, credential="em4100:0099999999")
     if regrow:
         fake_cp = fake.grow(regrow, credential="em4100:0099999999")
