@@ -23,11 +23,13 @@ class Principals:
     """Principals, roles and tokens of one ledger database. ``actor`` names who acts
     (an API principal, or ``cli:<os user>``); ``now_us`` is always passed in."""
 
-    def __init__(self, store: SQLStore) -> None:
+    def __init__(self, store: SQLStore, *, reader: SQLStore | None = None) -> None:
+        """``reader``: a second connection to the same ledger for the lookups of every
+        authentication (so they never wait behind a commit on ``store``); default ``store``."""
         ensure_schema(store)
         self.store = store
         self.grants = Grants(store)
-        self.token_store = Tokens(store, self.grants)
+        self.token_store = Tokens(store, self.grants, reader=reader)
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, name: str) -> Principal | None:

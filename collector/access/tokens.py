@@ -66,8 +66,10 @@ class IssuedToken:
 class Tokens:
     """Tokens of one ledger database, and authentication by token or certificate CN."""
 
-    def __init__(self, store: SQLStore, grants: Grants) -> None:
+    def __init__(self, store: SQLStore, grants: Grants, *,
+                 reader: SQLStore | None = None) -> None:
         self.store = store
+        self.reader = reader if reader is not None else store   # authentication lookups
         self.grants = grants
         self._last_use_written: dict[str, int] = {}
 
@@ -80,12 +82,12 @@ class Tokens:
         if not TOKEN_RE.fullmatch(token):
             raise TokenError("malformed token")
         h = token_hash(token)
-        row = access_tables.token_by_hash(self.store, h)
+        row = access_tables.token_by_hash(self.reader, h)
         if row is None or not hmac.compare_digest(row.hash, h):
             raise TokenError("unknown token")
         if row.revoked_at is not None or now_us >= row.expires_at:
             raise TokenError("token revoked or expired")
-        p = get_principal(self.store, row.principal)
+        p = get_principal(self.reader, row.principal)
         if p is None or p.disabled_at is not None or p.kind != "token":
             raise TokenError("token's principal is disabled")
         self._touch(p.name, row.id, now_us)
@@ -94,7 +96,7 @@ class Tokens:
 
     def authenticate_cert(self, common_name: str, *, now_us: int) -> Principal:
         """The principal registered for a verified client certificate's CN."""
-        p = get_principal(self.store, common_name) if PRINCIPAL_RE.fullmatch(common_name) \
+        p = get_principal(self.reader, common_name) if PRINCIPAL_RE.fullmatch(common_name) \
             else None
         if p is None or p.kind != "cert" or p.disabled_at is not None:
             raise TokenError(f"client certificate {common_name[:80]!r} is not a registered "

@@ -57,7 +57,8 @@ def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
              clock: Callable[[], int] = now_us,
              reader: SQLStore | None = None) -> web.Application:
     """The API application over ``store`` (access tables created if SQLite). ``reader``, a
-    second connection to the same ledger, serves the proof reads (default: ``store``)."""
+    second connection to the same ledger, serves the proof reads and the lookups of every
+    authentication (default: ``store``)."""
     settings = settings or ApiSettings()
     ensure_schema(store)
     checkpoint_tables.ensure_schema(store)
@@ -66,7 +67,7 @@ def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
     app[READER] = reader if reader is not None else store
     app[SETTINGS] = settings
     app[CLOCK] = clock
-    app[PRINCIPALS] = Principals(store)
+    app[PRINCIPALS] = Principals(store, reader=reader)
     app[CORRECTIONS] = Corrections(store)
     app[THROTTLE] = Throttle(max_failures=settings.auth_failures_max,
                              window_s=settings.auth_failures_window_s)
