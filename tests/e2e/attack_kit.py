@@ -17,10 +17,21 @@ from wire.merkle import MemoryTree, entry_leaf_hash
 Kept = list[tuple[str, int, str, Any]]
 
 
-def drop_triggers(conn: sqlite3.Connection) -> None:
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
-                                ).fetchall():
+def drop_triggers(conn: sqlite3.Connection) -> list[str]:
+    """Drop every trigger; returns their SQL, for :func:`restore_triggers`."""
+    saved = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                         ).fetchall()
+    for name, _sql in saved:
         conn.execute(f'DROP TRIGGER "{name}"')
+    return [str(sql) for _name, sql in saved]
+
+
+def restore_triggers(conn: sqlite3.Connection, saved: list[str]) -> None:
+    """Put the dropped triggers back exactly as they were: the attacker covers the tracks
+    that `serve`'s schema check would see (collector.ledger.schema_check), so what catches
+    the attack is the witnesses and the verifiers, not a missing trigger."""
+    for sql in saved:
+        conn.execute(sql)
 
 
 def truncate_ledger(db: Path, keep: int) -> None:
@@ -28,13 +39,14 @@ def truncate_ledger(db: Path, keep: int) -> None:
     tree nodes, quarantine rows and the checkpoints (v1 and v2) and cosignatures above it."""
     conn = sqlite3.connect(db)
     try:
-        drop_triggers(conn)
+        saved = drop_triggers(conn)
         for table in ("bodies", "punches", "quarantine", "entries"):
             conn.execute(f"DELETE FROM {table} WHERE idx >= ?", (keep,))  # noqa: S608 -- ours
         # a complete subtree (L, k) covers leaves k·2^L … (k+1)·2^L − 1
         conn.execute("DELETE FROM tc_merkle WHERE (idx + 1) * (1 << level) > ?", (keep,))
         for table in ("tc_cosignatures", "tc_checkpoints_v2", "checkpoints"):
             conn.execute(f"DELETE FROM {table} WHERE size > ?", (keep,))  # noqa: S608 -- ours
+        restore_triggers(conn, saved)
         conn.commit()
     finally:
         conn.close()
@@ -71,7 +83,7 @@ def rehash_without_a_punch(db: Path, size: int) -> int:
     auditor saw), rebuild the whole tree and drop every checkpoint above the victim."""
     conn = sqlite3.connect(db)
     try:
-        drop_triggers(conn)
+        saved = drop_triggers(conn)
         rows = conn.execute("SELECT idx, kind, at, body, prev, hash FROM entries "
                             "WHERE idx < ? ORDER BY idx", (size,)).fetchall()
         bodies = dict(conn.execute("SELECT idx, body FROM bodies WHERE idx < ?", (size,)))
@@ -86,6 +98,7 @@ def rehash_without_a_punch(db: Path, size: int) -> int:
             conn.execute(f"DELETE FROM {table}{where}",  # noqa: S608 -- ours
                          () if not where else (victim,))
         rewrite_from(conn, kept, victim)
+        restore_triggers(conn, saved)
         conn.commit()
     finally:
         conn.close()

@@ -17,7 +17,12 @@ from typing import Any
 import pytest
 
 from lab.site import Site
-from tests.e2e.attack_kit import drop_triggers, rewrite_from, without_victim_plus_forgery
+from tests.e2e.attack_kit import (
+    drop_triggers,
+    restore_triggers,
+    rewrite_from,
+    without_victim_plus_forgery,
+)
 from tests.e2e.site_kit import Taps, cli, running_site, tapped_clock, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # a whole site: real processes
@@ -55,7 +60,7 @@ def _rehash_without(db: Path, device: str) -> tuple[int, int]:
     (same size) and rebuild the tree. Returns (victim idx, largest checkpoint size)."""
     conn = sqlite3.connect(db)
     try:
-        drop_triggers(conn)
+        saved = drop_triggers(conn)
         (covered,) = conn.execute("SELECT MAX(size) FROM tc_checkpoints_v2").fetchone()
         victim = conn.execute("SELECT MIN(idx) FROM punches WHERE device = ? AND idx >= ?",
                               (device, covered)).fetchone()[0]
@@ -69,6 +74,7 @@ def _rehash_without(db: Path, device: str) -> tuple[int, int]:
         conn.execute("UPDATE punches SET idx = idx - 1 WHERE idx > ?", (victim,))
         conn.execute("DELETE FROM tc_merkle")
         rewrite_from(conn, kept, victim)
+        restore_triggers(conn, saved)
         conn.commit()
     finally:
         conn.close()
