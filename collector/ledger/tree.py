@@ -278,7 +278,7 @@ def build(cur: Any, dialect: TreeSQL, *, batch: int = BUILD_BATCH,
                 tip.advance(end, nodes)
             if progress is not None:
                 progress(end, total)
-    return total - start if plan else 0
+    return total - start
 
 
 def read_leaves(cur: Any, dialect: TreeSQL, start: int, end: int) -> list[bytes]:

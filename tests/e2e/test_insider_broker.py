@@ -29,6 +29,7 @@ from collector.api.app import start_api
 from collector.api.config import ApiSection
 from collector.ledger.sqlite import SQLiteStore
 from tests.e2e.site_kit import Site, Taps, running_site, tapped_clock, wait_for
+from tests.fixtures.mosquitto import suback
 from tests.fixtures.pki import ClientCert, TestPKI
 from wire import inclusion, topics, witness
 from wire.tls import client_context
@@ -91,20 +92,6 @@ def _connect(site: Site, ctx: ssl.SSLContext, client_id: str,
     return c, outcome[0]
 
 
-def _suback(c: mqtt.Client, filters: tuple[str, ...]) -> list[str]:
-    done = threading.Event()
-    codes: list[Any] = []
-
-    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, rcs: Any, _p: Any) -> None:
-        codes.extend(rcs)
-        done.set()
-
-    c.on_subscribe = on_subscribe
-    c.subscribe([(f, 1) for f in filters])
-    assert done.wait(30), f"no SUBACK for {filters}"
-    return [rc.getName() for rc in codes]
-
-
 def _puback(c: mqtt.Client, topic: str) -> str:
     done = threading.Event()
     codes: list[Any] = []
@@ -155,7 +142,7 @@ def test_d3_insider_broker_attacks_refused_nothing_lost(tmp_path: Path) -> None:
                         # TLS and CONNECT succeed (Mosquitto 2.0 has no CONNECT hook for a
                         # certificate identity); the id is forced to the CN...
                         assert not rc.is_failure, (a.name, rc)
-                        assert _suback(c, a.filters) == [REFUSED] * len(a.filters), a.name
+                        assert suback(c, a.filters) == [REFUSED] * len(a.filters), a.name
                         if a.publish is not None:
                             assert _puback(c, a.publish) == REFUSED, a.name
                     finally:
