@@ -7,7 +7,11 @@ definition. One JSON file::
     {"v": 1, "kind": "timeclock-provisioning-bundle", "purpose": "enrol" | "renew",
      "device": …, "site": …, "signing_key_id": …, "cert_serial": …, "cert_not_after": …,
      "device_cert": PEM, "ca_cert": PEM,
-     "log_public_key": b64, "broker": {"host", "port", "options"}, "readers": {…}}  # enrol only
+     "log_public_key": b64, "broker": {"host", "port", "options"}, "readers": {…},  # enrol only
+     "seal_public_key": b64}  # optional, enrol only: the ledger's X25519 seal key (wire.sealed)
+
+An enrolment bundle with ``seal_public_key`` makes the clock seal its envelopes (DESIGN.md §8.6);
+older bundles without it stay valid and the clock publishes plain §4 envelopes.
 
 Invariants: a :class:`ProvisioningBundle` that exists is valid, field by field, and holds no
 private key (no PEM private key block anywhere in it): building one with a private key, writing
@@ -19,6 +23,7 @@ certificates match the clock's keys and CA is the agent's check (it holds the TL
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from typing import Any
 from wire.errors import DecodeError, OversizeError, WireError
 from wire.fields import DEVICE_ID_RE, KEY_ID_RE, get_choice, get_int, get_str, require_object
 from wire.keys import VerifyKey
+from wire.sealed import SealPublicKey
 
 BUNDLE_KIND = "timeclock-provisioning-bundle"
 BUNDLE_VERSION = 1
@@ -93,6 +99,14 @@ def _pem_cert(obj: Mapping[str, Any], key: str) -> str:
     return text
 
 
+def _seal_key(obj: Mapping[str, Any]) -> str:
+    try:
+        return SealPublicKey.from_b64(get_str(obj, "seal_public_key")).b64
+    except DecodeError as e:
+        raise BundleError(f"seal_public_key: not a base64 X25519 public key ({e})",
+                          field="seal_public_key") from e
+
+
 def _bundle_fields(d: Any) -> dict[str, Any]:
     """The constructor arguments of the bundle ``d`` (a decoded JSON object), or raise."""
     if not isinstance(d, dict):
@@ -104,7 +118,9 @@ def _bundle_fields(d: Any) -> dict[str, Any]:
     purpose = get_choice(d, "purpose", PURPOSES) if "purpose" in d else None
     if purpose is None:
         raise BundleError("provisioning bundle: missing field(s) purpose", field="purpose")
-    obj = require_object(d, f"{purpose} bundle", _ENROL if purpose == "enrol" else _COMMON)
+    # seal_public_key is optional in an enrolment bundle: bundles before §8.6 lack it.
+    keys = (_ENROL | ({"seal_public_key"} & set(d))) if purpose == "enrol" else _COMMON
+    obj = require_object(d, f"{purpose} bundle", keys)
     site = get_str(obj, "site")
     if not site.strip() or len(site) > MAX_SITE_CHARS:
         raise BundleError(f"site: expected a name of 1..{MAX_SITE_CHARS} characters",
@@ -126,6 +142,8 @@ def _bundle_fields(d: Any) -> dict[str, Any]:
         except DecodeError as e:
             raise BundleError(f"log_public_key: not a base64 Ed25519 public key ({e})",
                               field="log_public_key") from e
+        if "seal_public_key" in obj:
+            out["seal_public_key"] = _seal_key(obj)
         broker = require_object(obj["broker"], "broker", _BROKER)
         out["broker_host"] = get_str(broker, "host", HOST_RE)
         port = get_int(broker, "port", minimum=1)
@@ -174,6 +192,7 @@ class ProvisioningBundle:
     broker_port: int | None = None
     readers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     mqtt_options: Mapping[str, Any] = field(default_factory=dict)  # extra agent [mqtt] keys
+    seal_public_key: str | None = None   # enrol only, optional: DESIGN.md §8.6 sealing
 
     def __post_init__(self) -> None:
         try:
@@ -183,6 +202,7 @@ class ProvisioningBundle:
         except WireError as e:
             raise BundleError(f"provisioning bundle: {e}", field=e.field) from e
         if self.purpose == "renew" and (self.log_public_key is not None or self.readers
+                                        or self.seal_public_key is not None
                                         or self.broker_host is not None
                                         or self.broker_port is not None or self.mqtt_options):
             raise BundleError("a renewal bundle carries the certificate only")
@@ -222,6 +242,8 @@ class ProvisioningBundle:
             d["broker"] = {"host": self.broker_host, "port": self.broker_port,
                            "options": dict(self.mqtt_options)}
             d["readers"] = {k: dict(v) for k, v in self.readers.items()}
+            if self.seal_public_key is not None:
+                d["seal_public_key"] = self.seal_public_key
         return d
 
     def to_bytes(self) -> bytes:
@@ -232,10 +254,14 @@ class ProvisioningBundle:
         return data
 
     def write(self, path: Path, *, force: bool = False) -> Path:
-        """Write the bundle to a new file (``force``: or over an existing one)."""
+        """Write the bundle to a new file (``force``: or over an existing one), mode 0600
+        whatever the umask (it names the clock, its site and its readers)."""
         data = self.to_bytes()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if force else os.O_EXCL)
         try:
-            with open(path, "wb" if force else "xb") as f:
+            fd = os.open(path, flags, 0o600)
+            with open(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)
                 f.write(data)
         except FileExistsError as e:
             raise BundleError(f"{path}: exists; refusing to overwrite a bundle (use --force)"
