@@ -45,11 +45,18 @@ class Principals:
         return self.grants.review(unused_days=unused_days, now_us=now_us)
 
     # -- authentication ---------------------------------------------------------------------
-    def authenticate_token(self, token: str, *, now_us: int) -> Principal:
-        return self.token_store.authenticate_token(token, now_us=now_us)
+    def authenticate_token(self, token: str, *, now_us: int, touch: bool = True) -> Principal:
+        return self.token_store.authenticate_token(token, now_us=now_us, touch=touch)
 
-    def authenticate_cert(self, common_name: str, *, now_us: int) -> Principal:
-        return self.token_store.authenticate_cert(common_name, now_us=now_us)
+    def authenticate_cert(self, common_name: str, *, now_us: int,
+                          touch: bool = True) -> Principal:
+        return self.token_store.authenticate_cert(common_name, now_us=now_us, touch=touch)
+
+    def touch_due(self, p: Principal, now_us: int) -> bool:
+        return self.token_store.touch_due(p, now_us)
+
+    def touch(self, p: Principal, now_us: int) -> None:
+        self.token_store.touch(p, now_us)
 
     # -- changes (each also an access entry) ------------------------------------------------
     def create_token(self, principal: str, roles: Sequence[str], *, expires_days: int,

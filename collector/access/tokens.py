@@ -77,8 +77,10 @@ class Tokens:
         return access_tables.tokens(self.store, principal)
 
     # -- authentication -----------------------------------------------------------------------
-    def authenticate_token(self, token: str, *, now_us: int) -> Principal:
-        """The principal a bearer token stands for, or :class:`TokenError`."""
+    def authenticate_token(self, token: str, *, now_us: int, touch: bool = True) -> Principal:
+        """The principal a bearer token stands for, or :class:`TokenError`. ``touch=False``:
+        reads only (the reader connection); the caller then records the use with
+        :meth:`touch_due` and :meth:`touch`."""
         if not TOKEN_RE.fullmatch(token):
             raise TokenError("malformed token")
         h = token_hash(token)
@@ -90,28 +92,40 @@ class Tokens:
         p = get_principal(self.reader, row.principal)
         if p is None or p.disabled_at is not None or p.kind != "token":
             raise TokenError("token's principal is disabled")
-        self._touch(p.name, row.id, now_us)
-        return Principal(p.name, p.kind, p.roles, p.created_at, p.last_used_at,
-                         p.disabled_at, token_id=row.id)
+        found = Principal(p.name, p.kind, p.roles, p.created_at, p.last_used_at,
+                          p.disabled_at, token_id=row.id)
+        if touch and self.touch_due(found, now_us):
+            self.touch(found, now_us)
+        return found
 
-    def authenticate_cert(self, common_name: str, *, now_us: int) -> Principal:
-        """The principal registered for a verified client certificate's CN."""
+    def authenticate_cert(self, common_name: str, *, now_us: int,
+                          touch: bool = True) -> Principal:
+        """The principal registered for a verified client certificate's CN (``touch``: as
+        for :meth:`authenticate_token`)."""
         p = get_principal(self.reader, common_name) if PRINCIPAL_RE.fullmatch(common_name) \
             else None
         if p is None or p.kind != "cert" or p.disabled_at is not None:
             raise TokenError(f"client certificate {common_name[:80]!r} is not a registered "
                              f"API principal")
-        self._touch(p.name, None, now_us)
+        if touch and self.touch_due(p, now_us):
+            self.touch(p, now_us)
         return p
 
-    def _touch(self, name: str, token_id: str | None, now_us: int) -> None:
-        key = token_id or f"cert:{name}"
+    def touch_due(self, p: Principal, now_us: int) -> bool:
+        """Whether ``p``'s use must be written now (at most once a minute per token or
+        certificate); a True answer claims the write, so a concurrent request does not repeat
+        it. Memory only: no I/O."""
+        key = p.token_id or f"cert:{p.name}"
         if now_us - self._last_use_written.get(key, -LAST_USE_GRANULARITY_US) \
                 < LAST_USE_GRANULARITY_US:
-            return
+            return False
         self._last_use_written[key] = now_us
+        return True
+
+    def touch(self, p: Principal, now_us: int) -> None:
+        """Record ``p``'s use (last_used_at) on the writer connection."""
         with self.store.transaction(now_us, what="recording token use") as tx:
-            access_tables.touch(tx, name, token_id, now_us=now_us)
+            access_tables.touch(tx, p.name, p.token_id, now_us=now_us)
 
     # -- changes (each also an access entry) ------------------------------------------------
     def create(self, principal: str, roles: Sequence[str], *, expires_days: int, actor: str,

@@ -39,6 +39,7 @@ from collector.api.keys import (
     VerifyBox,
 )
 from collector.api.middlewares import guard
+from collector.api.reads import INLINE_READS, reads_inline
 from collector.api.routes import add_routes
 from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import SQLStore
@@ -65,6 +66,7 @@ def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
     app = web.Application(middlewares=[guard], client_max_size=settings.body_max_bytes)
     app[STORE] = store
     app[READER] = reader if reader is not None else store
+    app[INLINE_READS] = reads_inline(app)
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[PRINCIPALS] = Principals(store, reader=reader)

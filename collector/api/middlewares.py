@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from collector.access.directory import Principals
 from collector.access.principals import Principal
 from collector.access.tokens import TokenError
 from collector.api import params as P
@@ -29,6 +30,7 @@ from collector.api.errors import (
 from collector.api.keys import ACCESS_LOG, CLOCK, CTX, PRINCIPALS, THROTTLE, RequestContext
 from collector.api.metrics import MONITOR
 from collector.api.rbac import authorize
+from collector.api.reads import on_reader
 from collector.api.routes import Handler, route_of
 from collector.fleet.pki import client_kind
 
@@ -52,7 +54,15 @@ def _peer_cn(request: web.Request) -> str | None:
     return None
 
 
+async def _touch(principals: Principals, p: Principal, now: int) -> None:
+    """Record a use (at most once a minute per credential): a write, so in a thread."""
+    if principals.touch_due(p, now):
+        await asyncio.to_thread(principals.touch, p, now)
+
+
 async def authenticate(request: web.Request, rec: AccessRecord) -> Principal:
+    """The caller: authentication reads on the reader (collector.api.reads), inline where
+    they cannot wait."""
     principals, now = request.app[PRINCIPALS], request.app[CLOCK]()
     header = request.headers.get("Authorization")
     if header is not None:
@@ -61,11 +71,12 @@ async def authenticate(request: web.Request, rec: AccessRecord) -> Principal:
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthenticatedError("Authorization must be 'Bearer <token>'")
         try:
-            p = await asyncio.to_thread(principals.authenticate_token, token.strip(),
-                                        now_us=now)
+            p = await on_reader(request.app, principals.authenticate_token, token.strip(),
+                                now_us=now, touch=False)
         except TokenError as e:
             raise UnauthenticatedError(f"invalid token ({e})") from e
         rec.token = p.token_id
+        await _touch(principals, p, now)
         return p
     cn = _peer_cn(request)
     if cn is not None:
@@ -76,9 +87,12 @@ async def authenticate(request: web.Request, rec: AccessRecord) -> Principal:
                                        f"{client_kind(cn) or 'unknown'} certificate; the API "
                                        f"accepts only api-client certificates (CN api.<name>)")
         try:
-            return await asyncio.to_thread(principals.authenticate_cert, cn, now_us=now)
+            p = await on_reader(request.app, principals.authenticate_cert, cn, now_us=now,
+                                touch=False)
         except TokenError as e:
             raise UnauthenticatedError(str(e)) from e
+        await _touch(principals, p, now)
+        return p
     raise UnauthenticatedError("send 'Authorization: Bearer <token>' or a client certificate "
                                "of the timeclock CA", presented=False)
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from collector.api import params as P
 from collector.api.errors import BadRequestError
 from collector.api.keys import READER, SETTINGS, STORE, VERIFY_STATE, ctx
+from collector.api.reads import on_reader
 from collector.ledger import queries
 from collector.ledger.audit import verify_store
 from collector.ledger.sqlbase import SQLStore
@@ -60,7 +61,7 @@ async def checkpoints(request: web.Request) -> web.Response:
 
 async def log_checkpoint(request: web.Request) -> web.Response:
     """GET /v1/log/checkpoint: the newest v2 checkpoint note with every cosignature."""
-    doc = await asyncio.to_thread(proofs.newest_checkpoint, request.app[READER])
+    doc = await on_reader(request.app, proofs.newest_checkpoint, request.app[READER])
     ctx(request).record.count = 1
     return web.json_response(doc)
 
@@ -81,7 +82,7 @@ async def log_consistency(request: web.Request) -> web.Response:
             to = proofs.newest_size(store)
         return proofs.consistency(store, old, to)
 
-    doc = await asyncio.to_thread(load)
+    doc = await on_reader(request.app, load)
     ctx(request).record.count = 1
     return web.json_response(doc)
 

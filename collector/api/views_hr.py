@@ -26,6 +26,7 @@ from multidict import MultiMapping
 from collector.api import params as P
 from collector.api.errors import BadRequestError, NotAcceptableError, NotFoundError
 from collector.api.keys import CLOCK, CORRECTIONS, READER, SETTINGS, STORE, ctx, principal_name
+from collector.api.reads import on_reader
 from collector.ledger import queries
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from collector.records import proofs
@@ -267,8 +268,8 @@ async def punch_proof(request: web.Request) -> web.Response:
     if not DEVICE_ID_RE.fullmatch(device) or not seq_text.isdigit() or len(seq_text) > 16:
         raise NotFoundError(f"no punch {device[:80]}#{seq_text[:20]}")
     size = P.integer(request.rel_url.query, "size", lo=1, hi=2**53 - 1)
-    doc = await asyncio.to_thread(proofs.punch_proof, request.app[READER], device,
-                                  int(seq_text), size=size)
+    doc = await on_reader(request.app, proofs.punch_proof, request.app[READER], device,
+                          int(seq_text), size=size)
     ctx(request).record.count = 1
     return web.json_response(doc)
 

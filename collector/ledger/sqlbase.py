@@ -186,6 +186,9 @@ class SQLStore(LedgerStore):
     ph = "?"
     db_errors: tuple[type[Exception], ...] = ()
     tree_sql: tree.TreeSQL = tree.SQLITE_TREE
+    # Whether a read on this connection can wait for another connection's write (a lock, a
+    # commit); False lets a caller run short reads inline on an event loop (collector.api.reads).
+    reads_wait_for_writers = True
 
     def __init__(self) -> None:
         self._lock = threading.RLock()

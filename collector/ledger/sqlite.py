@@ -70,7 +70,11 @@ class SQLiteStore(SQLStore):
         super().__init__()
         self.path = Path(path)
         self._conn = connect(self.path)
+        # WAL: a reader works from its snapshot and never waits for a writer. (A file system
+        # that cannot do WAL leaves the rollback journal, where readers wait for commits.)
         try:
+            mode = self._conn.execute("PRAGMA journal_mode").fetchone()
+            self.reads_wait_for_writers = str(mode[0]).lower() != "wal"
             row = self._schema_version()
             if row is None:
                 self._conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")

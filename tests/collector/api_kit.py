@@ -94,11 +94,13 @@ def issue_tokens(store: SQLStore, now_us: int,
 
 
 async def start_api(store: SQLStore, *, settings: ApiSettings | None = None,
-                    clocks: list[Clock] | None = None) -> Api:
+                    clocks: list[Clock] | None = None, reader: SQLStore | None = None) -> Api:
+    """The real application over ``store``; ``reader``: a second connection, as serve
+    gives it (collector.api.reads: its reads then run inline on the loop)."""
     clock = FakeClock()
     ensure_schema(store)
     tokens = issue_tokens(store, clock.now)
-    app = make_app(store, settings=settings or ApiSettings(), clock=clock)
+    app = make_app(store, settings=settings or ApiSettings(), clock=clock, reader=reader)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     return Api(client, store, clock, tokens, clocks or [])
