@@ -20,6 +20,7 @@ Example::
     tls_cert = "/etc/timeclock/clock-0017.crt"
     ca_cert = "/etc/timeclock/ca.crt"
     log_public_key = "base64 of the collector log key, from the provisioning bundle"
+    seal_public_key = "base64 X25519 key, from the bundle (optional: punches sealed, §8.6)"
 
     [mqtt]                    # omit the section to run store-only (nothing is published)
     host = "broker.example.org"
@@ -54,6 +55,7 @@ from wire.config import Section
 from wire.errors import DecodeError
 from wire.fields import DEVICE_ID_RE
 from wire.keys import VerifyKey
+from wire.sealed import SealPublicKey
 
 DEFAULT_STATE_DIR = Path("/var/lib/timeclock-agent")
 QUEUE_FILE = "queue.db"
@@ -78,6 +80,7 @@ class KeysConfig:
     tls_cert: Path | None = None
     ca_cert: Path | None = None
     log_public_key: VerifyKey | None = None
+    seal_public_key: SealPublicKey | None = None   # bundle's seal key: envelopes are sealed
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +242,17 @@ def _parse_keys(table: Any, base_dir: Path, problems: list[str], *,
             log_pub = VerifyKey.from_b64(log_b64)
         except DecodeError as e:
             ks.problem("log_public_key", f"not a base64 Ed25519 public key ({e})")
+    seal_pub = None
+    seal_b64 = ks.string("seal_public_key")
+    if seal_b64 is not None:
+        try:
+            seal_pub = SealPublicKey.from_b64(seal_b64)
+        except DecodeError as e:
+            ks.problem("seal_public_key", f"not a base64 X25519 public key ({e})")
     ks.finish()
     if signing is None or queue_key is None:
         return None
-    return KeysConfig(signing, queue_key, tls_key, tls_cert, ca_cert, log_pub)
+    return KeysConfig(signing, queue_key, tls_key, tls_cert, ca_cert, log_pub, seal_pub)
 
 
 def _parse_mqtt(table: Any, problems: list[str]) -> MqttConfig:

@@ -98,7 +98,7 @@ def render_agent_config(*, device: str, directory: Path, state_dir: Path, broker
                         broker_port: int, log_public_key: str,
                         readers: Mapping[str, Mapping[str, Any]],
                         mqtt_options: Mapping[str, Any] | None = None,
-                        credentials: bool = False) -> str:
+                        credentials: bool = False, seal_public_key: str | None = None) -> str:
     """The ``agent.toml`` of a freshly provisioned clock (paths absolute)."""
     d = directory.absolute()
 
@@ -115,7 +115,8 @@ def render_agent_config(*, device: str, directory: Path, state_dir: Path, broker
         f"tls_key = {_toml_value(key('tls-key', TLS_KEY_FILE))}",
         f"tls_cert = {_toml_value(str(d / CERT_FILE))}",
         f"ca_cert = {_toml_value(str(d / CA_FILE))}",
-        f"log_public_key = {_toml_value(log_public_key)}", "",
+        f"log_public_key = {_toml_value(log_public_key)}",
+        *([f"seal_public_key = {_toml_value(seal_public_key)}"] if seal_public_key else []), "",
         "[mqtt]", f"host = {_toml_value(broker_host)}", f"port = {broker_port}",
     ]
     lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in (mqtt_options or {}).items()]
@@ -190,7 +191,8 @@ def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_S
             device=device, directory=directory, state_dir=state_dir,
             broker_host=b.broker_host, broker_port=b.broker_port,
             log_public_key=b.log_public_key, readers=b.readers,
-            mqtt_options=b.mqtt_options, credentials=credentials)
+            mqtt_options=b.mqtt_options, credentials=credentials,
+            seal_public_key=b.seal_public_key)
         config_file = directory / CONFIG_FILE
         if config_file.exists() and config_file.read_text(encoding="utf-8") != text \
                 and not force:

@@ -18,6 +18,9 @@ Invariants:
 - At most ``window_punches`` punches await receipts at once, so a backlog drains in a steady
   flow of batches (≤ ``batch_max`` punches, ≤ 256 KiB) instead of flooding the broker.
 - Credentials never appear in a log line: logs name seqs and counts only.
+- With the bundle's seal key (``[keys] seal_public_key``) every punch envelope is sealed to the
+  ledger (wire.sealed, DESIGN.md §8.6) before it reaches paho, so neither the broker nor its
+  persistence file holds a credential; without it the clock publishes plain §4 envelopes.
 - The retained status is a :class:`wire.device_status.DeviceStatus` (the collector parses the
   same type); it is republished at once when the service says the health changed
   (:meth:`Publisher.publish_status_soon`, e.g. storage became full).
@@ -74,6 +77,7 @@ from wire.device_status import DeviceStatus, QueueStatus, StorageStatus, Witness
 from wire.errors import WireError
 from wire.keys import VerifyKey
 from wire.punch import MAX_ENVELOPE_BYTES, MAX_ENVELOPE_PUNCHES, Envelope, SignedPunch
+from wire.sealed import SealedEnvelope, SealPublicKey
 from wire.tls import client_context
 
 if TYPE_CHECKING:
@@ -210,10 +214,12 @@ class Publisher:
                  monotonic: Callable[[], float] = time.monotonic,
                  witness: ClockWitness | None = None,
                  inclusion: InclusionChecker | None = None,
-                 on_cert_state: Callable[[CertProblem], None] | None = None) -> None:
+                 on_cert_state: Callable[[CertProblem], None] | None = None,
+                 seal_key: SealPublicKey | None = None) -> None:
         self._outbox = outbox
         self.device = device
         self._log_key = log_key
+        self._seal_key = seal_key      # the bundle's: envelopes sealed (wire.sealed, §8.6)
         self._s = settings
         self._status = status if status is not None else self._default_status
         self._now = now
@@ -646,7 +652,9 @@ class Publisher:
             self._publish(rows, resend=True)
 
     def _publish(self, rows: list[SignedPunch], *, resend: bool) -> None:
-        payload = Envelope(self.device, tuple(rows)).to_bytes()
+        envelope = Envelope(self.device, tuple(rows))
+        payload = (envelope.to_bytes() if self._seal_key is None
+                   else SealedEnvelope.seal(envelope, self._seal_key).to_bytes())
         if len(payload) > MAX_ENVELOPE_BYTES and len(rows) > 1:
             half = len(rows) // 2
             self._publish(rows[:half], resend=resend)
@@ -939,4 +947,4 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
 
     return Publisher(outbox, config.device.id, log_key=log_key, settings=settings,
                      status=status, witness=witness, inclusion=inclusion,
-                     on_cert_state=on_cert_state)
+                     on_cert_state=on_cert_state, seal_key=k.seal_public_key)

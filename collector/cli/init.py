@@ -5,6 +5,9 @@ What it makes, each only if missing (an existing file is checked, never overwrit
     ETC/ca/                 the site CA (or --ca DIR: adopt an existing one)
     ETC/log.key             the log key (Ed25519, 0600); its public key and the origin are
                             printed: every verifier needs them
+    ETC/seal.key            the seal key (X25519, 0600, not derived from the log key): opens
+                            the envelopes clocks seal to it (DESIGN.md §8.6); `device enroll`
+                            puts its public key into every enrolment bundle
     ETC/ca.crt              a copy of the CA certificate (what [mqtt] ca_cert names)
     ETC/collector.{key,crt} the collector's MQTT client certificate, CN collector.<name>
     ETC/api.{key,crt}       the HTTPS API's server certificate (unless --no-api)
@@ -45,6 +48,7 @@ from collector.ledger import checkpoint_tables, open_store, sqlite_path
 from collector.service.config import check_files, load_config
 from wire.errors import WireError
 from wire.keys import SigningKey, save_signing_key, write_private_file, write_public_file
+from wire.sealed import SealKey, load_seal_key, save_seal_key
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -94,6 +98,10 @@ class Plan:
     @property
     def log_key(self) -> Path:
         return self.etc / "log.key"
+
+    @property
+    def seal_key(self) -> Path:
+        return self.etc / "seal.key"
 
     @property
     def config(self) -> Path:
@@ -178,6 +186,21 @@ def _step_log_key(p: Plan) -> SigningKey | None:
     save_signing_key(p.log_key, key)
     p.add("log key", p.log_key, CREATED)
     return key
+
+
+def _step_seal_key(p: Plan) -> None:
+    if p.seal_key.exists():
+        try:
+            load_seal_key(p.seal_key)
+        except WireError as e:
+            p.add("seal key", p.seal_key, WRONG, str(e))
+            return
+        p.add("seal key", p.seal_key, OK)
+    elif p.check:
+        p.add("seal key", p.seal_key, MISSING)
+    else:
+        save_seal_key(p.seal_key, SealKey.generate())
+        p.add("seal key", p.seal_key, CREATED)
 
 
 def _step_ca_copy(p: Plan, ca: CertificateAuthority) -> None:
@@ -310,6 +333,7 @@ def render_config(p: Plan) -> str:
         name = "{p.name}"                  # MQTT identity collector.{p.name}: collector.crt's CN
         store = "{p.store}"
         log_key = "{p.log_key}"         # 0600: signs receipts and checkpoints
+        seal_key = "{p.seal_key}"       # 0600: opens sealed envelopes (DESIGN.md §8.6)
         {origin}
         state_dir = "{p.state}"        # largest-checkpoint.note: serve refuses a ledger below it
 
@@ -345,8 +369,8 @@ def _step_config(p: Plan) -> None:
 def _managed_paths(p: Plan) -> Iterator[Path]:
     """Everything init manages, for the owner step (the CA and state folders recursively:
     the CRL timer rewrites the CA's index and CRL, serve writes the broker and ledger)."""
-    for name in ("log.key", "ca.crt", "collector.key", "collector.crt", "api.key", "api.crt",
-                 "collector.toml"):
+    for name in ("log.key", "seal.key", "ca.crt", "collector.key", "collector.crt", "api.key",
+                 "api.crt", "collector.toml"):
         if (p.etc / name).exists():
             yield p.etc / name
     for top in (p.ca_dir, p.state):
@@ -377,6 +401,7 @@ def run_init(p: Plan, *, user: str | None, now: dt.datetime) -> SigningKey | Non
     """Every step in order; the results are in ``p.steps``. Returns the log key if there."""
     ca = _step_ca(p, now)
     log_key = _step_log_key(p)
+    _step_seal_key(p)
     if ca is not None:
         _step_ca_copy(p, ca)
         _step_client(p, ca, now)

@@ -5,7 +5,8 @@ Enrolment with keys made on the device: ``timeclock-agent init`` writes the TLS 
 *public* key travel. :func:`enroll_device` signs the CSR with the site CA, registers the
 device and its key in the ledger (a ``device`` entry, collector.ledger.registry) and returns a
 :class:`Bundle`: one JSON file with the device certificate, the CA certificate, the log public
-key (which the agent needs to verify receipts), the broker address and the reader sections.
+key (which the agent needs to verify receipts), the broker address, the reader sections and,
+when given, the ledger's X25519 seal public key (the clock then seals its envelopes, §8.6).
 ``timeclock-agent provision BUNDLE`` (agent/provision.py) installs it with one command. The
 bundle's one definition, shared with the agent, is wire.provisioning.ProvisioningBundle
 (``Bundle`` here). Format: docs/operations.md, "The bundle".
@@ -40,6 +41,7 @@ from wire.errors import WireError
 from wire.fields import DEVICE_ID_RE
 from wire.keys import VerifyKey
 from wire.provisioning import HOST_RE, ProvisioningBundle
+from wire.sealed import SealPublicKey
 
 DEFAULT_READERS: dict[str, dict[str, Any]] = {
     "front": {"kind": "rdm6300", "port": "/dev/serial0", "action": "punch"}}
@@ -109,7 +111,8 @@ def enroll_device(store: SQLStore, ca: CertificateAuthority, csr_pem: bytes, sig
                   *, site: str, broker: tuple[str, int], log_public_key: VerifyKey,
                   now: dt.datetime, readers: Mapping[str, Mapping[str, Any]] | None = None,
                   approver: str | None = None, days: int = DEFAULT_LEAF_DAYS,
-                  mqtt_options: Mapping[str, Any] | None = None) -> Bundle:
+                  mqtt_options: Mapping[str, Any] | None = None,
+                  seal_public_key: SealPublicKey | None = None) -> Bundle:
     """Sign the device's CSR, record its enrolment in the ledger, return its bundle."""
     device = csr_device(csr_pem)
     vk = load_signing_public(signing_key)
@@ -131,7 +134,8 @@ def enroll_device(store: SQLStore, ca: CertificateAuthority, csr_pem: bytes, sig
                         log_public_key=log_public_key.b64, broker_host=broker[0],
                         broker_port=broker[1],
                         readers=dict(readers if readers is not None else DEFAULT_READERS),
-                        mqtt_options=dict(mqtt_options or {}))
+                        mqtt_options=dict(mqtt_options or {}),
+                        seal_public_key=None if seal_public_key is None else seal_public_key.b64)
 
 
 def renew_certificate(store: SQLStore, ca: CertificateAuthority, csr_pem: bytes, *,

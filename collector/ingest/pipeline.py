@@ -37,8 +37,9 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from collector import LedgerUnavailableError
+from collector import CollectorError, LedgerUnavailableError
 from collector.ingest.alerts import (
     SEVERITY_CRITICAL,
     SEVERITY_WARNING,
@@ -59,9 +60,10 @@ from collector.ledger.base import (
 )
 from wire.ack import SignedAck
 from wire.clock import now_us
-from wire.errors import DecodeError
+from wire.errors import DecodeError, WireError
 from wire.keys import SigningKey
 from wire.punch import MAX_ENVELOPE_BYTES
+from wire.sealed import SealKey, load_seal_key
 from wire.topics import device_of
 
 log = logging.getLogger("timeclock.ingest")
@@ -95,8 +97,11 @@ class Ingestor:
                  log_key: SigningKey, alerts: Alerts, *,
                  max_payload_bytes: int = MAX_ENVELOPE_BYTES,
                  gaps: GapTracker | None = None, chain: ChainWatch | None = None,
-                 monitor: IngestMonitor | None = None) -> None:
+                 monitor: IngestMonitor | None = None, seal_key: SealKey | None = None,
+                 require_sealed: bool = False) -> None:
         self.store = store
+        self.seal_key = seal_key            # opens sealed envelopes (wire.sealed, §8.6)
+        self.require_sealed = require_sealed
         self.monitor = monitor      # metrics and detectors (collector.ingest.detectors)
         self.registry = registry
         self.log_key = log_key
@@ -111,7 +116,8 @@ class Ingestor:
         """Steps (1)-(6) for one message; never raises."""
         try:
             return judge(msg.topic, msg.payload, msg.received_at, registry,
-                         max_bytes=self.max_payload_bytes)
+                         max_bytes=self.max_payload_bytes, seal_key=self.seal_key,
+                         require_sealed=self.require_sealed)
         except Exception as e:  # top of the per-message loop: quarantine, never crash
             log.exception("judging a message on %s failed; quarantining it", msg.topic[:120])
             return [internal_error(msg, e)]
@@ -279,6 +285,16 @@ class Ingestor:
         if self.gaps is not None:
             self.gaps.report_due(now_us=now_us,
                                  refresh=lambda d: self.store.progress(d).gaps)
+
+
+def load_seal(path: Path | None) -> SealKey | None:
+    """The ``[collector] seal_key`` (X25519, 0600) that opens sealed envelopes, or None."""
+    if path is None:
+        return None
+    try:
+        return load_seal_key(path)
+    except (WireError, OSError) as e:
+        raise CollectorError(f"seal key: {e}") from e
 
 
 def internal_error(msg: Inbound, e: BaseException) -> RejectionFact:

@@ -7,6 +7,10 @@ numbered the same in docs, logs and tests:
 
   (1) size: payload ≤ ``max_bytes`` (256 KiB by default)            → ``oversized``
   (2) strict decode (wire.punch.Envelope.from_bytes)               → ``malformed``
+      a sealed envelope (wire.sealed, DESIGN.md §8.6): strict decode of the outer object,
+      clear device == topic device, then ONE sealed-box open per message → ``undecryptable``
+      and the inner bytes go through (2)-(3) as the payload; a plain envelope while
+      ``require_sealed``                                            → ``unsealed``
   (3) topic device == payload device == every punch's device       → ``bad-topic`` /
                                                                      ``device-mismatch``
   (4) device known and active                                      → ``unknown-device`` /
@@ -31,6 +35,11 @@ Invariants:
   punch cannot block a clock's whole backlog forever); the others are judged normally.
 - ``judge`` raises only on a programming error; the caller quarantines the input as
   ``internal-error`` then (see collector/ingest/pipeline.py).
+- A sealed message that fails framing (outer or inner, including an inner device other than
+  the clear one: ``device-mismatch``) is rejected whole with the *sealed* payload as raw, so
+  quarantine keeps the ciphertext, not the opened envelope; once framing holds, its punches
+  are judged one by one exactly as a plain envelope's. Loss reports carry no credential and
+  stay plain (also under ``require_sealed``).
 - A clock's signed loss report (wire.seqloss, docs/protocol.md §13.11) on its punches topic
   goes through the same steps (1)-(6) and, when valid, becomes a ``seq-loss`` rejection (a
   recorded finding: the gap in its chain, with the reason); an invalid one is rejected for the
@@ -56,13 +65,15 @@ from wire.errors import DecodeError, SignatureError, WireError
 from wire.fields import DEVICE_ID_RE
 from wire.keys import VerifyKey
 from wire.punch import MAX_ENVELOPE_BYTES, MAX_ENVELOPE_PUNCHES, Envelope, SignedPunch
+from wire.sealed import SealedEnvelope, SealError, SealKey, looks_sealed
 from wire.seqloss import MAX_LOSS_BYTES, LossReport, SignedLossReport, looks_like_loss
 from wire.topics import device_of
 
 REASONS = frozenset({
     "oversized", "malformed", "bad-topic", "device-mismatch", "unknown-device",
     "device-revoked", "unknown-key", "key-revoked", "key-not-valid-for-seq",
-    "bad-signature", "conflict", "fork", "internal-error", "registry-error", "seq-loss"})
+    "bad-signature", "conflict", "fork", "internal-error", "registry-error", "seq-loss",
+    "undecryptable", "unsealed"})
 _REGISTRY_REASONS = frozenset({"unknown-device", "device-revoked", "unknown-key",
                                "key-revoked", "key-not-valid-for-seq"})
 
@@ -140,13 +151,24 @@ def _claimed_device(value: Any) -> str | None:
 
 
 def judge(topic: str, payload: bytes, received_at: int, registry: RegistryView, *,
-          max_bytes: int = MAX_ENVELOPE_BYTES) -> list[Fact]:
-    """Judge one message from ``timeclock/v1/devices/{id}/punches``; see the module doc."""
+          max_bytes: int = MAX_ENVELOPE_BYTES, seal_key: SealKey | None = None,
+          require_sealed: bool = False) -> list[Fact]:
+    """Judge one message from ``timeclock/v1/devices/{id}/punches``; see the module doc.
+
+    ``seal_key`` opens sealed envelopes (none: they are ``undecryptable``); with
+    ``require_sealed`` a plain envelope is quarantined as ``unsealed``."""
     topic_device = _topic_device(topic)
     if looks_like_loss(payload):
         return [_judge_loss(topic, topic_device, payload, received_at, registry)]
     try:
-        items = _frame(topic, topic_device, payload, max_bytes)
+        if looks_sealed(payload):
+            inner = _unseal(topic, topic_device, payload, max_bytes, seal_key)
+            items = _frame(topic, topic_device, inner, max_bytes, sealed=True)
+        elif require_sealed:
+            raise _FramingError("unsealed", "a plain envelope, and [ingest] require_sealed is "
+                                            "on: clocks must seal to the ledger's key (§8.6)")
+        else:
+            items = _frame(topic, topic_device, payload, max_bytes)
     except _FramingError as e:
         return [RejectionFact(reason=e.reason, detail=str(e)[:500], topic=topic,
                               raw=bytes(payload), received_at=received_at, device=topic_device)]
@@ -255,9 +277,37 @@ def _verify_chunk(items: Sequence[tuple[int, SignedPunch, VerifyKey]]
     return out
 
 
+def _unseal(topic: str, topic_device: str | None, payload: bytes, max_bytes: int,
+            seal_key: SealKey | None) -> bytes:
+    """Steps (1)-(3) of the sealed outer object, then the one open: the inner payload."""
+    # (1) size of what the broker carried; (2) strict decode of the outer object.
+    if len(payload) > max_bytes:
+        raise _FramingError("oversized", f"payload is {len(payload)} bytes, limit {max_bytes}")
+    try:
+        sealed = SealedEnvelope.from_bytes(payload, max_bytes=max_bytes)
+    except DecodeError as e:
+        raise _FramingError("malformed", f"sealed envelope: {e}") from e
+    # (3) clear device == topic device, before spending an open on it.
+    if topic_device is None:
+        raise _FramingError("bad-topic", f"topic {topic[:120]!r} is not a device punches topic")
+    if sealed.device != topic_device:
+        raise _FramingError("device-mismatch", f"sealed envelope of {sealed.device!r} published "
+                                               f"on the topic of {topic_device!r}")
+    if seal_key is None:
+        raise _FramingError("undecryptable", f"sealed to seal key {sealed.to}; this collector "
+                                             f"has no [collector] seal_key")
+    try:
+        return sealed.open(seal_key)
+    except SealError as e:
+        raise _FramingError("undecryptable", str(e)) from e
+
+
 def _frame(topic: str, topic_device: str | None, payload: bytes,
-           max_bytes: int) -> Sequence[SignedPunch | tuple[bytes, str]]:
-    """Steps (1)-(3); raise _FramingError to reject the whole message."""
+           max_bytes: int, *, sealed: bool = False) -> Sequence[SignedPunch | tuple[bytes, str]]:
+    """Steps (1)-(3); raise _FramingError to reject the whole message.
+
+    ``sealed``: ``payload`` is what a sealed envelope held (its clear device already matched
+    the topic); per-punch results are judged as for a plain envelope."""
     # (1) size: before parsing anything, so a huge payload costs nothing.
     if len(payload) > max_bytes:
         raise _FramingError("oversized", f"payload is {len(payload)} bytes, limit {max_bytes}")
@@ -269,14 +319,17 @@ def _frame(topic: str, topic_device: str | None, payload: bytes,
     except DecodeError as e:  # OversizeError cannot happen: (1) bounds the size
         salvaged = _salvage(payload)
         if salvaged is None:
-            raise _FramingError("malformed", str(e)) from e
+            raise _FramingError("malformed", f"sealed envelope holds: {e}" if sealed
+                                else str(e)) from e
         device, items = salvaged
     # (3) topic device == payload device == every punch's device.
     if topic_device is None:
         raise _FramingError("bad-topic", f"topic {topic[:120]!r} is not a device punches topic")
     if device != topic_device:
-        raise _FramingError("device-mismatch", f"payload device {device!r} published on the "
-                                               f"topic of {topic_device!r}")
+        raise _FramingError("device-mismatch", (
+            f"the sealed envelope of {topic_device!r} holds an envelope of {device!r}"
+            if sealed else
+            f"payload device {device!r} published on the topic of {topic_device!r}"))
     for item in items:
         claimed = (item.punch.device if isinstance(item, SignedPunch)
                    else _claimed_device(loads(item[0])))

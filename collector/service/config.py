@@ -20,6 +20,8 @@ Example::
     # state_dir = "/var/lib/timeclock"         # largest-checkpoint.note (default: systemd's
                                                 # $STATE_DIRECTORY, else beside log_key);
                                                 # serve refuses a ledger below it
+    # seal_key = "/etc/timeclock/seal.key"     # X25519 (0600): opens sealed envelopes (§8.6);
+                                                # its public key goes into enrolment bundles
 
     [mqtt]
     host = "broker.example.org"
@@ -34,6 +36,7 @@ Example::
     batch_wait_ms = 50                          # wait at most this long to fill a batch
     max_payload_bytes = 262144                  # (1) size limit, ≤ 256 KiB
     queue_max = 10000                           # MQTT messages buffered before back-pressure
+    require_sealed = false                      # true: quarantine plain envelopes (unsealed)
 
     [checkpoints]                               # optional
     every_entries = 1000
@@ -114,6 +117,7 @@ class CollectorSection:
     log_key: Path
     origin: str | None = None       # None: collector.ingest.checkpoints.default_origin
     state_dir: Path | None = None   # None: the log key's directory
+    seal_key: Path | None = None    # X25519 seal key file (wire.sealed); None: cannot open
 
     @property
     def state_directory(self) -> Path:
@@ -149,6 +153,7 @@ class IngestSection:
     batch_wait_ms: int = 50
     max_payload_bytes: int = MAX_ENVELOPE_BYTES
     queue_max: int = 10_000
+    require_sealed: bool = False    # plain §4 envelopes are quarantined as ``unsealed``
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +244,22 @@ def _ledger_section(lg: Section) -> LedgerSection:
     return ledger
 
 
+def _ingest_section(i: Section, *, sealing: bool) -> IngestSection:
+    d = IngestSection()
+    ingest = IngestSection(
+        batch_max=i.integer("batch_max", d.batch_max, lo=1, hi=100_000),
+        batch_wait_ms=i.integer("batch_wait_ms", d.batch_wait_ms, lo=0, hi=10_000),
+        max_payload_bytes=i.integer("max_payload_bytes", d.max_payload_bytes, lo=64,
+                                    hi=MAX_ENVELOPE_BYTES),
+        queue_max=i.integer("queue_max", d.queue_max, lo=1, hi=10_000_000),
+        require_sealed=i.boolean("require_sealed", d.require_sealed))
+    if ingest.require_sealed and not sealing:
+        i.problem("require_sealed", "needs collector.seal_key (without it no sealed envelope "
+                                    "can be opened)")
+    i.finish()
+    return ingest
+
+
 def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     """Build the config from decoded TOML; raise ConfigError listing every problem."""
     problems: list[str] = []
@@ -255,6 +276,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
         except CollectorError as e:
             c.problem("origin", str(e))
     state_dir = c.path("state_dir", base)
+    seal_key = c.path("seal_key", base)
     c.finish()
 
     m = top.section("mqtt", required=True)
@@ -268,15 +290,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     recv_max = m.integer("receive_maximum", 1000, lo=1, hi=65535)
     m.finish()
 
-    i = top.section("ingest")
-    d = IngestSection()
-    ingest = IngestSection(
-        batch_max=i.integer("batch_max", d.batch_max, lo=1, hi=100_000),
-        batch_wait_ms=i.integer("batch_wait_ms", d.batch_wait_ms, lo=0, hi=10_000),
-        max_payload_bytes=i.integer("max_payload_bytes", d.max_payload_bytes, lo=64,
-                                    hi=MAX_ENVELOPE_BYTES),
-        queue_max=i.integer("queue_max", d.queue_max, lo=1, hi=10_000_000))
-    i.finish()
+    ingest = _ingest_section(top.section("ingest"), sealing=seal_key is not None)
 
     k = top.section("checkpoints")
     kd = CheckpointSection()
@@ -312,7 +326,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
         raise ConfigError(problems)
     return CollectorConfig(
         collector=CollectorSection(name=name, store=store, log_key=log_key, origin=origin,
-                                   state_dir=state_dir),
+                                   state_dir=state_dir, seal_key=seal_key),
         mqtt=MqttSection(host=host, port=port, ca_cert=ca_cert, cert=cert, key=key,
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),
@@ -343,12 +357,14 @@ def check_files(cfg: CollectorConfig) -> None:
     problems: list[str] = []
     files = {"collector.log_key": cfg.collector.log_key, "mqtt.ca_cert": cfg.mqtt.ca_cert,
              "mqtt.cert": cfg.mqtt.cert, "mqtt.key": cfg.mqtt.key}
+    if cfg.collector.seal_key is not None:
+        files["collector.seal_key"] = cfg.collector.seal_key
     for keypath, p in files.items():
         if not p.is_file():
             problems.append(f"{keypath}: {p}: no such file")
-    for keypath in ("collector.log_key", "mqtt.key"):
-        p = files[keypath]
-        if p.is_file():
+    for keypath in ("collector.log_key", "mqtt.key", "collector.seal_key"):
+        p = files.get(keypath, Path())
+        if keypath in files and p.is_file():
             try:
                 check_private_file(p)
             except KeyFileError as e:
