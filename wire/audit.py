@@ -59,6 +59,7 @@ from wire.bodies import (
 )
 from wire.canonical import canonical, loads
 from wire.errors import DecodeError, WireError
+from wire.key_changes import KeyChanges
 from wire.keys import VerifyKey
 from wire.ledger import LEDGER_DOMAIN, Checkpoint, Entry, SignedCheckpoint, body_hash, verify_link
 from wire.merkle import EMPTY_ROOT, node_hash
@@ -381,6 +382,8 @@ class LedgerAuditor:
             self._keys.setdefault(k.device, []).append(replace(k))
             self._key_owner[k.key_id] = k.device
         self._chains: dict[str, _DeviceChain] = {}
+        self._key_changes = KeyChanges(start_idx)
+        self._entry_at = 0
         self._pending: dict[int, list[_Pending]] = {}
         self._good_size = start_idx      # largest checkpoint size whose head matched
         self._state = _State()
@@ -591,6 +594,7 @@ class LedgerAuditor:
             return
         try:
             handler = getattr(self, f"_fact_{entry.kind}")
+            self._entry_at = entry.at
             handler(idx, fact)
         except WireError as e:
             self._add(idx, Check.FACT, f"{entry.kind} body: {e}")
@@ -687,12 +691,24 @@ class LedgerAuditor:
             raise DecodeError(f"{ev.event} {device}, which was never enrolled")
         if ev.event == "revoked":
             self._revoke(idx, ev, keys)
+            self._key_changes.revoked(idx, ev)
             return
         if ev.key is None or ev.signing_key is None or ev.from_seq is None:
             raise DecodeError(f"{ev.event} {device} registers no key")   # parse_device sets them
         owner = self._key_owner.get(ev.key)
         if owner is not None:       # keys are generated on one device and never leave it
             raise DecodeError(f"key {ev.key} is already registered for {owner}", field="key")
+        # (5) key-change authority (DESIGN.md §8.5, wire.key_changes): a rotation is signed by
+        # the key current at this point of the chain; a re-enrolment has two principals.
+        cur = next((k for k in reversed(keys) if k.until_seq is None), None)
+        note = self._key_changes.check(
+            idx, self._entry_at, ev, known=bool(keys),
+            current_key=cur.key_id if cur else None, current=cur.verify_key if cur else None,
+            current_revoked=cur is not None and cur.revoked_at_idx is not None)
+        if ev.event == "reenrol-requested":
+            return
+        if note is not None:
+            self._add(idx, Check.FACT, note, tamper=False)
         for k in keys:      # older keys stay valid below from_seq only
             if k.until_seq is None or k.until_seq > ev.from_seq:
                 k.until_seq = max(ev.from_seq, k.from_seq)

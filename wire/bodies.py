@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from wire.errors import DecodeError, WireError
 from wire.fields import DEVICE_ID_RE, HASH_RE, KEY_ID_RE, get_choice, get_int, get_str
+from wire.key_changes import parse_approval, parse_principal, parse_request
 from wire.keys import VerifyKey
 from wire.ledger import KINDS
 from wire.punch import SignedPunch
+from wire.rotation import SignedRotationRequest
 
-DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked"})
+DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked", "reenrol-requested", "reenrolled"})
 UNDELETABLE_KINDS = frozenset({"device", "retention"})
 """Kinds whose bodies are needed to verify the rest of the ledger: retention never deletes
 them."""
@@ -59,7 +61,10 @@ def require(value: Any, what: str, required: Iterable[str]) -> Mapping[str, Any]
 class DeviceEvent:
     """A ``device`` body. ``key``: the key registered (enrolled, rotated) or the one key
     revoked (revoked; None revokes every key of the device). ``from_seq``: the first seq the
-    registered key signs (enrolled: 1 unless given; revoked: None)."""
+    registered key signs (enrolled: 1 unless given; revoked: None). ``request``: the old key's
+    signed rotation request (rotated; None in a body written before it was recorded).
+    ``requested_by``/``approved_by``/``request_idx``: a re-enrolment's two principals and the
+    ``reenrol-requested`` entry it approves (wire.key_changes)."""
 
     event: str
     device: str
@@ -68,6 +73,10 @@ class DeviceEvent:
     from_seq: int | None = None
     site: str | None = None
     reason: str | None = None
+    request: SignedRotationRequest | None = None
+    requested_by: str | None = None
+    approved_by: str | None = None
+    request_idx: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +128,7 @@ class Access:
 Body = SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
 
 
-def parse_device(value: Any) -> DeviceEvent:
+def parse_device(value: Any, idx: int = 0) -> DeviceEvent:
     obj = require(value, "device body", ("event", "device"))
     event = get_choice(obj, "event", DEVICE_EVENTS)
     device = get_str(obj, "device", DEVICE_ID_RE)
@@ -129,20 +138,31 @@ def parse_device(value: Any) -> DeviceEvent:
         # ``key`` absent revokes every key; present it must name one (null is not a key id).
         key = get_str(obj, "key", KEY_ID_RE) if "key" in obj else None
         return DeviceEvent(event, device, key=key, reason=reason)
+    site = None
     if event == "enrolled":
         require(obj, "enrolled device body", ("key", "signing_key", "site"))
         site = get_str(obj, "site")
         from_seq = get_int(obj, "from_seq", minimum=1) if "from_seq" in obj else 1
     else:
-        require(obj, "rotated device body", ("key", "signing_key", "from_seq"))
-        site = None
+        require(obj, f"{event} device body", ("key", "signing_key", "from_seq"))
         from_seq = get_int(obj, "from_seq", minimum=1)
     kid = get_str(obj, "key", KEY_ID_RE)
     vk = VerifyKey.from_b64(get_str(obj, "signing_key"))
     if vk.key_id != kid:
         raise DecodeError(f"key {kid} is not the key id of signing_key ({vk.key_id})",
                           field="key")
-    return DeviceEvent(event, device, key=kid, signing_key=vk, from_seq=from_seq, site=site)
+    ev = DeviceEvent(event, device, key=kid, signing_key=vk, from_seq=from_seq, site=site)
+    if event == "rotated":
+        return replace(ev, request=parse_request(obj, device, kid, vk, from_seq))
+    if event == "reenrol-requested":
+        require(obj, "reenrol-requested device body", ("requested_by", "reason"))
+        return replace(ev, requested_by=parse_principal(obj, "requested_by"),
+                       reason=get_str(obj, "reason"))
+    if event == "reenrolled":
+        require(obj, "reenrolled device body", ("request_idx", "requested_by", "approved_by"))
+        ridx, by, approver = parse_approval(obj, idx)
+        return replace(ev, request_idx=ridx, requested_by=by, approved_by=approver)
+    return ev
 
 
 def parse_rejection(value: Any) -> Rejection:
@@ -213,7 +233,7 @@ def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911 - o
         if kind == "punch":
             return SignedPunch.from_dict(value)
         if kind == "device":
-            return parse_device(value)
+            return parse_device(value, idx)
         if kind == "rejection":
             return parse_rejection(value)
         if kind == "retention":

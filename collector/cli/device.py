@@ -3,9 +3,11 @@
     enroll      sign the clock's CSR, register it and its signing key, write its bundle
     renew       a new certificate for an enrolled clock (bundle with the certificate only)
     rotate-key  register a new signing key from the clock's signed rotation request
+    reenrol / approve-reenrol   a new key without that request (lost or broken clock): one
+                principal requests, a second approves (DESIGN.md §8.5 "Dual control")
     revoke      reject its punches, revoke its certificate, cut its broker session
     list        registry, ledger progress, certificate expiry and live status
-    register / rotate   low-level registry entries (no CA, no bundle)
+    register    low-level registry entry (no CA, no bundle)
 
 Every registry change appends one ``device`` entry to the ledger (collector.ledger.registry): the
 ledger is the registry, so every enrolment, rotation and revocation is tamper-evident.
@@ -38,14 +40,19 @@ from collector.fleet.provisioning import (
     parse_broker,
     renew_certificate,
 )
-from collector.ledger.registry import enroll, revoke, rotate
+from collector.ledger.registry import (
+    approve_reenrolment,
+    enroll,
+    request_reenrolment,
+    revoke,
+    rotate,
+)
 from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, load_config
 from wire.clock import now_us as _now_us
 from wire.errors import WireError
 from wire.keys import VerifyKey, load_signing_key
-from wire.rotation import RotationRequest, SignedRotationRequest
-from wire.sealed import SealPublicKey, load_seal_key
+from wire.rotation import SignedRotationRequest
 from wire.tls import client_context
 
 EPILOG = textwrap.dedent("""\
@@ -58,6 +65,9 @@ EPILOG = textwrap.dedent("""\
 
     rotation, renewal, revocation, fleet:
       timeclock-collector device rotate-key --config C --request rotate-clock-17-<id>.json
+      timeclock-collector device reenrol clock-17 --config C --key NEW.pub \\
+          --requested-by alice --reason lost     # no request from the old key: then
+      timeclock-collector device approve-reenrol clock-17 --config C --by bob
       timeclock-collector device renew --config C --ca DIR --csr clock-17-new.csr --out r.bundle
       timeclock-collector device revoke --config C --ca DIR --device clock-17 --reason stolen
       timeclock-collector device list --config C --ca DIR
@@ -121,17 +131,6 @@ def _log_public(args: argparse.Namespace, cfg: CollectorConfig | None) -> Verify
         raise CollectorError(f"log key: {e}") from e
 
 
-def _seal_public(args: argparse.Namespace, cfg: CollectorConfig | None) -> SealPublicKey | None:
-    """The seal public key for the bundle (DESIGN.md §8.6), or None: the clock sends plain."""
-    path = args.seal_key or (cfg.collector.seal_key if cfg is not None else None)
-    if path is None:
-        return None
-    try:
-        return load_seal_key(path).public_key
-    except WireError as e:
-        raise CollectorError(f"seal key: {e}") from e
-
-
 def _readers(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
@@ -179,9 +178,6 @@ def _register_provisioning(dsub: argparse._SubParsersAction[argparse.ArgumentPar
                    help="broker address the clock connects to")
     e.add_argument("--log-key-pub", metavar="B64", help="collector log public key")
     e.add_argument("--log-key", type=Path, metavar="FILE", help="or the log key file")
-    e.add_argument("--seal-key", type=Path, metavar="FILE",
-                   help="the ledger's X25519 seal key file (default: the config's "
-                        "[collector] seal_key): the clock seals its envelopes to it")
     e.add_argument("--readers", type=Path, metavar="TOML",
                    help="file with the clock's [readers.<name>] sections (default: one "
                         "rdm6300 on /dev/serial0)")
@@ -243,14 +239,26 @@ def _register_lifecycle(dsub: argparse._SubParsersAction[argparse.ArgumentParser
     r.add_argument("--approver", help="who approved this change (recorded)")
     r.set_defaults(func=cmd_register)
 
-    o = dsub.add_parser("rotate", help="registry only: a new signing key from a seq on")
+    o = dsub.add_parser("reenrol", help="request a new signing key for a clock that cannot "
+                                        "sign a rotation request (needs a second approver)")
+    o.add_argument("device", metavar="ID", help="device id")
     _source(o)
-    o.add_argument("--device", required=True, help="device id")
-    o.add_argument("--signing-key", required=True, metavar="B64", help="new public key")
-    o.add_argument("--from-seq", type=int, required=True,
-                   help="first seq the clock signs with the new key")
-    o.add_argument("--approver", help="who approved this change (recorded)")
-    o.set_defaults(func=cmd_rotate)
+    o.add_argument("--key", required=True, metavar="B64|FILE",
+                   help="the new Ed25519 public key (`timeclock-agent init` prints it)")
+    o.add_argument("--requested-by", required=True, metavar="PRINCIPAL",
+                   help="who requests the re-enrolment (recorded)")
+    o.add_argument("--reason", required=True, help="lost, broken, sd-card-failed, …")
+    o.add_argument("--from-seq", type=int,
+                   help="first seq the new key signs (default: above the highest recorded)")
+    o.set_defaults(func=cmd_reenrol)
+
+    a = dsub.add_parser("approve-reenrol", help="approve a clock's open re-enrolment request "
+                                                "(a principal other than the requester)")
+    a.add_argument("device", metavar="ID", help="device id")
+    _source(a)
+    a.add_argument("--by", required=True, metavar="PRINCIPAL",
+                   help="the approving principal (not the requester; recorded)")
+    a.set_defaults(func=cmd_approve_reenrol)
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -266,7 +274,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         bundle = enroll_device(store, _ca(args), csr, args.signing_key, site=args.site,
                                broker=broker, log_public_key=log_pub, now=_now(),
                                readers=_readers(args.readers), approver=args.approver,
-                               days=args.days, seal_public_key=_seal_public(args, cfg))
+                               days=args.days)
     bundle.write(args.out)
     print(f"enrolled {bundle.device} at {bundle.site}: signing key {bundle.signing_key_id}, "
           f"certificate {bundle.cert_serial} valid until {bundle.cert_not_after}")
@@ -289,35 +297,15 @@ def cmd_renew(args: argparse.Namespace) -> int:
     return 0
 
 
-def verify_request(store: SQLStore, signed: SignedRotationRequest) -> RotationRequest:
-    """The request, after checking that it replaces the device's current key and that this
-    key signed it (wire.rotation)."""
-    req = signed.request
-    current = [k for k in store.keys(req.device)
-               if k.until_seq is None and k.status == "active"]
-    if not current:
-        raise RegistryError(f"device {req.device} has no active key to rotate from")
-    old = current[-1]
-    if req.old_key != old.key_id:
-        raise RegistryError(f"the request replaces key {req.old_key}, but the registered "
-                            f"current key of {req.device} is {old.key_id}")
-    try:
-        return signed.verify(VerifyKey.from_b64(old.public_b64))
-    except WireError as e:
-        raise RegistryError(f"the rotation request is not signed by {req.device}'s key "
-                            f"{old.key_id}: refused") from e
-
-
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     try:
         signed = SignedRotationRequest.from_bytes(_read(args.request, "rotation request"))
     except WireError as e:
         raise RegistryError(f"{args.request}: not a timeclock key rotation request: {e}"
                             ) from e
+    req = signed.request
     with _store(args) as store:
-        req = verify_request(store, signed)
-        r = rotate(store, req.device, req.signing_key.b64, req.from_seq, now_us=_now_us(),
-                   approver=args.approver)
+        r = rotate(store, signed, now_us=_now_us(), approver=args.approver)
     print(f"rotated {req.device}: key {req.key} from seq {req.from_seq} "
           f"(ledger entry {r.idx}); punches signed by {req.old_key} stay valid")
     return 0
@@ -404,9 +392,30 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rotate(args: argparse.Namespace) -> int:
+def _public_key(value: str) -> str:
+    path = Path(value)
+    if path.is_file():
+        return _read(path, "public key").decode("ascii", "replace").strip()
+    return value
+
+
+def cmd_reenrol(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        r = rotate(store, args.device, args.signing_key, args.from_seq, now_us=_now_us(),
-                   approver=args.approver)
-    print(f"rotated the key of {args.device}: ledger entry {r.idx}")
+        r = request_reenrolment(store, args.device, _public_key(args.key),
+                                requested_by=args.requested_by, reason=args.reason,
+                                from_seq=args.from_seq, now_us=_now_us())
+    print(f"re-enrolment of {args.device} requested by {args.requested_by}: ledger entry "
+          f"{r.idx}; nothing changes until another principal runs `timeclock-collector device "
+          f"approve-reenrol {args.device} --by PRINCIPAL`")
+    return 0
+
+
+def cmd_approve_reenrol(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        r = approve_reenrolment(store, args.device, approved_by=args.by, now_us=_now_us())
+        (entry,) = store.entries(r.idx, r.idx + 1)
+    body = json.loads(entry.body or b"{}")
+    print(f"re-enrolled {args.device}: key {body['key']} from seq {body['from_seq']}, "
+          f"requested by {body['requested_by']} (idx {body['request_idx']}), approved by "
+          f"{args.by} (ledger entry {r.idx}); every verifier reports it")
     return 0

@@ -1,10 +1,14 @@
-"""The device registry (control D1): enrol, rotate and revoke device keys as ``device`` entries.
+"""The device registry (controls D1, D17): enrol, rotate, re-enrol and revoke device keys as
+``device`` entries.
 
 The ledger is the registry: each operation validates against the store's projection and then
 appends one ``device`` entry (DESIGN.md §6), in whose transaction the store updates the
 projection. Rules: a device id is enrolled once, ever (a revoked id is never reused, so old
 punches keep one meaning); a key id belongs to one device, ever; a rotation takes effect
-from a seq above every seq already recorded; revocation is final.
+from a seq above every seq already recorded and only with the clock's request signed by its
+current key, which the entry carries (DESIGN.md §8.5, wire.key_changes: the rule verifiers
+apply); a new key without that request is a re-enrolment, requested by one principal and
+approved by another; revocation is final.
 
 ``key_for`` answers "may this key sign this seq of this device?" with a distinct error per
 reason, which ingest maps to quarantine reasons (collector.ingest.punch_verifier.registry_reason).
@@ -18,10 +22,14 @@ from typing import Any
 
 from collector import RegistryError
 from collector.ledger.base import AppendResult, DeviceRecord, EventFact, KeyRecord
+from collector.ledger.queries import entries_of_kind
 from collector.ledger.sqlbase import SQLStore
+from wire.canonical import loads
 from wire.errors import WireError
 from wire.fields import DEVICE_ID_RE, KEY_ID_RE
+from wire.key_changes import PRINCIPAL_RE, KeyChangeError, verify_rotation
 from wire.keys import VerifyKey
+from wire.rotation import RotationRequest, SignedRotationRequest
 
 
 class KeyLookupError(RegistryError):
@@ -104,20 +112,16 @@ def enroll(store: SQLStore, device: str, site: str, signing_key_b64: str, *, now
     return _append(store, body, now_us)
 
 
-def rotate(store: SQLStore, device: str, new_key_b64: str, from_seq: int | None = None, *,
-           now_us: int, approver: str | None = None) -> AppendResult:
-    """Record ``{"event":"rotated",…,"from_seq":n}``: punches with seq ≥ n use the new key.
+def _current(store: SQLStore, device: str) -> KeyRecord:
+    """The device's current key: the one without an upper seq bound, if it is not revoked."""
+    current = [k for k in store.keys(device) if k.until_seq is None]
+    if not current:
+        raise RegistryError(f"device {device} has no current key")
+    return current[-1]
 
-    ``from_seq`` defaults to one above the highest seq recorded for the device.
-    """
-    rec = _known(store, device)
-    if rec.status == "revoked":
-        raise RegistryError(f"device {device} is revoked; its keys cannot be rotated")
-    vk = _verify_key(new_key_b64)
-    _check_key_unused(store, vk)
+
+def _check_from_seq(store: SQLStore, device: str, from_seq: int) -> None:
     highest = store.progress(device).highest
-    if from_seq is None:
-        from_seq = highest + 1
     if from_seq <= highest:
         raise RegistryError(f"from_seq {from_seq} must be above seq {highest}, the highest "
                             f"already recorded for {device}")
@@ -125,10 +129,115 @@ def rotate(store: SQLStore, device: str, new_key_b64: str, from_seq: int | None 
     if any(from_seq <= k.from_seq for k in current):
         raise RegistryError(f"from_seq {from_seq} must be above the current key's from_seq "
                             f"{max(k.from_seq for k in current)}")
-    body: dict[str, Any] = {"event": "rotated", "device": device, "key": vk.key_id,
-                            "signing_key": vk.b64, "from_seq": from_seq}
+
+
+def _active(store: SQLStore, device: str, what: str) -> DeviceRecord:
+    rec = _known(store, device)
+    if rec.status == "revoked":
+        raise RegistryError(f"device {device} is revoked; its keys cannot be {what}")
+    return rec
+
+
+def verify_request(store: SQLStore, signed: SignedRotationRequest) -> RotationRequest:
+    """The request, if it replaces its device's current key and that key signed it: the rule
+    every verifier applies to the recorded entry (wire.key_changes.verify_rotation)."""
+    req = signed.request
+    _active(store, req.device, "rotated")
+    cur = _current(store, req.device)
+    try:
+        verify_rotation(signed, req.device, cur.key_id, _verify_key(cur.public_b64),
+                        current_revoked=cur.status != "active")
+    except KeyChangeError as e:
+        raise RegistryError(f"rotation of {req.device} refused: {e}") from e
+    return req
+
+
+def rotate(store: SQLStore, signed: SignedRotationRequest, *, now_us: int,
+           approver: str | None = None) -> AppendResult:
+    """Record ``{"event":"rotated",…,"from_seq":n,"request":…}``: punches with seq ≥ n use the
+    new key. Only with the clock's request signed by its current key (DESIGN.md §8.5), for a
+    from_seq above every seq recorded; the request goes into the entry, so verifiers check it.
+    A new key without that request is a re-enrolment (:func:`request_reenrolment`)."""
+    req = verify_request(store, signed)
+    _check_key_unused(store, req.signing_key)
+    _check_from_seq(store, req.device, req.from_seq)
+    body: dict[str, Any] = {"event": "rotated", "device": req.device, "key": req.key,
+                            "signing_key": req.signing_key.b64, "from_seq": req.from_seq,
+                            "request": signed.to_dict()}
     if approver is not None:
         body["approver"] = approver
+    return _append(store, body, now_us)
+
+
+def _principal(who: str, what: str) -> str:
+    if not PRINCIPAL_RE.fullmatch(who):
+        raise RegistryError(f"{what} {who!r} is not a principal id (lowercase letters, digits, "
+                            f"'.', '_', '@', '-')")
+    return who
+
+
+def pending_reenrolment(store: SQLStore, device: str) -> tuple[int, dict[str, Any]] | None:
+    """(idx, body) of the newest ``reenrol-requested`` entry of ``device`` that is still open:
+    after the device's last key change or revocation and not approved."""
+    rec = _known(store, device)
+    found: tuple[int, dict[str, Any]] | None = None
+    after = rec.changed_idx
+    while True:
+        page = entries_of_kind(store, "device", after, 500)
+        for e in page:
+            body = loads(e.body) if e.body is not None else None
+            if isinstance(body, dict) and body.get("device") == device and \
+                    body.get("event") == "reenrol-requested":
+                found = (e.idx, body)
+        if len(page) < 500:
+            return found
+        after = page[-1].idx
+
+
+def request_reenrolment(store: SQLStore, device: str, new_key_b64: str, *, requested_by: str,
+                        reason: str, now_us: int, from_seq: int | None = None
+                        ) -> AppendResult:
+    """Record ``{"event":"reenrol-requested",…}``: a new key for an active device whose old key
+    cannot sign a rotation request (lost or broken clock). It changes nothing until a second
+    principal approves it (:func:`approve_reenrolment`). ``from_seq`` defaults to one above the
+    highest seq recorded and the current key's from_seq."""
+    _active(store, device, "re-enrolled")
+    _principal(requested_by, "requested_by")
+    if not reason or not reason.strip():
+        raise RegistryError("a re-enrolment needs a reason (e.g. lost, broken, sd-card-failed)")
+    vk = _verify_key(new_key_b64)
+    _check_key_unused(store, vk)
+    if from_seq is None:
+        from_seq = max([store.progress(device).highest,
+                        *(k.from_seq for k in store.keys(device) if k.until_seq is None)]) + 1
+    _check_from_seq(store, device, from_seq)
+    body: dict[str, Any] = {"event": "reenrol-requested", "device": device, "key": vk.key_id,
+                            "signing_key": vk.b64, "from_seq": from_seq,
+                            "requested_by": requested_by, "reason": reason}
+    return _append(store, body, now_us)
+
+
+def approve_reenrolment(store: SQLStore, device: str, *, approved_by: str, now_us: int
+                        ) -> AppendResult:
+    """Record ``{"event":"reenrolled",…,"request_idx":i}``: the open request of ``device``
+    approved by a principal other than the one who asked (DESIGN.md §8.5 "Dual control")."""
+    _active(store, device, "re-enrolled")
+    _principal(approved_by, "approved_by")
+    pending = pending_reenrolment(store, device)
+    if pending is None:
+        raise RegistryError(f"device {device} has no open re-enrolment request (request one "
+                            f"with `device reenrol`)")
+    ridx, req = pending
+    if req["requested_by"] == approved_by:
+        raise RegistryError(f"{approved_by} requested this re-enrolment (idx {ridx}) and may "
+                            f"not approve it too: a second principal must")
+    vk = _verify_key(req["signing_key"])
+    _check_key_unused(store, vk)
+    _check_from_seq(store, device, req["from_seq"])
+    body: dict[str, Any] = {"event": "reenrolled", "device": device, "key": vk.key_id,
+                            "signing_key": vk.b64, "from_seq": req["from_seq"],
+                            "request_idx": ridx, "requested_by": req["requested_by"],
+                            "approved_by": approved_by, "reason": req["reason"]}
     return _append(store, body, now_us)
 
 

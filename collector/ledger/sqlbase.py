@@ -773,7 +773,9 @@ class _Append:
               "registered_idx) VALUES (?, ?, ?, ?, NULL, 'active', ?)",
               (body["key"], device, body["signing_key"], ev.from_seq, idx))
             self.sites[device] = body["site"]
-        elif event == "rotated":
+        elif event == "reenrol-requested":
+            pass            # a request changes no key until approved (collector.ledger.registry)
+        elif event in ("rotated", "reenrolled"):
             x("UPDATE keys SET until_seq = ? WHERE device = ? AND until_seq IS NULL",
               (body["from_seq"], device))
             x("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, status, "

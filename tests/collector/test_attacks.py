@@ -11,12 +11,15 @@ hundred through the broker.
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from collector import RegistryError
+from collector.cli.main import main as collector_main
 from collector.ingest.alerts import Alerts
 from collector.ingest.pipeline import Inbound, Ingestor
 from collector.ledger import open_store, registry
@@ -26,6 +29,7 @@ from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.service.config import load_config
 from collector.service.runner import CollectorService
+from tests.collector.ledger_kit import Clock
 from tests.collector.punch_kit import (
     T0,
     Device,
@@ -36,10 +40,14 @@ from tests.collector.punch_kit import (
     raw_envelope,
     write_collector_config,
 )
+from tests.e2e.attack_kit import Kept, drop_triggers, restore_triggers, rewrite_from
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.postgres import PgDatabase
-from wire.canonical import loads
-from wire.keys import SigningKey
+from wire.canonical import canonical, loads
+from wire.keys import SigningKey, save_signing_key
+from wire.ledger import body_hash
+from wire.rotation import RotationRequest, SignedRotationRequest
+from wire.verify_cli import main as verify_main
 
 MAX_PAYLOAD = 8192   # the collector's own (1) size limit for this run, below the broker's
 
@@ -117,7 +125,7 @@ def unregistered_key(ctx: Ctx) -> tuple[Device, set[int]]:
 def revoked_key(ctx: Ctx) -> tuple[Device, set[int]]:
     c = ctx.enrolled()
     new = SigningKey.generate()
-    registry.rotate(ctx.store, c.device, new.verify_key.b64, 3, now_us=T0)
+    registry.rotate(ctx.store, rotation(c, new, 3), now_us=T0)
     registry.revoke(ctx.store, c.device, "compromised", key_id=new.key_id, now_us=T0)
     c.seq, c.prev = 2, "0" * 64
     dev = ctx.device(c)
@@ -125,12 +133,38 @@ def revoked_key(ctx: Ctx) -> tuple[Device, set[int]]:
     return dev, set()
 
 
+def rotation(c: SimClock, new: SigningKey, from_seq: int) -> SignedRotationRequest:
+    """The clock's own request (wire.rotation), signed by its current key."""
+    return RotationRequest(c.device, c.key.key_id, new.key_id, new.verify_key, from_seq,
+                           T0).sign(c.key)
+
+
 def key_not_valid_for_seq(ctx: Ctx) -> tuple[Device, set[int]]:
     c = ctx.enrolled()
-    registry.rotate(ctx.store, c.device, SigningKey.generate().verify_key.b64, 2, now_us=T0)
+    registry.rotate(ctx.store, rotation(c, SigningKey.generate(), 2), now_us=T0)
     c.seq = 5                                               # old key, beyond its validity
     dev = ctx.device(c)
     dev.send([c.punch()])
+    return dev, set()
+
+
+def operator_key_rotation(ctx: Ctx) -> tuple[Device, set[int]]:
+    """Issue 11 finding 4: the operator installs their own key for a clock (a rotation
+    request they signed themselves, or none at all), then publishes a "clocked out 3 h ago"
+    punch signed with it. The store refuses both key changes; the punch is quarantined."""
+    c = ctx.enrolled()
+    operator = SigningKey.generate()
+    size = entry_count(ctx.store)
+    forged = RotationRequest(c.device, c.key.key_id, operator.key_id, operator.verify_key, 1,
+                             T0)
+    with pytest.raises(RegistryError, match=f"not signed by {c.device}'s current key"):
+        registry.rotate(ctx.store, SignedRotationRequest(
+            forged, operator.sign(forged.signed_message())), now_us=T0)
+    with pytest.raises(RegistryError, match="no open re-enrolment request"):
+        registry.approve_reenrolment(ctx.store, c.device, approved_by="operator", now_us=T0)
+    assert entry_count(ctx.store) == size                       # nothing recorded
+    dev = ctx.device(c)
+    dev.send([c.punch(key=operator, action="out", ts=T0 - 3 * 3600 * 10**6)])
     return dev, set()
 
 
@@ -204,6 +238,8 @@ CASES = [
     Case("d1_revoked_key", revoked_key, "key-revoked", new_entries=4),
     Case("d1_key_not_valid_for_seq", key_not_valid_for_seq, "key-not-valid-for-seq",
          new_entries=3),
+    Case("d17_d1_operator_key_rotation_then_forged_punch", operator_key_rotation,
+         "unknown-key"),
     Case("d3_payload_device_not_topic_device", device_mismatch, "device-mismatch"),
     Case("d5_replay_of_receipted_punch", replay, None, new_entries=2),
     Case("d5_same_seq_other_content", conflict, "conflict", new_entries=3, alert="conflict"),
@@ -275,11 +311,99 @@ def test_d5_postgres_smoke_attack_table_subset(mosquitto: MosquittoBroker, tmp_p
     try:
         for case in CASES:
             if case.id in ("d2_bad_signature", "d1_unknown_device", "d5_replay_of_receipted_punch",
-                           "d5_same_seq_other_content", "d2_malformed_json"):
+                           "d5_same_seq_other_content", "d2_malformed_json",
+                           "d17_d1_operator_key_rotation_then_forged_punch"):
                 run_case(c, case)
     finally:
         c.svc.stop()
         c.store.close()
+
+
+# -- the same key change written straight into the database ---------------------------------
+
+def forge_key_change(db: Path, clock: Clock, operator: SigningKey, *, request: bool) -> int:
+    """A database admin, collector stopped: triggers dropped, a ``rotated`` entry to the
+    operator's key (carrying a request the operator signed, or none) and a punch signed with
+    it appended, re-chained and re-treed with the projections to match, triggers put back.
+    Returns the idx of the forged rotation."""
+    conn = sqlite3.connect(db)
+    try:
+        saved = drop_triggers(conn)
+        rows = conn.execute("SELECT idx, kind, at, body, prev, hash FROM entries ORDER BY idx"
+                            ).fetchall()
+        bodies = dict(conn.execute("SELECT idx, body FROM bodies"))
+        seq, at = clock.seq + 1, int(rows[-1][2]) + 1
+        body: dict[str, object] = {"event": "rotated", "device": clock.device,
+                                   "key": operator.key_id,
+                                   "signing_key": operator.verify_key.b64, "from_seq": seq}
+        if request:
+            req = RotationRequest(clock.device, clock.key.key_id, operator.key_id,
+                                  operator.verify_key, seq, at)
+            body["request"] = SignedRotationRequest(
+                req, operator.sign(req.signed_message())).to_dict()
+        rotation = canonical(body)
+        punch = clock.punch(key=operator, action="out", ts=T0 - 3 * 3600 * 10**6)
+        raw = punch.to_bytes()
+        kept: Kept = [(r[1], r[2], r[3], bodies.get(r[0])) for r in rows]
+        kept += [("device", at, body_hash(rotation), rotation),
+                 ("punch", at, body_hash(raw), raw)]
+        n = len(rows)
+        conn.execute("DELETE FROM tc_merkle")
+        rewrite_from(conn, kept, n)
+        conn.execute("UPDATE keys SET until_seq = ? WHERE device = ? AND until_seq IS NULL",
+                     (seq, clock.device))
+        conn.execute("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, "
+                     "status, registered_idx) VALUES (?, ?, ?, ?, NULL, 'active', ?)",
+                     (operator.key_id, clock.device, operator.verify_key.b64, seq, n))
+        p = punch.punch
+        conn.execute("INSERT INTO punches (device, seq, punch_hash, idx, key_id, ts, clock, "
+                     "credential, action, reader, site) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (p.device, p.seq, punch.hash(), n + 1, p.key, p.ts, p.clock,
+                      p.credential, p.action, p.reader, "hq"))
+        restore_triggers(conn, saved)
+        conn.commit()
+    finally:
+        conn.close()
+    return n
+
+
+@pytest.mark.parametrize("request_signed_by_operator", [True, False],
+                         ids=["forged-request", "no-request"])
+def test_d17_d1_key_change_written_into_the_database_is_caught_by_both_verifiers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        request_signed_by_operator: bool) -> None:
+    """A forged request FAILS both verifiers at the rotation entry (the punch under it too);
+    a rotation without one (the shape of a pre-request ledger) is reported by both as an
+    unauthenticated key change at that entry, never passed silently."""
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    clock = Clock("clock-1")
+    registry.enroll(store, clock.device, "hq", clock.key.verify_key.b64, now_us=T0)
+    store.append([clock.fact() for _ in range(3)], now_us=T0)
+    store.close()
+    log_key = SigningKey.generate()
+    key_file = tmp_path / "log.key"
+    save_signing_key(key_file, log_key)
+    pub = log_key.verify_key.b64
+    idx = forge_key_change(db, clock, SigningKey.generate(),
+                           request=request_signed_by_operator)
+    rc = collector_main(["verify", "--store", str(db), "--log-key-pub", pub, "--full"])
+    live = capsys.readouterr().out
+    assert collector_main(["export", "--store", str(db), "--bundle", str(tmp_path / "b"),
+                           "--log-key", str(key_file)]) == 0
+    capsys.readouterr()
+    rc_bundle = verify_main([str(tmp_path / "b"), "--collector-key", pub])
+    offline = capsys.readouterr().out
+    if request_signed_by_operator:
+        assert (rc, rc_bundle) == (1, 1)
+        for out in (live, offline):
+            assert f"TAMPER at idx {idx}, check (5) fact: device body: the rotation request " \
+                   f"is not signed by clock-1's current key" in out
+    else:
+        assert (rc, rc_bundle) == (0, 0)
+        for out in (live, offline):
+            assert f"finding at idx {idx}, check (5) fact: UNAUTHENTICATED KEY CHANGE: " \
+                   f"clock-1 rotated to key" in out
 
 
 # -- fuzzing ------------------------------------------------------------------------------------

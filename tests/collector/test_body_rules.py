@@ -55,7 +55,8 @@ def _noncanonical_b64(key: SigningKey) -> str:
 # The ledger below has idx 0 (clock-1 enrolled) and 1..3 (its punches): a bad body is idx 4.
 BAD: list[tuple[str, str, dict[str, Any], type[Exception], str]] = [
     ("unknown event", "device", {"event": "exploded", "device": "clock-1"}, RegistryError,
-     "device body: event: 'exploded' is not one of ['enrolled', 'revoked', 'rotated']"),
+     "device body: event: 'exploded' is not one of ['enrolled', 'reenrol-requested', "
+     "'reenrolled', 'revoked', 'rotated']"),
     ("device id", "device", _enrolled(device="Clock_2"), RegistryError,
      "device body: device: 'Clock_2' does not match"),
     ("key id of another key", "device", _enrolled(key=CLOCK.key_id), RegistryError,

@@ -29,6 +29,7 @@ from wire.errors import SignatureError
 from wire.keys import SigningKey
 from wire.ledger import Entry
 from wire.punch import SignedPunch
+from wire.rotation import RotationRequest
 from wire.topics import punches
 
 
@@ -147,7 +148,9 @@ def test_d1_step5_key_checks(store: SQLStore, clock: SimClock) -> None:
 
     # Rotation from seq 5: the old key signs 1-4 only, the new key 5 onwards.
     new_key = SigningKey.generate()
-    registry.rotate(store, clock.device, new_key.verify_key.b64, 5, now_us=T0)
+    registry.rotate(store, RotationRequest(clock.device, clock.key.key_id, new_key.key_id,
+                                           new_key.verify_key, 5, T0).sign(clock.key),
+                    now_us=T0)
     c = SimClock(clock.device, clock.key)
     ok = c.batch(4)
     late_old = c.punch()                    # seq 5 under the old key

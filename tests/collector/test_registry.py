@@ -27,10 +27,20 @@ from collector.ledger.registry import (
 from collector.ledger.sqlbase import SQLStore
 from tests.collector.ledger_kit import T0, Clock, seeded_key
 from wire.canonical import loads
+from wire.keys import SigningKey
+from wire.rotation import RotationRequest, SignedRotationRequest
 
 
 def b64(name: str) -> str:
     return seeded_key(name).verify_key.b64
+
+
+def req(device: str, old: str | SigningKey, new: str, from_seq: int) -> SignedRotationRequest:
+    """The clock's rotation request (wire.rotation), signed by ``old``."""
+    old_key = seeded_key(old) if isinstance(old, str) else old
+    new_key = seeded_key(new)
+    return RotationRequest(device, old_key.key_id, new_key.key_id, new_key.verify_key,
+                           from_seq, T0).sign(old_key)
 
 
 def test_d1_enroll_records_a_device_entry(store: SQLStore) -> None:
@@ -68,18 +78,28 @@ def test_d1_enroll_refusals(store: SQLStore, setup: list[tuple[str, ...]], devic
     assert store.head()[0] == size
 
 
-def test_d1_rotate_takes_effect_above_recorded_seqs(store: SQLStore) -> None:
+def test_d1_d17_rotate_needs_the_current_keys_request_above_recorded_seqs(
+        store: SQLStore) -> None:
     c = Clock("clock-1")
     enroll(store, "clock-1", "hq", c.key.verify_key.b64, now_us=T0)
     store.append([c.fact() for _ in range(5)], now_us=T0)
+    size = store.head()[0]
     with pytest.raises(RegistryError, match="must be above seq 5"):
-        rotate(store, "clock-1", b64("new"), 5, now_us=T0)
-    with pytest.raises(RegistryError, match="already registered"):
-        rotate(store, "clock-1", c.key.verify_key.b64, now_us=T0)
+        rotate(store, req("clock-1", c.key, "new", 5), now_us=T0)
     with pytest.raises(RegistryError, match="not enrolled"):
-        rotate(store, "clock-9", b64("new"), now_us=T0)
-    r = rotate(store, "clock-1", b64("new"), now_us=T0)
-    assert loads(next(store.entries(r.idx)).body)["from_seq"] == 6
+        rotate(store, req("clock-9", c.key, "new", 6), now_us=T0)
+    with pytest.raises(RegistryError, match="signed for key .*, but clock-1's current key"):
+        rotate(store, req("clock-1", "operator", "new", 6), now_us=T0)
+    forged = RotationRequest("clock-1", c.key.key_id, seeded_key("new").key_id,
+                             seeded_key("new").verify_key, 6, T0)
+    with pytest.raises(RegistryError, match="not signed by clock-1's current key"):
+        rotate(store, SignedRotationRequest(forged, seeded_key("operator").sign(
+            forged.signed_message())), now_us=T0)
+    assert store.head()[0] == size                     # nothing recorded
+    signed = req("clock-1", c.key, "new", 6)
+    r = rotate(store, signed, now_us=T0)
+    body = loads(next(store.entries(r.idx)).body)
+    assert (body["from_seq"], body["request"]) == (6, signed.to_dict())
     new_id = seeded_key("new").key_id
     assert key_for(store, "clock-1", new_id, 6).key_id == new_id
     assert key_for(store, "clock-1", c.key.key_id, 5).key_id == c.key.key_id
@@ -87,12 +107,18 @@ def test_d1_rotate_takes_effect_above_recorded_seqs(store: SQLStore) -> None:
         key_for(store, "clock-1", c.key.key_id, 6)
     with pytest.raises(KeyNotValidForSeqError, match=r"valid for seq 6\.\., not 3"):
         key_for(store, "clock-1", new_id, 3)
+    with pytest.raises(RegistryError, match=f"signed for key {c.key.key_id}, but clock-1's "
+                                            f"current key is {new_id}"):
+        rotate(store, signed, now_us=T0)               # replayed: the old key is not current
+    enroll(store, "clock-2", "hq", b64("k2"), now_us=T0)
+    with pytest.raises(RegistryError, match="already registered to device clock-2"):
+        rotate(store, req("clock-1", "new", "k2", 7), now_us=T0)
 
 
 def test_d1_revocations(store: SQLStore) -> None:
     a = seeded_key("a")
     enroll(store, "clock-1", "hq", a.verify_key.b64, now_us=T0)
-    rotate(store, "clock-1", b64("b"), 10, now_us=T0)
+    rotate(store, req("clock-1", "a", "b", 10), now_us=T0)
     with pytest.raises(RegistryError, match="needs a reason"):
         revoke(store, "clock-1", " ", now_us=T0)
     with pytest.raises(RegistryError, match="not a key of device clock-1"):
@@ -108,7 +134,7 @@ def test_d1_revocations(store: SQLStore) -> None:
     with pytest.raises(RegistryError, match="already revoked"):
         revoke(store, "clock-1", "again", now_us=T0)
     with pytest.raises(RegistryError, match="cannot be rotated"):
-        rotate(store, "clock-1", b64("c"), now_us=T0)
+        rotate(store, req("clock-1", "b", "c", 11), now_us=T0)
 
 
 @pytest.mark.parametrize("case", [
@@ -122,7 +148,7 @@ def test_d1_key_for_names_each_reason(
         store: SQLStore, case: tuple[str, str, int, type[KeyLookupError], str]) -> None:
     device, key, seq, error, reason = case
     enroll(store, "clock-1", "hq", b64("a"), now_us=T0)
-    rotate(store, "clock-1", b64("a2"), 5, now_us=T0)
+    rotate(store, req("clock-1", "a", "a2", 5), now_us=T0)
     enroll(store, "clock-2", "hq", b64("b"), now_us=T0)
     revoke(store, "clock-2", "stolen", now_us=T0)
     enroll(store, "clock-3", "hq", b64("c"), now_us=T0)
@@ -151,7 +177,7 @@ def test_d1_registry_entries_satisfy_the_shared_auditor(store: SQLStore) -> None
     enroll(store, "clock-1", "hq", c.key.verify_key.b64, now_us=T0)
     store.append([c.fact() for _ in range(3)], now_us=T0)
     new = seeded_key("clock-1-v2")
-    rotate(store, "clock-1", new.verify_key.b64, now_us=T0)
+    rotate(store, req("clock-1", c.key, "clock-1-v2", 4), now_us=T0)
     store.append([c.fact(key=new) for _ in range(2)], now_us=T0)
     revoke(store, "clock-1", "lost", key_id=c.key.key_id, now_us=T0)
     revoke(store, "clock-1", "decommissioned", now_us=T0)

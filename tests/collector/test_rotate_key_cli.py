@@ -41,12 +41,12 @@ def test_a_request_signed_by_the_current_key_rotates(db: Path, tmp_path: Path,
                                                                    (NEW.key_id, 5)]
     s.close()
     assert _rotate(db, req) == 2            # replayed: OLD is no longer the current key
-    assert f"the registered current key of clock-9 is {NEW.key_id}" in capsys.readouterr().err
+    assert f"but clock-9's current key is {NEW.key_id}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    ("thief", "not signed by clock-9's key"),
-    ("from_seq", "not signed by clock-9's key"),
+    ("thief", "not signed by clock-9's current key"),
+    ("from_seq", "not signed by clock-9's current key"),
     ("garbage", "not a timeclock key rotation request"),
 ])
 def test_a_forged_or_broken_request_changes_nothing(db: Path, tmp_path: Path, edit: str,

@@ -29,6 +29,7 @@ from wire.merkle import MemoryTree, entry_leaf_hash, inclusion_proof, root
 from wire.note import COSIGNATURE_V1, Note, NoteVerifier
 from wire.note import Checkpoint as NoteCheckpoint
 from wire.punch import Punch, SignedPunch
+from wire.rotation import RotationRequest
 
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parent.parent / "vectors" / "punch-v1.json").read_text())
@@ -81,6 +82,7 @@ class LedgerBuilder:
     witnesses: tuple[tuple[str, SigningKey], ...] = WITNESSES
     tree: MemoryTree = field(default_factory=MemoryTree)
     notes: list[str] = field(default_factory=list)
+    device_keys: dict[str, SigningKey] = field(default_factory=dict)   # current, per device
 
     @property
     def head(self) -> str:
@@ -100,13 +102,22 @@ class LedgerBuilder:
 
     def enrol(self, device: str, key: SigningKey, *, site: str = "hq",
               at: int | None = None) -> int:
+        self.device_keys[device] = key
         return self.append("device", {"event": "enrolled", "device": device, "site": site,
                                       "key": key.key_id, "signing_key": key.verify_key.b64},
                            at=at)
 
-    def rotate(self, device: str, key: SigningKey, from_seq: int) -> int:
+    def rotate(self, device: str, key: SigningKey, from_seq: int, *,
+               old: SigningKey | None = None) -> int:
+        """A rotation carrying the clock's request, signed by ``old`` (default: the key the
+        builder last registered for ``device``)."""
+        old = old or self.device_keys[device]
+        request = RotationRequest(device, old.key_id, key.key_id, key.verify_key, from_seq,
+                                  self.clock).sign(old)
+        self.device_keys[device] = key
         return self.append("device", {"event": "rotated", "device": device, "key": key.key_id,
-                                      "signing_key": key.verify_key.b64, "from_seq": from_seq})
+                                      "signing_key": key.verify_key.b64, "from_seq": from_seq,
+                                      "request": request.to_dict()})
 
     def revoke(self, device: str, reason: str = "stolen") -> int:
         return self.append("device", {"event": "revoked", "device": device, "reason": reason})
@@ -163,6 +174,7 @@ def vector_ledger(*, v2: bool = False) -> LedgerBuilder:
         b.append(e["kind"], vec["body"].encode(), at=e["at"])
     for vec in VECTORS["punches"]:
         b.heads["clock-0017"] = (vec["punch"]["seq"], vec["punch_hash"])
+    b.device_keys["clock-0017"] = DEVICE_KEY
     b.checkpoint(at=VECTORS["checkpoint"]["checkpoint"]["at"])
     return b
 
