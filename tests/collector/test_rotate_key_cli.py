@@ -30,7 +30,7 @@ def _rotate(db: Path, request: Path) -> int:
     return main(["device", "rotate-key", "--store", str(db), "--request", str(request)])
 
 
-def test_a_request_signed_by_the_current_key_rotates(db: Path, tmp_path: Path,
+def test_d17_a_request_signed_by_the_current_key_rotates(db: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     req = tmp_path / "rotate.json"
     req.write_bytes(rotation_request("clock-9", OLD, NEW, 5, at_us=T0).to_bytes())
@@ -39,6 +39,8 @@ def test_a_request_signed_by_the_current_key_rotates(db: Path, tmp_path: Path,
     s = open_store(str(db))
     assert [(k.key_id, k.from_seq) for k in s.keys("clock-9")] == [(OLD.key_id, 1),
                                                                    (NEW.key_id, 5)]
+    (entry,) = s.entries(1, 2)          # D17: the entry carries the request, as the clock made it
+    assert json.loads(entry.body or b"{}")["request"] == json.loads(req.read_bytes())
     s.close()
     assert _rotate(db, req) == 2            # replayed: OLD is no longer the current key
     assert f"but clock-9's current key is {NEW.key_id}" in capsys.readouterr().err
@@ -49,7 +51,7 @@ def test_a_request_signed_by_the_current_key_rotates(db: Path, tmp_path: Path,
     ("from_seq", "not signed by clock-9's current key"),
     ("garbage", "not a timeclock key rotation request"),
 ])
-def test_a_forged_or_broken_request_changes_nothing(db: Path, tmp_path: Path, edit: str,
+def test_d17_a_forged_or_broken_request_changes_nothing(db: Path, tmp_path: Path, edit: str,
                                                     message: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     doc = rotation_request("clock-9", THIEF if edit == "thief" else OLD, NEW, 5,
