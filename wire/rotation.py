@@ -13,8 +13,10 @@ Invariants: a request that exists is valid (``key`` is the key id of ``signing_k
 key differs from the old, ``from_seq`` ≥ 1); it carries the NEW public key only, and it is
 signed by the OLD private key, so the collector knows it comes from the enrolled clock:
 :meth:`SignedRotationRequest.verify` raises unless the key given is ``old_key`` and the
-signature verifies under it. Whether ``old_key`` is the device's current key is the
-collector's check (it holds the registry).
+signature verifies under it. Whether ``old_key`` is the device's current key is checked
+against the ledger (wire.key_changes.verify_rotation): by the collector before it appends the
+``rotated`` entry, which carries this object as ``request`` (``to_dict()``, byte-exact once
+canonical), and by every verifier at that point of the chain.
 """
 
 from __future__ import annotations
