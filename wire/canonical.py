@@ -85,7 +85,7 @@ def canonical_trusted(obj: JSONValue) -> bytes:
 
 
 def _reject_float(text: str) -> float:
-    raise DecodeError(f"floats are not allowed: {text[:32]}")
+    raise DecodeError(f"floats are not allowed ({len(text)} chars)")   # never the value
 
 
 def _reject_constant(text: str) -> float:
@@ -106,11 +106,12 @@ def _object_no_duplicates(pairs: list[tuple[str, JSONValue]]) -> dict[str, JSONV
 
 def _parse_int(text: str) -> int:
     # Bound the digit count before int() so a megabyte of digits cannot burn CPU.
+    # Errors give the digit count, never the digits (a badge number sent as a JSON number).
     if len(text.lstrip("-")) > 16:
-        raise DecodeError(f"integer {text[:20]}… outside ±(2^53-1)")
+        raise DecodeError(f"an integer of {len(text)} chars is outside ±(2^53-1)")
     value = int(text)
     if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
-        raise DecodeError(f"integer {text} outside ±(2^53-1)")
+        raise DecodeError(f"an integer of {len(text)} chars is outside ±(2^53-1)")
     return value
 
 

@@ -35,6 +35,7 @@ from wire.fields import (
     require_object,
 )
 from wire.keys import SigningKey, VerifyKey
+from wire.redact import redact
 
 PUNCH_DOMAIN = b"timeclock/punch/v1\n"
 CLOCK_STATES = frozenset({"synced", "unsynced"})
@@ -87,6 +88,18 @@ def _fast_validate(d: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _credential(obj: Any) -> str:
+    """The credential field; an error names its length and keyed hash, never the value (it may
+    be a real badge that a reader mangled: issue 12 item 6, wire.redact)."""
+    v = obj["credential"]
+    if not isinstance(v, str):
+        raise DecodeError(f"credential: expected a string, got {redact(v)}", field="credential")
+    if not CREDENTIAL_RE.fullmatch(v):
+        raise DecodeError(f"credential: {redact(v)} does not match {CREDENTIAL_RE.pattern}",
+                          field="credential")
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class Punch:
     device: str
@@ -97,7 +110,7 @@ class Punch:
     boot: str
     mono: int
     reader: str
-    credential: str
+    credential: str = field(repr=False)     # never in a log line or a traceback's repr
     action: str
     key: str
     v: int = 1
@@ -150,7 +163,7 @@ class Punch:
             "boot": get_str(obj, "boot", UUID_RE),
             "mono": get_int(obj, "mono", minimum=0),
             "reader": get_str(obj, "reader", READER_RE),
-            "credential": get_str(obj, "credential", CREDENTIAL_RE),
+            "credential": _credential(obj),
             "action": get_choice(obj, "action", ACTIONS),
             "key": get_str(obj, "key", KEY_ID_RE),
         }
