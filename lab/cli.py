@@ -14,11 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from collector import CollectorError
+from lab.extras import Extras, Options
 from lab.site import run_demo
 
 EPILOG = textwrap.dedent("""\
     example (what scripts/demo.sh runs after scripts/bootstrap.sh):
       python -m lab --dir run/site --duration-s 60 --clocks 3
+    the whole product (any of the options alone, too):
+      python -m lab --api --postgres --collectors 2 --witness
 
     Builds a throwaway CA, a Mosquitto broker with mutual TLS, a collector with a SQLite
     ledger and N clocks (real `timeclock-agent run` processes: an rdm6300 reader and a
@@ -43,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outage-s", type=float, default=10.0,
                    help="broker outage in the middle, at most a third of the run "
                         "(%(default)s)")
+    p.add_argument("--api", action="store_true",
+                   help="also serve the HR API (HTTPS) and show one request with a bearer "
+                        "token made by `token create`")
+    p.add_argument("--postgres", action="store_true",
+                   help="keep the ledger in a PostgreSQL started with initdb/pg_ctl (as the "
+                        "postgres user when root; needs the postgresql package)")
+    p.add_argument("--collectors", type=int, default=1, metavar="N",
+                   help="collector processes on the shared subscription (%(default)s)")
+    p.add_argument("--witness", action="store_true",
+                   help="run a timeclock-witness that every collector asks to cosign its "
+                        "checkpoints")
     return p
 
 
@@ -51,8 +65,13 @@ def _cmd(args: argparse.Namespace) -> int:
         raise CollectorError("--clocks must be between 1 and 50")
     if not 5 <= args.duration_s <= 3600:
         raise CollectorError("--duration-s must be between 5 and 3600")
+    if not 1 <= args.collectors <= 4:
+        raise CollectorError("--collectors must be between 1 and 4")
+    options = Options(api=args.api, postgres=args.postgres, collectors=args.collectors,
+                      witness=args.witness)
+    extras = None if options == Options() else Extras(options)
     return run_demo(args.dir, duration_s=args.duration_s, clocks=args.clocks,
-                    outage_s=args.outage_s)
+                    outage_s=args.outage_s, extras=extras)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

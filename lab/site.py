@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from collector import CollectorError
 from collector.fleet.broker_process import ManagedBroker, prepare_managed_broker, terminate
@@ -46,6 +46,9 @@ from collector.ledger.base import DeviceProgress
 from collector.records.exports import export_bundle
 from wire.clock import now_us
 from wire.keys import SigningKey, VerifyKey, save_signing_key
+
+if TYPE_CHECKING:
+    from lab.extras import Extras
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = ".timeclock-site"
@@ -411,14 +414,22 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _build(site: Site, clocks: int, interval_s: float, count: int,
-           step: Callable[[str], None]) -> list[tuple[PtyFeed, str]]:
+           step: Callable[[str], None], *, extras: Extras | None = None
+           ) -> list[tuple[PtyFeed, str]]:
     step(f"building the site in {site.root}")
-    site.prepare()
+    if extras is None:
+        site.prepare()
+    else:                   # lab/extras.py: --api, --postgres, --collectors, --witness
+        site.prepare(collectors=extras.options.names)
+        extras.configure(site, step)
     site.start_broker()
     step(f"broker: Mosquitto with mTLS on 127.0.0.1:{site.port} (managed; dir "
          f"{site.root / 'broker'})")
-    site.start_collector()
-    step(f"collector: `timeclock-collector serve` (SQLite {site.root / 'ledger.db'})")
+    if extras is None:
+        site.start_collector()
+        step(f"collector: `timeclock-collector serve` (SQLite {site.root / 'ledger.db'})")
+    else:
+        extras.start_collectors(site, step)
     feeds: list[tuple[PtyFeed, str]] = []
     for i in range(clocks):
         device = f"clock-{i + 1}"
@@ -461,12 +472,16 @@ def _tap_with_outage(site: Site, feeds: list[tuple[PtyFeed, str]], *, interval_s
 
 
 def _finish(site: Site, *, drain_timeout_s: float, step: Callable[[str], None],
-            say: Callable[[str], None]) -> int:
+            say: Callable[[str], None], extras: Extras | None = None) -> int:
     step("taps stopped; waiting for every queue to drain")
     wait_for(site.drained, drain_timeout_s, "the clocks' queues to drain")
     step("all queues empty; every recorded punch is receipted")
     for line in _summary(site):
         say("  " + line)
+    extras_ok = True
+    if extras is not None:
+        step(f"the options ({extras.options.describe()}):")
+        extras_ok = extras.report(site, say)
     ok, summary, verify_out = site.verify_and_export(site.root / "audit-bundle")
     step(summary)
     step(f"audit bundle: {site.root / 'audit-bundle'}; timeclock-verify says:")
@@ -479,16 +494,19 @@ def _finish(site: Site, *, drain_timeout_s: float, step: Callable[[str], None],
     say("  clocks/<id>/ (keys 0600, agent.toml, state/queue.db, agent.log)  "
         "ledger.db  audit-bundle/")
     bindir = Path(sys.executable).parent     # the venv's scripts, activated or not
-    say(f"  try: {bindir / 'timeclock-collector'} device list --store {site.store_url} "
-        f"--ca {site.root / 'ca'}")
-    say(f"       {bindir / 'timeclock-verify'} {site.root / 'audit-bundle'} --collector-key "
+    try_ = "  try:"
+    if extras is None or not extras.options.postgres:   # that cluster stops with the demo
+        say(f"{try_} {bindir / 'timeclock-collector'} device list --store {site.store_url} "
+            f"--ca {site.root / 'ca'}")
+        try_ = " " * len(try_)
+    say(f"{try_} {bindir / 'timeclock-verify'} {site.root / 'audit-bundle'} --collector-key "
         f"{site.log_key.verify_key.b64 if site.log_key else '<log key>'}")
-    return 0 if ok else 1
+    return 0 if ok and extras_ok else 1
 
 
 def run_demo(root: Path, *, duration_s: float = 60.0, clocks: int = 3,
              outage_s: float = 10.0, drain_timeout_s: float = 90.0,
-             say: Callable[[str], None] = print) -> int:
+             say: Callable[[str], None] = print, extras: Extras | None = None) -> int:
     """The README's first command (see the module doc). Returns 0 if everything verified."""
     site = Site(root, say=say)
     t0 = time.monotonic()
@@ -500,12 +518,15 @@ def run_demo(root: Path, *, duration_s: float = 60.0, clocks: int = 3,
     count = max(1, int(duration_s / interval_s))
     with _sigterm_as_interrupt():
         try:
-            feeds = _build(site, clocks, interval_s, count, step)
+            feeds = _build(site, clocks, interval_s, count, step, extras=extras)
             _tap_with_outage(site, feeds, interval_s=interval_s, duration_s=duration_s,
                              outage_s=min(outage_s, duration_s / 3), step=step)
-            return _finish(site, drain_timeout_s=drain_timeout_s, step=step, say=say)
+            return _finish(site, drain_timeout_s=drain_timeout_s, step=step, say=say,
+                           extras=extras)
         except KeyboardInterrupt:
             say("\ninterrupted: stopping clocks, collector and broker")
             return 130
         finally:
             site.close()
+            if extras is not None:
+                extras.close()
