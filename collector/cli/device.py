@@ -53,6 +53,7 @@ from wire.clock import now_us as _now_us
 from wire.errors import WireError
 from wire.keys import VerifyKey, load_signing_key
 from wire.rotation import SignedRotationRequest
+from wire.sealed import SealPublicKey, load_seal_key
 from wire.tls import client_context
 
 EPILOG = textwrap.dedent("""\
@@ -131,6 +132,17 @@ def _log_public(args: argparse.Namespace, cfg: CollectorConfig | None) -> Verify
         raise CollectorError(f"log key: {e}") from e
 
 
+def _seal_public(args: argparse.Namespace, cfg: CollectorConfig | None) -> SealPublicKey | None:
+    """The seal public key for the bundle (DESIGN.md §8.6), or None: the clock sends plain."""
+    path = args.seal_key or (cfg.collector.seal_key if cfg is not None else None)
+    if path is None:
+        return None
+    try:
+        return load_seal_key(path).public_key
+    except WireError as e:
+        raise CollectorError(f"seal key: {e}") from e
+
+
 def _readers(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
@@ -178,6 +190,9 @@ def _register_provisioning(dsub: argparse._SubParsersAction[argparse.ArgumentPar
                    help="broker address the clock connects to")
     e.add_argument("--log-key-pub", metavar="B64", help="collector log public key")
     e.add_argument("--log-key", type=Path, metavar="FILE", help="or the log key file")
+    e.add_argument("--seal-key", type=Path, metavar="FILE",
+                   help="the ledger's X25519 seal key file (default: the config's "
+                        "[collector] seal_key): the clock seals its envelopes to it")
     e.add_argument("--readers", type=Path, metavar="TOML",
                    help="file with the clock's [readers.<name>] sections (default: one "
                         "rdm6300 on /dev/serial0)")
@@ -274,7 +289,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         bundle = enroll_device(store, _ca(args), csr, args.signing_key, site=args.site,
                                broker=broker, log_public_key=log_pub, now=_now(),
                                readers=_readers(args.readers), approver=args.approver,
-                               days=args.days)
+                               days=args.days, seal_public_key=_seal_public(args, cfg))
     bundle.write(args.out)
     print(f"enrolled {bundle.device} at {bundle.site}: signing key {bundle.signing_key_id}, "
           f"certificate {bundle.cert_serial} valid until {bundle.cert_not_after}")
