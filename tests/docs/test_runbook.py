@@ -28,7 +28,8 @@ COVERED = ("timeclock-collector init ", "timeclock-collector init --check ",
            "timeclock-agent check-config ", "timeclock-agent run ",
            "timeclock-collector device list ", "timeclock-collector verify ",
            "timeclock-collector export ", "timeclock-verify ", "timeclock-collector ca status ",
-           "timeclock-collector token create ", "curl ", "timeclock-collector device revoke ")
+           "timeclock-collector token create ", "curl ", "openssl req ",
+           "timeclock-collector device renew ", "timeclock-collector device revoke ")
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -74,6 +75,7 @@ def test_operations_md_runbook_runs_literally_on_a_fresh_site(tmp_path: Path) ->
                      re.M), output_of("verify ")
     assert "RESULT: OK" in output_of("timeclock-verify ")
     assert '"device": "clock-17"' in output_of("curl ")
+    assert "provisioned clock-17 (renew)" in output_of("device renew ")
     assert "broker: CRL reloaded and session cut" in output_of("device revoke ")
     assert re.search(r"^certificate: +REVOKED", output_of("device revoke "), re.M)
     # The doc's own teardown stopped everything it started: nothing was left for the kit to
