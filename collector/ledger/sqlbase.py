@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import AppendOnlyError, LedgerError, LedgerUnavailableError, RegistryError
-from collector.ledger import tree
+from collector.ledger import key_authority, tree
 from collector.ledger.base import (
     AppendResult,
     DeviceProgress,
@@ -614,6 +614,17 @@ class _Append:
                                 len(raw)))
         return idx
 
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        self.cur.execute(self.sql(sql), tuple(params))
+        return list(self.cur.fetchall())
+
+    def _body_of(self, idx: int) -> bytes | None:
+        """The body of entry ``idx``: appended in this transaction, or stored."""
+        if idx >= self.start:
+            return next((b for i, b in self.bodies if i == idx), None)
+        found = self._rows("SELECT body FROM bodies WHERE idx = ?", (idx,))
+        return to_bytes(found[0][0]) if found else None
+
     def _load_sites(self, devices: set[str]) -> None:
         for d in devices:
             self.cur.execute(self.sql("SELECT site FROM devices WHERE device = ?"), (d,))
@@ -752,6 +763,8 @@ class _Append:
             raise LedgerError(f"a {f.kind} entry is appended as a {f.kind.capitalize()}Fact, "
                               f"not as an EventFact")
         fact = checked_body(f.kind, f.body, idx=self.size)
+        if isinstance(fact, DeviceEvent):   # D1/D17: the key change's authority (§8.5)
+            key_authority.authorise(self._rows, self._body_of, fact)
         idx = self._entry(f.kind, body)
         if isinstance(fact, DeviceEvent):
             self._apply_device(f.body, idx, fact)

@@ -23,7 +23,7 @@ from collector.cli.main import main as collector_main
 from collector.ingest.alerts import Alerts
 from collector.ingest.pipeline import Inbound, Ingestor
 from collector.ledger import open_store, registry
-from collector.ledger.base import Outcome
+from collector.ledger.base import EventFact, Outcome
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
@@ -162,6 +162,15 @@ def operator_key_rotation(ctx: Ctx) -> tuple[Device, set[int]]:
             forged, operator.sign(forged.signed_message())), now_us=T0)
     with pytest.raises(RegistryError, match="no open re-enrolment request"):
         registry.approve_reenrolment(ctx.store, c.device, approved_by="operator", now_us=T0)
+    # the same entries handed to the store directly (what `device rotate` used to write)
+    body = {"event": "rotated", "device": c.device, "key": operator.key_id,
+            "signing_key": operator.verify_key.b64, "from_seq": 1}
+    with pytest.raises(RegistryError, match="without its old key's signed request is refused"):
+        ctx.store.append([EventFact("device", body)], now_us=T0)
+    body["request"] = SignedRotationRequest(forged, operator.sign(forged.signed_message())
+                                            ).to_dict()
+    with pytest.raises(RegistryError, match=f"not signed by {c.device}'s current key"):
+        ctx.store.append([EventFact("device", body)], now_us=T0)
     assert entry_count(ctx.store) == size                       # nothing recorded
     dev = ctx.device(c)
     dev.send([c.punch(key=operator, action="out", ts=T0 - 3 * 3600 * 10**6)])

@@ -24,6 +24,7 @@ from wire.audit import AuditReport, LedgerAuditor
 from wire.canonical import canonical
 from wire.keys import SigningKey
 from wire.ledger import make_entry
+from wire.rotation import RotationRequest, SignedRotationRequest
 
 NEW = seeded_key("new key")
 CLOCK = Clock("clock-1").key
@@ -34,9 +35,16 @@ def _enrolled(**over: Any) -> dict[str, Any]:
             "signing_key": NEW.verify_key.b64, **over}
 
 
+def _request(signer: SigningKey) -> dict[str, Any]:
+    """clock-1's rotation request to NEW from seq 4 (wire.rotation), signed by ``signer``."""
+    req = RotationRequest("clock-1", CLOCK.key_id, NEW.key_id, NEW.verify_key, 4, T0)
+    return SignedRotationRequest(req, signer.sign(req.signed_message())).to_dict()
+
+
 def _rotated(**over: Any) -> dict[str, Any]:
     return {"event": "rotated", "device": "clock-1", "key": NEW.key_id,
-            "signing_key": NEW.verify_key.b64, "from_seq": 4, **over}
+            "signing_key": NEW.verify_key.b64, "from_seq": 4, "request": _request(CLOCK),
+            **over}
 
 
 def _without(body: dict[str, Any], key: str) -> dict[str, Any]:
@@ -72,6 +80,9 @@ BAD: list[tuple[str, str, dict[str, Any], type[Exception], str]] = [
      "device body: rotated device body: missing field(s) from_seq"),
     ("rotated from_seq true", "device", _rotated(from_seq=True), RegistryError,
      "device body: from_seq: expected an integer"),
+    ("rotated with a forged request", "device", _rotated(request=_request(NEW)), RegistryError,
+     f"device body: the rotation request is not signed by clock-1's current key "
+     f"{CLOCK.key_id}"),
     ("revoked without reason", "device", {"event": "revoked", "device": "clock-1"},
      RegistryError, "device body: revoked device body: missing field(s) reason"),
     # the auditor used to read "key": null as "every key"; the store refused it

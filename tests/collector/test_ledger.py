@@ -31,6 +31,7 @@ from tests.collector.ledger_kit import T0, Clock, seeded_key
 from wire import ZERO_HASH
 from wire.canonical import canonical, loads
 from wire.ledger import Entry, body_hash
+from wire.rotation import RotationRequest
 
 Stmt = tuple[str, tuple[Any, ...]]       # SQL with ? placeholders, parameters
 LOG_KEY = seeded_key("log-key")
@@ -228,9 +229,12 @@ def test_device_events_update_the_registry_projection(store: SQLStore) -> None:
     enroll(store, c)
     store.append([c.fact() for _ in range(3)], now_us=T0)
     new = seeded_key("clock-1-v2")
+    request = RotationRequest("clock-1", c.key.key_id, new.key_id, new.verify_key, 4,
+                              T0).sign(c.key)
     store.append([EventFact("device", {"event": "rotated", "device": "clock-1",
                                        "key": new.key_id, "signing_key": new.verify_key.b64,
-                                       "from_seq": 4})], now_us=T0)
+                                       "from_seq": 4, "request": request.to_dict()})],
+                 now_us=T0)
     keys = store.keys("clock-1")
     assert [(k.key_id, k.from_seq, k.until_seq, k.status) for k in keys] == [
         (c.key.key_id, 1, 4, "active"), (new.key_id, 4, None, "active")]
@@ -260,7 +264,9 @@ def test_d1_registry_is_rechecked_under_the_chain_lock(store: SQLStore) -> None:
     revoked = {"event": "revoked", "device": "clock-a", "reason": "stolen"}
     new_key = seeded_key("clock-b-2")
     rotated = {"event": "rotated", "device": "clock-b", "key": new_key.key_id,
-               "signing_key": new_key.verify_key.b64, "from_seq": 2}
+               "signing_key": new_key.verify_key.b64, "from_seq": 2,
+               "request": RotationRequest("clock-b", b.key.key_id, new_key.key_id,
+                                          new_key.verify_key, 2, T0).sign(b.key).to_dict()}
     b1 = b.fact()                                     # seq 1, old key: still valid
     b2_old_key = b.fact()                             # seq 2 signed with the old key
     results = store.append([EventFact("device", revoked), stale, EventFact("device", rotated),

@@ -13,6 +13,7 @@ from collector import RegistryError
 from collector.cli.main import main
 from collector.ledger import open_store
 from collector.ledger.audit import verify_store
+from collector.ledger.base import EventFact
 from collector.ledger.registry import (
     approve_reenrolment,
     enroll,
@@ -143,3 +144,37 @@ def test_d1_d17_reenrol_cli_and_no_registry_only_rotate(
     assert [(k.key_id, k.from_seq, k.until_seq) for k in s.keys("clock-17")] == [
         (c.key.key_id, 1, 2), (NEW.key_id, 2, None)]
     s.close()
+
+
+def test_d1_d17_the_store_itself_refuses_an_unauthorised_key_change(store: SQLStore,
+                                                                    clock: Clock) -> None:
+    """What ``store.append`` is handed directly, past the registry: a re-enrolment that cites
+    no open request, or a second approval of one, is refused with the auditor's words."""
+    approval = {"event": "reenrolled", "device": "clock-1", "key": NEW.key_id,
+                "signing_key": NEW.verify_key.b64, "from_seq": 4, "request_idx": 1,
+                "requested_by": "alice", "approved_by": "bob"}
+    size = store.head()[0]
+    with pytest.raises(RegistryError, match="request_idx 1 is not an open re-enrolment"):
+        store.append([EventFact("device", approval)], now_us=T0)    # idx 1 is a punch
+    r = request_reenrolment(store, "clock-1", NEW.verify_key.b64, requested_by="alice",
+                            reason="lost", now_us=T0)
+    with pytest.raises(RegistryError, match=f"the request at idx {r.idx} has key"):
+        store.append([EventFact("device", {**approval, "request_idx": r.idx,
+                                           "key": seeded_key("x").key_id,
+                                           "signing_key": seeded_key("x").verify_key.b64})],
+                     now_us=T0)
+    assert store.head()[0] == size + 1
+    store.append([EventFact("device", {**approval, "request_idx": r.idx})], now_us=T0)
+    other = seeded_key("clock-1 another")
+    with pytest.raises(RegistryError, match=f"request_idx {r.idx} is not an open"):
+        store.append([EventFact("device", {**approval, "request_idx": r.idx,
+                                           "key": other.key_id,
+                                           "signing_key": other.verify_key.b64})],
+                     now_us=T0)
+    revoke(store, "clock-1", "stolen", now_us=T0)
+    with pytest.raises(RegistryError, match="clock-1 is revoked: it cannot be re-enrolled"):
+        store.append([EventFact("device", {"event": "reenrol-requested", "device": "clock-1",
+                                           "key": other.key_id,
+                                           "signing_key": other.verify_key.b64,
+                                           "from_seq": 9, "requested_by": "alice",
+                                           "reason": "x"})], now_us=T0)
