@@ -59,6 +59,7 @@ from wire.bodies import (
 )
 from wire.canonical import canonical, loads
 from wire.errors import DecodeError, WireError
+from wire.grants import AccessHistory
 from wire.key_changes import KeyChanges
 from wire.keys import VerifyKey
 from wire.ledger import LEDGER_DOMAIN, Checkpoint, Entry, SignedCheckpoint, body_hash, verify_link
@@ -376,6 +377,9 @@ class LedgerAuditor:
         self._last_hash = start_head
         self._prior_hash = prior_punch_hash
         self._prior_kind = prior_entry_kind
+        # Who could do what, when (wire.grants): replayed from idx 0 only (a resumed audit
+        # lacks the grants before its start; verify --full and bundles replay them all).
+        self._access = AccessHistory() if start_idx == 0 else None
         self._keys: dict[str, list[KeyState]] = {}
         self._key_owner: dict[str, str] = {}
         for k in prior_keys or ():
@@ -596,8 +600,18 @@ class LedgerAuditor:
             handler = getattr(self, f"_fact_{entry.kind}")
             self._entry_at = entry.at
             handler(idx, fact)
+            self._judge_access(idx, entry.kind, value)
         except WireError as e:
             self._add(idx, Check.FACT, f"{entry.kind} body: {e}")
+
+    def _judge_access(self, idx: int, kind: str, value: Any) -> None:
+        """(5) who could do what, when (wire.grants, DESIGN.md §8.5): a grant, token or
+        correction that broke segregation of duties or dual control is a finding at its idx
+        (what the chain records is intact; what it records was not allowed)."""
+        if self._access is not None and kind in ("access", "correction"):
+            for b in self._access.feed(idx, kind, value):
+                self._add(idx, Check.FACT, f"segregation of duties ({b.rule}): {b.message}",
+                          tamper=False)
 
     def _grow_tree(self, leaf_data: bytes) -> None:
         """(8) append the leaf (RFC 9162: SHA-256(0x00 ‖ data)); check roots due at this size."""

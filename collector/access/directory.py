@@ -14,7 +14,7 @@ from typing import Any
 from collector.access.grants import Grants, ReviewRow
 from collector.access.principals import Principal, all_principals, get_principal
 from collector.access.tokens import IssuedToken, Tokens
-from collector.ledger.access_tables import TokenRecord
+from collector.ledger.access_tables import GrantRow, TokenRecord
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.tables import ensure_schema
 
@@ -44,6 +44,9 @@ class Principals:
     def review(self, *, unused_days: int, now_us: int) -> list[ReviewRow]:
         return self.grants.review(unused_days=unused_days, now_us=now_us)
 
+    def drift(self) -> list[str]:
+        return self.grants.drift()
+
     # -- authentication ---------------------------------------------------------------------
     def authenticate_token(self, token: str, *, now_us: int, touch: bool = True) -> Principal:
         return self.token_store.authenticate_token(token, now_us=now_us, touch=touch)
@@ -72,8 +75,20 @@ class Principals:
         return self.grants.register_cert(common_name, roles, actor=actor, now_us=now_us)
 
     def set_roles(self, principal: str, roles: Sequence[str], *, actor: str,
-                  now_us: int) -> Principal:
+                  now_us: int) -> Principal | GrantRow:
+        """The principal as changed, or the pending grant a punch-data role waits in."""
         return self.grants.set_roles(principal, roles, actor=actor, now_us=now_us)
+
+    def create_principal(self, name: str, kind: str, roles: Sequence[str], *, actor: str,
+                         now_us: int) -> tuple[Principal, GrantRow | None]:
+        return self.grants.create_principal(name, kind, roles, actor=actor, now_us=now_us)
+
+    def pending_grants(self) -> list[GrantRow]:
+        return self.grants.pending()
+
+    def decide_grant(self, grant_id: str, *, approve: bool, actor: str,
+                     now_us: int) -> GrantRow:
+        return self.grants.decide(grant_id, approve=approve, actor=actor, now_us=now_us)
 
     def disable(self, principal: str, *, actor: str, now_us: int) -> None:
         self.grants.disable(principal, actor=actor, now_us=now_us)

@@ -1,12 +1,21 @@
-"""Role grants under segregation of duties, and the access review (CONTROLS.md D6, D8).
+"""Role grants under segregation of duties and dual control, and the access review
+(CONTROLS.md D6, D8; DESIGN.md §8.5).
 
 Every grant, change and refusal is an ``access`` ledger entry written in the same
-transaction as the access tables (collector.ledger.access_tables): a refused grant raises
-:class:`~collector.SoDError` and is itself recorded, so the chain shows who tried what.
+transaction as the access tables (collector.ledger.access_tables), the entry first so the
+rows carry its idx: a refused grant raises :class:`~collector.SoDError` and is itself
+recorded, so the chain shows who tried what.
+
+Dual control: a change that gives a principal a punch-data role it does not hold
+(wire.grants.PUNCH_DATA_ROLES) is only a pending ``grant.request``; it takes effect with a
+``grant.approve`` by a different actor (:meth:`Grants.approve`; the requester's own approval
+is refused and recorded). While the ledger has no admin yet, the host operator's changes take
+effect at once and say ``"bootstrap": true`` (nobody could approve them).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +32,9 @@ from collector.access.principals import (
     get_principal,
 )
 from collector.ledger import access_tables
-from collector.ledger.sqlbase import SQLStore
+from collector.ledger.access_tables import GrantRow
+from collector.ledger.sqlbase import SQLStore, Tx
+from wire.grants import widens_punch_access
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,46 +79,132 @@ class Grants:
                                 roles=sorted(set(roles)))
             raise
 
+    def has_admin(self) -> bool:
+        """Whether an enabled principal holds ``admin`` (after that: no more bootstrap)."""
+        return any("admin" in p.roles and p.disabled_at is None
+                   for p in all_principals(self.store))
+
     def register_cert(self, common_name: str, roles: Sequence[str], *, actor: str,
                       now_us: int) -> Principal:
         """Accept client certificates of our CA with CN ``common_name`` as this principal."""
-        rs = self.checked_roles(actor, "cert.register", now_us, common_name, roles)
+        return self.create_principal(common_name, "cert", roles, actor=actor,
+                                     now_us=now_us)[0]
+
+    def create_principal(self, name: str, kind: str, roles: Sequence[str], *, actor: str,
+                         now_us: int) -> tuple[Principal, GrantRow | None]:
+        """A new principal (``kind`` token or cert) without a credential. Punch-data roles
+        wait for a second admin (the pending grant is returned); the others apply now."""
+        action = "cert.register" if kind == "cert" else "principal.create"
+        rs = self.checked_roles(actor, action, now_us, name, roles)
         if not rs:
             raise PrincipalError("give at least one --role")
-        if get_principal(self.store, common_name) is not None:
-            raise PrincipalError(f"principal {common_name!r} exists; change its roles with "
+        if get_principal(self.store, name) is not None:
+            raise PrincipalError(f"principal {name!r} exists; change its roles with "
                                  f"`token roles`")
-        with self.store.transaction(now_us, what="registering a certificate") as tx:
-            access_tables.insert_principal(tx, common_name, "cert", rs, actor=actor,
-                                           now_us=now_us)
-            tx.record("access", access_change(actor, "cert.register", now_us, outcome="done",
-                                              principal=common_name, roles=sorted(rs)))
-        p = get_principal(self.store, common_name)
+        bootstrap = not self.has_admin()
+        now_roles = rs if bootstrap else rs - widens_punch_access((), rs)
+        pending: GrantRow | None = None
+        with self.store.transaction(now_us, what="creating a principal") as tx:
+            idx = tx.record("access", access_change(
+                actor, action, now_us, outcome="done", principal=name, kind=kind,
+                roles=sorted(now_roles), bootstrap=bootstrap or None))
+            access_tables.insert_principal(tx, name, kind, now_roles, actor=actor,
+                                           now_us=now_us, roles_idx=idx)
+            if now_roles != rs:
+                gid = self._request(tx, name, rs, previous=now_roles, actor=actor,
+                                    now_us=now_us)
+        if now_roles != rs:
+            pending = access_tables.grant(self.store, gid)
+        p = get_principal(self.store, name)
         assert p is not None  # noqa: S101 - just inserted in the same process
-        return p
+        return p, pending
 
     def set_roles(self, principal: str, roles: Sequence[str], *, actor: str,
-                  now_us: int) -> Principal:
-        """Replace a principal's roles (SoD checked; the change is an access entry)."""
+                  now_us: int) -> Principal | GrantRow:
+        """Replace a principal's roles (SoD checked; the change is an access entry). A set
+        that adds a punch-data role becomes a pending grant (returned) once an admin exists."""
         rs = self.checked_roles(actor, "roles.set", now_us, principal, roles)
         p = get_principal(self.store, principal)
         if p is None:
             raise PrincipalError(f"no principal {principal!r}")
+        bootstrap = not self.has_admin()
+        if widens_punch_access(p.roles, rs) and not bootstrap:
+            with self.store.transaction(now_us, what="requesting a grant") as tx:
+                gid = self._request(tx, principal, rs, previous=p.roles, actor=actor,
+                                    now_us=now_us)
+            g = access_tables.grant(self.store, gid)
+            assert g is not None  # noqa: S101 - just inserted in the same process
+            return g
         with self.store.transaction(now_us, what="setting roles") as tx:
-            access_tables.replace_roles(tx, principal, rs, actor=actor, now_us=now_us)
-            tx.record("access", access_change(actor, "roles.set", now_us, outcome="done",
-                                              principal=principal, roles=sorted(rs),
-                                              previous=sorted(p.roles)))
+            idx = tx.record("access", access_change(
+                actor, "roles.set", now_us, outcome="done", principal=principal,
+                roles=sorted(rs), previous=sorted(p.roles),
+                bootstrap=(bootstrap and bool(widens_punch_access(p.roles, rs))) or None))
+            access_tables.replace_roles(tx, principal, rs, actor=actor, now_us=now_us,
+                                        roles_idx=idx)
         return get_principal(self.store, principal) or p
+
+    @staticmethod
+    def _request(tx: Tx, principal: str, roles: frozenset[str], *,
+                 previous: Iterable[str], actor: str, now_us: int) -> str:
+        gid = "grt-" + secrets.token_hex(6)
+        idx = tx.record("access", access_change(
+            actor, "grant.request", now_us, outcome="done", grant=gid, principal=principal,
+            roles=sorted(roles), previous=sorted(previous)))
+        access_tables.insert_grant(tx, gid, principal, roles, actor=actor, now_us=now_us,
+                                   request_idx=idx)
+        return gid
+
+    def pending(self) -> list[GrantRow]:
+        return access_tables.grants(self.store, status="pending")
+
+    def decide(self, grant_id: str, *, approve: bool, actor: str, now_us: int) -> GrantRow:
+        """Approve (the roles take effect) or reject a pending grant. Its requester may
+        reject (withdraw) it but never approve it (:class:`SoDError`, recorded)."""
+        action = "grant.approve" if approve else "grant.reject"
+        g = access_tables.grant(self.store, grant_id)
+        if g is None:
+            raise PrincipalError(f"no grant {grant_id[:40]!r} (see `token grants`)")
+        if g.status != "pending":
+            raise PrincipalError(f"grant {g.id} is already {g.status}")
+        if approve and actor == g.requested_by:
+            err = SoDError(f"segregation of duties: {actor} requested grant {g.id} and may "
+                           f"not approve it (a second admin must)")
+            self.record_refusal(actor, action, err, now_us=now_us, grant=g.id,
+                                principal=g.principal, roles=sorted(g.roles))
+            raise err
+        p = get_principal(self.store, g.principal)
+        if p is None or p.disabled_at is not None:
+            raise PrincipalError(f"principal {g.principal!r} is gone or disabled")
+        rs = self.checked_roles(actor, action, now_us, g.principal, g.roles)
+        with self.store.transaction(now_us, what="deciding a grant") as tx:
+            idx = tx.record("access", access_change(
+                actor, action, now_us, outcome="done", grant=g.id, principal=g.principal,
+                requested_by=g.requested_by, roles=sorted(rs if approve else p.roles)))
+            if approve:
+                access_tables.replace_roles(tx, g.principal, rs, actor=actor, now_us=now_us,
+                                            roles_idx=idx)
+            access_tables.decide_grant(tx, g.id, status="approved" if approve else "rejected",
+                                       actor=actor, now_us=now_us, decided_idx=idx)
+        out = access_tables.grant(self.store, g.id)
+        assert out is not None  # noqa: S101 - read back in the same process
+        return out
 
     def disable(self, principal: str, *, actor: str, now_us: int) -> None:
         """Disable a principal (leaver): its tokens and certificate stop working at once."""
         if get_principal(self.store, principal) is None:
             raise PrincipalError(f"no principal {principal!r}")
         with self.store.transaction(now_us, what="disabling a principal") as tx:
-            access_tables.disable_principal(tx, principal, actor=actor, now_us=now_us)
-            tx.record("access", access_change(actor, "principal.disable", now_us,
-                                              outcome="done", principal=principal))
+            idx = tx.record("access", access_change(actor, "principal.disable", now_us,
+                                                    outcome="done", principal=principal,
+                                                    roles=[]))
+            access_tables.disable_principal(tx, principal, actor=actor, now_us=now_us,
+                                            roles_idx=idx)
+
+    def drift(self) -> list[str]:
+        """Where the access tables differ from the chain's access entries (a row written
+        behind the ledger); the review shows it, so such a grant never looks normal."""
+        return access_tables.check_projection(self.store)
 
     def review(self, *, unused_days: int, now_us: int) -> list[ReviewRow]:
         """Every enabled principal with its roles, last use and active tokens; ``unused``

@@ -7,7 +7,8 @@ collector.access.grants. The rows live in the ledger's access tables
 
 Invariant: segregation of duties (CONTROLS.md D6, D8) holds for every stored role set:
 nobody holds both ``hr.correct`` and ``hr.approve``; ``admin`` holds no ``hr.*`` or payroll
-role. :func:`check_roles` says so with :class:`~collector.SoDError`, and the API checks it
+role (the rules are wire.grants', which the verifier applies to the chain's history).
+:func:`check_roles` says so with :class:`~collector.SoDError`, and the API checks it
 again on every request, so a role set edited in the database behind its back is refused.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from collector import CollectorError, SoDError
 from collector.ledger import access_tables
 from collector.ledger.sqlbase import SQLStore
+from wire.grants import sod_violation
 
 ROLES: dict[str, str] = {
     "hr.read": "read punches (with their ledger entry, signature and checkpoint)",
@@ -48,14 +50,9 @@ def check_roles(roles: Iterable[str]) -> frozenset[str]:
     if unknown:
         raise PrincipalError(f"unknown role(s) {', '.join(unknown)}; roles are "
                              f"{', '.join(ROLES)}")
-    if {"hr.correct", "hr.approve"} <= rs:
-        raise SoDError("segregation of duties: no principal may hold both hr.correct and "
-                       "hr.approve (whoever proposes a correction must not approve it)")
-    if "admin" in rs:
-        bad = sorted(r for r in rs if r.startswith(("hr.", "payroll.")))
-        if bad:
-            raise SoDError(f"segregation of duties: admin may not also hold "
-                           f"{', '.join(bad)} (admins manage access, never punch data)")
+    why = sod_violation(rs)           # the one definition, shared with the verifier
+    if why is not None:
+        raise SoDError(why)
     return rs
 
 

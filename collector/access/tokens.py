@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from collector import ForbiddenError
 from collector.access.grants import Grants
 from collector.access.principals import (
     DAY_US,
@@ -25,11 +26,13 @@ from collector.access.principals import (
     Principal,
     PrincipalError,
     access_change,
+    check_roles,
     get_principal,
 )
 from collector.ledger import access_tables
 from collector.ledger.access_tables import TokenRecord
 from collector.ledger.sqlbase import SQLStore
+from wire.grants import OPERATOR_PREFIX, roles_entry, token_entry_error
 
 TOKEN_PREFIX = "tct_"  # noqa: S105 - a prefix that makes leaked tokens greppable, no secret
 TOKEN_RE = re.compile(r"^tct_[A-Za-z0-9_-]{43}$")
@@ -63,6 +66,28 @@ class IssuedToken:
     record: TokenRecord
 
 
+def _ledger_principal(auth: access_tables.AuthRow) -> Principal:
+    """The principal of ``auth`` with the roles the ledger entry its row points at gives it
+    (wire.grants.roles_entry): :class:`TokenError` when no such entry set them or it disabled
+    the principal; when the table's roles differ from it, :class:`SoDError` if they break
+    segregation of duties, else :class:`ForbiddenError` (roles edited behind the ledger)."""
+    got = roles_entry(auth.roles_body, auth.principal)
+    if got is None:
+        raise TokenError("principal has no ledger entry")
+    roles, disabled = got
+    if disabled or auth.disabled_at is not None:
+        raise TokenError("token's principal is disabled")
+    if auth.table_roles != roles:
+        check_roles(auth.table_roles)
+        raise ForbiddenError(
+            f"{auth.principal}'s roles in the access tables "
+            f"({', '.join(sorted(auth.table_roles)) or 'none'}) differ from the ledger's "
+            f"({', '.join(sorted(roles)) or 'none'}): refused until they match "
+            f"(`timeclock-collector verify` names the row)")
+    return Principal(auth.principal, auth.kind, roles, auth.created_at, auth.last_used_at,
+                     auth.disabled_at)
+
+
 class Tokens:
     """Tokens of one ledger database, and authentication by token or certificate CN."""
 
@@ -84,13 +109,17 @@ class Tokens:
         if not TOKEN_RE.fullmatch(token):
             raise TokenError("malformed token")
         h = token_hash(token)
-        row = access_tables.token_by_hash(self.reader, h)
-        if row is None or not hmac.compare_digest(row.hash, h):
+        auth = access_tables.token_auth(self.reader, h)     # one indexed read
+        row = None if auth is None else auth.token
+        if auth is None or row is None or not hmac.compare_digest(row.hash, h):
             raise TokenError("unknown token")
         if row.revoked_at is not None or now_us >= row.expires_at:
             raise TokenError("token revoked or expired")
-        p = get_principal(self.reader, row.principal)
-        if p is None or p.disabled_at is not None or p.kind != "token":
+        if token_entry_error(auth.token_body, token_id=row.id, principal=row.principal,
+                             token_hash=h, expires_at=row.expires_at) is not None:
+            raise TokenError("no ledger entry issued this token")
+        p = _ledger_principal(auth)
+        if p.kind != "token":
             raise TokenError("token's principal is disabled")
         found = Principal(p.name, p.kind, p.roles, p.created_at, p.last_used_at,
                           p.disabled_at, token_id=row.id)
@@ -102,11 +131,12 @@ class Tokens:
                           touch: bool = True) -> Principal:
         """The principal registered for a verified client certificate's CN (``touch``: as
         for :meth:`authenticate_token`)."""
-        p = get_principal(self.reader, common_name) if PRINCIPAL_RE.fullmatch(common_name) \
-            else None
-        if p is None or p.kind != "cert" or p.disabled_at is not None:
+        auth = access_tables.cert_auth(self.reader, common_name) \
+            if PRINCIPAL_RE.fullmatch(common_name) else None       # one indexed read
+        if auth is None or auth.kind != "cert":
             raise TokenError(f"client certificate {common_name[:80]!r} is not a registered "
                              f"API principal")
+        p = _ledger_principal(auth)
         if touch and self.touch_due(p, now_us):
             self.touch(p, now_us)
         return p
@@ -130,13 +160,33 @@ class Tokens:
     # -- changes (each also an access entry) ------------------------------------------------
     def create(self, principal: str, roles: Sequence[str], *, expires_days: int, actor: str,
                now_us: int) -> IssuedToken:
-        """Issue a token for ``principal`` (created with ``roles`` if new). If the principal
-        exists, ``roles`` must be empty or equal to its roles (change roles with
-        :meth:`Grants.set_roles`)."""
+        """Issue a token for ``principal``. No one obtains a credential for another principal
+        (DESIGN.md §8.5): an API caller (``actor`` a principal) only for itself; the host
+        operator (``actor`` ``cli:<os user>``) only the first token of a principal that has
+        none (``handover``), or, while the ledger has no admin yet, a new principal with
+        ``roles`` (``bootstrap``). If the principal exists, ``roles`` must be empty or equal to
+        its roles (change roles with :meth:`Grants.set_roles`)."""
         if not 1 <= expires_days <= MAX_TOKEN_DAYS:
             raise PrincipalError(f"expiry must be 1…{MAX_TOKEN_DAYS} days")
         rs = self.grants.checked_roles(actor, "token.create", now_us, principal, roles)
         existing = get_principal(self.store, principal)
+        operator = actor.startswith(OPERATOR_PREFIX)
+        refusal: str | None = None
+        if not operator and principal != actor:
+            refusal = (f"no one obtains a credential for another principal: {actor} may "
+                       f"issue tokens only for itself, not for {principal}")
+        elif operator and existing is None and self.grants.has_admin():
+            refusal = (f"an admin exists, so the host operator creates no principals: an "
+                       f"admin creates {principal} (POST /v1/principals; punch-data roles "
+                       f"need a second admin), then `token create` hands over its first token")
+        elif operator and existing is not None and self.records(principal):
+            refusal = (f"{principal} already has a token: only {principal} itself issues more "
+                       f"(POST /v1/tokens with its own token)")
+        if refusal is not None:
+            err = ForbiddenError(refusal)
+            self.grants.record_refusal(actor, "token.create", err, now_us=now_us,
+                                       principal=principal)
+            raise err
         if existing is None and not rs:
             raise PrincipalError(f"principal {principal!r} is new: give at least one --role")
         if existing is not None:
@@ -153,15 +203,17 @@ class Tokens:
                           expires_at=now_us + expires_days * DAY_US, last_used_at=None,
                           revoked_at=None)
         with self.store.transaction(now_us, what="issuing a token") as tx:
+            idx = tx.record("access", access_change(
+                actor, "token.create", now_us, outcome="done", principal=principal,
+                token=rec.id, token_hash=token_hash(token), expires_at=rec.expires_at,
+                roles=sorted(rs) if existing is None else sorted(existing.roles),
+                new_principal=existing is None,
+                bootstrap=(operator and existing is None) or None,
+                handover=(operator and existing is not None) or None))
             if existing is None:
                 access_tables.insert_principal(tx, principal, "token", rs, actor=actor,
-                                               now_us=now_us)
-            access_tables.insert_token(tx, rec, token_hash(token))
-            tx.record("access", access_change(
-                actor, "token.create", now_us, outcome="done", principal=principal,
-                token=rec.id, expires_at=rec.expires_at,
-                roles=sorted(rs) if existing is None else sorted(existing.roles),
-                new_principal=existing is None))
+                                               now_us=now_us, roles_idx=idx)
+            access_tables.insert_token(tx, rec, token_hash(token), entry_idx=idx)
         return IssuedToken(token, rec)
 
     def revoke(self, token_id: str, *, actor: str, now_us: int) -> TokenRecord:

@@ -92,7 +92,12 @@ SCHEMAS: dict[str, Any] = {
         "principal": {"type": "string", "maxLength": 64},
         "roles": {"type": "array", "items": {"enum": list(ROLES)}, "maxItems": 10},
         "expires_days": {"type": "integer", "minimum": 1, "maximum": 365}},
-        ["principal"], extra=False),
+        [], extra=False),
+    "PrincipalRequest": _obj({
+        "principal": {"type": "string", "maxLength": 64},
+        "kind": {"enum": ["token", "cert"]},
+        "roles": {"type": "array", "items": {"enum": list(ROLES)}, "maxItems": 10}},
+        ["principal", "roles"], extra=False),
     "IssuedToken": _obj({"token": _STR, "id": _STR, "principal": _STR, "expires_at": _INT,
                          "status": _STR}, ["token", "id"]),
     "Roles": _obj({"roles": {"type": "array", "items": {"enum": list(ROLES)},

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from collector.access.principals import ROLES
 from collector.api import views_admin as A
 from collector.api import views_audit as U
 from collector.api import views_hr as H
@@ -93,14 +94,26 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/access-review", "accessReview", A.access_review,
           ("admin", "audit.read"), "Access review: roles, last use, unused access flagged",
           ("unused_days",), response="AccessReview"),
-    Route("POST", "/v1/tokens", "createToken", A.create_token, ("admin",),
-          "Issue a token (shown once); creates the principal with roles if new",
+    Route("POST", "/v1/tokens", "createToken", A.create_token, tuple(ROLES),
+          "Issue a token (shown once) for the calling principal itself, never for another",
           body="TokenRequest", response="IssuedToken", status=201),
+    Route("POST", "/v1/principals", "createPrincipal", A.create_principal, ("admin",),
+          "Create a principal without a credential; punch-data roles wait for a second "
+          "admin's approval (pending grant)", body="PrincipalRequest", response="Object",
+          status=201),
+    Route("GET", "/v1/grants", "listGrants", A.list_grants, ("admin", "audit.read"),
+          "Role grants that need a second admin (pending, approved, rejected)",
+          response="ItemList"),
+    Route("POST", "/v1/grants/{id}/approve", "approveGrant", A.approve_grant, ("admin",),
+          "Approve a pending grant requested by another principal (dual control)",
+          response="Object"),
+    Route("POST", "/v1/grants/{id}/reject", "rejectGrant", A.reject_grant, ("admin",),
+          "Reject (or, as its requester, withdraw) a pending grant", response="Object"),
     Route("POST", "/v1/tokens/{id}/revoke", "revokeToken", A.revoke_token, ("admin",),
           "Revoke a token", response="Object"),
     Route("PUT", "/v1/principals/{name}/roles", "setRoles", A.set_roles, ("admin",),
-          "Replace a principal's roles (segregation of duties enforced)", body="Roles",
-          response="Object"),
+          "Replace a principal's roles (segregation of duties enforced; 202 with a pending "
+          "grant when it adds a punch-data role)", body="Roles", response="Object"),
 )
 
 BY_NAME: dict[str, Route] = {r.name: r for r in ROUTES}

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from collector import CollectorError, LedgerError
 from collector.ingest.checkpoints import load_log_key, make_checkpoint_v2, resolve_origin
-from collector.ledger import checkpoint_tables, open_store, sqlite_path
+from collector.ledger import access_tables, checkpoint_tables, open_store, sqlite_path
 from collector.ledger.audit import (
     SAMPLE_DEFAULT,
     Progress,
@@ -35,7 +35,7 @@ from collector.ledger.base import EventFact
 from collector.ledger.postgres import migrate, redact
 from collector.ledger.schema_check import SchemaCheck, check_schema, restore_sqlite
 from collector.ledger.sqlbase import PunchQuery, SQLStore
-from collector.ledger.tables import migrate_postgres
+from collector.ledger.tables import ensure_schema, migrate_postgres
 from collector.records import proofs
 from collector.records.corrections import Corrections
 from collector.records.exports import (
@@ -271,7 +271,8 @@ def _coverage(result: VerifyResult) -> str:
             f"checkpoint and {result.sampled} of them re-checked at random; last full run {last}")
 
 
-def _print_result(result: VerifyResult, schema: SchemaCheck, *, as_json: bool) -> None:
+def _print_result(result: VerifyResult, schema: SchemaCheck, *, as_json: bool,
+                  access: Sequence[str] = ()) -> None:
     r = result.report
     if as_json:
         out = r.to_dict()
@@ -280,6 +281,7 @@ def _print_result(result: VerifyResult, schema: SchemaCheck, *, as_json: bool) -
         out["sampled"] = result.sampled
         out["last_full_us"] = result.last_full_us
         out["schema_findings"] = list(schema.findings)
+        out["access_findings"] = list(access)
         print(json.dumps(out, indent=1, sort_keys=True))
         return
     span = f"idx {result.resumed_from}..{result.size - 1}" if result.size else "empty ledger"
@@ -302,6 +304,11 @@ def _print_result(result: VerifyResult, schema: SchemaCheck, *, as_json: bool) -
               f"migrate` as the owner role, then `verify --full`")
         for finding in schema.findings:
             print(f"  {finding}")
+    if access:       # D8: rows of the access tables no access entry made (access_tables)
+        print(f"ACCESS DRIFT: {len(access)} finding(s); the access tables differ from the "
+              f"ledger's access entries (a row written behind the ledger)")
+        for finding in access:
+            print(f"  {finding}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -320,10 +327,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         result = verify_store(store, keys, state=state, progress=progress, full=args.full,
                               sample=args.sample, now_us=clock_now_us())
         schema = check_schema(store)
+        access = access_tables.check_projection(store) if access_tables.present(store) \
+            else []
     if result.state is not None:
         save_state(state_path, result.state)
-    _print_result(result, schema, as_json=args.json)
-    return 0 if result.ok and schema.ok else 1
+    _print_result(result, schema, as_json=args.json, access=access)
+    return 0 if result.ok and schema.ok and not access else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -414,6 +423,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         s = open_store(args.store)
         try:
             checkpoint_tables.ensure_schema(s)
+            ensure_schema(s)        # the access tables, their entry columns and triggers
         finally:
             s.close()
         path = sqlite_path(args.store)

@@ -21,6 +21,7 @@ from collector.access.directory import Principals
 from collector.access.principals import ROLES
 from collector.access.tokens import parse_duration_days
 from collector.cli.ledger import open_existing_store
+from collector.ledger.access_tables import GrantRow
 from wire.clock import now_us
 
 EPILOG = textwrap.dedent("""\
@@ -34,6 +35,15 @@ EPILOG = textwrap.dedent("""\
           --role payroll.export        # client certificates with CN payroll.acme
       timeclock-collector token roles --store ledger.db --principal bob --role hr.approve
       timeclock-collector token disable --store ledger.db --principal mallory   # leaver
+      timeclock-collector token grants --store ledger.db            # pending grants
+      timeclock-collector token approve --store ledger.db grt-1a2b3c4d5e6f
+
+    No one obtains a credential for another principal: `token create` (the host
+    operator) creates principals only while the ledger has no admin yet (bootstrap), and
+    otherwise hands over only the FIRST token of a principal an admin created; every later
+    token is issued by the principal itself (POST /v1/tokens). Once an admin exists, a
+    change that gives a principal a punch-data role (hr.*, payroll.export) is a pending
+    grant until a second, different admin (or operator) approves it.
 
     roles:
     """) + "\n".join(f"      {k:15} {v}" for k, v in ROLES.items()) + textwrap.dedent("""
@@ -48,8 +58,9 @@ REVIEW_EPILOG = textwrap.dedent("""\
       timeclock-collector access-review --store ledger.db --unused-days 90 [--json]
 
     Lists every enabled principal with its roles, last use and active tokens, and flags
-    access unused for N days (revoke it with `token disable` or `token roles`). Exit status
-    is 0 when nothing is flagged, 1 otherwise.
+    access unused for N days (revoke it with `token disable` or `token roles`), and every
+    row of the access tables that no ledger entry made (ACCESS DRIFT: written behind the
+    ledger, it never authenticates). Exit status is 0 when nothing is flagged, 1 otherwise.
     """)
 
 
@@ -99,6 +110,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ro.add_argument("--role", action="append", default=[], choices=sorted(ROLES),
                     help="role (repeat; none = no access)")
     ro.set_defaults(func=cmd_roles)
+
+    pr = tsub.add_parser("principal", help="create a principal without a credential")
+    _store_arg(pr)
+    pr.add_argument("--principal", required=True)
+    pr.add_argument("--kind", choices=("token", "cert"), default="token")
+    pr.add_argument("--role", action="append", default=[], choices=sorted(ROLES),
+                    required=True, help="role (repeat)")
+    pr.set_defaults(func=cmd_principal)
+
+    g = tsub.add_parser("grants", help="pending grants (dual control)")
+    _store_arg(g)
+    g.set_defaults(func=cmd_grants)
+
+    for name, approve in (("approve", True), ("reject", False)):
+        ap = tsub.add_parser(name, help=f"{name} a pending grant (never your own request)")
+        _store_arg(ap)
+        ap.add_argument("grant_id", metavar="GRANT_ID", help="id from `token grants` (grt-…)")
+        ap.set_defaults(func=cmd_decide, approve=approve)
 
     d = tsub.add_parser("disable", help="disable a principal and revoke all its tokens")
     _store_arg(d)
@@ -188,10 +217,45 @@ def cmd_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pending(g: GrantRow) -> str:
+    return (f"PENDING grant {g.id}: {g.principal} gets {', '.join(sorted(g.roles))} only when "
+            f"a second admin approves it (`token approve {g.id}` or POST "
+            f"/v1/grants/{g.id}/approve), requested by {g.requested_by}")
+
+
 def cmd_roles(args: argparse.Namespace) -> int:
     with _principals(args) as principals:
         p = principals.set_roles(args.principal, args.role, actor=_actor(), now_us=_now())
+    if isinstance(p, GrantRow):
+        print(_pending(p))
+        return 0
     print(f"{p.name}: {', '.join(sorted(p.roles)) or 'no roles'}")
+    return 0
+
+
+def cmd_principal(args: argparse.Namespace) -> int:
+    with _principals(args) as principals:
+        p, g = principals.create_principal(args.principal, args.kind, args.role,
+                                           actor=_actor(), now_us=_now())
+    print(f"{p.name} [{p.kind}]: {', '.join(sorted(p.roles)) or 'no roles'} now")
+    if g is not None:
+        print(_pending(g))
+    return 0
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    with _principals(args) as principals:
+        for g in principals.pending_grants():
+            print(_pending(g))
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    with _principals(args) as principals:
+        g = principals.decide_grant(args.grant_id, approve=args.approve, actor=_actor(),
+                                    now_us=_now())
+    print(f"grant {g.id} {g.status} by {g.decided_by}: {g.principal} "
+          f"{', '.join(sorted(g.roles))}")
     return 0
 
 
@@ -208,14 +272,17 @@ def cmd_review(args: argparse.Namespace) -> int:
         return 2
     with _principals(args) as principals:
         rows = principals.review(unused_days=args.unused_days, now_us=_now())
+        drift = principals.drift()
     flagged = [r for r in rows if r.unused]
     if args.json:
-        print(json.dumps({"unused_days": args.unused_days,
+        print(json.dumps({"unused_days": args.unused_days, "drift": drift,
                           "items": [r.to_dict() for r in rows]}, indent=2, sort_keys=True))
     else:
+        for finding in drift:
+            print(f"ACCESS DRIFT   {finding}")
         for r in rows:
             flag = f"UNUSED ≥{args.unused_days}d" if r.unused else "ok"
             print(f"{flag:14} {r.principal} [{r.kind}] roles: {', '.join(r.roles) or '-'}; "
                   f"last used {_when(r.last_used_at)}; active tokens {r.active_tokens}")
         print(f"{len(rows)} principals, {len(flagged)} flagged")
-    return 1 if flagged else 0
+    return 1 if flagged or drift else 0

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector import LedgerError
-from collector.ledger import checkpoint_tables, tables
+from collector.ledger import access_tables, checkpoint_tables, tables
 from collector.ledger.schema_postgres import SCHEMA as PG_SCHEMA
 from collector.ledger.schema_sqlite import SCHEMA as SQLITE_SCHEMA
 from collector.ledger.schema_sqlite import TRIGGER_NAMES
@@ -87,22 +87,33 @@ def check_schema(store: SQLStore) -> SchemaCheck:
 
 # -- SQLite ----------------------------------------------------------------------------------
 
+_SQLITE_TRIGGERS = TRIGGER_NAMES + access_tables.TRIGGER_NAMES   # the chain's + access rows'
+
+
 def _sqlite_expected() -> dict[str, str]:
     mem = sqlite3.connect(":memory:")
     try:
-        mem.executescript(SQLITE_SCHEMA)
+        mem.executescript(SQLITE_SCHEMA + tables.SCHEMA + ";\n".join(access_tables.TRIGGERS))
         rows = mem.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
-        return {str(n): str(s) for n, s in rows if n in TRIGGER_NAMES}
+        return {str(n): str(s) for n, s in rows if n in _SQLITE_TRIGGERS}
     finally:
         mem.close()
+
+
+def _sqlite_names(tables_present: set[str]) -> tuple[str, ...]:
+    """The triggers to expect: the access tables' only once they exist (collector.ledger.
+    tables creates them with their triggers when the API or ``migrate`` opens the file)."""
+    return _SQLITE_TRIGGERS if "tc_tokens" in tables_present else TRIGGER_NAMES
 
 
 def _sqlite_findings(store: SQLStore) -> list[str]:
     expected = _sqlite_expected()
     have = {str(n): (str(t), str(s)) for n, t, s in store.query(
         "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'")}
+    present = {str(r[0]) for r in store.query(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
     out: list[str] = []
-    for name in TRIGGER_NAMES:
+    for name in _sqlite_names(present):
         if name not in have:
             out.append(f"trigger {name} is missing")
         elif have[name][1] != expected[name]:
@@ -118,7 +129,9 @@ def restore_sqlite(path: Path) -> list[str]:
         expected = _sqlite_expected()
         have = {str(n): str(s) for n, s in conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")}
-        redo = [n for n in TRIGGER_NAMES if have.get(n) != expected[n]]
+        present = {str(r[0]) for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        redo = [n for n in _sqlite_names(present) if have.get(n) != expected[n]]
         if redo:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -167,7 +180,10 @@ def _pg_trigger_findings(store: SQLStore) -> list[str]:
         "WHERE NOT t.tgisinternal AND n.nspname = current_schema()")
     have = {(str(r[1]), str(r[0])): (str(r[2]), str(r[3]), str(r[4])) for r in rows}
     out: list[str] = []
-    for t in pg_expected_triggers():
+    access = access_tables.present(store)     # its guards once migrate made the tables
+    access_ddl = "\n".join(access_tables.PG_TRIGGERS) if access else ""
+    for t in (*pg_expected_triggers(), *(
+            _Trigger(*m.groups()) for m in _PG_TRIGGER.finditer(access_ddl))):
         got = have.get((t.table, t.name))
         if got is None:
             out.append(f"trigger {t.name} on {t.table} is missing")
@@ -185,7 +201,7 @@ def _pg_trigger_findings(store: SQLStore) -> list[str]:
     bodies = {str(n): str(s) for n, s in store.query(
         "SELECT p.proname, p.prosrc FROM pg_proc p JOIN pg_namespace n "
         "ON n.oid = p.pronamespace WHERE n.nspname = current_schema()")}
-    for m in _PG_FUNCTION.finditer(PG_SCHEMA):
+    for m in _PG_FUNCTION.finditer(PG_SCHEMA + "\n" + access_ddl):
         name, body = m.group(1), m.group(2)
         if name not in bodies:
             out.append(f"trigger function {name} is missing")

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from collector import LedgerError
+from collector.ledger import access_tables
 from collector.ledger.postgres import redact
 from collector.ledger.sqlbase import SQLStore
 
@@ -24,7 +25,8 @@ CREATE TABLE IF NOT EXISTS tc_principals (
     created_at    BIGINT NOT NULL,
     created_by    TEXT NOT NULL,
     last_used_at  BIGINT,
-    disabled_at   BIGINT
+    disabled_at   BIGINT,
+    roles_idx     BIGINT              -- the access entry that set its roles (access_tables)
 );
 CREATE TABLE IF NOT EXISTS tc_roles (
     principal   TEXT NOT NULL,
@@ -42,7 +44,20 @@ CREATE TABLE IF NOT EXISTS tc_tokens (
     expires_at    BIGINT NOT NULL,
     last_used_at  BIGINT,
     revoked_at    BIGINT,
-    revoked_by    TEXT
+    revoked_by    TEXT,
+    entry_idx     BIGINT              -- the token.create entry that issued it
+);
+CREATE TABLE IF NOT EXISTS tc_grants (
+    id            TEXT PRIMARY KEY,
+    principal     TEXT NOT NULL,
+    roles         TEXT NOT NULL,
+    requested_by  TEXT NOT NULL,
+    requested_at  BIGINT NOT NULL,
+    request_idx   BIGINT NOT NULL,
+    status        TEXT NOT NULL,
+    decided_by    TEXT,
+    decided_at    BIGINT,
+    decided_idx   BIGINT
 );
 CREATE TABLE IF NOT EXISTS tc_corrections (
     id              TEXT PRIMARY KEY,
@@ -65,7 +80,7 @@ CREATE TABLE IF NOT EXISTS tc_corrections (
 CREATE INDEX IF NOT EXISTS tc_corrections_punch ON tc_corrections (device, seq);
 CREATE INDEX IF NOT EXISTS tc_corrections_status ON tc_corrections (status, proposed_at);
 """
-TABLES = ("tc_principals", "tc_roles", "tc_tokens", "tc_corrections")
+TABLES = ("tc_principals", "tc_roles", "tc_tokens", "tc_corrections", "tc_grants")
 GRANTS = "\n".join(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {{role}};" for t in TABLES)
 
 
@@ -79,6 +94,7 @@ def ensure_schema(store: SQLStore) -> None:
                               "`timeclock-collector migrate` as the owner role")
         return
     store.create_tables(SCHEMA)
+    access_tables.upgrade_sqlite(store)    # entry columns of older files, access triggers
 
 
 def migrate_postgres(owner_dsn: str, app_role: str | None = None) -> None:
@@ -88,6 +104,8 @@ def migrate_postgres(owner_dsn: str, app_role: str | None = None) -> None:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
+            for stmt in access_tables.PG_UPGRADE:
+                conn.execute(stmt)
             if app_role is not None:
                 for g in GRANTS.splitlines():
                     conn.execute(pgsql.SQL(g.rstrip(";")).format(

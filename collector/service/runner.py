@@ -51,7 +51,7 @@ from collector.ingest.pipeline import Inbound, Ingestor, Writer, load_seal
 from collector.ingest.punch_verifier import RegistryView
 from collector.ingest.statuses import StatusTable
 from collector.ingest.witness_client import ExternalWitnesses
-from collector.ledger import checkpoint_tables, open_store
+from collector.ledger import access_tables, checkpoint_tables, open_store
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import SQLStore
@@ -254,14 +254,27 @@ def schema_checks(cfg: CollectorConfig, store: SQLStore, alerts: Alerts | None) 
     (``[ledger] on_schema_drift = "refuse"``, the default) or, with "alert", raise one
     severity-1 ``schema-drift`` alert on ``alerts`` (None: the preflight, which only refuses)."""
     check = check_schema(store)
-    if check.ok:
+    if not check.ok:
+        if cfg.ledger.on_schema_drift == "refuse":
+            raise LedgerError(f"refusing to start: {check.message()} (or set [ledger] "
+                              f"on_schema_drift = \"alert\" to start and alert)")
+        if alerts is not None:
+            alerts.alert("schema-drift", severity=SEVERITY_CRITICAL, device=None,
+                         detail=check.message(), fields={"findings": list(check.findings)})
+    # Control D8: the access tables are the projection of the chain's access entries
+    # (collector.ledger.access_tables); same setting, same refusal or alert.
+    drift = access_tables.check_projection(store) if access_tables.present(store) else []
+    if not drift:
         return
+    detail = (f"the access tables differ from the ledger's access entries: {'; '.join(drift)}"
+              f" — a row was written behind the ledger; find who with `timeclock-collector "
+              f"verify --full`, then restore the tables from a backup")
     if cfg.ledger.on_schema_drift == "refuse":
-        raise LedgerError(f"refusing to start: {check.message()} (or set [ledger] "
-                          f"on_schema_drift = \"alert\" to start and alert)")
+        raise LedgerError(f"refusing to start: {detail} (or set [ledger] on_schema_drift = "
+                          f"\"alert\" to start and alert)")
     if alerts is not None:
-        alerts.alert("schema-drift", severity=SEVERITY_CRITICAL, device=None,
-                     detail=check.message(), fields={"findings": list(check.findings)})
+        alerts.alert("access-drift", severity=SEVERITY_CRITICAL, device=None, detail=detail,
+                     fields={"findings": drift})
 
 
 def preflight(cfg: CollectorConfig) -> None:

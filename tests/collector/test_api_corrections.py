@@ -109,7 +109,9 @@ async def test_d6_self_approval_refused_and_recorded(api: Api) -> None:
     # editor2 moves to an approver role (admin; SoD allows it since hr.correct goes away)
     resp = await api.call("PUT", "/v1/principals/editor2/roles", "admin",
                           json={"roles": ["hr.approve"]})
-    assert resp.status == 200
+    assert resp.status == 202      # a punch-data role: pending until a second admin (D8)
+    Principals(api.store).decide_grant((await resp.json())["pending"]["id"], approve=True,
+                                       actor="cli:second-admin", now_us=api.clock())
     resp = await api.call("POST", f"/v1/corrections/{proposal['id']}/approve", "editor2",
                           json={})
     problem = await resp.json(content_type="application/problem+json")

@@ -31,19 +31,26 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/devices"): frozenset({"ops.devices", "audit.read"}),
     ("GET", "/v1/principals"): frozenset({"admin", "audit.read"}),
     ("GET", "/v1/access-review"): frozenset({"admin", "audit.read"}),
-    ("POST", "/v1/tokens"): frozenset({"admin"}),
+    ("POST", "/v1/tokens"): frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve",
+                                       "audit.read", "ops.devices", "admin"}),
+    ("POST", "/v1/principals"): frozenset({"admin"}),
+    ("GET", "/v1/grants"): frozenset({"admin", "audit.read"}),
+    ("POST", "/v1/grants/grt-000000000000/approve"): frozenset({"admin"}),
+    ("POST", "/v1/grants/grt-000000000000/reject"): frozenset({"admin"}),
     ("POST", "/v1/tokens/tok-000000000000/revoke"): frozenset({"admin"}),
     ("PUT", "/v1/principals/ops/roles"): frozenset({"admin"}),
 }
 PUBLIC = (("GET", "/healthz"), ("GET", "/v1/openapi.json"))
 
 
-def body_for(method: str, path: str) -> Any:
+def body_for(method: str, path: str, who: str | None = None) -> Any:
     if path == "/v1/corrections" and method == "POST":
         return {"device": "clock-00", "seq": 1 + next(_n) % 5, "field": "ts",
                 "after": 1_764_140_400_000_000 + next(_n), "reason": "clock-error"}
-    if path == "/v1/tokens":
-        return {"principal": f"svc-{next(_n)}", "roles": ["ops.devices"], "expires_days": 7}
+    if path == "/v1/tokens":           # a token for the caller itself
+        return {"expires_days": 7} if who is None else {"principal": who, "expires_days": 7}
+    if path == "/v1/principals":
+        return {"principal": f"svc-{next(_n)}", "roles": ["ops.devices"]}
     if path.endswith("/roles"):
         return {"roles": ["ops.devices"]}
     if method == "POST":
@@ -56,7 +63,7 @@ async def test_d8_role_endpoint_matrix_every_request_recorded(api: Api) -> None:
     for (method, path), allowed in MATRIX.items():
         for principal, roles in [*ROLE_PRINCIPALS.items(), ("anonymous", ())]:
             who = None if principal == "anonymous" else principal
-            resp = await api.call(method, path, who, json=body_for(method, path))
+            resp = await api.call(method, path, who, json=body_for(method, path, who))
             text = await resp.text()
             if who is None:
                 expect_ok = False

@@ -10,15 +10,18 @@ hundred through the broker.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from collector import RegistryError
+from collector.access.directory import Principals
 from collector.cli.main import main as collector_main
 from collector.ingest.alerts import Alerts
 from collector.ingest.pipeline import Inbound, Ingestor
@@ -484,3 +487,90 @@ def test_d2_random_inputs_through_the_broker(ctx: Ctx) -> None:
     assert len(q) >= 250
     assert "internal-error" not in {r.reason for r in q}
     assert ctx.store.progress(c.device).highest == 2
+
+
+# -- insider access attacks (issue 11, findings 5 and 7; controls D7, D8) ------------------------
+# Against the real API over a real SQLite ledger (the PostgreSQL superuser variant is in
+# tests/collector/test_grants_chain.py). Each row names the status the API must answer and
+# the access entry the attempt must leave in the chain; honest callers keep working.
+
+FORGED_TOKEN = "tct_" + "F" * 43
+
+
+async def _post(api: Api, path: str, who: str, body: dict[str, Any]) -> int:
+    return (await api.call("POST", path, who, json=body)).status
+
+
+async def token_for_another(api: Api) -> int:
+    return await _post(api, "/v1/tokens", "admin", {"principal": "hr-reader"})
+
+
+async def token_for_new_hr_principal(api: Api) -> int:
+    return await _post(api, "/v1/tokens", "admin", {"principal": "newbie",
+                                                    "roles": ["hr.read"]})
+
+
+async def self_approved_grant(api: Api) -> int:
+    resp = await api.call("POST", "/v1/principals", "admin",
+                          json={"principal": "carol", "roles": ["hr.read"]})
+    gid = (await resp.json())["pending"]["id"]
+    return await _post(api, f"/v1/grants/{gid}/approve", "admin", {})
+
+
+def _db(api: Api, sql: str, params: tuple[Any, ...] = ()) -> None:
+    with api.store._lock:                              # type: ignore[attr-defined]  # noqa: SLF001 - the insider has the file
+        api.store._conn.execute(sql, params)           # type: ignore[attr-defined]  # noqa: SLF001
+
+
+async def token_row_inserted(api: Api) -> int:
+    idx = int(api.store.query("SELECT entry_idx FROM tc_tokens WHERE principal = "
+                              "'hr-reader'")[0][0])
+    _db(api, "INSERT INTO tc_tokens (id, principal, hash, created_at, created_by, expires_at, "
+             "entry_idx) VALUES ('tok-forged0000', 'hr-reader', ?, 1, 'x', ?, ?)",
+        (hashlib.sha256(FORGED_TOKEN.encode()).hexdigest(), 2**62, idx))
+    resp = await api.client.get("/v1/punches",
+                                headers={"Authorization": f"Bearer {FORGED_TOKEN}"})
+    return resp.status
+
+
+async def role_row_inserted(api: Api) -> int:
+    _db(api, "INSERT INTO tc_roles VALUES ('hr-reader', 'payroll.export', 1, 'x')")
+    return (await api.call("GET", "/v1/exports/payroll", "hr-reader")).status
+
+
+@dataclass(frozen=True)
+class AccessCase:
+    id: str
+    attack: Callable[[Api], Awaitable[int]]
+    status: int                     # what the API answers
+    recorded: dict[str, str]        # fields of the access entry the attempt leaves
+    drift: bool = False             # access-review/verify must name a row behind the ledger
+
+
+ACCESS_CASES = [
+    AccessCase("f5-token-for-another-principal", token_for_another, 403,
+               {"action": "token.create", "outcome": "refused", "principal": "hr-reader"}),
+    AccessCase("f5-token-for-a-new-hr-principal", token_for_new_hr_principal, 403,
+               {"action": "token.create", "outcome": "refused", "principal": "newbie"}),
+    AccessCase("f5-grant-approved-by-its-requester", self_approved_grant, 403,
+               {"action": "grant.approve", "outcome": "refused", "actor": "admin"}),
+    AccessCase("f7-token-row-inserted-in-the-database", token_row_inserted, 401,
+               {"type": "request", "outcome": "unauthenticated"}, drift=True),
+    AccessCase("f7-role-row-inserted-in-the-database", role_row_inserted, 403,
+               {"type": "request", "path": "/v1/exports/payroll", "outcome": "denied"},
+               drift=True),
+]
+
+
+@pytest.mark.parametrize("case", ACCESS_CASES, ids=[c.id for c in ACCESS_CASES])
+async def test_d7_d8_insider_access_attack_is_refused_and_recorded(api: Api,
+                                                                   case: AccessCase) -> None:
+    assert await case.attack(api) == case.status
+    await api.flush()
+    bodies = access_bodies(api.store)
+    assert any(case.recorded.items() <= b.items() for b in bodies), bodies[-1]
+    drift = Principals(api.store).drift()
+    assert bool(drift) == case.drift, drift
+    assert (await api.call("GET", "/v1/punches", "hr-reader")).status == (
+        403 if case.id.startswith("f7-role") else 200)   # a tampered principal stays refused
+    assert (await api.call("GET", "/v1/punches", "approver")).status == 200
