@@ -11,6 +11,7 @@ import pytest
 
 from collector import RegistryError
 from collector.cli.main import main
+from collector.ingest.checkpoints import make_checkpoint
 from collector.ledger import open_store
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
@@ -178,3 +179,35 @@ def test_d1_d17_the_store_itself_refuses_an_unauthorised_key_change(store: SQLSt
                                            "signing_key": other.verify_key.b64,
                                            "from_seq": 9, "requested_by": "alice",
                                            "reason": "x"})], now_us=T0)
+
+
+def test_d1_d17_incremental_verify_judges_key_changes_after_its_resume_point(
+        store: SQLStore, clock: Clock) -> None:
+    """A resumed run knows the keys at its checkpoint (verify state): it reports a
+    re-enrolment whose request came before that point; after it, the store refuses a rotation
+    signed by the key the clock had before (lost, so possibly in someone else's hands)."""
+    log_key = seeded_key("log")
+    log_keys = {log_key.key_id: log_key.verify_key}
+    r = request_reenrolment(store, "clock-1", NEW.verify_key.b64, requested_by="alice",
+                            reason="lost", now_us=T0)
+    make_checkpoint(store, log_key, T0 + 1)                # the request is below the resume
+    first = verify_store(store, log_keys)
+    assert first.ok, first.report.findings
+    a = approve_reenrolment(store, "clock-1", approved_by="bob", now_us=T0 + 2)
+    make_checkpoint(store, log_key, T0 + 3)
+    second = verify_store(store, log_keys, state=first.state, sample=0)
+    assert second.ok, second.report.findings
+    assert second.resumed_from == r.idx + 1
+    (note,) = [f for f in second.report.findings if "RE-ENROLMENT" in f.message]
+    assert (note.idx, note.tamper) == (a.idx, False)
+    assert f"requested by alice (idx {r.idx}, before this run), approved by bob" in \
+        note.message
+    # a rotation the old (lost) key signed, appended behind the store's back
+    v3 = seeded_key("clock-1 v3")
+    stale = RotationRequest("clock-1", clock.key.key_id, v3.key_id, v3.verify_key, 9, T0)
+    body = {"event": "rotated", "device": "clock-1", "key": v3.key_id,
+            "signing_key": v3.verify_key.b64, "from_seq": 9,
+            "request": stale.sign(clock.key).to_dict()}
+    with pytest.raises(RegistryError, match=f"signed for key {clock.key.key_id}, but "
+                                            f"clock-1's current key is {NEW.key_id}"):
+        store.append([EventFact("device", body)], now_us=T0 + 4)
