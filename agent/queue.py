@@ -291,7 +291,7 @@ class Outbox:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not self.path.exists():
                 # Create 0600 before SQLite does; SQLite gives -wal/-shm the same mode.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))

@@ -244,6 +244,6 @@ def _write_losses(path: Path, losses: list[SeqLoss]) -> None:
     data = json.dumps({"v": 1, "losses": [x.to_dict() for x in losses]}, indent=1,
                       sort_keys=True).encode() + b"\n"
     try:
-        write_public_file(path, data, mode=0o644)
+        write_public_file(path, data, mode=0o600)     # every agent file is 0600
     except OSError as e:
         raise SeqMarkError(f"{path}: cannot write the loss record: {e}") from e

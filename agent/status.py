@@ -2,7 +2,8 @@
 
 The same snapshot feeds the retained MQTT status topic (DESIGN.md §4): online/offline, queue
 depth, oldest unacked time, clock state, reader states, storage state, version. Invariants:
-the file is 0644 (it holds no secret: no credential, no key path) and names the writer's pid
+the file is 0600 whatever the umask, like every file the agent writes (issue 12 item 6; it
+holds no credential and no key path), lives in a 0700 folder, and names the writer's pid
 so ``status`` can tell a stale file. It is normally replaced with rename(2) (a reader never
 sees half a file). It is padded with blanks to whole 4 KiB blocks with at least
 :data:`STATUS_SLACK_BYTES` to spare, so that when the disk is full and no new file can be
@@ -54,8 +55,8 @@ def write_status(path: Path, snapshot: dict[str, Any]) -> str:
     blocks = -(-(len(data) + STATUS_SLACK_BYTES) // STATUS_BLOCK_BYTES)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, _pad(data, blocks * STATUS_BLOCK_BYTES))
         finally:

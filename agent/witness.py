@@ -82,7 +82,7 @@ def _sanitize(text: str) -> str:
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: a reader (or a power cut) sees the old or the new file."""
     try:
-        write_public_file(path, data)
+        write_public_file(path, data, mode=0o600)     # every agent file is 0600
     except OSError as e:
         raise WitnessStateError(f"{path}: cannot write the witness state: "
                                 f"{e.strerror or e}") from e

@@ -18,6 +18,7 @@ that is not JSON (a damaged store must be verified in place, not exported).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,9 @@ def keys_document(log_keys: Iterable[VerifyKey]) -> bytes:
 
 def _create(path: Path) -> IO[bytes]:
     try:
-        return path.open("xb")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o600)               # 0600 whatever the umask (issue 12 item 6)
+        return os.fdopen(fd, "wb")
     except FileExistsError as e:
         raise BundleError(f"{path}: exists; refusing to overwrite a bundle") from e
     except OSError as e:
@@ -126,8 +129,8 @@ def write_bundle(directory: Path, entries: Iterable[tuple[Entry, str, bytes | No
     """
     directory = Path(directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)   # 0700/0600: it holds
+    except OSError as e:                                           # every credential
         raise BundleError(f"{directory}: cannot create: {e.strerror}") from e
     count = 0
     try:

@@ -370,7 +370,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             summary = write(sys.stdout)
         else:
             try:
-                with args.out.open("w" if args.force else "x", newline="") as f:
+                with _private_out(args.out, force=args.force) as f:
                     summary = write(f)
             except FileExistsError as e:
                 raise ExportError(f"{args.out}: exists; use --force to overwrite") from e
@@ -399,6 +399,15 @@ def _v2_signer(store: SQLStore, args: argparse.Namespace) -> Callable[[int], obj
     def sign(size: int) -> object:
         return make_checkpoint_v2(store, key, origin, size, clock_now_us())
     return sign
+
+
+def _private_out(path: Path, *, force: bool) -> TextIO:
+    """A new export file (``force``: or one emptied), 0600 whatever the umask: an export holds
+    personal data (issue 12 item 6). FileExistsError without ``force``."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w", newline="")
 
 
 def _record_export(store: SQLStore, args: argparse.Namespace, *, what: str, rows: int,

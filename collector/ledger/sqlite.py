@@ -20,6 +20,7 @@ and gives up after its own limit (the collector's ``[ledger] outage_max_s``).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True,
                                    isolation_level=None, check_same_thread=False)
         else:
+            _create_private(Path(path))
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not readonly:
@@ -58,6 +60,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     except sqlite3.Error as e:
         raise LedgerError(f"cannot open SQLite ledger {path}: {e}") from e
     return conn
+
+
+def _create_private(path: Path) -> None:
+    """Make a new ledger file 0600 whatever the umask (issue 12 item 6): SQLite gives its
+    ``-wal``, ``-shm`` and ``-journal`` files the database file's mode. An existing file is
+    left as it is; any other failure is sqlite3.connect's to report."""
+    if str(path) == ":memory:" or path.exists():
+        return
+    with suppress(OSError):        # FileExistsError included: another opener was first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class SQLiteStore(SQLStore):

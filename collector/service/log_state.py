@@ -13,7 +13,8 @@ cosignature it gathered) in a state file beside the log key (``[collector] state
 
 Invariants: the file only ever moves to a larger checkpoint, or to the same one with more
 signatures; it is written atomically (temporary file, fsync, rename, fsync of the
-directory), mode 0644 (a checkpoint is public), in a directory created 0700.
+directory), mode 0600 like every file the collector writes (issue 12 item 6; a checkpoint is
+public, but one rule is easier to keep), in a directory created 0700.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class LogState:
             return False     # smaller, or the same checkpoint with no more signatures
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_public_file(self.path, note.encode("utf-8"))
+            write_public_file(self.path, note.encode("utf-8"), mode=0o600)
         except OSError as e:
             raise StateFileError(f"{self.path}: cannot write: {e}") from e
         self._saved = (size, lines)

@@ -99,8 +99,9 @@ class IdentityLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            f = os.fdopen(fd, "a+", encoding="utf-8")  # held until release
         except OSError as e:
             raise ServiceError(f"cannot create the lock file {self.path}: {e.strerror}; set "
                                f"[collector] state_dir to a directory serve can write") from e

@@ -159,7 +159,7 @@ def test_status_file_is_rewritten_in_place_when_the_disk_is_full(tiny_fs: Path) 
     path = tiny_fs / "status.json"
     assert write_status(path, _snap("ok")) == "replaced"
     assert path.stat().st_size % STATUS_BLOCK_BYTES == 0
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     filler = fill(tiny_fs)
     assert write_status(path, _snap("x" * 1500)) == "in-place"
     sf = read_status(path, now_us=2, stale_after_s=10)

@@ -265,7 +265,7 @@ def test_d5_serve_refuses_a_truncated_ledger_naming_both_sizes(
     store.close()
     state_file = state_dir / STATE_FILE
     assert Checkpoint.open(state_file.read_text(), log_verifier()).size == 10
-    assert state_file.stat().st_mode & 0o777 == 0o644
+    assert state_file.stat().st_mode & 0o777 == 0o600
     assert state_dir.stat().st_mode & 0o777 == 0o700
     cut = tmp_path / "cut.db"
     _truncated_copy(db, cut, keep=6)
