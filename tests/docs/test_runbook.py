@@ -45,12 +45,13 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _session_alive(pid_file: Path) -> bool:
+def _alive(pid_file: Path) -> bool:
+    """The process of ``pid_file`` exists and is no zombie (nobody may reap it here)."""
     try:
-        os.kill(int(pid_file.read_text().strip()), 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+        stat = Path(f"/proc/{int(pid_file.read_text().strip())}/stat").read_text()
+    except (FileNotFoundError, ValueError):
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.subprocess
@@ -81,7 +82,7 @@ def test_operations_md_runbook_runs_literally_on_a_fresh_site(tmp_path: Path) ->
     # The doc's own teardown stopped everything it started: nothing was left for the kit to
     # kill, and the broker serve supervised is gone too.
     assert result.leftover == []
-    wait_for(lambda: not _session_alive(site / "state" / "broker" / "mosquitto.pid"), 60,
+    wait_for(lambda: not _alive(site / "state" / "broker" / "mosquitto.pid"), 60,
              "the managed broker to exit with serve")
 
 
@@ -158,7 +159,7 @@ def test_a_failing_block_leaves_no_background_job_running(tmp_path: Path) -> Non
                                            r"doc:7\) failed: exit status 1"):
         run(extract(doc), cwd=tmp_path, env=_env(tmp_path), rundir=tmp_path / "rb",
             timeout_s=60)
-    wait_for(lambda: not _session_alive(tmp_path / "sleeper.pid"), 60,
+    wait_for(lambda: not _alive(tmp_path / "sleeper.pid"), 60,
              "the block's background job to be killed")
 
 
