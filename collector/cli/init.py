@@ -470,6 +470,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     if key is not None:
         print(f"log public key (give it to every verifier, out of band): {key.verify_key.b64}")
         print(f"  key id {key.key_id}, origin {_origin_of(p, key)}")
+    if p.seal_key.exists():
+        try:
+            seal_pub = load_seal_key(p.seal_key).public_key
+            print(f"seal public key (enrolment bundles carry it; clocks seal to it): "
+                  f"{seal_pub.b64}")
+        except WireError:
+            pass          # reported as a wrong step above
     if not args.check and all(s.state not in (MISSING, WRONG) for s in p.steps):
         print(f"next: timeclock-collector serve --check-config {p.config}; under systemd: "
               f"systemctl enable --now timeclock-collector timeclock-crl-refresh.timer")
