@@ -32,6 +32,7 @@ from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.service.config import load_config
 from collector.service.runner import CollectorService
+from tests.collector.api_kit import Api, access_bodies
 from tests.collector.ledger_kit import Clock
 from tests.collector.punch_kit import (
     T0,
