@@ -15,6 +15,7 @@ from aiohttp import web
 from collector import CollectorError, ForbiddenError, LedgerError, SoDError
 from collector.access.principals import PrincipalError
 from collector.access.tokens import TokenError
+from collector.ledger.row_check import ProjectionError
 from collector.records.corrections import (
     CorrectionConflictError,
     CorrectionError,
@@ -107,6 +108,7 @@ def classify(e: BaseException) -> Problem:
         (ExportError, 400, "bad-request", "Malformed request"),
         (ProofNotFoundError, 404, "not-found", "Not found"),
         (ProofRequestError, 400, "bad-request", "Malformed request"),
+        (ProjectionError, 500, "integrity", "Stored data disagrees with the ledger"),
         (LedgerError, 503, "ledger-unavailable", "The ledger is unavailable"),
     )
     for cls, status, slug, title in table:

@@ -102,6 +102,9 @@ def problem_response(request: web.Request, e: BaseException, rec: AccessRecord
     p = classify(e)
     if p.status >= 500 and p.slug == "internal":
         log.error("request %s %s failed", request.method, request.path, exc_info=e)
+    elif p.slug == "integrity":
+        # Stored data that disagrees with the ledger: refused, and the operator must look.
+        log.error("request %s %s refused: %s", request.method, request.path, e)
     rec.status, rec.outcome, rec.detail = p.status, p.outcome, p.detail
     headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
     if isinstance(e, ThrottledError):

@@ -8,6 +8,7 @@ password is never printed in clear).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import hashlib
 import json
@@ -370,12 +371,22 @@ def cmd_export(args: argparse.Namespace) -> int:
             summary = write(sys.stdout)
         else:
             try:
-                with _private_out(args.out, force=args.force) as f:
-                    summary = write(f)
+                f = _private_out(args.out, force=args.force)
             except FileExistsError as e:
                 raise ExportError(f"{args.out}: exists; use --force to overwrite") from e
             except OSError as e:
                 raise ExportError(f"{args.out}: {e.strerror}") from e
+            try:
+                with f:
+                    summary = write(f)
+            except BaseException as e:
+                # Never leave a partial file that looks like an export (a row that failed
+                # its check against the ledger, a full disk, an interrupt).
+                with contextlib.suppress(OSError):
+                    args.out.unlink()
+                if isinstance(e, OSError):
+                    raise ExportError(f"{args.out}: {e.strerror}") from e
+                raise
         _record_export(store, args, what="payroll", rows=summary.rows,
                        query={k: v for k, v in (("since", query.since), ("until", query.until),
                                                 ("site", query.site), ("device", query.device))

@@ -32,6 +32,7 @@ from psycopg.conninfo import make_conninfo
 
 from collector import LedgerError, LedgerUnavailableError
 from collector.ledger import tree
+from collector.ledger.row_check import ENROLMENT_SQL, RowChecker
 from collector.ledger.schema_postgres import GRANTS, SCHEMA, SCHEMA_VERSION, SET_VERSION
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 
@@ -174,8 +175,10 @@ class PostgresStore(SQLStore):
             with conn.transaction(), conn.cursor(name="tc_payroll") as cur:
                 cur.itersize = EXPORT_ITERSIZE
                 cur.execute(text, params)
+                check = RowChecker(lambda device: conn.execute(
+                    ENROLMENT_SQL.replace("?", "%s"), (device,)).fetchone())
                 for r in cur:
-                    yield PunchRow(*r)
+                    yield check.row(r)
         except psycopg.Error as e:
             raise LedgerError(f"reading punches failed: {e}") from e
         finally:

@@ -5,9 +5,12 @@ Every SQL text of the collector lives in collector.ledger; callers get rows as v
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from collector.ledger.row_check import ENROLMENT_SQL, RowChecker
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore, to_bytes
 
 IN_CHUNK = 500      # values per IN (...) list (SQLite allows ≥ 999 parameters)
@@ -71,11 +74,18 @@ def punch_page(store: SQLStore, query: PunchQuery, *, limit: int,
                ) -> list[PunchRow]:
     """One page of ``query`` (ordered by (ts, device, seq)), after the cursor ``after``."""
     text, params = query.sql("?", credential=credential, after=after, limit=limit)
-    return [PunchRow(*r) for r in store.query(text, params)]
+    check = RowChecker(functools.partial(_enrolment, store))
+    return [check.row(r) for r in store.query(text, params)]
 
 
 def punch_row(store: SQLStore, device: str, seq: int) -> PunchRow | None:
     """The payroll row of one recorded punch."""
     text, params = PunchQuery(device=device).sql("?", seq=seq)
     rows = store.query(text, params)
-    return PunchRow(*rows[0]) if rows else None
+    return RowChecker(functools.partial(_enrolment, store)).row(rows[0]) if rows else None
+
+
+def _enrolment(store: SQLStore, device: str) -> tuple[Any, Any] | None:
+    """For collector.ledger.row_check: the device's enrolment entry body hash and body."""
+    rows = store.query(ENROLMENT_SQL, (device,))
+    return rows[0] if rows else None

@@ -30,6 +30,7 @@ from typing import Any
 
 from collector import LedgerError, LedgerUnavailableError
 from collector.ledger import tree
+from collector.ledger.row_check import ENROLMENT_SQL, RowChecker
 from collector.ledger.schema_sqlite import SCHEMA, SCHEMA_VERSION, TREE_DDL
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 
@@ -208,8 +209,10 @@ class SQLiteStore(SQLStore):
             text, params = query.sql("?")
             conn.execute("BEGIN")
             cur = conn.execute(text, params)
+            check = RowChecker(
+                lambda device: conn.execute(ENROLMENT_SQL, (device,)).fetchone())
             for r in cur:
-                yield PunchRow(*r)
+                yield check.row(r)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             raise LedgerError(f"reading punches failed: {e}") from e

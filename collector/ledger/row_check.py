@@ -1,0 +1,163 @@
+"""Every punch row that leaves the store is checked against the chain (issue 11, finding 8).
+
+The ``punches`` table is a projection: what payroll and the API read, indexed for them. Someone
+with write access to the database (SQLite with a trigger dropped, a PostgreSQL superuser) can
+edit it without touching the chain, and ``verify`` would still say OK while the payroll file
+shows the edited action. So no row is handed out on the projection's word: the payroll query
+(sqlbase ``_PAYROLL``) also reads the row's entry and its body, and :class:`RowChecker`
+accepts the row only when
+
+1. the body's SHA-256 is the entry's ``body`` hash, and the entry's hash is the hash of its
+   fields (so the row is tied to the entry the chain, the Merkle tree and every checkpoint
+   commit to — those the verifiers and witnesses check);
+2. the punch in that body has the row's device, seq, time, clock state, reader, credential,
+   action and key, and the entry is a ``punch`` entry;
+3. the row's site is the site of the device's enrolment entry (``devices.enrolled_idx``, its
+   body hash checked the same way; read once per device and query).
+
+Anything else is a :class:`ProjectionError`: the export or API response stops there (an API
+stream is cut and its access record says so) and names the row and what differs, with what
+to do. The full re-derivation of every projection is ``verify --full`` (projections.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from collector import LedgerError
+from collector.ledger.sqlbase import PunchRow
+from wire.ledger import LEDGER_DOMAIN
+
+# The columns the payroll query adds after PunchRow's (see sqlbase._PAYROLL).
+EXTRA_COLUMNS = ("e.kind", "e.body", "e.prev", "b.body")
+# The body and entry hash of a device's enrolment entry (devices.enrolled_idx), ``?`` style.
+ENROLMENT_SQL = ("SELECT e.body, b.body FROM devices d JOIN entries e ON e.idx = d.enrolled_idx "
+                 "LEFT JOIN bodies b ON b.idx = d.enrolled_idx WHERE d.device = ?")
+_NAMES = ("device", "seq", "ts", "clock", "reader", "credential", "action", "key")
+
+Enrolment = Callable[[str], "tuple[Any, Any] | None"]
+
+
+class ProjectionError(LedgerError):
+    """A projection row that does not match the chain's entries."""
+
+
+def _bytes(v: Any) -> bytes | None:
+    return None if v is None else bytes(v)
+
+
+def _entry_hash(idx: int, kind: str, at: int, body: str, prev: str) -> str:
+    # LEDGER_DOMAIN + canonical(entry): the fields are validated columns (tree.row_leaf_data).
+    data = LEDGER_DOMAIN + (f'{{"at":{at},"body":"{body}","idx":{idx},"kind":"{kind}",'
+                            f'"prev":"{prev}","v":1}}').encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _same_punch(raw: bytes, p: PunchRow) -> bool:
+    """Whether ``raw`` is the canonical JSON of a signed punch with ``p``'s fields, compared as
+    bytes. A stored body is canonical (wire.punch: keys sorted, every string a pattern-checked
+    value without quotes or escapes, boot a 36-character UUID, prev 64 hex), so the body is
+    the template below with exactly one way to fill it; a row value holding a quote or a
+    backslash could shift it, and never matches. False also for a body of any other shape:
+    the caller then compares the parsed fields."""
+    strings = p.action + p.clock + p.credential + p.device + p.key_id + p.reader
+    if '"' in strings or "\\" in strings:
+        return False
+    head = f'{{"punch":{{"action":"{p.action}","boot":"'.encode()
+    pos = len(head) + 36
+    mid = (f'","clock":"{p.clock}","credential":"{p.credential}","device":"{p.device}",'
+           f'"key":"{p.key_id}","mono":').encode()
+    if not raw.startswith(head) or not raw.startswith(mid, pos):
+        return False
+    pos += len(mid)
+    prev = raw.find(b',"prev":"', pos)
+    if prev < 0 or not raw[pos:prev].isdigit():
+        return False
+    tail = f'","reader":"{p.reader}","seq":{p.seq},"ts":{p.ts},"v":1}},"sig":"'.encode()
+    pos = prev + 9 + 64
+    return raw.startswith(tail, pos) and raw.find(b'"', pos + len(tail)) == len(raw) - 2 \
+        and raw.endswith(b'"}')
+
+
+def _punch_fields(raw: bytes) -> tuple[Any, ...] | None:
+    """(device, seq, ts, clock, reader, credential, action, key) of a signed punch body."""
+    try:
+        punch = json.loads(raw)["punch"]
+        return (punch["device"], punch["seq"], punch["ts"], punch["clock"], punch["reader"],
+                punch["credential"], punch["action"], punch["key"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class RowChecker:
+    """Checks payroll rows (PunchRow's columns + :data:`EXTRA_COLUMNS`) one by one.
+    ``enrolment(device)``: the (entry body hash, body) of :data:`ENROLMENT_SQL` for a device,
+    or None; each device is looked up once."""
+
+    def __init__(self, enrolment: Enrolment) -> None:
+        self._enrolment = enrolment
+        self._sites: dict[str, str] = {}
+
+    def row(self, r: tuple[Any, ...]) -> PunchRow:
+        """The PunchRow of ``r`` if it matches the chain; else :class:`ProjectionError`."""
+        p = PunchRow(*r[:12])
+        kind, body_hash, prev, body = r[12:16]
+        raw = _bytes(body)
+        if raw is None:
+            self._fail(p, "its entry has no body (removed under retention, yet the row still "
+                          "holds the punch's personal fields)")
+        if kind != "punch":
+            self._fail(p, f"its entry is a {kind!r} entry, not a punch")
+        if hashlib.sha256(raw).hexdigest() != body_hash:
+            self._fail(p, "the stored body is not the body the entry commits to")
+        if _entry_hash(p.idx, kind, p.at, body_hash, prev) != p.entry_hash:
+            self._fail(p, "the entry's hash is not the hash of its fields")
+        if not _same_punch(raw, p):
+            self._compare_parsed(p, raw)
+        site = self._sites.get(p.device)
+        if site is None:
+            site = self._sites[p.device] = self._site(p)
+        if p.site != site:
+            self._fail(p, "its site is not the site of the device's enrolment entry")
+        return p
+
+    def _compare_parsed(self, p: PunchRow, raw: bytes) -> None:
+        """The slow path: the body parsed as JSON, field by field (and which differ)."""
+        fields = _punch_fields(raw)
+        if fields is None:
+            self._fail(p, "its body is not a signed punch")
+        projected = (p.device, p.seq, p.ts, p.clock, p.reader, p.credential, p.action,
+                     p.key_id)
+        if fields != projected:
+            differ = [n for n, a, b in zip(_NAMES, fields, projected, strict=True) if a != b]
+            # Which columns, never their values: a credential is personal data.
+            self._fail(p, f"column(s) {', '.join(differ)} differ from the signed punch in the "
+                          f"entry")
+
+    def _site(self, p: PunchRow) -> str:
+        found = self._enrolment(p.device)
+        raw = None if found is None else _bytes(found[1])
+        if found is None or raw is None or hashlib.sha256(raw).hexdigest() != found[0]:
+            self._fail(p, "the device's enrolment entry (devices.enrolled_idx) is missing or "
+                          "its body is not the one the entry commits to")
+        try:
+            doc = json.loads(raw)
+            site = str(doc["site"]) if doc["event"] == "enrolled" \
+                and doc["device"] == p.device else None
+        except (ValueError, KeyError, TypeError):
+            site = None
+        if site is None:
+            self._fail(p, "devices.enrolled_idx does not point at this device's enrolment "
+                          "entry")
+        return site
+
+    @staticmethod
+    def _fail(p: PunchRow, why: str) -> NoReturn:
+        raise ProjectionError(f"punch row {p.device}#{p.seq} (entry {p.idx}) does not match "
+                              f"the ledger: {why}. The punches projection was changed "
+                              f"outside the ledger: nothing more is exported; run "
+                              f"`timeclock-collector verify --full` and investigate "
+                              f"(docs/operations.md, 'Projections')")
