@@ -15,7 +15,9 @@ Checks, numbered as in docs/protocol.md:
   (5) fact: each body parses for its kind (wire.bodies: the rule the store applies on append,
       so both refuse the same bodies with the same message); a punch verifies under a key
       that an EARLIER ``device`` entry registered for its device, valid for its seq and not
-      revoked.
+      revoked; a ``retention`` entry cites approved policies and removes only punch/rejection
+      bodies older than their cut-offs and under no active hold, ``policy``/``hold`` entries
+      keep dual control (wire.bodies_retention, protocol §7.2).
   (6) device-chain: per device, by seq (not ledger position): a seq recorded twice or a ``prev``
       that does not link is tampering; a missing seq is a finding (not tampering).
   (7) checkpoint: signed by a trusted log key, size ≤ entries, head = hash of entry size-1.
@@ -39,6 +41,7 @@ import base64
 import hashlib
 import heapq
 import itertools
+from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -57,12 +60,21 @@ from wire.bodies import (
     Retention,
     parse_body,
 )
+from wire.bodies_retention import HoldEvent, PolicyApproved, PolicyProposed, RetentionRules
 from wire.canonical import canonical, loads
 from wire.errors import DecodeError, WireError
 from wire.grants import AccessHistory
 from wire.key_changes import KeyChanges
 from wire.keys import VerifyKey
-from wire.ledger import LEDGER_DOMAIN, Checkpoint, Entry, SignedCheckpoint, body_hash, verify_link
+from wire.ledger import (
+    KINDS,
+    LEDGER_DOMAIN,
+    Checkpoint,
+    Entry,
+    SignedCheckpoint,
+    body_hash,
+    verify_link,
+)
 from wire.merkle import EMPTY_ROOT, node_hash
 from wire.note import Checkpoint as NoteCheckpoint
 from wire.punch import Punch, SignedPunch
@@ -72,6 +84,9 @@ MAX_FINDINGS = 10_000
 
 MAX_GAP_LOOKUPS = 10_000
 """In a resumed audit, seqs of one gap looked up in the prior store before giving up."""
+
+_KINDS_BY_CODE: tuple[str, ...] = ("?", *sorted(KINDS))
+_KIND_CODE: dict[str, int] = {k: i for i, k in enumerate(_KINDS_BY_CODE)}
 
 
 
@@ -348,6 +363,10 @@ class _State:
     retained: list[tuple[int, int]] = field(default_factory=list)  # idx ranges retention deleted
     punch_bits: bytearray = field(default_factory=bytearray)     # bit i: idx start+i is a punch
     deleted_punches: int = 0
+    # For the retention judgement (wire.bodies_retention): each entry's kind and ``at`` from
+    # the start, 9 bytes per entry (a retention entry may remove any earlier body).
+    kinds: bytearray = field(default_factory=bytearray)
+    ats: array[int] = field(default_factory=lambda: array("q"))
 
 
 class LedgerAuditor:
@@ -365,6 +384,8 @@ class LedgerAuditor:
                  prior_punch_hash: Callable[[str, int], str | None] | None = None,
                  prior_keys: Iterable[KeyState] | None = None,
                  prior_entry_kind: Callable[[int], str | None] | None = None,
+                 prior_entry: Callable[[int], tuple[str, int] | None] | None = None,
+                 prior_retention: Iterable[tuple[int, str, Any]] = (),
                  require_coverage: bool = False) -> None:
         for kid, key in log_keys.items():
             if key.key_id != kid:
@@ -377,6 +398,13 @@ class LedgerAuditor:
         self._last_hash = start_head
         self._prior_hash = prior_punch_hash
         self._prior_kind = prior_entry_kind
+        # Retention under policy (protocol §7.2): the policies and holds entered so far (those
+        # before a resume point come as ``prior_retention``: (idx, kind, body value)), the
+        # (kind, at) of entries before it (``prior_entry``) and each device's enrolled site.
+        self._prior_entry = prior_entry
+        self._sites: dict[str, str] = {}
+        self._retention = RetentionRules()
+        self._prior_retention = list(prior_retention)
         # Who could do what, when (wire.grants): replayed from idx 0 only (a resumed audit
         # lacks the grants before its start; verify --full and bundles replay them all).
         self._access = AccessHistory() if start_idx == 0 else None
@@ -585,6 +613,7 @@ class LedgerAuditor:
         if entry.kind == "punch":
             self._punches += 1
             self._mark_punch(idx)
+        self._remember(idx, entry)
         # (4) body
         value = self._body(entry, body, decoded)
         if value is None:
@@ -596,6 +625,8 @@ class LedgerAuditor:
         except BodyError as e:
             self._add(idx, Check.FACT, str(e))
             return
+        if isinstance(fact, DeviceEvent) and fact.site is not None:
+            self._sites[fact.device] = fact.site     # what a retention manifest row must name
         try:
             handler = getattr(self, f"_fact_{entry.kind}")
             self._entry_at = entry.at
@@ -756,7 +787,56 @@ class LedgerAuditor:
                       f"(signed): {rejection.detail or ''}"[:500], tamper=False)
 
     def _fact_retention(self, idx: int, retention: Retention) -> None:
+        """The ranges count as deleted (4) whatever the judgement; then (5) the judgement of
+        wire.bodies_retention: cited approved policies, ages, active holds. An entry from
+        before policies (no citation, no policy entry yet) is a finding, not tampering."""
         self._state.retained.extend(retention.deleted)
+        self._load_prior_retention()
+        here = self._entry_info(idx)
+        at = here[1] if here is not None else 0
+        j = self._retention.judge(idx, at, retention.cites, entry_info=self._entry_info,
+                                  site_of=self._sites.get)
+        if j.problems:
+            more = f" (and {len(j.problems) - 1} more)" if len(j.problems) > 1 else ""
+            self._add(idx, Check.FACT, f"retention body: {j.problems[0]}{more}")
+        for note in j.notes:
+            self._add(idx, Check.FACT, f"retention body: {note}", tamper=False)
+
+    def _load_prior_retention(self) -> None:
+        """The policies and holds before the resume point, once (bad ones are findings)."""
+        for pidx, pkind, pvalue in self._prior_retention:
+            try:
+                prior_fact = parse_body(pkind, pvalue, idx=pidx)
+                if isinstance(prior_fact, PolicyProposed | PolicyApproved | HoldEvent):
+                    self._retention.apply(pidx, prior_fact)
+            except WireError as e:
+                self._add(pidx, Check.FACT, f"{pkind} body: {e}")
+        self._prior_retention = []
+
+    def _fact_policy(self, idx: int, fact: PolicyProposed | PolicyApproved) -> None:
+        self._load_prior_retention()
+        self._retention.apply(idx, fact)
+
+    def _fact_hold(self, idx: int, fact: HoldEvent) -> None:
+        self._load_prior_retention()
+        self._retention.apply(idx, fact)
+
+    def _remember(self, idx: int, entry: Entry) -> None:
+        st = self._state
+        if idx - self._start != len(st.ats):
+            return          # out of order: (1) reported it; later lookups see None
+        st.kinds.append(_KIND_CODE.get(entry.kind, 0))
+        st.ats.append(entry.at)
+
+    def _entry_info(self, idx: int) -> tuple[str, int] | None:
+        """(kind, at) of an entry fed before, or before the resume point."""
+        off = idx - self._start
+        if off < 0:
+            return self._prior_entry(idx) if self._prior_entry is not None else None
+        st = self._state
+        if off >= len(st.ats):
+            return None
+        return _KINDS_BY_CODE[st.kinds[off]], st.ats[off]
 
     def _fact_access(self, idx: int, access: Access) -> None:
         """Informational for the verifier (protocol §7.2)."""

@@ -23,6 +23,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from wire.bodies_retention import (
+    HoldEvent,
+    PolicyApproved,
+    PolicyProposed,
+    RetentionCites,
+    parse_cites,
+    parse_hold,
+    parse_policy,
+)
 from wire.errors import DecodeError, WireError
 from wire.fields import DEVICE_ID_RE, HASH_RE, KEY_ID_RE, get_choice, get_int, get_str
 from wire.key_changes import parse_approval, parse_principal, parse_request
@@ -32,7 +41,7 @@ from wire.punch import SignedPunch
 from wire.rotation import SignedRotationRequest
 
 DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked", "reenrol-requested", "reenrolled"})
-UNDELETABLE_KINDS = frozenset({"device", "retention"})
+UNDELETABLE_KINDS = frozenset({"device", "retention", "policy", "hold"})
 """Kinds whose bodies are needed to verify the rest of the ledger: retention never deletes
 them."""
 
@@ -93,11 +102,14 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """A ``retention`` body: the idx ranges whose bodies it deleted, sorted and disjoint."""
+    """A ``retention`` body: the idx ranges whose bodies it deleted, sorted and disjoint;
+    ``cites``: the approved policies it ran under and one row per removed entry
+    (wire.bodies_retention; None in a retention entry from before policies)."""
 
     policy: str
     deleted: tuple[tuple[int, int], ...]
     count: int
+    cites: RetentionCites | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +137,8 @@ class Access:
     fields: Mapping[str, Any]
 
 
-Body = SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
+Body = (SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
+        | PolicyProposed | PolicyApproved | HoldEvent)
 
 
 def parse_device(value: Any, idx: int = 0) -> DeviceEvent:
@@ -198,7 +211,10 @@ def parse_retention(value: Any, idx: int) -> Retention:
     if count > span:
         raise DecodeError(f"count {count} exceeds the {span} idx the ranges cover",
                           field="count")
-    return Retention(policy, tuple(parsed), count)
+    cites = None
+    if "policies" in obj or "removed" in obj:
+        cites = parse_cites(obj, idx, tuple(parsed), count)
+    return Retention(policy, tuple(parsed), count, cites)
 
 
 def parse_correction(value: Any, idx: int) -> Correction:
@@ -244,6 +260,10 @@ def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911 - o
             return parse_access(value)
         if kind == "alert":
             return parse_alert(value)
+        if kind == "policy":
+            return parse_policy(value, idx)
+        if kind == "hold":
+            return parse_hold(value, idx)
     except BodyError:
         raise
     except WireError as e:

@@ -29,7 +29,8 @@ or see everything run on this machine first, from a checkout:  bash scripts/demo
 """
 
 # Command modules, in --help order. Each is collector.cli.<name>.
-COMMANDS: tuple[str, ...] = ("init", "ca", "broker", "serve", "ledger", "device", "token")
+COMMANDS: tuple[str, ...] = ("init", "ca", "broker", "serve", "ledger", "device", "token",
+                            "retention")
 
 
 def build_parser() -> argparse.ArgumentParser:

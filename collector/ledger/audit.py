@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from collector import CollectorError, LedgerError
-from collector.ledger import checkpoint_tables
+from collector.ledger import checkpoint_tables, retention_tables
 from collector.ledger.sqlbase import SQLStore
 from wire import ZERO_HASH
 from wire.audit import AuditReport, Check, Finding, KeyState, LedgerAuditor
@@ -339,6 +339,10 @@ def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
     auditor = LedgerAuditor(log_keys, start_idx=start, start_head=start_head,
                             prior_keys=prior_keys,
                             prior_punch_hash=_prior_punch_hash(store, start) if start else None,
+                            prior_entry=retention_tables.prior_entry(store.query)
+                            if start else None,
+                            prior_retention=retention_tables.prior_rules(store.query, start)
+                            if start else (),
                             require_coverage=require_coverage)
     cps = [c for c in store.checkpoints() if c.checkpoint.size >= start]
     for c in cps:

@@ -52,6 +52,8 @@ def _granted() -> dict[str, frozenset[str]]:
     out = {t: frozenset({"SELECT", "INSERT"}) for t in _LEDGER_TABLES}
     out["devices"] = out["keys"] = frozenset({"SELECT", "INSERT", "UPDATE"})
     out["bodies"] = frozenset({"SELECT", "INSERT", "DELETE"})
+    # D15: the retention purge (the triggers allow only it: collector.ledger.retention_tables)
+    out["punches"] = out["quarantine"] = frozenset({"SELECT", "INSERT", "UPDATE"})
     for t in tables.TABLES:           # tables.GRANTS: full DML (projections beside the ledger)
         out[t] = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
     for t in checkpoint_tables.TABLES:

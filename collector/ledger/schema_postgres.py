@@ -22,7 +22,14 @@ SCHEMA_VERSION = 2
 
 _ZERO = "0" * 64
 
-_APPEND_ONLY = ("entries", "punches", "quarantine", "retained", "checkpoints", "tc_merkle")
+_APPEND_ONLY = ("entries", "retained", "checkpoints", "tc_merkle")
+# punches and quarantine: no DELETE or TRUNCATE; UPDATE only as the D15 retention purge
+# (tc_punches_purge, tc_quarantine_purge; collector.ledger.retention_tables).
+_PURGED = ("punches", "quarantine")
+_REMOVED = """NOT EXISTS (SELECT 1 FROM bodies b WHERE b.idx = OLD.idx)
+       AND EXISTS (SELECT 1 FROM retained r
+                   JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention'
+                   WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)"""
 
 
 def _forbid(table: str, ops: str, *, truncate: bool) -> str:
@@ -176,6 +183,39 @@ BEGIN
     RETURN OLD;
 END $$;
 
+CREATE OR REPLACE FUNCTION tc_punches_purge() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT (NEW.device = OLD.device AND NEW.seq = OLD.seq AND NEW.punch_hash = OLD.punch_hash
+            AND NEW.idx = OLD.idx AND NEW.key_id = OLD.key_id AND NEW.site = OLD.site
+            AND NEW.credential = '' AND NEW.action = '' AND NEW.reader = ''
+            AND NEW.clock = '' AND NEW.ts = 0
+            AND {_REMOVED}) THEN
+        RAISE EXCEPTION 'timeclock: UPDATE on punches refused: only the retention purge of a '
+                        'removed body may blank its personal columns (the ledger is append-only)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION tc_quarantine_purge() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT (NEW.id = OLD.id AND NEW.idx = OLD.idx AND NEW.received_at = OLD.received_at
+            AND NEW.topic = OLD.topic AND NEW.reason = OLD.reason
+            AND NEW.device IS NOT DISTINCT FROM OLD.device AND NEW.raw_sha256 = OLD.raw_sha256
+            AND NEW.size = OLD.size AND octet_length(NEW.raw) = 0 AND NEW.detail = ''
+            AND {_REMOVED}) THEN
+        RAISE EXCEPTION 'timeclock: UPDATE on quarantine refused: only the retention purge of '
+                        'a removed body may blank its raw bytes (the ledger is append-only)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER punches_purge_only BEFORE UPDATE ON punches
+    FOR EACH ROW EXECUTE FUNCTION tc_punches_purge();
+CREATE OR REPLACE TRIGGER quarantine_purge_only BEFORE UPDATE ON quarantine
+    FOR EACH ROW EXECUTE FUNCTION tc_quarantine_purge();
+{"".join(_forbid(t, "DELETE", truncate=True) for t in _PURGED)}
 CREATE OR REPLACE TRIGGER entries_chain BEFORE INSERT ON entries
     FOR EACH ROW EXECUTE FUNCTION tc_entries_chain();
 CREATE OR REPLACE TRIGGER entries_need_leaf BEFORE INSERT ON entries
@@ -205,5 +245,6 @@ GRANT USAGE ON SCHEMA public TO {role};
 GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role};
 GRANT UPDATE ON devices, keys TO {role};
 GRANT DELETE ON bodies TO {role};
+GRANT UPDATE ON punches, quarantine TO {role};
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
 """

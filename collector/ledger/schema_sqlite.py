@@ -32,6 +32,28 @@ def _forbid(table: str, op: str) -> str:
             f"append-only'); END;")
 
 
+# D15 retention purge (collector.ledger.retention_tables): the one UPDATE of punches and of
+# quarantine allowed, blanking the personal columns / raw bytes of an entry whose body a
+# ``retention`` entry (joined through ``retained``) has removed; every other column unchanged.
+_REMOVED = ("NOT EXISTS (SELECT 1 FROM bodies WHERE idx = OLD.idx) AND EXISTS (SELECT 1 FROM "
+            "retained r JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention' "
+            "WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)")
+_PURGE_ONLY_PUNCHES = f"""CREATE TRIGGER IF NOT EXISTS punches_no_update BEFORE UPDATE ON punches
+WHEN NOT (NEW.device IS OLD.device AND NEW.seq IS OLD.seq AND NEW.punch_hash IS OLD.punch_hash
+  AND NEW.idx IS OLD.idx AND NEW.key_id IS OLD.key_id AND NEW.site IS OLD.site
+  AND NEW.credential = '' AND NEW.action = '' AND NEW.reader = '' AND NEW.clock = ''
+  AND NEW.ts = 0 AND {_REMOVED})
+BEGIN SELECT RAISE(ABORT, 'timeclock: UPDATE on punches refused: only the retention purge of a \
+removed body may blank its personal columns (the ledger is append-only)'); END;"""
+_PURGE_ONLY_QUARANTINE = f"""CREATE TRIGGER IF NOT EXISTS quarantine_no_update BEFORE UPDATE
+ON quarantine
+WHEN NOT (NEW.id IS OLD.id AND NEW.idx IS OLD.idx AND NEW.received_at IS OLD.received_at
+  AND NEW.topic IS OLD.topic AND NEW.reason IS OLD.reason AND NEW.device IS OLD.device
+  AND NEW.raw_sha256 IS OLD.raw_sha256 AND NEW.size IS OLD.size AND length(NEW.raw) = 0
+  AND NEW.detail = '' AND {_REMOVED})
+BEGIN SELECT RAISE(ABORT, 'timeclock: UPDATE on quarantine refused: only the retention purge \
+of a removed body may blank its raw bytes (the ledger is append-only)'); END;"""
+
 TRIGGER_NAMES: tuple[str, ...] = (
     "entries_chain", "bodies_need_entry", "bodies_delete_needs_retention",
     "entries_no_update", "entries_no_delete", "punches_no_update", "punches_no_delete",
@@ -138,9 +160,9 @@ BEGIN SELECT RAISE(ABORT,
 END;
 {_forbid("entries", "UPDATE")}
 {_forbid("entries", "DELETE")}
-{_forbid("punches", "UPDATE")}
+{_PURGE_ONLY_PUNCHES}
 {_forbid("punches", "DELETE")}
-{_forbid("quarantine", "UPDATE")}
+{_PURGE_ONLY_QUARANTINE}
 {_forbid("quarantine", "DELETE")}
 {_forbid("retained", "UPDATE")}
 {_forbid("retained", "DELETE")}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import AppendOnlyError, LedgerError, LedgerUnavailableError, RegistryError
-from collector.ledger import key_authority, tree
+from collector.ledger import key_authority, retention_tables, tree
 from collector.ledger.base import (
     AppendResult,
     DeviceProgress,
@@ -128,7 +128,9 @@ class PunchQuery:
         return text, params
 
     def where(self, ph: str) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
+        # A punch whose body retention removed has its personal columns blanked (credential
+        # '' never matches the credential pattern): it is no longer a punch anyone reads.
+        clauses: list[str] = ["p.credential <> ''"]
         params: list[Any] = []
         for col, op, val in (("p.ts", ">=", self.since), ("p.ts", "<", self.until),
                              ("p.site", "=", self.site), ("p.device", "=", self.device)):
@@ -768,6 +770,13 @@ class _Append:
         fact = checked_body(f.kind, f.body, idx=self.size)
         if isinstance(fact, DeviceEvent):   # D1/D17: the key change's authority (§8.5)
             key_authority.authorise(self._rows, self._body_of, fact)
+        if f.kind in retention_tables.JUDGED_KINDS:
+            # D15: policy/hold dual control and a retention entry's policies, ages and holds,
+            # judged by the auditor's rules against the ledger and the bodies about to go.
+            retention_tables.check_append(
+                self._rows, f.kind, fact, idx=self.size, at=self.at,
+                pending=[(i, k, b) for (i, k, *_), (_, b) in zip(self.entries, self.bodies,
+                                                                 strict=True)])
         idx = self._entry(f.kind, body)
         if isinstance(fact, DeviceEvent):
             self._apply_device(f.body, idx, fact)

@@ -157,7 +157,11 @@ def test_bad_body_is_refused_by_the_store_and_reported_by_the_auditor_alike(
     ("device", _rotated()),
     ("device", {"event": "revoked", "device": "clock-1", "reason": "lost",
                 "key": CLOCK.key_id, "approver": "alice"}),
-    ("retention", {"policy": "p", "deleted": [[1, 1], [3, 3]], "count": 2, "at": 5}),
+    # a retention body needs an approved policy before it (D15): tests/collector/test_retention
+    ("policy", {"event": "proposed", "policy": "punches-6y", "record": "punch",
+                "period_days": 2192, "scope": "all", "by": "alice"}),
+    ("hold", {"event": "placed", "hold": "h", "case": "C-1", "reason": "suit", "by": "carol",
+              "device": "clock-1"}),
     ("correction", {"original_idx": 2, "editor": "bob"}),
     ("access", {"type": "export", "rows": 3}),
 ])

@@ -379,22 +379,35 @@ def test_d15_body_delete_needs_a_retention_entry(backend: Backend, store: SQLSto
     err = sqlite3.DatabaseError if backend.kind == "sqlite" else psycopg.Error
     with pytest.raises(err, match="no retention entry covers"):
         backend.app_exec("DELETE FROM bodies WHERE idx = 1")
-    [r] = store.append([EventFact("retention", {"policy": "punches-6y", "deleted": [[1, 2]],
-                                                "count": 2})], now_us=T0)
-    assert [s.body is None for s in store.entries()] == [False, True, True, False, False, False]
+    # an approved 7-day policy (idx 5, 6), then a retention run 8 days later (D15: it cites it)
+    day = 86_400_000_000
+    p = store.append([EventFact("policy", {"event": "proposed", "policy": "punches-7d",
+                                           "record": "punch", "period_days": 7,
+                                           "scope": "all", "by": "alice"})], now_us=T0)[0].idx
+    store.append([EventFact("policy", {"event": "approved", "proposal": p, "by": "bob"})],
+                 now_us=T0)
+    cites = [{"idx": p, "cutoff": T0 + day}]
+    removed = [[i, "clock-1", "hq", T0 + i * 1_000_000] for i in (1, 2)]
+    [r] = store.append([EventFact("retention", {"policy": "punches-7d", "deleted": [[1, 2]],
+                                                "count": 2, "policies": cites,
+                                                "removed": removed})], now_us=T0 + 8 * day)
+    assert [s.body is None for s in store.entries()] == [False, True, True, False, False,
+                                                          False, False, False]
     with pytest.raises(err, match="no retention entry covers"):
         backend.app_exec("DELETE FROM bodies WHERE idx = 3")
     with pytest.raises(LedgerError, match="range"):
         store.append([EventFact("retention", {"policy": "p", "deleted": [[3, 99]],
                                               "count": 1})], now_us=T0)
-    with pytest.raises(LedgerError, match="may not delete the body of entry 0"):
-        store.append([EventFact("retention", {"policy": "p", "deleted": [[0, 0]],
-                                              "count": 1})], now_us=T0)
-    backend.tamper([("INSERT INTO retained VALUES (?, ?, ?)", (5, 0, 0))])
+    with pytest.raises(LedgerError, match="idx 0, a device entry"):
+        store.append([EventFact("retention", {"policy": "p", "deleted": [[0, 0]], "count": 1,
+                                              "policies": cites,
+                                              "removed": [[0, None, None, T0]]})],
+                     now_us=T0 + 8 * day)
+    backend.tamper([("INSERT INTO retained VALUES (?, ?, ?)", (7, 0, 0))])
     with pytest.raises(err, match="no retention entry covers"):
         backend.app_exec("DELETE FROM bodies WHERE idx = 0")   # a device body: never
-    assert r.idx == 5
-    assert assert_valid_chain(store) == 6
+    assert r.idx == 7
+    assert assert_valid_chain(store) == 8
     result = verify_store(store, LOG_KEYS)
     assert result.ok, result.report.findings
 

@@ -31,7 +31,9 @@ UNITS = {"timeclock-agent.service": "timeclock-agent",
          "timeclock-collector.service": "timeclock-collector",
          "timeclock-broker.service": "timeclock-collector",
          "timeclock-crl-refresh.service": "timeclock-collector",
-         "timeclock-crl-refresh.timer": "timeclock-collector"}
+         "timeclock-crl-refresh.timer": "timeclock-collector",
+         "timeclock-retention.service": "timeclock-collector",
+         "timeclock-retention.timer": "timeclock-collector"}
 COMMANDS = {"/usr/bin/timeclock-agent": "timeclock-agent",
             "/usr/bin/timeclock-collector": "timeclock-collector",
             "/usr/bin/timeclock-verify": "timeclock-collector"}

@@ -45,8 +45,10 @@ def tampers(r: AuditReport) -> list[tuple[int | None, str]]:
 
 def test_standard_ledger_is_clean() -> None:
     r = audit(standard_ledger())
-    assert (r.ok, r.findings, r.entries, r.punches, r.devices, r.checkpoints) == (
-        True, [], 18, 10, 2, 4)
+    # its retention entry (idx 14) is from before policies: a finding, not tampering (D15)
+    assert (r.ok, [(f.idx, f.check, f.tamper) for f in r.findings], r.entries, r.punches,
+            r.devices, r.checkpoints) == (True, [(14, "fact", False)], 18, 10, 2, 4)
+    assert "from before retention policies" in r.findings[0].message
     assert r.first_failure is None
 
 
@@ -133,7 +135,8 @@ def test_retention_deleting_punch_bodies_mentions_it_in_gaps() -> None:
     b.delete_bodies([1])
     r = audit(b)
     assert r.ok
-    assert [(f.idx, f.tamper) for f in r.findings] == [(2, False)]
+    # (4: the retention entry is from before policies, a finding: D15)
+    assert [(f.idx, f.tamper) for f in r.findings] == [(2, False), (4, False)]
     assert "seq 1 missing before seq 2 (or among the 1 punch bodies retention deleted)" \
         in r.findings[0].message
 
@@ -166,7 +169,7 @@ def test_resume_from_trusted_checkpoint() -> None:
                           "prior_keys": prior_keys, "prior_entry_kind": kinds.get,
                           "prior_punch_hash": lambda d, s: punches.get((d, s))}
     r = audit(b, **kw)
-    assert (r.ok, r.findings, r.entries, r.size) == (True, [], 8, 18)
+    assert (r.ok, [f.idx for f in r.findings], r.entries, r.size) == (True, [14], 8, 18)
     # a punch recorded before the resume point, replayed after it
     replay = b.entries[5][2]
     assert replay is not None

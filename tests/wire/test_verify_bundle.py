@@ -59,7 +59,9 @@ def test_d5_valid_bundle_passes(bundle: Path, capsys: pytest.CaptureFixture[str]
     assert "punches: 10  devices: 2  checkpoints: 4" in out.out
     assert "NOT pinned" not in out.err
     rc, report = run(bundle, capsys)
-    assert (rc, report["ok"], report["findings"], report["size"]) == (0, True, [], 18)
+    # one finding: the retention entry at idx 14 is from before policies (D15)
+    assert (rc, report["ok"], [(f["idx"], f["tamper"]) for f in report["findings"]],
+            report["size"]) == (0, True, [(14, False)], 18)
 
 
 def test_vector_ledger_and_checkpoint_verify(tmp_path: Path,
@@ -95,8 +97,8 @@ def test_gaps_are_findings_not_failures(bundle: Path,
     rc, report = run(bundle, capsys)
     assert rc == 0
     assert [(f["idx"], f["check"], f["tamper"]) for f in report["findings"]] == [
-        (18, "device-chain", False)]
-    assert "clock-0042: seq 6 missing before seq 7" in report["findings"][0]["message"]
+        (14, "fact", False), (18, "device-chain", False)]   # 14: a pre-policy retention (D15)
+    assert "clock-0042: seq 6 missing before seq 7" in report["findings"][1]["message"]
 
 
 # -- attacks: (edit, expected first failing idx, expected check) ---------------------------

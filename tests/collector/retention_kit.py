@@ -1,0 +1,155 @@
+"""Builders for the retention tests (control D15): a ledger of old punches and a rejection at
+two sites, approved policies, holds, and the audit bundle an auditor would verify.
+
+Times: everything "old" is recorded (entry ``at``) 30 days before NOW, one punch a day
+before; the policies keep 7 days, so a run at NOW may remove the old records and never the
+young one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from collector.ledger.base import EventFact, RejectionFact
+from collector.ledger.sqlbase import SQLStore
+from collector.records.exports import export_bundle
+from tests.collector.ledger_kit import T0, Clock, seeded_key
+from wire import verify_cli
+from wire.ledger import Checkpoint
+from wire.topics import punches as punches_topic
+
+DAY = 86_400_000_000
+NOW = T0
+OLD = NOW - 30 * DAY
+YOUNG = NOW - DAY
+PERIOD_DAYS = 7
+HELD_CREDENTIAL = "em4100:0000000777"
+LOG_KEY = seeded_key("log-key")
+LOG_KEYS = {LOG_KEY.key_id: LOG_KEY.verify_key}
+
+
+@dataclass
+class Site:
+    """The ledger a test works on, and the idx of what it holds."""
+
+    store: SQLStore
+    punches: dict[str, list[int]] = field(default_factory=dict)   # device -> punch idx
+    credentials: dict[int, str] = field(default_factory=dict)     # punch idx -> credential
+    ts: dict[int, int] = field(default_factory=dict)              # punch idx -> punch ts
+    rejection: int = -1        # an old rejection of clk-c
+    young: int = -1            # a punch of clk-a a day old
+    policies: dict[str, int] = field(default_factory=dict)        # record -> proposal idx
+    access: int = -1           # an access entry (no policy governs it)
+
+    @property
+    def old(self) -> set[int]:
+        return {i for idxs in self.punches.values() for i in idxs} - {self.young} \
+            | {self.rejection}
+
+    def event(self, kind: str, body: dict[str, Any], now: int) -> int:
+        return self.store.append([EventFact(kind, body)], now_us=now)[0].idx
+
+
+CLOCKS = (("clk-a", "hq"), ("clk-b", "hq"), ("clk-c", "plant"))
+
+
+def build(store: SQLStore, *, policies: bool = True) -> Site:
+    """3 clocks (2 at hq, 1 at plant) with 3 old punches each (clk-a's second one by
+    HELD_CREDENTIAL), an old rejection of clk-c, an access entry, approved 7-day policies for
+    punches and rejections (unless ``policies`` is False) and one young punch of clk-a."""
+    site = Site(store)
+    clocks = {}
+    for name, where in CLOCKS:
+        c = Clock(name, site=where)
+        clocks[name] = c
+        site.event("device", c.enrolled_body(), OLD)
+    for name, c in clocks.items():
+        for s in (1, 2, 3):
+            ts = OLD + s * 1_000_000
+            cred = HELD_CREDENTIAL if (name, s) == ("clk-a", 2) else f"em4100:{s:010d}"
+            [r] = store.append([c.fact(ts=ts, credential=cred, received_at=OLD)], now_us=OLD)
+            site.punches.setdefault(name, []).append(r.idx)
+            site.credentials[r.idx] = cred
+            site.ts[r.idx] = ts
+    [rej] = store.append([RejectionFact("bad-signature", "signature does not verify",
+                                        punches_topic("clk-c"), b'{"raw":"em4100:0000009999"}',
+                                        OLD, device="clk-c")], now_us=OLD)
+    site.rejection = rej.idx
+    site.access = site.event("access", {"who": "auditor", "what": "read"}, OLD)
+    if policies:
+        for record in ("punch", "rejection"):
+            site.policies[record] = approve(site, f"{record}-7d", record=record)
+    c = clocks["clk-a"]
+    [y] = store.append([c.fact(ts=YOUNG, credential="em4100:0000000001", received_at=YOUNG)],
+                       now_us=YOUNG)
+    site.young = y.idx
+    site.punches["clk-a"].append(y.idx)
+    site.credentials[y.idx] = "em4100:0000000001"
+    site.ts[y.idx] = YOUNG
+    return site
+
+
+def approve(ledger: Site, name: str, *, record: str = "punch", days: int = PERIOD_DAYS,
+            now: int = OLD, **scope: Any) -> int:
+    """Propose (alice) and approve (bob) a policy; returns the proposal idx."""
+    body: dict[str, Any] = {"event": "proposed", "policy": name, "record": record,
+                            "period_days": days, "scope": "all", "by": "alice", **scope}
+    p = ledger.event("policy", body, now)
+    ledger.event("policy", {"event": "approved", "proposal": p, "by": "bob"}, now)
+    return p
+
+
+def hold(ledger: Site, now: int = YOUNG, **criteria: Any) -> int:
+    return ledger.event("hold", {"event": "placed", "hold": "smith-v-acme", "case": "2026-CV-1",
+                               "reason": "litigation", "by": "carol", **criteria}, now)
+
+
+def manifest_row(site: Site, idx: int) -> list[Any]:
+    """[idx, device, site, ts] of a punch or the rejection, as a run lists it."""
+    for name, idxs in site.punches.items():
+        if idx in idxs:
+            return [idx, name, dict(CLOCKS)[name], site.ts[idx]]
+    assert idx == site.rejection
+    return [idx, "clk-c", "plant", OLD]
+
+
+def retention_body(site: Site, idxs: list[int], *, cites: dict[int, int] | None = None,
+                   at: int = NOW) -> dict[str, Any]:
+    """A retention body removing ``idxs`` that cites ``cites`` (policy idx -> cut-off;
+    default: both policies at at - 7 days)."""
+    if cites is None:
+        cites = {p: at - PERIOD_DAYS * DAY for p in site.policies.values()}
+    idxs = sorted(idxs)
+    ranges: list[list[int]] = []
+    for i in idxs:
+        if ranges and ranges[-1][1] == i - 1:
+            ranges[-1][1] = i
+        else:
+            ranges.append([i, i])
+    return {"policy": "test", "deleted": ranges, "count": len(idxs),
+            "policies": [{"idx": p, "cutoff": c} for p, c in cites.items()],
+            "removed": [manifest_row(site, i) for i in idxs]}
+
+
+def bundle_verdict(store: SQLStore, directory: Path) -> tuple[int, str]:
+    """Sign a checkpoint of the whole ledger, export the audit bundle, run timeclock-verify
+    on it (in-process, its main): (exit status, what it printed)."""
+    size, head = store.head()
+    store.add_checkpoint(Checkpoint(log=LOG_KEY.key_id, size=size, head=head,
+                                    at=NOW + DAY).sign(LOG_KEY))
+    export_bundle(store, directory, [LOG_KEY.verify_key])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = verify_cli.main([str(directory), "--collector-key", LOG_KEY.verify_key.b64,
+                              "--json"])
+    return rc, out.getvalue()
+
+
+def first_failure(printed: str) -> dict[str, Any] | None:
+    ff: dict[str, Any] | None = json.loads(printed)["first_failure"]
+    return ff
