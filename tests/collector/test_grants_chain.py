@@ -26,6 +26,7 @@ import pytest
 from collector import ForbiddenError, LedgerError, SoDError
 from collector.access.directory import Principals
 from collector.cli.main import main as cli_main
+from collector.ingest.alerts import Alerts
 from collector.ingest.checkpoints import make_checkpoint_v2
 from collector.ledger import access_tables, checkpoint_tables
 from collector.ledger.base import EventFact
@@ -36,7 +37,7 @@ from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import migrate_postgres
 from collector.records.exports import export_bundle
 from collector.service.config import load_config
-from collector.service.runner import preflight
+from collector.service.runner import preflight, schema_checks
 from tests.collector.api_kit import Api, access_bodies, seed, start_api
 from tests.collector.punch_kit import write_collector_config
 from tests.fixtures.mosquitto import MosquittoBroker
@@ -178,6 +179,22 @@ async def test_d7_serve_refuses_to_start_and_verify_fails_on_a_forged_row(
     assert "  tc_tokens: token tok-mallory000 has a row but no ledger entry made it" in out
     assert cli_main(["access-review", "--store", str(db)]) == 1
     assert "ACCESS DRIFT   tc_principals/tc_roles: principal mallory" in capsys.readouterr().out
+
+
+async def test_d7_alert_mode_starts_with_a_severity_1_access_drift_alert(
+        api: Api, tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    _sqlite_exec(api.store, _forge_rows(api.store))       # type: ignore[arg-type]
+    db = Path(str(api.store.query("PRAGMA database_list")[0][2]))
+    cfg = load_config(_serve_config(tmp_path, mosquitto, f"sqlite://{db}",
+                                    extra='[ledger]\non_schema_drift = "alert"\n'))
+    alerts = Alerts()
+    schema_checks(cfg, api.store, alerts)                  # starts: no LedgerError
+    [alert] = alerts.recent("access-drift")
+    assert alert.severity == 1
+    assert alert.detail.startswith("the access tables differ from the ledger's access "
+                                   "entries: tc_principals/tc_roles: principal mallory has a "
+                                   "row but no ledger entry made it; tc_tokens: token "
+                                   "tok-mallory000 has a row")
 
 
 async def test_d7_postgres_rows_inserted_by_a_superuser_never_authenticate(
