@@ -294,3 +294,57 @@ def test_d15_retention_entry_from_before_policies_is_a_finding(store: SQLStore,
     assert "from before retention policies" in notes[0].message
     rc, printed = bundle_verdict(store, tmp_path / "bundle")
     assert rc == 0, printed
+
+
+async def test_d15_after_a_run_the_api_serves_nothing_of_what_went(sqlite_store: SQLStore
+                                                                   ) -> None:
+    from tests.collector.api_kit import start_api  # noqa: PLC0415 - the API's imports, here only
+
+    site = build(sqlite_store)
+    api = await start_api(sqlite_store)
+    try:
+        before = await api.call("GET", "/v1/punches", "hr-reader")
+        assert before.status == 200
+        text = await before.text()
+        assert HELD_CREDENTIAL in text
+        assert "em4100:0000000003" in text
+        retention.run(sqlite_store, NOW)
+        after = await api.call("GET", "/v1/punches", "hr-reader")
+        text = await after.text()
+        assert after.status == 200
+        assert HELD_CREDENTIAL not in text
+        assert "em4100:0000000003" not in text
+        assert site.credentials[site.young] in text           # the young punch stays
+        export = await api.call("GET", "/v1/exports/payroll", "payroll")
+        body = await export.text()
+        assert export.status == 200
+        assert HELD_CREDENTIAL not in body
+        assert site.credentials[site.young] in body
+    finally:
+        await api.client.close()
+
+
+def test_d15_incremental_verify_judges_a_retention_after_its_resume_point(
+        store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verify resumed from a checkpoint still knows the policies, holds and entry times
+    below it (read from the store), so a bad retention entry after it fails at that entry."""
+    from tests.collector.retention_kit import LOG_KEY  # noqa: PLC0415
+    from wire.ledger import Checkpoint  # noqa: PLC0415
+
+    site = build(store)
+    hold(site, device="clk-b")
+    size, head = store.head()
+    store.add_checkpoint(Checkpoint(log=LOG_KEY.key_id, size=size, head=head,
+                                    at=YOUNG).sign(LOG_KEY))
+    first = verify_store(store, LOG_KEYS)
+    assert first.ok
+    assert first.state is not None
+    monkeypatch.setattr(retention_tables, "check_append", lambda *a, **k: None)
+    bad = site.event("retention", retention_body(site, [site.punches["clk-b"][0]]), NOW)
+    monkeypatch.undo()
+    again = verify_store(store, LOG_KEYS, state=first.state)
+    assert again.resumed_from == size                         # resumed, not from idx 0
+    ff = again.report.first_failure
+    assert ff is not None
+    assert ff.idx == bad
+    assert "hold 'smith-v-acme' (case 2026-CV-1) at idx" in ff.message
