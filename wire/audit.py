@@ -1,9 +1,10 @@
 """The ledger verification core (DESIGN.md §6, docs/protocol.md §9): one auditor, fed incrementally.
 
 Used by the offline bundle verifier (``timeclock-verify``) and by the collector's live-store
-``verify``. Entries are fed in idx order, checkpoints before the entries they cover; nothing is
-held per entry, only per device (its seen-seq intervals) and per gap, so a ledger of millions of
-entries verifies in bounded memory.
+``verify``. Entries are fed in idx order, checkpoints before the entries they cover; per entry
+only its kind and ``at`` are held (9 bytes: a retention entry may remove any earlier body and
+is judged on them), otherwise per device (its seen-seq intervals) and per gap, so a ledger of
+millions of entries verifies in a few bytes per entry.
 
 Checks, numbered as in docs/protocol.md:
   (0) keys: the bundle's collector keys agree with the keys pinned out of band (bundle.py).
