@@ -223,6 +223,13 @@ async def test_d7_postgres_rows_inserted_by_a_superuser_never_authenticate(
             tx.execute("UPDATE tc_tokens SET revoked_at = NULL WHERE principal = ?",
                        ("hr-reader",))
         assert (await api.call("GET", "/v1/punches", "hr-reader")).status == 401
+        # a guard dropped by the superuser is schema drift; migrate puts it back
+        with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER tc_tokens_guard ON tc_tokens")
+        assert check_schema(store).findings == ("trigger tc_tokens_guard on tc_tokens is "
+                                                "missing",)
+        migrate_postgres(pg_ledger.owner_dsn, pg_ledger.app_role)
+        assert check_schema(store).findings == ()
     finally:
         await api.client.close()
         store.close()
