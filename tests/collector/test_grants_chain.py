@@ -40,6 +40,7 @@ from collector.service.config import load_config
 from collector.service.runner import preflight, schema_checks
 from tests.collector.api_kit import Api, access_bodies, seed, start_api
 from tests.collector.punch_kit import write_collector_config
+from tests.e2e.attack_kit import drop_triggers, restore_triggers
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.postgres import PgDatabase
 from wire.keys import SigningKey
@@ -179,6 +180,31 @@ async def test_d7_serve_refuses_to_start_and_verify_fails_on_a_forged_row(
     assert "  tc_tokens: token tok-mallory000 has a row but no ledger entry made it" in out
     assert cli_main(["access-review", "--store", str(db)]) == 1
     assert "ACCESS DRIFT   tc_principals/tc_roles: principal mallory" in capsys.readouterr().out
+
+
+async def test_d7_unrevoked_behind_dropped_triggers_is_named_at_start_up(
+        api: Api, tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    """The database admin drops the triggers, un-revokes a token and puts the triggers back
+    exactly as they were (tests/e2e/attack_kit.py): the schema check sees nothing, the
+    projection check names the row, so ``serve`` refuses to start."""
+    tid = Principals(api.store).tokens("hr-reader")[0].id
+    Principals(api.store).revoke_token(tid, actor="admin", now_us=api.clock())
+    assert (await api.call("GET", "/v1/punches", "hr-reader")).status == 401
+    db = Path(str(api.store.query("PRAGMA database_list")[0][2]))
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        saved = drop_triggers(conn)
+        conn.execute("UPDATE tc_tokens SET revoked_at = NULL, revoked_by = NULL WHERE id = ?",
+                      (tid,))
+        restore_triggers(conn, saved)
+    finally:
+        conn.close()
+    assert check_schema(api.store).findings == ()
+    [finding] = access_tables.check_projection(api.store)
+    assert re.fullmatch(rf"tc_tokens: token {tid}: revoked_at is none in the table but \d+ "
+                        rf"in the ledger", finding), finding
+    with pytest.raises(LedgerError, match=re.escape(finding)):
+        preflight(load_config(_serve_config(tmp_path, mosquitto, f"sqlite://{db}")))
 
 
 async def test_d7_alert_mode_starts_with_a_severity_1_access_drift_alert(
