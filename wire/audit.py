@@ -845,6 +845,12 @@ class LedgerAuditor:
     def _fact_alert(self, idx: int, alert: Alert) -> None:
         """Informational for the verifier (protocol §7.2): what a detector saw."""
 
+    def _fact_employee(self, idx: int, employee: object) -> None:
+        """People directory (protocol §7.2): the body's shape is checked (wire.bodies_people);
+        its rules against the directory are the collector's."""
+
+    _fact_badge = _fact_employee
+
     def _fact_correction(self, idx: int, correction: Correction) -> None:
         original = correction.original_idx
         if self._is_punch(original) is False:

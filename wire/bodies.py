@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from wire.bodies_people import PEOPLE_KINDS, BadgeEvent, Employee, parse_people
 from wire.bodies_retention import (
     HoldEvent,
     PolicyApproved,
@@ -138,7 +139,7 @@ class Access:
 
 
 Body = (SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
-        | PolicyProposed | PolicyApproved | HoldEvent)
+        | Employee | BadgeEvent | PolicyProposed | PolicyApproved | HoldEvent)
 
 
 def parse_device(value: Any, idx: int = 0) -> DeviceEvent:
@@ -264,6 +265,8 @@ def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911 - o
             return parse_policy(value, idx)
         if kind == "hold":
             return parse_hold(value, idx)
+        if kind in PEOPLE_KINDS:
+            return parse_people(kind, value)
     except BodyError:
         raise
     except WireError as e:
