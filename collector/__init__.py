@@ -44,3 +44,17 @@ class ForbiddenError(CollectorError):
 
 class SoDError(ForbiddenError):
     """A role grant or an action would break segregation of duties (CONTROLS.md D6/D8)."""
+
+
+class DirectoryError(CollectorError):
+    """A people-directory change is refused (bad record or CSV row, unknown employee or
+    manager, a management cycle); nothing of it was recorded."""
+
+
+class DirectoryNotFoundError(DirectoryError):
+    """No such employee (or no badge period) in the directory."""
+
+
+class BadgeConflictError(DirectoryError):
+    """A badge change contradicts the directory: the credential is held by someone else (or
+    lost or blocked) over part of the interval; the message names the holder and interval."""

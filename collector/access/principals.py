@@ -29,6 +29,7 @@ ROLES: dict[str, str] = {
     "payroll.export": "export punches for payroll (CSV/NDJSON with header and trailer)",
     "hr.correct": "propose corrections (amendments) to punches",
     "hr.approve": "approve or reject corrections proposed by someone else",
+    "hr.people": "keep the people directory: employees and badges (read it: hr.read too)",
     "audit.read": "verification status, checkpoints, access log, quarantine, device events",
     "ops.devices": "device registry (no punch data)",
     "admin": "principals, tokens and roles (cannot read punches, correct or approve)",

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from collector import CollectorError, ForbiddenError, LedgerError, SoDError
+from collector import (
+    BadgeConflictError,
+    CollectorError,
+    DirectoryError,
+    DirectoryNotFoundError,
+    ForbiddenError,
+    LedgerError,
+    SoDError,
+)
 from collector.access.principals import PrincipalError
 from collector.access.tokens import TokenError
 from collector.ledger.row_check import ProjectionError
@@ -105,6 +113,9 @@ def classify(e: BaseException) -> Problem:
         (CorrectionIntegrityError, 500, "integrity", "Stored data disagrees with the ledger"),
         (CorrectionError, 400, "invalid-correction", "Invalid correction"),
         (PrincipalError, 400, "invalid-principal", "Invalid principal or token request"),
+        (DirectoryNotFoundError, 404, "not-found", "Not found"),
+        (BadgeConflictError, 409, "conflict", "Conflict with the current state"),
+        (DirectoryError, 400, "invalid-directory-change", "Invalid directory change"),
         (ExportError, 400, "bad-request", "Malformed request"),
         (ProofNotFoundError, 404, "not-found", "Not found"),
         (ProofRequestError, 400, "bad-request", "Malformed request"),

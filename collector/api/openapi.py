@@ -15,7 +15,8 @@ from collector.access.principals import ROLES
 from collector.api.params import PARAMS
 from collector.api.routes import ROUTES
 from collector.records.corrections import FIELDS, REASONS
-from wire.fields import DEVICE_ID_RE
+from wire.bodies_people import EMPLOYEE_ID_RE
+from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
 from wire.punch import ACTIONS
 
 VERSION = "1.0.0"
@@ -53,6 +54,11 @@ SCHEMAS: dict[str, Any] = {
         "action": {"enum": sorted(ACTIONS)}, "device_time": _STR, "device_time_us": _INT,
         "clock": _STR, "recorded_at": _STR, "recorded_at_us": _INT, "ledger_idx": _INT,
         "entry_hash": _STR, "reader": _STR, "key": _STR,
+        "employee_id": {"type": ["string", "null"],
+                        "description": "who held the badge at device time (people directory, "
+                                       "resolved when read); null unless badge_status is "
+                                       "assigned"},
+        "badge_status": {"enum": ["assigned", "unknown", "blocked", "lost"]},
         "corrections": {"type": "object", "additionalProperties": _ref("Applied")},
         "effective": _obj({"action": _STR, "device_time": _STR, "device_time_us": _INT})},
         ["device", "seq", "action", "device_time_us", "ledger_idx", "effective"]),
@@ -124,6 +130,43 @@ SCHEMAS: dict[str, Any] = {
                                        "description": "the v2 checkpoint note the proof "
                                                       "leads to (size = tree_size)"}},
                        ["entry", "leaf_index", "inclusion_proof", "checkpoint"]),
+    "Employee": _obj({
+        "employee_id": _STR, "name": _STR, "department": _STR, "site": _STR,
+        "timezone": {"type": "string", "description": "IANA time zone"},
+        "manager_id": _NSTR, "status": {"enum": ["active", "left"]}, "active_from": _STR,
+        "left_on": _NSTR, "created_idx": _INT, "changed_idx": _INT,
+        "badges": {"type": "array", "items": _ref("BadgePeriod")},
+        "recorded_idx": {"type": ["integer", "null"],
+                         "description": "PUT: the employee entry recorded (null: unchanged)"}},
+        ["employee_id", "name", "timezone", "status"]),
+    "EmployeePage": _obj({"items": {"type": "array", "items": _ref("Employee")},
+                          "next": _NSTR}, ["items", "next"]),
+    "EmployeeRecord": _obj({
+        "name": {"type": "string", "maxLength": 200}, "department": {"type": "string",
+                                                                     "maxLength": 128},
+        "site": {"type": "string", "maxLength": 128},
+        "timezone": {"type": "string", "description": "IANA time zone, e.g. Europe/Berlin"},
+        "manager_id": _NSTR, "status": {"enum": ["active", "left"]},
+        "active_from": {"type": "string", "format": "date"},
+        "left_on": {"type": ["string", "null"], "format": "date"}},
+        ["name", "department", "site", "timezone"], extra=False),
+    "BadgePeriod": _obj({"credential": _STR, "employee_id": _NSTR,
+                         "status": {"enum": ["assigned", "lost", "blocked"]},
+                         "valid_from": _INT, "valid_until": _NINT, "idx": _INT,
+                         "changed_idx": _INT}),
+    "Badge": _obj({"credential": _STR, "at": _INT, "employee_id": _NSTR,
+                   "badge_status": {"enum": ["assigned", "lost", "blocked", "unknown"]},
+                   "recorded_idx": _NINT,
+                   "periods": {"type": "array", "items": _ref("BadgePeriod")}},
+                  ["credential", "periods"]),
+    "BadgeEventRequest": _obj({
+        "event": {"enum": ["assigned", "lost", "blocked", "returned"]},
+        "employee_id": _NSTR,
+        "from": {"type": ["integer", "string"], "description": "device time (µs or ISO 8601 "
+                                                               "with offset); default now"},
+        "until": {"type": ["integer", "string", "null"],
+                  "description": "exclusive end; not for returned"}},
+        ["event"], extra=False),
     "AccessReview": _obj({"unused_days": _INT, "flagged": _INT,
                           "items": {"type": "array", "items": _OBJ}}, ["items"]),
 }
@@ -133,6 +176,8 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "seq": {"type": "integer", "minimum": 1},
     "id": {"type": "string", "maxLength": 40},
     "name": {"type": "string", "maxLength": 64},
+    "employee_id": {"type": "string", "pattern": EMPLOYEE_ID_RE.pattern},
+    "credential": {"type": "string", "pattern": CREDENTIAL_RE.pattern},
 }
 
 
@@ -171,7 +216,7 @@ def _operation(r: Any) -> dict[str, Any]:
                           "429": _problem("too many failed authentications")})
     if "{" in r.path:
         responses["404"] = _problem("not found")
-    if r.method == "POST" and "corrections" in r.path:
+    if r.method == "POST" and ("corrections" in r.path or "badges" in r.path):
         responses["409"] = _problem("conflict with the current state")
     op["responses"] = dict(sorted(responses.items()))
     return op

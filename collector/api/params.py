@@ -53,6 +53,9 @@ PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "proofs": ({"type": "string", "enum": ["0", "1"]},
                "1: each row carries its inclusion proof to the newest v2 checkpoint, whose "
                "note is in the header (NDJSON only; docs/protocol.md §13.3)"),
+    "department": ({"type": "string", "maxLength": 128}, "department of the employee"),
+    "manager": ({"type": "string", "maxLength": 64}, "only this manager's direct reports"),
+    "at": ({"type": "string", "maxLength": 40}, f"device time: {TIME_DESC} (default now)"),
     "unused_days": ({"type": "integer", "minimum": 1, "maximum": 3650},
                     "flag access unused for this many days (default 90)"),
 }

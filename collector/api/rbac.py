@@ -11,7 +11,8 @@ from collector import ForbiddenError
 from collector.access.principals import Principal, check_roles
 from collector.api.routes import Route
 
-PUNCH_DATA_ROLES = frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve"})
+PUNCH_DATA_ROLES = frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve",
+                              "hr.people"})
 
 
 def authorize(principal: Principal, route: Route) -> str | None:

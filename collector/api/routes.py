@@ -13,6 +13,7 @@ from collector.access.principals import ROLES
 from collector.api import views_admin as A
 from collector.api import views_audit as U
 from collector.api import views_hr as H
+from collector.api import views_people as PP
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,6 +67,21 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/corrections/{id}/reject", "rejectCorrection", H.reject_correction,
           ("hr.approve",), "Reject (another principal's) proposal", body="Decision",
           response="Correction"),
+    Route("GET", "/v1/people", "listPeople", PP.list_people, PP.READ_ROLES,
+          "Employees of the people directory by id, filtered, in pages", PP.PEOPLE_PARAMS,
+          response="EmployeePage"),
+    Route("GET", "/v1/people/{employee_id}", "getPerson", PP.get_person, PP.READ_ROLES,
+          "One employee with every badge period", response="Employee"),
+    Route("PUT", "/v1/people/{employee_id}", "putPerson", PP.put_person, ("hr.people",),
+          "Create or change an employee (an employee ledger entry when it changes)",
+          body="EmployeeRecord", response="Employee"),
+    Route("GET", "/v1/badges/{credential}", "getBadge", PP.get_badge, PP.READ_ROLES,
+          "A badge's periods and who held it at ?at= (default now)", ("at",),
+          response="Badge"),
+    Route("POST", "/v1/badges/{credential}/events", "badgeEvent", PP.badge_event,
+          ("hr.people",), "Assign a badge, or report it lost, blocked or returned (a badge "
+          "ledger entry; 200 and no entry when already so)", body="BadgeEventRequest",
+          response="Badge", status=201),
     Route("GET", "/v1/checkpoints", "listCheckpoints", U.checkpoints, ("audit.read",),
           "Signed checkpoints of the ledger", response="ItemList"),
     Route("GET", "/v1/log/checkpoint", "getLogCheckpoint", U.log_checkpoint,

@@ -28,6 +28,7 @@ from collector.api.errors import BadRequestError, NotAcceptableError, NotFoundEr
 from collector.api.keys import CLOCK, CORRECTIONS, READER, SETTINGS, STORE, ctx, principal_name
 from collector.api.reads import on_reader
 from collector.ledger import queries
+from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from collector.records import proofs
 from collector.records.corrections import FIELDS, REASONS, Applied, check_value
@@ -135,8 +136,9 @@ class Counter:
 
 def encode_rows(rows: Iterator[PunchRow], fmt: str, fixed: dict[tuple[str, int],
                 dict[str, Applied]], counter: Counter, *, head: bytes = b"",
-                tail: Any = None) -> Iterator[bytes]:
-    """Byte chunks of ``rows`` as NDJSON or CSV (runs in a worker thread)."""
+                tail: Any = None, holders: BadgeResolver) -> Iterator[bytes]:
+    """Byte chunks of ``rows`` as NDJSON or CSV (runs in a worker thread); ``holders``
+    resolves each row's badge (every badge period, loaded once before the first row)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n") if fmt == "csv" else None
     if head:
@@ -145,7 +147,8 @@ def encode_rows(rows: Iterator[PunchRow], fmt: str, fixed: dict[tuple[str, int],
         writer.writerow(PUNCH_COLUMNS)
     n = 0
     for r in rows:
-        item = punch_item(r, fixed.get((r.device, r.seq)) if fixed else None)
+        item = punch_item(r, fixed.get((r.device, r.seq)) if fixed else None,
+                          holders.resolve(r.credential, r.ts))
         if writer is not None:
             writer.writerow(csv_values(item))
         else:
@@ -198,7 +201,10 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
     if fmt == "json":
         rows = await asyncio.to_thread(f.page, store)
         fixed = await asyncio.to_thread(corr.applied, {(r.device, r.seq) for r in rows})
-        items = [punch_item(r, fixed.get((r.device, r.seq))) for r in rows]
+        page_holders = await asyncio.to_thread(BadgeResolver.load, store,
+                                               {r.credential for r in rows})
+        items = [punch_item(r, fixed.get((r.device, r.seq)),
+                            page_holders.resolve(r.credential, r.ts)) for r in rows]
         nxt = None
         if len(rows) == f.limit:
             last = rows[-1]
@@ -206,9 +212,11 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
         ctx(request).record.count = len(items)
         return web.json_response({"items": items, "next": nxt})
     fixed_all = await asyncio.to_thread(corr.applied_complete)
+    holders = await asyncio.to_thread(BadgeResolver.load, store)
     counter = Counter()
     try:
-        return await stream(request, fmt, encode_rows(f.stream(store), fmt, fixed_all, counter))
+        return await stream(request, fmt, encode_rows(f.stream(store), fmt, fixed_all, counter,
+                                                      holders=holders))
     finally:
         ctx(request).record.count = counter.n
 
@@ -243,7 +251,8 @@ async def get_punch(request: web.Request) -> web.Response:
         cp = max(cps, key=lambda c: (c.checkpoint.size, c.checkpoint.at), default=None)
         fixed = corr.applied({(device, seq)}).get((device, seq))
         return {
-            "punch": punch_item(r, fixed), "signed": signed, "punch_hash": phash,
+            "punch": punch_item(r, fixed, BadgeResolver.load(store, [r.credential]).resolve(
+                r.credential, r.ts)), "signed": signed, "punch_hash": phash,
             "entry": {"entry": se.entry.to_dict(), "hash": se.hash},
             "key": None if key is None else {"key": key.key_id, "public": key.public_b64,
                                               "from_seq": key.from_seq,
@@ -289,12 +298,13 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
             raise BadRequestError("proofs=1 needs format=ndjson (CSV rows carry no proofs)")
         return await _payroll_with_proofs(request, query)
 
-    def prepare() -> tuple[ExportSummary, dict[tuple[str, int], dict[str, Applied]]]:
+    def prepare() -> tuple[ExportSummary, dict[tuple[str, int], dict[str, Applied]],
+                           BadgeResolver]:
         size, head = store.head()
         summary = ExportSummary(query, size, head, latest_checkpoint(store, size))
-        return summary, corr.applied_complete()
+        return summary, corr.applied_complete(), BadgeResolver.load(store)
 
-    summary, fixed = await asyncio.to_thread(prepare)
+    summary, fixed, holders = await asyncio.to_thread(prepare)
     header = summary.header(generated_at=clock(), fmt=fmt)
     header["requested_by"] = principal_name(request)
     def tail() -> str:
@@ -307,7 +317,8 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
     try:
         rows = snapshot_rows(store, summary)
         return await stream(request, fmt, encode_rows(rows, fmt, fixed, counter,
-                                                      head=head.encode(), tail=tail),
+                                                      head=head.encode(), tail=tail,
+                                                      holders=holders),
                             {"Content-Disposition": f"attachment; filename=payroll.{fmt}"})
     finally:
         ctx(request).record.count = counter.n

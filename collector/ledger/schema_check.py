@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector import LedgerError
-from collector.ledger import access_tables, checkpoint_tables, tables
+from collector.ledger import access_tables, checkpoint_tables, people_tables, tables
 from collector.ledger.schema_postgres import SCHEMA as PG_SCHEMA
 from collector.ledger.schema_sqlite import SCHEMA as SQLITE_SCHEMA
 from collector.ledger.schema_sqlite import TRIGGER_NAMES
@@ -58,6 +58,8 @@ def _granted() -> dict[str, frozenset[str]]:
         out[t] = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
     for t in checkpoint_tables.TABLES:
         out[t] = frozenset({"SELECT", "INSERT"})
+    for t in people_tables.UPDATABLE:  # schema_postgres.GRANTS: the directory's projection
+        out[t] = frozenset({"SELECT", "INSERT", "UPDATE"})
     return out
 
 
@@ -137,6 +139,8 @@ def restore_sqlite(path: Path) -> list[str]:
         if redo:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                for stmt in people_tables.SQLITE_TABLE_STATEMENTS:  # a ledger made before them
+                    conn.execute(stmt)
                 for name in redo:
                     conn.execute(f"DROP TRIGGER IF EXISTS {name}")
                     conn.execute(expected[name])

@@ -18,6 +18,8 @@ Same tables as the SQLite schema. Invariants enforced by the database itself:
 
 from __future__ import annotations
 
+from collector.ledger import people_tables
+
 SCHEMA_VERSION = 2
 
 _ZERO = "0" * 64
@@ -231,6 +233,7 @@ CREATE OR REPLACE TRIGGER bodies_no_truncate BEFORE TRUNCATE ON bodies
 {"".join(_forbid(t, "UPDATE OR DELETE", truncate=True) for t in _APPEND_ONLY)}
 {_forbid("devices", "DELETE", truncate=True)}
 {_forbid("keys", "DELETE", truncate=True)}
+{people_tables.POSTGRES_DDL}
 -- A new database is version 2 at once (its empty tree is complete); a version 1 one keeps
 -- '1' here until migrate() has built its tree (SET_VERSION).
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}') ON CONFLICT DO NOTHING;
@@ -246,5 +249,6 @@ GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role};
 GRANT UPDATE ON devices, keys TO {role};
 GRANT DELETE ON bodies TO {role};
 GRANT UPDATE ON punches, quarantine TO {role};
+GRANT UPDATE ON tc_employees, tc_badges TO {role};
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
 """

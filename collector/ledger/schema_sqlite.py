@@ -21,6 +21,8 @@ Invariants enforced by the database itself (triggers), not only by the code:
 
 from __future__ import annotations
 
+from collector.ledger import people_tables
+
 SCHEMA_VERSION = 2
 
 _ZERO = "0" * 64
@@ -61,6 +63,7 @@ TRIGGER_NAMES: tuple[str, ...] = (
     "retained_no_delete", "checkpoints_no_update", "checkpoints_no_delete",
     "bodies_no_update", "devices_no_delete", "keys_no_delete",
     "entries_need_leaf", "tc_merkle_no_update", "tc_merkle_no_delete",
+    *people_tables.SQLITE_TRIGGERS,
 )
 
 _V1 = f"""
@@ -188,6 +191,9 @@ TREE_DDL: tuple[str, ...] = (
     "tc_merkle (the tree must cover every entry)'); END",
     _forbid("tc_merkle", "UPDATE").rstrip(";"),
     _forbid("tc_merkle", "DELETE").rstrip(";"),
+    # The people directory's projection (collector.ledger.people_tables): a v1 file upgraded
+    # gets it with the tree.
+    *people_tables.SQLITE_STATEMENTS,
 )
 
 _VERSION = "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{}');\n"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from collector import CollectorError
 from collector.ledger import checkpoint_tables
+from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from wire.bundle import write_bundle
 from wire.errors import WireError
@@ -35,12 +36,16 @@ FORMATS = ("csv", "ndjson")
 COLUMNS = ("device", "site", "seq", "credential", "action", "device_time", "device_time_us",
            "clock", "recorded_at", "recorded_at_us", "ledger_idx", "entry_hash")
 EXTRA_COLUMNS = ("reader", "key", "effective_action", "effective_device_time",
-                 "effective_device_time_us", "correction_idx")
+                 "effective_device_time_us", "correction_idx", "employee_id", "badge_status")
 PUNCH_COLUMNS = (*COLUMNS, *EXTRA_COLUMNS)
 CORRECTIONS_NOTE = ("original values in action/device_time; effective_* hold the values after "
                     "approved corrections, correction_idx their ledger entries (the punch "
                     "entry itself is ledger_idx)")
+EMPLOYEES_NOTE = ("employee_id: who held the badge at device time per the people directory "
+                  "when exported (badge_status assigned); null with badge_status lost, "
+                  "blocked or unknown")
 Fixed = Mapping[tuple[str, int], Mapping[str, "Applied"]]
+Holder = tuple[str | None, str]     # (employee_id, badge_status): people_tables.BadgeResolver
 
 
 class ExportError(CollectorError):
@@ -88,9 +93,12 @@ _iso = _Iso()
 encode_item = json.JSONEncoder(ensure_ascii=False).encode   # keys are built in sorted order
 
 
-def punch_item(r: PunchRow, fixed: Mapping[str, Applied] | None) -> dict[str, Any]:
+def punch_item(r: PunchRow, fixed: Mapping[str, Applied] | None, holder: Holder
+               ) -> dict[str, Any]:
     """A punch as the API shows it: the columns of collector.records.exports (original values) plus
-    reader, key, its corrections and the effective values. Keys in sorted order."""
+    reader, key, its corrections and the effective values, and who held the badge at device
+    time (``holder``, resolved when read: ``employee_id`` and ``badge_status``). Keys in sorted
+    order."""
     device_time = _iso(r.ts)
     if fixed:
         ts = fixed["ts"].value if "ts" in fixed else r.ts
@@ -100,9 +108,10 @@ def punch_item(r: PunchRow, fixed: Mapping[str, Applied] | None) -> dict[str, An
     else:
         effective = {"action": r.action, "device_time": device_time, "device_time_us": r.ts}
         corrections = {}
-    return {"action": r.action, "clock": r.clock, "corrections": corrections,
-            "credential": r.credential, "device": r.device, "device_time": device_time,
-            "device_time_us": r.ts, "effective": effective, "entry_hash": r.entry_hash,
+    return {"action": r.action, "badge_status": holder[1], "clock": r.clock,
+            "corrections": corrections, "credential": r.credential, "device": r.device,
+            "device_time": device_time, "device_time_us": r.ts, "effective": effective,
+            "employee_id": holder[0], "entry_hash": r.entry_hash,
             "key": r.key_id, "ledger_idx": r.idx, "reader": r.reader,
             "recorded_at": _iso(r.at), "recorded_at_us": r.at, "seq": r.seq, "site": r.site}
 
@@ -138,6 +147,7 @@ class ExportSummary:
             "checkpoint": None if cp is None else cp.to_dict(),
             "columns": list(PUNCH_COLUMNS),
             "corrections": CORRECTIONS_NOTE,
+            "employees": EMPLOYEES_NOTE,
         }
 
     def trailer(self) -> dict[str, Any]:
@@ -189,8 +199,10 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
         writer.writerow(PUNCH_COLUMNS)
     else:
         out.write(json.dumps({"header": header}, sort_keys=True) + "\n")
+    holders = BadgeResolver.load(store)       # one query: each row is a lookup in memory
     for r in snapshot_rows(store, summary):
-        item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None)
+        item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None,
+                          holders.resolve(r.credential, r.ts))
         if writer is not None:
             writer.writerow(csv_values(item))
         else:

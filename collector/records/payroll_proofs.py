@@ -19,6 +19,7 @@ from typing import TextIO
 
 from collector import LedgerError
 from collector.ledger import checkpoint_tables
+from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records.exports import (
     ExportError,
@@ -49,8 +50,10 @@ def export_payroll_with_proofs(store: SQLStore, out: TextIO, *, query: PunchQuer
     header = summary.header(generated_at=now_us, fmt="ndjson")
     header["proofs"] = header_proofs(stored.note)
     out.write(json.dumps({"header": header}, sort_keys=True) + "\n")
+    holders = BadgeResolver.load(store)
     for r in snapshot_rows(store, summary):
-        item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None)
+        item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None,
+                          holders.resolve(r.credential, r.ts))
         item["proof"] = _proof(store, r.idx, size)
         out.write(json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n")
     out.write(json.dumps({"trailer": summary.trailer()}, sort_keys=True) + "\n")

@@ -207,7 +207,7 @@ def test_d5_postgres_migrated_app_role_has_no_finding(pg_ledger: PgDatabase) -> 
 def test_d5_postgres_each_dropped_trigger_is_named_and_migrate_restores_it(
         pg_ledger: PgDatabase) -> None:
     triggers = pg_expected_triggers()
-    assert len(triggers) == 24          # 2 of them retention's purge-only (D15)
+    assert len(triggers) == 30          # 6 of them the people directory's, 2 retention's purge
     for t in triggers:
         _admin(pg_ledger, f"DROP TRIGGER {t.name} ON {t.table}")
         assert _findings(pg_ledger.app_dsn) == (f"trigger {t.name} on {t.table} is missing",)
