@@ -48,6 +48,7 @@ from typing import Any
 
 from collector import CollectorError, LedgerError
 from collector.ledger import checkpoint_tables, retention_tables
+from collector.ledger.projections import projection_findings
 from collector.ledger.sqlbase import SQLStore
 from wire import ZERO_HASH
 from wire.audit import AuditReport, Check, Finding, KeyState, LedgerAuditor
@@ -350,6 +351,8 @@ def verify_store(store: SQLStore, log_keys: Mapping[str, VerifyKey], *,
     extra.extend(_note_findings(store, notes, log_keys, size=size, start=start,
                                 auditor=auditor if start == 0 else None))
     extra.extend(_tree_findings(store, start, size))
+    # A run from idx 0 also re-derives the projections the collector serves from.
+    extra.extend(projection_findings(store) if start == 0 else [])
     sampled, found = _sampled_findings(store, start, start_head, sample,
                                        rng if rng is not None else random.SystemRandom())
     extra.extend(found)

@@ -52,10 +52,12 @@ PAGE = 1000
 _RAW_PAGE = ("SELECT e.idx, e.kind, e.at, e.body, e.prev, e.hash, b.body FROM entries e "
              "LEFT JOIN bodies b ON b.idx = e.idx WHERE e.idx > ? {stop}ORDER BY e.idx LIMIT ?")
 # The row, then what collector.ledger.row_check needs to check it against the chain: its
-# entry and its body (row_check.EXTRA_COLUMNS).
+# entry and its body (row_check.EXTRA_COLUMNS). A row whose body retention removed is never
+# handed out: nothing could check it, and its data is meant to be gone (the purge of
+# ``retention run`` blanks it; verify --full reports one not yet purged).
 _PAYROLL = ("SELECT p.device, p.site, p.seq, p.credential, p.action, p.ts, p.clock, p.reader, "
             "p.key_id, e.at, p.idx, e.hash, e.kind, e.body, e.prev, b.body "
-            "FROM punches p JOIN entries e ON e.idx = p.idx LEFT JOIN bodies b ON b.idx = p.idx"
+            "FROM punches p JOIN entries e ON e.idx = p.idx JOIN bodies b ON b.idx = p.idx"
             "{where} ORDER BY p.ts, p.device, p.seq")
 # Kinds appended through their own fact type (PunchFact, RejectionFact), never as EventFact:
 # a punch must pass the registry re-check, a rejection keeps its raw bytes in quarantine.

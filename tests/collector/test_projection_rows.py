@@ -17,12 +17,15 @@ import psycopg
 import pytest
 
 from collector.cli.main import main
+from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.row_check import ProjectionError
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
-from tests.collector.ledger_kit import T0, Clock
+from tests.collector.ledger_kit import T0, Clock, seeded_key
 from tests.e2e.attack_kit import drop_triggers, restore_triggers
+
+LOG_KEY = seeded_key("log-key")
 
 
 def _fill(store: SQLStore) -> None:
@@ -157,3 +160,54 @@ async def test_d5_the_api_refuses_an_edited_row_with_an_integrity_problem(
         assert resp.status == 500
     finally:
         await api.client.close()
+
+
+# -- verify --full re-derives every projection from the chain (collector.ledger.projections) --
+
+def _keys_row() -> tuple[str, tuple[Any, ...]]:
+    forged = Clock("forged-key")        # a key no device entry registered
+    return ("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, status, "
+            "registered_idx) VALUES (?, 'clock-a', ?, 1, NULL, 'active', 1)",
+            (forged.key.key_id, forged.key.verify_key.b64))
+
+
+FULL_CASES: dict[str, tuple[Callable[[], Stmts], str | tuple[str, ...]]] = {
+    "device revoked in the table only": (
+        lambda: [("UPDATE devices SET status = 'revoked' WHERE device = 'clock-a'", ())],
+        "devices projection: row 'clock-a' differs from the entries"),
+    "device moved to another site": (
+        lambda: [("UPDATE devices SET site = 'plant-9' WHERE device = 'clock-b'", ())],
+        "devices projection: row 'clock-b' differs from the entries"),
+    "key revoked in the table only": (
+        lambda: [("UPDATE keys SET status = 'revoked' WHERE device = 'clock-b'", ())],
+        "keys projection: row"),
+    "key added to the table": (lambda: [_keys_row()],
+                               "is in the table but no device entry makes it"),
+    "punch row deleted": (
+        lambda: [("DELETE FROM punches WHERE device = 'clock-a' AND seq = 1", ())],
+        "punch entry 2 has no row: the punch is hidden from payroll and the API"),
+    "punch row blanked": (
+        lambda: [_set("credential", "")],
+        # Named as blanked where exports skip blanked rows (retention's purge), else as an
+        # edited credential: either way the verifier reports that row.
+        ("the row of clock-a#1 is blanked as if removed under retention, but its body is "
+         "still in the ledger", "punch row clock-a#1 (entry 2) does not match the ledger: "
+         "column(s) credential differ")),
+    "punch row edited": (lambda: [_set("action", "out")],
+                         "column(s) action differ from the signed punch"),
+}
+
+
+@pytest.mark.parametrize("case", list(FULL_CASES))
+def test_d5_verify_full_rederives_every_projection(
+        store: SQLStore, tamper: Callable[[Stmts], None], case: str) -> None:
+    _fill(store)
+    keys = {LOG_KEY.key_id: LOG_KEY.verify_key}
+    assert verify_store(store, keys, full=True).ok          # the honest ledger
+    stmts, says = FULL_CASES[case]
+    tamper(stmts())
+    result = verify_store(store, keys, full=True)
+    assert not result.ok
+    found = [str(f) for f in result.report.findings if f.tamper]
+    expected = (says,) if isinstance(says, str) else says
+    assert any(e in f for f in found for e in expected), found
