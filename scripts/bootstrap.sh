@@ -27,8 +27,10 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "$with_postgres" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
-# the tests' third-party C2SP check (tests/interop): Go and golang.org/x/mod's sources
+# the tests' third-party C2SP check (tests/interop): Go and golang.org/x/mod's sources;
+# curl: docs/operations.md's runbook (tests/docs) calls the API with it, as an operator would
 if [ "$with_postgres" = 1 ]; then
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v go >/dev/null 2>&1 || missing+=(golang-go)
   [ -f /usr/share/gocode/src/golang.org/x/mod/sumdb/tlog/tlog.go ] || missing+=(golang-golang-x-mod-dev)
 fi
