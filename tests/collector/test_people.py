@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from collector.ledger import people_tables
 from collector.ledger.base import EventFact
 from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.ledger.sqlite import SQLiteStore
 from collector.people import directory
 from collector.people.csv_import import ImportError_, import_files
 from collector.records.exports import export_bundle, export_payroll
@@ -283,3 +285,40 @@ def test_d5_a_ledger_from_before_the_directory_gets_its_tables_but_a_read_repair
     assert check_schema(sqlite_store).findings == ("trigger tc_badges_update is missing",)
     assert main(["migrate", "--store", str(sqlite_path)]) == 0   # only migrate repairs
     assert check_schema(sqlite_store).ok
+
+
+def test_d20_an_export_resolves_every_row_with_one_directory_query(
+        sqlite_store: SQLiteStore, tmp_path: Path) -> None:
+    _imported(sqlite_store, tmp_path)
+    c = Clock("clock-1")
+    sqlite_store.append([EventFact("device", c.enrolled_body())], now_us=NOW)
+    creds = [BADGE, OTHER, *(f"em4100:{n:010d}" for n in range(100, 140))]
+    sqlite_store.append([c.fact(credential=creds[n % len(creds)], ts=T0 + n)
+                         for n in range(400)], now_us=NOW)
+    statements: list[str] = []
+    sqlite_store._conn.set_trace_callback(statements.append)  # noqa: SLF001 - the real connection's trace
+    try:
+        rows = _payroll(sqlite_store)
+    finally:
+        sqlite_store._conn.set_trace_callback(None)  # noqa: SLF001
+    assert len(rows) == 400
+    # BADGE is E1001's since 2025; OTHER was lost on 2025-11-01, before T0; the rest unknown
+    assert Counter(r["badge_status"] for r in rows) == {"assigned": 10, "lost": 10,
+                                                         "unknown": 380}
+    assert len([s for s in statements if "FROM tc_badges" in s]) == 1  # not one per row
+
+
+def test_d6_people_cli_reports_every_bad_row_and_records_nothing(
+        sqlite_store: SQLStore, sqlite_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _write(tmp_path, "staff.csv", EMPLOYEES.replace("Europe/London,E1000",
+                                                          "Europe/Londn,E1000", 1)
+                 + "E1003,,Research,plant,UTC,\n")
+    assert main(["people", "import", "--store", str(sqlite_path), "--employees",
+                 str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s), nothing imported" in err
+    assert "staff.csv:2: employee: timezone: 'Europe/Londn' is not an IANA time zone" in err
+    assert "staff.csv:5: employee: name: must not be empty" in err
+    assert "Traceback" not in err
+    assert _kinds(sqlite_store) == []

@@ -5,14 +5,23 @@ badge_status (D20: output fields)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import ensure_schema
 from collector.people.csv_import import import_files
-from tests.collector.api_kit import ROLE_PRINCIPALS, Api, issue_tokens, seed, start_api
+from tests.collector.api_kit import (
+    ROLE_PRINCIPALS,
+    Api,
+    access_bodies,
+    issue_tokens,
+    seed,
+    start_api,
+)
 from tests.collector.ledger_kit import T0
 
 BADGE = "em4100:0000000001"            # seed(): clock-NN punches with em4100:000000000n
@@ -26,10 +35,8 @@ em4100:0000000003,E1,2025-01-01T00:00:00Z,{T0 + 1},blocked
 
 
 @pytest.fixture
-async def people_api(sqlite_store: SQLiteStore, tmp_path: object) -> AsyncIterator[Api]:
-    from pathlib import Path  # noqa: PLC0415 - tmp_path is a Path
-
-    d = Path(str(tmp_path))
+async def people_api(sqlite_store: SQLiteStore, tmp_path: Path) -> AsyncIterator[Api]:
+    d = tmp_path
     clocks = seed(sqlite_store)
     (d / "e.csv").write_text(EMPLOYEES, encoding="utf-8")
     (d / "b.csv").write_text(BADGES, encoding="utf-8")
@@ -129,3 +136,22 @@ async def test_d20_punch_rows_carry_employee_id_and_badge_status(people_api: Api
     assert {(p["credential"], p["employee_id"], p["badge_status"]) for p in items} == got
     one = await (await people_api.call("GET", "/v1/punches/clock-00/2", "hr-reader")).json()
     assert (one["punch"]["credential"], one["punch"]["employee_id"]) == (BADGE, "E1")
+
+
+async def test_d20_names_never_reach_a_log_line_or_an_access_entry(
+        people_api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = {"name": "Hedy Lamarr", "department": "Research", "site": "hq", "timezone": "UTC"}
+    assert (await people_api.call("PUT", "/v1/people/E7", "hr-people", json=body)).status == 200
+    bad = await people_api.call("PUT", "/v1/people/E8", "hr-people",
+                                json={**body, "timezone": "Nowhere/Land"})
+    assert bad.status == 400
+    for path in ("/v1/people", "/v1/people/E7", "/v1/punches", "/v1/exports/payroll"):
+        who = "payroll" if "exports" in path else "hr-reader"
+        assert (await people_api.call("GET", path, who)).status == 200
+    await people_api.flush()
+    assert "Hedy Lamarr" not in caplog.text
+    assert "Ada Lovelace" not in caplog.text
+    access = json.dumps(access_bodies(people_api.store))
+    assert "Hedy Lamarr" not in access
+    assert "Ada Lovelace" not in access
