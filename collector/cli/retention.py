@@ -25,9 +25,19 @@ from collector.records.exports import iso, parse_time
 from wire.bodies_retention import RECORDS
 from wire.clock import now_us as clock_now_us
 
+DEFAULT_DAYS = {"punch": 2192, "rejection": 2192}
+"""CONTROLS §2's recommended default (docs/compliance.md): punches 6 years from the entry
+(NY Labor Law §661; beyond FLSA, CA and ES), and the quarantine with the audit trail, 6 years."""
+
 STALL_ENV = "TIMECLOCK_TEST_RETENTION_STALL"
 """Tests only: the name of a run step after which ``run`` stops inside its transaction (it
 prints ``stalled after <step>`` and waits to be killed)."""
+
+DESCRIPTION = ("Retention policies, legal holds and the retention run (control D15). Every "
+               "change is a ledger entry that the store and every verifier judge: a policy "
+               "applies only once a second principal approved it; a hold is released only "
+               "when a principal other than the one who asked approves; `plan` reads only, "
+               "`run` is one transaction that leaves one evidence entry.")
 
 EPILOG = textwrap.dedent("""\
     Retention removes personal data when the policy that governs it allows, never sooner and
@@ -37,7 +47,7 @@ EPILOG = textwrap.dedent("""\
     1. a policy per record kind (punch, rejection), for all sites, one site, or a jurisdiction
        (a label and its sites); it applies once a second principal approved it:
          timeclock-collector retention policy propose --store URL --name punches-6y \\
-             --record punch --days 2192 --by alice
+             --record punch --by alice                 # --days: default 2192 (6 years)
          timeclock-collector retention policy approve --store URL --proposal 812 --by bob
        (defaults, CONTROLS §2 in docs/compliance.md: punches 6 years = 2192 days; a
        jurisdiction's statutory minimum plus a limitation buffer, e.g. ES 4 years)
@@ -68,7 +78,8 @@ def _add_by(p: argparse.ArgumentParser, what: str) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     r = sub.add_parser("retention", help="retention policies, legal holds, plan and run (D15)",
-                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
+                       description=textwrap.fill(DESCRIPTION, 90), epilog=EPILOG,
+                       formatter_class=fmt)
     rs = r.add_subparsers(dest="retention_command", metavar="SUBCOMMAND", required=True)
     _register_policy(rs)
     _register_hold(rs)
@@ -85,7 +96,9 @@ def _register_policy(rs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_store(pp)
     pp.add_argument("--name", required=True, help="policy name, e.g. punches-6y")
     pp.add_argument("--record", required=True, choices=sorted(RECORDS))
-    pp.add_argument("--days", required=True, type=int, help="retention period in days")
+    pp.add_argument("--days", type=int,
+                    help="retention period in days (default: the recommended default of "
+                         "docs/compliance.md, 6 years = 2192 days for punches and rejections)")
     scope = pp.add_mutually_exclusive_group()
     scope.add_argument("--site", help="only this site (default: all sites)")
     scope.add_argument("--jurisdiction", help="a jurisdiction label; give its --sites")
@@ -163,8 +176,9 @@ def _append(args: argparse.Namespace, kind: str, body: dict[str, Any]) -> int:
 
 
 def cmd_policy_propose(args: argparse.Namespace) -> int:
+    days = args.days if args.days is not None else DEFAULT_DAYS[args.record]
     body: dict[str, Any] = {"event": "proposed", "policy": args.name, "record": args.record,
-                            "period_days": args.days, "scope": "all", "by": args.by}
+                            "period_days": days, "scope": "all", "by": args.by}
     if args.site:
         body.update(scope="site", site=args.site)
     elif args.jurisdiction:

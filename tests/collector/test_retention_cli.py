@@ -58,7 +58,7 @@ def test_d15_cli_policy_and_hold_need_two_principals(tmp_path: Path) -> None:
     SQLiteStore(path).close()
     store = f"sqlite://{path}"
     r = cli("policy", "propose", "--store", store, "--name", "punches-6y", "--record",
-            "punch", "--days", "2192", "--by", "alice")
+            "punch", "--by", "alice")                  # --days: the 6-year default
     assert (r.returncode, r.stdout.strip()) == (0, "recorded policy entry 0"), r.stderr
     r = cli("policy", "approve", "--store", store, "--proposal", "0", "--by", "alice")
     assert r.returncode != 0
@@ -76,7 +76,8 @@ def test_d15_cli_policy_and_hold_need_two_principals(tmp_path: Path) -> None:
     r = cli("hold", "approve-release", "--store", store, "--request", "3", "--by", "carol")
     assert "dual control: carol asked for the release" in r.stderr
     listed = json.loads(cli("list", "--store", store, "--json").stdout)
-    assert [(p["policy"], p["current"]) for p in listed["policies"]] == [("punches-6y", True)]
+    assert [(p["policy"], p["period_days"], p["current"]) for p in listed["policies"]] == [
+        ("punches-6y", 2192, True)]
     assert [(h["hold"], h["criteria"], h["released_idx"]) for h in listed["holds"]] == [
         ("smith-v-acme", {"site": "hq", "from_ts": 1_735_689_600_000_000}, None)]
 
