@@ -109,6 +109,13 @@ def _self_approved(b: LedgerBuilder, p: int) -> int:
     return b.append("policy", {"event": "approved", "proposal": q, "by": "alice"})
 
 
+def _replaced(b: LedgerBuilder, p: int) -> int:
+    q = b.append("policy", {"event": "proposed", "policy": "punches-20d", "record": "punch",
+                            "period_days": 20, "scope": "all", "by": "alice"})
+    b.append("policy", {"event": "approved", "proposal": q, "by": "bob"})
+    return _valid(b, p)         # still cites the 7-day policy the 20-day one replaced
+
+
 def _wrong_site(b: LedgerBuilder, p: int) -> int:
     return retention(b, [1], [{"idx": p, "cutoff": RUN_AT - 7 * DAY}], site="plant")
 
@@ -130,6 +137,7 @@ CASES: list[tuple[str, Case, str | None]] = [
     ("released-hold", _released_hold, None),
     ("unapproved-policy", _unapproved, "which is no approved policy"),
     ("self-approved-policy", _self_approved, "dual control: alice proposed"),
+    ("replaced-policy", _replaced, "which a later approved policy for the same scope replaced"),
     ("site-not-the-enrolled-one", _wrong_site, "enrolled at 'hq'"),
     ("device-body", _device_body, "a device entry"),
 ]
