@@ -6,6 +6,8 @@ throwaway CA, a managed Mosquitto with mTLS (collector.fleet.broker_process), a 
 clocks that are real ``timeclock-agent`` processes, each made the way an operator makes one:
 ``timeclock-agent init`` (keys on the clock) → :func:`collector.fleet.provisioning.enroll_device`
 (CSR signed, key registered, bundle) → ``timeclock-agent provision`` → ``timeclock-agent run``.
+The site has a seal key (DESIGN.md §8.6) like a host made by ``timeclock-collector init``: the
+bundles carry it, so the clocks seal their envelopes and the broker holds no credential.
 
 :func:`run_demo` is ``python -m lab`` (scripts/demo.sh): three clocks with different readers
 (simulated; the real rdm6300 plugin fed EM4100 frames through a pty; the serial-line plugin
@@ -46,6 +48,7 @@ from collector.ledger.base import DeviceProgress
 from collector.records.exports import export_bundle
 from wire.clock import now_us
 from wire.keys import SigningKey, VerifyKey, save_signing_key
+from wire.sealed import SealKey, save_seal_key
 
 if TYPE_CHECKING:
     from lab.extras import Extras
@@ -170,6 +173,7 @@ class Site:
         self._logs: list[IO[bytes]] = []
         self.ca: CertificateAuthority | None = None
         self.log_key: SigningKey | None = None
+        self.seal_key: SealKey | None = None
         # A lab site recovers in seconds, not the production minute (docs/operations.md).
         self.agent_mqtt: dict[str, Any] = {"resend_after_s": 5.0, "reconnect_max_s": 3.0,
                                            "keepalive_s": 10}
@@ -189,6 +193,8 @@ class Site:
         self.ca.issue_server(dns=["localhost"], ips=["127.0.0.1"], now=now)
         self.log_key = SigningKey.generate()
         save_signing_key(self.root / "log.key", self.log_key)
+        self.seal_key = SealKey.generate()
+        save_seal_key(self.root / "seal.key", self.seal_key)
         for name in collectors:
             d = self.root / "collectors" / name
             d.mkdir(parents=True)
@@ -203,7 +209,8 @@ class Site:
         d = self.root / "collectors" / name
         text = "\n".join([
             "[collector]", f'name = "{name}"', f'store = "{self.store_url}"',
-            f'log_key = "{self.root / "log.key"}"', "",
+            f'log_key = "{self.root / "log.key"}"', f'seal_key = "{self.root / "seal.key"}"',
+            "",
             "[mqtt]", 'host = "127.0.0.1"', f"port = {self.port}",
             f'ca_cert = "{self.root / "ca" / "ca.crt"}"', f'cert = "{d / "tls.crt"}"',
             f'key = "{d / "tls.key"}"', "keepalive_s = 10", "",
@@ -217,7 +224,8 @@ class Site:
         return self.root / "collectors" / name / "collector.toml"
 
     def _log(self, path: Path) -> IO[bytes]:
-        f = open(path, "ab")  # noqa: SIM115 -- closed in close()
+        # 0600 whatever the umask, like every file the collector and agent write
+        f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         self._logs.append(f)
         return f
 
@@ -259,7 +267,8 @@ class Site:
                 store, self.ca, (d / f"{device}.csr").read_bytes(), m.group(1), site=SITE_NAME,
                 broker=("127.0.0.1", self.port), log_public_key=self.log_key.verify_key,
                 now=dt.datetime.now(dt.UTC), readers=readers, approver="site-demo",
-                mqtt_options=self.agent_mqtt)
+                mqtt_options=self.agent_mqtt,
+                seal_public_key=None if self.seal_key is None else self.seal_key.public_key)
         finally:
             store.close()
         bundle_file = bundle.write(self.root / "clocks" / f"{device}.bundle")
