@@ -24,7 +24,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from agent.errors import ReaderError, TapRefusedError
@@ -50,7 +50,7 @@ class Tap:
     """One badge read that completed on a reader."""
 
     reader: str       # reader name from the config (pattern of wire.fields.DEVICE_ID_RE)
-    credential: str   # "<format>:<id>", matches wire.fields.CREDENTIAL_RE
+    credential: str = field(repr=False)   # "<format>:<id>" (CREDENTIAL_RE); never in a repr
     action: str       # "in", "out", "break-start", "break-end" or "punch"
     mono_us: int      # time.monotonic_ns() // 1000 when the read completed
 

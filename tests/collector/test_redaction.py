@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.readers.base import Tap
 from collector.ingest.alerts import Alerts
 from collector.ingest.pipeline import Inbound, Ingestor
 from collector.ledger.registry import RegistrySnapshot
@@ -105,3 +106,6 @@ def test_d12_a_decode_error_names_length_and_a_keyed_tag_never_the_value() -> No
     assert redact(d["credential"]) == redact(d["credential"])     # one badge, one tag
     assert redact(d["credential"]) != redact(f"EM4100:{SECRET}1")
     assert SECRET not in repr(clock.punch(credential=f"em4100:{SECRET}").punch)
+    tap = Tap(reader="front", credential=f"em4100:{SECRET}", action="in", mono_us=1)
+    assert SECRET not in repr(tap)
+    assert tap.credential == f"em4100:{SECRET}"
