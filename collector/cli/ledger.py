@@ -37,6 +37,7 @@ from collector.ledger.postgres import migrate, redact
 from collector.ledger.schema_check import SchemaCheck, check_schema, restore_sqlite
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.tables import ensure_schema, migrate_postgres
+from collector.people import directory
 from collector.records import proofs
 from collector.records.corrections import Corrections
 from collector.records.exports import (
@@ -273,7 +274,7 @@ def _coverage(result: VerifyResult) -> str:
 
 
 def _print_result(result: VerifyResult, schema: SchemaCheck, *, as_json: bool,
-                  access: Sequence[str] = ()) -> None:
+                  access: Sequence[str] = (), people: Sequence[str] = ()) -> None:
     r = result.report
     if as_json:
         out = r.to_dict()
@@ -283,6 +284,7 @@ def _print_result(result: VerifyResult, schema: SchemaCheck, *, as_json: bool,
         out["last_full_us"] = result.last_full_us
         out["schema_findings"] = list(schema.findings)
         out["access_findings"] = list(access)
+        out["directory_findings"] = list(people)
         print(json.dumps(out, indent=1, sort_keys=True))
         return
     span = f"idx {result.resumed_from}..{result.size - 1}" if result.size else "empty ledger"
@@ -310,6 +312,11 @@ def _print_result(result: VerifyResult, schema: SchemaCheck, *, as_json: bool,
               f"ledger's access entries (a row written behind the ledger)")
         for finding in access:
             print(f"  {finding}")
+    if people:       # D6: the people directory's tables differ from its entries
+        print(f"DIRECTORY DRIFT: {len(people)} finding(s); tc_employees / tc_badges differ "
+              f"from the ledger's employee and badge entries (a row written behind the ledger)")
+        for finding in people:
+            print(f"  {finding}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -330,10 +337,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         schema = check_schema(store)
         access = access_tables.check_projection(store) if access_tables.present(store) \
             else []
+        people = directory.check_projection(store) if args.full else []
     if result.state is not None:
         save_state(state_path, result.state)
-    _print_result(result, schema, as_json=args.json, access=access)
-    return 0 if result.ok and schema.ok and not access else 1
+    _print_result(result, schema, as_json=args.json, access=access, people=people)
+    return 0 if result.ok and schema.ok and not access and not people else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:

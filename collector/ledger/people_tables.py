@@ -357,6 +357,17 @@ class BadgeResolver:
         return (p.employee_id if p.status == "assigned" else None), p.status
 
 
+def present(store: SQLStore) -> bool:
+    """Does the ledger have the directory's tables (a ledger from before it may not)?"""
+    if store.ph != "?":
+        sql = "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = ANY(?)"
+        have = store.query(sql, (list(TABLES),))
+    else:
+        have = store.query("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name "
+                           "IN (?, ?)", TABLES)
+    return int(have[0][0]) == len(TABLES)
+
+
 def ensure_schema(store: SQLStore) -> None:
     """A SQLite ledger made before the directory gets its tables and triggers (new ledgers
     have them from schema_sqlite); a PostgreSQL one must have been migrated. Never repairs

@@ -322,3 +322,34 @@ def test_d6_people_cli_reports_every_bad_row_and_records_nothing(
     assert "staff.csv:5: employee: name: must not be empty" in err
     assert "Traceback" not in err
     assert _kinds(sqlite_store) == []
+
+
+def test_d6_verify_full_finds_a_badge_period_rewritten_behind_the_ledger(
+        sqlite_store: SQLStore, sqlite_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _imported(sqlite_store, tmp_path)
+    log_key = seeded_key("log-key")
+    size, head = sqlite_store.head()
+    sqlite_store.add_checkpoint(Checkpoint(log=log_key.key_id, size=size, head=head,
+                                           at=NOW).sign(log_key))
+    args = ["verify", "--store", str(sqlite_path), "--log-key-pub", log_key.verify_key.b64,
+            "--full", "--state", str(tmp_path / "vs")]
+    assert main(args) == 0
+    capsys.readouterr()
+    # a database writer gives E1001's badge to E1000, triggers dropped and put back after
+    conn = sqlite3.connect(sqlite_path, isolation_level=None)
+    try:
+        saved = [str(s) for (s,) in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'tc_badges_update'")]
+        conn.execute("DROP TRIGGER tc_badges_update")
+        conn.execute("UPDATE tc_badges SET employee_id = 'E1000' WHERE credential = ?",
+                     (BADGE,))
+        for s in saved:
+            conn.execute(s)
+    finally:
+        conn.close()
+    assert directory.holder_at(sqlite_store, BADGE, NOW) == ("E1000", "assigned")
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "DIRECTORY DRIFT: 1 finding(s)" in out
+    assert f"badge {BADGE}: the table's periods differ from the ledger's entries" in out
