@@ -380,6 +380,9 @@ def forge_key_change(db: Path, clock: Clock, operator: SigningKey, *, request: b
         conn.execute("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, "
                      "status, registered_idx) VALUES (?, ?, ?, ?, NULL, 'active', ?)",
                      (operator.key_id, clock.device, operator.verify_key.b64, seq, n))
+        # as the append does: the device's last change is the rotation (verify --full
+        # re-derives the registry and would name a stale row)
+        conn.execute("UPDATE devices SET changed_idx = ? WHERE device = ?", (n, clock.device))
         p = punch.punch
         conn.execute("INSERT INTO punches (device, seq, punch_hash, idx, key_id, ts, clock, "
                      "credential, action, reader, site) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
