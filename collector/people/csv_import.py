@@ -238,10 +238,11 @@ def _ordered(rows: list[Row], state: State, problems: list[str]) -> Iterator[Row
                 problems.append(f"{r.where}: employee {r.values['employee_id'][:64]}: manager "
                                 f"{r.values['manager_id'][:64]} makes a cycle in the file")
             return
+        done = {id(r) for r in ready}
         for r in ready:
             known.add(r.values["employee_id"])
             yield r
-        pending = [r for r in pending if r not in ready]
+        pending = [r for r in pending if id(r) not in done]
 
 
 def plan_files(state: State, employee_rows: list[Row], badge_rows: list[Row],
