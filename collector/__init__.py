@@ -58,3 +58,13 @@ class DirectoryNotFoundError(DirectoryError):
 class BadgeConflictError(DirectoryError):
     """A badge change contradicts the directory: the credential is held by someone else (or
     lost or blocked) over part of the interval; the message names the holder and interval."""
+
+
+class BackupError(CollectorError):
+    """A backup or restore could not run (key file, snapshot, target store, pg_dump/pg_restore);
+    a restore that fails leaves the target store as it was."""
+
+
+class BackupIntegrityError(BackupError):
+    """A backup file is not one this key made whole: wrong key, bad magic or version, a chunk
+    that does not authenticate, a truncation or trailing bytes; nothing was restored."""
