@@ -153,9 +153,11 @@ class HoldPlaced:
     until_ts: int | None = None
 
     def matches(self, device: str | None, site: str | None, ts: int, *,
-                credential: str | None = None) -> bool | None:
+                credential: str | None = None, employee: str | None = None,
+                resolved: bool = False) -> bool | None:
         """True: the hold keeps this record; False: it does not; None: it may (a criterion
-        the caller cannot evaluate: a credential or employee it does not know)."""
+        the caller cannot evaluate: a credential or employee it does not know). ``resolved``:
+        the caller resolved the record's badge to ``employee`` (None: nobody held it)."""
         unknown = False
         for want, have in ((self.device, device), (self.site, site),
                            (self.credential, credential)):
@@ -170,7 +172,10 @@ class HoldPlaced:
         if self.until_ts is not None and ts >= self.until_ts:
             return False
         if self.employee is not None:
-            unknown = True      # badges resolve to employees with the people directory
+            if not resolved:
+                unknown = True      # offline, or a record without a credential
+            elif employee != self.employee:
+                return False
         return None if unknown else True
 
     def describe(self) -> str:

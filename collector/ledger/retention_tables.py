@@ -18,14 +18,16 @@ triggers refuse any other UPDATE of those tables.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from collector import LedgerError
+from collector.ledger.people_tables import BadgePeriod, BadgeResolver
 from wire.bodies import Retention, parse_body
 from wire.bodies_retention import (
     RECORDS,
     HoldEvent,
+    HoldPlaced,
     PolicyApproved,
     PolicyProposed,
     RetentionRules,
@@ -52,6 +54,13 @@ class Record:
     site: str | None
     ts: int                # punch: its ts; rejection: received_at (what holds' ranges match)
     credential: str | None
+    employee: str | None = None    # who held the badge at ts (people directory), if resolved
+    resolved: bool = False
+
+    def held_by(self, h: HoldPlaced) -> bool:
+        """Does ``h`` keep this record, or might it (a criterion the store cannot evaluate)?"""
+        return h.matches(self.device, self.site, self.ts, credential=self.credential,
+                         employee=self.employee, resolved=self.resolved) is not False
 
     def manifest_row(self) -> list[Any]:
         return [self.idx, self.device, self.site, self.ts]
@@ -78,6 +87,35 @@ def load_rules(rows: Rows, pending: Iterable[tuple[int, str, bytes]] = ()) -> Re
             raise LedgerError(f"the ledger's {kind} entry {idx} is not valid: {e} "
                               f"(run `timeclock-collector verify`)") from e
     return rules
+
+
+def badge_resolver(rows: Rows) -> BadgeResolver:
+    """Every badge period of the people directory (one query), to resolve employee holds."""
+    out: dict[str, list[BadgePeriod]] = {}
+    for c, vf, vu, emp, status, idx, changed in rows(
+            "SELECT credential, valid_from, valid_until, employee_id, status, idx, changed_idx "
+            "FROM tc_badges ORDER BY credential, valid_from", ()):
+        out.setdefault(str(c), []).append(BadgePeriod(
+            str(c), int(vf), None if vu is None else int(vu), None if emp is None else str(emp),
+            str(status), int(idx), int(changed)))
+    return BadgeResolver(out)
+
+
+def resolve_employees(rows: Rows, records: list[Record], holds: Iterable[HoldPlaced]
+                      ) -> list[Record]:
+    """``records`` with the employee who held each punch's badge at its ts, when a hold names
+    an employee (only then is the directory read)."""
+    if not any(h.employee is not None for h in holds):
+        return records
+    resolver = badge_resolver(rows)
+    out: list[Record] = []
+    for r in records:
+        if r.credential is None:
+            out.append(r)
+            continue
+        emp, _ = resolver.resolve(r.credential, r.ts)
+        out.append(replace(r, employee=emp, resolved=True))
+    return out
 
 
 def sites(rows: Rows) -> dict[str, str]:
@@ -152,6 +190,7 @@ def check_append(rows: Rows, kind: str, fact: object, *, idx: int, at: int,
     j = rules.judge(idx, at, fact.cites, entry_info=info, site_of=site_of.get)
     problems = list(j.problems)
     active = rules.active_holds()
+    records: list[Record] = []
     for row in fact.cites.removed:
         have = held.get(row.idx)
         if have is None or have[0] not in RECORDS:
@@ -165,9 +204,11 @@ def check_append(rows: Rows, kind: str, fact: object, *, idx: int, at: int,
             problems.append(f"idx {row.idx}: the manifest row {said} is not what the entry "
                             f"holds")
             continue
+        records.append(rec)
+    for rec in resolve_employees(rows, records, (h for _, h in active)):
         for hidx, h in active:
-            if h.matches(rec.device, rec.site, rec.ts, credential=rec.credential) is not False:
-                problems.append(f"removes idx {row.idx}, which {h.describe()} at idx {hidx} "
+            if rec.held_by(h):
+                problems.append(f"removes idx {rec.idx}, which {h.describe()} at idx {hidx} "
                                 f"keeps")
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

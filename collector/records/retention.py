@@ -119,7 +119,8 @@ def make_plan(rows: Rows, at_us: int) -> Plan:
         return plan
     # Only what the most generous cut-off could allow is read (and parsed).
     horizon = max(p.cutoff for p in plans.values())
-    for rec in retention_tables.candidates(rows, horizon):
+    found = retention_tables.candidates(rows, horizon)
+    for rec in retention_tables.resolve_employees(rows, found, (h for _, h in active)):
         pidx = rules.policy_for(rec.kind, rec.site)
         if pidx is None:
             plan.ungoverned[f"{rec.kind} at {rec.site or '?'}"] += 1
@@ -127,9 +128,7 @@ def make_plan(rows: Rows, at_us: int) -> Plan:
         pp = plans[pidx]
         if rec.at >= pp.cutoff:
             continue
-        keeping = [i for i, h in active
-                   if h.matches(rec.device, rec.site, rec.ts, credential=rec.credential)
-                   is not False]
+        keeping = [i for i, h in active if rec.held_by(h)]
         for i in keeping:
             holds[i].keeps += 1
         if not keeping:

@@ -67,6 +67,12 @@ def _under_credential_hold(site: Site) -> dict[str, Any]:
     return retention_body(site, [site.punches["clk-a"][1]])
 
 
+def _under_employee_hold(site: Site) -> dict[str, Any]:
+    _employee_holds_badge(site.store)
+    hold(site, employee="E1001")
+    return retention_body(site, [site.punches["clk-a"][1]])
+
+
 def _unapproved_policy(site: Site) -> dict[str, Any]:
     p = site.event("policy", {"event": "proposed", "policy": "punches-1d", "record": "punch",
                               "period_days": 1, "scope": "site", "site": "hq", "by": "alice"},
@@ -98,6 +104,7 @@ REFUSALS: list[tuple[str, Refusal, str]] = [
     ("cutoff-later-than-period", _cutoff_too_late, "later than its 7-day period allows"),
     ("under-device-hold", _under_device_hold, "hold 'smith-v-acme' .* keeps"),
     ("under-credential-hold", _under_credential_hold, "hold 'smith-v-acme' .* keeps"),
+    ("under-employee-hold", _under_employee_hold, "hold 'smith-v-acme' .* keeps"),
     ("unapproved-policy", _unapproved_policy, "which is no approved policy"),
     ("policy-not-cited", _not_cited, "which it does not cite"),
     ("false-manifest", _false_manifest, "is not what the entry holds"),
@@ -240,7 +247,21 @@ HOLDS: list[tuple[str, dict[str, Any], Callable[[Site], set[int]]]] = [
      lambda s: {s.punches["clk-a"][1]} | {s.rejection}),
     ("device-and-time", {"device": "clk-a", "until_ts": OLD + 2_000_000},
      lambda s: {s.punches["clk-a"][0]}),
+    # E1001 held HELD_CREDENTIAL (people directory); a rejection has no badge to resolve
+    ("employee", {"employee": "E1001"}, lambda s: {s.punches["clk-a"][1]} | {s.rejection}),
 ]
+
+
+def _employee_holds_badge(store: SQLStore) -> None:
+    from collector.people import directory  # noqa: PLC0415 - only this case needs it
+
+    directory.set_employee(store, {"employee_id": "E1001", "name": "Ada Lovelace",
+                                   "department": "Ops", "site": "hq",
+                                   "timezone": "Europe/London", "manager_id": None,
+                                   "status": "active", "active_from": "2024-01-01",
+                                   "left_on": None}, now_us=YOUNG)
+    directory.badge_event(store, "assigned", HELD_CREDENTIAL, start_us=OLD - DAY,
+                          employee_id="E1001", now_us=YOUNG)
 
 
 @pytest.mark.parametrize(("case", "criteria", "kept"), HOLDS, ids=[c[0] for c in HOLDS])
@@ -248,6 +269,8 @@ def test_d15_a_hold_keeps_exactly_what_it_names(store: SQLStore, case: str,
                                                 criteria: dict[str, Any],
                                                 kept: Callable[[Site], set[int]]) -> None:
     site = build(store)
+    if "employee" in criteria:
+        _employee_holds_badge(store)
     hold(site, **criteria)
     want_kept = kept(site)
     assert want_kept
