@@ -146,7 +146,7 @@ for p in $packages; do
       write_wrapper "$stage/usr/bin/timeclock-collector" "$pkg" collector.cli.main
       write_wrapper "$stage/usr/bin/timeclock-verify" "$pkg" wire.verify_cli
       cp "$src"/docs/*.json "$stage/usr/share/doc/$pkg/" 2>/dev/null || true
-      unit_files="timeclock-collector.service timeclock-broker.service timeclock-crl-refresh.service timeclock-crl-refresh.timer timeclock-retention.service timeclock-retention.timer"
+      unit_files="timeclock-collector.service timeclock-broker.service timeclock-crl-refresh.service timeclock-crl-refresh.timer timeclock-retention.service timeclock-retention.timer timeclock-backup.service timeclock-backup.timer"
       statedir=/var/lib/timeclock
       # The managed broker (the single-box default) and timeclock-broker.service run Mosquitto 2;
       # broker-config/init compile its SUBSCRIBE check (collector/fleet/timeclock_acl.c).

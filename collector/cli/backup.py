@@ -8,6 +8,7 @@ import getpass
 import sys
 import tempfile
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
@@ -38,7 +39,8 @@ BACKUP_EPILOG = textwrap.dedent("""\
     A consistent snapshot while `serve` runs (SQLite: the online backup API; PostgreSQL:
     pg_dump, as the owner role), encrypted and authenticated chunk by chunk under the backup
     key (docs/protocol.md "Backup file"). The file is written 0600 under a temporary name and
-    renamed once complete. The backup is recorded in the ledger as an `access` entry (who,
+    renamed once complete (--out DIR: ledger-<UTC time>.tcbak in DIR, what the nightly
+    timeclock-backup.service does). The backup is recorded in the ledger as an `access` entry (who,
     size, head). Ship the file off-host (docs/operations.md "Backup and restore").
     """)
 
@@ -79,7 +81,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--store", required=True, metavar="URL",
                    help="ledger: sqlite:///path, a path, or the owner role's postgresql://…")
-    b.add_argument("--out", type=Path, required=True, metavar="FILE", help="backup file")
+    b.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="backup file; an existing directory: ledger-<UTC time>.tcbak in it")
     b.add_argument("--key", type=Path, required=True, metavar="FILE",
                    help="backup key file (0600; `backup-key create`)")
     b.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -115,6 +118,9 @@ def cmd_key_create(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     key = backups.load_backup_key(args.key)
+    if args.out.is_dir():         # the nightly unit's form: one dated file per run
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        args.out = args.out / f"ledger-{stamp}.tcbak"
     s = backups.backup(args.store, args.out, key, principal=f"os:{getpass.getuser()}",
                        now_us=clock_now_us(), force=args.force)
     m = s.manifest

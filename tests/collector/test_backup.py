@@ -386,6 +386,14 @@ def test_d16_files_are_0600_whatever_the_umask(tmp_path: Path) -> None:
         assert out.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+    # --out DIR (the nightly unit's form): one dated 0600 file in it
+    nightly = tmp_path / "nightly"
+    nightly.mkdir()
+    assert main(["backup", "--store", site.url, "--out", str(nightly), "--key", str(key)]) == 0
+    made = list(nightly.iterdir())
+    assert [p.name[:7] for p in made] == ["ledger-"]
+    assert made[0].name.endswith(".tcbak")
+    assert made[0].stat().st_mode & 0o777 == 0o600
     # a key file that group or others can read is refused, and nothing is written
     key.chmod(0o640)
     again = tmp_path / "again.tcbak"

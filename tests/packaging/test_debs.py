@@ -33,7 +33,9 @@ UNITS = {"timeclock-agent.service": "timeclock-agent",
          "timeclock-crl-refresh.service": "timeclock-collector",
          "timeclock-crl-refresh.timer": "timeclock-collector",
          "timeclock-retention.service": "timeclock-collector",
-         "timeclock-retention.timer": "timeclock-collector"}
+         "timeclock-retention.timer": "timeclock-collector",
+         "timeclock-backup.service": "timeclock-collector",
+         "timeclock-backup.timer": "timeclock-collector"}
 COMMANDS = {"/usr/bin/timeclock-agent": "timeclock-agent",
             "/usr/bin/timeclock-collector": "timeclock-collector",
             "/usr/bin/timeclock-verify": "timeclock-collector"}
