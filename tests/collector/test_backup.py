@@ -233,7 +233,26 @@ def _damaged(data: bytes) -> Iterator[tuple[str, bytes, str]]:
         yield f"flip@{at}", bytes(b), want
     for cut in (0, 7, h - 1, h, h + 3, h + 40, len(data) // 2, len(data) - 1):
         yield f"cut@{cut}", data[:cut], "bad magic|truncated"
+    starts = _record_starts(data)
+    assert len(starts) >= 4                     # manifest, ≥ 2 data chunks, trailer
+    for i, at in enumerate(starts):             # cut exactly between records: no end marker
+        yield f"cut-before-record-{i}", data[:at], "truncated"
+    # a whole record dropped, or two swapped: the stream's state no longer matches
+    a, b, c = starts[1], starts[2], starts[3]
+    yield "drop-record-1", data[:a] + data[b:], "damaged or tampered"
+    yield "swap-records-1-2", data[:a] + data[b:c] + data[a:b] + data[c:], \
+        "damaged or tampered"
     yield "trailing", data + b"\x00", "bytes after the end"
+
+
+def _record_starts(data: bytes) -> list[int]:
+    """Where each sealed record of a backup file starts (its 4-byte length)."""
+    at, starts = backups.HEADER_BYTES, []
+    while at < len(data):
+        starts.append(at)
+        at += 4 + int.from_bytes(data[at:at + 4], "big")
+    assert at == len(data)
+    return starts
 
 
 def test_d16_a_damaged_truncated_or_foreign_backup_is_refused_and_nothing_is_written(
