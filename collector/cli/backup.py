@@ -149,9 +149,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     key = backups.load_backup_key(args.key)
     s = backups.restore(args.inp, key, args.store, app_role=app_role)
     m = s.manifest
-    print(f"restored: {s.size} entries (head {s.head}) from {args.inp}, made "
-          f"{m.get('made_at_us')} by {m.get('tool')} of {m.get('source')}; now verify --full:",
-          file=sys.stderr)
+    cp = m.get("checkpoint_v2") or m.get("checkpoint_v1")
+    made = datetime.fromtimestamp(int(m.get("made_at_us") or 0) / 1e6, UTC)
+    print(f"restored: {s.size} entries (head {s.head}; newest checkpoint "
+          f"{cp['size'] if isinstance(cp, dict) else 'none'}) from {args.inp}, made "
+          f"{made.isoformat(timespec='seconds')} by {m.get('tool')} of {m.get('source')}; "
+          f"now verify --full:", file=sys.stderr)
     with tempfile.TemporaryDirectory() as d:      # a fresh state: nothing is taken on trust
         verify = argparse.Namespace(
             store=args.app_dsn or args.store, log_key_pub=args.log_key_pub,

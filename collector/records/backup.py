@@ -79,7 +79,9 @@ def tool_version() -> str:
 
 @dataclass(frozen=True)
 class BackupKey:
-    raw: bytes = b""
+    """The 32-byte backup key; its repr names only the key id."""
+
+    raw: bytes
 
     @property
     def key_id(self) -> bytes:
