@@ -1,8 +1,11 @@
-"""The API's access log (every request → an ``access`` ledger entry) and the auth throttle.
+"""The API's access log (``access`` ledger entries) and the authentication throttle.
 
 Invariants:
-- every request, allowed, denied, failing authentication or failing inside, adds exactly one
-  record (the middleware adds it in ``finally``);
+- every request of an authenticated principal, allowed, denied or failing inside, adds
+  exactly one record (the middleware adds it in ``finally``); every request without one
+  (failed or missing credentials, throttled, unknown route, public document) is counted in
+  the :class:`Aggregates` tally of its source address and minute, one entry per tally, at most
+  ``sources_max + 1`` entries a minute; liveness probes (``/healthz``) are never recorded;
 - records are appended in batches (every ``flush_interval_s`` or ``batch_max`` records) and
   the last batch is flushed on a clean shutdown, so none is lost; a failed append keeps the
   batch for the next attempt, and once ``max_pending`` records wait the API refuses new
@@ -104,8 +107,9 @@ class AccessLog:
 
     def __init__(self, store: SQLStore, clock: Callable[[], int], *,
                  flush_interval_s: float = 0.1, batch_max: int = 200,
-                 max_pending: int = 50_000) -> None:
+                 max_pending: int = 50_000, aggregates: Aggregates | None = None) -> None:
         self.store = store
+        self.aggregates = aggregates or Aggregates()
         self.clock = clock
         self.flush_interval_s = flush_interval_s
         self.batch_max = batch_max
@@ -132,6 +136,10 @@ class AccessLog:
         self._buf.append(body)
         if len(self._buf) >= self.batch_max:
             self._kick.set()
+
+    def add_unauthenticated(self, rec: AccessRecord) -> bool:
+        """Count ``rec`` in its (source, minute) tally; True when it starts a burst."""
+        return self.aggregates.add(rec)
 
     def _hand_over(self, batch: list[dict[str, Any]]) -> asyncio.Future[Any]:
         """Give ``batch`` (already out of the buffer) to a worker thread; the done callback,
@@ -174,6 +182,7 @@ class AccessLog:
                 # A cancelled flush left its batch with a thread: await its outcome rather
                 # than append those records again (failed → they are back in the buffer).
                 await self._settled(self._inflight)
+            self._buf.extend(self.aggregates.due(self.clock()))
             total = 0
             while self._buf:
                 batch = self._buf[:self.batch_max * 10]
@@ -208,48 +217,176 @@ class AccessLog:
             self._task = None
         # flush() first awaits a batch the cancelled task left with its thread, then appends
         # the rest once (a failed in-flight batch is back in the buffer and retried here).
+        self._buf.extend(self.aggregates.drain())
         await self.flush()
         if self._buf:
             log.error("%d access records could not be appended at shutdown", len(self._buf))
 
 
+MINUTE_US = 60_000_000
+OTHERS = "others"
+
+
+@dataclass
+class _Tally:
+    first_at: int
+    last_at: int = 0
+    count: int = 0
+    statuses: collections.Counter[str] = field(default_factory=collections.Counter)
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    auth: collections.Counter[str] = field(default_factory=collections.Counter)
+    routes: collections.Counter[str] = field(default_factory=collections.Counter)
+    sources: set[str] = field(default_factory=set)      # the "others" tally only
+    sources_capped: bool = False
+
+
+class Aggregates:
+    """Requests without an authenticated principal (failed or missing credentials, throttled,
+    unknown routes, public documents), tallied per (source address, minute of ``at``) into
+    one ``access`` body each (``"type": "unauthenticated"``, docs/api.md "What is recorded").
+
+    Bounded: at most ``sources_max`` addresses per minute get a tally of their own; every
+    further address of that minute is counted in one ``"client": "others"`` tally (with how
+    many distinct addresses, exactly up to ``others_sources_max``). So a minute yields at most
+    ``sources_max + 1`` entries, whatever arrives. Route templates, never raw paths, are
+    counted (the set of templates is fixed). A tally is closed when its minute is over
+    (:meth:`due`) or at shutdown (:meth:`drain`).
+
+    A minute whose tallies reach ``burst_per_minute`` requests is a burst: :meth:`add` returns
+    True once for it, unless the previous minute was a burst too (one burst, one alert).
+    """
+
+    def __init__(self, *, sources_max: int = 100, others_sources_max: int = 10_000,
+                 burst_per_minute: int = 600) -> None:
+        self.sources_max = sources_max
+        self.others_sources_max = others_sources_max
+        self.burst_per_minute = burst_per_minute
+        self._minutes: dict[int, dict[str, _Tally]] = {}
+        self._totals: collections.Counter[int] = collections.Counter()
+        self._bursts: set[int] = set()
+
+    @property
+    def open_requests(self) -> int:
+        return sum(self._totals.values())
+
+    def add(self, rec: AccessRecord) -> bool:
+        minute = rec.at - rec.at % MINUTE_US
+        tallies = self._minutes.setdefault(minute, {})
+        client = clean(rec.client, 64)
+        key = client
+        if client not in tallies and len(tallies) - (OTHERS in tallies) >= self.sources_max:
+            key = OTHERS
+        t = tallies.get(key)
+        if t is None:
+            t = tallies[key] = _Tally(first_at=rec.at)
+        t.count += 1
+        t.first_at, t.last_at = min(t.first_at, rec.at), max(t.last_at, rec.at)
+        t.statuses[str(rec.status)] += 1
+        t.outcomes[rec.outcome] += 1
+        t.auth[rec.auth] += 1
+        t.routes[rec.route or "unmatched"] += 1
+        if key == OTHERS:
+            if len(t.sources) < self.others_sources_max:
+                t.sources.add(client)
+            elif client not in t.sources:
+                t.sources_capped = True
+        self._totals[minute] += 1
+        if self._totals[minute] != self.burst_per_minute:
+            return False
+        self._bursts = {m for m in self._bursts if m >= minute - MINUTE_US} | {minute}
+        return minute - MINUTE_US not in self._bursts
+
+    def due(self, now_us: int) -> list[dict[str, Any]]:
+        """Bodies of the tallies of every minute before the one of ``now_us``."""
+        current = now_us - now_us % MINUTE_US
+        return self._close([m for m in self._minutes if m < current])
+
+    def drain(self) -> list[dict[str, Any]]:
+        return self._close(list(self._minutes))
+
+    def _close(self, minutes: list[int]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for minute in sorted(minutes):
+            tallies = self._minutes.pop(minute)
+            del self._totals[minute]
+            for client, t in tallies.items():
+                b: dict[str, Any] = {
+                    "type": "unauthenticated", "minute": minute, "client": client,
+                    "count": t.count, "first_at": t.first_at, "last_at": t.last_at,
+                    "statuses": dict(sorted(t.statuses.items())),
+                    "outcomes": dict(sorted(t.outcomes.items())),
+                    "auth": dict(sorted(t.auth.items())),
+                    "routes": dict(sorted(t.routes.items()))}
+                if client == OTHERS:
+                    b["sources"] = len(t.sources)
+                    if t.sources_capped:
+                        b["sources_capped"] = True
+                out.append(b)
+        return out
+
+
 class Throttle:
-    """After ``max_failures`` refused credentials (a token or client certificate presented
-    and rejected; a request without credentials does not count) from one address within
-    ``window_s``, that address gets 429 on every authenticated route until the oldest
-    failure leaves the window. Time is a parameter; memory is bounded (``max_tracked``)."""
+    """Failed authentications, keyed on the address *and* the presented credential.
+
+    - A credential (a hash of the Authorization header, or a client certificate's CN) that
+      failed ``max_failures`` times from one address within ``window_s`` gets 429 from that
+      address without being looked up, until its oldest failure leaves the window: the same
+      bad token, retried, is slowed.
+    - An address with ``max_failures`` failures of any credentials within the window is
+      throttled: a credential presented from it is still looked up, and a valid one is served
+      (a valid token is never throttled by someone else's failures behind the same NAT or
+      proxy), but a failing one gets 429 instead of 401, with no diagnostic.
+    A request without credentials does not count. Time is a parameter; memory is bounded
+    (``max_tracked`` addresses and as many (address, credential) pairs, least recent first
+    out)."""
 
     def __init__(self, *, max_failures: int = 10, window_s: int = 300,
                  max_tracked: int = 10_000) -> None:
         self.max_failures = max_failures
         self.window_us = window_s * 1_000_000
         self.max_tracked = max_tracked
-        self._fails: collections.OrderedDict[str, collections.deque[int]] = \
+        self._by_addr: collections.OrderedDict[str, collections.deque[int]] = \
+            collections.OrderedDict()
+        self._by_pair: collections.OrderedDict[str, collections.deque[int]] = \
             collections.OrderedDict()
 
-    def _recent(self, addr: str, now_us: int) -> collections.deque[int]:
-        q = self._fails.get(addr)
+    @staticmethod
+    def _pair(addr: str, credential: str) -> str:
+        return f"{addr}\x00{credential}"
+
+    def _wait(self, table: collections.OrderedDict[str, collections.deque[int]], key: str,
+              now_us: int) -> int | None:
+        q = table.get(key)
         if q is None:
-            return collections.deque()
+            return None
         while q and q[0] <= now_us - self.window_us:
             q.popleft()
         if not q:
-            del self._fails[addr]
-        return q
-
-    def retry_after_s(self, addr: str, now_us: int) -> int | None:
-        """Seconds until ``addr`` may try again, or None when it is not throttled."""
-        q = self._recent(addr, now_us)
+            del table[key]
+            return None
         if len(q) < self.max_failures:
             return None
         return max(1, (q[-self.max_failures] + self.window_us - now_us + 999_999) // 1_000_000)
 
-    def failed(self, addr: str, now_us: int) -> None:
-        q = self._fails.setdefault(addr, collections.deque(maxlen=self.max_failures))
-        q.append(now_us)
-        self._fails.move_to_end(addr)
-        while len(self._fails) > self.max_tracked:
-            self._fails.popitem(last=False)
+    def retry_after_s(self, addr: str, credential: str, now_us: int) -> int | None:
+        """Seconds until ``credential`` may be tried again from ``addr``, or None."""
+        return self._wait(self._by_pair, self._pair(addr, credential), now_us)
+
+    def address_retry_after_s(self, addr: str, now_us: int) -> int | None:
+        """Seconds until ``addr`` is no longer throttled, or None when it is not."""
+        return self._wait(self._by_addr, addr, now_us)
+
+    def failed(self, addr: str, credential: str, now_us: int) -> None:
+        for table, key in ((self._by_addr, addr),
+                           (self._by_pair, self._pair(addr, credential))):
+            q = table.get(key)
+            if q is None:
+                q = table[key] = collections.deque(maxlen=self.max_failures)
+            q.append(now_us)
+            table.move_to_end(key)
+            while len(table) > self.max_tracked:
+                table.popitem(last=False)
 
     def snapshot(self) -> Mapping[str, int]:
-        return {a: len(q) for a, q in self._fails.items()}
+        """Recent failures per address (tests, diagnostics)."""
+        return {a: len(q) for a, q in self._by_addr.items()}

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from collector import ConfigError
 from collector.access.directory import Principals
+from collector.api import crl
 from collector.api import metrics as api_metrics
 from collector.api.access_log import AccessLog, Throttle
 from collector.api.config import ApiSection
@@ -38,7 +39,7 @@ from collector.api.keys import (
     ApiSettings,
     VerifyBox,
 )
-from collector.api.middlewares import guard
+from collector.api.middlewares import guard, server_header
 from collector.api.reads import INLINE_READS, reads_inline
 from collector.api.routes import add_routes
 from collector.ledger import checkpoint_tables
@@ -64,6 +65,7 @@ def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
     ensure_schema(store)
     checkpoint_tables.ensure_schema(store)
     app = web.Application(middlewares=[guard], client_max_size=settings.body_max_bytes)
+    app.on_response_prepare.append(server_header)
     app[STORE] = store
     app[READER] = reader if reader is not None else store
     app[INLINE_READS] = reads_inline(app)
@@ -114,9 +116,19 @@ async def start_api(section: ApiSection, store: SQLStore, *,
     """Start serving on ``section.listen:port`` over HTTPS; ``await runner.cleanup()`` stops
     it (in-flight requests finish, the access log is flushed)."""
     app = make_app(store, settings=section.settings(log_keys), clock=clock, reader=reader)
+    ssl_context = tls_context(section)
+    if section.crl is not None and section.client_ca is not None:
+        # A revoked API client certificate is refused within crl.poll_s of the CRL file
+        # changing, without a restart (collector.api.crl).
+        try:
+            watch = crl.CrlWatch(section.crl, section.client_ca, ssl_context,
+                                 lambda: tls_context(section))
+        except crl.CrlError as e:
+            raise ConfigError([f"api.crl: {e}"]) from e
+        crl.install(app, watch)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, section.listen, section.port, ssl_context=tls_context(section))
+    site = web.TCPSite(runner, section.listen, section.port, ssl_context=ssl_context)
     await site.start()
     log.info("API listening on https://%s:%d", section.listen, section.port)
     return runner

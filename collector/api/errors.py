@@ -57,6 +57,10 @@ class UnauthenticatedError(ApiError):
         self.presented = presented      # a credential was sent and failed (throttle counts)
 
 
+class RevokedCertificateError(UnauthenticatedError):
+    """The connection's client certificate was revoked after its handshake (CRL reload)."""
+
+
 class NotFoundError(ApiError):
     status, slug, title = 404, "not-found", "Not found"
 

@@ -1,18 +1,27 @@
 """The API's one middleware: throttle → authenticate → authorize → view → problem → record.
 
 It is the only place that turns errors into responses (RFC 9457 problem documents,
-``application/problem+json``), and it records every request, whatever happened, as one
-access record in ``finally`` (collector.api.access_log).
+``application/problem+json``), and it accounts for every request in ``finally``
+(collector.api.access_log): a request of an authenticated principal is one access record;
+one without (failed or missing credentials, throttled, unknown route, public document) is
+counted in its (source, minute) tally, and a burst of them raises one alert; liveness
+probes (:data:`UNRECORDED_ROUTES`) are only counted in the metrics.
+
+Throttling keys on the address and the presented credential (access_log.Throttle): a valid
+credential is never refused because others failed from its address. A client certificate
+revoked since its connection opened is refused on that connection (collector.api.crl).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
 from typing import Any
 
+import aiohttp.web_response
 from aiohttp import web
 
 from collector.access.directory import Principals
@@ -20,31 +29,74 @@ from collector.access.principals import Principal
 from collector.access.tokens import TokenError
 from collector.api import params as P
 from collector.api.access_log import AccessRecord, clean_query
+from collector.api.crl import CRL_WATCH
 from collector.api.errors import (
     PROBLEM_CONTENT_TYPE,
+    RevokedCertificateError,
     ThrottledError,
     UnauthenticatedError,
     UnavailableError,
     classify,
 )
-from collector.api.keys import ACCESS_LOG, CLOCK, CTX, PRINCIPALS, THROTTLE, RequestContext
+from collector.api.keys import (
+    ACCESS_LOG,
+    CLOCK,
+    CTX,
+    PRINCIPALS,
+    THROTTLE,
+    RequestContext,
+)
 from collector.api.metrics import MONITOR
 from collector.api.rbac import authorize
 from collector.api.reads import on_reader
 from collector.api.routes import Handler, route_of
 from collector.fleet.pki import client_kind
+from collector.ingest.alerts import SEVERITY_WARNING
 
 log = logging.getLogger("timeclock.api")
+
+# Liveness/readiness probes: polled by load balancers and monitors, never access entries.
+UNRECORDED_ROUTES = frozenset({"/healthz", "/readyz"})
+SERVER = "timeclock"       # the Server header: no product version
+
+
+async def server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every routed response says ``Server: timeclock``, never
+    aiohttp's version."""
+    response.headers["Server"] = SERVER
+
+
+# aiohttp answers a request it cannot parse (bad request line, bad header) itself, before
+# any application signal, with its default ``Server: Python/3.x aiohttp/3.y.z``; that
+# default is this module attribute (read when each response is prepared). The API is the
+# only HTTP server in the collector process. tests/collector/test_api_strict_json.py sends
+# such a request and fails if this stops working.
+aiohttp.web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]
 
 
 def _client(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def _peer_cn(request: web.Request) -> str | None:
-    """CN of a client certificate that the TLS layer verified against our CA."""
+def _peercert(request: web.Request) -> dict[str, Any] | None:
     transport = request.transport
     cert: Any = transport.get_extra_info("peercert") if transport is not None else None
+    return cert or None
+
+
+def _credential(request: web.Request) -> str | None:
+    """What the throttle keys on besides the address: a hash of the Authorization header
+    (never the token), else the client certificate's CN; None without credentials."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        return "h:" + hashlib.sha256(header.encode("utf-8", "replace")).hexdigest()[:32]
+    cn = _peer_cn(request)
+    return None if cn is None else "cn:" + cn[:200]
+
+
+def _peer_cn(request: web.Request) -> str | None:
+    """CN of a client certificate that the TLS layer verified against our CA."""
+    cert = _peercert(request)
     if not cert:
         return None
     for rdn in cert.get("subject", ()):
@@ -113,8 +165,59 @@ def problem_response(request: web.Request, e: BaseException, rec: AccessRecord
         headers["WWW-Authenticate"] = 'Bearer realm="timeclock"'
     if isinstance(e, web.HTTPMethodNotAllowed):
         headers["Allow"] = ", ".join(sorted(e.allowed_methods))
-    return web.Response(status=p.status, headers=headers,
+    resp = web.Response(status=p.status, headers=headers,
                         text=json.dumps(p.to_dict(request.path[:200], rec.request_id)))
+    if isinstance(e, RevokedCertificateError):
+        resp.force_close()      # the connection's identity is revoked: no further requests
+    return resp
+
+
+async def _authenticate_throttled(request: web.Request, rec: AccessRecord) -> Principal:
+    """:func:`authenticate` behind the throttle (see module doc and access_log.Throttle)."""
+    app = request.app
+    throttle, now = app[THROTTLE], app[CLOCK]()
+    credential = _credential(request)
+    if credential is not None:
+        wait = throttle.retry_after_s(rec.client, credential, now)
+        if wait is not None:
+            raise ThrottledError(f"this credential failed too often from {rec.client}; "
+                                 f"retry in {wait} s", wait)
+    address_wait = throttle.address_retry_after_s(rec.client, now)
+    try:
+        return await authenticate(request, rec)
+    except UnauthenticatedError as e:
+        if not e.presented or credential is None:
+            raise
+        throttle.failed(rec.client, credential, now)
+        app[MONITOR].auth_failed(rec.auth, rec.client, now_us=now)
+        if address_wait is not None:
+            # Many credentials failed from this address: no diagnostic for this one either.
+            raise ThrottledError(f"too many failed authentications from {rec.client}; "
+                                 f"retry in {address_wait} s", address_wait) from e
+        raise
+
+
+def _account(request: web.Request, context: RequestContext) -> None:
+    """Record (or tally) the finished request; see the module doc."""
+    app, rec = request.app, context.record
+    app[MONITOR].request(rec.route, rec.method, rec.status or 0, rec.duration_us)
+    if rec.route in UNRECORDED_ROUTES:
+        return
+    if context.principal is not None or rec.outcome == "denied":
+        # A principal's request, or a valid credential refused (a disabled or tampered
+        # principal): attributable, so an entry of its own.
+        app[ACCESS_LOG].add(rec.body())
+        return
+    alog = app[ACCESS_LOG]
+    if alog.add_unauthenticated(rec):
+        agg = alog.aggregates
+        app[MONITOR].alerts.alert(
+            "api-unauthenticated-burst", severity=SEVERITY_WARNING, device=None,
+            detail=f"{agg.burst_per_minute} API requests without a valid credential within "
+                   f"one minute (the latest from {rec.client[:64]}); tallied per source and "
+                   f"minute, at most {agg.sources_max} sources a minute",
+            fields={"client": rec.client[:64], "count": agg.burst_per_minute,
+                    "minute": rec.at - rec.at % 60_000_000})
 
 
 @web.middleware
@@ -135,19 +238,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if app[ACCESS_LOG].overloaded:
             raise UnavailableError("the access log cannot be written; refusing requests "
                                    "until it can (no request goes unrecorded)")
+        watch = app.get(CRL_WATCH)
+        if watch is not None:
+            cert = _peercert(request)
+            if cert is not None and watch.is_revoked(cert):
+                rec.auth = "cert"
+                raise RevokedCertificateError("the client certificate of this connection "
+                                              "has been revoked (CRL)")
         if route is not None and route.roles is not None:
-            throttle, now = app[THROTTLE], clock()
-            wait = throttle.retry_after_s(rec.client, now)
-            if wait is not None:
-                raise ThrottledError(f"too many failed authentications from {rec.client}; "
-                                     f"retry in {wait} s", wait)
-            try:
-                context.principal = await authenticate(request, rec)
-            except UnauthenticatedError as e:
-                if e.presented:
-                    throttle.failed(rec.client, now)
-                    app[MONITOR].auth_failed(rec.auth, rec.client, now_us=now)
-                raise
+            context.principal = await _authenticate_throttled(request, rec)
             rec.principal = context.principal.name
             context.role = rec.role = authorize(context.principal, route)
             P.check_known(request.rel_url.query, route.params)
@@ -168,6 +267,5 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     finally:
         rec.duration_us = clock() - rec.at
-        app[ACCESS_LOG].add(rec.body())
-        app[MONITOR].request(rec.route, rec.method, rec.status or 0, rec.duration_us)
+        _account(request, context)
 

@@ -145,7 +145,10 @@ async def json_body(request: web.Request, *, required: tuple[str, ...],
     if not raw.strip() and not required:
         return {}
     try:
-        value = json.loads(raw, parse_constant=_no_constant)
+        value = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+    except DuplicateKeyError as e:
+        raise BadRequestError(f"body: duplicate key {e.key[:80]!r} (a key may appear "
+                              f"once per object)") from e
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequestError(f"body is not JSON: {str(e)[:120]}") from e
     if not isinstance(value, dict):
@@ -157,6 +160,26 @@ async def json_body(request: web.Request, *, required: tuple[str, ...],
     if unknown:
         raise BadRequestError(f"body: unknown field(s) {', '.join(unknown)[:200]}")
     return value
+
+
+class DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # As the wire decoder (wire.canonical.loads): a key twice is refused, never "last wins"
+    # (two parsers could otherwise read one body two ways). Floats stay for the field
+    # checks, whose messages name the field.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise DuplicateKeyError(k)
+            seen.add(k)
+    return out
 
 
 def _no_constant(name: str) -> Any:

@@ -49,25 +49,33 @@ async def test_openapi_served_equals_docs_file(api: Api) -> None:
     assert served["openapi"] == "3.1.0"
 
 
-async def test_d13_failed_authentication_throttled_per_address(sqlite_store: SQLiteStore
-                                                               ) -> None:
+async def test_d13_failed_authentication_throttled_per_address_and_credential(
+        sqlite_store: SQLiteStore) -> None:
     api = await start(sqlite_store, settings=ApiSettings(auth_failures_max=3,
                                                          auth_failures_window_s=60))
     try:
         bad = {"Authorization": "Bearer tct_" + "A" * 43}
+        other = {"Authorization": "Bearer tct_" + "B" * 43}
         statuses = [(await api.client.get("/v1/punches", headers=bad)).status
                     for _ in range(4)]
-        assert statuses == [401, 401, 401, 429]
-        resp = await api.call("GET", "/v1/punches", "hr-reader")   # valid token, same address
-        assert resp.status == 429
+        assert statuses == [401, 401, 401, 429]            # the same bad token: slowed
+        resp = await api.client.get("/v1/punches", headers=other)
+        assert resp.status == 429                           # the address is throttled too
         assert resp.headers["Retry-After"] == "60"
+        resp = await api.call("GET", "/v1/punches", "hr-reader")   # valid token, same address
+        assert resp.status == 200                           # never throttled by others
         assert (await api.client.get("/healthz")).status == 200     # liveness unaffected
         api.clock.advance(61)
-        assert (await api.call("GET", "/v1/punches", "hr-reader")).status == 200
+        assert (await api.client.get("/v1/punches", headers=bad)).status == 401
         await api.flush()
+        await api.client.close()                            # closes the open minute's tally
         outcomes = [b["outcome"] for b in requests_of(sqlite_store)
                     if b["path"] == "/v1/punches"]
-        assert outcomes == ["unauthenticated"] * 3 + ["throttled"] * 2 + ["allowed"]
+        assert outcomes == ["allowed"]                      # one entry per principal request
+        tallies = [b for b in access_bodies(sqlite_store) if b["type"] == "unauthenticated"]
+        assert [(t["client"], t["count"], t["outcomes"], t["routes"]) for t in tallies] == [
+            ("127.0.0.1", 5, {"throttled": 2, "unauthenticated": 3}, {"/v1/punches": 5}),
+            ("127.0.0.1", 1, {"unauthenticated": 1}, {"/v1/punches": 1})]
     finally:
         await api.client.close()
 
@@ -107,12 +115,15 @@ async def test_d12_access_log_endpoint_and_problem_documents(api: Api) -> None:
     resp = await api.call("GET", "/v1/punches", headers={"Authorization": "Basic abc"})
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    api.clock.advance(60)                   # the minute is over: its tallies are due
     await api.flush()
     resp = await api.call("GET", "/v1/access-log?limit=1000", "auditor")
     items = (await resp.json())["items"]
     reqs = [i["body"] for i in items if i["body"]["type"] == "request"]
-    assert [(r["method"], r["status"]) for r in reqs][-3:] == [
-        ("GET", 400), ("DELETE", 405), ("GET", 401)]
+    assert [(r["method"], r["status"]) for r in reqs][-1:] == [("GET", 400)]
+    # no authenticated principal (405 before routing, 401): tallied per source and minute
+    tallies = [i["body"] for i in items if i["body"]["type"] == "unauthenticated"]
+    assert [(t["count"], t["statuses"]) for t in tallies] == [(2, {"401": 1, "405": 1})]
     admin_changes = [i["body"] for i in items if i["body"]["type"] == "admin"]
     assert {c["action"] for c in admin_changes} == {"token.create"}
 
@@ -184,5 +195,8 @@ async def test_https_tls12_minimum_and_client_certificate_principal(
         await runner.cleanup()
     recs = requests_of(sqlite_store)
     assert [(r["principal"], r["auth"], r["status"]) for r in recs] == [
-        ("api.payroll-system", "cert", 200), ("anonymous", "cert", 401),
-        ("anonymous", "none", 200)]
+        ("api.payroll-system", "cert", 200)]
+    # the device certificate's 401 is tallied; /healthz is never recorded
+    tallies = [b for b in access_bodies(sqlite_store) if b["type"] == "unauthenticated"]
+    assert [(t["count"], t["auth"], t["statuses"]) for t in tallies] == [
+        (1, {"cert": 1}, {"401": 1})]
