@@ -7,7 +7,8 @@ Invariants:
   SQLite through the online backup API (``sqlite3.Connection.backup`` in one step, i.e. one
   read transaction of the WAL database; never a copy of the file), into a 0600 temporary
   file beside the ledger (the same bytes, the same protection; removed when the snapshot
-  ends); PostgreSQL through ``pg_dump -Fc --snapshot`` under a snapshot exported by the
+  ends, and one a killed run left is removed by the next: :func:`remove_stale`); PostgreSQL
+  through ``pg_dump -Fc --snapshot`` under a snapshot exported by the
   REPEATABLE READ transaction that read the facts.
 - Credentials never reach a command line: a DSN's password goes to pg_dump/pg_restore in
   ``PGPASSWORD``; messages carry redacted DSNs only.
@@ -19,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import shutil
@@ -77,11 +79,45 @@ def _sidecars(path: Path) -> list[Path]:
     return [path.with_name(path.name + s) for s in ("", "-journal", "-wal", "-shm")]
 
 
-def _private_temp(directory: Path, prefix: str) -> Path:
+def remove_stale(directory: Path, prefix: str) -> list[Path]:
+    """Remove the temporary files ``prefix*.tmp`` in ``directory`` that no running backup or
+    restore holds (each holds a lock on its own while it lives): a killed run's plaintext
+    snapshot must not outlive the next run. Returns what was removed."""
+    removed: list[Path] = []
+    for p in sorted(directory.glob(f"{glob.escape(prefix)}*.tmp")):
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue                     # in use by a live run
+        else:
+            for q in _sidecars(p):
+                with contextlib.suppress(FileNotFoundError):
+                    q.unlink()
+            removed.append(p)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def _private_temp(directory: Path, prefix: str) -> Iterator[Path]:
+    """A new 0600 file ``prefix*.tmp`` in ``directory``, locked while the block runs (see
+    :func:`remove_stale`), removed with its SQLite sidecars afterwards."""
+    remove_stale(directory, prefix)
     fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
-    os.fchmod(fd, 0o600)
-    os.close(fd)
-    return Path(name)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.fchmod(fd, 0o600)
+        yield Path(name)
+    finally:
+        for p in _sidecars(Path(name)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        os.close(fd)
 
 
 @contextmanager
@@ -89,8 +125,7 @@ def sqlite_snapshot(path: Path) -> Iterator[tuple[SnapshotFacts, IO[bytes]]]:
     """The facts and a readable stream of a consistent copy of the SQLite ledger ``path``."""
     if not path.is_file():
         raise BackupError(f"{path}: no such ledger file (a typo in --store?)")
-    tmp = _private_temp(path.parent, f".{path.name}.snapshot-")
-    try:
+    with _private_temp(path.parent, f".{path.name}.snapshot-") as tmp:
         try:
             src = connect(path, readonly=True)
             try:
@@ -110,10 +145,6 @@ def sqlite_snapshot(path: Path) -> Iterator[tuple[SnapshotFacts, IO[bytes]]]:
             raise BackupError(f"{path}: the online backup failed: {e}") from e
         with open(tmp, "rb") as f:
             yield facts, f
-    finally:
-        for p in _sidecars(tmp):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
 
 
 def pg_tool(name: str) -> str:
@@ -224,8 +255,7 @@ def sqlite_restore(path: Path, chunks: Iterable[bytes], *,
     failure nothing exists under ``path`` and no temporary file is left."""
     if not path.parent.is_dir():
         raise BackupError(f"{path}: directory {path.parent} does not exist")
-    tmp = _private_temp(path.parent, f".{path.name}.restore-")
-    try:
+    with _private_temp(path.parent, f".{path.name}.restore-") as tmp:
         with open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
@@ -236,10 +266,6 @@ def sqlite_restore(path: Path, chunks: Iterable[bytes], *,
             os.link(tmp, path)          # never replaces a file that appeared meanwhile
         except FileExistsError as e:
             raise BackupError(f"{path}: appeared during the restore; nothing replaced") from e
-    finally:
-        for p in _sidecars(tmp):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)

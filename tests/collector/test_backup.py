@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -488,3 +489,24 @@ def test_d16_a_killed_backup_leaves_no_file_that_looks_complete(
     assert partial[0].stat().st_mode & 0o777 == 0o600
     with pytest.raises(BackupIntegrityError, match="truncated"):
         backups.read_manifest(partial[0], backups.load_backup_key(key))
+
+
+def test_d16_a_killed_runs_plaintext_snapshot_is_removed_by_the_next_backup(
+        tmp_path: Path) -> None:
+    """A SIGKILLed SQLite backup can leave its 0600 snapshot (the ledger in clear) beside the
+    ledger; the next backup removes it, but never the file of a backup still running."""
+    site, out, key = _one_sqlite_backup(tmp_path)
+    stale = tmp_path / ".ledger.db.snapshot-killed.tmp"
+    stale.write_bytes(Path(site.url.removeprefix("sqlite://")).read_bytes())
+    (tmp_path / ".ledger.db.snapshot-killed.tmp-wal").write_bytes(b"wal")
+    live = tmp_path / ".ledger.db.snapshot-running.tmp"
+    live.write_bytes(b"another backup's snapshot")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)            # what a running backup holds
+        assert main(["backup", "--store", site.url, "--out", str(tmp_path / "next.tcbak"),
+                     "--key", str(key)]) == 0
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == \
+            [live.name]
+    finally:
+        os.close(fd)
