@@ -242,7 +242,7 @@ class _Tally:
 
 class Aggregates:
     """Requests without an authenticated principal (failed or missing credentials, throttled,
-    unknown routes, public documents), tallied per (source address, minute of ``at``) into
+    unknown routes, public documents), tallied per (source address, minute answered) into
     one ``access`` body each (``"type": "unauthenticated"``, docs/api.md "What is recorded").
 
     Bounded: at most ``sources_max`` addresses per minute get a tally of their own; every
@@ -270,7 +270,10 @@ class Aggregates:
         return sum(self._totals.values())
 
     def add(self, rec: AccessRecord) -> bool:
-        minute = rec.at - rec.at % MINUTE_US
+        # The minute the request was answered in (not started): once :meth:`due` closed a
+        # minute no later request can fall into it, so a (source, minute) is one entry.
+        done = rec.at + max(0, rec.duration_us)
+        minute = done - done % MINUTE_US
         tallies = self._minutes.setdefault(minute, {})
         client = clean(rec.client, 64)
         key = client

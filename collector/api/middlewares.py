@@ -28,7 +28,7 @@ from collector.access.directory import Principals
 from collector.access.principals import Principal
 from collector.access.tokens import TokenError
 from collector.api import params as P
-from collector.api.access_log import AccessRecord, clean_query
+from collector.api.access_log import MINUTE_US, AccessRecord, clean_query
 from collector.api.crl import CRL_WATCH
 from collector.api.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -217,7 +217,7 @@ def _account(request: web.Request, context: RequestContext) -> None:
                    f"one minute (the latest from {rec.client[:64]}); tallied per source and "
                    f"minute, at most {agg.sources_max} sources a minute",
             fields={"client": rec.client[:64], "count": agg.burst_per_minute,
-                    "minute": rec.at - rec.at % 60_000_000})
+                    "minute": (rec.at + rec.duration_us) // MINUTE_US * MINUTE_US})
 
 
 @web.middleware
