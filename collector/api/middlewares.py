@@ -203,9 +203,11 @@ def _account(request: web.Request, context: RequestContext) -> None:
     app[MONITOR].request(rec.route, rec.method, rec.status or 0, rec.duration_us)
     if rec.route in UNRECORDED_ROUTES:
         return
-    if context.principal is not None or rec.outcome == "denied":
-        # A principal's request, or a valid credential refused (a disabled or tampered
-        # principal): attributable, so an entry of its own.
+    if context.principal is not None or rec.outcome == "denied" or \
+            "revoked_certificate" in rec.extra:
+        # A principal's request, a valid credential refused (a disabled or tampered
+        # principal) or a revoked certificate on an open connection: attributable, so an
+        # entry of its own.
         app[ACCESS_LOG].add(rec.body())
         return
     alog = app[ACCESS_LOG]
@@ -243,6 +245,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             cert = _peercert(request)
             if cert is not None and watch.is_revoked(cert):
                 rec.auth = "cert"
+                # Attributable (our CA issued it to someone) and at most one request per
+                # connection opened before the revocation: an entry of its own.
+                rec.extra["revoked_certificate"] = {
+                    "cn": (_peer_cn(request) or "")[:100],
+                    "serial": str(cert.get("serialNumber", ""))[:64].lower()}
                 raise RevokedCertificateError("the client certificate of this connection "
                                               "has been revoked (CRL)")
         if route is not None and route.roles is not None:

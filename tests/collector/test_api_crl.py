@@ -21,7 +21,7 @@ from collector.access.directory import Principals
 from collector.api import ApiSection, start_api
 from collector.api.crl import CRL_WATCH
 from collector.ledger.sqlite import SQLiteStore
-from tests.collector.api_kit import seed
+from tests.collector.api_kit import requests_of, seed
 from tests.fixtures.pki import ClientCert, TestPKI
 from tests.polling import await_for
 
@@ -106,6 +106,9 @@ async def test_d7_d12_revoked_client_certificate_refused_without_restart(
         assert await _new_connection_status(url, _client_ctx(pki, kept)) == 200
     finally:
         await runner.cleanup()
+    refused = [r for r in requests_of(sqlite_store) if "revoked_certificate" in r.get("extra", {})]
+    assert [(r["status"], r["extra"]["revoked_certificate"]) for r in refused] == [
+        (401, {"cn": revoked.name, "serial": revoked.serial})]
 
 
 async def test_d12_unloadable_crl_changes_nothing(
