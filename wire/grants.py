@@ -34,7 +34,7 @@ from typing import Any
 PUNCH_DATA_ROLES = frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve",
                               "hr.people"})
 """Roles that read or change punch data or who punched (the people directory): granting one
-needs a second admin's approval (collector.api.rbac lists the same roles)."""
+needs a second admin's approval; collector.api.rbac refuses them to admins."""
 
 ROLE_ACTIONS = frozenset({"token.create", "cert.register", "principal.create", "roles.set",
                           "grant.approve", "principal.disable"})

@@ -10,9 +10,7 @@ from __future__ import annotations
 from collector import ForbiddenError
 from collector.access.principals import Principal, check_roles
 from collector.api.routes import Route
-
-PUNCH_DATA_ROLES = frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve",
-                              "hr.people"})
+from wire.grants import PUNCH_DATA_ROLES
 
 
 def authorize(principal: Principal, route: Route) -> str | None:
