@@ -19,7 +19,7 @@ carry more, which are informational and never change the meaning of the required
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,7 +34,16 @@ from wire.bodies_retention import (
     parse_policy,
 )
 from wire.errors import DecodeError, WireError
-from wire.fields import DEVICE_ID_RE, HASH_RE, KEY_ID_RE, get_choice, get_int, get_str
+from wire.fields import (
+    DEVICE_ID_RE,
+    HASH_RE,
+    KEY_ID_RE,
+    get_choice,
+    get_int,
+    get_optional_str,
+    get_str,
+    require_fields,
+)
 from wire.key_changes import parse_approval, parse_principal, parse_request
 from wire.keys import VerifyKey
 from wire.ledger import KINDS
@@ -55,16 +64,6 @@ class BodyError(DecodeError):
     def __init__(self, kind: str, message: str, *, field: str | None = None) -> None:
         super().__init__(f"{kind} body: {message}", field=field)
         self.kind = kind
-
-
-def require(value: Any, what: str, required: Iterable[str]) -> Mapping[str, Any]:
-    """An object holding at least ``required``; other fields are informational (allowed)."""
-    if not isinstance(value, dict):
-        raise DecodeError(f"{what}: expected a JSON object")
-    missing = sorted(set(required) - set(value))
-    if missing:
-        raise DecodeError(f"{what}: missing field(s) {', '.join(missing)}", field=missing[0])
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,22 +142,22 @@ Body = (SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access 
 
 
 def parse_device(value: Any, idx: int = 0) -> DeviceEvent:
-    obj = require(value, "device body", ("event", "device"))
+    obj = require_fields(value, "device body", ("event", "device"))
     event = get_choice(obj, "event", DEVICE_EVENTS)
     device = get_str(obj, "device", DEVICE_ID_RE)
     if event == "revoked":
-        require(obj, "revoked device body", ("reason",))
+        require_fields(obj, "revoked device body", ("reason",))
         reason = get_str(obj, "reason")
         # ``key`` absent revokes every key; present it must name one (null is not a key id).
         key = get_str(obj, "key", KEY_ID_RE) if "key" in obj else None
         return DeviceEvent(event, device, key=key, reason=reason)
     site = None
     if event == "enrolled":
-        require(obj, "enrolled device body", ("key", "signing_key", "site"))
+        require_fields(obj, "enrolled device body", ("key", "signing_key", "site"))
         site = get_str(obj, "site")
         from_seq = get_int(obj, "from_seq", minimum=1) if "from_seq" in obj else 1
     else:
-        require(obj, f"{event} device body", ("key", "signing_key", "from_seq"))
+        require_fields(obj, f"{event} device body", ("key", "signing_key", "from_seq"))
         from_seq = get_int(obj, "from_seq", minimum=1)
     kid = get_str(obj, "key", KEY_ID_RE)
     vk = VerifyKey.from_b64(get_str(obj, "signing_key"))
@@ -169,27 +168,28 @@ def parse_device(value: Any, idx: int = 0) -> DeviceEvent:
     if event == "rotated":
         return replace(ev, request=parse_request(obj, device, kid, vk, from_seq))
     if event == "reenrol-requested":
-        require(obj, "reenrol-requested device body", ("requested_by", "reason"))
+        require_fields(obj, "reenrol-requested device body", ("requested_by", "reason"))
         return replace(ev, requested_by=parse_principal(obj, "requested_by"),
                        reason=get_str(obj, "reason"))
     if event == "reenrolled":
-        require(obj, "reenrolled device body", ("request_idx", "requested_by", "approved_by"))
+        require_fields(obj, "reenrolled device body",
+                       ("request_idx", "requested_by", "approved_by"))
         ridx, by, approver = parse_approval(obj, idx)
         return replace(ev, request_idx=ridx, requested_by=by, approved_by=approver)
     return ev
 
 
 def parse_rejection(value: Any) -> Rejection:
-    obj = require(value, "rejection body", ("reason", "topic", "raw_sha256", "received_at"))
+    obj = require_fields(value, "rejection body", ("reason", "topic", "raw_sha256", "received_at"))
     detail = get_str(obj, "detail") if "detail" in obj else None
-    device = get_str(obj, "device", DEVICE_ID_RE) if obj.get("device") is not None else None
+    device = get_optional_str(obj, "device", DEVICE_ID_RE)
     return Rejection(get_str(obj, "reason"), get_str(obj, "topic"),
                      get_str(obj, "raw_sha256", HASH_RE),
                      get_int(obj, "received_at", minimum=0), detail, device)
 
 
 def parse_retention(value: Any, idx: int) -> Retention:
-    obj = require(value, "retention body", ("policy", "deleted", "count"))
+    obj = require_fields(value, "retention body", ("policy", "deleted", "count"))
     policy = get_str(obj, "policy")
     count = get_int(obj, "count", minimum=0)
     ranges = obj["deleted"]
@@ -219,7 +219,7 @@ def parse_retention(value: Any, idx: int) -> Retention:
 
 
 def parse_correction(value: Any, idx: int) -> Correction:
-    obj = require(value, "correction body", ("original_idx",))
+    obj = require_fields(value, "correction body", ("original_idx",))
     original = get_int(obj, "original_idx", minimum=0)
     if original >= idx:
         raise DecodeError(f"original_idx {original} is not an earlier entry",
@@ -228,19 +228,19 @@ def parse_correction(value: Any, idx: int) -> Correction:
 
 
 def parse_access(value: Any) -> Access:
-    return Access(require(value, "access body", ()))
+    return Access(require_fields(value, "access body", ()))
 
 
 ALERT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
 
 def parse_alert(value: Any) -> Alert:
-    obj = require(value, "alert body", ("alert", "severity", "detail"))
+    obj = require_fields(value, "alert body", ("alert", "severity", "detail"))
     severity = get_int(obj, "severity", minimum=1)
     if severity > 3:
         raise DecodeError("severity: expected 1 (critical), 2 (warning) or 3 (info)",
                           field="severity")
-    device = get_str(obj, "device", DEVICE_ID_RE) if obj.get("device") is not None else None
+    device = get_optional_str(obj, "device", DEVICE_ID_RE)
     return Alert(get_str(obj, "alert", ALERT_RE), severity, get_str(obj, "detail"), device)
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from wire.errors import DecodeError
-from wire.fields import CREDENTIAL_RE, get_choice, get_int, get_str
+from wire.fields import CREDENTIAL_RE, get_choice, get_int, get_str, require_fields
 
 EMPLOYEE_ID_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
 TIMEZONE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]{0,30}(?:/[A-Za-z0-9_+-]{1,30}){0,2}$")
@@ -81,17 +82,7 @@ class BadgeEvent:
                 "until": self.until_us}
 
 
-def _require(value: Any, what: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise DecodeError(f"{what}: expected a JSON object")
-    missing = [f for f in fields if f not in value]
-    if missing:
-        raise DecodeError(f"{what}: missing field(s) {', '.join(sorted(missing))}",
-                          field=sorted(missing)[0])
-    return value
-
-
-def _text(obj: dict[str, Any], key: str, *, maximum: int, empty: bool) -> str:
+def _text(obj: Mapping[str, Any], key: str, *, maximum: int, empty: bool) -> str:
     v = get_str(obj, key)
     if not empty and not v.strip():
         raise DecodeError(f"{key}: must not be empty", field=key)
@@ -102,7 +93,7 @@ def _text(obj: dict[str, Any], key: str, *, maximum: int, empty: bool) -> str:
     return v
 
 
-def _date(obj: dict[str, Any], key: str) -> str:
+def _date(obj: Mapping[str, Any], key: str) -> str:
     v = get_str(obj, key, DATE_RE)
     try:
         date.fromisoformat(v)
@@ -124,12 +115,12 @@ def check_timezone(name: str, field: str = "timezone") -> str:
     return name
 
 
-def _optional_id(obj: dict[str, Any], key: str) -> str | None:
+def _optional_id(obj: Mapping[str, Any], key: str) -> str | None:
     return None if obj[key] is None else get_str(obj, key, EMPLOYEE_ID_RE)
 
 
 def parse_employee(value: Any) -> Employee:
-    obj = _require(value, "employee body", EMPLOYEE_FIELDS)
+    obj = require_fields(value, "employee body", EMPLOYEE_FIELDS)
     eid = get_str(obj, "employee_id", EMPLOYEE_ID_RE)
     manager = _optional_id(obj, "manager_id")
     if manager == eid:
@@ -151,7 +142,7 @@ def parse_employee(value: Any) -> Employee:
 
 
 def parse_badge(value: Any) -> BadgeEvent:
-    obj = _require(value, "badge body", BADGE_FIELDS)
+    obj = require_fields(value, "badge body", BADGE_FIELDS)
     event = get_choice(obj, "event", BADGE_EVENTS)
     credential = get_str(obj, "credential", CREDENTIAL_RE)
     employee = _optional_id(obj, "employee_id")

@@ -15,7 +15,8 @@ behind ``timeclock-verify`` and ``ledger verify``) apply one rule with one wordi
   whose cut-off is no later than the entry's time minus the period, recorded (entry ``at``)
   before that cut-off, and matched by no active hold.
 
-Invariants: nothing here imports from the rest of ``wire.bodies`` (which imports this module);
+Invariants: nothing here imports from the rest of ``wire.bodies`` (which imports this module;
+the field helpers they share live in ``wire.fields``);
 ages are measured on the ledger's own ``at`` (what the chain commits to, never the clock's
 ``ts``); a hold matches on what the manifest row names (device, site, time) and, where the
 caller knows them (the store), credential and employee; a criterion nobody can evaluate counts
@@ -30,7 +31,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wire.errors import DecodeError
-from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE, get_choice, get_int, get_str
+from wire.fields import (
+    CREDENTIAL_RE,
+    DEVICE_ID_RE,
+    get_choice,
+    get_int,
+    get_optional_int,
+    get_optional_str,
+    get_str,
+    require_fields,
+)
 
 RECORDS = frozenset({"punch", "rejection"})
 """Entry kinds a retention policy governs (whose bodies a run may remove)."""
@@ -41,23 +51,6 @@ DAY_US = 86_400_000_000
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 PRINCIPAL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._@-]{0,62}[a-z0-9])?$")  # access.principals
 LABEL_RE = re.compile(r"^\S(?:.{0,126}\S)?$")   # site names, jurisdiction labels, case ids
-
-
-def _obj(value: Any, what: str, required: tuple[str, ...]) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise DecodeError(f"{what}: expected a JSON object")
-    missing = sorted(set(required) - set(value))
-    if missing:
-        raise DecodeError(f"{what}: missing field(s) {', '.join(missing)}", field=missing[0])
-    return value
-
-
-def _opt_str(obj: Mapping[str, Any], key: str, pattern: re.Pattern[str]) -> str | None:
-    return get_str(obj, key, pattern) if obj.get(key) is not None else None
-
-
-def _opt_int(obj: Mapping[str, Any], key: str) -> int | None:
-    return get_int(obj, key, minimum=0) if obj.get(key) is not None else None
 
 
 def _earlier(obj: Mapping[str, Any], key: str, idx: int) -> int:
@@ -105,13 +98,13 @@ class PolicyApproved:
 
 
 def parse_policy(value: Any, idx: int) -> PolicyProposed | PolicyApproved:
-    obj = _obj(value, "policy body", ("event", "by"))
+    obj = require_fields(value, "policy body", ("event", "by"))
     event = get_choice(obj, "event", POLICY_EVENTS)
     by = get_str(obj, "by", PRINCIPAL_RE)
     if event == "approved":
-        _obj(obj, "approved policy body", ("proposal",))
+        require_fields(obj, "approved policy body", ("proposal",))
         return PolicyApproved(_earlier(obj, "proposal", idx), by)
-    _obj(obj, "proposed policy body", ("policy", "record", "period_days", "scope"))
+    require_fields(obj, "proposed policy body", ("policy", "record", "period_days", "scope"))
     name = get_str(obj, "policy", NAME_RE)
     record = get_choice(obj, "record", RECORDS)
     period = get_int(obj, "period_days", minimum=1)
@@ -119,9 +112,9 @@ def parse_policy(value: Any, idx: int) -> PolicyProposed | PolicyApproved:
     if scope == "all":
         return PolicyProposed(name, record, period, scope, by)
     if scope == "site":
-        _obj(obj, "site policy body", ("site",))
+        require_fields(obj, "site policy body", ("site",))
         return PolicyProposed(name, record, period, scope, by, site=get_str(obj, "site", LABEL_RE))
-    _obj(obj, "jurisdiction policy body", ("jurisdiction", "sites"))
+    require_fields(obj, "jurisdiction policy body", ("jurisdiction", "sites"))
     sites = obj["sites"]
     if (not isinstance(sites, list) or not sites
             or any(not isinstance(s, str) or not LABEL_RE.fullmatch(s) for s in sites)
@@ -199,24 +192,25 @@ HoldEvent = HoldPlaced | HoldReleaseRequested | HoldReleased
 
 
 def parse_hold(value: Any, idx: int) -> HoldEvent:
-    obj = _obj(value, "hold body", ("event", "by"))
+    obj = require_fields(value, "hold body", ("event", "by"))
     event = get_choice(obj, "event", HOLD_EVENTS)
     by = get_str(obj, "by", PRINCIPAL_RE)
     if event == "release-requested":
-        _obj(obj, "hold release request body", ("hold", "reason"))
+        require_fields(obj, "hold release request body", ("hold", "reason"))
         return HoldReleaseRequested(_earlier(obj, "hold", idx), by, get_str(obj, "reason",
                                                                             LABEL_RE))
     if event == "released":
-        _obj(obj, "hold release body", ("request",))
+        require_fields(obj, "hold release body", ("request",))
         return HoldReleased(_earlier(obj, "request", idx), by)
-    _obj(obj, "placed hold body", ("hold", "case", "reason"))
+    require_fields(obj, "placed hold body", ("hold", "case", "reason"))
     h = HoldPlaced(get_str(obj, "hold", NAME_RE), get_str(obj, "case", LABEL_RE),
                    get_str(obj, "reason", LABEL_RE), by,
-                   device=_opt_str(obj, "device", DEVICE_ID_RE),
-                   site=_opt_str(obj, "site", LABEL_RE),
-                   credential=_opt_str(obj, "credential", CREDENTIAL_RE),
-                   employee=_opt_str(obj, "employee", LABEL_RE),
-                   from_ts=_opt_int(obj, "from_ts"), until_ts=_opt_int(obj, "until_ts"))
+                   device=get_optional_str(obj, "device", DEVICE_ID_RE),
+                   site=get_optional_str(obj, "site", LABEL_RE),
+                   credential=get_optional_str(obj, "credential", CREDENTIAL_RE),
+                   employee=get_optional_str(obj, "employee", LABEL_RE),
+                   from_ts=get_optional_int(obj, "from_ts", minimum=0),
+                   until_ts=get_optional_int(obj, "until_ts", minimum=0))
     if all(v is None for v in (h.device, h.site, h.credential, h.employee, h.from_ts,
                                h.until_ts)):
         raise DecodeError("a hold names at least one of device, site, credential, employee, "
@@ -266,7 +260,7 @@ def idx_ranges(idxs: list[int]) -> list[tuple[int, int]]:
 def parse_cites(obj: Mapping[str, Any], idx: int, deleted: tuple[tuple[int, int], ...],
                 count: int) -> RetentionCites:
     """The ``policies`` and ``removed`` fields of a retention body at ``idx``."""
-    _obj(obj, "retention body", ("policies", "removed"))
+    require_fields(obj, "retention body", ("policies", "removed"))
     pol = obj["policies"]
     if not isinstance(pol, list) or not pol:
         raise DecodeError("policies: expected a non-empty array of {idx, cutoff}",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wire.errors import DecodeError
@@ -31,6 +31,16 @@ def require_object(value: Any, name: str, keys: frozenset[str]) -> Mapping[str, 
     return value
 
 
+def require_fields(value: Any, what: str, required: Iterable[str]) -> Mapping[str, Any]:
+    """An object holding at least ``required``; other fields are informational (allowed)."""
+    if not isinstance(value, dict):
+        raise DecodeError(f"{what}: expected a JSON object")
+    missing = sorted(set(required) - set(value))
+    if missing:
+        raise DecodeError(f"{what}: missing field(s) {', '.join(missing)}", field=missing[0])
+    return value
+
+
 def get_int(obj: Mapping[str, Any], key: str, *, minimum: int | None = None) -> int:
     v = obj[key]
     # bool is an int subclass in Python; JSON true is not an integer.
@@ -48,6 +58,18 @@ def get_str(obj: Mapping[str, Any], key: str, pattern: re.Pattern[str] | None = 
     if pattern is not None and not pattern.fullmatch(v):
         raise DecodeError(f"{key}: {v[:80]!r} does not match {pattern.pattern}", field=key)
     return v
+
+
+def get_optional_str(obj: Mapping[str, Any], key: str,
+                     pattern: re.Pattern[str] | None = None) -> str | None:
+    """``get_str`` of ``key``, or None when it is absent or null."""
+    return get_str(obj, key, pattern) if obj.get(key) is not None else None
+
+
+def get_optional_int(obj: Mapping[str, Any], key: str, *, minimum: int | None = None
+                     ) -> int | None:
+    """``get_int`` of ``key``, or None when it is absent or null."""
+    return get_int(obj, key, minimum=minimum) if obj.get(key) is not None else None
 
 
 def get_choice(obj: Mapping[str, Any], key: str, choices: frozenset[str]) -> str:
