@@ -27,11 +27,12 @@ binary search in memory — never a query per row.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from collector import LedgerError
+from collector.ledger.pg_guards import forbid
 
 if TYPE_CHECKING:   # no import at run time: schema_sqlite/schema_postgres import this module
     from collector.ledger.sqlbase import SQLStore, Tx
@@ -41,8 +42,12 @@ UPDATABLE = TABLES            # the app role's UPDATE grant (rows change only as
 
 _REFUSE = "(the ledger is append-only)"
 
-SQLITE_TABLE_STATEMENTS: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS tc_employees (
+
+def _table_statements(integer: str, suffix: str) -> tuple[str, ...]:
+    """The tables and their indexes: SQLite's and PostgreSQL's differ only in the integer
+    type and SQLite's ``WITHOUT ROWID``."""
+    return (
+        f"""CREATE TABLE IF NOT EXISTS tc_employees (
     employee_id  TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
     department   TEXT NOT NULL,
@@ -52,32 +57,45 @@ SQLITE_TABLE_STATEMENTS: tuple[str, ...] = (
     status       TEXT NOT NULL,
     active_from  TEXT NOT NULL,
     left_on      TEXT,
-    created_idx  INTEGER NOT NULL,
-    changed_idx  INTEGER NOT NULL
+    created_idx  {integer} NOT NULL,
+    changed_idx  {integer} NOT NULL
 )""",
-    "CREATE INDEX IF NOT EXISTS tc_employees_manager ON tc_employees (manager_id)",
-    """CREATE TABLE IF NOT EXISTS tc_badges (
+        "CREATE INDEX IF NOT EXISTS tc_employees_manager ON tc_employees (manager_id)",
+        f"""CREATE TABLE IF NOT EXISTS tc_badges (
     credential   TEXT NOT NULL,
-    valid_from   INTEGER NOT NULL,
-    valid_until  INTEGER,
+    valid_from   {integer} NOT NULL,
+    valid_until  {integer},
     employee_id  TEXT,
     status       TEXT NOT NULL,
-    idx          INTEGER NOT NULL,
-    changed_idx  INTEGER NOT NULL,
+    idx          {integer} NOT NULL,
+    changed_idx  {integer} NOT NULL,
     PRIMARY KEY (credential, valid_from)
-) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS tc_badges_employee ON tc_badges (employee_id, valid_from)",
-)
+){suffix}""",
+        "CREATE INDEX IF NOT EXISTS tc_badges_employee ON tc_badges (employee_id, valid_from)",
+    )
+
+
+def _sqlite_no_delete(table: str) -> str:
+    return (f"CREATE TRIGGER IF NOT EXISTS {table}_no_delete BEFORE DELETE ON {table}\n"
+            f"BEGIN SELECT RAISE(ABORT, 'timeclock: DELETE on {table} refused {_REFUSE}'); END")
+
+
+def _pg_guards(table: str) -> str:
+    """No DELETE or TRUNCATE; UPDATE only through ``<table>_update()``."""
+    return (forbid(table, "DELETE", truncate=True)
+            + f"CREATE OR REPLACE TRIGGER {table}_update BEFORE UPDATE ON {table}\n"
+            f"    FOR EACH ROW EXECUTE FUNCTION {table}_update();\n")
+
+
+SQLITE_TABLE_STATEMENTS = _table_statements("INTEGER", " WITHOUT ROWID")
 SQLITE_TRIGGER_STATEMENTS: tuple[str, ...] = (
-    "CREATE TRIGGER IF NOT EXISTS tc_employees_no_delete BEFORE DELETE ON tc_employees\n"
-    f"BEGIN SELECT RAISE(ABORT, 'timeclock: DELETE on tc_employees refused {_REFUSE}'); END",
+    _sqlite_no_delete("tc_employees"),
     "CREATE TRIGGER IF NOT EXISTS tc_employees_update BEFORE UPDATE ON tc_employees\n"
     "WHEN NEW.employee_id IS NOT OLD.employee_id OR NEW.created_idx IS NOT OLD.created_idx\n"
     "  OR NEW.changed_idx <= OLD.changed_idx\n"
     "BEGIN SELECT RAISE(ABORT, 'timeclock: UPDATE on tc_employees refused: only a later "
     f"entry changes it {_REFUSE}'); END",
-    "CREATE TRIGGER IF NOT EXISTS tc_badges_no_delete BEFORE DELETE ON tc_badges\n"
-    f"BEGIN SELECT RAISE(ABORT, 'timeclock: DELETE on tc_badges refused {_REFUSE}'); END",
+    _sqlite_no_delete("tc_badges"),
     "CREATE TRIGGER IF NOT EXISTS tc_badges_update BEFORE UPDATE ON tc_badges\n"
     "WHEN NEW.credential IS NOT OLD.credential OR NEW.valid_from IS NOT OLD.valid_from\n"
     "  OR NEW.employee_id IS NOT OLD.employee_id OR NEW.status IS NOT OLD.status\n"
@@ -94,33 +112,7 @@ SQLITE_STATEMENTS = SQLITE_TABLE_STATEMENTS + SQLITE_TRIGGER_STATEMENTS
 SQLITE_DDL = "".join(f"{stmt};\n" for stmt in SQLITE_STATEMENTS)
 
 # tc_append_only() is schema_postgres's (created before this DDL in the same script).
-POSTGRES_DDL = f"""
-CREATE TABLE IF NOT EXISTS tc_employees (
-    employee_id  TEXT PRIMARY KEY,
-    name         TEXT NOT NULL,
-    department   TEXT NOT NULL,
-    site         TEXT NOT NULL,
-    timezone     TEXT NOT NULL,
-    manager_id   TEXT,
-    status       TEXT NOT NULL,
-    active_from  TEXT NOT NULL,
-    left_on      TEXT,
-    created_idx  BIGINT NOT NULL,
-    changed_idx  BIGINT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tc_employees_manager ON tc_employees (manager_id);
-CREATE TABLE IF NOT EXISTS tc_badges (
-    credential   TEXT NOT NULL,
-    valid_from   BIGINT NOT NULL,
-    valid_until  BIGINT,
-    employee_id  TEXT,
-    status       TEXT NOT NULL,
-    idx          BIGINT NOT NULL,
-    changed_idx  BIGINT NOT NULL,
-    PRIMARY KEY (credential, valid_from)
-);
-CREATE INDEX IF NOT EXISTS tc_badges_employee ON tc_badges (employee_id, valid_from);
-
+POSTGRES_DDL = "\n" + "".join(f"{stmt};\n" for stmt in _table_statements("BIGINT", "")) + f"""
 CREATE OR REPLACE FUNCTION tc_employees_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.employee_id IS DISTINCT FROM OLD.employee_id
@@ -147,19 +139,7 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE OR REPLACE TRIGGER tc_employees_append_only BEFORE DELETE ON tc_employees
-    FOR EACH ROW EXECUTE FUNCTION tc_append_only();
-CREATE OR REPLACE TRIGGER tc_employees_no_truncate BEFORE TRUNCATE ON tc_employees
-    FOR EACH STATEMENT EXECUTE FUNCTION tc_append_only();
-CREATE OR REPLACE TRIGGER tc_employees_update BEFORE UPDATE ON tc_employees
-    FOR EACH ROW EXECUTE FUNCTION tc_employees_update();
-CREATE OR REPLACE TRIGGER tc_badges_append_only BEFORE DELETE ON tc_badges
-    FOR EACH ROW EXECUTE FUNCTION tc_append_only();
-CREATE OR REPLACE TRIGGER tc_badges_no_truncate BEFORE TRUNCATE ON tc_badges
-    FOR EACH STATEMENT EXECUTE FUNCTION tc_append_only();
-CREATE OR REPLACE TRIGGER tc_badges_update BEFORE UPDATE ON tc_badges
-    FOR EACH ROW EXECUTE FUNCTION tc_badges_update();
-"""
+{_pg_guards("tc_employees")}{_pg_guards("tc_badges")}"""
 POSTGRES_GRANTS = "GRANT UPDATE ON tc_employees, tc_badges TO {role};\n"
 
 _EMP_COLS = ("employee_id, name, department, site, timezone, manager_id, status, "
@@ -266,15 +246,24 @@ def tx_employees(tx: Tx) -> dict[str, EmployeeRow]:
 
 
 def tx_periods(tx: Tx, credentials: Iterable[str]) -> dict[str, list[BadgePeriod]]:
-    out: dict[str, list[BadgePeriod]] = {}
+    return _by_credential(r for sql, chunk in _credential_queries(credentials)
+                          for r in tx.rows(sql, chunk))
+
+
+def _credential_queries(credentials: Iterable[str]) -> Iterator[tuple[str, list[str]]]:
+    """(query, parameters) loading the periods of ``credentials``, one per 500 of them."""
     creds = sorted(set(credentials))
     for i in range(0, len(creds), _IN_CHUNK):
         chunk = creds[i:i + _IN_CHUNK]
-        marks = ", ".join("?" * len(chunk))
-        for r in tx.rows(f"SELECT {_BADGE_COLS} FROM tc_badges WHERE credential IN "  # noqa: S608 - placeholders only
-                         f"({marks}) ORDER BY credential, valid_from", chunk):
-            p = _period(r)
-            out.setdefault(p.credential, []).append(p)
+        yield (f"SELECT {_BADGE_COLS} FROM tc_badges WHERE credential IN "  # noqa: S608 - placeholders only
+               f"({', '.join('?' * len(chunk))}) ORDER BY credential, valid_from", chunk)
+
+
+def _by_credential(rows: Iterable[Sequence[Any]]) -> dict[str, list[BadgePeriod]]:
+    out: dict[str, list[BadgePeriod]] = {}
+    for r in rows:
+        p = _period(r)
+        out.setdefault(p.credential, []).append(p)
     return out
 
 
@@ -327,22 +316,13 @@ class BadgeResolver:
         """Every period (one query; an export), or those of ``credentials`` (one query per
         500 credentials; an API page)."""
         ensure_schema(store)
-        out: dict[str, list[BadgePeriod]] = {}
         if credentials is None:
             rows = store.query(f"SELECT {_BADGE_COLS} FROM tc_badges "  # noqa: S608 - constant columns
                                "ORDER BY credential, valid_from")
         else:
-            creds = sorted(set(credentials))
-            rows = []
-            for i in range(0, len(creds), _IN_CHUNK):
-                chunk = creds[i:i + _IN_CHUNK]
-                rows += store.query(f"SELECT {_BADGE_COLS} FROM tc_badges WHERE "  # noqa: S608 - placeholders only
-                                    f"credential IN ({', '.join('?' * len(chunk))}) "
-                                    "ORDER BY credential, valid_from", chunk)
-        for r in rows:
-            p = _period(r)
-            out.setdefault(p.credential, []).append(p)
-        return cls(out)
+            rows = [r for sql, chunk in _credential_queries(credentials)
+                    for r in store.query(sql, chunk)]
+        return cls(_by_credential(rows))
 
     def resolve(self, credential: str, ts: int) -> tuple[str | None, str]:
         starts = self._starts.get(credential)
@@ -372,19 +352,13 @@ def ensure_schema(store: SQLStore) -> None:
     """A SQLite ledger made before the directory gets its tables and triggers (new ledgers
     have them from schema_sqlite); a PostgreSQL one must have been migrated. Never repairs
     a trigger (schema_check reports drift, ``migrate`` repairs it)."""
-    if store.ph != "?":
-        have = store.query("SELECT COUNT(*) FROM information_schema.tables "
-                           "WHERE table_name = ANY(?)", (list(TABLES),))
-        if int(have[0][0]) != len(TABLES):
-            raise LedgerError("the people directory tables are missing in this PostgreSQL "
-                              "ledger: run `timeclock-collector migrate` as the owner role")
-        return
     # Only a ledger without the tables gets them here: a missing trigger of existing tables is
     # schema drift, which schema_check reports and only `migrate` repairs (never a read).
-    have = store.query("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN "
-                       "(?, ?)", TABLES)
-    if int(have[0][0]) == len(TABLES):
+    if present(store):
         return
+    if store.ph != "?":
+        raise LedgerError("the people directory tables are missing in this PostgreSQL "
+                          "ledger: run `timeclock-collector migrate` as the owner role")
     with store.transaction(0, what="creating the people directory tables") as tx:
         for stmt in SQLITE_STATEMENTS:
             tx.execute(stmt)

@@ -19,6 +19,7 @@ Same tables as the SQLite schema. Invariants enforced by the database itself:
 from __future__ import annotations
 
 from collector.ledger import people_tables
+from collector.ledger.pg_guards import forbid
 
 SCHEMA_VERSION = 2
 
@@ -32,15 +33,6 @@ _REMOVED = """NOT EXISTS (SELECT 1 FROM bodies b WHERE b.idx = OLD.idx)
        AND EXISTS (SELECT 1 FROM retained r
                    JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention'
                    WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)"""
-
-
-def _forbid(table: str, ops: str, *, truncate: bool) -> str:
-    out = (f"CREATE OR REPLACE TRIGGER {table}_append_only BEFORE {ops} ON {table} "
-           f"FOR EACH ROW EXECUTE FUNCTION tc_append_only();\n")
-    if truncate:
-        out += (f"CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-                f"FOR EACH STATEMENT EXECUTE FUNCTION tc_append_only();\n")
-    return out
 
 
 SCHEMA = f"""
@@ -217,7 +209,7 @@ CREATE OR REPLACE TRIGGER punches_purge_only BEFORE UPDATE ON punches
     FOR EACH ROW EXECUTE FUNCTION tc_punches_purge();
 CREATE OR REPLACE TRIGGER quarantine_purge_only BEFORE UPDATE ON quarantine
     FOR EACH ROW EXECUTE FUNCTION tc_quarantine_purge();
-{"".join(_forbid(t, "DELETE", truncate=True) for t in _PURGED)}
+{"".join(forbid(t, "DELETE", truncate=True) for t in _PURGED)}
 CREATE OR REPLACE TRIGGER entries_chain BEFORE INSERT ON entries
     FOR EACH ROW EXECUTE FUNCTION tc_entries_chain();
 CREATE OR REPLACE TRIGGER entries_need_leaf BEFORE INSERT ON entries
@@ -230,9 +222,9 @@ CREATE OR REPLACE TRIGGER bodies_no_update BEFORE UPDATE ON bodies
     FOR EACH ROW EXECUTE FUNCTION tc_append_only();
 CREATE OR REPLACE TRIGGER bodies_no_truncate BEFORE TRUNCATE ON bodies
     FOR EACH STATEMENT EXECUTE FUNCTION tc_append_only();
-{"".join(_forbid(t, "UPDATE OR DELETE", truncate=True) for t in _APPEND_ONLY)}
-{_forbid("devices", "DELETE", truncate=True)}
-{_forbid("keys", "DELETE", truncate=True)}
+{"".join(forbid(t, "UPDATE OR DELETE", truncate=True) for t in _APPEND_ONLY)}
+{forbid("devices", "DELETE", truncate=True)}
+{forbid("keys", "DELETE", truncate=True)}
 {people_tables.POSTGRES_DDL}
 -- A new database is version 2 at once (its empty tree is complete); a version 1 one keeps
 -- '1' here until migrate() has built its tree (SET_VERSION).
