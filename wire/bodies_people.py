@@ -60,10 +60,14 @@ class Employee:
     left_on: str | None        # YYYY-MM-DD, present exactly when status is "left"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"employee_id": self.employee_id, "name": self.name,
-                "department": self.department, "site": self.site, "timezone": self.timezone,
-                "manager_id": self.manager_id, "status": self.status,
-                "active_from": self.active_from, "left_on": self.left_on}
+        return employee_record(self)
+
+
+def employee_record(source: Any) -> dict[str, Any]:
+    """The record an ``employee`` body holds (:data:`EMPLOYEE_FIELDS`, in that order), read
+    from the attributes of those names of ``source``: an :class:`Employee`, or the row a
+    store keeps of one (collector.ledger.people_tables.EmployeeRow)."""
+    return {name: getattr(source, name) for name in EMPLOYEE_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from collector import LedgerError
 from collector.ledger.pg_guards import forbid
+from wire.bodies_people import employee_record
 
 if TYPE_CHECKING:   # no import at run time: schema_sqlite/schema_postgres import this module
     from collector.ledger.sqlbase import SQLStore, Tx
@@ -163,11 +164,8 @@ class EmployeeRow:
     changed_idx: int
 
     def record(self) -> dict[str, Any]:
-        """The record as an ``employee`` body holds it (wire.bodies_people.EMPLOYEE_FIELDS)."""
-        return {"employee_id": self.employee_id, "name": self.name,
-                "department": self.department, "site": self.site, "timezone": self.timezone,
-                "manager_id": self.manager_id, "status": self.status,
-                "active_from": self.active_from, "left_on": self.left_on}
+        """The record as an ``employee`` body holds it (wire.bodies_people.employee_record)."""
+        return employee_record(self)
 
 
 @dataclass(frozen=True, slots=True)
