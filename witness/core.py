@@ -6,8 +6,10 @@ the cosignature line, or raises :class:`Rejection` with the HTTP status the spec
   (1) the body parses (else 400); (2) the origin is a configured log (else 404); (3) the log's
   signature verifies (else 403); (4) old size ≤ checkpoint size (else 400); (5) old size is
   the size of the latest checkpoint cosigned for that log, or 0 (else 409 with that size,
-  ``text/x.tlog.size``); (6) the consistency proof leads from it to the new checkpoint; at
-  equal sizes the roots are equal (else 422); (7) the new checkpoint is persisted, then
+  ``text/x.tlog.size``); (6) at equal sizes the roots are equal (else 409, as the spec says,
+  with the same ``text/x.tlog.size`` body: a client sees that the size it sent is the size
+  held, so the conflict is another root, not a size to retry from); the consistency proof
+  leads from it to the new checkpoint (else 422); (7) the new checkpoint is persisted, then
   cosigned (cosignature/v1, Ed25519, under the witness's name, timestamp now).
 
 Invariants: per log, the state file ``<state_dir>/<sha256(origin) hex>.note`` holds the largest
@@ -142,7 +144,11 @@ class Witness:
             # (5) from the size we hold
             if req.old_size != state.size:
                 raise Rejection(409, f"{state.size}\n", SIZE_CONTENT_TYPE)
-            # (6) consistent with it
+            # (6) the same root at the same size (C2SP: 409, not 422), then consistent
+            if held is not None and cp.size == held.size and cp.root != held.root:
+                log.error("REFUSED checkpoint of %s size %d: another root for the size "
+                          "cosigned before (a fork)", cp.origin, cp.size)
+                raise Rejection(409, f"{state.size}\n", SIZE_CONTENT_TYPE)
             try:
                 verify_consistency(state.size, cp.size,
                                    EMPTY_ROOT if held is None else held.root, cp.root,
