@@ -160,3 +160,81 @@ class TLSProxy:
                 task.cancel()
         self.loop.call_soon_threadsafe(close)
         self.thread.join(10)
+
+
+def import_aics(site_packages: Path) -> None:
+    """Make the unpacked wheels importable in this process (the log side of the tests runs
+    ``aics_tlog`` and ``aics_witness.feeder`` in-process, as a log server would)."""
+    if str(site_packages) not in sys.path:
+        sys.path.insert(0, str(site_packages))
+
+
+class AicsLog:
+    """A third-party C2SP log built with ``aics_tlog`` alone: its own Ed25519 note key and
+    origin, an :class:`aics_tlog.IncrementalTileWriter` over a memory tile store (the tiles a
+    log publishes), checkpoints made and signed by ``aics_tlog.sign_checkpoint`` and
+    consistency proofs from its tiles (``consistency_proof_from_tiles``). Nothing of ours is
+    used to make its bytes. :meth:`forked` is the same key signing another history."""
+
+    def __init__(self, origin: str, key: object | None = None) -> None:
+        # aics_tlog is importable only once import_aics() ran: imported here, not at the top
+        from aics_tlog import IncrementalTileWriter, MemoryTileStore, MerkleTree  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+            Ed25519PrivateKey,
+        )
+
+        self.origin = origin
+        self.key = key if key is not None else Ed25519PrivateKey.generate()
+        self.store = MemoryTileStore()
+        self.writer = IncrementalTileWriter(self.store)
+        self.tree = MerkleTree()        # aics_tlog's in-memory tree: a cross-check of the tiles
+        self.entries: list[bytes] = []
+
+    @property
+    def size(self) -> int:
+        return int(self.writer.size)
+
+    def append(self, n: int, tag: bytes = b"entry") -> AicsLog:
+        new = [tag + b" " + str(len(self.entries) + i).encode() for i in range(n)]
+        self.writer.append(new)
+        self.tree.extend(new)
+        self.entries += new
+        if self.writer.root() != self.tree.root():
+            raise AssertionError("aics_tlog's tile writer and tree disagree on the root")
+        return self
+
+    def checkpoint(self) -> object:
+        from aics_tlog import Checkpoint  # noqa: PLC0415
+        return Checkpoint(self.origin, self.size, self.writer.root())
+
+    def signed_note(self) -> bytes:
+        """The checkpoint of the current size as a signed note (aics_tlog makes the text and
+        the Ed25519 signature, key type 0x01)."""
+        from aics_tlog import sign_checkpoint  # noqa: PLC0415
+        note = sign_checkpoint(self.checkpoint(), self.key, self.origin)  # type: ignore[arg-type]
+        return bytes(note.to_bytes())
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        """The RFC 9162 proof from ``old`` to ``new``, computed from the log's tiles (the
+        ``proof(old, new)`` a WitnessClient asks for)."""
+        from aics_tlog import consistency_proof_from_tiles  # noqa: PLC0415
+        proof = [bytes(h) for h in consistency_proof_from_tiles(self.store, old, new,
+                                                                self.size)]
+        if old and old != new and proof != self.tree.consistency_proof(old, new):
+            raise AssertionError("aics_tlog's tile and tree proofs disagree")
+        return proof
+
+    def vkey(self) -> str:
+        """The log's verifier key in C2SP form, as aics_tlog writes it."""
+        from aics_tlog import format_vkey, vkey_from_ed25519  # noqa: PLC0415
+        return str(format_vkey(vkey_from_ed25519(self.origin,
+                                                 self.key.public_key())))  # type: ignore[attr-defined]
+
+    def forked(self, keep: int, regrow: int) -> AicsLog:
+        """The same key and origin signing another history: the first ``keep`` entries, then
+        ``regrow`` different ones."""
+        fork = AicsLog(self.origin, self.key)
+        fork.writer.append(self.entries[:keep])
+        fork.tree.extend(self.entries[:keep])
+        fork.entries = self.entries[:keep]
+        return fork.append(regrow, tag=b"forged")
