@@ -66,6 +66,10 @@ STATUS_FILE = "status.json"
 class DeviceConfig:
     id: str
     state_dir: Path
+    # Set by `timeclock-agent provision`, which seeds the state directory with a sequence mark
+    # at seq 0: a state directory without queue and mark is then a lost state (refused), not a
+    # first start (agent/seqmark.py, docs/protocol.md §13.11).
+    seeded_state: bool = False
 
     @property
     def queue_path(self) -> Path:
@@ -223,8 +227,9 @@ def _parse_device(table: Any, base_dir: Path, problems: list[str], *,
         dev.problem("id", f"{device_id[:70]!r} must match {DEVICE_ID_RE.pattern} "
                           "(lowercase letters, digits, inner dashes; no dots)")
     state_dir = dev.path("state_dir", base_dir) or DEFAULT_STATE_DIR
+    seeded = dev.boolean("seeded_state", False)
     dev.finish()
-    return DeviceConfig(device_id, state_dir)
+    return DeviceConfig(device_id, state_dir, seeded)
 
 
 def _parse_keys(table: Any, base_dir: Path, problems: list[str], *,
@@ -361,5 +366,8 @@ def load_config(path: Path, *, check_readers: bool = True) -> AgentConfig:
         raise ConfigError([f"{path}: not UTF-8 text"]) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{path}: TOML syntax: {e}"]) from e
+    from agent.remote_config import with_overlay  # noqa: PLC0415 -- it imports this module
+
+    data = with_overlay(path, data)     # the effective config: base file + signed overlay
     return parse_config(data, base_dir=path.parent.resolve(), source=path,
                         check_readers=check_readers)

@@ -16,6 +16,10 @@ Invariants:
   registered signing key id is this clock's signing key;
 - files are replaced atomically (rename), private keys stay 0600, existing config is only
   overwritten with ``--force``;
+- a first enrolment (no ``agent.toml`` yet) seeds an empty state directory with a sequence
+  mark at seq 0 (agent/seqmark.py; it needs the queue key file ``init`` wrote) and writes
+  ``seeded_state = true``: from then on a state directory that holds neither queue nor mark is
+  a lost state the agent refuses, not a first start;
 - a rotation happens only while the agent is stopped, so every punch up to the printed
   ``from_seq - 1`` is signed by the old key and every later one by the new key; unacked
   punches keep their (old) signatures, which stay valid for their seqs.
@@ -98,7 +102,8 @@ def render_agent_config(*, device: str, directory: Path, state_dir: Path, broker
                         broker_port: int, log_public_key: str,
                         readers: Mapping[str, Mapping[str, Any]],
                         mqtt_options: Mapping[str, Any] | None = None,
-                        credentials: bool = False, seal_public_key: str | None = None) -> str:
+                        credentials: bool = False, seal_public_key: str | None = None,
+                        seeded_state: bool = False) -> str:
     """The ``agent.toml`` of a freshly provisioned clock (paths absolute)."""
     d = directory.absolute()
 
@@ -108,7 +113,8 @@ def render_agent_config(*, device: str, directory: Path, state_dir: Path, broker
     lines = [
         "# Written by `timeclock-agent provision`; see `timeclock-agent check-config --help`.",
         "[device]", f"id = {_toml_value(device)}",
-        f"state_dir = {_toml_value(str(state_dir.absolute()))}", "",
+        f"state_dir = {_toml_value(str(state_dir.absolute()))}",
+        *(["seeded_state = true"] if seeded_state else []), "",
         "[keys]",
         f"signing_key = {_toml_value(key('signing-key', SIGNING_KEY_FILE))}",
         f"queue_key = {_toml_value(key('queue-key', QUEUE_KEY_FILE))}",
@@ -177,6 +183,7 @@ def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_S
     cert_pem, ca_pem = _check_cert(b, directory)
     config_file: Path | None = None
     text = ""
+    seed = False
     if b.purpose == "enrol":
         try:
             own = load_signing_key(directory / SIGNING_KEY_FILE)
@@ -187,17 +194,22 @@ def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_S
                                  f"this clock's key is {own.key_id}")
         if b.broker_host is None or b.broker_port is None or b.log_public_key is None:
             raise ProvisionError("an enrolment bundle without broker or log key")  # parsed
+        config_file = directory / CONFIG_FILE
+        first = not config_file.exists()
+        seed = first and _state_empty(state_dir) and (directory / QUEUE_KEY_FILE).exists()
+        seeded = seed or (first and not _state_empty(state_dir))
         text = render_agent_config(
             device=device, directory=directory, state_dir=state_dir,
             broker_host=b.broker_host, broker_port=b.broker_port,
             log_public_key=b.log_public_key, readers=b.readers,
             mqtt_options=b.mqtt_options, credentials=credentials,
-            seal_public_key=b.seal_public_key)
-        config_file = directory / CONFIG_FILE
+            seal_public_key=b.seal_public_key, seeded_state=seeded)
         if config_file.exists() and config_file.read_text(encoding="utf-8") != text \
                 and not force:
             raise ProvisionError(f"{config_file}: exists with other content; use --force to "
                                  f"replace it (or edit it by hand)")
+    if seed:
+        _seed_state(directory, state_dir, device)
     try:
         write_public_file(directory / CA_FILE, ca_pem)
         write_public_file(directory / CERT_FILE, cert_pem)
@@ -207,6 +219,29 @@ def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_S
         raise ProvisionError(f"cannot write into {directory}: {e.strerror}") from e
     return Installed(device, b.purpose, directory / CERT_FILE, directory / CA_FILE,
                      config_file, b.cert_not_after)
+
+
+def _state_empty(state_dir: Path) -> bool:
+    """Neither queue nor sequence mark (a state directory that holds one is left alone: its
+    own records decide)."""
+    return not (state_dir / "queue.db").exists() and not (state_dir / "seqmark").exists()
+
+
+def _seed_state(directory: Path, state_dir: Path, device: str) -> None:
+    """The first start's evidence: a sequence mark at seq 0 in an empty state directory."""
+    from agent.keystore import load_queue_key  # noqa: PLC0415 -- provisioning only
+    from agent.seqmark import MARK_FILE, SeqMark  # noqa: PLC0415 -- pulls in the queue
+
+    try:
+        key = load_queue_key(directory / QUEUE_KEY_FILE)
+    except (OSError, WireError, AgentError) as e:
+        raise ProvisionError(f"{directory / QUEUE_KEY_FILE}: cannot seed the sequence mark: "
+                             f"{e}") from e
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        SeqMark(state_dir / MARK_FILE, key, device).create()
+    except (OSError, AgentError) as e:
+        raise ProvisionError(f"{state_dir}: cannot seed the sequence mark: {e}") from e
 
 
 # ---- rotate-key -------------------------------------------------------------------------------

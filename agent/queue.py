@@ -27,7 +27,9 @@ The sequence mark (:mod:`agent.seqmark`, given as ``mark=``) is a second record 
 outside this file, written after each COMMIT and before the punch is reported or readable by
 the publisher. At open the queue is compared with it: a queue behind its mark (file deleted or
 zero-length, WAL truncated, deleted or garbled), a mark that is lost while the queue was used
-with one, or a mark that disagrees with the queue makes :meth:`Outbox.sequence` read
+with one, a mark that disagrees with the queue, or (``seeded=True``: the state directory was
+seeded with a mark at provisioning) neither queue nor mark, the whole state lost, makes
+:meth:`Outbox.sequence` read
 ``refusing``, and :meth:`Outbox.record` raises :class:`SequenceRefusedError` (no seq used) until
 :meth:`Outbox.resume` continues the chain after the highest seq either record knows. So a seq
 is never used twice, even when SQLite silently drops committed transactions.
@@ -240,8 +242,8 @@ class SequenceState:
     """Queue against sequence mark. ``state``: ``ok``, ``refusing`` (taps are refused until an
     operator resumes the clock) or ``unmarked`` (no mark configured). ``reason`` (refusing):
     ``queue-behind-mark``, ``mark-lost``, ``mark-damaged``, ``mark-disagrees``,
-    ``mark-write-failed``. ``lost`` is the seq range committed on this clock and gone from the
-    queue (``queue-behind-mark``)."""
+    ``mark-write-failed``, ``state-lost``. ``lost`` is the seq range committed on this clock
+    and gone from the queue (``queue-behind-mark``)."""
 
     state: str
     reason: str | None
@@ -263,7 +265,8 @@ class Outbox:
     """The agent's durable, encrypted queue of signed punches. Thread-safe (one lock)."""
 
     def __init__(self, path: Path, key: bytes, device: str, *,
-                 now: Callable[[], int] = wall_us, mark: SeqMark | None = None) -> None:
+                 now: Callable[[], int] = wall_us, mark: SeqMark | None = None,
+                 seeded: bool = False) -> None:
         if len(key) != KEY_BYTES:
             raise QueueError(f"queue key must be {KEY_BYTES} bytes, got {len(key)}")
         self.path = path
@@ -278,9 +281,14 @@ class Outbox:
         self.full_errors = 0                   # writes (probes too) that failed for lack of space
         self.mark = mark
         self._sequence = SequenceState("unmarked", None, 0, None, None, now(), "no sequence mark")
+        # Neither queue nor mark where provisioning seeded a mark: the whole state was lost.
+        state_lost = (seeded and mark is not None and not path.exists()
+                      and not mark.path.exists())
         self._conn = self._connect()
         try:
             self._init_or_check()
+            if state_lost:
+                self._set_meta("state-lost")    # durable: the new queue.db does not hide it
             if mark is not None:
                 self._sequence = self._reconcile(mark)
         except BaseException:
@@ -458,8 +466,15 @@ class Outbox:
         return row is not None
 
     def _set_marked(self) -> None:
+        self._set_meta("seqmark")
+
+    def _set_meta(self, k: str) -> None:
         with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('seqmark', ?)", (b"1",))
+            c.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (k, b"1"))
+
+    def _state_lost(self) -> bool:
+        return self._conn.execute("SELECT v FROM meta WHERE k = 'state-lost'").fetchone() \
+            is not None
 
     def _refusing(self, reason: str, q_seq: int, m_seq: int | None, detail: str,
                   lost: tuple[int, int] | None = None) -> SequenceState:
@@ -467,11 +482,17 @@ class Outbox:
                   "clock (timeclock-agent resume, docs/operations.md)", reason, detail)
         return SequenceState("refusing", reason, q_seq, m_seq, lost, self._now(), detail)
 
-    def _reconcile(self, mark: SeqMark) -> SequenceState:
+    def _reconcile(self, mark: SeqMark) -> SequenceState:  # noqa: PLR0911 -- one per state
         """Compare the queue's chain state with the mark (see the module docstring)."""
         from agent.seqmark import Mark  # noqa: PLC0415 -- seqmark imports this module
 
         q_seq, q_hash = self._read_state(self._conn)
+        if self._state_lost():
+            return self._refusing(
+                "state-lost", q_seq, None,
+                f"{self.path.parent} held neither the queue nor the sequence mark that "
+                f"provisioning seeded (the whole state directory was lost, keys kept): the "
+                f"clock's last seq is known only to the collector")
         marked = self._marked()
         try:
             m = mark.read()
@@ -510,11 +531,15 @@ class Outbox:
         """Queue against mark, as found at open (or after :meth:`resume`)."""
         return self._sequence
 
-    def resume(self, *, reason: str, after_seq: int | None = None) -> SeqLoss:
+    def resume(self, *, reason: str, after_seq: int | None = None,
+               after_hash: str | None = None) -> SeqLoss:
         """Continue a refusing chain after the highest seq known to the queue, the mark or the
         operator (``after_seq``: e.g. the collector's last recorded seq of this clock); the next
         punch gets that seq + 1, with ``prev`` the hash of the punch at that seq when it is
-        known. Records and returns the loss (an empty range when no seq was lost)."""
+        known (``after_hash``: the hash of the punch at ``after_seq``, from the collector's
+        signed answer). A lost state (``state-lost``) needs ``after_seq``: only the collector
+        knows the clock's last seq then. Records and returns the loss (an empty range when no
+        seq was lost)."""
         from agent.seqmark import LOSS_FILE, Mark, SeqLoss, append_loss  # noqa: PLC0415
 
         if self.mark is None:
@@ -523,6 +548,10 @@ class Outbox:
             st = self._sequence
             if st.state != "refusing":
                 raise QueueError(f"the sequence is {st.state}, not refusing: nothing to resume")
+            if st.reason == "state-lost" and after_seq is None:
+                raise QueueError("the whole state was lost: only the collector knows this "
+                                 "clock's last seq; resume --from-collector, or --after-seq N "
+                                 "with the collector's last recorded seq of this clock")
             q_seq, q_hash = self._read_state(self._conn)
             try:
                 m = self.mark.read()
@@ -532,10 +561,12 @@ class Outbox:
             if m is not None and m.seq >= base.seq:
                 base = m
             if after_seq is not None and after_seq > base.seq:
-                base = Mark(after_seq, ZERO_HASH)   # beyond both: after a gap, prev is unknown
+                # Beyond both: after a gap prev is unknown, unless the collector signed it.
+                base = Mark(after_seq, after_hash or ZERO_HASH)
             with self._tx() as c:
                 self._write_state(c, base.seq, base.hash)
                 c.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('seqmark', ?)", (b"1",))
+                c.execute("DELETE FROM meta WHERE k = 'state-lost'")
             if m is None:
                 if self.mark.path.exists():
                     aside = self.mark.path.with_name(f"{self.mark.path.name}.damaged."

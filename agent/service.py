@@ -107,7 +107,8 @@ def open_outbox(config: AgentConfig, queue_key: bytes, *,
                 now: Callable[[], int] = now_us) -> Outbox:
     """The outbox of ``config`` with its sequence mark (in the state directory)."""
     mark = SeqMark(config.device.state_dir / MARK_FILE, queue_key, config.device.id)
-    return Outbox(config.queue_path, queue_key, config.device.id, now=now, mark=mark)
+    return Outbox(config.queue_path, queue_key, config.device.id, now=now, mark=mark,
+                  seeded=config.device.seeded_state)
 
 
 def default_publisher_factory(config: AgentConfig, outbox: Outbox, *,
