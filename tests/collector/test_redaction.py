@@ -11,8 +11,6 @@ bytes, while the rejection is still there with its reason (and the raw bytes, fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,15 +29,6 @@ from wire.sealed import SealedEnvelope, SealKey
 SECRET = "0099887766"  # noqa: S105 - a made-up badge number that every case carries
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "ledger.db")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def _bad_punch(clock: SimClock, credential: object) -> dict[str, object]:
     d = clock.punch().to_dict()
     d["punch"]["credential"] = credential  # type: ignore[index]
@@ -53,10 +42,10 @@ def _forged(clock: SimClock) -> dict[str, object]:
 
 
 def test_d12_d20_bad_credentials_never_reach_a_log_line_or_a_detail(
-        store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
+        sqlite_store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     clock, stranger = new_clock(), new_clock()
-    enroll(store, clock)
+    enroll(sqlite_store, clock)
     seal = SealKey.generate()
     cases: list[tuple[str, bytes, str]] = [
         ("pattern", raw_envelope(clock.device, [_bad_punch(clock, f"EM4100:{SECRET}-X")]),
@@ -76,22 +65,22 @@ def test_d12_d20_bad_credentials_never_reach_a_log_line_or_a_detail(
             Envelope(clock.device, (clock.punch(credential=f"em4100:{SECRET}"),)),
             SealKey.generate().public_key).to_bytes(), "undecryptable"),
     ]
-    ing = Ingestor(store, lambda: RegistrySnapshot.load(store), SigningKey.generate(),
+    ing = Ingestor(sqlite_store, lambda: RegistrySnapshot.load(sqlite_store), SigningKey.generate(),
                    Alerts(), seal_key=seal)
     topics = {"unknown-device": stranger.topic}
     res = ing.process([Inbound(topics.get(name, clock.topic), payload, T0, mid=i)
                        for i, (name, payload, _) in enumerate(cases, start=1)], now_us=T0)
     assert len(res.committed) == len(cases)
-    quarantined = store.quarantine()
+    quarantined = sqlite_store.quarantine()
     assert [q.reason for q in quarantined] == [reason for _, _, reason in cases]
     # the search can fail: the raw bytes kept for the record do hold the badge number
-    assert any(SECRET.encode() in store.quarantined_raw(q.id) for q in quarantined)
+    assert any(SECRET.encode() in sqlite_store.quarantined_raw(q.id) for q in quarantined)
     logged = caplog.text
     assert "quarantined (malformed)" in logged            # the lines we search were written
     for q in quarantined:
         assert SECRET not in q.detail, (q.reason, q.detail)
     assert SECRET not in logged
-    for e in store.entries():         # rejection bodies name the raw bytes by their hash
+    for e in sqlite_store.entries():         # rejection bodies name the raw bytes by their hash
         assert SECRET.encode() not in (e.body or b""), e.entry.kind
 
 

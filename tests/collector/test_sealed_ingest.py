@@ -10,8 +10,6 @@ sealed input) — never dropped, never acknowledged.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -43,18 +41,9 @@ class CountingSealKey(SealKey):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "ledger.db")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def clock(store: SQLiteStore) -> SimClock:
+def clock(sqlite_store: SQLiteStore) -> SimClock:
     c = new_clock()
-    enroll(store, c)
+    enroll(sqlite_store, c)
     return c
 
 
@@ -81,25 +70,25 @@ def only_rejection(facts: list[Fact]) -> RejectionFact:
 
 
 def test_d3_sealed_envelope_is_judged_like_the_plain_one_with_one_open(
-        store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey) -> None:
+        sqlite_store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey) -> None:
     payload = sealed(clock, 50, seal_key)
-    facts = judge(clock.topic, payload, T0, RegistrySnapshot.load(store), seal_key=seal_key)
+    facts = judge(clock.topic, payload, T0, RegistrySnapshot.load(sqlite_store), seal_key=seal_key)
     assert reasons(facts) == ["ok"] * 50
     assert seal_key.opens == 1                  # one sealed-box open per message, not per punch
 
 
 def test_d3_sealed_punches_are_recorded_and_receipted(
-        store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey) -> None:
+        sqlite_store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey) -> None:
     log_key = SigningKey.generate()
-    ing = Ingestor(store, lambda: RegistrySnapshot.load(store), log_key, Alerts(),
+    ing = Ingestor(sqlite_store, lambda: RegistrySnapshot.load(sqlite_store), log_key, Alerts(),
                    seal_key=seal_key, require_sealed=True)
     res = ing.process([Inbound(clock.topic, sealed(clock, 3, seal_key), T0, mid=1)],
                       now_us=T0)
     assert [r.outcome for r in res.results] == [Outcome.APPENDED] * 3
     assert [topic for topic, _ in res.receipts] == [f"timeclock/v1/devices/{clock.device}/acks"]
     assert sorted(res.receipts[0][1].ack.seqs()) == [1, 2, 3]
-    assert store.progress(clock.device).contiguous == 3
-    assert store.quarantine() == []
+    assert sqlite_store.progress(clock.device).contiguous == 3
+    assert sqlite_store.quarantine() == []
 
 
 @pytest.mark.parametrize(("case", "expected"), [
@@ -113,7 +102,7 @@ def test_d3_sealed_punches_are_recorded_and_receipted(
     ("inner-not-json", ("malformed", "sealed envelope holds: not JSON")),
 ])
 def test_d3_what_cannot_be_opened_is_quarantined_with_the_sealed_bytes(
-        store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey, case: str,
+        sqlite_store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey, case: str,
         expected: tuple[str, str]) -> None:
     reason, detail = expected
     other = SealKey.generate()
@@ -135,7 +124,7 @@ def test_d3_what_cannot_be_opened_is_quarantined_with_the_sealed_bytes(
         payload = sealed(clock, 2, seal_key, device="clock-other")
     elif case == "inner-device-not-clear":
         impostor = new_clock()
-        enroll(store, impostor)
+        enroll(sqlite_store, impostor)
         env = Envelope(impostor.device, tuple(impostor.batch(2)))
         payload = SealedEnvelope(clock.device, seal_key.key_id,
                                  seal_key.public_key.seal(env.to_bytes())).to_bytes()
@@ -145,24 +134,24 @@ def test_d3_what_cannot_be_opened_is_quarantined_with_the_sealed_bytes(
         payload = SealedEnvelope(clock.device, seal_key.key_id,
                                  seal_key.public_key.seal(b"\x00not json" * 9)).to_bytes()
     log_key = SigningKey.generate()
-    ing = Ingestor(store, lambda: RegistrySnapshot.load(store), log_key, Alerts(),
+    ing = Ingestor(sqlite_store, lambda: RegistrySnapshot.load(sqlite_store), log_key, Alerts(),
                    seal_key=key)
     res = ing.process([Inbound(clock.topic, payload, T0, mid=7)], now_us=T0)
     assert [r.outcome for r in res.results] == [Outcome.REJECTED]
     assert res.receipts == []                       # never acknowledged
     assert [m.mid for m in res.committed] == [7]    # recorded, so the broker may drop it
-    [q] = store.quarantine()
+    [q] = sqlite_store.quarantine()
     assert q.reason == reason
     assert re.search(detail, q.detail), q.detail
-    assert store.quarantined_raw(q.id) == payload   # the sealed bytes, not the opened ones
+    assert sqlite_store.quarantined_raw(q.id) == payload   # the sealed bytes, not the opened ones
     assert b"em4100:" not in payload
     assert seal_key.opens <= 1
 
 
 def test_d3_require_sealed_quarantines_a_plain_envelope_as_unsealed(
-        store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey) -> None:
+        sqlite_store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey) -> None:
     payload = envelope(clock.device, clock.batch(2))
-    registry = RegistrySnapshot.load(store)
+    registry = RegistrySnapshot.load(sqlite_store)
     assert reasons(judge(clock.topic, payload, T0, registry, seal_key=seal_key)) == ["ok"] * 2
     f = only_rejection(judge(clock.topic, payload, T0, registry, seal_key=seal_key,
                              require_sealed=True))
@@ -171,10 +160,11 @@ def test_d3_require_sealed_quarantines_a_plain_envelope_as_unsealed(
 
 
 def test_d3_loss_reports_stay_plain_under_require_sealed(
-        store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey) -> None:
+        sqlite_store: SQLiteStore, clock: SimClock, seal_key: CountingSealKey) -> None:
     clock.batch(5)
     report = LossReport(device=clock.device, first=3, last=5, reason="queue file lost",
                         key=clock.key.key_id, at=T0).sign(clock.key)
-    f = only_rejection(judge(clock.topic, report.to_bytes(), T0, RegistrySnapshot.load(store),
-                             seal_key=seal_key, require_sealed=True))
+    f = only_rejection(judge(clock.topic, report.to_bytes(), T0,
+                             RegistrySnapshot.load(sqlite_store), seal_key=seal_key,
+                             require_sealed=True))
     assert f.reason == "seq-loss"
