@@ -19,6 +19,7 @@ from collector.ledger.base import EventFact, RejectionFact
 from collector.ledger.sqlbase import SQLStore
 from collector.records.exports import export_bundle
 from tests.collector.ledger_kit import T0, Clock, seeded_key
+from tests.wire.bundle_kit import deleted_ranges
 from wire import verify_cli
 from wire.ledger import Checkpoint
 from wire.topics import punches as punches_topic
@@ -125,13 +126,7 @@ def retention_body(site: Site, idxs: list[int], *, cites: dict[int, int] | None 
     if cites is None:
         cites = {p: at - PERIOD_DAYS * DAY for p in site.policies.values()}
     idxs = sorted(idxs)
-    ranges: list[list[int]] = []
-    for i in idxs:
-        if ranges and ranges[-1][1] == i - 1:
-            ranges[-1][1] = i
-        else:
-            ranges.append([i, i])
-    return {"policy": "test", "deleted": ranges, "count": len(idxs),
+    return {"policy": "test", "deleted": deleted_ranges(idxs), "count": len(idxs),
             "policies": [{"idx": p, "cutoff": c} for p, c in cites.items()],
             "removed": [manifest_row(site, i) for i in idxs]}
 

@@ -61,6 +61,18 @@ def witness_vkey(witness: tuple[str, SigningKey]) -> str:
     return NoteVerifier(name, key.verify_key, COSIGNATURE_V1).vkey()
 
 
+def deleted_ranges(idxs: list[int]) -> list[list[int]]:
+    """A retention body's ``deleted``: sorted distinct ``idxs`` as [first, last] ranges (written
+    out here, not taken from wire.bodies_retention.idx_ranges, which the verifier checks with)."""
+    ranges: list[list[int]] = []
+    for i in idxs:
+        if ranges and ranges[-1][1] == i - 1:
+            ranges[-1][1] = i
+        else:
+            ranges.append([i, i])
+    return ranges
+
+
 def make_punch(device: str, key: SigningKey, seq: int, prev: str, *, ts: int,
                credential: str = "em4100:0012345678", action: str = "in") -> SignedPunch:
     return Punch(device=device, seq=seq, prev=prev, ts=ts, clock="synced", boot=BOOT,

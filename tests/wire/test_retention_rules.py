@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.wire.bundle_kit import COLLECTOR_KEY, DEVICE_KEY, LedgerBuilder
+from tests.wire.bundle_kit import COLLECTOR_KEY, DEVICE_KEY, LedgerBuilder, deleted_ranges
 from wire.audit import AuditReport, LedgerAuditor
 from wire.bodies import BodyError, parse_body
 
@@ -43,14 +43,8 @@ def ledger() -> tuple[LedgerBuilder, int]:
 
 def retention(b: LedgerBuilder, idxs: list[int], cites: list[dict[str, int]], *,
               at: int = RUN_AT, ts: int = 5, site: str = "hq") -> int:
-    ranges: list[list[int]] = []
-    for i in idxs:
-        if ranges and ranges[-1][1] == i - 1:
-            ranges[-1][1] = i
-        else:
-            ranges.append([i, i])
-    r = b.append("retention", {"policy": "punches-7d", "deleted": ranges, "count": len(idxs),
-                               "policies": cites,
+    r = b.append("retention", {"policy": "punches-7d", "deleted": deleted_ranges(idxs),
+                               "count": len(idxs), "policies": cites,
                                "removed": [[i, "clock-0017", site, ts] for i in idxs]}, at=at)
     b.delete_bodies(idxs)
     return r
