@@ -18,6 +18,11 @@ row's visible fields equal the signed punch's (device, seq, credential, action, 
 clock, reader, key) and the entry's (recorded time, idx); a row without corrections shows its
 original values as effective. (6) The trailer's row count is the number of rows.
 
+A row shows only its export's field set (D20): a field it leaves out is not compared. A proof
+without ``body`` (field sets without the credential, which the signed punch holds) proves the
+entry and its inclusion, and (5) compares only the entry's fields; its device, seq, action and
+device time are then checked against the audit bundle's body at that idx (a finding says so).
+
 What it does not prove, and says so: the ``site`` column (from the enrolment, not the punch),
 corrections (other entries; a row's effective values are listed as resting on them), and the
 punch signature (the device key is in the enrolment entry, which the export does not carry; the
@@ -53,6 +58,7 @@ from wire.witness_policy import PolicyError, QuorumResult, WitnessPolicy
 PROOFS_FORMAT = "timeclock payroll proofs v1"
 MAX_LINE_BYTES = 4 * 1024 * 1024
 _PROOF_KEYS = frozenset({"entry", "body", "leaf_index", "inclusion_path"})
+_PROOF_KEYS_NO_BODY = _PROOF_KEYS - {"body"}    # a field set without the credential
 _HEADER_PROOF_KEYS = frozenset({"format", "checkpoint"})
 MAX_LISTED = 50
 
@@ -76,10 +82,16 @@ def header_proofs(note_text: str) -> dict[str, Any]:
     return {"format": PROOFS_FORMAT, "checkpoint": note_text}
 
 
-def row_proof(entry: Entry, body: bytes, inclusion_path: Sequence[bytes]) -> dict[str, Any]:
-    """A row's ``proof`` member: its entry, its body as JSON, leaf index and inclusion path."""
-    return {"entry": entry.to_dict(), "body": loads(body), "leaf_index": entry.idx,
-            "inclusion_path": [base64.b64encode(h).decode("ascii") for h in inclusion_path]}
+def row_proof(entry: Entry, body: bytes | None, inclusion_path: Sequence[bytes]
+              ) -> dict[str, Any]:
+    """A row's ``proof`` member: its entry, its body as JSON (None: left out, for a field set
+    without the credential, which the body holds), leaf index and inclusion path."""
+    proof: dict[str, Any] = {
+        "entry": entry.to_dict(), "leaf_index": entry.idx,
+        "inclusion_path": [base64.b64encode(h).decode("ascii") for h in inclusion_path]}
+    if body is not None:
+        proof["body"] = loads(body)
+    return proof
 
 
 # -- verifying -------------------------------------------------------------------------------
@@ -167,6 +179,7 @@ class _Verifier:
         self.cp: Checkpoint | None = None
         self.seen: set[int] = set()
         self.corrected = 0
+        self.unbodied = 0
 
     def fail(self, line: int | None, check: str, message: str) -> None:
         self.audit.findings.append(ExportFinding(line, check, message))
@@ -241,17 +254,26 @@ class _Verifier:
         self.seen.add(entry.idx)
         if row.get("corrections"):
             self.corrected += 1
+        if sp is None:
+            self.unbodied += 1
         self.audit.proven += 1
 
-    def _entry(self, row: dict[str, Any]) -> tuple[Entry, SignedPunch]:
+    def _entry(self, row: dict[str, Any]) -> tuple[Entry, SignedPunch | None]:
         """(3) the proof's entry is a punch entry over its body, with the row's idx/hash."""
-        proof = require_object(row["proof"], "proof", _PROOF_KEYS)
+        raw = row["proof"]
+        with_body = not isinstance(raw, dict) or "body" in raw
+        proof = require_object(raw, "proof", _PROOF_KEYS if with_body else _PROOF_KEYS_NO_BODY)
         entry = Entry.from_dict(proof["entry"])
         if entry.kind != "punch":
             raise DecodeError(f"ledger idx {entry.idx} is a {entry.kind} entry, not a punch")
         if proof["leaf_index"] != entry.idx or row.get("ledger_idx") != entry.idx:
             raise DecodeError(f"leaf_index {proof['leaf_index']!r} / ledger_idx "
                               f"{row.get('ledger_idx')!r} are not the entry's idx {entry.idx}")
+        if not with_body:       # (3) without the body: the entry alone (module doc)
+            if row.get("entry_hash") != entry.hash():
+                raise DecodeError(f"ledger idx {entry.idx}: entry_hash is not the entry's "
+                                  f"hash")
+            return entry, None
         body = canonical(proof["body"])
         if body_hash(body) != entry.body:
             raise DecodeError(f"ledger idx {entry.idx}: the body does not hash to the "
@@ -277,6 +299,13 @@ class _Verifier:
                 None, "fields", f"{self.corrected} row(s) show effective values that rest on "
                 "corrections; the correction entries are not proven by this export (the "
                 "original values are)", failure=False))
+        if self.unbodied:
+            self.audit.findings.append(ExportFinding(
+                None, "fields", f"{self.unbodied} row(s) carry no punch body (a field set "
+                "without the credential): their entry and its inclusion are proven, their "
+                "device, seq, action and device time are not; check them against the audit "
+                "bundle's body at the entry's idx, whose hash the entry holds",
+                failure=False))
         self.audit.findings.append(ExportFinding(
             None, "fields", "the site column is not proven (it comes from the clock's "
             "enrolment, not from the punch)", failure=False))
@@ -289,15 +318,25 @@ def _hash(value: Any) -> bytes:
     return b64decode_strict(value, field="inclusion_path", length=32)
 
 
-def _field_mismatches(row: dict[str, Any], entry: Entry, sp: SignedPunch) -> list[str]:
+def _field_mismatches(row: dict[str, Any], entry: Entry, sp: SignedPunch | None
+                      ) -> list[str]:
+    """The shown fields that differ from the entry (and the signed punch, when carried).
+    A field set may leave fields out (collector.records.export_fields): an absent field is
+    not shown, so not compared; a shown one always is."""
+    expected: dict[str, Any] = {"recorded_at_us": entry.at, "recorded_at": iso(entry.at)}
+    if sp is not None:
+        p = sp.punch
+        expected.update({
+            "device": p.device, "seq": p.seq, "credential": p.credential, "action": p.action,
+            "device_time_us": p.ts, "device_time": iso(p.ts), "clock": p.clock,
+            "reader": p.reader, "key": p.key})
+    wrong = [k for k, v in expected.items() if k in row and row[k] != v]
+    if sp is None:
+        if "credential" in row:     # only a body proves a credential (and must carry it)
+            wrong.append("credential (shown, yet the proof carries no body)")
+        return wrong
     p = sp.punch
-    expected: dict[str, Any] = {
-        "device": p.device, "seq": p.seq, "credential": p.credential, "action": p.action,
-        "device_time_us": p.ts, "device_time": iso(p.ts), "clock": p.clock,
-        "reader": p.reader, "key": p.key, "recorded_at_us": entry.at,
-        "recorded_at": iso(entry.at)}
-    wrong = [k for k, v in expected.items() if row.get(k) != v]
-    if not row.get("corrections"):
+    if not row.get("corrections") and "effective" in row:
         eff = row.get("effective")
         if eff != {"action": p.action, "device_time": iso(p.ts), "device_time_us": p.ts}:
             wrong.append("effective (no correction, yet not the original values)")

@@ -53,6 +53,12 @@ PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "proofs": ({"type": "string", "enum": ["0", "1"]},
                "1: each row carries its inclusion proof to the newest v2 checkpoint, whose "
                "note is in the header (NDJSON only; docs/protocol.md §13.3)"),
+    "field_set": ({"type": "string", "enum": ["payroll", "audit", "investigation"]},
+                  "the row fields by purpose (D20; docs/api.md 'Export fields'): payroll "
+                  "(default, no credential), audit (+ key, reader), investigation "
+                  "(+ credential; role hr.people)"),
+    "fields": ({"type": "string", "maxLength": 400},
+               "comma-separated fields of the field set to keep (default: all of the set)"),
     "department": ({"type": "string", "maxLength": 128}, "department of the employee"),
     "manager": ({"type": "string", "maxLength": 64}, "only this manager's direct reports"),
     "at": ({"type": "string", "maxLength": 40}, f"device time: {TIME_DESC} (default now)"),

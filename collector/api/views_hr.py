@@ -32,13 +32,14 @@ from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from collector.records import proofs
 from collector.records.corrections import FIELDS, REASONS, Applied, check_value
+from collector.records.export_fields import SETS, FieldsError, FieldSet, parse_list
 from collector.records.exports import (
-    PUNCH_COLUMNS,
     ExportSummary,
     csv_values,
     encode_item,
     latest_checkpoint,
     punch_item,
+    select,
     snapshot_rows,
 )
 from collector.records.payroll_proofs import export_payroll_with_proofs
@@ -48,8 +49,9 @@ from wire.punch import SignedPunch
 
 ROWS_PER_CHUNK = 2000
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-PUNCH_PARAMS = ("since", "until", "site", "device", "credential", "cursor", "limit", "format")
-PAYROLL_PARAMS = ("since", "until", "site", "device", "format", "proofs")
+PUNCH_PARAMS = ("since", "until", "site", "device", "credential", "cursor", "limit", "format",
+                "field_set", "fields")
+PAYROLL_PARAMS = ("since", "until", "site", "device", "format", "proofs", "field_set", "fields")
 TEXT_CHUNK = 1 << 16        # bytes of a text producer's output per streamed chunk
 TEXT_QUEUE = 8              # chunks a text producer may run ahead of the client
 
@@ -76,6 +78,22 @@ def negotiate(query: MultiMapping[str], accept: str, *, allowed: tuple[str, ...]
 
 CONTENT_TYPES = {"json": "application/json", "ndjson": "application/x-ndjson",
                  "csv": "text/csv"}
+
+
+def field_set(request: web.Request) -> FieldSet:
+    """``?field_set=`` (default payroll) narrowed by ``?fields=a,b``, checked against the
+    principal's roles (403 naming the field and the role it needs); the access entry records
+    the fields carried (D20)."""
+    q = request.rel_url.query
+    principal = ctx(request).principal
+    try:
+        fs = FieldSet.choose(P.choice(q, "field_set", tuple(SETS)),
+                             parse_list(P.string(q, "fields")),
+                             roles=() if principal is None else principal.roles)
+    except FieldsError as e:
+        raise BadRequestError(str(e)) from e
+    ctx(request).record.extra.update({"field_set": fs.set_name, "fields": fs.names()})
+    return fs
 
 
 # -- queries --------------------------------------------------------------------------------
@@ -136,23 +154,25 @@ class Counter:
 
 def encode_rows(rows: Iterator[PunchRow], fmt: str, fixed: dict[tuple[str, int],
                 dict[str, Applied]], counter: Counter, *, head: bytes = b"",
-                tail: Any = None, holders: BadgeResolver) -> Iterator[bytes]:
-    """Byte chunks of ``rows`` as NDJSON or CSV (runs in a worker thread); ``holders``
-    resolves each row's badge (every badge period, loaded once before the first row)."""
+                tail: Any = None, holders: BadgeResolver, fields: FieldSet
+                ) -> Iterator[bytes]:
+    """Byte chunks of ``rows`` as NDJSON or CSV (runs in a worker thread), each row with only
+    ``fields``; ``holders`` resolves each row's badge (every badge period, loaded once
+    before the first row)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n") if fmt == "csv" else None
     if head:
         yield head
     if writer is not None:
-        writer.writerow(PUNCH_COLUMNS)
+        writer.writerow(fields.columns())
     n = 0
     for r in rows:
         item = punch_item(r, fixed.get((r.device, r.seq)) if fixed else None,
                           holders.resolve(r.credential, r.ts))
         if writer is not None:
-            writer.writerow(csv_values(item))
+            writer.writerow(csv_values(item, fields))
         else:
-            buf.write(encode_item(item))
+            buf.write(encode_item(select(item, fields)))
             buf.write("\n")
         n += 1
         if n % ROWS_PER_CHUNK == 0:
@@ -198,13 +218,15 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
     fmt = negotiate(q, request.headers.get("Accept", ""), allowed=("json", "ndjson", "csv"),
                     default="json")
     f = PunchFilter.parse(q, page_max=request.app[SETTINGS].page_max)
+    fs = field_set(request)
     if fmt == "json":
         rows = await asyncio.to_thread(f.page, store)
         fixed = await asyncio.to_thread(corr.applied, {(r.device, r.seq) for r in rows})
         page_holders = await asyncio.to_thread(BadgeResolver.load, store,
                                                {r.credential for r in rows})
-        items = [punch_item(r, fixed.get((r.device, r.seq)),
-                            page_holders.resolve(r.credential, r.ts)) for r in rows]
+        items = [select(punch_item(r, fixed.get((r.device, r.seq)),
+                                   page_holders.resolve(r.credential, r.ts)), fs)
+                 for r in rows]
         nxt = None
         if len(rows) == f.limit:
             last = rows[-1]
@@ -216,7 +238,7 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
     counter = Counter()
     try:
         return await stream(request, fmt, encode_rows(f.stream(store), fmt, fixed_all, counter,
-                                                      holders=holders))
+                                                      holders=holders, fields=fs))
     finally:
         ctx(request).record.count = counter.n
 
@@ -293,10 +315,11 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
     query = PunchQuery(since=P.time(q, "since"), until=P.time(q, "until"),
                        site=P.string(q, "site", P.SITE_RE),
                        device=P.string(q, "device", DEVICE_ID_RE))
+    fs = field_set(request)
     if P.choice(q, "proofs", ("0", "1")) == "1":
         if fmt != "ndjson":
             raise BadRequestError("proofs=1 needs format=ndjson (CSV rows carry no proofs)")
-        return await _payroll_with_proofs(request, query)
+        return await _payroll_with_proofs(request, query, fs)
 
     def prepare() -> tuple[ExportSummary, dict[tuple[str, int], dict[str, Applied]],
                            BadgeResolver]:
@@ -305,7 +328,7 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
         return summary, corr.applied_complete(), BadgeResolver.load(store)
 
     summary, fixed, holders = await asyncio.to_thread(prepare)
-    header = summary.header(generated_at=clock(), fmt=fmt)
+    header = summary.header(generated_at=clock(), fmt=fmt, fields=fs)
     header["requested_by"] = principal_name(request)
     def tail() -> str:
         t = json.dumps({"trailer": summary.trailer()}, sort_keys=True)
@@ -318,13 +341,14 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
         rows = snapshot_rows(store, summary)
         return await stream(request, fmt, encode_rows(rows, fmt, fixed, counter,
                                                       head=head.encode(), tail=tail,
-                                                      holders=holders),
+                                                      holders=holders, fields=fs),
                             {"Content-Disposition": f"attachment; filename=payroll.{fmt}"})
     finally:
         ctx(request).record.count = counter.n
 
 
-async def _payroll_with_proofs(request: web.Request, query: PunchQuery) -> web.StreamResponse:
+async def _payroll_with_proofs(request: web.Request, query: PunchQuery, fields: FieldSet
+                               ) -> web.StreamResponse:
     """The payroll export that carries proofs (collector.records.payroll_proofs, docs/
     protocol.md §13.3): bounded by the newest v2 checkpoint, its note in the header, each
     row's entry, body and inclusion path; streamed as it is written."""
@@ -334,7 +358,7 @@ async def _payroll_with_proofs(request: web.Request, query: PunchQuery) -> web.S
 
     def produce(out: TextIO) -> None:
         summary = export_payroll_with_proofs(store, out, query=query, now_us=clock(),
-                                             corrections=fixed)
+                                             corrections=fixed, fields=fields)
         counter.n = summary.rows
 
     try:

@@ -40,8 +40,8 @@ from collector.ledger.tables import ensure_schema, migrate_postgres
 from collector.people import directory
 from collector.records import proofs
 from collector.records.corrections import Corrections
+from collector.records.export_fields import DEFAULT_SET, SETS, FieldSet, parse_list
 from collector.records.exports import (
-    COLUMNS,
     FORMATS,
     ExportError,
     ExportSummary,
@@ -153,6 +153,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--origin", metavar="ORIGIN",
                    help="origin of the v2 checkpoint a bundle export makes with --log-key "
                         "(default: the origin of the ledger's checkpoints)")
+    e.add_argument("--field-set", choices=tuple(SETS), default=DEFAULT_SET,
+                   help="payroll fields by purpose (D20, docs/operations.md): payroll "
+                        "(default: employee id, no badge credential), audit (+ key, reader), "
+                        "investigation (+ credential)")
+    e.add_argument("--fields", metavar="A,B,...",
+                   help="only these fields of the field set (e.g. employee_id,action,"
+                        "device_time)")
     e.add_argument("--purpose", default="not stated", metavar="TEXT",
                    help="why the data leaves the system (recorded in the ledger, D20)")
     e.set_defaults(func=cmd_export)
@@ -367,13 +374,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         fixed = Corrections(store).applied_complete()
         if args.with_proofs and args.format != "ndjson":
             raise ExportError("--with-proofs needs --format ndjson (CSV rows carry no proofs)")
+        fields = FieldSet.choose(args.field_set, parse_list(args.fields))
 
         def write(out: TextIO) -> ExportSummary:
             if args.with_proofs:
                 return export_payroll_with_proofs(store, out, query=query, now_us=now_us,
-                                                  corrections=fixed)
+                                                  corrections=fixed, fields=fields)
             return export_payroll(store, out, fmt=args.format, query=query, now_us=now_us,
-                                  corrections=fixed)
+                                  corrections=fixed, fields=fields)
 
         if args.out is None:
             summary = write(sys.stdout)
@@ -395,7 +403,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 if isinstance(e, OSError):
                     raise ExportError(f"{args.out}: {e.strerror}") from e
                 raise
-        _record_export(store, args, what="payroll", rows=summary.rows,
+        _record_export(store, args, what="payroll", rows=summary.rows, fields=fields,
                        query={k: v for k, v in (("since", query.since), ("until", query.until),
                                                 ("site", query.site), ("device", query.device))
                               if v is not None})
@@ -430,12 +438,13 @@ def _private_out(path: Path, *, force: bool) -> TextIO:
 
 
 def _record_export(store: SQLStore, args: argparse.Namespace, *, what: str, rows: int,
-                   query: dict[str, Any]) -> None:
+                   query: dict[str, Any], fields: FieldSet | None = None) -> None:
     """Output control (D20): every export leaves an ``access`` entry naming who, why, what."""
     body = {"type": "export", "via": "cli", "principal": f"os:{getpass.getuser()}",
             "what": what, "purpose": args.purpose, "query": query, "rows": rows,
             "format": "bundle" if what == "bundle" else args.format,
-            "fields": [] if what == "bundle" else list(COLUMNS),
+            "fields": [] if fields is None else fields.names(),
+            "field_set": None if fields is None else fields.set_name,
             "out": "stdout" if what == "payroll" and args.out is None
             else str(args.bundle if what == "bundle" else args.out)}
     store.append([EventFact("access", body)], now_us=clock_now_us())

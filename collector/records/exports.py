@@ -24,6 +24,7 @@ from collector import CollectorError
 from collector.ledger import checkpoint_tables
 from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
+from collector.records.export_fields import DEFAULT, FieldSet
 from wire.bundle import write_bundle
 from wire.errors import WireError
 from wire.keys import VerifyKey
@@ -37,7 +38,7 @@ COLUMNS = ("device", "site", "seq", "credential", "action", "device_time", "devi
            "clock", "recorded_at", "recorded_at_us", "ledger_idx", "entry_hash")
 EXTRA_COLUMNS = ("reader", "key", "effective_action", "effective_device_time",
                  "effective_device_time_us", "correction_idx", "employee_id", "badge_status")
-PUNCH_COLUMNS = (*COLUMNS, *EXTRA_COLUMNS)
+PUNCH_COLUMNS = (*COLUMNS, *EXTRA_COLUMNS)     # every column (the investigation set)
 CORRECTIONS_NOTE = ("original values in action/device_time; effective_* hold the values after "
                     "approved corrections, correction_idx their ledger entries (the punch "
                     "entry itself is ledger_idx)")
@@ -116,13 +117,20 @@ def punch_item(r: PunchRow, fixed: Mapping[str, Applied] | None, holder: Holder
             "recorded_at": _iso(r.at), "recorded_at_us": r.at, "seq": r.seq, "site": r.site}
 
 
-def csv_values(item: dict[str, Any]) -> list[Any]:
+def select(item: dict[str, Any], fields: FieldSet) -> dict[str, Any]:
+    """``item`` with only the fields of ``fields`` (D20: minimum necessary); keys sorted."""
+    return {k: item[k] for k in sorted(fields.fields)}
+
+
+def csv_values(item: dict[str, Any], fields: FieldSet | None = None) -> list[Any]:
+    """The CSV row of a full ``item`` (:func:`punch_item`): the columns of ``fields``
+    (None: every column, PUNCH_COLUMNS)."""
     eff = item["effective"]
     idxs = ";".join(str(c["correction_idx"]) for c in item["corrections"].values())
     flat = {**item, "effective_action": eff["action"],
             "effective_device_time": eff["device_time"],
             "effective_device_time_us": eff["device_time_us"], "correction_idx": idxs}
-    return [flat[c] for c in PUNCH_COLUMNS]
+    return [flat[c] for c in (PUNCH_COLUMNS if fields is None else fields.columns())]
 
 
 @dataclass
@@ -135,7 +143,8 @@ class ExportSummary:
     uncovered: int = 0                         # rows beyond the checkpoint (not yet signed)
     seq_ranges: dict[str, list[int]] = field(default_factory=dict)   # device -> [min, max]
 
-    def header(self, *, generated_at: int, fmt: str) -> dict[str, Any]:
+    def header(self, *, generated_at: int, fmt: str, fields: FieldSet = DEFAULT
+               ) -> dict[str, Any]:
         cp = self.checkpoint
         return {
             "export": "timeclock payroll v1", "format": fmt, "generated_at": iso(generated_at),
@@ -145,7 +154,8 @@ class ExportSummary:
                       "order": "device time, device, seq"},
             "ledger": {"size": self.size, "head": self.head},
             "checkpoint": None if cp is None else cp.to_dict(),
-            "columns": list(PUNCH_COLUMNS),
+            "columns": list(fields.columns() if fmt == "csv" else fields.fields),
+            "field_set": fields.set_name,
             "corrections": CORRECTIONS_NOTE,
             "employees": EMPLOYEES_NOTE,
         }
@@ -178,8 +188,12 @@ def snapshot_rows(store: SQLStore, summary: ExportSummary) -> Iterator[PunchRow]
 
 
 def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
-                   now_us: int, corrections: Fixed | None = None) -> ExportSummary:
+                   now_us: int, corrections: Fixed | None = None,
+                   fields: FieldSet = DEFAULT) -> ExportSummary:
     """Write one row per recorded punch matching ``query`` to ``out`` as CSV or NDJSON.
+
+    Each row carries only ``fields`` (collector.records.export_fields; default: the payroll
+    set, which holds no credential).
 
     Each row shows the original values and, beside them, the effective values after the
     approved ``corrections`` with the ledger idx of each correction entry (the same
@@ -191,12 +205,12 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
         raise ExportError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     size, head = store.head()
     summary = ExportSummary(query, size, head, latest_checkpoint(store, size))
-    header = summary.header(generated_at=now_us, fmt=fmt)
+    header = summary.header(generated_at=now_us, fmt=fmt, fields=fields)
     writer: Any = None
     if fmt == "csv":
         out.write("# " + json.dumps({"header": header}, sort_keys=True) + "\n")
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(PUNCH_COLUMNS)
+        writer.writerow(fields.columns())
     else:
         out.write(json.dumps({"header": header}, sort_keys=True) + "\n")
     holders = BadgeResolver.load(store)       # one query: each row is a lookup in memory
@@ -204,9 +218,9 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
         item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None,
                           holders.resolve(r.credential, r.ts))
         if writer is not None:
-            writer.writerow(csv_values(item))
+            writer.writerow(csv_values(item, fields))
         else:
-            out.write(encode_item(item) + "\n")
+            out.write(encode_item(select(item, fields)) + "\n")
     trailer = summary.trailer()
     if fmt == "csv":
         out.write("# " + json.dumps({"trailer": trailer}, sort_keys=True) + "\n")

@@ -17,6 +17,8 @@ from collector.ledger import open_store
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records.corrections import Corrections
+from collector.records.export_fields import DEFAULT as PAYROLL_FIELDS
+from collector.records.export_fields import FieldSet
 from collector.records.exports import ExportError, export_bundle, export_payroll, iso, parse_time
 from tests.collector.ledger_kit import T0, Clock, seeded_key
 from wire.bundle import audit_bundle
@@ -66,7 +68,12 @@ def test_payroll_csv_names_query_rows_and_checkpoint(store: SQLStore) -> None:
         ("clock-b", "2", "out", "5")]
     first = rows[0]
     assert first["site"] == "hq"
-    assert first["credential"] == "em4100:0012345678"
+    assert "credential" not in first            # D20: the payroll set (default) has no badge
+    assert header["field_set"] == "payroll"
+    inv = io.StringIO()
+    export_payroll(store, inv, fmt="csv", query=PunchQuery(), now_us=T0 + 100,
+                   fields=FieldSet.choose("investigation"))
+    assert _csv(inv.getvalue())[1][0]["credential"] == "em4100:0012345678"
     assert first["device_time"] == iso(T0 + 1_000_000) == "2025-11-26T07:00:01.000000Z"
     assert first["recorded_at_us"] == str(T0 + 5)
     assert first["entry_hash"] == next(store.entries(2)).hash
@@ -166,7 +173,9 @@ def test_d20_every_cli_export_is_an_access_entry(tmp_path: Path) -> None:
         ("export", "bundle", "not stated", {})]
     assert exports[0]["principal"].startswith("os:")
     assert exports[0]["rows"] == 2
-    assert "credential" in exports[0]["fields"]
+    assert exports[0]["fields"] == list(PAYROLL_FIELDS.fields)      # exactly what it carried
+    assert "credential" not in exports[0]["fields"]
+    assert (exports[0]["field_set"], exports[1]["fields"]) == ("payroll", [])
 
 
 def _approved_correction(db: Path, *, device: str, seq: int, after: str) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from collector.cli.main import main as collector_main
 from collector.ledger import checkpoint_tables
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.records.export_fields import FieldSet
 from collector.records.exports import ExportError
 from collector.records.payroll_proofs import export_payroll_with_proofs
 from tests.collector.ledger_kit import T0, Clock, seeded_key
@@ -49,9 +50,11 @@ def _fill(store: SQLStore) -> None:
     store.append([b.fact(action="out")], now_us=T0 + 7)              # idx 5: after it
 
 
-def _export(store: SQLStore, path: Path) -> dict[str, object]:
+def _export(store: SQLStore, path: Path, fields: FieldSet | None = None
+            ) -> dict[str, object]:
     with path.open("w") as f:
-        summary = export_payroll_with_proofs(store, f, query=PunchQuery(), now_us=T0 + 100)
+        summary = export_payroll_with_proofs(store, f, query=PunchQuery(), now_us=T0 + 100,
+                                             fields=fields or FieldSet.choose())
     return {"rows": summary.rows, "size": summary.size}
 
 
@@ -65,8 +68,10 @@ def test_export_with_proofs_verifies_alone(sqlite_store: SQLStore, tmp_path: Pat
                                            capsys: pytest.CaptureFixture[str]) -> None:
     _fill(sqlite_store)
     path = tmp_path / "payroll.ndjson"
-    # bounded by the checkpoint of size 5: the punch at idx 5 waits for the next export
-    assert _export(sqlite_store, path) == {"rows": 3, "size": 5}
+    # bounded by the checkpoint of size 5: the punch at idx 5 waits for the next export;
+    # the investigation set carries every field and each row's signed punch (the body)
+    assert _export(sqlite_store, path, FieldSet.choose("investigation")) == {"rows": 3,
+                                                                             "size": 5}
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert lines[0]["header"]["ledger"]["size"] == 5
     assert [r["ledger_idx"] for r in lines[1:-1]] == [2, 3, 4]
@@ -80,6 +85,34 @@ def test_export_with_proofs_verifies_alone(sqlite_store: SQLStore, tmp_path: Pat
     assert rc == 1
     assert report["first_failure"]["line"] == 3
     assert report["first_failure"]["check"] == "fields"
+
+
+def test_d20_default_proof_export_carries_no_credential_and_still_verifies(
+        sqlite_store: SQLStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(sqlite_store)
+    path = tmp_path / "payroll.ndjson"
+    assert _export(sqlite_store, path) == {"rows": 3, "size": 5}         # the payroll set
+    text = path.read_text()
+    lines = [json.loads(x) for x in text.splitlines()]
+    assert lines[0]["header"]["field_set"] == "payroll"
+    assert [sorted(r["proof"]) for r in lines[1:-1]] == [
+        ["entry", "inclusion_path", "leaf_index"]] * 3                   # no body
+    assert all("credential" not in r for r in lines[1:-1])
+    assert "em4100:" not in text
+    rc, report = _verify(path, capsys)
+    assert (rc, report["rows"], report["proven"]) == (0, 3, 3)
+    notes = [f["message"] for f in report["findings"] if not f["failure"]]
+    assert any("3 row(s) carry no punch body" in m for m in notes), notes
+    # the entry is still proven: an edited entry_hash fails, and so does a credential that
+    # no body proves
+    for edit, check in (({"entry_hash": "sha256:" + "0" * 64}, "row"),
+                        ({"credential": "em4100:0000000666"}, "fields")):
+        changed = [dict(x) for x in lines]
+        changed[2].update(edit)
+        path.write_text("".join(json.dumps(x) + "\n" for x in changed))
+        rc, report = _verify(path, capsys)
+        assert (rc, report["first_failure"]["line"], report["first_failure"]["check"]) == (
+            1, 3, check), edit
 
 
 def test_a_checkpoint_without_the_quorum_fails(sqlite_store: SQLStore, tmp_path: Path,

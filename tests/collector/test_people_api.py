@@ -115,12 +115,12 @@ async def test_d6_hr_people_writes_and_conflicts_name_the_holder(people_api: Api
 async def test_d20_punch_rows_carry_employee_id_and_badge_status(people_api: Api) -> None:
     page = await (await people_api.call("GET", "/v1/punches?device=clock-00",
                                         "hr-reader")).json()
-    got = {(p["credential"], p["employee_id"], p["badge_status"]) for p in page["items"]}
-    # seed(): ts = T0 + seq s; badge 3 is blocked from T0 + 1 µs on
-    assert got == {("em4100:0000000000", None, "unknown"), (BADGE, "E1", "assigned"),
-                   ("em4100:0000000002", None, "unknown"),
-                   ("em4100:0000000003", None, "blocked"),
-                   ("em4100:0000000004", None, "unknown")}
+    # seed(): seq n + 1 read badge em4100:000000000n; BADGE (n = 1) is E1's, badge 3 is
+    # blocked from T0 + 1 µs on; the default (payroll) rows show no credential (D20)
+    assert all("credential" not in p for p in page["items"])
+    got = {(p["seq"], p["employee_id"], p["badge_status"]) for p in page["items"]}
+    assert got == {(1, None, "unknown"), (2, "E1", "assigned"), (3, None, "unknown"),
+                   (4, None, "blocked"), (5, None, "unknown")}
     resp = await people_api.call("GET", "/v1/exports/payroll?format=csv&device=clock-00",
                                  "payroll")
     lines = (await resp.text()).splitlines()
@@ -128,12 +128,13 @@ async def test_d20_punch_rows_carry_employee_id_and_badge_status(people_api: Api
     assert header["columns"][-2:] == ["employee_id", "badge_status"]
     cols = lines[1].split(",")
     rows = [dict(zip(cols, line.split(","), strict=True)) for line in lines[2:-1]]
-    assert {(r["credential"], r["employee_id"], r["badge_status"]) for r in rows} == {
-        (c, e or "", s) for c, e, s in got}
+    assert "credential" not in cols
+    assert {(int(r["seq"]), r["employee_id"], r["badge_status"]) for r in rows} == {
+        (n, e or "", s) for n, e, s in got}
     stream = await people_api.call("GET", "/v1/punches?device=clock-00&format=ndjson",
                                    "hr-reader")
     items = [json.loads(x) for x in (await stream.text()).splitlines()]
-    assert {(p["credential"], p["employee_id"], p["badge_status"]) for p in items} == got
+    assert {(p["seq"], p["employee_id"], p["badge_status"]) for p in items} == got
     one = await (await people_api.call("GET", "/v1/punches/clock-00/2", "hr-reader")).json()
     assert (one["punch"]["credential"], one["punch"]["employee_id"]) == (BADGE, "E1")
 

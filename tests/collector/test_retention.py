@@ -20,6 +20,7 @@ from collector.ledger import retention_tables
 from collector.ledger.audit import verify_store
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records import retention
+from collector.records.export_fields import FieldSet
 from collector.records.exports import export_payroll
 from tests.collector.retention_kit import (
     DAY,
@@ -193,7 +194,8 @@ def test_d15_release_needs_a_second_approver_and_then_frees_the_hold(store: SQLS
 
 def _payroll_text(store: SQLStore) -> str:
     out = io.StringIO()
-    export_payroll(store, out, fmt="csv", query=PunchQuery(), now_us=NOW)
+    export_payroll(store, out, fmt="csv", query=PunchQuery(), now_us=NOW,
+                   fields=FieldSet.choose("investigation"))     # shows the credential (D20)
     return out.getvalue()
 
 
@@ -321,24 +323,37 @@ def test_d15_retention_entry_from_before_policies_is_a_finding(store: SQLStore,
 
 async def test_d15_after_a_run_the_api_serves_nothing_of_what_went(sqlite_store: SQLStore
                                                                    ) -> None:
-    from tests.collector.api_kit import start_api  # noqa: PLC0415 - the API's imports, here only
+    from collector.ledger.tables import ensure_schema  # noqa: PLC0415 - as below
+    from tests.collector.api_kit import (  # noqa: PLC0415 - the API's imports, here only
+        issue_tokens,
+        start_api,
+    )
+    from tests.collector.ledger_kit import T0  # noqa: PLC0415 - as above
 
     site = build(sqlite_store)
+    # principals that may see badges (D20: the default field set shows no credential), made
+    # before start_api's admin exists
+    ensure_schema(sqlite_store)
+    mine = issue_tokens(sqlite_store, T0 + 10**9, {"hr-badges": ("hr.read", "hr.people"),
+                                                   "pay-badges": ("payroll.export",
+                                                                  "hr.people")})
     api = await start_api(sqlite_store)
+    api.tokens.update(mine)
     try:
-        before = await api.call("GET", "/v1/punches", "hr-reader")
+        before = await api.call("GET", "/v1/punches?field_set=investigation", "hr-badges")
         assert before.status == 200
         text = await before.text()
         assert HELD_CREDENTIAL in text
         assert "em4100:0000000003" in text
         retention.run(sqlite_store, NOW)
-        after = await api.call("GET", "/v1/punches", "hr-reader")
+        after = await api.call("GET", "/v1/punches?field_set=investigation", "hr-badges")
         text = await after.text()
         assert after.status == 200
         assert HELD_CREDENTIAL not in text
         assert "em4100:0000000003" not in text
         assert site.credentials[site.young] in text           # the young punch stays
-        export = await api.call("GET", "/v1/exports/payroll", "payroll")
+        export = await api.call("GET", "/v1/exports/payroll?field_set=investigation",
+                                "pay-badges")
         body = await export.text()
         assert export.status == 200
         assert HELD_CREDENTIAL not in body
