@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from collector.cli.args import add_command
 from collector.cli.ledger import open_existing_store
 from collector.people import directory
 from collector.people.csv_import import import_files, parse_instant
@@ -61,65 +62,51 @@ BADGE_EPILOG = textwrap.dedent("""\
     """)
 
 
-def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="ledger: sqlite:///path, a path, or postgresql://…")
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     people = sub.add_parser("people", help="the people directory: import, list, show",
                             description="Employees and their badges, kept as ledger entries.",
                             epilog=PEOPLE_EPILOG, formatter_class=fmt)
     psub = people.add_subparsers(dest="people_command", metavar="ACTION", required=True)
-    imp = psub.add_parser("import", help="import employees (and badges) from CSV",
-                          epilog=PEOPLE_EPILOG, formatter_class=fmt)
-    _store_arg(imp)
+    imp = add_command(psub, "import", help="import employees (and badges) from CSV",
+                      epilog=PEOPLE_EPILOG, func=cmd_import)
     imp.add_argument("--employees", type=Path, metavar="CSV",
                      help="employees: employee_id,name,department,site,timezone,manager_id")
     imp.add_argument("--badges", type=Path, metavar="CSV",
                      help="badges: credential,employee_id,valid_from,valid_until,status")
     imp.add_argument("--dry-run", action="store_true",
                      help="print what would be recorded; record nothing")
-    imp.set_defaults(func=cmd_import)
-    ls = psub.add_parser("list", help="list employees (id, department, site, status)",
-                         epilog=PEOPLE_EPILOG, formatter_class=fmt)
-    _store_arg(ls)
+    ls = add_command(psub, "list", help="list employees (id, department, site, status)",
+                     epilog=PEOPLE_EPILOG, func=cmd_list)
     ls.add_argument("--site")
     ls.add_argument("--department")
     ls.add_argument("--manager", metavar="ID", help="only the manager's direct reports")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
-    ls.set_defaults(func=cmd_list)
-    show = psub.add_parser("show", help="one employee with their badge periods",
-                           epilog=PEOPLE_EPILOG, formatter_class=fmt)
-    _store_arg(show)
+    show = add_command(psub, "show", help="one employee with their badge periods",
+                       epilog=PEOPLE_EPILOG, func=cmd_show)
     show.add_argument("employee_id", metavar="ID")
-    show.set_defaults(func=cmd_show)
 
     badge = sub.add_parser("badge", help="assign a badge, or report it lost, blocked, returned",
                            description="Badge credentials and who holds them when.",
                            epilog=BADGE_EPILOG, formatter_class=fmt)
     bsub = badge.add_subparsers(dest="badge_command", metavar="ACTION", required=True)
-    assign = bsub.add_parser("assign", help="give CREDENTIAL to EMPLOYEE over [--from, --until)",
-                             epilog=BADGE_EPILOG, formatter_class=fmt)
-    _store_arg(assign)
+    assign = add_command(bsub, "assign",
+                         help="give CREDENTIAL to EMPLOYEE over [--from, --until)",
+                         epilog=BADGE_EPILOG, func=cmd_badge, event="assigned")
     assign.add_argument("credential", metavar="CREDENTIAL")
     assign.add_argument("employee_id", metavar="EMPLOYEE")
     assign.add_argument("--from", dest="start", required=True, metavar="TIME")
     assign.add_argument("--until", metavar="TIME", help="exclusive end (default: open)")
-    assign.set_defaults(func=cmd_badge, event="assigned")
     for name, event, what in (("lost", "lost", "reported lost"), ("block", "blocked", "blocked"),
                               ("return", "returned", "given back")):
-        q = bsub.add_parser(name, help=f"CREDENTIAL {what} at --at (default now)",
-                            epilog=BADGE_EPILOG, formatter_class=fmt)
-        _store_arg(q)
+        q = add_command(bsub, name, help=f"CREDENTIAL {what} at --at (default now)",
+                        epilog=BADGE_EPILOG, func=cmd_badge, event=event)
         q.add_argument("credential", metavar="CREDENTIAL")
         q.add_argument("--at", dest="start", metavar="TIME")
         q.add_argument("--employee", dest="employee_id", metavar="ID",
                        help="the holder it is expected from (refused if someone else holds it)")
         if event != "returned":
             q.add_argument("--until", metavar="TIME", help="end of the status (default: open)")
-        q.set_defaults(func=cmd_badge, event=event)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from collector import CollectorError
+from collector.cli.args import add_command
 from collector.cli.ledger import open_existing_store
 from collector.ledger.base import EventFact
 from collector.records import retention
@@ -66,11 +67,6 @@ EPILOG = textwrap.dedent("""\
     """)
 
 
-def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="the ledger: sqlite:///path, a path, or postgresql://…")
-
-
 def _add_by(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--by", required=True, metavar="PRINCIPAL", help=f"who {what} (recorded)")
 
@@ -91,9 +87,8 @@ def _register_policy(rs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pol = rs.add_parser("policy", help="propose or approve a retention policy",
                         epilog=EPILOG, formatter_class=fmt)
     ps = pol.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-    pp = ps.add_parser("propose", help="propose a period for one record kind and scope",
-                       epilog=EPILOG, formatter_class=fmt)
-    _add_store(pp)
+    pp = add_command(ps, "propose", help="propose a period for one record kind and scope",
+                     epilog=EPILOG, func=cmd_policy_propose)
     pp.add_argument("--name", required=True, help="policy name, e.g. punches-6y")
     pp.add_argument("--record", required=True, choices=sorted(RECORDS))
     pp.add_argument("--days", type=int,
@@ -104,13 +99,10 @@ def _register_policy(rs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     scope.add_argument("--jurisdiction", help="a jurisdiction label; give its --sites")
     pp.add_argument("--sites", help="comma-separated sites of --jurisdiction")
     _add_by(pp, "proposes it")
-    pp.set_defaults(func=cmd_policy_propose)
-    pa = ps.add_parser("approve", help="approve a proposal (a different principal)",
-                       epilog=EPILOG, formatter_class=fmt)
-    _add_store(pa)
+    pa = add_command(ps, "approve", help="approve a proposal (a different principal)",
+                     epilog=EPILOG, func=cmd_policy_approve)
     pa.add_argument("--proposal", required=True, type=int, help="idx of the proposal entry")
     _add_by(pa, "approves it")
-    pa.set_defaults(func=cmd_policy_approve)
 
 
 def _register_hold(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,9 +110,8 @@ def _register_hold(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     hold = rs.add_parser("hold", help="place or release a legal hold", epilog=EPILOG,
                          formatter_class=fmt)
     hs = hold.add_subparsers(dest="hold_command", metavar="ACTION", required=True)
-    hp = hs.add_parser("place", help="keep what the criteria name from every run",
-                       epilog=EPILOG, formatter_class=fmt)
-    _add_store(hp)
+    hp = add_command(hs, "place", help="keep what the criteria name from every run",
+                     epilog=EPILOG, func=cmd_hold_place)
     hp.add_argument("--name", required=True)
     hp.add_argument("--case", required=True, help="case or matter id")
     hp.add_argument("--reason", required=True)
@@ -130,39 +121,28 @@ def _register_hold(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     help="punch time from (ISO 8601 with offset, or µs)")
     hp.add_argument("--until", dest="until_ts", metavar="TIME", help="punch time until")
     _add_by(hp, "places it")
-    hp.set_defaults(func=cmd_hold_place)
-    hr = hs.add_parser("release", help="ask for a hold's release (needs a second approver)",
-                       epilog=EPILOG, formatter_class=fmt)
-    _add_store(hr)
+    hr = add_command(hs, "release", help="ask for a hold's release (needs a second approver)",
+                     epilog=EPILOG, func=cmd_hold_release)
     hr.add_argument("--hold", required=True, type=int, help="idx of the hold entry")
     hr.add_argument("--reason", required=True)
     _add_by(hr, "asks")
-    hr.set_defaults(func=cmd_hold_release)
-    ha = hs.add_parser("approve-release", help="approve a release request (another principal)",
-                       epilog=EPILOG, formatter_class=fmt)
-    _add_store(ha)
+    ha = add_command(hs, "approve-release",
+                     help="approve a release request (another principal)", epilog=EPILOG,
+                     func=cmd_hold_approve)
     ha.add_argument("--request", required=True, type=int, help="idx of the release request")
     _add_by(ha, "approves the release")
-    ha.set_defaults(func=cmd_hold_approve)
 
 
 def _register_runs(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    ls = rs.add_parser("list", help="policies and holds", epilog=EPILOG, formatter_class=fmt)
-    _add_store(ls)
+    ls = add_command(rs, "list", help="policies and holds", epilog=EPILOG, func=cmd_list)
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(func=cmd_list)
-    pl = rs.add_parser("plan", help="what a run would remove, and what each hold keeps",
-                       epilog=EPILOG, formatter_class=fmt)
-    _add_store(pl)
+    pl = add_command(rs, "plan", help="what a run would remove, and what each hold keeps",
+                     epilog=EPILOG, func=cmd_plan)
     pl.add_argument("--at", metavar="TIME", help="plan as of this time (default: now)")
     pl.add_argument("--json", action="store_true")
-    pl.set_defaults(func=cmd_plan)
-    rn = rs.add_parser("run", help="remove what the plan says, leave one evidence entry",
-                       epilog=EPILOG, formatter_class=fmt)
-    _add_store(rn)
+    rn = add_command(rs, "run", help="remove what the plan says, leave one evidence entry",
+                     epilog=EPILOG, func=cmd_run)
     rn.add_argument("--json", action="store_true")
-    rn.set_defaults(func=cmd_run)
 
 
 def _append(args: argparse.Namespace, kind: str, body: dict[str, Any]) -> int:
