@@ -3,7 +3,9 @@
 A clock whose queue is behind its sequence mark (agent/seqmark.py) refuses every tap. On a
 stopped agent, ``resume`` continues the chain after the highest seq the queue, the mark or the
 operator knows (``--after-seq``: the collector's last recorded seq of this clock, from
-``timeclock-collector device list``), never inside it, and appends the loss to ``seqloss.json``
+``timeclock-collector device list``) or the collector signed (``--from-collector``: its signed
+record of this clock's last (seq, hash), agent/resume_client.py, verified with the log key, so
+the next punch links to the recorded one), never inside it, and appends the loss to ``seqloss.json``
 in the state directory (the seqs that were committed on the clock and are gone from its queue;
 those the collector did not record are lost). Nothing is deleted. The command prints what it did
 and is logged at ERROR level by the outbox; run it only after reading docs/operations.md
@@ -36,8 +38,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        epilog=RESUME_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", required=True, type=Path, help="agent TOML file")
     p.add_argument("--reason", required=True, help="why (kept in the loss record)")
-    p.add_argument("--after-seq", type=int, default=None,
-                   help="the collector's last recorded seq of this clock, if higher")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--after-seq", type=int, default=None,
+                     help="the collector's last recorded seq of this clock, if higher")
+    src.add_argument("--from-collector", action="store_true",
+                     help="ask the collector (over MQTT, as this clock) for its signed record "
+                          "of this clock's last recorded seq and hash, and continue after it")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long --from-collector waits for a valid answer (default 60)")
     p.set_defaults(func=cmd_resume)
 
 
@@ -54,7 +62,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(f"{config.device.id}: sequence {st.state} ({st.detail}); nothing to resume")
             return NOTHING_TO_RESUME
         print(f"{config.device.id}: sequence was refusing ({st.reason}): {st.detail}")
-        loss = box.resume(reason=args.reason, after_seq=args.after_seq)
+        after_seq, after_hash = args.after_seq, None
+        if args.from_collector:
+            from agent.resume_client import ask_collector  # noqa: PLC0415 -- pulls in paho
+
+            answer = ask_collector(config, timeout_s=args.timeout)
+            after_seq, after_hash = answer.last_seq, answer.last_hash
+            print(f"the collector signed (log key {answer.log}, at {answer.at} µs): its last "
+                  f"recorded punch of {answer.device} is seq {answer.last_seq}, hash "
+                  f"{answer.last_hash}")
+        loss = box.resume(reason=args.reason, after_seq=after_seq, after_hash=after_hash)
     finally:
         box.close()
     if loss.last >= loss.first:

@@ -13,7 +13,8 @@ Invariants (DESIGN.md §4):
   not delivered on shared subscriptions, and every collector keeps its own last-seen table);
   the clocks' cosignature replies likewise (collector.ingest.cosignatures), PUBACKed on
   receipt: a lost reply is asked again with the next checkpoint; and their inclusion requests
-  (collector.ingest.inclusion_answers), PUBACKed on receipt: the clock asks again.
+  (collector.ingest.inclusion_answers), PUBACKed on receipt: the clock asks again; likewise
+  their resume requests (collector.ingest.resume_answers).
 - ``on_message`` never raises into paho: a handler failure is logged and the message stays
   un-PUBACKed. A full inbox blocks ``on_message`` (back-pressure to the broker over TCP)
   until there is room or the link is stopping.
@@ -39,6 +40,7 @@ from collector.service.config import MqttSection
 from wire.clock import now_us
 from wire.errors import WireError
 from wire.inclusion import ALL_INCLUSION_REQUESTS
+from wire.resume_answer import ALL_RESUME_REQUESTS
 from wire.tls import client_context
 from wire.topics import ALL_STATUS, SHARED_PUNCHES
 from wire.witness import ALL_COSIGNATURES
@@ -70,13 +72,15 @@ class MqttLink(Publisher):
                  clock: Callable[[], int] = now_us,
                  subscribe_punches: str = SHARED_PUNCHES,
                  on_cosignature: Callable[[Inbound], None] | None = None,
-                 on_inclusion_request: Callable[[Inbound], None] | None = None) -> None:
+                 on_inclusion_request: Callable[[Inbound], None] | None = None,
+                 on_resume_request: Callable[[Inbound], None] | None = None) -> None:
         self.cfg = cfg
         self.identity = identity
         self.inbox = inbox
         self.on_status = on_status
         self.on_cosignature = on_cosignature
         self.on_inclusion_request = on_inclusion_request
+        self.on_resume_request = on_resume_request
         self.clock = clock
         self.subscribe_punches = subscribe_punches
         self.connected = threading.Event()
@@ -171,6 +175,8 @@ class MqttLink(Publisher):
             subs.append((ALL_COSIGNATURES, SubscribeOptions(qos=1)))
         if self.on_inclusion_request is not None:
             subs.append((ALL_INCLUSION_REQUESTS, SubscribeOptions(qos=1)))
+        if self.on_resume_request is not None:
+            subs.append((ALL_RESUME_REQUESTS, SubscribeOptions(qos=1)))
         client.subscribe(subs)
 
     def _on_subscribe(self, _client: paho.Client, _userdata: object, _mid: int,
@@ -208,6 +214,11 @@ class MqttLink(Publisher):
             if msg.topic.endswith("/inclusion/request"):
                 if self.on_inclusion_request is not None:
                     self.on_inclusion_request(msg)
+                self.ack(msg)
+                return
+            if msg.topic.endswith("/resume/request"):
+                if self.on_resume_request is not None:
+                    self.on_resume_request(msg)
                 self.ack(msg)
                 return
             while not self._stopping.is_set():

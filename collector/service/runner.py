@@ -49,6 +49,7 @@ from collector.ingest.cosignatures import DeviceWitnesses
 from collector.ingest.inclusion_answers import InclusionAnswers
 from collector.ingest.pipeline import Inbound, Ingestor, Writer, load_seal
 from collector.ingest.punch_verifier import RegistryView
+from collector.ingest.resume_answers import ResumeAnswers
 from collector.ingest.statuses import StatusTable
 from collector.ingest.witness_client import ExternalWitnesses
 from collector.ledger import access_tables, checkpoint_tables, open_store
@@ -322,6 +323,7 @@ class CollectorService:
         # each new v2 checkpoint, and once at start.
         self.device_witnesses: DeviceWitnesses | None = None
         self.inclusion_answers: InclusionAnswers | None = None
+        self.resume_answers: ResumeAnswers | None = None
         self.external_witnesses: ExternalWitnesses | None = None
         self._witnesses_asked_at: int | None = None
 
@@ -355,11 +357,14 @@ class CollectorService:
         self.link = MqttLink(cfg.mqtt, cfg.collector.identity, self.inbox,
                              on_status=self._on_status, clock=self.clock,
                              on_cosignature=self._on_cosignature,
-                             on_inclusion_request=self._on_inclusion_request)
+                             on_inclusion_request=self._on_inclusion_request,
+                             on_resume_request=self._on_resume_request)
         link = self.link
         self._watch_takeover(link)
         self.inclusion_answers = InclusionAnswers(
             store, lambda t, b: link.publish(t, b, qos=1))
+        self.resume_answers = ResumeAnswers(
+            store, log_key, lambda t, b: link.publish(t, b, qos=1), now=self.clock)
         self.device_witnesses = DeviceWitnesses(
             store, origin, lambda t, b, r: link.publish(t, b, qos=1, retain=r),
             alerts=self.alerts)
@@ -448,6 +453,10 @@ class CollectorService:
         if self.inclusion_answers is not None:
             self.inclusion_answers.receive(msg.topic, msg.payload)
 
+    def _on_resume_request(self, msg: Inbound) -> None:
+        if self.resume_answers is not None:
+            self.resume_answers.receive(msg.topic, msg.payload)
+
     def _ask_witnesses(self, now: int) -> None:
         """Offer the newest v2 checkpoint to the clocks and the external witnesses."""
         newest = checkpoint_tables.newest(self.store)
@@ -470,6 +479,8 @@ class CollectorService:
                 self.device_witnesses.process()
             if self.inclusion_answers is not None:
                 self.inclusion_answers.process()
+            if self.resume_answers is not None:
+                self.resume_answers.process()
             if self.ingestor is not None:
                 self.ingestor.report_gaps(now_us=now)
             self.monitor.tick(self.store, now)

@@ -1,4 +1,5 @@
-"""The queue-damage variants of issue 11 finding 11 (and finding 3), applied to a stopped
+"""The queue-damage variants of issue 11 finding 11 (and finding 3, with and without the mark),
+applied to a stopped
 clock's state directory: real files, real SQLite, no mocks.
 
 A "stopped" clock here is one killed with SIGKILL (or, in-process, a copy of its files taken
@@ -79,6 +80,13 @@ def lose_mark(state: Path) -> None:
     (state / MARK).unlink()
 
 
+def lose_state(state: Path) -> None:
+    """The whole state directory lost, the keys kept (an SD card replaced while the keys sit on
+    another partition or in a TPM): neither queue nor mark is left."""
+    delete_queue(state)
+    lose_mark(state)
+
+
 VARIANTS: dict[str, Callable[[Path], None]] = {
     "queue-deleted": delete_queue,
     "queue-zero-length": zero_length_queue,
@@ -86,6 +94,7 @@ VARIANTS: dict[str, Callable[[Path], None]] = {
     "wal-deleted": delete_wal,
     "wal-garbled": garble_wal,
     "mark-lost": lose_mark,
+    "state-lost": lose_state,
 }
 LOSES_QUEUE_TRANSACTIONS = frozenset(VARIANTS) - {"mark-lost"}
 

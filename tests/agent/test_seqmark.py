@@ -43,8 +43,11 @@ from wire.keys import save_signing_key
 PUNCHES = 30          # enough for SQLite to checkpoint once (the WAL holds the rest)
 
 
-def _open(state: Path, key: bytes = KEY) -> Outbox:
-    return Outbox(state / "queue.db", key, DEVICE, mark=SeqMark(state / "seqmark", key, DEVICE))
+def _open(state: Path, key: bytes = KEY, *, seeded: bool = False) -> Outbox:
+    """``seeded``: as provisioned (agent/provision.py), so a whole lost state is told from a
+    first start (the damaged snapshots; a new state directory is a first start)."""
+    return Outbox(state / "queue.db", key, DEVICE, mark=SeqMark(state / "seqmark", key, DEVICE),
+                  seeded=seeded)
 
 
 def _killed_state(tmp_path: Path, n: int = PUNCHES) -> tuple[Path, list[str]]:
@@ -160,11 +163,12 @@ def test_d4_queue_damage_refuses_then_resumes_after_the_mark(tmp_path: Path,
         assert q_after < PUNCHES, f"{variant}: the damage lost no transaction ({q_after})"
     VARIANTS[variant](snap)
     refused: list[str] = []
-    box = _open(snap)
+    box = _open(snap, seeded=True)
     try:
         st = box.sequence()
         assert st.state == "refusing"
-        assert st.reason == ("mark-lost" if variant == "mark-lost" else "queue-behind-mark")
+        assert st.reason == {"mark-lost": "mark-lost", "state-lost": "state-lost"}.get(
+            variant, "queue-behind-mark")
         maker = PunchMaker(box, SK, on_refused=lambda _t, r: refused.append(r))
 
         class Tap:
@@ -177,14 +181,22 @@ def test_d4_queue_damage_refuses_then_resumes_after_the_mark(tmp_path: Path,
         assert (refused, maker.refused_sequence) == ([REFUSED_SEQUENCE], 1)
         q_seq = box.last_seq()
         assert q_seq == (PUNCHES if variant == "mark-lost" else q_after)
-        loss = box.resume(reason="test: SD card replaced")
+        if variant == "state-lost":
+            # Nothing on the clock knows its last seq: only the collector's (signed) record,
+            # here all PUNCHES recorded (tests/e2e/test_resume_answer.py asks a real one).
+            with pytest.raises(QueueError, match="only the collector knows"):
+                box.resume(reason="test: SD card replaced")
+            loss = box.resume(reason="test: SD card replaced", after_seq=PUNCHES,
+                              after_hash=hashes[-1])
+        else:
+            loss = box.resume(reason="test: SD card replaced")
         with pytest.raises(QueueError, match="nothing to resume"):
             box.resume(reason="twice")
         nxt = box.record(make)
     finally:
         box.close()
     # Never a reused seq: the chain continues after everything the clock ever committed,
-    # linked to the last committed punch (its hash is in the mark).
+    # linked to the last committed punch (its hash is in the mark, or the collector's record).
     assert nxt.punch.seq == PUNCHES + 1
     assert nxt.punch.prev == hashes[-1]
     assert (loss.first, loss.last) == (q_seq + 1, PUNCHES)
@@ -192,7 +204,7 @@ def test_d4_queue_damage_refuses_then_resumes_after_the_mark(tmp_path: Path,
     assert json.loads((snap / LOSS_FILE).read_text())["losses"][0]["reason"] \
         == "test: SD card replaced"
     # Restarted: ok, and the chain held in the queue still links with no repeat.
-    box = _open(snap)
+    box = _open(snap, seeded=True)
     try:
         assert box.sequence().state == "ok"
         pending = box.pending(limit=10**6, max_bytes=10**9)

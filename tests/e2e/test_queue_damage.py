@@ -1,14 +1,19 @@
 """Issue 11 findings 3 and 11, replayed on a live site (real Mosquitto with mTLS, collector, agent
-process): a stopped clock's queue is damaged in each of six ways — queue.db deleted (the SD card
-swap of finding 3), queue.db zero-length, WAL truncated, WAL deleted, WAL garbled (finding 11),
-and the sequence mark lost with the queue intact — and restarted.
+process): a stopped clock's queue is damaged in each of seven ways — queue.db deleted (the SD
+card swap of finding 3), queue.db zero-length, WAL truncated, WAL deleted, WAL garbled (finding
+11), the sequence mark lost with the queue intact, and the whole state directory lost (queue and
+mark; the keys kept) — and restarted.
 
 Each variant ends the same way: the clock refuses every tap (status ``sequence.state`` is
 ``refusing``, one "tap REFUSED" log line per tap) and records nothing new, the ledger verifies
 (``timeclock-collector verify --full`` and ``timeclock-verify`` on a bundle); after
 ``timeclock-agent resume`` the clock continues at the seq after its mark, so no seq is ever used
 twice (no conflict, no fork in quarantine), and the punches lost with the queue are a visible
-gap in the ledger that equals the range in the clock's loss record.
+gap in the ledger that equals the range in the clock's loss record. With the whole state lost
+no record on the clock knows its last seq: it resumes from the collector's signed record
+(``resume --from-collector``, docs/protocol.md §13.13), after the last seq the ledger holds and
+linked to it; the punches it had committed and never delivered are gone with no trace that
+either side could read (docs/operations.md says so).
 
 The clock is killed (SIGKILL) rather than stopped cleanly: a clean stop checkpoints and removes
 the WAL, so only a killed agent leaves committed punches in the WAL for the WAL variants. A
@@ -159,8 +164,8 @@ def test_d4_queue_damage_ends_in_refusal_then_a_recorded_loss_never_a_reused_seq
         wait_for(lambda: _status(clock).get("sequence", {}).get("state") == "refusing",
                  WAIT_S, "the clock to report its sequence refusing")
         seq_state = _status(clock)["sequence"]
-        assert seq_state["reason"] == ("mark-lost" if variant == "mark-lost"
-                                       else "queue-behind-mark"), seq_state
+        assert seq_state["reason"] == {"mark-lost": "mark-lost", "state-lost": "state-lost"
+                                       }.get(variant, "queue-behind-mark"), seq_state
         # Tapped until three are refused: a line written before the reader opened its pty is
         # flushed by the open, so a fixed number of taps could fall short.
         before = _refused_lines(clock)
@@ -173,12 +178,16 @@ def test_d4_queue_damage_ends_in_refusal_then_a_recorded_loss_never_a_reused_seq
         assert not {"conflict", "fork"} & set(reasons), reasons
         _verify_full(site)
         bundle_verifies(site, tmp_path / "bundle-refusing")
-        # (4) The operator resumes the stopped clock; it continues after its mark.
+        # (4) The operator resumes the stopped clock; it continues after its mark (the whole
+        # state lost: after the collector's signed last seq, the only record left).
         site.stop_clock(clock)
+        extra = ("--from-collector",) if variant == "state-lost" else ()
         r = cli("agent.cli", "resume", "--config", str(clock.config), "--reason",
-                f"test {variant}")
+                f"test {variant}", *extra)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "RESUMED" in r.stdout
+        if variant == "state-lost":
+            mark = max(delivered)        # the ledger's last: the clock continues after it
         [loss] = read_losses(clock.directory / "state" / LOSS_FILE)
         assert (loss.first, loss.last) == (_last_seq_before_resume(variant, mark, after), mark)
         site.start_clock(clock)
@@ -213,7 +222,7 @@ def _last_seq_before_resume(variant: str, mark: int, after: int | None) -> int:
 
 def _expected_gaps(variant: str, loss: SeqLoss, delivered: list[int]
                    ) -> tuple[tuple[int, int], ...]:
-    if variant == "mark-lost":
-        return ()
+    if variant in ("mark-lost", "state-lost"):
+        return ()           # state-lost: the clock continued right after the ledger's last
     first = max(loss.first, max(delivered) + 1)    # what the collector had is not lost
     return ((first, loss.last),) if first <= loss.last else ()
