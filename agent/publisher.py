@@ -67,6 +67,7 @@ from agent.clock import clock_state
 from agent.errors import AgentError, QueueFullError
 from agent.feedback import OutcomeFeedback
 from agent.inclusion import InclusionChecker, inclusion_path
+from agent.remote_config import RemoteConfig, restart_self
 from agent.witness import ClockWitness, witness_path
 from wire import device_status, topics
 from wire import inclusion as inclusion_msgs
@@ -215,7 +216,9 @@ class Publisher:
                  witness: ClockWitness | None = None,
                  inclusion: InclusionChecker | None = None,
                  on_cert_state: Callable[[CertProblem], None] | None = None,
-                 seal_key: SealPublicKey | None = None) -> None:
+                 seal_key: SealPublicKey | None = None,
+                 remote_config: RemoteConfig | None = None,
+                 on_config_applied: Callable[[], None] = restart_self) -> None:
         self._outbox = outbox
         self.device = device
         self._log_key = log_key
@@ -239,6 +242,12 @@ class Publisher:
         self._inclusion_answer_topic = inclusion_msgs.answer_topic(device)
         self._inclusion_answers: deque[bytes] = deque(maxlen=64)
         self._next_inclusion = 0.0
+        # Signed configuration changes (agent.remote_config): judged on the sender thread,
+        # answered on config-result; an applied one restarts the agent (on_config_applied).
+        self._remote_config, self._on_config_applied = remote_config, on_config_applied
+        self._config_topic, self._config_result_topic = (topics.config(device),
+                                                         topics.config_result(device))
+        self._config_changes: deque[bytes] = deque(maxlen=8)
         # Signed loss reports (wire.seqloss) to publish on the punches topic, and those sent
         # whose PUBACK has not come yet: (payload, on_delivered, message info).
         self._losses: list[tuple[bytes, Callable[[], None]]] = []
@@ -434,6 +443,8 @@ class Publisher:
             client.subscribe(self._checkpoint_topic, qos=1)
         if self._inclusion is not None:
             client.subscribe(self._inclusion_answer_topic, qos=1)
+        if self._remote_config is not None:
+            client.subscribe(self._config_topic, qos=1)
         with self._lock:
             self._connected = True
             self._reconnected = True
@@ -506,6 +517,11 @@ class Publisher:
                 self._inclusion_answers.append(bytes(msg.payload))
             self._wake.set()
             return
+        if msg.topic == self._config_topic and self._remote_config is not None:
+            with self._lock:
+                self._config_changes.append(bytes(msg.payload))
+            self._wake.set()
+            return
         if msg.topic != self._ack_topic:
             return
         with self._lock:
@@ -567,6 +583,7 @@ class Publisher:
             status_due = True
         if self._process_inclusion(mono):
             status_due = True
+        self._process_config()
         if status_due or mono >= self._next_status:
             self._publish_status()
             self._next_status = mono + self._s.status_interval_s
@@ -576,6 +593,28 @@ class Publisher:
             self._sweep()
             self._next_sweep = mono + min(self._s.resend_after_s, self._s.poll_interval_s)
         self._send_new()
+
+    def _process_config(self) -> None:
+        """Answer each configuration change received (agent.remote_config); after one was
+        applied, wait for the broker to take the answer, then restart."""
+        rc = self._remote_config
+        while rc is not None:
+            with self._lock:
+                if not self._config_changes:
+                    return
+                payload = self._config_changes.popleft()
+            outcome = rc.handle(payload)
+            info = self._client.publish(self._config_result_topic, outcome.result.to_bytes(),
+                                        qos=1, retain=True)
+            if outcome.applied:
+                try:
+                    info.wait_for_publish(timeout=10.0)
+                except (RuntimeError, ValueError) as e:
+                    # The retained change is redelivered after the restart and answered
+                    # again ("already applied"): the answer is not lost for good.
+                    log.warning("configuration result not acknowledged before restart: %s", e)
+                self._on_config_applied()
+                return
 
     def send_loss_reports(self, reports: Sequence[tuple[bytes, Callable[[], None]]]) -> None:
         """Publish these signed loss reports (wire.seqloss) on the punches topic, QoS 1, before
@@ -931,8 +970,11 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
         version=agent_version())
     from agent.keystore import load_signing  # noqa: PLC0415 -- as above
 
+    signing = load_signing(config.keys.signing_key, env)
     witness = ClockWitness(witness_path(config.device.state_dir), config.device.id,
-                           load_signing(config.keys.signing_key, env), log_key)
+                           signing, log_key)
+    remote = (RemoteConfig(config.source, config.device.id, log_key, signing)
+              if config.source is not None else None)
     wc = config.witness
     inclusion = InclusionChecker(
         inclusion_path(config.device.state_dir), config.device.id, mode=wc.check_inclusion,
@@ -947,4 +989,5 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
 
     return Publisher(outbox, config.device.id, log_key=log_key, settings=settings,
                      status=status, witness=witness, inclusion=inclusion,
-                     on_cert_state=on_cert_state, seal_key=k.seal_public_key)
+                     on_cert_state=on_cert_state, seal_key=k.seal_public_key,
+                     remote_config=remote)

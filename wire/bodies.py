@@ -48,6 +48,7 @@ from wire.key_changes import parse_approval, parse_principal, parse_request
 from wire.keys import VerifyKey
 from wire.ledger import KINDS
 from wire.punch import SignedPunch
+from wire.remote_config import ConfigEntry, parse_config_entry
 from wire.rotation import SignedRotationRequest
 
 DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked", "reenrol-requested", "reenrolled"})
@@ -138,7 +139,7 @@ class Access:
 
 
 Body = (SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
-        | Employee | BadgeEvent | PolicyProposed | PolicyApproved | HoldEvent)
+        | Employee | BadgeEvent | PolicyProposed | PolicyApproved | HoldEvent | ConfigEntry)
 
 
 def parse_device(value: Any, idx: int = 0) -> DeviceEvent:
@@ -244,7 +245,7 @@ def parse_alert(value: Any) -> Alert:
     return Alert(get_str(obj, "alert", ALERT_RE), severity, get_str(obj, "detail"), device)
 
 
-def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911 - one per kind
+def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911, PLR0912 - one per kind
     """The body of a ``kind`` entry at ``idx``, parsed strictly; else :class:`BodyError`."""
     try:
         if kind == "punch":
@@ -265,6 +266,8 @@ def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911 - o
             return parse_policy(value, idx)
         if kind == "hold":
             return parse_hold(value, idx)
+        if kind == "config":
+            return parse_config_entry(value)
         if kind in PEOPLE_KINDS:
             return parse_people(kind, value)
     except BodyError:

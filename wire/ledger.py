@@ -29,7 +29,7 @@ from wire.punch import SIG_RE
 LEDGER_DOMAIN = b"timeclock/ledger/v1\n"
 CHECKPOINT_DOMAIN = b"timeclock/checkpoint/v1\n"
 KINDS = frozenset({"punch", "rejection", "device", "access", "correction", "retention",
-                   "alert", "policy", "hold",
+                   "alert", "policy", "hold", "config",
                    "employee", "badge"})
 _ENTRY_KEYS = frozenset({"v", "idx", "kind", "at", "body", "prev"})
 _CHECKPOINT_KEYS = frozenset({"v", "log", "size", "head", "at"})

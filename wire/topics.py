@@ -10,6 +10,7 @@ SHARED_PUNCHES = "$share/collectors/timeclock/v1/devices/+/punches"
 ALL_PUNCHES = "timeclock/v1/devices/+/punches"
 ALL_STATUS = "timeclock/v1/devices/+/status"
 CHECKPOINT = "timeclock/v1/log/checkpoint"
+ALL_CONFIG_RESULTS = "timeclock/v1/devices/+/config-result"
 
 
 def punches(device: str) -> str:
@@ -22,6 +23,16 @@ def acks(device: str) -> str:
 
 def status(device: str) -> str:
     return f"{PREFIX}{device}/status"
+
+
+def config(device: str) -> str:
+    """A clock's signed configuration change (wire.remote_config), retained."""
+    return f"{PREFIX}{device}/config"
+
+
+def config_result(device: str) -> str:
+    """The clock's signed answer to its newest configuration change, retained."""
+    return f"{PREFIX}{device}/config-result"
 
 
 def device_of(topic: str, leaf: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import ssl
 import textwrap
 import time
 import tomllib
@@ -33,6 +34,7 @@ from collector import CollectorError, PKIError, RegistryError
 from collector.cli.ca import _passphrase
 from collector.cli.ledger import open_existing_store
 from collector.fleet import devices as fleet
+from collector.fleet import remote_config as remote
 from collector.fleet.broker_process import CONTROL_IDENTITY, BrokerControl, cut_off
 from collector.fleet.pki import DEFAULT_LEAF_DAYS, REASONS, CertificateAuthority
 from collector.fleet.provisioning import (
@@ -52,6 +54,7 @@ from collector.service.config import CollectorConfig, load_config
 from wire.clock import now_us as _now_us
 from wire.errors import WireError
 from wire.keys import VerifyKey, load_signing_key
+from wire.remote_config import ALLOWED, READER_SETTINGS, SignedConfigResult, parse_value
 from wire.rotation import SignedRotationRequest
 from wire.sealed import SealPublicKey, load_seal_key
 from wire.tls import client_context
@@ -174,6 +177,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dsub = p.add_subparsers(dest="device_command", metavar="ACTION", required=True)
     _register_provisioning(dsub)
     _register_lifecycle(dsub)
+    _register_configure(dsub)
 
 
 def _register_provisioning(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -390,10 +394,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"(statuses unavailable: {e})")
     with _store(args) as store:
         rows = fleet.fleet_rows(store, now_us=now_us, certs=certs, statuses=statuses)
+        configs = remote.config_states(store)
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=1, sort_keys=True))
+        print(json.dumps([{**r.to_dict(), "config": configs[r.device].to_dict()
+                           if r.device in configs else None} for r in rows],
+                         indent=1, sort_keys=True))
     else:
         print(fleet.render_table(rows, now_us=now_us))
+        for st in configs.values():
+            print(f"remote configuration of {st.device}: serial {st.sent_serial} sent, "
+                  f"{st.applied_serial} applied; last answer {st.last_status or 'none'}"
+                  + (f" ({st.last_reason})" if st.last_reason else ""))
         if statuses is None:
             print("(link/queue/clock unknown: pass --config to read the clocks' statuses)")
     return 0
@@ -434,3 +445,113 @@ def cmd_approve_reenrol(args: argparse.Namespace) -> int:
           f"requested by {body['requested_by']} (idx {body['request_idx']}), approved by "
           f"{args.by} (ledger entry {r.idx}); every verifier reports it")
     return 0
+
+
+# ---- remote configuration (docs/operations.md "Changing a clock's configuration remotely") -----
+
+def _register_configure(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    allowed = ", ".join([*ALLOWED, *(f"readers.<name>.{k}" for k in READER_SETTINGS)])
+    c = dsub.add_parser(
+        "configure", help="push a signed configuration change to a clock (a ledger entry)",
+        description="Sign a change of the clock's remote settings with the log key, record it "
+                    "in the ledger, publish it (retained) to the clock and record its signed "
+                    "answer. The --set options are the WHOLE remote overlay: settings not "
+                    "given return to the clock's base file. Allowed settings: " + allowed)
+    c.add_argument("device", metavar="ID", help="device id")
+    c.add_argument("--config", type=Path, required=True, metavar="FILE",
+                   help="collector TOML: store, log key, MQTT identity, managed broker")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="a setting of the overlay (repeat; none: back to the base file)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="check and print the signed change; record and publish nothing")
+    c.add_argument("--collect", action="store_true",
+                   help="record the clock's retained answer only (no new change)")
+    c.add_argument("--wait-s", type=float, default=30.0,
+                   help="how long to wait for the clock's answer (%(default)s)")
+    c.set_defaults(func=cmd_configure)
+
+
+def _settings(pairs: list[str]) -> dict[str, int | str]:
+    out: dict[str, int | str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CollectorError(f"--set {pair[:80]!r}: expected KEY=VALUE")
+        if key in out:
+            raise CollectorError(f"--set {key}: given twice")
+        try:
+            out[key] = parse_value(key, value)
+        except WireError as e:
+            raise CollectorError(f"--{e}") from e
+    return out
+
+
+def _broker_link(cfg: CollectorConfig) -> tuple[str, int, ssl.SSLContext, str]:
+    """The managed broker's control identity when there is one (a second connection as the
+    collector's own CN would take over the running collector's session), else the collector's."""
+    own = BrokerControl(cfg.broker.dir).control_client() if cfg.broker.dir else None
+    if own is not None:
+        return (*own, CONTROL_IDENTITY)
+    return (cfg.mqtt.host, cfg.mqtt.port,
+            client_context(cfg.mqtt.ca_cert, cfg.mqtt.cert, cfg.mqtt.key),
+            cfg.collector.identity)
+
+
+def _record_answers(store: SQLStore, device: str, payloads: list[bytes]
+                    ) -> list[tuple[SignedConfigResult, int | None]]:
+    out = []
+    for payload in payloads:
+        try:
+            signed = remote.verify_result(store, payload, device)
+        except (CollectorError, WireError) as e:
+            print(f"ignored an answer on {device}'s config-result topic: {e}")
+            continue
+        out.append((signed, remote.record_result(store, signed, now_us=_now_us())))
+    return out
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.collect and args.settings:
+        raise CollectorError("--collect records the clock's answer; it takes no --set")
+    settings = _settings(args.settings)
+    try:
+        log_key = load_signing_key(cfg.collector.log_key)
+    except WireError as e:
+        raise CollectorError(f"log key: {e}") from e
+    with _store(args) as store:
+        if args.collect:
+            payloads = remote.exchange(*_broker_link(cfg), args.device, payload=None,
+                                       serial=None, timeout_s=args.wait_s)
+            for answer_signed, idx in _record_answers(store, args.device, payloads):
+                r = answer_signed.result
+                print(f"{args.device}: change {r.serial} {r.status} ({r.reason}); "
+                      + (f"recorded as ledger entry {idx}" if idx is not None
+                         else "already recorded"))
+            if not payloads:
+                print(f"{args.device} has published no answer")
+            return 0
+        try:
+            signed = remote.make_change(store, args.device, settings, log_key,
+                                        now_us=_now_us())
+        except WireError as e:
+            raise CollectorError(str(e)) from e
+        serial = signed.change.serial
+        if args.dry_run:
+            print(json.dumps(signed.to_dict(), indent=1, sort_keys=True))
+            print(f"dry run: change {serial} for {args.device} checked; nothing recorded "
+                  f"or published")
+            return 0
+        idx = remote.record_change(store, signed, now_us=_now_us())
+        print(f"change {serial} for {args.device} recorded as ledger entry {idx}")
+        payloads = remote.exchange(*_broker_link(cfg), args.device,
+                                   payload=signed.to_bytes(), serial=serial,
+                                   timeout_s=args.wait_s)
+        answer = remote.answer_of(_record_answers(store, args.device, payloads), serial)
+    if answer is None:
+        print(f"no answer from {args.device} within {args.wait_s:g} s; the change stays "
+              f"retained for it: record its answer later with `timeclock-collector device "
+              f"configure {args.device} --config {args.config} --collect`")
+        return 3
+    print(f"{args.device}: change {serial} {answer.status} ({answer.reason})")
+    return 0 if answer.status == "applied" else 1

@@ -19,9 +19,8 @@ Invariants of the rendered configuration:
   client certificates, unlisted collectors). Mosquitto 2.0's ACL file alone checks only at
   delivery;
 - a device may write only its own ``punches``/``status``/``cosignature``/``inclusion/request``
-  /``resume/request`` and read only its own ``acks``, ``checkpoint`` (witness requests,
-  wire.witness), ``inclusion`` (proofs of its punches, wire.inclusion) and ``resume`` (the
-  signed record of its last seq, wire.resume_answer) and the log checkpoint; each listed
+  and read only its own ``acks``, ``checkpoint`` (witness requests, wire.witness) and
+  ``inclusion`` (proofs of its punches, wire.inclusion) and the log checkpoint; each listed
   collector (``collector.<name>``) reads all punches, status, cosignatures and inclusion
   requests, writes all acks, witness requests, inclusion answers and the retained checkpoint;
   nobody else gets anything.
@@ -43,7 +42,6 @@ from pathlib import Path
 from collector import ConfigError, PKIError
 from collector.fleet.pki import CertificateAuthority
 from wire import inclusion as inclusion_topics
-from wire import resume_answer as resume_topics
 from wire import topics
 from wire import witness as witness_topics
 from wire.errors import KeyFileError
@@ -137,11 +135,11 @@ def render_acl(collectors: Sequence[str]) -> str:
         f"pattern write {topics.PREFIX}%u/status",
         f"pattern write {witness_topics.cosignature_topic('%u')}",
         f"pattern write {inclusion_topics.request_topic('%u')}",
-        f"pattern write {resume_topics.request_topic('%u')}",
+        f"pattern write {topics.config_result('%u')}",
         f"pattern read {topics.PREFIX}%u/acks",
         f"pattern read {witness_topics.checkpoint_topic('%u')}",
         f"pattern read {inclusion_topics.answer_topic('%u')}",
-        f"pattern read {resume_topics.answer_topic('%u')}",
+        f"pattern read {topics.config('%u')}",
         f"pattern read {topics.CHECKPOINT}",
     ]
     for cid in collectors:
@@ -156,8 +154,8 @@ def render_acl(collectors: Sequence[str]) -> str:
             f"topic read {witness_topics.ALL_COSIGNATURES}",
             f"topic read {inclusion_topics.ALL_INCLUSION_REQUESTS}",
             f"topic write {inclusion_topics.answer_topic('+')}",
-            f"topic read {resume_topics.ALL_RESUME_REQUESTS}",
-            f"topic write {resume_topics.answer_topic('+')}",
+            f"topic write {topics.config('+')}",
+            f"topic read {topics.ALL_CONFIG_RESULTS}",
             f"topic write {topics.PREFIX}+/acks",
             f"topic write {witness_topics.ALL_CHECKPOINT_REQUESTS}",
             f"topic readwrite {topics.CHECKPOINT}",

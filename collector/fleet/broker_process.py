@@ -56,7 +56,7 @@ from collector.fleet.broker_config import BrokerFiles, prepare_broker_dir
 from collector.fleet.pki import CertificateAuthority
 from wire.errors import WireError
 from wire.tls import client_context
-from wire.topics import ALL_STATUS
+from wire.topics import ALL_CONFIG_RESULTS, ALL_STATUS, config
 
 log = logging.getLogger("timeclock.broker")
 
@@ -108,6 +108,8 @@ def prepare_managed_broker(ca: CertificateAuthority, directory: Path, *, port: i
                       f"topic read {CONTROL_TOPIC}/response"]
         # `device list` reads the retained statuses as the control identity.
         lines.append(f"topic read {ALL_STATUS}")
+        # `device configure` publishes a clock's signed change and reads its result as it.
+        lines += [f"topic write {config('+')}", f"topic read {ALL_CONFIG_RESULTS}"]
         with open(files.settings.acl_file, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         dyn = directory / DYNSEC_FILE

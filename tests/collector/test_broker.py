@@ -82,11 +82,11 @@ def test_acl_text() -> None:
         "pattern write timeclock/v1/devices/%u/status",
         "pattern write timeclock/v1/devices/%u/cosignature",
         "pattern write timeclock/v1/devices/%u/inclusion/request",
-        "pattern write timeclock/v1/devices/%u/resume/request",
+        "pattern write timeclock/v1/devices/%u/config-result",
         "pattern read timeclock/v1/devices/%u/acks",
         "pattern read timeclock/v1/devices/%u/checkpoint",
         "pattern read timeclock/v1/devices/%u/inclusion",
-        "pattern read timeclock/v1/devices/%u/resume",
+        "pattern read timeclock/v1/devices/%u/config",
         "pattern read timeclock/v1/log/checkpoint",
         "",
         "user collector.main",
@@ -95,8 +95,8 @@ def test_acl_text() -> None:
         "topic read timeclock/v1/devices/+/cosignature",
         "topic read timeclock/v1/devices/+/inclusion/request",
         "topic write timeclock/v1/devices/+/inclusion",
-        "topic read timeclock/v1/devices/+/resume/request",
-        "topic write timeclock/v1/devices/+/resume",
+        "topic write timeclock/v1/devices/+/config",
+        "topic read timeclock/v1/devices/+/config-result",
         "topic write timeclock/v1/devices/+/acks",
         "topic write timeclock/v1/devices/+/checkpoint",
         "topic readwrite timeclock/v1/log/checkpoint",
@@ -107,8 +107,8 @@ def test_acl_text() -> None:
         "topic read timeclock/v1/devices/+/cosignature",
         "topic read timeclock/v1/devices/+/inclusion/request",
         "topic write timeclock/v1/devices/+/inclusion",
-        "topic read timeclock/v1/devices/+/resume/request",
-        "topic write timeclock/v1/devices/+/resume",
+        "topic write timeclock/v1/devices/+/config",
+        "topic read timeclock/v1/devices/+/config-result",
         "topic write timeclock/v1/devices/+/acks",
         "topic write timeclock/v1/devices/+/checkpoint",
         "topic readwrite timeclock/v1/log/checkpoint",
@@ -449,7 +449,9 @@ def test_managed_broker_control_identity_issued_kept_and_renewed(pki: TestPKI,
     assert cert.subject.rfc4514_string() == f"CN={CONTROL_IDENTITY}"
     acl = (d / "acl").read_text()
     assert f"user {CONTROL_IDENTITY}\ntopic write $CONTROL/dynamic-security/v1\n" in acl
-    assert acl.rstrip().endswith(f"topic read {topics.ALL_STATUS}")
+    assert acl.rstrip().endswith(f"topic read {topics.ALL_STATUS}\n"
+                                 f"topic write {topics.config('+')}\n"
+                                 f"topic read {topics.ALL_CONFIG_RESULTS}")
     # Prepared again: kept while valid for more than 30 days...
     prepare_managed_broker(pki.ca, d, port=free_port(), collectors=("main",))
     assert (d / CONTROL_CERT).read_bytes() == first
