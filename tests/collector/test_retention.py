@@ -126,33 +126,35 @@ def test_d15_store_refuses_a_retention_entry(store: SQLStore, case: str, make: R
     assert all(e.body is not None for e in store.entries() if e.entry.idx in removed)
 
 
-DUAL: list[tuple[str, list[tuple[str, Callable[[dict[str, int]], dict[str, Any]]]], str]] = [
+Step = tuple[str, Callable[[dict[str, int]], dict[str, Any]]]
+"""An entry a case appends: kind and body (from the idx of the case's earlier steps)."""
+PROPOSE: Step = ("policy", lambda _: {"event": "proposed", "policy": "p", "record": "punch",
+                                      "period_days": 1, "scope": "all", "by": "alice"})
+PLACE: Step = ("hold", lambda _: {"event": "placed", "hold": "h", "case": "c", "reason": "r",
+                                  "by": "carol", "site": "hq"})
+
+DUAL: list[tuple[str, list[Step], str]] = [
     ("policy approved by its proposer",
-     [("policy", lambda _: {"event": "proposed", "policy": "p", "record": "punch",
-                            "period_days": 1, "scope": "all", "by": "alice"}),
+     [PROPOSE,
       ("policy", lambda ix: {"event": "approved", "proposal": ix["0"], "by": "alice"})],
      "dual control: alice proposed policy 'p' and cannot approve it too"),
     ("policy approved twice",
-     [("policy", lambda _: {"event": "proposed", "policy": "p", "record": "punch",
-                            "period_days": 1, "scope": "all", "by": "alice"}),
+     [PROPOSE,
       ("policy", lambda ix: {"event": "approved", "proposal": ix["0"], "by": "bob"}),
       ("policy", lambda ix: {"event": "approved", "proposal": ix["0"], "by": "carol"})],
      "is already approved"),
     ("approval of something else",
-     [("hold", lambda _: {"event": "placed", "hold": "h", "case": "c", "reason": "r",
-                          "by": "carol", "site": "hq"}),
+     [PLACE,
       ("policy", lambda ix: {"event": "approved", "proposal": ix["0"], "by": "bob"})],
      "which is no policy proposal"),
     ("hold released by the one who asked",
-     [("hold", lambda _: {"event": "placed", "hold": "h", "case": "c", "reason": "r",
-                          "by": "carol", "site": "hq"}),
+     [PLACE,
       ("hold", lambda ix: {"event": "release-requested", "hold": ix["0"], "reason": "done",
                            "by": "dave"}),
       ("hold", lambda ix: {"event": "released", "request": ix["1"], "by": "dave"})],
      "dual control: dave asked for the release"),
     ("release without a request",
-     [("hold", lambda _: {"event": "placed", "hold": "h", "case": "c", "reason": "r",
-                          "by": "carol", "site": "hq"}),
+     [PLACE,
       ("hold", lambda ix: {"event": "released", "request": ix["0"], "by": "dave"})],
      "is no hold release request"),
     ("hold that keeps nothing",
@@ -164,8 +166,7 @@ DUAL: list[tuple[str, list[tuple[str, Callable[[dict[str, int]], dict[str, Any]]
 
 @pytest.mark.parametrize(("case", "steps", "error"), DUAL, ids=[c[0] for c in DUAL])
 def test_d15_policies_and_hold_releases_need_a_second_principal(
-        store: SQLStore, case: str,
-        steps: list[tuple[str, Callable[[dict[str, int]], dict[str, Any]]]], error: str) -> None:
+        store: SQLStore, case: str, steps: list[Step], error: str) -> None:
     site = build(store, policies=False)
     ix: dict[str, int] = {}
     for n, (kind, make) in enumerate(steps):
