@@ -19,8 +19,9 @@ Invariants of the rendered configuration:
   client certificates, unlisted collectors). Mosquitto 2.0's ACL file alone checks only at
   delivery;
 - a device may write only its own ``punches``/``status``/``cosignature``/``inclusion/request``
-  and read only its own ``acks``, ``checkpoint`` (witness requests, wire.witness) and
-  ``inclusion`` (proofs of its punches, wire.inclusion) and the log checkpoint; each listed
+  /``resume/request`` and read only its own ``acks``, ``checkpoint`` (witness requests,
+  wire.witness), ``inclusion`` (proofs of its punches, wire.inclusion) and ``resume`` (the
+  signed record of its last seq, wire.resume_answer) and the log checkpoint; each listed
   collector (``collector.<name>``) reads all punches, status, cosignatures and inclusion
   requests, writes all acks, witness requests, inclusion answers and the retained checkpoint;
   nobody else gets anything.
@@ -42,6 +43,7 @@ from pathlib import Path
 from collector import ConfigError, PKIError
 from collector.fleet.pki import CertificateAuthority
 from wire import inclusion as inclusion_topics
+from wire import resume_answer as resume_topics
 from wire import topics
 from wire import witness as witness_topics
 from wire.errors import KeyFileError
@@ -135,10 +137,12 @@ def render_acl(collectors: Sequence[str]) -> str:
         f"pattern write {topics.PREFIX}%u/status",
         f"pattern write {witness_topics.cosignature_topic('%u')}",
         f"pattern write {inclusion_topics.request_topic('%u')}",
+        f"pattern write {resume_topics.request_topic('%u')}",
         f"pattern write {topics.config_result('%u')}",
         f"pattern read {topics.PREFIX}%u/acks",
         f"pattern read {witness_topics.checkpoint_topic('%u')}",
         f"pattern read {inclusion_topics.answer_topic('%u')}",
+        f"pattern read {resume_topics.answer_topic('%u')}",
         f"pattern read {topics.config('%u')}",
         f"pattern read {topics.CHECKPOINT}",
     ]
@@ -154,6 +158,8 @@ def render_acl(collectors: Sequence[str]) -> str:
             f"topic read {witness_topics.ALL_COSIGNATURES}",
             f"topic read {inclusion_topics.ALL_INCLUSION_REQUESTS}",
             f"topic write {inclusion_topics.answer_topic('+')}",
+            f"topic read {resume_topics.ALL_RESUME_REQUESTS}",
+            f"topic write {resume_topics.answer_topic('+')}",
             f"topic write {topics.config('+')}",
             f"topic read {topics.ALL_CONFIG_RESULTS}",
             f"topic write {topics.PREFIX}+/acks",
