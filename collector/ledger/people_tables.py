@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from collector import LedgerError
 from collector.ledger.pg_guards import forbid
-from wire.bodies_people import employee_record
+from wire.bodies_people import Employee, employee_record
 
 if TYPE_CHECKING:   # no import at run time: schema_sqlite/schema_postgres import this module
     from collector.ledger.sqlbase import SQLStore, Tx
@@ -150,16 +150,10 @@ _IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
-class EmployeeRow:
-    employee_id: str
-    name: str
-    department: str
-    site: str
-    timezone: str
-    manager_id: str | None
-    status: str
-    active_from: str
-    left_on: str | None
+class EmployeeRow(Employee):
+    """An employee's record (wire.bodies_people.Employee, the fields in that order) as
+    ``tc_employees`` keeps it, with the idx of its first and of its latest entry."""
+
     created_idx: int
     changed_idx: int
 
