@@ -1,4 +1,4 @@
-"""The clock's side of remote configuration (issue 15 item 6; docs/protocol.md §13.13).
+"""The clock's side of remote configuration (issue 15 item 6; docs/protocol.md §13.14).
 
 The collector publishes a signed change (wire.remote_config), retained on the clock's own
 ``config`` topic. :meth:`RemoteConfig.handle` judges it, in order:

@@ -843,7 +843,7 @@ class LedgerAuditor:
         """Informational for the verifier (protocol §7.2)."""
 
     def _fact_config(self, idx: int, entry: object) -> None:
-        """A remote configuration change or a clock's result (protocol §13.13): the body's
+        """A remote configuration change or a clock's result (protocol §13.14): the body's
         shape and allow-list are checked (wire.remote_config); informational otherwise."""
 
     def _fact_alert(self, idx: int, alert: Alert) -> None:

@@ -1,4 +1,4 @@
-"""Remote configuration of a clock (issue 15 item 6; docs/protocol.md §13.13): the signed
+"""Remote configuration of a clock (issue 15 item 6; docs/protocol.md §13.14): the signed
 change the collector publishes and the signed result the clock answers. One definition for
 both sides.
 

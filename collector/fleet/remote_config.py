@@ -1,4 +1,4 @@
-"""The collector's side of remote configuration (issue 15 item 6; docs/protocol.md §13.13,
+"""The collector's side of remote configuration (issue 15 item 6; docs/protocol.md §13.14,
 docs/operations.md "Changing a clock's configuration remotely").
 
 ``timeclock-collector device configure`` (collector.cli.device) calls, in order:

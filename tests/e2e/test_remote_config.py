@@ -1,5 +1,5 @@
 """Remote configuration, end to end (D18 device hardening, D19 change management; issue 15
-item 6, docs/protocol.md §13.13, docs/operations.md "Changing a clock's configuration
+item 6, docs/protocol.md §13.14, docs/operations.md "Changing a clock's configuration
 remotely"): the real Mosquitto with mTLS and the ACL plugin, a real agent process, the
 collector CLI.
 

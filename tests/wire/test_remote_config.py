@@ -1,5 +1,5 @@
 """wire.remote_config: the signed configuration change and the clock's signed result (D18, D19;
-docs/protocol.md §13.13), and the ledger's ``config`` body."""
+docs/protocol.md §13.14), and the ledger's ``config`` body."""
 
 from __future__ import annotations
 
