@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,17 @@ BOOT = "6b2f1e0c-3c4d-4e8a-9f1a-2b3c4d5e6f70"
 
 def seeded_key(name: str) -> SigningKey:
     return SigningKey(hashlib.sha256(name.encode()).digest())
+
+
+def sqlite_exec(db: Path, *stmts: str) -> None:
+    """Run ``stmts`` on the SQLite file ``db`` directly, each committed on its own: what an
+    insider with the file can do behind the store's back (its triggers still apply)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for stmt in stmts:
+            conn.execute(stmt)
+    finally:
+        conn.close()
 
 
 @dataclass

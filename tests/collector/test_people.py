@@ -27,7 +27,7 @@ from collector.people import directory
 from collector.people.csv_import import ImportError_, import_files
 from collector.records.export_fields import FieldSet
 from collector.records.exports import export_bundle, export_payroll
-from tests.collector.ledger_kit import T0, Clock, seeded_key
+from tests.collector.ledger_kit import T0, Clock, seeded_key, sqlite_exec
 from wire import verify_cli
 from wire.ledger import Checkpoint
 
@@ -271,20 +271,13 @@ def test_d6_people_cli_imports_lists_shows_and_teaches(
 
 def test_d5_a_ledger_from_before_the_directory_gets_its_tables_but_a_read_repairs_no_trigger(
         sqlite_store: SQLStore, sqlite_path: Path) -> None:
-    def sql(*stmts: str) -> None:
-        conn = sqlite3.connect(sqlite_path, isolation_level=None)
-        try:
-            for s in stmts:
-                conn.execute(s)
-        finally:
-            conn.close()
-
-    sql("DROP TABLE tc_badges", "DROP TABLE tc_employees")     # as made before the directory
+    # as made before the directory
+    sqlite_exec(sqlite_path, "DROP TABLE tc_badges", "DROP TABLE tc_employees")
     assert check_schema(sqlite_store).findings == tuple(
         f"trigger {t} is missing" for t in people_tables.SQLITE_TRIGGERS)
     assert directory.holder_at(sqlite_store, BADGE, NOW) == (None, "unknown")
     assert check_schema(sqlite_store).ok                         # created with their triggers
-    sql("DROP TRIGGER tc_badges_update")
+    sqlite_exec(sqlite_path, "DROP TRIGGER tc_badges_update")
     assert directory.holder_at(sqlite_store, BADGE, NOW) == (None, "unknown")
     assert check_schema(sqlite_store).findings == ("trigger tc_badges_update is missing",)
     assert main(["migrate", "--store", str(sqlite_path)]) == 0   # only migrate repairs

@@ -30,7 +30,7 @@ from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.service.config import load_config
 from collector.service.runner import preflight
-from tests.collector.ledger_kit import T0, Clock, seeded_key
+from tests.collector.ledger_kit import T0, Clock, seeded_key, sqlite_exec
 from tests.collector.punch_kit import write_collector_config
 from tests.collector.test_serve import ServeProcess
 from tests.fixtures.mosquitto import MosquittoBroker
@@ -41,15 +41,6 @@ from wire.ledger import make_entry
 LOG_KEY = seeded_key("log-key")
 LOG_KEYS = {LOG_KEY.key_id: LOG_KEY.verify_key}
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _sqlite(db: Path, *stmts: str) -> None:
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        for stmt in stmts:
-            conn.execute(stmt)
-    finally:
-        conn.close()
 
 
 def _ledger(db: Path) -> None:
@@ -76,7 +67,7 @@ def test_d5_each_dropped_sqlite_trigger_is_named_refused_and_restored_by_migrate
         capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "ledger.db"
     _ledger(db)
-    _sqlite(db, f"DROP TRIGGER {trigger}")
+    sqlite_exec(db, f"DROP TRIGGER {trigger}")
     assert _check(db) == (f"trigger {trigger} is missing",)
     cfg_file, _ = write_collector_config(tmp_path / "c", mosquitto, store_url=f"sqlite://{db}")
     with pytest.raises(LedgerError, match=rf"refusing to start: .*trigger {trigger} is "
@@ -91,7 +82,7 @@ def test_d5_each_dropped_sqlite_trigger_is_named_refused_and_restored_by_migrate
 def test_d5_an_edited_sqlite_trigger_is_a_finding(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     _ledger(db)
-    _sqlite(db, "DROP TRIGGER punches_no_update",
+    sqlite_exec(db, "DROP TRIGGER punches_no_update",
             "CREATE TRIGGER punches_no_update BEFORE UPDATE ON punches WHEN 0 "
             "BEGIN SELECT RAISE(ABORT, 'never'); END")
     assert _check(db) == ("trigger punches_no_update differs from the schema's",)
@@ -126,7 +117,7 @@ def test_d5_verify_reports_schema_drift_and_exits_non_zero(
             "--state", str(tmp_path / "vs.json")]
     assert main(args) == 0
     capsys.readouterr()
-    _sqlite(db, "DROP TRIGGER entries_no_update", "DROP TRIGGER bodies_no_update")
+    sqlite_exec(db, "DROP TRIGGER entries_no_update", "DROP TRIGGER bodies_no_update")
     assert main(args) == 1
     out = capsys.readouterr().out
     assert out.startswith("OK: ")          # the chain itself is intact
@@ -144,7 +135,7 @@ def test_d5_serve_refuses_to_start_on_a_dropped_trigger(
         tmp_path: Path, mosquitto: MosquittoBroker) -> None:
     db = tmp_path / "ledger.db"
     _ledger(db)
-    _sqlite(db, "DROP TRIGGER punches_no_update", "DROP TRIGGER entries_chain")
+    sqlite_exec(db, "DROP TRIGGER punches_no_update", "DROP TRIGGER entries_chain")
     cfg_file, _ = write_collector_config(tmp_path / "c", mosquitto, store_url=f"sqlite://{db}")
     r = subprocess.run([sys.executable, "-m", "collector.cli.main", "serve", "--config",
                         str(cfg_file)], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -162,7 +153,7 @@ def test_d5_serve_in_alert_mode_starts_and_raises_a_severity_1_alert(
         tmp_path: Path, mosquitto: MosquittoBroker) -> None:
     db = tmp_path / "ledger.db"
     _ledger(db)
-    _sqlite(db, "DROP TRIGGER entries_no_delete")
+    sqlite_exec(db, "DROP TRIGGER entries_no_delete")
     cfg_file, _ = write_collector_config(tmp_path / "c", mosquitto, store_url=f"sqlite://{db}",
                                          extra='[ledger]\non_schema_drift = "alert"\n')
     serve = ServeProcess(cfg_file)
@@ -297,7 +288,7 @@ def test_d5_sampled_incremental_verify_finds_an_edited_old_entry(
     seed = 1105
     victim = random.Random(seed).sample(range(500), SAMPLE_DEFAULT)[0]   # noqa: S311 - test RNG
     assert callable(edit)
-    _sqlite(db, *(f"DROP TRIGGER {t}" for t in TRIGGER_NAMES), *edit(store, victim))
+    sqlite_exec(db, *(f"DROP TRIGGER {t}" for t in TRIGGER_NAMES), *edit(store, victim))
     conn = sqlite3.connect(db, isolation_level=None)
     conn.executescript(SCHEMA)                                   # triggers restored: no drift
     conn.close()
