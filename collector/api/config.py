@@ -34,11 +34,15 @@ class ApiSection:
     access_batch_max: int = 200
     auth_failures_max: int = 10
     auth_failures_window_s: int = 300
+    pseudonym_key: Path | None = None   # badge pseudonyms in exports (export_fields; D20)
 
     def settings(self, log_keys: Mapping[str, VerifyKey]) -> ApiSettings:
         from collector.api.keys import ApiSettings  # noqa: PLC0415 - keys imports aiohttp
+        from collector.records.export_fields import Pseudonyms  # noqa: PLC0415 - as above
 
-        return ApiSettings(log_keys=dict(log_keys), access_flush_ms=self.access_flush_ms,
+        pseudonyms = None if self.pseudonym_key is None else Pseudonyms.load(self.pseudonym_key)
+        return ApiSettings(log_keys=dict(log_keys), pseudonyms=pseudonyms,
+                           access_flush_ms=self.access_flush_ms,
                            access_batch_max=self.access_batch_max,
                            auth_failures_max=self.auth_failures_max,
                            auth_failures_window_s=self.auth_failures_window_s)
@@ -70,6 +74,7 @@ def read_api_section(table: object, base_dir: Path, problems: list[str], *,
     key = sec.path("key", base_dir, required=True)
     client_ca = sec.path("client_ca", base_dir)
     crl = sec.path("crl", base_dir)
+    pseudonym_key = sec.path("pseudonym_key", base_dir)
     listen = sec.string("listen", d.listen, hint="a host name or address")
     numbers = {k: sec.integer(k, getattr(d, k), lo=lo, hi=hi) for k, (lo, hi) in _LIMITS.items()}
     if crl is not None and client_ca is None:
@@ -78,4 +83,4 @@ def read_api_section(table: object, base_dir: Path, problems: list[str], *,
     if len(problems) > before or cert is None or key is None:
         return None
     return ApiSection(cert=cert, key=key, listen=listen, client_ca=client_ca, crl=crl,
-                      **numbers)
+                      pseudonym_key=pseudonym_key, **numbers)

@@ -15,6 +15,7 @@ from collector.api.access_log import AccessLog, AccessRecord, Throttle
 from collector.ledger.audit import VerifyState
 from collector.ledger.sqlbase import SQLStore
 from collector.records.corrections import Corrections
+from collector.records.export_fields import Pseudonyms
 from wire.keys import VerifyKey
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ class ApiSettings:
     """Runtime knobs of the API application (see ``[api]`` in docs/api.md)."""
 
     log_keys: Mapping[str, VerifyKey] = field(default_factory=dict)
+    pseudonyms: Pseudonyms | None = None    # [api] pseudonym_key: exports' badge_pseudonym
     access_flush_ms: int = 100
     access_batch_max: int = 200
     access_max_pending: int = 50_000

@@ -32,7 +32,13 @@ from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from collector.records import proofs
 from collector.records.corrections import FIELDS, REASONS, Applied, check_value
-from collector.records.export_fields import SETS, FieldsError, FieldSet, parse_list
+from collector.records.export_fields import (
+    SETS,
+    FieldsError,
+    FieldSet,
+    Pseudonyms,
+    parse_list,
+)
 from collector.records.exports import (
     ExportSummary,
     csv_values,
@@ -154,8 +160,8 @@ class Counter:
 
 def encode_rows(rows: Iterator[PunchRow], fmt: str, fixed: dict[tuple[str, int],
                 dict[str, Applied]], counter: Counter, *, head: bytes = b"",
-                tail: Any = None, holders: BadgeResolver, fields: FieldSet
-                ) -> Iterator[bytes]:
+                tail: Any = None, holders: BadgeResolver, fields: FieldSet,
+                pseudonyms: Pseudonyms | None = None) -> Iterator[bytes]:
     """Byte chunks of ``rows`` as NDJSON or CSV (runs in a worker thread), each row with only
     ``fields``; ``holders`` resolves each row's badge (every badge period, loaded once
     before the first row)."""
@@ -168,7 +174,7 @@ def encode_rows(rows: Iterator[PunchRow], fmt: str, fixed: dict[tuple[str, int],
     n = 0
     for r in rows:
         item = punch_item(r, fixed.get((r.device, r.seq)) if fixed else None,
-                          holders.resolve(r.credential, r.ts))
+                          holders.resolve(r.credential, r.ts), pseudonyms)
         if writer is not None:
             writer.writerow(csv_values(item, fields))
         else:
@@ -224,8 +230,9 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
         fixed = await asyncio.to_thread(corr.applied, {(r.device, r.seq) for r in rows})
         page_holders = await asyncio.to_thread(BadgeResolver.load, store,
                                                {r.credential for r in rows})
+        pseudonyms = request.app[SETTINGS].pseudonyms
         items = [select(punch_item(r, fixed.get((r.device, r.seq)),
-                                   page_holders.resolve(r.credential, r.ts)), fs)
+                                   page_holders.resolve(r.credential, r.ts), pseudonyms), fs)
                  for r in rows]
         nxt = None
         if len(rows) == f.limit:
@@ -238,7 +245,9 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
     counter = Counter()
     try:
         return await stream(request, fmt, encode_rows(f.stream(store), fmt, fixed_all, counter,
-                                                      holders=holders, fields=fs))
+                                                      holders=holders, fields=fs,
+                                                      pseudonyms=request.app[SETTINGS]
+                                                      .pseudonyms))
     finally:
         ctx(request).record.count = counter.n
 
@@ -328,7 +337,9 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
         return summary, corr.applied_complete(), BadgeResolver.load(store)
 
     summary, fixed, holders = await asyncio.to_thread(prepare)
-    header = summary.header(generated_at=clock(), fmt=fmt, fields=fs)
+    pseudonyms = request.app[SETTINGS].pseudonyms
+    header = summary.header(generated_at=clock(), fmt=fmt, fields=fs,
+                            pseudonyms=pseudonyms is not None)
     header["requested_by"] = principal_name(request)
     def tail() -> str:
         t = json.dumps({"trailer": summary.trailer()}, sort_keys=True)
@@ -341,7 +352,8 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
         rows = snapshot_rows(store, summary)
         return await stream(request, fmt, encode_rows(rows, fmt, fixed, counter,
                                                       head=head.encode(), tail=tail,
-                                                      holders=holders, fields=fs),
+                                                      holders=holders, fields=fs,
+                                                      pseudonyms=pseudonyms),
                             {"Content-Disposition": f"attachment; filename=payroll.{fmt}"})
     finally:
         ctx(request).record.count = counter.n
@@ -358,7 +370,8 @@ async def _payroll_with_proofs(request: web.Request, query: PunchQuery, fields: 
 
     def produce(out: TextIO) -> None:
         summary = export_payroll_with_proofs(store, out, query=query, now_us=clock(),
-                                             corrections=fixed, fields=fields)
+                                             corrections=fixed, fields=fields,
+                                             pseudonyms=request.app[SETTINGS].pseudonyms)
         counter.n = summary.rows
 
     try:

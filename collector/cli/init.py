@@ -8,6 +8,9 @@ What it makes, each only if missing (an existing file is checked, never overwrit
     ETC/seal.key            the seal key (X25519, 0600, not derived from the log key): opens
                             the envelopes clocks seal to it (DESIGN.md §8.6); `device enroll`
                             puts its public key into every enrolment bundle
+    ETC/pseudonym.key       the badge pseudonym key (32 random bytes, 0600): exports show a
+                            keyed hash for badges of no employee (D20; [api] pseudonym_key,
+                            `export --pseudonym-key`)
     ETC/ca.crt              a copy of the CA certificate (what [mqtt] ca_cert names)
     ETC/collector.{key,crt} the collector's MQTT client certificate, CN collector.<name>
     ETC/api.{key,crt}       the HTTPS API's server certificate (unless --no-api)
@@ -45,6 +48,7 @@ from collector.fleet.broker_process import PID_FILE, prepare_managed_broker
 from collector.fleet.pki import CertificateAuthority
 from collector.ingest.checkpoints import default_origin, load_log_key, validate_origin
 from collector.ledger import checkpoint_tables, open_store, sqlite_path
+from collector.records.export_fields import Pseudonyms, create_pseudonym_key
 from collector.service.config import check_files, load_config
 from wire.errors import WireError
 from wire.keys import SigningKey, save_signing_key, write_private_file, write_public_file
@@ -102,6 +106,10 @@ class Plan:
     @property
     def seal_key(self) -> Path:
         return self.etc / "seal.key"
+
+    @property
+    def pseudonym_key(self) -> Path:
+        return self.etc / "pseudonym.key"
 
     @property
     def config(self) -> Path:
@@ -201,6 +209,21 @@ def _step_seal_key(p: Plan) -> None:
     else:
         save_seal_key(p.seal_key, SealKey.generate())
         p.add("seal key", p.seal_key, CREATED)
+
+
+def _step_pseudonym_key(p: Plan) -> None:
+    if p.pseudonym_key.exists():
+        try:
+            Pseudonyms.load(p.pseudonym_key)
+        except CollectorError as e:
+            p.add("pseudonym key", p.pseudonym_key, WRONG, str(e))
+            return
+        p.add("pseudonym key", p.pseudonym_key, OK)
+    elif p.check:
+        p.add("pseudonym key", p.pseudonym_key, MISSING)
+    else:
+        create_pseudonym_key(p.pseudonym_key)
+        p.add("pseudonym key", p.pseudonym_key, CREATED)
 
 
 def _step_ca_copy(p: Plan, ca: CertificateAuthority) -> None:
@@ -320,6 +343,7 @@ def render_config(p: Plan) -> str:
         [api]                                   # HTTPS for HR, payroll and auditors (docs/api.md)
         cert = "{p.etc / 'api.crt'}"
         key = "{p.etc / 'api.key'}"           # 0600
+        pseudonym_key = "{p.pseudonym_key}"   # 0600: badge_pseudonym in exports (D20)
         listen = "{p.api_listen}"
         port = {p.api_port}
         # client_ca = "{p.etc / 'ca.crt'}"     # accept client certificates too (token cert)
@@ -369,8 +393,8 @@ def _step_config(p: Plan) -> None:
 def _managed_paths(p: Plan) -> Iterator[Path]:
     """Everything init manages, for the owner step (the CA and state folders recursively:
     the CRL timer rewrites the CA's index and CRL, serve writes the broker and ledger)."""
-    for name in ("log.key", "seal.key", "ca.crt", "collector.key", "collector.crt", "api.key",
-                 "api.crt", "collector.toml"):
+    for name in ("log.key", "seal.key", "pseudonym.key", "ca.crt", "collector.key",
+                 "collector.crt", "api.key", "api.crt", "collector.toml"):
         if (p.etc / name).exists():
             yield p.etc / name
     for top in (p.ca_dir, p.state):
@@ -402,6 +426,7 @@ def run_init(p: Plan, *, user: str | None, now: dt.datetime) -> SigningKey | Non
     ca = _step_ca(p, now)
     log_key = _step_log_key(p)
     _step_seal_key(p)
+    _step_pseudonym_key(p)
     if ca is not None:
         _step_ca_copy(p, ca)
         _step_client(p, ca, now)

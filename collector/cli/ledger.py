@@ -40,7 +40,7 @@ from collector.ledger.tables import ensure_schema, migrate_postgres
 from collector.people import directory
 from collector.records import proofs
 from collector.records.corrections import Corrections
-from collector.records.export_fields import DEFAULT_SET, SETS, FieldSet, parse_list
+from collector.records.export_fields import DEFAULT_SET, SETS, FieldSet, Pseudonyms, parse_list
 from collector.records.exports import (
     FORMATS,
     ExportError,
@@ -157,6 +157,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="payroll fields by purpose (D20, docs/operations.md): payroll "
                         "(default: employee id, no badge credential), audit (+ key, reader), "
                         "investigation (+ credential)")
+    e.add_argument("--pseudonym-key", type=Path, metavar="FILE",
+                   help="the ledger's badge pseudonym key (made by init; [api] pseudonym_key): "
+                        "rows of badges that resolve to no employee get badge_pseudonym")
     e.add_argument("--fields", metavar="A,B,...",
                    help="only these fields of the field set (e.g. employee_id,action,"
                         "device_time)")
@@ -375,13 +378,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.with_proofs and args.format != "ndjson":
             raise ExportError("--with-proofs needs --format ndjson (CSV rows carry no proofs)")
         fields = FieldSet.choose(args.field_set, parse_list(args.fields))
+        pseudonyms = None if args.pseudonym_key is None else Pseudonyms.load(args.pseudonym_key)
 
         def write(out: TextIO) -> ExportSummary:
             if args.with_proofs:
                 return export_payroll_with_proofs(store, out, query=query, now_us=now_us,
-                                                  corrections=fixed, fields=fields)
+                                                  corrections=fixed, fields=fields,
+                                                  pseudonyms=pseudonyms)
             return export_payroll(store, out, fmt=args.format, query=query, now_us=now_us,
-                                  corrections=fixed, fields=fields)
+                                  corrections=fixed, fields=fields, pseudonyms=pseudonyms)
 
         if args.out is None:
             summary = write(sys.stdout)

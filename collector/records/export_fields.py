@@ -6,8 +6,9 @@ named *field set* and may narrow it further with an explicit list:
 ==============  =====================================================================  ==========
 set             fields                                                                 who
 ==============  =====================================================================  ==========
-payroll         employee_id, badge_status, site, device, seq, action, device_time(_us),  default
-                clock, recorded_at(_us), effective, corrections, ledger_idx, entry_hash
+payroll         employee_id, badge_status, badge_pseudonym, site, device, seq, action, default
+                device_time(_us), clock, recorded_at(_us), effective, corrections,
+                ledger_idx, entry_hash
 audit           payroll + key (device key id), reader                                  any
 investigation   audit + credential (the badge UID)                                     hr.people
 ==============  =====================================================================  ==========
@@ -17,17 +18,31 @@ and no employee name (names are never in a punch row); a field outside the chose
 the caller's roles may not see (``credential`` needs ``hr.people``), is refused naming the
 field and the role it needs, before anything is read; the export's ``access`` entry lists
 exactly the fields it carried (:func:`FieldSet.names`).
+
+``badge_pseudonym`` lets a payroll clerk group the punches of a badge that resolves to no
+employee (unknown, lost, blocked) without seeing it: ``bp1:`` and the first 16 hex digits
+(64 bits) of HMAC-SHA256(pseudonym key, ``timeclock badge pseudonym v1\n`` ‖ credential), under
+the ledger's 32-byte secret key file (``[collector] pseudonym_key``, 0600, made by ``init``).
+Null for a row with an employee, and for every row when no key is given (the header says so).
+The same badge always gets the same pseudonym under one key; without the key it cannot be
+reversed or recomputed from a guessed badge UID.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from collector import CollectorError, ForbiddenError
+from wire.errors import KeyFileError
+from wire.keys import read_key_file, write_key_file
 
-PAYROLL = ("employee_id", "badge_status", "site", "device", "seq", "action", "device_time",
-           "device_time_us", "clock", "recorded_at", "recorded_at_us", "effective",
+PAYROLL = ("employee_id", "badge_status", "badge_pseudonym", "site", "device", "seq", "action",
+           "device_time", "device_time_us", "clock", "recorded_at", "recorded_at_us", "effective",
            "corrections", "ledger_idx", "entry_hash")
 AUDIT = (*PAYROLL, "key", "reader")
 INVESTIGATION = (*AUDIT, "credential")
@@ -43,7 +58,7 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
 # The order of every export's columns (the historical order of collector.records.exports).
 ORDER = ("device", "site", "seq", "credential", "action", "device_time", "device_time_us",
          "clock", "recorded_at", "recorded_at_us", "ledger_idx", "entry_hash", "reader", "key",
-         "effective", "corrections", "employee_id", "badge_status")
+         "effective", "corrections", "badge_pseudonym", "employee_id", "badge_status")
 
 
 class FieldsError(CollectorError):
@@ -123,3 +138,38 @@ def _roles(field: str) -> str:
 
 
 DEFAULT = FieldSet.choose()
+
+PSEUDONYM_KEY_HEADER = b"timeclock-badge-pseudonym-key-v1\n"
+PSEUDONYM_CONTEXT = b"timeclock badge pseudonym v1\n"
+PSEUDONYM_HEX = 16
+
+
+def create_pseudonym_key(path: Path) -> None:
+    """A new 0600 pseudonym key file (32 random bytes); refuses to overwrite one."""
+    write_key_file(path, PSEUDONYM_KEY_HEADER, secrets.token_bytes(32))
+
+
+@dataclass
+class Pseudonyms:
+    """The keyed pseudonym of a badge credential (module doc); memoised per export."""
+
+    key: bytes = field(repr=False)
+    _memo: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: Path) -> Pseudonyms:
+        try:
+            return cls(read_key_file(path, PSEUDONYM_KEY_HEADER, what="badge pseudonym key",
+                                     length=32))
+        except (KeyFileError, OSError) as e:
+            raise FieldsError(f"pseudonym key: {e}") from e
+
+    def of(self, credential: str) -> str:
+        p = self._memo.get(credential)
+        if p is None:
+            if len(self._memo) > 65_536:
+                self._memo.clear()
+            mac = hmac.new(self.key, PSEUDONYM_CONTEXT + credential.encode(), hashlib.sha256)
+            p = self._memo[credential] = "bp1:" + mac.hexdigest()[:PSEUDONYM_HEX]
+        return p
+

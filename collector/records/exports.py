@@ -24,7 +24,7 @@ from collector import CollectorError
 from collector.ledger import checkpoint_tables
 from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
-from collector.records.export_fields import DEFAULT, FieldSet
+from collector.records.export_fields import DEFAULT, FieldSet, Pseudonyms
 from wire.bundle import write_bundle
 from wire.errors import WireError
 from wire.keys import VerifyKey
@@ -37,7 +37,8 @@ FORMATS = ("csv", "ndjson")
 COLUMNS = ("device", "site", "seq", "credential", "action", "device_time", "device_time_us",
            "clock", "recorded_at", "recorded_at_us", "ledger_idx", "entry_hash")
 EXTRA_COLUMNS = ("reader", "key", "effective_action", "effective_device_time",
-                 "effective_device_time_us", "correction_idx", "employee_id", "badge_status")
+                 "effective_device_time_us", "correction_idx", "badge_pseudonym",
+                 "employee_id", "badge_status")
 PUNCH_COLUMNS = (*COLUMNS, *EXTRA_COLUMNS)     # every column (the investigation set)
 CORRECTIONS_NOTE = ("original values in action/device_time; effective_* hold the values after "
                     "approved corrections, correction_idx their ledger entries (the punch "
@@ -45,6 +46,10 @@ CORRECTIONS_NOTE = ("original values in action/device_time; effective_* hold the
 EMPLOYEES_NOTE = ("employee_id: who held the badge at device time per the people directory "
                   "when exported (badge_status assigned); null with badge_status lost, "
                   "blocked or unknown")
+PSEUDONYM_NOTE = ("badge_pseudonym: for a row with no employee, bp1: and 16 hex digits of "
+                  "HMAC-SHA256 under the ledger's pseudonym key over the badge credential "
+                  "(docs/api.md 'Export fields'); the same badge, the same value")
+NO_PSEUDONYM_NOTE = "badge_pseudonym: null in every row (no pseudonym key was given)"
 Fixed = Mapping[tuple[str, int], Mapping[str, "Applied"]]
 Holder = tuple[str | None, str]     # (employee_id, badge_status): people_tables.BadgeResolver
 
@@ -94,11 +99,12 @@ _iso = _Iso()
 encode_item = json.JSONEncoder(ensure_ascii=False).encode   # keys are built in sorted order
 
 
-def punch_item(r: PunchRow, fixed: Mapping[str, Applied] | None, holder: Holder
-               ) -> dict[str, Any]:
+def punch_item(r: PunchRow, fixed: Mapping[str, Applied] | None, holder: Holder,
+               pseudonyms: Pseudonyms | None = None) -> dict[str, Any]:
     """A punch as the API shows it: the columns of collector.records.exports (original values) plus
     reader, key, its corrections and the effective values, and who held the badge at device
-    time (``holder``, resolved when read: ``employee_id`` and ``badge_status``). Keys in sorted
+    time (``holder``, resolved when read: ``employee_id`` and ``badge_status``) or, when it is
+    nobody, the badge's keyed ``badge_pseudonym`` (with ``pseudonyms``). Keys in sorted
     order."""
     device_time = _iso(r.ts)
     if fixed:
@@ -109,7 +115,10 @@ def punch_item(r: PunchRow, fixed: Mapping[str, Applied] | None, holder: Holder
     else:
         effective = {"action": r.action, "device_time": device_time, "device_time_us": r.ts}
         corrections = {}
-    return {"action": r.action, "badge_status": holder[1], "clock": r.clock,
+    pseudonym = (pseudonyms.of(r.credential) if pseudonyms is not None and holder[0] is None
+                 else None)
+    return {"action": r.action, "badge_pseudonym": pseudonym, "badge_status": holder[1],
+            "clock": r.clock,
             "corrections": corrections, "credential": r.credential, "device": r.device,
             "device_time": device_time, "device_time_us": r.ts, "effective": effective,
             "employee_id": holder[0], "entry_hash": r.entry_hash,
@@ -143,8 +152,8 @@ class ExportSummary:
     uncovered: int = 0                         # rows beyond the checkpoint (not yet signed)
     seq_ranges: dict[str, list[int]] = field(default_factory=dict)   # device -> [min, max]
 
-    def header(self, *, generated_at: int, fmt: str, fields: FieldSet = DEFAULT
-               ) -> dict[str, Any]:
+    def header(self, *, generated_at: int, fmt: str, fields: FieldSet = DEFAULT,
+               pseudonyms: bool = False) -> dict[str, Any]:
         cp = self.checkpoint
         return {
             "export": "timeclock payroll v1", "format": fmt, "generated_at": iso(generated_at),
@@ -158,6 +167,7 @@ class ExportSummary:
             "field_set": fields.set_name,
             "corrections": CORRECTIONS_NOTE,
             "employees": EMPLOYEES_NOTE,
+            "pseudonyms": PSEUDONYM_NOTE if pseudonyms else NO_PSEUDONYM_NOTE,
         }
 
     def trailer(self) -> dict[str, Any]:
@@ -189,7 +199,8 @@ def snapshot_rows(store: SQLStore, summary: ExportSummary) -> Iterator[PunchRow]
 
 def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
                    now_us: int, corrections: Fixed | None = None,
-                   fields: FieldSet = DEFAULT) -> ExportSummary:
+                   fields: FieldSet = DEFAULT, pseudonyms: Pseudonyms | None = None
+                   ) -> ExportSummary:
     """Write one row per recorded punch matching ``query`` to ``out`` as CSV or NDJSON.
 
     Each row carries only ``fields`` (collector.records.export_fields; default: the payroll
@@ -205,7 +216,8 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
         raise ExportError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     size, head = store.head()
     summary = ExportSummary(query, size, head, latest_checkpoint(store, size))
-    header = summary.header(generated_at=now_us, fmt=fmt, fields=fields)
+    header = summary.header(generated_at=now_us, fmt=fmt, fields=fields,
+                            pseudonyms=pseudonyms is not None)
     writer: Any = None
     if fmt == "csv":
         out.write("# " + json.dumps({"header": header}, sort_keys=True) + "\n")
@@ -216,7 +228,7 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
     holders = BadgeResolver.load(store)       # one query: each row is a lookup in memory
     for r in snapshot_rows(store, summary):
         item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None,
-                          holders.resolve(r.credential, r.ts))
+                          holders.resolve(r.credential, r.ts), pseudonyms)
         if writer is not None:
             writer.writerow(csv_values(item, fields))
         else:

@@ -27,7 +27,7 @@ from collector import LedgerError
 from collector.ledger import checkpoint_tables
 from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, SQLStore
-from collector.records.export_fields import DEFAULT, FieldSet
+from collector.records.export_fields import DEFAULT, FieldSet, Pseudonyms
 from collector.records.exports import (
     ExportError,
     ExportSummary,
@@ -44,7 +44,8 @@ from wire.ledger import Entry
 
 def export_payroll_with_proofs(store: SQLStore, out: TextIO, *, query: PunchQuery,
                                now_us: int, corrections: Fixed | None = None,
-                               fields: FieldSet = DEFAULT) -> ExportSummary:
+                               fields: FieldSet = DEFAULT,
+                               pseudonyms: Pseudonyms | None = None) -> ExportSummary:
     """Write the NDJSON payroll export of ``query`` with a proof per row (§13.3)."""
     checkpoint_tables.ensure_schema(store)
     stored = checkpoint_tables.newest(store, at_most=store.head()[0])
@@ -56,13 +57,14 @@ def export_payroll_with_proofs(store: SQLStore, out: TextIO, *, query: PunchQuer
     if last is None:
         raise ExportError(f"entry {size - 1} under the checkpoint of size {size} is missing")
     summary = ExportSummary(query, size, str(last.hash), latest_checkpoint(store, size))
-    header = summary.header(generated_at=now_us, fmt="ndjson", fields=fields)
+    header = summary.header(generated_at=now_us, fmt="ndjson", fields=fields,
+                            pseudonyms=pseudonyms is not None)
     header["proofs"] = header_proofs(stored.note)
     out.write(json.dumps({"header": header}, sort_keys=True) + "\n")
     holders = BadgeResolver.load(store)
     for r in snapshot_rows(store, summary):
         item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None,
-                          holders.resolve(r.credential, r.ts))
+                          holders.resolve(r.credential, r.ts), pseudonyms)
         row = select(item, fields)
         row["proof"] = _proof(store, r.idx, size, with_body=fields.credential)
         out.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")

@@ -8,7 +8,12 @@ investigation set, for a role that may see badges, does show the credential."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
+import re
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +21,24 @@ from typing import Any
 import pytest
 
 from collector import ForbiddenError
+from collector.api.keys import ApiSettings
 from collector.cli.main import main
 from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import ensure_schema
 from collector.people.csv_import import import_files
-from collector.records.export_fields import AUDIT, PAYROLL, FieldsError, FieldSet
+from collector.records.export_fields import (
+    AUDIT,
+    PAYROLL,
+    PSEUDONYM_KEY_HEADER,
+    FieldsError,
+    FieldSet,
+    Pseudonyms,
+)
+from collector.service.config import load_config
 from tests.collector.api_kit import Api, access_bodies, issue_tokens, seed, start_api
+from tests.collector.init_kit import service_user
 from tests.collector.ledger_kit import T0
+from wire.keys import write_key_file
 
 HELD = "em4100:8675309123"          # E1's badge
 STRANGER = "em4100:5550001234"      # no employee: unknown
@@ -164,3 +180,79 @@ async def test_d20_a_field_the_role_may_not_see_is_403_naming_field_and_role(
     page = await (await field_api.call("GET", "/v1/punches?field_set=audit&fields=seq,reader",
                                        "hr-reader")).json()
     assert {tuple(sorted(i)) for i in page["items"]} == {("reader", "seq")}
+
+
+# -- badge pseudonyms (unknown badges grouped without the badge) --------------------------------
+
+PSEUDO_KEY = bytes(range(32))
+
+
+def test_d20_init_makes_the_pseudonym_key_and_names_it_in_the_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["init", "--etc", str(tmp_path / "etc"), "--state", str(tmp_path / "state"),
+            "--origin", "acme.example/timeclock", "--dns", "localhost", "--mqtt-port", "18883",
+            "--api-port", "18443", "--user", service_user()]
+    assert main(argv) == 0
+    key = tmp_path / "etc" / "pseudonym.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    cfg = load_config(tmp_path / "etc" / "collector.toml")
+    assert cfg.api is not None
+    assert cfg.api.pseudonym_key == key
+    settings = cfg.api.settings({})
+    assert settings.pseudonyms is not None
+    before = key.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0                                 # a second run keeps the key
+    assert key.read_bytes() == before
+    os.chmod(key, 0o644)
+    assert main([*argv, "--check"]) == 1
+    assert re.search(r"^\s+wrong\s+pseudonym key\s.*chmod 600", capsys.readouterr().out, re.M)
+
+
+def _rows(text: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in text.splitlines()[1:-1]]
+
+
+def test_d20_unknown_badges_get_a_keyed_pseudonym_not_the_badge(
+        sqlite_store: SQLiteStore, sqlite_path: Path, tmp_path: Path) -> None:
+    _fill(sqlite_store, tmp_path)
+    key_file = tmp_path / "pseudonym.key"
+    write_key_file(key_file, PSEUDONYM_KEY_HEADER, PSEUDO_KEY)
+    out = tmp_path / "p.ndjson"
+    assert main(["export", "--store", f"sqlite://{sqlite_path}", "--payroll", "--format",
+                 "ndjson", "--out", str(out), "--pseudonym-key", str(key_file)]) == 0
+    data = out.read_bytes()
+    assert _leaks(data) == []
+    rows = _rows(out.read_text())
+    assert json.loads(data.splitlines()[0])["header"]["pseudonyms"].startswith(
+        "badge_pseudonym: for a row with no employee")
+    by_seq = {(r["device"], r["seq"]): r for r in rows}
+    held, stranger = by_seq[("clock-00", 4)], by_seq[("clock-00", 5)]
+    assert (held["employee_id"], held["badge_pseudonym"]) == ("E1", None)
+    expected = "bp1:" + hmac.new(PSEUDO_KEY, b"timeclock badge pseudonym v1\n"
+                                 + STRANGER.encode(), hashlib.sha256).hexdigest()[:16]
+    assert (stranger["employee_id"], stranger["badge_pseudonym"]) == (None, expected)
+    # one badge, one pseudonym: clock-00 and clock-01 seq 1 both read em4100:0000000000
+    assert by_seq[("clock-00", 1)]["badge_pseudonym"] == by_seq[("clock-01", 1)][
+        "badge_pseudonym"] != by_seq[("clock-00", 2)]["badge_pseudonym"]
+    # without the key: null, and the header says why
+    plain = tmp_path / "plain.ndjson"
+    assert main(["export", "--store", f"sqlite://{sqlite_path}", "--payroll", "--format",
+                 "ndjson", "--out", str(plain)]) == 0
+    assert {r["badge_pseudonym"] for r in _rows(plain.read_text())} == {None}
+
+
+async def test_d20_the_api_serves_the_same_pseudonyms(sqlite_store: SQLiteStore,
+                                                    tmp_path: Path) -> None:
+    _fill(sqlite_store, tmp_path)
+    api = await start_api(sqlite_store, settings=ApiSettings(pseudonyms=Pseudonyms(PSEUDO_KEY)))
+    try:
+        page = await (await api.call("GET", "/v1/punches?device=clock-00", "hr-reader")).json()
+        export = await _get(api, "/v1/exports/payroll?format=ndjson&device=clock-00", "payroll")
+    finally:
+        await api.client.close()
+    assert _leaks(export) == []
+    want = {i["seq"]: i["badge_pseudonym"] for i in page["items"]}
+    assert {r["seq"]: r["badge_pseudonym"] for r in _rows(export.decode())} == want
+    assert want[4] is None
+    assert want[5] == Pseudonyms(PSEUDO_KEY).of(STRANGER)
