@@ -855,6 +855,10 @@ class LedgerAuditor:
 
     _fact_badge = _fact_employee
 
+    def _fact_review(self, idx: int, review: object) -> None:
+        """Alert reviews and scheduled sign-offs (protocol §7.2 review): the body's shape is
+        checked (wire.bodies_review); its rules against the ledger are the collector's."""
+
     def _fact_correction(self, idx: int, correction: Correction) -> None:
         original = correction.original_idx
         if self._is_punch(original) is False:

@@ -33,6 +33,7 @@ from wire.bodies_retention import (
     parse_hold,
     parse_policy,
 )
+from wire.bodies_review import AlertReview, SignOff, parse_review
 from wire.errors import DecodeError, WireError
 from wire.fields import (
     DEVICE_ID_RE,
@@ -139,7 +140,8 @@ class Access:
 
 
 Body = (SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
-        | Employee | BadgeEvent | PolicyProposed | PolicyApproved | HoldEvent | ConfigEntry)
+        | Employee | BadgeEvent | PolicyProposed | PolicyApproved | HoldEvent | ConfigEntry
+        | AlertReview | SignOff)
 
 
 def parse_device(value: Any, idx: int = 0) -> DeviceEvent:
@@ -270,6 +272,8 @@ def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911, PL
             return parse_config_entry(value)
         if kind in PEOPLE_KINDS:
             return parse_people(kind, value)
+        if kind == "review":
+            return parse_review(value, idx)
     except BodyError:
         raise
     except WireError as e:
