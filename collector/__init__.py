@@ -68,3 +68,9 @@ class BackupError(CollectorError):
 class BackupIntegrityError(BackupError):
     """A backup file is not one this key made whole: wrong key, bad magic or version, a chunk
     that does not authenticate, a truncation or trailing bytes; nothing was restored."""
+
+
+class ReviewError(CollectorError):
+    """An alert review or a scheduled sign-off is refused (not an alert entry, not yet
+    acknowledged, already resolved or signed off, the reviewer is the principal the alert
+    names, a period not over yet); nothing was recorded."""

@@ -31,6 +31,8 @@ ROLES: dict[str, str] = {
     "hr.approve": "approve or reject corrections proposed by someone else",
     "hr.people": "keep the people directory: employees and badges (read it: hr.read too)",
     "audit.read": "verification status, checkpoints, access log, quarantine, device events",
+    "audit.review": "acknowledge and resolve alerts (review entries; list them: this or "
+                    "audit.read)",
     "ops.devices": "device registry (no punch data)",
     "admin": "principals, tokens and roles (cannot read punches, correct or approve)",
 }

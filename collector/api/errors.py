@@ -19,6 +19,7 @@ from collector import (
     DirectoryNotFoundError,
     ForbiddenError,
     LedgerError,
+    ReviewError,
     SoDError,
 )
 from collector.access.principals import PrincipalError
@@ -120,6 +121,7 @@ def classify(e: BaseException) -> Problem:
         (DirectoryNotFoundError, 404, "not-found", "Not found"),
         (BadgeConflictError, 409, "conflict", "Conflict with the current state"),
         (DirectoryError, 400, "invalid-directory-change", "Invalid directory change"),
+        (ReviewError, 409, "conflict", "Conflict with the current state"),
         (ExportError, 400, "bad-request", "Malformed request"),
         (ProofNotFoundError, 404, "not-found", "Not found"),
         (ProofRequestError, 400, "bad-request", "Malformed request"),

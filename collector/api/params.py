@@ -39,8 +39,10 @@ PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "limit": ({"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
     "format": ({"type": "string", "enum": ["json", "ndjson", "csv"]},
                "representation; overrides the Accept header"),
-    "status": ({"type": "string", "enum": ["proposed", "approved", "rejected"]},
-               "correction status"),
+    "status": ({"type": "string", "enum": ["proposed", "approved", "rejected", "open",
+                                           "acknowledged", "resolved"]},
+               "correction status (proposed, approved, rejected) or, on /v1/alerts, alert "
+               "status (open: not resolved; acknowledged; resolved)"),
     "after": ({"type": "integer", "minimum": 0},
               "return items after this ledger idx (or quarantine id)"),
     "from": ({"type": "integer", "minimum": 0, "maximum": 2**53 - 1},

@@ -14,6 +14,7 @@ from collector.api import views_admin as A
 from collector.api import views_audit as U
 from collector.api import views_hr as H
 from collector.api import views_people as PP
+from collector.api import views_reviews as RV
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,6 +103,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/device-events", "deviceEvents", U.device_events, ("audit.read",),
           "Device ledger entries (enrolled, rotated, revoked)", ("after", "limit"),
           response="EntryPage"),
+    Route("GET", "/v1/alerts", "listAlerts", RV.list_alerts, ("audit.read", "audit.review"),
+          "Alert ledger entries with their review state (acknowledged, resolved, by whom)",
+          RV.ALERT_PARAMS, response="AlertList"),
+    Route("POST", "/v1/alerts/{idx}/ack", "ackAlert", RV.ack_alert, ("audit.review",),
+          "Acknowledge the alert entry idx as the calling principal (a review entry)",
+          body="ReviewNote", response="Alert"),
+    Route("POST", "/v1/alerts/{idx}/resolve", "resolveAlert", RV.resolve_alert,
+          ("audit.review",), "Resolve an acknowledged alert (a review entry; never one "
+          "about the caller's own action)", body="ReviewNote", response="Alert"),
     Route("GET", "/v1/devices", "listDevices", U.devices, ("ops.devices", "audit.read"),
           "Device registry and keys (no punch data)", response="ItemList"),
     Route("GET", "/v1/principals", "listPrincipals", A.list_principals,

@@ -68,6 +68,11 @@ Example::
     travel_same_site_s = 60
     travel_other_site_s = 1800
 
+    [reviews]                                   # optional: scheduled reviews signed off in
+    daily_grace_s = 86400                       # the system; an overdue one alerts (docs/
+    access_grace_s = 259200                     # operations.md "Reviewing alerts and
+    sample_size = 25                            # scheduled reviews")
+
     [[webhooks]]                                # optional, any number: signed alert POSTs
     name = "soc"                                # (collector.ingest.detectors_webhooks)
     url = "https://soc.example.org/hooks/timeclock"
@@ -99,6 +104,7 @@ from collector.ingest.detectors import DetectorSettings, read_detector_section
 from collector.ingest.detectors_webhooks import WebhookEndpoint, load_secret, parse_webhooks
 from collector.ingest.metrics import MetricsSection, read_metrics_section
 from collector.ingest.witness_client import WitnessEndpoint, parse_witnesses
+from collector.records.reviews import ReviewSettings, read_review_section
 from wire.config import Section
 from wire.errors import KeyFileError
 from wire.keys import check_private_file
@@ -203,6 +209,7 @@ class CollectorConfig:
     metrics: MetricsSection | None = None       # [metrics]: /metrics listener (None: off)
     detectors: DetectorSettings = DetectorSettings()   # [detectors]: thresholds
     webhooks: tuple[WebhookEndpoint, ...] = ()   # [[webhooks]]: signed alert webhooks
+    reviews: ReviewSettings | None = None       # [reviews]: schedule (None: no overdue alerts)
 
 
 def redact_url(url: str) -> str:
@@ -319,6 +326,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
                else None)
     detectors = read_detector_section(top.section("detectors"))
     webhooks = parse_webhooks(top.raw("webhooks"), base, problems)
+    reviews = read_review_section(top.section("reviews")) if top.has("reviews") else None
     top.finish()
 
     if (problems or name is None or store is None or log_key is None or host is None
@@ -332,7 +340,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
                          receive_maximum=recv_max),
         ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker, api=api,
         ledger=ledger, witnesses=witnesses, metrics=metrics, detectors=detectors,
-        webhooks=webhooks)
+        webhooks=webhooks, reviews=reviews)
 
 
 def load_config(path: Path) -> CollectorConfig:

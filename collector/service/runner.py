@@ -56,6 +56,7 @@ from collector.ledger import access_tables, checkpoint_tables, open_store
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import SQLStore
+from collector.records.reviews import ReviewWatch
 from collector.service.config import CollectorConfig, redact_url
 from collector.service.log_state import LogState, StateFileError, check_ledger
 from collector.service.metrics import ServiceMonitor
@@ -313,6 +314,8 @@ class CollectorService:
         self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.monitor = ServiceMonitor(cfg, self.alerts, self.statuses, clock=clock,
                                       pending=self._pending_count, state=self.status)
+        # [reviews]: one review-overdue alert per overdue period (collector.records.reviews)
+        self.reviews = ReviewWatch(cfg.reviews, self.alerts.alert) if cfg.reviews else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.link: MqttLink | None = None
@@ -483,6 +486,8 @@ class CollectorService:
                 self.resume_answers.process()
             if self.ingestor is not None:
                 self.ingestor.report_gaps(now_us=now)
+            if self.reviews is not None:
+                self.reviews.tick(self.store, now)
             self.monitor.tick(self.store, now)
         except LedgerUnavailableError:
             pass                         # the ingest loop notices and rides it out
