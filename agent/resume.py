@@ -25,6 +25,8 @@ NOTHING_TO_RESUME = 3     # exit status (wire.cli uses 2 for errors)
 RESUME_EPILOG = """\
 Stop the agent first (systemctl stop timeclock-agent). Example:
   timeclock-agent resume -c /etc/timeclock/agent.toml --reason "SD card replaced, ticket 4711"
+A clock that lost its whole state directory resumes from the collector's signed record:
+  timeclock-agent resume -c /etc/timeclock/agent.toml --reason "..." --from-collector
 Exit 0 when resumed, 3 when there is nothing to resume (the sequence is ok), 2 on an error.
 """
 

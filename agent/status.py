@@ -171,9 +171,11 @@ def sequence_line(seq: Any, *, now_us: int) -> str:
                if last.get("last", 0) >= last.get("first", 1) else "no seq")
         lost = f"; {len(losses)} resume(s), last {_age(now_us, last.get('at_us'))}: {rng} lost"
     if seq.get("state") == "refusing":
+        # A lost state: only the collector knows the last seq (docs/protocol.md §13.13).
+        how = " --from-collector" if seq.get("reason") == "state-lost" else ""
         return (f"sequence:      REFUSING TAPS ({seq.get('reason')}) since "
                 f"{_age(now_us, seq.get('since_us'))}: {seq.get('detail', '')}; "
-                f"{seq.get('refused_taps', 0)} tap(s) refused; run `timeclock-agent resume` "
+                f"{seq.get('refused_taps', 0)} tap(s) refused; run `timeclock-agent resume{how}` "
                 f"(docs/operations.md){lost}")
     return f"sequence:      {seq.get('state', '?')} at seq {seq.get('mark_seq')}{lost}"
 

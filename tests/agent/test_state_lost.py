@@ -23,6 +23,7 @@ from agent.errors import QueueError, SequenceRefusedError
 from agent.keystore import save_queue_key
 from agent.queue import Outbox
 from agent.seqmark import LOSS_FILE, Mark, SeqMark, read_losses
+from agent.status import sequence_line
 from tests.agent.test_queue import DEVICE, KEY, SK, fill
 from tests.polling import wait_for
 from wire import ZERO_HASH
@@ -177,6 +178,8 @@ refused_command = ["/bin/sh", "-c", "echo $TIMECLOCK_REASON >> {hook_out}"]
         assert agent.seqs() == [], agent.text()[-2000:]
         assert "sequence REFUSING (state-lost)" in agent.text()
         assert _status(state)["sequence"]["reason"] == "state-lost"
+        assert "run `timeclock-agent resume --from-collector`" in sequence_line(
+            _status(state)["sequence"], now_us=0)
     # The feedback hook sounded at the reader (one at a time: at least once a run).
     wait_for(lambda: hook_out.exists() and hook_out.read_text().count("sequence") >= 2,
              START_S, "the refused-tap feedback command")
