@@ -173,6 +173,10 @@ refused_command = ["/bin/sh", "-c", "echo $TIMECLOCK_REASON >> {hook_out}"]
                      f"run {run}: two taps refused")
             wait_for(lambda: _status(state).get("sequence", {}).get("state") == "refusing",
                      START_S, "the status file to say refusing")
+            # The feedback command sounded at the reader (at most one runs at a time).
+            wait_for(lambda r=run: hook_out.exists()
+                     and hook_out.read_text().count("sequence") >= r + 1,
+                     START_S, f"run {run}: the refused-tap feedback command")
         finally:
             agent.stop()
         assert agent.seqs() == [], agent.text()[-2000:]
@@ -180,9 +184,6 @@ refused_command = ["/bin/sh", "-c", "echo $TIMECLOCK_REASON >> {hook_out}"]
         assert _status(state)["sequence"]["reason"] == "state-lost"
         assert "run `timeclock-agent resume --from-collector`" in sequence_line(
             _status(state)["sequence"], now_us=0)
-    # The feedback hook sounded at the reader (one at a time: at least once a run).
-    wait_for(lambda: hook_out.exists() and hook_out.read_text().count("sequence") >= 2,
-             START_S, "the refused-tap feedback command")
     r = _resume(config)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "only the collector knows this clock's last seq" in r.stderr
