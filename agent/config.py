@@ -368,6 +368,6 @@ def load_config(path: Path, *, check_readers: bool = True) -> AgentConfig:
         raise ConfigError([f"{path}: TOML syntax: {e}"]) from e
     from agent.remote_config import with_overlay  # noqa: PLC0415 -- it imports this module
 
-    data = with_overlay(path, data)     # the effective config: base file + signed overlay
-    return parse_config(data, base_dir=path.parent.resolve(), source=path,
-                        check_readers=check_readers)
+    # the effective config: base file + the signed remote overlay (agent.remote_config)
+    return with_overlay(data, lambda d: parse_config(d, base_dir=path.parent.resolve(),
+                                                     source=path, check_readers=check_readers))

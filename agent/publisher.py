@@ -973,8 +973,8 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
     signing = load_signing(config.keys.signing_key, env)
     witness = ClockWitness(witness_path(config.device.state_dir), config.device.id,
                            signing, log_key)
-    remote = (RemoteConfig(config.source, config.device.id, log_key, signing)
-              if config.source is not None else None)
+    remote = (RemoteConfig(config.source, config.device.state_dir, config.device.id, log_key,
+                           signing) if config.source is not None else None)
     wc = config.witness
     inclusion = InclusionChecker(
         inclusion_path(config.device.state_dir), config.device.id, mode=wc.check_inclusion,

@@ -10,9 +10,12 @@ The collector publishes a signed change (wire.remote_config), retained on the cl
       applied, answered again but not applied twice; anything else at or below: a replay);
   (5) the base file plus its ``set`` passes the agent's config loader — else refused with
       the loader's own messages, and nothing is written;
-  (6) the overlay file (``agent.remote.json`` beside ``agent.toml``: the signed change itself)
-      is replaced atomically and durably (wire.keys.write_public_file: temporary file, fsync,
-      rename, fsync of the directory).
+  (6) the overlay file (``remote-config.json`` in the state directory: the signed change
+      itself) is replaced atomically and durably (wire.keys.write_public_file: temporary file,
+      fsync, rename, fsync of the directory). The state directory, not beside ``agent.toml``:
+      the shipped unit runs with ``ProtectSystem=strict``, so /etc is read-only to the agent,
+      and the state directory is the one place it may write (``[device] state_dir`` is not
+      remotely settable, so the overlay never moves).
 
 Every outcome is answered with a result signed by the clock's key, retained on
 ``config-result``. After an applied change the agent stops cleanly (SIGTERM to itself, once the
@@ -33,21 +36,26 @@ import signal
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
 from wire.errors import DecodeError, WireError
 from wire.keys import SigningKey, VerifyKey, write_public_file
 from wire.remote_config import ConfigResult, SignedConfigChange, SignedConfigResult
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agent.config import AgentConfig
+
 log = logging.getLogger(__name__)
 
-OVERLAY_SUFFIX = ".remote.json"
+OVERLAY_FILE = "remote-config.json"
 
 
-def overlay_path(config_path: Path) -> Path:
-    """``/etc/timeclock/agent.toml`` → ``/etc/timeclock/agent.remote.json``."""
-    return config_path.with_name(config_path.stem + OVERLAY_SUFFIX)
+def overlay_path(state_dir: Path) -> Path:
+    """Where the applied change lives: ``<state_dir>/remote-config.json``."""
+    return state_dir / OVERLAY_FILE
 
 
 def merge(data: dict[str, Any], settings: dict[str, int | str]) -> dict[str, Any]:
@@ -73,42 +81,43 @@ def merge(data: dict[str, Any], settings: dict[str, int | str]) -> dict[str, Any
     return out
 
 
-def read_overlay(config_path: Path, data: dict[str, Any]) -> SignedConfigChange | None:
-    """The applied change beside ``config_path``, verified with the base file's log key and
-    device id; None when there is none."""
-    path = overlay_path(config_path)
+def read_overlay(state_dir: Path, log_key: VerifyKey | None,
+                 device: str) -> SignedConfigChange | None:
+    """The applied change in ``state_dir``, verified with the base file's log key and device
+    id; None when there is none."""
+    path = overlay_path(state_dir)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from e
-    keys, device = data.get("keys"), data.get("device")
-    log_b64 = keys.get("log_public_key") if isinstance(keys, dict) else None
-    device_id = device.get("id") if isinstance(device, dict) else None
     try:
-        if not isinstance(log_b64, str):
+        if log_key is None:
             raise DecodeError("the base file has no keys.log_public_key to verify it with")
         signed = SignedConfigChange.from_bytes(raw)
-        signed.verify(VerifyKey.from_b64(log_b64))
-        if signed.change.device != device_id:
-            raise DecodeError(f"it is for {signed.change.device}, not {device_id}")
+        signed.verify(log_key)
+        if signed.change.device != device:
+            raise DecodeError(f"it is for {signed.change.device}, not {device}")
     except WireError as e:
         raise ConfigError([f"{path}: not a remote change signed by the log key for this "
                            f"clock ({e}); remove the file to run on the base file alone"]) from e
     return signed
 
 
-def with_overlay(config_path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """The effective configuration: the decoded base file plus the applied change's ``set``."""
-    signed = read_overlay(config_path, data)
+def with_overlay(data: dict[str, Any], parse: Callable[[dict[str, Any]], AgentConfig]
+                 ) -> AgentConfig:
+    """The effective configuration: the decoded base file (``parse`` validates it and says
+    where the state directory is), plus the applied change's ``set`` when there is one."""
+    base = parse(data)
+    signed = read_overlay(base.device.state_dir, base.keys.log_public_key, base.device.id)
     if signed is None:
-        return data
+        return base
     try:
-        return merge(data, signed.change.settings)
+        return parse(merge(data, signed.change.settings))
     except ConfigError as e:
-        raise ConfigError([f"{overlay_path(config_path)} (serial {signed.change.serial}): {p}"
-                           for p in e.problems]) from e
+        where = f"{overlay_path(base.device.state_dir)} (serial {signed.change.serial})"
+        raise ConfigError([f"{where}: {p}" for p in e.problems]) from e
 
 
 def restart_self() -> None:
@@ -126,15 +135,16 @@ class Outcome:
 class RemoteConfig:
     """Judges and applies signed changes for ``device`` (see the module doc)."""
 
-    def __init__(self, config_path: Path, device: str, log_key: VerifyKey,
+    def __init__(self, config_path: Path, state_dir: Path, device: str, log_key: VerifyKey,
                  signing: SigningKey) -> None:
         self._path = config_path
+        self._state_dir = state_dir
         self._device = device
         self._log_key = log_key
         self._signing = signing
         self._applied: SignedConfigChange | None = None
         try:
-            self._applied = read_overlay(config_path, self._base())
+            self._applied = read_overlay(state_dir, log_key, device)
         except ConfigError as e:
             log.error("remote configuration: %s", "; ".join(e.problems))
 
@@ -167,7 +177,8 @@ class RemoteConfig:
             return Outcome(self._answer(change.serial, "applied", "already applied"), False)
         # (6) atomic, durable
         try:
-            write_public_file(overlay_path(self._path), signed.to_bytes(), mode=0o644)
+            # 0600 like every file of the state directory (D4)
+            write_public_file(overlay_path(self._state_dir), signed.to_bytes(), mode=0o600)
         except OSError as e:
             return Outcome(self._answer(change.serial, "refused",
                                         f"cannot write the overlay: {e.strerror or e}"), False)

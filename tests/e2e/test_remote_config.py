@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.config import load_config as load_agent_config
+from agent.errors import ConfigError as AgentConfigError
 from agent.remote_config import overlay_path
 from collector.fleet import remote_config as remote
 from collector.fleet.broker_process import CONTROL_IDENTITY, BrokerControl
@@ -76,6 +77,14 @@ def _restarted(site: Site, clock: Clock) -> None:
     site.start_clock(clock)
 
 
+def _overlay_serial(clock: Clock) -> int:
+    """The serial of the change applied on the clock (its overlay file, 0600)."""
+    path = overlay_path(load_agent_config(clock.config).device.state_dir)
+    assert path.stat().st_mode & 0o777 == 0o600
+    serial: int = json.loads(path.read_bytes())["change"]["serial"]
+    return serial
+
+
 def _running_on(site: Site, clock: Clock, before: int) -> None:
     wait_for(lambda: site.progress()[DEVICE].contiguous >= before + 3, 90,
              "punches after the restart")
@@ -112,7 +121,7 @@ def test_d18_d19_remote_configuration_end_to_end(tmp_path: Path) -> None:  # noq
         effective = load_agent_config(clock.config)
         assert effective.status.interval_s == 2.0
         assert effective.readers[0].section["action"] == "out"
-        assert json.loads(overlay_path(clock.config).read_bytes())["change"]["serial"] == 1
+        assert _overlay_serial(clock) == 1
         _running_on(site, clock, site.progress()[DEVICE].contiguous)
         entries = _config_entries(site)
         assert [(e["event"], e["serial"], e["status"]) for e in entries] == [
@@ -166,7 +175,7 @@ def test_d18_d19_remote_configuration_end_to_end(tmp_path: Path) -> None:  # noq
         assert "may not be changed remotely" in answer.result.reason
 
         # nothing of the refused changes was applied; the clock still runs on serial 3
-        assert json.loads(overlay_path(clock.config).read_bytes())["change"]["serial"] == 3
+        assert _overlay_serial(clock) == 3
         assert load_agent_config(clock.config).status.interval_s == 3.0
         assert clock.process is not None
         assert clock.process.poll() is None
@@ -178,6 +187,14 @@ def test_d18_d19_remote_configuration_end_to_end(tmp_path: Path) -> None:  # noq
         assert row["config"]["sent"] == 3
         # every verifier parses the config entries (wire.bodies) and the ledger verifies
         bundle_verifies(site, site.root / "bundle")
+
+        # an overlay nobody signed (edited on the clock) stops the agent at start, fail closed
+        path = overlay_path(load_agent_config(clock.config).device.state_dir)
+        tampered = json.loads(path.read_bytes())
+        tampered["change"]["set"]["status.interval_s"] = 1
+        path.write_bytes(canonical(tampered))
+        with pytest.raises(AgentConfigError, match="not a remote change signed by the log key"):
+            load_agent_config(clock.config)
 
 
 def test_d18_another_device_can_neither_read_nor_write_a_clocks_config(
