@@ -197,7 +197,10 @@ def install_bundle(bundle: Path, directory: Path, *, state_dir: Path = DEFAULT_S
         config_file = directory / CONFIG_FILE
         first = not config_file.exists()
         seed = first and _state_empty(state_dir) and (directory / QUEUE_KEY_FILE).exists()
-        seeded = seed or (first and not _state_empty(state_dir))
+        # A clock provisioned again keeps what its agent.toml says (the state is not re-seeded).
+        kept = not first and "\nseeded_state = true\n" in config_file.read_text(
+            encoding="utf-8", errors="replace")
+        seeded = seed or kept or (first and not _state_empty(state_dir))
         text = render_agent_config(
             device=device, directory=directory, state_dir=state_dir,
             broker_host=b.broker_host, broker_port=b.broker_port,

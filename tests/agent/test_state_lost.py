@@ -205,3 +205,39 @@ def _status(state: Path) -> dict[str, object]:
     except (OSError, ValueError):
         return {}
     return data
+
+
+def test_d4_first_enrolment_seeds_the_state_and_a_reprovision_does_not(tmp_path: Path) -> None:
+    """``timeclock-agent provision`` seeds an empty state directory with a mark at seq 0 and
+    writes ``seeded_state = true``; installing the bundle again (agent.toml there) seeds
+    nothing, so a lost state stays lost."""
+    from agent.config import load_config  # noqa: PLC0415 -- this test only
+    from agent.keystore import load_queue_key  # noqa: PLC0415
+    from agent.provision import install_bundle  # noqa: PLC0415
+    from collector.fleet.pki import CertificateAuthority  # noqa: PLC0415
+    from collector.ledger import open_store  # noqa: PLC0415
+    from tests.collector.test_fleet import NOW, ClockDir, _enroll  # noqa: PLC0415
+
+    ca = CertificateAuthority.init(tmp_path / "ca", now=NOW)
+    store = open_store(str(tmp_path / "ledger.db"))
+    try:
+        clock = ClockDir(tmp_path, "clock-17")
+        save_queue_key(clock.dir / "queue.key", KEY)           # what `init` writes too
+        bundle = _enroll(store, ca, clock).write(tmp_path / "clock-17.bundle")
+    finally:
+        store.close()
+    state = tmp_path / "state"
+    done = install_bundle(bundle, clock.dir, state_dir=state)
+    assert done.config_file is not None
+    cfg = load_config(done.config_file, check_readers=False)
+    assert cfg.device.seeded_state is True
+    key = load_queue_key(clock.dir / "queue.key")
+    assert SeqMark(state / "seqmark", key, "clock-17").read() == Mark(0, ZERO_HASH)
+    assert (state / "seqmark").stat().st_mode & 0o777 == 0o600
+    shutil.rmtree(state)                                      # the state is lost later
+    install_bundle(bundle, clock.dir, state_dir=state)        # the same bundle again
+    assert not (state / "seqmark").exists()
+    with Outbox(state / "queue.db", key, "clock-17",
+                mark=SeqMark(state / "seqmark", key, "clock-17"),
+                seeded=cfg.device.seeded_state) as box:
+        assert box.sequence().reason == "state-lost"
