@@ -44,6 +44,10 @@ default):
 - ``queue-age`` (sev 2): a clock's live status says its oldest unreceipted punch is older
   than ``queue_age_max_s`` (an hour: the punches are not in the ledger, so not in payroll;
   0: off). Re-armed once its queue is younger again.
+- ``badge-blocked`` (sev 2) / ``badge-unknown`` (sev 3): a punch whose badge the people
+  directory resolves at its device time to a lost or blocked badge, or to nobody
+  (collector.ingest.badge_scans; ``badge_scans = false`` turns it off; silent while the
+  directory has no badge periods).
 - ``witness-refusal`` is raised by collector.ingest.cosignatures and witness_client.
 
 Invariants: every detector's state is bounded (per device, per badge with an LRU bound, per
@@ -61,6 +65,7 @@ from dataclasses import dataclass, field
 
 from collector.ingest import metrics
 from collector.ingest.alerts import SEVERITY_CRITICAL, SEVERITY_WARNING, Alert, Alerts
+from collector.ingest.badge_scans import BadgeScans
 from collector.ingest.metrics import Gauge
 from collector.ledger.base import AppendResult, Fact, Outcome, PunchFact, RejectionFact
 from wire.config import Section
@@ -92,6 +97,7 @@ class DetectorSettings:
     repeat_after_s: int = 3600            # re-alert a lasting condition this often
     queue_age_max_s: int = 3600           # unreceipted punches this old: payroll at risk
     badges_max: int = 200_000             # badges remembered for buddy-punch (LRU)
+    badge_scans: bool = True              # badge-unknown / badge-blocked (badge_scans.py)
 
 
 def read_detector_section(sec: Section) -> DetectorSettings:
@@ -113,7 +119,8 @@ def read_detector_section(sec: Section) -> DetectorSettings:
         repeat_after_s=sec.integer("repeat_after_s", d.repeat_after_s, lo=1, hi=30 * day),
         queue_age_max_s=sec.integer("queue_age_max_s", d.queue_age_max_s, lo=0,
                                     hi=30 * day),
-        badges_max=sec.integer("badges_max", d.badges_max, lo=100, hi=10_000_000))
+        badges_max=sec.integer("badges_max", d.badges_max, lo=100, hi=10_000_000),
+        badge_scans=sec.boolean("badge_scans", d.badge_scans))
     sec.finish()
     return s
 
@@ -158,6 +165,11 @@ class Detectors:
         self._travel_max_us = max(self.s.travel_same_site_s, self.s.travel_other_site_s) * _US
         self._buddy_on = self._travel_max_us > 0
         self._failures: dict[tuple[str, str], tuple[int, int]] = {}   # (who, reason) → n, at
+        # unknown and lost/blocked badges (collector.ingest.badge_scans; the service's tick
+        # gives it the directory's badge periods)
+        self.badge_scans = BadgeScans(alerts, enabled=self.s.badge_scans,
+                                      repeat_after_s=self.s.repeat_after_s,
+                                      badges_max=self.s.badges_max)
 
     def _dev(self, device: str) -> _Device:
         d = self._devices.get(device)
@@ -183,6 +195,9 @@ class Detectors:
                             out.extend(self._time(p.device, d, ts, recv, r.idx))
                         if self._buddy_on:
                             out.extend(self._buddy(p.credential, p.device, ts, r.idx))
+                        if self.badge_scans.active:
+                            out.extend(self.badge_scans.observe(p.credential, p.device, ts,
+                                                                r.idx))
                     else:
                         out.extend(self._punch(fact, r))
                 elif isinstance(fact, RejectionFact) and fact.reason not in OWN_ALERTS:

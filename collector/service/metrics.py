@@ -137,6 +137,7 @@ class ServiceMonitor:
             try:
                 devices = store.devices()
                 self._ledger = self._read_ledger(store)
+                self.detectors.badge_scans.refresh(store)    # only when a badge changed
             except LedgerUnavailableError:
                 return
             self._read_us = now
