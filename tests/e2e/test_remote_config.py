@@ -185,6 +185,10 @@ def test_d18_d19_remote_configuration_end_to_end(tmp_path: Path) -> None:  # noq
         row = next(x for x in json.loads(r.stdout) if x["device"] == DEVICE)
         assert row["config"]["applied"] == 3
         assert row["config"]["sent"] == 3
+        r = cli("collector.cli.main", "device", "list", "--config",
+                str(site.collector_config()))
+        assert r.returncode == 0, r.stderr
+        assert f"remote configuration of {DEVICE}: serial 3 sent, 3 applied" in r.stdout
         # every verifier parses the config entries (wire.bodies) and the ledger verifies
         bundle_verifies(site, site.root / "bundle")
 
