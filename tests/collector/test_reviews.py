@@ -14,15 +14,18 @@ from typing import Any
 
 import pytest
 
-from collector import ReviewError, SoDError
+from collector import ConfigError, ReviewError, SoDError
 from collector.cli.main import main
 from collector.ingest.alerts import Alerts
+from collector.ledger import checkpoint_tables
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import ensure_schema
 from collector.records import reviews
 from collector.records.exports import export_bundle
+from collector.service.config import load_config
+from collector.service.runner import CollectorService
 from tests.collector.api_kit import Api, issue_tokens, requests_of, start_api
 from tests.collector.ledger_kit import T0, seeded_key
 from wire import verify_cli
@@ -357,3 +360,45 @@ async def test_d13_api_reviewers_acknowledge_and_resolve_auditors_only_read(
     ack = [b for b in requests_of(api.store) if b.get("extra", {}).get("alert_idx") == idx
            and b.get("status") == 200]
     assert len(ack) == 2
+
+
+CONFIG = """
+[collector]
+name = "a"
+store = "sqlite:///var/lib/timeclock/ledger.db"
+log_key = "keys/log.key"
+
+[mqtt]
+host = "127.0.0.1"
+port = 8883
+ca_cert = "tls/ca.pem"
+cert = "tls/collector.pem"
+key = "tls/collector.key"
+"""
+
+
+def test_d13_reviews_config_and_the_service_tick_raise_the_overdue_alert(
+        sqlite_store: SQLStore, tmp_path: Path) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text(CONFIG)
+    assert load_config(path).reviews is None               # no [reviews]: no overdue alerts
+    path.write_text(CONFIG + "\n[reviews]\ndaily_grace_s = 3600\naccess_sample = false\n"
+                    "sample_size = 0\nbogus = 1\n")
+    with pytest.raises(ConfigError, match="reviews.sample_size") as e:
+        load_config(path)
+    assert "reviews.bogus" in str(e.value)
+    path.write_text(CONFIG + "\n[reviews]\ndaily_grace_s = 3600\naccess_sample = false\n")
+    cfg = load_config(path)
+    assert cfg.reviews == reviews.ReviewSettings(daily_grace_s=3600, access_sample=False)
+    ensure_schema(sqlite_store)                              # the side tables serve makes
+    checkpoint_tables.ensure_schema(sqlite_store)
+    _alert(sqlite_store, T0)
+    now = [DAY0 + DAY_US + 2 * HOUR]                         # 11-26 overdue by an hour
+    svc = CollectorService(cfg, store=sqlite_store, clock=lambda: now[0])
+    for _ in range(5):
+        svc._tick(now[0], 0)                                 # the writer's tick
+        now[0] += 61_000_000
+    overdue = [a.body for a in reviews.alerts(sqlite_store)
+               if a.body.get("alert") == reviews.OVERDUE_KIND]
+    assert [(b["review"], b["period"], b["severity"]) for b in overdue] == [
+        ("daily-alerts", "2025-11-26", 2)]
