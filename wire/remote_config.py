@@ -44,6 +44,7 @@ from wire.fields import (
     get_str,
     require_object,
 )
+from wire.key_changes import PRINCIPAL_RE
 from wire.keys import SigningKey, VerifyKey
 
 CONFIG_DOMAIN = b"timeclock/config/v1\n"
@@ -268,14 +269,15 @@ ENTRY_EVENTS = frozenset({"change", "result"})
 
 @dataclass(frozen=True, slots=True)
 class ConfigEntry:
-    """A ``config`` body: ``{"event": "change", "device", "serial", "change": <signed>}`` or
-    ``{"event": "result", "device", "serial", "result": <signed>}``."""
+    """A ``config`` body: ``{"event": "change", "device", "serial", "by": <principal>,
+    "change": <signed>}`` or ``{"event": "result", "device", "serial", "result": <signed>}``."""
 
     event: str
     device: str
     serial: int
     change: SignedConfigChange | None = None
     result: SignedConfigResult | None = None
+    by: str | None = None            # a change: the principal who made it (not authenticated)
 
 
 def parse_config_entry(value: Any) -> ConfigEntry:
@@ -283,13 +285,15 @@ def parse_config_entry(value: Any) -> ConfigEntry:
     if not isinstance(value, dict) or "event" not in value:
         raise DecodeError("config body: expected an object with an event", field="event")
     event = get_choice(value, "event", ENTRY_EVENTS)
-    obj = require_object(value, "config body", frozenset({"event", "device", "serial", event}))
+    keys = {"event", "device", "serial", event} | ({"by"} if event == "change" else set())
+    obj = require_object(value, "config body", frozenset(keys))
     device = get_str(obj, "device", DEVICE_ID_RE)
     serial = get_int(obj, "serial", minimum=0)
     if event == "change":
         change = SignedConfigChange.from_dict(obj["change"])
         inner = (change.change.device, change.change.serial)
-        entry = ConfigEntry(event, device, serial, change=change)
+        entry = ConfigEntry(event, device, serial, change=change,
+                            by=get_str(obj, "by", PRINCIPAL_RE))
     else:
         result = SignedConfigResult.from_dict(obj["result"])
         inner = (result.result.device, result.result.serial)

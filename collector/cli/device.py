@@ -53,6 +53,7 @@ from collector.ledger.sqlbase import SQLStore
 from collector.service.config import CollectorConfig, load_config
 from wire.clock import now_us as _now_us
 from wire.errors import WireError
+from wire.key_changes import PRINCIPAL_RE
 from wire.keys import VerifyKey, load_signing_key
 from wire.remote_config import ALLOWED, READER_SETTINGS, SignedConfigResult, parse_value
 from wire.rotation import SignedRotationRequest
@@ -462,6 +463,8 @@ def _register_configure(dsub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="collector TOML: store, log key, MQTT identity, managed broker")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="a setting of the overlay (repeat; none: back to the base file)")
+    c.add_argument("--by", metavar="PRINCIPAL",
+                   help="who makes this change (recorded in the ledger entry; required to send)")
     c.add_argument("--dry-run", action="store_true",
                    help="check and print the signed change; record and publish nothing")
     c.add_argument("--collect", action="store_true",
@@ -542,7 +545,10 @@ def cmd_configure(args: argparse.Namespace) -> int:
             print(f"dry run: change {serial} for {args.device} checked; nothing recorded "
                   f"or published")
             return 0
-        idx = remote.record_change(store, signed, now_us=_now_us())
+        if not args.by or not PRINCIPAL_RE.fullmatch(args.by):
+            raise CollectorError("--by PRINCIPAL is required to send a change: who makes it "
+                                 f"(recorded; must match {PRINCIPAL_RE.pattern})")
+        idx = remote.record_change(store, signed, by=args.by, now_us=_now_us())
         print(f"change {serial} for {args.device} recorded as ledger entry {idx}")
         payloads = remote.exchange(*_broker_link(cfg), args.device,
                                    payload=signed.to_bytes(), serial=serial,

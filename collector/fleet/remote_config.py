@@ -99,10 +99,12 @@ def make_change(store: SQLStore, device: str, settings: dict[str, int | str],
     return ConfigChange(device, serial, now_us, dict(settings), log_key.key_id).sign(log_key)
 
 
-def record_change(store: SQLStore, signed: SignedConfigChange, *, now_us: int) -> int:
+def record_change(store: SQLStore, signed: SignedConfigChange, *, by: str, now_us: int) -> int:
+    """Append the change, with ``by`` (who made it; recorded, not authenticated)."""
     c = signed.change
     res = store.append([EventFact("config", {"event": "change", "device": c.device,
-                                             "serial": c.serial, "change": signed.to_dict()})],
+                                             "serial": c.serial, "by": by,
+                                             "change": signed.to_dict()})],
                        now_us=now_us)
     return res[0].idx
 

@@ -39,15 +39,16 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.subprocess]   # real broker and proc
 DEVICE = "clock-1"
 
 
-def _configure(site: Site, *args: str) -> Any:
+def _configure(site: Site, *args: str, by: str = "alice") -> Any:
     return cli("collector.cli.main", "device", "configure", DEVICE, "--config",
-               str(site.collector_config()), "--wait-s", "90", *args, timeout_s=180)
+               str(site.collector_config()), "--wait-s", "90", *args,
+               *(("--by", by) if by else ()), timeout_s=180)
 
 
 def _config_entries(site: Site) -> list[dict[str, Any]]:
     store = open_store(site.store_url)
     try:
-        return [{"event": e.event, "serial": e.serial,
+        return [{"event": e.event, "serial": e.serial, "by": e.by,
                  "status": e.result.result.status if e.result else None,
                  "reason": e.result.result.reason if e.result else None}
                 for _idx, e in remote.config_entries(store)]
@@ -108,7 +109,10 @@ def test_d18_d19_remote_configuration_end_to_end(tmp_path: Path) -> None:  # noq
             r = _configure(site, "--set", bad)
             assert r.returncode == 2, (bad, r.stdout, r.stderr)
             assert "may not be changed remotely" in r.stderr, r.stderr
-        r = _configure(site, "--set", "status.interval_s=2", "--dry-run")
+        r = _configure(site, "--set", "status.interval_s=2", by="")
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "--by PRINCIPAL is required" in r.stderr, r.stderr
+        r = _configure(site, "--set", "status.interval_s=2", "--dry-run", by="")
         assert r.returncode == 0, r.stderr
         assert "nothing recorded" in r.stdout
         assert _config_entries(site) == []
@@ -124,8 +128,8 @@ def test_d18_d19_remote_configuration_end_to_end(tmp_path: Path) -> None:  # noq
         assert _overlay_serial(clock) == 1
         _running_on(site, clock, site.progress()[DEVICE].contiguous)
         entries = _config_entries(site)
-        assert [(e["event"], e["serial"], e["status"]) for e in entries] == [
-            ("change", 1, None), ("result", 1, "applied")]
+        assert [(e["event"], e["serial"], e["by"], e["status"]) for e in entries] == [
+            ("change", 1, "alice", None), ("result", 1, None, "applied")]
 
         # -- a value the agent's loader refuses: reported with the loader's message
         r = _configure(site, "--set", "status.interval_s=0")

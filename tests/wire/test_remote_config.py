@@ -141,9 +141,11 @@ def test_d19_a_result_is_signed_by_the_device_key() -> None:
 
 def test_d19_the_config_ledger_body_parses_strictly() -> None:
     signed = ConfigChange.from_dict(change(serial=4)).sign(LOG)
-    body = {"event": "change", "device": "clock-1", "serial": 4, "change": signed.to_dict()}
+    body = {"event": "change", "device": "clock-1", "serial": 4, "by": "alice",
+            "change": signed.to_dict()}
     entry = parse_body("config", body, idx=7)
     assert entry == parse_config_entry(body)
+    assert parse_config_entry(body).by == "alice"
     res = ConfigResult("clock-1", 4, "applied", "ok").sign(DEVICE_KEY)
     rbody = {"event": "result", "device": "clock-1", "serial": 4, "result": res.to_dict()}
     assert parse_config_entry(rbody).result == res
@@ -152,7 +154,10 @@ def test_d19_the_config_ledger_body_parses_strictly() -> None:
         ({**body, "device": "clock-2"}, "differ"),
         ({**body, "extra": 1}, "extra"),
         ({**body, "event": "deleted"}, "event"),
-        ({"event": "change", "device": "clock-1", "serial": 4}, "change"),
+        ({"event": "change", "device": "clock-1", "serial": 4, "by": "alice"}, "change"),
+        ({k: v for k, v in body.items() if k != "by"}, "by"),
+        ({**body, "by": "Not A Principal"}, "by"),
+        ({**rbody, "by": "alice"}, "by"),
         ({**rbody, "result": {**res.to_dict(), "sig": "nope"}}, "sig"),
     ]:
         with pytest.raises(BodyError, match=match):
