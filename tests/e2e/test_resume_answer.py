@@ -83,11 +83,12 @@ def test_d4_collector_answers_zero_for_a_clock_without_punches(store: SQLStore) 
     assert (got.last_seq, got.last_hash) == (0, ZERO_HASH)
 
 
+# Fixed ids: a parameter with a fresh nonce would differ between xdist workers' collections.
 @pytest.mark.parametrize(("topic_device", "payload"), [
     ("clock-a", ResumeRequest.new("clock-b").to_bytes()),   # asks for another clock's record
     ("clock-a", b'{"device":"clock-a","v":1}'),             # malformed: no nonce
     ("clock-a", b"\xff" * 10),
-])
+], ids=["another-clocks-record", "no-nonce", "not-json"])
 def test_d4_collector_ignores_requests_not_for_the_topics_device(
         store: SQLStore, topic_device: str, payload: bytes) -> None:
     answers, sent = _answers(store)
