@@ -8,21 +8,17 @@ goes to ``timeclock/v1/devices/{id}/inclusion`` (read only by that clock).
 
 The collector checks nothing the clock relies on: the clock verifies the entry against its own
 punch and the path against the root it verified. So an answer is built from the store as it is,
-and a request from a device other than the topic's, or that does not parse, is dropped with a
-warning. Requests are queued by the MQTT thread (:meth:`InclusionAnswers.receive`, cheap) and
-answered on the ingest thread (:meth:`process`), like cosignature replies.
+queued and checked against the topic's device by collector.ingest.device_requests, and
+answered on the ingest thread like cosignature replies.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
-from collections.abc import Callable
 
 from collector import LedgerError, LedgerUnavailableError
+from collector.ingest.device_requests import DeviceRequests, Publish
 from collector.ledger.sqlbase import SQLStore
-from wire.errors import WireError
 from wire.inclusion import (
     InclusionAnswer,
     InclusionRequest,
@@ -33,59 +29,27 @@ from wire.inclusion import (
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED = 256
 
-Publish = Callable[[str, bytes], object]
-
-
-class InclusionAnswers:
+class InclusionAnswers(DeviceRequests[InclusionRequest, InclusionAnswer]):
     """Builds and publishes answers to the clocks' inclusion requests."""
 
+    what = "inclusion"
+
     def __init__(self, store: SQLStore, publish: Publish) -> None:
+        super().__init__(publish, counts=("proofs", "missing"))
         self._store = store
-        self._publish = publish
-        self._lock = threading.Lock()
-        self._inbox: deque[tuple[str, bytes]] = deque()
-        self.counts = dict.fromkeys(("answered", "proofs", "missing", "dropped", "bad"), 0)
 
-    def receive(self, topic: str, payload: bytes) -> None:
-        """Queue one request (cheap; any thread)."""
-        with self._lock:
-            if len(self._inbox) >= MAX_QUEUED:
-                self.counts["dropped"] += 1
-                return
-            self._inbox.append((topic, payload))
+    def parse(self, payload: bytes) -> InclusionRequest:
+        return InclusionRequest.from_bytes(payload)
 
-    def process(self) -> int:
-        """Answer the requests received so far; return how many."""
-        n = 0
-        while True:
-            with self._lock:
-                if not self._inbox:
-                    return n
-                topic, payload = self._inbox.popleft()
-            n += 1
-            try:
-                answer = self.answer(topic, payload)
-            except LedgerUnavailableError:
-                raise               # the ingest loop rides out an outage; the clock asks again
-            if answer is not None:
-                self._publish(answer_topic(answer.device), answer.to_bytes())
+    def device_of(self, topic: str) -> str | None:
+        return device_of_request_topic(topic)
 
-    def answer(self, topic: str, payload: bytes) -> InclusionAnswer | None:
-        """The answer to one request, or None (logged) when it is not one."""
-        device = device_of_request_topic(topic)
-        try:
-            req = InclusionRequest.from_bytes(payload)
-        except WireError as e:
-            self.counts["bad"] += 1
-            log.warning("inclusion request on %s ignored: %s", topic[:120], e)
-            return None
-        if device is None or req.device != device:
-            self.counts["bad"] += 1
-            log.warning("inclusion request for device %s on %s ignored", req.device,
-                        topic[:120])
-            return None
+    def outgoing(self, answer: InclusionAnswer) -> tuple[str, bytes]:
+        return answer_topic(answer.device), answer.to_bytes()
+
+    def build(self, device: str, req: InclusionRequest) -> InclusionAnswer:
+        """Each asked leaf's entry and inclusion proof to ``req.size``, or it is missing."""
         proofs: list[LeafProof] = []
         missing: list[int] = []
         provable = req.size <= self._store.tree_size()

@@ -6,23 +6,19 @@ like a receipt (wire.resume_answer), goes to ``timeclock/v1/devices/{id}/resume`
 by that clock). The clock continues after ``last_seq`` with ``prev = last_hash``, so its next
 punch links to what the ledger holds (no fork, no reused seq).
 
-Only the topic names the device (the broker's ACL lets a device write only its own request
-topic), so a request whose body names another device, or that does not parse, is dropped
-with a warning and answered with nothing. Requests are queued by the MQTT thread
-(:meth:`ResumeAnswers.receive`, cheap) and answered on the ingest thread (:meth:`process`),
-after the punches already handed to the store: the answer is what the ledger holds then.
+Queueing and the checks on the request's device are collector.ingest.device_requests'; a
+request is answered on the ingest thread after the punches already handed to the store, so the
+answer is what the ledger holds then.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
 from collections.abc import Callable
 
+from collector.ingest.device_requests import DeviceRequests, Publish
 from collector.ledger.sqlbase import SQLStore
 from wire import ZERO_HASH
-from wire.errors import WireError
 from wire.keys import SigningKey
 from wire.resume_answer import (
     ResumeAnswer,
@@ -34,59 +30,30 @@ from wire.resume_answer import (
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED = 256
 
-Publish = Callable[[str, bytes], object]
-
-
-class ResumeAnswers:
+class ResumeAnswers(DeviceRequests[ResumeRequest, SignedResumeAnswer]):
     """Builds, signs and publishes answers to the clocks' resume requests."""
+
+    what = "resume"
 
     def __init__(self, store: SQLStore, log_key: SigningKey, publish: Publish,
                  now: Callable[[], int]) -> None:
+        super().__init__(publish)
         self._store = store
         self._log_key = log_key
-        self._publish = publish
         self._now = now
-        self._lock = threading.Lock()
-        self._inbox: deque[tuple[str, bytes]] = deque()
-        self.counts = dict.fromkeys(("answered", "dropped", "bad"), 0)
 
-    def receive(self, topic: str, payload: bytes) -> None:
-        """Queue one request (cheap; any thread)."""
-        with self._lock:
-            if len(self._inbox) >= MAX_QUEUED:
-                self.counts["dropped"] += 1
-                return
-            self._inbox.append((topic, payload))
+    def parse(self, payload: bytes) -> ResumeRequest:
+        return ResumeRequest.from_bytes(payload)
 
-    def process(self) -> int:
-        """Answer the requests received so far; return how many. A ledger outage propagates
-        (the ingest loop rides it out; the clock asks again)."""
-        n = 0
-        while True:
-            with self._lock:
-                if not self._inbox:
-                    return n
-                topic, payload = self._inbox.popleft()
-            n += 1
-            signed = self.answer(topic, payload)
-            if signed is not None:
-                self._publish(answer_topic(signed.answer.device), signed.to_bytes())
+    def device_of(self, topic: str) -> str | None:
+        return device_of_request_topic(topic)
 
-    def answer(self, topic: str, payload: bytes) -> SignedResumeAnswer | None:
-        """The signed answer to one request, or None (logged) when it is not one."""
-        device = device_of_request_topic(topic)
-        try:
-            req = ResumeRequest.from_bytes(payload)
-        except WireError as e:
-            self.counts["bad"] += 1
-            log.warning("resume request on %s ignored: %s", topic[:120], e)
-            return None
-        if device is None or req.device != device:
-            self.counts["bad"] += 1
-            log.warning("resume request for device %s on %s ignored", req.device, topic[:120])
-            return None
+    def outgoing(self, answer: SignedResumeAnswer) -> tuple[str, bytes]:
+        return answer_topic(answer.answer.device), answer.to_bytes()
+
+    def build(self, device: str, req: ResumeRequest) -> SignedResumeAnswer | None:
+        """The signed answer: the ledger's last recorded (seq, hash) of ``device``."""
         last = self._store.progress(device).highest
         found = self._store.punch_hash(device, last) if last else None
         if last and found is None:       # pragma: no cover -- MAX(seq) names a recorded row
