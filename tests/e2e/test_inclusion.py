@@ -54,6 +54,16 @@ def _device_list(site: Site) -> dict[str, dict[str, Any]]:
     return {row["device"]: row for row in json.loads(r.stdout)}
 
 
+def _count(site: Site, sql: str) -> int:
+    """One number from the site's ledger, read-only (the collector may be running)."""
+    conn = sqlite3.connect(f"{(site.root / 'ledger.db').absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        (n,) = conn.execute(sql).fetchone()
+    finally:
+        conn.close()
+    return int(n)
+
+
 def _rehash_without(db: Path, device: str) -> tuple[int, int]:
     """A database admin, collector stopped: delete ``device``'s first punch above the largest
     checkpoint, re-chain and re-number everything after it, append a forged ``access`` entry
@@ -64,7 +74,11 @@ def _rehash_without(db: Path, device: str) -> tuple[int, int]:
         (covered,) = conn.execute("SELECT MAX(size) FROM tc_checkpoints_v2").fetchone()
         victim = conn.execute("SELECT MIN(idx) FROM punches WHERE device = ? AND idx >= ?",
                               (device, covered)).fetchone()[0]
-        assert victim is not None, "no punch of the device above the last checkpoint"
+        if victim is None:
+            sizes = [r[0] for r in conn.execute("SELECT size FROM tc_checkpoints_v2 ORDER BY size")]
+            top = conn.execute("SELECT MAX(idx) FROM punches WHERE device = ?", (device,))
+            raise AssertionError(f"no punch of {device} above the last checkpoint: v2 sizes "
+                                 f"{sizes[-5:]}, its last punch at idx {top.fetchone()[0]}")
         rows = conn.execute("SELECT idx, kind, at, body FROM entries ORDER BY idx").fetchall()
         bodies = dict(conn.execute("SELECT idx, body FROM bodies"))
         kept = without_victim_plus_forgery(rows, bodies, victim)
@@ -114,7 +128,14 @@ def test_d5_clocks_prove_their_punches_then_catch_a_dropped_one(tmp_path: Path) 
         # -- punches receipted, not yet covered by a checkpoint ----------------------------
         site.kill_collector("main", signal.SIGTERM)
         _checkpoints(site, every_s=86_400, every_entries=10_000_000)
+        stopped_size = _count(site, "SELECT COUNT(*) FROM entries")
         site.start_collector()
+        # Its first tick makes a v2 checkpoint of whatever the v2 ones lag behind (entries
+        # appended after the last one, before the stop); a busy machine can delay that tick
+        # past the first new punches, and it would cover them. Wait for it before tapping, so
+        # every punch tapped now stays uncovered.
+        wait_for(lambda: _count(site, "SELECT COALESCE(MAX(size), 0) FROM tc_checkpoints_v2")
+                 >= stopped_size, 120, "the collector's start-up checkpoint")
         taps = Taps(site.clocks, interval_s=INTERVAL_S)
         wait_for(lambda: all(len(_inclusion(site, d)["pending"]) >= 5 for d in DEVICES), 120,
                  "every clock holding receipted punches not yet covered by a checkpoint")
