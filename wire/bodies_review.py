@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from wire.errors import DecodeError
-from wire.fields import get_choice, get_int, get_str
+from wire.fields import get_choice, get_int, get_str, require_fields
 from wire.key_changes import parse_principal
 
 REVIEW_EVENTS = frozenset({"ack", "resolve", "sign-off"})
@@ -99,7 +100,7 @@ def period_of(review: str, at_us: int) -> str:
     return f"{year:04d}-W{week:02d}"
 
 
-def _note(obj: dict[str, Any]) -> str:
+def _note(obj: Mapping[str, Any]) -> str:
     v = get_str(obj, "note")
     if not v.strip():
         raise DecodeError("note: must not be empty (say what was checked)", field="note")
@@ -111,29 +112,20 @@ def _note(obj: dict[str, Any]) -> str:
     return v
 
 
-def _require(value: Any, what: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise DecodeError(f"{what}: expected a JSON object")
-    missing = sorted(f for f in fields if f not in value)
-    if missing:
-        raise DecodeError(f"{what}: missing field(s) {', '.join(missing)}", field=missing[0])
-    return value
-
-
 def parse_review(value: Any, idx: int) -> AlertReview | SignOff:
     """The ``review`` body of the entry at ``idx``, parsed strictly; else DecodeError."""
-    obj = _require(value, "review body", ("event", "by", "note"))
+    obj = require_fields(value, "review body", ("event", "by", "note"))
     event = get_choice(obj, "event", REVIEW_EVENTS)
     by = parse_principal(obj, "by")
     note = _note(obj)
     if event != "sign-off":
-        _require(obj, f"{event} review body", ("alert_idx",))
+        require_fields(obj, f"{event} review body", ("alert_idx",))
         alert_idx = get_int(obj, "alert_idx", minimum=0)
         if alert_idx >= idx:
             raise DecodeError(f"alert_idx {alert_idx} is not an earlier entry",
                               field="alert_idx")
         return AlertReview(event, alert_idx, by, note)
-    _require(obj, "sign-off review body", ("review", "period", "from", "until"))
+    require_fields(obj, "sign-off review body", ("review", "period", "from", "until"))
     review = get_choice(obj, "review", REVIEW_KINDS)
     period = get_str(obj, "period")
     first, until = period_bounds(review, period)
@@ -141,7 +133,7 @@ def parse_review(value: Any, idx: int) -> AlertReview | SignOff:
         raise DecodeError(f"from/until: period {period} is [{first}, {until})", field="from")
     if review == "daily-alerts":
         return SignOff(review, period, first, until, by, note)
-    _require(obj, "access-sample sign-off body", ("sampled", "population"))
+    require_fields(obj, "access-sample sign-off body", ("sampled", "population"))
     population = get_int(obj, "population", minimum=0)
     raw = obj["sampled"]
     if (not isinstance(raw, list) or len(raw) > SAMPLE_MAX
