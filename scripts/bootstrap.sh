@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what timeclock needs on a fresh Debian / Raspberry Pi OS machine, idempotently:
-#   - Debian packages: python3-venv, mosquitto, prometheus (and, with --with-postgres, PostgreSQL for the tests)
+#   - Debian packages: python3-venv, mosquitto, prometheus (and, with --with-postgres, what the tests
+#     run: PostgreSQL, Go, curl, chromium + chromedriver, poppler-utils, SoftHSM2, Node.js and npm)
 #   - a virtualenv in .venv with timeclock installed editable with its dev extras.
 # Uses sudo when not root. Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -33,6 +34,15 @@ if [ "$with_postgres" = 1 ]; then
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v go >/dev/null 2>&1 || missing+=(golang-go)
   [ -f /usr/share/gocode/src/golang.org/x/mod/sumdb/tlog/tlog.go ] || missing+=(golang-golang-x-mod-dev)
+  # browser tests (sign-in, console): Debian's chromium and chromedriver; PDF pages to images
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+  # key-encryption keys in a PKCS#11 token: SoftHSM2
+  [ -f /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
+  # the OIDC provider the sign-in tests run (Node.js oidc-provider from the npm registry)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
@@ -40,6 +50,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # policy-rc.d or no systemd: the packaged services may not start; we run our own instances.
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+fi
+
+# The tests' OIDC provider: npm packages pinned by tests/fixtures/oidc/package-lock.json.
+oidc=tests/fixtures/oidc
+if [ "$with_postgres" = 1 ] && [ -f "$oidc/package-lock.json" ] &&
+   [ ! -d "$oidc/node_modules/oidc-provider" ]; then
+  echo "bootstrap: installing the test OIDC provider (npm ci in $oidc)"
+  mkdir -p .venv
+  if ! npm ci --prefix "$oidc" --no-audit --no-fund > .venv/npm.log 2>&1; then
+    tail -20 .venv/npm.log >&2
+    echo "bootstrap: npm ci failed; the log is in .venv/npm.log" >&2
+    exit 1
+  fi
 fi
 
 stamp=.venv/.timeclock-installed
