@@ -75,6 +75,11 @@ class Principal:
     last_used_at: int | None
     disabled_at: int | None
     token_id: str | None = None    # the token this request authenticated with
+    # The person behind the principal (an employee id of the people directory), when there is
+    # one: employee-self and supervisor scopes key on it. None: a machine or unlinked principal.
+    employee_id: str | None = None
+    # Sites the principal's roles are limited to; None: every site.
+    sites: frozenset[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "roles": sorted(self.roles),
