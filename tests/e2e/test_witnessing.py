@@ -206,13 +206,19 @@ def test_d5_clocks_cosign_then_refuse_an_attacked_ledger(tmp_path: Path, attack:
         site.kill_collector("main", signal.SIGTERM)
         sizes = {d: int(Note.from_text(_witness_state(site, d)["note"]).body.split("\n")[1])
                  for d in DEVICES}
+        # The external witness may hold less than the clocks: its cosignature of the last
+        # checkpoint can still have been in flight at the stop (seen on a loaded machine). A
+        # witness can only catch a rewrite of history it has cosigned, so the attack keeps
+        # less than what every witness, clock or external, holds.
+        witness_held = external.size_held(origin)
+        assert witness_held >= first.size, (witness_held, first.size)
         if attack == "truncate":
-            keep = min(sizes.values()) - 5
-            assert keep > 10, sizes
+            keep = min(*sizes.values(), witness_held) - 5
+            assert keep > 10, (sizes, witness_held)
             truncate_ledger(site.root / "ledger.db", keep)
         else:   # the same size, another history from ``keep`` (the victim) on
             keep = rehash_without_a_punch(site.root / "ledger.db", _head(site))
-            assert 0 < keep < min(sizes.values()), (keep, sizes)
+            assert 0 < keep < min(*sizes.values(), witness_held), (keep, sizes, witness_held)
         (site.root / STATE_FILE).unlink()        # the attacker erases the collector's memory
         restart_us = now_us()
         site.start_collector()
@@ -267,4 +273,4 @@ def test_d5_clocks_cosign_then_refuse_an_attacked_ledger(tmp_path: Path, attack:
         for c in site.clocks:
             assert "WITNESS REFUSES" in c.log_file.read_text()
         # The external witness kept the honest checkpoint and never cosigned the other log.
-        assert external.size_held(origin) >= min(sizes.values())
+        assert external.size_held(origin) == witness_held
