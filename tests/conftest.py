@@ -25,6 +25,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.pki",
     "tests.fixtures.mosquitto",
     "tests.fixtures.postgres",
+    "tests.fixtures.oidc_kit",
 ]
 
 SERVICE_MARKERS = ("mqtt", "postgres", "subprocess")
