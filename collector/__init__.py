@@ -60,6 +60,12 @@ class BadgeConflictError(DirectoryError):
     lost or blocked) over part of the interval; the message names the holder and interval."""
 
 
+class KekError(CollectorError):
+    """A key-encryption key cannot be loaded, made or used (bad spec, key file, credential,
+    PKCS#11 module, token, PIN or key), or a wrapped data key does not unwrap under it (wrong
+    KEK, wrong aad, damaged): no data key is returned."""
+
+
 class BackupError(CollectorError):
     """A backup or restore could not run (key file, snapshot, target store, pg_dump/pg_restore);
     a restore that fails leaves the target store as it was."""
