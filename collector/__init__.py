@@ -80,3 +80,12 @@ class ReviewError(CollectorError):
     """An alert review or a scheduled sign-off is refused (not an alert entry, not yet
     acknowledged, already resolved or signed off, the reviewer is the principal the alert
     names, a period not over yet); nothing was recorded."""
+
+
+class KeyringError(LedgerError):
+    """A data key of the ledger cannot be used: wrapped by another KEK than the configured
+    one (the message names both KEK ids), not unwrapping under it, or unknown."""
+
+
+class KeyDestroyedError(KeyringError):
+    """The data key was destroyed (erasure or retention): what it encrypted is gone."""

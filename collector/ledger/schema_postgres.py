@@ -18,7 +18,7 @@ Same tables as the SQLite schema. Invariants enforced by the database itself:
 
 from __future__ import annotations
 
-from collector.ledger import people_tables
+from collector.ledger import keyring, people_tables
 from collector.ledger.pg_guards import forbid
 
 SCHEMA_VERSION = 2
@@ -225,7 +225,7 @@ CREATE OR REPLACE TRIGGER bodies_no_truncate BEFORE TRUNCATE ON bodies
 {"".join(forbid(t, "UPDATE OR DELETE", truncate=True) for t in _APPEND_ONLY)}
 {forbid("devices", "DELETE", truncate=True)}
 {forbid("keys", "DELETE", truncate=True)}
-{people_tables.POSTGRES_DDL}
+{people_tables.POSTGRES_DDL}{keyring.POSTGRES_DDL}
 -- A new database is version 2 at once (its empty tree is complete); a version 1 one keeps
 -- '1' here until migrate() has built its tree (SET_VERSION).
 INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}') ON CONFLICT DO NOTHING;
@@ -242,5 +242,6 @@ GRANT UPDATE ON devices, keys TO {role};
 GRANT DELETE ON bodies TO {role};
 GRANT UPDATE ON punches, quarantine TO {role};
 GRANT UPDATE ON tc_employees, tc_badges TO {role};
+GRANT UPDATE ON tc_data_keys TO {role};
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
 """

@@ -21,7 +21,7 @@ Invariants enforced by the database itself (triggers), not only by the code:
 
 from __future__ import annotations
 
-from collector.ledger import people_tables
+from collector.ledger import keyring, people_tables
 
 SCHEMA_VERSION = 2
 
@@ -198,4 +198,7 @@ TREE_DDL: tuple[str, ...] = (
 
 _VERSION = "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{}');\n"
 SCHEMA_V1 = _V1 + _VERSION.format(1)
-SCHEMA = _V1 + "".join(f"{stmt};\n" for stmt in TREE_DDL) + _VERSION.format(SCHEMA_VERSION)
+SCHEMA = (_V1 + "".join(f"{stmt};\n" for stmt in TREE_DDL)
+          # §8.6 data keys (collector.ledger.keyring; an older file gets them on first use)
+          + "".join(f"{stmt};\n" for stmt in keyring.SQLITE_STATEMENTS)
+          + _VERSION.format(SCHEMA_VERSION))

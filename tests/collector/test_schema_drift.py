@@ -198,7 +198,8 @@ def test_d5_postgres_migrated_app_role_has_no_finding(pg_ledger: PgDatabase) -> 
 def test_d5_postgres_each_dropped_trigger_is_named_and_migrate_restores_it(
         pg_ledger: PgDatabase) -> None:
     triggers = pg_expected_triggers()
-    assert len(triggers) == 30          # 6 of them the people directory's, 2 retention's purge
+    assert len(triggers) == 33          # 6 of them the people directory's, 2 retention's purge,
+                                        # 3 the data keys' (collector.ledger.keyring)
     for t in triggers:
         _admin(pg_ledger, f"DROP TRIGGER {t.name} ON {t.table}")
         assert _findings(pg_ledger.app_dsn) == (f"trigger {t.name} on {t.table} is missing",)

@@ -1,0 +1,229 @@
+"""Encryption at rest of the central ledger (DESIGN.md §8.6; issue 12 item 2), on both stores
+(a real SQLite file, a real PostgreSQL database as the app role): the data keys per
+(subject, period) in ``tc_data_keys``, wrapped by the KEK with an aad that binds them to their
+ledger and row; a wrong KEK refused naming its id; a rewrap that touches no body; destroyed
+keys gone from table and cache; the table's guards.
+
+Controls: D17 (key inventory and rotation: the KEK id on every key row, rewrap), D15 (a
+destroyed key is the disposal).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from collector import AppendOnlyError, KeyDestroyedError, KeyringError, LedgerError
+from collector.ledger import keyring
+from collector.ledger.base import EventFact
+from collector.ledger.kek import create_file_kek, load_kek
+from collector.ledger.keyring import Keyring, period_of, wrap_aad
+from collector.ledger.schema_check import check_schema
+from collector.ledger.sqlbase import SQLStore
+from collector.ledger.sqlite import SQLiteStore
+from tests.collector.keyring_kit import MemoryKek
+from tests.collector.ledger_kit import T0
+
+ORIGIN = "timeclock.test/ledger"
+MONTH = 31 * 86_400 * 1_000_000
+
+
+def _bodies(store: SQLStore) -> list[tuple[int, bytes]]:
+    return [(int(i), bytes(b)) for i, b in store.query("SELECT idx, body FROM bodies ORDER BY idx")]
+
+
+def _key(store: SQLStore, ring: Keyring, subject: str, period: str, idx: int = 0) -> str:
+    with store.transaction(T0) as tx:
+        return ring.data_key(tx, subject, period, idx=idx).key_id
+
+
+def test_period_is_the_utc_month_of_the_device_time() -> None:
+    assert period_of(0) == "1970-01"
+    # 2026-02-28T23:59:59.999999Z and one µs later
+    assert period_of(1_772_323_199_999_999) == "2026-02"
+    assert period_of(1_772_323_200_000_000) == "2026-03"
+
+
+def test_aad_binds_origin_subject_period_and_id_and_refuses_nul() -> None:
+    a = wrap_aad(ORIGIN, "E1", "2026-01", "dk-1")
+    assert a == b"timeclock data key v1\x00" + ORIGIN.encode() + b"\x00E1\x002026-01\x00dk-1\x00"
+    assert a != wrap_aad(ORIGIN, "E1", "2026-02", "dk-1")
+    with pytest.raises(KeyringError, match="NUL"):
+        wrap_aad(ORIGIN, "E1\x00", "2026-01", "dk-1")
+
+
+def test_one_key_per_subject_and_period_unwrapped_once(store: SQLStore) -> None:
+    kek = MemoryKek()
+    ring = Keyring(store, kek, origin=ORIGIN)
+    a = _key(store, ring, "E1", "2026-01")
+    assert _key(store, ring, "E1", "2026-01") == a
+    b = _key(store, ring, "E1", "2026-02")
+    c = _key(store, ring, "E2", "2026-01")
+    assert len({a, b, c}) == 3
+    rows = ring.rows([a, b, c])
+    assert {(r.subject, r.period, r.kek_id) for r in rows.values()} == {
+        ("E1", "2026-01", kek.kek_id), ("E1", "2026-02", kek.kek_id),
+        ("E2", "2026-01", kek.kek_id)}
+    assert all(len(r.wrapped) > 32 and r.destroyed_idx is None for r in rows.values())
+    # A fresh keyring (another process) unwraps each key once, then serves the cache.
+    fresh = Keyring(store, kek, origin=ORIGIN)
+    kek.unwraps = 0
+    for _ in range(3):
+        got = fresh.keys([a, b, c])
+    assert kek.unwraps == 3
+    assert got[a] == ring.key(a)
+    assert len(got[a] or b"") == 32
+
+
+def test_the_cache_is_bounded(store: SQLStore) -> None:
+    kek = MemoryKek()
+    ring = Keyring(store, kek, origin=ORIGIN, cache_max=2)
+    ids = [_key(store, ring, f"E{i}", "2026-01") for i in range(5)]
+    assert ring.cached == 2
+    kek.unwraps = 0
+    ring.key(ids[0])            # evicted: unwrapped again
+    assert kek.unwraps == 1
+    with pytest.raises(KeyringError, match="at least 1"):
+        Keyring(store, kek, origin=ORIGIN, cache_max=0)
+
+
+def test_d17_a_wrong_kek_is_refused_naming_both_kek_ids(store: SQLStore) -> None:
+    right, wrong = MemoryKek(), MemoryKek()
+    kid = _key(store, Keyring(store, right, origin=ORIGIN), "E1", "2026-01")
+    with pytest.raises(KeyringError, match=rf"wrapped by KEK '{right.kek_id}', not by the "
+                                           rf"configured KEK '{wrong.kek_id}'"):
+        Keyring(store, wrong, origin=ORIGIN).key(kid)
+    # Same KEK id but other bytes, or the right KEK under another ledger's origin: refused.
+    impostor = MemoryKek()
+    impostor.kek_id = right.kek_id
+    with pytest.raises(KeyringError, match=rf"does not unwrap under KEK '{right.kek_id}'"):
+        Keyring(store, impostor, origin=ORIGIN).key(kid)
+    with pytest.raises(KeyringError, match="does not unwrap"):
+        Keyring(store, right, origin="other.example/ledger").key(kid)
+    with pytest.raises(KeyringError, match="no data key dk-nope"):
+        Keyring(store, right, origin=ORIGIN).key("dk-nope")
+
+
+def test_d17_keys_under_the_file_kek_and_a_wrong_key_file(store: SQLStore, tmp_path: Path
+                                                          ) -> None:
+    a = create_file_kek(tmp_path / "a.kek")
+    b = create_file_kek(tmp_path / "b.kek")
+    ring = Keyring(store, load_kek(f"file:{tmp_path / 'a.kek'}"), origin=ORIGIN)
+    kid = _key(store, ring, "E1", "2026-01")
+    assert ring.rows([kid])[kid].kek_id == a.kek_id
+    assert Keyring(store, a, origin=ORIGIN).key(kid) == ring.key(kid)
+    with pytest.raises(KeyringError, match=rf"wrapped by KEK '{a.kek_id}', not by the "
+                                           rf"configured KEK '{b.kek_id}'"):
+        Keyring(store, b, origin=ORIGIN).key(kid)
+
+
+def test_d17_rewrap_moves_every_live_key_to_the_new_kek_and_touches_no_body(
+        store: SQLStore) -> None:
+    old, new = MemoryKek(), MemoryKek()
+    store.append([EventFact("alert", {"alert": "clock-offline", "severity": 3,
+                                      "detail": "before"})], now_us=T0)
+    ring = Keyring(store, old, origin=ORIGIN)
+    ids = [_key(store, ring, f"E{i}", "2026-01", idx=0) for i in range(3)]
+    values = ring.keys(ids)
+    before = _bodies(store)
+    assert ring.rewrap(new, now_us=T0) == 3
+    assert _bodies(store) == before
+    assert {r.kek_id for r in ring.rows(ids).values()} == {new.kek_id}
+    assert Keyring(store, new, origin=ORIGIN).keys(ids) == values
+    with pytest.raises(KeyringError, match=f"wrapped by KEK '{new.kek_id}'"):
+        Keyring(store, old, origin=ORIGIN).key(ids[0])
+    # A KEK that cannot unwrap a row makes the rewrap fail whole: nothing moved.
+    with pytest.raises(KeyringError):
+        Keyring(store, old, origin=ORIGIN).rewrap(MemoryKek(), now_us=T0)
+    assert {r.kek_id for r in ring.rows(ids).values()} == {new.kek_id}
+
+
+def test_d15_a_destroyed_key_is_blank_and_gone_from_the_cache(sqlite_store: SQLiteStore
+                                                              ) -> None:
+    store = sqlite_store
+    kek = MemoryKek()
+    ring = Keyring(store, kek, origin=ORIGIN)
+    kid = _key(store, ring, "E1", "2026-01")
+    other = _key(store, ring, "E2", "2026-01")
+    ring.key(kid)
+    # Only under a shred or retention entry: an alert's idx is refused by the trigger.
+    store.append([EventFact("alert", {"alert": "clock-offline", "severity": 3,
+                                      "detail": "x"})], now_us=T0)
+    with pytest.raises((AppendOnlyError, LedgerError), match="tc_data_keys refused"), \
+            store.transaction(T0) as tx:
+        ring.destroy(tx, [kid], idx=0)
+    assert ring.rows([kid])[kid].wrapped != b""
+    _destroy_raw(store, kid)
+    ring.forget([kid])
+    row = ring.rows([kid])[kid]
+    assert (row.wrapped, row.destroyed) == (b"", True)
+    assert ring.keys([kid, other])[kid] is None
+    with pytest.raises(KeyDestroyedError, match=f"data key {kid} .E1, 2026-01. was destroyed"):
+        ring.key(kid)
+    # The month of an erased subject gets no new key (its data stays gone).
+    with pytest.raises(KeyDestroyedError), store.transaction(T0) as tx:
+        ring.data_key(tx, "E1", "2026-01", idx=1)
+    assert ring.key(other) is not None
+
+
+def _destroy_raw(store: SQLiteStore, kid: str) -> None:
+    """Blank a key as a shred entry will, under a stand-in ``retention`` entry row (the
+    trigger accepts a shred or retention idx; the shred entry itself: test_erasure.py)."""
+    conn = sqlite3.connect(store.path)
+    try:
+        idx = conn.execute("SELECT MAX(idx) FROM entries").fetchone()[0]
+        conn.execute("DROP TRIGGER entries_no_update")
+        conn.execute("UPDATE entries SET kind = 'retention' WHERE idx = ?", (idx,))
+        conn.execute("UPDATE tc_data_keys SET wrapped = x'', destroyed_idx = ? "
+                     "WHERE key_id = ?", (idx, kid))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_the_key_table_refuses_delete_and_any_other_change(store: SQLStore) -> None:
+    ring = Keyring(store, MemoryKek(), origin=ORIGIN)
+    kid = _key(store, ring, "E1", "2026-01")
+    for sql, params in (("DELETE FROM tc_data_keys WHERE key_id = ?", (kid,)),
+                        ("UPDATE tc_data_keys SET subject = 'E2' WHERE key_id = ?", (kid,)),
+                        ("UPDATE tc_data_keys SET period = '2026-02' WHERE key_id = ?", (kid,)),
+                        ("UPDATE tc_data_keys SET wrapped = ? WHERE key_id = ?", (b"", kid)),
+                        ("UPDATE tc_data_keys SET destroyed_idx = 0 WHERE key_id = ?", (kid,))):
+        with pytest.raises(LedgerError, match="tc_data_keys"), store.transaction(T0) as tx:
+            tx.execute(sql, params)
+    assert ring.rows([kid])[kid].destroyed_idx is None
+    assert check_schema(store).findings == ()
+
+
+def test_an_older_sqlite_ledger_gets_the_key_table_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    s = SQLiteStore(path)
+    s.close()
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TRIGGER tc_data_keys_update; DROP TRIGGER tc_data_keys_no_delete;"
+                       "DROP TABLE tc_data_keys;")
+    conn.close()
+    s = SQLiteStore(path)
+    try:
+        assert not keyring.present(s)
+        ring = Keyring(s, MemoryKek(), origin=ORIGIN)
+        assert keyring.present(s)
+        assert _key(s, ring, "E1", "2026-01").startswith("dk-")
+    finally:
+        s.close()
+
+
+def test_the_blind_index_and_badge_pseudonyms(store: SQLStore) -> None:
+    kek = MemoryKek()
+    ring = Keyring(store, kek, origin=ORIGIN)
+    tag = ring.blind("em4100:0012345678")
+    assert tag == Keyring(store, kek, origin=ORIGIN).blind("em4100:0012345678")
+    assert tag != ring.blind("em4100:0012345679")
+    assert len(tag) == 64
+    assert "0012345678" not in tag
+    subject = ring.badge_subject("em4100:0012345678")
+    assert subject.startswith("badge:")
+    assert subject[6:] not in tag
+    assert len(subject) == 38
