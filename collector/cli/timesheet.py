@@ -1,0 +1,153 @@
+"""``timeclock-collector timesheet``: punches paired into shifts with hours per day, week and
+pay period, as plain CSV (with a sidecar binding it to the ledger), NDJSON or per-employee
+timecards (collector.records.timesheets holds the rules)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from collector import CollectorError
+from collector.cli.args import add_command
+from collector.cli.ledger import _private_out, _record_export, _store
+from collector.ledger.sqlbase import PunchQuery
+from collector.records.corrections import Corrections
+from collector.records.exports import parse_time
+from collector.records.timesheet_export import Sheets, load, sidecar
+from collector.records.timesheets import (
+    PERIODS,
+    ROUNDINGS,
+    Rules,
+    csv_text,
+    ndjson_items,
+    period_of,
+    timecard,
+)
+from wire.clock import now_us
+
+FORMATS = ("csv", "ndjson", "timecard")
+EPILOG = textwrap.dedent("""\
+    examples:
+      timeclock-collector timesheet --store ledger.db \\
+          --from 2026-11-01T00:00Z --to 2026-12-01T00:00Z \\
+          --out nov.csv --purpose "November payroll"      # nov.csv + nov.csv.sidecar.json
+      timeclock-collector timesheet --store ledger.db \\
+          --from 2026-11-16T00:00Z --to 2026-12-01T00:00Z \\
+          --format timecard --employee E-1001 --period semimonthly
+      timeclock-collector timesheet --store ledger.db \\
+          --from 2026-11-01T00:00Z --to 2026-12-01T00:00Z \\
+          --round-minutes 15 --grace-minutes 5 --format ndjson
+
+    Shifts pair in/out punches per employee in the employee's time zone (people directory);
+    an overnight shift belongs to the day it began; hours are UTC differences, so DST nights
+    count the hours lived. Missing and duplicate punches are exceptions (NDJSON, timecards)
+    and a shift with a missing punch counts no hours until it is corrected. Approved
+    corrections are applied and named in each row. --from/--to are device times (UTC unless
+    they carry an offset), --to exclusive. Every run leaves an access entry (who, why, what).
+    """)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = add_command(sub, "timesheet", help="timesheets: shifts, hours, exceptions, timecards",
+                    epilog=EPILOG, func=cmd_timesheet)
+    p.add_argument("--from", dest="since", required=True, metavar="TIME",
+                   help="first device time (ISO 8601 with a UTC offset, or µs)")
+    p.add_argument("--to", dest="until", required=True, metavar="TIME",
+                   help="end device time, exclusive")
+    p.add_argument("--employee", metavar="ID", help="one employee only")
+    p.add_argument("--site", help="punches of one site's clocks only")
+    p.add_argument("--format", choices=FORMATS, default="csv")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="write here (0600) and, for csv/ndjson, FILE.sidecar.json")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--purpose", default="not stated", metavar="TEXT",
+                   help="why the timesheet is made (recorded in the access entry)")
+    r = Rules()
+    p.add_argument("--round-minutes", type=int, default=r.round_minutes, metavar="N",
+                   help="round shift starts and ends to N minutes (0: off)")
+    p.add_argument("--rounding", choices=ROUNDINGS, default=r.rounding)
+    p.add_argument("--grace-minutes", type=int, default=r.grace_minutes, metavar="N",
+                   help="a start up to N min after / an end up to N min before a boundary "
+                        "counts as the boundary")
+    p.add_argument("--duplicate-s", type=int, default=r.duplicate_s, metavar="S",
+                   help="the same action again within S seconds is a duplicate")
+    p.add_argument("--max-shift-h", type=int, default=r.max_shift_h, metavar="H",
+                   help="a shift open longer is a missing out punch")
+    p.add_argument("--period", choices=PERIODS, default=r.period, help="pay period")
+    p.add_argument("--week-start", type=int, default=r.week_start, metavar="0-6",
+                   help="first day of the week, 0 = Monday")
+    p.add_argument("--period-anchor", default=r.period_anchor.isoformat(), metavar="DATE",
+                   help="biweekly: a date inside a first pay period")
+
+
+def _rules(args: argparse.Namespace) -> Rules:
+    try:
+        anchor = date.fromisoformat(args.period_anchor)
+    except ValueError as e:
+        raise CollectorError(f"--period-anchor {args.period_anchor!r}: use YYYY-MM-DD") from e
+    return Rules(round_minutes=args.round_minutes, rounding=args.rounding,
+                 grace_minutes=args.grace_minutes, duplicate_s=args.duplicate_s,
+                 max_shift_h=args.max_shift_h, week_start=args.week_start,
+                 period=args.period, period_anchor=anchor)
+
+
+def _render(sheets: Sheets, fmt: str, rules: Rules, since: int, until: int) -> tuple[str, int]:
+    if fmt == "csv":
+        text = csv_text(sheets.sheets)
+        return text, max(0, text.count("\r\n") - 1)
+    if fmt == "ndjson":
+        items = list(ndjson_items(sheets.sheets))
+        return "".join(json.dumps(i, sort_keys=True) + "\n" for i in items), len(items)
+    first = period_of(_day(since), rules)
+    last = period_of(_day(until - 1), rules)
+    cards = []
+    for sheet in sheets.sheets:
+        period = first
+        while period[0] <= last[0]:
+            cards.append(timecard(sheet, period, rules))
+            period = period_of(period[1].fromordinal(period[1].toordinal() + 1), rules)
+    return "\f\n".join(cards), len(cards)
+
+
+def _day(us: int) -> date:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).date()
+
+
+def cmd_timesheet(args: argparse.Namespace) -> int:
+    rules = _rules(args)
+    since, until = parse_time(args.since), parse_time(args.until)
+    if until <= since:
+        raise CollectorError(f"--to {args.until} must be after --from {args.since}")
+    with _store(args.store) as store:
+        corrections = Corrections(store).applied_complete()
+        sheets = load(store, PunchQuery(since=since, until=until, site=args.site), rules,
+                      corrections, employee=args.employee)
+        text, rows = _render(sheets, args.format, rules, since, until)
+        generated = now_us()
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            try:
+                with _private_out(args.out, force=args.force) as f:
+                    f.write(text)
+                if args.format != "timecard":
+                    meta = sidecar(sheets, csv_bytes=text.encode(), rows=rows, rules=rules,
+                                   generated_at=generated, fmt=args.format)
+                    side = args.out.with_name(args.out.name + ".sidecar.json")
+                    with _private_out(side, force=args.force) as f:
+                        f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            except FileExistsError as e:
+                raise CollectorError(f"{e.filename}: exists; use --force to overwrite") from e
+        _record_export(store, argparse.Namespace(purpose=args.purpose, format=args.format,
+                                                 out=args.out or "stdout", bundle=None),
+                       what="timesheet", rows=rows,
+                       query={"since": since, "until": until, "site": args.site,
+                              "employee": args.employee})
+    print(f"timesheet: {len(sheets.sheets)} employee(s), {rows} {args.format} row(s) from "
+          f"{sheets.punches} punch(es); {sum(sheets.unassigned.values())} punch(es) of badges "
+          "held by nobody left out", file=sys.stderr)
+    return 0
