@@ -19,6 +19,9 @@ service's tick) compares a cheap version of ``tc_badges`` and reloads every peri
 (collector.ledger.people_tables.BadgeResolver, one query) only when a badge entry was
 recorded. A ledger without badge periods (no directory yet) raises nothing: every punch
 would be ``unknown``. Detection runs after the commit: it never delays or refuses a punch.
+The same periods serve the per-person buddy-punch detectors (collector.ingest.detectors_people):
+they are loaded when either is on (``load=``), and :meth:`resolve` answers for both, once per
+punch.
 """
 
 from __future__ import annotations
@@ -44,10 +47,13 @@ class BadgeScans:
     """The badge-scan detector; ``observe`` on the writer thread after a commit (under the
     Detectors' lock), ``refresh`` on the writer's tick."""
 
-    def __init__(self, alerts: Alerts, *, enabled: bool = True, repeat_after_s: int = 3600,
-                 badges_max: int = 200_000) -> None:
+    def __init__(self, alerts: Alerts, *, enabled: bool = True, repeat_after_s: int = 3600,  # noqa: PLR0913 - the detector's settings
+                 badges_max: int = 200_000, load: bool = False) -> None:
         self.alerts = alerts
         self.enabled = enabled
+        # load the badge periods even with this detector off: the per-person buddy-punch
+        # detectors (collector.ingest.detectors_people) resolve each punch through them
+        self.load = enabled or load
         self.repeat_after_us = repeat_after_s * _US
         self.badges_max = badges_max
         self._resolve: Resolve | None = None
@@ -59,13 +65,29 @@ class BadgeScans:
     def active(self) -> bool:
         return self.enabled and self._resolve is not None
 
+    @property
+    def loaded(self) -> bool:
+        """Are badge periods loaded (a directory with badges exists)?"""
+        return self._resolve is not None
+
+    def resolve(self, credential: str, ts: int) -> tuple[str | None, str]:
+        """(employee id or None, badge status) at device time ``ts``; unknown when nothing
+        is loaded."""
+        resolve = self._resolve
+        return (None, "unknown") if resolve is None else resolve(credential, ts)
+
+    @property
+    def resolver(self) -> Resolve | None:
+        """The current badge resolution (None while silent); collector.ingest.badge_outcomes."""
+        return self._resolve if self.enabled else None
+
     def set_resolver(self, resolve: Resolve | None) -> None:
         """Judge punches with ``resolve`` from now on (None: judge nothing)."""
         self._resolve = resolve
 
     def refresh(self, store: SQLStore) -> bool:
         """Reload the badge periods if a badge entry changed them; True when reloaded."""
-        if not self.enabled:
+        if not self.load:
             return False
         version = badges_version(store)
         if version == self._version:
@@ -77,10 +99,16 @@ class BadgeScans:
 
     def observe(self, credential: str, device: str, ts: int, idx: int) -> list[Alert]:
         """Judge one appended punch; at most one alert."""
-        resolve = self._resolve
-        if not self.enabled or resolve is None:
+        if not self.enabled or self._resolve is None:
             return []
-        _, status = resolve(credential, ts)
+        return self.judge(self._resolve(credential, ts), credential, device, ts, idx)
+
+    def judge(self, held: tuple[str | None, str], credential: str, device: str, ts: int,  # noqa: PLR0913, PLR0917 - one punch, already resolved
+              idx: int) -> list[Alert]:
+        """Judge one appended punch whose badge resolved to ``held``; at most one alert."""
+        if not self.enabled or self._resolve is None:
+            return []
+        status = held[1]
         if status == "assigned":
             return []
         kind = "badge-unknown" if status == "unknown" else "badge-blocked"

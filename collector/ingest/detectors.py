@@ -48,6 +48,11 @@ default):
   directory resolves at its device time to a lost or blocked badge, or to nobody
   (collector.ingest.badge_scans; ``badge_scans = false`` turns it off; silent while the
   directory has no badge periods).
+- ``buddy-punch`` by employee and ``buddy-pair`` (sev 2): one employee through two of their
+  badges at two clocks closer than travel allows, and two employees' badges tapped back to
+  back at one clock on several days (collector.ingest.detectors_people, with the directory's
+  badge periods; ``people_buddy``, ``pair_window_s``, ``pair_min_days``,
+  ``pair_lookback_days``, ``pairs_max``).
 - ``witness-refusal`` is raised by collector.ingest.cosignatures and witness_client.
 
 Invariants: every detector's state is bounded (per device, per badge with an LRU bound, per
@@ -66,6 +71,7 @@ from dataclasses import dataclass, field
 from collector.ingest import metrics
 from collector.ingest.alerts import SEVERITY_CRITICAL, SEVERITY_WARNING, Alert, Alerts
 from collector.ingest.badge_scans import BadgeScans
+from collector.ingest.detectors_people import PeopleDetectors, PeopleSettings
 from collector.ingest.metrics import Gauge
 from collector.ledger.base import AppendResult, Fact, Outcome, PunchFact, RejectionFact
 from wire.config import Section
@@ -98,6 +104,18 @@ class DetectorSettings:
     queue_age_max_s: int = 3600           # unreceipted punches this old: payroll at risk
     badges_max: int = 200_000             # badges remembered for buddy-punch (LRU)
     badge_scans: bool = True              # badge-unknown / badge-blocked (badge_scans.py)
+    people_buddy: bool = True             # one employee, two badges (detectors_people.py)
+    pair_window_s: int = 4                # buddy-pair: two badges back to back at a clock …
+    pair_min_days: int = 4                # … on this many distinct days …
+    pair_lookback_days: int = 14          # … within this many (0 s window: off)
+    pairs_max: int = 100_000              # pairs and employees remembered (LRU)
+
+    def people(self) -> PeopleSettings:
+        return PeopleSettings(
+            people_buddy=self.people_buddy, travel_same_site_s=self.travel_same_site_s,
+            travel_other_site_s=self.travel_other_site_s, pair_window_s=self.pair_window_s,
+            pair_min_days=self.pair_min_days, pair_lookback_days=self.pair_lookback_days,
+            pairs_max=self.pairs_max)
 
 
 def read_detector_section(sec: Section) -> DetectorSettings:
@@ -120,7 +138,13 @@ def read_detector_section(sec: Section) -> DetectorSettings:
         queue_age_max_s=sec.integer("queue_age_max_s", d.queue_age_max_s, lo=0,
                                     hi=30 * day),
         badges_max=sec.integer("badges_max", d.badges_max, lo=100, hi=10_000_000),
-        badge_scans=sec.boolean("badge_scans", d.badge_scans))
+        badge_scans=sec.boolean("badge_scans", d.badge_scans),
+        people_buddy=sec.boolean("people_buddy", d.people_buddy),
+        pair_window_s=sec.integer("pair_window_s", d.pair_window_s, lo=0, hi=600),
+        pair_min_days=sec.integer("pair_min_days", d.pair_min_days, lo=1, hi=366),
+        pair_lookback_days=sec.integer("pair_lookback_days", d.pair_lookback_days, lo=1,
+                                       hi=366),
+        pairs_max=sec.integer("pairs_max", d.pairs_max, lo=100, hi=10_000_000))
     sec.finish()
     return s
 
@@ -167,9 +191,12 @@ class Detectors:
         self._failures: dict[tuple[str, str], tuple[int, int]] = {}   # (who, reason) → n, at
         # unknown and lost/blocked badges (collector.ingest.badge_scans; the service's tick
         # gives it the directory's badge periods)
+        self.people = PeopleDetectors(alerts, self.s.people(), site_of=self.site_of)
         self.badge_scans = BadgeScans(alerts, enabled=self.s.badge_scans,
                                       repeat_after_s=self.s.repeat_after_s,
-                                      badges_max=self.s.badges_max)
+                                      badges_max=self.s.badges_max,
+                                      load=self.people.active)
+        self._people_on = self.people.active
 
     def _dev(self, device: str) -> _Device:
         d = self._devices.get(device)
@@ -195,9 +222,17 @@ class Detectors:
                             out.extend(self._time(p.device, d, ts, recv, r.idx))
                         if self._buddy_on:
                             out.extend(self._buddy(p.credential, p.device, ts, r.idx))
-                        if self.badge_scans.active:
-                            out.extend(self.badge_scans.observe(p.credential, p.device, ts,
-                                                                r.idx))
+                        scans = self.badge_scans
+                        if scans.loaded:
+                            held = scans.resolve(p.credential, ts)
+                            if scans.enabled:
+                                out.extend(scans.judge(held, p.credential, p.device, ts,
+                                                       r.idx))
+                        else:
+                            held = (None, "unknown")
+                        if self._people_on:
+                            out.extend(self.people.observe(held[0], p.credential, p.device,
+                                                           ts, r.idx))
                     else:
                         out.extend(self._punch(fact, r))
                 elif isinstance(fact, RejectionFact) and fact.reason not in OWN_ALERTS:
@@ -333,8 +368,8 @@ class Detectors:
             detail=f"one badge at {other} (idx {other_idx}) and {device} (idx {idx}) "
                    f"{apart / _US:.0f} s apart, {where}: closer than the {travel} s travel "
                    f"allows (buddy punching or a cloned badge)",
-            fields={"punch_idx": [other_idx, idx], "devices": [other, device],
-                    "apart_us": apart})
+            fields={"basis": "badge", "punch_idx": [other_idx, idx],
+                    "devices": [other, device], "apart_us": apart})
 
     def _rejection(self, who: str, reason: str, now_us: int, detail: str) -> list[Alert]:
         key = (who, reason)

@@ -86,7 +86,7 @@ ALERTS = Counter(
 # 0, so a rule's increase() sees the first alert of a kind (a counter born at 1 would not).
 KNOWN_ALERTS = {"chain-break": 1, "conflict": 1, "fork": 1, "replay-burst": 1,
                 "witness-refusal": 1, "gap": 2, "witness-error": 2, "clock-offline": 2,
-                "clock-skew": 2, "implausible-time": 2, "buddy-punch": 2,
+                "clock-skew": 2, "implausible-time": 2, "buddy-punch": 2, "buddy-pair": 2,
                 "verification-failure": 2, "auth-failure-burst": 2, "queue-age": 2,
                 "api-unauthenticated-burst": 2, "review-overdue": 2, "badge-blocked": 2,
                 "badge-unknown": 3,

@@ -101,6 +101,11 @@ def test_d13_badge_scans_can_be_turned_off(store: SQLStore) -> None:
     rig = Rig(store, DetectorSettings(badge_scans=False))
     c = rig.clock()
     _directory(store)
-    assert rig.detectors.badge_scans.refresh(store) is False
+    # the periods are still loaded for the per-person buddy-punch detectors
+    # (collector.ingest.detectors_people), but no badge scan is judged
+    assert rig.detectors.badge_scans.refresh(store) is True
     rig.tap(c, BLOCKED, ts=T0)
+    rig.tap(c, STRANGER, ts=T0 + S)
     assert rig.kinds() == []
+    off = Rig(store, DetectorSettings(badge_scans=False, people_buddy=False, pair_window_s=0))
+    assert off.detectors.badge_scans.refresh(store) is False     # nothing needs them
