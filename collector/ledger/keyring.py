@@ -320,7 +320,8 @@ class Keyring:
 
     # -- the blind index and pseudonyms -------------------------------------------------------
     def index_key(self) -> bytes:
-        """The key of the blind index (one per ledger; created on first use)."""
+        """The key of the blind index (one per ledger; created on first use, in a transaction
+        of its own: call it once outside any, as SQLStore.use_keyring does)."""
         if self._index_key is not None:
             return self._index_key
         rows = self.store.query(f"SELECT {_COLS} FROM {TABLE} WHERE subject = ? AND "  # noqa: S608 - constant columns

@@ -14,7 +14,7 @@ from collector.ledger.row_check import ENROLMENT_SQL, RowChecker
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore, to_bytes
 
 IN_CHUNK = 500      # values per IN (...) list (SQLite allows ≥ 999 parameters)
-_KIND_PAGE = ("SELECT e.idx, e.at, e.hash, b.body FROM entries e LEFT JOIN bodies b "
+_KIND_PAGE = ("SELECT e.idx, e.at, e.hash, e.body, b.body FROM entries e LEFT JOIN bodies b "
               "ON b.idx = e.idx WHERE e.kind = ? AND e.idx > ? ORDER BY e.idx LIMIT ?")
 
 
@@ -28,8 +28,8 @@ class KindEntry:
 
 def entries_of_kind(store: SQLStore, kind: str, after: int, limit: int) -> list[KindEntry]:
     """At most ``limit`` entries of ``kind`` with idx > ``after``, in idx order."""
-    return [KindEntry(int(idx), int(at), str(h), to_bytes(body))
-            for idx, at, h, body in store.query(_KIND_PAGE, (kind, after, limit))]
+    return [KindEntry(int(idx), int(at), str(h), store.plain(idx, bh, to_bytes(body)))
+            for idx, at, h, bh, body in store.query(_KIND_PAGE, (kind, after, limit))]
 
 
 def idxs_of_kind(store: SQLStore, kind: str) -> set[int]:
@@ -48,10 +48,12 @@ def bodies_of_kind(store: SQLStore, kind: str, idxs: Iterable[int]
     wanted = sorted(idxs)
     for i in range(0, len(wanted), IN_CHUNK):
         chunk = wanted[i:i + IN_CHUNK]
-        sql = ("SELECT b.idx, b.body FROM bodies b JOIN entries e ON e.idx = b.idx "  # noqa: S608 - only "?" placeholders are joined in
+        sql = ("SELECT b.idx, e.body, b.body FROM bodies b JOIN entries e ON e.idx = b.idx "  # noqa: S608 - only "?" placeholders are joined in
                "WHERE e.kind = ? AND b.idx IN (" + ", ".join("?" * len(chunk)) + ")")
-        for idx, raw in store.query(sql, (kind, *chunk)):
-            yield int(idx), bytes(raw)
+        for idx, bh, raw in store.query(sql, (kind, *chunk)):
+            plain = store.plain(idx, bh, bytes(raw))
+            if plain is not None:      # None: its data key was destroyed (an erasure)
+                yield int(idx), plain
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +76,15 @@ def punch_page(store: SQLStore, query: PunchQuery, *, limit: int,
                ) -> list[PunchRow]:
     """One page of ``query`` (ordered by (ts, device, seq)), after the cursor ``after``."""
     text, params = query.sql("?", credential=credential, after=after, limit=limit)
-    check = RowChecker(functools.partial(_enrolment, store))
-    return [check.row(r) for r in store.query(text, params)]
+    check = RowChecker(functools.partial(_enrolment, store), store.plain)
+    return list(check.rows(store.query(text, params)))
 
 
 def punch_row(store: SQLStore, device: str, seq: int) -> PunchRow | None:
     """The payroll row of one recorded punch."""
     text, params = PunchQuery(device=device).sql("?", seq=seq)
     rows = store.query(text, params)
-    return RowChecker(functools.partial(_enrolment, store)).row(rows[0]) if rows else None
+    return next(RowChecker(functools.partial(_enrolment, store), store.plain).rows(rows), None)
 
 
 def _enrolment(store: SQLStore, device: str) -> tuple[Any, Any] | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 from collector import LedgerError
@@ -39,6 +39,9 @@ ENROLMENT_SQL = ("SELECT e.body, b.body FROM devices d JOIN entries e ON e.idx =
 _NAMES = ("device", "seq", "ts", "clock", "reader", "credential", "action", "key")
 
 Enrolment = Callable[[str], "tuple[Any, Any] | None"]
+# (idx, body hash, stored body) → plaintext, None once its data key was destroyed
+# (SQLStore.plain: DESIGN.md §8.6 bodies at rest).
+Opener = Callable[[Any, Any, "bytes | None"], "bytes | None"]
 
 
 class ProjectionError(LedgerError):
@@ -97,15 +100,30 @@ class RowChecker:
     ``enrolment(device)``: the (entry body hash, body) of :data:`ENROLMENT_SQL` for a device,
     or None; each device is looked up once."""
 
-    def __init__(self, enrolment: Enrolment) -> None:
+    def __init__(self, enrolment: Enrolment, opener: Opener | None = None) -> None:
         self._enrolment = enrolment
+        self._open = opener
         self._sites: dict[str, str] = {}
+
+    def rows(self, rs: Iterable[tuple[Any, ...]]) -> Iterator[PunchRow]:
+        """:meth:`row` of each of ``rs``, leaving out the punches whose body's data key was
+        destroyed (an erasure, DESIGN.md §8.6): they are nobody's data any more."""
+        for r in rs:
+            raw = _bytes(r[15])
+            if self._open is not None:
+                raw = self._open(r[10], r[13], raw)
+                if raw is None and r[15] is not None:
+                    continue
+            yield self._checked(r, raw)
 
     def row(self, r: tuple[Any, ...]) -> PunchRow:
         """The PunchRow of ``r`` if it matches the chain; else :class:`ProjectionError`."""
+        raw = _bytes(r[15])
+        return self._checked(r, raw if self._open is None else self._open(r[10], r[13], raw))
+
+    def _checked(self, r: tuple[Any, ...], raw: bytes | None) -> PunchRow:
         p = PunchRow(*r[:12])
-        kind, body_hash, prev, body = r[12:16]
-        raw = _bytes(body)
+        kind, body_hash, prev, _ = r[12:16]
         if raw is None:      # the payroll query joins bodies: only a caller's own query
             self._fail(p, "its entry has no body")
         if kind != "punch":

@@ -155,8 +155,10 @@ END $$;
 
 CREATE OR REPLACE FUNCTION tc_bodies_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- A sealed body (DESIGN.md §8.6, 'TCE' 0x01 …) is checked by its AEAD tag on read.
     IF NOT EXISTS (SELECT 1 FROM entries e WHERE e.idx = NEW.idx
-                   AND e.body = encode(sha256(NEW.body), 'hex')) THEN
+                   AND (e.body = encode(sha256(NEW.body), 'hex')
+                        OR substring(NEW.body FROM 1 FOR 4) = decode('54434501', 'hex'))) THEN
         RAISE EXCEPTION 'timeclock: body % refused: no entry with this idx and body hash', NEW.idx
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import AppendOnlyError, LedgerError, LedgerUnavailableError, RegistryError
-from collector.ledger import key_authority, retention_tables, tree
+from collector.ledger import body_crypto, key_authority, people_tables, retention_tables, tree
 from collector.ledger.base import (
     AppendResult,
     DeviceProgress,
@@ -38,7 +38,9 @@ from collector.ledger.base import (
     RejectionFact,
     StoredEntry,
 )
+from collector.ledger.body_crypto import BodySealer
 from collector.ledger.indoubt import InDoubt, Settled, merge
+from collector.ledger.keyring import Keyring
 from wire import ZERO_HASH, merkle
 from wire.bodies import Body, BodyError, DeviceEvent, Retention, parse_body
 from wire.canonical import canonical
@@ -196,6 +198,10 @@ class SQLStore(LedgerStore):
     # Whether a read on this connection can wait for another connection's write (a lock, a
     # commit); False lets a caller run short reads inline on an event loop (collector.api.reads).
     reads_wait_for_writers = True
+    # DESIGN.md §8.6: seals personal bodies on append and opens them on read
+    # (collector.ledger.body_crypto); None: bodies are written clear, and a sealed one is an
+    # error naming [ledger] kek. Set by :meth:`use_keyring`.
+    sealer: BodySealer | None = None
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -332,7 +338,21 @@ class SQLStore(LedgerStore):
 
     def _planner(self, cur: Any, now_us: int) -> _Append:
         return _Append(cur, now_us, sql=self._sql, existing=self._existing,
-                       tree_sql=self.tree_sql)
+                       tree_sql=self.tree_sql, sealer=self.sealer)
+
+    # -- bodies at rest (DESIGN.md §8.6; collector.ledger.body_crypto) ----------------------
+    def use_keyring(self, ring: Keyring) -> None:
+        """Seal personal bodies from now on and open sealed ones with ``ring``'s keys."""
+        people_tables.ensure_schema(self)     # punches resolve their subject through it
+        ring.index_key()      # its own transaction, before any append needs a pseudonym
+        self.sealer = BodySealer(ring)
+
+    def plain(self, idx: Any, body_hash: Any, stored: bytes | None) -> bytes | None:
+        """The plaintext of a stored body (None: absent, or its data key was destroyed)."""
+        if self.sealer is None:
+            body_crypto.unsealed_error(stored)
+            return stored
+        return self.sealer.plain(idx, body_hash, stored)
 
     # -- append ---------------------------------------------------------------------------
     def append(self, facts: Sequence[Fact], *, now_us: int) -> list[AppendResult]:
@@ -383,7 +403,8 @@ class SQLStore(LedgerStore):
             else:
                 rows = self._q(_RAW_PAGE.format(stop="AND e.idx < ? "), (after, stop, lim))
             for r in rows:
-                yield RawEntry(r[0], r[1], r[2], r[3], r[4], r[5], to_bytes(r[6]))
+                yield RawEntry(r[0], r[1], r[2], r[3], r[4], r[5],
+                               self.plain(r[0], r[3], to_bytes(r[6])))
             if len(rows) < lim:
                 return
             after = int(rows[-1][0])
@@ -572,8 +593,10 @@ class _Append:
     def __init__(self, cur: Any, now_us: int, *, sql: Callable[[str], str],
                  existing: Callable[[Any, set[tuple[str, int]]],
                                     dict[tuple[str, int], tuple[str, int]]],
-                 tree_sql: tree.TreeSQL = tree.SQLITE_TREE) -> None:
+                 tree_sql: tree.TreeSQL = tree.SQLITE_TREE,
+                 sealer: BodySealer | None = None) -> None:
         self.sql = sql              # the store's placeholder translation
+        self.sealer = sealer        # seals personal bodies in _flush (DESIGN.md §8.6)
         self.existing = existing    # the store's (device, seq) lookup
         self.tree_sql = tree_sql    # the store's node table statements
         self.cur = cur
@@ -753,13 +776,33 @@ class _Append:
         deleted under retention (the auditor cannot check that link either)."""
         if (device, seq) in self.prevs:
             return self.prevs[(device, seq)]
-        self.cur.execute(self.sql("SELECT body FROM bodies WHERE idx = ?"), (idx,))
+        self.cur.execute(self.sql("SELECT b.body, e.body FROM bodies b JOIN entries e "
+                                  "ON e.idx = b.idx WHERE b.idx = ?"), (idx,))
         row = self.cur.fetchone()
-        if row is None or row[0] is None:
+        plain = None if row is None else self._plain(idx, row[1], to_bytes(row[0]))
+        if plain is None:       # deleted under retention, or its data key destroyed
             return None
-        prev = SignedPunch.from_bytes(bytes(row[0])).punch.prev
+        prev = SignedPunch.from_bytes(plain).punch.prev
         self.prevs[(device, seq)] = prev
         return prev
+
+    def _plain(self, idx: int, body_hash: Any, stored: bytes | None) -> bytes | None:
+        if self.sealer is None:
+            body_crypto.unsealed_error(stored)
+            return stored
+        return self.sealer.plain(idx, body_hash, stored)
+
+    def _sealed_bodies(self) -> list[tuple[int, bytes]]:
+        """The bodies to insert: personal ones sealed (DESIGN.md §8.6), when a keyring is set."""
+        if self.sealer is None:
+            return self.bodies
+        tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self)
+        punches = {r[3]: {"credential": r[7], "ts": r[5]} for r in self.punches}
+        hashes = {e[0]: e[3] for e in self.entries}
+        pending = [(e[0], e[1], e[2], punches.get(e[0]), b)
+                   for e, (_, b) in zip(self.entries, self.bodies, strict=True)]
+        subjects = self.sealer.subjects(tx, pending)
+        return self.sealer.seal_all(tx, self.bodies, hashes, subjects)
 
     def _event(self, f: EventFact) -> AppendResult:
         try:
@@ -831,7 +874,8 @@ class _Append:
             self.tree_sql.insert_appended(c, nodes)
             c.executemany(q("INSERT INTO entries (idx, kind, at, body, prev, hash) "
                             "VALUES (?, ?, ?, ?, ?, ?)"), self.entries)
-            c.executemany(q("INSERT INTO bodies (idx, body) VALUES (?, ?)"), self.bodies)
+            c.executemany(q("INSERT INTO bodies (idx, body) VALUES (?, ?)"),
+                          self._sealed_bodies())
         if self.punches:
             c.executemany(q("INSERT INTO punches (device, seq, punch_hash, idx, key_id, ts, "
                             "clock, credential, action, reader, site) "

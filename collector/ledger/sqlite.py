@@ -210,9 +210,8 @@ class SQLiteStore(SQLStore):
             conn.execute("BEGIN")
             cur = conn.execute(text, params)
             check = RowChecker(
-                lambda device: conn.execute(ENROLMENT_SQL, (device,)).fetchone())
-            for r in cur:
-                yield check.row(r)
+                lambda device: conn.execute(ENROLMENT_SQL, (device,)).fetchone(), self.plain)
+            yield from check.rows(cur)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             raise LedgerError(f"reading punches failed: {e}") from e

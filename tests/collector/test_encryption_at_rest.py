@@ -10,21 +10,29 @@ destroyed key is the disposal).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from collector import AppendOnlyError, KeyDestroyedError, KeyringError, LedgerError
-from collector.ledger import keyring
+from collector.ledger import body_crypto, keyring
+from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.kek import create_file_kek, load_kek
 from collector.ledger.keyring import Keyring, period_of, wrap_aad
 from collector.ledger.schema_check import check_schema
-from collector.ledger.sqlbase import SQLStore
+from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
+from collector.people import directory
+from collector.people.csv_import import import_files
+from collector.records.exports import export_bundle
 from tests.collector.keyring_kit import MemoryKek
-from tests.collector.ledger_kit import T0
+from tests.collector.ledger_kit import T0, Clock, seeded_key, sqlite_exec
+from wire import verify_cli
+from wire.ledger import Checkpoint
 
 ORIGIN = "timeclock.test/ledger"
 MONTH = 31 * 86_400 * 1_000_000
@@ -227,3 +235,101 @@ def test_the_blind_index_and_badge_pseudonyms(store: SQLStore) -> None:
     assert subject.startswith("badge:")
     assert subject[6:] not in tag
     assert len(subject) == 38
+
+
+# -- bodies at rest ------------------------------------------------------------------------------
+
+NOW = T0 + 10**9
+BADGE = "em4100:0012345678"
+STRANGER = "em4100:0000000077"
+NAMES = ("Ada Lovelace", "Grace Hopper")
+EMPLOYEES = """employee_id,name,department,site,timezone,manager_id
+E1000,Grace Hopper,Operations,hq,America/New_York,
+E1001,Ada Lovelace,Operations,hq,Europe/London,E1000
+"""
+BADGES = f"""credential,employee_id,valid_from,valid_until,status
+{BADGE},E1001,2025-01-01T00:00:00Z,,assigned
+"""
+LOG_KEY = seeded_key("log-key")
+
+
+def _personal_store(store: SQLStore, tmp_path: Path, kek: MemoryKek | None = None
+                    ) -> tuple[Keyring, Clock]:
+    """``store`` sealed under a keyring: a clock, two employees, a badge, and punches of the
+    assigned badge (E1001) and of a badge nobody holds, in two months."""
+    ring = Keyring(store, kek or MemoryKek(), origin=ORIGIN)
+    store.use_keyring(ring)
+    c = Clock("clock-1")
+    store.append([EventFact("device", c.enrolled_body())], now_us=T0)
+    (tmp_path / "e.csv").write_text(EMPLOYEES, encoding="utf-8")
+    (tmp_path / "b.csv").write_text(BADGES, encoding="utf-8")
+    import_files(store, tmp_path / "e.csv", tmp_path / "b.csv", now_us=T0)
+    store.append([c.fact(credential=BADGE), c.fact(credential=STRANGER),
+                  c.fact(credential=BADGE, ts=T0 + MONTH)], now_us=NOW)
+    size, head = store.head()
+    store.add_checkpoint(Checkpoint(log=LOG_KEY.key_id, size=size, head=head,
+                                    at=NOW).sign(LOG_KEY))
+    return ring, c
+
+
+def _secrets() -> list[bytes]:
+    out: list[bytes] = []
+    for s in (BADGE, STRANGER, *NAMES):
+        out += [s.encode(), base64.b64encode(s.encode()), s.encode().hex().encode()]
+    out += [b"0012345678", b"0000000077", b"Lovelace", b"Hopper"]
+    return out
+
+
+def test_d15_personal_bodies_are_sealed_and_every_read_sees_the_plaintext(
+        store: SQLStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ring, _ = _personal_store(store, tmp_path)
+    stored = {i: b for i, b in _bodies(store)}
+    kinds = {se.entry.idx: se.entry.kind for se in store.entries()}
+    sealed = {i for i, b in stored.items() if body_crypto.is_sealed(b)}
+    assert sealed == {i for i, k in kinds.items() if k in ("punch", "employee", "badge")}
+    assert len(sealed) == 6
+    blob = b"".join(stored.values())
+    assert [s for s in _secrets() if s in blob] == []
+    # The chain commits to the plaintext: every read path opens the bodies.
+    for se in store.entries():
+        assert se.body is not None
+        assert hashlib.sha256(se.body).hexdigest() == se.entry.body
+    assert BADGE.encode() in b"".join(se.body or b"" for se in store.entries())
+    # Subjects: the employee at punch time, else the badge's pseudonym; one key per month.
+    subjects = {(r.subject, r.period) for r in ring.rows(
+        body_crypto.sealed_key_id(stored[i]) for i in sealed).values()}
+    assert subjects == {("E1000", "2025-11"), ("E1001", "2025-11"), ("E1001", "2025-12"),
+                        (ring.badge_subject(STRANGER), "2025-11")}
+    rows = list(store.punch_rows(PunchQuery()))
+    assert [r.credential for r in rows] == [BADGE, STRANGER, BADGE]
+    assert directory.check_projection(store) == []
+    assert directory.employee(store, "E1001") is not None
+    result = verify_store(store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True)
+    assert result.ok, result.report
+    # The auditor's bundle is the evidence: plaintext bodies, each file 0600.
+    export_bundle(store, tmp_path / "bundle", [LOG_KEY.verify_key])
+    assert verify_cli.main([str(tmp_path / "bundle"), "--collector-key",
+                            LOG_KEY.verify_key.b64]) == 0
+    assert "RESULT: OK" in capsys.readouterr().out
+
+
+def test_a_sealed_ledger_without_a_kek_says_which_option_is_missing(
+        store: SQLStore, tmp_path: Path) -> None:
+    _personal_store(store, tmp_path)
+    store.sealer = None
+    with pytest.raises(KeyringError, match=r"bodies are encrypted .*set \[ledger\] kek"):
+        list(store.entries())
+    with pytest.raises(KeyringError, match=r"\[ledger\] kek"):
+        list(store.punch_rows(PunchQuery()))
+
+
+def test_a_sealed_body_moved_to_another_entry_does_not_open(sqlite_store: SQLiteStore,
+                                                            tmp_path: Path) -> None:
+    _personal_store(sqlite_store, tmp_path)
+    punches = [se.entry.idx for se in sqlite_store.entries() if se.entry.kind == "punch"]
+    a, b = punches[0], punches[2]
+    sqlite_exec(sqlite_store.path, "DROP TRIGGER bodies_no_update",
+                f"UPDATE bodies SET body = (SELECT body FROM bodies WHERE idx = {b}) "  # noqa: S608 - test ints
+                f"WHERE idx = {a}")
+    with pytest.raises(LedgerError, match=f"sealed body of entry {a} does not open"):
+        list(sqlite_store.entries())

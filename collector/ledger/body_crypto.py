@@ -1,0 +1,173 @@
+"""Bodies at rest (DESIGN.md §8.6): the personal bodies of the ``bodies`` table are stored
+XChaCha20-Poly1305 ciphertext under their subject's data key (collector.ledger.keyring).
+
+Stored form (docs/protocol.md "Bodies at rest")::
+
+    "TCE" 0x01 | key id (35 ASCII bytes, "dk-" + 32 hex) | nonce (24 random bytes) | AEAD output
+    aad = "timeclock body v1" 0x00 | idx (decimal ASCII) 0x00 | body hash (64 hex) 0x00 | key id
+
+A plaintext body is canonical JSON and starts with ``{``, so the two never mix up; a ledger
+written before encryption keeps its plaintext bodies readable (``migrate`` seals them).
+
+Which bodies are sealed, under which (subject, period):
+
+- ``punch``: the employee the badge resolves to at the punch's device time (BadgeResolver),
+  else the badge's keyed pseudonym; the UTC month of the device time;
+- ``employee``: its employee id; ``badge``: its holder, else the credential's pseudonym; both
+  in the month of the entry's ``at``;
+- ``correction``: the key of the punch it amends (the same subject and month, so erasing the
+  person erases the amendment with the punch);
+- every other kind stays clear (device, access, checkpoints, grants, config, alerts, retention,
+  shred...): none holds a credential or a name, and the verifiers need them.
+
+Invariants: ``entries.body`` stays the SHA-256 of the plaintext, so the chain, the Merkle tree,
+receipts and every proof are unchanged; every read of a body goes through :meth:`BodySealer.
+plain` (None when its key was destroyed: the body is gone, like one retention removed);
+a sealed body found without a keyring is an error that names ``[ledger] kek``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from nacl import bindings as sodium
+from nacl.exceptions import CryptoError
+
+from collector import KeyDestroyedError, KeyringError, LedgerError
+from collector.ledger.keyring import Keyring, period_of
+
+if TYPE_CHECKING:
+    from collector.ledger.sqlbase import Tx
+
+MAGIC = b"TCE\x01"
+KEY_ID_BYTES = 35
+NONCE_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES      # 24
+HEADER_BYTES = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES                # 63
+_AAD = b"timeclock body v1\x00"
+SEALED_KINDS = frozenset({"punch", "employee", "badge", "correction"})
+NO_KEK = ("this ledger's bodies are encrypted (DESIGN.md §8.6): set [ledger] kek = "
+          "\"file:…\" | \"credential:NAME\" | \"pkcs11:…\" in the collector's config "
+          "(or --kek) to read them")
+
+
+def is_sealed(stored: bytes | None) -> bool:
+    return stored is not None and stored[:4] == MAGIC
+
+
+def body_aad(idx: int, body_hash: str, key_id: str) -> bytes:
+    return _AAD + f"{idx}\x00{body_hash}\x00{key_id}".encode()
+
+
+def sealed_key_id(stored: bytes) -> str:
+    """The data key id in a sealed body's header."""
+    if len(stored) < HEADER_BYTES + 16 or not is_sealed(stored):
+        raise LedgerError("a sealed body is shorter than its header and tag")
+    return stored[4:4 + KEY_ID_BYTES].decode("ascii", "replace")
+
+
+def seal(plain: bytes, *, idx: int, body_hash: str, key_id: str, key: bytes) -> bytes:
+    if len(key_id) != KEY_ID_BYTES:
+        raise KeyringError(f"data key id {key_id!r} is not {KEY_ID_BYTES} characters")
+    nonce = sodium.randombytes(NONCE_BYTES)
+    ct: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        plain, body_aad(idx, body_hash, key_id), nonce, key)
+    return MAGIC + key_id.encode("ascii") + nonce + ct
+
+
+def open_body(stored: bytes, *, idx: int, body_hash: str, key: bytes) -> bytes:
+    key_id = sealed_key_id(stored)
+    nonce = stored[4 + KEY_ID_BYTES:HEADER_BYTES]
+    try:
+        out: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            stored[HEADER_BYTES:], body_aad(idx, body_hash, key_id), nonce, key)
+    except CryptoError as e:
+        raise LedgerError(f"the sealed body of entry {idx} does not open under its data key "
+                          f"{key_id} (edited, or moved from another entry)") from e
+    return out
+
+
+class BodySealer:
+    """Seals bodies on append and opens them on read, with one keyring's cached keys."""
+
+    def __init__(self, ring: Keyring) -> None:
+        self.ring = ring
+
+    # -- read -------------------------------------------------------------------------------
+    def plain(self, idx: int, body_hash: Any, stored: bytes | None) -> bytes | None:
+        """The plaintext of a stored body: itself when clear, None when absent or when its
+        data key was destroyed."""
+        if stored is None or not is_sealed(stored):
+            return stored
+        key_id = sealed_key_id(stored)
+        try:
+            key = self.ring.key(key_id)
+        except KeyDestroyedError:
+            return None
+        return open_body(stored, idx=int(idx), body_hash=str(body_hash), key=key)
+
+    # -- write (inside the append's transaction) ---------------------------------------------
+    def subjects(self, tx: Tx, pending: Iterable[tuple[int, str, int, dict[str, Any] | None,
+                                                       bytes]]
+                 ) -> dict[int, tuple[str, str] | str]:
+        """(subject, period) — or the key id to reuse — of each pending personal body:
+        ``pending`` is (idx, kind, at, punch fields or None, plaintext)."""
+        from collector.ledger import people_tables  # noqa: PLC0415 - people_tables imports nothing of the store at import time
+
+        todo = [p for p in pending if p[1] in SEALED_KINDS]
+        creds = {p[3]["credential"] for p in todo if p[1] == "punch" and p[3] is not None}
+        resolver = people_tables.BadgeResolver(people_tables.tx_periods(tx, creds)) \
+            if creds else None
+        out: dict[int, tuple[str, str] | str] = {}
+        for idx, kind, at, punch, plain in todo:
+            if kind == "punch" and punch is not None and resolver is not None:
+                employee, _ = resolver.resolve(punch["credential"], punch["ts"])
+                subject = employee or self.ring.badge_subject(punch["credential"])
+                out[idx] = (subject, period_of(punch["ts"]))
+            elif kind in ("employee", "badge"):
+                doc = json.loads(plain)
+                subject = doc.get("employee_id") or self.ring.badge_subject(doc["credential"])
+                out[idx] = (str(subject), period_of(at))
+            elif kind == "correction":
+                original = int(json.loads(plain)["original_idx"])
+                key_id = self._key_of(tx, original)
+                if key_id is not None:
+                    out[idx] = key_id
+        return out
+
+    @staticmethod
+    def _key_of(tx: Tx, idx: int) -> str | None:
+        """The data key id of the stored body of entry ``idx`` (None: clear or absent)."""
+        found = tx.rows("SELECT body FROM bodies WHERE idx = ?", (idx,))
+        if found and found[0][0] is not None and is_sealed(bytes(found[0][0])):
+            return sealed_key_id(bytes(found[0][0]))
+        return None
+
+    def seal_all(self, tx: Tx, bodies: list[tuple[int, bytes]], hashes: dict[int, str],
+                 subjects: dict[int, tuple[str, str] | str]) -> list[tuple[int, bytes]]:
+        """``bodies`` with each personal one sealed under its (subject, period)'s key (created
+        in ``tx`` when new): one key lookup per distinct subject and month, not per body."""
+        keys: dict[tuple[str, str], tuple[str, bytes]] = {}
+        out: list[tuple[int, bytes]] = []
+        for idx, plain in bodies:
+            target = subjects.get(idx)
+            if target is None:
+                out.append((idx, plain))
+                continue
+            if isinstance(target, str):
+                key_id, key = target, self.ring.key(target)
+            else:
+                if target not in keys:
+                    dk = self.ring.data_key(tx, target[0], target[1], idx=idx)
+                    keys[target] = (dk.key_id, dk.key)
+                key_id, key = keys[target]
+            out.append((idx, seal(plain, idx=idx, body_hash=hashes[idx], key_id=key_id,
+                                  key=key)))
+        return out
+
+
+def unsealed_error(stored: bytes | None) -> None:
+    """Raise the operator's error for a sealed body read by a store without a keyring."""
+    if is_sealed(stored):
+        raise KeyringError(NO_KEK)
