@@ -25,6 +25,7 @@ from agent import provision, resume
 from agent.certstate import check_certificate
 from agent.config import AgentConfig, load_config
 from agent.errors import AgentError, ConfigError
+from agent.feedback import feedback_problems
 from agent.keystore import KeyRef, new_queue_key, save_queue_key
 from agent.queue import free_bytes, read_stats
 from agent.status import read_status, render
@@ -271,7 +272,7 @@ def cert_problems(config: AgentConfig, env: dict[str, str], found: list[str]) ->
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    problems = key_file_problems(config)
+    problems = key_file_problems(config) + feedback_problems(config.feedback)
     if problems:
         raise ConfigError(problems)
     k = config.keys

@@ -38,6 +38,12 @@ Example::
 
     [feedback.outcomes]       # optional: per-outcome commands (agent.feedback.OUTCOMES)
     revoked = ["/usr/local/bin/clock-beep", "3"]
+
+    [feedback.display]        # optional: a display hook, one JSON line on stdin per outcome
+    command = ["/usr/local/bin/clock-display"]
+
+    [feedback.gpio]           # optional: libgpiod output line + pattern per outcome
+    recorded = {chip = "/dev/gpiochip0", line = 17, pattern = "on:200"}
 """
 
 from __future__ import annotations
@@ -113,6 +119,11 @@ class FeedbackConfig:
     command_timeout_s: float = 5.0
     # ``[feedback.outcomes]``: outcome (agent.feedback.OUTCOMES) -> argv; empty: none runs
     outcomes: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # ``[feedback.display]``: the display hook's argv and the outcomes it is given
+    display_command: tuple[str, ...] = ()
+    display_outcomes: tuple[str, ...] = ()
+    # ``[feedback.gpio]``: outcome -> agent.feedback_gpio.GpioSpec
+    gpio: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +319,7 @@ def _argv(sec: Section, key: str) -> tuple[str, ...]:
 
 def _parse_feedback(table: Any, problems: list[str]) -> FeedbackConfig:
     from agent.feedback import OUTCOMES  # noqa: PLC0415 -- the outcome names live there
+    from agent.feedback_gpio import parse_spec  # noqa: PLC0415 -- as above (no gpiod import)
 
     fs = _Section("feedback", table, problems)
     argv = _argv(fs, "refused_command")
@@ -315,13 +327,37 @@ def _parse_feedback(table: Any, problems: list[str]) -> FeedbackConfig:
                           hi=300.0)
     outcomes: dict[str, tuple[str, ...]] = {}
     per_outcome = fs.section("outcomes")
+    display = fs.section("display")
+    gpio_sec = fs.section("gpio")
     fs.finish()
     for name in OUTCOMES:
         cmd = _argv(per_outcome, name)
         if cmd:
             outcomes[name] = cmd
     per_outcome.finish()
-    return FeedbackConfig(argv, timeout_s, MappingProxyType(outcomes))
+    display_argv = _argv(display, "command")
+    shown = display.string_list("outcomes") or list(OUTCOMES)
+    for i, name in enumerate(shown):
+        if name not in OUTCOMES:
+            display.problem(f"outcomes[{i}]", f"{name[:40]!r} is not one of "
+                                              f"{', '.join(OUTCOMES)}")
+    if display.table and not display_argv and not display.has("command"):
+        display.missing("command", "the display hook's argv")
+    display.finish()
+    gpio: dict[str, Any] = {}
+    for name in OUTCOMES:
+        raw = gpio_sec.raw(name)
+        if raw is None:
+            continue
+        spec, bad = parse_spec(raw, max_total_ms=int(timeout_s * 1000))
+        for b in bad:
+            gpio_sec.problem(name, b)
+        if spec is not None:
+            gpio[name] = spec
+    gpio_sec.finish()
+    return FeedbackConfig(argv, timeout_s, MappingProxyType(outcomes), display_argv,
+                          tuple(n for n in shown if n in OUTCOMES) if display_argv else (),
+                          MappingProxyType(gpio))
 
 
 def _parse_readers(raw: Any, problems: list[str], *, check: bool) -> tuple[ReaderConfig, ...]:

@@ -111,6 +111,7 @@ class AgentCollector(Collector):
             if isinstance(storage.get("refused_taps"), int):
                 yield _counter("taps_refused", "Taps refused since start (storage full).",
                                float(storage["refused_taps"]))
+        yield from _feedback(snap.get("feedback"))
         readers = snap.get("readers") or {}
         fam = GaugeMetricFamily("timeclock_agent_reader_open", "1 while a reader's device is "
                                 "open.", labels=["reader"])
@@ -125,6 +126,33 @@ class AgentCollector(Collector):
             if when is not None:
                 certs.add_metric([role], when)
         yield certs
+
+
+def _feedback(fb: Any) -> Iterator[Metric]:
+    """Feedback at the clock (agent.feedback): signals per outcome, failed and skipped runs
+    per outcome and backend, badge outcome messages ignored."""
+    if not isinstance(fb, dict):
+        return
+    sig = CounterMetricFamily("timeclock_agent_feedback_signals", "Outcomes signalled at the "
+                              "clock since start.", labels=["outcome"])
+    for outcome, n in sorted((fb.get("signals") or {}).items()):
+        sig.add_metric([str(outcome)], float(n))
+    yield sig
+    fail = CounterMetricFamily("timeclock_agent_feedback_failures", "Feedback runs that "
+                               "could not start, failed or were killed at the timeout.",
+                               labels=["outcome", "backend"])
+    skip = CounterMetricFamily("timeclock_agent_feedback_skipped", "Feedback not run because "
+                               "the backend's previous run still went on.",
+                               labels=["outcome", "backend"])
+    for b in fb.get("backends") or []:
+        labels = [str(b.get("outcome")), str(b.get("kind"))]
+        fail.add_metric(labels, float(b.get("failures") or 0))
+        skip.add_metric(labels, float(b.get("skipped") or 0))
+    yield fail
+    yield skip
+    yield _counter("badge_outcomes_ignored", "Badge outcome messages ignored (malformed, not "
+                   "signed by the log key, or not about a recent punch of this clock).",
+                   float(fb.get("badge_messages_ignored") or 0))
 
 
 class AgentMetrics:

@@ -34,6 +34,10 @@ Invariants:
   for another blocking state or by a successful connection. A change of state is logged
   once (then at most every :data:`_CERT_LOG_EVERY_S`), republished in the status, and handed to
   ``on_cert_state`` (the per-outcome feedback).
+- Feedback hooks (agent.service, agent.feedback): ``on_receipted(seqs)`` after a verified
+  receipt deleted those rows (the clock's "recorded"), and :meth:`Publisher.listen` subscribes
+  one more of the device's own topics whose messages go to a handler (the badge outcomes);
+  handlers run on paho's thread and must be cheap and never raise.
 - :meth:`Publisher.threads` names both threads (sender and paho's network loop) so the service
   supervises them: if either dies the watchdog stops and systemd restarts the agent.
 """
@@ -65,7 +69,6 @@ from agent import certstate
 from agent.certstate import CertProblem
 from agent.clock import clock_state
 from agent.errors import AgentError, QueueFullError
-from agent.feedback import OutcomeFeedback
 from agent.inclusion import InclusionChecker, inclusion_path
 from agent.remote_config import RemoteConfig, restart_self
 from agent.witness import ClockWitness, witness_path
@@ -284,8 +287,11 @@ class Publisher:
         self._init_cert_state(on_cert_state)
 
     def _init_cert_state(self, on_cert_state: Callable[[CertProblem], None] | None) -> None:
-        # The certificate state (agent.certstate), written by the sender thread.
+        # The certificate state (agent.certstate), written by the sender thread; the other
+        # feedback hooks (set_feedback, listen) live beside it.
         self._on_cert_state = on_cert_state
+        self._listeners: dict[str, Callable[[bytes], None]] = {}
+        self._on_receipted: Callable[[Sequence[int]], None] | None = None
         self._cert = CertProblem("ok", "certificate valid")
         self._cert_since: float | None = None
         self._cert_logged = float("-inf")
@@ -445,6 +451,8 @@ class Publisher:
             client.subscribe(self._inclusion_answer_topic, qos=1)
         if self._remote_config is not None:
             client.subscribe(self._config_topic, qos=1)
+        for topic in self._listeners:
+            client.subscribe(topic, qos=1)
         with self._lock:
             self._connected = True
             self._reconnected = True
@@ -521,6 +529,12 @@ class Publisher:
             with self._lock:
                 self._config_changes.append(bytes(msg.payload))
             self._wake.set()
+            return
+        if (handler := self._listeners.get(msg.topic)) is not None:
+            try:
+                handler(bytes(msg.payload))
+            except Exception:
+                log.exception("handling a message on %s failed", msg.topic)
             return
         if msg.topic != self._ack_topic:
             return
@@ -777,6 +791,11 @@ class Publisher:
         if unsent:
             log.warning("receipt acks %d seq(s) this agent never published; ignored them",
                         unsent)
+        if hits and self._on_receipted is not None:
+            try:
+                self._on_receipted(hits)
+            except Exception:
+                log.exception("receipt feedback failed")
 
     def _classify(self, ranges: Ranges) -> tuple[list[int], int, int]:
         """Split acked seqs into (awaited seqs, count already deleted, count never published)."""
@@ -849,6 +868,23 @@ class Publisher:
                 except Exception:
                     log.exception("certificate feedback failed")
             self.publish_status_soon()
+
+    def set_feedback(self, *, on_cert_state: Callable[[CertProblem], None] | None = None,
+                     on_receipted: Callable[[Sequence[int]], None] | None = None) -> None:
+        """Install the feedback hooks (before :meth:`start`); a blocking certificate state
+        found at construction is handed to ``on_cert_state`` at once."""
+        self._on_receipted = on_receipted
+        self._on_cert_state = on_cert_state
+        cert = self.cert_state()
+        if on_cert_state is not None and cert.outcome is not None:
+            on_cert_state(cert)
+
+    def listen(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Subscribe ``topic`` (one of this device's own; before :meth:`start`) and hand
+        each message's payload to ``handler`` on paho's thread."""
+        if self._sender is not None:
+            raise PublisherError("listen() after start()")
+        self._listeners[topic] = handler
 
     def cert_state(self) -> CertProblem:
         """The certificate state last found (agent.certstate)."""
@@ -980,14 +1016,7 @@ def make_publisher(config: AgentConfig, outbox: OutboxLike, *, status: StatusFn,
         inclusion_path(config.device.state_dir), config.device.id, mode=wc.check_inclusion,
         sample_rate=wc.sample_rate, deadline_s=wc.inclusion_deadline_s,
         retry_s=wc.inclusion_retry_s)
-    fb = config.feedback
-    outcomes = OutcomeFeedback(fb.outcomes, timeout_s=fb.command_timeout_s)
-
-    def on_cert_state(found: CertProblem) -> None:
-        if found.outcome is not None:
-            outcomes.signal(found.outcome)
-
+    # the feedback hooks are the service's (Publisher.set_feedback, agent.service)
     return Publisher(outbox, config.device.id, log_key=log_key, settings=settings,
                      status=status, witness=witness, inclusion=inclusion,
-                     on_cert_state=on_cert_state, seal_key=k.seal_public_key,
-                     remote_config=remote)
+                     seal_key=k.seal_public_key, remote_config=remote)

@@ -24,6 +24,12 @@ tap refused with feedback, the reason in the log, sd_notify ``STATUS=`` and the 
 loss that a resume recorded and the collector has not been sent yet is signed and handed to the
 publisher (``send_loss_reports``, wire.seqloss); it is noted as reported once the broker has it.
 
+Feedback at the clock (agent.feedback): :class:`OutcomeFeedback` from ``[feedback]`` and the
+:class:`PunchOutcomes` of this clock's punches, wired to the punch maker (``queued-offline``
+at once), the publisher's verified receipts (``recorded``), its certificate state and the
+collector's signed badge outcomes on the device's own ``badge-outcome`` topic; none of it
+runs on the punch path longer than starting a thread.
+
 The publisher plugs in through :data:`PublisherFactory`; by default it is
 ``agent.publisher.make_publisher`` when ``[mqtt]`` is configured, else nothing is published.
 """
@@ -41,10 +47,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agent.certstate import STATES as CERT_STATES
 from agent.clock import ClockSource, SystemClock, clock_state
 from agent.config import AgentConfig
 from agent.errors import AgentError, SeqMarkError
-from agent.feedback import CommandFeedback
+from agent.feedback import CommandFeedback, OutcomeFeedback, PunchOutcomes
 from agent.health import HealthReport, check_health
 from agent.keystore import load_queue, load_signing
 from agent.punches import PunchMaker
@@ -53,6 +60,7 @@ from agent.readers import build_reader
 from agent.readers.base import Reader
 from agent.seqmark import LOSS_FILE, MARK_FILE, SeqLoss, SeqMark, mark_reported, read_losses
 from agent.status import STATUS_VERSION, agent_version, write_status
+from wire import badge_outcome
 from wire.clock import now_us
 from wire.device_status import StorageStatus
 from wire.keys import SigningKey
@@ -159,6 +167,18 @@ class AgentService:
             self.feedback = CommandFeedback(config.feedback.refused_command,
                                             timeout_s=config.feedback.command_timeout_s)
             self.punch_maker.add_refused_hook(self.feedback)
+        self.outcomes = PunchOutcomes(
+            OutcomeFeedback.from_config(config.feedback, device=config.device.id),
+            config.device.id, config.keys.log_public_key, connection=self._connection)
+        self.punch_maker.add_hook(lambda p: self.outcomes.recorded(
+            p.punch.seq, p.punch.hash(), p.punch.reader))
+        set_feedback = getattr(self.publisher, "set_feedback", None)
+        if set_feedback is not None:
+            set_feedback(on_cert_state=lambda c: self.outcomes.feedback.signal(c.outcome),
+                         on_receipted=self.outcomes.receipted)
+        listen = getattr(self.publisher, "listen", None)
+        if listen is not None:
+            listen(badge_outcome.topic(config.device.id), self.outcomes.badge_message)
         self.key_id = signing.key_id
         self._threads: list[threading.Thread] = []
         self._last_written: dict[str, Any] | None = None
@@ -200,6 +220,17 @@ class AgentService:
                 return
         log.info("loss of seqs %d..%d reported to the collector", loss.first, loss.last)
 
+    def _connection(self) -> tuple[bool, str | None]:
+        """(connected, the certificate's outcome while it keeps the clock off) for the
+        feedback of a punch just committed."""
+        if self.publisher is None:
+            return True, None      # store-only by configuration: nothing to say "offline"
+        st = self.publisher.state()
+        if st.get("status") == "connected":
+            return True, None
+        cert = (st.get("certificate") or {}).get("state")
+        return False, CERT_STATES.get(str(cert)) if cert else None
+
     def _wake_publisher(self) -> None:
         if self.publisher is not None:
             self.publisher.wake()
@@ -234,6 +265,7 @@ class AgentService:
             "storage": storage.to_dict(),
             "sequence": sequence,
             "recorded_since_start": self.punch_maker.recorded,
+            "feedback": self.outcomes.stats(),
             "last_recorded_seq": None if last is None else last.punch.seq,
         }
 

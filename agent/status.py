@@ -244,6 +244,21 @@ def certificate_line(cert: Any, *, now_us: int) -> str:
             f"cannot connect and keeps queueing: {detail}")
 
 
+def feedback_line(fb: Any) -> str | None:
+    """``feedback: …`` for ``status``: outcomes signalled and failing backends (agent.feedback);
+    None when nothing is configured or signalled."""
+    if not isinstance(fb, dict) or not (fb.get("signals") or fb.get("backends")):
+        return None
+    signals = fb.get("signals") or {}
+    said = ", ".join(f"{k} {v}" for k, v in sorted(signals.items())) or "none yet"
+    failing = [f"{b.get('kind')} for {b.get('outcome')}: {b.get('failures')} failed"
+               for b in fb.get("backends") or [] if b.get("failures")]
+    ignored = fb.get("badge_messages_ignored") or 0
+    return (f"feedback:      signalled {said}"
+            + (f"; FAILING {'; '.join(failing)} (see the log)" if failing else "")
+            + (f"; {ignored} badge outcome message(s) ignored" if ignored else ""))
+
+
 def render(snap: dict[str, Any], *, now_us: int, live: bool, writer_alive: bool = False,
            free_now: int | None = None) -> str:
     """Human text of a snapshot for ``timeclock-agent status``."""
@@ -269,6 +284,8 @@ def render(snap: dict[str, Any], *, now_us: int, live: bool, writer_alive: bool 
     if pub:
         lines.append(certificate_line(pub.get("certificate"), now_us=now_us))
     lines.append(witness_line(pub.get("witness"), now_us=now_us))
+    if (fb := feedback_line(snap.get("feedback"))) is not None:
+        lines.append(fb)
     for name, r in sorted((snap.get("readers") or {}).items()):
         lines.append(f"reader {name}: {r.get('status', '?')} — {r.get('detail', '')} "
                      f"(taps {r.get('taps', 0)}, read errors {r.get('read_errors', 0)}, "

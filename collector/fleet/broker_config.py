@@ -42,6 +42,7 @@ from pathlib import Path
 
 from collector import ConfigError, PKIError
 from collector.fleet.pki import CertificateAuthority
+from wire import badge_outcome as badge_topics
 from wire import inclusion as inclusion_topics
 from wire import resume_answer as resume_topics
 from wire import topics
@@ -144,6 +145,7 @@ def render_acl(collectors: Sequence[str]) -> str:
         f"pattern read {inclusion_topics.answer_topic('%u')}",
         f"pattern read {resume_topics.answer_topic('%u')}",
         f"pattern read {topics.config('%u')}",
+        f"pattern read {badge_topics.topic('%u')}",
         f"pattern read {topics.CHECKPOINT}",
     ]
     for cid in collectors:
@@ -163,6 +165,7 @@ def render_acl(collectors: Sequence[str]) -> str:
             f"topic write {topics.config('+')}",
             f"topic read {topics.ALL_CONFIG_RESULTS}",
             f"topic write {topics.PREFIX}+/acks",
+            f"topic write {badge_topics.ALL_TOPICS}",
             f"topic write {witness_topics.ALL_CHECKPOINT_REQUESTS}",
             f"topic readwrite {topics.CHECKPOINT}",
         ]

@@ -11,7 +11,8 @@ Invariants:
 - ONE writer thread owns the store for appends: it takes messages from a bounded queue,
   judges them, and records a batch (≤ ``batch_max`` facts or ``batch_wait_ms``) in one
   ``store.append`` transaction.
-- Order per batch: commit → publish receipts (QoS 1) → PUBACK the messages. A message is
+- Order per batch: commit → publish receipts (QoS 1) → the clocks' badge outcomes
+  (collector.ingest.badge_outcomes) → PUBACK the messages. A message is
   PUBACKed only after everything it carried is committed (punch or rejection entry); a
   message that could not be committed is never PUBACKed, so the broker redelivers it.
 - A rejection identical to one recorded recently (reason, topic, raw bytes: a clock resending
@@ -47,6 +48,7 @@ from collector.ingest.alerts import (
     ChainWatch,
     GapTracker,
 )
+from collector.ingest.badge_outcomes import BadgeOutcomes
 from collector.ingest.detectors import IngestMonitor
 from collector.ingest.punch_verifier import RegistryView, judge
 from collector.ingest.receipts import receipts_for
@@ -86,6 +88,7 @@ class BatchResult:
     pending: list[Inbound] = field(default_factory=list)      # store unavailable: retry
     results: list[AppendResult] = field(default_factory=list)
     receipts: list[tuple[str, SignedAck]] = field(default_factory=list)
+    badge_outcomes: list[tuple[str, bytes]] = field(default_factory=list)  # after receipts
 
 
 class Ingestor:
@@ -111,6 +114,11 @@ class Ingestor:
         self.chain = chain
         self._contiguous: dict[str, int] = {}
         self._recent_rejections: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
+        # unknown/blocked badges told to the clock (badge_outcomes.py), judged by the
+        # monitor's badge-scan detector; None without detectors
+        dets = monitor.detectors if monitor is not None else None
+        self.badge_outcomes = (None if dets is None else BadgeOutcomes(
+            log_key, lambda: dets.badge_scans.resolver if dets.badge_scans.active else None))
 
     def judge(self, msg: Inbound, registry: RegistryView) -> list[Fact]:
         """Steps (1)-(6) for one message; never raises."""
@@ -179,6 +187,8 @@ class Ingestor:
             self.monitor.committed([m.received_at for m in out.committed], done, now_us=now_us)
         out.receipts = receipts_for(out.results, self.log_key, now_us=now_us,
                                     landed=self._landed(done))
+        if self.badge_outcomes is not None:
+            out.badge_outcomes = self.badge_outcomes.for_batch(done, now_us=now_us)
         return out
 
     def _landed(self, done: Sequence[tuple[Fact, AppendResult]]
@@ -393,6 +403,8 @@ class Writer:
         self.batches += 1
         for topic, receipt in res.receipts:
             self.link.publish(topic, receipt.to_bytes(), qos=1)
+        for topic, payload in res.badge_outcomes:
+            self.link.publish(topic, payload, qos=1)
         for m in res.committed:
             self.link.ack(m)
         if res.pending:

@@ -338,7 +338,8 @@ def test_d3_a_revoked_clock_agent_says_revoked_in_status_and_signals_feedback(
     broker.reload_crl()
     signals = tmp_path / "signals"
     beep = tmp_path / "beep"
-    beep.write_text(f'#!/bin/sh\necho "$TIMECLOCK_OUTCOME" >> {signals}\n')
+    beep.write_text(f'#!/bin/sh\necho "$TIMECLOCK_OUTCOME ${{TIMECLOCK_SEQ:-state}}" >> '
+                    f'{signals}\n')
     beep.chmod(0o755)
     keys = tmp_path / "keys"
     assert main(["init", "--device", cert.name, "--dir", str(keys)]) == 0
@@ -399,7 +400,13 @@ action = "in"
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert signals.read_text() == "revoked\n"           # once, not at every retry
+    # once when the state began, not at every retry; then for each tap while it lasts
+    # (instead of queued-offline), at most one run at a time
+    lines = signals.read_text().splitlines()
+    assert lines.count("revoked state") == 1, lines
+    taps = [x for x in lines if x != "revoked state"]
+    assert all(x.split()[0] == "revoked" and x.split()[1].isdigit() for x in taps), lines
+    assert len(set(taps)) == len(taps), lines
     assert err.count("certificate REVOKED by the site CA") == 1, err
 
 

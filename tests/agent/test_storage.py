@@ -227,6 +227,7 @@ def test_feedback_config_is_optional_typed_and_checked(tmp_path: Path) -> None:
     assert ei.value.problems == [
         "feedback.refused_command: the program must be an absolute path, got 'beep'",
         "feedback.command_timeout_s: must be between 0.1 and 300, got 0",
-        "feedback.colour: unknown key (allowed: command_timeout_s, outcomes, refused_command)"]
+        "feedback.colour: unknown key (allowed: command_timeout_s, display, gpio, outcomes, "
+            "refused_command)"]
     with pytest.raises(ConfigError, match="feedback.refused_command: expected a non-empty list"):
         parse_config(_config({"refused_command": "/usr/bin/beep"}), base_dir=tmp_path)

@@ -89,6 +89,7 @@ def test_acl_text() -> None:
         "pattern read timeclock/v1/devices/%u/inclusion",
         "pattern read timeclock/v1/devices/%u/resume",
         "pattern read timeclock/v1/devices/%u/config",
+        "pattern read timeclock/v1/devices/%u/badge-outcome",
         "pattern read timeclock/v1/log/checkpoint",
         "",
         "user collector.main",
@@ -102,6 +103,7 @@ def test_acl_text() -> None:
         "topic write timeclock/v1/devices/+/config",
         "topic read timeclock/v1/devices/+/config-result",
         "topic write timeclock/v1/devices/+/acks",
+        "topic write timeclock/v1/devices/+/badge-outcome",
         "topic write timeclock/v1/devices/+/checkpoint",
         "topic readwrite timeclock/v1/log/checkpoint",
         "",
@@ -116,6 +118,7 @@ def test_acl_text() -> None:
         "topic write timeclock/v1/devices/+/config",
         "topic read timeclock/v1/devices/+/config-result",
         "topic write timeclock/v1/devices/+/acks",
+        "topic write timeclock/v1/devices/+/badge-outcome",
         "topic write timeclock/v1/devices/+/checkpoint",
         "topic readwrite timeclock/v1/log/checkpoint",
     ]
