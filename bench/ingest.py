@@ -32,6 +32,10 @@ persistence) and a fresh SQLite ledger with the clocks enrolled:
    monitoring (collector.ingest.detectors' IngestMonitor, the service's detector tick and the
    alert metrics patched out, no ``[metrics]`` listener), B the real collector with
    ``[metrics]`` on and scraped every second. Reported like ``--tree-ab`` (issue 14: ≤ 5 %).
+6. with ``--compare-monitoring``: the same alternation, but side A is the collector as an
+   operator switches monitoring off, by configuration only: ``[detectors] enabled = false``
+   and no ``[metrics]`` (the in-process counters still count; ``--monitor-ab`` patches them
+   out too). B as in 5. Medians of ``--runs`` runs, reported like ``--monitor-ab``.
 
 Targets (docs/performance.md, "Ingest"): median end-to-end ≥ 10,000 punches/s and ≥ 0.4 × the
 median bare verify rate of the same invocation; exit status 1 when missed.
@@ -41,6 +45,7 @@ median bare verify rate of the same invocation; exit status 1 when missed.
     python bench/ingest.py --profile        # + one profiled run: top functions of the collector
     python bench/ingest.py --tree-ab        # + A (no Merkle tree, no v2 checkpoints) vs B
     python bench/ingest.py --monitor-ab     # + A (no metrics, no detectors) vs B
+    python bench/ingest.py --compare-monitoring   # + A ([detectors] enabled = false) vs B
 """
 
 from __future__ import annotations
@@ -433,13 +438,16 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
         conn.execute("DROP TRIGGER entries_need_leaf")
         conn.close()
     metrics_port = common_free_port() if monitoring else None
+    by_config = monitoring is False and COMPARE_BY_CONFIG
     cfg_file, log_key = write_collector_config(
         d / "collector", broker, store_url=f"sqlite://{db}",
         extra=(f"[metrics]\nport = {metrics_port}\n" if metrics_port else "")
+        # side A of --compare-monitoring: the operator's switch, nothing patched
+        + ("[detectors]\nenabled = false\n" if by_config else "")
         # side A of --tree-ab dropped the leaf trigger on purpose: start, and alert
         + ("[ledger]\non_schema_drift = \"alert\"\n" if without_tree else ""))
     cmd = _collector_cmd(cfg_file, profile_out, without_tree=without_tree,
-                         monitoring=monitoring)
+                         monitoring=None if by_config else monitoring)
     with open(d / "collector.log", "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, cwd=common.ROOT)
     pub: Publisher | None = None
@@ -519,6 +527,9 @@ def monitor_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *, a
 
 TREE_CPU_US: dict[bool, list[float]] = {False: [], True: []}
 """--tree-ab: the collector's CPU time per punch of each phase, B (False) and A (True)."""
+
+COMPARE_BY_CONFIG = False
+"""--compare-monitoring: side A of the monitoring A/B is switched off by configuration."""
 
 MONITOR_CPU_US: dict[bool, list[float]] = {False: [], True: []}
 """--monitor-ab: the collector process's CPU time per punch over each ingest window (user +
@@ -609,6 +620,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--monitor-ab", action="store_true",
                    help="also run each end-to-end phase without metrics and detectors (A) "
                         "and with them, scraped every second (B); report B's cost")
+    p.add_argument("--compare-monitoring", action="store_true",
+                   help="also run each end-to-end phase with [detectors] enabled = false and "
+                        "no [metrics] (A, by configuration only) against the default with "
+                        "[metrics] scraped (B), alternating; medians (issue 14: ≤ 5 %%)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--child-counter", help=argparse.SUPPRESS)
     p.add_argument("--child-verify", help=argparse.SUPPRESS)
@@ -661,8 +676,9 @@ def report_tree_ab(ab: Sequence[tuple[float, float]]) -> None:
 def report_monitor_ab(ab: Sequence[tuple[float, float]]) -> None:
     cost = common.median([100 * (1 - y / x) for x, y in ab])
     print("\n" + common.table(
-        ["run", "A: no metrics, no detectors /s", "B: metrics (scraped) + detectors /s",
-         "cost"],
+        ["run", ("A: [detectors] enabled = false, no [metrics] /s" if COMPARE_BY_CONFIG
+                 else "A: no metrics, no detectors /s"),
+         "B: metrics (scraped) + detectors /s", "cost"],
         [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
            for k, (x, y) in enumerate(ab)],
          ["median", f"{common.median([x for x, _ in ab]):,.0f}",
@@ -712,10 +728,13 @@ def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global COMPARE_BY_CONFIG  # noqa: PLW0603 - the one switch the phases read
     a = parse(argv)
     child = run_child(a)
     if child is not None:
         return child
+    if a.compare_monitoring:          # the monitoring A/B, side A by configuration
+        a.monitor_ab = COMPARE_BY_CONFIG = True
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     print(common.header("ingest: clocks → Mosquitto (mTLS) → collector → SQLite → receipts",
                         data_dir=tmp))

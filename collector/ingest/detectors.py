@@ -55,6 +55,10 @@ default):
   ``pair_lookback_days``, ``pairs_max``).
 - ``witness-refusal`` is raised by collector.ingest.cosignatures and witness_client.
 
+``enabled = false`` turns every detector of this module off (the alert sink, the chain-break,
+conflict and gap detectors of collector.ingest.alerts and the API's auth-failure-burst stay):
+what bench/ingest.py ``--compare-monitoring`` measures against.
+
 Invariants: every detector's state is bounded (per device, per badge with an LRU bound, per
 address with an LRU bound); time comes in as a parameter (``now_us``), so tests never sleep.
 """
@@ -91,6 +95,7 @@ _US = 1_000_000
 class DetectorSettings:
     """``[detectors]``: the thresholds (module doc and docs/operations.md say why these)."""
 
+    enabled: bool = True                  # false: no ingest-side detector runs at all
     offline_after_s: int = 300            # an offline status this long: not a restart
     silent_after_s: int = 600             # ten missed status messages (every 60 s)
     skew_max_s: int = 60                  # NTP keeps clocks within ms; a minute is payroll
@@ -138,6 +143,7 @@ def read_detector_section(sec: Section) -> DetectorSettings:
         queue_age_max_s=sec.integer("queue_age_max_s", d.queue_age_max_s, lo=0,
                                     hi=30 * day),
         badges_max=sec.integer("badges_max", d.badges_max, lo=100, hi=10_000_000),
+        enabled=sec.boolean("enabled", d.enabled),
         badge_scans=sec.boolean("badge_scans", d.badge_scans),
         people_buddy=sec.boolean("people_buddy", d.people_buddy),
         pair_window_s=sec.integer("pair_window_s", d.pair_window_s, lo=0, hi=600),
@@ -188,15 +194,16 @@ class Detectors:
         self._lo_us = -(self.s.max_backlog_s * _US) if self.s.max_backlog_s else -(1 << 62)
         self._travel_max_us = max(self.s.travel_same_site_s, self.s.travel_other_site_s) * _US
         self._buddy_on = self._travel_max_us > 0
+        self.enabled = self.s.enabled
         self._failures: dict[tuple[str, str], tuple[int, int]] = {}   # (who, reason) → n, at
         # unknown and lost/blocked badges (collector.ingest.badge_scans; the service's tick
         # gives it the directory's badge periods)
         self.people = PeopleDetectors(alerts, self.s.people(), site_of=self.site_of)
-        self.badge_scans = BadgeScans(alerts, enabled=self.s.badge_scans,
+        self._people_on = self.enabled and self.people.active
+        self.badge_scans = BadgeScans(alerts, enabled=self.enabled and self.s.badge_scans,
                                       repeat_after_s=self.s.repeat_after_s,
                                       badges_max=self.s.badges_max,
-                                      load=self.people.active)
-        self._people_on = self.people.active
+                                      load=self._people_on)
 
     def _dev(self, device: str) -> _Device:
         d = self._devices.get(device)
@@ -206,6 +213,8 @@ class Detectors:
 
     # -- punches and rejections (writer thread, after the commit) --------------------------
     def observe(self, done: Sequence[tuple[Fact, AppendResult]], *, now_us: int) -> list[Alert]:
+        if not self.enabled:
+            return []
         out: list[Alert] = []
         appended = Outcome.APPENDED
         with self._lock:
@@ -222,22 +231,25 @@ class Detectors:
                             out.extend(self._time(p.device, d, ts, recv, r.idx))
                         if self._buddy_on:
                             out.extend(self._buddy(p.credential, p.device, ts, r.idx))
-                        scans = self.badge_scans
-                        if scans.loaded:
-                            held = scans.resolve(p.credential, ts)
-                            if scans.enabled:
-                                out.extend(scans.judge(held, p.credential, p.device, ts,
-                                                       r.idx))
-                        else:
-                            held = (None, "unknown")
-                        if self._people_on:
-                            out.extend(self.people.observe(held[0], p.credential, p.device,
-                                                           ts, r.idx))
+                        if self.badge_scans.loaded:
+                            out.extend(self._held(p.credential, p.device, ts, r.idx))
+                        elif self._people_on:      # no directory: pairs judged by badge
+                            out.extend(self.people.observe(None, p.credential, p.device, ts,
+                                                           r.idx))
                     else:
                         out.extend(self._punch(fact, r))
                 elif isinstance(fact, RejectionFact) and fact.reason not in OWN_ALERTS:
                     out.extend(self._rejection(fact.device or fact.topic[:120], fact.reason,
                                                now_us, fact.detail))
+        return out
+
+    def _held(self, credential: str, device: str, ts: int, idx: int) -> list[Alert]:
+        """The directory's detectors: badge scans and the per-person ones, one resolve."""
+        scans = self.badge_scans
+        held = scans.resolve(credential, ts)
+        out = scans.judge(held, credential, device, ts, idx) if scans.enabled else []
+        if self._people_on:
+            out.extend(self.people.observe(held[0], credential, device, ts, idx))
         return out
 
     def _punch(self, fact: PunchFact, r: AppendResult) -> list[Alert]:
@@ -392,6 +404,8 @@ class Detectors:
     # -- statuses (MQTT thread) ----------------------------------------------------------------
     def observe_status(self, device: str, status: DeviceStatus | None, received_at: int
                        ) -> list[Alert]:
+        if not self.enabled:
+            return []
         with self._lock:
             d = self._dev(device)
             d.statuses += 1
@@ -435,6 +449,8 @@ class Detectors:
         """``clock-offline`` for each of ``devices`` (the active ones) offline for
         ``offline_after_s`` or silent for ``silent_after_s``; a device never heard of counts
         from ``started_us``."""
+        if not self.enabled:
+            return []
         out: list[Alert] = []
         with self._lock:
             for device in devices:

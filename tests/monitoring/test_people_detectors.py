@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from collector.ingest.detectors import DetectorSettings
+from collector.ingest.detectors import DetectorSettings, read_detector_section
 from collector.ingest.metrics import sample_value
 from collector.ledger.sqlbase import SQLStore
 from tests.collector.punch_kit import T0
 from tests.monitoring.monitor_kit import Rig, S
 from tests.monitoring.people_kit import badge, employee_id, import_directory
+from wire.config import Section
 from wire.device_status import DeviceStatus, QueueStatus
 
 DAY = 86_400 * S
@@ -281,3 +282,38 @@ def test_d13_a_normal_week_of_200_employees_raises_no_alert_of_any_detector(  # 
     got = [(b["alert"], b.get("basis")) for b in rig.raised]
     assert got == [("buddy-punch", "badge"), ("buddy-punch", "employee"),
                    ("badge-blocked", None), ("badge-unknown", None), ("buddy-pair", None)]
+
+
+def test_d13_detector_keys_are_read_strictly() -> None:
+    problems: list[str] = []
+    read_detector_section(Section("detectors", {
+        "pair_window_s": 601, "pair_min_days": 0, "people_buddy": "yes", "enabled": 1,
+        "pairs_max": 5, "bogus": 1}, problems))
+    text = "\n".join(problems)
+    for key in ("pair_window_s", "pair_min_days", "people_buddy", "enabled", "pairs_max",
+                "bogus"):
+        assert f"detectors.{key}" in text, key
+    good = Section("detectors", {"pair_window_s": 0, "pair_min_days": 2,
+                                 "pair_lookback_days": 7, "people_buddy": False,
+                                 "enabled": False})
+    assert read_detector_section(good) == DetectorSettings(
+        pair_window_s=0, pair_min_days=2, pair_lookback_days=7, people_buddy=False,
+        enabled=False)
+
+
+def test_d13_enabled_false_turns_every_ingest_detector_off(store: SQLStore,
+                                                           tmp_path: Path) -> None:
+    rig = _rig(store, tmp_path, DetectorSettings(enabled=False), loaded=False)
+    _two_badges_two_clocks(rig)                      # employee buddy punch
+    _one_badge_two_clocks(rig)                       # badge buddy punch
+    _pair(4, 2)(rig)                                 # buddy pair
+    c = rig.clock()
+    rig.tap(c, badge(9999), ts=T0)                   # unknown badge
+    rig.send(c, [c.punch(ts=1_000_000, credential=A1)], received_at=T0)   # dated 1970
+    d = rig.detectors
+    for n in range(3):                               # two hours ahead
+        d.observe_status(c.device, _status(c.device, T0 + n * 60 * S + 2 * HOUR),
+                         T0 + n * 60 * S)
+    d.check([c.device], now_us=T0 + DAY, started_us=T0)   # silent for a day
+    assert rig.kinds() == []
+    assert d.gauges(now_us=T0) == []
