@@ -128,7 +128,7 @@ def _gpiod() -> Any:
 def _oserror(spec: GpioSpec, e: OSError) -> GpioError:
     if isinstance(e, FileNotFoundError):
         return GpioError(f"GPIO chip {spec.chip} does not exist: check [feedback.gpio] chip "
-                         "(gpiodetect lists the chips; a Pi 5 has its header on another chip)")
+                         "(gpiodetect lists the chips and gpioinfo their lines)")
     if isinstance(e, PermissionError):
         return GpioError(f"no permission to open {spec.chip}: add the agent's user to the "
                          "gpio group (or a udev rule)")

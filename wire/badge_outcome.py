@@ -1,5 +1,5 @@
 """The collector's signed word to a clock that a punch it recorded was of an unknown or a
-blocked badge (docs/protocol.md §13.15; issue 15 item 5): what the clock signals at the reader.
+blocked badge (docs/protocol.md §13.16; issue 15 item 5): what the clock signals at the reader.
 
 On ``timeclock/v1/devices/{id}/badge-outcome`` (QoS 1, not retained; written by collectors,
 read only by that clock)::

@@ -1,5 +1,5 @@
 """Tell a clock, right after its receipt, that a punch it just had recorded was of an unknown
-or a lost/blocked badge (issue 15 item 5; docs/protocol.md §13.15, wire.badge_outcome), so the
+or a lost/blocked badge (issue 15 item 5; docs/protocol.md §13.16, wire.badge_outcome), so the
 clock can signal it at the reader.
 
 The judgement is the badge-scan detector's (collector.ingest.badge_scans): the same people
