@@ -304,7 +304,7 @@ def test_feedback_config_backends_per_outcome_and_every_problem_named(tmp_path: 
 # --- expired: the outcome at start and for each tap, through the real service ----------------
 
 @pytest.mark.subprocess
-def test_an_expired_clock_signals_expired_at_start_and_for_each_tap(
+def test_d3_an_expired_clock_signals_expired_at_start_and_for_each_tap(
         tmp_path: Path, pki: TestPKI, mosquitto: MosquittoBroker) -> None:
     from agent.service import AgentService  # noqa: PLC0415 -- only here
 
