@@ -456,3 +456,38 @@ def test_check_config_warns_inside_the_warning_window(
     out = capsys.readouterr().out
     assert "warning: keys.tls_cert: certificate expires on" in out
     assert "renew it soon" in out
+
+
+# --- a certificate issued for a later time (the CA's own date option) ------------------------
+
+def _future_device(pki: TestPKI, tmp_path: Path, name: str, *, hours: float) -> ClientCert:
+    """A device certificate of the session CA whose validity begins ``hours`` from now: what
+    a clock booting that many hours behind sees of a certificate issued just now."""
+    key_file, cert_file = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+    issued = pki.ca.issue_client(name, key_file, cert_file, kind="device",
+                                 now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours))
+    return ClientCert(name, "device", key_file, cert_file, pki.ca_file, issued.entry.serial)
+
+
+def test_d3_a_not_yet_valid_certificate_is_named_by_check_config_status_and_the_publisher(
+        tmp_path: Path, pki: TestPKI, capsys: pytest.CaptureFixture[str],
+        run_publisher: Callable[..., Publisher]) -> None:
+    cert = _future_device(pki, tmp_path, "clk-future", hours=2)
+    cfg = _config(tmp_path, cert)
+    capsys.readouterr()
+    assert main(["check-config", str(cfg)]) != 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "keys.tls_cert:" in x]
+    assert len(lines) == 1, lines
+    assert "certificate NOT YET VALID" in lines[0]
+    assert "h later): the clock is probably behind (no RTC, or NTP not synced yet)" in lines[0]
+    # against the real broker: the clock names it instead of "cannot reach broker"
+    pub = run_publisher(cert)
+    wait_for(lambda: pub.stats().connect_failures >= 2, STATE_S, "two failed connections")
+    assert pub.cert_state().state == "not-yet-valid"
+    st = pub.state()
+    assert st["status"] == "connecting"
+    assert not pub.stats().connected
+    line = certificate_line(st["certificate"], now_us=int(dt.datetime.now(dt.UTC).timestamp()
+                                                          * 1_000_000))
+    assert line.startswith("certificate:   NOT YET VALID (clock behind?) since"), line
+    assert "the clock cannot connect and keeps queueing" in line
