@@ -238,7 +238,10 @@ def key_file_problems(config: AgentConfig, env: dict[str, str] | None = None) ->
         ("signing_key", config.keys.signing_key), ("queue_key", config.keys.queue_key),
         ("tls_key", config.keys.tls_key)]
     for name, ref in refs:
-        if ref is None or (ref.credential is not None and "CREDENTIALS_DIRECTORY" not in env):
+        if ref is not None and ref.credential is not None and "CREDENTIALS_DIRECTORY" not in env:
+            problems.extend(sealed_credential_problems(config, name, ref.credential))
+            continue
+        if ref is None:
             continue
         try:
             check_private_file(ref.resolve(env))
@@ -249,6 +252,22 @@ def key_file_problems(config: AgentConfig, env: dict[str, str] | None = None) ->
             problems.append(f"keys.{name}: {path}: no such file")
     problems.extend(cert_problems(config, env, problems))
     return problems
+
+
+def sealed_credential_problems(config: AgentConfig, key: str, credential: str) -> list[str]:
+    """Outside systemd a ``credential:NAME`` key cannot be read, but the file the shipped unit
+    loads it from can be looked for: ``NAME.cred`` beside ``agent.toml``
+    (``LoadCredentialEncrypted=NAME:/etc/timeclock/NAME.cred``). Without it the unit would
+    fail at start although the config looked fine (issue 15)."""
+    if config.source is None:
+        return []
+    sealed = config.source.parent / f"{credential}.cred"
+    if sealed.is_file():
+        return []
+    return [f"keys.{key}: credential:{credential} is loaded by the unit from {sealed} "
+            f"(LoadCredentialEncrypted=), which does not exist: seal the key with "
+            f"`systemd-creds encrypt --name={credential} <key file> {sealed}` "
+            "(docs/operations.md, provisioning step 3)"]
 
 
 def cert_problems(config: AgentConfig, env: dict[str, str], found: list[str]) -> list[str]:

@@ -387,3 +387,34 @@ def test_service_wires_publisher_and_feeds_watchdog_only_while_healthy(
         t.join(timeout=WAIT_S)
     assert pub.events == ["start", "stop"]
     assert json.loads(config.status.path.read_text())["state"] == "stopped"
+
+
+def test_check_config_of_a_credentials_config_names_the_sealed_file_the_unit_needs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 15: `provision --credentials` then `check-config` passed, and the unit failed at
+    # start because the sealed credentials it loads did not exist yet
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("""
+[device]
+id = "clock-cred"
+state_dir = "state"
+[keys]
+signing_key = "credential:signing-key"
+queue_key = "credential:queue-key"
+[readers.front]
+kind = "simulated"
+credentials = ["1"]
+""")
+    capsys.readouterr()
+    assert main(["check-config", str(cfg)]) != 0
+    err = capsys.readouterr().err
+    for name, key in (("signing-key", "signing_key"), ("queue-key", "queue_key")):
+        assert (f"keys.{key}: credential:{name} is loaded by the unit from "
+                f"{tmp_path / (name + '.cred')} (LoadCredentialEncrypted=), which does not "
+                f"exist: seal the key with `systemd-creds encrypt --name={name}") in err, err
+    for name in ("signing-key", "queue-key"):
+        (tmp_path / f"{name}.cred").write_bytes(b"sealed")
+    assert main(["check-config", str(cfg)]) == 0
+    assert f"{cfg}: OK" in capsys.readouterr().out
