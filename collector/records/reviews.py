@@ -69,6 +69,9 @@ class ReviewSettings:
     sample_size: int = 25
     start: str | None = None
     check_every_s: int = 60
+    # access reviews (collector.access.access_reviews): one signed off every N days (0: off)
+    access_review_days: int = 90
+    access_review_grace_s: int = 14 * _DAY_S
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k, on in (("daily-alerts", self.daily_alerts),
@@ -96,7 +99,11 @@ def read_review_section(sec: Section) -> ReviewSettings:
         access_grace_s=sec.integer("access_grace_s", d.access_grace_s, lo=0, hi=30 * _DAY_S),
         sample_size=sec.integer("sample_size", d.sample_size, lo=1, hi=1000),
         start=start,
-        check_every_s=sec.integer("check_every_s", d.check_every_s, lo=1, hi=_DAY_S))
+        check_every_s=sec.integer("check_every_s", d.check_every_s, lo=1, hi=_DAY_S),
+        access_review_days=sec.integer("access_review_days", d.access_review_days, lo=0,
+                                       hi=366),
+        access_review_grace_s=sec.integer("access_review_grace_s", d.access_review_grace_s,
+                                          lo=0, hi=90 * _DAY_S))
     sec.finish()
     return s
 
@@ -256,6 +263,11 @@ def signed_off(rows: R.Rows) -> dict[tuple[str, str], int]:
         if isinstance(rv, SignOff):
             out.setdefault((rv.review, rv.period), idx)
     return out
+
+
+def review_start_us(settings: ReviewSettings) -> int | None:
+    """``[reviews] start`` in µs (None: from the ledger's first entry)."""
+    return None if settings.start is None else period_bounds("daily-alerts", settings.start)[0]
 
 
 def _start_us(rows: R.Rows, settings: ReviewSettings) -> int | None:
