@@ -15,7 +15,9 @@ Invariants:
   refusal is an :class:`OidcTokenError` whose message says which step failed.
 - Keys are cached: a request costs no network round trip. The JWKS is fetched again when
   older than ``jwks_cache_s``, or for an unknown ``kid`` at most once per
-  ``jwks_refresh_min_s`` (a stream of made-up kids cannot make us hammer the provider).
+  ``jwks_refresh_min_s`` (a stream of made-up kids cannot make us hammer the provider). An
+  access token verified once is remembered (at most ``jwks_cache_s``, 1,024 tokens): a
+  client's later requests with it re-check only its lifetime.
 - Privileged roles (``mfa_roles``) are granted only to a token whose ``acr`` is one of
   ``mfa_acr`` or whose ``amr`` holds one of ``mfa_amr``; otherwise they are withheld and a
   request that needs one is refused with :class:`MfaRequiredError` (403) saying so.
@@ -77,6 +79,7 @@ EC_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_GROUPS = 200
+VERIFIED_MAX = 1024          # verified access tokens remembered (see OidcVerifier.verify)
 ROLE_RE = re.compile(r"^[a-z][a-z.]*[a-z]$")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -367,6 +370,9 @@ class OidcVerifier:
         self._fetched_at: float | None = None
         self._refreshed_at: float | None = None       # last fetch for an unknown kid
         self.fetches = 0                               # JWKS fetches (metrics, tests)
+        # Tokens verified already (a client sends one token for its whole lifetime): their
+        # claims, re-checked for the time on every use, kept at most jwks_cache_s.
+        self._verified: dict[str, tuple[float, dict[str, Any], str]] = {}
 
     # -- keys ----------------------------------------------------------------------------
     def discovery(self) -> dict[str, Any]:
@@ -414,6 +420,9 @@ class OidcVerifier:
         an unknown kid may not trigger a refresh yet): then it is pure CPU and may run on
         the event loop."""
         now = self._monotonic()
+        hit = self._verified.get(token)
+        if hit is not None and now < hit[0]:
+            return True
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
@@ -450,7 +459,16 @@ class OidcVerifier:
     def verify(self, token: str, *, now_s: float) -> OidcIdentity:
         """The verified identity of access token ``token`` at Unix time ``now_s``, or
         :class:`OidcTokenError` (or :class:`OidcError` when the provider cannot be read)."""
-        claims, kid = self._verified(token, now_s, self.section.audience, access=True)
+        now = self._monotonic()
+        hit = self._verified.get(token)
+        if hit is not None and now < hit[0]:
+            self._check_times(hit[1], now_s)          # (5) again: it may have expired since
+            return self._identity(hit[1], hit[2])
+        claims, kid = self._verified_claims(token, now_s, self.section.audience, access=True)
+        with self._lock:
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.pop(next(iter(self._verified)))     # the oldest
+            self._verified[token] = (now + self.section.jwks_cache_s, claims, kid)
         return self._identity(claims, kid)
 
     def verify_id_token(self, token: str, *, client_id: str, nonce: str | None,
@@ -458,14 +476,14 @@ class OidcVerifier:
         """An ID token (the sign-in's, collector.api.signin): the same steps with ``aud``
         our client id, no ``typ`` rule, and its ``nonce`` equal to the sign-in's (when
         given; constant-time)."""
-        claims, kid = self._verified(token, now_s, client_id, access=False)
+        claims, kid = self._verified_claims(token, now_s, client_id, access=False)
         if nonce is not None and not hmac.compare_digest(
                 str(claims.get("nonce", "")).encode(), nonce.encode()):
             raise OidcTokenError("the ID token's nonce is not this sign-in's")
         return self._identity(claims, kid)
 
-    def _verified(self, token: str, now_s: float, audience: str, *, access: bool
-                  ) -> tuple[dict[str, Any], str]:
+    def _verified_claims(self, token: str, now_s: float, audience: str, *, access: bool
+                         ) -> tuple[dict[str, Any], str]:
         if len(token) > MAX_TOKEN_BYTES:
             raise OidcTokenError(f"token longer than {MAX_TOKEN_BYTES} bytes")
         alg, kid, unverified = self._header(token, access=access)
