@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.ingest.detectors import DetectorSettings, read_detector_section
+from collector.ingest.detectors import AuthFailures, DetectorSettings, read_detector_section
 from collector.ingest.metrics import sample_value
 from collector.ledger.sqlbase import SQLStore
 from tests.collector.punch_kit import T0
@@ -200,28 +200,10 @@ def _status(device: str, at: int) -> DeviceStatus:
                         queue=QueueStatus(0, None), clock="synced", readers={})
 
 
-def test_d13_a_normal_week_of_200_employees_raises_no_alert_of_any_detector(  # noqa: PLR0914, PLR0915 - one scenario
-        store: SQLStore, tmp_path: Path) -> None:
-    """200 employees in the directory (20 with a second badge they use on some days), four
-    clocks at two sites, five shifts of four taps with minutes of jitter in three start
-    groups (so queues at shift changes), double taps, a fifth working at the other site on
-    some days, 10 car-pool pairs arriving back to back on two days of the week, every clock's
-    status every 10 minutes and the offline check after each: no alert of any kind. Then one
-    case of each person/badge kind among them is found."""
-    rng = random.Random(1413)  # noqa: S311 - a reproducible shift pattern, not a secret
-    rig = Rig(store)
-    sites = {"hq": [rig.clock("hq"), rig.clock("hq")],
-             "plant": [rig.clock("plant"), rig.clock("plant")]}
-    home = {e: "hq" if e % 2 else "plant" for e in range(200)}
-    second = {e: 1000 + e for e in range(0, 200, 10)}       # 20 employees with two badges
-    import_directory(
-        store, tmp_path, [(employee_id(e), home[e]) for e in range(200)],
-        [*((badge(e), employee_id(e), "assigned") for e in range(200)),
-         *((badge(b), employee_id(e), "assigned") for e, b in second.items()),
-         (badge(5000), employee_id(7), "blocked")])
-    assert rig.detectors.badge_scans.refresh(store) is True
-    roams = set(rng.sample(range(200), 40))
-    pools = [(e, e + 6) for e in range(1, 41, 4)]             # same site, same start group
+def _week_taps(rng: random.Random, home: dict[int, str], second: dict[int, int],  # noqa: PLR0917 - the week's parameters
+               pools: list[tuple[int, int]], roams: set[int]
+               ) -> list[tuple[int, int, str, bool, int]]:
+    """Five days of four taps each, sorted: (ts, employee, site, double tap, badge)."""
     taps: list[tuple[int, int, str, bool, int]] = []    # (ts, employee, site, double, badge)
     for d in range(5):                                  # Monday to Friday
         pooled = {e: p for p in pools for e in p} if d in (1, 3) else {}
@@ -240,6 +222,33 @@ def test_d13_a_normal_week_of_200_employees_raises_no_alert_of_any_detector(  # 
                 if rng.random() < 0.05:
                     taps.append((taps[-1][0] + rng.randint(1, 4) * S, e, site, True, b))
     taps.sort()
+    return taps
+
+
+def test_d13_a_normal_week_of_200_employees_raises_no_alert_of_any_detector(  # noqa: PLR0914, PLR0915 - one scenario
+        store: SQLStore, tmp_path: Path) -> None:
+    """200 employees in the directory (20 with a second badge they use on some days), four
+    clocks at two sites, five shifts of four taps with minutes of jitter in three start
+    groups (so queues at shift changes), double taps, a fifth working at the other site on
+    some days, 10 car-pool pairs arriving back to back on two days of the week, a resend now
+    and then after a lost receipt, a few mistyped API tokens a day, every clock's status every
+    10 minutes and the offline check after each: no alert of any kind. Then one
+    case of each person/badge kind among them is found."""
+    rng = random.Random(1413)  # noqa: S311 - a reproducible shift pattern, not a secret
+    rig = Rig(store)
+    sites = {"hq": [rig.clock("hq"), rig.clock("hq")],
+             "plant": [rig.clock("plant"), rig.clock("plant")]}
+    home = {e: "hq" if e % 2 else "plant" for e in range(200)}
+    second = {e: 1000 + e for e in range(0, 200, 10)}       # 20 employees with two badges
+    import_directory(
+        store, tmp_path, [(employee_id(e), home[e]) for e in range(200)],
+        [*((badge(e), employee_id(e), "assigned") for e in range(200)),
+         *((badge(b), employee_id(e), "assigned") for e, b in second.items()),
+         (badge(5000), employee_id(7), "blocked")])
+    assert rig.detectors.badge_scans.refresh(store) is True
+    roams = set(rng.sample(range(200), 40))
+    pools = [(e, e + 6) for e in range(1, 41, 4)]             # same site, same start group
+    taps = _week_taps(rng, home, second, pools, roams)
     last_clock: dict[tuple[int, str], int] = {}
     batch: dict[str, list[tuple[int, str]]] = {}
     for ts, e, site, double, b in taps:
@@ -253,9 +262,18 @@ def test_d13_a_normal_week_of_200_employees_raises_no_alert_of_any_detector(  # 
         c = clocks[device]
         for n in range(0, len(items), 250):
             chunk = items[n:n + 250]
-            rig.send(c, [c.punch(ts=ts, credential=cred) for ts, cred in chunk],
-                     received_at=chunk[-1][0] + 2 * S)
+            signed = [c.punch(ts=ts, credential=cred) for ts, cred in chunk]
+            recv = chunk[-1][0] + 2 * S
+            rig.send(c, signed, received_at=recv)
+            if n % 1000 == 0:           # a lost receipt now and then: resent 30 s later
+                rig.send(c, signed[-20:], received_at=recv + 30 * S)
     det = rig.detectors
+    auth = AuthFailures(rig.alerts, max_failures=10, window_s=300)   # [api] defaults
+    for day in range(5):                # a few mistyped tokens a day from a few desks
+        for desk in range(3):
+            for k in range(3):
+                assert auth.failed(f"192.0.2.{desk}", now_us=T0 + day * DAY + k * 60 * S
+                                   + desk * HOUR) is None
     devices = sorted(clocks)
     for n in range(5 * 144):                            # statuses every 10 min for 5 days
         now = T0 + n * 600 * S
