@@ -89,3 +89,8 @@ class KeyringError(LedgerError):
 
 class KeyDestroyedError(KeyringError):
     """The data key was destroyed (erasure or retention): what it encrypted is gone."""
+
+
+class ErasureError(CollectorError):
+    """An erasure is refused (one principal asking and approving, a legal hold keeping the
+    person's data, nothing left to erase); nothing was recorded or destroyed."""

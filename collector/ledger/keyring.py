@@ -140,6 +140,15 @@ def ensure_schema(store: SQLStore) -> None:
 
 # -- subjects, periods, aad --------------------------------------------------------------------
 
+def erased_subjects(store: SQLStore) -> set[str]:
+    """The subjects a ``shred`` entry destroyed keys of (DESIGN.md §8.6), ``+N`` stripped."""
+    if not present(store):
+        return set()
+    return {str(r[0]).split("+", 1)[0] for r in store.query(
+        f"SELECT DISTINCT k.subject FROM {TABLE} k JOIN entries e ON e.idx = k.destroyed_idx "  # noqa: S608 - constant table
+        "WHERE e.kind = 'shred'")}
+
+
 def period_of(ts_us: int) -> str:
     """The UTC month ``YYYY-MM`` of a device time in µs since the epoch."""
     return datetime.fromtimestamp(ts_us / 1_000_000, tz=UTC).strftime("%Y-%m")
@@ -298,13 +307,16 @@ class Keyring:
     # -- create -----------------------------------------------------------------------------
     def data_key(self, tx: Tx, subject: str, period: str, *, idx: int) -> DataKey:
         """The live key of (subject, period), created in ``tx`` if there is none (``idx``:
-        the first entry it covers). A destroyed key is never reused: a new period of that
-        subject would need a new (subject, period), so this refuses."""
+        the first entry it covers). A destroyed key is never reused: data of an erased
+        subject's month recorded after the erasure goes under the subject ``S+<shred idx>``
+        (which a later erasure of S destroys too), never an exception on the append path."""
         rows = tx.rows(f"SELECT {_COLS} FROM {TABLE} WHERE subject = ? AND period = ?",  # noqa: S608 - constant columns
                        (subject, period))
         if rows:
             row = _row(rows[0])
-            key = self._cached(row.key_id) or self._unwrap(row)   # KeyDestroyedError if erased
+            if row.destroyed:
+                return self.data_key(tx, f"{subject}+{row.destroyed_idx}", period, idx=idx)
+            key = self._cached(row.key_id) or self._unwrap(row)
         else:
             key = secrets.token_bytes(KEY_BYTES)
             key_id = "dk-" + secrets.token_hex(16)
@@ -347,9 +359,10 @@ class Keyring:
 
     # -- destroy and rewrap --------------------------------------------------------------------
     def subject_keys(self, subject: str) -> list[KeyRow]:
+        """Every key of ``subject`` (and of ``subject+N``, its data after an erasure)."""
         return [_row(r) for r in self.store.query(
-            f"SELECT {_COLS} FROM {TABLE} WHERE subject = ? ORDER BY period",  # noqa: S608 - constant columns
-            (subject,))]
+            f"SELECT {_COLS} FROM {TABLE} WHERE subject = ? OR substr(subject, 1, ?) = ? "  # noqa: S608 - constant columns
+            "ORDER BY period, key_id", (subject, len(subject) + 1, subject + "+"))]
 
     def destroy(self, tx: Tx, key_ids: Sequence[str], *, idx: int) -> None:
         """Blank the wrapped keys of ``key_ids`` under the shred or retention entry ``idx``

@@ -31,7 +31,7 @@ _APPEND_ONLY = ("entries", "retained", "checkpoints", "tc_merkle")
 _PURGED = ("punches", "quarantine")
 _REMOVED = """NOT EXISTS (SELECT 1 FROM bodies b WHERE b.idx = OLD.idx)
        AND EXISTS (SELECT 1 FROM retained r
-                   JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention'
+                   JOIN entries e ON e.idx = r.retention_idx AND e.kind IN ('retention', 'shred')
                    WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)"""
 
 
@@ -168,7 +168,7 @@ END $$;
 CREATE OR REPLACE FUNCTION tc_bodies_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM retained r
-                   JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention'
+                   JOIN entries e ON e.idx = r.retention_idx AND e.kind IN ('retention', 'shred')
                    WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)
        OR EXISTS (SELECT 1 FROM entries e WHERE e.idx = OLD.idx
                   AND e.kind IN ('device', 'retention')) THEN

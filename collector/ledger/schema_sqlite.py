@@ -37,8 +37,10 @@ def _forbid(table: str, op: str) -> str:
 # D15 retention purge (collector.ledger.retention_tables): the one UPDATE of punches and of
 # quarantine allowed, blanking the personal columns / raw bytes of an entry whose body a
 # ``retention`` entry (joined through ``retained``) has removed; every other column unchanged.
+# An erasure (``shred``, DESIGN.md §8.6: collector.records.erasure) removes bodies the same way.
 _REMOVED = ("NOT EXISTS (SELECT 1 FROM bodies WHERE idx = OLD.idx) AND EXISTS (SELECT 1 FROM "
-            "retained r JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention' "
+            "retained r JOIN entries e ON e.idx = r.retention_idx "
+            "AND e.kind IN ('retention', 'shred') "
             "WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)")
 _PURGE_ONLY_PUNCHES = f"""CREATE TRIGGER IF NOT EXISTS punches_no_update BEFORE UPDATE ON punches
 WHEN NOT (NEW.device IS OLD.device AND NEW.seq IS OLD.seq AND NEW.punch_hash IS OLD.punch_hash
@@ -155,8 +157,8 @@ WHEN NOT EXISTS (SELECT 1 FROM entries WHERE idx = NEW.idx)
 BEGIN SELECT RAISE(ABORT, 'timeclock: body refused: no entry has this idx'); END;
 CREATE TRIGGER IF NOT EXISTS bodies_delete_needs_retention BEFORE DELETE ON bodies
 WHEN NOT EXISTS (
-    SELECT 1 FROM retained r JOIN entries e ON e.idx = r.retention_idx AND e.kind = 'retention'
-    WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)
+    SELECT 1 FROM retained r JOIN entries e ON e.idx = r.retention_idx
+    AND e.kind IN ('retention', 'shred') WHERE OLD.idx BETWEEN r.first_idx AND r.last_idx)
   OR EXISTS (SELECT 1 FROM entries WHERE idx = OLD.idx AND kind IN ('device', 'retention'))
 BEGIN SELECT RAISE(ABORT,
     'timeclock: DELETE on bodies refused: no retention entry covers this idx (append-only)');

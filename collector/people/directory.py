@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from collector import DirectoryError, DirectoryNotFoundError, LedgerError
+from collector.ledger import keyring
 from collector.ledger import people_tables as T
 from collector.ledger.people_tables import BadgePeriod, BadgeResolver, EmployeeRow
 from collector.ledger.sqlbase import SQLStore, Tx
@@ -177,13 +178,17 @@ def check_projection(store: SQLStore) -> list[str]:
         # the chain's own directory entries break the rules: written behind the collector
         return [f"the ledger's employee/badge entries do not replay: {e}"]
     out: list[str] = []
-    tables = {e.employee_id: e for e in T.employees(store)}
-    for eid in sorted(set(tables) | set(chain.employees)):
+    # An erased person's entries have no body left (DESIGN.md §8.6): their rows are not
+    # the chain's to replay (collector.records.erasure blanks what they held).
+    erased = keyring.erased_subjects(store)
+    tables = {e.employee_id: e for e in T.employees(store) if e.employee_id not in erased}
+    for eid in sorted((set(tables) | set(chain.employees)) - erased):
         if tables.get(eid) != chain.employees.get(eid):
             out.append(f"employee {eid}: the table differs from the ledger's entries")
     have: dict[str, list[BadgePeriod]] = {}
     for p in T.periods(store):
-        have.setdefault(p.credential, []).append(p)
+        if p.employee_id not in erased:
+            have.setdefault(p.credential, []).append(p)
     want = {c: ps for c, ps in chain.periods.items() if ps}
     for c in sorted(set(have) | set(want)):
         if have.get(c, []) != want.get(c, []):

@@ -10,7 +10,6 @@ destroyed key is the disposal).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -27,15 +26,18 @@ from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.people import directory
-from collector.people.csv_import import import_files
 from collector.records.exports import export_bundle
-from tests.collector.keyring_kit import MemoryKek
-from tests.collector.ledger_kit import T0, Clock, seeded_key, sqlite_exec
+from tests.collector.keyring_kit import (
+    BADGE,
+    LOG_KEY,
+    ORIGIN,
+    STRANGER,
+    MemoryKek,
+    personal_store,
+    secrets_of_everyone,
+)
+from tests.collector.ledger_kit import T0, sqlite_exec
 from wire import verify_cli
-from wire.ledger import Checkpoint
-
-ORIGIN = "timeclock.test/ledger"
-MONTH = 31 * 86_400 * 1_000_000
 
 
 def _bodies(store: SQLStore) -> list[tuple[int, bytes]]:
@@ -170,10 +172,18 @@ def test_d15_a_destroyed_key_is_blank_and_gone_from_the_cache(sqlite_store: SQLi
     assert ring.keys([kid, other])[kid] is None
     with pytest.raises(KeyDestroyedError, match=f"data key {kid} .E1, 2026-01. was destroyed"):
         ring.key(kid)
-    # The month of an erased subject gets no new key (its data stays gone).
-    with pytest.raises(KeyDestroyedError), store.transaction(T0) as tx:
-        ring.data_key(tx, "E1", "2026-01", idx=1)
+    # Data of that month recorded after the erasure goes under a new key of "E1+<idx>"
+    # (never the destroyed one, never an exception on the append path).
+    with store.transaction(T0) as tx:
+        later = ring.data_key(tx, "E1", "2026-01", idx=1)
+    row = ring.rows([later.key_id])[later.key_id]
+    assert (row.subject, row.period) == (f"E1+{row_destroyed_idx(ring, kid)}", "2026-01")
+    assert [k.key_id for k in ring.subject_keys("E1")] == sorted([kid, later.key_id])
     assert ring.key(other) is not None
+
+
+def row_destroyed_idx(ring: Keyring, kid: str) -> int | None:
+    return ring.rows([kid])[kid].destroyed_idx
 
 
 def _destroy_raw(store: SQLiteStore, kid: str) -> None:
@@ -239,57 +249,16 @@ def test_the_blind_index_and_badge_pseudonyms(store: SQLStore) -> None:
 
 # -- bodies at rest ------------------------------------------------------------------------------
 
-NOW = T0 + 10**9
-BADGE = "em4100:0012345678"
-STRANGER = "em4100:0000000077"
-NAMES = ("Ada Lovelace", "Grace Hopper")
-EMPLOYEES = """employee_id,name,department,site,timezone,manager_id
-E1000,Grace Hopper,Operations,hq,America/New_York,
-E1001,Ada Lovelace,Operations,hq,Europe/London,E1000
-"""
-BADGES = f"""credential,employee_id,valid_from,valid_until,status
-{BADGE},E1001,2025-01-01T00:00:00Z,,assigned
-"""
-LOG_KEY = seeded_key("log-key")
-
-
-def _personal_store(store: SQLStore, tmp_path: Path, kek: MemoryKek | None = None
-                    ) -> tuple[Keyring, Clock]:
-    """``store`` sealed under a keyring: a clock, two employees, a badge, and punches of the
-    assigned badge (E1001) and of a badge nobody holds, in two months."""
-    ring = Keyring(store, kek or MemoryKek(), origin=ORIGIN)
-    store.use_keyring(ring)
-    c = Clock("clock-1")
-    store.append([EventFact("device", c.enrolled_body())], now_us=T0)
-    (tmp_path / "e.csv").write_text(EMPLOYEES, encoding="utf-8")
-    (tmp_path / "b.csv").write_text(BADGES, encoding="utf-8")
-    import_files(store, tmp_path / "e.csv", tmp_path / "b.csv", now_us=T0)
-    store.append([c.fact(credential=BADGE), c.fact(credential=STRANGER),
-                  c.fact(credential=BADGE, ts=T0 + MONTH)], now_us=NOW)
-    size, head = store.head()
-    store.add_checkpoint(Checkpoint(log=LOG_KEY.key_id, size=size, head=head,
-                                    at=NOW).sign(LOG_KEY))
-    return ring, c
-
-
-def _secrets() -> list[bytes]:
-    out: list[bytes] = []
-    for s in (BADGE, STRANGER, *NAMES):
-        out += [s.encode(), base64.b64encode(s.encode()), s.encode().hex().encode()]
-    out += [b"0012345678", b"0000000077", b"Lovelace", b"Hopper"]
-    return out
-
-
 def test_d15_personal_bodies_are_sealed_and_every_read_sees_the_plaintext(
         store: SQLStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ring, _ = _personal_store(store, tmp_path)
+    ring, _ = personal_store(store, tmp_path)
     stored = {i: b for i, b in _bodies(store)}
     kinds = {se.entry.idx: se.entry.kind for se in store.entries()}
     sealed = {i for i, b in stored.items() if body_crypto.is_sealed(b)}
     assert sealed == {i for i, k in kinds.items() if k in ("punch", "employee", "badge")}
     assert len(sealed) == 6
     blob = b"".join(stored.values())
-    assert [s for s in _secrets() if s in blob] == []
+    assert [s for s in secrets_of_everyone() if s in blob] == []
     # The chain commits to the plaintext: every read path opens the bodies.
     for se in store.entries():
         assert se.body is not None
@@ -315,7 +284,7 @@ def test_d15_personal_bodies_are_sealed_and_every_read_sees_the_plaintext(
 
 def test_a_sealed_ledger_without_a_kek_says_which_option_is_missing(
         store: SQLStore, tmp_path: Path) -> None:
-    _personal_store(store, tmp_path)
+    personal_store(store, tmp_path)
     store.sealer = None
     with pytest.raises(KeyringError, match=r"bodies are encrypted .*set \[ledger\] kek"):
         list(store.entries())
@@ -325,7 +294,7 @@ def test_a_sealed_ledger_without_a_kek_says_which_option_is_missing(
 
 def test_a_sealed_body_moved_to_another_entry_does_not_open(sqlite_store: SQLiteStore,
                                                             tmp_path: Path) -> None:
-    _personal_store(sqlite_store, tmp_path)
+    personal_store(sqlite_store, tmp_path)
     punches = [se.entry.idx for se in sqlite_store.entries() if se.entry.kind == "punch"]
     a, b = punches[0], punches[2]
     sqlite_exec(sqlite_store.path, "DROP TRIGGER bodies_no_update",
