@@ -21,6 +21,7 @@ from wire.audit import Check
 from wire.bundle import BundleAudit, BundleError, audit_bundle, dumps_report, parse_trusted
 from wire.cli import run_command
 from wire.errors import WireError
+from wire.evidence import EvidenceError, opened, verify_pack
 from wire.export_proofs import (
     ExportProofError,
     dumps_export_report,
@@ -69,6 +70,9 @@ Every non-empty ledger needs a checkpoint covering its last entry.
 verify a payroll export that carries proofs, alone (no bundle):
   timeclock-verify --export payroll.ndjson --collector-key B64 --witness-policy policy.txt
 
+verify an evidence pack (manifest signature, every file, then its bundle as above):
+  timeclock-verify --evidence evidence-2026-11.tar.gz --collector-key B64
+
 checks (docs/protocol.md §9, §13): (0) keys (1) entry (2) entry-hash (3) prev (4) body
 (5) fact (6) device-chain (7) checkpoint (8) checkpoint-v2 (9) trusted-checkpoint (10) witness
 (11) coverage. Sequence gaps are findings, not failures.
@@ -82,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the audit bundle directory")
     p.add_argument("--export", metavar="FILE", type=Path,
                    help="verify a payroll export with proofs (NDJSON) instead of a bundle")
+    p.add_argument("--evidence", metavar="PACK", type=Path,
+                   help="verify an evidence pack (its folder or .tar.gz, made by "
+                        "`timeclock-collector evidence`): the log key's signature on its "
+                        "manifest, every file's SHA-256, and the audit bundle inside")
     p.add_argument("--collector-key", metavar="B64", action="append", default=[],
                    help="collector log public key (standard base64, 32 bytes), obtained out of "
                         "band; repeat for a log whose key was rotated")
@@ -195,9 +203,10 @@ def _print_human(audit: BundleAudit, bundle: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if (args.bundle is None) == (args.export is None):
-        parser.error("give a BUNDLE_DIR or --export FILE (one of them)")
-    return run_command("timeclock-verify", lambda: _verify(args), (BundleError, ExportProofError))
+    if sum(x is not None for x in (args.bundle, args.export, args.evidence)) != 1:
+        parser.error("give a BUNDLE_DIR, --export FILE or --evidence PACK (one of them)")
+    return run_command("timeclock-verify", lambda: _verify(args),
+                       (BundleError, ExportProofError, EvidenceError))
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -206,6 +215,8 @@ def _verify(args: argparse.Namespace) -> int:
     now_s = args.now if args.now is not None else int(time.time())
     if args.export is not None:
         return _verify_export(args, policy, now_s)
+    if args.evidence is not None:
+        return _verify_evidence(args, policy, now_s)
     audit = audit_bundle(args.bundle, pinned=_pinned(args.collector_key),
                          trusted=_trusted(args.trusted_checkpoint), policy=policy,
                          origin=args.origin, now_s=now_s)
@@ -232,6 +243,36 @@ def _verify_export(args: argparse.Namespace, policy: WitnessPolicy | None, now_s
     else:
         print_export_report(result, args.export, sys.stdout)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _verify_evidence(args: argparse.Namespace, policy: WitnessPolicy | None, now_s: int) -> int:
+    keys = _pinned(args.collector_key)
+    if keys is None:
+        raise EvidenceError("--evidence needs --collector-key: the pack names its own key, "
+                            "which proves nothing; pin the one you hold")
+    with opened(args.evidence) as root:
+        check = verify_pack(root, keys)
+        print(f"evidence pack: {args.evidence} ({check.manifest.get('from')} to "
+              f"{check.manifest.get('to')}, made {check.manifest.get('generated_at')})")
+        for problem in check.problems:
+            print(f"  PROBLEM: {problem}")
+        if not check.ok:
+            print("RESULT: FAILED: the pack is not what the log key signed")
+            return EXIT_FAILED
+        print(f"manifest: signed by log key {check.key_id}; "
+              f"{len(check.manifest['files'])} files, each as listed")
+        audit = audit_bundle(check.bundle, pinned=keys, trusted=_trusted(args.trusted_checkpoint),
+                             policy=policy, origin=args.origin, now_s=now_s)
+        size = check.manifest.get("ledger", {}).get("size")
+        if audit.report.size != size:
+            print(f"RESULT: FAILED: the manifest says ledger size {size}, the bundle holds "
+                  f"{audit.report.size}")
+            return EXIT_FAILED
+        if args.json:
+            print(dumps_report(audit))
+        else:
+            _print_human(audit, check.bundle)
+    return EXIT_OK if audit.ok else EXIT_FAILED
 
 
 if __name__ == "__main__":

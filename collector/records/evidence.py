@@ -1,0 +1,377 @@
+"""Evidence pack: one dated archive an auditor takes away and checks offline (issue 16 item 3).
+
+``timeclock-collector evidence --from … --to …`` writes a folder and a ``.tar.gz`` of it:
+
+    bundle/            the audit bundle of the whole ledger (timeclock-verify checks it)
+    verify.json        the collector's own full verification of the store when the pack was made
+    registers/         what happened in the period, from the ledger's entries:
+      grants.json        every principal, role and credential change (whole history) and the
+                         segregation-of-duties findings the verification re-derived
+      access.json        access-log summary (requests by principal, route and status; exports)
+      reviews.json       review entries (alert acknowledgements, resolutions, sign-offs)
+      alerts.json        alerts with the reviews that name them
+      quarantine.json    rejections by reason
+      retention.json     policies, holds, retention and shred entries (whole history)
+      configuration.json remote configuration entries; the collector's config and unit
+                         hardening when given
+    controls.json      the control matrix (SOC 2 TSC, HIPAA §164) pointing at each artefact
+    report.html        the human-readable report with plots (SVG, rendered here)
+    report.pdf         the same, printed by headless Chromium (when it is installed)
+    manifest.json      pack kind, period, ledger size and head, and the SHA-256 of every file
+    manifest.sig       Ed25519 signature by the log key over
+                       ``b"timeclock/evidence-pack/v1\\n" + canonical(manifest)``
+
+``timeclock-verify --evidence PACK --collector-key B64`` (wire/evidence.py) checks the
+signature, every file's hash, that no file was added or removed, and the bundle itself.
+The registers carry employee ids and principal names, never badge credentials or names.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from collector import CollectorError
+from collector.ledger.audit import verify_store
+from collector.ledger.sqlbase import SQLStore
+from collector.records.exports import export_bundle
+from wire.canonical import canonical
+from wire.evidence import MANIFEST, PACK_KIND, SIGNATURE, signed_message
+from wire.keys import SigningKey, VerifyKey
+
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-pdf-header-footer")
+MAX_LISTED = 500        # register rows listed in full; the rest are counted
+
+
+class EvidenceError(CollectorError):
+    """An evidence pack cannot be made (period, output folder, signing key, PDF printer)."""
+
+
+# The control matrix: our control ids (docs/compliance.md) -> criteria and the pack's artefacts.
+CONTROLS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("D1", "CC6.1, CC6.6", "§164.312(d)", ("bundle/", "registers/configuration.json")),
+    ("D2", "CC6.6, CC7.1", "§164.312(c)(1)", ("bundle/", "registers/quarantine.json")),
+    ("D4", "A1.2", "§164.308(a)(7)", ("verify.json",)),
+    ("D5", "PI1.4, CC7.1", "§164.312(c)(1), §164.312(c)(2)", ("bundle/", "verify.json")),
+    ("D6", "PI1.5", "§164.312(c)(1)", ("bundle/", "registers/grants.json")),
+    ("D7", "CC6.1", "§164.312(d)", ("registers/access.json",)),
+    ("D8", "CC6.2, CC6.3", "§164.308(a)(4)", ("registers/grants.json",)),
+    ("D12", "CC7.2", "§164.312(b)", ("registers/access.json",)),
+    ("D13", "CC7.3, CC7.4", "§164.308(a)(1)(ii)(D)",
+     ("registers/alerts.json", "registers/reviews.json")),
+    ("D15", "C1.2, P4.3", "§164.316(b)(2)", ("registers/retention.json",)),
+    ("D20", "C1.1, P4.1", "§164.502(b)", ("registers/access.json",)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    directory: Path
+    archive: Path
+    files: int
+    ok: bool                 # the store verified when the pack was made
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="seconds")
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _write(path: Path, text: str | bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = text.encode() if isinstance(text, str) else text
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+class _Registers:
+    """One pass over the ledger's entries, keeping what each register needs."""
+
+    def __init__(self, since: int, until: int) -> None:
+        self.since, self.until = since, until
+        self.grants: list[dict[str, Any]] = []
+        self.requests: Counter[tuple[str, str, str]] = Counter()
+        self.unauthenticated = 0
+        self.exports: list[dict[str, Any]] = []
+        self.reviews: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.rejections: Counter[str] = Counter()
+        self.retention: list[dict[str, Any]] = []
+        self.config: list[dict[str, Any]] = []
+        self.punches_per_day: Counter[str] = Counter()
+        self.alerts_per_day: Counter[str] = Counter()
+        self.kinds: Counter[str] = Counter()
+        self.removed_bodies = 0
+
+    def take(self, idx: int, kind: str, at: int, body: bytes | None) -> None:
+        inside = self.since <= at < self.until
+        if body is None:
+            self.removed_bodies += 1
+            return
+        try:
+            b = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(b, dict):
+            return
+        if kind == "access" and b.get("type") == "admin":
+            self.grants.append({"idx": idx, "at": _iso(at), **{
+                k: b[k] for k in ("actor", "action", "principal", "roles", "token_id",
+                                  "approved_by", "sites", "employee_id") if k in b}})
+        elif kind in ("policy", "hold", "retention", "shred"):
+            self.retention.append({"idx": idx, "kind": kind, "at": _iso(at), "body": b})
+        if not inside:
+            return
+        self.kinds[kind] += 1
+        day = _iso(at)[:10]
+        if kind == "punch":
+            self.punches_per_day[day] += 1
+        elif kind == "access":
+            self._access(idx, at, b)
+        elif kind == "review":
+            self.reviews.append({"idx": idx, "at": _iso(at), "body": b})
+        elif kind == "alert":
+            self.alerts_per_day[day] += 1
+            self.alerts.append({"idx": idx, "at": _iso(at), "kind": b.get("alert"),
+                                "severity": b.get("severity"), "device": b.get("device"),
+                                "detail": b.get("detail")})
+        elif kind == "rejection":
+            self.rejections[str(b.get("reason", "unknown"))] += 1
+        elif kind == "config":
+            self.config.append({"idx": idx, "at": _iso(at), "body": b})
+
+    def _access(self, idx: int, at: int, b: dict[str, Any]) -> None:
+        t = b.get("type")
+        if t == "request":
+            self.requests[(str(b.get("principal")), str(b.get("route")),
+                           str(b.get("status")))] += int(b.get("count", 1) or 1)
+        elif t == "unauthenticated":
+            self.unauthenticated += int(b.get("count", 1) or 1)
+        elif t == "export":
+            self.exports.append({"idx": idx, "at": _iso(at), **{
+                k: b[k] for k in ("via", "principal", "what", "purpose", "rows", "format",
+                                  "field_set") if k in b}})
+
+
+def _listed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"count": len(rows), "listed": rows[:MAX_LISTED],
+            "omitted": max(0, len(rows) - MAX_LISTED)}
+
+
+def _svg_bars(title: str, counts: dict[str, int]) -> str:
+    """A small bar chart as inline SVG (rendered on the server; no script, no fonts fetched)."""
+    items = sorted(counts.items())
+    w, h, pad = 640, 180, 30
+    if not items:
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="40" role="img" '
+                f'aria-label="{html.escape(title)}"><text x="4" y="24">{html.escape(title)}: '
+                'none in the period</text></svg>')
+    top = max(v for _, v in items) or 1
+    bw = max(2.0, (w - 2 * pad) / len(items))
+    bars = []
+    for i, (label, v) in enumerate(items):
+        bh = (h - 2 * pad) * v / top
+        x = pad + i * bw
+        bars.append(f'<rect x="{x:.1f}" y="{h - pad - bh:.1f}" width="{bw * 0.8:.1f}" '
+                    f'height="{bh:.1f}" fill="#3a6ea5"><title>{html.escape(label)}: {v}'
+                    '</title></rect>')
+    first, last = html.escape(items[0][0]), html.escape(items[-1][0])
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
+            f'aria-label="{html.escape(title)}"><text x="{pad}" y="16">{html.escape(title)} '
+            f'(max {top})</text>{"".join(bars)}<text x="{pad}" y="{h - 8}">{first}</text>'
+            f'<text x="{w - pad}" y="{h - 8}" text-anchor="end">{last}</text></svg>')
+
+
+REPORT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
+    """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Evidence pack {{ meta.from }} – {{ meta.to }}</title>
+<style>body{font-family:sans-serif;margin:2em;max-width:52em}table{border-collapse:collapse}
+td,th{border:1px solid #999;padding:2px 6px;font-size:90%}h2{margin-top:1.5em}</style></head>
+<body>
+<h1>timeclock evidence pack</h1>
+<p>Period {{ meta.from }} to {{ meta.to }} (UTC, end exclusive); made {{ meta.generated_at }};
+ledger size {{ meta.ledger.size }}, head <code>{{ meta.ledger.head[:16] }}…</code>.</p>
+<h2>Verification</h2><p><strong>{{ verdict }}</strong></p>
+<p>Segregation-of-duties findings re-derived from the grant history: {{ sod|length }}.</p>
+<p>Re-perform offline: <code>timeclock-verify --evidence PACK --collector-key B64</code>.</p>
+<h2>Activity</h2>
+{{ punch_plot }}
+{{ alert_plot }}
+<p>Entries in the period by kind:
+{% for k, v in kinds %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}.
+</p>
+<h2>Alerts ({{ regs.alerts|length }}) and reviews ({{ regs.reviews|length }})</h2>
+<table><tr><th>idx</th><th>at</th><th>kind</th><th>severity</th><th>reviews</th></tr>
+{% for a in regs.alerts[:50] %}<tr><td>{{ a.idx }}</td><td>{{ a.at }}</td><td>{{ a.kind }}</td>
+<td>{{ a.severity }}</td><td>{{ a.reviews|join(", ") }}</td></tr>{% endfor %}</table>
+<h2>Quarantine</h2><ul>
+{% for r, n in rejections %}<li>{{ r }}: {{ n }}</li>{% else %}<li>no rejections</li>{% endfor %}
+</ul>
+<h2>Access</h2><p>{{ requests }} authenticated requests, {{ regs.unauthenticated }}
+unauthenticated or failed, {{ regs.exports|length }} exports.</p>
+<h2>Retention, holds and shredding</h2><p>{{ regs.retention|length }} entries (whole
+history).</p>
+<h2>Control matrix</h2>
+<table><tr><th>control</th><th>SOC 2 TSC</th><th>HIPAA</th><th>artefacts</th></tr>
+{% for c, t, h, a in controls %}<tr><td>{{ c }}</td><td>{{ t }}</td><td>{{ h }}</td>
+<td>{{ a|join(", ") }}</td></tr>{% endfor %}</table>
+</body></html>
+""")
+
+
+def _report_html(meta: dict[str, Any], regs: _Registers, verify: dict[str, Any],
+                 sod: list[str]) -> str:
+    first = verify.get("first_failure")
+    verdict = "OK: every entry, body, signature, chain and checkpoint verifies" if first is None \
+        else f"FAILED at idx {first.get('idx')}: {first.get('message')}"
+    return REPORT.render(
+        meta=meta, regs=regs, verdict=verdict, sod=sod, controls=CONTROLS,
+        kinds=sorted(regs.kinds.items()), rejections=sorted(regs.rejections.items()),
+        requests=sum(regs.requests.values()),
+        punch_plot=Markup(_svg_bars("punches per day", dict(regs.punches_per_day))),  # noqa: S704 - built with html.escape
+        alert_plot=Markup(_svg_bars("alerts per day", dict(regs.alerts_per_day))))  # noqa: S704 - built with html.escape
+
+
+def print_pdf(html_path: Path, pdf_path: Path, *, chromium: str) -> None:
+    """Print ``html_path`` to ``pdf_path`` with headless Chromium (offline: a file URL)."""
+    with tempfile.TemporaryDirectory(prefix="tc-evidence-chromium-") as profile:
+        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+               f"--print-to-pdf={pdf_path}", html_path.resolve().as_uri()]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603 - our own argv
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise EvidenceError(f"printing the report with {chromium} failed: {e}") from e
+    if r.returncode != 0 or not pdf_path.exists() or pdf_path.stat().st_size == 0:
+        raise EvidenceError(f"printing the report with {chromium} failed (exit "
+                            f"{r.returncode}): {r.stderr.strip()[-300:]}")
+    pdf_path.chmod(0o600)
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def build_pack(store: SQLStore, out: Path, *, since: int, until: int, signing_key: SigningKey,
+               log_keys: Iterable[VerifyKey], now_us: int,
+               sign_checkpoint: Callable[[int], object] | None = None,
+               attachments: dict[str, bytes] | None = None, pdf: str = "auto") -> Pack:
+    """Write the pack folder ``out`` (must not exist) and ``out`` + ``.tar.gz``.
+
+    ``attachments``: more files for ``registers/configuration/`` (the collector's config, unit
+    files), already redacted by the caller. ``pdf``: ``auto`` (print when Chromium is
+    installed), ``on`` (fail without it) or ``off``."""
+    if until <= since:
+        raise EvidenceError(f"the period must end after it starts ({_iso(since)} .. "
+                            f"{_iso(until)})")
+    archive = out.with_name(out.name + ".tar.gz")
+    for p in (out, archive):
+        if p.exists():
+            raise EvidenceError(f"{p}: exists; choose a new --out (a pack is never rewritten)")
+    chromium = find_chromium() if pdf != "off" else None
+    if pdf == "on" and chromium is None:
+        raise EvidenceError("--pdf on: no chromium found (apt install chromium)")
+    out.mkdir(mode=0o700, parents=True)
+    keys = list(log_keys)
+    size = export_bundle(store, out / "bundle", keys, sign=sign_checkpoint)
+    for f in (out / "bundle").iterdir():
+        f.chmod(0o600)
+    result = verify_store(store, {k.key_id: k for k in keys}, full=True, now_us=now_us)
+    verify = result.report.to_dict()
+    sod = [f["message"] for f in verify.get("findings", [])
+           if "segregation of duties" in str(f.get("message", ""))]
+    _write(out / "verify.json", _json(verify))
+    regs = _Registers(since, until)
+    for se in store.entries(0, size):
+        regs.take(se.entry.idx, se.entry.kind, se.entry.at, se.body)
+    by_alert: dict[int, list[int]] = defaultdict(list)
+    for r in regs.reviews:
+        target = r["body"].get("alert_idx")
+        if isinstance(target, int):
+            by_alert[target].append(r["idx"])
+    for a in regs.alerts:
+        a["reviews"] = by_alert.get(a["idx"], [])
+    reg = out / "registers"
+    _write(reg / "grants.json", _json({"changes": _listed(regs.grants),
+                                       "segregation_of_duties_findings": sod}))
+    _write(reg / "access.json", _json({
+        "requests": [{"principal": p, "route": r, "status": s, "count": n}
+                     for (p, r, s), n in sorted(regs.requests.items())],
+        "unauthenticated_or_failed": regs.unauthenticated,
+        "exports": _listed(regs.exports)}))
+    _write(reg / "reviews.json", _json(_listed(regs.reviews)))
+    _write(reg / "alerts.json", _json(_listed(regs.alerts)))
+    _write(reg / "quarantine.json", _json({"rejections_by_reason": dict(
+        sorted(regs.rejections.items()))}))
+    _write(reg / "retention.json", _json({**_listed(regs.retention),
+                                          "entries_without_body": regs.removed_bodies}))
+    _write(reg / "configuration.json", _json(_listed(regs.config)))
+    for name, data in sorted((attachments or {}).items()):
+        _write(reg / "configuration" / Path(name).name, data)
+    _write(out / "controls.json", _json([
+        {"control": c, "soc2_tsc": t, "hipaa": h, "artefacts": list(a)}
+        for c, t, h, a in CONTROLS]))
+    head = store.head()
+    meta = {"pack": PACK_KIND, "from": _iso(since), "to": _iso(until),
+            "generated_at": _iso(now_us), "ledger": {"size": size, "head": head[1]},
+            "verified": result.ok}
+    _write(out / "report.html", _report_html(meta, regs, verify, sod))
+    if chromium is not None:
+        print_pdf(out / "report.html", out / "report.pdf", chromium=chromium)
+    files = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        rel = path.relative_to(out).as_posix()
+        files[rel] = _sha256(path)
+    manifest = {**meta, "files": files, "log_key": signing_key.verify_key.b64}
+    _write(out / MANIFEST, canonical(manifest))
+    _write(out / SIGNATURE, signing_key.sign(signed_message(manifest)).encode() + b"\n")
+    _tar(out, archive)
+    return Pack(out, archive, len(files) + 2, result.ok)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib  # noqa: PLC0415 - only here
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tar(folder: Path, archive: Path) -> None:
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            info = tar.gettarinfo(str(path), arcname=f"{folder.name}/"
+                                  f"{path.relative_to(folder).as_posix()}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if path.is_file():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
