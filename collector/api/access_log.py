@@ -15,6 +15,17 @@ Invariants:
   done callback on the loop: committed → counted; failed → put back at the front of the
   buffer). A cancelled flush leaves the thread committing; the next flush (and ``close``)
   first awaits that in-flight batch instead of appending the same records again;
+- a read of personal data (a route marked ``personal``, collector.api.routes) is on the
+  ledger before the first byte of its answer is sent: :meth:`AccessLog.commit` appends its
+  record and returns only once the store's commit returned (fsync'd as the store commits),
+  and the answer is sent only then; an answer built in full (JSON) gets one record, with its
+  status and count, committed before it is sent (``"accounted": "before"``); a streamed
+  export gets a ``request-intent`` entry committed before the first byte, then its
+  ``request`` record (rows streamed, or the error; ``"accounted": "intent"``) in the next
+  batch. A failed commit gets the request 503 and no data. Records that wait while a commit
+  is in flight share the next one (group commit: one commit per batch under load, however
+  many requests). Other requests (proofs, checkpoints, health, metrics) never wait for a
+  commit;
 - records never hold a credential: no Authorization header, no request body, query values
   truncated, and strings made encodable (a lone surrogate becomes U+FFFD) so that one odd
   request can never make a whole batch fail to append.
@@ -31,6 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector import CollectorError
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import SQLStore
 
@@ -84,6 +96,8 @@ class AccessRecord:
     detail: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     duration_us: int = 0
+    accounted: str | None = None       # "before" | "intent" (see module doc); None: batched
+    committed: bool = False            # this record is on the ledger already (not batched)
 
     def body(self) -> dict[str, Any]:
         b: dict[str, Any] = {
@@ -99,7 +113,22 @@ class AccessRecord:
             b["detail"] = clean(self.detail, MAX_DETAIL_CHARS)
         if self.extra:
             b["extra"] = self.extra
+        if self.accounted is not None:
+            b["accounted"] = self.accounted
         return b
+
+    def intent_body(self) -> dict[str, Any]:
+        """The ``request-intent`` body: who starts streaming what, before its first byte (its
+        ``request`` record, with the row count or the error, follows)."""
+        b = {k: v for k, v in self.body().items()
+             if k in ("request_id", "at", "principal", "auth", "token", "role", "method",
+                      "route", "path", "query", "client")}
+        return {"type": "request-intent", **b}
+
+
+class AccessCommitError(CollectorError):
+    """An access record that must be on the ledger before its answer could not be committed;
+    the answer is not sent (503)."""
 
 
 class AccessLog:
@@ -122,11 +151,21 @@ class AccessLog:
         self._task: asyncio.Task[None] | None = None
         self.appended = 0
         self.failures = 0
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.commits = 0                # group commits of records that must precede answers
+        self.committed = 0              # records they held
+        self.commit_failures = 0
 
     @property
     def pending(self) -> int:
         """Records not yet committed: buffered, plus the batch a thread is appending."""
         return len(self._buf) + self._inflight_n
+
+    @property
+    def waiting(self) -> int:
+        """Records waiting for a commit that must precede their answers (not yet in one)."""
+        return len(self._waiting)
 
     @property
     def overloaded(self) -> bool:
@@ -136,6 +175,47 @@ class AccessLog:
         self._buf.append(body)
         if len(self._buf) >= self.batch_max:
             self._kick.set()
+
+    async def commit(self, body: dict[str, Any]) -> None:
+        """Append ``body`` and return once its commit returned (durable as the store's commits
+        are); raise :class:`AccessCommitError` when it failed. Bodies that arrive while a
+        commit is in flight wait and share the next one (group commit). Cancelling the
+        caller does not cancel the commit: the record is appended once either way."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        # (an outcome nobody awaits any more, the caller cancelled, is still retrieved)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._waiting.append((body, fut))
+        if self._committer is None or self._committer.done():
+            self._committer = loop.create_task(self._commit_waiting())
+        await asyncio.shield(fut)
+
+    async def _commit_waiting(self) -> None:
+        """Commit what waits, one transaction per batch, until nothing waits."""
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch = self._waiting[:self.batch_max * 10]
+            del self._waiting[:len(batch)]
+            facts = [EventFact("access", b) for b, _ in batch]
+            try:
+                # shield: the thread commits whatever happens to this task (see close()).
+                await asyncio.shield(loop.run_in_executor(None, functools.partial(
+                    self.store.append, facts, now_us=self.clock())))
+            except Exception as e:
+                self.commit_failures += 1
+                log.error("committing %d access records before their answers failed; those "
+                          "requests get 503", len(batch), exc_info=e)
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(AccessCommitError(
+                            f"the access entry of this read could not be committed "
+                            f"({type(e).__name__}); no data is sent until it can be"))
+                continue
+            self.commits += 1
+            self.committed += len(batch)
+            for _, f in batch:
+                if not f.done():
+                    f.set_result(None)
 
     def add_unauthenticated(self, rec: AccessRecord) -> bool:
         """Count ``rec`` in its (source, minute) tally; True when it starts a burst."""
@@ -215,6 +295,10 @@ class AccessLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._committer is not None:
+            # Reads waiting for their commit are still being answered: let it finish.
+            await asyncio.wait({self._committer})
+            self._committer = None
         # flush() first awaits a batch the cancelled task left with its thread, then appends
         # the rest once (a failed in-flight batch is back in the buffer and retried here).
         self._buf.extend(self.aggregates.drain())

@@ -39,7 +39,7 @@ from collector.api.keys import (
     ApiSettings,
     VerifyBox,
 )
-from collector.api.middlewares import guard, server_header
+from collector.api.middlewares import account_stream, guard, server_header
 from collector.api.reads import INLINE_READS, reads_inline
 from collector.api.routes import add_routes
 from collector.ledger import checkpoint_tables
@@ -66,6 +66,7 @@ def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
     checkpoint_tables.ensure_schema(store)
     app = web.Application(middlewares=[guard], client_max_size=settings.body_max_bytes)
     app.on_response_prepare.append(server_header)
+    app.on_response_prepare.append(account_stream)     # personal streams: intent first
     app[STORE] = store
     app[READER] = reader if reader is not None else store
     app[INLINE_READS] = reads_inline(app)

@@ -23,12 +23,13 @@ from typing import Any
 
 import aiohttp.web_response
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from collector.access.directory import Principals
 from collector.access.principals import Principal
 from collector.access.tokens import TokenError
 from collector.api import params as P
-from collector.api.access_log import MINUTE_US, AccessRecord, clean_query
+from collector.api.access_log import MINUTE_US, AccessCommitError, AccessRecord, clean_query
 from collector.api.crl import CRL_WATCH
 from collector.api.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -207,8 +208,9 @@ def _account(request: web.Request, context: RequestContext) -> None:
             "revoked_certificate" in rec.extra:
         # A principal's request, a valid credential refused (a disabled or tampered
         # principal) or a revoked certificate on an open connection: attributable, so an
-        # entry of its own.
-        app[ACCESS_LOG].add(rec.body())
+        # entry of its own (unless it is on the ledger already: a personal read's).
+        if not rec.committed:
+            app[ACCESS_LOG].add(rec.body())
         return
     alog = app[ACCESS_LOG]
     if alog.add_unauthenticated(rec):
@@ -220,6 +222,53 @@ def _account(request: web.Request, context: RequestContext) -> None:
                    f"minute, at most {agg.sources_max} sources a minute",
             fields={"client": rec.client[:64], "count": agg.burst_per_minute,
                     "minute": (rec.at + rec.duration_us) // MINUTE_US * MINUTE_US})
+
+
+def _personal_answer(context: RequestContext, response: web.StreamResponse) -> bool:
+    """A principal's answer of personal data (a ``personal`` route, 2xx) not accounted yet."""
+    route, rec = context.route, context.record
+    return (route is not None and route.personal and context.principal is not None
+            and 200 <= response.status < 300 and rec.accounted is None
+            and not rec.committed)
+
+
+async def account_before_answer(request: web.Request, context: RequestContext,
+                                response: web.StreamResponse) -> None:
+    """(guard, after the view) A personal read answered in full: its record, with its status
+    and count, is committed before the answer is prepared (collector.api.access_log); a
+    streamed one was accounted by its intent entry before its first byte."""
+    if response.prepared or not _personal_answer(context, response):
+        return
+    rec = context.record
+    rec.accounted, rec.duration_us = "before", request.app[CLOCK]() - rec.at
+    try:
+        await request.app[ACCESS_LOG].commit(rec.body())
+    except AccessCommitError as e:
+        rec.accounted = None
+        raise UnavailableError(str(e)) from e
+    rec.committed = True
+
+
+async def account_stream(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare, before any byte of a response is written: a personal read whose
+    view streams (prepares its response itself) gets its ``request-intent`` entry committed
+    first; when that fails nothing was sent, and the guard answers 503."""
+    context = request.get(CTX)
+    if context is None or not _personal_answer(context, response):
+        return
+    rec = context.record
+    try:
+        await request.app[ACCESS_LOG].commit(rec.intent_body())
+    except AccessCommitError as e:
+        # No byte has left, so a problem document is still possible: but the failed prepare
+        # switched the request's writer to chunked framing for the stream; the problem
+        # document is framed by its own Content-Length.
+        context.streaming = False
+        writer = request.writer
+        if isinstance(writer, StreamWriter):
+            writer.chunked = False
+        raise UnavailableError(str(e)) from e
+    rec.accounted = "intent"
 
 
 @web.middleware
@@ -259,6 +308,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             P.check_known(request.rel_url.query, route.params)
         response = await handler(request)
         rec.status = response.status
+        await account_before_answer(request, context, response)
         return response
     except Exception as e:
         if context.streaming:

@@ -32,6 +32,7 @@ class Route:
     response: str = "Object"        # components/schemas name of the 2xx body
     status: int = 200
     streams: bool = False           # also NDJSON/CSV
+    personal: bool = False          # answers personal data: accounted before it is sent
 
 
 ROUTES: tuple[Route, ...] = (
@@ -40,10 +41,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", "openapi", A.openapi, None, "This OpenAPI document"),
     Route("GET", "/v1/punches", "listPunches", H.list_punches, ("hr.read",),
           "Punches by device time, filtered; JSON pages with a cursor, or NDJSON/CSV streamed",
-          H.PUNCH_PARAMS, response="PunchPage", streams=True),
+          H.PUNCH_PARAMS, response="PunchPage", streams=True,
+          personal=True),
     Route("GET", "/v1/punches/{device}/{seq}", "getPunch", H.get_punch, ("hr.read",),
           "One punch with its ledger entry, signature, key, covering checkpoint, corrections",
-          response="PunchDetail"),
+          response="PunchDetail",
+          personal=True),
     Route("GET", "/v1/punches/{device}/{seq}/proof", "getPunchProof", H.punch_proof,
           ("hr.read", "audit.read"),
           "A punch's ledger entry, leaf index and inclusion proof to the newest (cosigned) v2 "
@@ -51,16 +54,19 @@ ROUTES: tuple[Route, ...] = (
           ("size",), response="PunchProof"),
     Route("GET", "/v1/exports/payroll", "payrollExport", H.payroll_export,
           ("payroll.export",), "Payroll extract with header, trailer and corrected values",
-          H.PAYROLL_PARAMS, response="PayrollStream", streams=True),
+          H.PAYROLL_PARAMS, response="PayrollStream", streams=True,
+          personal=True),
     Route("GET", "/v1/corrections", "listCorrections", H.list_corrections,
           ("hr.correct", "hr.approve", "audit.read"), "Corrections (proposals and decisions)",
-          ("status", "device", "cursor", "limit"), response="CorrectionPage"),
+          ("status", "device", "cursor", "limit"), response="CorrectionPage",
+          personal=True),
     Route("POST", "/v1/corrections", "proposeCorrection", H.propose_correction,
           ("hr.correct",), "Propose a correction of a punch's action or time",
           body="CorrectionProposal", response="Correction", status=201),
     Route("GET", "/v1/corrections/{id}", "getCorrection", H.get_correction,
           ("hr.correct", "hr.approve", "audit.read"), "One correction",
-          response="Correction"),
+          response="Correction",
+          personal=True),
     Route("POST", "/v1/corrections/{id}/approve", "approveCorrection",
           H.approve_correction, ("hr.approve",),
           "Approve (another principal's) proposal: appends a correction ledger entry",
@@ -70,15 +76,18 @@ ROUTES: tuple[Route, ...] = (
           response="Correction"),
     Route("GET", "/v1/people", "listPeople", PP.list_people, PP.READ_ROLES,
           "Employees of the people directory by id, filtered, in pages", PP.PEOPLE_PARAMS,
-          response="EmployeePage"),
+          response="EmployeePage",
+          personal=True),
     Route("GET", "/v1/people/{employee_id}", "getPerson", PP.get_person, PP.READ_ROLES,
-          "One employee with every badge period", response="Employee"),
+          "One employee with every badge period", response="Employee",
+          personal=True),
     Route("PUT", "/v1/people/{employee_id}", "putPerson", PP.put_person, ("hr.people",),
           "Create or change an employee (an employee ledger entry when it changes)",
           body="EmployeeRecord", response="Employee"),
     Route("GET", "/v1/badges/{credential}", "getBadge", PP.get_badge, PP.READ_ROLES,
           "A badge's periods and who held it at ?at= (default now)", ("at",),
-          response="Badge"),
+          response="Badge",
+          personal=True),
     Route("POST", "/v1/badges/{credential}/events", "badgeEvent", PP.badge_event,
           ("hr.people",), "Assign a badge, or report it lost, blocked or returned (a badge "
           "ledger entry; 200 and no entry when already so)", body="BadgeEventRequest",

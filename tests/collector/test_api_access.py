@@ -84,16 +84,17 @@ async def test_d12_access_entries_batched_and_flushed_on_shutdown(sqlite_store: 
                                                                  ) -> None:
     seed(sqlite_store)
     clock = FakeClock()
-    token = Principals(sqlite_store).create_token("reader", ["hr.read"], expires_days=1,
+    token = Principals(sqlite_store).create_token("reader", ["audit.read"], expires_days=1,
                                                   actor="cli:t", now_us=clock.now).token
-    # a flush interval far beyond the test: only batch size and shutdown can flush
+    # a flush interval far beyond the test: only batch size and shutdown can flush (a read of
+    # personal data is committed before its answer: tests/collector/test_access_durable.py)
     app = make_app(sqlite_store, settings=ApiSettings(access_flush_ms=10_000,
                                                       access_batch_max=1000), clock=clock)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     size_before, _ = sqlite_store.head()
     for i in range(25):
-        resp = await client.get(f"/v1/punches?limit={i + 1}",
+        resp = await client.get(f"/v1/access-log?limit={i + 1}",
                                 headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 200
     assert sqlite_store.head()[0] == size_before      # still buffered
