@@ -8,15 +8,19 @@ or a libpq ``key=value`` DSN
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-from collector import LedgerError
+from collector import KeyringError, LedgerError
+from collector.ledger import body_crypto, keyring
+from collector.ledger.kek import load_kek
 from collector.ledger.postgres import PostgresStore
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 
 _KV_DSN = re.compile(r"^(host|dbname|user|service)=")
+KEK_ENV = "TIMECLOCK_LEDGER_KEK"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -36,11 +40,27 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url)
 
 
-def open_store(url: str) -> SQLStore:
-    """Open the ledger named by ``url`` (see the module docstring)."""
+def open_store(url: str, *, kek: str | None = None) -> SQLStore:
+    """Open the ledger named by ``url`` (see the module docstring).
+
+    ``kek`` (else ``$TIMECLOCK_LEDGER_KEK``; ``[ledger] kek``): the key-encryption key spec
+    (collector.ledger.kek.load_kek); with it personal bodies are sealed and opened
+    (DESIGN.md §8.6). Without one a ledger that holds data keys is refused, naming the option.
+    """
     path = sqlite_path(url)
     if path is None:
-        return PostgresStore(url)
-    if not url.startswith("sqlite") and not path.parent.is_dir():
+        store: SQLStore = PostgresStore(url)
+    elif not url.startswith("sqlite") and not path.parent.is_dir():
         raise LedgerError(f"{path}: directory {path.parent} does not exist")
-    return SQLiteStore(path)
+    else:
+        store = SQLiteStore(path)
+    try:
+        spec = kek or os.environ.get(KEK_ENV) or None
+        if spec is not None:
+            store.use_keyring(keyring.Keyring(store, load_kek(spec)))
+        elif keyring.in_use(store):
+            raise KeyringError(f"{body_crypto.NO_KEK}; or export {KEK_ENV}")
+    except BaseException:
+        store.close()
+        raise
+    return store

@@ -140,6 +140,24 @@ def ensure_schema(store: SQLStore) -> None:
 
 # -- subjects, periods, aad --------------------------------------------------------------------
 
+def ledger_id(store: SQLStore) -> str:
+    """The ledger's own random id (``meta`` key ``keyring``), made on first use: what the
+    wrap's aad binds as the origin, so a wrapped key copied into another ledger, or a row
+    from it, does not unwrap there."""
+    rows = store.query("SELECT value FROM meta WHERE key = 'keyring'")
+    if not rows:
+        with store.transaction(0, what="recording the ledger's keyring id") as tx:
+            tx.execute("INSERT INTO meta (key, value) VALUES ('keyring', ?) "
+                       "ON CONFLICT DO NOTHING", ("ledger-" + secrets.token_hex(16),))
+        rows = store.query("SELECT value FROM meta WHERE key = 'keyring'")
+    return str(rows[0][0])
+
+
+def in_use(store: SQLStore) -> bool:
+    """Does the ledger hold data keys (then its bodies may be sealed)?"""
+    return present(store) and bool(store.query(f"SELECT 1 FROM {TABLE} LIMIT 1"))  # noqa: S608 - constant table
+
+
 def erased_subjects(store: SQLStore) -> set[str]:
     """The subjects a ``shred`` entry destroyed keys of (DESIGN.md §8.6), ``+N`` stripped."""
     if not present(store):
@@ -197,12 +215,13 @@ class Keyring:
     Reads go through ``store``; a key is created inside the caller's write transaction
     (:meth:`data_key` with ``tx``), so it commits with the entry it encrypts or not at all."""
 
-    def __init__(self, store: SQLStore, kek: Kek, *, origin: str,
+    def __init__(self, store: SQLStore, kek: Kek, *, origin: str | None = None,
                  cache_max: int = CACHE_MAX) -> None:
         if cache_max < 1:
             raise KeyringError(f"the data key cache must hold at least 1 key, got {cache_max}")
         ensure_schema(store)
-        self.store, self.kek, self.origin = store, kek, origin
+        self.store, self.kek = store, kek
+        self.origin = ledger_id(store) if origin is None else origin
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._max = cache_max
         self._lock = threading.Lock()

@@ -12,6 +12,7 @@ from pathlib import Path
 from nacl import bindings as sodium
 
 from collector.ledger.base import EventFact
+from collector.ledger.kek import Kek
 from collector.ledger.keyring import Keyring
 from collector.ledger.sqlbase import SQLStore
 from collector.people.csv_import import import_files
@@ -60,12 +61,13 @@ def checkpoint(store: SQLStore, at: int = NOW) -> None:
                                     at=at).sign(LOG_KEY))
 
 
-def personal_store(store: SQLStore, tmp_path: Path, kek: MemoryKek | None = None
-                   ) -> tuple[Keyring, Clock]:
+def personal_store(store: SQLStore, tmp_path: Path, kek: Kek | None = None,
+                   origin: str | None = ORIGIN) -> tuple[Keyring, Clock]:
     """``store`` sealed under a keyring: a clock (idx 0), two employees and E1001's badge
     (idx 1-3), then punches (idx 4-6) of E1001's badge in November 2025, of a badge nobody
-    holds, and of E1001's badge in December; a checkpoint of it all."""
-    ring = Keyring(store, kek or MemoryKek(), origin=ORIGIN)
+    holds, and of E1001's badge in December; a checkpoint of it all. ``origin`` None: the
+    ledger's own id, as open_store uses."""
+    ring = Keyring(store, kek or MemoryKek(), origin=origin)
     store.use_keyring(ring)
     c = Clock("clock-1")
     store.append([EventFact("device", c.enrolled_body())], now_us=T0)

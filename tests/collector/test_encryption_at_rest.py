@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from collector import AppendOnlyError, KeyDestroyedError, KeyringError, LedgerError
-from collector.ledger import body_crypto, keyring
+from collector.ledger import KEK_ENV, body_crypto, keyring, open_store
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.kek import create_file_kek, load_kek
@@ -302,3 +302,28 @@ def test_a_sealed_body_moved_to_another_entry_does_not_open(sqlite_store: SQLite
                 f"WHERE idx = {a}")
     with pytest.raises(LedgerError, match=f"sealed body of entry {a} does not open"):
         list(sqlite_store.entries())
+
+
+def test_open_store_takes_the_kek_or_refuses_an_encrypted_ledger(
+        sqlite_store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    create_file_kek(tmp_path / "ledger.kek")
+    spec = f"file:{tmp_path / 'ledger.kek'}"
+    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    url = f"sqlite://{sqlite_store.path}"
+    monkeypatch.delenv(KEK_ENV, raising=False)
+    with pytest.raises(KeyringError, match=rf"set \[ledger\] kek .* or export {KEK_ENV}"):
+        open_store(url)
+    for store in (open_store(url, kek=spec), _with_env(monkeypatch, spec, url)):
+        try:
+            assert [r.credential for r in store.punch_rows(PunchQuery())] == [
+                BADGE, STRANGER, BADGE]
+        finally:
+            store.close()
+    # An unencrypted ledger opens as before without one.
+    plain = open_store(f"sqlite://{tmp_path / 'plain.db'}")
+    plain.close()
+
+
+def _with_env(monkeypatch: pytest.MonkeyPatch, spec: str, url: str) -> SQLStore:
+    monkeypatch.setenv(KEK_ENV, spec)
+    return open_store(url)
