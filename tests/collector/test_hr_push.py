@@ -1,0 +1,165 @@
+"""HR push (issue 16 item 1, "push as well as pull"): `timeclock-collector hr-push` delivers the
+ledger's punches to a real HTTP receiver on loopback, signed, in order, at least once, with
+retries and back-off, each delivery recorded on the ledger, which is also the cursor."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.cli.main import main
+from collector.ingest.detectors_webhooks import verify
+from collector.ledger.base import EventFact
+from collector.ledger.sqlite import SQLiteStore
+from collector.people.csv_import import import_files
+from tests.collector.api_kit import access_bodies, seed
+from tests.collector.ledger_kit import T0, Clock
+
+SECRET = b"0123456789abcdef-hr-secret"
+EMPLOYEES = """employee_id,name,department,site,timezone,manager_id
+E1,Ada Lovelace,Operations,hq,Europe/London,
+"""
+BADGES = """credential,employee_id,valid_from,valid_until,status
+em4100:0000000001,E1,2025-01-01T00:00:00Z,,assigned
+"""
+
+
+class Receiver:
+    """An HR endpoint: checks each signature, answers from ``script`` (then 200)."""
+
+    def __init__(self) -> None:
+        self.script: list[int] = []
+        self.got: list[dict[str, Any]] = []
+        self.deliveries: list[str] = []
+        self.bad_signatures = 0
+        self.raw: list[bytes] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                ok = verify(SECRET, self.headers["X-Timeclock-Timestamp"], body,
+                            self.headers["X-Timeclock-Signature"])
+                status = outer.script.pop(0) if outer.script else 200
+                if not ok:
+                    outer.bad_signatures += 1
+                    status = 401
+                if status == 200:
+                    outer.got.append(json.loads(body))
+                    outer.raw.append(body)
+                    outer.deliveries.append(self.headers["X-Timeclock-Delivery"])
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/punches"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    try:
+        seed(store, devices=2, punches=4)            # 8 punches, em4100:000000000n badges
+        (tmp_path / "e.csv").write_text(EMPLOYEES)
+        (tmp_path / "b.csv").write_text(BADGES)
+        import_files(store, tmp_path / "e.csv", tmp_path / "b.csv", now_us=T0 + 2000)
+    finally:
+        store.close()
+    (tmp_path / "hr.secret").write_bytes(SECRET)
+    (tmp_path / "hr.secret").chmod(0o600)
+    return db
+
+
+def _push(db: Path, url: str, *more: str) -> int:
+    return main(["hr-push", "--store", str(db), "--url", url, "--secret-file",
+                 str(db.parent / "hr.secret"), "--identity", "collector.test", "--once",
+                 "--batch", "3", "--backoff-initial-s", "0.01", "--backoff-max-s", "0.05",
+                 *more])
+
+
+def _records(db: Path, kind: str) -> list[dict[str, Any]]:
+    store = SQLiteStore(db)
+    try:
+        return [b for b in access_bodies(store) if b.get("type") == kind]
+    finally:
+        store.close()
+
+
+def test_punches_arrive_in_order_once_signed_after_retries(ledger: Path,
+                                                          receiver: Receiver) -> None:
+    receiver.script = [500, 503]                       # the first batch needs a third attempt
+    assert _push(ledger, receiver.url) == 0
+    punches = [p for batch in receiver.got for p in batch["punches"]]
+    assert len(punches) == 8
+    assert [p["idx"] for p in punches] == sorted({p["idx"] for p in punches})
+    assert receiver.bad_signatures == 0
+    assert len(receiver.deliveries) == len(set(receiver.deliveries)) == 3   # batches of 3
+    assert [p["employee_id"] for p in punches if p["employee_id"]] == ["E1", "E1"]
+    assert {p["badge_status"] for p in punches} == {"assigned", "unknown"}
+    assert all(b"em4100" not in raw for raw in receiver.raw)          # no badge leaves
+    done = _records(ledger, "hr-delivery")
+    assert [d["attempts"] for d in done] == [3, 1, 1]
+    assert [(d["first_idx"], d["last_idx"]) for d in done] == [
+        (b["first_idx"], b["last_idx"]) for b in receiver.got]
+    assert all("secret" not in json.dumps(d) and d["host"].startswith("127.0.0.1")
+               for d in done)
+    # the ledger is the cursor: nothing again, then only what is new
+    assert _push(ledger, receiver.url) == 0
+    assert len(receiver.got) == 3
+    store = SQLiteStore(ledger)
+    try:
+        clock = Clock("clock-09", site="hq")
+        store.append([EventFact("device", clock.enrolled_body()),
+                      clock.fact(credential="em4100:0000000001", action="out")],
+                     now_us=T0 + 9000)
+    finally:
+        store.close()
+    assert _push(ledger, receiver.url) == 0
+    assert [p["action"] for p in receiver.got[-1]["punches"]] == ["out"]
+
+
+def test_a_receiver_that_stays_down_is_recorded_and_retried_next_run(
+        ledger: Path, receiver: Receiver) -> None:
+    receiver.script = [503] * 3
+    assert _push(ledger, receiver.url, "--attempts", "3") == 1
+    [failed] = _records(ledger, "hr-delivery-failed")
+    assert (failed["attempts"], failed["error"], failed["punches"]) == (3, "HTTP 503", 3)
+    assert _records(ledger, "hr-delivery") == []
+    assert receiver.got == []
+    assert _push(ledger, receiver.url) == 0            # back up: from the start
+    assert len([p for b in receiver.got for p in b["punches"]]) == 8
+
+
+def test_hr_push_refuses_unsafe_settings(ledger: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    assert _push(ledger, "http://hr.example/punches") != 0
+    assert "must be https://" in capsys.readouterr().err
+    short = ledger.parent / "short.secret"
+    short.write_bytes(b"tiny")
+    short.chmod(0o600)
+    assert main(["hr-push", "--store", str(ledger), "--url", "https://hr.example/p",
+                 "--secret-file", str(short), "--once"]) != 0
+    assert "at least 16 bytes" in capsys.readouterr().err
