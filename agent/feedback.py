@@ -149,6 +149,12 @@ class Backend:
     def _do(self, event: Event) -> bool:
         raise NotImplementedError
 
+    @property
+    def busy(self) -> bool:
+        """A run is going (or waiting)."""
+        with self._cond:
+            return self._busy
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Block until no run is going (or ``timeout_s`` passes); True if idle."""
         with self._cond:
@@ -296,11 +302,11 @@ class OutcomeFeedback:
         for outcome, b in ([(o, c) for o, c in self.commands.items()]
                            + [(o, g) for o, g in self.gpio.items()]):
             backends.append({"outcome": outcome, "kind": b.kind, "runs": b.runs,
-                             "failures": b.failures, "skipped": b.skipped})
+                             "failures": b.failures, "skipped": b.skipped, "busy": b.busy})
         if self.display is not None:
             d = self.display
             backends.append({"outcome": "*", "kind": d.kind, "runs": d.runs,
-                             "failures": d.failures, "skipped": d.skipped})
+                             "failures": d.failures, "skipped": d.skipped, "busy": d.busy})
         return {"signals": signals, "backends": backends}
 
 

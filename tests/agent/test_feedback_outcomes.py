@@ -447,13 +447,19 @@ def test_d13_the_clock_says_recorded_blocked_unknown_and_queued_offline_end_to_e
         def said() -> list[str]:
             return _lines(signals)
 
+        def idle() -> bool:
+            # each backend runs once at a time: a tap waits until the last one's have ended
+            backends = (_status(status_file).get("feedback") or {}).get("backends")
+            return bool(backends) and not any(b["busy"] for b in backends)
+
         feed.write(b"W26:1001\n")                    # held: recorded, on its receipt
-        wait_for(lambda: "recorded 1" in said(), WAIT_S, "recorded 1")
+        wait_for(lambda: "recorded 1" in said() and idle(), WAIT_S, "recorded 1")
         feed.write(b"W26:1002\n")                    # reported lost: recorded, then blocked
-        wait_for(lambda: "blocked-badge 2" in said(), WAIT_S, "blocked-badge 2")
+        wait_for(lambda: "blocked-badge 2" in said() and "recorded 2" in said() and idle(),
+                 WAIT_S, "blocked-badge 2 and recorded 2")
         feed.write(b"W26:9999\n")                    # nobody's: unknown
-        wait_for(lambda: "unknown-badge 3" in said(), WAIT_S, "unknown-badge 3")
-        wait_for(lambda: "recorded 3" in said(), WAIT_S, "recorded 3")
+        wait_for(lambda: "unknown-badge 3" in said() and "recorded 3" in said() and idle(),
+                 WAIT_S, "unknown-badge 3 and recorded 3")
         assert sorted(said()) == sorted(["recorded 1", "recorded 2", "blocked-badge 2",
                                          "recorded 3", "unknown-badge 3"]), said()
         wait_for(lambda: len(_lines(display_out)) == 5, WAIT_S, "five display lines")

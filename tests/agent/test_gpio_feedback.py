@@ -131,7 +131,7 @@ def test_a_run_on_a_missing_chip_fails_is_counted_and_logged_once(
         f"feedback gpio {MISSING}:17 cannot pulse: GPIO chip {MISSING} does not exist: check "
         "[feedback.gpio] chip (gpiodetect lists the chips and gpioinfo their lines)"]
     assert fb.stats()["backends"] == [{"outcome": "recorded", "kind": "gpio", "runs": 3,
-                                       "failures": 3, "skipped": 0}]
+                                       "failures": 3, "skipped": 0, "busy": False}]
 
 
 def test_check_config_names_the_missing_chip_and_a_missing_program(
