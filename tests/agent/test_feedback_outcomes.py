@@ -42,7 +42,7 @@ from collector.people import directory
 from lab.site import PtyFeed
 from tests.collector.punch_kit import T0, enroll, envelope, new_clock, write_collector_config
 from tests.collector.test_serve import ServeProcess
-from tests.fixtures.mosquitto import MosquittoBroker
+from tests.fixtures.mosquitto import MosquittoBroker, suback
 from tests.fixtures.pki import TestPKI
 from tests.polling import wait_for
 from wire import badge_outcome
@@ -105,6 +105,25 @@ def test_badge_outcome_round_trips_and_parses_strictly() -> None:
     forged = SignedBadgeOutcome(o, other.sign(o.signed_message()))   # right key id, wrong key
     with pytest.raises(SignatureError):
         forged.verify(key.verify_key, "clock-1")
+
+
+@pytest.mark.subprocess
+def test_d3_only_collectors_write_a_clocks_badge_outcomes_and_only_that_clock_reads_them(
+        mosquitto: MosquittoBroker) -> None:
+    mine, thief = "bo-clock-a", "bo-clock-b"
+    sub = mosquitto.subscribe(mine, badge_outcome.topic(mine))      # its own: granted
+    stolen = mosquitto.client(thief)
+    assert suback(stolen, [badge_outcome.topic(mine), badge_outcome.ALL_TOPICS]) == [
+        "Not authorized", "Not authorized"]
+    for payload in (b"forged by a clock", b"forged again"):          # a clock cannot write one
+        stolen.publish(badge_outcome.topic(mine), payload, qos=1).wait_for_publish(WAIT_S)
+    sub.client.publish(badge_outcome.topic(mine), b"nor its own", qos=1).wait_for_publish(
+        WAIT_S)
+    collector = mosquitto.client("collector.main")
+    collector.publish(badge_outcome.topic(mine), b"marker", qos=1).wait_for_publish(WAIT_S)
+    # the broker handled the refused publishes before the marker: only the marker arrives
+    got = sub.get_until(lambda m: m.payload == b"marker", WAIT_S)
+    assert [m.payload for m in got] == [b"marker"]
 
 
 # --- the collector's side ---------------------------------------------------------------------
