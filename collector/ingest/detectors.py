@@ -53,6 +53,9 @@ default):
   back at one clock on several days (collector.ingest.detectors_people, with the directory's
   badge periods; ``people_buddy``, ``pair_window_s``, ``pair_min_days``,
   ``pair_lookback_days``, ``pairs_max``).
+- ``grant-change`` (sev 3), ``export-volume`` and ``after-hours-read`` (sev 2): over the
+  access entries (collector.ingest.detectors_access; ``grant_changes``, ``export_rows_max``,
+  ``export_window_s``, ``business_hours``, ``business_days``, ``business_timezone``).
 - ``witness-refusal`` is raised by collector.ingest.cosignatures and witness_client.
 
 ``enabled = false`` turns every detector of this module off (the alert sink, the chain-break,
@@ -71,10 +74,12 @@ import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from collector.ingest import metrics
 from collector.ingest.alerts import SEVERITY_CRITICAL, SEVERITY_WARNING, Alert, Alerts
 from collector.ingest.badge_scans import BadgeScans
+from collector.ingest.detectors_access import AccessSettings, AccessWatch, days_of, hours_of
 from collector.ingest.detectors_people import PeopleDetectors, PeopleSettings
 from collector.ingest.metrics import Gauge
 from collector.ledger.base import AppendResult, Fact, Outcome, PunchFact, RejectionFact
@@ -114,6 +119,12 @@ class DetectorSettings:
     pair_min_days: int = 4                # … on this many distinct days …
     pair_lookback_days: int = 14          # … within this many (0 s window: off)
     pairs_max: int = 100_000              # pairs and employees remembered (LRU)
+    grant_changes: bool = True            # grant-change (detectors_access.py)
+    export_rows_max: int = 100_000        # export-volume: rows of personal data …
+    export_window_s: int = 3600           # … per principal within this (0 rows: off)
+    business_hours: str = ""              # after-hours-read: "06:00-20:00" ("": off) …
+    business_days: str = "mon-sun"        # … on these days …
+    business_timezone: str = "UTC"        # … in this time zone
 
     def people(self) -> PeopleSettings:
         return PeopleSettings(
@@ -121,6 +132,12 @@ class DetectorSettings:
             travel_other_site_s=self.travel_other_site_s, pair_window_s=self.pair_window_s,
             pair_min_days=self.pair_min_days, pair_lookback_days=self.pair_lookback_days,
             pairs_max=self.pairs_max)
+
+    def access(self) -> AccessSettings:
+        return AccessSettings(
+            grant_changes=self.grant_changes, export_rows_max=self.export_rows_max,
+            export_window_s=self.export_window_s, business_hours=self.business_hours,
+            business_days=self.business_days, business_timezone=self.business_timezone)
 
 
 def read_detector_section(sec: Section) -> DetectorSettings:
@@ -150,9 +167,34 @@ def read_detector_section(sec: Section) -> DetectorSettings:
         pair_min_days=sec.integer("pair_min_days", d.pair_min_days, lo=1, hi=366),
         pair_lookback_days=sec.integer("pair_lookback_days", d.pair_lookback_days, lo=1,
                                        hi=366),
-        pairs_max=sec.integer("pairs_max", d.pairs_max, lo=100, hi=10_000_000))
+        pairs_max=sec.integer("pairs_max", d.pairs_max, lo=100, hi=10_000_000),
+        grant_changes=sec.boolean("grant_changes", d.grant_changes),
+        export_rows_max=sec.integer("export_rows_max", d.export_rows_max, lo=0,
+                                    hi=1_000_000_000),
+        export_window_s=sec.integer("export_window_s", d.export_window_s, lo=1, hi=30 * day),
+        **_business(sec, d))
     sec.finish()
     return s
+
+
+def _business(sec: Section, d: DetectorSettings) -> dict[str, str]:
+    """``business_hours``, ``business_days``, ``business_timezone``, each checked."""
+    hours = sec.string("business_hours", d.business_hours, pattern=None) or ""
+    if hours and hours_of(hours) is None:
+        sec.problem("business_hours", f"{hours[:20]!r} is not HH:MM-HH:MM (start before end)")
+        hours = ""
+    days = sec.string("business_days", d.business_days, pattern=None) or d.business_days
+    if days_of(days) is None:
+        sec.problem("business_days", f"{days[:20]!r} is not a day range such as mon-fri")
+        days = d.business_days
+    tz = sec.string("business_timezone", d.business_timezone, pattern=None) \
+        or d.business_timezone
+    try:
+        ZoneInfo(tz)
+    except (ValueError, ZoneInfoNotFoundError):
+        sec.problem("business_timezone", f"{tz[:40]!r} is not a time zone (e.g. Europe/Paris)")
+        tz = d.business_timezone
+    return {"business_hours": hours, "business_days": days, "business_timezone": tz}
 
 
 @dataclass(slots=True)
@@ -200,6 +242,9 @@ class Detectors:
         # gives it the directory's badge periods)
         self.people = PeopleDetectors(alerts, self.s.people(), site_of=self.site_of)
         self._people_on = self.enabled and self.people.active
+        # over the access entries (grant changes, export volume, after-hours reads): the
+        # service's ledger read calls access.tick
+        self.access = AccessWatch(alerts, self.s.access(), enabled=self.enabled)
         self.badge_scans = BadgeScans(alerts, enabled=self.enabled and self.s.badge_scans,
                                       repeat_after_s=self.s.repeat_after_s,
                                       badges_max=self.s.badges_max,

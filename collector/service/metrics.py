@@ -138,6 +138,7 @@ class ServiceMonitor:
                 devices = store.devices()
                 self._ledger = self._read_ledger(store)
                 self.detectors.badge_scans.refresh(store)    # only when a badge changed
+                self.detectors.access.tick(store, now)       # the access entries since
             except LedgerUnavailableError:
                 return
             self._read_us = now
