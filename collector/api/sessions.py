@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 COOKIE = "tc_session"
 S_US = 1_000_000
 LOGIN_TTL_S = 600
-LOGIN_STATES_MAX = 1000
+LOGIN_STATES_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)

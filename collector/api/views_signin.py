@@ -98,7 +98,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         "response_type": "code", "client_id": signin.config.client_id,
         "redirect_uri": signin.config.redirect_uri, "scope": signin.config.scope,
         "state": ls.state, "nonce": ls.nonce, "code_challenge": ls.challenge,
-        "code_challenge_method": "S256", "prompt": "consent"})
+        "code_challenge_method": "S256"})
     sep = "&" if "?" in authorize_url else "?"
     return web.Response(status=302, headers={"Location": f"{authorize_url}{sep}{query}",
                                              "Cache-Control": "no-store"})
