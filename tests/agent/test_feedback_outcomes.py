@@ -278,6 +278,41 @@ def test_display_hook_gets_one_json_line_per_outcome_in_order_without_the_creden
     assert lines[0]["device"] == "clock-1"
 
 
+@pytest.mark.subprocess
+def test_feedback_figures_reach_the_status_line_and_the_metrics(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+
+    from agent.metrics import AgentCollector  # noqa: PLC0415 -- prometheus-client only here
+    from agent.status import feedback_line  # noqa: PLC0415
+
+    fb = OutcomeFeedback({"recorded": ["/nonexistent/beep"]})
+    po = PunchOutcomes(fb, "clock-1", None, connection=lambda: (True, None))
+    for seq in (1, 2):
+        po.recorded(seq, HASH, "front")
+        po.receipted([seq])
+        assert fb.commands["recorded"].wait_idle(IDLE_S)
+    po.badge_message(b"not json")
+    failed = [r for r in caplog.records if "cannot run" in r.getMessage()]
+    assert [r.levelno for r in failed] == [logging.WARNING]     # two failures, logged once
+    stats = po.stats()
+    assert feedback_line(stats) == ("feedback:      signalled recorded 2; FAILING command for "
+                                    "recorded: 2 failed (see the log); 1 badge outcome "
+                                    "message(s) ignored")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(lambda: {"state": "running", "feedback": stats}, {},
+                                     lambda: T0))
+    text = generate_latest(registry).decode()
+    for line in ('timeclock_agent_feedback_signals_total{outcome="recorded"} 2.0',
+                 'timeclock_agent_feedback_failures_total{backend="command",outcome="recorded"}'
+                 ' 2.0',
+                 'timeclock_agent_feedback_skipped_total{backend="command",outcome="recorded"}'
+                 ' 0.0',
+                 "timeclock_agent_badge_outcomes_ignored_total 1.0"):
+        assert line in text.splitlines(), text
+    assert feedback_line({"signals": {}, "backends": []}) is None     # nothing configured
+
+
 def _lines(path: Path) -> list[str]:
     try:
         return [x for x in path.read_text().splitlines() if x.strip()]
