@@ -37,6 +37,13 @@ persistence) and a fresh SQLite ledger with the clocks enrolled:
    and no ``[metrics]`` (the in-process counters still count; ``--monitor-ab`` patches them
    out too). B as in 5. Medians of ``--runs`` runs, reported like ``--monitor-ab``.
 
+6. with ``--baseline-tree DIR``: the end-to-end phase twice per run, alternating order: A is
+   the collector of another checkout (``DIR``, e.g. a ``git worktree`` of the commit before a
+   change: its own code creates and enrols the ledger and runs ``serve``, with
+   ``PYTHONPATH=DIR``), B this tree's; both get the same broker, clocks, envelopes and
+   config. Reported like ``--tree-ab`` (issue 11: the insider checks cost ≤ 5 % against
+   cc410b2, the parent of the first issue-11 commit).
+
 Targets (docs/performance.md, "Ingest"): median end-to-end ≥ 10,000 punches/s and ≥ 0.4 × the
 median bare verify rate of the same invocation; exit status 1 when missed.
 
@@ -46,6 +53,7 @@ median bare verify rate of the same invocation; exit status 1 when missed.
     python bench/ingest.py --tree-ab        # + A (no Merkle tree, no v2 checkpoints) vs B
     python bench/ingest.py --monitor-ab     # + A (no metrics, no detectors) vs B
     python bench/ingest.py --compare-monitoring   # + A ([detectors] enabled = false) vs B
+    python bench/ingest.py --baseline-tree /tmp/tc-base   # + A (that checkout) vs B (this)
 """
 
 from __future__ import annotations
@@ -422,17 +430,23 @@ def _collector_cmd(cfg_file: Path, profile_out: Path | None, *, without_tree: bo
     return [sys.executable, __file__, "--child-collector", str(cfg_file), str(profile_out)]
 
 
-def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa: PLR0915 - one phase, in order
+def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa: PLR0912, PLR0915 - one phase, in order
               profile_out: Path | None, without_tree: bool = False,
-              monitoring: bool | None = None) -> tuple[float, int, int]:
-    """``monitoring`` (--monitor-ab): False patches it out, True adds a scraped [metrics]."""
+              monitoring: bool | None = None,
+              baseline: Path | None = None) -> tuple[float, int, int]:
+    """``monitoring`` (--monitor-ab): False patches it out, True adds a scraped [metrics].
+    ``baseline`` (--baseline-tree): that checkout's code makes the ledger and runs serve."""
     broker = start_broker(pki, d / "broker-e2e")
     db = d / "ledger.db"
-    store = SQLiteStore(db)
     warm = SimClock("bench-warmup")
-    for c in [warm, *fleet.clocks]:
-        registry.enroll(store, c.device, "hq", c.key.verify_key.b64, now_us=T0_US)
-    store.close()
+    if baseline is not None:
+        _baseline_enroll(baseline, db, [(c.device, c.key.verify_key.b64)
+                                        for c in [warm, *fleet.clocks]])
+    else:
+        store = SQLiteStore(db)
+        for c in [warm, *fleet.clocks]:
+            registry.enroll(store, c.device, "hq", c.key.verify_key.b64, now_us=T0_US)
+        store.close()
     if without_tree:
         conn = sqlite3.connect(db, isolation_level=None)
         conn.execute("DROP TRIGGER entries_need_leaf")
@@ -448,8 +462,13 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
         + ("[ledger]\non_schema_drift = \"alert\"\n" if without_tree else ""))
     cmd = _collector_cmd(cfg_file, profile_out, without_tree=without_tree,
                          monitoring=None if by_config else monitoring)
+    env = None
+    if baseline is not None:
+        cmd = [sys.executable, "-m", "collector.cli.main", "serve", "--config", str(cfg_file)]
+        env = {**os.environ, "PYTHONPATH": str(baseline)}
     with open(d / "collector.log", "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, cwd=common.ROOT)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, cwd=baseline or common.ROOT,
+                                env=env)
     pub: Publisher | None = None
     scraper: Scraper | None = None
     try:
@@ -471,6 +490,7 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
             MONITOR_CPU_US[monitoring].append(cpu_us)
         if without_tree or profile_out is None:
             TREE_CPU_US[without_tree].append(cpu_us)
+        BASE_CPU_US[baseline is not None].append(cpu_us)
         receipts = pub.receipts
     finally:
         if scraper is not None:
@@ -484,11 +504,18 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
             proc.kill()
             proc.wait(10)
         broker.close()
-    check = SQLiteStore(db)
-    try:
-        n = sum(1 for _ in check.punch_rows(PunchQuery()))
-    finally:
-        check.close()
+    if baseline is not None:     # counted without this tree's schema checks
+        conn = sqlite3.connect(db)
+        try:
+            n = int(conn.execute("SELECT COUNT(*) FROM punches").fetchone()[0])
+        finally:
+            conn.close()
+    else:
+        check = SQLiteStore(db)
+        try:
+            n = sum(1 for _ in check.punch_rows(PunchQuery()))
+        finally:
+            check.close()
     if n != fleet.total + 1:
         raise RuntimeError(f"ledger holds {n} punches, expected {fleet.total + 1}")
     return rate, receipts, n
@@ -524,6 +551,44 @@ def monitor_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *, a
         raise RuntimeError(f"A recorded {out[False][2]} punches, B {out[True][2]}")
     return (*out[True], out[False][0])
 
+
+_ENROL = """
+import json, sys
+from collector.ledger import registry
+from collector.ledger.sqlite import SQLiteStore
+a = json.loads(sys.argv[1])
+store = SQLiteStore(a["db"])
+for device, key in a["clocks"]:
+    registry.enroll(store, device, "hq", key, now_us=a["t0"])
+store.close()
+"""
+
+
+def _baseline_enroll(tree: Path, db: Path, clocks: list[tuple[str, str]]) -> None:
+    """The ledger made and the clocks enrolled by the baseline checkout's own code."""
+    subprocess.run([sys.executable, "-c", _ENROL, json.dumps(
+        {"db": str(db), "clocks": clocks, "t0": T0_US})], check=True, cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)})
+
+
+def baseline_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, tree: Path, *,
+                      a_first: bool) -> tuple[float, int, int, float]:
+    """B (this tree) and A (the collector of ``tree``) on fresh ledgers, A first when
+    ``a_first``; returns B's (rate, receipts, punches) and A's rate."""
+    out: dict[bool, tuple[float, int, int]] = {}
+    for base in ((True, False) if a_first else (False, True)):
+        sub = d / ("baseline" if base else "this-tree")
+        sub.mkdir()
+        out[base] = e2e_phase(pki, sub, fleet, timeout_s, profile_out=None,
+                              baseline=tree if base else None)
+    if out[True][2] != out[False][2]:
+        raise RuntimeError(f"A recorded {out[True][2]} punches, B {out[False][2]}")
+    return (*out[False], out[True][0])
+
+
+BASE_CPU_US: dict[bool, list[float]] = {False: [], True: []}
+"""The collector's CPU time per punch of every end-to-end phase: this tree (False) and the
+--baseline-tree (True)."""
 
 TREE_CPU_US: dict[bool, list[float]] = {False: [], True: []}
 """--tree-ab: the collector's CPU time per punch of each phase, B (False) and A (True)."""
@@ -624,6 +689,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also run each end-to-end phase with [detectors] enabled = false and "
                         "no [metrics] (A, by configuration only) against the default with "
                         "[metrics] scraped (B), alternating; medians (issue 14: ≤ 5 %%)")
+    p.add_argument("--baseline-tree", type=Path, metavar="DIR",
+                   help="also run another checkout's collector (A) against this one (B), "
+                        "alternating, on the same workload")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--child-counter", help=argparse.SUPPRESS)
     p.add_argument("--child-verify", help=argparse.SUPPRESS)
@@ -637,6 +705,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     a.runs = 3 if a.runs is None else a.runs
     if not 1 <= a.batch <= 500 or a.devices < 1 or a.per_device < 1 or a.runs < 1:
         p.error("--batch must be 1-500; --devices, --per-device and --runs at least 1")
+    if a.baseline_tree is not None and not (a.baseline_tree / "collector" / "cli"
+                                            / "main.py").is_file():
+        p.error(f"--baseline-tree {a.baseline_tree}: no collector/cli/main.py there")
     return a
 
 
@@ -692,6 +763,23 @@ def report_monitor_ab(ab: Sequence[tuple[float, float]]) -> None:
           f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
 
 
+def report_baseline_ab(ab: Sequence[tuple[float, float]], tree: Path) -> None:
+    cost = common.median([100 * (1 - y / x) for x, y in ab])
+    print("\n" + common.table(
+        ["run", f"A: {tree} /s", "B: this tree /s", "cost"],
+        [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
+           for k, (x, y) in enumerate(ab)],
+         ["median", f"{common.median([x for x, _ in ab]):,.0f}",
+          f"{common.median([y for _, y in ab]):,.0f}", f"{cost:.1f} %"]]))
+    print(f"target (issue 11, against the tree before its checks): ≤ 5 %: "
+          f"{'met' if cost <= 5 else 'MISSED'} (median of the per-run costs)")
+    a_cpu, b_cpu = (common.median(BASE_CPU_US[k]) for k in (True, False))
+    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in BASE_CPU_US[True]]} µs, "
+          f"B {[round(x, 1) for x in BASE_CPU_US[False]]} µs")
+    print(f"collector CPU per punch (median): A {a_cpu:.1f} µs, B {b_cpu:.1f} µs: "
+          f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
+
+
 def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path
             ) -> tuple[list[list[object]], list[RunResult], list[tuple[float, float]]]:
     """Every run: table rows, results, and (A, B) rates when ``--tree-ab``."""
@@ -709,6 +797,12 @@ def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path
             print(f"run {i + 1}: A without monitoring {without:,.0f}/s, B with metrics and "
                   f"detectors {e2e:,.0f}/s: cost {100 * (1 - e2e / without):.1f} %",
                   flush=True)
+        elif a.baseline_tree is not None:
+            e2e, receipts, entries, base = baseline_ab_phase(
+                pki, d, fleet, a.timeout, a.baseline_tree.resolve(), a_first=i % 2 == 0)
+            ab.append((base, e2e))
+            print(f"run {i + 1}: A {a.baseline_tree} {base:,.0f}/s, B this tree "
+                  f"{e2e:,.0f}/s: cost {100 * (1 - e2e / base):.1f} %", flush=True)
         elif a.tree_ab:
             e2e, receipts, entries, without = tree_ab_phase(pki, d, fleet, a.timeout,
                                                             a_first=i % 2 == 0)
@@ -762,6 +856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "bare verify /s (1 core)", "e2e / verify", "receipts"], rows))
         if ab and a.monitor_ab:
             report_monitor_ab(ab)
+        elif ab and a.baseline_tree is not None:
+            report_baseline_ab(ab, a.baseline_tree)
         elif ab:
             report_tree_ab(ab)
         ok_rate = med_e2e >= TARGET_RATE
