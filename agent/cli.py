@@ -79,6 +79,12 @@ The config is TOML; every problem is reported at once with its key path. Minimal
 
   [feedback]                                  # optional: run a program for a refused tap
   refused_command = ["/usr/local/bin/clock-beep", "--error"]   # (disk full); default: log only
+
+  [feedback.outcomes]                         # optional: a program per outcome (recorded,
+  unknown-badge = ["/usr/local/bin/clock-beep", "3"]   # unknown-badge, blocked-badge,
+                                              # queued-offline, revoked, expired, ...); also
+                                              # [feedback.display] and [feedback.gpio]
+                                              # (docs/operations.md "Feedback at the clock")
 """
 
 
