@@ -1,21 +1,31 @@
-"""``timeclock-collector kek create | check``: the key-encryption keys that wrap the data keys
-of encryption at rest (DESIGN.md §8.6; collector.ledger.kek; docs/operations.md
+"""``timeclock-collector kek create | check | rewrap``: the key-encryption keys that wrap the
+data keys of encryption at rest (DESIGN.md §8.6; collector.ledger.kek; docs/operations.md
 "Key-encryption keys: file, systemd credential, HSM").
 
 ``create`` never replaces a key: a KEK that is overwritten takes every data key it wrapped
 with it. ``check`` loads a spec and wraps and unwraps a random key, changing nothing.
+``rewrap`` moves every live data key of a ledger to a new KEK in one transaction (the
+keyring's; no body is read or written) and records it as an ``access`` entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 import textwrap
 from pathlib import Path
 
 from collector import KekError
+from collector.cli.args import STORE_HELP
 from collector.ledger import kek as keks
+from collector.ledger import keyring, open_store, sqlite_path
+from collector.ledger.base import EventFact
+from collector.ledger.postgres import PostgresStore
+from collector.ledger.sqlbase import SQLStore
+from collector.ledger.sqlite import SQLiteStore
+from wire.clock import now_us as clock_now_us
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -25,6 +35,9 @@ EPILOG = textwrap.dedent("""\
       timeclock-collector kek check --kek file:/etc/timeclock/kek.key
       timeclock-collector kek check --kek credential:timeclock-kek     # under systemd
       timeclock-collector kek check --kek "pkcs11:module=…;token=timeclock;key=kek-2026;pin-file=…"
+      timeclock-collector kek rewrap --store sqlite:///var/lib/timeclock/ledger.db \\
+          --kek file:/etc/timeclock/kek.key \\
+          --to "pkcs11:module=…;token=timeclock;key=kek-2027;pin-file=…"
 
     --file writes a 32-byte random key in a new 0600 file; keep a copy OFF the collector
     host (without it no data key, hence no encrypted body, can be read again). Under systemd,
@@ -33,6 +46,9 @@ EPILOG = textwrap.dedent("""\
     --pkcs11 generates an AES-256 key inside the token (sensitive, non-extractable; the
     token's user PIN is read from pin-file, a 0600 file); the key never leaves the HSM.
     Both refuse to replace an existing key. Each prints the KEK id and the spec to configure.
+    rewrap (with serve stopped) moves every live data key of the ledger from --kek to --to in
+    one transaction, touching no body, and records an access entry (from, to, keys, who);
+    then configure the new spec and keep the old KEK until the ledger verifies under it.
     """)
 
 
@@ -56,6 +72,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="file:/path | credential:NAME | pkcs11:module=…;token=…;key=…;"
                         "pin-file=…")
     k.set_defaults(func=cmd_check)
+    r = actions.add_parser("rewrap", help="move a ledger's data keys to a new KEK (no body is "
+                                          "touched)", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--store", required=True, metavar="URL", help=STORE_HELP)
+    r.add_argument("--kek", required=True, metavar="SPEC",
+                   help="the KEK that wraps the data keys now")
+    r.add_argument("--to", required=True, metavar="SPEC", help="the new KEK")
+    r.set_defaults(func=cmd_rewrap)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -79,4 +103,35 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise KekError(f"{kek.kek_id}: a wrapped key came back different")
     print(f"KEK {kek.kek_id}: wraps and unwraps", file=sys.stderr)
     print(kek.kek_id)
+    return 0
+
+
+def cmd_rewrap(args: argparse.Namespace) -> int:
+    old, new = keks.load_kek(args.kek), keks.load_kek(args.to)
+    if old.kek_id == new.kek_id:
+        raise KekError(f"--kek and --to are the same KEK ({old.kek_id}): nothing to move")
+    path = sqlite_path(args.store)
+    if path is not None and not path.exists():
+        raise KekError(f"{path}: no such ledger")
+    # (opened without a keyring first: opening with one would make the first data key)
+    plain: SQLStore = PostgresStore(args.store) if path is None else SQLiteStore(path)
+    try:
+        if not keyring.in_use(plain):
+            raise KekError("this ledger holds no data keys (its bodies are not encrypted at "
+                           "rest): nothing to rewrap")
+    finally:
+        plain.close()
+    store = open_store(args.store, kek=args.kek)
+    try:
+        now = clock_now_us()
+        n = keyring.Keyring(store, old).rewrap(new, now_us=now)
+        store.append([EventFact("access", {
+            "type": "kek-rewrap", "at": now, "principal": f"os:{getpass.getuser()}",
+            "via": "cli", "from": old.kek_id, "to": new.kek_id, "keys": n})], now_us=now)
+    finally:
+        store.close()
+    print(f"rewrapped {n} data key(s) from {old.kek_id} to {new.kek_id}; configure the new "
+          f"KEK ([ledger] kek) and keep the old one until the ledger verifies under it",
+          file=sys.stderr)
+    print(n)
     return 0

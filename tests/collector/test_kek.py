@@ -5,8 +5,10 @@ out of it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -15,9 +17,13 @@ from pathlib import Path
 import pkcs11
 import pytest
 
-from collector import KekError
+from collector import KekError, KeyringError
 from collector.cli.main import main
 from collector.ledger import kek as keks
+from collector.ledger import open_store
+from collector.ledger.base import EventFact
+from collector.ledger.sqlite import SQLiteStore
+from tests.collector.ledger_kit import T0, Clock
 
 pytestmark = [pytest.mark.subprocess]      # softhsm2-util initialises the module's token
 
@@ -289,3 +295,66 @@ def test_d17_kek_cli_create_and_check(tmp_path: Path, hsm: dict[str, Path],
     assert "no such key file" in err
     assert "Traceback" not in err
     assert os.environ.get("SOFTHSM2_CONF", "").endswith("softhsm2.conf")
+
+
+def _sealed_ledger(tmp_path: Path, kek_spec: str) -> str:
+    """A ledger whose punch bodies are sealed under data keys wrapped by ``kek_spec``."""
+    url = f"sqlite://{tmp_path / 'ledger.db'}"
+    store = open_store(url, kek=kek_spec)
+    try:
+        clock = Clock("clock-00", site="hq")
+        store.append([EventFact("device", clock.enrolled_body())], now_us=T0)
+        store.append([clock.fact(credential=f"em4100:{n:010d}", action="in")
+                      for n in range(3)], now_us=T0 + 1000)
+    finally:
+        store.close()
+    return url
+
+
+def _punch_bodies(url: str, kek_spec: str) -> list[bytes | None]:
+    store = open_store(url, kek=kek_spec)
+    try:
+        return [se.body for se in store.entries() if se.entry.kind == "punch"]
+    finally:
+        store.close()
+
+
+def test_d17_kek_rewrap_moves_a_ledgers_keys_to_the_hsm_and_records_it(
+        tmp_path: Path, hsm: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    old = keks.create_file_kek(tmp_path / "old.key")
+    old_spec, new_spec = f"file:{tmp_path / 'old.key'}", spec(hsm, "kek-rewrap")
+    keks.create_pkcs11_kek(new_spec)
+    url = _sealed_ledger(tmp_path, old_spec)
+    before = _punch_bodies(url, old_spec)
+    assert len(before) == 3
+    assert all(b is not None and b"em4100:" in b for b in before)
+    raw = sqlite3.connect(tmp_path / "ledger.db")
+    rows = raw.execute("SELECT key_id, kek_id FROM tc_data_keys").fetchall()
+    stored = raw.execute("SELECT body FROM bodies").fetchall()
+    raw.close()
+    assert {k for _, k in rows} == {old.kek_id}
+    assert main(["kek", "rewrap", "--store", url, "--kek", old_spec, "--to", new_spec]) == 0
+    assert capsys.readouterr().out.strip() == str(len(rows))
+    raw = sqlite3.connect(tmp_path / "ledger.db")
+    assert {k for _, k in raw.execute("SELECT key_id, kek_id FROM tc_data_keys")} == \
+        {f"pkcs11:{TOKEN}/kek-rewrap"}
+    assert raw.execute("SELECT body FROM bodies").fetchall()[:len(stored)] == stored
+    raw.close()                                       # (no body was rewritten)
+    assert _punch_bodies(url, new_spec) == before
+    with pytest.raises(KeyringError, match="not by the configured KEK"):
+        _punch_bodies(url, old_spec)
+    store = open_store(url, kek=new_spec)
+    try:
+        [entry] = [json.loads(se.body or b"{}") for se in store.entries()
+                   if se.entry.kind == "access"]
+    finally:
+        store.close()
+    assert (entry["type"], entry["from"], entry["to"], entry["keys"]) == \
+        ("kek-rewrap", old.kek_id, f"pkcs11:{TOKEN}/kek-rewrap", len(rows))
+    # the same KEK twice, a ledger without data keys: clear errors, nothing changes
+    assert main(["kek", "rewrap", "--store", url, "--kek", new_spec, "--to", new_spec]) == 2
+    assert "same KEK" in capsys.readouterr().err
+    plain = f"sqlite://{tmp_path / 'plain.db'}"
+    SQLiteStore(tmp_path / "plain.db").close()
+    assert main(["kek", "rewrap", "--store", plain, "--kek", old_spec, "--to", new_spec]) == 2
+    assert "holds no data keys" in capsys.readouterr().err
