@@ -17,7 +17,14 @@ change that breaks them) and the offline verifier (which reports one that was re
 - a token is issued to the calling principal itself, or by the host operator (an actor
   ``cli:<os user>``) while the ledger has no admin yet (bootstrap) or as the first token of
   a principal that has none (``"handover": true``);
-- a correction's editor and approver are two different principals.
+- a correction's subject (the employee whose punch it is), editor and approver are three
+  different persons (:func:`three_person_violation`: employee ids where the principals are
+  linked to people, principal names otherwise); an employee's dispute of their own punch
+  (reason ``employee-dispute``) is the one proposal whose editor is its subject;
+- a principal's scope (the person it is linked to, the sites it is limited to) travels in
+  every entry that sets its roles (``"employee"``, ``"sites"``; absent: unlinked, every
+  site); ``employee.self`` and ``supervisor`` need a linked person, and a scope change that
+  widens access to punch data needs a second admin like a role (:func:`widens_scope`).
 
 Pure: no database, network or collector import.
 """
@@ -31,8 +38,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+PERSON_ROLES = frozenset({"employee.self", "supervisor"})
+"""Roles whose data is defined by the person the principal is linked to (own punches, team)."""
 PUNCH_DATA_ROLES = frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve",
-                              "hr.people"})
+                              "hr.people", *PERSON_ROLES})
 """Roles that read or change punch data or who punched (the people directory): granting one
 needs a second admin's approval; collector.api.rbac refuses them to admins."""
 
@@ -50,8 +59,11 @@ def sod_violation(roles: Iterable[str]) -> str | None:
     if {"hr.correct", "hr.approve"} <= rs:
         return ("segregation of duties: no principal may hold both hr.correct and "
                 "hr.approve (whoever proposes a correction must not approve it)")
+    if "hr.correct" in rs and "supervisor" in rs:
+        return ("segregation of duties: no principal may hold both hr.correct and "
+                "supervisor (a supervisor approves their team's corrections)")
     if "admin" in rs:
-        bad = sorted(r for r in rs if r.startswith(("hr.", "payroll.")))
+        bad = sorted(r for r in rs if r.startswith(("hr.", "payroll.")) or r in PERSON_ROLES)
         if bad:
             return (f"segregation of duties: admin may not also hold {', '.join(bad)} "
                     f"(admins manage access, never punch data)")
@@ -61,6 +73,101 @@ def sod_violation(roles: Iterable[str]) -> str | None:
 def widens_punch_access(before: Iterable[str], after: Iterable[str]) -> frozenset[str]:
     """The punch-data roles ``after`` holds that ``before`` did not."""
     return (frozenset(after) - frozenset(before)) & PUNCH_DATA_ROLES
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalScope:
+    """Who a principal is (an employee id of the people directory, or None) and the sites its
+    roles are limited to (None: every site)."""
+
+    employee: str | None = None
+    sites: frozenset[str] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The fields a roles entry carries for this scope (none when unscoped)."""
+        out: dict[str, Any] = {}
+        if self.employee is not None:
+            out["employee"] = self.employee
+        if self.sites is not None:
+            out["sites"] = sorted(self.sites)
+        return out
+
+    def describe(self) -> str:
+        who = f"person {self.employee}" if self.employee is not None else "no person"
+        where = "every site" if self.sites is None else "sites " + ", ".join(sorted(self.sites))
+        return f"{who}, {where}"
+
+
+UNSCOPED = PrincipalScope()
+
+
+def scope_of(body: Mapping[str, Any] | None) -> PrincipalScope:
+    """The scope a roles entry (or grant) body gives; ValueError when its fields are not a
+    string ``employee`` and a non-empty list of string ``sites``."""
+    if body is None:
+        return UNSCOPED
+    emp, sites = body.get("employee"), body.get("sites")
+    if emp is not None and (not isinstance(emp, str) or not emp):
+        raise ValueError("employee must be a non-empty string")
+    if sites is not None and (not isinstance(sites, list) or not sites
+                              or not all(isinstance(s, str) and s for s in sites)):
+        raise ValueError("sites must be a non-empty list of site names")
+    return PrincipalScope(emp, None if sites is None else frozenset(sites))
+
+
+def scope_violation(roles: Iterable[str], scope: PrincipalScope) -> str | None:
+    """Why ``roles`` cannot be held with ``scope`` (a person role without a person), or None."""
+    person = sorted(frozenset(roles) & PERSON_ROLES)
+    if person and scope.employee is None:
+        return (f"{', '.join(person)} need{'s' if len(person) == 1 else ''} the principal "
+                f"linked to a person of the people directory (--employee)")
+    return None
+
+
+def widens_scope(roles: Iterable[str], before: PrincipalScope, after: PrincipalScope) -> bool:
+    """Whether moving from ``before`` to ``after`` lets a principal holding ``roles`` see
+    punch data it could not: more sites, or (with a person role) another person."""
+    rs = frozenset(roles)
+    if not rs & PUNCH_DATA_ROLES:
+        return False
+    more_sites = after.sites is None and before.sites is not None or (
+        after.sites is not None and before.sites is not None and not after.sites <= before.sites)
+    other_person = bool(rs & PERSON_ROLES) and after.employee is not None \
+        and after.employee != before.employee
+    return more_sites or other_person
+
+
+DISPUTE_REASON = "employee-dispute"
+
+
+def three_person_violation(*, subject: str | None, editor: str, approver: str | None,
+                           editor_employee: str | None = None,
+                           approver_employee: str | None = None,
+                           reason: str | None = None) -> str | None:
+    """The three-person rule of a correction (CONTROLS.md D6, D8), in words, or None.
+
+    The persons: ``subject`` is the employee whose punch it is (None: the badge resolved to
+    nobody); the editor and approver are their linked employees, or their principal names
+    when not linked. ``approver`` None: only the proposal is judged. An employee's dispute
+    (``reason`` employee-dispute) is raised by its subject and decided by someone else."""
+    ed = editor_employee if editor_employee is not None else editor
+    ap = None if approver is None else (
+        approver_employee if approver_employee is not None else approver)
+    dispute = reason == DISPUTE_REASON
+    if dispute and (subject is None or ed != subject):
+        return ("three-person rule: only the employee whose punch it is raises a dispute "
+                "(reason employee-dispute)")
+    if not dispute and subject is not None and ed == subject:
+        return (f"three-person rule: {ed} may not propose a correction of their own punch "
+                f"(raise a dispute: reason employee-dispute)")
+    if ap is None:
+        return None
+    if subject is not None and ap == subject:
+        return f"three-person rule: {ap} may not approve or reject a correction of their own punch"
+    if ap == ed:
+        return (f"three-person rule: {ap} proposed this correction and may not approve or "
+                f"reject it")
+    return None
 
 
 def body_hash(body: bytes) -> str:
@@ -119,6 +226,7 @@ class PrincipalState:
     roles_idx: int
     created_at: int
     disabled_at: int | None = None
+    scope: PrincipalScope = UNSCOPED
 
 
 @dataclass
@@ -139,6 +247,7 @@ class GrantState:
     requested_by: str
     request_idx: int
     status: str = "pending"       # pending | approved | rejected
+    scope: PrincipalScope = UNSCOPED
     decided_by: str | None = None
     decided_idx: int | None = None
 
@@ -177,6 +286,10 @@ class AccessHistory:
         p = self.principals.get(name)
         return frozenset() if p is None or p.disabled_at is not None else p.roles
 
+    def person_of(self, name: str) -> str | None:
+        p = self.principals.get(name)
+        return None if p is None else p.scope.employee
+
     def feed(self, idx: int, kind: str, body: Any) -> list[Breach]:
         """One entry's body (only ``access`` and ``correction`` entries matter); returns the
         breaches it adds."""
@@ -189,21 +302,38 @@ class AccessHistory:
         return self.breaches[before:]
 
     def feed_correction(self, idx: int, body: Mapping[str, Any]) -> None:
-        """A ``correction`` entry (an approved amendment): editor, approver and (when the body
-        names one) subject are three different principals, and the approver held
-        ``hr.approve`` when it was recorded (judged once the ledger records grants at all: a
-        ledger from before grants were entries cannot say who held what)."""
+        """A ``correction`` entry (an approved amendment): subject, editor and approver are
+        three different persons (:func:`three_person_violation`; the persons are the
+        principals' linked employees per the ledger's grants, or the body's ``subject``), and
+        the approver held ``hr.approve`` (or ``supervisor``, not for a dispute) when it was
+        recorded (judged once the ledger records grants at all: a ledger from before grants
+        were entries cannot say who held what)."""
         editor, approver = body.get("editor"), body.get("approver")
         if not isinstance(editor, str) or not isinstance(approver, str):
             return
+        # the same rule as three_person_violation, worded for the verifier's report
+        ed, ap = self.person_of(editor) or editor, self.person_of(approver) or approver
         if editor == approver:
             self._breach(idx, "D6", f"correction proposed and approved by the same "
                          f"principal {editor}")
+        elif ed == ap:
+            self._breach(idx, "D6", f"correction proposed by {editor} and approved by "
+                         f"{approver}, both the person {ed}")
         subject = body.get("subject")
-        if isinstance(subject, str) and subject in (editor, approver):
-            self._breach(idx, "D6", f"correction of {subject}'s own punch "
-                         f"{'proposed' if subject == editor else 'approved'} by {subject}")
-        if self.principals and "hr.approve" not in self.roles_at(approver):
+        dispute = body.get("reason") == DISPUTE_REASON
+        if isinstance(subject, str) and subject == ap:
+            self._breach(idx, "D6", f"correction of {subject}'s own punch approved by "
+                         f"{approver}")
+        elif isinstance(subject, str) and subject == ed and not dispute:
+            self._breach(idx, "D6", f"correction of {subject}'s own punch proposed by "
+                         f"{editor}")
+        elif dispute and subject != ed:
+            self._breach(idx, "D6", f"dispute {body.get('proposal')} raised by {editor}, "
+                         f"not by the employee whose punch it is")
+        held = self.roles_at(approver)
+        may = "hr.approve" in held or ("supervisor" in held
+                                       and body.get("reason") != DISPUTE_REASON)
+        if self.principals and not may:
             self._breach(idx, "D6", f"correction approved by {approver}, who did not hold "
                          f"hr.approve then (per the ledger's grants)")
 
@@ -214,7 +344,10 @@ class AccessHistory:
             return
         if body.get("type") == "correction" and body.get("action") == "propose":
             actor = str(body.get("actor", ""))
-            if self.principals and "hr.correct" not in self.roles_at(actor):
+            held = self.roles_at(actor)
+            may = "hr.correct" in held or ("employee.self" in held
+                                           and body.get("reason") == DISPUTE_REASON)
+            if self.principals and not may:
                 self._breach(idx, "D6", f"correction {body.get('proposal')} proposed by "
                              f"{actor}, who did not hold hr.correct then (per the ledger's "
                              f"grants)")
@@ -233,19 +366,22 @@ class AccessHistory:
 
     # -- one handler per action ----------------------------------------------------------------
     def _set_roles(self, idx: int, name: str, roles: frozenset[str], actor: str,
-                   *, approved: bool, bootstrap: bool) -> None:
+                   *, approved: bool, bootstrap: bool,
+                   scope: PrincipalScope = UNSCOPED) -> None:
         p = self.principals[name]
-        why = sod_violation(roles)
+        why = sod_violation(roles) or scope_violation(roles, scope)
         if why is not None:
             self._breach(idx, "D8", f"{name} holds {', '.join(sorted(roles))}: {why}")
-        wider = widens_punch_access(p.roles, roles)
+        wider: Iterable[str] = widens_punch_access(p.roles, roles)
+        if not wider and widens_scope(roles, p.scope, scope):
+            wider = [f"scope {scope.describe()}"]
         if wider and not approved:
             if bootstrap and not self.has_admin():
                 pass      # the host operator's bootstrap: no admin exists to approve yet
             else:
                 self._breach(idx, "D8", f"{actor} gave {name} {', '.join(sorted(wider))} "
                              f"(punch data) without a second admin's approval")
-        p.roles, p.roles_idx = roles, idx
+        p.roles, p.roles_idx, p.scope = roles, idx, scope
 
     def _new_principal(self, idx: int, body: Mapping[str, Any], actor: str, at: int,
                        kind: str) -> None:
@@ -254,7 +390,7 @@ class AccessHistory:
             self._breach(idx, "D8", f"principal {name} created twice")
         self.principals[name] = PrincipalState(name, kind, frozenset(), idx, at)
         self._set_roles(idx, name, frozenset(body["roles"]), actor, approved=False,
-                        bootstrap=bool(body.get("bootstrap")))
+                        bootstrap=bool(body.get("bootstrap")), scope=scope_of(body))
 
     def _token_create(self, idx: int, body: Mapping[str, Any], actor: str, at: int) -> None:
         name, tid = str(body["principal"]), str(body["token"])
@@ -293,7 +429,7 @@ class AccessHistory:
             self._breach(idx, "D8", f"roles set for unknown principal {name}")
             return
         self._set_roles(idx, name, frozenset(body["roles"]), actor, approved=False,
-                        bootstrap=bool(body.get("bootstrap")))
+                        bootstrap=bool(body.get("bootstrap")), scope=scope_of(body))
 
     def _disable(self, idx: int, body: Mapping[str, Any], actor: str, at: int) -> None:
         p = self.principals.get(str(body["principal"]))
@@ -307,7 +443,7 @@ class AccessHistory:
     def _grant_request(self, idx: int, body: Mapping[str, Any], actor: str, at: int) -> None:
         gid = str(body["grant"])
         self.grants[gid] = GrantState(gid, str(body["principal"]), frozenset(body["roles"]),
-                                      actor, idx)
+                                      actor, idx, scope=scope_of(body))
 
     def _grant_decide(self, idx: int, body: Mapping[str, Any], actor: str, at: int) -> None:
         gid = str(body["grant"])
@@ -328,9 +464,13 @@ class AccessHistory:
             if name not in self.principals:
                 self._breach(idx, "D8", f"grant {gid} approved for unknown principal {name}")
                 return
+            scope = scope_of(body)
+            if g is not None and scope != g.scope:
+                self._breach(idx, "D8", f"grant {gid} approved with scope {scope.describe()}, "
+                             f"not the requested {g.scope.describe()}")
             self._set_roles(idx, name, frozenset(body["roles"]), actor,
-                            approved=g is not None and g.requested_by != actor,
-                            bootstrap=False)
+                            approved=g is not None and g.requested_by != actor
+                            and scope == g.scope, bootstrap=False, scope=scope)
 
 
 _HANDLERS = {          # action → the AccessHistory method that applies it

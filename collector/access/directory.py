@@ -17,6 +17,7 @@ from collector.access.tokens import IssuedToken, Tokens
 from collector.ledger.access_tables import GrantRow, TokenRecord
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.tables import ensure_schema
+from wire.grants import UNSCOPED, PrincipalScope
 
 
 class Principals:
@@ -63,25 +64,30 @@ class Principals:
 
     # -- changes (each also an access entry) ------------------------------------------------
     def create_token(self, principal: str, roles: Sequence[str], *, expires_days: int,
-                     actor: str, now_us: int) -> IssuedToken:
+                     actor: str, now_us: int, scope: PrincipalScope = UNSCOPED) -> IssuedToken:
         return self.token_store.create(principal, roles, expires_days=expires_days,
-                                       actor=actor, now_us=now_us)
+                                       actor=actor, now_us=now_us, scope=scope)
 
     def revoke_token(self, token_id: str, *, actor: str, now_us: int) -> TokenRecord:
         return self.token_store.revoke(token_id, actor=actor, now_us=now_us)
 
     def register_cert(self, common_name: str, roles: Sequence[str], *, actor: str,
-                      now_us: int) -> Principal:
-        return self.grants.register_cert(common_name, roles, actor=actor, now_us=now_us)
+                      now_us: int, scope: PrincipalScope = UNSCOPED) -> Principal:
+        return self.grants.create_principal(common_name, "cert", roles, actor=actor,
+                                            now_us=now_us, scope=scope)[0]
 
     def set_roles(self, principal: str, roles: Sequence[str], *, actor: str,
-                  now_us: int) -> Principal | GrantRow:
-        """The principal as changed, or the pending grant a punch-data role waits in."""
-        return self.grants.set_roles(principal, roles, actor=actor, now_us=now_us)
+                  now_us: int, scope: PrincipalScope | None = None) -> Principal | GrantRow:
+        """The principal as changed, or the pending grant a punch-data role (or a wider
+        scope, ``scope`` None: unchanged) waits in."""
+        return self.grants.set_roles(principal, roles, actor=actor, now_us=now_us,
+                                     scope=scope)
 
     def create_principal(self, name: str, kind: str, roles: Sequence[str], *, actor: str,
-                         now_us: int) -> tuple[Principal, GrantRow | None]:
-        return self.grants.create_principal(name, kind, roles, actor=actor, now_us=now_us)
+                         now_us: int, scope: PrincipalScope = UNSCOPED
+                         ) -> tuple[Principal, GrantRow | None]:
+        return self.grants.create_principal(name, kind, roles, actor=actor, now_us=now_us,
+                                            scope=scope)
 
     def pending_grants(self) -> list[GrantRow]:
         return self.grants.pending()

@@ -11,10 +11,17 @@ Dual control: a change that gives a principal a punch-data role it does not hold
 ``grant.approve`` by a different actor (:meth:`Grants.approve`; the requester's own approval
 is refused and recorded). While the ledger has no admin yet, the host operator's changes take
 effect at once and say ``"bootstrap": true`` (nobody could approve them).
+
+Scope: who a principal is (``employee``) and where its roles apply (``sites``) travel in each
+entry that sets its roles (wire.grants.PrincipalScope); linking it to another person or to
+more sites while it holds a punch-data role is dual-controlled like a role
+(wire.grants.widens_scope): the ``grant.request`` carries the scope, the approval applies
+exactly that scope.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,12 +36,13 @@ from collector.access.principals import (
     all_principals,
     check_name,
     check_roles,
+    check_scope,
     get_principal,
 )
 from collector.ledger import access_tables
 from collector.ledger.access_tables import GrantRow
 from collector.ledger.sqlbase import SQLStore, Tx
-from wire.grants import widens_punch_access
+from wire.grants import UNSCOPED, PrincipalScope, scope_of, widens_punch_access, widens_scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +99,16 @@ class Grants:
                                      now_us=now_us)[0]
 
     def create_principal(self, name: str, kind: str, roles: Sequence[str], *, actor: str,
-                         now_us: int) -> tuple[Principal, GrantRow | None]:
-        """A new principal (``kind`` token or cert) without a credential. Punch-data roles
-        wait for a second admin (the pending grant is returned); the others apply now."""
+                         now_us: int, scope: PrincipalScope = UNSCOPED
+                         ) -> tuple[Principal, GrantRow | None]:
+        """A new principal (``kind`` token or cert) without a credential, linked to
+        ``scope``'s person and sites. Punch-data roles wait for a second admin (the pending
+        grant is returned); the others apply now."""
         action = "cert.register" if kind == "cert" else "principal.create"
         rs = self.checked_roles(actor, action, now_us, name, roles)
         if not rs:
             raise PrincipalError("give at least one --role")
+        check_scope(rs, scope)
         if get_principal(self.store, name) is not None:
             raise PrincipalError(f"principal {name!r} exists; change its roles with "
                                  f"`token roles`")
@@ -107,12 +118,12 @@ class Grants:
         with self.store.transaction(now_us, what="creating a principal") as tx:
             idx = tx.record("access", access_change(
                 actor, action, now_us, outcome="done", principal=name, kind=kind,
-                roles=sorted(now_roles), bootstrap=bootstrap or None))
+                roles=sorted(now_roles), bootstrap=bootstrap or None, **scope.fields()))
             access_tables.insert_principal(tx, name, kind, now_roles, actor=actor,
                                            now_us=now_us, roles_idx=idx)
             if now_roles != rs:
                 gid = self._request(tx, name, rs, previous=now_roles, actor=actor,
-                                    now_us=now_us)
+                                    now_us=now_us, scope=scope)
         if now_roles != rs:
             pending = access_tables.grant(self.store, gid)
         p = get_principal(self.store, name)
@@ -120,18 +131,21 @@ class Grants:
         return p, pending
 
     def set_roles(self, principal: str, roles: Sequence[str], *, actor: str,
-                  now_us: int) -> Principal | GrantRow:
-        """Replace a principal's roles (SoD checked; the change is an access entry). A set
-        that adds a punch-data role becomes a pending grant (returned) once an admin exists."""
+                  now_us: int, scope: PrincipalScope | None = None) -> Principal | GrantRow:
+        """Replace a principal's roles and (``scope`` not None) its person and sites (SoD
+        checked; the change is an access entry). A change that adds a punch-data role, or
+        widens the scope of one, becomes a pending grant (returned) once an admin exists."""
         rs = self.checked_roles(actor, "roles.set", now_us, principal, roles)
         p = get_principal(self.store, principal)
         if p is None:
             raise PrincipalError(f"no principal {principal!r}")
+        sc = check_scope(rs, p.scope if scope is None else scope)
         bootstrap = not self.has_admin()
-        if widens_punch_access(p.roles, rs) and not bootstrap:
+        if (widens_punch_access(p.roles, rs) or widens_scope(rs, p.scope, sc)) \
+                and not bootstrap:
             with self.store.transaction(now_us, what="requesting a grant") as tx:
                 gid = self._request(tx, principal, rs, previous=p.roles, actor=actor,
-                                    now_us=now_us)
+                                    now_us=now_us, scope=sc)
             g = access_tables.grant(self.store, gid)
             assert g is not None  # noqa: S101 - just inserted in the same process
             return g
@@ -139,21 +153,34 @@ class Grants:
             idx = tx.record("access", access_change(
                 actor, "roles.set", now_us, outcome="done", principal=principal,
                 roles=sorted(rs), previous=sorted(p.roles),
-                bootstrap=(bootstrap and bool(widens_punch_access(p.roles, rs))) or None))
+                bootstrap=(bootstrap and bool(widens_punch_access(p.roles, rs)
+                                              or widens_scope(rs, p.scope, sc))) or None,
+                **sc.fields()))
             access_tables.replace_roles(tx, principal, rs, actor=actor, now_us=now_us,
                                         roles_idx=idx)
         return get_principal(self.store, principal) or p
 
     @staticmethod
     def _request(tx: Tx, principal: str, roles: frozenset[str], *,
-                 previous: Iterable[str], actor: str, now_us: int) -> str:
+                 previous: Iterable[str], actor: str, now_us: int,
+                 scope: PrincipalScope = UNSCOPED) -> str:
         gid = "grt-" + secrets.token_hex(6)
         idx = tx.record("access", access_change(
             actor, "grant.request", now_us, outcome="done", grant=gid, principal=principal,
-            roles=sorted(roles), previous=sorted(previous)))
+            roles=sorted(roles), previous=sorted(previous), **scope.fields()))
         access_tables.insert_grant(tx, gid, principal, roles, actor=actor, now_us=now_us,
                                    request_idx=idx)
         return gid
+
+    def requested_scope(self, g: GrantRow) -> PrincipalScope:
+        """The scope grant ``g``'s request entry asks for (the ledger holds it, not the row)."""
+        se = next(iter(self.store.entries(g.request_idx, g.request_idx + 1)), None)
+        try:
+            body = None if se is None or se.body is None else json.loads(se.body)
+            return scope_of(body if isinstance(body, dict) else None)
+        except ValueError as e:
+            raise PrincipalError(f"grant {g.id}: its request entry {g.request_idx} has a "
+                                 f"malformed scope") from e
 
     def pending(self) -> list[GrantRow]:
         return access_tables.grants(self.store, status="pending")
@@ -177,10 +204,12 @@ class Grants:
         if p is None or p.disabled_at is not None:
             raise PrincipalError(f"principal {g.principal!r} is gone or disabled")
         rs = self.checked_roles(actor, action, now_us, g.principal, g.roles)
+        sc = self.requested_scope(g) if approve else p.scope
         with self.store.transaction(now_us, what="deciding a grant") as tx:
             idx = tx.record("access", access_change(
                 actor, action, now_us, outcome="done", grant=g.id, principal=g.principal,
-                requested_by=g.requested_by, roles=sorted(rs if approve else p.roles)))
+                requested_by=g.requested_by, roles=sorted(rs if approve else p.roles),
+                **sc.fields()))
             if approve:
                 access_tables.replace_roles(tx, g.principal, rs, actor=actor, now_us=now_us,
                                             roles_idx=idx)

@@ -27,12 +27,20 @@ from collector.access.principals import (
     PrincipalError,
     access_change,
     check_roles,
+    check_scope,
     get_principal,
 )
 from collector.ledger import access_tables
 from collector.ledger.access_tables import TokenRecord
 from collector.ledger.sqlbase import SQLStore
-from wire.grants import OPERATOR_PREFIX, roles_entry, token_entry_error
+from wire.grants import (
+    OPERATOR_PREFIX,
+    UNSCOPED,
+    PrincipalScope,
+    roles_entry,
+    scope_of,
+    token_entry_error,
+)
 
 TOKEN_PREFIX = "tct_"  # noqa: S105 - a prefix that makes leaked tokens greppable, no secret
 TOKEN_RE = re.compile(r"^tct_[A-Za-z0-9_-]{43}$")
@@ -84,8 +92,12 @@ def _ledger_principal(auth: access_tables.AuthRow) -> Principal:
             f"({', '.join(sorted(auth.table_roles)) or 'none'}) differ from the ledger's "
             f"({', '.join(sorted(roles)) or 'none'}): refused until they match "
             f"(`timeclock-collector verify` names the row)")
+    try:       # who the principal is and where: the same entry says (wire.grants.scope_of)
+        scope = scope_of(auth.roles_body)
+    except ValueError as e:
+        raise TokenError("principal's roles entry has a malformed scope") from e
     return Principal(auth.principal, auth.kind, roles, auth.created_at, auth.last_used_at,
-                     auth.disabled_at)
+                     auth.disabled_at, employee_id=scope.employee, sites=scope.sites)
 
 
 class Tokens:
@@ -122,7 +134,8 @@ class Tokens:
         if p.kind != "token":
             raise TokenError("token's principal is disabled")
         found = Principal(p.name, p.kind, p.roles, p.created_at, p.last_used_at,
-                          p.disabled_at, token_id=row.id)
+                          p.disabled_at, token_id=row.id, employee_id=p.employee_id,
+                          sites=p.sites)
         if touch and self.touch_due(found, now_us):
             self.touch(found, now_us)
         return found
@@ -159,13 +172,14 @@ class Tokens:
 
     # -- changes (each also an access entry) ------------------------------------------------
     def create(self, principal: str, roles: Sequence[str], *, expires_days: int, actor: str,
-               now_us: int) -> IssuedToken:
+               now_us: int, scope: PrincipalScope = UNSCOPED) -> IssuedToken:
         """Issue a token for ``principal``. No one obtains a credential for another principal
         (DESIGN.md §8.5): an API caller (``actor`` a principal) only for itself; the host
         operator (``actor`` ``cli:<os user>``) only the first token of a principal that has
         none (``handover``), or, while the ledger has no admin yet, a new principal with
         ``roles`` (``bootstrap``). If the principal exists, ``roles`` must be empty or equal to
-        its roles (change roles with :meth:`Grants.set_roles`)."""
+        its roles (change roles with :meth:`Grants.set_roles`). ``scope``: the new
+        principal's person and sites (an existing principal keeps its own)."""
         if not 1 <= expires_days <= MAX_TOKEN_DAYS:
             raise PrincipalError(f"expiry must be 1…{MAX_TOKEN_DAYS} days")
         rs = self.grants.checked_roles(actor, "token.create", now_us, principal, roles)
@@ -189,6 +203,11 @@ class Tokens:
             raise err
         if existing is None and not rs:
             raise PrincipalError(f"principal {principal!r} is new: give at least one --role")
+        if existing is None:
+            check_scope(rs, scope)
+        elif scope not in (UNSCOPED, existing.scope):
+            raise PrincipalError(f"principal {principal!r} exists; change its person or sites "
+                                 f"with `token roles`")
         if existing is not None:
             if existing.kind != "token":
                 raise PrincipalError(f"principal {principal!r} authenticates with a client "
@@ -209,7 +228,8 @@ class Tokens:
                 roles=sorted(rs) if existing is None else sorted(existing.roles),
                 new_principal=existing is None,
                 bootstrap=(operator and existing is None) or None,
-                handover=(operator and existing is not None) or None))
+                handover=(operator and existing is not None) or None,
+                **(scope.fields() if existing is None else {})))
             if existing is None:
                 access_tables.insert_principal(tx, principal, "token", rs, actor=actor,
                                                now_us=now_us, roles_idx=idx)

@@ -8,13 +8,15 @@ from typing import Any
 
 from aiohttp import web
 
-from collector.access.principals import KINDS, PRINCIPAL_RE
+from collector.access.principals import KINDS, PRINCIPAL_RE, Principal
+from collector.access.scopes import scope_from_body
 from collector.access.tokens import MAX_TOKEN_DAYS
 from collector.api import params as P
 from collector.api.errors import BadRequestError
 from collector.api.keys import CLOCK, PRINCIPALS, SETTINGS, STORE, ctx, principal_name
 from collector.ledger import access_tables
 from collector.ledger.access_tables import GrantRow
+from wire.grants import UNSCOPED
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -81,7 +83,8 @@ async def create_token(request: web.Request) -> web.Response:
 async def create_principal(request: web.Request) -> web.Response:
     """POST /v1/principals: a principal without a credential; punch-data roles are a
     pending grant until a second admin approves them (DESIGN.md §8.5 dual control)."""
-    body = await P.json_body(request, required=("principal", "roles"), optional=("kind",),
+    body = await P.json_body(request, required=("principal", "roles"),
+                             optional=("kind", "employee", "sites"),
                              max_bytes=request.app[SETTINGS].body_max_bytes)
     name = P.field_str(body, "principal", max_len=64, pattern=PRINCIPAL_RE)
     kind = body.get("kind", "token")
@@ -91,7 +94,8 @@ async def create_principal(request: web.Request) -> web.Response:
     rec.extra = {"principal": name}
     p, pending = await asyncio.to_thread(
         request.app[PRINCIPALS].create_principal, name, str(kind), _roles(body),
-        actor=principal_name(request), now_us=request.app[CLOCK]())
+        actor=principal_name(request), now_us=request.app[CLOCK](),
+        scope=scope_from_body(body, None) or UNSCOPED)
     rec.count = 1
     return web.json_response({"principal": p.to_dict(),
                               "pending": None if pending is None else pending.to_dict()},
@@ -135,12 +139,20 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 async def set_roles(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    body = await P.json_body(request, required=("roles",),
+    body = await P.json_body(request, required=("roles",), optional=("employee", "sites"),
                              max_bytes=request.app[SETTINGS].body_max_bytes)
     rec = ctx(request).record
     rec.extra = {"principal": name[:64]}
-    p = await asyncio.to_thread(request.app[PRINCIPALS].set_roles, name, _roles(body),
-                                actor=principal_name(request), now_us=request.app[CLOCK]())
+    principals = request.app[PRINCIPALS]
+
+    def change() -> Principal | GrantRow:
+        cur = principals.get(name)
+        return principals.set_roles(name, _roles(body), actor=principal_name(request),
+                                    now_us=request.app[CLOCK](),
+                                    scope=scope_from_body(body, None if cur is None
+                                                          else cur.scope))
+
+    p = await asyncio.to_thread(change)
     rec.count = 1
     if isinstance(p, GrantRow):      # a punch-data role: waits for a second admin
         return web.json_response({"pending": p.to_dict()}, status=202)

@@ -6,6 +6,10 @@ Punch rows come from the store's payroll query (collector.ledger.sqlbase ``Punch
 collector.ledger.queries); corrections are overlaid, never written into
 the rows: every row shows the original values and, beside them, the effective values with
 the ledger idx of the correction entry that set each.
+
+Every view here filters to the caller's scope (collector.access.scopes: its sites, and for
+``employee.self``/``supervisor`` its own or its team's punches); an out-of-scope punch or
+correction is the same 404 as a missing one.
 """
 
 from __future__ import annotations
@@ -23,15 +27,27 @@ from typing import Any, TextIO
 from aiohttp import web
 from multidict import MultiMapping
 
+from collector import ForbiddenError
+from collector.access import scopes
+from collector.access.principals import stored_scope
+from collector.access.scopes import Scope
 from collector.api import params as P
 from collector.api.errors import BadRequestError, NotAcceptableError, NotFoundError
 from collector.api.keys import CLOCK, CORRECTIONS, READER, SETTINGS, STORE, ctx, principal_name
 from collector.api.reads import on_reader
 from collector.ledger import queries
+from collector.ledger.corrections_table import Correction
 from collector.ledger.people_tables import BadgeResolver
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from collector.records import proofs
-from collector.records.corrections import FIELDS, REASONS, Applied, check_value
+from collector.records.corrections import (
+    FIELDS,
+    REASONS,
+    Applied,
+    CorrectionNotFoundError,
+    Persons,
+    check_value,
+)
 from collector.records.export_fields import (
     SETS,
     FieldsError,
@@ -51,6 +67,7 @@ from collector.records.exports import (
 from collector.records.payroll_proofs import export_payroll_with_proofs
 from wire.errors import WireError
 from wire.fields import CREDENTIAL_RE, DEVICE_ID_RE
+from wire.grants import DISPUTE_REASON
 from wire.punch import SignedPunch
 
 ROWS_PER_CHUNK = 2000
@@ -58,6 +75,11 @@ NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl
 PUNCH_PARAMS = ("since", "until", "site", "device", "credential", "cursor", "limit", "format",
                 "field_set", "fields")
 PAYROLL_PARAMS = ("since", "until", "site", "device", "format", "proofs", "field_set", "fields")
+# Broad roles first: rbac grants the first role the caller holds, and that role's scope
+# applies (collector.access.scopes), so an HR reader who is also an employee reads as HR.
+PUNCH_READ_ROLES = ("hr.read", "employee.self", "supervisor")
+CORRECTION_READ_ROLES = ("hr.correct", "hr.approve", "audit.read", "employee.self",
+                         "supervisor")
 TEXT_CHUNK = 1 << 16        # bytes of a text producer's output per streamed chunk
 TEXT_QUEUE = 8              # chunks a text producer may run ahead of the client
 
@@ -102,6 +124,22 @@ def field_set(request: web.Request) -> FieldSet:
     return fs
 
 
+def scope(request: web.Request) -> Scope:
+    """The caller's scope for this route (collector.access.scopes); a restricted one is
+    noted in the access record."""
+    c = ctx(request)
+    sc = scopes.scope_for(request.app[STORE], c.principal, c.role,
+                          () if c.route is None or c.route.roles is None else c.route.roles)
+    if not sc.unrestricted:
+        c.record.extra["scope"] = sc.to_dict()
+    return sc
+
+
+def _holders(store: SQLStore, sc: Scope) -> BadgeResolver:
+    """Every badge period when ``sc`` limits persons (each row's holder decides), else none."""
+    return BadgeResolver.load(store) if sc.employees is not None else BadgeResolver({})
+
+
 # -- queries --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -132,9 +170,15 @@ class PunchFilter:
         return cls(query, P.string(q, "credential", CREDENTIAL_RE), cursor, limit,
                    limit if "limit" in q else None)
 
-    def page(self, store: SQLStore) -> list[PunchRow]:
-        return queries.punch_page(store, self.query, limit=self.limit,
-                                  credential=self.credential, after=self.cursor)
+    def page(self, store: SQLStore, sc: Scope = scopes.UNRESTRICTED) -> list[PunchRow]:
+        if sc.unrestricted:
+            return queries.punch_page(store, self.query, limit=self.limit,
+                                      credential=self.credential, after=self.cursor)
+        return scopes.page(
+            lambda n, after: queries.punch_page(store, self.query, limit=n,
+                                                credential=self.credential, after=after),
+            sc.rows(_holders(store, sc)), limit=self.limit, after=self.cursor,
+            cursor_of=lambda r: (r.ts, r.device, r.seq))
 
     def stream(self, store: SQLStore) -> Iterator[PunchRow]:
         q = self.query
@@ -225,8 +269,9 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
                     default="json")
     f = PunchFilter.parse(q, page_max=request.app[SETTINGS].page_max)
     fs = field_set(request)
+    sc = await asyncio.to_thread(scope, request)
     if fmt == "json":
-        rows = await asyncio.to_thread(f.page, store)
+        rows = await asyncio.to_thread(f.page, store, sc)
         fixed = await asyncio.to_thread(corr.applied, {(r.device, r.seq) for r in rows})
         page_holders = await asyncio.to_thread(BadgeResolver.load, store,
                                                {r.credential for r in rows})
@@ -243,8 +288,10 @@ async def list_punches(request: web.Request) -> web.StreamResponse:
     fixed_all = await asyncio.to_thread(corr.applied_complete)
     holders = await asyncio.to_thread(BadgeResolver.load, store)
     counter = Counter()
+    keep = sc.rows(holders)
+    selected = f.stream(store) if sc.unrestricted else (r for r in f.stream(store) if keep(r))
     try:
-        return await stream(request, fmt, encode_rows(f.stream(store), fmt, fixed_all, counter,
+        return await stream(request, fmt, encode_rows(selected, fmt, fixed_all, counter,
                                                       holders=holders, fields=fs,
                                                       pseudonyms=request.app[SETTINGS]
                                                       .pseudonyms))
@@ -261,6 +308,7 @@ async def get_punch(request: web.Request) -> web.Response:
     if not DEVICE_ID_RE.fullmatch(device) or not seq_text.isdigit() or len(seq_text) > 16:
         raise NotFoundError(f"no punch {device[:80]}#{seq_text[:20]}")
     seq = int(seq_text)
+    sc = await asyncio.to_thread(scope, request)
 
     def load() -> dict[str, Any]:
         found = store.punch_hash(device, seq)
@@ -268,7 +316,7 @@ async def get_punch(request: web.Request) -> web.Response:
             raise NotFoundError(f"no recorded punch {device}#{seq}")
         phash, idx = found
         r = queries.punch_row(store, device, seq)
-        if r is None:
+        if r is None or not sc.punch_ok(r.site, scopes.holder_of(store, r)):
             raise NotFoundError(f"no recorded punch {device}#{seq}")
         se = next(store.entries(idx, idx + 1))
         signed: dict[str, Any] | None = None
@@ -308,10 +356,21 @@ async def punch_proof(request: web.Request) -> web.Response:
     if not DEVICE_ID_RE.fullmatch(device) or not seq_text.isdigit() or len(seq_text) > 16:
         raise NotFoundError(f"no punch {device[:80]}#{seq_text[:20]}")
     size = P.integer(request.rel_url.query, "size", lo=1, hi=2**53 - 1)
+    await asyncio.to_thread(_in_scope, request, device, int(seq_text))
     doc = await on_reader(request.app, proofs.punch_proof, request.app[READER], device,
                           int(seq_text), size=size)
     ctx(request).record.count = 1
     return web.json_response(doc)
+
+
+def _in_scope(request: web.Request, device: str, seq: int) -> PunchRow | None:
+    """The punch ``device#seq`` when the caller's scope holds it (None: there is no such
+    punch); an out-of-scope punch raises the 404 of a missing one."""
+    sc, store = scope(request), request.app[STORE]
+    r = queries.punch_row(store, device, seq)
+    if r is not None and not sc.punch_ok(r.site, scopes.holder_of(store, r)):
+        raise NotFoundError(f"no recorded punch {device}#{seq}")
+    return r
 
 
 async def payroll_export(request: web.Request) -> web.StreamResponse:
@@ -325,9 +384,14 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
                        site=P.string(q, "site", P.SITE_RE),
                        device=P.string(q, "device", DEVICE_ID_RE))
     fs = field_set(request)
+    sc = await asyncio.to_thread(scope, request)
     if P.choice(q, "proofs", ("0", "1")) == "1":
         if fmt != "ndjson":
             raise BadRequestError("proofs=1 needs format=ndjson (CSV rows carry no proofs)")
+        if not sc.unrestricted:
+            raise ForbiddenError(f"{principal_name(request)} is limited to sites or persons: "
+                                 f"proofs=1 exports are for principals of every site (export "
+                                 f"without proofs; ask an auditor for a punch's proof)")
         return await _payroll_with_proofs(request, query, fs)
 
     def prepare() -> tuple[ExportSummary, dict[tuple[str, int], dict[str, Applied]],
@@ -341,6 +405,8 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
     header = summary.header(generated_at=clock(), fmt=fmt, fields=fs,
                             pseudonyms=pseudonyms is not None)
     header["requested_by"] = principal_name(request)
+    if not sc.unrestricted:
+        header["scope"] = sc.to_dict()
     def tail() -> str:
         t = json.dumps({"trailer": summary.trailer()}, sort_keys=True)
         return ("# " + t if fmt == "csv" else t) + "\n"
@@ -349,7 +415,7 @@ async def payroll_export(request: web.Request) -> web.StreamResponse:
     head = (("# " + h) if fmt == "csv" else h) + "\n"
     counter = Counter()
     try:
-        rows = snapshot_rows(store, summary)
+        rows = snapshot_rows(store, summary, None if sc.unrestricted else sc.rows(holders))
         return await stream(request, fmt, encode_rows(rows, fmt, fixed, counter,
                                                       head=head.encode(), tail=tail,
                                                       holders=holders, fields=fs,
@@ -448,8 +514,18 @@ async def list_corrections(request: web.Request) -> web.Response:
     if cursor is not None and (len(cursor) > 40 or not cursor.startswith("cor-")):
         raise BadRequestError("cursor: not a cursor returned by this API")
     limit = P.integer(q, "limit", lo=1, hi=request.app[SETTINGS].page_max, default=100) or 100
-    items = await asyncio.to_thread(request.app[CORRECTIONS].find, status=status,
-                                    device=device, after=cursor, limit=limit)
+    corr = request.app[CORRECTIONS]
+
+    def load() -> list[Correction]:
+        sc = scope(request)
+        if sc.unrestricted:
+            return corr.find(status=status, device=device, after=cursor, limit=limit)
+        return scopes.page(
+            lambda n, after: corr.find(status=status, device=device, after=after, limit=n),
+            lambda c: _correction_ok(request, sc, c), limit=limit, after=cursor,
+            cursor_of=lambda c: c.id)
+
+    items = await asyncio.to_thread(load)
     ctx(request).record.count = len(items)
     nxt = items[-1].id if len(items) == limit else None
     return web.json_response({"items": [c.to_dict() for c in items], "next": nxt,
@@ -463,8 +539,33 @@ def _cid(request: web.Request) -> str:
     return cid
 
 
+def _correction_ok(request: web.Request, sc: Scope, c: Correction) -> bool:
+    """Whether the punch ``c`` corrects is in the caller's scope ``sc``."""
+    if sc.unrestricted:
+        return True
+    store = request.app[STORE]
+    r = queries.punch_row(store, c.device, c.seq)
+    return r is not None and sc.punch_ok(r.site, scopes.holder_of(store, r))
+
+
+def _scoped_correction(request: web.Request, cid: str) -> Correction:
+    """Correction ``cid`` if the caller's scope holds its punch; else the 404 of a missing
+    one."""
+    c = request.app[CORRECTIONS].get(cid)
+    if not _correction_ok(request, scope(request), c):
+        raise CorrectionNotFoundError(f"no correction {cid[:40]!r}")
+    return c
+
+
+def _subject(request: web.Request, device: str, seq: int) -> str | None:
+    """The employee who held the badge of punch ``device#seq`` at punch time."""
+    store = request.app[STORE]
+    r = queries.punch_row(store, device, seq)
+    return None if r is None else scopes.holder_of(store, r)
+
+
 async def get_correction(request: web.Request) -> web.Response:
-    c = await asyncio.to_thread(request.app[CORRECTIONS].get, _cid(request))
+    c = await asyncio.to_thread(_scoped_correction, request, _cid(request))
     ctx(request).record.count = 1
     return web.json_response(c.to_dict())
 
@@ -485,11 +586,26 @@ async def propose_correction(request: web.Request) -> web.Response:
     if before is not None:
         check_value(field, before)
     editor = principal_name(request)
-    c = await asyncio.to_thread(
-        request.app[CORRECTIONS].propose, device=device, seq=seq, field=field, after=after,
-        reason=reason, note=note, before=before, editor=editor, now_us=request.app[CLOCK]())
+    me = ctx(request).principal
+    if ctx(request).role == "employee.self" and reason != DISPUTE_REASON:
+        raise ForbiddenError(f"{editor} (employee.self) may only dispute their own punches: "
+                             f"reason {DISPUTE_REASON}")
+
+    def propose() -> Correction:
+        store = request.app[STORE]
+        r = queries.punch_row(store, device, seq)
+        if r is None or not scope(request).punch_ok(r.site, scopes.holder_of(store, r)):
+            raise CorrectionNotFoundError(f"no recorded punch {device}#{seq}")
+        persons = Persons(subject=_subject(request, device, seq),
+                          editor=None if me is None else me.employee_id)
+        return request.app[CORRECTIONS].propose(
+            device=device, seq=seq, field=field, after=after, reason=reason, note=note,
+            before=before, editor=editor, now_us=request.app[CLOCK](), persons=persons)
+
+    c = await asyncio.to_thread(propose)
     rec = ctx(request).record
-    rec.count, rec.extra = 1, {"proposal": c.id}
+    rec.count = 1
+    rec.extra["proposal"] = c.id
     return web.json_response(c.to_dict(), status=201,
                              headers={"Location": f"/v1/corrections/{c.id}"})
 
@@ -501,9 +617,21 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     body = await P.json_body(request, required=(), optional=("note",),
                              max_bytes=request.app[SETTINGS].body_max_bytes)
     note = P.field_str(body, "note", default="")
-    c = await asyncio.to_thread(request.app[CORRECTIONS].decide, cid, approve=approve,
-                                approver=principal_name(request), note=note,
-                                now_us=request.app[CLOCK]())
+    me, role = ctx(request).principal, ctx(request).role
+
+    def decide() -> Correction:
+        c = _scoped_correction(request, cid)
+        if role == "supervisor" and c.reason == DISPUTE_REASON:
+            raise ForbiddenError(f"correction {cid} is an employee's dispute: HR decides "
+                                 f"disputes (hr.approve), not supervisors")
+        persons = Persons(subject=_subject(request, c.device, c.seq),
+                          editor=stored_scope(request.app[STORE], c.editor).employee,
+                          approver=None if me is None else me.employee_id)
+        return request.app[CORRECTIONS].decide(cid, approve=approve,
+                                               approver=principal_name(request), note=note,
+                                               now_us=request.app[CLOCK](), persons=persons)
+
+    c = await asyncio.to_thread(decide)
     rec.count = 1
     if c.correction_idx is not None:
         rec.extra["correction_idx"] = c.correction_idx

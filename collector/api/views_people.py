@@ -4,6 +4,10 @@ auditors, changed only by ``hr.people``.
 Every change is a ledger entry (collector.people.directory) and, like every request, an
 ``access`` entry; the access record names employee ids and credentials, never a name (a
 name travels only in a PUT body, which access records never hold).
+
+Scope (collector.access.scopes): a principal limited to sites sees and keeps only employees
+of those sites, a supervisor only their team; an out-of-scope employee or badge is the same
+404 as a missing one.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ from typing import Any
 
 from aiohttp import web
 
+from collector import DirectoryNotFoundError, ForbiddenError
+from collector.access import scopes
+from collector.access.scopes import Scope
 from collector.api import params as P
 from collector.api.errors import BadRequestError, NotFoundError
-from collector.api.keys import CLOCK, SETTINGS, STORE, ctx
+from collector.api.keys import CLOCK, SETTINGS, STORE, ctx, principal_name
+from collector.api.views_hr import scope
 from collector.ledger import people_tables
 from collector.people import directory
 from collector.records.exports import ExportError, parse_time
@@ -25,6 +33,7 @@ from wire.fields import CREDENTIAL_RE
 
 PEOPLE_PARAMS = ("site", "department", "manager", "cursor", "limit")
 READ_ROLES = ("hr.read", "payroll.export", "audit.read", "hr.people")
+LIST_ROLES = (*READ_ROLES, "supervisor")       # a supervisor reads their team's records
 _RECORD = tuple(f for f in EMPLOYEE_FIELDS if f != "employee_id")
 
 
@@ -54,8 +63,15 @@ async def list_people(request: web.Request) -> web.Response:
 
     def load() -> list[people_tables.EmployeeRow]:
         people_tables.ensure_schema(store)
-        return people_tables.employees(store, after=cursor, limit=limit, site=site,
-                                       department=department, manager_id=manager)
+        sc = scope(request)
+        if sc.unrestricted:
+            return people_tables.employees(store, after=cursor, limit=limit, site=site,
+                                           department=department, manager_id=manager)
+        return scopes.page(
+            lambda n, after: people_tables.employees(store, after=after, limit=n, site=site,
+                                                     department=department,
+                                                     manager_id=manager),
+            sc.employee_ok, limit=limit, after=cursor, cursor_of=lambda e: e.employee_id)
 
     rows = await asyncio.to_thread(load)
     ctx(request).record.count = len(rows)
@@ -69,6 +85,8 @@ async def get_person(request: web.Request) -> web.Response:
 
     def load() -> dict[str, Any]:
         e = directory.employee(store, eid)
+        if not scope(request).employee_ok(e):
+            raise DirectoryNotFoundError(f"no employee {eid[:64]} in the directory")
         return directory.employee_dict(e, directory.badges_of(store, eid))
 
     doc = await asyncio.to_thread(load)
@@ -90,6 +108,10 @@ async def put_person(request: web.Request) -> web.Response:
     def save() -> tuple[int | None, dict[str, Any]]:
         people_tables.ensure_schema(store)
         old = people_tables.employee(store, eid)
+        sc = scope(request)
+        if (old is not None and not sc.employee_ok(old)) or not sc.site_ok(
+                str(body.get("site"))):
+            raise _outside(request, sc)
         base: dict[str, Any] = old.record() if old is not None else {
             "manager_id": None, "status": "active", "left_on": None,
             "active_from": _today(now)}
@@ -107,6 +129,11 @@ async def put_person(request: web.Request) -> web.Response:
     return web.json_response({**doc, "recorded_idx": idx})
 
 
+def _outside(request: web.Request, sc: Scope) -> ForbiddenError:
+    return ForbiddenError(f"{principal_name(request)} keeps employees of sites "
+                          f"{', '.join(sorted(sc.sites or ()))} only (its site scope)")
+
+
 def _today(now_us: int) -> str:
     return datetime.fromtimestamp(now_us / 1e6, UTC).date().isoformat()
 
@@ -119,6 +146,11 @@ async def get_badge(request: web.Request) -> web.Response:
 
     def load() -> dict[str, Any]:
         periods = directory.badge_periods(store, credential)
+        sc = scope(request)
+        if not sc.unrestricted:         # only periods of employees in scope; none: no badge
+            periods = [p for p in periods if _employee_in(store, sc, p.employee_id)]
+            if not periods:
+                raise DirectoryNotFoundError(f"no badge {credential[:80]!r}")
         emp, status = people_tables.BadgeResolver({credential: periods} if periods else {}
                                                   ).resolve(credential, at)
         return {"credential": credential, "at": at, "employee_id": emp,
@@ -144,6 +176,11 @@ def _time(name: str, text: Any) -> int:
     return us
 
 
+def _employee_in(store: Any, sc: Scope, employee_id: str | None) -> bool:
+    e = None if employee_id is None else people_tables.employee(store, employee_id)
+    return e is not None and sc.employee_ok(e)
+
+
 async def badge_event(request: web.Request) -> web.Response:
     """POST /v1/badges/{credential}/events: assigned / lost / blocked / returned."""
     credential = _credential(request)
@@ -162,6 +199,12 @@ async def badge_event(request: web.Request) -> web.Response:
     store = request.app[STORE]
 
     def save() -> tuple[int | None, list[dict[str, Any]]]:
+        sc = scope(request)
+        if not sc.unrestricted and (
+                (employee is not None and not _employee_in(store, sc, employee))
+                or not all(_employee_in(store, sc, p.employee_id)
+                           for p in directory.badge_periods(store, credential))):
+            raise _outside(request, sc)
         done = directory.badge_event(store, event, credential, start_us=start,
                                      until_us=until, employee_id=employee, now_us=now)
         return (None if done is None else done.idx), [

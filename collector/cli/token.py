@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from collector.access.directory import Principals
-from collector.access.principals import ROLES
+from collector.access.principals import ROLES, parse_sites
 from collector.access.tokens import parse_duration_days
 from collector.cli.ledger import open_existing_store
 from collector.ledger.access_tables import GrantRow
 from wire.clock import now_us
+from wire.grants import UNSCOPED, PrincipalScope
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -34,6 +35,10 @@ EPILOG = textwrap.dedent("""\
       timeclock-collector token cert --store ledger.db --principal payroll.acme \\
           --role payroll.export        # client certificates with CN payroll.acme
       timeclock-collector token roles --store ledger.db --principal bob --role hr.approve
+      timeclock-collector token principal --store ledger.db --principal carol \
+          --role employee.self --role supervisor --employee E-1042     # a person
+      timeclock-collector token roles --store ledger.db --principal dana --role hr.read \
+          --sites plant-2                       # the HR officer of one site
       timeclock-collector token disable --store ledger.db --principal mallory   # leaver
       timeclock-collector token grants --store ledger.db            # pending grants
       timeclock-collector token approve --store ledger.db grt-1a2b3c4d5e6f
@@ -48,9 +53,12 @@ EPILOG = textwrap.dedent("""\
     roles:
     """) + "\n".join(f"      {k:15} {v}" for k, v in ROLES.items()) + textwrap.dedent("""
 
-    Segregation of duties is enforced: nobody holds both hr.correct and hr.approve, and
-    admin holds no hr.* or payroll role. The token is printed once; keep it in a secret
-    store. Clients send it as `Authorization: Bearer <token>`.
+    Segregation of duties is enforced: nobody holds both hr.correct and hr.approve (or
+    supervisor), and admin holds no hr.*, payroll, employee.self or supervisor role.
+    --employee links a principal to a person of the people directory, --sites limits all
+    its roles to sites; widening either for a punch-data role needs a second admin too.
+    The token is printed once; keep it in a secret store. Clients send it as
+    `Authorization: Bearer <token>`.
     """)
 
 REVIEW_EPILOG = textwrap.dedent("""\
@@ -68,6 +76,25 @@ def _store_arg(q: argparse.ArgumentParser) -> None:
     q.add_argument("--store", required=True, metavar="URL",
                    help="ledger: sqlite:///path, a path, or postgresql://… (its database "
                         "also holds the principals)")
+
+
+def _scope_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--employee", metavar="EMPLOYEE_ID",
+                   help="the person of the people directory this principal is (employee.self "
+                        "and supervisor need one; `none` unlinks)")
+    q.add_argument("--sites", metavar="S1,S2",
+                   help="limit every role to these sites (`all`: every site, the default)")
+
+
+def _scope(args: argparse.Namespace, current: PrincipalScope | None) -> PrincipalScope | None:
+    """The scope --employee/--sites ask for over ``current`` (None: neither was given)."""
+    if args.employee is None and args.sites is None:
+        return None
+    base = current or PrincipalScope()
+    emp = base.employee if args.employee is None else (
+        None if args.employee == "none" else args.employee)
+    sites = base.sites if args.sites is None else parse_sites(args.sites)
+    return PrincipalScope(emp, sites)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,6 +145,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pr.add_argument("--role", action="append", default=[], choices=sorted(ROLES),
                     required=True, help="role (repeat)")
     pr.set_defaults(func=cmd_principal)
+
+    for q in (c, ce, ro, pr):
+        _scope_args(q)
 
     g = tsub.add_parser("grants", help="pending grants (dual control)")
     _store_arg(g)
@@ -177,7 +207,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     days = parse_duration_days(args.expires)
     with _principals(args) as principals:
         issued = principals.create_token(args.principal, args.role, expires_days=days,
-                                         actor=_actor(), now_us=_now())
+                                         actor=_actor(), now_us=_now(),
+                                         scope=_scope(args, None) or UNSCOPED)
     print(issued.token)
     print(f"token {issued.record.id} for {issued.record.principal}, expires "
           f"{_when(issued.record.expires_at)}; it is shown only now", file=sys.stderr)
@@ -194,8 +225,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     for it in items:
         state = " (disabled)" if it["disabled_at"] is not None else ""
-        print(f"{it['name']} [{it['kind']}]{state} roles: {', '.join(it['roles']) or '-'}; "
-              f"last used {_when(it['last_used_at'])}")
+        scope = "".join([f"; employee {it['employee']}" if it["employee"] else "",
+                         f"; sites {', '.join(it['sites'])}" if it["sites"] else ""])
+        print(f"{it['name']} [{it['kind']}]{state} roles: {', '.join(it['roles']) or '-'}"
+              f"{scope}; last used {_when(it['last_used_at'])}")
         for t in it["tokens"]:
             print(f"    {t['id']} {t['status']:8} expires {_when(t['expires_at'])} "
                   f"last used {_when(t['last_used_at'])}")
@@ -211,7 +244,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_cert(args: argparse.Namespace) -> int:
     with _principals(args) as principals:
-        p = principals.register_cert(args.principal, args.role, actor=_actor(), now_us=_now())
+        p = principals.register_cert(args.principal, args.role, actor=_actor(), now_us=_now(),
+                                     scope=_scope(args, None) or UNSCOPED)
     print(f"client certificates with CN {p.name} now act as {p.name} "
           f"({', '.join(sorted(p.roles))})")
     return 0
@@ -225,18 +259,21 @@ def _pending(g: GrantRow) -> str:
 
 def cmd_roles(args: argparse.Namespace) -> int:
     with _principals(args) as principals:
-        p = principals.set_roles(args.principal, args.role, actor=_actor(), now_us=_now())
+        cur = principals.get(args.principal)
+        p = principals.set_roles(args.principal, args.role, actor=_actor(), now_us=_now(),
+                                 scope=_scope(args, None if cur is None else cur.scope))
     if isinstance(p, GrantRow):
         print(_pending(p))
         return 0
-    print(f"{p.name}: {', '.join(sorted(p.roles)) or 'no roles'}")
+    print(f"{p.name}: {', '.join(sorted(p.roles)) or 'no roles'} ({p.scope.describe()})")
     return 0
 
 
 def cmd_principal(args: argparse.Namespace) -> int:
     with _principals(args) as principals:
         p, g = principals.create_principal(args.principal, args.kind, args.role,
-                                           actor=_actor(), now_us=_now())
+                                           actor=_actor(), now_us=_now(),
+                                           scope=_scope(args, None) or UNSCOPED)
     print(f"{p.name} [{p.kind}]: {', '.join(sorted(p.roles)) or 'no roles'} now")
     if g is not None:
         print(_pending(g))

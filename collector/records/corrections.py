@@ -9,6 +9,12 @@ references the original punch's ledger idx (the shape wire.audit checks):
 
 Invariants:
 - the editor never approves or rejects their own proposal (:class:`SoDError`, recorded);
+- three persons (wire.grants.three_person_violation): the subject (the employee whose badge
+  it was at punch time), the editor and the approver are different people, compared by
+  employee id where the caller says who the principals are, by principal name otherwise; an
+  employee's own dispute (reason ``employee-dispute``) is the one proposal whose editor is
+  its subject, and it is decided by someone else. A refusal is an ``access`` entry with
+  ``"outcome": "refused"`` and nothing else is written;
 - an approval applies only if the value it was proposed against is still the effective
   value (otherwise :class:`CorrectionConflictError`: a stale proposal must be rejected);
 - the effective value of a field is the ``after`` of its latest approved correction (by
@@ -27,6 +33,7 @@ from collector.ledger import corrections_table, queries
 from collector.ledger.corrections_table import Correction
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.tables import ensure_schema
+from wire.grants import DISPUTE_REASON, three_person_violation
 from wire.punch import ACTIONS
 
 FIELDS = ("action", "ts")
@@ -36,6 +43,8 @@ REASONS: dict[str, str] = {
     "device-fault": "the reader or device misbehaved",
     "employee-request": "the employee asked for it, with evidence",
     "supervisor-attestation": "a supervisor attests the actual time",
+    DISPUTE_REASON: "the employee disputes their own punch (raised by the employee with "
+                    "employee.self; HR decides)",
 }
 MAX_NOTE = 500
 MAX_TS = 2**53 - 1
@@ -58,12 +67,26 @@ class CorrectionConflictError(CorrectionError):
     """The correction no longer fits the punch's current value or was already decided."""
 
 
-def entry_body(c: Correction, approver: str, approved_at: int) -> dict[str, Any]:
-    """The ``correction`` ledger entry's body approving ``c``."""
-    return {"original_idx": c.original_idx, "device": c.device, "seq": c.seq,
+def entry_body(c: Correction, approver: str, approved_at: int,
+               subject: str | None = None) -> dict[str, Any]:
+    """The ``correction`` ledger entry's body approving ``c`` (``subject``: the employee
+    whose punch it is, when the directory knows)."""
+    body = {"original_idx": c.original_idx, "device": c.device, "seq": c.seq,
             "field": c.field, "before": c.before, "after": c.after, "reason": c.reason,
             "note": c.note, "editor": c.editor, "approver": approver, "proposal": c.id,
             "proposed_at": c.proposed_at, "approved_at": approved_at}
+    if subject is not None:
+        body["subject"] = subject
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class Persons:
+    """Who the people of one correction are (employee ids; None: not known / not linked)."""
+
+    subject: str | None = None
+    editor: str | None = None
+    approver: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +198,18 @@ class Corrections:
         return idx, fixed[field].value if field in fixed else orig[field]
 
     # -- workflow ---------------------------------------------------------------------------
+    def _refuse(self, actor: str, action: str, cid: str | None, why: str, now_us: int,
+                **what: Any) -> SoDError:
+        err = SoDError(why)
+        with self.store.transaction(now_us, what="recording a refusal") as tx:
+            tx.record("access", {"type": "correction", "action": action, "actor": actor,
+                                 "at": now_us, **({"proposal": cid} if cid else {}), **what,
+                                 "outcome": "refused", "error": str(err)})
+        return err
+
     def propose(self, *, device: str, seq: int, field: str, after: Any, reason: str,
-                editor: str, now_us: int, note: str = "", before: Any = None) -> Correction:
+                editor: str, now_us: int, note: str = "", before: Any = None,
+                persons: Persons | None = None) -> Correction:
         if field not in FIELDS:
             raise CorrectionError(f"field must be one of {', '.join(FIELDS)}")
         if reason not in REASONS:
@@ -190,6 +223,11 @@ class Corrections:
                                           f"not {before!r}")
         if after == cur:
             raise CorrectionError(f"after: {field} is already {cur!r}")
+        ps = persons or Persons()
+        why = three_person_violation(subject=ps.subject, editor=editor, approver=None,
+                                     editor_employee=ps.editor, reason=reason)
+        if why is not None:
+            raise self._refuse(editor, "propose", None, why, now_us, device=device, seq=seq)
         c = Correction("cor-" + secrets.token_hex(8), device, seq, idx, field, cur, after,
                        reason, note, editor, now_us, "proposed", None, None, None, None)
         with self.store.transaction(now_us, what="proposing a correction") as tx:
@@ -197,12 +235,14 @@ class Corrections:
             tx.record("access", {"type": "correction", "action": "propose", "actor": editor,
                                  "at": now_us, "proposal": c.id, "original_idx": idx,
                                  "device": device, "seq": seq, "field": field,
-                                 "before": cur, "after": after, "reason": reason})
+                                 "before": cur, "after": after, "reason": reason,
+                                 **({"subject": ps.subject} if ps.subject else {})})
         return c
 
     def decide(self, cid: str, *, approve: bool, approver: str, now_us: int,
-               note: str = "") -> Correction:
-        """Approve (appends the ``correction`` entry) or reject a proposal."""
+               note: str = "", persons: Persons | None = None) -> Correction:
+        """Approve (appends the ``correction`` entry) or reject a proposal; ``persons``: who
+        the subject, editor and approver are (the three-person rule)."""
         if len(note) > MAX_NOTE:
             raise CorrectionError(f"note: at most {MAX_NOTE} characters")
         c = self.get(cid)
@@ -215,6 +255,12 @@ class Corrections:
                                      "at": now_us, "proposal": cid, "outcome": "refused",
                                      "error": str(err)})
             raise err
+        ps = persons or Persons()
+        why = three_person_violation(subject=ps.subject, editor=c.editor, approver=approver,
+                                     editor_employee=ps.editor, approver_employee=ps.approver,
+                                     reason=c.reason)
+        if why is not None:
+            raise self._refuse(approver, action, cid, why, now_us)
         if c.status != "proposed":
             raise CorrectionConflictError(f"correction {cid} is already {c.status}")
         with self.store.transaction(now_us, what="deciding a correction") as tx:
@@ -225,7 +271,7 @@ class Corrections:
                     raise CorrectionConflictError(
                         f"correction {cid} was proposed against {c.field} = {c.before!r}, "
                         f"but it is now {cur!r}: reject it and propose again")
-                cidx = tx.record("correction", entry_body(c, approver, now_us))
+                cidx = tx.record("correction", entry_body(c, approver, now_us, ps.subject))
             else:
                 tx.record("access", {"type": "correction", "action": "reject",
                                      "actor": approver, "at": now_us, "proposal": cid,

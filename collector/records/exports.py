@@ -182,13 +182,18 @@ def latest_checkpoint(store: SQLStore, size: int) -> SignedCheckpoint | None:
     return max(cps, key=lambda c: (c.checkpoint.size, c.checkpoint.at), default=None)
 
 
-def snapshot_rows(store: SQLStore, summary: ExportSummary) -> Iterator[PunchRow]:
+def snapshot_rows(store: SQLStore, summary: ExportSummary,
+                  keep: Callable[[PunchRow], bool] | None = None) -> Iterator[PunchRow]:
     """The punches of ``summary.query`` recorded within the snapshot (idx < size), counting
-    rows, rows beyond the checkpoint and each device's seq range into ``summary``."""
+    rows, rows beyond the checkpoint and each device's seq range into ``summary``.
+    ``keep``: the caller's scope (collector.access.scopes); the trailer then counts only the
+    rows it keeps, so an extract says nothing of the rows outside it."""
     cp_size = 0 if summary.checkpoint is None else summary.checkpoint.checkpoint.size
     for r in store.punch_rows(summary.query):
         if r.idx >= summary.size:
             continue        # appended after the snapshot: belongs to the next export
+        if keep is not None and not keep(r):
+            continue
         summary.rows += 1
         if r.idx >= cp_size:
             summary.uncovered += 1
