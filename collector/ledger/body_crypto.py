@@ -33,7 +33,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from nacl import bindings as sodium
-from nacl.exceptions import CryptoError
+from nacl._sodium import ffi as _ffi  # noqa: PLC2701 - libsodium's cffi handle (see open_body)
+from nacl._sodium import lib as _lib  # noqa: PLC2701 - the same
 
 from collector import KeyDestroyedError, KeyringError, LedgerError
 from collector.ledger.keyring import Keyring, period_of
@@ -45,6 +46,8 @@ MAGIC = b"TCE\x01"
 KEY_ID_BYTES = 35
 NONCE_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES      # 24
 HEADER_BYTES = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES                # 63
+TAG_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES          # 16
+KEY_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_KEYBYTES        # 32
 _AAD = b"timeclock body v1\x00"
 SEALED_KINDS = frozenset({"punch", "employee", "badge", "correction"})
 NO_KEK = ("this ledger's bodies are encrypted (DESIGN.md §8.6): set [ledger] kek = "
@@ -76,16 +79,27 @@ def seal(plain: bytes, *, idx: int, body_hash: str, key_id: str, key: bytes) -> 
     return MAGIC + key_id.encode("ascii") + nonce + ct
 
 
-def open_body(stored: bytes, *, idx: int, body_hash: str, key: bytes) -> bytes:
-    key_id = sealed_key_id(stored)
+def open_body(stored: bytes, *, idx: int, body_hash: str, key: bytes,
+              key_id: str | None = None) -> bytes:
+    """The plaintext of a sealed body (``key_id``: its header's, when the caller has it)."""
+    if key_id is None:
+        key_id = sealed_key_id(stored)
     nonce = stored[4 + KEY_ID_BYTES:HEADER_BYTES]
-    try:
-        out: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            stored[HEADER_BYTES:], body_aad(idx, body_hash, key_id), nonce, key)
-    except CryptoError as e:
+    ct = stored[HEADER_BYTES:]
+    ad = body_aad(idx, body_hash, key_id)
+    # libsodium directly (what nacl.bindings wraps, minus its per-call argument checks: the
+    # lengths are checked here), so a payroll export opens ≥ 50,000 bodies a second.
+    n = len(ct) - TAG_BYTES
+    if n < 0 or len(nonce) != NONCE_BYTES or len(key) != KEY_BYTES:
+        raise LedgerError(f"the sealed body of entry {idx} is damaged (too short)")
+    out = _ffi.new("unsigned char[]", max(n, 1))
+    out_len = _ffi.new("unsigned long long *")
+    if _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            out, out_len, _ffi.NULL, ct, len(ct), ad, len(ad), nonce, key) != 0:
         raise LedgerError(f"the sealed body of entry {idx} does not open under its data key "
-                          f"{key_id} (edited, or moved from another entry)") from e
-    return out
+                          f"{key_id} (edited, or moved from another entry)")
+    plain: bytes = _ffi.buffer(out, out_len[0])[:]
+    return plain
 
 
 class BodySealer:
@@ -105,7 +119,8 @@ class BodySealer:
             key = self.ring.key(key_id)
         except KeyDestroyedError:
             return None
-        return open_body(stored, idx=int(idx), body_hash=str(body_hash), key=key)
+        return open_body(stored, idx=int(idx), body_hash=str(body_hash), key=key,
+                         key_id=key_id)
 
     # -- write (inside the append's transaction) ---------------------------------------------
     def subjects(self, tx: Tx, pending: Iterable[tuple[int, str, int, dict[str, Any] | None,

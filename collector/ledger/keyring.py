@@ -260,8 +260,9 @@ class Keyring:
                                     f"destroyed by entry {row.destroyed_idx}")
         if row.kek_id != self.kek.kek_id:
             raise KeyringError(f"data key {row.key_id} is wrapped by KEK {row.kek_id!r}, not by "
-                               f"the configured KEK {self.kek.kek_id!r} ([ledger] kek; "
-                               f"`timeclock-collector kek rewrap` moves keys to a new KEK)")
+                               f"the configured KEK {self.kek.kek_id!r} ([ledger] kek: "
+                               f"configure the KEK that wrapped it until the keys are "
+                               f"re-wrapped to the new one)")
         aad = wrap_aad(self.origin, row.subject, row.period, row.key_id)
         try:
             key = self.kek.unwrap(row.wrapped, aad)
