@@ -66,6 +66,20 @@ PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "at": ({"type": "string", "maxLength": 40}, f"device time: {TIME_DESC} (default now)"),
     "unused_days": ({"type": "integer", "minimum": 1, "maximum": 3650},
                     "flag access unused for this many days (default 90)"),
+    "employee": ({"type": "string", "maxLength": 64}, "one employee's id only"),
+    "round_minutes": ({"type": "integer", "minimum": 0, "maximum": 60},
+                      "round shift starts and ends to this many minutes (default 0: off)"),
+    "rounding": ({"type": "string", "enum": ["nearest", "down", "up"]},
+                 "how round_minutes rounds (default nearest)"),
+    "grace_minutes": ({"type": "integer", "minimum": 0, "maximum": 60},
+                      "a start this many minutes after, or an end this many before, a "
+                      "rounding boundary counts as the boundary (default 0)"),
+    "period": ({"type": "string", "enum": ["weekly", "biweekly", "semimonthly", "monthly"]},
+               "pay period (default weekly)"),
+    "week_start": ({"type": "integer", "minimum": 0, "maximum": 6},
+                   "first day of the week, 0 = Monday (default)"),
+    "period_anchor": ({"type": "string", "maxLength": 10},
+                      "biweekly: a date (YYYY-MM-DD) inside a first pay period"),
 }
 
 

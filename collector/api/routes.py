@@ -15,6 +15,7 @@ from collector.api import views_audit as U
 from collector.api import views_hr as H
 from collector.api import views_people as PP
 from collector.api import views_reviews as RV
+from collector.api import views_timesheets as TS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,6 +57,11 @@ ROUTES: tuple[Route, ...] = (
           ("payroll.export",), "Payroll extract with header, trailer and corrected values",
           H.PAYROLL_PARAMS, response="PayrollStream", streams=True,
           personal=True),
+    Route("GET", "/v1/timesheets", "getTimesheets", TS.timesheets,
+          ("hr.read", "payroll.export"),
+          "Timesheets: shifts per employee and local day, hours per day, week and pay "
+          "period, exceptions; JSON with the ledger snapshot (sidecar), or plain CSV/NDJSON "
+          "with it in X-Timeclock-Sidecar", TS.PARAMS, streams=True, personal=True),
     Route("GET", "/v1/corrections", "listCorrections", H.list_corrections,
           ("hr.correct", "hr.approve", "audit.read"), "Corrections (proposals and decisions)",
           ("status", "device", "cursor", "limit"), response="CorrectionPage",

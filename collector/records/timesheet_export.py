@@ -34,8 +34,9 @@ class Sheets:
 
 
 def load(store: SQLStore, query: PunchQuery, rules: Rules, corrections: Fixed,
-         *, employee: str | None = None) -> Sheets:
-    """Every employee's timesheet over ``query`` (device time), or only ``employee``'s.
+         *, employee: str | None = None, sites: frozenset[str] | None = None) -> Sheets:
+    """Every employee's timesheet over ``query`` (device time), or only ``employee``'s;
+    ``sites``: only punches of clocks at these sites (a site-scoped principal).
 
     Punches of badges that resolve to nobody (unknown, lost, blocked) belong to no timesheet;
     their count by status is kept (``unassigned``) so the sidecar says what was left out."""
@@ -45,6 +46,8 @@ def load(store: SQLStore, query: PunchQuery, rules: Rules, corrections: Fixed,
     by_employee: dict[str, list[TimePunch]] = defaultdict(list)
     out = Sheets([], summary)
     for r in snapshot_rows(store, summary):
+        if sites is not None and r.site not in sites:
+            continue
         out.punches += 1
         emp, status = holders.resolve(r.credential, r.ts)
         if emp is None:

@@ -5,6 +5,7 @@ pay periods; the CSV is plain RFC 4180 that csv.reader reads as one header and e
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -318,3 +319,45 @@ def test_cli_timesheet_refuses_what_it_cannot_do(tmp_path: Path,
                  "--to", "2026-04-01T00:00Z", "--out", str(out)]) != 0
     assert "exists; use --force" in capsys.readouterr().err
     assert out.read_text() == "keep me"
+
+
+# -- the API -----------------------------------------------------------------------------------
+
+async def test_api_timesheets_json_csv_and_roles(sqlite_store: SQLiteStore, tmp_path: Path
+                                                 ) -> None:
+    from tests.collector.api_kit import access_bodies, start_api  # noqa: PLC0415
+
+    clock = Clock("clock-01", site="hq")
+    sqlite_store.append([EventFact("device", clock.enrolled_body())], now_us=T0)
+    sqlite_store.append([clock.fact(credential=ADA, action="in",
+                                    ts=at("2026-03-02T08:00", BERLIN)),
+                         clock.fact(credential=ADA, action="out",
+                                    ts=at("2026-03-02T16:30", BERLIN))], now_us=T0 + 1000)
+    (tmp_path / "e.csv").write_text(EMPLOYEES, encoding="utf-8")
+    (tmp_path / "b.csv").write_text(BADGES, encoding="utf-8")
+    import_files(sqlite_store, tmp_path / "e.csv", tmp_path / "b.csv", now_us=T0 + 2000)
+    api = await start_api(sqlite_store)
+    try:
+        path = "/v1/timesheets?since=2026-03-01T00:00:00Z&until=2026-04-01T00:00:00Z"
+        resp = await api.call("GET", path, "hr-reader")
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        [e1] = body["employees"]
+        assert (e1["employee_id"], e1["hours_by_day"]) == ("E1", {"2026-03-02": "8.50"})
+        assert body["sidecar"]["punches"] == 2
+        resp = await api.call("GET", path + "&format=csv&round_minutes=60", "payroll")
+        assert resp.status == 200
+        text = await resp.text()
+        assert text.splitlines()[0] == ",".join(CSV_FIELDS)
+        side = json.loads(base64.b64decode(resp.headers["X-Timeclock-Sidecar"]))
+        assert side["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+        assert ADA not in text
+        assert (await api.call("GET", path, "auditor")).status == 403
+        assert (await api.call("GET", "/v1/timesheets?since=2026-03-01T00:00:00Z",
+                               "hr-reader")).status == 400
+        assert (await api.call("GET", path + "&rounding=sideways", "hr-reader")).status == 400
+        reads = [b for b in access_bodies(sqlite_store)
+                 if b.get("route") == "/v1/timesheets" and b.get("status") == 200]
+        assert len(reads) == 2
+    finally:
+        await api.client.close()
