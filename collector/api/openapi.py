@@ -25,6 +25,10 @@ _STR = {"type": "string"}
 _NSTR = {"type": ["string", "null"]}
 _NINT = {"type": ["integer", "null"]}
 _OBJ = {"type": "object"}
+_SCOPE = {"employee": {"type": ["string", "null"], "maxLength": 64,
+                       "description": "the person (people directory id) the principal is"},
+          "sites": {"type": ["array", "null"], "items": _STR, "minItems": 1, "maxItems": 100,
+                    "description": "sites every role is limited to (null: every site)"}}
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None, *,
@@ -102,12 +106,12 @@ SCHEMAS: dict[str, Any] = {
     "PrincipalRequest": _obj({
         "principal": {"type": "string", "maxLength": 64},
         "kind": {"enum": ["token", "cert"]},
-        "roles": {"type": "array", "items": {"enum": list(ROLES)}, "maxItems": 10}},
-        ["principal", "roles"], extra=False),
+        "roles": {"type": "array", "items": {"enum": list(ROLES)}, "maxItems": 10},
+        **_SCOPE}, ["principal", "roles"], extra=False),
     "IssuedToken": _obj({"token": _STR, "id": _STR, "principal": _STR, "expires_at": _INT,
                          "status": _STR}, ["token", "id"]),
     "Roles": _obj({"roles": {"type": "array", "items": {"enum": list(ROLES)},
-                             "maxItems": 10}}, ["roles"], extra=False),
+                             "maxItems": 10}, **_SCOPE}, ["roles"], extra=False),
     "ItemList": _obj({"items": {"type": "array", "items": _OBJ}}, ["items"]),
     "Alert": _obj({
         "idx": _INT, "at": _INT, "alert": _STR, "severity": _INT, "device": _NSTR,

@@ -1,26 +1,43 @@
 """Control D8 (least privilege): every role against every endpoint, each request found
-afterwards as an ``access`` ledger entry with principal, role, route, status and outcome."""
+afterwards as an ``access`` ledger entry with principal, role, route, status and outcome;
+then the person roles (employee.self, supervisor) and site-scoped principals of
+tests/collector/scopes_kit.py against the same endpoints: 2xx, 403, or 404 where the row
+is outside their scope."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
+from collector.ledger.sqlite import SQLiteStore
 from tests.collector.api_kit import ROLE_PRINCIPALS, Api, access_bodies, requests_of
+from tests.collector.scopes_kit import SCOPED, start_scoped, visible
 
 _n = itertools.count()
 
 # endpoint -> roles that may call it (written out here, independent of collector.api.routes)
+PERSON = frozenset({"employee.self", "supervisor"})
 MATRIX: dict[tuple[str, str], frozenset[str]] = {
-    ("GET", "/v1/punches"): frozenset({"hr.read"}),
-    ("GET", "/v1/punches/clock-00/1"): frozenset({"hr.read"}),
+    ("GET", "/v1/punches"): frozenset({"hr.read", *PERSON}),
+    ("GET", "/v1/punches/clock-00/1"): frozenset({"hr.read", *PERSON}),
     ("GET", "/v1/punches/clock-00/1/proof"): frozenset({"hr.read", "audit.read"}),
     ("GET", "/v1/exports/payroll"): frozenset({"payroll.export"}),
-    ("GET", "/v1/corrections"): frozenset({"hr.correct", "hr.approve", "audit.read"}),
-    ("POST", "/v1/corrections"): frozenset({"hr.correct"}),
-    ("GET", "/v1/corrections/cor-0000"): frozenset({"hr.correct", "hr.approve", "audit.read"}),
-    ("POST", "/v1/corrections/cor-0000/approve"): frozenset({"hr.approve"}),
-    ("POST", "/v1/corrections/cor-0000/reject"): frozenset({"hr.approve"}),
+    ("GET", "/v1/corrections"): frozenset({"hr.correct", "hr.approve", "audit.read",
+                                           *PERSON}),
+    ("POST", "/v1/corrections"): frozenset({"hr.correct", "employee.self"}),
+    ("GET", "/v1/corrections/cor-0000"): frozenset({"hr.correct", "hr.approve", "audit.read",
+                                                    *PERSON}),
+    ("POST", "/v1/corrections/cor-0000/approve"): frozenset({"hr.approve", "supervisor"}),
+    ("POST", "/v1/corrections/cor-0000/reject"): frozenset({"hr.approve", "supervisor"}),
+    ("GET", "/v1/people"): frozenset({"hr.read", "payroll.export", "audit.read", "hr.people",
+                                      "supervisor"}),
+    ("GET", "/v1/people/ANN"): frozenset({"hr.read", "payroll.export", "audit.read",
+                                          "hr.people", "supervisor"}),
+    ("PUT", "/v1/people/ANN"): frozenset({"hr.people"}),
+    ("GET", "/v1/badges/em4100:0000000000"): frozenset({"hr.read", "payroll.export",
+                                                        "audit.read", "hr.people"}),
+    ("POST", "/v1/badges/em4100:0000000000/events"): frozenset({"hr.people"}),
     ("GET", "/v1/checkpoints"): frozenset({"audit.read"}),
     ("GET", "/v1/log/checkpoint"): frozenset({"hr.read", "payroll.export", "audit.read"}),
     ("GET", "/v1/log/consistency"): frozenset({"audit.read"}),
@@ -35,7 +52,8 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/principals"): frozenset({"admin", "audit.read"}),
     ("GET", "/v1/access-review"): frozenset({"admin", "audit.read"}),
     ("POST", "/v1/tokens"): frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve",
-                                       "audit.read", "ops.devices", "admin"}),
+                                       "audit.read", "ops.devices", "admin", "hr.people",
+                                       "audit.review", *PERSON}),
     ("POST", "/v1/principals"): frozenset({"admin"}),
     ("GET", "/v1/grants"): frozenset({"admin", "audit.read"}),
     ("POST", "/v1/grants/grt-000000000000/approve"): frozenset({"admin"}),
@@ -48,8 +66,10 @@ PUBLIC = (("GET", "/healthz"), ("GET", "/v1/openapi.json"))
 
 def body_for(method: str, path: str, who: str | None = None) -> Any:
     if path == "/v1/corrections" and method == "POST":
+        person = who is not None and "employee.self" in SCOPED.get(who, ((),))[0]
         return {"device": "clock-00", "seq": 1 + next(_n) % 5, "field": "ts",
-                "after": 1_764_140_400_000_000 + next(_n), "reason": "clock-error"}
+                "after": 1_764_140_400_000_000 + next(_n),
+                "reason": "employee-dispute" if person else "clock-error"}
     if path == "/v1/tokens":           # a token for the caller itself
         return {"expires_days": 7} if who is None else {"principal": who, "expires_days": 7}
     if path == "/v1/principals":
@@ -113,3 +133,49 @@ async def test_d8_admin_cannot_read_correct_or_approve(api: Api) -> None:
         assert resp.status == 403
         assert problem["type"] == "urn:timeclock:problem:forbidden"
         assert problem["detail"].startswith("admin (admin) may not")
+
+
+# Where a scoped principal's allowed call must be a 404 (the row is outside its scope), by
+# hand: clock-00 is at site hq, its seq 1 is ANN's punch (tests/collector/scopes_kit.py).
+SCOPED_404: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/v1/punches/clock-00/1"): frozenset(p for p in SCOPED
+                                                 if ("clock-00", 1) not in visible(p)
+                                                 and p not in ("approve-ann", "approve-bob",
+                                                               "pay-hq", "people-hq",
+                                                               "audit-plant")),
+    ("GET", "/v1/punches/clock-00/1/proof"): frozenset({"audit-plant", "hr-plant"}),
+    ("GET", "/v1/people/ANN"): frozenset({"audit-plant", "hr-plant"}),
+    ("GET", "/v1/badges/em4100:0000000000"): frozenset({"audit-plant", "hr-plant"}),
+}
+EXACT = {("GET", "/v1/punches/clock-00/1"), ("GET", "/v1/people/ANN"),
+         ("GET", "/v1/badges/em4100:0000000000")}     # in scope: 200, nothing else
+
+
+async def test_d8_person_and_site_scoped_roles_endpoint_matrix(sqlite_store: SQLiteStore,
+                                                               tmp_path: Path) -> None:
+    api = await start_scoped(sqlite_store, tmp_path)
+    try:
+        for (method, path), allowed in MATRIX.items():
+            for principal, (roles, _, _) in SCOPED.items():
+                resp = await api.call(method, path, principal,
+                                      json=body_for(method, path, principal))
+                text = await resp.text()
+                where = (principal, method, path, text)
+                if not allowed & set(roles):
+                    assert resp.status == 403, where
+                elif principal in SCOPED_404.get((method, path), ()):
+                    assert resp.status == 404, where
+                elif (method, path) in EXACT:
+                    assert resp.status == 200, where
+                else:
+                    assert resp.status not in (401, 403), where
+                    assert resp.status < 500, where
+        # the hand-written 404 table says what it should: hr-plant is outside hq
+        assert "hr-plant" in SCOPED_404[("GET", "/v1/punches/clock-00/1")]
+        assert "ann" not in SCOPED_404[("GET", "/v1/punches/clock-00/1")]
+        await api.flush()
+        got = {(b["principal"], b["path"]): b for b in requests_of(api.store)}
+        assert got[("ann", "/v1/punches")]["role"] == "employee.self"
+        assert got[("boss", "/v1/corrections/cor-0000/approve")]["role"] == "supervisor"
+    finally:
+        await api.client.close()
