@@ -37,6 +37,9 @@ from wire.errors import WireError
 from wire.punch import SignedPunch
 
 Rows = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+# (idx, body hash, stored body) → plaintext, None once its data key was destroyed: the
+# store's SQLStore.plain (DESIGN.md §8.6 bodies at rest; row_check.Opener is the same).
+Opener = Callable[[Any, Any, "bytes | None"], "bytes | None"]
 """Run one statement (``?`` placeholders) in the caller's transaction; its rows."""
 
 _RULE_KINDS = ("policy", "hold")
@@ -136,14 +139,17 @@ def record_of(idx: int, kind: str, at: int, body: bytes, site_of: Mapping[str, s
     return None
 
 
-def candidates(rows: Rows, before_at: int) -> list[Record]:
-    """Punches and rejections recorded before ``before_at`` whose bodies are still here."""
+def candidates(rows: Rows, before_at: int, plain: Opener | None = None) -> list[Record]:
+    """Punches and rejections recorded before ``before_at`` whose bodies are still here
+    (``plain``: the store's opener of sealed bodies, DESIGN.md §8.6)."""
     site_of = sites(rows)
     out: list[Record] = []
-    for idx, kind, at, body in rows(
-            "SELECT e.idx, e.kind, e.at, b.body FROM entries e JOIN bodies b ON b.idx = e.idx "
-            "WHERE e.kind IN ('punch', 'rejection') AND e.at < ? ORDER BY e.idx", (before_at,)):
-        r = record_of(int(idx), str(kind), int(at), bytes(body), site_of)
+    for idx, kind, at, bh, body in rows(
+            "SELECT e.idx, e.kind, e.at, e.body, b.body FROM entries e JOIN bodies b "
+            "ON b.idx = e.idx WHERE e.kind IN ('punch', 'rejection') AND e.at < ? "
+            "ORDER BY e.idx", (before_at,)):
+        raw = bytes(body) if plain is None else plain(idx, bh, bytes(body))
+        r = None if raw is None else record_of(int(idx), str(kind), int(at), raw, site_of)
         if r is not None:
             out.append(r)
     return out
@@ -152,18 +158,21 @@ def candidates(rows: Rows, before_at: int) -> list[Record]:
 _Held = dict[int, tuple[str, int, "bytes | None"]]
 
 
-def _entries_in(rows: Rows, ranges: Iterable[tuple[int, int]]) -> _Held:
+def _entries_in(rows: Rows, ranges: Iterable[tuple[int, int]], plain: Opener | None = None
+                ) -> _Held:
     out: _Held = {}
     for a, b in ranges:
-        for idx, kind, at, body in rows(
-                "SELECT e.idx, e.kind, e.at, b.body FROM entries e LEFT JOIN bodies b "
+        for idx, kind, at, bh, body in rows(
+                "SELECT e.idx, e.kind, e.at, e.body, b.body FROM entries e LEFT JOIN bodies b "
                 "ON b.idx = e.idx WHERE e.idx >= ? AND e.idx <= ?", (a, b)):
-            out[int(idx)] = (str(kind), int(at), None if body is None else bytes(body))
+            raw = None if body is None else bytes(body)
+            out[int(idx)] = (str(kind), int(at), raw if plain is None else plain(idx, bh, raw))
     return out
 
 
 def check_append(rows: Rows, kind: str, fact: object, *, idx: int, at: int,
-                 pending: Sequence[tuple[int, str, bytes]]) -> None:
+                 pending: Sequence[tuple[int, str, bytes]], plain: Opener | None = None
+                 ) -> None:
     """Refuse (LedgerError) a ``policy``, ``hold`` or ``retention`` entry about to be appended
     at ``idx`` that the rules do not allow; other kinds pass."""
     if kind in _RULE_KINDS:
@@ -180,7 +189,7 @@ def check_append(rows: Rows, kind: str, fact: object, *, idx: int, at: int,
                           "it runs under and list what it removes (`timeclock-collector "
                           "retention run` writes it)")
     rules = load_rules(rows, pending)
-    held = _entries_in(rows, fact.deleted)
+    held = _entries_in(rows, fact.deleted, plain)
     site_of = sites(rows)
 
     def info(i: int) -> tuple[str, int] | None:

@@ -821,7 +821,8 @@ class _Append:
             retention_tables.check_append(
                 self._rows, f.kind, fact, idx=self.size, at=self.at,
                 pending=[(i, k, b) for (i, k, *_), (_, b) in zip(self.entries, self.bodies,
-                                                                 strict=True)])
+                                                                 strict=True)],
+                plain=self._plain)
         idx = self._entry(f.kind, body)
         if isinstance(fact, DeviceEvent):
             self._apply_device(f.body, idx, fact)

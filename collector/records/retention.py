@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.ledger import retention_tables
-from collector.ledger.retention_tables import Record, Rows
+from collector.ledger.retention_tables import Opener, Record, Rows
 from collector.ledger.sqlbase import SQLStore
 from wire.bodies_retention import RetentionRules, idx_ranges
 
@@ -107,8 +107,9 @@ def _policy_plans(rules: RetentionRules, at_us: int) -> dict[int, PolicyPlan]:
     return out
 
 
-def make_plan(rows: Rows, at_us: int) -> Plan:
-    """What a run at ``at_us`` would remove and keep (reads only)."""
+def make_plan(rows: Rows, at_us: int, plain: Opener | None = None) -> Plan:
+    """What a run at ``at_us`` would remove and keep (reads only); ``plain``: the store's
+    opener of sealed bodies (DESIGN.md §8.6)."""
     rules = retention_tables.load_rules(rows)
     plans = _policy_plans(rules, at_us)
     active = rules.active_holds()
@@ -119,7 +120,7 @@ def make_plan(rows: Rows, at_us: int) -> Plan:
         return plan
     # Only what the most generous cut-off could allow is read (and parsed).
     horizon = max(p.cutoff for p in plans.values())
-    found = retention_tables.candidates(rows, horizon)
+    found = retention_tables.candidates(rows, horizon, plain)
     for rec in retention_tables.resolve_employees(rows, found, (h for _, h in active)):
         pidx = rules.policy_for(rec.kind, rec.site)
         if pidx is None:
@@ -138,7 +139,7 @@ def make_plan(rows: Rows, at_us: int) -> Plan:
 
 
 def plan(store: SQLStore, at_us: int) -> Plan:
-    return make_plan(store.query, at_us)
+    return make_plan(store.query, at_us, store.plain)
 
 
 def load_rules(store: SQLStore) -> RetentionRules:
@@ -163,7 +164,7 @@ class RunResult:
 def run(store: SQLStore, now_us: int, *, hook: StepHook | None = None) -> RunResult:
     """Execute the plan at ``now_us`` in one transaction (see the module docstring)."""
     with store.transaction(now_us, what="retention run") as tx:
-        p = make_plan(tx.rows, now_us)
+        p = make_plan(tx.rows, now_us, store.plain)
         entry: int | None = None
         if p.remove:
             entry = tx.record("retention", p.evidence())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import AppendOnlyError, KeyDestroyedError, KeyringError, LedgerError
+from collector import AppendOnlyError, ConfigError, KeyDestroyedError, KeyringError, LedgerError
 from collector.ledger import KEK_ENV, body_crypto, keyring, open_store
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
@@ -26,13 +26,17 @@ from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.people import directory
+from collector.records import retention
 from collector.records.exports import export_bundle
+from collector.service.config import CollectorConfig, load_config
 from tests.collector.keyring_kit import (
     BADGE,
     LOG_KEY,
+    NOW,
     ORIGIN,
     STRANGER,
     MemoryKek,
+    checkpoint,
     personal_store,
     secrets_of_everyone,
 )
@@ -327,3 +331,38 @@ def test_open_store_takes_the_kek_or_refuses_an_encrypted_ledger(
 def _with_env(monkeypatch: pytest.MonkeyPatch, spec: str, url: str) -> SQLStore:
     monkeypatch.setenv(KEK_ENV, spec)
     return open_store(url)
+
+
+def test_the_ledger_kek_option_is_read_strictly(tmp_path: Path) -> None:
+    from tests.collector.test_config import MINIMAL  # noqa: PLC0415 - its minimal config
+
+    def load(extra: str) -> CollectorConfig:
+        p = tmp_path / "collector.toml"
+        p.write_text(MINIMAL + extra)
+        return load_config(p)
+
+    assert load("").ledger.kek is None
+    spec = "file:/etc/timeclock/ledger.kek"
+    assert load(f'[ledger]\nkek = "{spec}"\n').ledger.kek == spec
+    with pytest.raises(ConfigError, match=r"ledger\.kek"):
+        load('[ledger]\nkek = "/etc/timeclock/ledger.kek"\n')
+
+
+def test_d15_a_retention_run_reads_and_removes_sealed_bodies(store: SQLStore,
+                                                             tmp_path: Path) -> None:
+    personal_store(store, tmp_path)
+    p = store.append([EventFact("policy", {"event": "proposed", "policy": "punches-7d",
+                                           "record": "punch", "period_days": 7,
+                                           "scope": "all", "by": "alice"})],
+                     now_us=NOW)[0].idx
+    store.append([EventFact("policy", {"event": "approved", "proposal": p, "by": "bob"})],
+                 now_us=NOW)
+    later = NOW + 30 * 86_400 * 1_000_000
+    assert len(retention.plan(store, later).remove) == 3
+    res = retention.run(store, later)
+    assert res.entry_idx is not None
+    assert res.purged_punches == 3
+    assert list(store.punch_rows(PunchQuery())) == []
+    checkpoint(store, later)
+    result = verify_store(store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True)
+    assert result.ok, result.report
