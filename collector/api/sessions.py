@@ -99,7 +99,7 @@ def session_ref(session_id: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Ended:
     """A session that ended, and why (``idle``, ``absolute``, ``sign-out``, ``revalidation``,
-    ``capacity``): what the access entry of its end says."""
+    ``capacity``, ``replaced``): what the access entry of its end says."""
 
     session: Session
     reason: str

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import jinja2
 from aiohttp import web
 
-from collector.access.oidc import OidcTokenError
+from collector.access.oidc import OidcGrant, OidcTokenError
 from collector.access.principals import ROLES
 from collector.api.errors import (
     BadRequestError,
@@ -27,7 +28,7 @@ from collector.api.errors import (
     UnavailableError,
 )
 from collector.api.keys import CLOCK, CTX
-from collector.api.sessions import COOKIE, Session
+from collector.api.sessions import COOKIE, Ended, LoginState, Session
 from collector.api.signin import (
     SESSION,
     SIGNIN,
@@ -105,70 +106,90 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
-    signin, app = _signin(request), request.app
-    q = request.query
+    signin = _signin(request)
     rec = request[CTX].record           # the code and state are credentials: never recorded
     rec.query = {k: "***" if k in ("code", "state") else v for k, v in rec.query.items()}
     # (2) the state is single-use: a replayed, forged or expired callback finds nothing.
-    ls = signin.states.take(q.get("state", ""), app[CLOCK]())
     # Refusals before an identity is known are tallied with the other requests without a
     # principal (per source and minute): a flood of forged callbacks never grows the ledger.
+    ls = signin.states.take(request.query.get("state", ""), request.app[CLOCK]())
     if ls is None:
         raise SigninRefusedError("unknown, already used or expired sign-in state (a replayed "
                                  "or forged callback); start again at /auth/login")
+    body, grant = await _redeem(request, signin, ls)
+    why = await _refusal(request.app, signin, grant)
+    if why is not None:
+        record_event(request, "sign-in-refused", principal=grant.name, reason=why,
+                     subject=grant.subject)
+        raise SigninRefusedError(f"{grant.name} cannot sign in: {why}")
+    return _start_session(request, signin, grant, body, ls.next_path)
+
+
+def _said(body: Mapping[str, Any], fallback: object) -> str:
+    return (f"{str(body.get('error', fallback))[:60]}: "
+            f"{str(body.get('error_description', ''))[:200]}")
+
+
+async def _redeem(request: web.Request, signin: SignIn, ls: LoginState
+                  ) -> tuple[dict[str, Any], OidcGrant]:
+    """(3) the code, with this sign-in's verifier and our client secret; (4) + (5) the ID
+    token with this sign-in's nonce, the roles and the MFA rule."""
+    q = request.query
     if "error" in q:
-        said = f"{q['error'][:60]}: {q.get('error_description', '')[:200]}"
-        raise SigninRefusedError(f"the identity provider refused the sign-in ({said})")
+        raise SigninRefusedError(f"the identity provider refused the sign-in ({_said(q, '')})")
     code = q.get("code")
     if not code:
         raise SigninRefusedError("the callback carries no authorization code")
-    # (3) the code, with this sign-in's verifier and our client secret.
     try:
         status, body = await signin.token_request({
             "grant_type": "authorization_code", "code": code,
             "redirect_uri": signin.config.redirect_uri, "code_verifier": ls.verifier})
+        id_token = body.get("id_token")
+        if status != 200 or not isinstance(id_token, str):
+            raise SigninRefusedError(f"the identity provider refused the code "
+                                     f"({_said(body, status)})")
+        return body, await signin.grant(id_token, nonce=ls.nonce)
     except ProviderError as e:
-        raise UnavailableError(f"the identity provider cannot be reached ({e})") from e
-    id_token = body.get("id_token")
-    if status != 200 or not isinstance(id_token, str):
-        said = (f"{str(body.get('error', status))[:60]}: "
-                f"{str(body.get('error_description', ''))[:200]}")
-        raise SigninRefusedError(f"the identity provider refused the code ({said})")
-    # (4) + (5) the ID token, this sign-in's nonce, the roles and the MFA rule.
-    try:
-        grant = await signin.grant(id_token, nonce=ls.nonce)
-    except ProviderError as e:
-        raise UnavailableError(f"the ID token cannot be checked now ({e})") from e
+        raise UnavailableError(f"the identity provider cannot be used now ({e})") from e
     except OidcTokenError as e:
         # A code our client secret redeemed: someone signed in at the provider, so this is
         # attributable enough for an entry of its own (and bounded by their sign-ins).
         record_event(request, "sign-in-refused", reason=f"ID token: {e}")
         raise SigninRefusedError(f"the ID token is refused: {e}") from e
-    why: str | None = None
+
+
+async def _refusal(app: web.Application, signin: SignIn, grant: OidcGrant) -> str | None:
+    """Why the person the provider vouched for may not sign in here, or None (then the
+    ledger says what the grant gives: an ``oidc-roles`` entry when it changed)."""
     if not grant.roles and not grant.withheld:
-        why = "the claims map to no role on this collector ([oidc] roles)"
-    elif (sod := sod_violation(grant.roles)) is not None:
-        why = f"the roles the claims map to break segregation of duties: {sod}"
-    else:
-        try:
-            await principal_on_ledger(app, signin, grant, app[CLOCK]())
-        except OidcTokenError as e:
-            why = str(e)
-    if why is not None:
-        record_event(request, "sign-in-refused", principal=grant.name, reason=why,
-               subject=grant.subject)
-        raise SigninRefusedError(f"{grant.name} cannot sign in: {why}")
-    # (6) the session; the cookie is the only thing the browser holds.
+        return "the claims map to no role on this collector ([oidc] roles)"
+    sod = sod_violation(grant.roles)
+    if sod is not None:
+        return f"the roles the claims map to break segregation of duties: {sod}"
+    try:
+        await principal_on_ledger(app, signin, grant, app[CLOCK]())
+    except OidcTokenError as e:
+        return str(e)
+    return None
+
+
+def _start_session(request: web.Request, signin: SignIn, grant: OidcGrant,
+                   body: Mapping[str, Any], next_path: str) -> web.Response:
+    """(6) the session; the cookie is the only thing the browser holds."""
+    app = request.app
     rt = body.get("refresh_token")
     sid, session, ended = signin.sessions.create(
         principal=grant.name, subject=grant.subject, roles=grant.roles,
         withheld=grant.withheld, employee_id=grant.employee, sites=grant.sites,
         mfa=grant.mfa, refresh_token=rt if isinstance(rt, str) else None,
         now_us=app[CLOCK]())
+    old = request.cookies.get(COOKIE)
+    if old is not None and (replaced := signin.sessions.end(old)) is not None:
+        ended.append(Ended(replaced, "replaced"))     # this browser's previous session
     record_ended(app, ended)
     record_event(request, "sign-in", session=session)
     _attribute(request, session)
-    resp = _page("signed_in.html", principal=session.principal, next_path=ls.next_path)
+    resp = _page("signed_in.html", principal=session.principal, next_path=next_path)
     resp.set_cookie(COOKIE, sid, path="/", secure=True, httponly=True, samesite="Strict")
     return resp
 
@@ -225,7 +246,7 @@ async def console(request: web.Request) -> web.StreamResponse:
     except UnauthenticatedError:
         session = None
     if session is None:
-        nxt = urllib.parse.quote(request.path_qs[:NEXT_MAX], safe="/")
+        nxt = urllib.parse.quote(request.path[:NEXT_MAX], safe="/")
         return web.Response(status=302, headers={"Location": f"/auth/login?next={nxt}",
                                                  "Cache-Control": "no-store"})
     st = _signin(request).settings
