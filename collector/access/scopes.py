@@ -58,6 +58,12 @@ class Scope:
         """A punch at a device of ``site`` whose badge ``holder`` held at punch time."""
         return self.site_ok(site) and self.person_ok(holder)
 
+    def row_ok(self, store: SQLStore, r: PunchRow) -> bool:
+        """:meth:`punch_ok` for a punch row, reading its badge's holder only when persons
+        matter."""
+        return self.site_ok(r.site) and (self.employees is None
+                                         or holder_of(store, r) in self.employees)
+
     def employee_ok(self, e: EmployeeRow) -> bool:
         return self.site_ok(e.site) and self.person_ok(e.employee_id)
 
