@@ -226,6 +226,7 @@ class Keyring:
         self._max = cache_max
         self._lock = threading.Lock()
         self._index_key: bytes | None = None
+        self._subkeys: dict[str, bytes] = {}
 
     # -- the cache --------------------------------------------------------------------------
     def _remember(self, key_id: str, key: bytes) -> None:
@@ -369,8 +370,11 @@ class Keyring:
     def blind(self, value: str, *, purpose: str = "credential") -> str:
         """HMAC-SHA256 of ``value`` under a key derived from the index key for ``purpose``,
         hex: equal values give equal tags (lookups by credential), the value never leaves."""
-        sub = hmac.new(self.index_key(), b"timeclock blind index\x00" + purpose.encode(),
-                       hashlib.sha256).digest()
+        sub = self._subkeys.get(purpose)
+        if sub is None:
+            sub = self._subkeys[purpose] = hmac.new(
+                self.index_key(), b"timeclock blind index\x00" + purpose.encode(),
+                hashlib.sha256).digest()
         return hmac.new(sub, value.encode(), hashlib.sha256).hexdigest()
 
     def badge_subject(self, credential: str) -> str:

@@ -75,8 +75,11 @@ def punch_page(store: SQLStore, query: PunchQuery, *, limit: int,
                credential: str | None = None, after: tuple[int, str, int] | None = None
                ) -> list[PunchRow]:
     """One page of ``query`` (ordered by (ts, device, seq)), after the cursor ``after``."""
-    text, params = query.sql("?", credential=credential, after=after, limit=limit)
-    check = RowChecker(functools.partial(_enrolment, store), store.plain)
+    tag = None if credential is None else store.blind_credential(credential)
+    text, params = query.sql("?", credential=credential, credential_tag=tag, after=after,
+                             limit=limit)
+    check = RowChecker(functools.partial(_enrolment, store), store.plain,
+                       store.blind_credential)
     return list(check.rows(store.query(text, params)))
 
 
@@ -84,7 +87,8 @@ def punch_row(store: SQLStore, device: str, seq: int) -> PunchRow | None:
     """The payroll row of one recorded punch."""
     text, params = PunchQuery(device=device).sql("?", seq=seq)
     rows = store.query(text, params)
-    return next(RowChecker(functools.partial(_enrolment, store), store.plain).rows(rows), None)
+    return next(RowChecker(functools.partial(_enrolment, store), store.plain,
+                           store.blind_credential).rows(rows), None)
 
 
 def _enrolment(store: SQLStore, device: str) -> tuple[Any, Any] | None:

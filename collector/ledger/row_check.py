@@ -23,8 +23,10 @@ to do. The full re-derivation of every projection is ``verify --full`` (projecti
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from collector import LedgerError
@@ -100,9 +102,11 @@ class RowChecker:
     ``enrolment(device)``: the (entry body hash, body) of :data:`ENROLMENT_SQL` for a device,
     or None; each device is looked up once."""
 
-    def __init__(self, enrolment: Enrolment, opener: Opener | None = None) -> None:
+    def __init__(self, enrolment: Enrolment, opener: Opener | None = None,
+                 blind: Callable[[str], str | None] | None = None) -> None:
         self._enrolment = enrolment
         self._open = opener
+        self._blind = blind     # a keyed ledger's blind index of credentials (SQLStore)
         self._sites: dict[str, str] = {}
 
     def rows(self, rs: Iterable[tuple[Any, ...]]) -> Iterator[PunchRow]:
@@ -126,6 +130,8 @@ class RowChecker:
         kind, body_hash, prev, _ = r[12:16]
         if raw is None:      # the payroll query joins bodies: only a caller's own query
             self._fail(p, "its entry has no body")
+        if ":" not in p.credential and p.credential:
+            p = self._unblinded(p, raw)
         if kind != "punch":
             self._fail(p, f"its entry is a {kind!r} entry, not a punch")
         if hashlib.sha256(raw).hexdigest() != body_hash:
@@ -140,6 +146,17 @@ class RowChecker:
         if p.site != site:
             self._fail(p, "its site is not the site of the device's enrolment entry")
         return p
+
+    def _unblinded(self, p: PunchRow, raw: bytes) -> PunchRow:
+        """A keyed ledger's row holds the blind index of the credential (DESIGN.md §8.6):
+        the row with the body's credential, once the index matches it."""
+        start = raw.find(b'"credential":"')
+        end = raw.find(b'"', start + 14) if start >= 0 else -1
+        cred = raw[start + 14:end].decode("utf-8", "replace") if end > 0 else ""
+        tag = self._blind(cred) if self._blind is not None and cred else None
+        if tag is None or not hmac.compare_digest(tag, p.credential):
+            self._fail(p, "column(s) credential differ from the signed punch in the entry")
+        return replace(p, credential=cred)
 
     def _compare_parsed(self, p: PunchRow, raw: bytes) -> None:
         """The slow path: the body parsed as JSON, field by field (and which differ)."""

@@ -106,7 +106,8 @@ class PunchQuery:
     site: str | None = None
     device: str | None = None
 
-    def sql(self, ph: str, *, credential: str | None = None, seq: int | None = None,
+    def sql(self, ph: str, *, credential: str | None = None, credential_tag: str | None = None,
+            seq: int | None = None,
             after: tuple[int, str, int] | None = None, limit: int | None = None
             ) -> tuple[str, list[Any]]:
         """The payroll SELECT with ``ph`` placeholders, and its parameters; ``credential``,
@@ -115,8 +116,11 @@ class PunchQuery:
         where, params = self.where(ph)
         extra: list[str] = []
         if credential is not None:
-            extra.append(f"p.credential = {ph}")
-            params.append(credential)
+            # A keyed ledger's rows hold the credential's blind index (DESIGN.md §8.6), rows
+            # from before it the credential: either matches.
+            tag = credential_tag
+            extra.append(f"p.credential IN ({ph}, {ph})" if tag else f"p.credential = {ph}")
+            params.extend((credential, tag) if tag else (credential,))
         if seq is not None:
             extra.append(f"p.seq = {ph}")
             params.append(seq)
@@ -346,6 +350,11 @@ class SQLStore(LedgerStore):
         people_tables.ensure_schema(self)     # punches resolve their subject through it
         ring.index_key()      # its own transaction, before any append needs a pseudonym
         self.sealer = BodySealer(ring)
+
+    def blind_credential(self, credential: str) -> str | None:
+        """What the ``punches`` projection holds for ``credential`` on a keyed ledger (its
+        blind index; DESIGN.md §8.6), None without a keyring."""
+        return None if self.sealer is None else self.sealer.ring.blind(credential)
 
     def plain(self, idx: Any, body_hash: Any, stored: bytes | None) -> bytes | None:
         """The plaintext of a stored body (None: absent, or its data key was destroyed)."""
@@ -611,6 +620,7 @@ class _Append:
         self.leaves: list[bytes] = []   # Merkle leaf hash of each entry, same order
         self.bodies: list[tuple[int, bytes]] = []
         self.punches: list[tuple[Any, ...]] = []
+        self.punch_subjects: list[tuple[int, str, int]] = []   # (idx, credential, ts) to seal
         self.quarantine: list[tuple[Any, ...]] = []
         self.retained: list[tuple[int, int, int]] = []
         self.sites: dict[str, str] = {}
@@ -748,7 +758,11 @@ class _Append:
         idx = self._entry("punch", f.signed.to_bytes())
         seen[key] = (h, idx)
         self.prevs[key] = p.prev
-        self.punches.append((p.device, p.seq, h, idx, p.key, p.ts, p.clock, p.credential,
+        self.punch_subjects.append((idx, p.credential, p.ts))
+        # With a keyring the projection keeps the credential's blind index, not the credential
+        # (DESIGN.md §8.6); readers get it back from the sealed body (row_check).
+        cred = p.credential if self.sealer is None else self.sealer.ring.blind(p.credential)
+        self.punches.append((p.device, p.seq, h, idx, p.key, p.ts, p.clock, cred,
                              p.action, p.reader, self.sites.get(p.device, "")))
         return AppendResult(Outcome.APPENDED, idx, p.device, p.seq)
 
@@ -797,7 +811,7 @@ class _Append:
         if self.sealer is None:
             return self.bodies
         tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self)
-        punches = {r[3]: {"credential": r[7], "ts": r[5]} for r in self.punches}
+        punches = {i: {"credential": c, "ts": ts} for i, c, ts in self.punch_subjects}
         hashes = {e[0]: e[3] for e in self.entries}
         pending = [(e[0], e[1], e[2], punches.get(e[0]), b)
                    for e, (_, b) in zip(self.entries, self.bodies, strict=True)]

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from collector import AppendOnlyError, ConfigError, KeyDestroyedError, KeyringError, LedgerError
-from collector.ledger import KEK_ENV, body_crypto, keyring, open_store
+from collector.ledger import KEK_ENV, body_crypto, keyring, open_store, queries
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.kek import create_file_kek, load_kek
 from collector.ledger.keyring import Keyring, period_of, wrap_aad
+from collector.ledger.row_check import ProjectionError
 from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
@@ -366,3 +367,25 @@ def test_d15_a_retention_run_reads_and_removes_sealed_bodies(store: SQLStore,
     checkpoint(store, later)
     result = verify_store(store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True)
     assert result.ok, result.report
+
+
+def test_the_punches_projection_keeps_the_blind_index_not_the_credential(
+        store: SQLStore, tmp_path: Path) -> None:
+    personal_store(store, tmp_path)
+    column = [str(r[0]) for r in store.query("SELECT credential FROM punches ORDER BY seq")]
+    assert column == [store.blind_credential(c) for c in (BADGE, STRANGER, BADGE)]
+    assert not any(s.decode() in "".join(column) for s in secrets_of_everyone())
+    # Lookups by credential still work (the API's ?credential=), and give the credential back.
+    page = queries.punch_page(store, PunchQuery(), limit=10, credential=BADGE)
+    assert [(r.seq, r.credential) for r in page] == [(1, BADGE), (3, BADGE)]
+    assert queries.punch_row(store, "clock-1", 2).credential == STRANGER  # type: ignore[union-attr]
+
+
+def test_an_edited_blind_index_is_caught_like_an_edited_credential(
+        sqlite_store: SQLiteStore, tmp_path: Path) -> None:
+    personal_store(sqlite_store, tmp_path)
+    other = sqlite_store.blind_credential(STRANGER)
+    sqlite_exec(sqlite_store.path, "DROP TRIGGER punches_no_update",
+                f"UPDATE punches SET credential = '{other}' WHERE seq = 1")  # noqa: S608 - test value
+    with pytest.raises(ProjectionError, match=r"clock-1#1 .*column\(s\) credential differ"):
+        list(sqlite_store.punch_rows(PunchQuery()))
