@@ -274,6 +274,7 @@ class AccessHistory:
     grants: dict[str, GrantState] = field(default_factory=dict)
     breaches: list[Breach] = field(default_factory=list)
     entries: int = 0
+    oidc_subjects: dict[str, str] = field(default_factory=dict)   # oidc principal → subject
 
     def _breach(self, idx: int, rule: str, message: str) -> None:
         self.breaches.append(Breach(idx, rule, message[:500]))
@@ -440,6 +441,27 @@ class AccessHistory:
             if t.principal == p.name and t.revoked_at is None:
                 t.revoked_at = at
 
+    def _oidc_roles(self, idx: int, body: Mapping[str, Any], actor: str, at: int) -> None:
+        """An OIDC principal's roles as the provider's claims map them under the collector's
+        ``[oidc]`` config (collector.access.oidc): the first sighting creates the principal
+        (kind ``oidc``), bound to its ``subject``; no second admin approves it (the mapping
+        is the authority), but the set obeys segregation of duties and the name is never
+        taken over by another subject or from a token/cert principal."""
+        name, subject = str(body["principal"]), str(body["subject"])
+        roles, scope = frozenset(body["roles"]), scope_of(body)
+        why = sod_violation(roles) or scope_violation(roles, scope)
+        if why is not None:
+            self._breach(idx, "D8", f"{name} holds {', '.join(sorted(roles))}: {why}")
+        p = self.principals.get(name)
+        if p is None:
+            self.principals[name] = PrincipalState(name, "oidc", roles, idx, at, scope=scope)
+            self.oidc_subjects[name] = subject
+        elif p.kind != "oidc" or self.oidc_subjects.get(name) != subject:
+            self._breach(idx, "D7", f"oidc-roles entry for {name}, a {p.kind} principal of "
+                         f"another subject: a name is never taken over")
+        else:
+            p.roles, p.roles_idx, p.scope = roles, idx, scope
+
     def _grant_request(self, idx: int, body: Mapping[str, Any], actor: str, at: int) -> None:
         gid = str(body["grant"])
         self.grants[gid] = GrantState(gid, str(body["principal"]), frozenset(body["roles"]),
@@ -478,5 +500,5 @@ _HANDLERS = {          # action → the AccessHistory method that applies it
     "cert.register": "_cert_register", "principal.create": "_principal_create",
     "roles.set": "_roles_set", "principal.disable": "_disable",
     "grant.request": "_grant_request", "grant.approve": "_grant_decide",
-    "grant.reject": "_grant_decide",
+    "grant.reject": "_grant_decide", "oidc-roles": "_oidc_roles",
 }
