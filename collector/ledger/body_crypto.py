@@ -28,6 +28,7 @@ a sealed body found without a keyring is an error that names ``[ledger] kek``.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from nacl import bindings as sodium
 from nacl._sodium import ffi as _ffi  # noqa: PLC2701 - libsodium's cffi handle (see open_body)
 from nacl._sodium import lib as _lib  # noqa: PLC2701 - the same
+from nacl.exceptions import CryptoError
 
 from collector import KeyDestroyedError, KeyringError, LedgerError
 from collector.ledger.keyring import Keyring, period_of
@@ -122,6 +124,24 @@ class BodySealer:
         return open_body(stored, idx=int(idx), body_hash=str(body_hash), key=key,
                          key_id=key_id)
 
+    def column(self, value: str, *, column: str, row_id: str) -> str:
+        """A personal column's plaintext (itself when clear; :data:`ERASED` once its key is
+        destroyed)."""
+        if not is_sealed_column(value):
+            return value
+        key_id, _ = _column_parts(value, column, row_id)
+        try:
+            key = self.ring.key(key_id)
+        except KeyDestroyedError:
+            return ERASED
+        return open_column(value, column=column, row_id=row_id, key=key, key_id=key_id)
+
+    def seal_column(self, tx: Tx, value: str, *, column: str, row_id: str, subject: str,
+                    idx: int) -> str:
+        """``value`` sealed under ``subject``'s directory key (created in ``tx`` if new)."""
+        dk = self.ring.data_key(tx, subject, DIRECTORY_PERIOD, idx=idx)
+        return seal_column(value, column=column, row_id=row_id, key_id=dk.key_id, key=dk.key)
+
     # -- write (inside the append's transaction) ---------------------------------------------
     def subjects(self, tx: Tx, pending: Iterable[tuple[int, str, int, dict[str, Any] | None,
                                                        bytes]]
@@ -180,6 +200,50 @@ class BodySealer:
             out.append((idx, seal(plain, idx=idx, body_hash=hashes[idx], key_id=key_id,
                                   key=key)))
         return out
+
+
+COLUMN_PREFIX = "tce1:"
+DIRECTORY_PERIOD = "directory"      # the period of a person's directory columns
+ERASED = "(erased)"                 # what a sealed column shows once its key is destroyed
+_COLUMN_AAD = b"timeclock column v1\x00"
+
+
+def column_aad(column: str, row_id: str, key_id: str) -> bytes:
+    return _COLUMN_AAD + f"{column}\x00{row_id}\x00{key_id}".encode()
+
+
+def seal_column(value: str, *, column: str, row_id: str, key_id: str, key: bytes) -> str:
+    """A personal text column sealed: ``tce1:`` key id ``:`` base64url(nonce || AEAD)."""
+    nonce = sodium.randombytes(NONCE_BYTES)
+    ct: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        value.encode(), column_aad(column, row_id, key_id), nonce, key)
+    return f"{COLUMN_PREFIX}{key_id}:{base64.urlsafe_b64encode(nonce + ct).decode()}"
+
+
+def is_sealed_column(value: str) -> bool:
+    return value.startswith(COLUMN_PREFIX)
+
+
+def _column_parts(value: str, column: str, row_id: str) -> tuple[str, bytes]:
+    key_id, _, b64 = value[len(COLUMN_PREFIX):].partition(":")
+    try:
+        blob = base64.urlsafe_b64decode(b64.encode())
+    except ValueError as e:
+        raise LedgerError(f"{column} of {row_id} is not a sealed value") from e
+    if len(key_id) != KEY_ID_BYTES or len(blob) < NONCE_BYTES + TAG_BYTES:
+        raise LedgerError(f"{column} of {row_id} is not a sealed value")
+    return key_id, blob
+
+
+def open_column(value: str, *, column: str, row_id: str, key: bytes, key_id: str) -> str:
+    blob = _column_parts(value, column, row_id)[1]
+    try:
+        out: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            blob[NONCE_BYTES:], column_aad(column, row_id, key_id), blob[:NONCE_BYTES], key)
+    except CryptoError as e:
+        raise LedgerError(f"{column} of {row_id} does not open under its data key {key_id} "
+                          f"(edited, or moved from another row)") from e
+    return out.decode()
 
 
 def unsealed_error(stored: bytes | None) -> None:

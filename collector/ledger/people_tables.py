@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from collector import LedgerError
@@ -36,9 +36,11 @@ from collector.ledger.pg_guards import forbid
 from wire.bodies_people import Employee, employee_record
 
 if TYPE_CHECKING:   # no import at run time: schema_sqlite/schema_postgres import this module
+    from collector.ledger.body_crypto import BodySealer
     from collector.ledger.sqlbase import SQLStore, Tx
 
 TABLES = ("tc_employees", "tc_badges")
+NAME_COLUMN = "tc_employees.name"   # sealed at rest on a keyed ledger (DESIGN.md §8.6)
 UPDATABLE = TABLES            # the app role's UPDATE grant (rows change only as above)
 
 _REFUSE = "(the ledger is append-only)"
@@ -176,8 +178,10 @@ class BadgePeriod:
         return self.valid_from <= ts and (self.valid_until is None or ts < self.valid_until)
 
 
-def _emp(r: Sequence[Any]) -> EmployeeRow:
-    return EmployeeRow(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]),
+def _emp(r: Sequence[Any], sealer: BodySealer | None = None) -> EmployeeRow:
+    name = str(r[1]) if sealer is None else sealer.column(str(r[1]), column=NAME_COLUMN,
+                                                           row_id=str(r[0]))
+    return EmployeeRow(str(r[0]), name, str(r[2]), str(r[3]), str(r[4]),
                        None if r[5] is None else str(r[5]), str(r[6]), str(r[7]),
                        None if r[8] is None else str(r[8]), int(r[9]), int(r[10]))
 
@@ -192,7 +196,7 @@ def _period(r: Sequence[Any]) -> BadgePeriod:
 def employee(store: SQLStore, employee_id: str) -> EmployeeRow | None:
     rows = store.query(f"SELECT {_EMP_COLS} FROM tc_employees WHERE employee_id = ?",  # noqa: S608 - constant columns
                        (employee_id,))
-    return _emp(rows[0]) if rows else None
+    return _emp(rows[0], store.sealer) if rows else None
 
 
 def employees(store: SQLStore, *, after: str | None = None, limit: int | None = None,
@@ -213,7 +217,7 @@ def employees(store: SQLStore, *, after: str | None = None, limit: int | None = 
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return [_emp(r) for r in store.query(sql, params)]
+    return [_emp(r, store.sealer) for r in store.query(sql, params)]
 
 
 def periods(store: SQLStore, *, credential: str | None = None,
@@ -233,7 +237,7 @@ def periods(store: SQLStore, *, credential: str | None = None,
 # -- reads inside a write transaction (the directory's rules are checked under the lock) -------
 
 def tx_employees(tx: Tx) -> dict[str, EmployeeRow]:
-    return {e.employee_id: e for e in map(_emp, tx.rows(
+    return {e.employee_id: e for e in (_emp(r, tx.sealer) for r in tx.rows(
         f"SELECT {_EMP_COLS} FROM tc_employees"))}  # noqa: S608 - constant columns
 
 
@@ -262,6 +266,10 @@ def _by_credential(rows: Iterable[Sequence[Any]]) -> dict[str, list[BadgePeriod]
 # -- writes (inside the transaction that records the entry) -----------------------------------
 
 def put_employee(tx: Tx, e: EmployeeRow, *, exists: bool) -> None:
+    if tx.sealer is not None:   # the name at rest under the person's key (DESIGN.md §8.6)
+        e = replace(e, name=tx.sealer.seal_column(tx, e.name, column=NAME_COLUMN,
+                                                  row_id=e.employee_id,
+                                                  subject=e.employee_id, idx=e.changed_idx))
     if exists:
         tx.execute("UPDATE tc_employees SET name = ?, department = ?, site = ?, timezone = ?, "
                    "manager_id = ?, status = ?, active_from = ?, left_on = ?, changed_idx = ? "

@@ -175,6 +175,7 @@ class Tx:
                  planner: Callable[[Any, int], _Append]) -> None:
         self.now_us = now_us
         self.results: list[AppendResult] = []
+        self.sealer: BodySealer | None = None    # the store's (personal columns, §8.6)
         self._cur = cur
         self._sql = sql
         self._planner = planner
@@ -323,7 +324,9 @@ class SQLStore(LedgerStore):
             self._ensure_connected()
             try:
                 with self._write() as cur:
-                    yield Tx(cur, now_us, self._sql, self._planner)
+                    tx = Tx(cur, now_us, self._sql, self._planner)
+                    tx.sealer = self.sealer
+                    yield tx
             except self.db_errors as e:
                 raise self._fail(e, f"{what} failed") from e
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from collector import AppendOnlyError, ConfigError, KeyDestroyedError, KeyringError, LedgerError
-from collector.ledger import KEK_ENV, body_crypto, keyring, open_store, queries
+from collector.ledger import KEK_ENV, body_crypto, keyring, open_store, people_tables, queries
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
 from collector.ledger.kek import create_file_kek, load_kek
@@ -389,3 +389,23 @@ def test_an_edited_blind_index_is_caught_like_an_edited_credential(
                 f"UPDATE punches SET credential = '{other}' WHERE seq = 1")  # noqa: S608 - test value
     with pytest.raises(ProjectionError, match=r"clock-1#1 .*column\(s\) credential differ"):
         list(sqlite_store.punch_rows(PunchQuery()))
+
+
+def test_directory_names_are_sealed_at_rest_and_read_in_clear(store: SQLStore,
+                                                              tmp_path: Path) -> None:
+    personal_store(store, tmp_path)
+    stored = {str(r[0]): str(r[1]) for r in store.query(
+        "SELECT employee_id, name FROM tc_employees")}
+    assert all(body_crypto.is_sealed_column(v) for v in stored.values())
+    assert not any(n in v for n in ("Ada", "Grace", "Lovelace", "Hopper")
+                   for v in stored.values())
+    assert [e.name for e in people_tables.employees(store)] == ["Grace Hopper",
+                                                                 "Ada Lovelace"]
+    assert directory.employee(store, "E1001").name == "Ada Lovelace"
+    assert directory.check_projection(store) == []
+    # A sealed name moved to another row does not open.
+    with store.transaction(NOW) as tx:
+        tx.execute("UPDATE tc_employees SET name = ?, changed_idx = changed_idx + 100 "
+                   "WHERE employee_id = 'E1000'", (stored["E1001"],))
+    with pytest.raises(LedgerError, match="tc_employees.name of E1000 does not open"):
+        directory.employee(store, "E1000")
