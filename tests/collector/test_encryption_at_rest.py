@@ -11,9 +11,12 @@ destroyed key is the disposal).
 from __future__ import annotations
 
 import hashlib
+import secrets
 import sqlite3
+import subprocess
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from collector import AppendOnlyError, ConfigError, KeyDestroyedError, KeyringError, LedgerError
@@ -27,21 +30,25 @@ from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.people import directory
+from collector.people.csv_import import import_files
 from collector.records import retention
 from collector.records.exports import export_bundle
 from collector.service.config import CollectorConfig, load_config
 from tests.collector.keyring_kit import (
     BADGE,
     LOG_KEY,
+    MONTH,
     NOW,
     ORIGIN,
     STRANGER,
     MemoryKek,
     checkpoint,
+    forms,
     personal_store,
     secrets_of_everyone,
 )
-from tests.collector.ledger_kit import T0, sqlite_exec
+from tests.collector.ledger_kit import T0, Clock, sqlite_exec
+from tests.fixtures.postgres import PG_BIN, PgCluster, PgDatabase
 from wire import verify_cli
 
 
@@ -409,3 +416,81 @@ def test_directory_names_are_sealed_at_rest_and_read_in_clear(store: SQLStore,
                    "WHERE employee_id = 'E1000'", (stored["E1001"],))
     with pytest.raises(LedgerError, match="tc_employees.name of E1000 does not open"):
         directory.employee(store, "E1000")
+
+
+# -- the byte search (issue 12 acceptance, as far as built) -------------------------------------
+
+def _unique_site(store: SQLStore, tmp_path: Path) -> tuple[str, str, list[str]]:
+    """A sealed ledger whose person, badge and stranger's badge are unique to this test (the
+    PostgreSQL cluster is shared): (assigned credential, unassigned credential, names)."""
+    tag = secrets.token_hex(4)
+    first, last = f"Zelda{tag}", f"Quimby{tag}"
+    badge = f"em4100:{secrets.randbelow(10**10):010d}"
+    stranger = f"em4100:{secrets.randbelow(10**10):010d}"
+    store.use_keyring(Keyring(store, MemoryKek()))
+    c = Clock("clock-1")
+    store.append([EventFact("device", c.enrolled_body())], now_us=T0)
+    (tmp_path / "e.csv").write_text("employee_id,name,department,site,timezone,manager_id\n"
+                                    f"E77,{first} {last},Ops,hq,UTC,\n", encoding="utf-8")
+    (tmp_path / "b.csv").write_text("credential,employee_id,valid_from,valid_until,status\n"
+                                    f"{badge},E77,2025-01-01T00:00:00Z,,assigned\n",
+                                    encoding="utf-8")
+    import_files(store, tmp_path / "e.csv", tmp_path / "b.csv", now_us=T0)
+    store.append([c.fact(credential=badge), c.fact(credential=stranger),
+                  c.fact(credential=badge, ts=T0 + MONTH)], now_us=NOW)
+    assert [r.credential for r in store.punch_rows(PunchQuery())] == [badge, stranger, badge]
+    return badge, stranger, [first, last, f"{first} {last}"]
+
+
+def _found(blob: bytes, values: list[str]) -> list[str]:
+    return [v for v in values for f in forms(v) if f in blob]
+
+
+def _tree(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def test_no_name_or_unassigned_credential_in_any_sqlite_file(tmp_path: Path) -> None:
+    """Every file of a sealed SQLite ledger (db, -wal, -shm), with the WAL not checkpointed
+    and after a checkpoint: no name, no credential of a badge the directory does not hold;
+    the directory's own badge credential only in tc_badges (not encrypted yet)."""
+    db = tmp_path / "ledger.db"
+    store = SQLiteStore(db)
+    try:
+        (tmp_path / "csv").mkdir()
+        badge, stranger, names = _unique_site(store, tmp_path / "csv")
+        files = [p for p in tmp_path.iterdir() if p.name.startswith("ledger.db")]
+        assert {p.name for p in files} >= {"ledger.db", "ledger.db-wal"}
+        assert _found(_tree_of(files), [*names, stranger]) == []
+        store.query("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert _found(_tree_of(files), [*names, stranger]) == []
+    finally:
+        store.close()
+    # Outside tc_badges the assigned credential is nowhere either.
+    sqlite_exec(db, "DROP TRIGGER tc_badges_no_delete", "DELETE FROM tc_badges", "VACUUM")
+    assert _found(db.read_bytes(), [badge]) == []
+
+
+def _tree_of(files: list[Path]) -> bytes:
+    return b"".join(p.read_bytes() for p in files if p.exists())
+
+
+@pytest.mark.subprocess
+def test_no_name_or_unassigned_credential_in_the_postgresql_files_or_a_plain_dump(
+        pg_ledger: PgDatabase, pg_cluster: PgCluster, tmp_path: Path) -> None:
+    store = open_store(pg_ledger.app_dsn)
+    try:
+        badge, stranger, names = _unique_site(store, tmp_path)
+    finally:
+        store.close()
+    with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")     # the heap files, not only the WAL, hold the rows
+    assert _found(_tree(pg_cluster.data_dir), [*names, stranger]) == []
+    dump = subprocess.run([str(PG_BIN / "pg_dump"), "--format=plain", pg_ledger.owner_dsn],
+                          capture_output=True, check=True, timeout=120).stdout
+    assert b"CREATE TABLE public.tc_data_keys" in dump
+    assert _found(dump, [*names, stranger]) == []
+    no_badges = subprocess.run([str(PG_BIN / "pg_dump"), "--format=plain",
+                                "--exclude-table-data=tc_badges", pg_ledger.owner_dsn],
+                               capture_output=True, check=True, timeout=120).stdout
+    assert _found(no_badges, [badge]) == []
