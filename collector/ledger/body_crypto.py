@@ -29,6 +29,8 @@ a sealed body found without a keyring is an error that names ``[ledger] kek``.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -135,6 +137,29 @@ class BodySealer:
         except KeyDestroyedError:
             return ERASED
         return open_column(value, column=column, row_id=row_id, key=key, key_id=key_id)
+
+    def det(self, value: str, *, column: str) -> str:
+        """``value`` sealed deterministically (equal values give equal ciphertext, so the
+        column stays a key and a lookup): ``tcd1:`` base64url(nonce || XChaCha20-Poly1305),
+        key and nonce derived from the index key; it reveals equality, as a blind index."""
+        key = self.ring.derived_key(_DET_PURPOSE + column)
+        nonce = hmac.new(key, value.encode(), hashlib.sha256).digest()[:NONCE_BYTES]
+        ct: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            value.encode(), column.encode(), nonce, key)
+        return DET_PREFIX + base64.urlsafe_b64encode(nonce + ct).decode()
+
+    def undet(self, stored: str, *, column: str) -> str:
+        """The plaintext of :meth:`det` (a clear value is returned as it is)."""
+        if not is_det(stored):
+            return stored
+        blob = base64.urlsafe_b64decode(stored[len(DET_PREFIX):].encode())
+        key = self.ring.derived_key(_DET_PURPOSE + column)
+        try:
+            out: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                blob[NONCE_BYTES:], column.encode(), blob[:NONCE_BYTES], key)
+        except CryptoError as e:
+            raise LedgerError(f"a sealed {column} value does not open (edited?)") from e
+        return out.decode()
 
     def seal_column(self, tx: Tx, value: str, *, column: str, row_id: str, subject: str,
                     idx: int) -> str:
@@ -244,6 +269,14 @@ def open_column(value: str, *, column: str, row_id: str, key: bytes, key_id: str
         raise LedgerError(f"{column} of {row_id} does not open under its data key {key_id} "
                           f"(edited, or moved from another row)") from e
     return out.decode()
+
+
+DET_PREFIX = "tcd1:"
+_DET_PURPOSE = "deterministic:"
+
+
+def is_det(value: str) -> bool:
+    return value.startswith(DET_PREFIX)
 
 
 def unsealed_error(stored: bytes | None) -> None:

@@ -377,6 +377,12 @@ class Keyring:
                 hashlib.sha256).digest()
         return hmac.new(sub, value.encode(), hashlib.sha256).hexdigest()
 
+    def derived_key(self, purpose: str) -> bytes:
+        """A 32-byte key derived from the index key for ``purpose`` (same derivation as the
+        blind index's sub-keys)."""
+        self.blind("", purpose=purpose)
+        return self._subkeys[purpose]
+
     def badge_subject(self, credential: str) -> str:
         """The subject of a punch whose badge resolves to nobody: a keyed pseudonym."""
         return "badge:" + self.blind(credential, purpose="subject")[:32]

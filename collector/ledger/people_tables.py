@@ -41,6 +41,7 @@ if TYPE_CHECKING:   # no import at run time: schema_sqlite/schema_postgres impor
 
 TABLES = ("tc_employees", "tc_badges")
 NAME_COLUMN = "tc_employees.name"   # sealed at rest on a keyed ledger (DESIGN.md §8.6)
+BADGE_COLUMN = "tc_badges.credential"   # sealed deterministically (a key and a lookup)
 UPDATABLE = TABLES            # the app role's UPDATE grant (rows change only as above)
 
 _REFUSE = "(the ledger is append-only)"
@@ -186,8 +187,9 @@ def _emp(r: Sequence[Any], sealer: BodySealer | None = None) -> EmployeeRow:
                        None if r[8] is None else str(r[8]), int(r[9]), int(r[10]))
 
 
-def _period(r: Sequence[Any]) -> BadgePeriod:
-    return BadgePeriod(str(r[0]), int(r[1]), None if r[2] is None else int(r[2]),
+def _period(r: Sequence[Any], sealer: BodySealer | None = None) -> BadgePeriod:
+    cred = str(r[0]) if sealer is None else sealer.undet(str(r[0]), column=BADGE_COLUMN)
+    return BadgePeriod(cred, int(r[1]), None if r[2] is None else int(r[2]),
                        None if r[3] is None else str(r[3]), str(r[4]), int(r[5]), int(r[6]))
 
 
@@ -227,11 +229,12 @@ def periods(store: SQLStore, *, credential: str | None = None,
     params: list[Any] = []
     if credential is not None:
         sql += " WHERE credential = ?"
-        params.append(credential)
+        params.append(_stored(store.sealer, credential))
     elif employee_id is not None:
         sql += " WHERE employee_id = ?"
         params.append(employee_id)
-    return [_period(r) for r in store.query(sql + " ORDER BY credential, valid_from", params)]
+    return [_period(r, store.sealer)
+            for r in store.query(sql + " ORDER BY credential, valid_from", params)]
 
 
 # -- reads inside a write transaction (the directory's rules are checked under the lock) -------
@@ -242,23 +245,30 @@ def tx_employees(tx: Tx) -> dict[str, EmployeeRow]:
 
 
 def tx_periods(tx: Tx, credentials: Iterable[str]) -> dict[str, list[BadgePeriod]]:
-    return _by_credential(r for sql, chunk in _credential_queries(credentials)
-                          for r in tx.rows(sql, chunk))
+    return _by_credential((r for sql, chunk in _credential_queries(credentials, tx.sealer)
+                           for r in tx.rows(sql, chunk)), tx.sealer)
 
 
-def _credential_queries(credentials: Iterable[str]) -> Iterator[tuple[str, list[str]]]:
+def _stored(sealer: BodySealer | None, credential: str) -> str:
+    """What ``tc_badges.credential`` holds for ``credential`` (sealed on a keyed ledger)."""
+    return credential if sealer is None else sealer.det(credential, column=BADGE_COLUMN)
+
+
+def _credential_queries(credentials: Iterable[str], sealer: BodySealer | None = None
+                        ) -> Iterator[tuple[str, list[str]]]:
     """(query, parameters) loading the periods of ``credentials``, one per 500 of them."""
-    creds = sorted(set(credentials))
+    creds = sorted({_stored(sealer, c) for c in credentials})
     for i in range(0, len(creds), _IN_CHUNK):
         chunk = creds[i:i + _IN_CHUNK]
         yield (f"SELECT {_BADGE_COLS} FROM tc_badges WHERE credential IN "  # noqa: S608 - placeholders only
                f"({', '.join('?' * len(chunk))}) ORDER BY credential, valid_from", chunk)
 
 
-def _by_credential(rows: Iterable[Sequence[Any]]) -> dict[str, list[BadgePeriod]]:
+def _by_credential(rows: Iterable[Sequence[Any]], sealer: BodySealer | None = None
+                   ) -> dict[str, list[BadgePeriod]]:
     out: dict[str, list[BadgePeriod]] = {}
     for r in rows:
-        p = _period(r)
+        p = _period(r, sealer)
         out.setdefault(p.credential, []).append(p)
     return out
 
@@ -285,15 +295,15 @@ def put_employee(tx: Tx, e: EmployeeRow, *, exists: bool) -> None:
 
 def insert_period(tx: Tx, p: BadgePeriod) -> None:
     tx.execute(f"INSERT INTO tc_badges ({_BADGE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - constant columns
-               (p.credential, p.valid_from, p.valid_until, p.employee_id, p.status, p.idx,
-                p.changed_idx))
+               (_stored(tx.sealer, p.credential), p.valid_from, p.valid_until, p.employee_id,
+                p.status, p.idx, p.changed_idx))
 
 
 def set_period_end(tx: Tx, credential: str, valid_from: int, until: int | None, *,
                    changed_idx: int) -> None:
     tx.execute("UPDATE tc_badges SET valid_until = ?, changed_idx = ? "
                "WHERE credential = ? AND valid_from = ?",
-               (until, changed_idx, credential, valid_from))
+               (until, changed_idx, _stored(tx.sealer, credential), valid_from))
 
 
 # -- resolution ---------------------------------------------------------------------------------
@@ -320,9 +330,9 @@ class BadgeResolver:
             rows = store.query(f"SELECT {_BADGE_COLS} FROM tc_badges "  # noqa: S608 - constant columns
                                "ORDER BY credential, valid_from")
         else:
-            rows = [r for sql, chunk in _credential_queries(credentials)
+            rows = [r for sql, chunk in _credential_queries(credentials, store.sealer)
                     for r in store.query(sql, chunk)]
-        return cls(_by_credential(rows))
+        return cls(_by_credential(rows, store.sealer))
 
     def resolve(self, credential: str, ts: int) -> tuple[str | None, str]:
         starts = self._starts.get(credential)

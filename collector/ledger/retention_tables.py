@@ -40,6 +40,7 @@ Rows = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 # (idx, body hash, stored body) → plaintext, None once its data key was destroyed: the
 # store's SQLStore.plain (DESIGN.md §8.6 bodies at rest; row_check.Opener is the same).
 Opener = Callable[[Any, Any, "bytes | None"], "bytes | None"]
+Decoder = Callable[[str], str]      # a stored tc_badges.credential → the credential
 """Run one statement (``?`` placeholders) in the caller's transaction; its rows."""
 
 _RULE_KINDS = ("policy", "hold")
@@ -92,25 +93,27 @@ def load_rules(rows: Rows, pending: Iterable[tuple[int, str, bytes]] = ()) -> Re
     return rules
 
 
-def badge_resolver(rows: Rows) -> BadgeResolver:
-    """Every badge period of the people directory (one query), to resolve employee holds."""
+def badge_resolver(rows: Rows, credential_of: Decoder | None = None) -> BadgeResolver:
+    """Every badge period of the people directory (one query), to resolve employee holds
+    (``credential_of``: the store's decoder of a sealed ``tc_badges.credential``)."""
     out: dict[str, list[BadgePeriod]] = {}
-    for c, vf, vu, emp, status, idx, changed in rows(
+    for c0, vf, vu, emp, status, idx, changed in rows(
             "SELECT credential, valid_from, valid_until, employee_id, status, idx, changed_idx "
             "FROM tc_badges ORDER BY credential, valid_from", ()):
-        out.setdefault(str(c), []).append(BadgePeriod(
-            str(c), int(vf), None if vu is None else int(vu), None if emp is None else str(emp),
+        c = str(c0) if credential_of is None else credential_of(str(c0))
+        out.setdefault(c, []).append(BadgePeriod(
+            c, int(vf), None if vu is None else int(vu), None if emp is None else str(emp),
             str(status), int(idx), int(changed)))
     return BadgeResolver(out)
 
 
-def resolve_employees(rows: Rows, records: list[Record], holds: Iterable[HoldPlaced]
-                      ) -> list[Record]:
+def resolve_employees(rows: Rows, records: list[Record], holds: Iterable[HoldPlaced],
+                      credential_of: Decoder | None = None) -> list[Record]:
     """``records`` with the employee who held each punch's badge at its ts, when a hold names
     an employee (only then is the directory read)."""
     if not any(h.employee is not None for h in holds):
         return records
-    resolver = badge_resolver(rows)
+    resolver = badge_resolver(rows, credential_of)
     out: list[Record] = []
     for r in records:
         if r.credential is None:
@@ -171,8 +174,8 @@ def _entries_in(rows: Rows, ranges: Iterable[tuple[int, int]], plain: Opener | N
 
 
 def check_append(rows: Rows, kind: str, fact: object, *, idx: int, at: int,
-                 pending: Sequence[tuple[int, str, bytes]], plain: Opener | None = None
-                 ) -> None:
+                 pending: Sequence[tuple[int, str, bytes]], plain: Opener | None = None,
+                 credential_of: Decoder | None = None) -> None:
     """Refuse (LedgerError) a ``policy``, ``hold`` or ``retention`` entry about to be appended
     at ``idx`` that the rules do not allow; other kinds pass."""
     if kind in _RULE_KINDS:
@@ -214,7 +217,7 @@ def check_append(rows: Rows, kind: str, fact: object, *, idx: int, at: int,
                             f"holds")
             continue
         records.append(rec)
-    for rec in resolve_employees(rows, records, (h for _, h in active)):
+    for rec in resolve_employees(rows, records, (h for _, h in active), credential_of):
         for hidx, h in active:
             if rec.held_by(h):
                 problems.append(f"removes idx {rec.idx}, which {h.describe()} at idx {hidx} "

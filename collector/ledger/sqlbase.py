@@ -354,6 +354,12 @@ class SQLStore(LedgerStore):
         ring.index_key()      # its own transaction, before any append needs a pseudonym
         self.sealer = BodySealer(ring)
 
+    def credential_of(self, stored: str) -> str:
+        """The credential a ``tc_badges.credential`` value holds (sealed on a keyed ledger)."""
+        if self.sealer is None:
+            return stored
+        return self.sealer.undet(stored, column=people_tables.BADGE_COLUMN)
+
     def blind_credential(self, credential: str) -> str | None:
         """What the ``punches`` projection holds for ``credential`` on a keyed ledger (its
         blind index; DESIGN.md §8.6), None without a keyring."""
@@ -809,11 +815,17 @@ class _Append:
             return stored
         return self.sealer.plain(idx, body_hash, stored)
 
+    def _credential_of(self, stored: str) -> str:
+        if self.sealer is None:
+            return stored
+        return self.sealer.undet(stored, column=people_tables.BADGE_COLUMN)
+
     def _sealed_bodies(self) -> list[tuple[int, bytes]]:
         """The bodies to insert: personal ones sealed (DESIGN.md §8.6), when a keyring is set."""
         if self.sealer is None:
             return self.bodies
         tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self)
+        tx.sealer = self.sealer
         punches = {i: {"credential": c, "ts": ts} for i, c, ts in self.punch_subjects}
         hashes = {e[0]: e[3] for e in self.entries}
         pending = [(e[0], e[1], e[2], punches.get(e[0]), b)
@@ -839,7 +851,7 @@ class _Append:
                 self._rows, f.kind, fact, idx=self.size, at=self.at,
                 pending=[(i, k, b) for (i, k, *_), (_, b) in zip(self.entries, self.bodies,
                                                                  strict=True)],
-                plain=self._plain)
+                plain=self._plain, credential_of=self._credential_of)
         idx = self._entry(f.kind, body)
         if isinstance(fact, DeviceEvent):
             self._apply_device(f.body, idx, fact)

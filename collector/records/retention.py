@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.ledger import retention_tables
-from collector.ledger.retention_tables import Opener, Record, Rows
+from collector.ledger.retention_tables import Decoder, Opener, Record, Rows
 from collector.ledger.sqlbase import SQLStore
 from wire.bodies_retention import RetentionRules, idx_ranges
 
@@ -107,7 +107,8 @@ def _policy_plans(rules: RetentionRules, at_us: int) -> dict[int, PolicyPlan]:
     return out
 
 
-def make_plan(rows: Rows, at_us: int, plain: Opener | None = None) -> Plan:
+def make_plan(rows: Rows, at_us: int, plain: Opener | None = None,
+              credential_of: Decoder | None = None) -> Plan:
     """What a run at ``at_us`` would remove and keep (reads only); ``plain``: the store's
     opener of sealed bodies (DESIGN.md §8.6)."""
     rules = retention_tables.load_rules(rows)
@@ -121,7 +122,8 @@ def make_plan(rows: Rows, at_us: int, plain: Opener | None = None) -> Plan:
     # Only what the most generous cut-off could allow is read (and parsed).
     horizon = max(p.cutoff for p in plans.values())
     found = retention_tables.candidates(rows, horizon, plain)
-    for rec in retention_tables.resolve_employees(rows, found, (h for _, h in active)):
+    for rec in retention_tables.resolve_employees(rows, found, (h for _, h in active),
+                                                  credential_of):
         pidx = rules.policy_for(rec.kind, rec.site)
         if pidx is None:
             plan.ungoverned[f"{rec.kind} at {rec.site or '?'}"] += 1
@@ -139,7 +141,7 @@ def make_plan(rows: Rows, at_us: int, plain: Opener | None = None) -> Plan:
 
 
 def plan(store: SQLStore, at_us: int) -> Plan:
-    return make_plan(store.query, at_us, store.plain)
+    return make_plan(store.query, at_us, store.plain, store.credential_of)
 
 
 def load_rules(store: SQLStore) -> RetentionRules:
@@ -164,7 +166,7 @@ class RunResult:
 def run(store: SQLStore, now_us: int, *, hook: StepHook | None = None) -> RunResult:
     """Execute the plan at ``now_us`` in one transaction (see the module docstring)."""
     with store.transaction(now_us, what="retention run") as tx:
-        p = make_plan(tx.rows, now_us, store.plain)
+        p = make_plan(tx.rows, now_us, store.plain, store.credential_of)
         entry: int | None = None
         if p.remove:
             entry = tx.record("retention", p.evidence())
