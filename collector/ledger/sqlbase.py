@@ -40,7 +40,7 @@ from collector.ledger.base import (
 )
 from collector.ledger.body_crypto import BodySealer
 from collector.ledger.indoubt import InDoubt, Settled, merge
-from collector.ledger.keyring import Keyring
+from collector.ledger.keyring import Keyring, period_of
 from wire import ZERO_HASH, merkle
 from wire.bodies import Body, BodyError, DeviceEvent, Retention, parse_body
 from wire.canonical import canonical
@@ -61,6 +61,7 @@ _PAYROLL = ("SELECT p.device, p.site, p.seq, p.credential, p.action, p.ts, p.clo
             "p.key_id, e.at, p.idx, e.hash, e.kind, e.body, e.prev, b.body "
             "FROM punches p JOIN entries e ON e.idx = p.idx JOIN bodies b ON b.idx = p.idx"
             "{where} ORDER BY p.ts, p.device, p.seq")
+QUARANTINE_SUBJECT = "_quarantine"    # the data keys of quarantined raw bytes (§8.6)
 # Kinds appended through their own fact type (PunchFact, RejectionFact), never as EventFact:
 # a punch must pass the registry re-check, a rejection keeps its raw bytes in quarantine.
 _OWN_FACT_KINDS = frozenset({"punch", "rejection"})
@@ -522,10 +523,17 @@ class SQLStore(LedgerStore):
             "FROM quarantine WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))]
 
     def quarantined_raw(self, qid: int) -> bytes:
-        rows = self._q("SELECT raw FROM quarantine WHERE id = ?", (qid,))
+        rows = self._q("SELECT raw, idx, raw_sha256 FROM quarantine WHERE id = ?", (qid,))
         if not rows:
             raise LedgerError(f"no quarantined message with id {qid}")
-        return bytes(rows[0][0])
+        # Sealed at rest on a keyed ledger (DESIGN.md §8.6), aad = its entry idx + raw SHA-256;
+        # without a keyring the bytes are whatever arrived (they may even look sealed).
+        raw: bytes | None = bytes(rows[0][0])
+        if self.sealer is not None:
+            raw = self.sealer.plain(rows[0][1], rows[0][2], raw)
+        if raw is None:
+            raise LedgerError(f"quarantined message {qid}: its data key was destroyed")
+        return raw
 
     # -- the Merkle tree (DESIGN.md §8.1; collector.ledger.tree) -----------------------------
     def tree_size(self) -> int:
@@ -815,6 +823,21 @@ class _Append:
             return stored
         return self.sealer.plain(idx, body_hash, stored)
 
+    def _sealed_quarantine(self) -> list[tuple[Any, ...]]:
+        """The quarantine rows with their raw bytes sealed (DESIGN.md §8.6) under the data key
+        of (``_quarantine``, UTC month of receipt), when a keyring is set."""
+        if self.sealer is None:
+            return self.quarantine
+        tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self)
+        out: list[tuple[Any, ...]] = []
+        for idx, received_at, topic, reason, detail, device, raw, sha, size in self.quarantine:
+            dk = self.sealer.ring.data_key(tx, QUARANTINE_SUBJECT, period_of(received_at),
+                                           idx=idx)
+            out.append((idx, received_at, topic, reason, detail, device,
+                        body_crypto.seal(raw, idx=idx, body_hash=sha, key_id=dk.key_id,
+                                         key=dk.key), sha, size))
+        return out
+
     def _credential_of(self, stored: str) -> str:
         if self.sealer is None:
             return stored
@@ -913,7 +936,7 @@ class _Append:
         if self.quarantine:
             c.executemany(q("INSERT INTO quarantine (idx, received_at, topic, reason, detail, "
                             "device, raw, raw_sha256, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-                          self.quarantine)
+                          self._sealed_quarantine())
         if self.retained:
             c.executemany(q("INSERT INTO retained (retention_idx, first_idx, last_idx) "
                             "VALUES (?, ?, ?)"), self.retained)

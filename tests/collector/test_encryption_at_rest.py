@@ -22,7 +22,7 @@ import pytest
 from collector import AppendOnlyError, ConfigError, KeyDestroyedError, KeyringError, LedgerError
 from collector.ledger import KEK_ENV, body_crypto, keyring, open_store, people_tables, queries
 from collector.ledger.audit import verify_store
-from collector.ledger.base import EventFact
+from collector.ledger.base import EventFact, Outcome
 from collector.ledger.kek import create_file_kek, load_kek
 from collector.ledger.keyring import Keyring, period_of, wrap_aad
 from collector.ledger.row_check import ProjectionError
@@ -439,11 +439,18 @@ def _unique_site(store: SQLStore, tmp_path: Path) -> tuple[str, str, list[str]]:
     store.append([c.fact(credential=badge), c.fact(credential=stranger),
                   c.fact(credential=badge, ts=T0 + MONTH)], now_us=NOW)
     assert [r.credential for r in store.punch_rows(PunchQuery())] == [badge, stranger, badge]
-    return badge, stranger, [first, last, f"{first} {last}"]
+    # A punch of a clock nobody enrolled: quarantined with its raw bytes (sealed at rest).
+    rejected = f"em4100:{secrets.randbelow(10**10):010d}"
+    (r,) = store.append([Clock("clock-9").fact(credential=rejected)], now_us=NOW)
+    assert r.outcome is Outcome.REJECTED
+    (q,) = store.quarantine()
+    assert rejected.encode() in store.quarantined_raw(q.id)
+    return badge, f"{stranger} {rejected}", [first, last, f"{first} {last}"]
 
 
 def _found(blob: bytes, values: list[str]) -> list[str]:
-    return [v for v in values for f in forms(v) if f in blob]
+    every = [w for v in values for w in v.split(" ")] + values
+    return [v for v in every for f in forms(v) if f in blob]
 
 
 def _tree(root: Path) -> bytes:
