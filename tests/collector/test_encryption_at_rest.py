@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector import AppendOnlyError, ConfigError, KeyDestroyedError, KeyringError, LedgerError
+from collector import AppendOnlyError, KeyDestroyedError, KeyringError, LedgerError
 from collector.ledger import KEK_ENV, body_crypto, keyring, open_store, people_tables, queries
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact, Outcome
@@ -33,7 +33,6 @@ from collector.people import directory
 from collector.people.csv_import import import_files
 from collector.records import retention
 from collector.records.exports import export_bundle
-from collector.service.config import CollectorConfig, load_config
 from tests.collector.keyring_kit import (
     BADGE,
     LOG_KEY,
@@ -339,21 +338,6 @@ def test_open_store_takes_the_kek_or_refuses_an_encrypted_ledger(
 def _with_env(monkeypatch: pytest.MonkeyPatch, spec: str, url: str) -> SQLStore:
     monkeypatch.setenv(KEK_ENV, spec)
     return open_store(url)
-
-
-def test_the_ledger_kek_option_is_read_strictly(tmp_path: Path) -> None:
-    from tests.collector.test_config import MINIMAL  # noqa: PLC0415 - its minimal config
-
-    def load(extra: str) -> CollectorConfig:
-        p = tmp_path / "collector.toml"
-        p.write_text(MINIMAL + extra)
-        return load_config(p)
-
-    assert load("").ledger.kek is None
-    spec = "file:/etc/timeclock/ledger.kek"
-    assert load(f'[ledger]\nkek = "{spec}"\n').ledger.kek == spec
-    with pytest.raises(ConfigError, match=r"ledger\.kek"):
-        load('[ledger]\nkek = "/etc/timeclock/ledger.kek"\n')
 
 
 def test_d15_a_retention_run_reads_and_removes_sealed_bodies(store: SQLStore,
