@@ -28,7 +28,6 @@ The registers carry employee ids and principal names, never badge credentials or
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -49,6 +48,7 @@ from collector import CollectorError
 from collector.ledger.audit import verify_store
 from collector.ledger.sqlbase import SQLStore
 from collector.records.exports import export_bundle
+from collector.records.plots import svg_bars
 from wire.canonical import canonical
 from wire.evidence import MANIFEST, PACK_KIND, SIGNATURE, signed_message
 from wire.keys import SigningKey, VerifyKey
@@ -178,30 +178,6 @@ def _listed(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "omitted": max(0, len(rows) - MAX_LISTED)}
 
 
-def _svg_bars(title: str, counts: dict[str, int]) -> str:
-    """A small bar chart as inline SVG (rendered on the server; no script, no fonts fetched)."""
-    items = sorted(counts.items())
-    w, h, pad = 640, 180, 30
-    if not items:
-        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="40" role="img" '
-                f'aria-label="{html.escape(title)}"><text x="4" y="24">{html.escape(title)}: '
-                'none in the period</text></svg>')
-    top = max(v for _, v in items) or 1
-    bw = max(2.0, (w - 2 * pad) / len(items))
-    bars = []
-    for i, (label, v) in enumerate(items):
-        bh = (h - 2 * pad) * v / top
-        x = pad + i * bw
-        bars.append(f'<rect x="{x:.1f}" y="{h - pad - bh:.1f}" width="{bw * 0.8:.1f}" '
-                    f'height="{bh:.1f}" fill="#3a6ea5"><title>{html.escape(label)}: {v}'
-                    '</title></rect>')
-    first, last = html.escape(items[0][0]), html.escape(items[-1][0])
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
-            f'aria-label="{html.escape(title)}"><text x="{pad}" y="16">{html.escape(title)} '
-            f'(max {top})</text>{"".join(bars)}<text x="{pad}" y="{h - 8}">{first}</text>'
-            f'<text x="{w - pad}" y="{h - 8}" text-anchor="end">{last}</text></svg>')
-
-
 REPORT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
     """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -249,8 +225,8 @@ def _report_html(meta: dict[str, Any], regs: _Registers, verify: dict[str, Any],
         meta=meta, regs=regs, verdict=verdict, sod=sod, controls=CONTROLS,
         kinds=sorted(regs.kinds.items()), rejections=sorted(regs.rejections.items()),
         requests=sum(regs.requests.values()),
-        punch_plot=Markup(_svg_bars("punches per day", dict(regs.punches_per_day))),  # noqa: S704 - built with html.escape
-        alert_plot=Markup(_svg_bars("alerts per day", dict(regs.alerts_per_day))))  # noqa: S704 - built with html.escape
+        punch_plot=Markup(svg_bars("punches per day", dict(regs.punches_per_day))),  # noqa: S704 - built with html.escape
+        alert_plot=Markup(svg_bars("alerts per day", dict(regs.alerts_per_day))))  # noqa: S704 - built with html.escape
 
 
 def print_pdf(html_path: Path, pdf_path: Path, *, chromium: str) -> None:

@@ -1,0 +1,410 @@
+"""The web console: server-rendered pages for HR, compliance and operations (issue 16 item 2).
+
+Pages are routes of collector.api.routes like any other, so the middleware authenticates
+them (the sign-in's session cookie, or a bearer token or client certificate), rbac admits
+only the roles of their ``Route``, and every page view is an access entry (a personal page
+is committed before it is sent). Templates are collector/api/templates/console/*.html
+(jinja2, autoescaped, undefined names an error); plots are inline SVG
+(collector.records.plots); pages carry no script, and their Content-Security-Policy allows
+none.
+
+Invariants:
+- the navigation of a page lists only the pages the principal's roles allow (computed from
+  the route table, never a second list of roles);
+- a form that changes something calls the same record function as the JSON API (alert
+  ack/resolve: collector.records.reviews.review_alert), so the rules are the records'; a
+  refusal is shown on the page with its status, and nothing is recorded but the access entry;
+- a form POST with the session cookie carries the session's CSRF token in its ``csrf``
+  field, besides the middleware's Origin check (collector.api.signin.check_origin); a bearer
+  token or client certificate is no ambient credential and needs none;
+- pages never show a badge credential, a token or the session id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import re
+import urllib.parse
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from markupsafe import Markup
+
+from collector import ForbiddenError, ReviewError
+from collector.api import params as P
+from collector.api.errors import BadRequestError, NotFoundError, classify
+from collector.api.keys import CLOCK, CORRECTIONS, STORE, ctx, principal_name
+from collector.api.signin import SESSION, CsrfError
+from collector.fleet.devices import DeviceRow, fleet_rows
+from collector.ledger import checkpoint_tables
+from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.records import retention, reviews
+from collector.records.exports import Fixed
+from collector.records.plots import svg_bars
+from collector.records.timesheet_export import Sheets, load
+from collector.records.timesheets import Rules, hours, shift_row, zone
+from wire.bodies_review import NOTE_MAX
+
+US = 1_000_000
+DAY_US = 86_400 * US
+EXCEPTION_DAYS = 14
+PLOT_DAYS = 30
+TIMESHEET_MAX_DAYS = 62
+FORM_MAX_BYTES = 8192
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("collector.api", "templates"),
+    autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+    undefined=jinja2.StrictUndefined)
+_HEADERS = {"Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; form-action 'self'; "
+                                       "frame-ancestors 'none'",
+            "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"}
+
+# (route name, label) of the console's pages, in the order of the navigation
+PAGES: tuple[tuple[str, str], ...] = (
+    ("consoleHr", "HR"), ("consoleTimesheets", "Timesheets"),
+    ("consoleCompliance", "Compliance"), ("consoleOps", "Operations"))
+DONE = {"ack": "Alert {idx} acknowledged.", "resolve": "Alert {idx} resolved."}
+
+
+@dataclass(frozen=True, slots=True)
+class NavLink:
+    name: str
+    label: str
+    path: str
+    current: bool
+
+
+def nav(request: web.Request) -> list[NavLink]:
+    """The console pages the principal's roles open, from the route table."""
+    from collector.api.routes import BY_NAME  # noqa: PLC0415 - routes imports this module
+
+    p = ctx(request).principal
+    held = set() if p is None else set(p.roles)
+    here = request.match_info.route.name
+    out = []
+    for name, label in PAGES:
+        r = BY_NAME[name]
+        if r.roles is not None and held & set(r.roles):
+            out.append(NavLink(name, label, r.path, name == here))
+    return out
+
+
+def _iso(us: int | None) -> str:
+    if us is None:
+        return "–"
+    return dt.datetime.fromtimestamp(us / US, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def render(request: web.Request, template: str, *, status: int = 200, **values: Any
+           ) -> web.Response:
+    """A console page: the signed-in principal, the navigation, the page's values."""
+    c = ctx(request)
+    session = request.get(SESSION)
+    values = {"flash": None, "error": None, **values}
+    html = _TEMPLATES.get_template(f"console/{template}").render(
+        principal=principal_name(request), role=c.role, nav=nav(request),
+        csrf="" if session is None else session.csrf, iso=_iso, **values)
+    return web.Response(status=status, text=html, content_type="text/html",
+                        headers=_HEADERS)
+
+
+DONE_RE = re.compile(r"^(ack|resolve)-([0-9]{1,16})$")
+
+
+def _flash(request: web.Request) -> str | None:
+    """The message of ``?done=<event>-<idx>`` (the redirect after a form); only these."""
+    done = P.string(request.rel_url.query, "done", DONE_RE)
+    m = None if done is None else DONE_RE.fullmatch(done)
+    if m is None:
+        return None
+    return DONE[m.group(1)].format(idx=int(m.group(2)))
+
+
+# ---- HR ---------------------------------------------------------------------------------
+
+def _site_of(store: SQLStore) -> dict[str, str]:
+    return {d.device: d.site for d in store.devices()}
+
+
+@dataclass(frozen=True, slots=True)
+class HrView:
+    present: dict[str, list[dict[str, str]]]      # site -> who is in, since when
+    exceptions: list[dict[str, str]]
+    per_hour: dict[str, int]
+    per_day: dict[str, int]
+
+
+def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str] | None
+            ) -> HrView:
+    """Presence now, the exceptions of the last 14 days and the punches of the last 30
+    days of employees' timesheets (collector.records.timesheets pairs them)."""
+    rules = Rules()
+    sheets: Sheets = load(store, PunchQuery(since=now_us - PLOT_DAYS * DAY_US, until=now_us + 1),
+                          rules, fixed, sites=sites)
+    site_of = _site_of(store)
+    today = dt.datetime.fromtimestamp(now_us / US, dt.UTC).date()
+    per_hour = {f"{h:02d}": 0 for h in range(24)}
+    per_day: Counter[str] = Counter()
+    present: dict[str, list[dict[str, str]]] = {}
+    exceptions: list[dict[str, str]] = []
+    open_after = now_us - rules.max_shift_h * 3600 * US
+    for sh in sheets.sheets:
+        tz = zone(sh.timezone)
+        for s in sh.shifts:
+            for p in (s.start_punch, s.end_punch):
+                if p is None:
+                    continue
+                at = dt.datetime.fromtimestamp(p.ts / US, dt.UTC)
+                per_day[at.date().isoformat()] += 1
+                if at.date() == today:
+                    per_hour[f"{at.hour:02d}"] += 1
+        last = max(sh.shifts, key=lambda s: s.start, default=None)
+        in_now = None
+        if (last is not None and last.end is None and last.start_punch is not None
+                and last.start >= open_after):
+            in_now = last.start_punch.ref      # a shift in progress: not a missing out yet
+            site = site_of.get(last.start_punch.device, "?")
+            present.setdefault(site, []).append(
+                {"employee_id": sh.employee_id, "since": shift_row(last, tz)["start"],
+                 "device": last.start_punch.device})
+        oldest = today - dt.timedelta(days=EXCEPTION_DAYS)
+        exceptions.extend({"employee_id": sh.employee_id, "day": e.day.isoformat(),
+                           "kind": e.kind, "punch": e.punch, "detail": e.detail}
+                          for e in sh.exceptions if e.day >= oldest
+                          and not (e.kind == "missing-out" and e.punch == in_now))
+    exceptions.sort(key=lambda e: (e["day"], e["employee_id"]), reverse=True)
+    return HrView(dict(sorted(present.items())), exceptions, per_hour, dict(per_day))
+
+
+async def hr(request: web.Request) -> web.StreamResponse:
+    """GET /console/hr: who is in now per site, exceptions to resolve, punch plots."""
+    P.check_known(request.rel_url.query, ())
+    app, c = request.app, ctx(request)
+    now = app[CLOCK]()
+    sites = c.principal.sites if c.principal is not None else None
+    view = await asyncio.to_thread(hr_view, app[STORE], app[CORRECTIONS].applied_complete(),
+                                   now_us=now, sites=sites)
+    c.record.count = sum(len(v) for v in view.present.values()) + len(view.exceptions)
+    today = dt.datetime.fromtimestamp(now / US, dt.UTC).date()
+    return render(request, "hr.html", view=view, now=_iso(now),
+                  since=(today - dt.timedelta(days=7)).isoformat(),
+                  until=(today + dt.timedelta(days=1)).isoformat(),
+                  hour_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
+                      f"punches per hour today ({today.isoformat()}, UTC)", view.per_hour,
+                      keep_order=True)),
+                  day_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
+                      f"punches per day, last {PLOT_DAYS} days (UTC)", view.per_day)))
+
+
+def _day(q: Mapping[str, str], name: str, default: dt.date) -> dt.date:
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        if len(raw) != 10:
+            raise ValueError(raw)
+        return dt.date.fromisoformat(raw)
+    except ValueError as e:
+        raise BadRequestError(f"{name}: a date YYYY-MM-DD, got {raw[:40]!r}") from e
+
+
+async def timesheets(request: web.Request) -> web.StreamResponse:
+    """GET /console/hr/timesheets?since=YYYY-MM-DD&until=YYYY-MM-DD (until exclusive)."""
+    q = request.rel_url.query
+    P.check_known(q, ("since", "until"))
+    app, c = request.app, ctx(request)
+    today = dt.datetime.fromtimestamp(app[CLOCK]() / US, dt.UTC).date()
+    since = _day(q, "since", today - dt.timedelta(days=7))
+    until = _day(q, "until", today + dt.timedelta(days=1))
+    if not 0 < (until - since).days <= TIMESHEET_MAX_DAYS:
+        raise BadRequestError(f"until must be after since, at most {TIMESHEET_MAX_DAYS} days "
+                              f"later")
+    start = int(dt.datetime.combine(since, dt.time(), dt.UTC).timestamp()) * US
+    end = int(dt.datetime.combine(until, dt.time(), dt.UTC).timestamp()) * US
+    sites = c.principal.sites if c.principal is not None else None
+
+    def build() -> list[dict[str, Any]]:
+        sheets = load(app[STORE], PunchQuery(since=start, until=end), Rules(),
+                      app[CORRECTIONS].applied_complete(), sites=sites)
+        out = []
+        for sh in sheets.sheets:
+            tz = zone(sh.timezone)
+            out.append({"employee_id": sh.employee_id, "timezone": sh.timezone,
+                        "shifts": [shift_row(s, tz) for s in sh.shifts],
+                        "exceptions": len(sh.exceptions),
+                        "total": hours(sum(sh.hours_by_day().values()))})
+        return out
+
+    rows = await asyncio.to_thread(build)
+    c.record.count = sum(len(r["shifts"]) for r in rows)
+    span = {"since": f"{since.isoformat()}T00:00:00Z", "until": f"{until.isoformat()}T00:00:00Z"}
+    csv_link = "/v1/timesheets?" + urllib.parse.urlencode({**span, "format": "csv"})
+    return render(request, "timesheets.html", rows=rows, since=since.isoformat(),
+                  until=until.isoformat(), csv_link=csv_link,
+                  csv_allowed=_allowed(request, "getTimesheets"))
+
+
+def _allowed(request: web.Request, route_name: str) -> bool:
+    from collector.api.routes import BY_NAME  # noqa: PLC0415 - routes imports this module
+
+    p, roles = ctx(request).principal, BY_NAME[route_name].roles
+    return p is not None and roles is not None and bool(set(p.roles) & set(roles))
+
+
+# ---- compliance -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ComplianceView:
+    verification: dict[str, Any]
+    alerts: list[dict[str, Any]]
+    plan: dict[str, Any]
+    holds: list[dict[str, Any]]
+    alerts_per_day: dict[str, int]
+    quarantine_per_day: dict[str, int]
+
+
+def _checkpoint(store: SQLStore) -> dict[str, Any]:
+    """The ledger's size and head, and the newest v2 checkpoint: its tree size and the
+    names of its signers (the log, then each witness's cosignature)."""
+    size, head = store.head()
+    cp = checkpoint_tables.newest(store)
+    if cp is None:
+        return {"size": size, "head": head, "checkpoint": None, "signers": []}
+    text, _, sigs = cp.note.partition("\n\n")
+    lines = text.split("\n")
+    signers = [ln[2:].split(" ", 1)[0] for ln in sigs.split("\n") if ln.startswith("\u2014 ")]
+    return {"size": size, "head": head, "signers": signers,
+            "checkpoint": {"origin": lines[0], "size": lines[1] if len(lines) > 1 else "?"}}
+
+
+def compliance_view(store: SQLStore, *, now_us: int) -> ComplianceView:
+    states = reviews.alerts(store)
+    since = now_us - PLOT_DAYS * DAY_US
+    per_day: Counter[str] = Counter(
+        dt.datetime.fromtimestamp(a.at / US, dt.UTC).date().isoformat()
+        for a in states if a.at >= since)
+    quarantine: Counter[str] = Counter()
+    after = 0
+    for _ in range(100):              # at most 100 pages of 1000: the plot's 30 days
+        page = store.quarantine(limit=1000, after_id=after)
+        quarantine.update(dt.datetime.fromtimestamp(r.received_at / US, dt.UTC).date()
+                          .isoformat() for r in page if r.received_at >= since)
+        if len(page) < 1000:
+            break
+        after = page[-1].id
+    plan = retention.plan(store, now_us)
+    return ComplianceView(
+        verification=_checkpoint(store),
+        alerts=[a.to_dict() for a in sorted(states, key=lambda a: a.idx, reverse=True)
+                if a.status != "resolved"],
+        plan=plan.to_dict(), holds=[h.to_dict() for h in plan.holds],
+        alerts_per_day=dict(per_day), quarantine_per_day=dict(quarantine))
+
+
+async def compliance(request: web.Request, *, error: str | None = None, status: int = 200
+                     ) -> web.StreamResponse:
+    """GET /console/compliance: ledger and checkpoint status, open alerts (forms for
+    audit.review), legal holds, the retention plan, plots."""
+    if error is None:
+        P.check_known(request.rel_url.query, ("done",))
+    app, c = request.app, ctx(request)
+    now = app[CLOCK]()
+    view = await asyncio.to_thread(compliance_view, app[STORE], now_us=now)
+    c.record.count = len(view.alerts)
+    return render(
+        request, "compliance.html", status=status, view=view, now=_iso(now),
+        flash=None if error is not None else _flash(request), error=error,
+        can_review=_allowed(request, "consoleAckAlert"),
+        alert_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
+            f"alerts per day, last {PLOT_DAYS} days", view.alerts_per_day)),
+        quarantine_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
+            f"quarantined messages per day, last {PLOT_DAYS} days", view.quarantine_per_day)))
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The form fields; with a session, its CSRF token must be in ``csrf``."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadRequestError("a console form is sent as application/x-www-form-urlencoded")
+    if (request.content_length or 0) > FORM_MAX_BYTES:
+        raise BadRequestError(f"the form is larger than {FORM_MAX_BYTES} bytes")
+    raw = await request.post()
+    form = {k: v for k, v in raw.items() if isinstance(v, str)}
+    session = request.get(SESSION)
+    if session is not None:
+        token = form.get("csrf", "")
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), session.csrf.encode()):
+            raise CsrfError("the form does not carry this session's CSRF token (reload the "
+                            "page and send it again)")
+    return form
+
+
+async def _review(request: web.Request, event: str) -> web.StreamResponse:
+    raw = request.match_info["idx"]
+    if not raw.isdigit() or len(raw) > 16:
+        raise NotFoundError(f"no alert {raw[:20]!r}")
+    idx = int(raw)
+    rec = ctx(request).record
+    rec.extra = {"alert_idx": idx, "console": True}
+    form = await _form(request)
+    note = form.get("note", "").strip()
+    try:
+        if not note:
+            raise ReviewError("note: must not be empty (say what was checked)")
+        if len(note) > NOTE_MAX:
+            raise ReviewError(f"note: at most {NOTE_MAX} characters")
+        review_idx, _ = await asyncio.to_thread(
+            reviews.review_alert, request.app[STORE], event, idx, by=principal_name(request),
+            note=note, now_us=request.app[CLOCK]())
+    except (ReviewError, ForbiddenError) as e:
+        p = classify(e)
+        rec.outcome, rec.detail = p.outcome, p.detail
+        return await compliance(request, error=p.detail, status=p.status)
+    rec.count = 1
+    rec.extra["review_idx"] = review_idx
+    # 303: the browser GETs the page again (a reload never re-sends the form)
+    return web.Response(status=303, headers={
+        "Location": f"/console/compliance?done={event}-{idx}", **_HEADERS})
+
+
+async def ack_alert(request: web.Request) -> web.StreamResponse:
+    """POST /console/compliance/alerts/{idx}/ack (form: note, csrf)."""
+    return await _review(request, "ack")
+
+
+async def resolve_alert(request: web.Request) -> web.StreamResponse:
+    """POST /console/compliance/alerts/{idx}/resolve (form: note, csrf)."""
+    return await _review(request, "resolve")
+
+
+# ---- operations -------------------------------------------------------------------------
+
+def _ops_rows(store: SQLStore, now_us: int) -> tuple[list[DeviceRow], int]:
+    rows = fleet_rows(store, now_us=now_us)
+    held = 0
+    after = 0
+    for _ in range(100):
+        page = store.quarantine(limit=1000, after_id=after)
+        held += len(page)
+        if len(page) < 1000:
+            break
+        after = page[-1].id
+    return rows, held
+
+
+async def ops(request: web.Request) -> web.StreamResponse:
+    """GET /console/ops: the fleet (online, last seen, queue, clock, certificate expiry) and
+    the quarantine count."""
+    P.check_known(request.rel_url.query, ())
+    app, c = request.app, ctx(request)
+    now = app[CLOCK]()
+    rows, quarantined = await asyncio.to_thread(_ops_rows, app[STORE], now)
+    c.record.count = len(rows)
+    return render(request, "ops.html", rows=rows, quarantined=quarantined, now=_iso(now))
