@@ -10,8 +10,9 @@ active hold; what each hold keeps; what no policy governs.
 :func:`run` executes the plan at the current time as ONE store transaction of ordered steps
 (:data:`STEPS`): the evidence ``retention`` entry (the store judges it by the auditor's rules and
 deletes the bodies it lists), then the purge of the projections (the personal columns of the
-``punches`` rows, the raw bytes and detail of the quarantined rejections). Encryption at rest
-will add a step that destroys the data keys of expired periods inside the same transaction.
+``punches`` rows, the raw bytes and detail of the quarantined rejections). On an encrypted
+ledger (DESIGN.md §8.6) the evidence step also destroys the data keys that sealed nothing but
+what the run removes (:func:`spent_keys`), named in the entry's informational ``keys`` field.
 
 Invariants: a run commits all its steps or none (a run killed anywhere leaves either nothing or
 a complete evidence entry with everything it lists purged); a run with nothing to remove and
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.ledger import retention_tables
+from collector.ledger import body_crypto, retention_tables
 from collector.ledger.retention_tables import Decoder, Opener, Record, Rows
 from collector.ledger.sqlbase import SQLStore
 from wire.bodies_retention import RetentionRules, idx_ranges
@@ -34,8 +35,8 @@ from wire.bodies_retention import RetentionRules, idx_ranges
 STEPS: tuple[str, ...] = ("evidence", "punches", "quarantine")
 """The steps of a run, in order, inside one transaction. "evidence": the ``retention`` entry,
 whose append deletes the bodies it lists; "punches" / "quarantine": the projections' purge.
-(Encryption at rest: "data-keys" — destroy the data keys of expired periods — goes before
-"evidence", so the entry can name the destroyed key ids.)"""
+(Encryption at rest: the data keys spent by the run are destroyed inside "evidence", whose
+entry names them.)"""
 
 StepHook = Callable[[str], None]
 """Called after each step with its name, inside the transaction (tests stop a run there)."""
@@ -163,13 +164,40 @@ class RunResult:
                 "plan": self.plan.to_dict()}
 
 
+def spent_keys(rows: Rows, removed: list[int]) -> list[str]:
+    """The data key ids every one of whose sealed bodies is among ``removed`` (DESIGN.md
+    §8.6): nothing they sealed stays, so destroying them loses nothing else."""
+    magic = body_crypto.MAGIC
+    gone: Counter[str] = Counter()
+    for i in range(0, len(removed), 500):
+        chunk = removed[i:i + 500]
+        for k, n in rows("SELECT substr(body, 5, 35), COUNT(*) FROM bodies WHERE "  # noqa: S608 - placeholders only
+                         f"substr(body, 1, 4) = ? AND idx IN ({', '.join('?' * len(chunk))}) "
+                         "GROUP BY substr(body, 5, 35)", (magic, *chunk)):
+            gone[bytes(k).decode("ascii", "replace")] += int(n)
+    if not gone:
+        return []
+    total = {bytes(k).decode("ascii", "replace"): int(n) for k, n in rows(
+        "SELECT substr(body, 5, 35), COUNT(*) FROM bodies WHERE substr(body, 1, 4) = ? "
+        "GROUP BY substr(body, 5, 35)", (magic,))}
+    return sorted(k for k, n in gone.items() if total.get(k) == n)
+
+
 def run(store: SQLStore, now_us: int, *, hook: StepHook | None = None) -> RunResult:
     """Execute the plan at ``now_us`` in one transaction (see the module docstring)."""
     with store.transaction(now_us, what="retention run") as tx:
         p = make_plan(tx.rows, now_us, store.plain, store.credential_of)
         entry: int | None = None
         if p.remove:
-            entry = tx.record("retention", p.evidence())
+            body = p.evidence()
+            # DESIGN.md §8.6: the data keys that sealed nothing but what this run removes go
+            # with it, named in the entry (an informational field) and destroyed under it.
+            keys = [] if store.sealer is None else spent_keys(tx.rows, [r.idx for r in p.remove])
+            if keys:
+                body["keys"] = keys
+            entry = tx.record("retention", body)
+            if keys and store.sealer is not None:
+                store.sealer.ring.destroy(tx, keys, idx=entry)
         if hook is not None:
             hook("evidence")
         todo_p, todo_q = retention_tables.unpurged(tx.rows)

@@ -11,6 +11,7 @@ destroyed key is the disposal).
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import sqlite3
 import subprocess
@@ -342,7 +343,7 @@ def _with_env(monkeypatch: pytest.MonkeyPatch, spec: str, url: str) -> SQLStore:
 
 def test_d15_a_retention_run_reads_and_removes_sealed_bodies(store: SQLStore,
                                                              tmp_path: Path) -> None:
-    personal_store(store, tmp_path)
+    ring, _ = personal_store(store, tmp_path)
     p = store.append([EventFact("policy", {"event": "proposed", "policy": "punches-7d",
                                            "record": "punch", "period_days": 7,
                                            "scope": "all", "by": "alice"})],
@@ -354,6 +355,14 @@ def test_d15_a_retention_run_reads_and_removes_sealed_bodies(store: SQLStore,
     res = retention.run(store, later)
     assert res.entry_idx is not None
     assert res.purged_punches == 3
+    # The keys that sealed only removed punches are destroyed under the retention entry and
+    # named in it; E1001's November key also sealed their directory entries: kept.
+    spent = {(k.subject, k.period) for k in ring.rows(
+        k.key_id for s in ("E1001", ring.badge_subject(STRANGER)) for k in ring.subject_keys(s)
+    ).values() if k.destroyed_idx == res.entry_idx}
+    assert spent == {("E1001", "2025-12"), (ring.badge_subject(STRANGER), "2025-11")}
+    (ev,) = [se for se in store.entries() if se.entry.kind == "retention"]
+    assert len(json.loads(ev.body or b"")["keys"]) == 2
     assert list(store.punch_rows(PunchQuery())) == []
     checkpoint(store, later)
     result = verify_store(store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True)
