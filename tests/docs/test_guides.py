@@ -1,9 +1,10 @@
 """The role guides (docs/guides/*.md, issue 16 item 4) name only commands, options and endpoints
 that exist: every command line of their ``sh``/``bash`` blocks that starts with one of our
 programs is parsed by that program's real argparse parser (nothing is run), and every
-``GET|POST|PUT|DELETE /v1/...`` they mention must be a route of collector.api.routes.ROUTES
-with that method. A guide that drifts from the code fails here, naming the guide, its line and
-argparse's own error. The checker itself is tested on tiny synthetic guides, so it can fail.
+``GET|POST|PUT|DELETE /v1/...`` (or ``/console/...``, ``/auth/...``) they mention must be a
+route of collector.api.routes.ROUTES with that method. A guide that drifts from the code fails
+here, naming the guide, its line and argparse's own error. The checker itself is tested on tiny
+synthetic guides, so it can fail.
 
 Rules of the extraction (kept simple on purpose, and stated in docs/guides/README.md):
 backslash continuations are joined; the line is split like a POSIX shell (quotes, ``#``
@@ -42,7 +43,7 @@ SHELL_INFOS = frozenset({"sh", "bash"})
 PLACEHOLDER = re.compile(r"<[A-Za-z][^<>\s]*>")
 SUBSTITUTION = re.compile(r"\$\([^()]*\)")
 OPERATORS = frozenset({"|", "||", "&", "&&", ";", ">", ">>", "<", "<<", "2>", "2>&1", "(", ")"})
-ENDPOINT = re.compile(r"\b(GET|POST|PUT|DELETE) (/v1/[^\s`'\"()\[\]<>,;]*)")
+ENDPOINT = re.compile(r"\b(GET|POST|PUT|DELETE) (/(?:v1|console|auth)/[^\s`'\"()\[\]<>,;]*)")
 
 
 class GuideError(AssertionError):
@@ -261,12 +262,12 @@ timeclock-collector not a shell block, so never parsed
 ```
 
 Call `GET /v1/corrections/cor-1a2b` or `POST /v1/corrections/{id}/approve`, then
-GET /v1/timesheets?since=2026-11-01T00:00Z.
+GET /v1/timesheets?since=2026-11-01T00:00Z. Sign in at `GET /auth/login`.
 """
 
 
 def test_checker_accepts_a_good_guide_and_counts_what_it_checked() -> None:
-    assert check_guide(GOOD, "good.md") == (5, 3)
+    assert check_guide(GOOD, "good.md") == (5, 4)
 
 
 def test_checker_joins_continuations_and_keeps_the_first_line() -> None:
@@ -292,6 +293,7 @@ def test_checker_joins_continuations_and_keeps_the_first_line() -> None:
     ("Ask `GET /v1/timesheet?since=1` first.\n",
      r"x\.md:1: GET /v1/timesheet is no route"),
     ("then `DELETE /v1/corrections/cor-1`\n", r"x\.md:1: DELETE /v1/corrections/cor-1 is no"),
+    ("the page `GET /console/payroll`\n", r"x\.md:1: GET /console/payroll is no route"),
     ("```sh\ntimeclock-collector token list\n", r"x\.md:1: code block is never closed"),
 ])
 def test_checker_fails_naming_guide_line_and_the_error(doc: str, error: str) -> None:
