@@ -11,8 +11,9 @@ none.
 Invariants:
 - the navigation of a page lists only the pages the principal's roles allow (computed from
   the route table, never a second list of roles);
-- a form that changes something calls the same record function as the JSON API (alert
-  ack/resolve: collector.records.reviews.review_alert), so the rules are the records'; a
+- a form that changes something calls the same function as the JSON API (alert ack/resolve:
+  collector.records.reviews.review_alert; corrections: collector.api.views_hr.propose and
+  decide), so the rules are theirs (segregation of duties, the three-person rule, scope); a
   refusal is shown on the page with its status, and nothing is recorded but the access entry;
 - a form POST with the session cookie carries the session's CSRF token in its ``csrf``
   field, besides the middleware's Origin check (collector.api.signin.check_origin); a bearer
@@ -38,18 +39,23 @@ from markupsafe import Markup
 
 from collector import ForbiddenError, ReviewError
 from collector.api import params as P
+from collector.api import views_hr as H
 from collector.api.errors import BadRequestError, NotFoundError, classify
 from collector.api.keys import CLOCK, CORRECTIONS, STORE, ctx, principal_name
 from collector.api.signin import SESSION, CsrfError
 from collector.fleet.devices import DeviceRow, fleet_rows
-from collector.ledger import checkpoint_tables
+from collector.ledger import checkpoint_tables, queries
+from collector.ledger.corrections_table import Correction
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records import retention, reviews
-from collector.records.exports import Fixed
+from collector.records.corrections import FIELDS, MAX_NOTE, REASONS, CorrectionError
+from collector.records.exports import ExportError, Fixed, parse_time
 from collector.records.plots import svg_bars
 from collector.records.timesheet_export import Sheets, load
 from collector.records.timesheets import Rules, hours, shift_row, zone
 from wire.bodies_review import NOTE_MAX
+from wire.fields import DEVICE_ID_RE
+from wire.grants import DISPUTE_REASON
 
 US = 1_000_000
 DAY_US = 86_400 * US
@@ -57,6 +63,7 @@ EXCEPTION_DAYS = 14
 PLOT_DAYS = 30
 TIMESHEET_MAX_DAYS = 62
 FORM_MAX_BYTES = 8192
+PENDING_MAX = 200
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("collector.api", "templates"),
@@ -71,7 +78,10 @@ _HEADERS = {"Cache-Control": "no-store",
 PAGES: tuple[tuple[str, str], ...] = (
     ("consoleHr", "HR"), ("consoleTimesheets", "Timesheets"),
     ("consoleCompliance", "Compliance"), ("consoleOps", "Operations"))
-DONE = {"ack": "Alert {idx} acknowledged.", "resolve": "Alert {idx} resolved."}
+DONE = {"ack": "Alert {ref} acknowledged.", "resolve": "Alert {ref} resolved.",
+        "proposed": "Correction {ref} proposed: another person approves it.",
+        "approved": "Correction {ref} approved: a correction entry is on the ledger.",
+        "rejected": "Correction {ref} rejected."}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +126,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **values: 
                         headers=_HEADERS)
 
 
-DONE_RE = re.compile(r"^(ack|resolve)-([0-9]{1,16})$")
+DONE_RE = re.compile(P.PARAMS["done"][0]["pattern"])      # the OpenAPI document's pattern
 
 
 def _flash(request: web.Request) -> str | None:
@@ -125,7 +135,7 @@ def _flash(request: web.Request) -> str | None:
     m = None if done is None else DONE_RE.fullmatch(done)
     if m is None:
         return None
-    return DONE[m.group(1)].format(idx=int(m.group(2)))
+    return DONE[m.group(1)].format(ref=m.group(2))
 
 
 # ---- HR ---------------------------------------------------------------------------------
@@ -184,17 +194,38 @@ def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str]
     return HrView(dict(sorted(present.items())), exceptions, per_hour, dict(per_day))
 
 
-async def hr(request: web.Request) -> web.StreamResponse:
-    """GET /console/hr: who is in now per site, exceptions to resolve, punch plots."""
-    P.check_known(request.rel_url.query, ())
+def _pending(request: web.Request) -> list[Correction]:
+    """Proposals waiting for a decision whose punch is in the caller's scope
+    (collector.access.scopes through views_hr.scope)."""
+    store, sc = request.app[STORE], H.scope(request)
+    found = request.app[CORRECTIONS].find(status="proposed", limit=PENDING_MAX)
+    if sc.unrestricted:
+        return found
+    return [c for c in found if (r := queries.punch_row(store, c.device, c.seq)) is not None
+            and sc.row_ok(store, r)]
+
+
+async def hr(request: web.Request, *, error: str | None = None, status: int = 200
+             ) -> web.StreamResponse:
+    """GET /console/hr: who is in now per site, exceptions to resolve (a correction form
+    for hr.correct), proposals to decide (forms for hr.approve), punch plots."""
+    if error is None:
+        P.check_known(request.rel_url.query, ("done",))
     app, c = request.app, ctx(request)
     now = app[CLOCK]()
     sites = c.principal.sites if c.principal is not None else None
     view = await asyncio.to_thread(hr_view, app[STORE], app[CORRECTIONS].applied_complete(),
                                    now_us=now, sites=sites)
-    c.record.count = sum(len(v) for v in view.present.values()) + len(view.exceptions)
+    can_read = _allowed(request, "listCorrections")
+    pending = await asyncio.to_thread(_pending, request) if can_read else []
+    c.record.count = (sum(len(v) for v in view.present.values()) + len(view.exceptions)
+                      + len(pending))
     today = dt.datetime.fromtimestamp(now / US, dt.UTC).date()
-    return render(request, "hr.html", view=view, now=_iso(now),
+    return render(request, "hr.html", status=status, view=view, now=_iso(now),
+                  flash=None if error is not None else _flash(request), error=error,
+                  pending=pending, can_propose=_allowed(request, "consoleProposeCorrection"),
+                  can_decide=_allowed(request, "consoleApproveCorrection"),
+                  reasons=[r for r in REASONS if r != DISPUTE_REASON], fields=FIELDS,
                   since=(today - dt.timedelta(days=7)).isoformat(),
                   until=(today + dt.timedelta(days=1)).isoformat(),
                   hour_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
@@ -369,9 +400,7 @@ async def _review(request: web.Request, event: str) -> web.StreamResponse:
         return await compliance(request, error=p.detail, status=p.status)
     rec.count = 1
     rec.extra["review_idx"] = review_idx
-    # 303: the browser GETs the page again (a reload never re-sends the form)
-    return web.Response(status=303, headers={
-        "Location": f"/console/compliance?done={event}-{idx}", **_HEADERS})
+    return _see(f"/console/compliance?done={event}-{idx}")
 
 
 async def ack_alert(request: web.Request) -> web.StreamResponse:
@@ -382,6 +411,68 @@ async def ack_alert(request: web.Request) -> web.StreamResponse:
 async def resolve_alert(request: web.Request) -> web.StreamResponse:
     """POST /console/compliance/alerts/{idx}/resolve (form: note, csrf)."""
     return await _review(request, "resolve")
+
+
+async def _hr_refusal(request: web.Request, e: Exception) -> web.StreamResponse:
+    p = classify(e)
+    rec = ctx(request).record
+    rec.outcome, rec.detail = p.outcome, p.detail
+    return await hr(request, error=p.detail, status=p.status)
+
+
+def _see(location: str) -> web.Response:
+    # 303: the browser GETs the page again (a reload never re-sends the form)
+    return web.Response(status=303, headers={"Location": location, **_HEADERS})
+
+
+def _after(field: str, raw: str) -> Any:
+    """The form's new value: an action, or a time (ISO 8601 with a UTC offset)."""
+    if field != "ts":
+        return raw
+    try:
+        return parse_time(raw)
+    except ExportError as e:
+        raise CorrectionError(f"after: {e}") from e
+
+
+async def propose_correction(request: web.Request) -> web.StreamResponse:
+    """POST /console/hr/corrections (form: device, seq, field, after, reason, note, csrf):
+    views_hr.propose, the rules of ``POST /v1/corrections``."""
+    form = await _form(request)
+    try:
+        device, seq = form.get("device", ""), form.get("seq", "")
+        if not DEVICE_ID_RE.fullmatch(device) or not seq.isdigit() or len(seq) > 16:
+            raise CorrectionError("device and seq: the punch to correct (from the exceptions)")
+        field = form.get("field", "")
+        c = await H.propose(request, device=device, seq=int(seq), field=field,
+                            after=_after(field, form.get("after", "").strip()),
+                            reason=form.get("reason", ""),
+                            note=form.get("note", "")[:MAX_NOTE])
+    except (CorrectionError, ForbiddenError) as e:
+        return await _hr_refusal(request, e)
+    return _see(f"/console/hr?done=proposed-{c.id}")
+
+
+async def _decide(request: web.Request, approve: bool) -> web.StreamResponse:
+    cid = request.match_info["id"]
+    if len(cid) > 40 or not cid.startswith("cor-"):
+        raise NotFoundError(f"no correction {cid[:40]!r}")
+    form = await _form(request)
+    try:
+        c = await H.decide(request, cid, approve=approve, note=form.get("note", "")[:MAX_NOTE])
+    except (CorrectionError, ForbiddenError) as e:
+        return await _hr_refusal(request, e)
+    return _see(f"/console/hr?done={c.status}-{c.id}")
+
+
+async def approve_correction(request: web.Request) -> web.StreamResponse:
+    """POST /console/hr/corrections/{id}/approve (form: note, csrf)."""
+    return await _decide(request, True)
+
+
+async def reject_correction(request: web.Request) -> web.StreamResponse:
+    """POST /console/hr/corrections/{id}/reject (form: note, csrf)."""
+    return await _decide(request, False)
 
 
 # ---- operations -------------------------------------------------------------------------

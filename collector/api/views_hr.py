@@ -591,8 +591,17 @@ async def propose_correction(request: web.Request) -> web.Response:
         raise BadRequestError(f"field: one of {', '.join(FIELDS)}")
     reason = P.field_str(body, "reason", max_len=40)
     note = P.field_str(body, "note", default="")
-    after = check_value(field, body["after"])
-    before = body.get("before")
+    c = await propose(request, device=device, seq=seq, field=field, after=body["after"],
+                      reason=reason, note=note, before=body.get("before"))
+    return web.json_response(c.to_dict(), status=201,
+                             headers={"Location": f"/v1/corrections/{c.id}"})
+
+
+async def propose(request: web.Request, *, device: str, seq: int, field: str, after: Any,
+                  reason: str, note: str, before: Any = None) -> Correction:
+    """A proposal by the caller under the rules of ``POST /v1/corrections`` (scope, the
+    employee's dispute, collector.records.corrections); the console's form calls it too."""
+    after = check_value(field, after)
     if before is not None:
         check_value(field, before)
     editor = principal_name(request)
@@ -601,7 +610,7 @@ async def propose_correction(request: web.Request) -> web.Response:
         raise ForbiddenError(f"{editor} (employee.self) may only dispute their own punches: "
                              f"reason {DISPUTE_REASON}")
 
-    def propose() -> Correction:
+    def run() -> Correction:
         store = request.app[STORE]
         r = queries.punch_row(store, device, seq)
         if r is None or not scope(request).row_ok(store, r):
@@ -612,12 +621,11 @@ async def propose_correction(request: web.Request) -> web.Response:
             device=device, seq=seq, field=field, after=after, reason=reason, note=note,
             before=before, editor=editor, now_us=request.app[CLOCK](), persons=persons)
 
-    c = await asyncio.to_thread(propose)
+    c = await asyncio.to_thread(run)
     rec = ctx(request).record
     rec.count = 1
     rec.extra["proposal"] = c.id
-    return web.json_response(c.to_dict(), status=201,
-                             headers={"Location": f"/v1/corrections/{c.id}"})
+    return c
 
 
 async def _decide(request: web.Request, approve: bool) -> web.Response:
@@ -627,9 +635,19 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     body = await P.json_body(request, required=(), optional=("note",),
                              max_bytes=request.app[SETTINGS].body_max_bytes)
     note = P.field_str(body, "note", default="")
+    c = await decide(request, cid, approve=approve, note=note)
+    return web.json_response(c.to_dict())
+
+
+async def decide(request: web.Request, cid: str, *, approve: bool, note: str) -> Correction:
+    """Approve or reject proposal ``cid`` as the caller under the rules of ``POST
+    /v1/corrections/{id}/approve`` (scope, disputes, the three-person rule of
+    collector.records.corrections); the console's form calls it too."""
+    rec = ctx(request).record
+    rec.extra["proposal"] = cid
     me, role = ctx(request).principal, ctx(request).role
 
-    def decide() -> Correction:
+    def run() -> Correction:
         c = _scoped_correction(request, cid)
         if role == "supervisor" and c.reason == DISPUTE_REASON:
             raise ForbiddenError(f"correction {cid} is an employee's dispute: HR decides "
@@ -641,11 +659,11 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
                                                approver=principal_name(request), note=note,
                                                now_us=request.app[CLOCK](), persons=persons)
 
-    c = await asyncio.to_thread(decide)
+    c = await asyncio.to_thread(run)
     rec.count = 1
     if c.correction_idx is not None:
         rec.extra["correction_idx"] = c.correction_idx
-    return web.json_response(c.to_dict())
+    return c
 
 
 async def approve_correction(request: web.Request) -> web.Response:

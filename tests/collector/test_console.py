@@ -11,6 +11,7 @@ test_sessions.py does) instead of signing in at a provider."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,6 @@ async def test_ops_page_lists_the_fleet_and_the_quarantine(sqlite_store: SQLiteS
 
 
 def _reviews_of(store: SQLiteStore) -> list[dict[str, Any]]:
-    import json  # noqa: PLC0415
-
     return [json.loads(se.body) for se in store.entries()
             if se.entry.kind == "review" and se.body is not None]
 
@@ -293,5 +292,61 @@ async def test_no_credential_in_any_page(sqlite_store: SQLiteStore, tmp_path: Pa
                 assert secret.split(":")[-1].encode() not in body
         assert csrf.encode() in bodies[-1]          # the form token, only in its own session
         assert all(csrf.encode() not in b for b in bodies[:-1])
+    finally:
+        await api.client.close()
+
+
+async def test_d6_correction_forms_propose_and_approve_as_two_people(
+        sqlite_store: SQLiteStore, tmp_path: Path) -> None:
+    api, _ = await start_console(sqlite_store, tmp_path)
+    try:
+        resp = await api.call("GET", "/console/hr", "hr-reader")
+        html = await resp.text()
+        assert 'class="propose"' not in html            # hr.read alone proposes nothing
+        resp = await api.call("GET", "/console/hr", "editor")
+        html = await resp.text()
+        assert html.count('<form class="propose"') == 1
+        assert '<input type="hidden" name="device" value="clock-02"><input type="hidden" ' \
+               'name="seq" value="3">' in html          # Cat's out without an in
+        propose = {"device": "clock-02", "seq": "3", "field": "action", "after": "in",
+                   "reason": "wrong-action", "note": "Cat pressed out for in"}
+        for bad, status, said in (({"after": "sideways"}, 400, "after: action must be one of"),
+                                  ({"seq": "99"}, 404, "no recorded punch clock-02#99"),
+                                  ({"field": "ts", "after": "tomorrow"}, 400, "after:")):
+            resp = await api.call("POST", "/console/hr/corrections", "editor",
+                                  data={**propose, **bad}, allow_redirects=False)
+            html = await resp.text()
+            assert resp.status == status, html
+            assert said in html.split('id="error"')[1], html
+        resp = await api.call("POST", "/console/hr/corrections", "editor", data=propose,
+                              allow_redirects=False)
+        assert resp.status == 303, await resp.text()
+        where = resp.headers["Location"]
+        cid = where.split("done=proposed-")[1]
+        resp = await api.call("GET", where, "approver")
+        html = await resp.text()
+        assert f"Correction {cid} proposed" in html
+        assert f'action="/console/hr/corrections/{cid}/approve"' in html
+        assert (await api.call("POST", f"/console/hr/corrections/{cid}/approve", "editor",
+                               data={"note": "mine"})).status == 403     # no hr.approve
+        resp = await api.call("POST", f"/console/hr/corrections/{cid}/approve", "approver",
+                              data={"note": "checked the camera"}, allow_redirects=False)
+        assert (resp.status, resp.headers["Location"]) == (
+            303, f"/console/hr?done=approved-{cid}")
+        resp = await api.call("POST", f"/console/hr/corrections/{cid}/reject", "approver",
+                              data={}, allow_redirects=False)
+        html = await resp.text()
+        assert resp.status == 409, html                 # decided once: refused on the page
+        assert cid in html.split('id="error"')[1]
+        corrections = [json.loads(se.body) for se in sqlite_store.entries()
+                       if se.entry.kind == "correction" and se.body is not None]
+        assert [(c["device"], c["seq"], c["field"], c["after"]) for c in corrections] == [
+            ("clock-02", 3, "action", "in")]
+        resp = await api.call("GET", "/console/hr", "hr-reader")
+        html = await resp.text()
+        exceptions = re.search(r'<table id="exceptions">(.*?)</table>', html, re.S)
+        assert exceptions is not None                   # corrected to an in, left open
+        assert re.findall(r'data-kind="([\w-]+)"><td>[\d-]+</td><td>(\w+)</td>',
+                          exceptions.group(1)) == [("missing-out", "CAT")]
     finally:
         await api.client.close()
