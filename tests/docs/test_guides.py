@@ -262,7 +262,7 @@ timeclock-collector not a shell block, so never parsed
 ```
 
 Call `GET /v1/corrections/cor-1a2b` or `POST /v1/corrections/{id}/approve`, then
-GET /v1/timesheets?since=2026-11-01T00:00Z. Sign in at `GET /auth/login`.
+GET /v1/timesheets?since=2026-11-01T00:00Z. Keep people with `PUT /v1/people/E1001`.
 """
 
 
