@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, NoReturn
 
-from collector import LedgerError
+from collector import KeyringError, LedgerError
 from collector.ledger.sqlbase import PunchRow
 from wire.ledger import LEDGER_DOMAIN
 
@@ -115,7 +115,7 @@ class RowChecker:
         for r in rs:
             raw = _bytes(r[15])
             if self._open is not None:
-                raw = self._open(r[10], r[13], raw)
+                raw = self._opened(r, raw)
                 if raw is None and r[15] is not None:
                     continue
             yield self._checked(r, raw)
@@ -123,7 +123,17 @@ class RowChecker:
     def row(self, r: tuple[Any, ...]) -> PunchRow:
         """The PunchRow of ``r`` if it matches the chain; else :class:`ProjectionError`."""
         raw = _bytes(r[15])
-        return self._checked(r, raw if self._open is None else self._open(r[10], r[13], raw))
+        return self._checked(r, raw if self._open is None else self._opened(r, raw))
+
+    def _opened(self, r: tuple[Any, ...], raw: bytes | None) -> bytes | None:
+        assert self._open is not None  # noqa: S101 - callers check
+        try:
+            return self._open(r[10], r[13], raw)
+        except KeyringError:
+            raise               # no KEK, or the wrong one: the operator's, not the row's
+        except LedgerError:
+            self._fail(PunchRow(*r[:12]), "its sealed body does not open under its data key "
+                                          "(edited, or moved from another entry)")
 
     def _checked(self, r: tuple[Any, ...], raw: bytes | None) -> PunchRow:
         p = PunchRow(*r[:12])

@@ -22,7 +22,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from collector import AppendOnlyError, LedgerError, LedgerUnavailableError, RegistryError
+from collector import (
+    AppendOnlyError,
+    KeyringError,
+    LedgerError,
+    LedgerUnavailableError,
+    RegistryError,
+)
 from collector.ledger import body_crypto, key_authority, people_tables, retention_tables, tree
 from collector.ledger.base import (
     AppendResult,
@@ -361,6 +367,18 @@ class SQLStore(LedgerStore):
             return stored
         return self.sealer.undet(stored, column=people_tables.BADGE_COLUMN)
 
+    def _opened(self, r: tuple[Any, ...]) -> bytes | None:
+        """A raw row's body for the verifier: the plaintext, or — when a sealed body does not
+        open (edited, moved) — the stored bytes, which then fail the body hash as tampering
+        at that idx; a missing or wrong KEK is still the operator's error (KeyringError)."""
+        stored = to_bytes(r[6])
+        try:
+            return self.plain(r[0], r[3], stored)
+        except KeyringError:
+            raise
+        except LedgerError:
+            return stored
+
     def blind_credential(self, credential: str) -> str | None:
         """What the ``punches`` projection holds for ``credential`` on a keyed ledger (its
         blind index; DESIGN.md §8.6), None without a keyring."""
@@ -422,8 +440,7 @@ class SQLStore(LedgerStore):
             else:
                 rows = self._q(_RAW_PAGE.format(stop="AND e.idx < ? "), (after, stop, lim))
             for r in rows:
-                yield RawEntry(r[0], r[1], r[2], r[3], r[4], r[5],
-                               self.plain(r[0], r[3], to_bytes(r[6])))
+                yield RawEntry(r[0], r[1], r[2], r[3], r[4], r[5], self._opened(r))
             if len(rows) < lim:
                 return
             after = int(rows[-1][0])

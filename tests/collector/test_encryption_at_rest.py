@@ -312,8 +312,12 @@ def test_a_sealed_body_moved_to_another_entry_does_not_open(sqlite_store: SQLite
     sqlite_exec(sqlite_store.path, "DROP TRIGGER bodies_no_update",
                 f"UPDATE bodies SET body = (SELECT body FROM bodies WHERE idx = {b}) "  # noqa: S608 - test ints
                 f"WHERE idx = {a}")
-    with pytest.raises(LedgerError, match=f"sealed body of entry {a} does not open"):
-        list(sqlite_store.entries())
+    with pytest.raises(ProjectionError, match=f"entry {a}.*sealed body does not open"):
+        list(sqlite_store.punch_rows(PunchQuery()))
+    # The verifier reports it as tampering at that entry (not a crash).
+    report = verify_store(sqlite_store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True).report
+    assert not report.ok
+    assert [f.idx for f in report.findings if f.tamper and "body" in f.message][:1] == [a]
 
 
 def test_open_store_takes_the_kek_or_refuses_an_encrypted_ledger(
