@@ -13,19 +13,29 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collector.access.oidc import OidcAuth, read_oidc_section
 from collector.api import ApiSettings
+from collector.api.app import ApiThread
+from collector.api.config import ApiSection
 from collector.api.sessions import COOKIE
-from collector.api.signin import SIGNIN
+from collector.api.signin import SIGNIN, SignIn, SigninConfig
 from collector.ledger.base import EventFact, RejectionFact
 from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import ensure_schema
 from collector.people.csv_import import import_files
 from tests.collector.api_kit import ROLE_PRINCIPALS, Api, issue_tokens, requests_of, start_api
 from tests.collector.ledger_kit import T0, Clock
+from tests.fixtures.chromium_kit import chromium_browser, screenshot_on_failure
+from tests.fixtures.oidc_kit import WEB_CLIENT, OIDCProvider
+from tests.fixtures.pki import TestPKI
+from tests.polling import wait_for
+from wire.clock import now_us
 
 H = 3600 * 1_000_000
 NOW = T0 + 10**9                       # api_kit.FakeClock's start
@@ -50,24 +60,24 @@ PAGES: dict[str, frozenset[str]] = {
 }
 
 
-def seed_console(store: SQLiteStore, tmp: Path) -> int:
+def seed_console(store: SQLiteStore, tmp: Path, now: int = NOW) -> int:
     """Two clocks, three people: Ann in since 2 h (hq), Bob in and out (plant), Cat only an
     out yesterday (a missing-in); an alert about reviewer2's own action; one quarantined
     message. Returns the alert's idx."""
     hq, plant = Clock("clock-01", site="hq"), Clock("clock-02", site="plant")
     store.append([EventFact("device", c.enrolled_body()) for c in (hq, plant)], now_us=T0)
-    store.append([hq.fact(credential=ANN, action="in", ts=NOW - 2 * H)], now_us=T0 + 1)
-    store.append([plant.fact(credential=BOB, action="in", ts=NOW - 5 * H),
-                  plant.fact(credential=BOB, action="out", ts=NOW - 4 * H),
-                  plant.fact(credential=CAT, action="out", ts=NOW - 26 * H)], now_us=T0 + 2)
+    store.append([hq.fact(credential=ANN, action="in", ts=now - 2 * H)], now_us=T0 + 1)
+    store.append([plant.fact(credential=BOB, action="in", ts=now - 5 * H),
+                  plant.fact(credential=BOB, action="out", ts=now - 4 * H),
+                  plant.fact(credential=CAT, action="out", ts=now - 26 * H)], now_us=T0 + 2)
     (tmp / "e.csv").write_text(EMPLOYEES, encoding="utf-8")
     (tmp / "b.csv").write_text(BADGES, encoding="utf-8")
     import_files(store, tmp / "e.csv", tmp / "b.csv", now_us=T0 + 3)
     store.append([RejectionFact("bad-signature", "test", "timeclock/v1/clock-01/punches",
-                                b"{not a punch", NOW - H, device="clock-01")], now_us=T0 + 4)
+                                b"{not a punch", now - H, device="clock-01")], now_us=T0 + 4)
     body = {"alert": "grant-change", "severity": 2, "device": None, "principal": "reviewer2",
-            "detail": "a grant by reviewer2", "at": NOW - H}
-    return store.append([EventFact("alert", body)], now_us=NOW - H)[0].idx
+            "detail": "a grant by reviewer2", "at": now - H}
+    return store.append([EventFact("alert", body)], now_us=now - H)[0].idx
 
 
 async def start_console(store: SQLiteStore, tmp: Path) -> tuple[Api, int]:
@@ -350,3 +360,71 @@ async def test_d6_correction_forms_propose_and_approve_as_two_people(
                           exceptions.group(1)) == [("missing-out", "CAT")]
     finally:
         await api.client.close()
+
+
+# ---- one headless Chromium test: an HR officer signs in and opens /console/hr ------------
+
+HR_USER = {"sub": "u-3001", "username": "hana", "password": "hana-pw", "groups": ["hr"],
+           "employee_id": "E-3001", "mfa": False}
+
+
+@pytest.mark.subprocess
+def test_d7_browser_hr_officer_signs_in_and_sees_presence(
+        oidc_provider: OIDCProvider, pki: TestPKI, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    port = _free_port()
+    base = f"https://127.0.0.1:{port}"
+    oidc_provider.set_client(WEB_CLIENT, redirect_uris=[f"{base}/auth/callback"])
+    oidc_provider.set_user(HR_USER["sub"], **{k: v for k, v in HR_USER.items() if k != "sub"})
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text(oidc_provider.secret(WEB_CLIENT) + "\n")
+    secret_file.chmod(0o600)
+    problems: list[str] = []
+    section = read_oidc_section({
+        "issuer": oidc_provider.issuer, "audience": oidc_provider.audience,
+        "employee_claim": "employee_id", "roles": {"hr": ["hr.read"]},
+        "client_id": WEB_CLIENT, "client_secret_file": str(secret_file),
+        "redirect_uri": f"{base}/auth/callback"}, problems)
+    assert section is not None, problems
+    config = SigninConfig.load(section)
+    assert config is not None
+    store = SQLiteStore(tmp_path / "ledger.db")
+    seed_console(store, tmp_path, now=now_us())
+    api = ApiThread(ApiSection(cert=pki.server_cert_file, key=pki.server_key_file,
+                               listen="127.0.0.1", port=port, oidc=section), store,
+                    log_keys={}, signin=SignIn(config, OidcAuth(section)))
+    api.start()
+    try:
+        for b in chromium_browser([pki.server_cert_file], tmp_path / "chromium"):
+            for browser in screenshot_on_failure(request, b):
+                browser.get(f"{base}/auth/login?next=/console/hr")
+                browser.fill("#username", "hana")
+                browser.fill("#password", "hana-pw")
+                browser.click("#submit")
+                browser.wait_element("table.presence")
+                page = browser.text()
+                assert "Signed in as hana" in page
+                assert "ANN" in page
+                assert "missing-in" in page
+                assert "Timesheets" in page
+                assert "Operations" not in page        # ops.devices is not hana's
+                browser.step("console-hr")
+
+        def viewed() -> list[dict[str, Any]]:
+            reader = SQLiteStore(tmp_path / "ledger.db")
+            try:
+                return [b for b in requests_of(reader) if b["principal"] == "hana"
+                        and b["path"] == "/console/hr" and b["status"] == 200]
+            finally:
+                reader.close()
+        [entry] = wait_for(viewed, 60, "the access entry of hana's page view")
+        assert (entry["auth"], entry["role"]) == ("session", "hr.read")
+    finally:
+        api.stop()
+        store.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
