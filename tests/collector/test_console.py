@@ -48,7 +48,8 @@ CAT,Cat Cooper,Operations,plant,Europe/London,
 BADGES = "credential,employee_id,valid_from,valid_until,status\n" + "".join(
     f"{c},{e},2025-01-01T00:00:00Z,,assigned\n" for c, e in ((ANN, "ANN"), (BOB, "BOB"),
                                                            (CAT, "CAT")))
-REVIEWERS = {"reviewer": ("audit.review",), "reviewer2": ("audit.review",)}
+REVIEWERS: dict[str, tuple[str, ...]] = {"reviewer": ("audit.review",),
+                                         "reviewer2": ("audit.review",)}
 ORIGIN = "https://collector.example:8443"
 
 # page -> roles that open it (written out here, independent of collector.api.routes)
@@ -97,7 +98,9 @@ async def start_console(store: SQLiteStore, tmp: Path) -> tuple[Api, int]:
 
 def session_cookie(api: Api, principal: str, roles: tuple[str, ...]) -> tuple[str, str]:
     """A live session of the app (no provider needed until re-validation): (cookie, csrf)."""
-    signin = api.client.server.app[SIGNIN]
+    app = api.client.app
+    assert app is not None
+    signin = app[SIGNIN]
     sid, s, _ = signin.sessions.create(
         principal=principal, subject="ab" * 16, roles=frozenset(roles), withheld=frozenset(),
         employee_id=None, sites=None, mfa=True, refresh_token=None, now_us=api.clock.now)
@@ -364,8 +367,8 @@ async def test_d6_correction_forms_propose_and_approve_as_two_people(
 
 # ---- one headless Chromium test: an HR officer signs in and opens /console/hr ------------
 
-HR_USER = {"sub": "u-3001", "username": "hana", "password": "hana-pw", "groups": ["hr"],
-           "employee_id": "E-3001", "mfa": False}
+HR_USER: dict[str, Any] = {"sub": "u-3001", "username": "hana", "password": "hana-pw",
+                           "groups": ["hr"], "employee_id": "E-3001", "mfa": False}
 
 
 @pytest.mark.subprocess
