@@ -64,6 +64,7 @@ PLOT_DAYS = 30
 TIMESHEET_MAX_DAYS = 62
 FORM_MAX_BYTES = 8192
 PENDING_MAX = 200
+QUARANTINE_PAGES = 100
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("collector.api", "templates"),
@@ -322,15 +323,7 @@ def compliance_view(store: SQLStore, *, now_us: int) -> ComplianceView:
     per_day: Counter[str] = Counter(
         dt.datetime.fromtimestamp(a.at / US, dt.UTC).date().isoformat()
         for a in states if a.at >= since)
-    quarantine: Counter[str] = Counter()
-    after = 0
-    for _ in range(100):              # at most 100 pages of 1000: the plot's 30 days
-        page = store.quarantine(limit=1000, after_id=after)
-        quarantine.update(dt.datetime.fromtimestamp(r.received_at / US, dt.UTC).date()
-                          .isoformat() for r in page if r.received_at >= since)
-        if len(page) < 1000:
-            break
-        after = page[-1].id
+    _, quarantine = _quarantined(store, since)
     plan = retention.plan(store, now_us)
     return ComplianceView(
         verification=_checkpoint(store),
@@ -477,25 +470,35 @@ async def reject_correction(request: web.Request) -> web.StreamResponse:
 
 # ---- operations -------------------------------------------------------------------------
 
-def _ops_rows(store: SQLStore, now_us: int) -> tuple[list[DeviceRow], int]:
-    rows = fleet_rows(store, now_us=now_us)
-    held = 0
-    after = 0
-    for _ in range(100):
+def _quarantined(store: SQLStore, since_us: int) -> tuple[int, Counter[str]]:
+    """Quarantined messages held, and those received since ``since_us`` per UTC day (read
+    in pages; at most QUARANTINE_PAGES of 1000)."""
+    held, per_day, after = 0, Counter[str](), 0
+    for _ in range(QUARANTINE_PAGES):
         page = store.quarantine(limit=1000, after_id=after)
         held += len(page)
+        per_day.update(dt.datetime.fromtimestamp(r.received_at / US, dt.UTC).date()
+                       .isoformat() for r in page if r.received_at >= since_us)
         if len(page) < 1000:
             break
         after = page[-1].id
-    return rows, held
+    return held, per_day
+
+
+def _ops_rows(store: SQLStore, now_us: int) -> tuple[list[DeviceRow], int, Counter[str]]:
+    held, per_day = _quarantined(store, now_us - PLOT_DAYS * DAY_US)
+    return fleet_rows(store, now_us=now_us), held, per_day
 
 
 async def ops(request: web.Request) -> web.StreamResponse:
-    """GET /console/ops: the fleet (online, last seen, queue, clock, certificate expiry) and
-    the quarantine count."""
+    """GET /console/ops: the fleet (online, last seen, queue, clock, certificate expiry), the
+    quarantine count and its plot."""
     P.check_known(request.rel_url.query, ())
     app, c = request.app, ctx(request)
     now = app[CLOCK]()
-    rows, quarantined = await asyncio.to_thread(_ops_rows, app[STORE], now)
+    rows, quarantined, per_day = await asyncio.to_thread(_ops_rows, app[STORE], now)
     c.record.count = len(rows)
-    return render(request, "ops.html", rows=rows, quarantined=quarantined, now=_iso(now))
+    return render(request, "ops.html", rows=rows, quarantined=quarantined, now=_iso(now),
+                  quarantine_plot=Markup(svg_bars(  # noqa: S704 - escaped by records.plots
+                      f"quarantined messages per day, last {PLOT_DAYS} days",
+                      dict(per_day))))

@@ -193,6 +193,10 @@ async def test_ops_page_lists_the_fleet_and_the_quarantine(sqlite_store: SQLiteS
         rows = dict(re.findall(r'<tr data-device="([\w-]+)"><td>[\w-]+</td><td>(\w+)</td>', html))
         assert rows == {"clock-01": "hq", "clock-02": "plant"}
         assert '<span id="quarantined">1</span>' in html
+        plot = re.search(r'<figure id="plot-quarantine">(.*?)</figure>', html, re.S)
+        assert plot is not None
+        assert re.findall(r"<title>([\d-]+): (\d+)</title>", plot.group(1)) == [
+            ("2025-11-26", "1")]                        # NOW - 1 h, the seeded rejection
         assert ANN not in html
         assert "employee" not in html.lower()           # ops sees no punch data
     finally:
