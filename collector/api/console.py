@@ -407,6 +407,10 @@ async def resolve_alert(request: web.Request) -> web.StreamResponse:
 
 
 async def _hr_refusal(request: web.Request, e: Exception) -> web.StreamResponse:
+    """The HR page with the refusal, to a caller whose roles open it; anyone else (e.g.
+    hr.correct without hr.read) gets the problem document, never the page's data."""
+    if not _allowed(request, "consoleHr"):
+        raise e
     p = classify(e)
     rec = ctx(request).record
     rec.outcome, rec.detail = p.outcome, p.detail

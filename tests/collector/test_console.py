@@ -335,6 +335,12 @@ async def test_d6_correction_forms_propose_and_approve_as_two_people(
             html = await resp.text()
             assert resp.status == status, html
             assert said in html.split('id="error"')[1], html
+        # hr.correct without hr.read: the refusal as a problem document, not the HR page
+        resp = await api.call("POST", "/console/hr/corrections", "editor2",
+                              data={**propose, "seq": "99"}, allow_redirects=False)
+        assert (resp.status, resp.headers["Content-Type"]) == (
+            404, "application/problem+json; charset=utf-8")
+        assert "ANN" not in await resp.text()
         resp = await api.call("POST", "/console/hr/corrections", "editor", data=propose,
                               allow_redirects=False)
         assert resp.status == 303, await resp.text()
