@@ -38,7 +38,8 @@ JOURNAL_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"   # journald stamps l
 # Only these are an operator's missing extra; any other missing module is a bug and keeps its
 # traceback.
 OPTIONAL_MODULES = frozenset(
-    {"aiohttp", "paho", "psycopg", "sqlite_utils", "prometheus_client", "serial", "evdev"})
+    {"aiohttp", "paho", "psycopg", "sqlite_utils", "prometheus_client", "serial", "evdev",
+     "jwt", "jinja2", "markupsafe", "pkcs11", "gpiod"})
 
 
 def missing_extra(prog: str, extra: str, error: ModuleNotFoundError) -> int:

@@ -85,6 +85,8 @@ def _verifiers(site: Site, origin: str) -> list[NoteVerifier]:
 def _newest(site: Site) -> checkpoint_tables.StoredCheckpoint | None:
     store = open_store(site.store_url)
     try:
+        if not store.query("SELECT 1 FROM sqlite_master WHERE name = 'tc_checkpoints_v2'"):
+            return None     # polled before the collector made its checkpoint tables
         return checkpoint_tables.newest(store)
     finally:
         store.close()

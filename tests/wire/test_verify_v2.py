@@ -558,7 +558,7 @@ def test_d5_export_with_proofs_attacks(
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--export", "{path}"], "--export needs --collector-key"),
-    (["--export", "{path}", "{path}"], "give a BUNDLE_DIR or --export FILE"),
+    (["--export", "{path}", "{path}"], "give a BUNDLE_DIR, --export FILE or --evidence PACK"),
     (["--export", "{plain}", "--collector-key", PINNED], "not a header with proofs"),
 ])
 def test_d5_export_usage_errors_exit_2(argv: list[str], message: str, tmp_path: Path,
