@@ -62,6 +62,7 @@ from wire.bodies import (
     parse_body,
 )
 from wire.bodies_retention import HoldEvent, PolicyApproved, PolicyProposed, RetentionRules
+from wire.bodies_shred import Shred
 from wire.canonical import canonical, loads
 from wire.errors import DecodeError, WireError
 from wire.grants import AccessHistory
@@ -858,6 +859,16 @@ class LedgerAuditor:
     def _fact_review(self, idx: int, review: object) -> None:
         """Alert reviews and scheduled sign-offs (protocol §7.2 review): the body's shape is
         checked (wire.bodies_review); its rules against the ledger are the collector's."""
+
+    def _fact_shred(self, idx: int, shred: Shred) -> None:
+        """An erasure by key destruction (DESIGN.md §8.6; protocol §7.2 shred): from here on
+        the bodies of the entries it names may be missing, as under retention (step 4), and
+        only those; the erasure is reported (a finding, not tampering)."""
+        self._state.retained.extend(shred.entries)
+        self._add(idx, Check.FACT, f"shred: {len(shred.keys)} data key(s) of employee "
+                  f"{shred.employee} destroyed, the bodies of {shred.count} entries erased "
+                  f"(case {shred.case}; asked by {shred.by}, approved by "
+                  f"{shred.approved_by})", tamper=False)
 
     def _fact_correction(self, idx: int, correction: Correction) -> None:
         original = correction.original_idx

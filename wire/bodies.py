@@ -34,6 +34,7 @@ from wire.bodies_retention import (
     parse_policy,
 )
 from wire.bodies_review import AlertReview, SignOff, parse_review
+from wire.bodies_shred import Shred, parse_shred
 from wire.errors import DecodeError, WireError
 from wire.fields import (
     DEVICE_ID_RE,
@@ -53,7 +54,7 @@ from wire.remote_config import ConfigEntry, parse_config_entry
 from wire.rotation import SignedRotationRequest
 
 DEVICE_EVENTS = frozenset({"enrolled", "rotated", "revoked", "reenrol-requested", "reenrolled"})
-UNDELETABLE_KINDS = frozenset({"device", "retention", "policy", "hold"})
+UNDELETABLE_KINDS = frozenset({"device", "retention", "policy", "hold", "shred"})
 """Kinds whose bodies are needed to verify the rest of the ledger: retention never deletes
 them."""
 
@@ -139,7 +140,7 @@ class Access:
     fields: Mapping[str, Any]
 
 
-Body = (SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
+Body = (Shred | SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
         | Employee | BadgeEvent | PolicyProposed | PolicyApproved | HoldEvent | ConfigEntry
         | AlertReview | SignOff)
 
@@ -274,6 +275,8 @@ def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911, PL
             return parse_people(kind, value)
         if kind == "review":
             return parse_review(value, idx)
+        if kind == "shred":
+            return parse_shred(value, idx)
     except BodyError:
         raise
     except WireError as e:

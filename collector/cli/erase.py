@@ -1,0 +1,65 @@
+"""``timeclock-collector erase``: erasure of one person's data by destroying their data keys
+(DESIGN.md §8.6; control D15; docs/operations.md "Encryption at rest and erasure").
+
+One transaction (collector.records.erasure): refused when one principal asks and approves or a
+legal hold keeps the person; else one ``shred`` entry, the bodies and projection rows removed,
+the keys blanked. The ledger, its proofs and its bundles still verify afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+
+from collector import LedgerError
+from collector.ledger import KEK_ENV, open_store, sqlite_path
+from collector.records import erasure
+from wire.clock import now_us as clock_now_us
+
+EPILOG = textwrap.dedent(f"""\
+    The ledger must be encrypted at rest ([ledger] kek; here --kek or ${KEK_ENV}); the
+    person's bodies were sealed under their own data keys, so destroying the keys erases
+    them while every hash, checkpoint and proof stays valid.
+
+      timeclock-collector erase --store sqlite:///var/lib/timeclock/ledger.db \\
+          --kek file:/etc/timeclock/ledger.kek --employee E1001 \\
+          --reason "GDPR art. 17 request" --case DSR-2026-0007 --by alice --approved-by bob
+
+    Then make the freed pages leave the files: SQLite `sqlite3 ledger.db 'VACUUM'` (with
+    serve stopped) and a WAL checkpoint; PostgreSQL `VACUUM FULL bodies, punches,
+    tc_data_keys` as the owner. Backups taken before keep the data until they expire.
+    """)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("erase", help="erase one person's data by destroying their data keys",
+                       description="Erase one employee's personal data (D15): their data "
+                                   "keys are destroyed and one shred entry records it.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, metavar="URL",
+                   help="ledger: sqlite:///path, a path, or postgresql://…")
+    p.add_argument("--kek", metavar="SPEC",
+                   help=f"file:/path | credential:NAME | pkcs11:… (default: ${KEK_ENV})")
+    p.add_argument("--employee", required=True, metavar="ID", help="the employee id")
+    p.add_argument("--reason", required=True, help="why (recorded in the shred entry)")
+    p.add_argument("--case", required=True, metavar="ID", help="the request's case id")
+    p.add_argument("--by", required=True, metavar="PRINCIPAL", help="who asks")
+    p.add_argument("--approved-by", required=True, metavar="PRINCIPAL",
+                   help="who approves: another principal (dual control)")
+    p.set_defaults(func=cmd_erase)
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    path = sqlite_path(args.store)
+    if path is not None and not path.exists():     # a typo in --store makes no empty ledger
+        raise LedgerError(f"{path}: no such ledger file (a typo in --store?)")
+    store = open_store(args.store, kek=args.kek)
+    try:
+        res = erasure.erase(store, employee=args.employee, reason=args.reason,
+                            case=args.case, by=args.by, approved_by=args.approved_by,
+                            now_us=clock_now_us())
+    finally:
+        store.close()
+    print(json.dumps(res.to_dict(), sort_keys=True))
+    return 0
