@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from typing import Any, NoReturn
 
 from collector import KeyringError, LedgerError
@@ -39,6 +38,7 @@ EXTRA_COLUMNS = ("e.kind", "e.body", "e.prev", "b.body")
 ENROLMENT_SQL = ("SELECT e.body, b.body FROM devices d JOIN entries e ON e.idx = d.enrolled_idx "
                  "LEFT JOIN bodies b ON b.idx = d.enrolled_idx WHERE d.device = ?")
 _NAMES = ("device", "seq", "ts", "clock", "reader", "credential", "action", "key")
+_TAGS_MAX = 100_000     # credentials whose blind index an export remembers
 
 Enrolment = Callable[[str], "tuple[Any, Any] | None"]
 # (idx, body hash, stored body) → plaintext, None once its data key was destroyed
@@ -107,6 +107,7 @@ class RowChecker:
         self._enrolment = enrolment
         self._open = opener
         self._blind = blind     # a keyed ledger's blind index of credentials (SQLStore)
+        self._tags: dict[str, str] = {}     # credential → its index, computed once each
         self._sites: dict[str, str] = {}
 
     def rows(self, rs: Iterable[tuple[Any, ...]]) -> Iterator[PunchRow]:
@@ -163,10 +164,15 @@ class RowChecker:
         start = raw.find(b'"credential":"')
         end = raw.find(b'"', start + 14) if start >= 0 else -1
         cred = raw[start + 14:end].decode("utf-8", "replace") if end > 0 else ""
-        tag = self._blind(cred) if self._blind is not None and cred else None
+        tag = self._tags.get(cred)
+        if tag is None and self._blind is not None and cred:
+            tag = self._blind(cred)
+            if tag is not None and len(self._tags) < _TAGS_MAX:
+                self._tags[cred] = tag
         if tag is None or not hmac.compare_digest(tag, p.credential):
             self._fail(p, "column(s) credential differ from the signed punch in the entry")
-        return replace(p, credential=cred)
+        return PunchRow(p.device, p.site, p.seq, cred, p.action, p.ts, p.clock, p.reader,
+                        p.key_id, p.at, p.idx, p.entry_hash)
 
     def _compare_parsed(self, p: PunchRow, raw: bytes) -> None:
         """The slow path: the body parsed as JSON, field by field (and which differ)."""
