@@ -61,6 +61,7 @@ from wire.bodies import (
     Retention,
     parse_body,
 )
+from wire.bodies_breakglass import BreakGlassBook, BreakGlassFact
 from wire.bodies_retention import HoldEvent, PolicyApproved, PolicyProposed, RetentionRules
 from wire.bodies_shred import Shred
 from wire.canonical import canonical, loads
@@ -437,6 +438,7 @@ class LedgerAuditor:
         self._good_v2 = 0            # largest v2 size whose root matched
         self._v2_failed = False      # a v2 note did not open (the caller fed it as malformed)
         self._truncated = False      # a checkpoint lies beyond the last entry
+        self._break_glass = BreakGlassBook()   # openings still owing their review (D11)
 
     # -- recording -------------------------------------------------------------------------
 
@@ -870,6 +872,20 @@ class LedgerAuditor:
                   f"(case {shred.case}; asked by {shred.by}, approved by "
                   f"{shred.approved_by})", tamper=False)
 
+    def _fact_break_glass(self, idx: int, fact: BreakGlassFact) -> None:
+        """Break-glass (protocol §7.2 break_glass; D11): seals, openings and reviews replayed
+        (wire.bodies_breakglass); an opening without a review is a finding at finish."""
+        self._break_glass.feed(idx, fact)
+
+    def _fact_access_review(self, idx: int, fact: object) -> None:
+        """Access reviews (protocol §7.2 access_review): the body's shape is checked
+        (wire.bodies_access_review); the revocations are ordinary access entries."""
+
+    def _fact_policy_doc(self, idx: int, fact: object) -> None:
+        """Policy documents and acknowledgements (protocol §7.2): shape only."""
+
+    _fact_acknowledgement = _fact_policy_doc
+
     def _fact_correction(self, idx: int, correction: Correction) -> None:
         original = correction.original_idx
         if self._is_punch(original) is False:
@@ -964,6 +980,8 @@ class LedgerAuditor:
         covered = max(self._good_size, self._good_v2)
         self._finish_coverage(covered)
         self._gap_findings()
+        for at, what in self._break_glass.unreviewed():
+            self._add(at, Check.FACT, what, tamper=False)
         self._report = AuditReport(
             entries=self._entries, punches=self._punches,
             devices=sum(1 for ks in self._keys.values() if ks),

@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from wire.bodies_access_review import AccessReviewFact, parse_access_review
+from wire.bodies_breakglass import BreakGlassFact, parse_break_glass
 from wire.bodies_people import PEOPLE_KINDS, BadgeEvent, Employee, parse_people
+from wire.bodies_policy_doc import (
+    Acknowledgement,
+    PolicyDoc,
+    parse_acknowledgement,
+    parse_policy_doc,
+)
 from wire.bodies_retention import (
     HoldEvent,
     PolicyApproved,
@@ -142,7 +150,8 @@ class Access:
 
 Body = (Shred | SignedPunch | DeviceEvent | Rejection | Retention | Correction | Access | Alert
         | Employee | BadgeEvent | PolicyProposed | PolicyApproved | HoldEvent | ConfigEntry
-        | AlertReview | SignOff)
+        | AlertReview | SignOff | BreakGlassFact | AccessReviewFact | PolicyDoc
+        | Acknowledgement)
 
 
 def parse_device(value: Any, idx: int = 0) -> DeviceEvent:
@@ -277,6 +286,14 @@ def parse_body(kind: str, value: Any, *, idx: int) -> Body:  # noqa: PLR0911, PL
             return parse_review(value, idx)
         if kind == "shred":
             return parse_shred(value, idx)
+        if kind == "break_glass":
+            return parse_break_glass(value, idx)
+        if kind == "access_review":
+            return parse_access_review(value, idx)
+        if kind == "policy_doc":
+            return parse_policy_doc(value)
+        if kind == "acknowledgement":
+            return parse_acknowledgement(value)
     except BodyError:
         raise
     except WireError as e:

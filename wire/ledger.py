@@ -30,7 +30,8 @@ LEDGER_DOMAIN = b"timeclock/ledger/v1\n"
 CHECKPOINT_DOMAIN = b"timeclock/checkpoint/v1\n"
 KINDS = frozenset({"punch", "rejection", "device", "access", "correction", "retention",
                    "alert", "policy", "hold", "config",
-                   "employee", "badge", "review", "shred"})
+                   "employee", "badge", "review", "shred",
+                   "break_glass", "access_review", "policy_doc", "acknowledgement"})
 _ENTRY_KEYS = frozenset({"v", "idx", "kind", "at", "body", "prev"})
 _CHECKPOINT_KEYS = frozenset({"v", "log", "size", "head", "at"})
 _SIGNED_CP_KEYS = frozenset({"checkpoint", "sig"})
