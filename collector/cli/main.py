@@ -30,6 +30,7 @@ or see everything run on this machine first, from a checkout:  bash scripts/demo
 
 # Command modules, in --help order. Each is collector.cli.<name>.
 COMMANDS: tuple[str, ...] = ("init", "ca", "broker", "serve", "ledger", "device", "token",
+                             "access_review", "breakglass", "policy_docs",
                              "people", "retention", "erase", "backup", "reviews", "kek",
                              "timesheet", "hr_push", "evidence")
 

@@ -164,16 +164,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--principal", required=True)
     d.set_defaults(func=cmd_disable)
 
-    a = sub.add_parser("access-review", help="review API access: roles, last use, unused",
-                       description="Access review (CONTROLS.md D8): principals, roles and "
-                                   "last use; flags access unused for --unused-days.",
-                       epilog=REVIEW_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _store_arg(a)
-    a.add_argument("--unused-days", type=int, default=90, metavar="N",
-                   help="flag principals not used for N days (default 90)")
-    a.add_argument("--json", action="store_true", help="machine-readable output")
-    a.set_defaults(func=cmd_review)
+    # `access-review` (cmd_review below, and the periodic review) is registered by
+    # collector.cli.access_review
 
 
 def _now() -> int:
