@@ -89,7 +89,8 @@ KNOWN_ALERTS = {"chain-break": 1, "conflict": 1, "fork": 1, "replay-burst": 1,
                 "clock-skew": 2, "implausible-time": 2, "buddy-punch": 2, "buddy-pair": 2,
                 "verification-failure": 2, "auth-failure-burst": 2, "queue-age": 2,
                 "api-unauthenticated-burst": 2, "review-overdue": 2, "badge-blocked": 2,
-                "badge-unknown": 3,
+                "badge-unknown": 3, "grant-change": 3, "export-volume": 2,
+                "after-hours-read": 2,
                 "seq-loss": 2}
 for _kind, _severity in KNOWN_ALERTS.items():
     ALERTS.labels(_kind, str(_severity))
