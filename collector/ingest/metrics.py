@@ -91,7 +91,8 @@ KNOWN_ALERTS = {"chain-break": 1, "conflict": 1, "fork": 1, "replay-burst": 1,
                 "api-unauthenticated-burst": 2, "review-overdue": 2, "badge-blocked": 2,
                 "badge-unknown": 3, "grant-change": 3, "export-volume": 2,
                 "after-hours-read": 2,
-                "seq-loss": 2}
+                "seq-loss": 2, "break-glass-open": 1, "break-glass-review-overdue": 2,
+                "access-review-overdue": 2}
 for _kind, _severity in KNOWN_ALERTS.items():
     ALERTS.labels(_kind, str(_severity))
 API_REQUESTS = Counter(
