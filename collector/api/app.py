@@ -22,6 +22,7 @@ from aiohttp import web
 
 from collector import ConfigError
 from collector.access.directory import Principals
+from collector.access.gates import Gates
 from collector.api import crl
 from collector.api import metrics as api_metrics
 from collector.api.access_log import AccessLog, Throttle
@@ -30,6 +31,7 @@ from collector.api.keys import (
     ACCESS_LOG,
     CLOCK,
     CORRECTIONS,
+    GATES,
     PRINCIPALS,
     READER,
     SETTINGS,
@@ -42,6 +44,8 @@ from collector.api.keys import (
 from collector.api.middlewares import account_stream, guard, server_header
 from collector.api.reads import INLINE_READS, reads_inline
 from collector.api.routes import add_routes
+from collector.api.signin import SignIn, SigninConfig
+from collector.api.signin import install as install_signin
 from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.tables import ensure_schema
@@ -57,10 +61,11 @@ log = logging.getLogger("timeclock.api")
 
 def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
              clock: Callable[[], int] = now_us,
-             reader: SQLStore | None = None) -> web.Application:
+             reader: SQLStore | None = None, signin: SignIn | None = None) -> web.Application:
     """The API application over ``store`` (access tables created if SQLite). ``reader``, a
     second connection to the same ledger, serves the proof reads and the lookups of every
-    authentication (default: ``store``)."""
+    authentication (default: ``store``). ``signin``: people sign in through OIDC and hold
+    sessions (collector.api.signin; its sessions live in this process's memory)."""
     settings = settings or ApiSettings()
     ensure_schema(store)
     checkpoint_tables.ensure_schema(store)
@@ -73,12 +78,18 @@ def make_app(store: SQLStore, *, settings: ApiSettings | None = None,
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[PRINCIPALS] = Principals(store, reader=reader)
+    app[GATES] = Gates(reader if reader is not None else store, settings.gates)
     app[CORRECTIONS] = Corrections(store)
     app[THROTTLE] = Throttle(max_failures=settings.auth_failures_max,
                              window_s=settings.auth_failures_window_s)
     app[VERIFY_STATE] = VerifyBox()
     add_routes(app)
     app.cleanup_ctx.append(_access_log)
+    if signin is None and settings.oidc is not None:
+        config = SigninConfig.load(settings.oidc.section)    # None: no sign-in keys
+        signin = None if config is None else SignIn(config, settings.oidc)
+    if signin is not None:
+        install_signin(app, signin)     # after the access log: its sweep records into it
     api_metrics.install(app, store, clock, max_failures=settings.auth_failures_max,
                         window_s=settings.auth_failures_window_s)
     return app
@@ -113,10 +124,12 @@ def tls_context(section: ApiSection) -> ssl.SSLContext:
 async def start_api(section: ApiSection, store: SQLStore, *,
                     log_keys: Mapping[str, VerifyKey],
                     clock: Callable[[], int] = now_us,
-                    reader: SQLStore | None = None) -> web.AppRunner:
+                    reader: SQLStore | None = None,
+                    signin: SignIn | None = None) -> web.AppRunner:
     """Start serving on ``section.listen:port`` over HTTPS; ``await runner.cleanup()`` stops
     it (in-flight requests finish, the access log is flushed)."""
-    app = make_app(store, settings=section.settings(log_keys), clock=clock, reader=reader)
+    app = make_app(store, settings=section.settings(log_keys), clock=clock, reader=reader,
+                   signin=signin)
     ssl_context = tls_context(section)
     if section.crl is not None and section.client_ca is not None:
         # A revoked API client certificate is refused within crl.poll_s of the CRL file
@@ -152,9 +165,9 @@ class ApiThread:
 
     def __init__(self, section: ApiSection, store: SQLStore, *,
                  log_keys: Mapping[str, VerifyKey], clock: Callable[[], int] = now_us,
-                 reader: SQLStore | None = None) -> None:
+                 reader: SQLStore | None = None, signin: SignIn | None = None) -> None:
         self.section, self.store, self.log_keys, self.clock = section, store, log_keys, clock
-        self.reader = reader
+        self.reader, self.signin = reader, signin
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -169,7 +182,8 @@ class ApiThread:
         self._stop = asyncio.Event()
         try:
             runner = await start_api(self.section, self.store, log_keys=self.log_keys,
-                                     clock=self.clock, reader=self.reader)
+                                     clock=self.clock, reader=self.reader,
+                                     signin=self.signin)
         except BaseException as e:
             self._error = e
             self._ready.set()

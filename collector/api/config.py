@@ -8,11 +8,14 @@ application itself (collector.api.app) is imported only when ``[api]`` is config
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector import ConfigError
+from collector.access.gates import GateSettings
+from collector.access.oidc import OidcAuth, OidcSection
+from collector.records.reviews import ReviewSettings
 from wire.config import Section
 from wire.keys import VerifyKey
 
@@ -35,6 +38,9 @@ class ApiSection:
     auth_failures_max: int = 10
     auth_failures_window_s: int = 300
     pseudonym_key: Path | None = None   # badge pseudonyms in exports (export_fields; D20)
+    gates: GateSettings = field(default_factory=GateSettings)  # from [breakglass], [policies]
+    oidc: OidcSection | None = None     # from [oidc]: JWT access tokens (collector.access.oidc)
+    reviews: ReviewSettings | None = None   # from [reviews]: the schedule /v1/reviews follows
 
     def settings(self, log_keys: Mapping[str, VerifyKey]) -> ApiSettings:
         from collector.api.keys import ApiSettings  # noqa: PLC0415 - keys imports aiohttp
@@ -45,7 +51,10 @@ class ApiSection:
                            access_flush_ms=self.access_flush_ms,
                            access_batch_max=self.access_batch_max,
                            auth_failures_max=self.auth_failures_max,
-                           auth_failures_window_s=self.auth_failures_window_s)
+                           auth_failures_window_s=self.auth_failures_window_s,
+                           gates=self.gates,
+                           reviews=self.reviews,
+                           oidc=None if self.oidc is None else OidcAuth(self.oidc))
 
 
 _LIMITS = {"port": (1, 65535), "access_flush_ms": (1, 10_000), "access_batch_max": (1, 10_000),
@@ -79,7 +88,7 @@ def read_api_section(table: object, base_dir: Path, problems: list[str], *,
     numbers = {k: sec.integer(k, getattr(d, k), lo=lo, hi=hi) for k, (lo, hi) in _LIMITS.items()}
     if crl is not None and client_ca is None:
         sec.problem("crl", f"needs {sec.path_of('client_ca')} (nothing to check)")
-    sec.finish(allowed={f.name for f in fields(ApiSection)})
+    sec.finish(allowed={f.name for f in fields(ApiSection)} - {"gates", "oidc"})
     if len(problems) > before or cert is None or key is None:
         return None
     return ApiSection(cert=cert, key=key, listen=listen, client_ca=client_ca, crl=crl,

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from collector.access.directory import Principals
+from collector.access.gates import Gates, GateSettings
+from collector.access.oidc import OidcAuth
 from collector.access.principals import Principal
 from collector.api.access_log import AccessLog, AccessRecord, Throttle
 from collector.ledger.audit import VerifyState
 from collector.ledger.sqlbase import SQLStore
 from collector.records.corrections import Corrections
 from collector.records.export_fields import Pseudonyms
+from collector.records.reviews import ReviewSettings
 from wire.keys import VerifyKey
 
 if TYPE_CHECKING:
@@ -35,6 +38,9 @@ class ApiSettings:
     auth_failures_window_s: int = 300
     page_max: int = 1000
     body_max_bytes: int = 64 * 1024
+    reviews: ReviewSettings | None = None   # [reviews]: the schedule /v1/reviews follows
+    gates: GateSettings = field(default_factory=GateSettings)   # [breakglass], [policies]
+    oidc: OidcAuth | None = None        # [oidc]: JWT access tokens (collector.access.oidc)
 
 
 @dataclass
@@ -61,6 +67,7 @@ STORE = web.AppKey("store", SQLStore)
 # never queue behind the access log's batched commits on STORE's connection.
 READER = web.AppKey("reader", SQLStore)
 PRINCIPALS = web.AppKey("principals", Principals)
+GATES = web.AppKey("gates", Gates)     # request-time break-glass and acknowledgement gates
 CORRECTIONS = web.AppKey("corrections", Corrections)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 THROTTLE = web.AppKey("throttle", Throttle)

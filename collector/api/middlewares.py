@@ -26,6 +26,15 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
 from collector.access.directory import Principals
+from collector.access.oidc import (
+    MfaRequiredError,
+    OidcAuth,
+    OidcError,
+    OidcGrant,
+    OidcTokenError,
+    looks_like_jwt,
+    withheld_message,
+)
 from collector.access.principals import Principal
 from collector.access.tokens import TokenError
 from collector.api import params as P
@@ -43,14 +52,20 @@ from collector.api.keys import (
     ACCESS_LOG,
     CLOCK,
     CTX,
+    GATES,
     PRINCIPALS,
+    READER,
+    SETTINGS,
+    STORE,
     THROTTLE,
     RequestContext,
 )
 from collector.api.metrics import MONITOR
-from collector.api.rbac import authorize
+from collector.api.rbac import gated
 from collector.api.reads import on_reader
 from collector.api.routes import Handler, route_of
+from collector.api.sessions import COOKIE
+from collector.api.signin import check_mfa, session_principal
 from collector.fleet.pki import client_kind
 from collector.ingest.alerts import SEVERITY_WARNING
 
@@ -58,6 +73,7 @@ log = logging.getLogger("timeclock.api")
 
 # Liveness/readiness probes: polled by load balancers and monitors, never access entries.
 UNRECORDED_ROUTES = frozenset({"/healthz", "/readyz"})
+OIDC_GRANT = web.RequestKey("oidc_grant", OidcGrant)   # what a JWT's claims gave (MFA rule)
 SERVER = "timeclock"       # the Server header: no product version
 
 
@@ -92,7 +108,19 @@ def _credential(request: web.Request) -> str | None:
     if header is not None:
         return "h:" + hashlib.sha256(header.encode("utf-8", "replace")).hexdigest()[:32]
     cn = _peer_cn(request)
+    if cn is None and COOKIE in request.cookies:     # a session cookie (collector.api.signin)
+        return "s:" + hashlib.sha256(request.cookies[COOKIE].encode("utf-8", "replace")
+                                     ).hexdigest()[:32]
     return None if cn is None else "cn:" + cn[:200]
+
+
+def _serial_hex(value: object) -> str:
+    """A certificate serial as the CA's index writes it (lowercase hex, no leading zeros;
+    the TLS layer's form pads to whole bytes)."""
+    try:
+        return f"{int(str(value), 16):x}"
+    except ValueError:
+        return str(value)[:64].lower()
 
 
 def _peer_cn(request: web.Request) -> str | None:
@@ -123,6 +151,10 @@ async def authenticate(request: web.Request, rec: AccessRecord) -> Principal:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthenticatedError("Authorization must be 'Bearer <token>'")
+        oidc = request.app[SETTINGS].oidc
+        if oidc is not None and looks_like_jwt(token.strip()):
+            rec.auth = "oidc"
+            return await _authenticate_jwt(request, oidc, token.strip(), now)
         try:
             p = await on_reader(request.app, principals.authenticate_token, token.strip(),
                                 now_us=now, touch=False)
@@ -146,8 +178,49 @@ async def authenticate(request: web.Request, rec: AccessRecord) -> Principal:
             raise UnauthenticatedError(str(e)) from e
         await _touch(principals, p, now)
         return p
-    raise UnauthenticatedError("send 'Authorization: Bearer <token>' or a client certificate "
-                               "of the timeclock CA", presented=False)
+    cookie = request.cookies.get(COOKIE)
+    if cookie is not None:              # a person signed in through OIDC: kind "oidc"
+        return await session_principal(request, rec, cookie)
+    raise UnauthenticatedError("send 'Authorization: Bearer <token>', a client certificate "
+                               "of the timeclock CA or a session cookie (sign in at "
+                               "/auth/login)", presented=False)
+
+
+async def _authenticate_jwt(request: web.Request, oidc: OidcAuth, token: str, now: int
+                            ) -> Principal:
+    """A JWT access token of the ``[oidc]`` provider (collector.access.oidc): verified on
+    the event loop when the cached keys suffice (pure CPU), else in a thread (the JWKS
+    fetch); its principal is read on the reader, and recorded in a thread when the ledger
+    does not yet say what its claims give (an ``oidc-roles`` entry)."""
+    app = request.app
+    try:
+        if oidc.verifier.cached_for(token):
+            ident = oidc.verifier.verify(token, now_s=oidc.wall())
+        else:
+            ident = await asyncio.to_thread(oidc.verifier.verify, token, now_s=oidc.wall())
+        grant = oidc.section.grant(ident)
+        request[OIDC_GRANT] = grant
+        store = oidc.principals(app[STORE], app[READER])
+        p = await on_reader(app, store.current, grant)
+        if p is None:
+            p = await asyncio.to_thread(store.record, grant, now_us=now)
+    except OidcTokenError as e:
+        raise UnauthenticatedError(f"invalid token ({e})") from e
+    except OidcError as e:
+        raise UnavailableError(f"the identity provider cannot be used: {e}") from e
+    await _touch(app[PRINCIPALS], p, now)
+    return p
+
+
+def _check_oidc_mfa(request: web.Request, roles: tuple[str, ...] | None) -> None:
+    """Before rbac: a JWT whose claims map to one of ``roles`` but that was withheld for
+    want of MFA is told so (collector.access.oidc.MfaRequiredError, 403)."""
+    grant = request.get(OIDC_GRANT)
+    oidc = request.app[SETTINGS].oidc
+    if grant is None or oidc is None or roles is None or grant.roles & set(roles):
+        return
+    if grant.withheld & set(roles):
+        raise MfaRequiredError(withheld_message(grant, roles, oidc.section))
 
 
 def problem_response(request: web.Request, e: BaseException, rec: AccessRecord
@@ -298,13 +371,19 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 # connection opened before the revocation: an entry of its own.
                 rec.extra["revoked_certificate"] = {
                     "cn": (_peer_cn(request) or "")[:100],
-                    "serial": str(cert.get("serialNumber", ""))[:64].lower()}
+                    "serial": _serial_hex(cert.get("serialNumber"))}
                 raise RevokedCertificateError("the client certificate of this connection "
                                               "has been revoked (CRL)")
         if route is not None and route.roles is not None:
             context.principal = await _authenticate_throttled(request, rec)
             rec.principal = context.principal.name
-            context.role = rec.role = authorize(context.principal, route)
+            check_mfa(request, route.roles)      # a session's role withheld for want of MFA
+            _check_oidc_mfa(request, route.roles)   # the same for a JWT's
+            gates = app.get(GATES)             # break-glass roles, acknowledgements (rbac)
+            if gates is not None:
+                await on_reader(app, gates.refresh)
+            context.principal, context.role = gated(gates, context.principal, route, clock())
+            rec.role = context.role
             P.check_known(request.rel_url.query, route.params)
         response = await handler(request)
         rec.status = response.status

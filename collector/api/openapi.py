@@ -122,6 +122,21 @@ SCHEMAS: dict[str, Any] = {
     "AlertList": _obj({"items": {"type": "array", "items": _ref("Alert")}}, ["items"]),
     "ReviewNote": _obj({"note": {"type": "string", "minLength": 1, "maxLength": 1000}},
                        ["note"], extra=False),
+    "DueReview": _obj({"review": {"enum": ["daily-alerts", "access-sample"]},
+                       "period": _STR, "from": _INT, "until": _INT, "overdue_at": _INT,
+                       "status": {"enum": ["due", "overdue"]}},
+                      ["review", "period", "from", "until", "overdue_at", "status"]),
+    "DueReviewList": _obj({"items": {"type": "array", "items": _ref("DueReview")}},
+                          ["items"]),
+    "SignOffRequest": _obj({"note": {"type": "string", "minLength": 1, "maxLength": 1000},
+                            "period": {"type": "string", "pattern":
+                                       "^[0-9]{4}-([0-9]{2}-[0-9]{2}|W[0-9]{2})$"}},
+                           ["note"], extra=False),
+    "SignOff": _obj({"idx": _INT, "event": {"enum": ["sign-off"]}, "review": _STR,
+                     "period": _STR, "from": _INT, "until": _INT, "by": _STR, "note": _STR,
+                     "alerts": _INT, "unresolved": {"type": "array", "items": _INT},
+                     "sampled": {"type": "array", "items": _INT}, "population": _INT},
+                    ["idx", "review", "period", "by"]),
     "EntryPage": _obj({"items": {"type": "array", "items": _OBJ}, "next_after": _NINT},
                       ["items"]),
     "Verification": _obj({"ok": {"type": "boolean"}, "size": _INT, "resumed_from": _INT,
@@ -191,6 +206,7 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "name": {"type": "string", "maxLength": 64},
     "employee_id": {"type": "string", "pattern": EMPLOYEE_ID_RE.pattern},
     "credential": {"type": "string", "pattern": CREDENTIAL_RE.pattern},
+    "kind": {"enum": ["daily-alerts", "access-sample"]},
 }
 
 

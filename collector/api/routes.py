@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from collector.access.principals import ROLES
+from collector.api import console as CO
+from collector.api import views_access as AC
 from collector.api import views_admin as A
 from collector.api import views_audit as U
 from collector.api import views_hr as H
 from collector.api import views_people as PP
 from collector.api import views_reviews as RV
+from collector.api import views_signin as SI
 from collector.api import views_timesheets as TS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,6 +43,43 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "healthz", A.healthz, None, "Liveness (no auth)",
           response="Health"),
     Route("GET", "/v1/openapi.json", "openapi", A.openapi, None, "This OpenAPI document"),
+    Route("GET", "/auth/login", "signIn", SI.login, None, "Sign in at the OIDC provider "
+          "(302; ?next= a local path)"),
+    Route("GET", "/auth/callback", "signInCallback", SI.callback, None, "The provider's "
+          "redirect: code exchange, ID token, session cookie (HTML)"),
+    Route("POST", "/auth/logout", "signOut", SI.logout, None, "End the session (HTML; CSRF: "
+          "Origin or the session's csrf field)"),
+    Route("GET", "/auth/me", "me", SI.me, None, "The signed-in person: roles, employee, "
+          "sites, session expiry (session cookie)"),
+    Route("GET", "/console/", "console", SI.console, None, "Who is signed in, with which "
+          "roles (HTML; session cookie)"),
+    # the web console (collector.api.console): HTML pages, each an access entry
+    Route("GET", "/console/hr", "consoleHr", CO.hr, ("hr.read",), "Console: who is in "
+          "now per site, exceptions of the last 14 days, proposals to decide, punch plots "
+          "(HTML)", ("done",), personal=True),
+    Route("POST", "/console/hr/corrections", "consoleProposeCorrection",
+          CO.propose_correction, ("hr.correct",), "Console form: propose a correction "
+          "(303; form device, seq, field, after, reason, note, csrf)", status=303),
+    Route("POST", "/console/hr/corrections/{id}/approve", "consoleApproveCorrection",
+          CO.approve_correction, ("hr.approve",), "Console form: approve another person's "
+          "proposal (303; form note, csrf)", status=303),
+    Route("POST", "/console/hr/corrections/{id}/reject", "consoleRejectCorrection",
+          CO.reject_correction, ("hr.approve",), "Console form: reject a proposal (303; "
+          "form note, csrf)", status=303),
+    Route("GET", "/console/hr/timesheets", "consoleTimesheets", CO.timesheets,
+          ("hr.read", "payroll.export"), "Console: timesheets of a date range, CSV link "
+          "(HTML)", ("since", "until"), personal=True),
+    Route("GET", "/console/compliance", "consoleCompliance", CO.compliance,
+          ("audit.read", "audit.review"), "Console: ledger and cosignatures, open alerts, "
+          "legal holds, retention plan, plots (HTML)", ("done",)),
+    Route("POST", "/console/compliance/alerts/{idx}/ack", "consoleAckAlert", CO.ack_alert,
+          ("audit.review",), "Console form: acknowledge an alert (303; form note, csrf)",
+          status=303),
+    Route("POST", "/console/compliance/alerts/{idx}/resolve", "consoleResolveAlert",
+          CO.resolve_alert, ("audit.review",), "Console form: resolve an acknowledged "
+          "alert (303; form note, csrf)", status=303),
+    Route("GET", "/console/ops", "consoleOps", CO.ops, ("ops.devices",), "Console: the "
+          "fleet and the quarantine count (HTML)"),
     Route("GET", "/v1/punches", "listPunches", H.list_punches, H.PUNCH_READ_ROLES,
           "Punches by device time, filtered; JSON pages with a cursor, or NDJSON/CSV streamed",
           H.PUNCH_PARAMS, response="PunchPage", streams=True,
@@ -129,6 +169,14 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/alerts/{idx}/resolve", "resolveAlert", RV.resolve_alert,
           ("audit.review",), "Resolve an acknowledged alert (a review entry; never one "
           "about the caller's own action)", body="ReviewNote", response="Alert"),
+    Route("GET", "/v1/reviews/due", "listDueReviews", RV.due_reviews,
+          ("audit.read", "audit.review"), "Periods of the scheduled reviews ([reviews]) that "
+          "ended and are not signed off: due, or overdue after their grace",
+          response="DueReviewList"),
+    Route("POST", "/v1/reviews/{kind}/sign-off", "signOffReview", RV.sign_off,
+          ("audit.review",), "Sign off one period of a scheduled review (daily-alerts, "
+          "access-sample) as the calling principal: a review entry (default: the oldest due)",
+          body="SignOffRequest", response="SignOff", status=201),
     Route("GET", "/v1/devices", "listDevices", U.devices, ("ops.devices", "audit.read"),
           "Device registry and keys (no punch data)", response="ItemList"),
     Route("GET", "/v1/principals", "listPrincipals", A.list_principals,
@@ -157,6 +205,39 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/v1/principals/{name}/roles", "setRoles", A.set_roles, ("admin",),
           "Replace a principal's roles (segregation of duties enforced; 202 with a pending "
           "grant when it adds a punch-data role)", body="Roles", response="Object"),
+    # break-glass, access reviews, policy acknowledgements (collector.api.views_access)
+    Route("GET", "/v1/breakglass", "listBreakGlass", AC.list_break_glass,
+          ("audit.read", "audit.review", "admin"),
+          "Sealed break-glass grants with their opening and post-use review", response="ItemList"),
+    Route("POST", "/v1/breakglass/open", "openBreakGlass", AC.open_break_glass, tuple(ROLES),
+          "Open a break-glass grant sealed for the caller (secret, reason, case): its roles "
+          "for at most [breakglass] max_duration_s, a severity-1 alert at once",
+          body="Object", response="Object", status=201),
+    Route("POST", "/v1/breakglass/{id}/review", "reviewBreakGlass", AC.review_break_glass,
+          ("audit.review",), "Post-use review of a break-glass opening (never by its user "
+          "or opener)", body="ReviewNote", response="Object"),
+    Route("GET", "/v1/access-reviews", "listAccessReviews", AC.list_access_reviews,
+          ("admin", "audit.read", "audit.review"),
+          "Access reviews: grants listed, keep/revoke decisions, sign-off", response="ItemList"),
+    Route("POST", "/v1/access-reviews", "startAccessReview", AC.start_access_review,
+          ("admin", "audit.review"), "Start an access review of every grant for a named "
+          "reviewer", body="Object", response="Object", status=201),
+    Route("POST", "/v1/access-reviews/{id}/decisions", "decideAccessReview",
+          AC.decide_access_review, ("admin", "audit.review"),
+          "Keep or revoke one grant as the review's reviewer (a revoke is applied at once; "
+          "never one's own grant)", body="Object", response="Object"),
+    Route("POST", "/v1/access-reviews/{id}/sign-off", "signOffAccessReview",
+          AC.sign_off_access_review, ("admin", "audit.review"),
+          "Sign off an access review whose grants are all decided", body="ReviewNote",
+          response="Object"),
+    Route("GET", "/v1/policy-docs", "listPolicyDocs", AC.list_policy_docs, tuple(ROLES),
+          "Current policy documents (name, version, SHA-256)", response="ItemList"),
+    Route("GET", "/v1/policy-docs/due", "policyDocsDue", AC.policy_docs_due,
+          ("admin", "audit.read"), "Principals with punch-data roles that must (re-)"
+          "acknowledge a required policy document", response="ItemList"),
+    Route("POST", "/v1/acknowledgements", "acknowledge", AC.acknowledge, tuple(ROLES),
+          "Acknowledge the current version of a policy document as the caller",
+          body="Object", response="Object", status=201),
 )
 
 BY_NAME: dict[str, Route] = {r.name: r for r in ROUTES}

@@ -195,8 +195,9 @@ def _serve(cfg: CollectorConfig) -> int:
 
             # The API reads through its own connection; the ingest writer keeps its own.
             log_key = load_log_key(cfg.collector.log_key)
-            api_store = open_store(cfg.collector.store)
-            api_reader = open_store(cfg.collector.store)    # proofs: never behind a commit
+            api_store = open_store(cfg.collector.store, kek=cfg.ledger.kek)
+            api_reader = open_store(cfg.collector.store,    # proofs: never behind a commit
+                                    kek=cfg.ledger.kek)
             api = ApiThread(cfg.api, api_store,
                             log_keys={log_key.key_id: log_key.verify_key}, reader=api_reader)
             try:

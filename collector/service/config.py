@@ -50,6 +50,9 @@ Example::
     reconnect_max_ms = 2000                     # … up to this between attempts
     outage_max_s = 300                          # away longer: exit non-zero (systemd restarts)
     on_schema_drift = "refuse"                  # or "alert": start, severity-1 alert (D5)
+    # kek = "file:/etc/timeclock/ledger.kek"    # encryption at rest (DESIGN.md §8.6): the
+                                                # KEK (file: | credential:NAME | pkcs11:…);
+                                                # an encrypted ledger needs it to open
 
     [broker]                                    # optional: run Mosquitto under `serve`
     managed = true                              # start/supervise it (fleet.broker_process)
@@ -72,6 +75,15 @@ Example::
     daily_grace_s = 86400                       # the system; an overdue one alerts (docs/
     access_grace_s = 259200                     # operations.md "Reviewing alerts and
     sample_size = 25                            # scheduled reviews")
+    access_review_days = 90                     # access reviews: every 90 days (0: off)
+
+    [breakglass]                                # optional: break-glass access (operations.md
+    max_duration_s = 3600                       # "Break-glass access"; at most 14400)
+    review_grace_s = 86400                      # post-use review due a day after it ended
+
+    [policies]                                  # optional: policy acknowledgements
+    max_ack_age_days = 365                      # punch-data roles need one this young
+    required = ["access-control"]               # default: every published document
 
     [[webhooks]]                                # optional, any number: signed alert POSTs
     name = "soc"                                # (collector.ingest.detectors_webhooks)
@@ -98,6 +110,10 @@ from pathlib import Path
 from typing import Any
 
 from collector import CollectorError, ConfigError
+from collector.access.breakglass import BreakGlassSettings, read_break_glass_section
+from collector.access.gates import GateSettings
+from collector.access.oidc import read_oidc_section
+from collector.access.policy_docs import PolicySettings, read_policies_section
 from collector.api.config import ApiSection, read_api_section
 from collector.ingest.checkpoints import validate_origin
 from collector.ingest.detectors import DetectorSettings, read_detector_section
@@ -183,6 +199,10 @@ class LedgerSection:
     # Triggers or grants differ from what migrate created (collector.ledger.schema_check):
     # "refuse" to start, or "alert" (start and raise a severity-1 alert).
     on_schema_drift: str = "refuse"
+    # The key-encryption key spec (collector.ledger.kek.load_kek): personal bodies are
+    # sealed at rest under data keys it wraps (DESIGN.md §8.6). None: none (an encrypted
+    # ledger is then refused, naming this option), or $TIMECLOCK_LEDGER_KEK.
+    kek: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +230,8 @@ class CollectorConfig:
     detectors: DetectorSettings = DetectorSettings()   # [detectors]: thresholds
     webhooks: tuple[WebhookEndpoint, ...] = ()   # [[webhooks]]: signed alert webhooks
     reviews: ReviewSettings | None = None       # [reviews]: schedule (None: no overdue alerts)
+    breakglass: BreakGlassSettings = BreakGlassSettings()   # [breakglass] (D11)
+    policies: PolicySettings = PolicySettings()             # [policies]: acknowledgements
 
 
 def redact_url(url: str) -> str:
@@ -235,6 +257,7 @@ def _store_url(sec: Section, key: str, base: Path) -> str | None:
 
 
 SCHEMA_DRIFT = ("refuse", "alert")
+KEK_SPEC = re.compile(r"^(file:|credential:|pkcs11:)\S+$")
 
 
 def _ledger_section(lg: Section) -> LedgerSection:
@@ -244,7 +267,9 @@ def _ledger_section(lg: Section) -> LedgerSection:
                                         lo=10, hi=60_000),
         reconnect_max_ms=lg.integer("reconnect_max_ms", ld.reconnect_max_ms, lo=10, hi=300_000),
         outage_max_s=lg.integer("outage_max_s", ld.outage_max_s, lo=1, hi=7 * 86_400),
-        on_schema_drift=lg.choice("on_schema_drift", ld.on_schema_drift, SCHEMA_DRIFT))
+        on_schema_drift=lg.choice("on_schema_drift", ld.on_schema_drift, SCHEMA_DRIFT),
+        kek=lg.string("kek", pattern=KEK_SPEC, hint='"file:/path", "credential:NAME" or '
+                                                    '"pkcs11:module=…;token=…;key=…;pin-file=…"'))
     if ledger.reconnect_max_ms < ledger.reconnect_initial_ms:
         lg.problem("reconnect_max_ms", "must be at least reconnect_initial_ms")
     lg.finish()
@@ -327,6 +352,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
     detectors = read_detector_section(top.section("detectors"))
     webhooks = parse_webhooks(top.raw("webhooks"), base, problems)
     reviews = read_review_section(top.section("reviews")) if top.has("reviews") else None
+    api, gates = _gates(top, _oidc(top, api, problems))
     top.finish()
 
     if (problems or name is None or store is None or log_key is None or host is None
@@ -338,9 +364,33 @@ def parse_config(data: Mapping[str, Any], *, base: Path) -> CollectorConfig:
         mqtt=MqttSection(host=host, port=port, ca_cert=ca_cert, cert=cert, key=key,
                          keepalive_s=keepalive, session_expiry_s=expiry,
                          receive_maximum=recv_max),
-        ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker, api=api,
+        ingest=ingest, checkpoints=checkpoints, gaps=gaps, broker=broker,
+        # the API's /v1/reviews follows the [reviews] schedule too
+        api=api if api is None or reviews is None else dataclasses.replace(api, reviews=reviews),
         ledger=ledger, witnesses=witnesses, metrics=metrics, detectors=detectors,
-        webhooks=webhooks, reviews=reviews)
+        webhooks=webhooks, reviews=reviews, breakglass=gates.breakglass,
+        policies=gates.policies)
+
+
+def _gates(top: Section, api: ApiSection | None) -> tuple[ApiSection | None, GateSettings]:
+    """``[breakglass]`` and ``[policies]``, also handed to the API's request-time gates
+    (collector.access.gates)."""
+    gates = GateSettings(breakglass=read_break_glass_section(top.section("breakglass")),
+                         policies=read_policies_section(top.section("policies")))
+    return (None if api is None else dataclasses.replace(api, gates=gates)), gates
+
+
+def _oidc(top: Section, api: ApiSection | None, problems: list[str]) -> ApiSection | None:
+    """``[oidc]``: the identity provider whose JWT access tokens the API accepts
+    (collector.access.oidc); handed to the API, so it needs ``[api]``."""
+    if not top.has("oidc"):
+        return api
+    oidc = read_oidc_section(top.raw("oidc"), problems)
+    if api is None:
+        if not top.has("api"):
+            problems.append("oidc: needs an [api] section (its tokens are for the API)")
+        return None
+    return api if oidc is None else dataclasses.replace(api, oidc=oidc)
 
 
 def load_config(path: Path) -> CollectorConfig:

@@ -43,6 +43,8 @@ from types import FrameType
 from typing import IO, Any, cast
 
 from collector import CollectorError, LedgerError, LedgerUnavailableError
+from collector.access.access_reviews import AccessReviewWatch
+from collector.access.breakglass import BreakGlassWatch
 from collector.ingest import checkpoints
 from collector.ingest.alerts import SEVERITY_CRITICAL, Alerts, ChainWatch, GapTracker
 from collector.ingest.cosignatures import DeviceWitnesses
@@ -56,7 +58,7 @@ from collector.ledger import access_tables, checkpoint_tables, open_store
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.schema_check import check_schema
 from collector.ledger.sqlbase import SQLStore
-from collector.records.reviews import ReviewWatch
+from collector.records.reviews import ReviewWatch, review_start_us
 from collector.service.config import CollectorConfig, redact_url
 from collector.service.log_state import LogState, StateFileError, check_ledger
 from collector.service.metrics import ServiceMonitor
@@ -284,7 +286,7 @@ def preflight(cfg: CollectorConfig) -> None:
     """:func:`log_checks` on a connection of its own, for ``serve`` to run before it starts
     the broker or the API (a refused ledger is never served, not even briefly)."""
     log_key = checkpoints.load_log_key(cfg.collector.log_key)
-    store = open_store(cfg.collector.store)
+    store = open_store(cfg.collector.store, kek=cfg.ledger.kek)
     try:
         log_checks(cfg, store, log_key)
         schema_checks(cfg, store, None)
@@ -316,6 +318,12 @@ class CollectorService:
                                       pending=self._pending_count, state=self.status)
         # [reviews]: one review-overdue alert per overdue period (collector.records.reviews)
         self.reviews = ReviewWatch(cfg.reviews, self.alerts.alert) if cfg.reviews else None
+        # break-glass openings without a review, access reviews not signed off (D11, D8)
+        self.break_glass = BreakGlassWatch(cfg.breakglass, self.alerts.alert)
+        self.access_reviews = None if cfg.reviews is None else AccessReviewWatch(
+            cfg.reviews.access_review_days, cfg.reviews.access_review_grace_s,
+            self.alerts.alert, start_us=review_start_us(cfg.reviews),
+            check_every_s=cfg.reviews.check_every_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.link: MqttLink | None = None
@@ -341,7 +349,7 @@ class CollectorService:
         log_key = checkpoints.load_log_key(cfg.collector.log_key)
         if self._store is None:
             log.info("opening ledger %s", redact_url(cfg.collector.store))
-            self._store = open_store(cfg.collector.store)
+            self._store = open_store(cfg.collector.store, kek=cfg.ledger.kek)
         store = self._store
         origin, state = log_checks(cfg, store, log_key)
         schema_checks(cfg, store, self.alerts)
@@ -488,6 +496,9 @@ class CollectorService:
                 self.ingestor.report_gaps(now_us=now)
             if self.reviews is not None:
                 self.reviews.tick(self.store, now)
+            self.break_glass.tick(self.store, now)
+            if self.access_reviews is not None:
+                self.access_reviews.tick(self.store, now)
             self.monitor.tick(self.store, now)
         except LedgerUnavailableError:
             pass                         # the ingest loop notices and rides it out

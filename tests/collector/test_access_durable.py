@@ -44,7 +44,8 @@ SLOW_FLUSH = ApiSettings(access_flush_ms=10_000, access_batch_max=1000)
 REPO = Path(__file__).resolve().parents[2]
 
 PERSONAL = {"listPunches", "getPunch", "payrollExport", "listCorrections", "getCorrection",
-            "listPeople", "getPerson", "getBadge", "getTimesheets"}
+            "listPeople", "getPerson", "getBadge", "getTimesheets", "consoleHr",
+            "consoleTimesheets"}
 
 
 def committed_access(path: Path) -> list[dict[str, Any]]:

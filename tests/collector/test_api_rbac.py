@@ -49,6 +49,8 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/alerts"): frozenset({"audit.read", "audit.review"}),
     ("POST", "/v1/alerts/0/ack"): frozenset({"audit.review"}),
     ("POST", "/v1/alerts/0/resolve"): frozenset({"audit.review"}),
+    ("GET", "/v1/reviews/due"): frozenset({"audit.read", "audit.review"}),
+    ("POST", "/v1/reviews/daily-alerts/sign-off"): frozenset({"audit.review"}),
     ("GET", "/v1/principals"): frozenset({"admin", "audit.read"}),
     ("GET", "/v1/access-review"): frozenset({"admin", "audit.read"}),
     ("POST", "/v1/tokens"): frozenset({"hr.read", "payroll.export", "hr.correct", "hr.approve",
