@@ -246,14 +246,8 @@ class AccessReviewWatch:
             return 0
         self._checked_us = now_us
         if not self._loaded:
-            for r in R.of_kind(store.query, "alert"):
-                try:
-                    body = json.loads(r.body) if r.body is not None else None
-                except ValueError:
-                    continue
-                if isinstance(body, dict) and body.get("alert") == OVERDUE_ALERT \
-                        and isinstance(body.get("due_at"), int):
-                    self._raised.add(body["due_at"])
+            self._raised.update(b["due_at"] for b in R.alerts_named(store.query, OVERDUE_ALERT)
+                                if isinstance(b.get("due_at"), int))
             self._loaded = True
         due_at = self.due_at(store)
         if due_at is None or now_us < due_at + self.grace_s * 1_000_000 \

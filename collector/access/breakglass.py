@@ -301,14 +301,8 @@ class BreakGlassWatch:
             return 0
         self._checked_us = now_us
         if not self._loaded:
-            for r in R.of_kind(store.query, "alert"):
-                try:
-                    body = json.loads(r.body) if r.body is not None else None
-                except ValueError:
-                    continue
-                if isinstance(body, dict) and body.get("alert") == OVERDUE_ALERT \
-                        and isinstance(body.get("break_glass"), str):
-                    self._raised.add(body["break_glass"])
+            self._raised.update(b["break_glass"] for b in R.alerts_named(store.query, OVERDUE_ALERT)
+                                if isinstance(b.get("break_glass"), str))
             self._loaded = True
         raised = 0
         grace = self.settings.review_grace_s * 1_000_000

@@ -10,18 +10,16 @@ access entry citing the review), ``sign-off`` closes it, ``show`` prints reviews
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from collector.access import access_reviews
-from collector.cli.ledger import open_existing_store
+from collector.cli.shared import access_store
+from collector.cli.shared import cli_actor as _actor
 from collector.cli.token import REVIEW_EPILOG, cmd_review
 from collector.ledger.sqlbase import SQLStore
-from collector.ledger.tables import ensure_schema
 from wire.clock import now_us
 
 EPILOG = REVIEW_EPILOG + textwrap.dedent("""
@@ -40,13 +38,6 @@ EPILOG = REVIEW_EPILOG + textwrap.dedent("""
     A revoke sets the principal's roles to none at once (an access entry roles.set citing
     the review); sign-off needs every grant decided.
     """)
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -108,14 +99,8 @@ def _listing(args: argparse.Namespace) -> int:
     return cmd_review(args)
 
 
-@contextmanager
-def _store(args: argparse.Namespace) -> Iterator[SQLStore]:
-    store = open_existing_store(_need_store(args))
-    try:
-        ensure_schema(store)
-        yield store
-    finally:
-        store.close()
+def _store(args: argparse.Namespace) -> AbstractContextManager[SQLStore]:
+    return access_store(_need_store(args))
 
 
 def _print(st: access_reviews.ReviewState) -> None:

@@ -5,28 +5,22 @@ D11; docs/operations.md "Break-glass access"; the rules are collector.access.bre
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 import textwrap
-import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
-from collector import ConfigError
 from collector.access.breakglass import (
     BreakGlass,
     BreakGlassSettings,
     read_break_glass_section,
 )
 from collector.access.principals import ROLES, PrincipalError, get_principal
-from collector.cli.ledger import open_existing_store
-from collector.ledger.sqlbase import SQLStore
-from collector.ledger.tables import ensure_schema
+from collector.cli.args import add_store
+from collector.cli.shared import access_store as _store
+from collector.cli.shared import cli_actor as _actor
+from collector.cli.shared import config_section
 from wire.clock import now_us
-from wire.config import Section
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -47,35 +41,6 @@ EPILOG = textwrap.dedent("""\
     principal records the post-use review. A seal opens once.
     """)
 
-T = TypeVar("T")
-
-
-def config_section(path: Path, name: str, read: Callable[[Section], T]) -> T:
-    """``[name]`` of the collector config at ``path``, read with ``read`` (every problem at
-    once, ConfigError); only that section, so this command needs no other part of it."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError([f"{path}: {e}"]) from e
-    problems: list[str] = []
-    got = read(Section(name, data.get(name, {}), problems))
-    if problems:
-        raise ConfigError(problems)
-    return got
-
-
-def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="ledger: sqlite:///path, a path, or postgresql://…")
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("breakglass", help="sealed, time-boxed break-glass access (D11)",
                        description="Seal, open, review and list break-glass grants.",
@@ -83,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bsub = p.add_subparsers(dest="breakglass_command", metavar="ACTION", required=True)
 
     s = bsub.add_parser("seal", help="prepare a grant for a principal (secret printed once)")
-    _store_arg(s)
+    add_store(s)
     s.add_argument("--principal", required=True, help="who may open it")
     s.add_argument("--role", action="append", required=True, choices=sorted(ROLES),
                    help="role it adds while open (repeat)")
@@ -92,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=cmd_seal)
 
     o = bsub.add_parser("open", help="open a sealed grant (its severity-1 alert at once)")
-    _store_arg(o)
+    add_store(o)
     o.add_argument("--id", required=True, metavar="BG_ID", help="bg-… from `breakglass list`")
     o.add_argument("--principal", required=True, help="the principal it is sealed for")
     o.add_argument("--reason", required=True, help="why (recorded)")
@@ -103,14 +68,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     o.set_defaults(func=cmd_open)
 
     r = bsub.add_parser("review", help="record the post-use review (not the user or opener)")
-    _store_arg(r)
+    add_store(r)
     r.add_argument("--id", required=True, metavar="BG_ID")
     r.add_argument("--by", required=True, metavar="PRINCIPAL", help="the reviewer")
     r.add_argument("--note", required=True, help="what was checked")
     r.set_defaults(func=cmd_review)
 
     ls = bsub.add_parser("list", help="seals, openings and reviews")
-    _store_arg(ls)
+    add_store(ls)
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
 
@@ -118,16 +83,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _settings(path: Path | None) -> BreakGlassSettings:
     return (BreakGlassSettings() if path is None
             else config_section(path, "breakglass", read_break_glass_section))
-
-
-@contextmanager
-def _store(url: str) -> Iterator[SQLStore]:
-    store = open_existing_store(url)
-    try:
-        ensure_schema(store)
-        yield store
-    finally:
-        store.close()
 
 
 def cmd_seal(args: argparse.Namespace) -> int:

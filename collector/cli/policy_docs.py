@@ -6,22 +6,16 @@ acknowledgements"; the rules are collector.access.policy_docs).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import textwrap
-import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
-from collector import ConfigError
 from collector.access import policy_docs
-from collector.cli.ledger import open_existing_store
-from collector.ledger.sqlbase import SQLStore
-from collector.ledger.tables import ensure_schema
+from collector.cli.args import add_store
+from collector.cli.shared import access_store as _store
+from collector.cli.shared import cli_actor as _actor
+from collector.cli.shared import config_section
 from wire.clock import now_us
-from wire.config import Section
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -38,35 +32,6 @@ EPILOG = textwrap.dedent("""\
     403 naming the document until then. `due` exits 1 when anyone is due.
     """)
 
-T = TypeVar("T")
-
-
-def config_section(path: Path, name: str, read: Callable[[Section], T]) -> T:
-    """``[name]`` of the collector config at ``path``, read with ``read`` (every problem at
-    once, ConfigError); only that section, so this command needs no other part of it."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError([f"{path}: {e}"]) from e
-    problems: list[str] = []
-    got = read(Section(name, data.get(name, {}), problems))
-    if problems:
-        raise ConfigError(problems)
-    return got
-
-
-def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="ledger: sqlite:///path, a path, or postgresql://…")
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("policy-doc", help="policy documents and acknowledgements",
                        description="Publish policy documents by hash; record and report "
@@ -75,38 +40,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     psub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
 
     pub = psub.add_parser("publish", help="record a document's bytes as its next version")
-    _store_arg(pub)
+    add_store(pub)
     pub.add_argument("path", type=Path, metavar="FILE")
     pub.add_argument("--name", help="document name (default: the file's stem)")
     pub.add_argument("--title", help="a title to record with it")
     pub.set_defaults(func=cmd_publish)
 
     ls = psub.add_parser("list", help="current documents")
-    _store_arg(ls)
+    add_store(ls)
     ls.set_defaults(func=cmd_list)
 
     a = psub.add_parser("acknowledge", help="record a principal's acknowledgement")
-    _store_arg(a)
+    add_store(a)
     a.add_argument("--principal", required=True)
     a.add_argument("--name", required=True, help="document name")
     a.add_argument("--sha256", help="the version read (must be the current one)")
     a.set_defaults(func=cmd_acknowledge)
 
     d = psub.add_parser("due", help="who must (re-)acknowledge which document")
-    _store_arg(d)
+    add_store(d)
     d.add_argument("--config", type=Path, metavar="TOML", help="collector config: [policies]")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=cmd_due)
-
-
-@contextmanager
-def _store(url: str) -> Iterator[SQLStore]:
-    store = open_existing_store(url)
-    try:
-        ensure_schema(store)
-        yield store
-    finally:
-        store.close()
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ the entry it allows are under the same chain-head lock).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,18 @@ class KindRow:
 def of_kind(rows: Rows, kind: str, *, since_at: int = 0) -> list[KindRow]:
     """Every ``kind`` entry recorded at or after ``since_at`` (µs), in idx order."""
     return [KindRow(int(i), int(a), to_bytes(b)) for i, a, b in rows(_OF_KIND, (kind, since_at))]
+
+
+def alerts_named(rows: Rows, name: str) -> Iterator[dict[str, Any]]:
+    """The body of every ``alert`` entry whose ``alert`` is ``name`` (unreadable or removed
+    bodies skipped): what an overdue-review tick raised before a restart."""
+    for r in of_kind(rows, "alert"):
+        try:
+            body = json.loads(r.body) if r.body is not None else None
+        except ValueError:
+            continue
+        if isinstance(body, dict) and body.get("alert") == name:
+            yield body
 
 
 def entry(rows: Rows, idx: int) -> tuple[str, int, bytes | None] | None:

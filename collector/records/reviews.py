@@ -418,12 +418,10 @@ class ReviewWatch:
     _checked_us: int | None = None
 
     def _load(self, store: SQLStore) -> None:
-        for r in R.of_kind(store.query, "alert"):
-            body = _json(r.body)
-            if body is not None and body.get("alert") == OVERDUE_KIND:
-                review, period = body.get("review"), body.get("period")
-                if isinstance(review, str) and isinstance(period, str):
-                    self._raised.add((review, period))
+        for body in R.alerts_named(store.query, OVERDUE_KIND):
+            review, period = body.get("review"), body.get("period")
+            if isinstance(review, str) and isinstance(period, str):
+                self._raised.add((review, period))
         self._loaded = True
 
     def tick(self, store: SQLStore, now_us: int) -> int:
