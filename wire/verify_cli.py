@@ -1,5 +1,6 @@
 """``timeclock-verify``: an auditor's offline check of an audit bundle (docs/protocol.md §9,
-§13.1), or of a payroll export that carries proofs (§13.3).
+§13.1), of a payroll export that carries proofs (§13.3), of an evidence pack, or of a
+timesheet against its signed sidecar (§13.18).
 
 Exit status: 0 everything verifies (sequence gaps are listed as findings), 1 the bundle fails
 a check (the first failing idx and check are named), 2 usage or I/O error. Needs nothing but
@@ -12,6 +13,7 @@ the verdict outside the collector: a checkpoint the auditor already holds
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +32,7 @@ from wire.export_proofs import (
 )
 from wire.keys import VerifyKey
 from wire.note import MAX_NOTE_BYTES, Note
+from wire.timesheet_proofs import TimesheetProofError, print_timesheet_report, verify_timesheet
 from wire.witness_policy import PolicyError, WitnessPolicy
 
 EXIT_OK = 0
@@ -70,6 +73,10 @@ Every non-empty ledger needs a checkpoint covering its last entry.
 verify a payroll export that carries proofs, alone (no bundle):
   timeclock-verify --export payroll.ndjson --collector-key B64 --witness-policy policy.txt
 
+verify a timesheet against its signed sidecar (signature, SHA-256, every punch's inclusion
+proof, and the hours recomputed from the proven punches with the sidecar's rules):
+  timeclock-verify --timesheet nov.csv nov.csv.sidecar.json --collector-key B64
+
 verify an evidence pack (manifest signature, every file, then its bundle as above):
   timeclock-verify --evidence evidence-2026-11.tar.gz --collector-key B64
 
@@ -90,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="verify an evidence pack (its folder or .tar.gz, made by "
                         "`timeclock-collector evidence`): the log key's signature on its "
                         "manifest, every file's SHA-256, and the audit bundle inside")
+    p.add_argument("--timesheet", metavar=("FILE", "SIDECAR"), type=Path, nargs=2,
+                   help="verify a timesheet (csv or ndjson) against its signed sidecar "
+                        "(`timeclock-collector timesheet --log-key`, docs/protocol.md §13.18)")
     p.add_argument("--collector-key", metavar="B64", action="append", default=[],
                    help="collector log public key (standard base64, 32 bytes), obtained out of "
                         "band; repeat for a log whose key was rotated")
@@ -203,10 +213,12 @@ def _print_human(audit: BundleAudit, bundle: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if sum(x is not None for x in (args.bundle, args.export, args.evidence)) != 1:
-        parser.error("give a BUNDLE_DIR, --export FILE or --evidence PACK (one of them)")
+    if sum(x is not None for x in (args.bundle, args.export, args.evidence,
+                                   args.timesheet)) != 1:
+        parser.error("give a BUNDLE_DIR, --export FILE, --evidence PACK or --timesheet FILE "
+                     "SIDECAR (one of them)")
     return run_command("timeclock-verify", lambda: _verify(args),
-                       (BundleError, ExportProofError, EvidenceError))
+                       (BundleError, ExportProofError, EvidenceError, TimesheetProofError))
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -217,6 +229,8 @@ def _verify(args: argparse.Namespace) -> int:
         return _verify_export(args, policy, now_s)
     if args.evidence is not None:
         return _verify_evidence(args, policy, now_s)
+    if args.timesheet is not None:
+        return _verify_timesheet(args, policy, now_s)
     audit = audit_bundle(args.bundle, pinned=_pinned(args.collector_key),
                          trusted=_trusted(args.trusted_checkpoint), policy=policy,
                          origin=args.origin, now_s=now_s)
@@ -243,6 +257,21 @@ def _verify_export(args: argparse.Namespace, policy: WitnessPolicy | None, now_s
     else:
         print_export_report(result, args.export, sys.stdout)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _verify_timesheet(args: argparse.Namespace, policy: WitnessPolicy | None,
+                      now_s: int) -> int:
+    keys = _pinned(args.collector_key)
+    if keys is None:
+        raise TimesheetProofError("--timesheet needs --collector-key: the sidecar names its "
+                                  "own key, which proves nothing; pin the one you hold")
+    path, side = args.timesheet
+    audit = verify_timesheet(path, side, keys, policy=policy, origin=args.origin, now_s=now_s)
+    if args.json:
+        print(json.dumps(audit.to_dict(), indent=2, sort_keys=True))
+    else:
+        print_timesheet_report(audit, path, sys.stdout)
+    return EXIT_OK if audit.ok else EXIT_FAILED
 
 
 def _verify_evidence(args: argparse.Namespace, policy: WitnessPolicy | None, now_s: int) -> int:

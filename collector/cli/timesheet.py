@@ -13,18 +13,18 @@ from pathlib import Path
 
 from collector import CollectorError
 from collector.cli.args import add_command
-from collector.cli.ledger import _private_out, _record_export, _store
-from collector.ledger.sqlbase import PunchQuery
+from collector.cli.ledger import _private_out, _record_export, _store, _v2_signer
+from collector.ingest.checkpoints import load_log_key
+from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records.corrections import Corrections
 from collector.records.exports import parse_time
-from collector.records.timesheet_export import Sheets, load, sidecar
+from collector.records.timesheet_export import Sheets, load, proof_size, sidecar, signed_sidecar
 from collector.records.timesheets import (
     PERIODS,
     ROUNDINGS,
     Rules,
-    csv_text,
-    ndjson_items,
     period_of,
+    render,
     timecard,
 )
 from wire.clock import now_us
@@ -35,6 +35,10 @@ EPILOG = textwrap.dedent("""\
       timeclock-collector timesheet --store ledger.db \\
           --from 2026-11-01T00:00Z --to 2026-12-01T00:00Z \\
           --out nov.csv --purpose "November payroll"      # nov.csv + nov.csv.sidecar.json
+      timeclock-collector timesheet --store ledger.db \
+          --from 2026-11-01T00:00Z --to 2026-12-01T00:00Z --out nov.csv \
+          --log-key /etc/timeclock/log.key       # the sidecar signed, with inclusion proofs
+      timeclock-verify --timesheet nov.csv nov.csv.sidecar.json --collector-key B64
       timeclock-collector timesheet --store ledger.db \\
           --from 2026-11-16T00:00Z --to 2026-12-01T00:00Z \\
           --format timecard --employee E-1001 --period semimonthly
@@ -48,6 +52,11 @@ EPILOG = textwrap.dedent("""\
     and a shift with a missing punch counts no hours until it is corrected. Approved
     corrections are applied and named in each row. --from/--to are device times (UTC unless
     they carry an offset), --to exclusive. Every run leaves an access entry (who, why, what).
+    With --log-key the ledger is checkpointed (v2) when its head is not yet, the timesheet is
+    made at that checkpoint, and the sidecar carries every punch and correction it rests on
+    with its inclusion proof, signed by the log key: an auditor or payroll provider checks
+    it offline and recomputes the hours (timeclock-verify --timesheet). The sidecar then
+    holds the signed punches, which carry badge credentials: keep it like an audit bundle.
     """)
 
 
@@ -66,6 +75,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument("--purpose", default="not stated", metavar="TEXT",
                    help="why the timesheet is made (recorded in the access entry)")
+    p.add_argument("--log-key", type=Path, metavar="FILE",
+                   help="the log signing key: sign the sidecar and carry an inclusion proof "
+                        "of every punch (needs --out, csv or ndjson)")
+    p.add_argument("--origin", metavar="ORIGIN",
+                   help="with --log-key: the log's origin (default: the ledger's own)")
     r = Rules()
     p.add_argument("--round-minutes", type=int, default=r.round_minutes, metavar="N",
                    help="round shift starts and ends to N minutes (0: off)")
@@ -96,12 +110,8 @@ def _rules(args: argparse.Namespace) -> Rules:
 
 
 def _render(sheets: Sheets, fmt: str, rules: Rules, since: int, until: int) -> tuple[str, int]:
-    if fmt == "csv":
-        text = csv_text(sheets.sheets)
-        return text, max(0, text.count("\r\n") - 1)
-    if fmt == "ndjson":
-        items = list(ndjson_items(sheets.sheets))
-        return "".join(json.dumps(i, sort_keys=True) + "\n" for i in items), len(items)
+    if fmt in ("csv", "ndjson"):
+        return render(sheets.sheets, fmt)
     first = period_of(_day(since), rules)
     last = period_of(_day(until - 1), rules)
     cards = []
@@ -122,21 +132,40 @@ def cmd_timesheet(args: argparse.Namespace) -> int:
     since, until = parse_time(args.since), parse_time(args.until)
     if until <= since:
         raise CollectorError(f"--to {args.until} must be after --from {args.since}")
+    key = None
+    if args.log_key is not None:
+        if args.out is None or args.format == "timecard":
+            raise CollectorError("--log-key signs the sidecar of a csv or ndjson file: give "
+                                 "--out FILE (and no --format timecard)")
+        key = load_log_key(args.log_key)
     with _store(args.store) as store:
+        size = None
+        if key is not None:
+            size = store.head()[0]
+            signer = _v2_signer(store, argparse.Namespace(log_key=[args.log_key],
+                                                          origin=args.origin))
+            if signer is not None and size > 0 and proof_size_or_zero(store) < size:
+                signer(size)
+            size = proof_size(store)
         corrections = Corrections(store).applied_complete()
         sheets = load(store, PunchQuery(since=since, until=until, site=args.site), rules,
-                      corrections, employee=args.employee)
+                      corrections, employee=args.employee, size=size)
         text, rows = _render(sheets, args.format, rules, since, until)
         generated = now_us()
         if args.out is None:
             sys.stdout.write(text)
         else:
+            if key is not None:
+                meta = signed_sidecar(store, sheets, csv_bytes=text.encode(), rows=rows,
+                                      rules=rules, generated_at=generated, fmt=args.format,
+                                      key=key, employee=args.employee)
+            elif args.format != "timecard":
+                meta = sidecar(sheets, csv_bytes=text.encode(), rows=rows, rules=rules,
+                               generated_at=generated, fmt=args.format)
             try:
                 with _private_out(args.out, force=args.force) as f:
                     f.write(text)
                 if args.format != "timecard":
-                    meta = sidecar(sheets, csv_bytes=text.encode(), rows=rows, rules=rules,
-                                   generated_at=generated, fmt=args.format)
                     side = args.out.with_name(args.out.name + ".sidecar.json")
                     with _private_out(side, force=args.force) as f:
                         f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -146,8 +175,17 @@ def cmd_timesheet(args: argparse.Namespace) -> int:
                                                  out=args.out or "stdout", bundle=None),
                        what="timesheet", rows=rows,
                        query={"since": since, "until": until, "site": args.site,
-                              "employee": args.employee})
+                              "employee": args.employee, "signed": key is not None})
     print(f"timesheet: {len(sheets.sheets)} employee(s), {rows} {args.format} row(s) from "
           f"{sheets.punches} punch(es); {sum(sheets.unassigned.values())} punch(es) of badges "
-          "held by nobody left out", file=sys.stderr)
+          "held by nobody left out"
+          + (f"; sidecar signed, at checkpoint size {size}" if key is not None else ""),
+          file=sys.stderr)
     return 0
+
+
+def proof_size_or_zero(store: SQLStore) -> int:
+    try:
+        return proof_size(store)
+    except CollectorError:
+        return 0
