@@ -16,6 +16,8 @@ from collector.cli.args import add_command
 from collector.cli.ledger import _store
 from collector.ingest.detectors_webhooks import NAME_RE, WebhookEndpoint, load_secret
 from collector.ingest.hr_push import HrPush
+from collector.records.corrections import Corrections
+from collector.records.timesheet_close import TimecardParcel, parcels
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -30,6 +32,13 @@ EPILOG = textwrap.dedent("""\
     answer is recorded as an 'hr-delivery' access entry, which is also the cursor: a restart
     resumes after the last one. A batch is retried --attempts times with back-off; giving
     up records 'hr-delivery-failed' and (with --once) exits 1; the next run retries it.
+
+    Closed pay periods (`timesheet-close`) are delivered once the punches are caught up:
+    each close's timecards in one POST (type "timecards", X-Timeclock-Delivery
+    <name>:close-<idx>), and when a timecard of a delivered period changes afterwards (a
+    correction, a late punch) the new card as an amendment naming the digest it replaces
+    (type "timecard-amendments", <name>:close-<idx>:amend-<hash>); each recorded as an
+    'hr-delivery' entry. --no-timecards delivers punches only.
     """)
 
 
@@ -50,6 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--backoff-initial-s", type=float, default=1.0, metavar="S")
     p.add_argument("--backoff-max-s", type=float, default=300.0, metavar="S")
     p.add_argument("--timeout-s", type=float, default=10.0, metavar="S")
+    p.add_argument("--no-timecards", action="store_true",
+                   help="deliver punches only, not the timecards of closed pay periods")
 
 
 def _endpoint(args: argparse.Namespace) -> WebhookEndpoint:
@@ -78,7 +89,12 @@ def cmd_hr_push(args: argparse.Namespace) -> int:
     ep = _endpoint(args)
     secret = load_secret(args.secret_file)
     with _store(args.store) as store:
-        push = HrPush(store, ep, secret, args.identity, batch=args.batch)
+        def owed(since: int | None) -> list[TimecardParcel]:
+            return parcels(store, ep.name, Corrections(store).applied_complete,
+                           since_idx=since)
+
+        push = HrPush(store, ep, secret, args.identity, batch=args.batch,
+                      timecards=None if args.no_timecards else owed)
 
         def stop(_sig: int, _frame: FrameType | None) -> None:
             push.stopping.set()
@@ -87,5 +103,5 @@ def cmd_hr_push(args: argparse.Namespace) -> int:
         out = push.run(once=args.once, interval_s=args.interval_s)
     gave_up = "; a batch was given up (recorded; the next run retries it)" if out.failed else ""
     print(f"hr-push {ep.name}: {out.delivered} punch(es) delivered in {out.batches} "
-          f"batch(es){gave_up}", file=sys.stderr)
+          f"batch(es), {out.parcels} timecard parcel(s){gave_up}", file=sys.stderr)
     return 1 if out.failed else 0

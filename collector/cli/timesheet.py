@@ -18,6 +18,7 @@ from collector.ingest.checkpoints import load_log_key
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records.corrections import Corrections
 from collector.records.exports import parse_time
+from collector.records.timesheet_close import close_period
 from collector.records.timesheet_export import Sheets, load, proof_size, sidecar, signed_sidecar
 from collector.records.timesheets import (
     PERIODS,
@@ -60,6 +61,41 @@ EPILOG = textwrap.dedent("""\
     """)
 
 
+CLOSE_EPILOG = textwrap.dedent("""\
+    examples:
+      timeclock-collector timesheet-close --store ledger.db --period 2026-11-16 \\
+          --pay-period semimonthly --by hr-anna --approved-by payroll-ben \\
+          --reason "November second half, checked against the rota"
+
+    Closes the pay period that holds the local day --period (with the rules given, the same
+    options as `timesheet`): ONE access entry of type timesheet-close names the period, the
+    rules, both principals (dual control: --approved-by must differ from --by) and holds
+    every employee's timecard of the period with its SHA-256. A period closes once, and only
+    after its last day has ended everywhere (UTC-12). `hr-push` then delivers the closed
+    timecards, and a later correction as an amendment naming the card it replaces.
+    """)
+
+
+def _add_rules(p: argparse.ArgumentParser, *, kind_flag: str) -> None:
+    r = Rules()
+    p.add_argument("--round-minutes", type=int, default=r.round_minutes, metavar="N",
+                   help="round shift starts and ends to N minutes (0: off)")
+    p.add_argument("--rounding", choices=ROUNDINGS, default=r.rounding)
+    p.add_argument("--grace-minutes", type=int, default=r.grace_minutes, metavar="N",
+                   help="a start up to N min after / an end up to N min before a boundary "
+                        "counts as the boundary")
+    p.add_argument("--duplicate-s", type=int, default=r.duplicate_s, metavar="S",
+                   help="the same action again within S seconds is a duplicate")
+    p.add_argument("--max-shift-h", type=int, default=r.max_shift_h, metavar="H",
+                   help="a shift open longer is a missing out punch")
+    p.add_argument(kind_flag, dest="period_kind", choices=PERIODS, default=r.period,
+                   help="pay period")
+    p.add_argument("--week-start", type=int, default=r.week_start, metavar="0-6",
+                   help="first day of the week, 0 = Monday")
+    p.add_argument("--period-anchor", default=r.period_anchor.isoformat(), metavar="DATE",
+                   help="biweekly: a date inside a first pay period")
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_command(sub, "timesheet", help="timesheets: shifts, hours, exceptions, timecards",
                     epilog=EPILOG, func=cmd_timesheet)
@@ -80,22 +116,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "of every punch (needs --out, csv or ndjson)")
     p.add_argument("--origin", metavar="ORIGIN",
                    help="with --log-key: the log's origin (default: the ledger's own)")
-    r = Rules()
-    p.add_argument("--round-minutes", type=int, default=r.round_minutes, metavar="N",
-                   help="round shift starts and ends to N minutes (0: off)")
-    p.add_argument("--rounding", choices=ROUNDINGS, default=r.rounding)
-    p.add_argument("--grace-minutes", type=int, default=r.grace_minutes, metavar="N",
-                   help="a start up to N min after / an end up to N min before a boundary "
-                        "counts as the boundary")
-    p.add_argument("--duplicate-s", type=int, default=r.duplicate_s, metavar="S",
-                   help="the same action again within S seconds is a duplicate")
-    p.add_argument("--max-shift-h", type=int, default=r.max_shift_h, metavar="H",
-                   help="a shift open longer is a missing out punch")
-    p.add_argument("--period", choices=PERIODS, default=r.period, help="pay period")
-    p.add_argument("--week-start", type=int, default=r.week_start, metavar="0-6",
-                   help="first day of the week, 0 = Monday")
-    p.add_argument("--period-anchor", default=r.period_anchor.isoformat(), metavar="DATE",
-                   help="biweekly: a date inside a first pay period")
+    _add_rules(p, kind_flag="--period")
+    # Its own command, not `timesheet close`: `timesheet` requires --from/--to, and an
+    # optional sub-command would make argparse stop requiring them.
+    c = add_command(sub, "timesheet-close", help="close a pay period (dual control); hr-push "
+                    "delivers its timecards", epilog=CLOSE_EPILOG, func=cmd_close)
+    c.add_argument("--period", dest="day", required=True, metavar="DATE",
+                   help="a local day (YYYY-MM-DD) inside the pay period to close")
+    c.add_argument("--by", required=True, metavar="PRINCIPAL", help="who closes it")
+    c.add_argument("--approved-by", required=True, metavar="PRINCIPAL",
+                   help="who approves: another principal (dual control)")
+    c.add_argument("--reason", default="pay period closed", metavar="TEXT",
+                   help="recorded in the close entry")
+    _add_rules(c, kind_flag="--pay-period")
 
 
 def _rules(args: argparse.Namespace) -> Rules:
@@ -106,7 +139,27 @@ def _rules(args: argparse.Namespace) -> Rules:
     return Rules(round_minutes=args.round_minutes, rounding=args.rounding,
                  grace_minutes=args.grace_minutes, duplicate_s=args.duplicate_s,
                  max_shift_h=args.max_shift_h, week_start=args.week_start,
-                 period=args.period, period_anchor=anchor)
+                 period=args.period_kind, period_anchor=anchor)
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    rules = _rules(args)
+    try:
+        day = date.fromisoformat(args.day)
+    except ValueError as e:
+        raise CollectorError(f"--period {args.day!r}: a local day, YYYY-MM-DD") from e
+    with _store(args.store) as store:
+        idx, body = close_period(store, day=day, rules=rules,
+                                 corrections=Corrections(store).applied_complete(),
+                                 by=args.by, approved_by=args.approved_by,
+                                 reason=args.reason, now_us=now_us())
+    p = body["period"]
+    print(json.dumps({"entry": idx, "period": p, "timecards": len(body["timecards"]),
+                      "digests": body["digests"]}, sort_keys=True))
+    print(f"timesheet-close: {p['first']} – {p['last']} ({p['kind']}) closed at ledger idx "
+          f"{idx} with {len(body['timecards'])} timecard(s); hr-push delivers them",
+          file=sys.stderr)
+    return 0
 
 
 def _render(sheets: Sheets, fmt: str, rules: Rules, since: int, until: int) -> tuple[str, int]:

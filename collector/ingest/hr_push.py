@@ -17,9 +17,19 @@ the badge at punch time (no credential leaves), and POSTs them in batches::
 
 The signature is the one the alert webhooks use (collector.ingest.detectors_webhooks.sign).
 
+Closed timecards (``timesheet-close``) go the same way once the punches are caught up: the
+caller hands in ``timecards``, a function that says what the endpoint is still owed
+(collector.records.timesheet_close.parcels: each close not yet delivered, then amendments of
+delivered periods), and each parcel is one POST of ``{"v":1,"collector":…, <its body>}``
+named ``X-Timeclock-Delivery: <name>:<its key>`` (``close-<idx>``,
+``close-<idx>:amend-<hash>``), recorded as an ``hr-delivery`` entry with ``what`` =
+``timecards`` or ``timecard-amendments``, the close idx and each employee's card digest
+(docs/protocol.md §13.18.3).
+
 Invariants:
-- the cursor is the ledger itself: the last ``access`` entry of type ``hr-delivery`` for the
-  endpoint's name says which entry idx was delivered last; a restart resumes after it, so
+- the cursor is the ledger itself: the last ``access`` entry of type ``hr-delivery`` of
+  punches (``what`` absent or ``punches``) for the endpoint's name says which entry idx was
+  delivered last; a restart resumes after it, so
   nothing is skipped, and a batch is re-sent only when its delivery record was not written
   (receivers deduplicate by ``X-Timeclock-Delivery``);
 - a batch is retried ``attempts`` times with back-off doubling from ``backoff_initial_s`` up
@@ -34,10 +44,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from collector.ingest.detectors_webhooks import (
     Post,
@@ -66,6 +76,25 @@ class Outcome:
     delivered: int            # punches delivered in this call
     batches: int
     failed: bool              # a batch was given up (the cursor stays before it)
+    parcels: int = 0          # timecard deliveries (closes and amendments)
+
+
+class Parcel(Protocol):
+    """One delivery other than punches (collector.records.timesheet_close.TimecardParcel)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def body(self) -> dict[str, Any]: ...
+    @property
+    def record(self) -> dict[str, Any]: ...
+
+
+Parcels = Callable[[int | None], Sequence[Parcel]]
+"""What the endpoint is owed besides punches; the argument: recompute only what entries from
+that idx on may have changed (None: everything)."""
 
 
 class HrPush:
@@ -74,9 +103,11 @@ class HrPush:
     def __init__(self, store: SQLStore, endpoint: WebhookEndpoint, secret: bytes,
                  identity: str, *, batch: int = 500, post: Post = urllib_post,
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], int] = now_us) -> None:
+                 clock: Callable[[], int] = now_us, timecards: Parcels | None = None) -> None:
         self.store, self.endpoint, self.secret, self.identity = store, endpoint, secret, identity
         self.batch, self.post, self.sleep, self.clock = batch, post, sleep, clock
+        self.timecards = timecards
+        self.checked: int | None = None     # ledger size up to which parcels are all sent
         self.stopping = threading.Event()
 
     # -- the cursor ----------------------------------------------------------------------------
@@ -88,7 +119,8 @@ class HrPush:
         for (idx,) in rows:
             body = self._body(int(idx))
             if body is not None and body.get("type") == DELIVERED \
-                    and body.get("endpoint") == self.endpoint.name:
+                    and body.get("endpoint") == self.endpoint.name \
+                    and body.get("what", "punches") == "punches":
                 return int(body["last_idx"]) + 1
         return 0
 
@@ -143,6 +175,27 @@ class HrPush:
         body = canonical({"v": 1, "type": "punches", "collector": self.identity,
                           "first_idx": first, "last_idx": last, "punches": items})
         delivery = f"{self.endpoint.name}:{first}-{last}"
+        ok = self._send(body, delivery, {"what": "punches", "first_idx": first,
+                                         "last_idx": last, "punches": len(items)})
+        return (len(items), False) if ok else (0, True)
+
+    def deliver_parcel(self) -> tuple[int, bool]:
+        """Deliver the next timecard parcel: (1, False), (0, True) when given up, (0, False)
+        when the endpoint is owed nothing."""
+        if self.timecards is None:
+            return 0, False
+        size = self.store.head()[0]
+        owed = self.timecards(self.checked)
+        if not owed:
+            self.checked = size
+            return 0, False
+        p = owed[0]
+        body = canonical({"v": 1, "collector": self.identity, **p.body})
+        ok = self._send(body, f"{self.endpoint.name}:{p.key}", dict(p.record))
+        return (1, False) if ok else (0, True)
+
+    def _send(self, body: bytes, delivery: str, record: dict[str, Any]) -> bool:
+        """POST ``body`` with retries and back-off; record the outcome. True: delivered."""
         ep = self.endpoint
         delay, error = ep.backoff_initial_s, ""
         for attempt in range(1, ep.attempts + 1):
@@ -153,25 +206,24 @@ class HrPush:
             try:
                 status = self.post(ep, body, headers)
                 if 200 <= status < 300:
-                    self._record(DELIVERED, first=first, last=last, punches=len(items),
-                                 attempts=attempt, delivery=delivery)
-                    log.info("hr-push %s: delivered entries %d-%d (%d punches, attempt %d)",
-                             ep.name, first, last, len(items), attempt)
-                    return len(items), False
+                    self._record(DELIVERED, **record, attempts=attempt, delivery=delivery)
+                    log.info("hr-push %s: delivered %s (attempt %d)", ep.name, delivery,
+                             attempt)
+                    return True
                 error = f"HTTP {status}"
             except WebhookError as e:
                 error = str(e)
-            log.warning("hr-push %s: entries %d-%d attempt %d of %d: %s", ep.name, first,
-                        last, attempt, ep.attempts, error)
+            log.warning("hr-push %s: %s attempt %d of %d: %s", ep.name, delivery, attempt,
+                        ep.attempts, error)
             if attempt < ep.attempts:
                 if self.stopping.wait(0) or self._pause(delay):
-                    return 0, True
+                    return False
                 delay = min(delay * 2, ep.backoff_max_s)
-        self._record(FAILED, first=first, last=last, punches=len(items), attempts=ep.attempts,
-                     delivery=delivery, error=error[:300])
-        log.error("hr-push %s: gave up on entries %d-%d after %d attempts: %s", ep.name,
-                  first, last, ep.attempts, error)
-        return 0, True
+        self._record(FAILED, **record, attempts=ep.attempts, delivery=delivery,
+                     error=error[:300])
+        log.error("hr-push %s: gave up on %s after %d attempts: %s", ep.name, delivery,
+                  ep.attempts, error)
+        return False
 
     def _pause(self, seconds: float) -> bool:
         """Back-off; True when asked to stop meanwhile."""
@@ -182,17 +234,23 @@ class HrPush:
 
     def _record(self, kind: str, **what: Any) -> None:
         body = {"type": kind, "endpoint": self.endpoint.name, "host": self.endpoint.host,
-                "first_idx": what.pop("first"), "last_idx": what.pop("last"), **what}
+                **what}
         self.store.append([EventFact("access", body)], now_us=self.clock())
 
     def run(self, *, once: bool, interval_s: float) -> Outcome:
-        """Deliver until caught up (``once``) or until :attr:`stopping` is set."""
-        delivered = batches = 0
+        """Deliver until caught up (``once``) or until :attr:`stopping` is set: punches
+        first, then what is owed of closed periods."""
+        delivered = batches = parcels = 0
         while not self.stopping.is_set():
             n, failed = self.deliver_once()
+            if not n and not failed:
+                sent, failed = self.deliver_parcel()
+                parcels += sent
+                if sent:
+                    continue
             if failed:
                 if once:
-                    return Outcome(delivered, batches, failed=True)
+                    return Outcome(delivered, batches, failed=True, parcels=parcels)
                 self.stopping.wait(interval_s)
                 continue
             if n:
@@ -201,4 +259,4 @@ class HrPush:
             if once:
                 break
             self.stopping.wait(interval_s)
-        return Outcome(delivered, batches, failed=False)
+        return Outcome(delivered, batches, failed=False, parcels=parcels)

@@ -4,9 +4,11 @@ retries and back-off, each delivery recorded on the ledger, which is also the cu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,12 @@ from collector.ingest.detectors_webhooks import verify
 from collector.ledger.base import EventFact
 from collector.ledger.sqlite import SQLiteStore
 from collector.people.csv_import import import_files
+from collector.records.corrections import Corrections
+from collector.records.timesheet_close import parcels
+from tests.collector import timesheet_kit
 from tests.collector.api_kit import access_bodies, seed
 from tests.collector.ledger_kit import T0, Clock
+from wire.canonical import canonical
 
 SECRET = b"0123456789abcdef-hr-secret"
 EMPLOYEES = """employee_id,name,department,site,timezone,manager_id
@@ -37,6 +43,7 @@ class Receiver:
         self.script: list[int] = []
         self.got: list[dict[str, Any]] = []
         self.deliveries: list[str] = []
+        self.attempted: list[str] = []          # every POST's X-Timeclock-Delivery
         self.bad_signatures = 0
         self.raw: list[bytes] = []
         outer = self
@@ -47,6 +54,7 @@ class Receiver:
                 ok = verify(SECRET, self.headers["X-Timeclock-Timestamp"], body,
                             self.headers["X-Timeclock-Signature"])
                 status = outer.script.pop(0) if outer.script else 200
+                outer.attempted.append(self.headers["X-Timeclock-Delivery"])
                 if not ok:
                     outer.bad_signatures += 1
                     status = 401
@@ -163,3 +171,124 @@ def test_hr_push_refuses_unsafe_settings(ledger: Path, capsys: pytest.CaptureFix
     assert main(["hr-push", "--store", str(ledger), "--url", "https://hr.example/p",
                  "--secret-file", str(short), "--once"]) != 0
     assert "at least 16 bytes" in capsys.readouterr().err
+
+
+# -- closed pay periods (issue 16 item 1: "signed webhooks deliver … closed timecards") ------
+
+@pytest.fixture
+def timesheet_ledger(tmp_path: Path) -> Path:
+    db = timesheet_kit.ledger(tmp_path)
+    (tmp_path / "hr.secret").write_bytes(SECRET)
+    (tmp_path / "hr.secret").chmod(0o600)
+    return db
+
+
+def _close(db: Path, day: str, *more: str) -> int:
+    return main(["timesheet-close", "--store", str(db), "--period", day, "--by", "hr-anna",
+                 "--approved-by", "payroll-ben", "--reason", "week checked", *more])
+
+
+def test_d6_closing_a_pay_period_is_dual_control_once_and_only_when_over(
+        timesheet_ledger: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = timesheet_ledger
+    assert main(["timesheet-close", "--store", str(db), "--period", "2026-03-28", "--by",
+                 "hr-anna", "--approved-by", "hr-anna"]) != 0
+    assert "dual control: hr-anna asked to close the period" in capsys.readouterr().err
+    today = datetime.now(UTC).date().isoformat()
+    assert _close(db, today) != 0
+    assert "has not ended everywhere yet" in capsys.readouterr().err
+    assert _close(db, "2026-03-28") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["period"] == {"first": "2026-03-23", "last": "2026-03-29", "kind": "weekly"}
+    [close] = _records(db, "timesheet-close")
+    assert (close["by"], close["approved_by"], close["reason"]) == ("hr-anna", "payroll-ben",
+                                                                    "week checked")
+    [card] = close["timecards"]
+    assert (card["employee_id"], card["total_hours"], card["hours_by_day"]) == (
+        "E1", "7.00", {"2026-03-28": "7.00"})
+    assert close["digests"] == {"E1": card["digest"]} == out["digests"]
+    assert _close(db, "2026-03-25") != 0
+    assert "was closed already (ledger idx" in capsys.readouterr().err
+
+
+def test_closed_timecards_are_pushed_once_and_a_later_correction_as_an_amendment(
+        timesheet_ledger: Path, receiver: Receiver) -> None:
+    db = timesheet_ledger
+    assert _close(db, "2026-03-28") == 0
+    assert _push(db, receiver.url) == 0
+    cards = [b for b in receiver.got if b["type"] == "timecards"]
+    [sent] = cards
+    [card] = sent["timecards"]
+    assert (card["employee_id"], card["total_hours"]) == ("E1", "7.00")
+    assert card["digest"] == hashlib.sha256(canonical(
+        {k: v for k, v in card.items() if k != "digest"})).hexdigest()
+    assert receiver.bad_signatures == 0
+    assert receiver.got.index(sent) == len(receiver.got) - 1      # after the punches
+    [close] = _records(db, "timesheet-close")
+    assert receiver.deliveries[-1] == f"hr:close-{sent['close_idx']}"
+    done = [d for d in _records(db, "hr-delivery") if d.get("what") == "timecards"]
+    assert [(d["close_idx"], d["digests"]) for d in done] == [
+        (sent["close_idx"], close["digests"])]
+    # nothing again
+    assert _push(db, receiver.url) == 0
+    assert len(receiver.got) == len(cards) + [b["type"] for b in receiver.got].count("punches")
+    # a correction after the close: Ada left an hour later (clock error), approved by another
+    store = SQLiteStore(db)
+    try:
+        fixes = Corrections(store)
+        c = fixes.propose(device="clock-01", seq=2, field="ts",
+                          after=timesheet_kit.at("2026-03-29T07:00", timesheet_kit.BERLIN),
+                          reason="clock-error", editor="hr-anna", now_us=T0 + 9000)
+        fixes.decide(c.id, approve=True, approver="hr-ben", now_us=T0 + 9100)
+        correction_idx = max(se.entry.idx for se in store.entries()
+                             if se.entry.kind == "correction")
+    finally:
+        store.close()
+    before = len(receiver.got)
+    receiver.script = [500]                       # the amendment needs a second attempt
+    assert _push(db, receiver.url) == 0
+    [amend] = receiver.got[before:]
+    assert amend["type"] == "timecard-amendments"
+    [a] = amend["amendments"]
+    assert (a["employee_id"], a["amends"], a["timecard"]["total_hours"], a["corrections"]) == (
+        "E1", card["digest"], "8.00", [correction_idx])
+    key = receiver.attempted[-1]
+    assert receiver.attempted[-2:] == [key, key]   # the retry carries the same key
+    assert key.startswith(f"hr:close-{sent['close_idx']}:amend-")
+    [rec] = [d for d in _records(db, "hr-delivery") if d.get("what") == "timecard-amendments"]
+    assert (rec["amends"], rec["digests"], rec["attempts"]) == (
+        {"E1": card["digest"]}, {"E1": a["timecard"]["digest"]}, 2)
+    # the close entry still holds the card as closed; nothing more is owed
+    [close] = _records(db, "timesheet-close")
+    assert close["timecards"][0]["total_hours"] == "7.00"
+    assert _push(db, receiver.url) == 0
+    assert len(receiver.got) == before + 1
+
+
+def test_a_running_push_recomputes_only_periods_that_later_entries_touch(
+        timesheet_ledger: Path, receiver: Receiver) -> None:
+    db = timesheet_ledger
+    assert _close(db, "2026-03-28") == 0                   # E1's week
+    assert _close(db, "2026-03-30") == 0                   # E2's week
+    assert _push(db, receiver.url) == 0
+    assert [b["timecards"][0]["employee_id"] for b in receiver.got
+            if b["type"] == "timecards"] == ["E1", "E2"]
+    store = SQLiteStore(db)
+    try:
+        size = store.head()[0]
+        fixes = Corrections(store)
+        c = fixes.propose(device="clock-01", seq=3, field="ts",
+                          after=timesheet_kit.at("2026-03-30T08:30", timesheet_kit.NEW_YORK),
+                          reason="clock-error", editor="hr-anna", now_us=T0 + 9000)
+        fixes.decide(c.id, approve=True, approver="hr-ben", now_us=T0 + 9100)
+        applied = Corrections(store).applied_complete
+        [owed] = parcels(store, "hr", applied, since_idx=size)
+        assert (owed.kind, [a["employee_id"] for a in owed.body["amendments"]]) == (
+            "timecard-amendments", ["E2"])
+        assert owed.body["amendments"][0]["timecard"]["total_hours"] == "8.50"
+        # from the head on nothing touches a closed period: nothing is recomputed
+        assert parcels(store, "hr", applied, since_idx=store.head()[0]) == []
+        assert [p.kind for p in parcels(store, "other-endpoint", applied)] == [
+            "timecards", "timecards"]
+    finally:
+        store.close()
