@@ -23,7 +23,7 @@ from wire.audit import Check
 from wire.bundle import BundleAudit, BundleError, audit_bundle, dumps_report, parse_trusted
 from wire.cli import run_command
 from wire.errors import WireError
-from wire.evidence import EvidenceError, opened, verify_pack
+from wire.evidence import EvidenceError, check_registers, opened, verify_pack
 from wire.export_proofs import (
     ExportProofError,
     dumps_export_report,
@@ -290,6 +290,17 @@ def _verify_evidence(args: argparse.Namespace, policy: WitnessPolicy | None, now
             return EXIT_FAILED
         print(f"manifest: signed by log key {check.key_id}; "
               f"{len(check.manifest['files'])} files, each as listed")
+        regs = check_registers(root, check.manifest)
+        print(f"registers: {regs.deliveries} HR deliveries ({regs.acknowledged} acknowledged) "
+              f"and {regs.witnesses} witnesses ({regs.current} current), checked against the "
+              f"bundle")
+        for note in regs.notes:
+            print(f"  note: {note}")
+        for problem in regs.problems:
+            print(f"  PROBLEM: {problem}")
+        if regs.problems:
+            print("RESULT: FAILED: the registers disagree with the bundle")
+            return EXIT_FAILED
         audit = audit_bundle(check.bundle, pinned=keys, trusted=_trusted(args.trusted_checkpoint),
                              policy=policy, origin=args.origin, now_s=now_s)
         size = check.manifest.get("ledger", {}).get("size")

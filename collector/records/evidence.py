@@ -14,6 +14,13 @@
       retention.json     policies, holds, retention and shred entries (whole history)
       configuration.json remote configuration entries; the collector's config and unit
                          hardening when given
+      hr-deliveries.json the HR webhook's delivery record: every ``hr-delivery`` and
+                         ``hr-delivery-failed`` entry of the period (what — punches, timecards,
+                         amendments —, when, to which endpoint and host, acknowledged or not,
+                         attempts, the idempotency key)
+      witnesses.json     witness status when the pack was made: the newest v2 checkpoint and
+                         each witness's latest cosignature (size, line, when received) and
+                         whether it is current (cosigned that newest checkpoint)
     controls.json      the control matrix (SOC 2 TSC, HIPAA §164) pointing at each artefact
     report.html        the human-readable report with plots (SVG, rendered here)
     report.pdf         the same, printed by headless Chromium (when it is installed)
@@ -22,7 +29,9 @@
                        ``b"timeclock/evidence-pack/v1\\n" + canonical(manifest)``
 
 ``timeclock-verify --evidence PACK --collector-key B64`` (wire/evidence.py) checks the
-signature, every file's hash, that no file was added or removed, and the bundle itself.
+signature, every file's hash, that no file was added or removed, the bundle itself, and that
+the delivery record and the witness status agree with the bundle's entries and checkpoint
+notes and with the summary the signed manifest carries (``hr_deliveries``, ``witnesses``).
 The registers carry employee ids and principal names, never badge credentials or names.
 """
 
@@ -45,12 +54,22 @@ import jinja2
 from markupsafe import Markup
 
 from collector import CollectorError
+from collector.ledger import checkpoint_tables
 from collector.ledger.audit import verify_store
 from collector.ledger.sqlbase import SQLStore
 from collector.records.exports import export_bundle
 from collector.records.plots import svg_bars
 from wire.canonical import canonical
-from wire.evidence import MANIFEST, PACK_KIND, SIGNATURE, signed_message
+from wire.evidence import (
+    HR_FIELDS,
+    HR_TYPES,
+    MANIFEST,
+    PACK_KIND,
+    SIGNATURE,
+    hr_summary,
+    signed_message,
+    witness_summary,
+)
 from wire.keys import SigningKey, VerifyKey
 
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -68,7 +87,8 @@ CONTROLS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("D1", "CC6.1, CC6.6", "§164.312(d)", ("bundle/", "registers/configuration.json")),
     ("D2", "CC6.6, CC7.1", "§164.312(c)(1)", ("bundle/", "registers/quarantine.json")),
     ("D4", "A1.2", "§164.308(a)(7)", ("verify.json",)),
-    ("D5", "PI1.4, CC7.1", "§164.312(c)(1), §164.312(c)(2)", ("bundle/", "verify.json")),
+    ("D5", "PI1.4, CC7.1", "§164.312(c)(1), §164.312(c)(2)",
+     ("bundle/", "verify.json", "registers/witnesses.json")),
     ("D6", "PI1.5", "§164.312(c)(1)", ("bundle/", "registers/grants.json")),
     ("D7", "CC6.1", "§164.312(d)", ("registers/access.json",)),
     ("D8", "CC6.2, CC6.3", "§164.308(a)(4)", ("registers/grants.json",)),
@@ -76,7 +96,8 @@ CONTROLS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("D13", "CC7.3, CC7.4", "§164.308(a)(1)(ii)(D)",
      ("registers/alerts.json", "registers/reviews.json")),
     ("D15", "C1.2, P4.3", "§164.316(b)(2)", ("registers/retention.json",)),
-    ("D20", "C1.1, P4.1", "§164.502(b)", ("registers/access.json",)),
+    ("D20", "C1.1, P4.1", "§164.502(b)",
+     ("registers/access.json", "registers/hr-deliveries.json")),
 )
 
 
@@ -118,6 +139,7 @@ class _Registers:
         self.rejections: Counter[str] = Counter()
         self.retention: list[dict[str, Any]] = []
         self.config: list[dict[str, Any]] = []
+        self.deliveries: list[dict[str, Any]] = []
         self.punches_per_day: Counter[str] = Counter()
         self.alerts_per_day: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
@@ -162,6 +184,10 @@ class _Registers:
 
     def _access(self, idx: int, at: int, b: dict[str, Any]) -> None:
         t = b.get("type")
+        if t in HR_TYPES:
+            self.deliveries.append({"idx": idx, "at": _iso(at), "acknowledged": t == HR_TYPES[0],
+                                    **{k: b[k] for k in HR_FIELDS if k in b}})
+            return
         if t == "request":
             self.requests[(str(b.get("principal")), str(b.get("route")),
                            str(b.get("status")))] += int(b.get("count", 1) or 1)
@@ -206,6 +232,22 @@ ledger size {{ meta.ledger.size }}, head <code>{{ meta.ledger.head[:16] }}…</c
 </ul>
 <h2>Access</h2><p>{{ requests }} authenticated requests, {{ regs.unauthenticated }}
 unauthenticated or failed, {{ regs.exports|length }} exports.</p>
+<h2>HR webhook deliveries ({{ regs.deliveries|length }})</h2>
+<p>{{ hr.acknowledged }} acknowledged, {{ hr.failed }} given up (each an entry of the ledger).</p>
+<table><tr><th>idx</th><th>at</th><th>endpoint</th><th>host</th><th>what</th><th>acknowledged</th>
+<th>attempts</th></tr>
+{% for d in regs.deliveries[:50] %}<tr><td>{{ d.idx }}</td><td>{{ d.at }}</td>
+<td>{{ d.endpoint }}</td><td>{{ d.host }}</td><td>{{ d.what or "punches" }}</td>
+<td>{{ "yes" if d.acknowledged else "NO" }}</td><td>{{ d.attempts }}</td></tr>{% endfor %}</table>
+<h2>Witnesses</h2>
+<p>Newest checkpoint when the pack was made: {% if wit.newest_checkpoint %}size
+{{ wit.newest_checkpoint.size }}{% else %}none{% endif %}.</p>
+<table><tr><th>witness</th><th>latest cosigned size</th><th>received</th><th>current</th></tr>
+{% for w in wit.witnesses %}<tr><td>{{ w.name }}</td><td>{{ w.latest_size }}</td>
+<td>{{ w.received_at }}</td>
+<td>{% if w.current %}yes{% else %}NO (behind by {{ w.behind_entries }} entries){% endif %}</td>
+</tr>
+{% else %}<tr><td colspan="4">no witness has cosigned a checkpoint</td></tr>{% endfor %}</table>
 <h2>Retention, holds and shredding</h2><p>{{ regs.retention|length }} entries (whole
 history).</p>
 <h2>Control matrix</h2>
@@ -217,12 +259,13 @@ history).</p>
 
 
 def _report_html(meta: dict[str, Any], regs: _Registers, verify: dict[str, Any],
-                 sod: list[str]) -> str:
+                 sod: list[str], witnesses: dict[str, Any]) -> str:
     first = verify.get("first_failure")
     verdict = "OK: every entry, body, signature, chain and checkpoint verifies" if first is None \
         else f"FAILED at idx {first.get('idx')}: {first.get('message')}"
     return REPORT.render(
         meta=meta, regs=regs, verdict=verdict, sod=sod, controls=CONTROLS,
+        hr=meta["hr_deliveries"], wit=witnesses,
         kinds=sorted(regs.kinds.items()), rejections=sorted(regs.rejections.items()),
         requests=sum(regs.requests.values()),
         punch_plot=Markup(svg_bars("punches per day", dict(regs.punches_per_day))),  # noqa: S704 - built with html.escape
@@ -273,6 +316,7 @@ def build_pack(store: SQLStore, out: Path, *, since: int, until: int, signing_ke
         raise EvidenceError("--pdf on: no chromium found (apt install chromium)")
     out.mkdir(mode=0o700, parents=True)
     keys = list(log_keys)
+    witnesses = witness_status(store)      # before the bundle signs a checkpoint of its own
     size = export_bundle(store, out / "bundle", keys, sign=sign_checkpoint)
     for f in (out / "bundle").iterdir():
         f.chmod(0o600)
@@ -306,6 +350,11 @@ def build_pack(store: SQLStore, out: Path, *, since: int, until: int, signing_ke
     _write(reg / "retention.json", _json({**_listed(regs.retention),
                                           "entries_without_body": regs.removed_bodies}))
     _write(reg / "configuration.json", _json(_listed(regs.config)))
+    hr = hr_summary(regs.deliveries)
+    _write(reg / "hr-deliveries.json", _json({
+        **hr, "endpoints": sorted({str(d.get("endpoint")) for d in regs.deliveries}),
+        **_listed(regs.deliveries)}))
+    _write(reg / "witnesses.json", _json(witnesses))
     for name, data in sorted((attachments or {}).items()):
         _write(reg / "configuration" / Path(name).name, data)
     _write(out / "controls.json", _json([
@@ -314,8 +363,9 @@ def build_pack(store: SQLStore, out: Path, *, since: int, until: int, signing_ke
     head = store.head()
     meta = {"pack": PACK_KIND, "from": _iso(since), "to": _iso(until),
             "generated_at": _iso(now_us), "ledger": {"size": size, "head": head[1]},
-            "verified": result.ok}
-    _write(out / "report.html", _report_html(meta, regs, verify, sod))
+            "verified": result.ok, "hr_deliveries": hr,
+            "witnesses": witness_summary(witnesses)}
+    _write(out / "report.html", _report_html(meta, regs, verify, sod, witnesses))
     if chromium is not None:
         print_pdf(out / "report.html", out / "report.pdf", chromium=chromium)
     files = {}
@@ -327,6 +377,29 @@ def build_pack(store: SQLStore, out: Path, *, since: int, until: int, signing_ke
     _write(out / SIGNATURE, signing_key.sign(signed_message(manifest)).encode() + b"\n")
     _tar(out, archive)
     return Pack(out, archive, len(files) + 2, result.ok)
+
+
+def witness_status(store: SQLStore) -> dict[str, Any]:
+    """The newest v2 checkpoint and each witness's latest cosignature (tc_cosignatures):
+    ``current`` when it cosigned that newest checkpoint, else how many entries behind."""
+    checkpoint_tables.ensure_schema(store)
+    newest = checkpoint_tables.newest(store)
+    latest: dict[str, tuple[int, str, str, int]] = {}
+    for name, key_id, size, line, received in store.query(
+            "SELECT name, key_id, size, line, received_at FROM tc_cosignatures"):
+        if str(name) not in latest or int(size) > latest[str(name)][0]:
+            latest[str(name)] = (int(size), str(key_id), str(line), int(received))
+    top = 0 if newest is None else newest.size
+    return {
+        "newest_checkpoint": None if newest is None else {"size": newest.size,
+                                                          "made_at": _iso(newest.made_at)},
+        "witnesses": [{"name": n, "key_id": k, "latest_size": sz, "line": ln,
+                       "received_at": _iso(rx), "current": sz == top,
+                       "behind_entries": top - sz}
+                      for n, (sz, k, ln, rx) in sorted(latest.items())],
+        "meaning": "current: the witness cosigned the newest checkpoint stored when the pack "
+                   "was made; the lines are in bundle/checkpoints.v2.ndjson, whose notes "
+                   "timeclock-verify checks"}
 
 
 def _sha256(path: Path) -> str:

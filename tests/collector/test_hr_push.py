@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from collector.cli.main import main
-from collector.ingest.detectors_webhooks import verify
 from collector.ledger.base import EventFact
 from collector.ledger.sqlite import SQLiteStore
 from collector.people.csv_import import import_files
@@ -25,57 +22,15 @@ from collector.records.timesheet_close import parcels
 from tests.collector import timesheet_kit
 from tests.collector.api_kit import access_bodies, seed
 from tests.collector.ledger_kit import T0, Clock
+from tests.collector.webhook_kit import SECRET, Receiver
 from wire.canonical import canonical
 
-SECRET = b"0123456789abcdef-hr-secret"
 EMPLOYEES = """employee_id,name,department,site,timezone,manager_id
 E1,Ada Lovelace,Operations,hq,Europe/London,
 """
 BADGES = """credential,employee_id,valid_from,valid_until,status
 em4100:0000000001,E1,2025-01-01T00:00:00Z,,assigned
 """
-
-
-class Receiver:
-    """An HR endpoint: checks each signature, answers from ``script`` (then 200)."""
-
-    def __init__(self) -> None:
-        self.script: list[int] = []
-        self.got: list[dict[str, Any]] = []
-        self.deliveries: list[str] = []
-        self.attempted: list[str] = []          # every POST's X-Timeclock-Delivery
-        self.bad_signatures = 0
-        self.raw: list[bytes] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                ok = verify(SECRET, self.headers["X-Timeclock-Timestamp"], body,
-                            self.headers["X-Timeclock-Signature"])
-                status = outer.script.pop(0) if outer.script else 200
-                outer.attempted.append(self.headers["X-Timeclock-Delivery"])
-                if not ok:
-                    outer.bad_signatures += 1
-                    status = 401
-                if status == 200:
-                    outer.got.append(json.loads(body))
-                    outer.raw.append(body)
-                    outer.deliveries.append(self.headers["X-Timeclock-Delivery"])
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/punches"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
