@@ -215,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if sum(x is not None for x in (args.bundle, args.export, args.evidence,
                                    args.timesheet)) != 1:
-        parser.error("give a BUNDLE_DIR, --export FILE, --evidence PACK or --timesheet FILE "
-                     "SIDECAR (one of them)")
+        parser.error("give a BUNDLE_DIR, --export FILE or --evidence PACK, or --timesheet "
+                     "FILE SIDECAR (one of them)")
     return run_command("timeclock-verify", lambda: _verify(args),
                        (BundleError, ExportProofError, EvidenceError, TimesheetProofError))
 

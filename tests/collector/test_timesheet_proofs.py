@@ -209,3 +209,21 @@ def test_d5_timesheet_sidecar_golden_vector(tmp_path: Path, monkeypatch: pytest.
                              [VerifyKey.from_b64(want["log_public_b64"])])
     assert audit.problems == []
     assert (audit.rows, audit.punches, audit.corrections) == (2, 4, 1)
+
+
+def test_an_ndjson_timesheet_with_exceptions_verifies_too(made: tuple[Path, Path, SigningKey],
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    csv, _, key = made
+    db, log_key = csv.parent / "ledger.db", csv.parent / "log.key"
+    out = csv.parent / "e2.ndjson"
+    assert collector_main(["timesheet", "--store", str(db), "--from", FROM, "--to", TO,
+                           "--format", "ndjson", "--employee", "E2", "--round-minutes", "15",
+                           "--out", str(out), "--log-key", str(log_key)]) == 0
+    capsys.readouterr()
+    rc, text = _verify(out, out.with_name(out.name + ".sidecar.json"), key, capsys)
+    assert rc == 0, text
+    assert "proven: 2 punches, 1 corrections" in text
+    meta = json.loads(out.with_name(out.name + ".sidecar.json").read_text())
+    assert (meta["format"], meta["query"]["employee"], meta["rules"]["round_minutes"]) == (
+        "ndjson", "E2", 15)
