@@ -408,9 +408,16 @@ def verify_timesheet(path: Path, sidecar_path: Path, keys: Sequence[VerifyKey], 
     v.audit.notes += [
         "employee_id per punch and each employee's time zone are the collector's word "
         "(signed), not derived from the people directory's entries",
-        "the punches of badges held by nobody are counted, not listed "
-        f"({side.get('unassigned_punches')})"]
+        f"{_unassigned(side)} punch(es) of badges held by nobody are counted in the sidecar, "
+        "not listed or proven"]
     return v.audit
+
+
+def _unassigned(side: dict[str, Any]) -> int:
+    counts = side.get("unassigned_punches")
+    if not isinstance(counts, dict):
+        return 0
+    return sum(v for v in counts.values() if isinstance(v, int) and not isinstance(v, bool))
 
 
 def print_timesheet_report(audit: TimesheetAudit, path: Path, out: Any) -> None:
