@@ -10,7 +10,9 @@ it is never appended as a punch and never acknowledged.
 Invariants:
 - ONE writer thread owns the store for appends: it takes messages from a bounded queue,
   judges them, and records a batch (≤ ``batch_max`` facts or ``batch_wait_ms``) in one
-  ``store.append`` transaction.
+  ``store.append`` transaction. In the service the next batch is judged on a helper thread
+  while one commits (``Writer(judge_ahead=True)``; judged again if the registry changed).
+- The metrics and detectors (``Ingestor.observe``) run after a batch's receipts and PUBACKs.
 - Order per batch: commit → publish receipts (QoS 1) → the clocks' badge outcomes
   (collector.ingest.badge_outcomes) → PUBACK the messages. A message is
   PUBACKed only after everything it carried is committed (punch or rejection entry); a
