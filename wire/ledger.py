@@ -85,6 +85,18 @@ def make_entry(*, idx: int, kind: str, at: int, body: bytes, prev: str) -> Entry
     return Entry(idx=idx, kind=kind, at=at, body=body_hash(body), prev=prev)
 
 
+def entry_leaf_bytes(*, idx: int, kind: str, at: int, body: str, prev: str) -> bytes:
+    """``LEDGER_DOMAIN + Entry(...).to_bytes()`` for fields the caller made itself: a store's
+    append, where ``kind`` is one of KINDS, ``idx`` and ``at`` are non-negative ints and
+    ``body``/``prev`` are SHA-256 hex digests it computed. Skips the dataclass and its
+    validation (the ingest hot path); byte-identical to the canonical form (keys sorted:
+    at, body, idx, kind, prev, v), checked against Entry by tests/wire/test_ledger_bytes."""
+    if kind not in KINDS:
+        raise DecodeError(f"kind: {kind[:40]!r} is not one of {sorted(KINDS)}", field="kind")
+    return (b'%s{"at":%d,"body":"%s","idx":%d,"kind":"%s","prev":"%s","v":1}'
+            % (LEDGER_DOMAIN, at, body.encode(), idx, kind.encode(), prev.encode()))
+
+
 def verify_link(entry: Entry, prev_hash: str | None) -> None:
     """(2) ``prev`` is the hash of entry idx-1 (64 zeros for idx 0)."""
     expected = ZERO_HASH if entry.idx == 0 else prev_hash

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from collector.ingest.alerts import SEVERITY_WARNING, Alert, Alerts
 from wire.redact import redact
@@ -55,12 +55,6 @@ class PeopleSettings:
     pairs_max: int = 100_000
 
 
-@dataclass(slots=True)
-class _Pair:
-    days: OrderedDict[int, int] = field(default_factory=OrderedDict)   # UTC day → last idx
-    alerted_ts: int | None = None
-
-
 class PeopleDetectors:
     """``observe`` one appended punch with the employee its badge resolved to (None: unknown,
     lost or blocked, or no directory)."""
@@ -78,7 +72,10 @@ class PeopleDetectors:
         self._seen: OrderedDict[str, list[tuple[str, int, int, str]]] = OrderedDict()
         # device → its last tap: (who, ts, idx) — who is the employee id or "badge:<cred>"
         self._last_tap: dict[str, tuple[str, int, int]] = {}
-        self._pairs: OrderedDict[tuple[str, str], _Pair] = OrderedDict()
+        # pair → {UTC day: last idx}, in the order the days were seen; plain dicts of ints, so
+        # the garbage collector does not track them (there may be pairs_max of them)
+        self._pairs: OrderedDict[tuple[str, str], dict[int, int]] = OrderedDict()
+        self._pair_alerted: dict[tuple[str, str], int] = {}     # pair → ts of its alert
 
     @property
     def active(self) -> bool:
@@ -136,30 +133,37 @@ class PeopleDetectors:
         if last is None or last[0] == who or abs(ts - last[1]) > self._pair_us:
             return []
         key = (last[0], who) if last[0] < who else (who, last[0])
-        p = self._pairs.pop(key, None) or _Pair()
-        self._pairs[key] = p
-        while len(self._pairs) > self.s.pairs_max:
-            self._pairs.popitem(last=False)
-        p.days[ts // _DAY_US] = idx
-        p.days.move_to_end(ts // _DAY_US)
+        days = self._pairs.pop(key, None)
+        if days is None:
+            days = {}
+            if len(self._pairs) >= self.s.pairs_max:
+                evicted, _ = self._pairs.popitem(last=False)
+                self._pair_alerted.pop(evicted, None)
+        self._pairs[key] = days
+        day = ts // _DAY_US
+        days.pop(day, None)
+        days[day] = idx
+        if len(days) < self.s.pair_min_days:
+            return []
         oldest_day = (ts - self._lookback_us) // _DAY_US
-        for day in [d for d in p.days if d < oldest_day]:
-            del p.days[day]
-        if len(p.days) < self.s.pair_min_days:
+        for d in [d for d in days if d < oldest_day]:
+            del days[d]
+        if len(days) < self.s.pair_min_days:
             return []
-        if p.alerted_ts is not None and abs(ts - p.alerted_ts) < self._lookback_us:
+        alerted = self._pair_alerted.get(key)
+        if alerted is not None and abs(ts - alerted) < self._lookback_us:
             return []
-        p.alerted_ts = ts
+        self._pair_alerted[key] = ts
         apart = abs(ts - last[1])
         names = list(key) if by_employee else [f"badge {redact(k[6:])}" for k in key]
-        fields: dict[str, object] = {"punch_idx": sorted(p.days.values()),
-                                     "days": len(p.days), "devices": [device]}
+        fields: dict[str, object] = {"punch_idx": sorted(days.values()),
+                                     "days": len(days), "devices": [device]}
         if by_employee:
             fields["employee_ids"] = list(key)
         return [self.alerts.alert(
             "buddy-pair", severity=SEVERITY_WARNING, device=device,
             detail=f"{names[0]} and {names[1]} tapped one right after the other at {device} "
-                   f"on {len(p.days)} days within {self.s.pair_lookback_days} (limit "
+                   f"on {len(days)} days within {self.s.pair_lookback_days} (limit "
                    f"{self.s.pair_min_days}; last {apart / _US:.0f} s apart, idx {last[2]} and "
                    f"{idx}): one person tapping a colleague's badge, or a car pool",
             fields=fields)]

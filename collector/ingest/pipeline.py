@@ -10,7 +10,9 @@ it is never appended as a punch and never acknowledged.
 Invariants:
 - ONE writer thread owns the store for appends: it takes messages from a bounded queue,
   judges them, and records a batch (≤ ``batch_max`` facts or ``batch_wait_ms``) in one
-  ``store.append`` transaction.
+  ``store.append`` transaction. In the service the next batch is judged on a helper thread
+  while one commits (``Writer(judge_ahead=True)``; judged again if the registry changed).
+- The metrics and detectors (``Ingestor.observe``) run after a batch's receipts and PUBACKs.
 - Order per batch: commit → publish receipts (QoS 1) → the clocks' badge outcomes
   (collector.ingest.badge_outcomes) → PUBACK the messages. A message is
   PUBACKed only after everything it carried is committed (punch or rejection entry); a
@@ -37,6 +39,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +92,7 @@ class BatchResult:
     results: list[AppendResult] = field(default_factory=list)
     receipts: list[tuple[str, SignedAck]] = field(default_factory=list)
     badge_outcomes: list[tuple[str, bytes]] = field(default_factory=list)  # after receipts
+    done: list[tuple[Fact, AppendResult]] = field(default_factory=list)   # for the monitor
 
 
 class Ingestor:
@@ -134,7 +138,9 @@ class Ingestor:
         """Judge, commit, and build receipts for ``batch``; see the module invariants."""
         registry = self.registry()
         groups = [(m, self.judge(m, registry)) for m in batch]
-        return self.commit(groups, now_us=now_us)
+        out = self.commit(groups, now_us=now_us)
+        self.observe(out, now_us=now_us)
+        return out
 
     def _repeat(self, f: Fact) -> bool:
         """A rejection already recorded recently (same reason, topic and raw bytes)?"""
@@ -183,13 +189,19 @@ class Ingestor:
             done = self._isolate(groups, out, now_us=now_us)
         self._remember([f for f, _ in done])
         self._after_commit(done, now_us=now_us)
-        if self.monitor is not None:
-            self.monitor.committed([m.received_at for m in out.committed], done, now_us=now_us)
+        out.done = done
         out.receipts = receipts_for(out.results, self.log_key, now_us=now_us,
                                     landed=self._landed(done))
         if self.badge_outcomes is not None:
             out.badge_outcomes = self.badge_outcomes.for_batch(done, now_us=now_us)
         return out
+
+    def observe(self, out: BatchResult, *, now_us: int) -> None:
+        """Metrics and detectors over a committed batch (the monitor), once its receipts and
+        PUBACKs are out: nothing a clock waits for waits for the monitor (Writer.step)."""
+        if self.monitor is not None and (out.committed or out.done):
+            self.monitor.committed([m.received_at for m in out.committed], out.done,
+                                   now_us=now_us)
 
     def _landed(self, done: Sequence[tuple[Fact, AppendResult]]
                 ) -> dict[tuple[str, int], tuple[str, int]]:
@@ -334,13 +346,26 @@ class Writer:
     ``tick`` (if given) runs after every batch and on idle wake-ups (time-based checkpoints,
     gap reports). On ``stop`` the batch in flight is finished (commit, receipts, PUBACKs);
     messages still in the inbox are left unacknowledged for the broker to redeliver.
+
+    With ``judge_ahead`` (the service's default) the next batch is collected and judged
+    (steps 1-6: parsing and the Ed25519 checks, which release the GIL) on a helper thread
+    while this one commits, publishes and runs the monitor: the store is still touched by
+    this thread only. The registry snapshot the next batch is judged with is read here,
+    before this batch's commit; when that batch's turn comes, the snapshot is read again
+    (as without judging ahead: once a message is at hand) and, if it differs (an enrolment,
+    rotation or revocation meanwhile), the batch is judged again with the new one, so no
+    punch is judged against an outdated registry. (A change committed by another process
+    during the commit itself is caught by the store's own check under the chain lock,
+    ``Outcome.REJECTED``, as always.) Messages judged ahead are PUBACKed only after their
+    own commit; if the store is away they join the pending ones.
     """
 
     def __init__(self, ingestor: Ingestor, inbox: queue.Queue[Inbound], link: Publisher, *,
                  batch_max: int = 2000, batch_wait_ms: int = 50,
                  clock: Callable[[], int] = now_us,
                  tick: Callable[[int, int], None] | None = None,
-                 idle_wake_s: float = 0.5, retry_s: float = 1.0) -> None:
+                 idle_wake_s: float = 0.5, retry_s: float = 1.0,
+                 judge_ahead: bool = False) -> None:
         self.ingestor = ingestor
         self.inbox = inbox
         self.link = link
@@ -352,6 +377,9 @@ class Writer:
         self.retry_s = retry_s
         self.batches = 0
         self._pending: list[Inbound] = []
+        self._ahead_pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-ahead")
+                            if judge_ahead else None)
+        self._ahead: tuple[RegistryView, Future[list[tuple[Inbound, list[Fact]]]]] | None = None
 
     @property
     def pending(self) -> int:
@@ -359,30 +387,26 @@ class Writer:
         return len(self._pending)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.step(stop)
-            except Exception:  # top of the long-running loop: log and go on
-                log.exception("ingest writer step failed")
-                stop.wait(self.retry_s)
-
-    def step(self, stop: threading.Event) -> int:
-        """Collect one batch and process it; returns the number of messages handled."""
-        first: list[Inbound] = self._pending
-        self._pending = []
-        if not first:
-            try:
-                first = [self.inbox.get(timeout=self.idle_wake_s)]
-            except queue.Empty:
-                self._tick(0)
-                return 0
-        # One registry snapshot per batch, read once a message is at hand, so a revocation
-        # committed before this batch applies to all of it.
         try:
-            registry = self.ingestor.registry()
-        except Exception:
-            self._pending = first       # e.g. the database is away: keep them for the retry
-            raise
+            while not stop.is_set():
+                try:
+                    self.step(stop)
+                except Exception:  # top of the long-running loop: log and go on
+                    log.exception("ingest writer step failed")
+                    stop.wait(self.retry_s)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the judge-ahead helper; what it collected stays unacknowledged (the broker
+        redelivers it to the next session)."""
+        if self._ahead_pool is not None:
+            self._ahead_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _collect(self, first: list[Inbound], registry: RegistryView
+                 ) -> list[tuple[Inbound, list[Fact]]]:
+        """Judge ``first`` and what arrives within ``batch_wait_ms``, up to ``batch_max``
+        facts."""
         groups: list[tuple[Inbound, list[Fact]]] = []
         nfacts = 0
         for m in first:
@@ -399,6 +423,80 @@ class Writer:
             fs = self.ingestor.judge(m, registry)
             groups.append((m, fs))
             nfacts += len(fs)
+        return groups
+
+    def _judge_ahead(self, registry: RegistryView, stop: threading.Event
+                     ) -> list[tuple[Inbound, list[Fact]]]:
+        """Helper thread: the next batch, as :meth:`step` would collect it."""
+        deadline = time.monotonic() + self.idle_wake_s
+        while not stop.is_set():
+            try:
+                first = self.inbox.get(timeout=max(min(deadline - time.monotonic(), 0.1), 0))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return []
+                continue
+            return self._collect([first], registry)
+        return []
+
+    def _take_ahead(self) -> tuple[list[tuple[Inbound, list[Fact]]], RegistryView | None]:
+        """What the helper judged, and the registry snapshot it judged with."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return [], None
+        registry, fut = ahead
+        try:
+            return fut.result(), registry
+        except Exception:  # judge never raises: a bug of the helper itself
+            log.exception("judging ahead failed")
+            return [], None
+
+    def _next(self) -> list[tuple[Inbound, list[Fact]]]:
+        """The next batch, judged: what was judged ahead, else the pending messages or the
+        inbox's (waiting up to ``idle_wake_s``); empty if nothing arrived."""
+        if self._ahead is not None:
+            groups, judged_with = self._take_ahead()
+            if not groups:
+                return []
+            try:
+                registry = self.ingestor.registry()
+            except Exception:
+                self._pending = [m for m, _ in groups]
+                raise
+            if registry == judged_with:
+                return groups
+            # the registry changed since (an enrolment, rotation or revocation): judge these
+            # again with the snapshot of now, as if nothing had been judged ahead
+            return [(m, self.ingestor.judge(m, registry)) for m, _ in groups]
+        first: list[Inbound] = self._pending
+        self._pending = []
+        if not first:
+            try:
+                first = [self.inbox.get(timeout=self.idle_wake_s)]
+            except queue.Empty:
+                return []
+        # One registry snapshot per batch, read once a message is at hand, so a revocation
+        # committed before this batch applies to all of it.
+        try:
+            registry = self.ingestor.registry()
+        except Exception:
+            self._pending = first       # e.g. the database is away: keep them for the retry
+            raise
+        return self._collect(first, registry)
+
+    def step(self, stop: threading.Event) -> int:
+        """Collect one batch and process it; returns the number of messages handled."""
+        groups = self._next()
+        if not groups:
+            self._tick(0)
+            return 0
+        if self._ahead_pool is not None and not stop.is_set():
+            try:
+                ahead = self.ingestor.registry()    # read before this batch's commit
+            except Exception:  # the database is away: the commit below will say so
+                log.debug("no registry snapshot for judging ahead", exc_info=True)
+            else:
+                self._ahead = (ahead, self._ahead_pool.submit(self._judge_ahead, ahead, stop))
         res = self.ingestor.commit(groups, now_us=self.clock())
         self.batches += 1
         for topic, receipt in res.receipts:
@@ -407,8 +505,10 @@ class Writer:
             self.link.publish(topic, payload, qos=1)
         for m in res.committed:
             self.link.ack(m)
+        self.ingestor.observe(res, now_us=self.clock())
         if res.pending:
-            self._pending = res.pending
+            # the judged-ahead messages wait behind these, to be judged again
+            self._pending = res.pending + [m for m, _ in self._take_ahead()[0]]
             stop.wait(self.retry_s)
         self._tick(len(res.committed))
         return len(res.committed)

@@ -51,7 +51,7 @@ from wire import ZERO_HASH, merkle
 from wire.bodies import Body, BodyError, DeviceEvent, Retention, parse_body
 from wire.canonical import canonical
 from wire.errors import ProofError, WireError
-from wire.ledger import Entry, SignedCheckpoint, body_hash, make_entry
+from wire.ledger import Entry, SignedCheckpoint, body_hash, entry_leaf_bytes
 from wire.punch import SignedPunch
 
 log = logging.getLogger("timeclock.ledger")
@@ -664,12 +664,13 @@ class _Append:
 
     def _entry(self, kind: str, body: bytes) -> int:
         idx = self.size
-        e = make_entry(idx=idx, kind=kind, at=self.at, body=body, prev=self.prev)
-        # One serialisation for both: the entry hash and the Merkle leaf hash the same bytes.
-        data = merkle.entry_leaf_data(e)
+        bh = body_hash(body)
+        # One serialisation for both: the entry hash and the Merkle leaf hash the same bytes
+        # (the fields are this append's own, so the entry is not re-validated field by field).
+        data = entry_leaf_bytes(idx=idx, kind=kind, at=self.at, body=bh, prev=self.prev)
         h = hashlib.sha256(data).hexdigest()
         self.leaves.append(merkle.leaf_hash(data))
-        self.entries.append((idx, kind, self.at, e.body, e.prev, h))
+        self.entries.append((idx, kind, self.at, bh, self.prev, h))
         self.bodies.append((idx, body))
         self.prev = h
         self.size += 1

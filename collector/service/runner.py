@@ -388,7 +388,7 @@ class CollectorService:
         self.writer = Writer(self.ingestor, self.inbox, link,
                              batch_max=cfg.ingest.batch_max,
                              batch_wait_ms=cfg.ingest.batch_wait_ms, clock=self.clock,
-                             tick=self._tick)
+                             tick=self._tick, judge_ahead=True)
         self._beat = time.monotonic()
         self._thread = threading.Thread(target=self._ingest, name="ingest-writer",
                                         daemon=True)
@@ -620,6 +620,8 @@ class CollectorService:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
                 log.error("the ingest writer did not finish within %.0f s", timeout_s)
+        if self.writer is not None:
+            self.writer.close()        # its judge-ahead helper (what it holds stays unacked)
         if self.external_witnesses is not None:
             self.external_witnesses.stop()
         self.monitor.stop()

@@ -406,6 +406,60 @@ def test_writer_commits_then_receipts_then_pubacks(store: SQLStore, clock: SimCl
     assert ticks == [2, 1, 0]
 
 
+def test_writer_judging_ahead_keeps_the_order_commit_receipts_pubacks(
+        store: SQLStore, clock: SimClock, log_key: SigningKey) -> None:
+    """The service's writer judges the next batch on a helper thread while one commits: the
+    same batches, receipts before PUBACKs, each message PUBACKed after its own commit."""
+    inbox: queue.Queue[Inbound] = queue.Queue()
+    link = RecordingLink()
+    ticks: list[int] = []
+    w = Writer(make_ingestor(store, log_key), inbox, link, batch_max=4, batch_wait_ms=0,
+               clock=lambda: T0, tick=lambda now, n: ticks.append(n), idle_wake_s=0.2,
+               judge_ahead=True)
+    for i in range(3):
+        inbox.put(msg(clock, clock.batch(2), mid=10 + i))
+    stop = threading.Event()
+    try:
+        assert w.step(stop) == 2      # the third message is judged meanwhile
+        assert w.step(stop) == 1
+        assert [e[0] for e in link.events] == ["publish", "puback", "puback",
+                                               "publish", "puback"]
+        acks = [e[1] for e in link.events if e[0] == "publish"]
+        assert [list(a.ack.seqs()) for a in acks if isinstance(a, SignedAck)] == [
+            [1, 2, 3, 4], [5, 6]]
+        assert [e[1] for e in link.events if e[0] == "puback"] == [10, 11, 12]
+        assert w.step(stop) == 0      # nothing arrived while the last batch committed
+        assert ticks == [2, 1, 0]
+    finally:
+        stop.set()
+        w.close()
+    assert store.progress(clock.device).contiguous == 6
+
+
+def test_writer_judging_ahead_judges_again_after_an_enrolment(
+        store: SQLStore, clock: SimClock, log_key: SigningKey) -> None:
+    """A clock enrolled after the snapshot its first punch was judged ahead with: judged again
+    with the registry of its own batch, recorded, nothing quarantined as unknown-device."""
+    inbox: queue.Queue[Inbound] = queue.Queue()
+    link = RecordingLink()
+    w = Writer(make_ingestor(store, log_key), inbox, link, batch_wait_ms=0, clock=lambda: T0,
+               idle_wake_s=30, judge_ahead=True)
+    stop = threading.Event()
+    try:
+        inbox.put(msg(clock, clock.batch(1), mid=1))
+        assert w.step(stop) == 1      # the helper now waits for the next message
+        late = new_clock()
+        enroll(store, late)
+        inbox.put(msg(late, late.batch(2), mid=2))
+        assert w.step(stop) == 1
+        assert [e[1] for e in link.events if e[0] == "puback"] == [1, 2]
+    finally:
+        stop.set()
+        w.close()
+    assert store.quarantine(limit=100) == []
+    assert store.progress(late.device).contiguous == 2
+
+
 def test_writer_run_stops_cleanly(store: SQLStore, clock: SimClock,
                                   log_key: SigningKey) -> None:
     inbox: queue.Queue[Inbound] = queue.Queue()
