@@ -37,7 +37,15 @@ persistence) and a fresh SQLite ledger with the clocks enrolled:
    and no ``[metrics]`` (the in-process counters still count; ``--monitor-ab`` patches them
    out too). B as in 5. Medians of ``--runs`` runs, reported like ``--monitor-ab``.
 
-6. with ``--baseline-tree DIR``: the end-to-end phase twice per run, alternating order: A is
+7. with ``--sealing-ab``: the end-to-end phase twice per run, alternating order, on the same
+   punches (badges from a pool of 500, so data keys repeat as with a real workforce; plain
+   envelopes ≤ 180,000 bytes so that their sealed form fits the 250,000-byte limit): A plain
+   envelopes into a plain ledger, B the same envelopes sealed to the ledger's seal key
+   (wire.sealed) into a keyed ledger (a file KEK: punch bodies and personal columns sealed
+   at rest, DESIGN.md §8.6); ``[detectors] enabled = false`` on both sides. Reported like
+   ``--tree-ab`` (issue 12: ≤ 15 %).
+
+8. with ``--baseline-tree DIR``: the end-to-end phase twice per run, alternating order: A is
    the collector of another checkout (``DIR``, e.g. a ``git worktree`` of the commit before a
    change: its own code creates and enrols the ledger and runs ``serve``, with
    ``PYTHONPATH=DIR``), B this tree's; both get the same broker, clocks, envelopes and
@@ -52,6 +60,7 @@ median bare verify rate of the same invocation; exit status 1 when missed.
     python bench/ingest.py --profile        # + one profiled run: top functions of the collector
     python bench/ingest.py --tree-ab        # + A (no Merkle tree, no v2 checkpoints) vs B
     python bench/ingest.py --monitor-ab     # + A (no metrics, no detectors) vs B
+    python bench/ingest.py --sealing-ab     # + A (plain) vs B (sealed, encrypted at rest)
     python bench/ingest.py --compare-monitoring   # + A ([detectors] enabled = false) vs B
     python bench/ingest.py --baseline-tree /tmp/tc-base   # + A (that checkout) vs B (this)
 """
@@ -84,7 +93,8 @@ from nacl.signing import VerifyKey as NaclVerifyKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.cli.main import main as collector_main
-from collector.ledger import registry
+from collector.ledger import open_store, registry
+from collector.ledger.kek import create_file_kek
 from collector.ledger.sqlbase import PunchQuery
 from collector.ledger.sqlite import SQLiteStore
 from tests.collector.punch_kit import SimClock, write_collector_config
@@ -93,11 +103,14 @@ from tests.fixtures.pki import ClientCert, TestPKI
 from wire.ack import SignedAck
 from wire.keys import VerifyKey
 from wire.punch import Envelope, SignedPunch
+from wire.sealed import SealedEnvelope, SealKey, save_seal_key
 from wire.topics import ALL_PUNCHES, acks
 
 TARGET_RATE = 10_000
 TARGET_RATIO = 0.4
 MAX_ENVELOPE_BYTES = 250_000      # agent/publisher.py _PENDING_MAX_BYTES
+SEALED_PLAIN_BYTES = 180_000      # --sealing-ab: a plain envelope whose sealed form fits
+BADGES = 500                      # --sealing-ab: badges drawn from a pool (data keys repeat)
 T0_US = 1_764_140_400_000_000
 
 
@@ -114,39 +127,57 @@ class Fleet:
         return sum(n for *_, n in self.envelopes)
 
 
-def make_fleet(devices: int, per_device: int, batch: int) -> Fleet:
+def make_fleet(devices: int, per_device: int, batch: int, *, badges: int = 0,
+               max_bytes: int = MAX_ENVELOPE_BYTES) -> Fleet:
+    """Pre-signed backlogs; ``badges``: credentials drawn from that many (0: one per punch)."""
     clocks: list[SimClock] = []
     per_clock: list[list[tuple[str, str, bytes, int]]] = []
     messages: list[tuple[bytes, bytes, str]] = []
+    k = 0
     for i in range(devices):
         c = SimClock(f"bench-clock-{i:03d}")
-        punches = c.batch(per_device)
+        if badges:
+            punches = []
+            for _ in range(per_device):
+                punches.append(c.punch(credential=f"em4100:{k % badges:010d}"))
+                k += 7
+        else:
+            punches = c.batch(per_device)
         clocks.append(c)
         if i == 0:
             messages = [(p.punch.signed_message(), _raw_sig(p), c.key.verify_key.b64)
                         for p in punches]
         per_clock.append([(c.device, c.topic, payload, n)
-                          for payload, n in _envelopes(c.device, punches, batch)])
+                          for payload, n in _envelopes(c.device, punches, batch, max_bytes)])
     # Interleave the clocks' envelopes, as a fleet draining at once would send them.
     envelopes = [e for group in _interleave(per_clock) for e in group]
     return Fleet(clocks, envelopes, messages)
+
+
+def sealed_fleet(fleet: Fleet, key: SealKey) -> Fleet:
+    """The same envelopes sealed to ``key`` (wire.sealed, DESIGN.md §8.6), as a clock with the
+    bundle's seal public key sends them."""
+    pub = key.public_key
+    sealed = [(device, topic, SealedEnvelope.seal(Envelope.from_bytes(payload), pub).to_bytes(),
+               n) for device, topic, payload, n in fleet.envelopes]
+    return Fleet(fleet.clocks, sealed, fleet.messages)
 
 
 def _raw_sig(p: SignedPunch) -> bytes:
     return base64.b64decode(p.sig)
 
 
-def _envelopes(device: str, punches: list[SignedPunch], batch: int
-               ) -> list[tuple[bytes, int]]:
+def _envelopes(device: str, punches: list[SignedPunch], batch: int,
+               max_bytes: int = MAX_ENVELOPE_BYTES) -> list[tuple[bytes, int]]:
     out: list[tuple[bytes, int]] = []
     i = 0
     while i < len(punches):
         n = min(batch, len(punches) - i)
         while True:
             payload = Envelope(device, tuple(punches[i:i + n])).to_bytes()
-            if len(payload) <= MAX_ENVELOPE_BYTES or n == 1:
+            if len(payload) <= max_bytes or n == 1:
                 break
-            n = max(1, n * MAX_ENVELOPE_BYTES // len(payload) - 1)
+            n = max(1, n * max_bytes // len(payload) - 1)
         out.append((payload, n))
         i += n
     return out
@@ -433,17 +464,27 @@ def _collector_cmd(cfg_file: Path, profile_out: Path | None, *, without_tree: bo
 def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa: PLR0912, PLR0915 - one phase, in order
               profile_out: Path | None, without_tree: bool = False,
               monitoring: bool | None = None,
-              baseline: Path | None = None) -> tuple[float, int, int]:
+              baseline: Path | None = None,
+              sealing: SealKey | None = None, plain: bool = False) -> tuple[float, int, int]:
     """``monitoring`` (--monitor-ab): False patches it out, True adds a scraped [metrics].
-    ``baseline`` (--baseline-tree): that checkout's code makes the ledger and runs serve."""
+    ``baseline`` (--baseline-tree): that checkout's code makes the ledger and runs serve.
+    ``sealing`` (--sealing-ab, B): the collector opens sealed envelopes with this key and
+    keeps a keyed ledger (a file KEK: personal bodies sealed at rest); ``plain`` (A): neither.
+    Both sides of --sealing-ab run without detectors (their alerts on a badge pool would
+    measure the detectors, not the encryption)."""
     broker = start_broker(pki, d / "broker-e2e")
     db = d / "ledger.db"
     warm = SimClock("bench-warmup")
+    kek: str | None = None
+    if sealing is not None:
+        create_file_kek(d / "ledger.kek")
+        kek = f"file:{d / 'ledger.kek'}"
+        save_seal_key(d / "seal.key", sealing)
     if baseline is not None:
         _baseline_enroll(baseline, db, [(c.device, c.key.verify_key.b64)
                                         for c in [warm, *fleet.clocks]])
     else:
-        store = SQLiteStore(db)
+        store = open_store(f"sqlite://{db}", kek=kek) if kek else SQLiteStore(db)
         for c in [warm, *fleet.clocks]:
             registry.enroll(store, c.device, "hq", c.key.verify_key.b64, now_us=T0_US)
         store.close()
@@ -459,7 +500,13 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
         # side A of --compare-monitoring: the operator's switch, nothing patched
         + ("[detectors]\nenabled = false\n" if by_config else "")
         # side A of --tree-ab dropped the leaf trigger on purpose: start, and alert
-        + ("[ledger]\non_schema_drift = \"alert\"\n" if without_tree else ""))
+        + ("[ledger]\non_schema_drift = \"alert\"\n" if without_tree else "")
+        + (f"[ledger]\nkek = \"{kek}\"\n" if kek else "")
+        + ("[detectors]\nenabled = false\n" if sealing is not None or plain else ""))
+    if sealing is not None:          # [collector] seal_key: in the file's first table
+        text = cfg_file.read_text()
+        cfg_file.write_text(text.replace("\nlog_key = ", f"\nseal_key = \"{d / 'seal.key'}\""
+                                         f"\nlog_key = ", 1))
     cmd = _collector_cmd(cfg_file, profile_out, without_tree=without_tree,
                          monitoring=None if by_config else monitoring)
     env = None
@@ -486,6 +533,7 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
             raise RuntimeError(f"bad receipts: {pub.errors[:3]}")
         rate = fleet.total / (pub.last - t0)
         cpu_us = (_cpu_s(proc.pid) - cpu0) * 1e6 / fleet.total
+        LAST_CPU_US[0] = cpu_us
         if monitoring is not None:
             MONITOR_CPU_US[monitoring].append(cpu_us)
         if without_tree or profile_out is None:
@@ -511,7 +559,7 @@ def e2e_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *,  # noqa:
         finally:
             conn.close()
     else:
-        check = SQLiteStore(db)
+        check = open_store(f"sqlite://{db}", kek=kek) if kek else SQLiteStore(db)
         try:
             n = sum(1 for _ in check.punch_rows(PunchQuery()))
         finally:
@@ -552,9 +600,27 @@ def monitor_ab_phase(pki: TestPKI, d: Path, fleet: Fleet, timeout_s: float, *, a
     return (*out[True], out[False][0])
 
 
+def sealing_ab_phase(pki: TestPKI, d: Path, fleets: tuple[Fleet, Fleet], timeout_s: float, *,
+                     a_first: bool) -> tuple[float, int, int, float]:
+    """B (sealed envelopes, keyed ledger) and A (plain envelopes, plain ledger) on fresh
+    ledgers and the same punches, A first when ``a_first``; returns B's (rate, receipts,
+    punches) and A's rate."""
+    out: dict[bool, tuple[float, int, int]] = {}
+    for on in ((False, True) if a_first else (True, False)):
+        sub = d / ("sealed" if on else "plain")
+        sub.mkdir()
+        out[on] = e2e_phase(pki, sub, fleets[on], timeout_s, profile_out=None,
+                            sealing=SEAL_KEY if on else None, plain=not on)
+        SEAL_CPU_US[on].append(LAST_CPU_US[0])
+    if out[False][2] != out[True][2]:
+        raise RuntimeError(f"A recorded {out[False][2]} punches, B {out[True][2]}")
+    return (*out[True], out[False][0])
+
+
 _ENROL = """
 import json, sys
-from collector.ledger import registry
+from collector.ledger import open_store, registry
+from collector.ledger.kek import create_file_kek
 from collector.ledger.sqlite import SQLiteStore
 a = json.loads(sys.argv[1])
 store = SQLiteStore(a["db"])
@@ -592,6 +658,15 @@ BASE_CPU_US: dict[bool, list[float]] = {False: [], True: []}
 
 TREE_CPU_US: dict[bool, list[float]] = {False: [], True: []}
 """--tree-ab: the collector's CPU time per punch of each phase, B (False) and A (True)."""
+
+SEAL_CPU_US: dict[bool, list[float]] = {False: [], True: []}
+"""--sealing-ab: the collector's CPU time per punch of each phase, A (False) and B (True)."""
+
+SEAL_KEY = SealKey.generate()
+"""--sealing-ab: the ledger's seal key B's envelopes are sealed to."""
+
+LAST_CPU_US = [0.0]
+"""The collector's CPU time per punch of the last end-to-end phase."""
 
 COMPARE_BY_CONFIG = False
 """--compare-monitoring: side A of the monitoring A/B is switched off by configuration."""
@@ -692,6 +767,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-tree", type=Path, metavar="DIR",
                    help="also run another checkout's collector (A) against this one (B), "
                         "alternating, on the same workload")
+    p.add_argument("--sealing-ab", action="store_true",
+                   help="also run each end-to-end phase with plain envelopes into a plain "
+                        "ledger (A) and with the same punches sealed to the ledger's key into "
+                        "a keyed ledger (B: file KEK, bodies sealed at rest), alternating; "
+                        f"badges from a pool of {BADGES}, envelopes ≤ {SEALED_PLAIN_BYTES:,} "
+                        "bytes before sealing, detectors off on both sides (issue 12: ≤ 15 %%)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--child-counter", help=argparse.SUPPRESS)
     p.add_argument("--child-verify", help=argparse.SUPPRESS)
@@ -780,6 +861,24 @@ def report_baseline_ab(ab: Sequence[tuple[float, float]], tree: Path) -> None:
           f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
 
 
+def report_sealing_ab(ab: Sequence[tuple[float, float]]) -> None:
+    cost = common.median([100 * (1 - y / x) for x, y in ab])
+    print("\n" + common.table(
+        ["run", "A: plain envelopes, plain ledger /s",
+         "B: sealed envelopes, keyed ledger /s", "cost"],
+        [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
+           for k, (x, y) in enumerate(ab)],
+         ["median", f"{common.median([x for x, _ in ab]):,.0f}",
+          f"{common.median([y for _, y in ab]):,.0f}", f"{cost:.1f} %"]]))
+    print(f"target (issue 12): encryption and sealing cost ≤ 15 % of end-to-end ingest: "
+          f"{'met' if cost <= 15 else 'MISSED'} (median of the per-run costs)")
+    a_cpu, b_cpu = (common.median(SEAL_CPU_US[k]) for k in (False, True))
+    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in SEAL_CPU_US[False]]} µs, "
+          f"B {[round(x, 1) for x in SEAL_CPU_US[True]]} µs")
+    print(f"collector CPU per punch (median): A {a_cpu:.1f} µs, B {b_cpu:.1f} µs: "
+          f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
+
+
 def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path
             ) -> tuple[list[list[object]], list[RunResult], list[tuple[float, float]]]:
     """Every run: table rows, results, and (A, B) rates when ``--tree-ab``."""
@@ -790,7 +889,13 @@ def run_all(a: argparse.Namespace, pki: TestPKI, fleet: Fleet, tmp: Path
         d = tmp / f"run{i + 1}"
         d.mkdir()
         br = broker_phase(pki, d, fleet, a.timeout)
-        if a.monitor_ab:
+        if a.sealing_ab:
+            e2e, receipts, entries, without = sealing_ab_phase(
+                pki, d, (fleet, sealed_fleet(fleet, SEAL_KEY)), a.timeout, a_first=i % 2 == 0)
+            ab.append((without, e2e))
+            print(f"run {i + 1}: A plain {without:,.0f}/s, B sealed and encrypted at rest "
+                  f"{e2e:,.0f}/s: cost {100 * (1 - e2e / without):.1f} %", flush=True)
+        elif a.monitor_ab:
             e2e, receipts, entries, without = monitor_ab_phase(pki, d, fleet, a.timeout,
                                                                a_first=i % 2 == 0)
             ab.append((without, e2e))
@@ -837,7 +942,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         t = time.monotonic()
         pki = TestPKI(tmp / "pki")
-        fleet = make_fleet(a.devices, a.per_device, a.batch)
+        fleet = (make_fleet(a.devices, a.per_device, a.batch, badges=BADGES,
+                            max_bytes=SEALED_PLAIN_BYTES) if a.sealing_ab
+                 else make_fleet(a.devices, a.per_device, a.batch))
         for c in fleet.clocks:
             pki.device(c.device)
         pki.device("bench-warmup")
@@ -854,7 +961,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(common.table(["run", "end-to-end punches/s", "counting subscriber punches/s",
                             "bare verify /s (1 core)", "e2e / verify", "receipts"], rows))
-        if ab and a.monitor_ab:
+        if ab and a.sealing_ab:
+            report_sealing_ab(ab)
+        elif ab and a.monitor_ab:
             report_monitor_ab(ab)
         elif ab and a.baseline_tree is not None:
             report_baseline_ab(ab, a.baseline_tree)

@@ -32,6 +32,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ HEADER_BYTES = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES                # 63
 TAG_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES          # 16
 KEY_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_KEYBYTES        # 32
 _AAD = b"timeclock body v1\x00"
+DETS_MAX = 65_536           # deterministic ciphertexts a sealer remembers
 SEALED_KINDS = frozenset({"punch", "employee", "badge", "correction"})
 NO_KEK = ("this ledger's bodies are encrypted (DESIGN.md §8.6): set [ledger] kek = "
           "\"file:…\" | \"credential:NAME\" | \"pkcs11:…\" in the collector's config "
@@ -77,9 +79,17 @@ def sealed_key_id(stored: bytes) -> str:
 def seal(plain: bytes, *, idx: int, body_hash: str, key_id: str, key: bytes) -> bytes:
     if len(key_id) != KEY_ID_BYTES:
         raise KeyringError(f"data key id {key_id!r} is not {KEY_ID_BYTES} characters")
-    nonce = sodium.randombytes(NONCE_BYTES)
-    ct: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        plain, body_aad(idx, body_hash, key_id), nonce, key)
+    if len(key) != KEY_BYTES:
+        raise KeyringError(f"data key {key_id} is not {KEY_BYTES} bytes")
+    nonce = os.urandom(NONCE_BYTES)         # random 192-bit nonce (XChaCha20: no reuse risk)
+    ad = body_aad(idx, body_hash, key_id)
+    # libsodium directly, as open_body (nacl.bindings' per-call checks cost more than the
+    # encryption of a punch body on the append's hot path)
+    out = _ffi.new("unsigned char[]", len(plain) + TAG_BYTES)
+    out_len = _ffi.new("unsigned long long *")
+    _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out, out_len, plain, len(plain), ad, len(ad), _ffi.NULL, nonce, key)
+    ct: bytes = _ffi.buffer(out, out_len[0])[:]
     return MAGIC + key_id.encode("ascii") + nonce + ct
 
 
@@ -111,6 +121,7 @@ class BodySealer:
 
     def __init__(self, ring: Keyring) -> None:
         self.ring = ring
+        self._dets: dict[tuple[str, str], str] = {}    # (column, value) → det(value)
 
     # -- read -------------------------------------------------------------------------------
     def plain(self, idx: int, body_hash: Any, stored: bytes | None) -> bytes | None:
@@ -142,11 +153,19 @@ class BodySealer:
         """``value`` sealed deterministically (equal values give equal ciphertext, so the
         column stays a key and a lookup): ``tcd1:`` base64url(nonce || XChaCha20-Poly1305),
         key and nonce derived from the index key; it reveals equality, as a blind index."""
+        memo = (column, value)     # deterministic: the append looks up each badge per batch
+        found = self._dets.get(memo)
+        if found is not None:
+            return found
         key = self.ring.derived_key(_DET_PURPOSE + column)
         nonce = hmac.new(key, value.encode(), hashlib.sha256).digest()[:NONCE_BYTES]
         ct: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
             value.encode(), column.encode(), nonce, key)
-        return DET_PREFIX + base64.urlsafe_b64encode(nonce + ct).decode()
+        out = DET_PREFIX + base64.urlsafe_b64encode(nonce + ct).decode()
+        if len(self._dets) >= DETS_MAX:
+            self._dets.clear()
+        self._dets[memo] = out
+        return out
 
     def undet(self, stored: str, *, column: str) -> str:
         """The plaintext of :meth:`det` (a clear value is returned as it is)."""
@@ -208,7 +227,12 @@ class BodySealer:
                  subjects: dict[int, tuple[str, str] | str]) -> list[tuple[int, bytes]]:
         """``bodies`` with each personal one sealed under its (subject, period)'s key (created
         in ``tx`` when new): one key lookup per distinct subject and month, not per body."""
-        keys: dict[tuple[str, str], tuple[str, bytes]] = {}
+        first: dict[tuple[str, str], int] = {}
+        for idx, _ in bodies:
+            target = subjects.get(idx)
+            if isinstance(target, tuple) and target not in first:
+                first[target] = idx
+        keys = {t: (dk.key_id, dk.key) for t, dk in self.ring.data_keys(tx, first).items()}
         out: list[tuple[int, bytes]] = []
         for idx, plain in bodies:
             target = subjects.get(idx)
