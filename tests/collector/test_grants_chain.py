@@ -12,7 +12,6 @@ projections of the chain's ``access`` entries (collector.ledger.access_tables).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -38,6 +37,12 @@ from collector.ledger.tables import migrate_postgres
 from collector.records.exports import export_bundle
 from collector.service.config import load_config
 from collector.service.runner import preflight, schema_checks
+from tests.collector.access_kit import (
+    FORGED,
+    bearer_status,
+    forged_access_rows,
+    token_hash,
+)
 from tests.collector.api_kit import Api, access_bodies, seed, start_api
 from tests.collector.punch_kit import write_collector_config
 from tests.e2e.attack_kit import drop_triggers, restore_triggers
@@ -46,32 +51,6 @@ from tests.fixtures.postgres import PgDatabase
 from wire.keys import SigningKey
 from wire.verify_cli import main as verify_main
 
-FORGED = "tct_" + "A" * 43          # a well-formed token the attacker knows
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _token_entry_idx(store: SQLStore, principal: str) -> int:
-    return next(int(r[0]) for r in store.query(
-        "SELECT entry_idx FROM tc_tokens WHERE principal = ?", (principal,)))
-
-
-def _forge_rows(store: SQLStore) -> list[tuple[str, tuple[Any, ...]]]:
-    """What an insider with write access inserts: a principal with roles, and a token for it
-    that points at another token's real entry (so only the entry's body betrays it)."""
-    idx = _token_entry_idx(store, "hr-reader")
-    return [
-        ("INSERT INTO tc_principals (name, kind, created_at, created_by, roles_idx) "
-         "VALUES (?, 'token', 1, 'cli:x', ?)", ("mallory", idx)),
-        ("INSERT INTO tc_roles (principal, role, granted_at, granted_by) "
-         "VALUES ('mallory', 'hr.read', 1, 'cli:x')", ()),
-        ("INSERT INTO tc_tokens (id, principal, hash, created_at, created_by, expires_at, "
-         "entry_idx) VALUES ('tok-mallory000', 'mallory', ?, 1, 'cli:x', ?, ?)",
-         (_hash(FORGED), 2**62, idx)),
-    ]
-
 
 def _sqlite_exec(store: SQLiteStore, stmts: list[tuple[str, tuple[Any, ...]]]) -> None:
     with store._lock:                         # noqa: SLF001 - the attacker has the file
@@ -79,25 +58,20 @@ def _sqlite_exec(store: SQLiteStore, stmts: list[tuple[str, tuple[Any, ...]]]) -
             store._conn.execute(sql, params)  # noqa: SLF001
 
 
-async def _status(api: Api, path: str, token: str) -> tuple[int, str]:
-    resp = await api.client.get(path, headers={"Authorization": f"Bearer {token}"})
-    return resp.status, await resp.text()
-
-
 # -- finding 7: rows written behind the ledger ---------------------------------------------------
 
 async def test_d7_token_and_principal_inserted_in_sqlite_never_authenticate(api: Api) -> None:
     assert access_tables.check_projection(api.store) == []
-    _sqlite_exec(api.store, _forge_rows(api.store))       # type: ignore[arg-type]
-    status, text = await _status(api, "/v1/punches", FORGED)
+    _sqlite_exec(api.store, forged_access_rows(api.store))       # type: ignore[arg-type]
+    status, text = await bearer_status(api, "/v1/punches", FORGED)
     assert status == 401, text
     assert "no ledger entry issued this token" in text
     # the same row pointing at no entry at all
     _sqlite_exec(api.store, [("INSERT INTO tc_tokens (id, principal, hash, created_at, "  # type: ignore[arg-type]
                               "created_by, expires_at) VALUES ('tok-orphan0000', "
                               "'hr-reader', ?, 1, 'cli:x', ?)",
-                              (_hash("tct_" + "B" * 43), 2**62))])
-    assert (await _status(api, "/v1/punches", "tct_" + "B" * 43))[0] == 401
+                              (token_hash("tct_" + "B" * 43), 2**62))])
+    assert (await bearer_status(api, "/v1/punches", "tct_" + "B" * 43))[0] == 401
     assert access_tables.check_projection(api.store) == [
         "tc_principals/tc_roles: principal mallory has a row but no ledger entry made it",
         "tc_tokens: token tok-mallory000 has a row but no ledger entry made it"]
@@ -165,7 +139,7 @@ def _serve_config(tmp_path: Path, mosquitto: MosquittoBroker, url: str,
 async def test_d7_serve_refuses_to_start_and_verify_fails_on_a_forged_row(
         api: Api, tmp_path: Path, mosquitto: MosquittoBroker,
         capsys: pytest.CaptureFixture[str]) -> None:
-    _sqlite_exec(api.store, _forge_rows(api.store))       # type: ignore[arg-type]
+    _sqlite_exec(api.store, forged_access_rows(api.store))       # type: ignore[arg-type]
     db = Path(str(api.store.query("PRAGMA database_list")[0][2]))
     cfg = _serve_config(tmp_path, mosquitto, f"sqlite://{db}")
     with pytest.raises(LedgerError, match=r"refusing to start: the access tables differ "
@@ -209,7 +183,7 @@ async def test_d7_unrevoked_behind_dropped_triggers_is_named_at_start_up(
 
 async def test_d7_alert_mode_starts_with_a_severity_1_access_drift_alert(
         api: Api, tmp_path: Path, mosquitto: MosquittoBroker) -> None:
-    _sqlite_exec(api.store, _forge_rows(api.store))       # type: ignore[arg-type]
+    _sqlite_exec(api.store, forged_access_rows(api.store))       # type: ignore[arg-type]
     db = Path(str(api.store.query("PRAGMA database_list")[0][2]))
     cfg = load_config(_serve_config(tmp_path, mosquitto, f"sqlite://{db}",
                                     extra='[ledger]\non_schema_drift = "alert"\n'))
@@ -233,9 +207,9 @@ async def test_d7_postgres_rows_inserted_by_a_superuser_never_authenticate(
         assert check_schema(store).findings == ()
         preflight(load_config(_serve_config(tmp_path, mosquitto, pg_ledger.app_dsn)))
         with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn:
-            for sql, params in _forge_rows(store):
+            for sql, params in forged_access_rows(store):
                 conn.execute(sql.replace("?", "%s"), params)
-        status, text = await _status(api, "/v1/punches", FORGED)
+        status, text = await bearer_status(api, "/v1/punches", FORGED)
         assert status == 401, text
         with pytest.raises(LedgerError, match="refusing to start: the access tables differ "
                                               "from the ledger's access entries"):
@@ -275,7 +249,7 @@ async def test_d7_no_one_obtains_a_token_for_another_principal(api: Api) -> None
     resp = await api.call("POST", "/v1/tokens", "hr-reader", json={"expires_days": 1})
     assert resp.status == 201
     fresh = (await resp.json())["token"]
-    assert (await _status(api, "/v1/punches", fresh))[0] == 200
+    assert (await bearer_status(api, "/v1/punches", fresh))[0] == 200
     # the host operator: no new principal once an admin exists, no second token for anyone
     p = Principals(api.store)
     with pytest.raises(ForbiddenError, match="an admin exists"):
@@ -371,7 +345,7 @@ async def test_d8_both_verifiers_report_every_breach_at_its_entry(
         "roles": ["hr.read", "ops.devices"], "previous": ["ops.devices"]}, now)
     token_idx = _insider_append(api.store, {
         "actor": "admin", "action": "token.create", "principal": "hr-reader",
-        "token": "tok-" + secrets.token_hex(6), "token_hash": _hash(FORGED),
+        "token": "tok-" + secrets.token_hex(6), "token_hash": token_hash(FORGED),
         "expires_at": now + 10**9, "roles": ["hr.read"], "new_principal": False}, now + 1)
     log_key = SigningKey.generate()
     key_file = tmp_path / "log.key"
