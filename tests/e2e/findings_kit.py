@@ -99,6 +99,12 @@ BATCH = 8               # punches per envelope: under the collector's 8 KiB payl
 VERIFY_LOG_KEY = seeded_key("log-key")
 
 
+def holds(fact: bool, text: str) -> str:
+    """``text`` when the observed ``fact`` holds, else ``NOT [text]``: a column's words are
+    said only of what was seen."""
+    return text if fact else f"NOT [{text}]"
+
+
 @dataclass(frozen=True)
 class Seen:
     refused: str        # what was refused or detected, and by whom
@@ -186,12 +192,14 @@ def broker_attack(name: str) -> Callable[[Bench], Seen]:
 
         log = wait_for(logged, 30, f"the broker to log {cert.name}'s connections and refusal")
         kicked = connections_as(log, "collector.main") or "already connected" in log
-        refused = f"SUBACK {sorted(set(codes))} x{len(codes)}"
+        refused = (f"broker: SUBACK {' | '.join(sorted(set(codes)))} x{len(codes)}, the client "
+                   f"id forced to the CN {cert.name}")
         if pubacks:
-            refused += f", PUBACK {sorted(set(pubacks))}"
-        recorded = (f"attacker received {got.qsize()}; collector session "
-                    f"{'REPLACED' if kicked else 'kept'}; honest punches receipted "
-                    f"{len(honest)}/{a.connections}")
+            refused += f"; PUBACK {' | '.join(sorted(set(pubacks)))}"
+        recorded = "; ".join([f"the attacker received {got.qsize()} messages",
+                              holds(not kicked, "the collector's session never replaced"),
+                              f"honest punches receipted and recorded {len(honest)}/"
+                              f"{a.connections}"])
         return Seen(refused, recorded)
     return scenario
 
@@ -239,15 +247,20 @@ def restarted_chain(b: Bench) -> Seen:
     fork_findings = [f for f in report.findings if "fork" in f.message
                      and clock.device in f.message]
     tamper = [str(f) for f in report.findings if f.tamper]
-    return Seen(f"quarantined {sorted(set(reasons))} x{len(reasons)}; alert fork severity "
-                f"{forks}; verify --full tamper {tamper}",
-                f"seqs {_seqs(live.store, clock.device)}; receipted {sorted(acked)}; "
-                f"fork findings {len(fork_findings)} (tamper "
-                f"{any(f.tamper for f in fork_findings)})")
+    return Seen(f"collector: quarantined conflict x{reasons.count('conflict')}, fork "
+                f"x{reasons.count('fork')} (of {len(reasons)}); alert fork, severity {forks}; "
+                + holds(not tamper, "verify --full: no TAMPER"),
+                f"ledger seqs {_seqs(live.store, clock.device)}; receipted "
+                f"{_seqs_text(sorted(acked))}, never the fork; "
+                + holds(len(fork_findings) == 1 and not any(f.tamper for f in fork_findings),
+                        "the fork a finding of verify --full"))
 
 
 def _seqs(store: SQLStore, device: str) -> str:
-    seqs = sorted(r.seq for r in store.punch_rows(PunchQuery(device=device)))
+    return _seqs_text(sorted(r.seq for r in store.punch_rows(PunchQuery(device=device))))
+
+
+def _seqs_text(seqs: list[int]) -> str:
     return f"{seqs[0]}..{seqs[-1]}" if seqs == list(range(seqs[0], seqs[-1] + 1)) else str(seqs)
 
 
@@ -349,15 +362,21 @@ def queue_damage(variant: str) -> Callable[[Bench], Seen]:
         tamper = [str(f) for f in report.findings if f.tamper]
         # linked to the last punch committed on the clock (state lost: to the ledger's last)
         linked = nxt[0].punch.prev == (after_hash if variant == "state-lost" else hashes[-1])
-        refused = (f"clock: sequence {st.state} ({st.reason}), tap refused, no seq used; "
-                   f"ledger before resume: {before[0] == list(range(1, DELIVERED + 1))} "
-                   f"and no conflict/fork {not {'conflict', 'fork'} & set(before[1])}")
-        recorded = (f"resumed at seq {nxt[0].punch.seq == resumed_after + 1} linked "
-                    f"{linked}; gap = the "
-                    f"undelivered loss {gaps == expected_gaps}; no conflict/fork "
-                    f"{not {'conflict', 'fork'} & set(reasons)}; seq-loss "
-                    f"x{reasons.count('seq-loss')}; verify --full tamper {tamper}, loss "
-                    f"findings {len(losses)}; last seq {seqs[-1] == resumed_after + 3}")
+        refused = (f"clock: sequence {st.state} ({st.reason}), the tap refused, no seq used; "
+                   + holds(before[0] == list(range(1, DELIVERED + 1))
+                           and not {"conflict", "fork"} & set(before[1]),
+                           f"the ledger holds seqs 1..{DELIVERED}, no conflict, no fork"))
+        after = "the collector's signed last seq" if variant == "state-lost" else "its mark"
+        recorded = "; ".join([
+            holds(nxt[0].punch.seq == resumed_after + 1 and linked,
+                  f"resumed after {after}, linked to its hash"),
+            holds(gaps == expected_gaps, "the ledger's gap is the undelivered part of the loss"),
+            holds(not {"conflict", "fork"} & set(reasons),
+                  "no conflict, no fork: no seq used twice"),
+            f"seq-loss x{reasons.count('seq-loss')}",
+            holds(not tamper and len(losses) == 1,
+                  "verify --full: no TAMPER, the signed loss a finding"),
+            holds(seqs[-1] == resumed_after + 3, "the resumed punches recorded")])
         return Seen(refused, recorded)
     return scenario
 
@@ -434,7 +453,9 @@ def access_attack(case_id: str) -> Callable[[Bench], Seen]:
                 start_up = "serve refuses to start"
         finally:
             store.close()
-        return Seen(f"API {case.status}; {start_up}; drift named {bool(drift)}",
+        return Seen(f"API {case.status}; {start_up}; "
+                    + holds(bool(drift) == case.drift,
+                            "drift named" if case.drift else "no drift"),
                     f"access entry {case.recorded}")
     return scenario
 
@@ -454,8 +475,9 @@ def retention_attack(case: F6Case) -> Callable[[Bench], Seen]:
             store.close()
         written = b.fresh_ledger()
         idx = f6_written_fails_both_verifiers(written, b.tmp / case.id, b.monkeypatch, case)
-        return Seen(f"store: retention refused ({case.refused in message}); verify --full "
-                    f"and timeclock-verify: TAMPER at the entry, check (5) ({idx > 0})",
+        return Seen(holds(case.refused in message, f"store: retention refused ({case.refused})")
+                    + "; " + holds(idx > 0, "verify --full and timeclock-verify: TAMPER at the "
+                                            "entry, check (5)"),
                     "nothing appended, no body deleted")
     return scenario
 
@@ -488,8 +510,9 @@ def projection_edited(case: str, verify_says: str) -> Callable[[Bench], Seen]:
         finally:
             store.close()
         named = any(verify_says in f for f in found)
-        return Seen(f"store: ProjectionError ({says in str(e.value)}); payroll export "
-                    f"{'LEFT' if exported else 'refused'}; verify --full names the row {named}",
+        return Seen("; ".join([holds(says in str(e.value), "store: ProjectionError"),
+                               holds(not exported, "payroll export refused"),
+                               holds(named, "verify --full: TAMPER naming the row")]),
                     "the edited row never reaches payroll or the API")
     return scenario
 
@@ -519,10 +542,12 @@ def trigger_dropped(b: Bench) -> Seen:
     finally:
         store.close()
     missing = f"trigger {t.name} on {t.table} is missing"
-    return Seen(f"check_schema {list(findings) == [missing]}; start-up refused "
-                f"({missing in str(e.value)}); verify exit {rc}, SCHEMA DRIFT "
-                f"{'SCHEMA DRIFT: 1 finding(s)' in out.getvalue()}",
-                f"migrate restores it: findings after {list(restored)}")
+    return Seen("; ".join([
+        holds(list(findings) == [missing], f"schema check: {missing}"),
+        holds(missing in str(e.value), "serve refuses to start"),
+        holds(rc == 1 and "SCHEMA DRIFT: 1 finding(s)" in out.getvalue(),
+              "verify: SCHEMA DRIFT, exit 1")]),
+        holds(restored == (), "migrate restores it: no finding after"))
 
 
 def old_entry_edited(b: Bench) -> Seen:
@@ -552,7 +577,10 @@ def old_entry_edited(b: Bench) -> Seen:
     finally:
         store.close()
     assert ff is not None
-    return Seen(f"unsampled incremental OK {unsampled.ok}; sampled: TAMPER at the victim "
-                f"{ff.idx == victim}, {str(ff).split(':', 1)[0].split(', ', 1)[1]}",
+    where = str(ff).split(":", 1)[0]                  # "TAMPER at idx N, check (k) name"
+    return Seen(holds(unsampled.ok, "unsampled incremental verify: OK (what finding 9 saw)")
+                + "; " + holds(ff.idx == victim and where == f"TAMPER at idx {victim}, check "
+                               f"(4) body", "sampled incremental verify: TAMPER at the edited "
+                               "entry, check (4) body"),
                 f"verification status: resumed from {found.resumed_from}, sampled "
                 f"{found.sampled}")

@@ -29,21 +29,17 @@ from typing import Any
 import pytest
 
 from collector.ledger.audit import SAMPLE_DEFAULT
+from collector.ledger.schema_check import pg_expected_triggers
 from collector.ledger.tables import migrate_postgres
 from tests.agent.queue_damage_kit import VARIANTS
-from tests.collector.retention_kit import (
-    F6_CASES,
-)
+from tests.collector.retention_kit import F6_CASES, F6Case
 from tests.collector.test_attacks import (
     ACCESS_CASES,
     AccessCase,
     Ctx,
     start,
 )
-from tests.e2e.broker_attack_kit import (
-    ATTACK,
-    REFUSED,
-)
+from tests.e2e.broker_attack_kit import API_CN, ATTACK, REFUSED, STOLEN
 from tests.e2e.findings_kit import (
     ADMIN,
     API_CERT,
@@ -81,17 +77,21 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.postgres]
 # -- the table's columns: what each row must see -----------------------------------------------
 
 def _queue_refused(reason: str) -> str:
-    return (f"clock: sequence refusing ({reason}), tap refused, no seq used; ledger before "
-            f"resume: True and no conflict/fork True")
+    return (f"clock: sequence refusing ({reason}), the tap refused, no seq used; the ledger "
+            f"holds seqs 1..5, no conflict, no fork")
 
 
-QUEUE_RECORDED = ("resumed at seq True linked True; gap = the undelivered loss True; no "
-                  "conflict/fork True; seq-loss x1; verify --full tamper [], loss findings 1; "
-                  "last seq True")
+def _queue_recorded(variant: str) -> str:
+    after = "the collector's signed last seq" if variant == "state-lost" else "its mark"
+    return (f"resumed after {after}, linked to its hash; the ledger's gap is the undelivered "
+            f"part of the loss; no conflict, no fork: no seq used twice; seq-loss x1; verify "
+            f"--full: no TAMPER, the signed loss a finding; the resumed punches recorded")
 
 
-def _access_refused(case: AccessCase, start_up: str = "starts") -> str:
-    return f"API {case.status}; {start_up}; drift named {case.drift}"
+def _access_refused(case: AccessCase) -> str:
+    if case.drift:
+        return f"API {case.status}; serve refuses to start; drift named"
+    return f"API {case.status}; starts; no drift"
 
 
 def _access_recorded(case: AccessCase) -> str:
@@ -101,24 +101,28 @@ def _access_recorded(case: AccessCase) -> str:
 _ACCESS = {c.id: c for c in ACCESS_CASES}
 
 
-F6_REFUSED = ("store: retention refused (True); verify --full and timeclock-verify: TAMPER at "
-              "the entry, check (5) (True)")
+def _f6_refused(case: F6Case) -> str:
+    return (f"store: retention refused ({case.refused}); verify --full and timeclock-verify: "
+            f"TAMPER at the entry, check (5)")
 
 
-F8_REFUSED = ("store: ProjectionError (True); payroll export refused; verify --full names the "
-              "row True")
+F8_REFUSED = "store: ProjectionError; payroll export refused; verify --full: TAMPER naming the row"
+ENTRIES_TRIGGER = next(t for t in pg_expected_triggers() if t.table == "entries")
+F9_MISSING = f"trigger {ENTRIES_TRIGGER.name} on entries is missing"
 
 
 # -- the table -------------------------------------------------------------------------------
 
-BROKER_RECORDED = ("attacker received 0; collector session kept; honest punches receipted "
-                   "{n}/{n}")
+BROKER_RECORDED = ("the attacker received 0 messages; the collector's session never "
+                   "replaced; honest punches receipted and recorded {n}/{n}")
 
 
 def _suback(name: str, pub: bool = False) -> str:
     a = ATTACK[name]
-    s = f"SUBACK ['{REFUSED}'] x{len(a.filters) * a.connections}"
-    return s + (f", PUBACK ['{REFUSED}']" if pub else "")
+    cn = API_CN if a.cert == "api-client" else STOLEN
+    s = (f"broker: SUBACK {REFUSED} x{len(a.filters) * a.connections}, the client id forced to "
+         f"the CN {cn}")
+    return s + (f"; PUBACK {REFUSED}" if pub else "")
 
 
 def _broker_row(number: int, title: str, name: str, attacker: str, pub: bool = False
@@ -129,14 +133,14 @@ def _broker_row(number: int, title: str, name: str, attacker: str, pub: bool = F
 
 
 def _queue_row(number: int, title: str, variant: str, reason: str) -> Finding:
-    return Finding(number, title, variant, SD_CARD, _queue_refused(reason), QUEUE_RECORDED,
-                   queue_damage(variant), "d4")
+    return Finding(number, title, variant, SD_CARD, _queue_refused(reason),
+                   _queue_recorded(variant), queue_damage(variant), "d4")
 
 
 def _access_row(number: int, title: str, case_id: str, attacker: str) -> Finding:
     case = _ACCESS[case_id]
     return Finding(number, title, case_id.split("-", 1)[1], attacker,
-                   _access_refused(case, "serve refuses to start" if case.drift else "starts"),
+                   _access_refused(case),
                    _access_recorded(case), access_attack(case_id), "d7_d8", live=False)
 
 
@@ -151,9 +155,10 @@ FINDINGS: list[Finding] = [
     _broker_row(2, "a stolen clock cert takes the collector's client id", "collector-client-id",
                 STOLEN_CERT, pub=True),
     Finding(3, F3, "collector-quarantines-a-restarted-chain", STOLEN_CERT + " / " + SD_CARD,
-            "quarantined ['conflict', 'fork'] x7; alert fork severity [1]; verify --full "
-            "tamper []",
-            "seqs 1..7; receipted [1, 2, 3, 4, 5, 6]; fork findings 1 (tamper False)",
+            "collector: quarantined conflict x6, fork x1 (of 7); alert fork, severity [1]; "
+            "verify --full: no TAMPER",
+            "ledger seqs 1..7; receipted 1..6, never the fork; the fork a finding of verify "
+            "--full",
             restarted_chain, "d5"),
     _queue_row(3, F3, "queue-deleted", "queue-behind-mark"),
     _queue_row(3, F3, "state-lost", "state-lost"),
@@ -169,7 +174,7 @@ FINDINGS: list[Finding] = [
     _access_row(5, "an admin mints tokens for others and approves their own grant",
                 "f5-grant-approved-by-its-requester", ADMIN),
     *[Finding(6, "anything that can append writes a retention entry and deletes bodies",
-              c.id.split("-", 1)[1], DB_ROLE + " / " + DB_SUPERUSER, F6_REFUSED,
+              c.id.split("-", 1)[1], DB_ROLE + " / " + DB_SUPERUSER, _f6_refused(c),
               "nothing appended, no body deleted", retention_attack(c), "d15", live=False)
       for c in F6_CASES],
     _access_row(7, "tokens and roles inserted into the database authenticate",
@@ -190,11 +195,12 @@ FINDINGS: list[Finding] = [
             live=False),
     Finding(9, "dropped append-only triggers unnoticed; incremental verify never re-reads",
             "trigger-dropped", DB_SUPERUSER,
-            "check_schema True; start-up refused (True); verify exit 1, SCHEMA DRIFT True",
-            "migrate restores it: findings after []", trigger_dropped, "d5", live=False),
+            f"schema check: {F9_MISSING}; serve refuses to start; verify: SCHEMA DRIFT, exit 1",
+            "migrate restores it: no finding after", trigger_dropped, "d5", live=False),
     Finding(9, "dropped append-only triggers unnoticed; incremental verify never re-reads",
             "old-entry-edited", DB_SUPERUSER,
-            "unsampled incremental OK True; sampled: TAMPER at the victim True, check (4) body",
+            "unsampled incremental verify: OK (what finding 9 saw); sampled incremental "
+            "verify: TAMPER at the edited entry, check (4) body",
             f"verification status: resumed from 500, sampled {SAMPLE_DEFAULT}",
             old_entry_edited, "d5", live=False),
     _broker_row(10, "an API integration's certificate is a valid MQTT identity", "api-client",
