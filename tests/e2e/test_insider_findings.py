@@ -15,9 +15,10 @@ punches with nothing lost (every seq it ever sent recorded once, no gap).
 Sharing (the module stays fast): one broker and one live ledger + collector per module, for
 the rows that need a broker or clock; they leave only findings (quarantine, losses), never
 tampering, so they share it. The rows that tamper with the database itself (findings 5-9) each
-take a fresh database of the same cluster. The scenarios are the existing tests' own (imported
-from their kits and modules), moved to PostgreSQL where they ran on SQLite only; the whole-site
-replays with agent processes stay in tests/e2e/test_insider_broker.py and test_queue_damage.py.
+take a fresh database of the same cluster. The scenarios (tests/e2e/findings_kit.py) are the
+existing tests' own, imported from their kits and modules, moved to PostgreSQL where they ran on
+SQLite only; the whole-site replays with agent processes stay in tests/e2e/test_insider_broker.py
+and test_queue_damage.py, the SQLite rows in tests/collector/test_attacks.py.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ from tests.fixtures.postgres import (
     migrate_ledger,
 )
 
-pytestmark = [pytest.mark.mqtt, pytest.mark.postgres]
+# The rows run on this module's broker and the session's PostgreSQL cluster (the coverage test
+# at the end starts nothing).
+MQTT_AND_PG = (pytest.mark.mqtt, pytest.mark.postgres)
 
 
 # -- the table's columns: what each row must see -----------------------------------------------
@@ -255,7 +258,8 @@ def bench(*, module_broker: MosquittoBroker, live: Ctx, pki: TestPKI, pg_cluster
 
 
 def _rows(control: str) -> list[Any]:
-    return [pytest.param(f, id=f.id) for f in FINDINGS if f.control == control]
+    return [pytest.param(f, id=f.id, marks=MQTT_AND_PG) for f in FINDINGS
+            if f.control == control]
 
 
 def _replay(bench: Bench, row: Finding) -> None:
