@@ -22,7 +22,6 @@ import pytest
 
 from collector import RegistryError
 from collector.access.directory import Principals
-from collector.cli.main import main as collector_main
 from collector.ingest.alerts import Alerts
 from collector.ingest.pipeline import Inbound, Ingestor
 from collector.ledger import open_store, registry
@@ -50,14 +49,19 @@ from tests.collector.retention_kit import (
     f6_refused_by_store,
     f6_written_fails_both_verifiers,
 )
-from tests.e2e.attack_kit import Kept, drop_triggers, restore_triggers, rewrite_from
+from tests.e2e.attack_kit import (
+    KEY_CHANGE_VERDICTS,
+    append_forged_key_change,
+    both_verdicts,
+    drop_triggers,
+    ledger_with_a_clock,
+    restore_triggers,
+)
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.postgres import PgDatabase
-from wire.canonical import canonical, loads
-from wire.keys import SigningKey, save_signing_key
-from wire.ledger import body_hash
+from wire.canonical import loads
+from wire.keys import SigningKey
 from wire.rotation import RotationRequest, SignedRotationRequest
-from wire.verify_cli import main as verify_main
 
 MAX_PAYLOAD = 8192   # the collector's own (1) size limit for this run, below the broker's
 
@@ -341,47 +345,13 @@ def test_d5_postgres_smoke_attack_table_subset(mosquitto: MosquittoBroker, tmp_p
 # -- the same key change written straight into the database ---------------------------------
 
 def forge_key_change(db: Path, clock: Clock, operator: SigningKey, *, request: bool) -> int:
-    """A database admin, collector stopped: triggers dropped, a ``rotated`` entry to the
-    operator's key (carrying a request the operator signed, or none) and a punch signed with
-    it appended, re-chained and re-treed with the projections to match, triggers put back.
-    Returns the idx of the forged rotation."""
+    """A database admin, collector stopped: triggers dropped, the forged key change of
+    :func:`tests.e2e.attack_kit.append_forged_key_change` written, triggers put back. Returns
+    the idx of the forged rotation."""
     conn = sqlite3.connect(db)
     try:
         saved = drop_triggers(conn)
-        rows = conn.execute("SELECT idx, kind, at, body, prev, hash FROM entries ORDER BY idx"
-                            ).fetchall()
-        bodies = dict(conn.execute("SELECT idx, body FROM bodies"))
-        seq, at = clock.seq + 1, int(rows[-1][2]) + 1
-        body: dict[str, object] = {"event": "rotated", "device": clock.device,
-                                   "key": operator.key_id,
-                                   "signing_key": operator.verify_key.b64, "from_seq": seq}
-        if request:
-            req = RotationRequest(clock.device, clock.key.key_id, operator.key_id,
-                                  operator.verify_key, seq, at)
-            body["request"] = SignedRotationRequest(
-                req, operator.sign(req.signed_message())).to_dict()
-        rotation = canonical(body)
-        punch = clock.punch(key=operator, action="out", ts=T0 - 3 * 3600 * 10**6)
-        raw = punch.to_bytes()
-        kept: Kept = [(r[1], r[2], r[3], bodies.get(r[0])) for r in rows]
-        kept += [("device", at, body_hash(rotation), rotation),
-                 ("punch", at, body_hash(raw), raw)]
-        n = len(rows)
-        conn.execute("DELETE FROM tc_merkle")
-        rewrite_from(conn, kept, n)
-        conn.execute("UPDATE keys SET until_seq = ? WHERE device = ? AND until_seq IS NULL",
-                     (seq, clock.device))
-        conn.execute("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, "
-                     "status, registered_idx) VALUES (?, ?, ?, ?, NULL, 'active', ?)",
-                     (operator.key_id, clock.device, operator.verify_key.b64, seq, n))
-        # as the append does: the device's last change is the rotation (verify --full
-        # re-derives the registry and would name a stale row)
-        conn.execute("UPDATE devices SET changed_idx = ? WHERE device = ?", (n, clock.device))
-        p = punch.punch
-        conn.execute("INSERT INTO punches (device, seq, punch_hash, idx, key_id, ts, clock, "
-                     "credential, action, reader, site) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (p.device, p.seq, punch.hash(), n + 1, p.key, p.ts, p.clock,
-                      p.credential, p.action, p.reader, "hq"))
+        n = append_forged_key_change(conn, clock, operator, request=request)
         restore_triggers(conn, saved)
         conn.commit()
     finally:
@@ -392,40 +362,21 @@ def forge_key_change(db: Path, clock: Clock, operator: SigningKey, *, request: b
 @pytest.mark.parametrize("request_signed_by_operator", [True, False],
                          ids=["forged-request", "no-request"])
 def test_d17_d1_key_change_written_into_the_database_is_caught_by_both_verifiers(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        request_signed_by_operator: bool) -> None:
+        tmp_path: Path, request_signed_by_operator: bool) -> None:
     """A forged request FAILS both verifiers at the rotation entry (the punch under it too);
     a rotation without one (the shape of a pre-request ledger) is reported by both as an
     unauthenticated key change at that entry, never passed silently."""
     db = tmp_path / "ledger.db"
     store = SQLiteStore(db)
-    clock = Clock("clock-1")
-    registry.enroll(store, clock.device, "hq", clock.key.verify_key.b64, now_us=T0)
-    store.append([clock.fact() for _ in range(3)], now_us=T0)
+    clock = ledger_with_a_clock(store)
     store.close()
-    log_key = SigningKey.generate()
-    key_file = tmp_path / "log.key"
-    save_signing_key(key_file, log_key)
-    pub = log_key.verify_key.b64
     idx = forge_key_change(db, clock, SigningKey.generate(),
                            request=request_signed_by_operator)
-    rc = collector_main(["verify", "--store", str(db), "--log-key-pub", pub, "--full"])
-    live = capsys.readouterr().out
-    assert collector_main(["export", "--store", str(db), "--bundle", str(tmp_path / "b"),
-                           "--log-key", str(key_file)]) == 0
-    capsys.readouterr()
-    rc_bundle = verify_main([str(tmp_path / "b"), "--collector-key", pub])
-    offline = capsys.readouterr().out
-    if request_signed_by_operator:
-        assert (rc, rc_bundle) == (1, 1)
-        for out in (live, offline):
-            assert f"TAMPER at idx {idx}, check (5) fact: device body: the rotation request " \
-                   f"is not signed by clock-1's current key" in out
-    else:
-        assert (rc, rc_bundle) == (0, 0)
-        for out in (live, offline):
-            assert f"finding at idx {idx}, check (5) fact: UNAUTHENTICATED KEY CHANGE: " \
-                   f"clock-1 rotated to key" in out
+    rcs, live, offline = both_verdicts(str(db), tmp_path)
+    want_rcs, says = KEY_CHANGE_VERDICTS[request_signed_by_operator]
+    assert rcs == want_rcs
+    for out in (live, offline):
+        assert says.format(idx=idx) in out
 
 
 # -- fuzzing ------------------------------------------------------------------------------------

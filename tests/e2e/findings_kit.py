@@ -62,6 +62,13 @@ from tests.collector.test_attacks import (
     run_case,
 )
 from tests.collector.test_projection_rows import _cases, _fill, pg_tamper
+from tests.e2e.attack_kit import (
+    KEY_CHANGE_VERDICTS,
+    QmarkConnection,
+    append_forged_key_change,
+    both_verdicts,
+    ledger_with_a_clock,
+)
 from tests.e2e.broker_attack_kit import (
     API_CN,
     ATTACK,
@@ -82,6 +89,7 @@ from tests.fixtures.postgres import (
 )
 from tests.polling import wait_for
 from wire import ZERO_HASH
+from wire.keys import SigningKey
 from wire.resume_answer import ResumeRequest, SignedResumeAnswer, answer_topic, request_topic
 from wire.seqloss import LossReport
 
@@ -394,6 +402,31 @@ def operator_rotation(b: Bench) -> Seen:
     return Seen("store: RegistryError for a request not signed by the old key and for none; "
                 f"forged punch quarantined {q.reason}",
                 f"{entry.entry.kind} entry; no key change recorded")
+
+
+def key_change_written(request: bool) -> Callable[[Bench], Seen]:
+    """The same key change written into the PostgreSQL ledger by the superuser (its session's
+    triggers off), chained and re-treed with the projections to match
+    (tests/e2e/attack_kit.py, SQLite in test_attacks): both verifiers say so at the entry."""
+    def scenario(b: Bench) -> Seen:
+        db = b.fresh_ledger()
+        store = open_store(db.app_dsn)
+        try:
+            clock = ledger_with_a_clock(store)
+        finally:
+            store.close()
+        with psycopg.connect(db.admin_dsn) as conn:
+            conn.execute("SET session_replication_role = replica")
+            idx = append_forged_key_change(QmarkConnection(conn), clock, SigningKey.generate(),
+                                           request=request)
+        rcs, live, offline = both_verdicts(db.app_dsn, b.tmp)
+        says = KEY_CHANGE_VERDICTS[request][1].format(idx=idx)
+        word = "TAMPER" if request else "a finding"
+        return Seen(f"verify --full exit {rcs[0]}, timeclock-verify exit {rcs[1]}; "
+                    + holds(says in live and says in offline,
+                            f"both: {word} at the rotation entry, check (5)"),
+                    "the forged rotation and punch stay in the chain, named at their entry")
+    return scenario
 
 
 # -- findings 5 and 7: an admin, or rows written behind the ledger -----------------------------

@@ -55,6 +55,7 @@ from tests.e2e.findings_kit import (
     api_refuses_mqtt_certificates,
     broker_attack,
     honest_punch,
+    key_change_written,
     old_entry_edited,
     operator_rotation,
     projection_edited,
@@ -170,6 +171,17 @@ FINDINGS: list[Finding] = [
             "store: RegistryError for a request not signed by the old key and for none; forged "
             "punch quarantined unknown-key", "rejection entry; no key change recorded",
             operator_rotation, "d1_d17"),
+    Finding(4, "device rotate installs an operator key; forged punch recorded",
+            "key-change-written-with-a-forged-request", DB_SUPERUSER,
+            "verify --full exit 1, timeclock-verify exit 1; both: TAMPER at the rotation entry, "
+            "check (5)", "the forged rotation and punch stay in the chain, named at their entry",
+            key_change_written(request=True), "d1_d17", live=False),
+    Finding(4, "device rotate installs an operator key; forged punch recorded",
+            "key-change-written-without-a-request", DB_SUPERUSER,
+            "verify --full exit 0, timeclock-verify exit 0; both: a finding at the rotation "
+            "entry, check (5)",
+            "the forged rotation and punch stay in the chain, named at their entry",
+            key_change_written(request=False), "d1_d17", live=False),
     _access_row(5, "an admin mints tokens for others and approves their own grant",
                 "f5-token-for-another-principal", ADMIN),
     _access_row(5, "an admin mints tokens for others and approves their own grant",
