@@ -357,7 +357,12 @@ def queue_damage(variant: str) -> Callable[[Bench], Seen]:
             qc.deliver(box)
         finally:
             box.close()
-        wait_for(lambda: "seq-loss" in qc.ledger()[1], 60, "the clock's loss report recorded")
+        def loss_alerts() -> list[int]:
+            return [a.severity for a in b.live.svc.alerts.recent("seq-loss")
+                    if a.device == qc.sim.device]
+
+        wait_for(lambda: "seq-loss" in qc.ledger()[1] and loss_alerts(), 60,
+                 "the clock's loss report recorded and alerted")
         seqs, reasons, gaps = qc.ledger()
         resumed_after = DELIVERED if variant == "state-lost" else COMMITTED
         lost = (max(loss.first, DELIVERED + 1), loss.last)
@@ -381,7 +386,7 @@ def queue_damage(variant: str) -> Callable[[Bench], Seen]:
             holds(gaps == expected_gaps, "the ledger's gap is the undelivered part of the loss"),
             holds(not {"conflict", "fork"} & set(reasons),
                   "no conflict, no fork: no seq used twice"),
-            f"seq-loss x{reasons.count('seq-loss')}",
+            f"seq-loss x{reasons.count('seq-loss')}, alert seq-loss severity {loss_alerts()}",
             holds(not tamper and len(losses) == 1,
                   "verify --full: no TAMPER, the signed loss a finding"),
             holds(seqs[-1] == resumed_after + 3, "the resumed punches recorded")])

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from collector.ingest.alerts import SEVERITY_WARNING
 from collector.ledger.audit import SAMPLE_DEFAULT
 from collector.ledger.schema_check import pg_expected_triggers
 from collector.ledger.tables import migrate_postgres
@@ -88,8 +89,9 @@ def _queue_refused(reason: str) -> str:
 def _queue_recorded(variant: str) -> str:
     after = "the collector's signed last seq" if variant == "state-lost" else "its mark"
     return (f"resumed after {after}, linked to its hash; the ledger's gap is the undelivered "
-            f"part of the loss; no conflict, no fork: no seq used twice; seq-loss x1; verify "
-            f"--full: no TAMPER, the signed loss a finding; the resumed punches recorded")
+            f"part of the loss; no conflict, no fork: no seq used twice; seq-loss x1, alert "
+            f"seq-loss severity [{SEVERITY_WARNING}]; verify --full: no TAMPER, the signed loss "
+            f"a finding; the resumed punches recorded")
 
 
 def _access_refused(case: AccessCase) -> str:
