@@ -12,9 +12,7 @@ projections of the chain's ``access`` entries (collector.ledger.access_tables).
 
 from __future__ import annotations
 
-import json
 import re
-import secrets
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -26,21 +24,18 @@ from collector import ForbiddenError, LedgerError, SoDError
 from collector.access.directory import Principals
 from collector.cli.main import main as cli_main
 from collector.ingest.alerts import Alerts
-from collector.ingest.checkpoints import make_checkpoint_v2
-from collector.ledger import access_tables, checkpoint_tables
-from collector.ledger.base import EventFact
+from collector.ledger import access_tables
 from collector.ledger.postgres import PostgresStore
 from collector.ledger.schema_check import check_schema, restore_sqlite
-from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import migrate_postgres
-from collector.records.exports import export_bundle
 from collector.service.config import load_config
 from collector.service.runner import preflight, schema_checks
 from tests.collector.access_kit import (
     FORGED,
     bearer_status,
     forged_access_rows,
+    sod_breaches_are_findings,
     token_hash,
 )
 from tests.collector.api_kit import Api, access_bodies, seed, start_api
@@ -49,7 +44,6 @@ from tests.e2e.attack_kit import drop_triggers, restore_triggers
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.postgres import PgDatabase
 from wire.keys import SigningKey
-from wire.verify_cli import main as verify_main
 
 
 def _sqlite_exec(store: SQLiteStore, stmts: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -331,47 +325,7 @@ async def test_d8_roles_change_adding_punch_data_is_pending_and_cli_refuses_self
 
 # -- the verifiers: who could do what, when, from the chain alone --------------------------------
 
-def _insider_append(store: SQLStore, body: dict[str, Any], at: int) -> int:
-    """An insider with append rights (the app role) writes an admin entry, no rows."""
-    return store.append([EventFact("access", {"type": "admin", "outcome": "done", "at": at,
-                                              **body})], now_us=at)[0].idx
-
-
 async def test_d8_both_verifiers_report_every_breach_at_its_entry(
-        api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    now = api.clock()
-    grant_idx = _insider_append(api.store, {
-        "actor": "admin", "action": "roles.set", "principal": "ops",
-        "roles": ["hr.read", "ops.devices"], "previous": ["ops.devices"]}, now)
-    token_idx = _insider_append(api.store, {
-        "actor": "admin", "action": "token.create", "principal": "hr-reader",
-        "token": "tok-" + secrets.token_hex(6), "token_hash": token_hash(FORGED),
-        "expires_at": now + 10**9, "roles": ["hr.read"], "new_principal": False}, now + 1)
-    log_key = SigningKey.generate()
-    key_file = tmp_path / "log.key"
-    from wire.keys import save_signing_key  # noqa: PLC0415 - only here
-    save_signing_key(key_file, log_key)
+        api: Api, tmp_path: Path) -> None:
     db = str(api.store.query("PRAGMA database_list")[0][2])
-    assert cli_main(["verify", "--store", db, "--log-key", str(key_file), "--full",
-                     "--state", str(tmp_path / "vs.json")]) == 1
-    out = capsys.readouterr().out
-    assert out.startswith("OK: ")            # the chain is intact: what it says was not allowed
-    assert "ACCESS DRIFT: 2 finding(s)" in out   # and the entries made no rows
-    assert "tc_principals/tc_roles: principal ops: roles is {ops.devices} in the table but " \
-           "{hr.read, ops.devices} in the ledger" in out
-    assert re.search(rf"finding at idx {grant_idx}, check \(5\) fact: segregation of duties "
-                     rf"\(D8\): admin gave ops hr.read \(punch data\) without a second "
-                     rf"admin's approval", out), out
-    assert f"finding at idx {token_idx}, check (5) fact: segregation of duties (D7): admin " \
-           f"obtained token" in out
-    checkpoint_tables.ensure_schema(api.store)
-    export_bundle(api.store, tmp_path / "bundle", [log_key.verify_key],
-                  sign=lambda size: make_checkpoint_v2(api.store, log_key, "timeclock.test/g",
-                                                       size, now + 2))
-    rc = verify_main([str(tmp_path / "bundle"), "--collector-key", log_key.verify_key.b64,
-                      "--json"])
-    report = json.loads(capsys.readouterr().out)
-    breaches = [(f["idx"], f["tamper"]) for f in report["findings"]
-                if "segregation of duties" in f["message"]]
-    assert breaches == [(grant_idx, False), (token_idx, False)]
-    assert (rc, report["ok"]) == (0, True), report   # breaches are findings, not tampering
+    sod_breaches_are_findings(api.store, db, api.clock(), tmp_path)

@@ -45,8 +45,13 @@ from collector.ledger.tables import migrate_postgres
 from collector.service.config import load_config
 from collector.service.runner import preflight
 from tests.agent.queue_damage_kit import LOSES_QUEUE_TRANSACTIONS, VARIANTS, copy_state
-from tests.collector.access_kit import FORGED, bearer_status, forged_access_rows
-from tests.collector.api_kit import seed, start_api
+from tests.collector.access_kit import (
+    FORGED,
+    bearer_status,
+    forged_access_rows,
+    sod_breaches_are_findings,
+)
+from tests.collector.api_kit import issue_tokens, seed, start_api
 from tests.collector.ledger_kit import T0, Clock, seeded_key
 from tests.collector.punch_kit import SimClock, enroll, write_collector_config
 from tests.collector.retention_kit import (
@@ -496,6 +501,26 @@ def access_attack(case_id: str) -> Callable[[Bench], Seen]:
                             "drift named" if case.drift else "no drift"),
                     f"access entry {case.recorded}")
     return scenario
+
+
+def sod_breach_appended(b: Bench) -> Seen:
+    """Finding 5's "recorded, not prevented, attributed to the wrong people", on PostgreSQL: the
+    app role appends a punch-data grant with no second admin and a token for another principal
+    (access_kit.sod_breaches_are_findings, SQLite in test_grants_chain); both verifiers
+    re-derive who could do what and name each breach at its entry."""
+    db, store = _access_api(b)
+    try:
+        seed(store)
+        now = T0 + 10**9
+        issue_tokens(store, now)                   # the principals the entries name
+        grant_idx, token_idx = sod_breaches_are_findings(store, db.app_dsn, now, b.tmp)
+    finally:
+        store.close()
+    return Seen("verify --full: exit 1, ACCESS DRIFT (the entries made no rows), segregation of "
+                "duties (D8 grant, D7 token) "
+                + holds(token_idx == grant_idx + 1, "a finding at each entry")
+                + "; timeclock-verify: OK, both findings, not TAMPER",
+                "the admin entries stay in the chain, under the actor who wrote them")
 
 
 # -- finding 6: a retention entry written by anything that can append --------------------------

@@ -63,6 +63,7 @@ from tests.e2e.findings_kit import (
     queue_damage,
     restarted_chain,
     retention_attack,
+    sod_breach_appended,
     trigger_dropped,
 )
 from tests.fixtures.mosquitto import MosquittoBroker
@@ -190,6 +191,13 @@ FINDINGS: list[Finding] = [
                 "f5-token-for-a-new-hr-principal", ADMIN),
     _access_row(5, "an admin mints tokens for others and approves their own grant",
                 "f5-grant-approved-by-its-requester", ADMIN),
+    Finding(5, "an admin mints tokens for others and approves their own grant",
+            "breaches-appended-by-the-app-role", DB_ROLE,
+            "verify --full: exit 1, ACCESS DRIFT (the entries made no rows), segregation of "
+            "duties (D8 grant, D7 token) a finding at each entry; timeclock-verify: OK, both "
+            "findings, not TAMPER",
+            "the admin entries stay in the chain, under the actor who wrote them",
+            sod_breach_appended, "d7_d8", live=False),
     *[Finding(6, "anything that can append writes a retention entry and deletes bodies",
               c.id.split("-", 1)[1], DB_ROLE + " / " + DB_SUPERUSER, _f6_refused(c),
               "nothing appended, no body deleted", retention_attack(c), "d15", live=False)
