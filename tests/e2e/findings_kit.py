@@ -33,6 +33,7 @@ from agent.seqmark import SeqMark
 from collector import LedgerError
 from collector.access.directory import Principals
 from collector.cli.main import main as collector_main
+from collector.ingest.alerts import Alerts
 from collector.ingest.checkpoints import make_checkpoint
 from collector.ledger import open_store
 from collector.ledger.audit import SAMPLE_DEFAULT, verify_store
@@ -43,7 +44,7 @@ from collector.ledger.schema_check import check_schema, pg_expected_triggers
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.tables import migrate_postgres
 from collector.service.config import load_config
-from collector.service.runner import preflight
+from collector.service.runner import preflight, schema_checks
 from tests.agent.queue_damage_kit import LOSES_QUEUE_TRANSACTIONS, VARIANTS, copy_state
 from tests.collector.access_kit import (
     FORGED,
@@ -590,11 +591,20 @@ def trigger_dropped(b: Bench) -> Seen:
         store.append([EventFact("device", c.enrolled_body())], now_us=T0)
         store.append([c.fact() for _ in range(3)], now_us=T0)
         t = next(t for t in pg_expected_triggers() if t.table == "entries")
+
+        def missing_in(text: str) -> bool:
+            return f"trigger {t.name} on {t.table} is missing" in text
+
         _superuser(db, [(f"DROP TRIGGER {t.name} ON {t.table}", ())])
         findings = check_schema(store).findings
         cfg, _ = write_collector_config(b.tmp / "f9", b.broker, store_url=db.app_dsn)
         with pytest.raises(LedgerError, match="refusing to start: ") as e:
             preflight(load_config(cfg))
+        alerting, _ = write_collector_config(b.tmp / "f9-alert", b.broker, store_url=db.app_dsn,
+                                             extra='[ledger]\non_schema_drift = "alert"\n')
+        alerts = Alerts()
+        schema_checks(load_config(alerting), store, alerts)      # starts: no LedgerError
+        drift_alerts = [a.severity for a in alerts.recent("schema-drift") if missing_in(a.detail)]
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             rc = collector_main(["verify", "--store", db.app_dsn, "--log-key-pub",
@@ -608,6 +618,7 @@ def trigger_dropped(b: Bench) -> Seen:
     return Seen("; ".join([
         holds(list(findings) == [missing], f"schema check: {missing}"),
         holds(missing in str(e.value), "serve refuses to start"),
+        f"in alert mode it starts with alert schema-drift severity {drift_alerts}",
         holds(rc == 1 and "SCHEMA DRIFT: 1 finding(s)" in out.getvalue(),
               "verify: SCHEMA DRIFT, exit 1")]),
         holds(restored == (), "migrate restores it: no finding after"))

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from collector.ingest.alerts import SEVERITY_WARNING
+from collector.ingest.alerts import SEVERITY_CRITICAL, SEVERITY_WARNING
 from collector.ledger.audit import SAMPLE_DEFAULT
 from collector.ledger.schema_check import pg_expected_triggers
 from collector.ledger.tables import migrate_postgres
@@ -220,7 +220,8 @@ FINDINGS: list[Finding] = [
             live=False),
     Finding(9, "dropped append-only triggers unnoticed; incremental verify never re-reads",
             "trigger-dropped", DB_SUPERUSER,
-            f"schema check: {F9_MISSING}; serve refuses to start; verify: SCHEMA DRIFT, exit 1",
+            f"schema check: {F9_MISSING}; serve refuses to start; in alert mode it starts with "
+            f"alert schema-drift severity [{SEVERITY_CRITICAL}]; verify: SCHEMA DRIFT, exit 1",
             "migrate restores it: no finding after", trigger_dropped, "d5", live=False),
     Finding(9, "dropped append-only triggers unnoticed; incremental verify never re-reads",
             "old-entry-edited", DB_SUPERUSER,
