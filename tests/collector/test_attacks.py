@@ -87,10 +87,11 @@ class Ctx:
         return c
 
 
-def start(broker: MosquittoBroker, directory: Path, store_url: str) -> Ctx:
+def start(broker: MosquittoBroker, directory: Path, store_url: str, *, extra: str = "") -> Ctx:
+    """A running collector on ``broker`` and ``store_url`` (``extra``: more config tables)."""
     cfg_file, log_key = write_collector_config(
         directory, broker, store_url=store_url,
-        extra=f"[ingest]\nmax_payload_bytes = {MAX_PAYLOAD}\nbatch_wait_ms = 5\n")
+        extra=f"[ingest]\nmax_payload_bytes = {MAX_PAYLOAD}\nbatch_wait_ms = 5\n{extra}")
     store = open_store(store_url)
     honest = new_clock("honest")
     enroll(store, honest)
