@@ -11,14 +11,22 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
+
+from collector import LedgerError
+from collector.ledger import open_store, retention_tables
+from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact, RejectionFact
 from collector.ledger.sqlbase import SQLStore
 from collector.records.exports import export_bundle
 from tests.collector.ledger_kit import T0, Clock, seeded_key
+from tests.fixtures.postgres import PgDatabase
 from tests.wire.bundle_kit import deleted_ranges
 from wire import verify_cli
 from wire.ledger import Checkpoint
@@ -148,3 +156,89 @@ def bundle_verdict(store: SQLStore, directory: Path) -> tuple[int, str]:
 def first_failure(printed: str) -> dict[str, Any] | None:
     ff: dict[str, Any] | None = json.loads(printed)["first_failure"]
     return ff
+
+
+# -- insider retention (issue 11, finding 6): tests/collector/test_attacks.py and the findings
+# table (tests/e2e/test_insider_findings.py) run these cases. Anything that can append (the
+# PostgreSQL app role included) used to be able to write a retention entry and delete punch
+# bodies, and both verifiers accepted it. Now: through the store it is refused; written into
+# the database anyway (the store's judgement bypassed, the guarding triggers disabled by a DB
+# admin for the write and put back), both verifiers fail at that entry.
+
+def _f6_no_policy(site: Site) -> dict[str, Any]:
+    a = site.punches["clk-a"][0]
+    return {"policy": "punches-6y", "deleted": [[a, a]], "count": 1}
+
+
+def _f6_younger(site: Site) -> dict[str, Any]:
+    return retention_body(site, [site.punches["clk-a"][0], site.young])
+
+
+def _f6_under_hold(site: Site) -> dict[str, Any]:
+    hold(site, site="plant")
+    return retention_body(site, sorted(site.old))
+
+
+@dataclass(frozen=True)
+class F6Case:
+    id: str
+    make: Callable[[Site], dict[str, Any]]
+    refused: str                # what the store says
+    tamper: str                 # what both verifiers say at the entry
+
+
+F6_CASES = [
+    F6Case("f6-retention-citing-no-policy", _f6_no_policy, "must cite the approved policies",
+           "cites no approved policy"),
+    F6Case("f6-retention-younger-than-policy", _f6_younger, "younger than the cut-off",
+           "younger than the cut-off"),
+    F6Case("f6-retention-under-a-hold", _f6_under_hold, "keeps", "hold 'smith-v-acme'"),
+]
+
+
+def f6_refused_by_store(store: SQLStore, case: F6Case) -> str:
+    """The store refuses the retention entry, records nothing and deletes no body; returns the
+    refusal's message."""
+    site = build(store)
+    body = case.make(site)
+    size = store.head()[0]
+    with pytest.raises(LedgerError, match=f"retention refused: .*{case.refused}") as e:
+        site.event("retention", body, NOW)
+    assert store.head()[0] == size
+    assert not [e for e in store.entries() if e.body is None]      # no body deleted
+    return str(e.value)
+
+
+def _pg_triggers(db: PgDatabase, action: str) -> None:
+    with psycopg.connect(db.admin_dsn, autocommit=True) as conn:
+        for table in ("bodies", "punches", "quarantine"):
+            conn.execute(f"ALTER TABLE {table} {action} TRIGGER USER")
+
+
+def f6_written_fails_both_verifiers(db: PgDatabase, bundle: Path,
+                                    monkeypatch: pytest.MonkeyPatch, case: F6Case) -> int:
+    """The retention entry written by the app role with the store's judgement bypassed and the
+    guards disabled by the superuser (then put back): ``verify --full`` and
+    ``timeclock-verify`` on a bundle both fail at that entry, check (5). Returns its idx."""
+    store = open_store(db.app_dsn)
+    try:
+        site = build(store)
+        body = case.make(site)
+        _pg_triggers(db, "DISABLE")
+        monkeypatch.setattr(retention_tables, "check_append", lambda *a, **k: None)
+        idx = site.event("retention", body, NOW)       # the app role's own SQL, unjudged
+        monkeypatch.undo()
+        _pg_triggers(db, "ENABLE")                     # tracks covered
+        live = verify_store(store, LOG_KEYS, full=True).report
+        assert live.first_failure is not None
+        assert (live.first_failure.idx, live.first_failure.check) == (idx, "fact")
+        assert case.tamper in live.first_failure.message
+        rc, printed = bundle_verdict(store, bundle)
+        offline = first_failure(printed)
+        assert rc == 1
+        assert offline is not None
+        assert (offline["idx"], offline["check"]) == (idx, "fact")
+        assert case.tamper in offline["message"]
+    finally:
+        store.close()
+    return idx

@@ -18,16 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from collector import LedgerError, RegistryError
+from collector import RegistryError
 from collector.access.directory import Principals
-from collector.cli.main import main as collector_main
 from collector.ingest.alerts import Alerts
 from collector.ingest.pipeline import Inbound, Ingestor
-from collector.ledger import open_store, registry, retention_tables
-from collector.ledger.audit import verify_store
+from collector.ledger import open_store, registry
 from collector.ledger.base import EventFact, Outcome
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import SQLStore
@@ -47,23 +44,24 @@ from tests.collector.punch_kit import (
     write_collector_config,
 )
 from tests.collector.retention_kit import (
-    LOG_KEYS,
-    NOW,
-    Site,
-    build,
-    bundle_verdict,
-    first_failure,
-    hold,
-    retention_body,
+    F6_CASES,
+    F6Case,
+    f6_refused_by_store,
+    f6_written_fails_both_verifiers,
 )
-from tests.e2e.attack_kit import Kept, drop_triggers, restore_triggers, rewrite_from
+from tests.e2e.attack_kit import (
+    KEY_CHANGE_VERDICTS,
+    append_forged_key_change,
+    both_verdicts,
+    drop_triggers,
+    ledger_with_a_clock,
+    restore_triggers,
+)
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.postgres import PgDatabase
-from wire.canonical import canonical, loads
-from wire.keys import SigningKey, save_signing_key
-from wire.ledger import body_hash
+from wire.canonical import loads
+from wire.keys import SigningKey
 from wire.rotation import RotationRequest, SignedRotationRequest
-from wire.verify_cli import main as verify_main
 
 MAX_PAYLOAD = 8192   # the collector's own (1) size limit for this run, below the broker's
 
@@ -89,10 +87,11 @@ class Ctx:
         return c
 
 
-def start(broker: MosquittoBroker, directory: Path, store_url: str) -> Ctx:
+def start(broker: MosquittoBroker, directory: Path, store_url: str, *, extra: str = "") -> Ctx:
+    """A running collector on ``broker`` and ``store_url`` (``extra``: more config tables)."""
     cfg_file, log_key = write_collector_config(
         directory, broker, store_url=store_url,
-        extra=f"[ingest]\nmax_payload_bytes = {MAX_PAYLOAD}\nbatch_wait_ms = 5\n")
+        extra=f"[ingest]\nmax_payload_bytes = {MAX_PAYLOAD}\nbatch_wait_ms = 5\n{extra}")
     store = open_store(store_url)
     honest = new_clock("honest")
     enroll(store, honest)
@@ -347,47 +346,13 @@ def test_d5_postgres_smoke_attack_table_subset(mosquitto: MosquittoBroker, tmp_p
 # -- the same key change written straight into the database ---------------------------------
 
 def forge_key_change(db: Path, clock: Clock, operator: SigningKey, *, request: bool) -> int:
-    """A database admin, collector stopped: triggers dropped, a ``rotated`` entry to the
-    operator's key (carrying a request the operator signed, or none) and a punch signed with
-    it appended, re-chained and re-treed with the projections to match, triggers put back.
-    Returns the idx of the forged rotation."""
+    """A database admin, collector stopped: triggers dropped, the forged key change of
+    :func:`tests.e2e.attack_kit.append_forged_key_change` written, triggers put back. Returns
+    the idx of the forged rotation."""
     conn = sqlite3.connect(db)
     try:
         saved = drop_triggers(conn)
-        rows = conn.execute("SELECT idx, kind, at, body, prev, hash FROM entries ORDER BY idx"
-                            ).fetchall()
-        bodies = dict(conn.execute("SELECT idx, body FROM bodies"))
-        seq, at = clock.seq + 1, int(rows[-1][2]) + 1
-        body: dict[str, object] = {"event": "rotated", "device": clock.device,
-                                   "key": operator.key_id,
-                                   "signing_key": operator.verify_key.b64, "from_seq": seq}
-        if request:
-            req = RotationRequest(clock.device, clock.key.key_id, operator.key_id,
-                                  operator.verify_key, seq, at)
-            body["request"] = SignedRotationRequest(
-                req, operator.sign(req.signed_message())).to_dict()
-        rotation = canonical(body)
-        punch = clock.punch(key=operator, action="out", ts=T0 - 3 * 3600 * 10**6)
-        raw = punch.to_bytes()
-        kept: Kept = [(r[1], r[2], r[3], bodies.get(r[0])) for r in rows]
-        kept += [("device", at, body_hash(rotation), rotation),
-                 ("punch", at, body_hash(raw), raw)]
-        n = len(rows)
-        conn.execute("DELETE FROM tc_merkle")
-        rewrite_from(conn, kept, n)
-        conn.execute("UPDATE keys SET until_seq = ? WHERE device = ? AND until_seq IS NULL",
-                     (seq, clock.device))
-        conn.execute("INSERT INTO keys (key_id, device, public_b64, from_seq, until_seq, "
-                     "status, registered_idx) VALUES (?, ?, ?, ?, NULL, 'active', ?)",
-                     (operator.key_id, clock.device, operator.verify_key.b64, seq, n))
-        # as the append does: the device's last change is the rotation (verify --full
-        # re-derives the registry and would name a stale row)
-        conn.execute("UPDATE devices SET changed_idx = ? WHERE device = ?", (n, clock.device))
-        p = punch.punch
-        conn.execute("INSERT INTO punches (device, seq, punch_hash, idx, key_id, ts, clock, "
-                     "credential, action, reader, site) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (p.device, p.seq, punch.hash(), n + 1, p.key, p.ts, p.clock,
-                      p.credential, p.action, p.reader, "hq"))
+        n = append_forged_key_change(conn, clock, operator, request=request)
         restore_triggers(conn, saved)
         conn.commit()
     finally:
@@ -398,40 +363,21 @@ def forge_key_change(db: Path, clock: Clock, operator: SigningKey, *, request: b
 @pytest.mark.parametrize("request_signed_by_operator", [True, False],
                          ids=["forged-request", "no-request"])
 def test_d17_d1_key_change_written_into_the_database_is_caught_by_both_verifiers(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        request_signed_by_operator: bool) -> None:
+        tmp_path: Path, request_signed_by_operator: bool) -> None:
     """A forged request FAILS both verifiers at the rotation entry (the punch under it too);
     a rotation without one (the shape of a pre-request ledger) is reported by both as an
     unauthenticated key change at that entry, never passed silently."""
     db = tmp_path / "ledger.db"
     store = SQLiteStore(db)
-    clock = Clock("clock-1")
-    registry.enroll(store, clock.device, "hq", clock.key.verify_key.b64, now_us=T0)
-    store.append([clock.fact() for _ in range(3)], now_us=T0)
+    clock = ledger_with_a_clock(store)
     store.close()
-    log_key = SigningKey.generate()
-    key_file = tmp_path / "log.key"
-    save_signing_key(key_file, log_key)
-    pub = log_key.verify_key.b64
     idx = forge_key_change(db, clock, SigningKey.generate(),
                            request=request_signed_by_operator)
-    rc = collector_main(["verify", "--store", str(db), "--log-key-pub", pub, "--full"])
-    live = capsys.readouterr().out
-    assert collector_main(["export", "--store", str(db), "--bundle", str(tmp_path / "b"),
-                           "--log-key", str(key_file)]) == 0
-    capsys.readouterr()
-    rc_bundle = verify_main([str(tmp_path / "b"), "--collector-key", pub])
-    offline = capsys.readouterr().out
-    if request_signed_by_operator:
-        assert (rc, rc_bundle) == (1, 1)
-        for out in (live, offline):
-            assert f"TAMPER at idx {idx}, check (5) fact: device body: the rotation request " \
-                   f"is not signed by clock-1's current key" in out
-    else:
-        assert (rc, rc_bundle) == (0, 0)
-        for out in (live, offline):
-            assert f"finding at idx {idx}, check (5) fact: UNAUTHENTICATED KEY CHANGE: " \
-                   f"clock-1 rotated to key" in out
+    rcs, live, offline = both_verdicts(str(db), tmp_path)
+    want_rcs, says = KEY_CHANGE_VERDICTS[request_signed_by_operator]
+    assert rcs == want_rcs
+    for out in (live, offline):
+        assert says.format(idx=idx) in out
 
 
 # -- fuzzing ------------------------------------------------------------------------------------
@@ -581,6 +527,12 @@ ACCESS_CASES = [
 @pytest.mark.parametrize("case", ACCESS_CASES, ids=[c.id for c in ACCESS_CASES])
 async def test_d7_d8_insider_access_attack_is_refused_and_recorded(api: Api,
                                                                    case: AccessCase) -> None:
+    await run_access_case(api, case)
+
+
+async def run_access_case(api: Api, case: AccessCase) -> None:
+    """The attack answered ``case.status``, left its access entry, and (for a row written behind
+    the ledger) the drift is named; honest callers keep working."""
     assert await case.attack(api) == case.status
     api.clock.advance(60)           # the minute is over: tallies without a principal are due
     await api.flush()
@@ -600,79 +552,15 @@ async def test_d7_d8_insider_access_attack_is_refused_and_recorded(api: Api,
 # guarding triggers disabled by a DB admin for the write and put back), both verifiers fail at
 # that entry.
 
-def _f6_no_policy(site: Site) -> dict[str, Any]:
-    a = site.punches["clk-a"][0]
-    return {"policy": "punches-6y", "deleted": [[a, a]], "count": 1}
-
-
-def _f6_younger(site: Site) -> dict[str, Any]:
-    return retention_body(site, [site.punches["clk-a"][0], site.young])
-
-
-def _f6_under_hold(site: Site) -> dict[str, Any]:
-    hold(site, site="plant")
-    return retention_body(site, sorted(site.old))
-
-
-@dataclass(frozen=True)
-class F6Case:
-    id: str
-    make: Callable[[Site], dict[str, Any]]
-    refused: str                # what the store says
-    tamper: str                 # what both verifiers say at the entry
-
-
-F6_CASES = [
-    F6Case("f6-retention-citing-no-policy", _f6_no_policy, "must cite the approved policies",
-           "cites no approved policy"),
-    F6Case("f6-retention-younger-than-policy", _f6_younger, "younger than the cut-off",
-           "younger than the cut-off"),
-    F6Case("f6-retention-under-a-hold", _f6_under_hold, "keeps", "hold 'smith-v-acme'"),
-]
-
-
 @pytest.mark.parametrize("case", F6_CASES, ids=[c.id for c in F6_CASES])
 def test_d15_f6_app_role_retention_is_refused_by_the_store(store: SQLStore,
                                                            case: F6Case) -> None:
     """``store``: SQLite, and PostgreSQL opened as the collector's narrow app role."""
-    site = build(store)
-    body = case.make(site)
-    size = store.head()[0]
-    with pytest.raises(LedgerError, match=f"retention refused: .*{case.refused}"):
-        site.event("retention", body, NOW)
-    assert store.head()[0] == size
-    assert not [e for e in store.entries() if e.body is None]      # no body deleted
-
-
-def _pg_triggers(db: PgDatabase, action: str) -> None:
-    with psycopg.connect(db.admin_dsn, autocommit=True) as conn:
-        for table in ("bodies", "punches", "quarantine"):
-            conn.execute(f"ALTER TABLE {table} {action} TRIGGER USER")
+    f6_refused_by_store(store, case)
 
 
 @pytest.mark.parametrize("case", F6_CASES, ids=[c.id for c in F6_CASES])
 def test_d15_f6_retention_written_into_the_database_fails_both_verifiers(
         pg_ledger: PgDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         case: F6Case) -> None:
-    tamper = case.tamper
-    store = open_store(pg_ledger.app_dsn)
-    try:
-        site = build(store)
-        body = case.make(site)
-        _pg_triggers(pg_ledger, "DISABLE")
-        monkeypatch.setattr(retention_tables, "check_append", lambda *a, **k: None)
-        idx = site.event("retention", body, NOW)       # the app role's own SQL, unjudged
-        monkeypatch.undo()
-        _pg_triggers(pg_ledger, "ENABLE")              # tracks covered
-        live = verify_store(store, LOG_KEYS, full=True).report
-        assert live.first_failure is not None
-        assert (live.first_failure.idx, live.first_failure.check) == (idx, "fact")
-        assert tamper in live.first_failure.message
-        rc, printed = bundle_verdict(store, tmp_path / "bundle")
-        offline = first_failure(printed)
-        assert rc == 1
-        assert offline is not None
-        assert (offline["idx"], offline["check"]) == (idx, "fact")
-        assert tamper in offline["message"]
-    finally:
-        store.close()
+    f6_written_fails_both_verifiers(pg_ledger, tmp_path / "bundle", monkeypatch, case)

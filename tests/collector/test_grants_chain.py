@@ -12,10 +12,7 @@ projections of the chain's ``access`` entries (collector.ledger.access_tables).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import secrets
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -27,50 +24,26 @@ from collector import ForbiddenError, LedgerError, SoDError
 from collector.access.directory import Principals
 from collector.cli.main import main as cli_main
 from collector.ingest.alerts import Alerts
-from collector.ingest.checkpoints import make_checkpoint_v2
-from collector.ledger import access_tables, checkpoint_tables
-from collector.ledger.base import EventFact
+from collector.ledger import access_tables
 from collector.ledger.postgres import PostgresStore
 from collector.ledger.schema_check import check_schema, restore_sqlite
-from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import migrate_postgres
-from collector.records.exports import export_bundle
 from collector.service.config import load_config
 from collector.service.runner import preflight, schema_checks
+from tests.collector.access_kit import (
+    FORGED,
+    bearer_status,
+    forged_access_rows,
+    sod_breaches_are_findings,
+    token_hash,
+)
 from tests.collector.api_kit import Api, access_bodies, seed, start_api
 from tests.collector.punch_kit import write_collector_config
 from tests.e2e.attack_kit import drop_triggers, restore_triggers
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.postgres import PgDatabase
 from wire.keys import SigningKey
-from wire.verify_cli import main as verify_main
-
-FORGED = "tct_" + "A" * 43          # a well-formed token the attacker knows
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _token_entry_idx(store: SQLStore, principal: str) -> int:
-    return next(int(r[0]) for r in store.query(
-        "SELECT entry_idx FROM tc_tokens WHERE principal = ?", (principal,)))
-
-
-def _forge_rows(store: SQLStore) -> list[tuple[str, tuple[Any, ...]]]:
-    """What an insider with write access inserts: a principal with roles, and a token for it
-    that points at another token's real entry (so only the entry's body betrays it)."""
-    idx = _token_entry_idx(store, "hr-reader")
-    return [
-        ("INSERT INTO tc_principals (name, kind, created_at, created_by, roles_idx) "
-         "VALUES (?, 'token', 1, 'cli:x', ?)", ("mallory", idx)),
-        ("INSERT INTO tc_roles (principal, role, granted_at, granted_by) "
-         "VALUES ('mallory', 'hr.read', 1, 'cli:x')", ()),
-        ("INSERT INTO tc_tokens (id, principal, hash, created_at, created_by, expires_at, "
-         "entry_idx) VALUES ('tok-mallory000', 'mallory', ?, 1, 'cli:x', ?, ?)",
-         (_hash(FORGED), 2**62, idx)),
-    ]
 
 
 def _sqlite_exec(store: SQLiteStore, stmts: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -79,25 +52,20 @@ def _sqlite_exec(store: SQLiteStore, stmts: list[tuple[str, tuple[Any, ...]]]) -
             store._conn.execute(sql, params)  # noqa: SLF001
 
 
-async def _status(api: Api, path: str, token: str) -> tuple[int, str]:
-    resp = await api.client.get(path, headers={"Authorization": f"Bearer {token}"})
-    return resp.status, await resp.text()
-
-
 # -- finding 7: rows written behind the ledger ---------------------------------------------------
 
 async def test_d7_token_and_principal_inserted_in_sqlite_never_authenticate(api: Api) -> None:
     assert access_tables.check_projection(api.store) == []
-    _sqlite_exec(api.store, _forge_rows(api.store))       # type: ignore[arg-type]
-    status, text = await _status(api, "/v1/punches", FORGED)
+    _sqlite_exec(api.store, forged_access_rows(api.store))       # type: ignore[arg-type]
+    status, text = await bearer_status(api, "/v1/punches", FORGED)
     assert status == 401, text
     assert "no ledger entry issued this token" in text
     # the same row pointing at no entry at all
     _sqlite_exec(api.store, [("INSERT INTO tc_tokens (id, principal, hash, created_at, "  # type: ignore[arg-type]
                               "created_by, expires_at) VALUES ('tok-orphan0000', "
                               "'hr-reader', ?, 1, 'cli:x', ?)",
-                              (_hash("tct_" + "B" * 43), 2**62))])
-    assert (await _status(api, "/v1/punches", "tct_" + "B" * 43))[0] == 401
+                              (token_hash("tct_" + "B" * 43), 2**62))])
+    assert (await bearer_status(api, "/v1/punches", "tct_" + "B" * 43))[0] == 401
     assert access_tables.check_projection(api.store) == [
         "tc_principals/tc_roles: principal mallory has a row but no ledger entry made it",
         "tc_tokens: token tok-mallory000 has a row but no ledger entry made it"]
@@ -165,7 +133,7 @@ def _serve_config(tmp_path: Path, mosquitto: MosquittoBroker, url: str,
 async def test_d7_serve_refuses_to_start_and_verify_fails_on_a_forged_row(
         api: Api, tmp_path: Path, mosquitto: MosquittoBroker,
         capsys: pytest.CaptureFixture[str]) -> None:
-    _sqlite_exec(api.store, _forge_rows(api.store))       # type: ignore[arg-type]
+    _sqlite_exec(api.store, forged_access_rows(api.store))       # type: ignore[arg-type]
     db = Path(str(api.store.query("PRAGMA database_list")[0][2]))
     cfg = _serve_config(tmp_path, mosquitto, f"sqlite://{db}")
     with pytest.raises(LedgerError, match=r"refusing to start: the access tables differ "
@@ -209,7 +177,7 @@ async def test_d7_unrevoked_behind_dropped_triggers_is_named_at_start_up(
 
 async def test_d7_alert_mode_starts_with_a_severity_1_access_drift_alert(
         api: Api, tmp_path: Path, mosquitto: MosquittoBroker) -> None:
-    _sqlite_exec(api.store, _forge_rows(api.store))       # type: ignore[arg-type]
+    _sqlite_exec(api.store, forged_access_rows(api.store))       # type: ignore[arg-type]
     db = Path(str(api.store.query("PRAGMA database_list")[0][2]))
     cfg = load_config(_serve_config(tmp_path, mosquitto, f"sqlite://{db}",
                                     extra='[ledger]\non_schema_drift = "alert"\n'))
@@ -233,9 +201,9 @@ async def test_d7_postgres_rows_inserted_by_a_superuser_never_authenticate(
         assert check_schema(store).findings == ()
         preflight(load_config(_serve_config(tmp_path, mosquitto, pg_ledger.app_dsn)))
         with psycopg.connect(pg_ledger.admin_dsn, autocommit=True) as conn:
-            for sql, params in _forge_rows(store):
+            for sql, params in forged_access_rows(store):
                 conn.execute(sql.replace("?", "%s"), params)
-        status, text = await _status(api, "/v1/punches", FORGED)
+        status, text = await bearer_status(api, "/v1/punches", FORGED)
         assert status == 401, text
         with pytest.raises(LedgerError, match="refusing to start: the access tables differ "
                                               "from the ledger's access entries"):
@@ -275,7 +243,7 @@ async def test_d7_no_one_obtains_a_token_for_another_principal(api: Api) -> None
     resp = await api.call("POST", "/v1/tokens", "hr-reader", json={"expires_days": 1})
     assert resp.status == 201
     fresh = (await resp.json())["token"]
-    assert (await _status(api, "/v1/punches", fresh))[0] == 200
+    assert (await bearer_status(api, "/v1/punches", fresh))[0] == 200
     # the host operator: no new principal once an admin exists, no second token for anyone
     p = Principals(api.store)
     with pytest.raises(ForbiddenError, match="an admin exists"):
@@ -357,47 +325,7 @@ async def test_d8_roles_change_adding_punch_data_is_pending_and_cli_refuses_self
 
 # -- the verifiers: who could do what, when, from the chain alone --------------------------------
 
-def _insider_append(store: SQLStore, body: dict[str, Any], at: int) -> int:
-    """An insider with append rights (the app role) writes an admin entry, no rows."""
-    return store.append([EventFact("access", {"type": "admin", "outcome": "done", "at": at,
-                                              **body})], now_us=at)[0].idx
-
-
 async def test_d8_both_verifiers_report_every_breach_at_its_entry(
-        api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    now = api.clock()
-    grant_idx = _insider_append(api.store, {
-        "actor": "admin", "action": "roles.set", "principal": "ops",
-        "roles": ["hr.read", "ops.devices"], "previous": ["ops.devices"]}, now)
-    token_idx = _insider_append(api.store, {
-        "actor": "admin", "action": "token.create", "principal": "hr-reader",
-        "token": "tok-" + secrets.token_hex(6), "token_hash": _hash(FORGED),
-        "expires_at": now + 10**9, "roles": ["hr.read"], "new_principal": False}, now + 1)
-    log_key = SigningKey.generate()
-    key_file = tmp_path / "log.key"
-    from wire.keys import save_signing_key  # noqa: PLC0415 - only here
-    save_signing_key(key_file, log_key)
+        api: Api, tmp_path: Path) -> None:
     db = str(api.store.query("PRAGMA database_list")[0][2])
-    assert cli_main(["verify", "--store", db, "--log-key", str(key_file), "--full",
-                     "--state", str(tmp_path / "vs.json")]) == 1
-    out = capsys.readouterr().out
-    assert out.startswith("OK: ")            # the chain is intact: what it says was not allowed
-    assert "ACCESS DRIFT: 2 finding(s)" in out   # and the entries made no rows
-    assert "tc_principals/tc_roles: principal ops: roles is {ops.devices} in the table but " \
-           "{hr.read, ops.devices} in the ledger" in out
-    assert re.search(rf"finding at idx {grant_idx}, check \(5\) fact: segregation of duties "
-                     rf"\(D8\): admin gave ops hr.read \(punch data\) without a second "
-                     rf"admin's approval", out), out
-    assert f"finding at idx {token_idx}, check (5) fact: segregation of duties (D7): admin " \
-           f"obtained token" in out
-    checkpoint_tables.ensure_schema(api.store)
-    export_bundle(api.store, tmp_path / "bundle", [log_key.verify_key],
-                  sign=lambda size: make_checkpoint_v2(api.store, log_key, "timeclock.test/g",
-                                                       size, now + 2))
-    rc = verify_main([str(tmp_path / "bundle"), "--collector-key", log_key.verify_key.b64,
-                      "--json"])
-    report = json.loads(capsys.readouterr().out)
-    breaches = [(f["idx"], f["tamper"]) for f in report["findings"]
-                if "segregation of duties" in f["message"]]
-    assert breaches == [(grant_idx, False), (token_idx, False)]
-    assert (rc, report["ok"]) == (0, True), report   # breaches are findings, not tampering
+    sod_breaches_are_findings(api.store, db, api.clock(), tmp_path)

@@ -24,6 +24,7 @@ from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from tests.collector.ledger_kit import T0, Clock, seeded_key
 from tests.e2e.attack_kit import drop_triggers, restore_triggers
+from tests.fixtures.postgres import PgDatabase
 
 LOG_KEY = seeded_key("log-key")
 
@@ -98,16 +99,20 @@ def tamper(store_kind: str, sqlite_path: Path, request: pytest.FixtureRequest
             conn.commit()
             conn.close()
         return sqlite_tamper
-    db = request.getfixturevalue("pg_ledger")
-    # The operator's migrate (access tables too), as before any CLI export.
+    return pg_tamper(request.getfixturevalue("pg_ledger"))
+
+
+def pg_tamper(db: PgDatabase) -> Callable[[Stmts], None]:
+    """The PostgreSQL insider: the superuser, its session's triggers off (replica role), after
+    the operator's migrate (access tables too), as before any CLI export."""
     assert main(["migrate", "--store", db.owner_dsn, "--app-role", db.app_role]) == 0
 
-    def pg_tamper(stmts: Stmts) -> None:
+    def run(stmts: Stmts) -> None:
         with psycopg.connect(db.admin_dsn) as conn:
             conn.execute("SET session_replication_role = replica")
             for sql, params in stmts:
                 conn.execute(sql.replace("?", "%s"), params)
-    return pg_tamper
+    return run
 
 
 CASES = ["action", "credential", "site", "enrolment pointer", "row moved to another entry",
