@@ -13,7 +13,8 @@
 #
 # Output: build/debs/*.deb (default --out). Downloaded wheels are cached in build/debs/cache
 # (build/ is ignored by git): a second build with the same dependencies downloads nothing.
-# Needs: dpkg-deb (in dpkg), python3 3.11 with pip (.venv, or a venv it makes in build/).
+# Needs: dpkg-deb (in dpkg), flock (util-linux), python3 3.11 with pip (.venv, or a venv it
+# makes in build/). Concurrent builds in one checkout wait for each other.
 # DEB_COMPRESSION_LEVEL=1 builds faster (xz -1; the tests use it), default 6.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,10 @@ umask 022
 work="$root/build/debs/work"
 cache="$root/build/debs/cache"
 mkdir -p "$out" "$cache"
+# One build at a time per checkout (the test suite runs the amd64 and the arm builds in parallel
+# workers): they share the work folder and the wheel cache. The lock goes with the process.
+exec 9>"$root/build/debs/.lock"
+flock 9
 rm -rf "$work"
 mkdir -p "$work"
 
