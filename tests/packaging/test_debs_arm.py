@@ -9,7 +9,9 @@ none of the Debian packages that are too old (which is why their libraries are v
 vendored wheel's tag fits the architecture, and every ELF file inside is for its CPU (e_machine,
 class, and hard-float EABI5 on armhf: no x86_64 ``.so`` in an arm package); the same units,
 paths, maintainer scripts and wrapper as the amd64 package; what VENDORED.txt says is vendored,
-taken from Debian, or not shipped (gpiod on armhf).
+taken from Debian, or not shipped (gpiod on armhf). And, on amd64 since there is no ARM CPU
+here, that the armhf pairings run: the pinned cryptography on Debian's _cffi_backend 1.15, and
+the agent's crypto on bookworm's python3-nacl 1.5 with the armhf package's library set.
 
 Installing or running an arm package cannot be done here (no arm CPU or emulator): that is not
 tested (docs/operations.md "Installing from packages"). The first run downloads the wheels from
@@ -275,6 +277,7 @@ def test_the_armhf_cryptography_pin_runs_on_debians_cffi_backend(debs: dict[str,
         "from cryptography import x509\n"
         "from cryptography.hazmat.bindings.openssl.binding import Binding\n"
         "from cryptography.hazmat.primitives.asymmetric import ec, ed25519\n"
+        "assert 'cffi' not in sys.modules, 'cryptography imported the cffi package'\n"
         "k = ed25519.Ed25519PrivateKey.generate(); k.public_key().verify(k.sign(b'p'), b'p')\n"
         "ec.generate_private_key(ec.SECP256R1())\n"
         "print(_cffi_backend.__version__, _cffi_backend.__file__, cryptography.__version__,\n"
@@ -284,3 +287,49 @@ def test_the_armhf_cryptography_pin_runs_on_debians_cffi_backend(debs: dict[str,
     assert out[1].startswith("/usr/lib/python3/dist-packages/"), out
     assert (out[2], out[3].startswith(str(tmp_path / "lib"))) == (m.group(1), True), out
     assert out[4] == "_cffi_backend", out
+
+
+def test_the_agents_code_runs_on_the_armhf_lib_with_debians_nacl(debs: dict[str, Deb],
+                                                                 tmp_path: Path) -> None:
+    """The armhf package's library set runs the agent's crypto with bookworm's python3-nacl 1.5
+    and python3-cffi-backend: the amd64 package's vendored folder less what armhf takes from
+    Debian (nacl, cffi, pycparser), and Debian's python3-nacl unpacked (``apt-get download``,
+    cached in build/debs/cache/debian). Sign and verify, the queue's XChaCha20-Poly1305 row, a
+    sealed box, and ``timeclock-agent init``, with Debian's python3."""
+    lib = tmp_path / "lib"
+    shutil.copytree(debs["amd64"].root / LIB, lib, symlinks=True)
+    for path in [*lib.glob("nacl"), *lib.glob("[Pp]y[Nn]a[Cc]l-*"), *lib.glob("cffi*"),
+                 *lib.glob("_cffi_backend*"), *lib.glob("pycparser*")]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert {d.name.split("-")[0].lower() for d in lib.glob("*.dist-info")} == {
+        "cryptography", "gpiod", "paho_mqtt", "prometheus_client", "pyserial", "timeclock"}
+    cache = ROOT / "build/debs/cache/debian"
+    cache.mkdir(parents=True, exist_ok=True)
+    if not list(cache.glob("python3-nacl_*.deb")):
+        r = subprocess.run(["apt-get", "download", "python3-nacl"], cwd=cache, timeout=600,
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0, f"apt-get download python3-nacl (Debian's mirror):\n{r.stderr}"
+    [nacl_deb] = cache.glob("python3-nacl_*.deb")
+    assert nacl_deb.name.startswith("python3-nacl_1.5."), nacl_deb.name
+    run("dpkg-deb", "-x", nacl_deb, tmp_path / "nacl")
+    debian_nacl = tmp_path / "nacl/usr/lib/python3/dist-packages"
+    probe = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "import nacl, _cffi_backend\n"
+        "from agent.queue import decrypt_row, encrypt_row\n"
+        "from wire.keys import SigningKey\n"
+        "from wire.sealed import SealKey\n"
+        "k = SigningKey.generate(); k.verify_key.verify(b'punch', k.sign(b'punch'))\n"
+        "nonce, ct = encrypt_row(bytes(32), 'clock-1', 7, b'row')\n"
+        "assert decrypt_row(bytes(32), 'clock-1', 7, nonce, ct) == b'row'\n"
+        "s = SealKey.generate(); assert s.open(s.public_key.seal(b'env')) == b'env'\n"
+        "print(nacl.__version__, nacl.__file__, _cffi_backend.__file__)\n")
+    out = run("/usr/bin/python3", "-IB", "-c", probe, debian_nacl, lib).stdout.split()
+    assert out[0] == "1.5.0", out
+    assert out[1].startswith(str(debian_nacl)), out
+    assert out[2].startswith("/usr/lib/python3/dist-packages/"), out
+    init = ("import sys; sys.path[:0] = sys.argv[1:3]; del sys.argv[1:3]\n"
+            "from agent.cli import main; sys.exit(main())\n")
+    r = run("/usr/bin/python3", "-IB", "-c", init, debian_nacl, lib, "init", "--device",
+            "clock-0001", "--dir", tmp_path / "keys")
+    assert "signing public key:" in r.stdout, r.stdout
