@@ -140,11 +140,14 @@ def pip(python: str, *args: str) -> None:
     r = subprocess.run([python, "-m", "pip", "--disable-pip-version-check", *args],  # noqa: S603
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        unreachable = re.search(r"NewConnectionError|NameResolutionError|Temporary failure in "
-                                r"name resolution|Network is unreachable|timed out",
-                                r.stdout + r.stderr)
-        hint = (" (PyPI is unreachable from here: the wheels are downloaded once, then the "
-                "cache serves every build)" if unreachable else "")
+        out = r.stdout + r.stderr
+        hint = ""
+        if re.search(r"NewConnectionError|NameResolutionError|Temporary failure in name "
+                     r"resolution|Network is unreachable|timed out", out):
+            hint = (" (PyPI is unreachable from here: the wheels are downloaded once, then the "
+                    "cache serves every build)")
+        elif "(from versions: none)" in out:
+            hint = " (pip found no version at all: is PyPI reachable from here?)"
         raise VendorError(f"pip {args[0]} failed{hint}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
 
 

@@ -92,8 +92,16 @@ upstream="$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], 
 version="$upstream+git$rev"
 
 echo "build-debs: timeclock $version: building the wheel"
-"$py" -m pip --disable-pip-version-check wheel --quiet --no-deps -w "$work/dist" "$src" \
-  > "$work/wheel.log" 2>&1 || { tail -30 "$work/wheel.log" >&2; exit 1; }
+unreachable='NewConnectionError|NameResolutionError|Temporary failure in name resolution|Network is unreachable'
+if ! "$py" -m pip --disable-pip-version-check wheel --quiet --no-deps -w "$work/dist" "$src" \
+    > "$work/wheel.log" 2>&1; then
+  tail -30 "$work/wheel.log" >&2
+  if grep -qE "$unreachable" "$work/wheel.log"; then
+    echo "build-debs: cannot reach PyPI: building timeclock's wheel needs setuptools from it" \
+         "(and a first build every dependency's wheels; later ones come from $cache)" >&2
+  fi
+  exit 1
+fi
 wheel="$(ls "$work"/dist/timeclock-*.whl)"
 
 write_wrapper() {   # write_wrapper FILE PACKAGE MODULE
