@@ -14,7 +14,8 @@ releases it, so other programs (and the next outcome on the same line) can use i
 
 Invariants: ``gpiod`` is imported only when a run (or :func:`check_line`) needs it, so the agent
 imports and its config parses on a laptop without it; a missing chip, a line out of range, a
-busy line, missing permission or a missing ``gpiod`` is one line saying what to do (a run
+busy line, missing permission, a missing ``gpiod`` or the v1 binding (Debian's
+python3-libgpiod) is one line saying what to do (a run
 fails, is logged once and counted: a punch is never held up by it). Tested on this project's
 CI without GPIO hardware or gpio-sim: the config, the pattern parsing and the errors for a
 missing chip are tested for real; a pulse on a real line is not (docs/operations.md).
@@ -114,14 +115,27 @@ def parse_spec(raw: Any, *, max_total_ms: int) -> tuple[GpioSpec | None, list[st
     return GpioSpec(str(chip), int(str(line)), steps, bool(active_low)), []
 
 
+# What to do without libgpiod's v2 binding: the amd64 and arm64 packages vendor PyPI's gpiod
+# wheel; the armhf one cannot (PyPI has no armv7l wheel, bookworm's python3-libgpiod is v1).
+INSTALL_HINT = ("GPIO feedback needs it: on the clock run sudo pip install "
+                "--break-system-packages 'gpiod>=2.1' (on armhf it builds from source: apt "
+                "install gcc python3-dev first), or signal with a command backend "
+                "([feedback.outcomes]) instead")
+
+
 def _gpiod() -> Any:
     try:
         import gpiod  # noqa: PLC0415 -- hardware library, only when a line is used
     except ImportError as e:
         raise GpioError("the gpiod package (>= 2.1, libgpiod's v2 Python binding) is not "
-                        "installed where the agent's Python finds it: pip install "
-                        "'gpiod>=2.1' (Debian package: pip install --target "
-                        "/opt/timeclock/agent/lib 'gpiod>=2.1')") from e
+                        "installed where the agent's Python finds it (the armhf package does "
+                        f"not ship it); {INSTALL_HINT}") from e
+    # Debian's python3-libgpiod (1.6 in bookworm) is the v1 API under the same module name:
+    # it has no request_lines, and would fail at the first pulse instead of here.
+    if not callable(getattr(gpiod, "request_lines", None)):
+        where = getattr(gpiod, "__file__", None) or "?"
+        raise GpioError(f"the gpiod module found ({where}) is not libgpiod's v2 Python binding "
+                        f"(Debian's python3-libgpiod is v1); {INSTALL_HINT}")
     return gpiod
 
 

@@ -13,8 +13,16 @@ Invariants:
   unchanged; every architecture installs exactly those pins, so the packages of one build carry
   the same versions. A cached pin set whose wheels are all in ``DIR/<arch>`` needs no network.
 - Where PyPI has no wheel for an architecture the dependency is not vendored and the Debian
-  package of the same library is a ``Depends`` instead (``FALLBACKS``); nothing is silently
-  dropped.
+  package of the same library is a ``Depends`` instead (``FALLBACKS``), only where that Debian
+  package (bookworm, the base of Raspberry Pi OS) meets the minimum version pyproject.toml asks
+  for; nothing is silently dropped.
+- An optional library (``OPTIONAL``: not in the extras, a feature that needs it says what to do
+  without it) is vendored where PyPI has a wheel of the pinned version for the architecture;
+  where it has none and Debian's package is not fit, the manifest says so (``NOT_VENDORED``).
+- The wrappers put the vendored folder first on ``sys.path``: what is vendored wins over a
+  Debian package of the same library (python3-cryptography 38 and python3-paho-mqtt 1.6, too
+  old for cryptography>=42 and the paho v2 API, are never used); what is not vendored comes
+  from Debian's python3.
 """
 
 from __future__ import annotations
@@ -62,6 +70,23 @@ FALLBACKS: dict[str, dict[str, str | None]] = {
 }
 
 
+# Libraries a package vendors beyond pyproject's extras, optional at run time: the agent's GPIO
+# feedback (agent/feedback_gpio.py) needs libgpiod's v2 Python binding only when a
+# [feedback.gpio] line is configured. PyPI's gpiod wheels bundle libgpiod (no libgpiod.so.3 is
+# needed, which bookworm lacks: its libgpiod2 is the 1.6 library).
+OPTIONAL: dict[str, tuple[str, ...]] = {"agent": ("gpiod>=2.1",)}
+
+# Optional library -> architecture -> why it is not vendored there (written to VENDORED.txt;
+# docs/operations.md "Feedback at the clock" and `check-config` say the same).
+NOT_VENDORED: dict[str, dict[str, str]] = {
+    "gpiod": {
+        "armhf": "no armv7l wheel of gpiod>=2.1 on PyPI and Debian's python3-libgpiod is the "
+                 "v1 API (1.6): GPIO feedback needs `pip install gpiod` on the clock, or a "
+                 "command backend",
+    },
+}
+
+
 class VendorError(Exception):
     pass
 
@@ -92,7 +117,13 @@ def declared(source: Path, package: str) -> list[str]:
 
 def requirements(source: Path, package: str) -> list[str]:
     # Never resolved from PyPI: those that have no wheel anywhere (see FALLBACKS["*"]).
-    return [r for r in declared(source, package) if requirement_name(r) not in FALLBACKS["*"]]
+    reqs = [*declared(source, package), *OPTIONAL.get(package, ())]
+    return [r for r in reqs if requirement_name(r) not in FALLBACKS["*"]]
+
+
+def not_vendored(arch: str) -> dict[str, str]:
+    """Optional library -> why it is not vendored for ``arch``."""
+    return {n: why[arch] for n, why in NOT_VENDORED.items() if arch in why}
 
 
 def platform_args(arch: str) -> list[str]:
@@ -109,7 +140,15 @@ def pip(python: str, *args: str) -> None:
     r = subprocess.run([python, "-m", "pip", "--disable-pip-version-check", *args],  # noqa: S603
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        raise VendorError(f"pip {args[0]} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+        out = r.stdout + r.stderr
+        hint = ""
+        if re.search(r"NewConnectionError|NameResolutionError|Temporary failure in name "
+                     r"resolution|Network is unreachable|timed out", out):
+            hint = (" (PyPI is unreachable from here: the wheels are downloaded once, then the "
+                    "cache serves every build)")
+        elif "(from versions: none)" in out:
+            hint = " (pip found no version at all: is PyPI reachable from here?)"
+        raise VendorError(f"pip {args[0]} failed{hint}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
 
 
 def resolve(python: str, reqs: list[str], cache: Path, package: str) -> list[tuple[str, str]]:
@@ -127,8 +166,10 @@ def resolve(python: str, reqs: list[str], cache: Path, package: str) -> list[tup
         installs = json.loads(report.read_text(encoding="utf-8"))["install"]
     pins = sorted((normalise(i["metadata"]["name"]), i["metadata"]["version"]) for i in installs)
     cache.mkdir(parents=True, exist_ok=True)
-    pins_file.write_text(json.dumps({"key": key, "reqs": sorted(reqs), "pins": pins}, indent=1),
-                         encoding="utf-8")
+    partial = pins_file.with_suffix(".pins.tmp")   # a reader never sees half a file
+    partial.write_text(json.dumps({"key": key, "reqs": sorted(reqs), "pins": pins}, indent=1),
+                       encoding="utf-8")
+    partial.replace(pins_file)
     return pins
 
 
@@ -182,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         reqs = requirements(args.source, args.package)
         resolved = resolve(python, reqs, args.cache, args.package)
         subs = fallbacks(args.arch)
-        pins = [(n, v) for n, v in resolved if n not in subs]
+        absent = not_vendored(args.arch)
+        pins = [(n, v) for n, v in resolved if n not in subs and n not in absent]
         wheels = fetch(python, pins, args.arch, args.cache)
         install(python, [*wheels, args.wheel], args.arch, args.target, args.package)
     except VendorError as e:
@@ -196,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     args.manifest.write_text(
         f"# Python libraries vendored here (name==version), {args.arch}, Python {PYTHON}\n"
         f"timeclock=={own}\n" + "".join(f"{n}=={v}\n" for n, v in pins)
-        + "".join(f"# from Debian instead: {d}\n" for d in depends), encoding="utf-8")
+        + "".join(f"# from Debian instead: {d}\n" for d in depends)
+        + "".join(f"# not vendored: {n}: {why}\n" for n, why in sorted(absent.items())),
+        encoding="utf-8")
     print(", ".join(depends))
     return 0
 

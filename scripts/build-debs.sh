@@ -13,7 +13,8 @@
 #
 # Output: build/debs/*.deb (default --out). Downloaded wheels are cached in build/debs/cache
 # (build/ is ignored by git): a second build with the same dependencies downloads nothing.
-# Needs: dpkg-deb (in dpkg), python3 3.11 with pip (.venv, or a venv it makes in build/).
+# Needs: dpkg-deb (in dpkg), flock (util-linux), python3 3.11 with pip (.venv, or a venv it
+# makes in build/). Concurrent builds in one checkout wait for each other.
 # DEB_COMPRESSION_LEVEL=1 builds faster (xz -1; the tests use it), default 6.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,10 @@ umask 022
 work="$root/build/debs/work"
 cache="$root/build/debs/cache"
 mkdir -p "$out" "$cache"
+# One build at a time per checkout (the test suite runs the amd64 and the arm builds in parallel
+# workers): they share the work folder and the wheel cache. The lock goes with the process.
+exec 9>"$root/build/debs/.lock"
+flock 9
 rm -rf "$work"
 mkdir -p "$work"
 
@@ -87,8 +92,16 @@ upstream="$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], 
 version="$upstream+git$rev"
 
 echo "build-debs: timeclock $version: building the wheel"
-"$py" -m pip --disable-pip-version-check wheel --quiet --no-deps -w "$work/dist" "$src" \
-  > "$work/wheel.log" 2>&1 || { tail -30 "$work/wheel.log" >&2; exit 1; }
+unreachable='NewConnectionError|NameResolutionError|Temporary failure in name resolution|Network is unreachable'
+if ! "$py" -m pip --disable-pip-version-check wheel --quiet --no-deps -w "$work/dist" "$src" \
+    > "$work/wheel.log" 2>&1; then
+  tail -30 "$work/wheel.log" >&2
+  if grep -qE "$unreachable" "$work/wheel.log"; then
+    echo "build-debs: cannot reach PyPI: building timeclock's wheel needs setuptools from it" \
+         "(and a first build every dependency's wheels; later ones come from $cache)" >&2
+  fi
+  exit 1
+fi
 wheel="$(ls "$work"/dist/timeclock-*.whl)"
 
 write_wrapper() {   # write_wrapper FILE PACKAGE MODULE

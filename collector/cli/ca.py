@@ -57,6 +57,9 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
     path: Path | None = args.passphrase_file
     if path is None:
         return None
+    if not path.exists():
+        raise PKIError(f"passphrase file {path} does not exist: give --passphrase-file the "
+                       "file (0600) that holds the CA key's passphrase")
     try:
         check_private_file(path)
         data = path.read_bytes()

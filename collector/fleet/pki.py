@@ -340,7 +340,8 @@ class CertificateAuthority:
                            f"drop --passphrase-file") from e
         except ValueError as e:
             raise PKIError(f"{self.key_file}: cannot decrypt or parse the CA key "
-                           f"(wrong passphrase?)") from e
+                           f"(wrong passphrase?): give --passphrase-file the file with the "
+                           f"passphrase the CA key was made with") from e
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise PKIError(f"{self.key_file}: not an EC key")
         if key.public_key() != self.cert.public_key():

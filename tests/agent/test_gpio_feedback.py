@@ -5,11 +5,16 @@ This machine has no GPIO chip and no gpio-sim module: what is tested for real is
 package is the v2 API the backend calls, and the clear errors for a chip that does not exist
 — from ``check-config`` and from a run, which fails, is counted and logged once, and never
 holds anything up. A pulse on a real line is NOT exercised here (no mock chip stands in for
-hardware); docs/operations.md says so."""
+hardware); docs/operations.md says so. What a clock without the v2 binding is told (the armhf
+package cannot ship it, docs/operations.md "Installing from packages") is tested with ``gpiod``
+hidden from the import, and with a module of the v1 binding's surface (Debian bookworm's
+python3-libgpiod 1.6: ``Chip``, ``find_line``, ``LINE_REQ_DIR_OUT``, no ``request_lines``)."""
 
 from __future__ import annotations
 
 import logging
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ from agent.config import parse_config
 from agent.errors import ConfigError
 from agent.feedback import OutcomeFeedback
 from agent.feedback_gpio import (
+    INSTALL_HINT,
     GpioFeedback,
     GpioSpec,
     check_line,
@@ -162,3 +168,60 @@ credentials = ["1"]
            "not executable" in err
     assert f"feedback.gpio.recorded: GPIO chip {MISSING} does not exist" in err
     assert "Traceback" not in err
+
+
+HINT = ("GPIO feedback needs it: on the clock run sudo pip install --break-system-packages "
+        "'gpiod>=2.1' (on armhf it builds from source: apt install gcc python3-dev first), or "
+        "signal with a command backend ([feedback.outcomes]) instead")
+
+
+def _v1_binding() -> types.ModuleType:
+    """A module with the surface of libgpiod 1.6's binding (Debian's python3-libgpiod)."""
+    v1 = types.ModuleType("gpiod")
+    v1.__file__ = "/usr/lib/python3/dist-packages/gpiod.cpython-311-arm-linux-gnueabihf.so"
+    for name in ("Chip", "Line", "LineBulk", "find_line"):
+        setattr(v1, name, type(name, (), {}))
+    v1.LINE_REQ_DIR_OUT = 3   # type: ignore[attr-defined]
+    return v1
+
+
+@pytest.mark.parametrize(("module", "problem"), [
+    (None, "the gpiod package (>= 2.1, libgpiod's v2 Python binding) is not installed where "
+           f"the agent's Python finds it (the armhf package does not ship it); {HINT}"),
+    (_v1_binding(), "the gpiod module found (/usr/lib/python3/dist-packages/gpiod.cpython-311-"
+                    "arm-linux-gnueabihf.so) is not libgpiod's v2 Python binding (Debian's "
+                    f"python3-libgpiod is v1); {HINT}"),
+], ids=["no gpiod", "v1 binding"])
+def test_check_config_says_how_to_get_gpio_feedback_without_the_v2_binding(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        module: types.ModuleType | None, problem: str) -> None:
+    assert INSTALL_HINT == HINT
+    keys = tmp_path / "keys"
+    assert main(["init", "--device", "clock-gpio", "--dir", str(keys)]) == 0
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"""
+[device]
+id = "clock-gpio"
+state_dir = "state"
+[keys]
+signing_key = "{keys / 'signing.key'}"
+queue_key = "{keys / 'queue.key'}"
+[feedback.gpio]
+recorded = {{chip = "/dev/gpiochip0", line = 17, pattern = "on:200"}}
+[readers.front]
+kind = "simulated"
+credentials = ["1"]
+""")
+    # None in sys.modules makes `import gpiod` raise ImportError, as on a clock without it.
+    monkeypatch.setitem(sys.modules, "gpiod", module)
+    capsys.readouterr()
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"feedback.gpio.recorded: {problem}\n" in err, err
+    assert "Traceback" not in err
+    # and a run says the same, once, instead of failing at the first pulse
+    backend = GpioFeedback(GpioSpec("/dev/gpiochip0", 17, ((True, 10),)))
+    fb = OutcomeFeedback({}, gpio={"recorded": backend})
+    assert fb.signal("recorded", seq=1) is True
+    assert backend.wait_idle(IDLE_S)
+    assert (backend.runs, backend.failures) == (1, 1)
