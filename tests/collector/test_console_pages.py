@@ -27,9 +27,10 @@ from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import ensure_schema
 from tests.collector import console_kit as K
 from tests.collector.api_kit import Api, issue_tokens, requests_of, start_api
+from tests.collector.ledger_kit import T0
 from wire.grants import PrincipalScope
 
-NOW = K.T0 + 10**9                     # api_kit.FakeClock's start
+NOW = T0 + 10**9                     # api_kit.FakeClock's start
 PEOPLE: dict[str, tuple[tuple[str, ...], str | None]] = {
     "sue": (("supervisor",), "SUE"), "ann": (("employee.self",), "ANN"),
     "cora": (("audit.read", "audit.review"), None), "otto": (("ops.devices",), None),
