@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hmac
 import re
@@ -42,6 +43,7 @@ from collector import ForbiddenError, ReviewError
 from collector.api import console_sources as S
 from collector.api import params as P
 from collector.api import views_hr as H
+from collector.api.console_cache import cached
 from collector.api.console_sources import PackInfo
 from collector.api.errors import BadRequestError, NotFoundError, classify
 from collector.api.keys import CLOCK, CORRECTIONS, SETTINGS, STORE, ctx, principal_name
@@ -64,6 +66,7 @@ DAY_US = 86_400 * US
 EXCEPTION_DAYS = 14
 PLOT_DAYS = 30
 TIMESHEET_MAX_DAYS = 62
+SHEETS_PER_PAGE = 50          # employees per timesheets page (the page renders every shift)
 FORM_MAX_BYTES = 8192
 PENDING_MAX = 200
 QUARANTINE_PAGES = 100
@@ -223,8 +226,10 @@ async def hr(request: web.Request, *, error: str | None = None, status: int = 20
     app, c = request.app, ctx(request)
     now = app[CLOCK]()
     sites = c.principal.sites if c.principal is not None else None
-    view = await asyncio.to_thread(hr_view, app[STORE], app[CORRECTIONS].applied_complete(),
-                                   now_us=now, sites=sites)
+    store, corrections = app[STORE], app[CORRECTIONS]
+    view = await asyncio.to_thread(
+        cached, store, "hr", now, sites,
+        lambda: hr_view(store, corrections.applied_complete(), now_us=now, sites=sites))
     can_read = _allowed(request, "listCorrections")
     pending = await asyncio.to_thread(pending_for, request) if can_read else []
     c.record.count = (sum(len(v) for v in view.present.values()) + len(view.exceptions)
@@ -257,9 +262,11 @@ def _day(q: Mapping[str, str], name: str, default: dt.date) -> dt.date:
 
 
 async def timesheets(request: web.Request) -> web.StreamResponse:
-    """GET /console/hr/timesheets?since=YYYY-MM-DD&until=YYYY-MM-DD (until exclusive)."""
+    """GET /console/hr/timesheets?since=YYYY-MM-DD&until=YYYY-MM-DD&page=N (until
+    exclusive; SHEETS_PER_PAGE employees a page, by employee id)."""
     q = request.rel_url.query
-    P.check_known(q, ("since", "until"))
+    P.check_known(q, ("since", "until", "page"))
+    page = P.integer(q, "page", lo=1, hi=10_000, default=1) or 1
     app, c = request.app, ctx(request)
     today = dt.datetime.fromtimestamp(app[CLOCK]() / US, dt.UTC).date()
     since = _day(q, "since", today - dt.timedelta(days=7))
@@ -283,13 +290,23 @@ async def timesheets(request: web.Request) -> web.StreamResponse:
                         "total": hours(sum(sh.hours_by_day().values()))})
         return out
 
-    rows = await asyncio.to_thread(build)
+    every = await asyncio.to_thread(cached, app[STORE], "timesheets", app[CLOCK](),
+                                    (start, end, sites), build)
+    pages = max(1, -(-len(every) // SHEETS_PER_PAGE))
+    if page > pages:
+        raise NotFoundError(f"page {page}: this range has {pages} page(s) of timesheets")
+    rows = every[(page - 1) * SHEETS_PER_PAGE:page * SHEETS_PER_PAGE]
     c.record.count = sum(len(r["shifts"]) for r in rows)
     span = {"since": f"{since.isoformat()}T00:00:00Z", "until": f"{until.isoformat()}T00:00:00Z"}
     csv_link = "/v1/timesheets?" + urllib.parse.urlencode({**span, "format": "csv"})
+    here = {"since": since.isoformat(), "until": until.isoformat()}
+    links = {n: "/console/hr/timesheets?" + urllib.parse.urlencode({**here, "page": n})
+             for n in (page - 1, page + 1) if 1 <= n <= pages}
     return render(request, "timesheets.html", rows=rows, since=since.isoformat(),
                   until=until.isoformat(), csv_link=csv_link,
-                  csv_allowed=_allowed(request, "getTimesheets"))
+                  csv_allowed=_allowed(request, "getTimesheets"), page=page, pages=pages,
+                  employees=len(every), prev_link=links.get(page - 1),
+                  next_link=links.get(page + 1))
 
 
 def _allowed(request: web.Request, route_name: str) -> bool:
@@ -345,6 +362,10 @@ def compliance_view(store: SQLStore, *, now_us: int, evidence_dir: Path | None =
         packs=S.packs(evidence_dir), access_reviews=S.access_review_rows(store))
 
 
+def _with_packs(view: ComplianceView, packs: list[PackInfo]) -> ComplianceView:
+    return dataclasses.replace(view, packs=packs)
+
+
 async def compliance(request: web.Request, *, error: str | None = None, status: int = 200
                      ) -> web.StreamResponse:
     """GET /console/compliance: ledger and checkpoint status, open alerts (forms for
@@ -353,11 +374,13 @@ async def compliance(request: web.Request, *, error: str | None = None, status: 
         P.check_known(request.rel_url.query, ("done",))
     app, c = request.app, ctx(request)
     now = app[CLOCK]()
-    view = await asyncio.to_thread(compliance_view, app[STORE], now_us=now,
-                                   evidence_dir=app[SETTINGS].evidence_dir)
+    store, evidence_dir = app[STORE], app[SETTINGS].evidence_dir
+    view = await asyncio.to_thread(cached, store, "compliance", now, None,
+                                   lambda: compliance_view(store, now_us=now))
+    packs = await asyncio.to_thread(S.packs, evidence_dir)      # the folder: every view
     c.record.count = len(view.alerts)
     return render(
-        request, "compliance.html", status=status, view=view, now=iso(now),
+        request, "compliance.html", status=status, view=_with_packs(view, packs), now=iso(now),
         flash=None if error is not None else flash_of(request), error=error,
         can_review=_allowed(request, "consoleAckAlert"), iso_day=S.iso_day,
         evidence_configured=app[SETTINGS].evidence_dir is not None,

@@ -30,6 +30,7 @@ from collector.access import scopes
 from collector.api import console as C
 from collector.api import params as P
 from collector.api import views_hr as H
+from collector.api.console_cache import cached
 from collector.api.errors import classify
 from collector.api.keys import CLOCK, CORRECTIONS, STORE, ctx
 from collector.ledger.sqlbase import PunchQuery, SQLStore
@@ -60,8 +61,11 @@ async def team(request: web.Request) -> web.StreamResponse:
     sc = await asyncio.to_thread(_team_scope, request)
     c.record.extra["scope"] = sc.to_dict()
     members = sc.employees or frozenset()
-    view = await asyncio.to_thread(C.hr_view, app[STORE], app[CORRECTIONS].applied_complete(),
-                                   now_us=now, sites=sc.sites, employees=members)
+    store, corrections = app[STORE], app[CORRECTIONS]
+    view = await asyncio.to_thread(
+        cached, store, "team", now, (sc.sites, members),
+        lambda: C.hr_view(store, corrections.applied_complete(), now_us=now, sites=sc.sites,
+                          employees=members))
     pending = await asyncio.to_thread(C.pending_for, request)
     c.record.count = (sum(len(v) for v in view.present.values()) + len(view.exceptions)
                       + len(pending))
@@ -111,9 +115,10 @@ async def me(request: web.Request, *, error: str | None = None, status: int = 20
     employee = None if c.principal is None else c.principal.employee_id
     view = None
     if employee is not None:
-        view = await asyncio.to_thread(self_view, app[STORE],
-                                       app[CORRECTIONS].applied_complete(), employee,
-                                       now_us=now)
+        store, corrections, me_ = app[STORE], app[CORRECTIONS], employee
+        view = await asyncio.to_thread(
+            cached, store, "me", now, me_,
+            lambda: self_view(store, corrections.applied_complete(), me_, now_us=now))
     pending = await asyncio.to_thread(C.pending_for, request) if employee is not None else []
     c.record.count = 0 if view is None else len(view["punches"])
     return C.render(request, "me.html", status=status, view=view, employee=employee,

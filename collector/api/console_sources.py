@@ -28,12 +28,14 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from collector.access import access_reviews
+from collector.api.console_cache import cached
 from collector.fleet.devices import DeviceRow, StatusReading, fleet_rows
 from collector.fleet.pki import INDEX, IndexEntry
 from collector.ingest.statuses import StatusRow
+from collector.ledger.base import DeviceProgress
 from collector.ledger.sqlbase import SQLStore
 
 PACK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}\.tar\.gz$")
@@ -91,7 +93,8 @@ def fleet_lines(store: SQLStore, *, now_us: int, certs: CertIndex,
         d: (r.status if r.status is not None else r.error or "unreadable")
         for d, r in got.items()}
     lines = []
-    for row in fleet_rows(store, now_us=now_us, certs=entries, statuses=readings):
+    memo = cast(SQLStore, _Progress(store, now_us))
+    for row in fleet_rows(memo, now_us=now_us, certs=entries, statuses=readings):
         st = got.get(row.device)
         age = offset = None
         if st is not None:
@@ -106,6 +109,22 @@ def fleet_lines(store: SQLStore, *, now_us: int, certs: CertIndex,
     if certs.path is None:
         problems.append("certificate expiry: [api] ca_dir is not set")
     return lines, problems
+
+
+class _Progress:
+    """``store`` for collector.fleet.devices.fleet_rows, whose per-clock progress (a window
+    over every punch of the clock: the page's one costly read) is reused while the ledger
+    has nothing new (collector.api.console_cache)."""
+
+    def __init__(self, store: SQLStore, now_us: int) -> None:
+        self._store, self._now = store, now_us
+
+    def progress(self, device: str) -> DeviceProgress:
+        store = self._store
+        return cached(store, "progress", self._now, device, lambda: store.progress(device))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
 
 # ---- evidence packs ---------------------------------------------------------------------

@@ -69,7 +69,7 @@ ROUTES: tuple[Route, ...] = (
           "form note, csrf)", status=303),
     Route("GET", "/console/hr/timesheets", "consoleTimesheets", CO.timesheets,
           ("hr.read", "payroll.export"), "Console: timesheets of a date range, CSV link "
-          "(HTML)", ("since", "until"), personal=True),
+          "(HTML; 50 employees a page)", ("since", "until", "page"), personal=True),
     Route("GET", "/console/compliance", "consoleCompliance", CO.compliance,
           ("audit.read", "audit.review"), "Console: ledger and cosignatures, open alerts, "
           "legal holds, retention plan, plots (HTML)", ("done",)),

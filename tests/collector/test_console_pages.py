@@ -27,7 +27,7 @@ from collector.ledger.sqlite import SQLiteStore
 from collector.ledger.tables import ensure_schema
 from tests.collector import console_kit as K
 from tests.collector.api_kit import Api, issue_tokens, requests_of, start_api
-from tests.collector.ledger_kit import T0
+from tests.collector.ledger_kit import T0, Clock
 from wire.grants import PrincipalScope
 
 NOW = T0 + 10**9                     # api_kit.FakeClock's start
@@ -206,5 +206,31 @@ async def test_a_refused_page_is_html_for_a_browser_and_a_problem_for_a_client(
         resp = await api.call("GET", "/console/hr", headers=HTML)     # no credential
         assert (resp.status, resp.headers["Content-Type"].split(";")[0]) == (
             401, "application/problem+json")
+    finally:
+        await api.client.close()
+
+
+async def test_a_cached_view_never_outlives_a_new_punch_and_timesheets_page(
+        sqlite_store: SQLiteStore, tmp_path: Path) -> None:
+    api = await start(sqlite_store, tmp_path)
+    try:
+        html = await (await api.call("GET", "/console/hr", "hana")).text()
+        assert 'data-employee="CAT"' not in html.split('id="exceptions"')[0]
+        again = await (await api.call("GET", "/console/hr", "hana")).text()
+        assert again.split("<h2>Who is in now</h2>")[1] == html.split(
+            "<h2>Who is in now</h2>")[1]                    # the same view, reused
+        last = sqlite_store.punch_hash("clock-02", 3)
+        assert last is not None
+        plant = Clock("clock-02", site="plant", seq=3, prev=last[0])
+        sqlite_store.append([plant.fact(credential=K.CREDENTIALS["CAT"], action="in",
+                                        ts=api.clock.now - 60 * 10**6)], now_us=api.clock.now)
+        html = await (await api.call("GET", "/console/hr", "hana")).text()
+        present = html.split('id="exceptions"')[0]
+        assert 'data-site="plant"' in present
+        assert 'data-employee="CAT"' in present           # the new punch, at once
+        for q, status in (("page=1", 200), ("page=2", 404), ("page=0", 400),
+                          ("page=x", 400)):
+            resp = await api.call("GET", f"/console/hr/timesheets?{q}", "hana")
+            assert resp.status == status, q
     finally:
         await api.client.close()
