@@ -163,12 +163,14 @@ class HrView:
 
 def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str] | None,
             employees: frozenset[str] | None = None) -> HrView:
-    """Presence now, the exceptions of the last 14 days and the punches of the last 30
-    days of employees' timesheets (collector.records.timesheets pairs them); ``employees``:
-    only these people's (a supervisor's team)."""
+    """Presence now and the exceptions of the last 14 days, from the employees' timesheets
+    of the last 15 days (collector.records.timesheets pairs them), punches per hour today,
+    and per day: of the last 30 days from the punches' ts index (every punch of the sites),
+    or, with ``employees`` (a supervisor's team: only these people's), of their
+    timesheets."""
     rules = Rules()
-    sheets: Sheets = load(store, PunchQuery(since=now_us - PLOT_DAYS * DAY_US, until=now_us + 1),
-                          rules, fixed, sites=sites)
+    sheets: Sheets = load(store, PunchQuery(since=now_us - (EXCEPTION_DAYS + 1) * DAY_US,
+                                            until=now_us + 1), rules, fixed, sites=sites)
     site_of = _site_of(store)
     today = dt.datetime.fromtimestamp(now_us / US, dt.UTC).date()
     per_hour = {f"{h:02d}": 0 for h in range(24)}
@@ -203,6 +205,10 @@ def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str]
                           for e in sh.exceptions if e.day >= oldest
                           and not (e.kind == "missing-out" and e.punch == in_now))
     exceptions.sort(key=lambda e: (e["day"], e["employee_id"]), reverse=True)
+    if employees is None:
+        per_day = Counter(dt.datetime.fromtimestamp(ts / US, dt.UTC).date().isoformat()
+                          for ts in queries.punch_times(store, now_us - PLOT_DAYS * DAY_US,
+                                                        now_us + 1, sites))
     return HrView(dict(sorted(present.items())), exceptions, per_hour, dict(per_day))
 
 

@@ -26,20 +26,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from collector.ledger import queries
 from collector.ledger.sqlbase import SQLStore
 
 SIZE = 64
 MINUTE_US = 60 * 1_000_000
 T = TypeVar("T")
 
-_FINGERPRINT_SQL = "SELECT idx FROM entries WHERE kind <> 'access' ORDER BY idx DESC LIMIT 1"
-
-
 def fingerprint(store: SQLStore) -> int:
     """The idx of the ledger's newest entry that is not an access entry (-1: none): walks
     back from the head over page views only, so it is a few rows."""
-    rows = store.query(_FINGERPRINT_SQL)
-    return -1 if not rows else int(rows[0][0])
+    return queries.newest_idx_except(store, "access")
 
 
 class ViewCache:

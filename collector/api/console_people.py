@@ -73,7 +73,7 @@ async def team(request: web.Request) -> web.StreamResponse:
     return C.render(request, "team.html", view=view, now=C.iso(now), pending=pending,
                     linked=linked, members=sorted(members),
                     day_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
-                        f"team punches per day, last {C.PLOT_DAYS} days (UTC, to "
+                        f"team punches per day, last {C.EXCEPTION_DAYS + 1} days (UTC, to "
                         f"{today.isoformat()})", view.per_day)))
 
 
