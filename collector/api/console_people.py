@@ -2,7 +2,9 @@
 team and an employee's own punches.
 
 - ``GET /console/team`` (supervisor): who of the team is in now, the team's exceptions of
-  the last 14 days and the team's proposals waiting for a decision. The team is
+  the last 14 days and the team's proposals waiting for a decision, with approve and reject
+  forms (``POST /console/team/corrections/{id}/approve|reject``: views_hr.decide as the
+  supervisor, so an employee's dispute and one's own proposal are refused). The team is
   collector.access.scopes' (everyone whose manager chain leads to the supervisor's employee,
   within the principal's sites), the same scope ``GET /v1/punches`` applies to a supervisor;
 - ``GET /console/me`` (employee.self): one's own punches and timesheet of the last 14 days,
@@ -31,7 +33,7 @@ from collector.api import console as C
 from collector.api import params as P
 from collector.api import views_hr as H
 from collector.api.console_cache import cached
-from collector.api.errors import classify
+from collector.api.errors import NotFoundError, classify
 from collector.api.keys import CLOCK, CORRECTIONS, STORE, ctx
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records.corrections import FIELDS, MAX_NOTE, CorrectionError
@@ -52,9 +54,12 @@ def _team_scope(request: web.Request) -> scopes.Scope:
     return scopes.scope_for(request.app[STORE], c.principal, "supervisor", ("supervisor",))
 
 
-async def team(request: web.Request) -> web.StreamResponse:
-    """GET /console/team: the supervisor's team (presence, exceptions, proposals)."""
-    P.check_known(request.rel_url.query, ())
+async def team(request: web.Request, *, error: str | None = None, status: int = 200
+               ) -> web.StreamResponse:
+    """GET /console/team: the supervisor's team (presence, exceptions, proposals with
+    approve and reject forms, except for an employee's dispute, which HR decides)."""
+    if error is None:
+        P.check_known(request.rel_url.query, ("done",))
     app, c = request.app, ctx(request)
     now = app[CLOCK]()
     linked = c.principal is not None and c.principal.employee_id is not None
@@ -70,8 +75,10 @@ async def team(request: web.Request) -> web.StreamResponse:
     c.record.count = (sum(len(v) for v in view.present.values()) + len(view.exceptions)
                       + len(pending))
     today = dt.datetime.fromtimestamp(now / US, dt.UTC).date()
-    return C.render(request, "team.html", view=view, now=C.iso(now), pending=pending,
-                    linked=linked, members=sorted(members),
+    return C.render(request, "team.html", status=status, view=view, now=C.iso(now),
+                    pending=pending, linked=linked, members=sorted(members),
+                    dispute=DISPUTE_REASON, error=error,
+                    flash=None if error is not None else C.flash_of(request),
                     day_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
                         f"team punches per day, last {C.EXCEPTION_DAYS + 1} days (UTC, to "
                         f"{today.isoformat()})", view.per_day)))
@@ -143,3 +150,30 @@ async def dispute(request: web.Request) -> web.StreamResponse:
         rec.outcome, rec.detail = p.outcome, p.detail
         return await me(request, error=p.detail, status=p.status)
     return C.see_other(f"/console/me?done=disputed-{cor.id}")
+
+
+async def _team_decide(request: web.Request, approve: bool) -> web.StreamResponse:
+    cid = request.match_info["id"]
+    if len(cid) > 40 or not cid.startswith("cor-"):
+        raise NotFoundError(f"no correction {cid[:40]!r}")
+    form = await C.read_form(request)
+    try:
+        cor = await H.decide(request, cid, approve=approve,
+                             note=form.get("note", "")[:MAX_NOTE])
+    except (CorrectionError, ForbiddenError) as e:
+        p = classify(e)
+        rec = ctx(request).record
+        rec.outcome, rec.detail = p.outcome, p.detail
+        return await team(request, error=p.detail, status=p.status)
+    return C.see_other(f"/console/team?done={cor.status}-{cor.id}")
+
+
+async def team_approve(request: web.Request) -> web.StreamResponse:
+    """POST /console/team/corrections/{id}/approve (form: note, csrf): views_hr.decide as
+    the supervisor (the team's proposals only, never a dispute, never one's own)."""
+    return await _team_decide(request, True)
+
+
+async def team_reject(request: web.Request) -> web.StreamResponse:
+    """POST /console/team/corrections/{id}/reject (form: note, csrf)."""
+    return await _team_decide(request, False)

@@ -85,7 +85,14 @@ ROUTES: tuple[Route, ...] = (
           CO.evidence_pack, ("audit.read", "audit.review"), "Console: download an evidence "
           "pack made by `timeclock-collector evidence` in [api] evidence_dir (tar.gz)"),
     Route("GET", "/console/team", "consoleTeam", CP.team, ("supervisor",), "Console: the "
-          "supervisor's team: who is in now, exceptions, proposals (HTML)", personal=True),
+          "supervisor's team: who is in now, exceptions, proposals (HTML)", ("done",),
+          personal=True),
+    Route("POST", "/console/team/corrections/{id}/approve", "consoleTeamApprove",
+          CP.team_approve, ("supervisor",), "Console form: approve a team member's "
+          "correction (303; form note, csrf; never a dispute)", status=303),
+    Route("POST", "/console/team/corrections/{id}/reject", "consoleTeamReject",
+          CP.team_reject, ("supervisor",), "Console form: reject a team member's "
+          "correction (303; form note, csrf; never a dispute)", status=303),
     Route("GET", "/console/me", "consoleMe", CP.me, ("employee.self",), "Console: one's own "
           "punches, timesheet and disputes (HTML)", ("done",), personal=True),
     Route("POST", "/console/me/disputes", "consoleDispute", CP.dispute, ("employee.self",),

@@ -15,6 +15,7 @@ real API application with bearer tokens (the browser flow is test_console_browse
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ NOW = T0 + 10**9                     # api_kit.FakeClock's start
 PEOPLE: dict[str, tuple[tuple[str, ...], str | None]] = {
     "sue": (("supervisor",), "SUE"), "ann": (("employee.self",), "ANN"),
     "cora": (("audit.read", "audit.review"), None), "otto": (("ops.devices",), None),
-    "hana": (("hr.read", "hr.approve"), None)}
+    "hana": (("hr.read", "hr.approve"), None), "cleo": (("hr.read", "hr.correct"), None)}
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 
 
@@ -232,5 +233,45 @@ async def test_a_cached_view_never_outlives_a_new_punch_and_timesheets_page(
                           ("page=x", 400)):
             resp = await api.call("GET", f"/console/hr/timesheets?{q}", "hana")
             assert resp.status == status, q
+    finally:
+        await api.client.close()
+
+
+async def test_d6_d8_a_supervisor_decides_the_teams_corrections_never_a_dispute(
+        sqlite_store: SQLiteStore, tmp_path: Path) -> None:
+    api = await start(sqlite_store, tmp_path)
+    try:
+        device, seq = K.DAN_WRONG
+        resp = await api.call("POST", "/v1/corrections", "cleo", json={
+            "device": device, "seq": seq, "field": "action", "after": "in",
+            "reason": "wrong-action", "note": "Dan pressed out for in"})
+        assert resp.status == 201, await resp.text()
+        fix = (await resp.json())["id"]
+        resp = await api.call("POST", "/console/me/disputes", "ann", allow_redirects=False,
+                              data={"device": "clock-01", "seq": "1", "field": "action",
+                                    "after": "out", "note": "I was leaving"})
+        dispute = resp.headers["Location"].split("done=disputed-")[1]
+        html = await (await api.call("GET", "/console/team", "sue")).text()
+        assert sorted(rows_of(html, "proposals", "data-proposal")) == sorted([fix, dispute])
+        assert f'action="/console/team/corrections/{fix}/approve"' in html
+        assert f"/console/team/corrections/{dispute}/" not in html    # HR decides it
+        resp = await api.call("POST", f"/console/team/corrections/{dispute}/approve", "sue",
+                              data={"note": "fine"}, allow_redirects=False)
+        html = await resp.text()
+        assert resp.status == 403, html
+        assert "HR decides disputes" in html.split('id="error"')[1]
+        assert (await api.call("POST", f"/console/team/corrections/{fix}/approve", "hana",
+                               data={})).status == 403                 # not a supervisor
+        resp = await api.call("POST", f"/console/team/corrections/{fix}/approve", "sue",
+                              data={"note": "checked the rota"}, allow_redirects=False)
+        assert (resp.status, resp.headers["Location"]) == (
+            303, f"/console/team?done=approved-{fix}")
+        html = await (await api.call("GET", resp.headers["Location"], "sue")).text()
+        assert f"Correction {fix} approved" in html
+        assert rows_of(html, "proposals", "data-proposal") == [dispute]
+        corrections = [json.loads(se.body) for se in sqlite_store.entries()
+                       if se.entry.kind == "correction" and se.body is not None]
+        assert [(c["device"], c["seq"], c["after"]) for c in corrections] == [
+            (device, seq, "in")]
     finally:
         await api.client.close()
