@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hmac
+import logging
 import re
 import urllib.parse
 from collections import Counter
@@ -60,6 +61,8 @@ from collector.records.timesheets import Rules, hours, shift_row, zone
 from wire.bodies_review import NOTE_MAX
 from wire.fields import DEVICE_ID_RE
 from wire.grants import DISPUTE_REASON
+
+log = logging.getLogger("timeclock.api.console")
 
 US = 1_000_000
 DAY_US = 86_400 * US
@@ -591,5 +594,7 @@ def refusal_page(request: web.Request, status: int, title: str, detail: str
     try:
         return render(request, "refused.html", status=status, code=status, title=title,
                       detail=detail)
-    except Exception:  # noqa: BLE001 - a refusal must never fail: the problem document
+    except jinja2.TemplateError:
+        # a refusal must not fail for want of its page: the problem document instead
+        log.exception("the console's refusal page did not render; sending the problem")
         return None
