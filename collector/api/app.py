@@ -46,6 +46,7 @@ from collector.api.reads import INLINE_READS, reads_inline
 from collector.api.routes import add_routes
 from collector.api.signin import SignIn, SigninConfig
 from collector.api.signin import install as install_signin
+from collector.ingest.statuses import StatusRow
 from collector.ledger import checkpoint_tables
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.tables import ensure_schema
@@ -125,11 +126,14 @@ async def start_api(section: ApiSection, store: SQLStore, *,
                     log_keys: Mapping[str, VerifyKey],
                     clock: Callable[[], int] = now_us,
                     reader: SQLStore | None = None,
-                    signin: SignIn | None = None) -> web.AppRunner:
+                    signin: SignIn | None = None,
+                    statuses: Callable[[], Mapping[str, StatusRow]] | None = None
+                    ) -> web.AppRunner:
     """Start serving on ``section.listen:port`` over HTTPS; ``await runner.cleanup()`` stops
-    it (in-flight requests finish, the access log is flushed)."""
-    app = make_app(store, settings=section.settings(log_keys), clock=clock, reader=reader,
-                   signin=signin)
+    it (in-flight requests finish, the access log is flushed). ``statuses``: the running
+    service's device statuses, for the console's fleet page."""
+    app = make_app(store, settings=section.settings(log_keys, statuses), clock=clock,
+                   reader=reader, signin=signin)
     ssl_context = tls_context(section)
     if section.crl is not None and section.client_ca is not None:
         # A revoked API client certificate is refused within crl.poll_s of the CRL file
@@ -165,9 +169,10 @@ class ApiThread:
 
     def __init__(self, section: ApiSection, store: SQLStore, *,
                  log_keys: Mapping[str, VerifyKey], clock: Callable[[], int] = now_us,
-                 reader: SQLStore | None = None, signin: SignIn | None = None) -> None:
+                 reader: SQLStore | None = None, signin: SignIn | None = None,
+                 statuses: Callable[[], Mapping[str, StatusRow]] | None = None) -> None:
         self.section, self.store, self.log_keys, self.clock = section, store, log_keys, clock
-        self.reader, self.signin = reader, signin
+        self.reader, self.signin, self.statuses = reader, signin, statuses
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -183,7 +188,7 @@ class ApiThread:
         try:
             runner = await start_api(self.section, self.store, log_keys=self.log_keys,
                                      clock=self.clock, reader=self.reader,
-                                     signin=self.signin)
+                                     signin=self.signin, statuses=self.statuses)
         except BaseException as e:
             self._error = e
             self._ready.set()

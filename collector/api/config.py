@@ -7,7 +7,7 @@ application itself (collector.api.app) is imported only when ``[api]`` is config
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from wire.keys import VerifyKey
 
 if TYPE_CHECKING:
     from collector.api.keys import ApiSettings
+    from collector.ingest.statuses import StatusRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +42,12 @@ class ApiSection:
     gates: GateSettings = field(default_factory=GateSettings)  # from [breakglass], [policies]
     oidc: OidcSection | None = None     # from [oidc]: JWT access tokens (collector.access.oidc)
     reviews: ReviewSettings | None = None   # from [reviews]: the schedule /v1/reviews follows
+    ca_dir: Path | None = None          # the console's certificate expiry (CA index.json)
+    evidence_dir: Path | None = None    # the console's evidence packs (`evidence --out` here)
 
-    def settings(self, log_keys: Mapping[str, VerifyKey]) -> ApiSettings:
+    def settings(self, log_keys: Mapping[str, VerifyKey],
+                 statuses: Callable[[], Mapping[str, StatusRow]] | None = None
+                 ) -> ApiSettings:
         from collector.api.keys import ApiSettings  # noqa: PLC0415 - keys imports aiohttp
         from collector.records.export_fields import Pseudonyms  # noqa: PLC0415 - as above
 
@@ -54,7 +59,9 @@ class ApiSection:
                            auth_failures_window_s=self.auth_failures_window_s,
                            gates=self.gates,
                            reviews=self.reviews,
-                           oidc=None if self.oidc is None else OidcAuth(self.oidc))
+                           oidc=None if self.oidc is None else OidcAuth(self.oidc),
+                           statuses=statuses, ca_dir=self.ca_dir,
+                           evidence_dir=self.evidence_dir)
 
 
 _LIMITS = {"port": (1, 65535), "access_flush_ms": (1, 10_000), "access_batch_max": (1, 10_000),
@@ -84,6 +91,8 @@ def read_api_section(table: object, base_dir: Path, problems: list[str], *,
     client_ca = sec.path("client_ca", base_dir)
     crl = sec.path("crl", base_dir)
     pseudonym_key = sec.path("pseudonym_key", base_dir)
+    ca_dir = sec.path("ca_dir", base_dir)
+    evidence_dir = sec.path("evidence_dir", base_dir)
     listen = sec.string("listen", d.listen, hint="a host name or address")
     numbers = {k: sec.integer(k, getattr(d, k), lo=lo, hi=hi) for k, (lo, hi) in _LIMITS.items()}
     if crl is not None and client_ca is None:
@@ -92,4 +101,5 @@ def read_api_section(table: object, base_dir: Path, problems: list[str], *,
     if len(problems) > before or cert is None or key is None:
         return None
     return ApiSection(cert=cert, key=key, listen=listen, client_ca=client_ca, crl=crl,
-                      pseudonym_key=pseudonym_key, **numbers)
+                      pseudonym_key=pseudonym_key, ca_dir=ca_dir, evidence_dir=evidence_dir,
+                      **numbers)

@@ -24,13 +24,16 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hmac
+import logging
 import re
 import urllib.parse
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -38,12 +41,14 @@ from aiohttp import web
 from markupsafe import Markup
 
 from collector import ForbiddenError, ReviewError
+from collector.api import console_sources as S
 from collector.api import params as P
 from collector.api import views_hr as H
+from collector.api.console_cache import cached
+from collector.api.console_sources import PackInfo
 from collector.api.errors import BadRequestError, NotFoundError, classify
-from collector.api.keys import CLOCK, CORRECTIONS, STORE, ctx, principal_name
+from collector.api.keys import CLOCK, CORRECTIONS, SETTINGS, STORE, ctx, principal_name
 from collector.api.signin import SESSION, CsrfError
-from collector.fleet.devices import DeviceRow, fleet_rows
 from collector.ledger import checkpoint_tables, queries
 from collector.ledger.corrections_table import Correction
 from collector.ledger.sqlbase import PunchQuery, SQLStore
@@ -57,14 +62,18 @@ from wire.bodies_review import NOTE_MAX
 from wire.fields import DEVICE_ID_RE
 from wire.grants import DISPUTE_REASON
 
+log = logging.getLogger("timeclock.api.console")
+
 US = 1_000_000
 DAY_US = 86_400 * US
 EXCEPTION_DAYS = 14
 PLOT_DAYS = 30
 TIMESHEET_MAX_DAYS = 62
+SHEETS_PER_PAGE = 50          # employees per timesheets page (the page renders every shift)
 FORM_MAX_BYTES = 8192
 PENDING_MAX = 200
 QUARANTINE_PAGES = 100
+_CERTS: dict[Path | None, S.CertIndex] = {}
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("collector.api", "templates"),
@@ -78,11 +87,13 @@ _HEADERS = {"Cache-Control": "no-store",
 # (route name, label) of the console's pages, in the order of the navigation
 PAGES: tuple[tuple[str, str], ...] = (
     ("consoleHr", "HR"), ("consoleTimesheets", "Timesheets"),
+    ("consoleTeam", "Team"), ("consoleMe", "My punches"),
     ("consoleCompliance", "Compliance"), ("consoleOps", "Operations"))
 DONE = {"ack": "Alert {ref} acknowledged.", "resolve": "Alert {ref} resolved.",
         "proposed": "Correction {ref} proposed: another person approves it.",
         "approved": "Correction {ref} approved: a correction entry is on the ledger.",
-        "rejected": "Correction {ref} rejected."}
+        "rejected": "Correction {ref} rejected.",
+        "disputed": "Dispute {ref} raised: HR (hr.approve) decides it."}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +119,7 @@ def nav(request: web.Request) -> list[NavLink]:
     return out
 
 
-def _iso(us: int | None) -> str:
+def iso(us: int | None) -> str:
     if us is None:
         return "–"
     return dt.datetime.fromtimestamp(us / US, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -122,7 +133,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **values: 
     values = {"flash": None, "error": None, **values}
     html = _TEMPLATES.get_template(f"console/{template}").render(
         principal=principal_name(request), role=c.role, nav=nav(request),
-        csrf="" if session is None else session.csrf, iso=_iso, **values)
+        csrf="" if session is None else session.csrf, iso=iso, **values)
     return web.Response(status=status, text=html, content_type="text/html",
                         headers=_HEADERS)
 
@@ -130,7 +141,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **values: 
 DONE_RE = re.compile(P.PARAMS["done"][0]["pattern"])      # the OpenAPI document's pattern
 
 
-def _flash(request: web.Request) -> str | None:
+def flash_of(request: web.Request) -> str | None:
     """The message of ``?done=<event>-<idx>`` (the redirect after a form); only these."""
     done = P.string(request.rel_url.query, "done", DONE_RE)
     m = None if done is None else DONE_RE.fullmatch(done)
@@ -153,13 +164,16 @@ class HrView:
     per_day: dict[str, int]
 
 
-def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str] | None
-            ) -> HrView:
-    """Presence now, the exceptions of the last 14 days and the punches of the last 30
-    days of employees' timesheets (collector.records.timesheets pairs them)."""
+def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str] | None,
+            employees: frozenset[str] | None = None) -> HrView:
+    """Presence now and the exceptions of the last 14 days, from the employees' timesheets
+    of the last 15 days (collector.records.timesheets pairs them), punches per hour today,
+    and per day: of the last 30 days from the punches' ts index (every punch of the sites),
+    or, with ``employees`` (a supervisor's team: only these people's), of their
+    timesheets."""
     rules = Rules()
-    sheets: Sheets = load(store, PunchQuery(since=now_us - PLOT_DAYS * DAY_US, until=now_us + 1),
-                          rules, fixed, sites=sites)
+    sheets: Sheets = load(store, PunchQuery(since=now_us - (EXCEPTION_DAYS + 1) * DAY_US,
+                                            until=now_us + 1), rules, fixed, sites=sites)
     site_of = _site_of(store)
     today = dt.datetime.fromtimestamp(now_us / US, dt.UTC).date()
     per_hour = {f"{h:02d}": 0 for h in range(24)}
@@ -168,6 +182,8 @@ def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str]
     exceptions: list[dict[str, str]] = []
     open_after = now_us - rules.max_shift_h * 3600 * US
     for sh in sheets.sheets:
+        if employees is not None and sh.employee_id not in employees:
+            continue
         tz = zone(sh.timezone)
         for s in sh.shifts:
             for p in (s.start_punch, s.end_punch):
@@ -192,10 +208,14 @@ def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str]
                           for e in sh.exceptions if e.day >= oldest
                           and not (e.kind == "missing-out" and e.punch == in_now))
     exceptions.sort(key=lambda e: (e["day"], e["employee_id"]), reverse=True)
+    if employees is None:
+        per_day = Counter(dt.datetime.fromtimestamp(ts / US, dt.UTC).date().isoformat()
+                          for ts in queries.punch_times(store, now_us - PLOT_DAYS * DAY_US,
+                                                        now_us + 1, sites))
     return HrView(dict(sorted(present.items())), exceptions, per_hour, dict(per_day))
 
 
-def _pending(request: web.Request) -> list[Correction]:
+def pending_for(request: web.Request) -> list[Correction]:
     """Proposals waiting for a decision whose punch is in the caller's scope
     (collector.access.scopes through views_hr.scope)."""
     store, sc = request.app[STORE], H.scope(request)
@@ -215,15 +235,17 @@ async def hr(request: web.Request, *, error: str | None = None, status: int = 20
     app, c = request.app, ctx(request)
     now = app[CLOCK]()
     sites = c.principal.sites if c.principal is not None else None
-    view = await asyncio.to_thread(hr_view, app[STORE], app[CORRECTIONS].applied_complete(),
-                                   now_us=now, sites=sites)
+    store, corrections = app[STORE], app[CORRECTIONS]
+    view = await asyncio.to_thread(
+        cached, store, "hr", now, sites,
+        lambda: hr_view(store, corrections.applied_complete(), now_us=now, sites=sites))
     can_read = _allowed(request, "listCorrections")
-    pending = await asyncio.to_thread(_pending, request) if can_read else []
+    pending = await asyncio.to_thread(pending_for, request) if can_read else []
     c.record.count = (sum(len(v) for v in view.present.values()) + len(view.exceptions)
                       + len(pending))
     today = dt.datetime.fromtimestamp(now / US, dt.UTC).date()
-    return render(request, "hr.html", status=status, view=view, now=_iso(now),
-                  flash=None if error is not None else _flash(request), error=error,
+    return render(request, "hr.html", status=status, view=view, now=iso(now),
+                  flash=None if error is not None else flash_of(request), error=error,
                   pending=pending, can_propose=_allowed(request, "consoleProposeCorrection"),
                   can_decide=_allowed(request, "consoleApproveCorrection"),
                   reasons=[r for r in REASONS if r != DISPUTE_REASON], fields=FIELDS,
@@ -249,9 +271,11 @@ def _day(q: Mapping[str, str], name: str, default: dt.date) -> dt.date:
 
 
 async def timesheets(request: web.Request) -> web.StreamResponse:
-    """GET /console/hr/timesheets?since=YYYY-MM-DD&until=YYYY-MM-DD (until exclusive)."""
+    """GET /console/hr/timesheets?since=YYYY-MM-DD&until=YYYY-MM-DD&page=N (until
+    exclusive; SHEETS_PER_PAGE employees a page, by employee id)."""
     q = request.rel_url.query
-    P.check_known(q, ("since", "until"))
+    P.check_known(q, ("since", "until", "page"))
+    page = P.integer(q, "page", lo=1, hi=10_000, default=1) or 1
     app, c = request.app, ctx(request)
     today = dt.datetime.fromtimestamp(app[CLOCK]() / US, dt.UTC).date()
     since = _day(q, "since", today - dt.timedelta(days=7))
@@ -275,13 +299,23 @@ async def timesheets(request: web.Request) -> web.StreamResponse:
                         "total": hours(sum(sh.hours_by_day().values()))})
         return out
 
-    rows = await asyncio.to_thread(build)
+    every = await asyncio.to_thread(cached, app[STORE], "timesheets", app[CLOCK](),
+                                    (start, end, sites), build)
+    pages = max(1, -(-len(every) // SHEETS_PER_PAGE))
+    if page > pages:
+        raise NotFoundError(f"page {page}: this range has {pages} page(s) of timesheets")
+    rows = every[(page - 1) * SHEETS_PER_PAGE:page * SHEETS_PER_PAGE]
     c.record.count = sum(len(r["shifts"]) for r in rows)
     span = {"since": f"{since.isoformat()}T00:00:00Z", "until": f"{until.isoformat()}T00:00:00Z"}
     csv_link = "/v1/timesheets?" + urllib.parse.urlencode({**span, "format": "csv"})
+    here = {"since": since.isoformat(), "until": until.isoformat()}
+    links = {n: "/console/hr/timesheets?" + urllib.parse.urlencode({**here, "page": n})
+             for n in (page - 1, page + 1) if 1 <= n <= pages}
     return render(request, "timesheets.html", rows=rows, since=since.isoformat(),
                   until=until.isoformat(), csv_link=csv_link,
-                  csv_allowed=_allowed(request, "getTimesheets"))
+                  csv_allowed=_allowed(request, "getTimesheets"), page=page, pages=pages,
+                  employees=len(every), prev_link=links.get(page - 1),
+                  next_link=links.get(page + 1))
 
 
 def _allowed(request: web.Request, route_name: str) -> bool:
@@ -301,6 +335,8 @@ class ComplianceView:
     holds: list[dict[str, Any]]
     alerts_per_day: dict[str, int]
     quarantine_per_day: dict[str, int]
+    packs: list[PackInfo]
+    access_reviews: list[dict[str, Any]]
 
 
 def _checkpoint(store: SQLStore) -> dict[str, Any]:
@@ -317,7 +353,8 @@ def _checkpoint(store: SQLStore) -> dict[str, Any]:
             "checkpoint": {"origin": lines[0], "size": lines[1] if len(lines) > 1 else "?"}}
 
 
-def compliance_view(store: SQLStore, *, now_us: int) -> ComplianceView:
+def compliance_view(store: SQLStore, *, now_us: int, evidence_dir: Path | None = None
+                    ) -> ComplianceView:
     states = reviews.alerts(store)
     since = now_us - PLOT_DAYS * DAY_US
     per_day: Counter[str] = Counter(
@@ -330,7 +367,12 @@ def compliance_view(store: SQLStore, *, now_us: int) -> ComplianceView:
         alerts=[a.to_dict() for a in sorted(states, key=lambda a: a.idx, reverse=True)
                 if a.status != "resolved"],
         plan=plan.to_dict(), holds=[h.to_dict() for h in plan.holds],
-        alerts_per_day=dict(per_day), quarantine_per_day=dict(quarantine))
+        alerts_per_day=dict(per_day), quarantine_per_day=dict(quarantine),
+        packs=S.packs(evidence_dir), access_reviews=S.access_review_rows(store))
+
+
+def _with_packs(view: ComplianceView, packs: list[PackInfo]) -> ComplianceView:
+    return dataclasses.replace(view, packs=packs)
 
 
 async def compliance(request: web.Request, *, error: str | None = None, status: int = 200
@@ -341,19 +383,23 @@ async def compliance(request: web.Request, *, error: str | None = None, status: 
         P.check_known(request.rel_url.query, ("done",))
     app, c = request.app, ctx(request)
     now = app[CLOCK]()
-    view = await asyncio.to_thread(compliance_view, app[STORE], now_us=now)
+    store, evidence_dir = app[STORE], app[SETTINGS].evidence_dir
+    view = await asyncio.to_thread(cached, store, "compliance", now, None,
+                                   lambda: compliance_view(store, now_us=now))
+    packs = await asyncio.to_thread(S.packs, evidence_dir)      # the folder: every view
     c.record.count = len(view.alerts)
     return render(
-        request, "compliance.html", status=status, view=view, now=_iso(now),
-        flash=None if error is not None else _flash(request), error=error,
-        can_review=_allowed(request, "consoleAckAlert"),
+        request, "compliance.html", status=status, view=_with_packs(view, packs), now=iso(now),
+        flash=None if error is not None else flash_of(request), error=error,
+        can_review=_allowed(request, "consoleAckAlert"), iso_day=S.iso_day,
+        evidence_configured=app[SETTINGS].evidence_dir is not None,
         alert_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
             f"alerts per day, last {PLOT_DAYS} days", view.alerts_per_day)),
         quarantine_plot=Markup(svg_bars(  # noqa: S704 - escaped by collector.records.plots
             f"quarantined messages per day, last {PLOT_DAYS} days", view.quarantine_per_day)))
 
 
-async def _form(request: web.Request) -> dict[str, str]:
+async def read_form(request: web.Request) -> dict[str, str]:
     """The form fields; with a session, its CSRF token must be in ``csrf``."""
     if request.content_type != "application/x-www-form-urlencoded":
         raise BadRequestError("a console form is sent as application/x-www-form-urlencoded")
@@ -377,7 +423,7 @@ async def _review(request: web.Request, event: str) -> web.StreamResponse:
     idx = int(raw)
     rec = ctx(request).record
     rec.extra = {"alert_idx": idx, "console": True}
-    form = await _form(request)
+    form = await read_form(request)
     note = form.get("note", "").strip()
     try:
         if not note:
@@ -393,7 +439,7 @@ async def _review(request: web.Request, event: str) -> web.StreamResponse:
         return await compliance(request, error=p.detail, status=p.status)
     rec.count = 1
     rec.extra["review_idx"] = review_idx
-    return _see(f"/console/compliance?done={event}-{idx}")
+    return see_other(f"/console/compliance?done={event}-{idx}")
 
 
 async def ack_alert(request: web.Request) -> web.StreamResponse:
@@ -417,12 +463,12 @@ async def _hr_refusal(request: web.Request, e: Exception) -> web.StreamResponse:
     return await hr(request, error=p.detail, status=p.status)
 
 
-def _see(location: str) -> web.Response:
+def see_other(location: str) -> web.Response:
     # 303: the browser GETs the page again (a reload never re-sends the form)
     return web.Response(status=303, headers={"Location": location, **_HEADERS})
 
 
-def _after(field: str, raw: str) -> Any:
+def form_value(field: str, raw: str) -> Any:
     """The form's new value: an action, or a time (ISO 8601 with a UTC offset)."""
     if field != "ts":
         return raw
@@ -435,31 +481,31 @@ def _after(field: str, raw: str) -> Any:
 async def propose_correction(request: web.Request) -> web.StreamResponse:
     """POST /console/hr/corrections (form: device, seq, field, after, reason, note, csrf):
     views_hr.propose, the rules of ``POST /v1/corrections``."""
-    form = await _form(request)
+    form = await read_form(request)
     try:
         device, seq = form.get("device", ""), form.get("seq", "")
         if not DEVICE_ID_RE.fullmatch(device) or not seq.isdigit() or len(seq) > 16:
             raise CorrectionError("device and seq: the punch to correct (from the exceptions)")
         field = form.get("field", "")
         c = await H.propose(request, device=device, seq=int(seq), field=field,
-                            after=_after(field, form.get("after", "").strip()),
+                            after=form_value(field, form.get("after", "").strip()),
                             reason=form.get("reason", ""),
                             note=form.get("note", "")[:MAX_NOTE])
     except (CorrectionError, ForbiddenError) as e:
         return await _hr_refusal(request, e)
-    return _see(f"/console/hr?done=proposed-{c.id}")
+    return see_other(f"/console/hr?done=proposed-{c.id}")
 
 
 async def _decide(request: web.Request, approve: bool) -> web.StreamResponse:
     cid = request.match_info["id"]
     if len(cid) > 40 or not cid.startswith("cor-"):
         raise NotFoundError(f"no correction {cid[:40]!r}")
-    form = await _form(request)
+    form = await read_form(request)
     try:
         c = await H.decide(request, cid, approve=approve, note=form.get("note", "")[:MAX_NOTE])
     except (CorrectionError, ForbiddenError) as e:
         return await _hr_refusal(request, e)
-    return _see(f"/console/hr?done={c.status}-{c.id}")
+    return see_other(f"/console/hr?done={c.status}-{c.id}")
 
 
 async def approve_correction(request: web.Request) -> web.StreamResponse:
@@ -489,20 +535,66 @@ def _quarantined(store: SQLStore, since_us: int) -> tuple[int, Counter[str]]:
     return held, per_day
 
 
-def _ops_rows(store: SQLStore, now_us: int) -> tuple[list[DeviceRow], int, Counter[str]]:
-    held, per_day = _quarantined(store, now_us - PLOT_DAYS * DAY_US)
-    return fleet_rows(store, now_us=now_us), held, per_day
+def _ops_rows(request: web.Request, now_us: int
+             ) -> tuple[list[S.FleetLine], list[str], int, Counter[str]]:
+    app = request.app
+    held, per_day = _quarantined(app[STORE], now_us - PLOT_DAYS * DAY_US)
+    ca_dir = app[SETTINGS].ca_dir
+    certs = _CERTS.get(ca_dir)
+    if certs is None:       # one cache per CA directory (its mtime check is per view)
+        certs = _CERTS.setdefault(ca_dir, S.CertIndex(ca_dir))
+    lines, problems = S.fleet_lines(app[STORE], now_us=now_us, certs=certs,
+                                    statuses=app[SETTINGS].statuses)
+    return lines, problems, held, per_day
 
 
 async def ops(request: web.Request) -> web.StreamResponse:
-    """GET /console/ops: the fleet (online, last seen, queue, clock, certificate expiry), the
-    quarantine count and its plot."""
+    """GET /console/ops: the fleet (online and its last status, queue depth and age, clock
+    sync and offset, certificate expiry; collector.api.console_sources), the quarantine
+    count and its plot."""
     P.check_known(request.rel_url.query, ())
     app, c = request.app, ctx(request)
     now = app[CLOCK]()
-    rows, quarantined, per_day = await asyncio.to_thread(_ops_rows, app[STORE], now)
-    c.record.count = len(rows)
-    return render(request, "ops.html", rows=rows, quarantined=quarantined, now=_iso(now),
+    lines, problems, quarantined, per_day = await asyncio.to_thread(_ops_rows, request, now)
+    c.record.count = len(lines)
+    return render(request, "ops.html", lines=lines, problems=problems,
+                  quarantined=quarantined, now=iso(now),
                   quarantine_plot=Markup(svg_bars(  # noqa: S704 - escaped by records.plots
                       f"quarantined messages per day, last {PLOT_DAYS} days",
                       dict(per_day))))
+
+
+# ---- evidence packs and refusals --------------------------------------------------------
+
+async def evidence_pack(request: web.Request) -> web.StreamResponse:
+    """GET /console/compliance/evidence/{name}: a pack made by ``timeclock-collector
+    evidence`` in ``[api] evidence_dir``, as it was written (its manifest is signed by the
+    log key; ``timeclock-verify --evidence`` checks it)."""
+    P.check_known(request.rel_url.query, ())
+    name = request.match_info["name"]
+    path = await asyncio.to_thread(S.pack_file, request.app[SETTINGS].evidence_dir, name)
+    if path is None:
+        raise NotFoundError(f"no evidence pack {name[:60]!r}")
+    rec = ctx(request).record
+    rec.count, rec.extra = 1, {"evidence_pack": name}
+    # streamed from the file: a pack holds the audit bundle of the whole ledger
+    return web.FileResponse(path, headers={
+        **_HEADERS, "Content-Type": "application/gzip",
+        "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def refusal_page(request: web.Request, status: int, title: str, detail: str
+                 ) -> web.Response | None:
+    """The HTML page of a refused console request from a browser (its Accept names
+    text/html): the status, the reason and the pages the principal may open; None for any
+    other request (the problem document). Never the data of the page refused."""
+    if not request.path.startswith("/console/") or ctx(request).principal is None or \
+            "text/html" not in request.headers.get("Accept", ""):
+        return None
+    try:
+        return render(request, "refused.html", status=status, code=status, title=title,
+                      detail=detail)
+    except jinja2.TemplateError:
+        # a refusal must not fail for want of its page: the problem document instead
+        log.exception("the console's refusal page did not render; sending the problem")
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from collector.access.gates import Gates, GateSettings
 from collector.access.oidc import OidcAuth
 from collector.access.principals import Principal
 from collector.api.access_log import AccessLog, AccessRecord, Throttle
+from collector.ingest.statuses import StatusRow
 from collector.ledger.audit import VerifyState
 from collector.ledger.sqlbase import SQLStore
 from collector.records.corrections import Corrections
@@ -41,6 +43,13 @@ class ApiSettings:
     reviews: ReviewSettings | None = None   # [reviews]: the schedule /v1/reviews follows
     gates: GateSettings = field(default_factory=GateSettings)   # [breakglass], [policies]
     oidc: OidcAuth | None = None        # [oidc]: JWT access tokens (collector.access.oidc)
+    # the console's ops and compliance pages (collector.api.console_sources): the running
+    # service's device statuses, the CA directory (index.json: certificate expiry) and the
+    # folder of evidence packs made by `timeclock-collector evidence` ([api] ca_dir,
+    # evidence_dir); None: shown as unknown / no packs
+    statuses: Callable[[], Mapping[str, StatusRow]] | None = None
+    ca_dir: Path | None = None
+    evidence_dir: Path | None = None
 
 
 @dataclass

@@ -39,6 +39,7 @@ from collector.access.principals import Principal
 from collector.access.tokens import TokenError
 from collector.api import params as P
 from collector.api.access_log import MINUTE_US, AccessCommitError, AccessRecord, clean_query
+from collector.api.console import refusal_page
 from collector.api.crl import CRL_WATCH
 from collector.api.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -239,6 +240,9 @@ def problem_response(request: web.Request, e: BaseException, rec: AccessRecord
         headers["WWW-Authenticate"] = 'Bearer realm="timeclock"'
     if isinstance(e, web.HTTPMethodNotAllowed):
         headers["Allow"] = ", ".join(sorted(e.allowed_methods))
+    page = None if p.status == 401 else refusal_page(request, p.status, p.title, p.detail)
+    if page is not None:
+        return page     # a browser's console page: the refusal as HTML (collector.api.console)
     resp = web.Response(status=p.status, headers=headers,
                         text=json.dumps(p.to_dict(request.path[:200], rec.request_id)))
     if isinstance(e, RevokedCertificateError):

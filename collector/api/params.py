@@ -67,9 +67,11 @@ PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "unused_days": ({"type": "integer", "minimum": 1, "maximum": 3650},
                     "flag access unused for this many days (default 90)"),
     "employee": ({"type": "string", "maxLength": 64}, "one employee's id only"),
-    "done": ({"type": "string", "pattern": "^(ack|resolve|proposed|approved|rejected)-"
+    "done": ({"type": "string", "pattern": "^(ack|resolve|proposed|approved|rejected|disputed)-"
                                            "([0-9]{1,16}|cor-[0-9A-Za-z_-]{1,36})$"},
              "console: what the form just did, shown as a message (e.g. ack-12)"),
+    "page": ({"type": "integer", "minimum": 1, "maximum": 10000},
+             "console: which page of a long list (1, the default, is the first)"),
     "round_minutes": ({"type": "integer", "minimum": 0, "maximum": 60},
                       "round shift starts and ends to this many minutes (default 0: off)"),
     "rounding": ({"type": "string", "enum": ["nearest", "down", "up"]},

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from collector.access.principals import ROLES
 from collector.api import console as CO
+from collector.api import console_people as CP
 from collector.api import views_access as AC
 from collector.api import views_admin as A
 from collector.api import views_audit as U
@@ -68,7 +69,7 @@ ROUTES: tuple[Route, ...] = (
           "form note, csrf)", status=303),
     Route("GET", "/console/hr/timesheets", "consoleTimesheets", CO.timesheets,
           ("hr.read", "payroll.export"), "Console: timesheets of a date range, CSV link "
-          "(HTML)", ("since", "until"), personal=True),
+          "(HTML; 50 employees a page)", ("since", "until", "page"), personal=True),
     Route("GET", "/console/compliance", "consoleCompliance", CO.compliance,
           ("audit.read", "audit.review"), "Console: ledger and cosignatures, open alerts, "
           "legal holds, retention plan, plots (HTML)", ("done",)),
@@ -79,7 +80,24 @@ ROUTES: tuple[Route, ...] = (
           CO.resolve_alert, ("audit.review",), "Console form: resolve an acknowledged "
           "alert (303; form note, csrf)", status=303),
     Route("GET", "/console/ops", "consoleOps", CO.ops, ("ops.devices",), "Console: the "
-          "fleet and the quarantine count (HTML)"),
+          "fleet (online, queue, clock sync, certificate expiry) and the quarantine (HTML)"),
+    Route("GET", "/console/compliance/evidence/{name}", "consoleEvidencePack",
+          CO.evidence_pack, ("audit.read", "audit.review"), "Console: download an evidence "
+          "pack made by `timeclock-collector evidence` in [api] evidence_dir (tar.gz)"),
+    Route("GET", "/console/team", "consoleTeam", CP.team, ("supervisor",), "Console: the "
+          "supervisor's team: who is in now, exceptions, proposals (HTML)", ("done",),
+          personal=True),
+    Route("POST", "/console/team/corrections/{id}/approve", "consoleTeamApprove",
+          CP.team_approve, ("supervisor",), "Console form: approve a team member's "
+          "correction (303; form note, csrf; never a dispute)", status=303),
+    Route("POST", "/console/team/corrections/{id}/reject", "consoleTeamReject",
+          CP.team_reject, ("supervisor",), "Console form: reject a team member's "
+          "correction (303; form note, csrf; never a dispute)", status=303),
+    Route("GET", "/console/me", "consoleMe", CP.me, ("employee.self",), "Console: one's own "
+          "punches, timesheet and disputes (HTML)", ("done",), personal=True),
+    Route("POST", "/console/me/disputes", "consoleDispute", CP.dispute, ("employee.self",),
+          "Console form: dispute one's own punch (303; form device, seq, field, after, "
+          "note, csrf)", status=303),
     Route("GET", "/v1/punches", "listPunches", H.list_punches, H.PUNCH_READ_ROLES,
           "Punches by device time, filtered; JSON pages with a cursor, or NDJSON/CSV streamed",
           H.PUNCH_PARAMS, response="PunchPage", streams=True,

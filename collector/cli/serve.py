@@ -181,6 +181,7 @@ def _serve(cfg: CollectorConfig) -> int:
         broker = ManagedBroker(cfg.broker.dir, host=cfg.mqtt.host, port=cfg.mqtt.port,
                                mosquitto=cfg.broker.mosquitto)
     api = api_store = api_reader = None
+    service = CollectorService(cfg)     # its device statuses feed the console's fleet page
     try:
         if broker is not None:
             try:
@@ -199,7 +200,8 @@ def _serve(cfg: CollectorConfig) -> int:
             api_reader = open_store(cfg.collector.store,    # proofs: never behind a commit
                                     kek=cfg.ledger.kek)
             api = ApiThread(cfg.api, api_store,
-                            log_keys={log_key.key_id: log_key.verify_key}, reader=api_reader)
+                            log_keys={log_key.key_id: log_key.verify_key}, reader=api_reader,
+                            statuses=service.statuses.snapshot)
             try:
                 api.start()
             except OSError as e:
@@ -212,7 +214,7 @@ def _serve(cfg: CollectorConfig) -> int:
                 raise CollectorError(f"[api] cannot listen on {cfg.api.listen}:"
                                      f"{cfg.api.port}: {e.strerror or e}") from e
             log.info("HTTPS API listening on %s:%d", cfg.api.listen, cfg.api.port)
-        CollectorService(cfg).serve_forever(stop)
+        service.serve_forever(stop)
     finally:
         stop.set()
         if api is not None:

@@ -32,6 +32,27 @@ def entries_of_kind(store: SQLStore, kind: str, after: int, limit: int) -> list[
             for idx, at, h, bh, body in store.query(_KIND_PAGE, (kind, after, limit))]
 
 
+def newest_idx_except(store: SQLStore, kind: str) -> int:
+    """The idx of the newest entry whose kind is not ``kind`` (-1: none), walking back from
+    the head (collector.api.console_cache: the entries since are page views)."""
+    rows = store.query("SELECT idx FROM entries WHERE kind <> ? ORDER BY idx DESC LIMIT 1",
+                       (kind,))
+    return -1 if not rows else int(rows[0][0])
+
+
+def punch_times(store: SQLStore, since: int, until: int, sites: frozenset[str] | None
+                ) -> list[int]:
+    """Device times of the recorded punches with ``since`` <= ts < ``until`` (at ``sites``;
+    None: anywhere), from the projection's ts index, for counts on a plot: the rows are not
+    checked against their entries one by one (``verify`` checks the projection)."""
+    if sites is not None and not sites:
+        return []
+    where = "" if sites is None else f" AND site IN ({', '.join('?' * len(sites))})"
+    rows = store.query(f"SELECT ts FROM punches WHERE ts >= ? AND ts < ?{where}",  # noqa: S608 - placeholders only
+                       (since, until, *sorted(sites or ())))
+    return [int(r[0]) for r in rows]
+
+
 def idxs_of_kind(store: SQLStore, kind: str) -> set[int]:
     """The idx of every entry of ``kind`` (one scan of the chain)."""
     return {int(r[0]) for r in store.query("SELECT idx FROM entries WHERE kind = ?", (kind,))}
