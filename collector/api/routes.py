@@ -83,7 +83,8 @@ ROUTES: tuple[Route, ...] = (
           "fleet (online, queue, clock sync, certificate expiry) and the quarantine (HTML)"),
     Route("GET", "/console/compliance/evidence/{name}", "consoleEvidencePack",
           CO.evidence_pack, ("audit.read", "audit.review"), "Console: download an evidence "
-          "pack made by `timeclock-collector evidence` in [api] evidence_dir (tar.gz)"),
+          "pack made by `timeclock-collector evidence` in [api] evidence_dir (tar.gz; its "
+          "bundle carries the punch bodies)", personal=True),
     Route("GET", "/console/team", "consoleTeam", CP.team, ("supervisor",), "Console: the "
           "supervisor's team: who is in now, exceptions, proposals (HTML)", ("done",),
           personal=True),

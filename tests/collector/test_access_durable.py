@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 PERSONAL = {"listPunches", "getPunch", "payrollExport", "listCorrections", "getCorrection",
             "listPeople", "getPerson", "getBadge", "getTimesheets", "consoleHr",
-            "consoleTimesheets"}
+            "consoleTimesheets", "consoleTeam", "consoleMe", "consoleEvidencePack"}
 
 
 def committed_access(path: Path) -> list[dict[str, Any]]:
