@@ -78,7 +78,7 @@ def punch_page(store: SQLStore, query: PunchQuery, *, limit: int,
     tag = None if credential is None else store.blind_credential(credential)
     text, params = query.sql("?", credential=credential, credential_tag=tag, after=after,
                              limit=limit)
-    check = RowChecker(functools.partial(_enrolment, store), store.plain,
+    check = RowChecker(functools.partial(_enrolment, store), store.plain_opener(),
                        store.blind_credential)
     return list(check.rows(store.query(text, params)))
 
