@@ -176,7 +176,7 @@ def test_init_adopts_an_existing_ca(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "[api]" not in (tmp_path / "etc" / "collector.toml").read_text()
 
 
-def test_init_makes_a_file_kek_names_it_in_the_config_and_keeps_it(
+def test_d17_init_makes_a_file_kek_names_it_in_the_config_and_keeps_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Encryption at rest by default (issue 12): init makes ETC/ledger.kek (0600) and writes
     ``[ledger] kek = "file:…"``; a second run keeps the same key; --check checks it."""
@@ -217,7 +217,7 @@ def test_init_makes_a_file_kek_names_it_in_the_config_and_keeps_it(
     ("credential:timeclock-kek", 'kek = "credential:timeclock-kek"'),
     ("none", '# kek = "file:/etc/timeclock/ledger.kek"'),
 ])
-def test_init_kek_option_chooses_another_source_or_none(
+def test_d17_init_kek_option_chooses_another_source_or_none(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, line: str) -> None:
     argv = [*_init_argv(tmp_path, "--kek", spec), "--user", service_user()]
     assert main(argv) == 0
@@ -234,7 +234,7 @@ def test_init_kek_option_chooses_another_source_or_none(
                      capsys.readouterr().out, re.M)
 
 
-def test_init_refuses_a_kek_spec_it_cannot_read(tmp_path: Path,
+def test_d17_init_refuses_a_kek_spec_it_cannot_read(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*_init_argv(tmp_path, "--kek", "vault:x"), "--user", service_user()]) == 2
     assert "--kek 'vault:x': expected file:/path, credential:NAME" in capsys.readouterr().err
