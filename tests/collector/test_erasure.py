@@ -194,7 +194,7 @@ def test_d15_an_erasure_leaves_no_badge_quarantined_message_or_correction_of_the
     if store.ph != "?":     # the corrections index (the API's tables) on PostgreSQL
         db = request.getfixturevalue("pg_ledger")
         tables.migrate_postgres(db.owner_dsn, db.app_role)
-    personal_store(store, tmp_path)
+    ring, _ = personal_store(store, tmp_path)
     note = "Ada said she pressed in twice"
     store.append([_rejected(BADGE, "clock-9"), _rejected(STRANGER, "clock-8")], now_us=NOW)
     corr = Corrections(store)
@@ -219,6 +219,9 @@ def test_d15_an_erasure_leaves_no_badge_quarantined_message_or_correction_of_the
                                           "reason": "settled", "by": "carol"})], now_us=NOW)
     store.append([EventFact("hold", {"event": "released", "request": rq[0].idx,
                                      "by": "dave"})], now_us=NOW)
+    # As in a fresh `erase` process: no key cached, the quarantine's unwrapped in the erasure
+    ring.forget(str(r[0]) for r in store.query("SELECT key_id FROM tc_data_keys"))
+    assert ring.cached == 0
     res = _erase(store)
     assert (res.purged_punches, res.purged_quarantine, res.erased_badges,
             res.deleted_corrections) == (2, 1, 1, 1)
