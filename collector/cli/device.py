@@ -104,7 +104,8 @@ def _config(args: argparse.Namespace) -> CollectorConfig | None:
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[SQLStore]:
     cfg = _config(args)
-    store = open_existing_store(cfg.collector.store if cfg is not None else args.store)
+    store = open_existing_store(cfg.collector.store, kek=cfg.ledger.kek) if cfg is not None \
+        else open_existing_store(args.store)
     try:
         yield store
     finally:

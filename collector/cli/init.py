@@ -11,6 +11,11 @@ What it makes, each only if missing (an existing file is checked, never overwrit
     ETC/pseudonym.key       the badge pseudonym key (32 random bytes, 0600): exports show a
                             keyed hash for badges of no employee (D20; [api] pseudonym_key,
                             `export --pseudonym-key`)
+    ETC/ledger.kek          the key-encryption key of encryption at rest (32 random bytes,
+                            0600; DESIGN.md §8.6): wraps the ledger's data keys; the config
+                            names it as [ledger] kek = "file:…". ``--kek credential:NAME`` or
+                            ``--kek pkcs11:…`` names another source instead (no file made),
+                            ``--kek none`` leaves the ledger unencrypted
     ETC/ca.crt              a copy of the CA certificate (what [mqtt] ca_cert names)
     ETC/collector.{key,crt} the collector's MQTT client certificate, CN collector.<name>
     ETC/api.{key,crt}       the HTTPS API's server certificate (unless --no-api)
@@ -42,14 +47,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from collector import CollectorError, PKIError
+from collector import CollectorError, KekError, PKIError
 from collector.cli.ca import _passphrase
 from collector.fleet.broker_process import PID_FILE, prepare_managed_broker
 from collector.fleet.pki import CertificateAuthority
 from collector.ingest.checkpoints import default_origin, load_log_key, validate_origin
-from collector.ledger import checkpoint_tables, open_store, sqlite_path
+from collector.ledger import checkpoint_tables, kek, open_store, sqlite_path
 from collector.records.export_fields import Pseudonyms, create_pseudonym_key
-from collector.service.config import check_files, load_config
+from collector.service.config import KEK_SPEC, check_files, load_config
 from wire.errors import WireError
 from wire.keys import SigningKey, save_signing_key, write_private_file, write_public_file
 from wire.sealed import SealKey, load_seal_key, save_seal_key
@@ -95,6 +100,7 @@ class Plan:
     api_port: int
     check: bool
     passphrase: bytes | None
+    kek: str | None = None          # [ledger] kek: "file:ETC/ledger.kek" unless --kek chose
     uid: int | None = None
     gid: int | None = None
     steps: list[Step] = field(default_factory=list)
@@ -110,6 +116,10 @@ class Plan:
     @property
     def pseudonym_key(self) -> Path:
         return self.etc / "pseudonym.key"
+
+    @property
+    def kek_file(self) -> Path:
+        return self.etc / "ledger.kek"
 
     @property
     def config(self) -> Path:
@@ -226,6 +236,62 @@ def _step_pseudonym_key(p: Plan) -> None:
         p.add("pseudonym key", p.pseudonym_key, CREATED)
 
 
+def _step_kek(p: Plan) -> None:
+    """The KEK the config will name: the file KEK made here (0600, kept if present), or the
+    source ``--kek`` chose, checked as far as this host can (DESIGN.md §8.6)."""
+    what = "ledger KEK (encryption at rest)"
+    if p.kek is None:
+        p.add(what, Path("-"), OK, "--kek none: personal data stays in clear in the ledger")
+        return
+    scheme, _, rest = p.kek.partition(":")
+    if scheme == "credential":
+        try:
+            kek.credential_name(rest)
+        except KekError as e:
+            p.add(what, Path("-"), WRONG, str(e))
+            return
+        p.add(what, Path("-"), OK, f"systemd credential {rest}: serve reads it from "
+                                   f"$CREDENTIALS_DIRECTORY (LoadCredential[Encrypted]={rest})")
+        return
+    if scheme == "pkcs11":
+        try:
+            loaded = kek.load_kek(p.kek)
+        except KekError as e:
+            p.add(what, Path("-"), WRONG, str(e))
+            return
+        p.add(what, Path("-"), OK, f"{loaded.kek_id} answers")
+        return
+    path = Path(rest)
+    if path.exists():
+        try:
+            kek.load_kek(p.kek)
+        except KekError as e:
+            p.add(what, path, WRONG, str(e))
+            return
+        p.add(what, path, OK)
+    elif p.check:
+        p.add(what, path, MISSING)
+    else:
+        try:
+            kek.create_file_kek(path)
+        except KekError as e:
+            raise CollectorError(f"init: {e}") from e
+        p.add(what, path, CREATED, "back it up apart from the ledger: without it no "
+                                   "personal body opens")
+
+
+def _kek_choice(spec: str | None, etc: Path) -> str | None:
+    """``--kek``: absent → the file KEK in ETC; ``none`` → no KEK; else the spec as given."""
+    if spec is None:
+        return f"file:{etc / 'ledger.kek'}"
+    if spec == "none":
+        return None
+    if not KEK_SPEC.match(spec):
+        raise CollectorError(f"--kek {spec!r}: expected file:/path, credential:NAME, "
+                             f"pkcs11:module=…;token=…;key=…;pin-file=… or none")
+    return spec
+
+
 def _step_ca_copy(p: Plan, ca: CertificateAuthority) -> None:
     dst, data = p.etc / "ca.crt", ca.cert_file.read_bytes()
     if dst.exists():
@@ -338,6 +404,9 @@ def render_config(p: Plan) -> str:
     origin = (f'origin = "{p.origin}"     # the ledger in v2 checkpoints; same on every collector'
               if p.origin else
               '# origin = "acme.example/timeclock"  # default: timeclock.invalid/<log key id>')
+    kek_line = (f'kek = "{p.kek}"   # wraps the data keys (DESIGN.md §8.6); keep a copy apart'
+                if p.kek else
+                '# kek = "file:/etc/timeclock/ledger.kek"   # init --kek none: no encryption')
     api = "" if not p.api else textwrap.dedent(f"""\
 
         [api]                                   # HTTPS for HR, payroll and auditors (docs/api.md)
@@ -361,6 +430,9 @@ def render_config(p: Plan) -> str:
         {origin}
         state_dir = "{p.state}"        # largest-checkpoint.note: serve refuses a ledger below it
 
+        [ledger]                                # the database's lifecycle and encryption at rest
+        {kek_line}
+
         [mqtt]                                  # the broker, with this collector's mTLS identity
         host = "{p.mqtt_host}"
         port = {p.mqtt_port}
@@ -382,6 +454,13 @@ def _step_config(p: Plan) -> None:
         except CollectorError as e:
             p.add("config", p.config, WRONG, str(e).replace("\n  ", "; "))
             return
+        if cfg.ledger.kek != p.kek:
+            # (init never rewrites a config: the operator edits [ledger] kek, or passes the
+            # --kek the config names)
+            p.add("config", p.config, WRONG,
+                  f"[ledger] kek is {cfg.ledger.kek or 'not set'}, init was asked for "
+                  f"{p.kek or 'none'} (--kek): edit the config or pass --kek to match")
+            return
         p.add("config", p.config, OK, "serve --check-config accepts it")
     elif p.check:
         p.add("config", p.config, MISSING)
@@ -393,7 +472,7 @@ def _step_config(p: Plan) -> None:
 def _managed_paths(p: Plan) -> Iterator[Path]:
     """Everything init manages, for the owner step (the CA and state folders recursively:
     the CRL timer rewrites the CA's index and CRL, serve writes the broker and ledger)."""
-    for name in ("log.key", "seal.key", "pseudonym.key", "ca.crt", "collector.key",
+    for name in ("log.key", "seal.key", "pseudonym.key", "ledger.kek", "ca.crt", "collector.key",
                  "collector.crt", "api.key", "api.crt", "collector.toml"):
         if (p.etc / name).exists():
             yield p.etc / name
@@ -427,6 +506,7 @@ def run_init(p: Plan, *, user: str | None, now: dt.datetime) -> SigningKey | Non
     log_key = _step_log_key(p)
     _step_seal_key(p)
     _step_pseudonym_key(p)
+    _step_kek(p)
     if ca is not None:
         _step_ca_copy(p, ca)
         _step_client(p, ca, now)
@@ -477,7 +557,7 @@ def cmd_init(args: argparse.Namespace) -> int:
              store=store, origin=args.origin, dns=args.dns or [socket.getfqdn()],
              ips=args.ip or [], listen=args.listen, mqtt_port=args.mqtt_port,
              api=not args.no_api, api_listen=args.api_listen, api_port=args.api_port,
-             check=args.check, passphrase=_passphrase(args))
+             check=args.check, passphrase=_passphrase(args), kek=_kek_choice(args.kek, etc))
     if args.user is not None:
         p.uid, p.gid = _account(args.user)
     if not args.check:
@@ -562,5 +642,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--api-port", type=int, default=8443, metavar="N",
                    help="API port (%(default)s)")
     p.add_argument("--no-api", action="store_true", help="no [api] section, no API certificate")
+    p.add_argument("--kek", metavar="SPEC",
+                   help="the ledger's key-encryption key for [ledger] kek: default a new file "
+                        "KEK ETC/ledger.kek (0600, kept if present); credential:NAME or "
+                        "pkcs11:module=…;token=…;key=…;pin-file=… to use that instead (no file "
+                        "made); none for no encryption at rest")
     p.set_defaults(func=cmd_init)
 

@@ -229,16 +229,17 @@ def _log_keys(args: argparse.Namespace) -> dict[str, VerifyKey]:
     return keys
 
 
-def open_existing_store(url: str) -> SQLStore:
+def open_existing_store(url: str, *, kek: str | None = None) -> SQLStore:
     """Open the ledger ``url`` names, refusing a SQLite file that does not exist (opening
     one would create an empty ledger: a typo in --store must not look like a fresh site).
     Only ``init``, ``migrate`` and ``serve`` create a ledger. A PostgreSQL database that does
-    not exist or lacks the schema is refused by the store itself."""
+    not exist or lacks the schema is refused by the store itself. ``kek``: the config's
+    ``[ledger] kek`` (else $TIMECLOCK_LEDGER_KEK, as open_store reads it)."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
         raise LedgerError(f"{path}: no such ledger file (a typo in --store?); "
                           f"`timeclock-collector init` or `migrate --store URL` creates one")
-    return open_store(url)
+    return open_store(url, kek=kek)
 
 
 @contextmanager

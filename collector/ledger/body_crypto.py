@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from nacl import bindings as sodium
@@ -55,6 +55,7 @@ TAG_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES          # 16
 KEY_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_KEYBYTES        # 32
 _AAD = b"timeclock body v1\x00"
 DETS_MAX = 65_536           # deterministic ciphertexts a sealer remembers
+RUN_KEYS_MAX = 65_536       # data keys one read run remembers (≈ 6 MB), then starts over
 SEALED_KINDS = frozenset({"punch", "employee", "badge", "correction"})
 NO_KEK = ("this ledger's bodies are encrypted (DESIGN.md §8.6): set [ledger] kek = "
           "\"file:…\" | \"credential:NAME\" | \"pkcs11:…\" in the collector's config "
@@ -136,6 +137,51 @@ class BodySealer:
             return None
         return open_body(stored, idx=int(idx), body_hash=str(body_hash), key=key,
                          key_id=key_id)
+
+    def run_opener(self) -> Callable[[Any, Any, bytes | None], bytes | None]:
+        """:meth:`plain` for one read run (an export, an API page): the unwrapped data keys
+        the run meets are kept in its own map, so a run over more (subject, month) keys than
+        the keyring's LRU holds unwraps each once, never once per row (the LRU, visited in
+        device-time order by thousands of people, would evict every key before its next
+        row). Destroyed keys are remembered as such; the map ends with the run."""
+        keys: dict[str, bytes | None] = {}
+        ring = self.ring
+        decrypt, null, buffer = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt, _ffi.NULL, \
+            _ffi.buffer
+        out_len = _ffi.new("unsigned long long *")
+        out: list[Any] = [_ffi.new("unsigned char[]", 1024), 1024]     # grown as needed
+
+        def opened(idx: Any, body_hash: Any, stored: bytes | None) -> bytes | None:
+            # open_body inlined, with one output buffer for the run (the per-row cost).
+            if stored is None or stored[:4] != MAGIC:
+                return stored
+            if len(stored) < HEADER_BYTES + TAG_BYTES:
+                raise LedgerError(f"the sealed body of entry {idx} is damaged (too short)")
+            key_id = stored[4:HEADER_BYTES - NONCE_BYTES].decode("ascii", "replace")
+            try:
+                key = keys[key_id]
+            except KeyError:
+                if len(keys) >= RUN_KEYS_MAX:
+                    keys.clear()
+                try:
+                    key = keys[key_id] = ring.key(key_id)
+                except KeyDestroyedError:
+                    key = keys[key_id] = None
+            if key is None:
+                return None
+            n = len(stored) - HEADER_BYTES
+            if n > out[1]:
+                out[0], out[1] = _ffi.new("unsigned char[]", n), n
+            ad = _AAD + f"{idx}\x00{body_hash}\x00{key_id}".encode()
+            if len(key) != KEY_BYTES or decrypt(
+                    out[0], out_len, null, stored[HEADER_BYTES:], n, ad, len(ad),
+                    stored[HEADER_BYTES - NONCE_BYTES:HEADER_BYTES], key) != 0:
+                raise LedgerError(f"the sealed body of entry {idx} does not open under its "
+                                  f"data key {key_id} (edited, or moved from another entry)")
+            plain: bytes = buffer(out[0], out_len[0])[:]
+            return plain
+
+        return opened
 
     def column(self, value: str, *, column: str, row_id: str) -> str:
         """A personal column's plaintext (itself when clear; :data:`ERASED` once its key is

@@ -114,3 +114,29 @@ def decide(tx: Tx, cid: str, *, status: str, approver: str, now_us: int, note: s
         "UPDATE tc_corrections SET status = ?, approver = ?, decided_at = ?, "
         "decision_note = ?, correction_idx = ? WHERE id = ? AND status = 'proposed' "
         "RETURNING id", (status, approver, now_us, note, correction_idx, cid)))
+
+
+def present(store: SQLStore) -> bool:
+    """Does the ledger have ``tc_corrections`` (tables.ensure_schema makes it)?"""
+    if store.ph != "?":
+        rows = store.query("SELECT COUNT(*) FROM information_schema.tables "
+                           "WHERE table_name = 'tc_corrections'")
+    else:
+        rows = store.query("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
+                           "AND name = 'tc_corrections'")
+    return int(rows[0][0]) == 1
+
+
+def delete_of_entries(tx: Tx, idxs: list[int]) -> int:
+    """Delete the index rows (any status) of the punches ``idxs`` and of the correction
+    entries ``idxs``: an erasure removed those bodies (collector.records.erasure), so the
+    rows' before/after values, reasons and notes are the person's data left behind."""
+    n = 0
+    for i in range(0, len(idxs), 500):
+        chunk = idxs[i:i + 500]
+        marks = ", ".join("?" * len(chunk))
+        n += len(tx.rows(f"SELECT id FROM tc_corrections WHERE original_idx IN ({marks}) "  # noqa: S608 - placeholders only
+                         f"OR correction_idx IN ({marks})", (*chunk, *chunk)))
+        tx.execute(f"DELETE FROM tc_corrections WHERE original_idx IN ({marks}) "  # noqa: S608 - placeholders only
+                   f"OR correction_idx IN ({marks})", (*chunk, *chunk))
+    return n

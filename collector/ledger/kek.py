@@ -143,10 +143,16 @@ def _load_file(path: Path) -> FileKek:
         raise KekError(f"{path}: {e.strerror}") from e
 
 
-def _credential_path(name: str) -> Path:
+def credential_name(name: str) -> str:
+    """``name`` if it is a valid systemd credential name (KekError otherwise)."""
     if not _CREDENTIAL_NAME.fullmatch(name) or name in (".", ".."):
         raise KekError(f"credential:{name}: a credential name is letters, digits and "
                        f"'_.@-' (no '/')")
+    return name
+
+
+def _credential_path(name: str) -> Path:
+    credential_name(name)
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         raise KekError(f"credential:{name}: CREDENTIALS_DIRECTORY is not set; run under "

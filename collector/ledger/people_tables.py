@@ -14,8 +14,9 @@ its projection, rebuilt-able from the entries (collector.people.directory.replay
 
 Invariants enforced by the database (schema_sqlite / schema_postgres create the DDL below,
 schema_check compares its triggers): no row is ever deleted; an update comes only from a
-later entry (``changed_idx`` grows) and changes nothing of a period but its end, nothing of an
-employee but the record (never its id or ``created_idx``). On PostgreSQL the app role may
+later entry (``changed_idx`` grows) and changes nothing of a period but its end — or, under a
+``shred`` entry (an erasure), its credential to ``(erased) <idx>`` — nothing of an employee
+but the record (never its id or ``created_idx``). On PostgreSQL the app role may
 SELECT, INSERT and UPDATE them, nothing else.
 
 Resolution (:class:`BadgeResolver`) happens when punches are read, not when they are
@@ -42,6 +43,9 @@ if TYPE_CHECKING:   # no import at run time: schema_sqlite/schema_postgres impor
 TABLES = ("tc_employees", "tc_badges")
 NAME_COLUMN = "tc_employees.name"   # sealed at rest on a keyed ledger (DESIGN.md §8.6)
 BADGE_COLUMN = "tc_badges.credential"   # sealed deterministically (a key and a lookup)
+# What an erasure (a ``shred`` entry) leaves in tc_badges.credential of the person's periods,
+# + the period's idx (unique, never a credential: CREDENTIAL_RE has no space or parenthesis).
+ERASED_BADGE = "(erased) "
 UPDATABLE = TABLES            # the app role's UPDATE grant (rows change only as above)
 
 _REFUSE = "(the ledger is append-only)"
@@ -101,11 +105,15 @@ SQLITE_TRIGGER_STATEMENTS: tuple[str, ...] = (
     f"entry changes it {_REFUSE}'); END",
     _sqlite_no_delete("tc_badges"),
     "CREATE TRIGGER IF NOT EXISTS tc_badges_update BEFORE UPDATE ON tc_badges\n"
-    "WHEN NEW.credential IS NOT OLD.credential OR NEW.valid_from IS NOT OLD.valid_from\n"
+    "WHEN (NEW.credential IS NOT OLD.credential AND NOT (NEW.credential = '(erased) ' || "
+    "OLD.idx\n"
+    "      AND EXISTS (SELECT 1 FROM entries e WHERE e.idx = NEW.changed_idx\n"
+    "                  AND e.kind = 'shred')))\n"
+    "  OR NEW.valid_from IS NOT OLD.valid_from\n"
     "  OR NEW.employee_id IS NOT OLD.employee_id OR NEW.status IS NOT OLD.status\n"
     "  OR NEW.idx IS NOT OLD.idx OR NEW.changed_idx <= OLD.changed_idx\n"
     "BEGIN SELECT RAISE(ABORT, 'timeclock: UPDATE on tc_badges refused: only a later entry "
-    f"moves a period end {_REFUSE}'); END",
+    "moves a period end (the ledger is append-only)'); END",
 )
 SQLITE_TRIGGERS = ("tc_employees_no_delete", "tc_employees_update", "tc_badges_no_delete",
                    "tc_badges_update")
@@ -131,7 +139,9 @@ END $$;
 
 CREATE OR REPLACE FUNCTION tc_badges_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.credential IS DISTINCT FROM OLD.credential
+    IF (NEW.credential IS DISTINCT FROM OLD.credential
+        AND NOT (NEW.credential = '(erased) ' || OLD.idx AND EXISTS (
+            SELECT 1 FROM entries e WHERE e.idx = NEW.changed_idx AND e.kind = 'shred')))
        OR NEW.valid_from IS DISTINCT FROM OLD.valid_from
        OR NEW.employee_id IS DISTINCT FROM OLD.employee_id
        OR NEW.status IS DISTINCT FROM OLD.status OR NEW.idx IS DISTINCT FROM OLD.idx
@@ -143,7 +153,7 @@ BEGIN
     RETURN NEW;
 END $$;
 
-{_pg_guards("tc_employees")}{_pg_guards("tc_badges")}"""
+{_pg_guards("tc_employees")}{_pg_guards("tc_badges")}"""  # noqa: S608 - constant DDL
 POSTGRES_GRANTS = "GRANT UPDATE ON tc_employees, tc_badges TO {role};\n"
 
 _EMP_COLS = ("employee_id, name, department, site, timezone, manager_id, status, "

@@ -176,8 +176,8 @@ class PostgresStore(SQLStore):
                 cur.itersize = EXPORT_ITERSIZE
                 cur.execute(text, params)
                 check = RowChecker(lambda device: conn.execute(
-                    ENROLMENT_SQL.replace("?", "%s"), (device,)).fetchone(), self.plain,
-                    self.blind_credential)
+                    ENROLMENT_SQL.replace("?", "%s"), (device,)).fetchone(),
+                    self.plain_opener(), self.blind_credential)
                 yield from check.rows(cur)
         except psycopg.Error as e:
             raise LedgerError(f"reading punches failed: {e}") from e

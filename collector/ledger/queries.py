@@ -58,6 +58,17 @@ def idxs_of_kind(store: SQLStore, kind: str) -> set[int]:
     return {int(r[0]) for r in store.query("SELECT idx FROM entries WHERE kind = ?", (kind,))}
 
 
+def removed_of_kind(store: SQLStore, kind: str) -> set[int]:
+    """The idx of every ``kind`` entry whose body a ``retention`` or ``shred`` entry removed
+    (no body, and inside a ``retained`` range of such an entry: the triggers allow no other
+    way for a body to go)."""
+    return {int(r[0]) for r in store.query(
+        "SELECT e.idx FROM entries e WHERE e.kind = ? AND NOT EXISTS (SELECT 1 FROM bodies b "
+        "WHERE b.idx = e.idx) AND EXISTS (SELECT 1 FROM retained r JOIN entries s ON s.idx = "
+        "r.retention_idx AND s.kind IN ('retention', 'shred') WHERE e.idx BETWEEN "
+        "r.first_idx AND r.last_idx)", (kind,))}
+
+
 def kind_of(store: SQLStore, idx: int) -> str | None:
     rows = store.query("SELECT kind FROM entries WHERE idx = ?", (idx,))
     return str(rows[0][0]) if rows else None
@@ -99,7 +110,7 @@ def punch_page(store: SQLStore, query: PunchQuery, *, limit: int,
     tag = None if credential is None else store.blind_credential(credential)
     text, params = query.sql("?", credential=credential, credential_tag=tag, after=after,
                              limit=limit)
-    check = RowChecker(functools.partial(_enrolment, store), store.plain,
+    check = RowChecker(functools.partial(_enrolment, store), store.plain_opener(),
                        store.blind_credential)
     return list(check.rows(store.query(text, params)))
 

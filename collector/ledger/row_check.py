@@ -133,16 +133,17 @@ class RowChecker:
         except KeyringError:
             raise               # no KEK, or the wrong one: the operator's, not the row's
         except LedgerError:
-            self._fail(PunchRow(*r[:12]), "its sealed body does not open under its data key "
+            self._fail(PunchRow._make(r[:12]), "its sealed body does not open under its data key "
                                           "(edited, or moved from another entry)")
 
     def _checked(self, r: tuple[Any, ...], raw: bytes | None) -> PunchRow:
-        p = PunchRow(*r[:12])
         kind, body_hash, prev, _ = r[12:16]
         if raw is None:      # the payroll query joins bodies: only a caller's own query
-            self._fail(p, "its entry has no body")
-        if ":" not in p.credential and p.credential:
-            p = self._unblinded(p, raw)
+            self._fail(PunchRow._make(r[:12]), "its entry has no body")
+        cred = r[3]
+        if cred and ":" not in cred:
+            cred = self._unblinded(r, raw)
+        p = PunchRow(r[0], r[1], r[2], cred, r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
         if kind != "punch":
             self._fail(p, f"its entry is a {kind!r} entry, not a punch")
         if hashlib.sha256(raw).hexdigest() != body_hash:
@@ -158,9 +159,9 @@ class RowChecker:
             self._fail(p, "its site is not the site of the device's enrolment entry")
         return p
 
-    def _unblinded(self, p: PunchRow, raw: bytes) -> PunchRow:
+    def _unblinded(self, r: tuple[Any, ...], raw: bytes) -> str:
         """A keyed ledger's row holds the blind index of the credential (DESIGN.md §8.6):
-        the row with the body's credential, once the index matches it."""
+        the body's credential, once the index matches it."""
         start = raw.find(b'"credential":"')
         end = raw.find(b'"', start + 14) if start >= 0 else -1
         cred = raw[start + 14:end].decode("utf-8", "replace") if end > 0 else ""
@@ -169,10 +170,10 @@ class RowChecker:
             tag = self._blind(cred)
             if tag is not None and len(self._tags) < _TAGS_MAX:
                 self._tags[cred] = tag
-        if tag is None or not hmac.compare_digest(tag, p.credential):
-            self._fail(p, "column(s) credential differ from the signed punch in the entry")
-        return PunchRow(p.device, p.site, p.seq, cred, p.action, p.ts, p.clock, p.reader,
-                        p.key_id, p.at, p.idx, p.entry_hash)
+        if tag is None or not hmac.compare_digest(tag, r[3]):
+            self._fail(PunchRow._make(r[:12]), "column(s) credential differ from the signed "
+                                               "punch in the entry")
+        return cred
 
     def _compare_parsed(self, p: PunchRow, raw: bytes) -> None:
         """The slow path: the body parsed as JSON, field by field (and which differ)."""

@@ -20,7 +20,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from collector import (
     AppendOnlyError,
@@ -86,9 +86,10 @@ class RawEntry:
     body: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class PunchRow:
-    """One recorded punch joined with its entry, for payroll exports."""
+class PunchRow(NamedTuple):
+    """One recorded punch joined with its entry, for payroll exports (a named tuple, not a
+    frozen dataclass: an export builds one per row, and a frozen dataclass's ``__init__``
+    alone costs ~5 µs of a 20 µs row budget)."""
 
     device: str
     site: str
@@ -390,6 +391,11 @@ class SQLStore(LedgerStore):
             body_crypto.unsealed_error(stored)
             return stored
         return self.sealer.plain(idx, body_hash, stored)
+
+    def plain_opener(self) -> Callable[[Any, Any, bytes | None], bytes | None]:
+        """:meth:`plain` for one read run over many bodies (payroll export, API page): its
+        data keys unwrapped once each for the run (BodySealer.run_opener)."""
+        return self.plain if self.sealer is None else self.sealer.run_opener()
 
     # -- append ---------------------------------------------------------------------------
     def append(self, facts: Sequence[Fact], *, now_us: int) -> list[AppendResult]:

@@ -210,8 +210,8 @@ class SQLiteStore(SQLStore):
             conn.execute("BEGIN")
             cur = conn.execute(text, params)
             check = RowChecker(
-                lambda device: conn.execute(ENROLMENT_SQL, (device,)).fetchone(), self.plain,
-                self.blind_credential)
+                lambda device: conn.execute(ENROLMENT_SQL, (device,)).fetchone(),
+                self.plain_opener(), self.blind_credential)
             yield from check.rows(cur)
             conn.execute("COMMIT")
         except sqlite3.Error as e:

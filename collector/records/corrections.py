@@ -155,7 +155,10 @@ class Corrections:
         set. One scan of the chain: for exports, which read everything anyway."""
         out = self.applied()
         in_table = {a.correction_idx for fields in out.values() for a in fields.values()}
-        in_ledger = queries.idxs_of_kind(self.store, "correction")
+        # A correction whose body a retention run or an erasure removed keeps no table row
+        # (the erasure deletes it with the body): only those may be missing.
+        in_ledger = queries.idxs_of_kind(self.store, "correction") \
+            - queries.removed_of_kind(self.store, "correction")
         missing = sorted(in_ledger - in_table)
         if missing:
             raise CorrectionIntegrityError(

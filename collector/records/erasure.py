@@ -11,7 +11,15 @@ docs/operations.md "Encryption at rest and erasure").
 3. those bodies deleted (the ``retained`` rows of the shred entry let the triggers allow it,
    as for a retention run), the ``punches`` rows' personal columns blanked (the retention
    purge, which the triggers allow for a removed body);
-4. the data keys blanked in ``tc_data_keys`` (``destroyed_idx`` = the shred entry) and
+4. what the projections and indexes still held of the person: their quarantined messages
+   (a rejected message whose opened bytes carry one of their badge credentials as a JSON
+   string: its ``rejection`` entry is in the shred's ranges, its body deleted, its raw bytes
+   and detail blanked by the quarantine purge), their badge periods' credential (the
+   deterministic ciphertext of ``tc_badges``, which the index key would still open) set to
+   ``(erased) <period idx>`` (the trigger allows exactly that under a shred entry), and the
+   correction index rows (``tc_corrections``, any status) of their erased punches and
+   corrections deleted;
+5. the data keys blanked in ``tc_data_keys`` (``destroyed_idx`` = the shred entry) and
    dropped from the cache.
 
 Invariants: all of it commits or nothing does; afterwards payroll, the API, proofs and the
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import ErasureError, KeyringError
-from collector.ledger import body_crypto, retention_tables
+from collector.ledger import body_crypto, corrections_table, people_tables, retention_tables
 from collector.ledger.sqlbase import SQLStore, Tx
 from wire.bodies_shred import ranges
 
@@ -43,6 +51,9 @@ class ErasureResult:
     keys: tuple[str, ...]
     entries: tuple[tuple[int, int], ...]
     purged_punches: int
+    purged_quarantine: int = 0
+    erased_badges: int = 0
+    deleted_corrections: int = 0
 
     @property
     def count(self) -> int:
@@ -51,7 +62,10 @@ class ErasureResult:
     def to_dict(self) -> dict[str, Any]:
         return {"entry": self.entry_idx, "keys": list(self.keys),
                 "entries": [list(r) for r in self.entries], "count": self.count,
-                "purged": {"punches": self.purged_punches}}
+                "purged": {"punches": self.purged_punches,
+                           "quarantine": self.purged_quarantine,
+                           "badge_periods": self.erased_badges,
+                           "corrections": self.deleted_corrections}}
 
 
 def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
@@ -69,12 +83,50 @@ def _sealed_by(tx: Tx, key_ids: Sequence[str]) -> list[int]:
     return sorted(out)
 
 
-def _held(tx: Tx, store: SQLStore, employee: str, idxs: Sequence[int]) -> str | None:
+Quarantined = tuple[int, Any, int, str]     # (rejection entry idx, device, received_at, badge)
+
+
+def _badge_periods(tx: Tx, employee: str) -> list[tuple[str, int, int]]:
+    """(stored credential, valid_from, idx) of ``employee``'s periods not yet erased."""
+    return [(str(c), int(vf), int(i)) for c, vf, i in tx.rows(
+        "SELECT credential, valid_from, idx FROM tc_badges WHERE employee_id = ? "
+        "AND substr(credential, 1, ?) <> ?",
+        (employee, len(people_tables.ERASED_BADGE), people_tables.ERASED_BADGE))]
+
+
+def _quarantined(tx: Tx, store: SQLStore, credentials: set[str]) -> list[Quarantined]:
+    """The quarantined messages whose opened bytes carry one of ``credentials`` as a JSON
+    string (``"em4100:…"``, quoted: a longer credential that starts with it is not it)."""
+    if not credentials:
+        return []
+    needles = [(c, f'"{c}"'.encode()) for c in sorted(credentials)]
+    out: list[Quarantined] = []
+    for idx, raw, sha, device, received_at in tx.rows(
+            "SELECT idx, raw, raw_sha256, device, received_at FROM quarantine "
+            "WHERE length(raw) > 0 ORDER BY id"):
+        plain = store.plain(idx, sha, bytes(raw))
+        if plain is None:
+            continue
+        hit = next((c for c, needle in needles if needle in plain), None)
+        if hit is not None:
+            out.append((int(idx), device, int(received_at), hit))
+    return out
+
+
+def _held(tx: Tx, store: SQLStore, employee: str, idxs: Sequence[int],
+          rejected: Sequence[Quarantined] = ()) -> str | None:
     """What an active hold keeps of ``employee``'s erased entries (None: nothing)."""
     rules = retention_tables.load_rules(tx.rows)
     holds = rules.active_holds()
     if not holds:
         return None
+    for idx, device, received_at, cred in rejected:
+        for hidx, h in holds:
+            # (no site is known of a rejected message: a site hold keeps it)
+            if h.matches(None if device is None else str(device), None, received_at,
+                         credential=cred, employee=employee, resolved=True) is not False:
+                return (f"hold {h.name} (idx {hidx}, case {h.case}) keeps the quarantined "
+                        f"message of entry {idx}")
     # The rows hold the credential's blind index: a credential hold is matched by its own.
     creds = {store.blind_credential(h.credential) or h.credential: h.credential
              for _, h in holds if h.credential is not None}
@@ -109,8 +161,11 @@ def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
         if not keys:
             raise ErasureError(f"employee {employee} has no data keys left to destroy (never "
                                f"recorded under encryption, or already erased): nothing done")
-        idxs = _sealed_by(tx, keys)
-        held = _held(tx, store, employee, idxs)
+        sealed = _sealed_by(tx, keys)
+        periods = _badge_periods(tx, employee)
+        rejected = _quarantined(tx, store, {store.credential_of(c) for c, _, _ in periods})
+        idxs = sorted(set(sealed) | {q[0] for q in rejected})
+        held = _held(tx, store, employee, sealed, rejected)
         if held is not None:
             raise ErasureError(f"erasure refused: {held}; release the hold first "
                                f"(`timeclock-collector retention hold release`)")
@@ -123,11 +178,20 @@ def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
             tx.execute("INSERT INTO retained (retention_idx, first_idx, last_idx) "
                        "VALUES (?, ?, ?)", (entry, a, b))
             tx.execute("DELETE FROM bodies WHERE idx >= ? AND idx <= ?", (a, b))
-        purged, _ = retention_tables.unpurged(tx.rows)
+        purged, purged_q = retention_tables.unpurged(tx.rows)
         retention_tables.purge_punches(tx.execute)
+        retention_tables.purge_quarantine(tx.execute)
         # The directory's row keeps the id (the manager links, the shred entry name it),
         # not the name or department (the trigger allows a later entry's change).
         tx.execute("UPDATE tc_employees SET name = ?, department = ?, changed_idx = ? "
                    "WHERE employee_id = ?", (ERASED, ERASED, entry, employee))
+        # The periods keep their times and holder id, not the badge (its deterministic
+        # ciphertext opens under the index key, which no erasure destroys).
+        for stored, valid_from, pidx in periods:
+            tx.execute("UPDATE tc_badges SET credential = ?, changed_idx = ? "
+                       "WHERE credential = ? AND valid_from = ?",
+                       (f"{people_tables.ERASED_BADGE}{pidx}", entry, stored, valid_from))
+        corrections = corrections_table.delete_of_entries(tx, sealed) \
+            if corrections_table.present(store) else 0
         ring.destroy(tx, keys, idx=entry)
-    return ErasureResult(entry, keys, spans, purged)
+    return ErasureResult(entry, keys, spans, purged, purged_q, len(periods), corrections)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,20 +80,24 @@ def iso(us: int) -> str:
 
 
 class _Iso:
-    """``exports.iso`` with the per-second prefix memoised (it dominates a stream's
-    cost otherwise: device and ledger times of neighbouring rows share their second)."""
+    """``exports.iso`` with the date prefix memoised per UTC day and the time of day done in
+    integer arithmetic (``strftime`` per row dominated a stream's cost: neighbouring rows
+    share their day far more often than their second). Same text as :func:`iso`."""
 
     def __init__(self) -> None:
         self._cache: dict[int, str] = {}
 
     def __call__(self, us: int) -> str:
         sec, frac = divmod(us, 1_000_000)
-        prefix = self._cache.get(sec)
+        day, rest = divmod(sec, 86_400)
+        prefix = self._cache.get(day)
         if prefix is None:
             if len(self._cache) > 4096:
                 self._cache.clear()
-            prefix = self._cache[sec] = iso(sec * 1_000_000)[:-8]
-        return f"{prefix}.{frac:06d}Z"
+            prefix = self._cache[day] = iso(day * 86_400_000_000)[:11]
+        hour, rest = divmod(rest, 3600)
+        minute, second = divmod(rest, 60)
+        return f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{frac:06d}Z"
 
 
 _iso = _Iso()
@@ -142,6 +147,27 @@ def csv_values(item: dict[str, Any], fields: FieldSet | None = None) -> list[Any
     return [flat[c] for c in (PUNCH_COLUMNS if fields is None else fields.columns())]
 
 
+def flat_row(r: PunchRow, holder: Holder, pseudonyms: Pseudonyms | None) -> tuple[Any, ...]:
+    """:func:`csv_values` of an uncorrected row's :func:`punch_item` over PUNCH_COLUMNS, built
+    directly (no intermediate dicts: the payroll CSV's per-row path)."""
+    device_time = _iso(r.ts)
+    pseudonym = (pseudonyms.of(r.credential) if pseudonyms is not None and holder[0] is None
+                 else None)
+    return (r.device, r.site, r.seq, r.credential, r.action, device_time, r.ts, r.clock,
+            _iso(r.at), r.at, r.idx, r.entry_hash, r.reader, r.key_id, r.action, device_time,
+            r.ts, "", pseudonym, holder[0], holder[1])
+
+
+def csv_picker(fields: FieldSet) -> Callable[[tuple[Any, ...]], Sequence[Any]]:
+    """The CSV columns of ``fields`` out of a :func:`flat_row` tuple."""
+    idxs = [PUNCH_COLUMNS.index(c) for c in fields.columns()]
+    if len(idxs) == 1:
+        only = idxs[0]
+        return lambda t: (t[only],)
+    pick: Callable[[tuple[Any, ...]], Sequence[Any]] = operator.itemgetter(*idxs)
+    return pick
+
+
 @dataclass
 class ExportSummary:
     query: PunchQuery
@@ -185,21 +211,34 @@ def latest_checkpoint(store: SQLStore, size: int) -> SignedCheckpoint | None:
 def snapshot_rows(store: SQLStore, summary: ExportSummary,
                   keep: Callable[[PunchRow], bool] | None = None) -> Iterator[PunchRow]:
     """The punches of ``summary.query`` recorded within the snapshot (idx < size), counting
-    rows, rows beyond the checkpoint and each device's seq range into ``summary``.
+    rows, rows beyond the checkpoint and each device's seq range into ``summary`` (the counts
+    when the iteration ends).
     ``keep``: the caller's scope (collector.access.scopes); the trailer then counts only the
     rows it keeps, so an extract says nothing of the rows outside it."""
     cp_size = 0 if summary.checkpoint is None else summary.checkpoint.checkpoint.size
-    for r in store.punch_rows(summary.query):
-        if r.idx >= summary.size:
-            continue        # appended after the snapshot: belongs to the next export
-        if keep is not None and not keep(r):
-            continue
-        summary.rows += 1
-        if r.idx >= cp_size:
-            summary.uncovered += 1
-        rng = summary.seq_ranges.setdefault(r.device, [r.seq, r.seq])
-        rng[0], rng[1] = min(rng[0], r.seq), max(rng[1], r.seq)
-        yield r
+    size, ranges = summary.size, summary.seq_ranges
+    rows = uncovered = 0
+    try:
+        for r in store.punch_rows(summary.query):
+            if r.idx >= size:
+                continue        # appended after the snapshot: belongs to the next export
+            if keep is not None and not keep(r):
+                continue
+            rows += 1
+            if r.idx >= cp_size:
+                uncovered += 1
+            seq = r.seq
+            rng = ranges.get(r.device)
+            if rng is None:
+                ranges[r.device] = [seq, seq]
+            elif seq < rng[0]:
+                rng[0] = seq
+            elif seq > rng[1]:
+                rng[1] = seq
+            yield r
+    finally:
+        summary.rows += rows
+        summary.uncovered += uncovered
 
 
 def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
@@ -231,12 +270,18 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
     else:
         out.write(json.dumps({"header": header}, sort_keys=True) + "\n")
     holders = BadgeResolver.load(store)       # one query: each row is a lookup in memory
-    for r in snapshot_rows(store, summary):
-        item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None,
-                          holders.resolve(r.credential, r.ts), pseudonyms)
-        if writer is not None:
-            writer.writerow(csv_values(item, fields))
-        else:
+    resolve = holders.resolve
+    if writer is not None:
+        pick, writerow = csv_picker(fields), writer.writerow
+        for r in snapshot_rows(store, summary):
+            fixed = corrections.get((r.device, r.seq)) if corrections else None
+            holder = resolve(r.credential, r.ts)
+            writerow(csv_values(punch_item(r, fixed, holder, pseudonyms), fields) if fixed
+                     else pick(flat_row(r, holder, pseudonyms)))
+    else:
+        for r in snapshot_rows(store, summary):
+            item = punch_item(r, corrections.get((r.device, r.seq)) if corrections else None,
+                              resolve(r.credential, r.ts), pseudonyms)
             out.write(encode_item(select(item, fields)) + "\n")
     trailer = summary.trailer()
     if fmt == "csv":

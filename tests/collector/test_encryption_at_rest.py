@@ -11,6 +11,7 @@ destroyed key is the disposal).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import secrets
 import sqlite3
@@ -33,7 +34,8 @@ from collector.ledger.sqlite import SQLiteStore
 from collector.people import directory
 from collector.people.csv_import import import_files
 from collector.records import retention
-from collector.records.exports import export_bundle
+from collector.records.export_fields import FieldSet
+from collector.records.exports import export_bundle, export_payroll
 from tests.collector.keyring_kit import (
     BADGE,
     LOG_KEY,
@@ -494,3 +496,28 @@ def test_no_credential_or_name_in_the_postgresql_files_or_a_plain_dump(
                           capture_output=True, check=True, timeout=120).stdout
     assert b"CREATE TABLE public.tc_data_keys" in dump
     assert _found(dump, [*names, badge, stranger]) == []
+
+
+def test_no_credential_or_name_in_the_default_exports(tmp_path: Path) -> None:
+    """Issue 12's byte search, the files an export writes: the payroll export with its
+    defaults (CSV and NDJSON, payroll field set: employee id, no badge) of the sealed ledger
+    holds no credential and no name, raw, base64 or hex; the investigation set (asked for by
+    name) does carry the badge, so the search can fail."""
+    store = SQLiteStore(tmp_path / "ledger.db")
+    try:
+        (tmp_path / "csv").mkdir()
+        badge, stranger, names = _unique_site(store, tmp_path / "csv")
+        written: list[bytes] = []
+        for fmt in ("csv", "ndjson"):
+            out = io.StringIO()
+            export_payroll(store, out, fmt=fmt, query=PunchQuery(), now_us=NOW)
+            written.append(out.getvalue().encode())
+        assert b"E77" in written[0]
+        assert b"E77" in written[1]
+        assert _found(b"\n".join(written), [*names, badge, stranger]) == []
+        out = io.StringIO()
+        export_payroll(store, out, fmt="csv", query=PunchQuery(), now_us=NOW,
+                       fields=FieldSet.choose("investigation"))
+        assert badge in _found(out.getvalue().encode(), [badge])
+    finally:
+        store.close()

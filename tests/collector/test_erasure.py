@@ -10,6 +10,7 @@ Control: D15 (disposal logged, the chain still verifies, a hold blocks it).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -17,15 +18,17 @@ import pytest
 
 from collector import ErasureError, KeyDestroyedError
 from collector.cli.main import main
-from collector.ledger import KEK_ENV, open_store
+from collector.ledger import KEK_ENV, open_store, people_tables, tables
 from collector.ledger.audit import verify_store
-from collector.ledger.base import EventFact
+from collector.ledger.base import EventFact, RejectionFact
 from collector.ledger.kek import create_file_kek, load_kek
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.people import directory
 from collector.records import erasure
-from collector.records.exports import export_bundle
+from collector.records.corrections import Corrections
+from collector.records.export_fields import FieldSet
+from collector.records.exports import export_bundle, export_payroll
 from tests.collector.keyring_kit import (
     BADGE,
     LOG_KEY,
@@ -35,6 +38,7 @@ from tests.collector.keyring_kit import (
     forms,
     personal_store,
 )
+from tests.collector.ledger_kit import Clock
 from wire import merkle, verify_cli
 
 LATER = NOW + 10**6
@@ -139,16 +143,112 @@ def test_d15_erasure_needs_two_principals_and_refuses_a_held_person(
     assert _erase(store).count == 4
 
 
-def test_d15_a_punch_after_the_erasure_is_recorded_under_a_new_key(
-        store: SQLStore, tmp_path: Path) -> None:
+def test_d15_after_the_erasure_the_badge_is_nobodys(store: SQLStore, tmp_path: Path) -> None:
+    """The erased person's badge periods no longer name the badge: a later punch of it is an
+    unknown badge's, sealed under the badge's pseudonym subject, never under the person's."""
     ring, c = personal_store(store, tmp_path)
-    first = _erase(store)
-    # E1001's badge punches again in an erased month: recorded, sealed under E1001+<shred>.
-    (r,) = store.append([c.fact(credential=BADGE)], now_us=LATER)
+    _erase(store)
+    store.append([c.fact(credential=BADGE)], now_us=LATER)
     assert [p.credential for p in store.punch_rows(PunchQuery())] == [STRANGER, BADGE]
-    subjects = {k.subject for k in ring.subject_keys("E1001") if not k.destroyed}
-    assert subjects == {f"E1001+{first.entry_idx}"}
-    assert _erase(store).entries == ((r.idx, r.idx),)   # a later erasure takes that too
+    assert directory.holder_at(store, BADGE, NOW) == (None, "unknown")
+    assert [k.subject for k in ring.subject_keys("E1001") if not k.destroyed] == []
+    assert [k.destroyed for k in ring.subject_keys(ring.badge_subject(BADGE))] == [False]
+    with pytest.raises(ErasureError, match="no data keys left"):
+        _erase(store)
+
+
+def _rejected(credential: str, device: str) -> RejectionFact:
+    """A quarantined message: a signed punch of ``credential`` the collector refused."""
+    raw = Clock(device).punch(credential=credential).to_bytes()
+    return RejectionFact(reason="bad-signature", detail="seq 1: bad signature",
+                         topic=f"timeclock/v1/{device}/punches", raw=raw, received_at=NOW,
+                         device=device)
+
+
+def _everything(store: SQLStore) -> bytes:
+    """Every value of every table, and what the store opens of it: each body, each
+    quarantined message, each badge credential and employee record (a keyed ledger seals
+    them), as the API, exports and projections would read them."""
+    if store.ph == "?":
+        names = [str(r[0]) for r in store.query(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")]
+    else:
+        names = [str(r[0]) for r in store.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            "current_schema()")]
+    out = [repr(store.query(f"SELECT * FROM {n}")).encode() for n in names]  # noqa: S608 - table names from the catalogue
+    out += [se.body or b"" for se in store.entries()]
+    out += [store.quarantined_raw(q.id) for q in store.quarantine(limit=1000)]
+    out += [repr(directory.employee_dict(e, directory.badges_of(store, e.employee_id)))
+            .encode() for e in people_tables.employees(store)]
+    return b"\n".join(out)
+
+
+def test_d15_an_erasure_leaves_no_badge_quarantined_message_or_correction_of_the_person(
+        store: SQLStore, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Issue 12 acceptance, byte-checked: after the erasure nothing any read returns holds
+    E1001's badge, name or correction note — not the badge periods (their deterministic
+    ciphertext), not a quarantined message of the badge, not the correction index — while
+    the stranger's rejected message and correction stay; the ledger verifies; a hold that
+    names only the quarantined message's device keeps the erasure from running."""
+    if store.ph != "?":     # the corrections index (the API's tables) on PostgreSQL
+        db = request.getfixturevalue("pg_ledger")
+        tables.migrate_postgres(db.owner_dsn, db.app_role)
+    ring, _ = personal_store(store, tmp_path)
+    note = "Ada said she pressed in twice"
+    store.append([_rejected(BADGE, "clock-9"), _rejected(STRANGER, "clock-8")], now_us=NOW)
+    corr = Corrections(store)
+    for seq, text in ((1, note), (2, "the stranger's")):
+        c = corr.propose(device="clock-1", seq=seq, field="action", after="out",
+                         reason="wrong-action", editor="ed", now_us=NOW, note=text)
+        corr.decide(c.id, approve=True, approver="ann", now_us=NOW)
+    assert len(corr.applied_complete()) == 2
+    mine = next(se.entry.idx for se in store.entries() if se.entry.kind == "correction")
+    secrets = forms(BADGE, "Ada Lovelace", note)
+    before = _everything(store)
+    assert [x for x in secrets if x in before] == secrets[::3]      # each one readable
+    assert directory.holder_at(store, BADGE, NOW) == ("E1001", "assigned")
+    # A hold on the quarantined message's clock alone keeps the erasure from running.
+    hold = store.append([EventFact("hold", {"event": "placed", "hold": "q-case", "case": "C-9",
+                                            "reason": "litigation", "by": "carol",
+                                            "device": "clock-9"})], now_us=NOW)[0].idx
+    with pytest.raises(ErasureError, match=r"hold q-case \(idx \d+, case C-9\) keeps the "
+                                           r"quarantined message of entry 7"):
+        _erase(store)
+    rq = store.append([EventFact("hold", {"event": "release-requested", "hold": hold,
+                                          "reason": "settled", "by": "carol"})], now_us=NOW)
+    store.append([EventFact("hold", {"event": "released", "request": rq[0].idx,
+                                     "by": "dave"})], now_us=NOW)
+    # As in a fresh `erase` process: no key cached, the quarantine's unwrapped in the erasure
+    ring.forget(str(r[0]) for r in store.query("SELECT key_id FROM tc_data_keys"))
+    assert ring.cached == 0
+    res = _erase(store)
+    assert (res.purged_punches, res.purged_quarantine, res.erased_badges,
+            res.deleted_corrections) == (2, 1, 1, 1)
+    # idx 7 the rejection of E1001's badge; then the correction entry of E1001's punch
+    assert res.entries == ((2, 4), (6, 7), (mine, mine))
+    # What every read returns now: the stranger's, nothing of E1001.
+    left = _everything(store)
+    assert [x for x in (*secrets, b"0012345678") if x in left] == []
+    assert STRANGER.encode() in left
+    assert b"the stranger's" in left
+    assert [p.credential for p in directory.badges_of(store, "E1001")] == ["(erased) 3"]
+    assert directory.holder_at(store, BADGE, NOW) == (None, "unknown")
+    assert [(c.seq, c.note) for c in corr.find()] == [(2, "the stranger's")]
+    assert list(corr.applied_complete()) == [("clock-1", 2)]
+    raws = [store.quarantined_raw(q.id) for q in store.quarantine()]
+    assert [len(r) > 0 and STRANGER.encode() in r for r in raws] == [False, True]
+    assert [q.detail for q in store.quarantine()] == ["", "seq 1: bad signature"]
+    out = io.StringIO()
+    export_payroll(store, out, fmt="csv", query=PunchQuery(), now_us=LATER,
+                   corrections=corr.applied_complete(),
+                   fields=FieldSet.choose("investigation"))
+    assert [x for x in (*secrets, b"0012345678") if x in out.getvalue().encode()] == []
+    assert STRANGER in out.getvalue()
+    assert directory.check_projection(store) == []
+    checkpoint(store, LATER)
+    result = verify_store(store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True)
+    assert result.ok, result.report
 
 
 def test_d15_erase_command_and_verify_full_on_an_encrypted_ledger(

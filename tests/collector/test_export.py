@@ -16,9 +16,10 @@ from collector.ingest.checkpoints import make_checkpoint
 from collector.ledger import open_store
 from collector.ledger.base import EventFact
 from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.records import exports
 from collector.records.corrections import Corrections
 from collector.records.export_fields import DEFAULT as PAYROLL_FIELDS
-from collector.records.export_fields import FieldSet
+from collector.records.export_fields import FieldSet, Pseudonyms
 from collector.records.exports import ExportError, export_bundle, export_payroll, iso, parse_time
 from tests.collector.ledger_kit import T0, Clock, seeded_key
 from wire.bundle import audit_bundle
@@ -235,3 +236,32 @@ def test_d6_a_deleted_corrections_row_cannot_hide_a_correction_from_an_export(
                  str(tmp_path / "p.csv")]) == 2
     assert (f"ledger correction entry {cidx} has no approved row in the corrections table"
             in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("us", [0, 1, 999_999, 86_399_999_999, 86_400_000_000, -1,
+                                -86_400_000_001, T0, T0 + 3_599_999_999, 4_102_444_800_123_456])
+def test_the_memoised_row_time_is_iso(us: int) -> None:
+    """The per-row time of the exports (day prefix memoised, time of day in integers) is
+    the text of exports.iso, on both sides of midnight and of the epoch."""
+    iso_of_row = exports.__dict__["_iso"]
+    assert iso_of_row(us) == iso(us)
+    assert iso_of_row(us + 1) == iso(us + 1)       # again, with the day's prefix cached
+
+
+@pytest.mark.parametrize("set_name", ["payroll", "audit", "investigation"])
+@pytest.mark.parametrize("fields", [None, "employee_id", "device,seq,effective,corrections"])
+def test_the_fast_csv_row_is_the_row_of_punch_item(store: SQLStore, set_name: str,
+                                                   fields: str | None) -> None:
+    """The payroll CSV builds an uncorrected row without its dicts (exports.flat_row): the
+    same values, in the same columns, as csv_values(punch_item(...)) of every field set."""
+    fs = FieldSet.choose(set_name, None if fields is None else fields.split(","))
+    pick = exports.csv_picker(fs)
+    holders = [("E1", "assigned"), (None, "unknown")]
+    pseudo = Pseudonyms(b"k" * 32)
+    rows = list(store.punch_rows(PunchQuery()))
+    assert len(rows) == 4
+    for r in rows:
+        for holder in holders:
+            for p in (None, pseudo):
+                want = exports.csv_values(exports.punch_item(r, None, holder, p), fs)
+                assert list(pick(exports.flat_row(r, holder, p))) == want

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.ledger import KEK_ENV
 from tests.collector.init_kit import REPO, env, service_user
 from tests.fixtures.mosquitto import free_port
 from tests.polling import wait_for
@@ -33,6 +34,9 @@ UMASKED = ["bash", "-c", 'umask "$0" && exec "$@"']
 def _env(tmp_path: Path) -> dict[str, str]:
     e = env()
     e["XDG_STATE_HOME"] = str(tmp_path / "xdg")      # nothing is written outside tmp_path
+    # init's file KEK: the ledger is encrypted at rest once serve or `device enroll --config`
+    # opened it with [ledger] kek; the --store commands read the same KEK from here.
+    e[KEK_ENV] = f"file:{tmp_path / 'etc' / 'ledger.kek'}"
     return e
 
 
@@ -120,7 +124,8 @@ def test_d4_d20_files_0600_and_folders_0700_whatever_the_umask(umask: str,
         "--out", str(out / "payroll.csv"), "--purpose", "mode test")
     _run_agent(umask, tmp_path, _store_only_config(clock))
 
-    private = [etc / "log.key", etc / "seal.key", etc / "collector.key", etc / "ca" / "ca.key",
+    private = [etc / "log.key", etc / "seal.key", etc / "ledger.kek", etc / "collector.key",
+               etc / "ca" / "ca.key",
                state / "ledger.db", bundle, out / "payroll.csv",
                clock / "signing.key", clock / "tls.key", clock / "queue.key"]
     private += sorted((out / "audit").iterdir())

@@ -11,6 +11,7 @@ import os
 import pwd
 import re
 import ssl
+import stat
 import threading
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from collector.cli.main import main
 from collector.fleet.pki import CertificateAuthority
 from collector.ingest.checkpoints import load_log_key
+from collector.ledger import open_store
+from collector.ledger.kek import load_kek
 from collector.service.config import load_config
 from tests.collector.init_kit import ORIGIN, cli, new_host, service_user, snapshot
 from tests.fixtures.mosquitto import mqtt_probe
@@ -171,6 +174,74 @@ def test_init_adopts_an_existing_ca(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "etc" / "ca.crt").read_bytes() == (
         tmp_path / "site-ca" / "ca.crt").read_bytes()
     assert "[api]" not in (tmp_path / "etc" / "collector.toml").read_text()
+
+
+def test_d17_init_makes_a_file_kek_names_it_in_the_config_and_keeps_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Encryption at rest by default (issue 12): init makes ETC/ledger.kek (0600) and writes
+    ``[ledger] kek = "file:…"``; a second run keeps the same key; --check checks it."""
+    argv = [*_init_argv(tmp_path), "--user", service_user()]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    kek_file = tmp_path / "etc" / "ledger.kek"
+    assert re.search(rf"^\s+created\s+ledger KEK \(encryption at rest\)\s+{kek_file}\s", out,
+                     re.M), out
+    assert stat.S_IMODE(kek_file.stat().st_mode) == 0o600
+    cfg = load_config(tmp_path / "etc" / "collector.toml")
+    assert cfg.ledger.kek == f"file:{kek_file}"
+    first = kek_file.read_bytes()
+    kek_id = load_kek(cfg.ledger.kek).kek_id
+    # serve's open of the ledger with it: personal bodies are sealed from the first append
+    store = open_store(cfg.collector.store, kek=cfg.ledger.kek)
+    try:
+        assert store.sealer is not None
+        assert store.sealer.ring.kek.kek_id == kek_id
+    finally:
+        store.close()
+    assert main(argv) == 0
+    assert re.search(r"^\s+ok\s+ledger KEK", capsys.readouterr().out, re.M)
+    assert kek_file.read_bytes() == first                    # kept, never replaced
+    assert main([*argv, "--check"]) == 0
+    capsys.readouterr()
+    os.chmod(kek_file, 0o644)
+    assert main([*argv, "--check"]) == 1
+    assert re.search(r"^\s+wrong\s+ledger KEK .*chmod 600", capsys.readouterr().out, re.M)
+    os.chmod(kek_file, 0o600)
+    kek_file.unlink()
+    assert main([*argv, "--check"]) == 1
+    assert re.search(r"^\s+missing\s+ledger KEK", capsys.readouterr().out, re.M)
+    assert not kek_file.exists()                             # --check changes nothing
+
+
+@pytest.mark.parametrize(("spec", "line"), [
+    ("credential:timeclock-kek", 'kek = "credential:timeclock-kek"'),
+    ("none", '# kek = "file:/etc/timeclock/ledger.kek"'),
+])
+def test_d17_init_kek_option_chooses_another_source_or_none(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, line: str) -> None:
+    argv = [*_init_argv(tmp_path, "--kek", spec), "--user", service_user()]
+    assert main(argv) == 0
+    assert not (tmp_path / "etc" / "ledger.kek").exists()    # no file KEK made
+    text = (tmp_path / "etc" / "collector.toml").read_text()
+    assert line in text
+    cfg = load_config(tmp_path / "etc" / "collector.toml")
+    assert cfg.ledger.kek == (None if spec == "none" else spec)
+    assert main([*argv, "--check"]) == 0
+    capsys.readouterr()
+    # The config is never rewritten: asking for another KEK names the difference.
+    assert main([*_init_argv(tmp_path, "--check"), "--user", service_user()]) == 1
+    assert re.search(r"^\s+wrong\s+config\s.*\[ledger\] kek is .*init was asked for file:",
+                     capsys.readouterr().out, re.M)
+
+
+def test_d17_init_refuses_a_kek_spec_it_cannot_read(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*_init_argv(tmp_path, "--kek", "vault:x"), "--user", service_user()]) == 2
+    assert "--kek 'vault:x': expected file:/path, credential:NAME" in capsys.readouterr().err
+    assert main([*_init_argv(tmp_path, "--kek", "credential:a/b"), "--user",
+                 service_user()]) == 1
+    assert re.search(r"^\s+wrong\s+ledger KEK .*a credential name is", capsys.readouterr().out,
+                     re.M)
 
 
 @root_only
