@@ -619,8 +619,7 @@ def sealing_ab_phase(pki: TestPKI, d: Path, fleets: tuple[Fleet, Fleet], timeout
 
 _ENROL = """
 import json, sys
-from collector.ledger import open_store, registry
-from collector.ledger.kek import create_file_kek
+from collector.ledger import registry
 from collector.ledger.sqlite import SQLiteStore
 a = json.loads(sys.argv[1])
 store = SQLiteStore(a["db"])
