@@ -806,74 +806,24 @@ def run_child(a: argparse.Namespace) -> int | None:
     return None
 
 
-def report_tree_ab(ab: Sequence[tuple[float, float]]) -> None:
-    med_a = common.median([x for x, _ in ab])
-    med_b = common.median([y for _, y in ab])
+def report_ab(ab: Sequence[tuple[float, float]], cpu: dict[bool, list[float]], *,
+              a_is: bool, labels: tuple[str, str], target: str, limit: float) -> None:
+    """One A/B table: per-run rates and B's cost in percent of A, the median of the per-run
+    costs against ``limit``, and the collector's CPU time per punch of each side (``cpu[a_is]``
+    is A's list)."""
     cost = common.median([100 * (1 - y / x) for x, y in ab])
     print("\n" + common.table(
-        ["run", "A: no tree, no v2 checkpoints /s", "B: real collector /s", "cost"],
-        [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
-           for k, (x, y) in enumerate(ab)],
-         ["median", f"{med_a:,.0f}", f"{med_b:,.0f}", f"{cost:.1f} %"]]))
-    print(f"target: the tree and v2 checkpoints cost ≤ 10 % of end-to-end ingest: "
-          f"{'met' if cost <= 10 else 'MISSED'} (median of the per-run costs)")
-    a_cpu, b_cpu = (common.median(TREE_CPU_US[k]) for k in (True, False))
-    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in TREE_CPU_US[True]]} µs, "
-          f"B {[round(x, 1) for x in TREE_CPU_US[False]]} µs")
-    print(f"collector CPU per punch (median): A {a_cpu:.1f} µs, B {b_cpu:.1f} µs: "
-          f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
-
-
-def report_monitor_ab(ab: Sequence[tuple[float, float]]) -> None:
-    cost = common.median([100 * (1 - y / x) for x, y in ab])
-    print("\n" + common.table(
-        ["run", ("A: [detectors] enabled = false, no [metrics] /s" if COMPARE_BY_CONFIG
-                 else "A: no metrics, no detectors /s"),
-         "B: metrics (scraped) + detectors /s", "cost"],
+        ["run", f"A: {labels[0]} /s", f"B: {labels[1]} /s", "cost"],
         [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
            for k, (x, y) in enumerate(ab)],
          ["median", f"{common.median([x for x, _ in ab]):,.0f}",
           f"{common.median([y for _, y in ab]):,.0f}", f"{cost:.1f} %"]]))
-    print(f"target: metrics and detectors cost ≤ 5 % of end-to-end ingest: "
-          f"{'met' if cost <= 5 else 'MISSED'} (median of the per-run costs)")
-    a_cpu, b_cpu = (common.median(MONITOR_CPU_US[k]) for k in (False, True))
-    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in MONITOR_CPU_US[False]]}"
-          f" µs, B {[round(x, 1) for x in MONITOR_CPU_US[True]]} µs")
-    print(f"collector CPU per punch (median): A {a_cpu:.1f} µs, B {b_cpu:.1f} µs: "
-          f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
-
-
-def report_baseline_ab(ab: Sequence[tuple[float, float]], tree: Path) -> None:
-    cost = common.median([100 * (1 - y / x) for x, y in ab])
-    print("\n" + common.table(
-        ["run", f"A: {tree} /s", "B: this tree /s", "cost"],
-        [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
-           for k, (x, y) in enumerate(ab)],
-         ["median", f"{common.median([x for x, _ in ab]):,.0f}",
-          f"{common.median([y for _, y in ab]):,.0f}", f"{cost:.1f} %"]]))
-    print(f"target (issue 11, against the tree before its checks): ≤ 5 %: "
-          f"{'met' if cost <= 5 else 'MISSED'} (median of the per-run costs)")
-    a_cpu, b_cpu = (common.median(BASE_CPU_US[k]) for k in (True, False))
-    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in BASE_CPU_US[True]]} µs, "
-          f"B {[round(x, 1) for x in BASE_CPU_US[False]]} µs")
-    print(f"collector CPU per punch (median): A {a_cpu:.1f} µs, B {b_cpu:.1f} µs: "
-          f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
-
-
-def report_sealing_ab(ab: Sequence[tuple[float, float]]) -> None:
-    cost = common.median([100 * (1 - y / x) for x, y in ab])
-    print("\n" + common.table(
-        ["run", "A: plain envelopes, plain ledger /s",
-         "B: sealed envelopes, keyed ledger /s", "cost"],
-        [*[[k + 1, f"{x:,.0f}", f"{y:,.0f}", f"{100 * (1 - y / x):.1f} %"]
-           for k, (x, y) in enumerate(ab)],
-         ["median", f"{common.median([x for x, _ in ab]):,.0f}",
-          f"{common.median([y for _, y in ab]):,.0f}", f"{cost:.1f} %"]]))
-    print(f"target (issue 12): encryption and sealing cost ≤ 15 % of end-to-end ingest: "
-          f"{'met' if cost <= 15 else 'MISSED'} (median of the per-run costs)")
-    a_cpu, b_cpu = (common.median(SEAL_CPU_US[k]) for k in (False, True))
-    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in SEAL_CPU_US[False]]} µs, "
-          f"B {[round(x, 1) for x in SEAL_CPU_US[True]]} µs")
+    print(f"target: {target} ≤ {limit:g} %: {'met' if cost <= limit else 'MISSED'} "
+          f"(median of the per-run costs)")
+    a_runs, b_runs = cpu[a_is], cpu[not a_is]
+    a_cpu, b_cpu = common.median(a_runs), common.median(b_runs)
+    print(f"collector CPU per punch, per run: A {[round(x, 1) for x in a_runs]} µs, "
+          f"B {[round(x, 1) for x in b_runs]} µs")
     print(f"collector CPU per punch (median): A {a_cpu:.1f} µs, B {b_cpu:.1f} µs: "
           f"B costs {100 * (b_cpu / a_cpu - 1):.1f} % more CPU per punch")
 
@@ -961,13 +911,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(common.table(["run", "end-to-end punches/s", "counting subscriber punches/s",
                             "bare verify /s (1 core)", "e2e / verify", "receipts"], rows))
         if ab and a.sealing_ab:
-            report_sealing_ab(ab)
+            report_ab(ab, SEAL_CPU_US, a_is=False, limit=15,
+                      labels=("plain envelopes, plain ledger", "sealed envelopes, keyed ledger"),
+                      target="(issue 12) encryption and sealing cost of end-to-end ingest")
         elif ab and a.monitor_ab:
-            report_monitor_ab(ab)
+            report_ab(ab, MONITOR_CPU_US, a_is=False, limit=5,
+                      labels=("[detectors] enabled = false, no [metrics]" if COMPARE_BY_CONFIG
+                              else "no metrics, no detectors",
+                              "metrics (scraped) + detectors"),
+                      target="(issue 14) metrics and detectors cost of end-to-end ingest")
         elif ab and a.baseline_tree is not None:
-            report_baseline_ab(ab, a.baseline_tree)
+            report_ab(ab, BASE_CPU_US, a_is=True, limit=5,
+                      labels=(str(a.baseline_tree), "this tree"),
+                      target="(issue 11, against the tree before its checks) the cost")
         elif ab:
-            report_tree_ab(ab)
+            report_ab(ab, TREE_CPU_US, a_is=True, limit=10,
+                      labels=("no tree, no v2 checkpoints", "real collector"),
+                      target="the tree and v2 checkpoints cost of end-to-end ingest")
         ok_rate = med_e2e >= TARGET_RATE
         ok_ratio = ratio >= TARGET_RATIO
         print(f"\ntarget: end-to-end ≥ {TARGET_RATE:,}/s: {'met' if ok_rate else 'MISSED'}; "
