@@ -109,13 +109,7 @@ def console_site(provider: OIDCProvider, pki: TestPKI, root: Path) -> Iterator[S
     """Body of a module fixture: the site above, served until the module ends."""
     port = free_port()
     base = f"https://127.0.0.1:{port}"
-    provider.set_client(WEB_CLIENT, redirect_uris=[f"{base}/auth/callback"])
-    for name, u in USERS.items():
-        provider.set_user(u["sub"], username=name, **{k: v for k, v in u.items()
-                                                       if k != "sub"})
-    secret_file = root / "client-secret"
-    secret_file.write_text(provider.secret(WEB_CLIENT) + "\n")
-    secret_file.chmod(0o600)
+    secret_file = provider.web_site(base, USERS, root)
     section = oidc_section(provider, base, secret_file)
     config = SigninConfig.load(section)
     assert config is not None

@@ -153,13 +153,7 @@ def site(oidc_provider: OIDCProvider, pki: TestPKI,
     root = tmp_path_factory.mktemp("signin")
     port = _free_port()
     base = f"https://127.0.0.1:{port}"
-    oidc_provider.set_client(WEB_CLIENT, redirect_uris=[f"{base}/auth/callback"])
-    for name, u in USERS.items():
-        oidc_provider.set_user(u["sub"], username=name, **{k: v for k, v in u.items()
-                                                            if k != "sub"})
-    secret_file = root / "client-secret"
-    secret_file.write_text(oidc_provider.secret(WEB_CLIENT) + "\n")
-    secret_file.chmod(0o600)
+    secret_file = oidc_provider.web_site(base, USERS, root)
     section = oidc_section(oidc_provider, base, secret_file)
     config = SigninConfig.load(section)
     assert config is not None
