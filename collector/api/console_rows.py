@@ -1,29 +1,37 @@
 """The punch rows of the console's recent days, read and checked once, then extended by the
-rows appended since (issue 16: a page computed afresh answers in under 300 ms with a year of
+rows recorded since (issue 16: a page computed afresh answers in under 300 ms with a year of
 punches for 500 employees; docs/performance.md "Console pages").
 
 The HR, team, own-punches and timesheet pages pair the punches of their last days. Reading
 those rows through ``store.punch_rows`` checks each one against its entry, body and device
 enrolment (collector.ledger.row_check, issue 11), which costs per row; on a live site a punch
-arrives every few seconds, so most views would read and check the same ~11,000 rows again
-for the one that is new. A :class:`RowWindow` (one per store) keeps the rows it read, each
-checked when it was read, and on the next view reads only the rows recorded since
-(``PunchQuery.from_idx``, the punches' idx index), checked the same way.
+arrives every few seconds, so most views would read, check and pair the same ~11,000 rows
+again for the one that is new. So, per store:
+
+- :class:`RowWindow` keeps the rows it read (each checked when read) with ts from
+  :data:`WINDOW_DAYS` days before today, and on the next view reads only the rows recorded
+  since (``PunchQuery.from_idx``, over the punches' idx index), checked the same way;
+- :class:`EmployeeWindow` keeps them resolved to the employee who held the badge, with the
+  approved corrections applied, grouped per employee in (ts, device, seq) order, adding only
+  the new rows; a view then costs per employee: each one's rows of the range are a slice,
+  and a slice seen before is a :class:`SheetMemo` hit (its timesheet is not paired again);
+- :class:`ProgressWindow` keeps each clock's progress (highest seq, gaps) and applies the
+  seqs recorded since.
 
 Invariants:
-- every row handed out was read through ``store.punch_rows`` and passed its check; a row is
-  held as it was when checked (what the ledger's entry says), never re-read from the
-  projection without a check;
-- :meth:`RowWindow.rows` returns exactly the rows a fresh ``store.punch_rows`` of the same
-  range would return for the ledger up to the head read at the start of the call (rows of
-  later entries come with the next call): the rows held are those with ``ts`` >= the floor
-  recorded at entries below ``upto``, and each call adds those of entries ``upto`` … head;
+- every row used was read through ``store.punch_rows`` and passed its check; a row is held
+  as it was when checked (what the ledger's entry says), never re-read from the projection
+  without a check;
+- what a view gets equals a fresh read for the ledger up to the head read at its start:
+  :meth:`EmployeeWindow.sheets` gives ``load(...).sheets`` (timesheet_export), and
+  :meth:`ProgressWindow.progress` gives ``store.progress`` (tests/collector/
+  test_console_rows.py checks both as punches arrive, late ones too);
 - an entry since the last read that can change or remove a recorded punch row — ``device``
-  (keys, enrolment), ``retention`` (purge), ``shred`` (erasure) — or a head below ``upto``
-  (a restore) drops everything held: the next read starts over, so an erased person's punches
-  are not shown from memory;
-- a range older than :data:`WINDOW_DAYS` before today is not held: the caller reads it
-  from the store (``None``).
+  (keys, enrolment), ``retention`` (purge), ``shred`` (erasure) — or a head below the last
+  read (a restore) drops everything held: the next view reads from scratch, so an erased
+  person's punches are never shown from memory; an ``employee`` or ``badge`` entry or a
+  different set of applied corrections groups the rows again;
+- a range older than the window is not held: the caller reads it from the store (None).
 """
 
 from __future__ import annotations
