@@ -25,10 +25,11 @@ every request (warm-ups included) the API process appends one real signed punch,
 does (through the same store the API reads, from another thread, ``store.append``), and the
 request is sent only once that append is committed; so no view is ever a cache hit
 (collector.api.console_cache keys on the newest non-access entry). The punches come from one
-extra clock, ``clock-fresh`` at site-0, enrolled (and its key kept in the data set folder,
-``fresh-clock.key``) the first time; each is an employee's badge (rotating over all 500) at
-the API's "now", alternately in and out. They stay in the data set, as the access entries of
-every run do (a few hundred rows on top of 259,000).
+extra clock, ``clock-fresh`` at site-0, enrolled at the start of the run; each is an
+employee's badge (rotating over all 500) at the API's "now", alternately in and out. Each
+fresh run works on its own copy of the ledger (SQLite's online backup into
+``bench/results/console-fresh.db``, removed after the run), so its punches never pile up in
+the data set and every run starts from the same one.
 
 Target: p95 < 300 ms for every page (median over runs); exit status 1 if missed.
 
@@ -46,6 +47,7 @@ import json
 import os
 import random
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -65,7 +67,7 @@ from collector.ledger.tables import ensure_schema
 from collector.people.csv_import import import_files
 from wire import ZERO_HASH
 from wire.grants import PrincipalScope
-from wire.keys import SigningKey, load_signing_key, save_signing_key
+from wire.keys import SigningKey
 from wire.punch import Punch
 from wire.topics import punches as topic
 
@@ -186,25 +188,20 @@ def data_set(rebuild: bool) -> dict[str, object]:
 
 
 FRESH_DEVICE = "clock-fresh"
-FRESH_KEY = DATA / "fresh-clock.key"
+FRESH_DB = DATA.parent / "console-fresh.db"
 
 
 class FreshPuncher:
     """The ``--fresh`` punches: one signed punch of ``clock-fresh`` per call, appended to the
-    API's own store as ingest's writer thread does (enrolled the first time)."""
+    API's own store as ingest's writer thread does (the clock enrolled first)."""
 
     def __init__(self, store: SQLiteStore, clock: Callable[[], int]) -> None:
         self.store, self.clock = store, clock
-        if not FRESH_KEY.is_file():
-            key = SigningKey.generate()
-            store.append([EventFact("device", {
-                "event": "enrolled", "device": FRESH_DEVICE, "site": "site-0",
-                "key": key.key_id, "signing_key": key.verify_key.b64})], now_us=clock())
-            save_signing_key(FRESH_KEY, key)
-        self.key = load_signing_key(FRESH_KEY)
-        self.seq = store.progress(FRESH_DEVICE).highest
-        found = store.punch_hash(FRESH_DEVICE, self.seq) if self.seq else None
-        self.prev = ZERO_HASH if found is None else found[0]
+        self.key = SigningKey.generate()
+        store.append([EventFact("device", {
+            "event": "enrolled", "device": FRESH_DEVICE, "site": "site-0",
+            "key": self.key.key_id, "signing_key": self.key.verify_key.b64})], now_us=clock())
+        self.seq, self.prev = 0, ZERO_HASH
 
     def punch(self) -> None:
         self.seq += 1
@@ -281,12 +278,26 @@ async def measure(base: str, tokens: dict[str, str], ctx: ssl.SSLContext, reques
     return out
 
 
+def fresh_copy() -> Path:
+    """A copy of the data set's ledger for one ``--fresh`` run (its punches stay there)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{FRESH_DB}{suffix}").unlink(missing_ok=True)
+    src, dst = sqlite3.connect(DATA / "ledger.db"), sqlite3.connect(FRESH_DB)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return FRESH_DB
+
+
 def one_run(meta: dict[str, object], requests: int, fresh: bool = False
             ) -> dict[str, list[float]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(DATA / "ledger.db"),
+    db = fresh_copy() if fresh else DATA / "ledger.db"
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(db),
                              str(port), str(meta["server_cert"]), str(meta["server_key"]),
                              str(DATA / "ca"), str(meta["now_us"])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -299,7 +310,8 @@ def one_run(meta: dict[str, object], requests: int, fresh: bool = False
         assert isinstance(tokens, dict)
 
         def punch() -> None:
-            assert proc.stdin is not None and proc.stdout is not None
+            assert proc.stdin is not None
+            assert proc.stdout is not None
             proc.stdin.write("punch\n")
             proc.stdin.flush()
             if proc.stdout.readline().strip() != "ok":
@@ -311,6 +323,9 @@ def one_run(meta: dict[str, object], requests: int, fresh: bool = False
         if proc.stdin is not None:
             proc.stdin.close()
         proc.wait(60)
+        if fresh:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{FRESH_DB}{suffix}").unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -358,7 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           "pay it")
     if args.fresh:
         print("--fresh: a punch appended and committed before every request, so every view "
-              "above was computed afresh (no cache hit)")
+              "above was computed afresh (no cache hit); its first view is the first after "
+              "the API started, which reads the console's windows from scratch "
+              "(collector.api.console_rows), as after a device, retention or shred entry "
+              "or when the UTC day turns")
     print(f"{runs} run(s) × {requests} requests per page (after 2 warm-up rounds) → "
           f"{'OK' if ok else 'MISSED'}")
     return 0 if ok else 1
