@@ -1,5 +1,6 @@
 """The console's incremental reads (collector.api.console_rows, issue 16): the timesheets a
-page is computed from, and each clock's progress, equal what a fresh read of the store gives,
+page is computed from, and each clock's progress, equal what a fresh read of the store gives
+(SQLite and PostgreSQL),
 as punches arrive in and out of time order, the directory changes and an entry that can
 change punch rows makes the window read again; a row recorded since is checked before it is
 used (issue 11), and what is held is what the ledger's entries say."""
@@ -7,7 +8,6 @@ used (issue 11), and what is held is what the ledger's entries say."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import pytest
 from collector.api import console_rows as CR
 from collector.ledger.base import EventFact
 from collector.ledger.row_check import ProjectionError
-from collector.ledger.sqlbase import PunchQuery
+from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.people.csv_import import import_files
 from collector.records.exports import Fixed
@@ -32,7 +32,7 @@ BADGES = "credential,employee_id,valid_from,valid_until,status\n" + "".join(
     f"{c},{e},2025-01-01T00:00:00Z,,assigned\n" for e, c in CRED.items())
 
 
-def _people(tmp: Path, store: SQLiteStore, *, bob_zone: str, at: int) -> None:
+def _people(tmp: Path, store: SQLStore, *, bob_zone: str, at: int) -> None:
     (tmp / "e.csv").write_text(
         "employee_id,name,department,site,timezone,manager_id\n"
         "ANN,Ann Archer,Ops,hq,Europe/London,\n"
@@ -42,9 +42,7 @@ def _people(tmp: Path, store: SQLiteStore, *, bob_zone: str, at: int) -> None:
     import_files(store, tmp / "e.csv", tmp / "b.csv", now_us=at)
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[SQLiteStore, Clock, Clock]]:
-    store = SQLiteStore(tmp_path / "ledger.db")
+def _seed(store: SQLStore, tmp_path: Path) -> tuple[SQLStore, Clock, Clock]:
     hq, plant = Clock("clock-01", site="hq"), Clock("clock-02", site="plant")
     store.append([EventFact("device", c.enrolled_body()) for c in (hq, plant)], now_us=T0)
     _people(tmp_path, store, bob_zone="Europe/London", at=T0 + 1)
@@ -57,8 +55,19 @@ def site(tmp_path: Path) -> Iterator[tuple[SQLiteStore, Clock, Clock]]:
             if not (emp == "CAT" and d == 9):       # one missing out
                 facts.append(clock.fact(credential=CRED[emp], action="out", ts=base + 8 * H))
     store.append(facts, now_us=NOW - DAY)
-    yield store, hq, plant
-    store.close()
+    return store, hq, plant
+
+
+@pytest.fixture
+def site(store: SQLStore, tmp_path: Path) -> tuple[SQLStore, Clock, Clock]:
+    """The site on SQLite and on PostgreSQL (the same queries, ``from_idx`` included)."""
+    return _seed(store, tmp_path)
+
+
+@pytest.fixture
+def sqlite_site(sqlite_store: SQLiteStore, tmp_path: Path) -> tuple[SQLStore, Clock, Clock]:
+    """The site in a SQLite file the insider edits."""
+    return _seed(sqlite_store, tmp_path)
 
 
 def _shape(sheets: list[Timesheet]) -> list[tuple[object, ...]]:
@@ -70,7 +79,7 @@ RANGES = (  # (days back from now, days back to (0 = now + 1 µs), sites, employ
     (8, 0, frozenset({"plant"}), None), (15, 0, None, frozenset({"BOB", "CAT"})))
 
 
-def _same_as_load(store: SQLiteStore, now: int, fixed: Fixed) -> int:
+def _same_as_load(store: SQLStore, now: int, fixed: Fixed) -> int:
     shifts = 0
     for back, to, sites, employees in RANGES:
         since, until = now - back * DAY, now - to * DAY + 1
@@ -85,7 +94,7 @@ def _same_as_load(store: SQLiteStore, now: int, fixed: Fixed) -> int:
 
 
 def test_window_timesheets_equal_a_fresh_read_as_punches_arrive(
-        site: tuple[SQLiteStore, Clock, Clock], tmp_path: Path) -> None:
+        site: tuple[SQLStore, Clock, Clock], tmp_path: Path) -> None:
     store, hq, plant = site
     window = CR.window_of(store)
     assert _same_as_load(store, NOW, {}) > 0
@@ -110,14 +119,14 @@ def test_window_timesheets_equal_a_fresh_read_as_punches_arrive(
 
 
 def test_a_range_before_the_window_is_read_from_the_store(
-        site: tuple[SQLiteStore, Clock, Clock]) -> None:
+        site: tuple[SQLStore, Clock, Clock]) -> None:
     store, _, _ = site
     assert CR.window_sheets(store, {}, Rules(), since=NOW - 30 * DAY, until=NOW, now_us=NOW,
                             sites=None) is None
 
 
 def test_a_device_entry_makes_the_window_read_again(
-        site: tuple[SQLiteStore, Clock, Clock]) -> None:
+        site: tuple[SQLStore, Clock, Clock]) -> None:
     store, _, _ = site
     window = CR.window_of(store)
     _same_as_load(store, NOW, {})
@@ -140,11 +149,11 @@ def _edit(db: Path, device: str, seq: int) -> None:
 
 
 def test_a_row_recorded_since_is_checked_before_it_is_used(
-        site: tuple[SQLiteStore, Clock, Clock]) -> None:
-    store, hq, _ = site
+        sqlite_site: tuple[SQLStore, Clock, Clock], sqlite_path: Path) -> None:
+    store, hq, _ = sqlite_site
     _same_as_load(store, NOW, {})
     store.append([hq.fact(credential=CRED["ANN"], action="out", ts=NOW - H)], now_us=NOW)
-    _edit(store.path, "clock-01", hq.seq)          # the insider edits the new row
+    _edit(sqlite_path, "clock-01", hq.seq)          # the insider edits the new row
     with pytest.raises(ProjectionError, match=rf"punch row clock-01#{hq.seq} .* does not "
                                               r"match the ledger: column\(s\) action"):
         CR.window_sheets(store, {}, Rules(), since=NOW - DAY, until=NOW + 1, now_us=NOW + 1,
@@ -152,12 +161,12 @@ def test_a_row_recorded_since_is_checked_before_it_is_used(
 
 
 def test_a_held_row_is_what_its_entry_says_even_after_an_edit(
-        site: tuple[SQLiteStore, Clock, Clock]) -> None:
-    store, hq, _ = site
+        sqlite_site: tuple[SQLStore, Clock, Clock], sqlite_path: Path) -> None:
+    store, hq, _ = sqlite_site
     store.append([hq.fact(credential=CRED["ANN"], action="out", ts=NOW - H)], now_us=NOW)
     before = CR.window_sheets(store, {}, Rules(), since=NOW - DAY, until=NOW + 1, now_us=NOW,
                               sites=None, employees=frozenset({"ANN"}))
-    _edit(store.path, "clock-01", hq.seq)          # after the window read and checked it
+    _edit(sqlite_path, "clock-01", hq.seq)          # after the window read and checked it
     after = CR.window_sheets(store, {}, Rules(), since=NOW - DAY, until=NOW + 1, now_us=NOW,
                              sites=None, employees=frozenset({"ANN"}))
     assert before is not None
@@ -170,8 +179,7 @@ def test_a_held_row_is_what_its_entry_says_even_after_an_edit(
         load(store, PunchQuery(since=NOW - DAY, until=NOW + 1), Rules(), {})
 
 
-def test_progress_is_kept_as_store_progress_would_give_it(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "ledger.db")
+def test_progress_is_kept_as_store_progress_would_give_it(store: SQLStore) -> None:
     c = Clock("clock-01")
     store.append([EventFact("device", c.enrolled_body())], now_us=T0)
     signed = {s: c.punch(ts=T0 + s) for s in range(1, 13)}
@@ -188,4 +196,3 @@ def test_progress_is_kept_as_store_progress_would_give_it(tmp_path: Path) -> Non
     record(6, 8, 10, 12)
     got = CR.progress_of(store, "clock-01")
     assert (got.contiguous, got.highest, got.gaps) == (10, 12, ((11, 11),))
-    store.close()
