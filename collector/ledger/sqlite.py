@@ -109,7 +109,8 @@ class SQLiteStore(SQLStore):
 
     def _ensure_read_indexes(self) -> None:
         """Create the :data:`READ_INDEXES` a file made before them lacks (once: seconds for a
-        large ledger; a file that has them is only read)."""
+        large ledger; a file that has them is only read). They only speed reads up, so a file
+        that cannot take them (read-only) is used without them, with a warning."""
         names = [stmt.split()[5] for stmt in READ_INDEXES]
         marks = ", ".join("?" * len(names))
         try:
@@ -121,8 +122,11 @@ class SQLiteStore(SQLStore):
                 self._conn.executescript("BEGIN IMMEDIATE;" + "".join(f"{s};" for s in missing)
                                          + "COMMIT;")
         except sqlite3.Error as e:
-            self._conn.close()
-            raise LedgerError(f"{self.path}: cannot create the ledger's read indexes: {e}") from e
+            with suppress(sqlite3.Error):
+                self._conn.rollback()
+            log.warning("%s: the read indexes %s are missing and could not be created (%s): "
+                        "the console's and the compliance page's reads are slower", self.path,
+                        ", ".join(names), e)
 
     def _upgrade_v1(self) -> None:
         """Version 1 → 2: the node table, its triggers and the tree of every entry, at once."""
