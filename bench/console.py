@@ -20,10 +20,22 @@ answer to its last byte. Reported per page: p50 and p95 (nearest rank) per run a
 median over runs, and the run's first view (the one that computes the view from the ledger:
 collector.api.console_cache reuses it until a new non-access entry or the next minute).
 
+``--fresh`` measures what a live site sees, where punches arrive every few seconds: before
+every request (warm-ups included) the API process appends one real signed punch, as ingest
+does (through the same store the API reads, from another thread, ``store.append``), and the
+request is sent only once that append is committed; so no view is ever a cache hit
+(collector.api.console_cache keys on the newest non-access entry). The punches come from one
+extra clock, ``clock-fresh`` at site-0, enrolled at the start of the run; each is an
+employee's badge (rotating over all 500) at the API's "now", alternately in and out. Each
+fresh run works on its own copy of the ledger (SQLite's online backup into
+``bench/results/console-fresh.db``, removed after the run), so its punches never pile up in
+the data set and every run starts from the same one.
+
 Target: p95 < 300 ms for every page (median over runs); exit status 1 if missed.
 
     python bench/console.py                 # 3 runs, 30 requests per page
     python bench/console.py --quick         # 1 run, 10 requests per page
+    python bench/console.py --fresh         # every view computed afresh (a punch before each)
 """
 
 from __future__ import annotations
@@ -35,11 +47,12 @@ import json
 import os
 import random
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -174,9 +187,40 @@ def data_set(rebuild: bool) -> dict[str, object]:
     return build(DATA)
 
 
+FRESH_DEVICE = "clock-fresh"
+FRESH_DB = DATA.parent / "console-fresh.db"
+
+
+class FreshPuncher:
+    """The ``--fresh`` punches: one signed punch of ``clock-fresh`` per call, appended to the
+    API's own store as ingest's writer thread does (the clock enrolled first)."""
+
+    def __init__(self, store: SQLiteStore, clock: Callable[[], int]) -> None:
+        self.store, self.clock = store, clock
+        self.key = SigningKey.generate()
+        store.append([EventFact("device", {
+            "event": "enrolled", "device": FRESH_DEVICE, "site": "site-0",
+            "key": self.key.key_id, "signing_key": self.key.verify_key.b64})], now_us=clock())
+        self.seq, self.prev = 0, ZERO_HASH
+
+    def punch(self) -> None:
+        self.seq += 1
+        e = self.seq % EMPLOYEES
+        ts = self.clock()
+        p = Punch(device=FRESH_DEVICE, seq=self.seq, prev=self.prev, ts=ts, clock="synced",
+                  boot="6b2f1e0c-3c4d-4e8a-9f1a-2b3c4d5e6f71", mono=self.seq, reader="front",
+                  credential=f"em4100:{e:010d}",
+                  action="in" if (self.seq // EMPLOYEES) % 2 == 0 else "out",
+                  key=self.key.key_id)
+        self.prev = p.hash()
+        self.store.append([PunchFact(p.sign(self.key), topic(FRESH_DEVICE), ts + 1000)],
+                          now_us=ts + 1000)
+
+
 def serve(argv: Sequence[str]) -> None:
     """Child process (db, port, cert, key, ca_dir, now_us): serve the API over HTTPS until
-    stdin closes, its clock pinned at ``now_us`` plus the time elapsed."""
+    stdin closes, its clock pinned at ``now_us`` plus the time elapsed. Each ``punch`` line
+    on stdin appends a punch (:class:`FreshPuncher`), answered ``ok`` once committed."""
     db, port_s, cert, key, ca_dir, now_s = argv
     port, now = int(port_s), int(now_s)
     t0 = time.monotonic_ns()
@@ -189,8 +233,18 @@ def serve(argv: Sequence[str]) -> None:
         section = ApiSection(cert=Path(cert), key=Path(key), listen="127.0.0.1", port=port,
                              ca_dir=Path(ca_dir))
         runner = await start_api(section, store, log_keys={}, clock=clock, reader=reader)
+        puncher: list[FreshPuncher] = []
+
+        def commands() -> None:         # ingest's writer thread, as far as the store sees
+            for line in sys.stdin:
+                if line.strip() == "punch":
+                    if not puncher:
+                        puncher.append(FreshPuncher(store, clock))
+                    puncher[0].punch()
+                    print("ok", flush=True)
+
         print("READY", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await asyncio.get_running_loop().run_in_executor(None, commands)
         await runner.cleanup()
         store.close()
         reader.close()
@@ -198,15 +252,18 @@ def serve(argv: Sequence[str]) -> None:
     asyncio.run(main())
 
 
-async def measure(base: str, tokens: dict[str, str], ctx: ssl.SSLContext, requests: int
-                  ) -> dict[str, list[float]]:
+async def measure(base: str, tokens: dict[str, str], ctx: ssl.SSLContext, requests: int,
+                  fresh: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Per page the times of ``requests`` answers (ms), and under ``first <page>`` the
     first answer of the run: the view computed from the ledger (collector.api.
-    console_cache has nothing yet)."""
+    console_cache has nothing yet). ``fresh``: called before each request (a punch
+    appended and committed; not timed)."""
     out: dict[str, list[float]] = {p: [] for p in PAGES}
     async with aiohttp.ClientSession() as s:
         for rnd in range(requests + 2):
             for page, who in PAGES.items():
+                if fresh is not None:
+                    await asyncio.to_thread(fresh)
                 started = time.perf_counter()
                 async with s.get(base + page, ssl=ctx, headers={
                         "Authorization": f"Bearer {tokens[who]}"}) as r:
@@ -221,11 +278,26 @@ async def measure(base: str, tokens: dict[str, str], ctx: ssl.SSLContext, reques
     return out
 
 
-def one_run(meta: dict[str, object], requests: int) -> dict[str, list[float]]:
+def fresh_copy() -> Path:
+    """A copy of the data set's ledger for one ``--fresh`` run (its punches stay there)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{FRESH_DB}{suffix}").unlink(missing_ok=True)
+    src, dst = sqlite3.connect(DATA / "ledger.db"), sqlite3.connect(FRESH_DB)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return FRESH_DB
+
+
+def one_run(meta: dict[str, object], requests: int, fresh: bool = False
+            ) -> dict[str, list[float]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(DATA / "ledger.db"),
+    db = fresh_copy() if fresh else DATA / "ledger.db"
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(db),
                              str(port), str(meta["server_cert"]), str(meta["server_key"]),
                              str(DATA / "ca"), str(meta["now_us"])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -236,11 +308,24 @@ def one_run(meta: dict[str, object], requests: int) -> dict[str, list[float]]:
         ctx = ssl.create_default_context(cafile=str(meta["ca_cert"]))
         tokens = meta["tokens"]
         assert isinstance(tokens, dict)
-        return asyncio.run(measure(f"https://127.0.0.1:{port}", tokens, ctx, requests))
+
+        def punch() -> None:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write("punch\n")
+            proc.stdin.flush()
+            if proc.stdout.readline().strip() != "ok":
+                raise RuntimeError("the API process did not append the punch")
+
+        return asyncio.run(measure(f"https://127.0.0.1:{port}", tokens, ctx, requests,
+                                   punch if fresh else None))
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
         proc.wait(60)
+        if fresh:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{FRESH_DB}{suffix}").unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, help="runs (default 3)")
     ap.add_argument("--requests", type=int, help="requests per page and run (default 30)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached data set")
+    ap.add_argument("--fresh", action="store_true",
+                    help="append a punch before every request: every view computed afresh")
     ap.add_argument("--serve", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
@@ -265,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"db {(DATA / 'ledger.db').stat().st_size / 2**20:.0f} MiB)")
     per_run: list[dict[str, list[float]]] = []
     for _ in range(runs):
-        per_run.append(one_run(meta, requests))
+        per_run.append(one_run(meta, requests, args.fresh))
     rows, ok = [], True
     for page in PAGES:
         p50s = [common.percentile(r[page], 50) for r in per_run]
@@ -284,6 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           "ledger; later views reuse it until a new non-access ledger entry or the next "
           "minute (collector.api.console_cache), so a busy clock's punches make more views "
           "pay it")
+    if args.fresh:
+        print("--fresh: a punch appended and committed before every request, so every view "
+              "above was computed afresh (no cache hit); its first view is the first after "
+              "the API started, which reads the console's windows from scratch "
+              "(collector.api.console_rows), as after a device, retention or shred entry "
+              "or when the UTC day turns")
     print(f"{runs} run(s) × {requests} requests per page (after 2 warm-up rounds) → "
           f"{'OK' if ok else 'MISSED'}")
     return 0 if ok else 1

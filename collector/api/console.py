@@ -45,6 +45,7 @@ from collector.api import console_sources as S
 from collector.api import params as P
 from collector.api import views_hr as H
 from collector.api.console_cache import cached
+from collector.api.console_rows import window_sheets
 from collector.api.console_sources import PackInfo
 from collector.api.errors import BadRequestError, NotFoundError, classify
 from collector.api.keys import CLOCK, CORRECTIONS, SETTINGS, STORE, ctx, principal_name
@@ -56,8 +57,8 @@ from collector.records import retention, reviews
 from collector.records.corrections import FIELDS, MAX_NOTE, REASONS, CorrectionError
 from collector.records.exports import ExportError, Fixed, parse_time
 from collector.records.plots import svg_bars
-from collector.records.timesheet_export import Sheets, load
-from collector.records.timesheets import Rules, hours, shift_row, zone
+from collector.records.timesheet_export import load
+from collector.records.timesheets import Rules, Timesheet, hours, shift_row, zone
 from wire.bodies_review import NOTE_MAX
 from wire.fields import DEVICE_ID_RE
 from wire.grants import DISPUTE_REASON
@@ -66,6 +67,7 @@ log = logging.getLogger("timeclock.api.console")
 
 US = 1_000_000
 DAY_US = 86_400 * US
+EPOCH = dt.date(1970, 1, 1)
 EXCEPTION_DAYS = 14
 PLOT_DAYS = 30
 TIMESHEET_MAX_DAYS = 62
@@ -172,16 +174,21 @@ def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str]
     or, with ``employees`` (a supervisor's team: only these people's), of their
     timesheets."""
     rules = Rules()
-    sheets: Sheets = load(store, PunchQuery(since=now_us - (EXCEPTION_DAYS + 1) * DAY_US,
-                                            until=now_us + 1), rules, fixed, sites=sites)
+    since = now_us - (EXCEPTION_DAYS + 1) * DAY_US
+    sheets = window_sheets(store, fixed, rules, since=since, until=now_us + 1, now_us=now_us,
+                           sites=sites, employees=employees)
+    if sheets is None:
+        sheets = load(store, PunchQuery(since=since, until=now_us + 1), rules, fixed,
+                      sites=sites, employees=employees).sheets
     site_of = _site_of(store)
     today = dt.datetime.fromtimestamp(now_us / US, dt.UTC).date()
-    per_hour = {f"{h:02d}": 0 for h in range(24)}
-    per_day: Counter[str] = Counter()
+    today_n = now_us // DAY_US           # UTC day numbers: integers, not datetimes per punch
+    hours_today = [0] * 24
+    days_n: Counter[int] = Counter()
     present: dict[str, list[dict[str, str]]] = {}
     exceptions: list[dict[str, str]] = []
     open_after = now_us - rules.max_shift_h * 3600 * US
-    for sh in sheets.sheets:
+    for sh in sheets:
         if employees is not None and sh.employee_id not in employees:
             continue
         tz = zone(sh.timezone)
@@ -189,10 +196,10 @@ def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str]
             for p in (s.start_punch, s.end_punch):
                 if p is None:
                     continue
-                at = dt.datetime.fromtimestamp(p.ts / US, dt.UTC)
-                per_day[at.date().isoformat()] += 1
-                if at.date() == today:
-                    per_hour[f"{at.hour:02d}"] += 1
+                n = p.ts // DAY_US
+                days_n[n] += 1
+                if n == today_n:
+                    hours_today[p.ts % DAY_US // (3600 * US)] += 1
         last = max(sh.shifts, key=lambda s: s.start, default=None)
         in_now = None
         if (last is not None and last.end is None and last.start_punch is not None
@@ -209,10 +216,11 @@ def hr_view(store: SQLStore, fixed: Fixed, *, now_us: int, sites: frozenset[str]
                           and not (e.kind == "missing-out" and e.punch == in_now))
     exceptions.sort(key=lambda e: (e["day"], e["employee_id"]), reverse=True)
     if employees is None:
-        per_day = Counter(dt.datetime.fromtimestamp(ts / US, dt.UTC).date().isoformat()
-                          for ts in queries.punch_times(store, now_us - PLOT_DAYS * DAY_US,
-                                                        now_us + 1, sites))
-    return HrView(dict(sorted(present.items())), exceptions, per_hour, dict(per_day))
+        days_n = Counter(queries.punch_days(store, now_us - PLOT_DAYS * DAY_US, now_us + 1,
+                                            sites))
+    per_hour = {f"{h:02d}": n for h, n in enumerate(hours_today)}
+    per_day = {(EPOCH + dt.timedelta(days=n)).isoformat(): c for n, c in days_n.items()}
+    return HrView(dict(sorted(present.items())), exceptions, per_hour, per_day)
 
 
 def pending_for(request: web.Request) -> list[Correction]:
@@ -287,24 +295,21 @@ async def timesheets(request: web.Request) -> web.StreamResponse:
     end = int(dt.datetime.combine(until, dt.time(), dt.UTC).timestamp()) * US
     sites = c.principal.sites if c.principal is not None else None
 
-    def build() -> list[dict[str, Any]]:
-        sheets = load(app[STORE], PunchQuery(since=start, until=end), Rules(),
-                      app[CORRECTIONS].applied_complete(), sites=sites)
-        out = []
-        for sh in sheets.sheets:
-            tz = zone(sh.timezone)
-            out.append({"employee_id": sh.employee_id, "timezone": sh.timezone,
-                        "shifts": [shift_row(s, tz) for s in sh.shifts],
-                        "exceptions": len(sh.exceptions),
-                        "total": hours(sum(sh.hours_by_day().values()))})
-        return out
+    def build() -> list[Timesheet]:
+        store, fixed, rules = app[STORE], app[CORRECTIONS].applied_complete(), Rules()
+        sheets = window_sheets(store, fixed, rules, since=start, until=end,
+                               now_us=app[CLOCK](), sites=sites)
+        if sheets is None:          # a range before the window: from the store
+            sheets = load(store, PunchQuery(since=start, until=end), rules, fixed,
+                          sites=sites).sheets
+        return sheets
 
     every = await asyncio.to_thread(cached, app[STORE], "timesheets", app[CLOCK](),
                                     (start, end, sites), build)
     pages = max(1, -(-len(every) // SHEETS_PER_PAGE))
     if page > pages:
         raise NotFoundError(f"page {page}: this range has {pages} page(s) of timesheets")
-    rows = every[(page - 1) * SHEETS_PER_PAGE:page * SHEETS_PER_PAGE]
+    rows = [_sheet_row(sh) for sh in every[(page - 1) * SHEETS_PER_PAGE:page * SHEETS_PER_PAGE]]
     c.record.count = sum(len(r["shifts"]) for r in rows)
     span = {"since": f"{since.isoformat()}T00:00:00Z", "until": f"{until.isoformat()}T00:00:00Z"}
     csv_link = "/v1/timesheets?" + urllib.parse.urlencode({**span, "format": "csv"})
@@ -316,6 +321,14 @@ async def timesheets(request: web.Request) -> web.StreamResponse:
                   csv_allowed=_allowed(request, "getTimesheets"), page=page, pages=pages,
                   employees=len(every), prev_link=links.get(page - 1),
                   next_link=links.get(page + 1))
+
+
+def _sheet_row(sh: Timesheet) -> dict[str, Any]:
+    """One employee of the timesheets page (only the page's employees are rendered)."""
+    tz = zone(sh.timezone)
+    return {"employee_id": sh.employee_id, "timezone": sh.timezone,
+            "shifts": [shift_row(s, tz) for s in sh.shifts], "exceptions": len(sh.exceptions),
+            "total": hours(sum(sh.hours_by_day().values()))}
 
 
 def _allowed(request: web.Request, route_name: str) -> bool:

@@ -33,6 +33,7 @@ from collector.api import console as C
 from collector.api import params as P
 from collector.api import views_hr as H
 from collector.api.console_cache import cached
+from collector.api.console_rows import window_sheets
 from collector.api.errors import NotFoundError, classify
 from collector.api.keys import CLOCK, CORRECTIONS, STORE, ctx
 from collector.ledger.sqlbase import PunchQuery, SQLStore
@@ -88,9 +89,13 @@ async def team(request: web.Request, *, error: str | None = None, status: int = 
 def self_view(store: SQLStore, fixed: Fixed, employee: str, *, now_us: int
               ) -> dict[str, Any]:
     """One employee's punches, shifts and exceptions of the last SELF_DAYS days."""
-    sheets = load(store, PunchQuery(since=now_us - SELF_DAYS * DAY_US, until=now_us + 1),
-                  Rules(), fixed, employee=employee)
-    sheet = next((s for s in sheets.sheets if s.employee_id == employee), None)
+    since, rules = now_us - SELF_DAYS * DAY_US, Rules()
+    sheets = window_sheets(store, fixed, rules, since=since, until=now_us + 1, now_us=now_us,
+                           sites=None, employees=frozenset({employee}))
+    if sheets is None:
+        sheets = load(store, PunchQuery(since=since, until=now_us + 1), rules, fixed,
+                      employee=employee).sheets
+    sheet = next((s for s in sheets if s.employee_id == employee), None)
     if sheet is None:
         return {"timezone": None, "punches": [], "shifts": [], "exceptions": [],
                 "total": hours(0)}

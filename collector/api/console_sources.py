@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from collector.access import access_reviews
-from collector.api.console_cache import cached
+from collector.api.console_rows import progress_of
 from collector.fleet.devices import DeviceRow, StatusReading, fleet_rows
 from collector.fleet.pki import INDEX, IndexEntry
 from collector.ingest.statuses import StatusRow
@@ -113,15 +113,14 @@ def fleet_lines(store: SQLStore, *, now_us: int, certs: CertIndex,
 
 class _Progress:
     """``store`` for collector.fleet.devices.fleet_rows, whose per-clock progress (a window
-    over every punch of the clock: the page's one costly read) is reused while the ledger
-    has nothing new (collector.api.console_cache)."""
+    over every punch of the clock: the page's one costly read) is kept and brought up to
+    date from the punches recorded since (collector.api.console_rows.ProgressWindow)."""
 
     def __init__(self, store: SQLStore, now_us: int) -> None:
         self._store, self._now = store, now_us
 
     def progress(self, device: str) -> DeviceProgress:
-        store = self._store
-        return cached(store, "progress", self._now, device, lambda: store.progress(device))
+        return progress_of(self._store, device)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

@@ -32,6 +32,9 @@ def entries_of_kind(store: SQLStore, kind: str, after: int, limit: int) -> list[
             for idx, at, h, bh, body in store.query(_KIND_PAGE, (kind, after, limit))]
 
 
+DAY_US = 86_400 * 1_000_000
+
+
 def newest_idx_except(store: SQLStore, kind: str) -> int:
     """The idx of the newest entry whose kind is not ``kind`` (-1: none), walking back from
     the head (collector.api.console_cache: the entries since are page views)."""
@@ -40,17 +43,57 @@ def newest_idx_except(store: SQLStore, kind: str) -> int:
     return -1 if not rows else int(rows[0][0])
 
 
-def punch_times(store: SQLStore, since: int, until: int, sites: frozenset[str] | None
-                ) -> list[int]:
-    """Device times of the recorded punches with ``since`` <= ts < ``until`` (at ``sites``;
-    None: anywhere), from the projection's ts index, for counts on a plot: the rows are not
-    checked against their entries one by one (``verify`` checks the projection)."""
-    if sites is not None and not sites:
+def newest_of_kinds(store: SQLStore, kinds: Iterable[str]) -> int:
+    """The idx of the newest entry of one of ``kinds`` (-1: none; the kind index)."""
+    ks = sorted(kinds)
+    marks = ", ".join("?" * len(ks))
+    rows = store.query(f"SELECT MAX(idx) FROM entries WHERE kind IN ({marks})", ks)  # noqa: S608 - placeholders only
+    return -1 if not rows or rows[0][0] is None else int(rows[0][0])
+
+
+def any_of_kinds(store: SQLStore, lo: int, hi: int, kinds: Iterable[str]) -> bool:
+    """Whether an entry with ``lo`` <= idx < ``hi`` is of one of ``kinds`` (a range of the
+    chain's primary key: the entries since a read)."""
+    ks = sorted(kinds)
+    if hi <= lo or not ks:
+        return False
+    marks = ", ".join("?" * len(ks))
+    return bool(store.query(
+        f"SELECT 1 FROM entries WHERE idx >= ? AND idx < ? AND kind IN ({marks}) LIMIT 1",  # noqa: S608 - placeholders only
+        (lo, hi, *ks)))
+
+
+def punch_seqs_between(store: SQLStore, lo: int, hi: int) -> list[tuple[str, int]]:
+    """(device, seq) of the punches recorded at entries ``lo`` <= idx < ``hi``, by seq (the
+    idx index: the punches since a read)."""
+    if hi <= lo:
         return []
+    rows = store.query("SELECT device, seq FROM punches WHERE idx >= ? AND idx < ? "
+                       "ORDER BY seq", (lo, hi))
+    return [(str(d), int(s)) for d, s in rows]
+
+
+def device_seqs(store: SQLStore, device: str, below: int) -> Iterator[int]:
+    """The recorded seqs of ``device`` at entries below ``below``, ascending (its key
+    range)."""
+    for (seq,) in store.query("SELECT seq FROM punches WHERE device = ? AND idx < ? "
+                              "ORDER BY seq", (device, below)):
+        yield int(seq)
+
+
+def punch_days(store: SQLStore, since: int, until: int, sites: frozenset[str] | None
+               ) -> dict[int, int]:
+    """UTC day number (ts // 86,400 s) → recorded punches with ``since`` <= ts < ``until``
+    (at ``sites``; None: anywhere), counted by the database over the projection's ts index,
+    for a plot: the rows are not checked against their entries one by one and none leaves
+    (``verify`` checks the projection)."""
+    if sites is not None and not sites:
+        return {}
     where = "" if sites is None else f" AND site IN ({', '.join('?' * len(sites))})"
-    rows = store.query(f"SELECT ts FROM punches WHERE ts >= ? AND ts < ?{where}",  # noqa: S608 - placeholders only
+    rows = store.query(f"SELECT ts / {DAY_US} AS d, COUNT(*) FROM punches "  # noqa: S608 - placeholders and a constant
+                       f"WHERE ts >= ? AND ts < ?{where} GROUP BY ts / {DAY_US}",
                        (since, until, *sorted(sites or ())))
-    return [int(r[0]) for r in rows]
+    return {int(d): int(n) for d, n in rows}
 
 
 def idxs_of_kind(store: SQLStore, kind: str) -> set[int]:

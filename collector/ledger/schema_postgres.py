@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS entries (
     prev  TEXT NOT NULL,
     hash  TEXT NOT NULL
 );
+-- read aid of the console (issue 16; schema_sqlite.READ_INDEXES): entries by kind
+CREATE INDEX IF NOT EXISTS entries_kind ON entries (kind, idx);
 CREATE TABLE IF NOT EXISTS bodies (
     idx   BIGINT PRIMARY KEY,
     body  BYTEA NOT NULL
@@ -67,6 +69,8 @@ CREATE TABLE IF NOT EXISTS punches (
     PRIMARY KEY (device, seq)
 );
 CREATE INDEX IF NOT EXISTS punches_ts ON punches (ts);
+-- read aids of the console (issue 16; schema_sqlite.READ_INDEXES): punches by idx
+CREATE INDEX IF NOT EXISTS punches_idx ON punches (idx);
 CREATE TABLE IF NOT EXISTS devices (
     device        TEXT PRIMARY KEY,
     site          TEXT NOT NULL,

@@ -198,9 +198,19 @@ TREE_DDL: tuple[str, ...] = (
     *people_tables.SQLITE_STATEMENTS,
 )
 
+# Indexes for the reads of the console and the compliance page (issue 16): entries by kind
+# (alerts, reviews, policies and holds, corrections without a scan of the chain) and punches
+# by idx (the rows appended since a view, the retention plan's ranges). Read aids only, no
+# rule: a file opened without them gets them (SQLiteStore), a version stays a version.
+READ_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS entries_kind ON entries (kind, idx)",
+    "CREATE INDEX IF NOT EXISTS punches_idx ON punches (idx)",
+)
+
 _VERSION = "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{}');\n"
 SCHEMA_V1 = _V1 + _VERSION.format(1)
 SCHEMA = (_V1 + "".join(f"{stmt};\n" for stmt in TREE_DDL)
           # §8.6 data keys (collector.ledger.keyring; an older file gets them on first use)
           + "".join(f"{stmt};\n" for stmt in keyring.SQLITE_STATEMENTS)
+          + "".join(f"{stmt};\n" for stmt in READ_INDEXES)
           + _VERSION.format(SCHEMA_VERSION))

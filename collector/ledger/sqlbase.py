@@ -66,7 +66,7 @@ _RAW_PAGE = ("SELECT e.idx, e.kind, e.at, e.body, e.prev, e.hash, b.body FROM en
 _PAYROLL = ("SELECT p.device, p.site, p.seq, p.credential, p.action, p.ts, p.clock, p.reader, "
             "p.key_id, e.at, p.idx, e.hash, e.kind, e.body, e.prev, b.body "
             "FROM punches p JOIN entries e ON e.idx = p.idx JOIN bodies b ON b.idx = p.idx"
-            "{where} ORDER BY p.ts, p.device, p.seq")
+            "{where} ORDER BY {ts}, p.device, p.seq")
 QUARANTINE_SUBJECT = "_quarantine"    # the data keys of quarantined raw bytes (§8.6)
 # Kinds appended through their own fact type (PunchFact, RejectionFact), never as EventFact:
 # a punch must pass the registry re-check, a rejection keeps its raw bytes in quarantine.
@@ -113,6 +113,7 @@ class PunchQuery:
     until: int | None = None
     site: str | None = None
     device: str | None = None
+    from_idx: int | None = None     # only punches recorded at or after this entry idx
 
     def sql(self, ph: str, *, credential: str | None = None, credential_tag: str | None = None,
             seq: int | None = None,
@@ -137,7 +138,8 @@ class PunchQuery:
             params.extend(after)
         if extra:
             where = (where + " AND " if where else " WHERE ") + " AND ".join(extra)
-        text = _PAYROLL.format(where=where)  # values are parameters, never text
+        text = _PAYROLL.format(where=where,  # values are parameters, never text
+                               ts="p.ts" if self.from_idx is None else "+p.ts")
         if limit is not None:
             text += f" LIMIT {ph}"
             params.append(limit)
@@ -148,8 +150,12 @@ class PunchQuery:
         # '' never matches the credential pattern): it is no longer a punch anyone reads.
         clauses: list[str] = ["p.credential <> ''"]
         params: list[Any] = []
-        for col, op, val in (("p.ts", ">=", self.since), ("p.ts", "<", self.until),
-                             ("p.site", "=", self.site), ("p.device", "=", self.device)):
+        # With from_idx (the few rows appended since a read) the idx index leads: ``+p.ts``
+        # keeps SQLite's planner off the ts index (a no-op in PostgreSQL).
+        ts = "p.ts" if self.from_idx is None else "+p.ts"
+        for col, op, val in ((ts, ">=", self.since), (ts, "<", self.until),
+                             ("p.site", "=", self.site), ("p.device", "=", self.device),
+                             ("p.idx", ">=", self.from_idx)):
             if val is not None:
                 clauses.append(f"{col} {op} {ph}")
                 params.append(val)

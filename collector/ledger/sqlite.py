@@ -31,7 +31,7 @@ from typing import Any
 from collector import LedgerError, LedgerUnavailableError
 from collector.ledger import tree
 from collector.ledger.row_check import ENROLMENT_SQL, RowChecker
-from collector.ledger.schema_sqlite import SCHEMA, SCHEMA_VERSION, TREE_DDL
+from collector.ledger.schema_sqlite import READ_INDEXES, SCHEMA, SCHEMA_VERSION, TREE_DDL
 from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 
 log = logging.getLogger("timeclock.ledger")
@@ -105,6 +105,28 @@ class SQLiteStore(SQLStore):
             self._conn.close()
             raise LedgerError(f"{self.path}: ledger schema version {row and row[0]} is not "
                               f"{SCHEMA_VERSION}; this collector cannot use it")
+        self._ensure_read_indexes()
+
+    def _ensure_read_indexes(self) -> None:
+        """Create the :data:`READ_INDEXES` a file made before them lacks (once: seconds for a
+        large ledger; a file that has them is only read). They only speed reads up, so a file
+        that cannot take them (read-only) is used without them, with a warning."""
+        names = [stmt.split()[5] for stmt in READ_INDEXES]
+        marks = ", ".join("?" * len(names))
+        try:
+            have = {str(r[0]) for r in self._conn.execute(
+                f"SELECT name FROM sqlite_master WHERE type = 'index' AND name IN ({marks})",  # noqa: S608 - placeholders only
+                names)}
+            missing = [stmt for stmt, n in zip(READ_INDEXES, names, strict=True) if n not in have]
+            if missing:
+                self._conn.executescript("BEGIN IMMEDIATE;" + "".join(f"{s};" for s in missing)
+                                         + "COMMIT;")
+        except sqlite3.Error as e:
+            with suppress(sqlite3.Error):
+                self._conn.rollback()
+            log.warning("%s: the read indexes %s are missing and could not be created (%s): "
+                        "the console's and the compliance page's reads are slower", self.path,
+                        ", ".join(names), e)
 
     def _upgrade_v1(self) -> None:
         """Version 1 → 2: the node table, its triggers and the tree of every entry, at once."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from collector.ledger import checkpoint_tables, people_tables
 from collector.ledger.people_tables import BadgeResolver
-from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
 from collector.records.exports import (
     ExportError,
     ExportSummary,
@@ -38,6 +38,8 @@ from wire.errors import WireError
 from wire.keys import SigningKey
 from wire.ledger import Entry
 from wire.timesheet_proofs import PROOFS_FORMAT, SIDECAR_KIND, proof_item, sign_sidecar
+
+_EMPLOYEES_ONE_BY_ONE = 20
 
 
 @dataclass(slots=True)
@@ -53,10 +55,11 @@ class Sheets:
 
 def load(store: SQLStore, query: PunchQuery, rules: Rules, corrections: Fixed,
          *, employee: str | None = None, sites: frozenset[str] | None = None,
-         size: int | None = None) -> Sheets:
+         size: int | None = None, employees: frozenset[str] | None = None) -> Sheets:
     """Every employee's timesheet over ``query`` (device time), or only ``employee``'s;
     ``sites``: only punches of clocks at these sites (a site-scoped principal); ``size``:
-    the ledger snapshot to read (default: the whole ledger now), e.g. a checkpoint's size.
+    the ledger snapshot to read (default: the whole ledger now), e.g. a checkpoint's size;
+    ``employees``: only these employees' timesheets (a supervisor's team).
 
     Punches of badges that resolve to nobody (unknown, lost, blocked) belong to no timesheet;
     their count by status is kept (``unassigned``) so the sidecar says what was left out."""
@@ -77,21 +80,33 @@ def load(store: SQLStore, query: PunchQuery, rules: Rules, corrections: Fixed,
         if emp is None:
             out.unassigned[status] = out.unassigned.get(status, 0) + 1
             continue
-        if employee is not None and emp != employee:
+        if (employee is not None and emp != employee) or (employees is not None
+                                                           and emp not in employees):
             continue
-        fixed = corrections.get((r.device, r.seq), {})
-        ts = int(fixed["ts"].value) if "ts" in fixed else r.ts
-        action = str(fixed["action"].value) if "action" in fixed else r.action
-        used = tuple(sorted({a.correction_idx for a in fixed.values()}))
-        by_employee[emp].append(TimePunch(ts, action, r.device, r.seq, used))
         out.sources[r.idx] = emp
-        out.corrections.update(used)
+        tp = time_punch(r, corrections)
+        by_employee[emp].append(tp)
+        out.corrections.update(tp.corrections)
+    # Many employees: their rows in one query, not one each.
+    rows_of = ({e.employee_id: e for e in people_tables.employees(store)}
+               if len(by_employee) > _EMPLOYEES_ONE_BY_ONE else None)
     for emp in sorted(by_employee):
-        row = people_tables.employee(store, emp)
+        row = people_tables.employee(store, emp) if rows_of is None else rows_of.get(emp)
         tz = row.timezone if row is not None else "UTC"
         out.timezones[emp] = tz
         out.sheets.append(build(emp, tz, by_employee[emp], rules))
     return out
+
+
+def time_punch(r: PunchRow, corrections: Fixed) -> TimePunch:
+    """The row as a timesheet punch, with its approved corrections applied."""
+    fixed = corrections.get((r.device, r.seq))
+    if not fixed:       # most punches: nothing to apply
+        return TimePunch(r.ts, r.action, r.device, r.seq)
+    ts = int(fixed["ts"].value) if "ts" in fixed else r.ts
+    action = str(fixed["action"].value) if "action" in fixed else r.action
+    used = tuple(sorted({a.correction_idx for a in fixed.values()}))
+    return TimePunch(ts, action, r.device, r.seq, used)
 
 
 def proof_size(store: SQLStore) -> int:
