@@ -15,7 +15,6 @@ audit.review), otto (ops: ops.devices).
 
 from __future__ import annotations
 
-import socket
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from collector.ledger.tables import ensure_schema
 from tests.collector import console_kit as K
 from tests.collector.api_kit import access_bodies
 from tests.fixtures.chromium_kit import Browser, chromium_browser
+from tests.fixtures.mosquitto import free_port
 from tests.fixtures.oidc_kit import MFA_ACR, WEB_CLIENT, OIDCProvider
 from tests.fixtures.pki import TestPKI
 from tests.polling import wait_for
@@ -59,12 +59,6 @@ USERS: dict[str, dict[str, Any]] = {
     "otto": {"sub": "u-5006", "password": "otto-pw", "groups": ["ops"], "employee_id": "E-OTTO",
              "mfa": False},
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

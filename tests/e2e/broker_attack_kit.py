@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import queue
 import re
-import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from collector.access.directory import Principals
 from collector.api.app import start_api
 from collector.api.config import ApiSection
 from collector.ledger.sqlbase import SQLStore
+from tests.fixtures.mosquitto import free_port
 from tests.fixtures.pki import ClientCert, TestPKI
 from wire import inclusion, topics, witness
 
@@ -127,10 +127,3 @@ async def api_status(store: SQLStore, pki: TestPKI, cert: ClientCert, *, kind: s
             return r.status
     finally:
         await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
