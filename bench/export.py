@@ -27,11 +27,16 @@ plain, **B** keyed (``[ledger] kek`` a file KEK: every punch body sealed under i
 5 s apart, so 1M rows span 58 days: three months, ``--people`` × 3 data keys. Each run is
 ``timeclock-collector export --payroll --out FILE`` (CSV, the default payroll field set,
 corrections applied, every row checked against its entry and body hash) in a fresh child
-process, A and B alternating (A first in odd runs); the child reports the command's wall time
-and its VmHWM (peak RSS) just before and after the command: growth = after − before.
+process, A and B alternating (A first in odd runs), with ``--jobs`` (default 0: the export
+checks and formats its rows in one worker process per CPU, at most 4, each a forked child
+reading its own chunks of device time; 1: one process). The child reports the command's wall
+time, the CPU time of the command and its workers, and its VmHWM (peak RSS) just before and
+after the command and the largest worker's peak: growth = (after − before) + workers ×
+(worker peak − before), counting each worker's memory as if none were shared.
 
     python bench/export.py --payroll            # 3 runs each, 1,000,000 punches
     python bench/export.py --payroll --quick    # 2 runs each, 100,000 punches
+    python bench/export.py --payroll --jobs 1   # one process (the baseline of --jobs)
 """
 
 from __future__ import annotations
@@ -173,28 +178,40 @@ def seed_pair(plain_db: Path, keyed_db: Path, kek_spec: str, *, rows: int, devic
     return time.perf_counter() - started
 
 
-def payroll_child(url: str, out: str) -> None:
-    """Child process: one ``timeclock-collector export --payroll``; prints its figures."""
+def payroll_child(url: str, out: str, jobs: str) -> None:
+    """Child process: one ``timeclock-collector export --payroll --jobs N``; prints its
+    figures (CPU: this process and its export workers; peak RSS: this process's VmHWM and
+    the largest worker's)."""
+    import resource  # noqa: PLC0415 - child only
+
     from collector.cli.main import main as cli  # noqa: PLC0415 - imported before measuring
 
     before = vm_kb("VmHWM")
-    started, cpu = time.perf_counter(), time.process_time()
-    rc = cli(["export", "--store", url, "--payroll", "--out", out, "--purpose", "bench"])
-    secs, cpu = time.perf_counter() - started, time.process_time() - cpu
+    started, t0 = time.perf_counter(), os.times()
+    rc = cli(["export", "--store", url, "--payroll", "--out", out, "--purpose", "bench",
+              "--jobs", jobs])
+    secs, t1 = time.perf_counter() - started, os.times()
+    cpu = sum(getattr(t1, f) - getattr(t0, f)
+              for f in ("user", "system", "children_user", "children_system"))
     print(json.dumps({"rc": rc, "secs": secs, "cpu_s": cpu, "hwm_before_kb": before,
-                      "hwm_after_kb": vm_kb("VmHWM")}), flush=True)
+                      "hwm_after_kb": vm_kb("VmHWM"),
+                      "worker_hwm_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}),
+          flush=True)
 
 
-def payroll_run(url: str, out: Path, kek_spec: str | None
+def payroll_run(url: str, out: Path, kek_spec: str | None, jobs: int
                 ) -> tuple[int, float, float, float]:
     """(rows, seconds, peak RSS growth MB, CPU seconds) of one export in a fresh child
-    process."""
+    process. Growth: the export process's own, plus each worker's peak above the RSS it was
+    forked with (taken as the process's RSS before the export), times the workers."""
     from collector.ledger import KEK_ENV  # noqa: PLC0415
+    from collector.records.exports import default_jobs  # noqa: PLC0415
 
     env = {k: v for k, v in os.environ.items() if k != KEK_ENV}
     if kek_spec is not None:
         env[KEK_ENV] = kek_spec
-    done = subprocess.run([sys.executable, __file__, "--payroll-child", url, str(out)],
+    done = subprocess.run([sys.executable, __file__, "--payroll-child", url, str(out),
+                           str(jobs)],
                           env=env, capture_output=True, text=True, check=False, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f"export child failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -207,16 +224,22 @@ def payroll_run(url: str, out: Path, kek_spec: str | None
             if line.startswith("# ") and '"trailer"' in line:
                 rows = json.loads(line[2:])["trailer"]["rows"]
     out.unlink()
-    return rows, fig["secs"], (fig["hwm_after_kb"] - fig["hwm_before_kb"]) / 1024, fig["cpu_s"]
+    workers = (default_jobs() if jobs == 0 else jobs) if fig["worker_hwm_kb"] else 0
+    growth_kb = (fig["hwm_after_kb"] - fig["hwm_before_kb"]) + workers * max(
+        0, fig["worker_hwm_kb"] - fig["hwm_before_kb"])
+    return rows, fig["secs"], growth_kb / 1024, fig["cpu_s"]
 
 
-def payroll_main(rows: int, runs: int, people: int) -> int:
+def payroll_main(rows: int, runs: int, people: int, jobs: int) -> int:
     from collector.ledger.kek import create_file_kek  # noqa: PLC0415 - payroll mode only
 
     with tempfile.TemporaryDirectory(prefix="tc-bench-payroll-") as tmp:
         work = Path(tmp)
         print(common.header("Payroll export with decryption: plain (A) vs keyed (B) ledger",
                             data_dir=work))
+        from collector.records.exports import default_jobs  # noqa: PLC0415
+        print(f"jobs    : --jobs {jobs} ({default_jobs() if jobs == 0 else jobs} worker "
+              f"process(es) when the ledger splits into chunks)")
         create_file_kek(work / "kek.key")
         spec = f"file:{work / 'kek.key'}"
         plain_db, keyed_db = work / "plain.db", work / "keyed.db"
@@ -230,7 +253,7 @@ def payroll_main(rows: int, runs: int, people: int) -> int:
         for i in range(runs):
             for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
                 url, kek = sides[side]
-                n, secs, growth, cpu = payroll_run(url, work / "out.csv", kek)
+                n, secs, growth, cpu = payroll_run(url, work / "out.csv", kek, jobs)
                 if n != rows:
                     print(f"run {i + 1} {side}: expected {rows} rows, got {n}",
                           file=sys.stderr)
@@ -246,7 +269,7 @@ def payroll_main(rows: int, runs: int, people: int) -> int:
         med = {s: common.median([r for r, *_ in results[s]]) for s in results}
         cpu_med = {s: common.median([c for *_, c in results[s]]) for s in results}
         worst = max(g for _, _, g, _ in results["B"])
-        print(f"CPU     : rows per CPU-second of the export process, median A "
+        print(f"CPU     : rows per CPU-second of the export process and its workers, median A "
               f"{cpu_med['A']:,.0f}, B {cpu_med['B']:,.0f} (steadier than wall time on a "
               f"shared machine)")
         ok = med["B"] >= TARGET_ROWS_S and worst < TARGET_RSS_MB
@@ -355,7 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--people", type=int, default=5000,
                     help="employees (and badges) of the --payroll ledgers (default 5,000)")
     ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
-    ap.add_argument("--payroll-child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--jobs", type=int, default=0, metavar="N",
+                    help="--payroll: the export's --jobs (default 0: one worker per CPU, "
+                         "at most 4; 1: one process)")
+    ap.add_argument("--payroll-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         serve(*args.serve)
@@ -366,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     runs = args.runs or (2 if args.quick else 3)
     if args.payroll:
-        return payroll_main(rows, runs, args.people)
+        return payroll_main(rows, runs, args.people, args.jobs)
 
     with tempfile.TemporaryDirectory(prefix="tc-bench-export-") as tmp:
         work = Path(tmp)

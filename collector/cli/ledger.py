@@ -165,6 +165,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "device_time)")
     e.add_argument("--purpose", default="not stated", metavar="TEXT",
                    help="why the data leaves the system (recorded in the ledger, D20)")
+    e.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="processes that check and format payroll rows side by side (default "
+                        "0: one per CPU, at most 4; 1: this process only). The file is the "
+                        "same byte for byte whatever N; a PKCS#11 KEK always uses one")
     e.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("proof", help="print an inclusion or consistency proof (JSON)",
@@ -387,7 +391,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                                   corrections=fixed, fields=fields,
                                                   pseudonyms=pseudonyms)
             return export_payroll(store, out, fmt=args.format, query=query, now_us=now_us,
-                                  corrections=fixed, fields=fields, pseudonyms=pseudonyms)
+                                  corrections=fixed, fields=fields, pseudonyms=pseudonyms,
+                                  jobs=args.jobs)
 
         if args.out is None:
             summary = write(sys.stdout)

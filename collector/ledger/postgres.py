@@ -94,6 +94,11 @@ class PostgresStore(SQLStore):
         self._dsn = dsn
         self._conn = self._open(_connect(dsn))
 
+    @property
+    def dsn(self) -> str:
+        """The connection string this store was opened with (collector.ledger.readers)."""
+        return self._dsn
+
     def _open(self, conn: psycopg.Connection[tuple[Any, ...]]
               ) -> psycopg.Connection[tuple[Any, ...]]:
         """``conn`` once the ledger schema is checked on it (closed and raised otherwise)."""

@@ -1,0 +1,84 @@
+"""Extra read-only views of a store for exports that read in several processes.
+
+A payroll export over a large ledger is split by device time into chunks that worker
+processes check and format side by side (collector.records.exports). A worker is a forked
+child; it must never use the parent's database connection (neither SQLite's nor libpq's
+survives a fork), so it opens its own store on the same database with the same KEK:
+:func:`fresh_reader`. A KEK that lives in a PKCS#11 token is a logged-in session of the
+parent, which a child cannot use: :func:`forkable` says no and the export runs in one
+process.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from collector.ledger.body_crypto import RUN_KEYS_MAX
+from collector.ledger.kek import FileKek
+from collector.ledger.keyring import Keyring
+from collector.ledger.postgres import PostgresStore
+from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.ledger.sqlite import SQLiteStore, connect
+
+
+def forkable(store: SQLStore) -> bool:
+    """Can a forked child open this store again by itself (a SQLite file or a PostgreSQL
+    DSN, and no KEK or one held in memory)?"""
+    if not isinstance(store, SQLiteStore | PostgresStore):
+        return False
+    return store.sealer is None or isinstance(store.sealer.ring.kek, FileKek)
+
+
+def fresh_reader(store: SQLStore, *, cache_max: int = RUN_KEYS_MAX) -> SQLStore:
+    """A new store object on ``store``'s database, with its own connection and, on a keyed
+    ledger, a keyring under the same KEK (for a child process: see the module docstring)
+    whose cache holds ``cache_max`` unwrapped data keys: a worker reads chunk after chunk,
+    each its own read run (body_crypto.BodySealer.run_opener), and unwraps each key once
+    for all of them."""
+    fresh: SQLStore
+    if isinstance(store, SQLiteStore):
+        fresh = SQLiteStore(store.path)
+    elif isinstance(store, PostgresStore):
+        fresh = PostgresStore(store.dsn)
+    else:
+        raise TypeError(f"{type(store).__name__} cannot be opened again")
+    if store.sealer is not None:
+        ring = store.sealer.ring
+        fresh.use_keyring(Keyring(fresh, ring.kek, origin=ring.origin, cache_max=cache_max))
+    return fresh
+
+
+def ts_splits(store: SQLStore, query: PunchQuery, every: int) -> list[int]:
+    """Device times that cut ``query``'s punches into runs of about ``every`` rows, in
+    order and distinct (from the ts index alone: the site, device and retention filters
+    are left out, so a run may hold fewer rows)."""
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
+    clauses, params = [], []
+    for op, val in ((">=", query.since), ("<", query.until)):
+        if val is not None:
+            clauses.append(f"ts {op} {store.ph}")
+            params.append(val)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    cuts: list[Any]
+    if isinstance(store, SQLiteStore):
+        # Every row's ts comes over the index; islice keeps one in ``every`` without a
+        # Python step for the others. Its own read-only connection, like punch_rows.
+        conn = connect(store.path, readonly=True)
+        try:
+            cur = conn.execute(f"SELECT ts FROM punches{where} ORDER BY ts", params)  # noqa: S608 - only placeholders are formatted in
+            cuts = [r[0] for r in itertools.islice(cur, every, None, every)]
+        finally:
+            conn.close()
+    else:
+        rows = store.query(
+            f"SELECT ts FROM (SELECT ts, ROW_NUMBER() OVER (ORDER BY ts) AS rn FROM punches"  # noqa: S608 - only placeholders are formatted in
+            f"{where}) AS w WHERE rn > 1 AND MOD(rn - 1, {store.ph}) = 0 ORDER BY ts",
+            (*params, every))
+        cuts = [r[0] for r in rows]
+    out: list[int] = []
+    for ts in cuts:
+        if not out or int(ts) > out[-1]:
+            out.append(int(ts))
+    return out

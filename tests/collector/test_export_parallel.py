@@ -1,0 +1,165 @@
+"""Issue 12 (payroll export with decryption at speed): the payroll export checks and formats
+its rows in several worker processes (collector.records.exports ``jobs``, the CLI's
+``--jobs``). The file must be the one a single process writes, byte for byte, on SQLite and
+PostgreSQL, plain and encrypted at rest; an edited row in any chunk still stops the export
+with that row's error and no partial file; a KEK a child cannot reopen runs in one process.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from collector.cli.main import main
+from collector.ledger import KEK_ENV, readers
+from collector.ledger.base import EventFact
+from collector.ledger.kek import create_file_kek
+from collector.ledger.keyring import Keyring
+from collector.ledger.row_check import ProjectionError
+from collector.ledger.sqlbase import PunchQuery, SQLStore
+from collector.people.csv_import import import_files
+from collector.records import exports
+from tests.collector.keyring_kit import BADGE, BADGES, EMPLOYEES, MONTH, STRANGER, MemoryKek
+from tests.collector.ledger_kit import T0, Clock
+from tests.e2e.attack_kit import drop_triggers, restore_triggers
+
+CHUNK = 9           # rows per chunk here: 120 punches make a dozen chunks
+PUNCHES = 40        # per clock
+DAY = 86_400 * 1_000_000
+
+
+def _fill(store: SQLStore, tmp_path: Path) -> None:
+    """Three clocks at two sites, 120 punches over two months of the directory's badge, a
+    badge nobody holds and a second one, all interleaved in device time."""
+    clocks = [Clock("clock-a"), Clock("clock-b"), Clock("clock-c", site="plant-2")]
+    store.append([EventFact("device", c.enrolled_body()) for c in clocks], now_us=T0)
+    (tmp_path / "e.csv").write_text(EMPLOYEES, encoding="utf-8")
+    (tmp_path / "b.csv").write_text(BADGES, encoding="utf-8")
+    import_files(store, tmp_path / "e.csv", tmp_path / "b.csv", now_us=T0)
+    badges = (BADGE, STRANGER, "em4100:0000000042")
+    for i in range(PUNCHES):
+        store.append([c.fact(credential=badges[(i + n) % 3], action="in" if i % 2 else "out",
+                             ts=T0 + i * (2 * MONTH // PUNCHES) + n * DAY // 7)
+                      for n, c in enumerate(clocks)], now_us=T0 + i)
+
+
+@pytest.fixture(params=["plain", "keyed"])
+def filled(request: pytest.FixtureRequest, store: SQLStore, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> SQLStore:
+    if request.param == "keyed":
+        create_file_kek(tmp_path / "kek.key")
+        monkeypatch.setenv(KEK_ENV, f"file:{tmp_path / 'kek.key'}")
+        from collector.ledger.kek import load_kek  # noqa: PLC0415 - keyed case only
+
+        store.use_keyring(Keyring(store, load_kek(f"file:{tmp_path / 'kek.key'}")))
+    _fill(store, tmp_path)
+    monkeypatch.setattr(exports, "CHUNK_ROWS", CHUNK)
+    return store
+
+
+def _export(store: SQLStore, fmt: str, jobs: int, query: PunchQuery | None = None) -> str:
+    out = io.StringIO()
+    exports.export_payroll(store, out, fmt=fmt, query=query or PunchQuery(), now_us=T0,
+                           jobs=jobs)
+    return out.getvalue()
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("fmt", exports.FORMATS)
+def test_payroll_in_several_processes_is_the_file_of_one_process(
+        filled: SQLStore, fmt: str) -> None:
+    assert readers.forkable(filled)
+    assert len(exports._chunks(filled, PunchQuery())) > 6     # really split (CHUNK rows)
+    one = _export(filled, fmt, 1)
+    assert one.count("\n") == PUNCHES * 3 + (3 if fmt == "csv" else 2)
+    for jobs in (2, 3):
+        assert _export(filled, fmt, jobs) == one
+    # A query's own bounds and filters hold in every chunk.
+    query = PunchQuery(since=T0 + MONTH // 3, until=T0 + MONTH + MONTH // 2, site="hq")
+    part = _export(filled, fmt, 1, query)
+    assert 10 < part.count("clock-") < PUNCHES * 2
+    assert "plant-2" not in part.split("\n", 1)[1]
+    assert _export(filled, fmt, 2, query) == part
+
+
+@pytest.mark.subprocess
+def test_the_cli_export_with_jobs_writes_the_same_rows(
+        filled: SQLStore, store_kind: str, store_url: str, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    if store_kind == "postgresql":      # the operator's migrate comes before any CLI export
+        db = request.getfixturevalue("pg_ledger")
+        assert main(["migrate", "--store", db.owner_dsn, "--app-role", db.app_role]) == 0
+    files = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"payroll-{jobs}.csv"
+        assert main(["export", "--store", store_url, "--payroll", "--out", str(out),
+                     "--jobs", jobs]) == 0
+        files.append(out.read_text(encoding="utf-8").split("\n", 1)[1])   # after the header
+        assert (out.stat().st_mode & 0o777) == 0o600
+    assert files[0] == files[1]
+    assert '"rows": 120' in files[1]
+
+
+@pytest.mark.subprocess
+def test_an_edited_row_in_a_later_chunk_stops_a_parallel_export(
+        sqlite_store: SQLStore, sqlite_path: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(sqlite_store, tmp_path)
+    monkeypatch.setattr(exports, "CHUNK_ROWS", CHUNK)
+    conn = sqlite3.connect(sqlite_path)
+    saved = drop_triggers(conn)     # the insider (tests/collector/test_projection_rows.py)
+    conn.execute("UPDATE punches SET action = 'in' WHERE device = 'clock-c' AND seq = 39")
+    restore_triggers(conn, saved)
+    conn.commit()
+    conn.close()
+    says = (r"punch row clock-c#39 \(entry \d+\) does not match the ledger: column\(s\) "
+            r"action differ from the signed punch in the entry")
+    with pytest.raises(ProjectionError, match=says):
+        _export(sqlite_store, "csv", 2)
+    out = tmp_path / "payroll.csv"
+    assert main(["export", "--store", f"sqlite://{sqlite_path}", "--payroll", "--out",
+                 str(out), "--jobs", "2"]) != 0
+    assert re.search(says, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_a_kek_a_child_cannot_reopen_exports_in_one_process(
+        sqlite_store: SQLStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_store.use_keyring(Keyring(sqlite_store, MemoryKek()))   # not a file KEK
+    _fill(sqlite_store, tmp_path)
+    monkeypatch.setattr(exports, "CHUNK_ROWS", CHUNK)
+    assert not readers.forkable(sqlite_store)
+    assert _export(sqlite_store, "csv", 2) == _export(sqlite_store, "csv", 1)
+
+
+def test_ts_splits_cut_in_order_and_bad_jobs_are_refused(filled: SQLStore) -> None:
+    cuts = readers.ts_splits(filled, PunchQuery(), CHUNK)
+    assert cuts == sorted(set(cuts))
+    assert len(cuts) == PUNCHES * 3 // CHUNK
+    with pytest.raises(exports.ExportError, match="jobs -1"):
+        _export(filled, "csv", -1)
+
+
+@pytest.mark.parametrize("site", ["hq", "a,b", 'say "hi"', "two\nlines", "cr\rhere", ""])
+def test_a_csv_row_is_what_csv_writer_writes(site: str) -> None:
+    """The CSV fast path (one str.format per row) falls back to csv.writer whenever a field
+    needs quoting, so every line is csv.writer's."""
+    import csv  # noqa: PLC0415
+
+    from collector.ledger.people_tables import BadgeResolver  # noqa: PLC0415
+    from collector.ledger.sqlbase import PunchRow  # noqa: PLC0415
+    from collector.records.export_fields import DEFAULT, FieldSet  # noqa: PLC0415
+
+    row = PunchRow("clock-a", site, 7, BADGE, "in", T0, "synced", "front", "k1", T0 + 5, 12,
+                   "ab" * 32)
+    for fields in (DEFAULT, FieldSet.choose(DEFAULT.set_name, ["site"]),
+                   FieldSet.choose(DEFAULT.set_name, ["site", "employee_id"])):
+        expected = io.StringIO()
+        csv.writer(expected, lineterminator="\n").writerow(
+            exports.csv_picker(fields)(exports.flat_row(row, (None, "unknown"), None)))
+        render = exports.row_renderer("csv", fields, None, None, BadgeResolver({}))
+        assert render(row) == expected.getvalue()
