@@ -94,6 +94,7 @@ OWN_ALERTS = frozenset({"conflict", "fork", "seq-loss"})
 EPOCH_FLOOR_US = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp() * 1_000_000)
 FUTURE_MAX_US = 86_400 * 1_000_000
 _US = 1_000_000
+_NONE: tuple[Alert, ...] = ()     # no alert: one shared empty result, none built per punch
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ class Detectors:
         self.site_of = site_of or (lambda _d: None)
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
-        self._badges: dict[str, list[tuple[str, int, int]]] = {}
+        self._badges: dict[str, tuple[tuple[str, int, int], ...]] = {}
         # precomputed for the hot path: a punch dated after 2020 and within [receive - lo,
         # receive + skew] needs no time check (lo: the backlog limit, if any)
         self._skew_us = self.s.skew_max_s * _US
@@ -262,25 +263,39 @@ class Detectors:
             return []
         out: list[Alert] = []
         appended = Outcome.APPENDED
+        skew_us, lo_us = self._skew_us, self._lo_us
+        devices = self._devices
         with self._lock:
+            # per batch, not per punch: which detectors judge appended punches (the badge
+            # periods are swapped only by the writer's tick, never during a batch)
+            buddy = self._buddy if self._buddy_on else None
+            held = self._held if self.badge_scans.loaded else None
+            pair = self.people.observe_badge if held is None and self._people_on \
+                and self.people.pairs_on else None
+            last_device: str | None = None
+            d = _Device()
             for fact, r in done:
                 if type(fact) is PunchFact:
                     if r.outcome is appended:       # the hot path: one per new punch
                         p = fact.signed.punch
+                        device = p.device
+                        if device != last_device:   # a batch holds runs of one device
+                            d = devices.get(device) or self._dev(device)
+                            last_device = device
                         recv = fact.received_at
-                        d = self._devices.get(p.device) or self._dev(p.device)
                         if d.last_seen_us is None or recv > d.last_seen_us:
                             d.last_seen_us = recv
                         ts = p.ts
-                        if ts < EPOCH_FLOOR_US or not self._lo_us <= ts - recv <= self._skew_us:
-                            out.extend(self._time(p.device, d, ts, recv, r.idx))
-                        if self._buddy_on:
-                            out.extend(self._buddy(p.credential, p.device, ts, r.idx))
-                        if self.badge_scans.loaded:
-                            out.extend(self._held(p.credential, p.device, ts, r.idx))
-                        elif self._people_on:      # no directory: pairs judged by badge
-                            out.extend(self.people.observe(None, p.credential, p.device, ts,
-                                                           r.idx))
+                        if ts < EPOCH_FLOOR_US or not lo_us <= ts - recv <= skew_us:
+                            out.extend(self._time(device, d, ts, recv, r.idx))
+                        if buddy is not None and (found := buddy(p.credential, device, ts,
+                                                                 r.idx)):
+                            out.extend(found)
+                        if held is not None:
+                            out.extend(held(p.credential, device, ts, r.idx))
+                        elif pair is not None and (found := pair(p.credential, device, ts,
+                                                                 r.idx)):
+                            out.extend(found)    # no directory: pairs judged by badge
                     else:
                         out.extend(self._punch(fact, r))
                 elif isinstance(fact, RejectionFact) and fact.reason not in OWN_ALERTS:
@@ -387,35 +402,35 @@ class Detectors:
             return False
         return True
 
-    def _buddy(self, credential: str, device: str, ts: int, idx: int) -> list[Alert]:
+    def _buddy(self, credential: str, device: str, ts: int, idx: int) -> Sequence[Alert]:
         # Recent sightings of each badge: (device, ts, idx), newest last, at most 8 and only
         # within the longest travel time; the dict is an LRU (re-inserted on each sighting).
+        # Tuples of plain values, which the garbage collector stops tracking (there may be
+        # badges_max of them); a badge seen for the first time costs one pop and one insert.
         badges = self._badges
         recent = badges.pop(credential, None)
-        out: list[Alert] = []
         if recent is None:
-            recent = []
             if len(badges) >= self.s.badges_max:
                 del badges[next(iter(badges))]
-        else:
-            for other, other_ts, other_idx in recent:
-                if other == device:
-                    continue
-                apart = abs(ts - other_ts)
-                if apart >= self._travel_max_us:
-                    continue
-                site, other_site = self.site_of(device), self.site_of(other)
-                same_site = site is not None and site == other_site
-                travel = self.s.travel_same_site_s if same_site else self.s.travel_other_site_s
-                if apart < travel * _US:
-                    out.append(self._buddy_alert(other, other_idx, device, idx, apart,
-                                                 travel, f"site {site}" if same_site
-                                                 else "two sites"))
-                    break
-            if len(recent) >= 8 or abs(ts - recent[0][1]) >= self._travel_max_us:
-                recent = [x for x in recent if abs(ts - x[1]) < self._travel_max_us][-7:]
-        recent.append((device, ts, idx))
-        badges[credential] = recent
+            badges[credential] = ((device, ts, idx),)
+            return _NONE
+        out: Sequence[Alert] = _NONE
+        for other, other_ts, other_idx in recent:
+            if other == device:
+                continue
+            apart = abs(ts - other_ts)
+            if apart >= self._travel_max_us:
+                continue
+            site, other_site = self.site_of(device), self.site_of(other)
+            same_site = site is not None and site == other_site
+            travel = self.s.travel_same_site_s if same_site else self.s.travel_other_site_s
+            if apart < travel * _US:
+                out = [self._buddy_alert(other, other_idx, device, idx, apart, travel,
+                                         f"site {site}" if same_site else "two sites")]
+                break
+        if len(recent) >= 8 or abs(ts - recent[0][1]) >= self._travel_max_us:
+            recent = tuple([x for x in recent if abs(ts - x[1]) < self._travel_max_us][-7:])
+        badges[credential] = (*recent, (device, ts, idx))
         return out
 
     def _buddy_alert(self, other: str, other_idx: int, device: str, idx: int, apart: int,  # noqa: PLR0913, PLR0917 - the two sightings
@@ -599,17 +614,23 @@ class IngestMonitor:
 
     def committed(self, received_at: Sequence[int],
                   done: Sequence[tuple[Fact, AppendResult]], *, now_us: int) -> None:
+        # One counter update per label and batch, never per punch; a histogram observation
+        # per message (an envelope of up to 500 punches), as its meaning says.
         metrics.INGEST_MESSAGES.inc(len(received_at))
         observe = metrics.INGEST_LATENCY.observe
         for r in received_at:
             observe(max(now_us - r, 0) / _US)
-        outcomes: Counter[str] = Counter()
-        for fact, res in done:
-            if type(fact) is RejectionFact:
-                metrics.INGEST_REJECTIONS.labels(fact.reason).inc()
-            else:
-                outcomes[res.outcome.value] += 1
-        for outcome, n in outcomes.items():
-            metrics.INGEST_PUNCHES.labels(outcome).inc(n)
+        outcomes = [res.outcome for fact, res in done if type(fact) is not RejectionFact]
+        if len(outcomes) < len(done):
+            reasons = Counter([f.reason for f, _ in done if type(f) is RejectionFact])
+            for reason, n in reasons.items():
+                metrics.INGEST_REJECTIONS.labels(reason).inc(n)
+        # list.count compares by identity first; Outcome's own hash is Python code
+        appended = outcomes.count(Outcome.APPENDED)
+        if appended:
+            metrics.INGEST_PUNCHES.labels(Outcome.APPENDED.value).inc(appended)
+        if appended < len(outcomes):
+            for outcome, n in Counter(o for o in outcomes if o is not Outcome.APPENDED).items():
+                metrics.INGEST_PUNCHES.labels(outcome.value).inc(n)
         if self.detectors is not None:
             self.detectors.observe(done, now_us=now_us)

@@ -32,7 +32,7 @@ longest travel time), the last tap per clock, and an LRU of ``pairs_max`` pairs.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from collector.ingest.alerts import SEVERITY_WARNING, Alert, Alerts
@@ -40,6 +40,7 @@ from wire.redact import redact
 
 _US = 1_000_000
 _DAY_US = 86_400 * _US
+_NONE: tuple[Alert, ...] = ()     # no alert: one shared empty result, none built per punch
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,87 +73,140 @@ class PeopleDetectors:
         self._seen: OrderedDict[str, list[tuple[str, int, int, str]]] = OrderedDict()
         # device → its last tap: (who, ts, idx) — who is the employee id or "badge:<cred>"
         self._last_tap: dict[str, tuple[str, int, int]] = {}
-        # pair → {UTC day: last idx}, in the order the days were seen; plain dicts of ints, so
-        # the garbage collector does not track them (there may be pairs_max of them)
-        self._pairs: OrderedDict[tuple[str, str], dict[int, int]] = OrderedDict()
+        # pair → {UTC day: last idx}, in the order the days were seen, or while the pair was
+        # seen on one day only (most pairs), that (day, idx) as a tuple: no dict per pair
+        # seen once. Plain ints in dicts and tuples, so the garbage collector does not track
+        # them (there may be pairs_max of them).
+        self._pairs: OrderedDict[tuple[str, str], tuple[int, int] | dict[int, int]] = \
+            OrderedDict()
         self._pair_alerted: dict[tuple[str, str], int] = {}     # pair → ts of its alert
 
     @property
     def active(self) -> bool:
         return self._buddy_on or self._pair_us > 0
 
+    @property
+    def pairs_on(self) -> bool:
+        """Is the buddy-pair rule on (``pair_window_s`` > 0)?"""
+        return self._pair_us > 0
+
     def observe(self, employee: str | None, credential: str, device: str, ts: int,
-                idx: int) -> list[Alert]:
-        out: list[Alert] = []
-        if self._buddy_on and employee is not None:
-            out.extend(self._employee(employee, credential, device, ts, idx))
+                idx: int) -> Sequence[Alert]:
+        if employee is None:            # no directory, or a badge it does not resolve
+            return self.observe_badge(credential, device, ts, idx) if self._pair_us \
+                else _NONE
+        out = self._employee(employee, credential, device, ts, idx) if self._buddy_on \
+            else _NONE
         if self._pair_us:
-            who = employee if employee is not None else "badge:" + credential
-            out.extend(self._pair(who, employee is not None, device, ts, idx))
+            pair = self._pair(employee, True, device, ts, idx)
+            if pair:
+                out = [*out, *pair]
         return out
+
+    def observe_badge(self, credential: str, device: str, ts: int, idx: int
+                      ) -> Sequence[Alert]:
+        """``observe`` of a punch whose badge resolved to nobody (or no directory), with the
+        pair rule on: the pair judged by badge."""
+        return self._pair("badge:" + credential, False, device, ts, idx)
 
     # -- one employee, two badges, two places ------------------------------------------------
     def _employee(self, employee: str, credential: str, device: str, ts: int, idx: int
-                  ) -> list[Alert]:
-        recent = self._seen.pop(employee, None) or []
-        out: list[Alert] = []
-        for other, other_ts, other_idx, other_cred in recent:
-            if other == device or other_cred == credential:
-                continue       # a double tap, or the badge rule's case (one badge)
-            apart = abs(ts - other_ts)
-            if apart >= self._travel_max_us:
-                continue
-            site, other_site = self.site_of(device), self.site_of(other)
-            same_site = site is not None and site == other_site
-            travel = self.s.travel_same_site_s if same_site else self.s.travel_other_site_s
-            if apart < travel * _US:
-                where = f"site {site}" if same_site else "two sites"
-                out.append(self.alerts.alert(
-                    "buddy-punch", severity=SEVERITY_WARNING, device=device,
-                    detail=f"employee {employee} punched with two badges at {other} (idx "
-                           f"{other_idx}, badge {redact(other_cred)}) and {device} (idx "
-                           f"{idx}, badge {redact(credential)}) {apart / _US:.0f} s apart, "
-                           f"{where}: closer than the {travel} s travel allows (one of the "
-                           f"badges is in someone else's hand)",
-                    fields={"basis": "employee", "employee_id": employee,
-                            "punch_idx": [other_idx, idx], "devices": [other, device],
-                            "apart_us": apart}))
-                break
-        recent = [x for x in recent if abs(ts - x[1]) < self._travel_max_us][-7:]
+                  ) -> Sequence[Alert]:
+        seen = self._seen
+        recent = seen.pop(employee, None)
+        out: Sequence[Alert] = _NONE
+        if recent is None:
+            recent = []
+            if len(seen) >= self.s.pairs_max:
+                seen.popitem(last=False)
+        else:
+            for other, other_ts, other_idx, other_cred in recent:
+                if other == device or other_cred == credential:
+                    continue       # a double tap, or the badge rule's case (one badge)
+                apart = abs(ts - other_ts)
+                if apart >= self._travel_max_us:
+                    continue
+                site, other_site = self.site_of(device), self.site_of(other)
+                same_site = site is not None and site == other_site
+                travel = self.s.travel_same_site_s if same_site \
+                    else self.s.travel_other_site_s
+                if apart < travel * _US:
+                    where = f"site {site}" if same_site else "two sites"
+                    out = [self.alerts.alert(
+                        "buddy-punch", severity=SEVERITY_WARNING, device=device,
+                        detail=f"employee {employee} punched with two badges at {other} (idx "
+                               f"{other_idx}, badge {redact(other_cred)}) and {device} (idx "
+                               f"{idx}, badge {redact(credential)}) {apart / _US:.0f} s "
+                               f"apart, {where}: closer than the {travel} s travel allows "
+                               f"(one of the badges is in someone else's hand)",
+                        fields={"basis": "employee", "employee_id": employee,
+                                "punch_idx": [other_idx, idx], "devices": [other, device],
+                                "apart_us": apart})]
+                    break
+            # at most 8, within the longest travel time: rebuilt only when one must go
+            if len(recent) >= 8 or abs(ts - recent[0][1]) >= self._travel_max_us:
+                recent = [x for x in recent if abs(ts - x[1]) < self._travel_max_us][-7:]
         recent.append((device, ts, idx, credential))
-        self._seen[employee] = recent
-        while len(self._seen) > self.s.pairs_max:
-            self._seen.popitem(last=False)
+        seen[employee] = recent
         return out
 
     # -- two employees, back to back at one clock, day after day -----------------------------
     def _pair(self, who: str, by_employee: bool, device: str, ts: int, idx: int
-              ) -> list[Alert]:
+              ) -> Sequence[Alert]:
         last = self._last_tap.get(device)
         self._last_tap[device] = (who, ts, idx)
-        if last is None or last[0] == who or abs(ts - last[1]) > self._pair_us:
-            return []
-        key = (last[0], who) if last[0] < who else (who, last[0])
-        days = self._pairs.pop(key, None)
-        if days is None:
-            days = {}
-            if len(self._pairs) >= self.s.pairs_max:
-                evicted, _ = self._pairs.popitem(last=False)
+        if last is None:
+            return _NONE
+        last_who, last_ts, _ = last
+        if last_who == who or abs(ts - last_ts) > self._pair_us:
+            return _NONE
+        key = (last_who, who) if last_who < who else (who, last_who)
+        pairs = self._pairs
+        seen = pairs.pop(key, None)
+        if seen is None:
+            # A pair seen for the first time, the common case (every punch of a fleet whose
+            # badges are all new): one (day, idx) tuple, no dict.
+            if len(pairs) >= self.s.pairs_max:
+                evicted, _ = pairs.popitem(last=False)
                 self._pair_alerted.pop(evicted, None)
-        self._pairs[key] = days
-        day = ts // _DAY_US
-        days.pop(day, None)
-        days[day] = idx
-        if len(days) < self.s.pair_min_days:
-            return []
+            pairs[key] = (ts // _DAY_US, idx)
+            if self.s.pair_min_days > 1:
+                return _NONE
+            days: dict[int, int] | None = {ts // _DAY_US: idx}
+        else:
+            days = self._days(key, seen, ts // _DAY_US, idx)
+        if days is None or len(days) < self.s.pair_min_days:
+            return _NONE
         oldest_day = (ts - self._lookback_us) // _DAY_US
         for d in [d for d in days if d < oldest_day]:
             del days[d]
         if len(days) < self.s.pair_min_days:
-            return []
+            return _NONE
+        return self._pair_alert(key, days, by_employee, device, ts, last, idx)
+
+    def _days(self, key: tuple[str, str], seen: tuple[int, int] | dict[int, int], day: int,
+              idx: int) -> dict[int, int] | None:
+        """Note a known pair back to back on ``day`` (re-inserted: the LRU); its days, or
+        None while it was seen on one day only and one day is not enough."""
+        pairs = self._pairs
+        if isinstance(seen, dict):
+            seen.pop(day, None)
+            seen[day] = idx
+            pairs[key] = seen
+            return seen
+        if seen[0] == day:
+            pairs[key] = (day, idx)
+            return None if self.s.pair_min_days > 1 else {day: idx}
+        days = {seen[0]: seen[1], day: idx}
+        pairs[key] = days
+        return days
+
+    def _pair_alert(self, key: tuple[str, str], days: dict[int, int], by_employee: bool,  # noqa: PLR0913, PLR0917 - the pair and its two taps
+                    device: str, ts: int, last: tuple[str, int, int], idx: int
+                    ) -> Sequence[Alert]:
         alerted = self._pair_alerted.get(key)
         if alerted is not None and abs(ts - alerted) < self._lookback_us:
-            return []
+            return _NONE
         self._pair_alerted[key] = ts
         apart = abs(ts - last[1])
         names = list(key) if by_employee else [f"badge {redact(k[6:])}" for k in key]

@@ -364,6 +364,29 @@ def test_d13_detector_state_is_bounded(store: SQLStore) -> None:
     assert len(d._badges) == 100  # noqa: SLF001 - the bound is the point of the test
 
 
+def test_d13_ingest_counters_count_each_outcome_and_rejection(store: SQLStore) -> None:
+    """The monitor counts per batch (one update per label): the totals are still exact."""
+    names = {"messages": ("timeclock_ingest_messages_total", {}),
+             "appended": ("timeclock_ingest_punches_total", {"outcome": "appended"}),
+             "duplicate": ("timeclock_ingest_punches_total", {"outcome": "duplicate"}),
+             "bad-signature": ("timeclock_ingest_rejections_total",
+                               {"reason": "bad-signature"})}
+
+    def values() -> dict[str, float]:
+        return {k: sample_value(n, labels) or 0.0 for k, (n, labels) in names.items()}
+
+    before = values()
+    rig = Rig(store)
+    c = rig.clock()
+    punches = [c.punch(ts=T0 + n * S) for n in range(3)]
+    rig.send(c, punches, received_at=T0 + 4 * S)
+    rig.send(c, punches, received_at=T0 + 5 * S)            # a resend: three duplicates
+    forged(rig, c, ts=T0 + 6 * S, received_at=T0 + 7 * S)
+    after = values()
+    assert {k: after[k] - before[k] for k in names} == {
+        "messages": 3.0, "appended": 3.0, "duplicate": 3.0, "bad-signature": 1.0}
+
+
 def _queued(device: str, at: int, oldest: int | None, depth: int = 3) -> DeviceStatus:
     return DeviceStatus(device=device, state="online", version="0.1.0", at=at,
                         queue=QueueStatus(depth if oldest else 0, oldest), clock="synced",

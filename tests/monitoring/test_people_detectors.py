@@ -162,6 +162,35 @@ def test_d13_buddy_pair_without_a_directory_names_badges_by_tag(store: SQLStore)
     assert body["detail"].count("<redacted 17 chars #") == 2
 
 
+@pytest.mark.parametrize(("settings", "fill", "expect"), [
+    (DetectorSettings(pair_min_days=1), 0, [(1, [(0, 0)])]),     # the first time is enough
+    (DetectorSettings(pair_min_days=2), 0, [(2, [(0, 1), (1, 0)])]),   # 2 taps a day: 1 day
+    (DetectorSettings(pair_min_days=2, pairs_max=100), 99, [(2, [(0, 1), (1, 0)])]),
+    (DetectorSettings(pair_min_days=2, pairs_max=100), 100, []),  # forgotten in between
+])
+def test_d13_buddy_pair_counts_distinct_days_within_its_pairs_bound(
+        store: SQLStore, settings: DetectorSettings, fill: int,
+        expect: list[tuple[int, list[tuple[int, int]]]]) -> None:
+    """The pair's days through a pair's first sighting, a second one the same day, the next
+    day, and the LRU bound of ``pairs_max`` pairs (``fill`` other pairs after day 0)."""
+    rig = Rig(store, settings)
+    a, b = rig.clock("hq"), rig.clock("hq")
+    second: dict[tuple[int, int], int] = {}      # (day, tap of the day) → idx of badge 8
+    for day in (0, 1):
+        for rep in (0, 1):                       # back to back twice a day, an hour apart
+            at = T0 + day * DAY + rep * HOUR
+            rig.tap(a, badge(7), ts=at)
+            res = rig.send(a, [a.punch(ts=at + S, credential=badge(8))],
+                           received_at=at + 2 * S)
+            second[(day, rep)] = res.results[0].idx
+        if day == 0 and fill:                    # fill new pairs back to back at clock b
+            at = T0 + 3 * HOUR
+            rig.send(b, [b.punch(ts=at + i * S, credential=badge(100 + i))
+                         for i in range(fill + 1)], received_at=at + (fill + 2) * S)
+    assert [(x["alert"], x["days"], x["punch_idx"]) for x in rig.raised] == [
+        ("buddy-pair", days, [second[t] for t in taps]) for days, taps in expect]
+
+
 @pytest.mark.parametrize(("settings", "days", "expect"), [
     (DetectorSettings(), 4, ["buddy-punch", "buddy-pair"]),
     (DetectorSettings(), 3, ["buddy-punch"]),
