@@ -11,12 +11,14 @@ process.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from typing import Any
 
 from collector.ledger.body_crypto import RUN_KEYS_MAX
 from collector.ledger.kek import FileKek
-from collector.ledger.keyring import Keyring
+from collector.ledger.keyring import TABLE as KEYS_TABLE
+from collector.ledger.keyring import Keyring, period_of
 from collector.ledger.postgres import PostgresStore
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore, connect
@@ -47,6 +49,42 @@ def fresh_reader(store: SQLStore, *, cache_max: int = RUN_KEYS_MAX) -> SQLStore:
         ring = store.sealer.ring
         fresh.use_keyring(Keyring(fresh, ring.kek, origin=ring.origin, cache_max=cache_max))
     return fresh
+
+
+def prefetch_keys(store: SQLStore, query: PunchQuery, done: set[str]) -> int:
+    """Unwrap, in batches, the live data keys of every month ``query``'s device times span
+    (DESIGN.md §8.6: a body's key is its subject's for the UTC month of its device time)
+    into the keyring cache of a :func:`fresh_reader`, leaving out the months in ``done``
+    (then added to it).
+    An export worker does this before each chunk: one query per 500 keys instead of one
+    query per key its rows meet. Returns the keys unwrapped; 0 on an unkeyed ledger or when
+    the months hold more keys than the cache (the rows then unwrap their own)."""
+    if store.sealer is None:
+        return 0
+    ring = store.sealer.ring
+    since, until = query.since, query.until
+    if since is None or until is None:
+        low, high = store.query("SELECT MIN(ts), MAX(ts) FROM punches")[0]
+        if low is None:
+            return 0
+        since = int(low) if since is None else since
+        until = int(high) + 1 if until is None else until
+    months: list[str] = []
+    day = dt.datetime.fromtimestamp(since // 1_000_000, dt.UTC).date().replace(day=1)
+    last = period_of(max(since, until - 1))
+    while (month := f"{day.year:04d}-{day.month:02d}") <= last and len(months) < 1200:
+        if month not in done:
+            months.append(month)
+        day = (day + dt.timedelta(days=32)).replace(day=1)
+    if not months:
+        return 0
+    done.update(months)
+    ids = [str(r[0]) for r in store.query(
+        f"SELECT key_id FROM {KEYS_TABLE} WHERE destroyed_idx IS NULL AND period IN "  # noqa: S608 - placeholders only
+        f"({', '.join([store.ph] * len(months))})", months)]
+    if len(ids) > RUN_KEYS_MAX:      # fresh_reader's cache
+        return 0
+    return len(ring.keys(ids))
 
 
 def ts_splits(store: SQLStore, query: PunchQuery, every: int) -> list[int]:

@@ -257,7 +257,7 @@ def snapshot_rows(store: SQLStore, summary: ExportSummary,
         summary.uncovered += uncovered
 
 
-CHUNK_ROWS = 20_000     # rows of one worker's chunk (≈ 5 MB of CSV held until written)
+CHUNK_ROWS = 10_000     # rows of one worker's chunk (≈ 2.5 MB of CSV held until written)
 JOBS_MAX = 4            # worker processes an export uses at most (``jobs=0``: one per CPU)
 
 
@@ -347,20 +347,34 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
     holders = BadgeResolver.load(store)       # one query: each row is a lookup in memory
     render = row_renderer(fmt, fields, corrections, pseudonyms, holders)
     jobs = default_jobs() if jobs == 0 else jobs
-    chunks = _chunks(store, query) if jobs > 1 and readers.forkable(store) else []
-    if len(chunks) > 1:
-        for text in _parallel_text(store, summary, chunks, render, jobs):
-            out.write(text)
-    else:
-        write = out.write
-        for r in snapshot_rows(store, summary):
-            write(render(r))
+    reopenable = readers.forkable(store)
+    chunks = _chunks(store, query) if jobs > 1 and reopenable else []
+    texts = (_parallel_text(store, summary, chunks, render, jobs) if len(chunks) > 1
+             else _one_process_text(store, summary, render, reopenable=reopenable))
+    write = out.write
+    for text in texts:
+        write(text)
     trailer = summary.trailer()
     if fmt == "csv":
         out.write("# " + json.dumps({"trailer": trailer}, sort_keys=True) + "\n")
     else:
         out.write(json.dumps({"trailer": trailer}, sort_keys=True) + "\n")
     return summary
+
+
+def _one_process_text(store: SQLStore, summary: ExportSummary,
+                      render: Callable[[PunchRow], str], *, reopenable: bool) -> Iterator[str]:
+    """The rendered rows of ``summary.query``, read here. Through a reader of its own where
+    the store can be opened again: a key cache for the whole export, filled a month at a
+    time (readers.prefetch_keys)."""
+    reader = readers.fresh_reader(store) if reopenable else store
+    try:
+        if reader is not store:
+            readers.prefetch_keys(reader, summary.query, set())
+        yield from map(render, snapshot_rows(reader, summary))
+    finally:
+        if reader is not store:
+            reader.close()
 
 
 def _chunks(store: SQLStore, query: PunchQuery) -> list[PunchQuery]:
@@ -429,10 +443,13 @@ def _worker(send: Any, store: SQLStore, summary: ExportSummary,
     """One export worker (a forked child): its chunks' text and counts, or its error."""
     try:
         reader = readers.fresh_reader(store)
+        months: set[str] = set()
         for q in chunks:
+            readers.prefetch_keys(reader, q, months)
             part = ExportSummary(q, summary.size, summary.head, summary.checkpoint)
             text = "".join(map(render, snapshot_rows(reader, part)))
             send.send(("chunk", part.rows, part.uncovered, part.seq_ranges, text))
+        reader.close()
     except CollectorError as e:
         send.send(("error", type(e).__name__, str(e)))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it

@@ -163,3 +163,30 @@ def test_a_csv_row_is_what_csv_writer_writes(site: str) -> None:
             exports.csv_picker(fields)(exports.flat_row(row, (None, "unknown"), None)))
         render = exports.row_renderer("csv", fields, None, None, BadgeResolver({}))
         assert render(row) == expected.getvalue()
+
+
+def test_a_reader_unwraps_the_keys_of_the_months_it_reads_in_batches(
+        filled: SQLStore) -> None:
+    if filled.sealer is None:
+        assert readers.prefetch_keys(filled, PunchQuery(), set()) == 0
+        return
+    from collector.ledger.keyring import period_of  # noqa: PLC0415
+
+    reader = readers.fresh_reader(filled)
+    try:
+        low, high = filled.query("SELECT MIN(ts), MAX(ts) FROM punches")[0]
+        months = sorted({period_of(int(low)), period_of(int(high))})
+        live = filled.query("SELECT period, COUNT(*) FROM tc_data_keys WHERE destroyed_idx "
+                            "IS NULL GROUP BY period ORDER BY period")
+        want = sum(int(n) for p, n in live if months[0] <= p <= months[-1])
+        assert want > 3
+        done: set[str] = set()
+        assert readers.prefetch_keys(reader, PunchQuery(), done) == want
+        assert months[0] in done
+        assert months[-1] in done
+        assert readers.prefetch_keys(reader, PunchQuery(), done) == 0     # once per month
+        # A query of the first month only: that month's keys.
+        first = PunchQuery(until=int(low) + 1)
+        assert 0 < readers.prefetch_keys(reader, first, set()) < want
+    finally:
+        reader.close()
