@@ -144,40 +144,42 @@ class BodySealer:
         the keyring's LRU holds unwraps each once, never once per row (the LRU, visited in
         device-time order by thousands of people, would evict every key before its next
         row). Destroyed keys are remembered as such; the map ends with the run."""
-        keys: dict[str, bytes | None] = {}
+        keys: dict[bytes, bytes | None] = {}       # by the key id's bytes in the header
         ring = self.ring
         decrypt, null, buffer = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt, _ffi.NULL, \
             _ffi.buffer
         out_len = _ffi.new("unsigned long long *")
         out: list[Any] = [_ffi.new("unsigned char[]", 1024), 1024]     # grown as needed
+        kid_end, shortest = HEADER_BYTES - NONCE_BYTES, HEADER_BYTES + TAG_BYTES
 
         def opened(idx: Any, body_hash: Any, stored: bytes | None) -> bytes | None:
             # open_body inlined, with one output buffer for the run (the per-row cost).
-            if stored is None or stored[:4] != MAGIC:
+            if stored is None or not stored.startswith(MAGIC):
                 return stored
-            if len(stored) < HEADER_BYTES + TAG_BYTES:
+            if len(stored) < shortest:
                 raise LedgerError(f"the sealed body of entry {idx} is damaged (too short)")
-            key_id = stored[4:HEADER_BYTES - NONCE_BYTES].decode("ascii", "replace")
+            kid = stored[4:kid_end]
             try:
-                key = keys[key_id]
+                key = keys[kid]
             except KeyError:
                 if len(keys) >= RUN_KEYS_MAX:
                     keys.clear()
                 try:
-                    key = keys[key_id] = ring.key(key_id)
+                    key = keys[kid] = ring.key(kid.decode("ascii", "replace"))
                 except KeyDestroyedError:
-                    key = keys[key_id] = None
+                    key = keys[kid] = None
             if key is None:
                 return None
             n = len(stored) - HEADER_BYTES
             if n > out[1]:
                 out[0], out[1] = _ffi.new("unsigned char[]", n), n
-            ad = _AAD + f"{idx}\x00{body_hash}\x00{key_id}".encode()
+            ad = _AAD + f"{idx}\x00{body_hash}\x00".encode() + kid
             if len(key) != KEY_BYTES or decrypt(
                     out[0], out_len, null, stored[HEADER_BYTES:], n, ad, len(ad),
-                    stored[HEADER_BYTES - NONCE_BYTES:HEADER_BYTES], key) != 0:
+                    stored[kid_end:HEADER_BYTES], key) != 0:
                 raise LedgerError(f"the sealed body of entry {idx} does not open under its "
-                                  f"data key {key_id} (edited, or moved from another entry)")
+                                  f"data key {kid.decode('ascii', 'replace')} (edited, or "
+                                  f"moved from another entry)")
             plain: bytes = buffer(out[0], out_len[0])[:]
             return plain
 

@@ -319,6 +319,7 @@ def set_period_end(tx: Tx, credential: str, valid_from: int, until: int | None, 
 # -- resolution ---------------------------------------------------------------------------------
 
 UNKNOWN = (None, "unknown")
+_FOREVER = 1 << 80         # beyond every µs time: a period without valid_until
 
 
 class BadgeResolver:
@@ -330,6 +331,11 @@ class BadgeResolver:
     def __init__(self, by_credential: dict[str, list[BadgePeriod]]) -> None:
         self._periods = by_credential
         self._starts = {c: [p.valid_from for p in ps] for c, ps in by_credential.items()}
+        # Per credential, in valid_from order: (valid_from, valid_until or _FOREVER, answer)
+        # — an export resolves every row, most badges have one period.
+        self._spans = {c: [(p.valid_from, _FOREVER if p.valid_until is None else p.valid_until,
+                            (p.employee_id if p.status == "assigned" else None, p.status))
+                           for p in ps] for c, ps in by_credential.items()}
 
     @classmethod
     def load(cls, store: SQLStore, credentials: Iterable[str] | None = None) -> BadgeResolver:
@@ -345,16 +351,17 @@ class BadgeResolver:
         return cls(_by_credential(rows, store.sealer))
 
     def resolve(self, credential: str, ts: int) -> tuple[str | None, str]:
-        starts = self._starts.get(credential)
-        if not starts:
+        spans = self._spans.get(credential)
+        if not spans:
             return UNKNOWN
-        i = bisect_right(starts, ts) - 1
+        if len(spans) == 1:
+            start, until, answer = spans[0]
+            return answer if start <= ts < until else UNKNOWN
+        i = bisect_right(self._starts[credential], ts) - 1
         if i < 0:
             return UNKNOWN
-        p = self._periods[credential][i]
-        if not p.covers(ts):
-            return UNKNOWN
-        return (p.employee_id if p.status == "assigned" else None), p.status
+        _, until, answer = spans[i]
+        return answer if ts < until else UNKNOWN
 
 
 def present(store: SQLStore) -> bool:

@@ -284,9 +284,10 @@ def row_renderer(fmt: str, fields: FieldSet, corrections: Fixed | None,
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     pick = csv_picker(fields)
-    ncols = len(fields.columns())
-    template = ",".join("{}" for _ in range(ncols)) + "\n"
-    commas = ncols - 1
+    positions = [PUNCH_COLUMNS.index(c) for c in fields.columns()]
+    # The columns straight out of the flat_row tuple: "{0},{1},{2},{4},…\n".
+    template = ",".join(f"{{{i}}}" for i in positions) + "\n"
+    commas = len(positions) - 1
 
     def by_writer(values: Sequence[Any]) -> str:
         buf.seek(0)
@@ -299,13 +300,11 @@ def row_renderer(fmt: str, fields: FieldSet, corrections: Fixed | None,
         holder = resolve(r.credential, r.ts)
         if fixed:
             return by_writer(csv_values(punch_item(r, fixed, holder, pseudonyms), fields))
-        values = pick(flat_row(r, holder, pseudonyms, ""))
-        if commas < 1 or None in values:
-            return by_writer(values)
-        text = template.format(*values)
-        if (text.count(",") != commas or '"' in text or "\r" in text
-                or text.find("\n") != len(text) - 1):
-            return by_writer(values)
+        flat = flat_row(r, holder, pseudonyms, "")
+        text = template.format(*flat)
+        if (commas < 1 or text.count(",") != commas or '"' in text or "\r" in text
+                or text.find("\n") != len(text) - 1 or "None" in text):
+            return by_writer(pick(flat))    # a field to quote, or one absent (None)
         return text
 
     return line
