@@ -264,7 +264,8 @@ def test_d15_erase_command_and_verify_full_on_an_encrypted_ledger(
             "DSR-7", "--by", "alice"]
     # Without the KEK the encrypted ledger is refused, naming the option; nothing recorded.
     assert main([*args, "--approved-by", "bob"]) == 2
-    assert "set [ledger] kek" in capsys.readouterr().err
+    assert "this ledger is encrypted at rest; give its KEK with --kek SPEC" in \
+        capsys.readouterr().err
     assert main([*args, "--approved-by", "alice", "--kek", spec]) == 2
     assert "dual control" in capsys.readouterr().err
     assert main([*args, "--approved-by", "bob", "--kek", spec]) == 0
