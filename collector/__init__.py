@@ -87,6 +87,11 @@ class KeyringError(LedgerError):
     one (the message names both KEK ids), not unwrapping under it, or unknown."""
 
 
+class KekMissingError(KeyringError):
+    """A ledger encrypted at rest (it holds data keys) was opened with no KEK at all; the
+    message names where a KEK can come from."""
+
+
 class KeyDestroyedError(KeyringError):
     """The data key was destroyed (erasure or retention): what it encrypted is gone."""
 

@@ -16,6 +16,7 @@ import textwrap
 from contextlib import AbstractContextManager
 
 from collector.access import access_reviews
+from collector.cli.args import add_kek_sources
 from collector.cli.shared import access_store
 from collector.cli.shared import cli_actor as _actor
 from collector.cli.token import REVIEW_EPILOG, cmd_review
@@ -49,6 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--store", metavar="URL",
                    help="ledger: sqlite:///path, a path, or postgresql://…")
+    add_kek_sources(a)
     a.add_argument("--unused-days", type=int, default=90, metavar="N",
                    help="flag principals not used for N days (default 90)")
     a.add_argument("--json", action="store_true", help="machine-readable output")
@@ -60,6 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         # SUPPRESS: the action's --store does not overwrite one given before the action
         q.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
                        help="ledger: sqlite:///path, a path, or postgresql://…")
+        add_kek_sources(q, again=True)
         return q
 
     s = action("start", "start a review of every grant for a named reviewer")
@@ -100,7 +103,7 @@ def _listing(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> AbstractContextManager[SQLStore]:
-    return access_store(_need_store(args))
+    return access_store(args, _need_store(args))
 
 
 def _print(st: access_reviews.ReviewState) -> None:

@@ -15,6 +15,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from collector import BackupError
 from collector.cli import ledger as ledger_cli
+from collector.cli.args import add_kek_sources
+from collector.cli.shared import ledger_kek
 from collector.ledger import sqlite_path
 from collector.ledger.postgres import redact
 from collector.records import backup as backups
@@ -86,6 +88,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--key", type=Path, required=True, metavar="FILE",
                    help="backup key file (0600; `backup-key create`)")
     b.add_argument("--force", action="store_true", help="replace an existing --out file")
+    add_kek_sources(b)
     b.set_defaults(func=cmd_backup)
 
     r = sub.add_parser("restore", help="restore a backup into an empty store and verify it",
@@ -106,6 +109,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="trusted collector log public key (base64); repeat for rotated keys")
     r.add_argument("--log-key", action="append", default=[], type=Path, metavar="FILE",
                    help="a log signing key file (0600); its public key is trusted")
+    add_kek_sources(r)
     r.set_defaults(func=cmd_restore)
 
 
@@ -122,7 +126,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         args.out = args.out / f"ledger-{stamp}.tcbak"
     s = backups.backup(args.store, args.out, key, principal=f"os:{getpass.getuser()}",
-                       now_us=clock_now_us(), force=args.force)
+                       now_us=clock_now_us(), force=args.force, kek=ledger_kek(args))
     m = s.manifest
     cp = m["checkpoint_v2"] or m["checkpoint_v1"]
     print(f"backup: {m['size']} entries (head {m['head']}, newest checkpoint "
@@ -147,7 +151,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     elif args.app_dsn is not None:
         raise BackupError("--app-dsn is for PostgreSQL targets only")
     key = backups.load_backup_key(args.key)
-    s = backups.restore(args.inp, key, args.store, app_role=app_role)
+    kek = ledger_kek(args)
+    s = backups.restore(args.inp, key, args.store, app_role=app_role, kek=kek)
     m = s.manifest
     cp = m.get("checkpoint_v2") or m.get("checkpoint_v1")
     made = datetime.fromtimestamp(int(m.get("made_at_us") or 0) / 1e6, UTC)
@@ -159,5 +164,5 @@ def cmd_restore(args: argparse.Namespace) -> int:
         verify = argparse.Namespace(
             store=args.app_dsn or args.store, log_key_pub=args.log_key_pub,
             log_key=args.log_key, state=Path(d) / "verify.json", full=True, progress=False,
-            json=False, sample=0)
+            json=False, sample=0, kek=kek)
         return ledger_cli.cmd_verify(verify)

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bsub = p.add_subparsers(dest="breakglass_command", metavar="ACTION", required=True)
 
     s = bsub.add_parser("seal", help="prepare a grant for a principal (secret printed once)")
-    add_store(s)
+    add_store(s, config=False)
     s.add_argument("--principal", required=True, help="who may open it")
     s.add_argument("--role", action="append", required=True, choices=sorted(ROLES),
                    help="role it adds while open (repeat)")
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=cmd_seal)
 
     o = bsub.add_parser("open", help="open a sealed grant (its severity-1 alert at once)")
-    add_store(o)
+    add_store(o, config=False)
     o.add_argument("--id", required=True, metavar="BG_ID", help="bg-… from `breakglass list`")
     o.add_argument("--principal", required=True, help="the principal it is sealed for")
     o.add_argument("--reason", required=True, help="why (recorded)")
@@ -86,7 +86,7 @@ def _settings(path: Path | None) -> BreakGlassSettings:
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with _store(args) as store:
         issued = BreakGlass(store, _settings(args.config)).seal(
             args.principal, args.role, by=_actor(), now_us=now_us())
     print(f"sealed {issued.id} for {args.principal}: {', '.join(issued.seal.roles)} for at "
@@ -106,7 +106,7 @@ def _secret(path: str) -> str:
 
 def cmd_open(args: argparse.Namespace) -> int:
     secret = _secret(args.secret_file)
-    with _store(args.store) as store:
+    with _store(args) as store:
         p = get_principal(store, args.principal)
         if p is None:
             raise PrincipalError(f"no principal {args.principal!r}")
@@ -120,14 +120,14 @@ def cmd_open(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with _store(args) as store:
         state = BreakGlass(store).review(args.id, by=args.by, note=args.note, now_us=now_us())
     print(f"{args.id} reviewed by {args.by} (entry {state['review']['idx']})")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with _store(args) as store:
         rows = BreakGlass(store).list(now_us=now_us())
     if args.json:
         print(json.dumps({"items": rows}, indent=2, sort_keys=True))

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from collector import CollectorError, PKIError, RegistryError
+from collector.cli.args import add_kek_sources
 from collector.cli.ca import _passphrase
-from collector.cli.ledger import open_existing_store
+from collector.cli.shared import open_args_store
 from collector.fleet import devices as fleet
 from collector.fleet import remote_config as remote
 from collector.fleet.broker_process import CONTROL_IDENTITY, BrokerControl, cut_off
@@ -89,6 +90,7 @@ def _source(q: argparse.ArgumentParser) -> None:
                    help="collector TOML: store, MQTT identity, managed broker")
     g.add_argument("--store", metavar="URL",
                    help="ledger: sqlite:///path, a path, or postgresql://…")
+    add_kek_sources(q, config=False)      # with --config: its [ledger] kek, unless this or env
 
 
 def _ca_opts(q: argparse.ArgumentParser, *, required: bool) -> None:
@@ -104,8 +106,7 @@ def _config(args: argparse.Namespace) -> CollectorConfig | None:
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[SQLStore]:
     cfg = _config(args)
-    store = open_existing_store(cfg.collector.store, kek=cfg.ledger.kek) if cfg is not None \
-        else open_existing_store(args.store)
+    store = open_args_store(args, cfg.collector.store if cfg is not None else None)
     try:
         yield store
     finally:

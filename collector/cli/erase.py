@@ -12,13 +12,15 @@ import argparse
 import json
 import textwrap
 
-from collector import LedgerError
-from collector.ledger import KEK_ENV, open_store, sqlite_path
+from collector.cli.args import add_store
+from collector.cli.shared import open_args_store
+from collector.ledger import KEK_ENV
 from collector.records import erasure
 from wire.clock import now_us as clock_now_us
 
 EPILOG = textwrap.dedent(f"""\
-    The ledger must be encrypted at rest ([ledger] kek; here --kek or ${KEK_ENV}); the
+    The ledger must be encrypted at rest (its KEK: --kek, else ${KEK_ENV}, else [ledger]
+    kek of --config); the
     person's bodies were sealed under their own data keys, so destroying the keys erases
     them while every hash, checkpoint and proof stays valid.
 
@@ -37,10 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description="Erase one employee's personal data (D15): their data "
                                    "keys are destroyed and one shred entry records it.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="ledger: sqlite:///path, a path, or postgresql://…")
-    p.add_argument("--kek", metavar="SPEC",
-                   help=f"file:/path | credential:NAME | pkcs11:… (default: ${KEK_ENV})")
+    add_store(p)
     p.add_argument("--employee", required=True, metavar="ID", help="the employee id")
     p.add_argument("--reason", required=True, help="why (recorded in the shred entry)")
     p.add_argument("--case", required=True, metavar="ID", help="the request's case id")
@@ -51,10 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    path = sqlite_path(args.store)
-    if path is not None and not path.exists():     # a typo in --store makes no empty ledger
-        raise LedgerError(f"{path}: no such ledger file (a typo in --store?)")
-    store = open_store(args.store, kek=args.kek)
+    store = open_args_store(args)
     try:
         res = erasure.erase(store, employee=args.employee, reason=args.reason,
                             case=args.case, by=args.by, approved_by=args.approved_by,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from collector import CollectorError
 from collector.cli.args import add_command
-from collector.cli.ledger import _record_export, _store, _v2_signer
+from collector.cli.ledger import _record_export, _v2_signer
+from collector.cli.shared import store_of
 from collector.ingest.checkpoints import load_log_key
 from collector.records.evidence import build_pack
 from collector.records.exports import parse_time
@@ -40,7 +41,7 @@ _SECRET = re.compile(r"^(\s*[\w.-]*(?:secret|password|passphrase|token|pin)[\w.-
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_command(sub, "evidence", help="a signed evidence pack for an auditor",
-                    epilog=EPILOG, func=cmd_evidence)
+                    epilog=EPILOG, func=cmd_evidence, config=False)
     p.add_argument("--from", dest="since", required=True, metavar="TIME",
                    help="start of the period (ISO 8601 with a UTC offset, or µs)")
     p.add_argument("--to", dest="until", required=True, metavar="TIME",
@@ -78,7 +79,7 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     since, until = parse_time(args.since), parse_time(args.until)
     key = load_log_key(args.log_key)
     attachments = _attachments(args)
-    with _store(args.store) as store:
+    with store_of(args) as store:
         signer = _v2_signer(store, argparse.Namespace(log_key=[args.log_key],
                                                       origin=args.origin))
         pack = build_pack(store, args.out, since=since, until=until, signing_key=key,

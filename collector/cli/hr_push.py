@@ -13,7 +13,7 @@ from types import FrameType
 
 from collector import CollectorError
 from collector.cli.args import add_command
-from collector.cli.ledger import _store
+from collector.cli.shared import store_of
 from collector.ingest.detectors_webhooks import NAME_RE, WebhookEndpoint, load_secret
 from collector.ingest.hr_push import HrPush
 from collector.records.corrections import Corrections
@@ -88,7 +88,7 @@ def _endpoint(args: argparse.Namespace) -> WebhookEndpoint:
 def cmd_hr_push(args: argparse.Namespace) -> int:
     ep = _endpoint(args)
     secret = load_secret(args.secret_file)
-    with _store(args.store) as store:
+    with store_of(args) as store:
         def owed(since: int | None) -> list[TimecardParcel]:
             return parcels(store, ep.name, Corrections(store).applied_complete,
                            since_idx=since)

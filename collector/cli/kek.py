@@ -18,7 +18,8 @@ import textwrap
 from pathlib import Path
 
 from collector import KekError
-from collector.cli.args import STORE_HELP
+from collector.cli.args import STORE_HELP, add_kek_sources
+from collector.cli.shared import NO_KEK, ledger_kek
 from collector.ledger import kek as keks
 from collector.ledger import keyring, open_store, sqlite_path
 from collector.ledger.base import EventFact
@@ -76,8 +77,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                           "touched)", epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--store", required=True, metavar="URL", help=STORE_HELP)
-    r.add_argument("--kek", required=True, metavar="SPEC",
-                   help="the KEK that wraps the data keys now")
+    r.add_argument("--kek", metavar="SPEC",
+                   help="the KEK that wraps the data keys now (default: $TIMECLOCK_LEDGER_KEK, "
+                        "else [ledger] kek of --config)")
+    add_kek_sources(r, kek=False)
     r.add_argument("--to", required=True, metavar="SPEC", help="the new KEK")
     r.set_defaults(func=cmd_rewrap)
 
@@ -107,7 +110,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rewrap(args: argparse.Namespace) -> int:
-    old, new = keks.load_kek(args.kek), keks.load_kek(args.to)
+    spec = ledger_kek(args)
+    if spec is None:
+        raise KekError(NO_KEK)
+    old, new = keks.load_kek(spec), keks.load_kek(args.to)
     if old.kek_id == new.kek_id:
         raise KekError(f"--kek and --to are the same KEK ({old.kek_id}): nothing to move")
     path = sqlite_path(args.store)
@@ -121,7 +127,7 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
                            "rest): nothing to rewrap")
     finally:
         plain.close()
-    store = open_store(args.store, kek=args.kek)
+    store = open_store(args.store, kek=spec)
     try:
         now = clock_now_us()
         n = keyring.Keyring(store, old).rewrap(new, now_us=now)

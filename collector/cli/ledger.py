@@ -15,15 +15,16 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from collector import CollectorError, LedgerError
+from collector import CollectorError
+from collector.cli.args import add_kek_sources
+from collector.cli.shared import ledger_kek, open_existing_store, store_of
 from collector.ingest.checkpoints import load_log_key, make_checkpoint_v2, resolve_origin
-from collector.ledger import access_tables, checkpoint_tables, open_store, sqlite_path
+from collector.ledger import access_tables, checkpoint_tables, sqlite_path
 from collector.ledger.audit import (
     SAMPLE_DEFAULT,
     Progress,
@@ -99,9 +100,11 @@ PROOF_EPILOG = textwrap.dedent("""\
     """)
 
 
-def _add_store(p: argparse.ArgumentParser) -> None:
+def _add_store(p: argparse.ArgumentParser, *, kek: bool = True) -> None:
     p.add_argument("--store", required=True, metavar="URL",
                    help="ledger: sqlite:///path, a path, or postgresql://user@host/db")
+    if kek:         # the KEK of an encrypted ledger: --kek > $TIMECLOCK_LEDGER_KEK > --config
+        add_kek_sources(p)
 
 
 def _add_log_keys(p: argparse.ArgumentParser) -> None:
@@ -203,7 +206,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_proof_punch(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with store_of(args) as store:
         checkpoint_tables.ensure_schema(store)
         doc = proofs.punch_proof(store, args.device, args.seq, size=args.size)
     print(json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False))
@@ -211,7 +214,7 @@ def cmd_proof_punch(args: argparse.Namespace) -> int:
 
 
 def cmd_proof_consistency(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with store_of(args) as store:
         checkpoint_tables.ensure_schema(store)
         new = args.new if args.new is not None else proofs.newest_size(store)
         doc = proofs.consistency(store, args.old, new)
@@ -231,28 +234,6 @@ def _log_keys(args: argparse.Namespace) -> dict[str, VerifyKey]:
         vk = load_log_key(path).verify_key
         keys[vk.key_id] = vk
     return keys
-
-
-def open_existing_store(url: str, *, kek: str | None = None) -> SQLStore:
-    """Open the ledger ``url`` names, refusing a SQLite file that does not exist (opening
-    one would create an empty ledger: a typo in --store must not look like a fresh site).
-    Only ``init``, ``migrate`` and ``serve`` create a ledger. A PostgreSQL database that does
-    not exist or lacks the schema is refused by the store itself. ``kek``: the config's
-    ``[ledger] kek`` (else $TIMECLOCK_LEDGER_KEK, as open_store reads it)."""
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        raise LedgerError(f"{path}: no such ledger file (a typo in --store?); "
-                          f"`timeclock-collector init` or `migrate --store URL` creates one")
-    return open_store(url, kek=kek)
-
-
-@contextmanager
-def _store(url: str) -> Iterator[SQLStore]:
-    store = open_existing_store(url)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def default_state_path(url: str) -> Path:
@@ -340,7 +321,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise CollectorError("verify needs the collector log public key: --log-key-pub B64 "
                              "or --log-key FILE")
     state_path: Path = args.state or default_state_path(args.store)
-    with _store(args.store) as store:
+    with store_of(args) as store:
         # --full re-reads from idx 0 but still holds the state's checkpoint (issue 10)
         state = load_state(state_path)
         show = args.progress or sys.stderr.isatty()
@@ -360,7 +341,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with store_of(args) as store:
         if args.bundle is not None:
             keys = _log_keys(args)
             if not keys:
@@ -468,7 +449,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         migrate_postgres(args.store, args.app_role)
         checkpoint_tables.migrate_postgres(args.store, args.app_role)
     else:
-        s = open_store(args.store)
+        s = open_existing_store(args.store, kek=ledger_kek(args), create=True)
         try:
             checkpoint_tables.ensure_schema(s)
             ensure_schema(s)        # the access tables, their entry columns and triggers

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from collector.cli.args import add_command
-from collector.cli.ledger import open_existing_store
+from collector.cli.shared import open_args_store
 from collector.people import directory
 from collector.people.csv_import import import_files, parse_instant
 from collector.people.rules import interval
@@ -113,7 +113,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.employees is None and args.badges is None:
         print("people import: give --employees CSV and/or --badges CSV", file=sys.stderr)
         return 2
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         result = import_files(store, args.employees, args.badges, now_us=now_us(),
                               dry_run=args.dry_run)
@@ -131,7 +131,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from collector.ledger import people_tables  # noqa: PLC0415 - the one read this needs
 
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         people_tables.ensure_schema(store)
         rows = people_tables.employees(store, site=args.site, department=args.department,
@@ -148,7 +148,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         e = directory.employee(store, args.employee_id)
         badges = directory.badges_of(store, e.employee_id)
@@ -160,7 +160,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_badge(args: argparse.Namespace) -> int:
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         tz = None
         if args.employee_id is not None:

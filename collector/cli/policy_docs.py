@@ -58,14 +58,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.set_defaults(func=cmd_acknowledge)
 
     d = psub.add_parser("due", help="who must (re-)acknowledge which document")
-    add_store(d)
+    add_store(d, config=False)
     d.add_argument("--config", type=Path, metavar="TOML", help="collector config: [policies]")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=cmd_due)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with _store(args) as store:
         pub = policy_docs.publish(store, args.path, by=_actor(), now_us=now_us(),
                                   name=args.name, title=args.title)
     print(f"{pub.doc.name} v{pub.doc.version} sha256 {pub.doc.sha256} ({pub.doc.size} bytes) "
@@ -74,7 +74,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with _store(args) as store:
         docs = policy_docs.documents(store)
     for d in docs:
         print(f"{d['name']} v{d['version']} sha256 {d['sha256']} (entry {d['idx']})")
@@ -83,7 +83,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_acknowledge(args: argparse.Namespace) -> int:
-    with _store(args.store) as store:
+    with _store(args) as store:
         idx, ack = policy_docs.acknowledge(store, args.principal, args.name, by=_actor(),
                                            now_us=now_us(), sha256=args.sha256)
     print(f"{args.principal} acknowledged {ack.name} v{ack.version} (entry {idx})")
@@ -93,7 +93,7 @@ def cmd_acknowledge(args: argparse.Namespace) -> int:
 def cmd_due(args: argparse.Namespace) -> int:
     settings = (policy_docs.PolicySettings() if args.config is None
                 else config_section(args.config, "policies", policy_docs.read_policies_section))
-    with _store(args.store) as store:
+    with _store(args) as store:
         rows = policy_docs.due(store, settings, now_us=now_us())
     if args.json:
         print(json.dumps({"max_ack_age_days": settings.max_ack_age_days,

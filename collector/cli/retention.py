@@ -19,7 +19,7 @@ from typing import Any
 
 from collector import CollectorError
 from collector.cli.args import add_command
-from collector.cli.ledger import open_existing_store
+from collector.cli.shared import open_args_store
 from collector.ledger.base import EventFact
 from collector.records import retention
 from collector.records.exports import iso, parse_time
@@ -146,7 +146,7 @@ def _register_runs(rs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _append(args: argparse.Namespace, kind: str, body: dict[str, Any]) -> int:
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         [res] = store.append([EventFact(kind, body)], now_us=clock_now_us())
     finally:
@@ -199,7 +199,7 @@ def cmd_hold_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         rules = retention.load_rules(store)
     finally:
@@ -259,7 +259,7 @@ def _print_plan(p: retention.Plan) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     at = parse_time(args.at) if args.at else clock_now_us()
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         p = retention.plan(store, at)
     finally:
@@ -287,7 +287,7 @@ def _stall_hook() -> retention.StepHook | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         result = retention.run(store, clock_now_us(), hook=_stall_hook())
     finally:

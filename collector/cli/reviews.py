@@ -12,7 +12,8 @@ import json
 import textwrap
 from pathlib import Path
 
-from collector.cli.ledger import open_existing_store
+from collector.cli.args import add_kek_sources
+from collector.cli.shared import open_args_store
 from collector.records import reviews
 from collector.service.config import load_config
 from wire.bodies_review import REVIEW_KINDS
@@ -46,13 +47,14 @@ REVIEWS_EPILOG = textwrap.dedent("""\
     """)
 
 
-def _store_arg(p: argparse.ArgumentParser) -> None:
+def _store_arg(p: argparse.ArgumentParser, *, config: bool = True) -> None:
     p.add_argument("--store", required=True, metavar="URL",
                    help="ledger: sqlite:///path, a path, or postgresql://…")
+    add_kek_sources(p, config=config)       # config=False: the parser has its own --config
 
 
-def _review_args(p: argparse.ArgumentParser) -> None:
-    _store_arg(p)
+def _review_args(p: argparse.ArgumentParser, *, config: bool = True) -> None:
+    _store_arg(p, config=config)
     p.add_argument("--by", required=True, metavar="PRINCIPAL", help="the named reviewer")
     p.add_argument("--note", required=True, help="what was checked and decided")
 
@@ -84,14 +86,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rsub = rv.add_subparsers(dest="reviews_command", metavar="ACTION", required=True)
     due = rsub.add_parser("due", help="periods due or overdue for sign-off",
                           epilog=REVIEWS_EPILOG, formatter_class=fmt)
-    _store_arg(due)
+    _store_arg(due, config=False)
     due.add_argument("--config", type=Path, help="collector.toml ([reviews] schedule)")
     due.add_argument("--json", action="store_true", help="one JSON object per line")
     due.set_defaults(func=cmd_due)
     so = rsub.add_parser("sign-off", help="sign off one period of a scheduled review",
                          epilog=REVIEWS_EPILOG, formatter_class=fmt)
     so.add_argument("review", choices=sorted(REVIEW_KINDS))
-    _review_args(so)
+    _review_args(so, config=False)
     so.add_argument("--period", help="YYYY-MM-DD (daily-alerts) or YYYY-Www (access-sample)")
     so.add_argument("--config", type=Path, help="collector.toml ([reviews] sample_size)")
     so.set_defaults(func=cmd_sign_off)
@@ -109,7 +111,7 @@ def _settings(path: Path | None) -> reviews.ReviewSettings:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         found = reviews.alerts(store, status="open" if args.open else None)
     finally:
@@ -130,7 +132,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         idx, state = reviews.review_alert(store, args.event, args.idx, by=args.by,
                                           note=args.note, now_us=now_us())
@@ -142,7 +144,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_due(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         found = reviews.due(store, settings, now_us=now_us())
     finally:
@@ -157,7 +159,7 @@ def cmd_due(args: argparse.Namespace) -> int:
 
 def cmd_sign_off(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         done = reviews.sign_off(store, args.review, by=args.by, note=args.note,
                                 now_us=now_us(), settings=settings, period=args.period)
@@ -173,7 +175,7 @@ def cmd_sign_off(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = open_existing_store(args.store)
+    store = open_args_store(args)
     try:
         check = reviews.check_sample(store, args.idx)
     finally:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from collector import CollectorError
 from collector.cli.args import add_command
-from collector.cli.ledger import _private_out, _record_export, _store, _v2_signer
+from collector.cli.ledger import _private_out, _record_export, _v2_signer
+from collector.cli.shared import store_of
 from collector.ingest.checkpoints import load_log_key
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.records.corrections import Corrections
@@ -148,7 +149,7 @@ def cmd_close(args: argparse.Namespace) -> int:
         day = date.fromisoformat(args.day)
     except ValueError as e:
         raise CollectorError(f"--period {args.day!r}: a local day, YYYY-MM-DD") from e
-    with _store(args.store) as store:
+    with store_of(args) as store:
         idx, body = close_period(store, day=day, rules=rules,
                                  corrections=Corrections(store).applied_complete(),
                                  by=args.by, approved_by=args.approved_by,
@@ -191,7 +192,7 @@ def cmd_timesheet(args: argparse.Namespace) -> int:
             raise CollectorError("--log-key signs the sidecar of a csv or ndjson file: give "
                                  "--out FILE (and no --format timecard)")
         key = load_log_key(args.log_key)
-    with _store(args.store) as store:
+    with store_of(args) as store:
         size = None
         if key is not None:
             size = store.head()[0]

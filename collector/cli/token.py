@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from collector.access.directory import Principals
 from collector.access.principals import ROLES, parse_sites
 from collector.access.tokens import parse_duration_days
-from collector.cli.ledger import open_existing_store
+from collector.cli.args import add_kek_sources
+from collector.cli.shared import open_args_store
 from collector.ledger.access_tables import GrantRow
 from wire.clock import now_us
 from wire.grants import UNSCOPED, PrincipalScope
@@ -76,6 +77,7 @@ def _store_arg(q: argparse.ArgumentParser) -> None:
     q.add_argument("--store", required=True, metavar="URL",
                    help="ledger: sqlite:///path, a path, or postgresql://… (its database "
                         "also holds the principals)")
+    add_kek_sources(q)
 
 
 def _scope_args(q: argparse.ArgumentParser) -> None:
@@ -182,7 +184,7 @@ def _actor() -> str:
 @contextmanager
 def _principals(args: argparse.Namespace) -> Iterator[Principals]:
     """The principals of ``--store``; the store is closed when the command is done."""
-    store = open_existing_store(args.store)     # a typo must not make a new, empty ledger
+    store = open_args_store(args)     # a typo must not make a new, empty ledger
     try:
         yield Principals(store)            # creates the access tables in a SQLite ledger
     finally:

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from collector import KeyringError, LedgerError
+from collector import KekMissingError, LedgerError
 from collector.ledger import body_crypto, keyring
 from collector.ledger.kek import load_kek
 from collector.ledger.postgres import PostgresStore
@@ -59,7 +59,7 @@ def open_store(url: str, *, kek: str | None = None) -> SQLStore:
         if spec is not None:
             store.use_keyring(keyring.Keyring(store, load_kek(spec)))
         elif keyring.in_use(store):
-            raise KeyringError(f"{body_crypto.NO_KEK}; or export {KEK_ENV}")
+            raise KekMissingError(f"{body_crypto.NO_KEK}; or export {KEK_ENV}")
     except BaseException:
         store.close()
         raise

@@ -236,8 +236,9 @@ class BackupSummary:
 
 
 def backup(url: str, out: Path, key: BackupKey, *, principal: str, now_us: int,
-           force: bool = False) -> BackupSummary:
-    """Snapshot the ledger ``url`` into the encrypted file ``out`` and record the backup."""
+           force: bool = False, kek: str | None = None) -> BackupSummary:
+    """Snapshot the ledger ``url`` into the encrypted file ``out`` and record the backup
+    (``kek``: an encrypted ledger's KEK spec, as open_store takes it)."""
     if out.exists() and not force:
         raise BackupError(f"{out}: exists; use --force to replace it")
     if not out.parent.is_dir():
@@ -283,7 +284,7 @@ def backup(url: str, out: Path, key: BackupKey, *, principal: str, now_us: int,
     finally:
         os.close(dfd)
     size = out.stat().st_size
-    store = open_store(url)
+    store = open_store(url, kek=kek)
     try:
         body = {"type": "backup", "via": "cli", "principal": principal,
                 "size": manifest["size"], "head": manifest["head"], "bytes": size,
@@ -328,10 +329,11 @@ class RestoreSummary:
     head: str
 
 
-def restore(path: Path, key: BackupKey, url: str, *, app_role: str | None = None
-            ) -> RestoreSummary:
+def restore(path: Path, key: BackupKey, url: str, *, app_role: str | None = None,
+            kek: str | None = None) -> RestoreSummary:
     """Restore the backup ``path`` into the empty store ``url`` (PostgreSQL: the owner's DSN;
-    ``app_role`` gets the grants ``migrate`` gives). The caller verifies the result."""
+    ``app_role`` gets the grants ``migrate`` gives; ``kek``: an encrypted ledger's KEK spec).
+    The caller verifies the result."""
     kind = snapshots.store_kind(url)
     held = snapshots.target_contents(url)
     if held:
@@ -349,7 +351,7 @@ def restore(path: Path, key: BackupKey, url: str, *, app_role: str | None = None
                 _check_head(_sqlite_head(tmp), manifest, path)
 
             snapshots.sqlite_restore(target, opener.data(), check=check)
-        store = open_store(url)          # WAL, pragmas, the schema check of the file
+        store = open_store(url, kek=kek)     # WAL, pragmas, the schema check of the file
     else:
         manifest = read_manifest(path, key)    # pass 1: all of it authenticates
         _check_kind(manifest, kind, path)
@@ -360,7 +362,7 @@ def restore(path: Path, key: BackupKey, url: str, *, app_role: str | None = None
         migrate(url, app_role=app_role)        # the triggers as the schema has them, grants
         migrate_postgres(url, app_role)
         checkpoint_tables.migrate_postgres(url, app_role)
-        store = open_store(url)
+        store = open_store(url, kek=kek)
     try:
         size, head = store.head()
     finally:

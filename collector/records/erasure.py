@@ -12,9 +12,12 @@ docs/operations.md "Encryption at rest and erasure").
    as for a retention run), the ``punches`` rows' personal columns blanked (the retention
    purge, which the triggers allow for a removed body);
 4. what the projections and indexes still held of the person: their quarantined messages
-   (a rejected message whose opened bytes carry one of their badge credentials as a JSON
-   string: its ``rejection`` entry is in the shred's ranges, its body deleted, its raw bytes
-   and detail blanked by the quarantine purge), their badge periods' credential (the
+   (every quarantined message the keyring opens — those that decoded and those that never
+   did, which name no badge — whose opened bytes carry one of their badge credentials, the
+   credential's value alone (readers that send only the digits), or their name, each as a
+   whole token: not inside a longer credential or word; its ``rejection`` entry is in the
+   shred's ranges, its body deleted, its raw bytes and detail blanked by the quarantine purge,
+   as a retention run purges them, and the result counts them), their badge periods' credential (the
    deterministic ciphertext of ``tc_badges``, which the index key would still open) set to
    ``(erased) <period idx>`` (the trigger allows exactly that under a shred entry), and the
    correction index rows (``tc_corrections``, any status) of their erased punches and
@@ -32,6 +35,7 @@ age out): docs/operations.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +46,9 @@ from collector.ledger.sqlbase import SQLStore, Tx
 from wire.bodies_shred import ranges
 
 _IN_CHUNK = 500
+# The shortest credential value searched alone in quarantined bytes: a shorter one could be
+# any number of another message (a year, a seq), and would purge that message too.
+_MIN_VALUE = 8
 ERASED = body_crypto.ERASED
 
 
@@ -94,12 +101,35 @@ def _badge_periods(tx: Tx, employee: str) -> list[tuple[str, int, int]]:
         (employee, len(people_tables.ERASED_BADGE), people_tables.ERASED_BADGE))]
 
 
-def _quarantined(tx: Tx, store: SQLStore, credentials: set[str]) -> list[Quarantined]:
-    """The quarantined messages whose opened bytes carry one of ``credentials`` as a JSON
-    string (``"em4100:…"``, quoted: a longer credential that starts with it is not it)."""
-    if not credentials:
+def _token(value: bytes) -> re.Pattern[bytes]:
+    """``value`` as a whole token: no letter or digit right before or after it, so a longer
+    credential (``em4100:00123456789``) or word that contains it is not it."""
+    return re.compile(rb"(?<![0-9A-Za-z])" + re.escape(value) + rb"(?![0-9A-Za-z])")
+
+
+def _needles(credentials: set[str], names: set[str]) -> list[tuple[str, re.Pattern[bytes]]]:
+    """What marks a quarantined message as the person's, each with the credential it is
+    attributed to (a hold on that credential keeps it): every credential (``em4100:…``, in
+    JSON or in bytes that never decoded), its value alone (``0012345678``: what a reader
+    that sends only the digits put on the wire), and the person's name."""
+    out: list[tuple[str, re.Pattern[bytes]]] = []
+    for c in sorted(credentials):
+        out.append((c, _token(c.encode())))
+        value = c.partition(":")[2]
+        if len(value) >= _MIN_VALUE:
+            out.append((c, _token(value.encode())))
+    first = min(credentials, default="")
+    out += [(first, _token(n.encode())) for n in sorted(names) if n and n != ERASED]
+    return out
+
+
+def _quarantined(tx: Tx, store: SQLStore, credentials: set[str],
+                 names: set[str]) -> list[Quarantined]:
+    """The quarantined messages whose opened bytes carry one of :func:`_needles` (a message
+    whose data key is gone, or that is already purged, is skipped)."""
+    needles = _needles(credentials, names)
+    if not needles:
         return []
-    needles = [(c, f'"{c}"'.encode()) for c in sorted(credentials)]
     out: list[Quarantined] = []
     for idx, raw, sha, device, received_at in tx.rows(
             "SELECT idx, raw, raw_sha256, device, received_at FROM quarantine "
@@ -107,10 +137,19 @@ def _quarantined(tx: Tx, store: SQLStore, credentials: set[str]) -> list[Quarant
         plain = store.plain(idx, sha, bytes(raw))
         if plain is None:
             continue
-        hit = next((c for c, needle in needles if needle in plain), None)
+        hit = next((c for c, needle in needles if needle.search(plain)), None)
         if hit is not None:
             out.append((int(idx), device, int(received_at), hit))
     return out
+
+
+def _name_of(tx: Tx, store: SQLStore, employee: str) -> set[str]:
+    """``employee``'s name as the directory holds it (opened on a keyed ledger), if any."""
+    rows = tx.rows("SELECT name FROM tc_employees WHERE employee_id = ?", (employee,))
+    if not rows or store.sealer is None:
+        return {str(r[0]) for r in rows}
+    return {store.sealer.column(str(rows[0][0]), column=people_tables.NAME_COLUMN,
+                                row_id=employee)}
 
 
 def _held(tx: Tx, store: SQLStore, employee: str, idxs: Sequence[int],
@@ -163,7 +202,8 @@ def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
                                f"recorded under encryption, or already erased): nothing done")
         sealed = _sealed_by(tx, keys)
         periods = _badge_periods(tx, employee)
-        rejected = _quarantined(tx, store, {store.credential_of(c) for c, _, _ in periods})
+        rejected = _quarantined(tx, store, {store.credential_of(c) for c, _, _ in periods},
+                                _name_of(tx, store, employee))
         idxs = sorted(set(sealed) | {q[0] for q in rejected})
         held = _held(tx, store, employee, sealed, rejected)
         if held is not None:

@@ -276,6 +276,9 @@ def _ledger_section(lg: Section) -> LedgerSection:
     return ledger
 
 
+read_ledger_section = _ledger_section     # ``[ledger]`` alone (collector.cli.shared.ledger_kek)
+
+
 def _ingest_section(i: Section, *, sealing: bool) -> IngestSection:
     d = IngestSection()
     ingest = IngestSection(

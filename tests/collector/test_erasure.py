@@ -18,10 +18,12 @@ import pytest
 
 from collector import ErasureError, KeyDestroyedError
 from collector.cli.main import main
+from collector.ingest.punch_verifier import judge
 from collector.ledger import KEK_ENV, open_store, people_tables, tables
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact, RejectionFact
 from collector.ledger.kek import create_file_kek, load_kek
+from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.people import directory
@@ -40,6 +42,7 @@ from tests.collector.keyring_kit import (
 )
 from tests.collector.ledger_kit import Clock
 from wire import merkle, verify_cli
+from wire.topics import punches as punches_topic
 
 LATER = NOW + 10**6
 
@@ -264,7 +267,8 @@ def test_d15_erase_command_and_verify_full_on_an_encrypted_ledger(
             "DSR-7", "--by", "alice"]
     # Without the KEK the encrypted ledger is refused, naming the option; nothing recorded.
     assert main([*args, "--approved-by", "bob"]) == 2
-    assert "set [ledger] kek" in capsys.readouterr().err
+    assert "this ledger is encrypted at rest; give its KEK with --kek SPEC" in \
+        capsys.readouterr().err
     assert main([*args, "--approved-by", "alice", "--kek", spec]) == 2
     assert "dual control" in capsys.readouterr().err
     assert main([*args, "--approved-by", "bob", "--kek", spec]) == 0
@@ -279,3 +283,82 @@ def test_d15_erase_command_and_verify_full_on_an_encrypted_ledger(
     assert main(["verify", "--store", db, "--log-key-pub", LOG_KEY.verify_key.b64, "--full",
                  "--state", str(tmp_path / "vs")]) == 0
     assert capsys.readouterr().out.startswith("OK: idx 0..")
+
+
+# Bytes no decoder reads (a reader's line noise, a truncated frame, a wrong protocol), each
+# carrying something of a person: the quarantine keeps them whole, naming no badge.
+UNDECODABLE = {
+    "credential": b"\xff\xfe\x00 garbage em4100:0012345678 \x00\x02",
+    "digits": b"\x02 0012345678\r\n\x03\xfa",           # RDM6300-style: the value alone
+    "name": b"\x80{not json: Ada Lovelace pressed}\x9c",
+    "stranger": b"\xff\xfe\x00 garbage em4100:0000000077 \x00\x02",      # nobody's badge
+    "other person": b"\x80{not json: Grace Hopper pressed}\x9c",
+}
+
+
+def test_d15_an_erasure_purges_quarantined_bytes_that_never_decoded(
+        sqlite_store: SQLiteStore, sqlite_path: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 3: a quarantined message that never decoded names no badge; the erasure
+    opens every quarantined message and purges those carrying E1001's badge, its digits or
+    her name (their rejection entries' bodies go under the shred entry, as a retention run
+    purges them), and keeps the stranger's and Grace Hopper's; nothing of
+    her is left in what the store reads or in the database files; the ledger verifies."""
+    create_file_kek(tmp_path / "ledger.kek")
+    spec = f"file:{tmp_path / 'ledger.kek'}"
+    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    topic = punches_topic("clock-1")
+    for raw in UNDECODABLE.values():        # the ingest verifier's own judgement of each
+        (fact,) = judge(topic, raw, NOW, RegistrySnapshot.load(sqlite_store))
+        assert isinstance(fact, RejectionFact)
+        assert (fact.raw, fact.reason) == (raw, "malformed")
+        sqlite_store.append([fact], now_us=NOW)
+    rejections = [se.entry.idx for se in sqlite_store.entries() if se.entry.kind == "rejection"]
+    assert len(rejections) == len(UNDECODABLE)
+    secrets = [*forms(BADGE, "Ada Lovelace"), b"0012345678"]
+    before = _everything(sqlite_store)
+    assert [x for x in secrets if x in before] == [BADGE.encode(), b"Ada Lovelace",
+                                                   b"0012345678"]
+    sqlite_store.close()
+    monkeypatch.delenv(KEK_ENV, raising=False)
+    store = open_store(str(sqlite_path), kek=spec)     # a fresh process's keyring: no cache
+    try:
+        res = _erase(store)
+        # The three messages of hers, by the idx of their rejection entries.
+        assert res.purged_quarantine == 3
+        # (idx 6 her December punch; the rejections follow it at 7..9: one range)
+        assert rejections[:3] == [7, 8, 9]
+        assert res.entries == ((2, 4), (6, 9))
+        shred = next(se for se in store.entries() if se.entry.kind == "shred")
+        assert shred.body is not None
+        assert json.loads(shred.body)["count"] == 7            # 4 of hers + 3 quarantined
+        left = _everything(store)
+        assert [x for x in secrets if x in left] == []
+        raws = {q.idx: store.quarantined_raw(q.id) for q in store.quarantine()}
+        assert [raws[i] for i in rejections] == [b"", b"", b"", *list(UNDECODABLE.values())[3:]]
+        store.query("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.query("VACUUM")          # what docs/operations.md tells the operator to run
+        checkpoint(store, LATER)
+        result = verify_store(store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True)
+        assert result.ok, result.report
+    finally:
+        store.close()
+    files = b"".join(p.read_bytes() for p in tmp_path.iterdir()
+                     if p.name.startswith(sqlite_path.name) and p.is_file())
+    assert files
+    assert [x for x in secrets if x in files] == []
+
+
+@pytest.mark.parametrize(("raw", "hit"), [
+    (b"\xff em4100:0012345678\x00", True),
+    (b'{"credential":"em4100:0012345678"}', True),
+    (b"\x020012345678\r\n", True),
+    (b"ada: Ada Lovelace.", True),
+    (b"\xff em4100:00123456789 \xfe", False),      # a longer badge that starts with hers
+    (b"\x02100123456780\r\n", False),            # her digits inside a longer number
+    (b"Ada Lovelaceworth", False),
+    (b"seq 2025 of 1234", False),
+])
+def test_a_quarantined_message_is_hers_only_for_a_whole_token(raw: bytes, hit: bool) -> None:
+    needles = erasure._needles({BADGE}, {"Ada Lovelace"})      # noqa: SLF001 - the matcher alone
+    assert any(n.search(raw) for _, n in needles) is hit

@@ -10,7 +10,6 @@ import os
 import shutil
 import sqlite3
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,42 +22,19 @@ from collector.ledger import kek as keks
 from collector.ledger import open_store
 from collector.ledger.base import EventFact
 from collector.ledger.sqlite import SQLiteStore
+from tests.collector.hsm_kit import SOFTHSM, TOKEN, softhsm_token, spec
 from tests.collector.ledger_kit import T0, Clock
 
 pytestmark = [pytest.mark.subprocess]      # softhsm2-util initialises the module's token
 
-SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
-TOKEN, PIN, SO_PIN = "tc-kek-test", "314159", "271828"
 DEK, AAD = bytes(range(32)), b"dek-7|subject:e-42|period:2026-11"
 
 
 @pytest.fixture(scope="module")
 def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """A fresh SoftHSM2 token in a temp dir (SOFTHSM2_CONF for this module), its PIN file."""
-    if not Path(SOFTHSM).exists() or shutil.which("softhsm2-util") is None:
-        pytest.fail("SoftHSM2 is not installed (apt-get install softhsm2; scripts/bootstrap.sh)")
-    base = tmp_path_factory.mktemp("softhsm")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\nslots.removable = false\n")
-    pin = base / "user.pin"
-    pin.write_text(PIN + "\n")
-    pin.chmod(0o600)
-    wrong = base / "wrong.pin"
-    wrong.write_text("000000\n")
-    wrong.chmod(0o600)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOFTHSM2_CONF", str(conf))
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", TOKEN,
-                        "--pin", PIN, "--so-pin", SO_PIN], check=True, capture_output=True,
-                       timeout=60)
-        yield {"pin": pin, "wrong_pin": wrong}
-
-
-def spec(hsm: dict[str, Path], key: str, *, pin: str = "pin",
-         token: str = TOKEN) -> str:  # noqa: S107 - a token label, not a secret
-    return f"pkcs11:module={SOFTHSM};token={token};key={key};pin-file={hsm[pin]}"
+    with softhsm_token(tmp_path_factory.mktemp("softhsm")) as pins:
+        yield pins
 
 
 @pytest.fixture(scope="module")
