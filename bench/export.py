@@ -30,9 +30,9 @@ corrections applied, every row checked against its entry and body hash) in a fre
 process, A and B alternating (A first in odd runs), with ``--jobs`` (default 0: the export
 checks and formats its rows in one worker process per CPU, at most 4, each a forked child
 reading its own chunks of device time; 1: one process). The child reports the command's wall
-time, the CPU time of the command and its workers, and its VmHWM (peak RSS) just before and
-after the command and the largest worker's peak: growth = (after − before) + workers ×
-(worker peak − before), counting each worker's memory as if none were shared.
+time, the CPU time of the command and its workers, and its memory growth: sampled every
+20 ms, its own RSS plus each worker's private memory (Private_Clean + Private_Dirty of
+/proc/PID/smaps_rollup: the pages a worker does not share with it), peak − RSS before.
 
     python bench/export.py --payroll            # 3 runs each, 1,000,000 punches
     python bench/export.py --payroll --quick    # 2 runs each, 100,000 punches
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -178,34 +179,60 @@ def seed_pair(plain_db: Path, keyed_db: Path, kek_spec: str, *, rows: int, devic
     return time.perf_counter() - started
 
 
+def private_kb(pid: int) -> int:
+    """Memory only process ``pid`` holds (Private_Clean + Private_Dirty, kB): a forked
+    worker's own pages, not those it still shares with its parent; 0 once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in text.splitlines()
+               if line.startswith(("Private_Clean:", "Private_Dirty:")))
+
+
+def children_of_self() -> list[int]:
+    out: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
 def payroll_child(url: str, out: str, jobs: str) -> None:
     """Child process: one ``timeclock-collector export --payroll --jobs N``; prints its
-    figures (CPU: this process and its export workers; peak RSS: this process's VmHWM and
-    the largest worker's)."""
-    import resource  # noqa: PLC0415 - child only
-
+    figures. CPU: this process and its export workers. Memory, sampled every 20 ms while the
+    command runs: this process's RSS plus each worker's private memory (the pages it does
+    not share with this process); growth = the peak of that sum − the RSS just before."""
     from collector.cli.main import main as cli  # noqa: PLC0415 - imported before measuring
 
-    before = vm_kb("VmHWM")
+    before = vm_kb("VmRSS")
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            total = vm_kb("VmRSS") + sum(private_kb(p) for p in children_of_self())
+            peak[0] = max(peak[0], total)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started, t0 = time.perf_counter(), os.times()
     rc = cli(["export", "--store", url, "--payroll", "--out", out, "--purpose", "bench",
               "--jobs", jobs])
     secs, t1 = time.perf_counter() - started, os.times()
+    stop.set()
+    sampler.join()
     cpu = sum(getattr(t1, f) - getattr(t0, f)
               for f in ("user", "system", "children_user", "children_system"))
-    print(json.dumps({"rc": rc, "secs": secs, "cpu_s": cpu, "hwm_before_kb": before,
-                      "hwm_after_kb": vm_kb("VmHWM"),
-                      "worker_hwm_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}),
-          flush=True)
+    print(json.dumps({"rc": rc, "secs": secs, "cpu_s": cpu, "rss_before_kb": before,
+                      "peak_kb": max(peak[0], vm_kb("VmHWM"))}), flush=True)
 
 
 def payroll_run(url: str, out: Path, kek_spec: str | None, jobs: int
                 ) -> tuple[int, float, float, float]:
-    """(rows, seconds, peak RSS growth MB, CPU seconds) of one export in a fresh child
-    process. Growth: the export process's own, plus each worker's peak above the RSS it was
-    forked with (taken as the process's RSS before the export), times the workers."""
+    """(rows, seconds, peak memory growth MB, CPU seconds) of one export in a fresh child
+    process (payroll_child)."""
     from collector.ledger import KEK_ENV  # noqa: PLC0415
-    from collector.records.exports import default_jobs  # noqa: PLC0415
 
     env = {k: v for k, v in os.environ.items() if k != KEK_ENV}
     if kek_spec is not None:
@@ -224,10 +251,7 @@ def payroll_run(url: str, out: Path, kek_spec: str | None, jobs: int
             if line.startswith("# ") and '"trailer"' in line:
                 rows = json.loads(line[2:])["trailer"]["rows"]
     out.unlink()
-    workers = (default_jobs() if jobs == 0 else jobs) if fig["worker_hwm_kb"] else 0
-    growth_kb = (fig["hwm_after_kb"] - fig["hwm_before_kb"]) + workers * max(
-        0, fig["worker_hwm_kb"] - fig["hwm_before_kb"])
-    return rows, fig["secs"], growth_kb / 1024, fig["cpu_s"]
+    return rows, fig["secs"], (fig["peak_kb"] - fig["rss_before_kb"]) / 1024, fig["cpu_s"]
 
 
 def payroll_main(rows: int, runs: int, people: int, jobs: int) -> int:

@@ -22,7 +22,7 @@ gives up after ``RECONNECT_TIMEOUT_S``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -34,7 +34,7 @@ from collector import LedgerError, LedgerUnavailableError
 from collector.ledger import tree
 from collector.ledger.row_check import ENROLMENT_SQL, RowChecker
 from collector.ledger.schema_postgres import GRANTS, SCHEMA, SCHEMA_VERSION, SET_VERSION
-from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
+from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore, guarded_rows
 
 # Arbitrary constant identifying "the chain head of this database" among advisory locks.
 LOCK_KEY = 0x74696D65636C6B  # "timeclk"
@@ -171,19 +171,22 @@ class PostgresStore(SQLStore):
             "ON p.device = q.device AND p.seq = q.seq", (devices, seqs))
         return {(str(d), int(s)): (str(h), int(i)) for d, s, h, i in cur.fetchall()}
 
-    def punch_rows(self, query: PunchQuery) -> Iterator[PunchRow]:
-        # A server-side cursor on its own connection: the export streams in pages of
-        # EXPORT_ITERSIZE rows from one snapshot, never materialising the result.
+    def punch_chunks(self, queries: Sequence[PunchQuery]) -> Iterator[Iterator[PunchRow]]:
+        # A server-side cursor per query on its own connection, in one transaction: the
+        # export streams in pages of EXPORT_ITERSIZE rows from one snapshot, never
+        # materialising the result.
         conn = _connect(self._dsn)
         try:
-            text, params = query.sql("%s")
-            with conn.transaction(), conn.cursor(name="tc_payroll") as cur:
-                cur.itersize = EXPORT_ITERSIZE
-                cur.execute(text, params)
+            with conn.transaction():
                 check = RowChecker(lambda device: conn.execute(
                     ENROLMENT_SQL.replace("?", "%s"), (device,)).fetchone(),
                     self.plain_opener(), self.blind_credential)
-                yield from check.rows(cur)
+                for n, query in enumerate(queries):
+                    text, params = query.sql("%s")
+                    with conn.cursor(name=f"tc_payroll_{n}") as cur:
+                        cur.itersize = EXPORT_ITERSIZE
+                        cur.execute(text, params)
+                        yield guarded_rows(check.rows(cur), (psycopg.Error,))
         except psycopg.Error as e:
             raise LedgerError(f"reading punches failed: {e}") from e
         finally:

@@ -162,6 +162,15 @@ class PunchQuery:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def guarded_rows(rows: Iterator[PunchRow], errors: tuple[type[Exception], ...]
+                 ) -> Iterator[PunchRow]:
+    """``rows`` with a driver error met while reading them raised as a LedgerError."""
+    try:
+        yield from rows
+    except errors as e:
+        raise LedgerError(f"reading punches failed: {e}") from e
+
+
 def to_bytes(v: Any) -> bytes | None:
     if v is None:
         return None
@@ -246,9 +255,17 @@ class SQLStore(LedgerStore):
                   ) -> dict[tuple[str, int], tuple[str, int]]:
         """{(device, seq): (punch hash, idx)} of the pairs already recorded."""
 
-    @abstractmethod
     def punch_rows(self, query: PunchQuery) -> Iterator[PunchRow]:
-        """Stream recorded punches matching ``query`` ordered by (ts, device, seq)."""
+        """Stream recorded punches matching ``query`` ordered by (ts, device, seq), each
+        checked against the chain (collector.ledger.row_check)."""
+        for rows in self.punch_chunks([query]):
+            yield from rows
+
+    @abstractmethod
+    def punch_chunks(self, queries: Sequence[PunchQuery]) -> Iterator[Iterator[PunchRow]]:
+        """:meth:`punch_rows` of each of ``queries`` in turn (each iterator read to its end
+        before the next is taken), from one connection, one snapshot and one row checker
+        (an export worker's chunks: collector.records.exports)."""
 
     def _sql(self, s: str) -> str:
         return s if self.ph == "?" else s.replace("?", self.ph)

@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from collector import LedgerError, LedgerUnavailableError
 from collector.ledger import tree
 from collector.ledger.row_check import ENROLMENT_SQL, RowChecker
 from collector.ledger.schema_sqlite import READ_INDEXES, SCHEMA, SCHEMA_VERSION, TREE_DDL
-from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore
+from collector.ledger.sqlbase import PunchQuery, PunchRow, SQLStore, guarded_rows
 
 log = logging.getLogger("timeclock.ledger")
 
@@ -223,18 +223,18 @@ class SQLiteStore(SQLStore):
                     out[(device, int(seq))] = (str(h), int(idx))
         return out
 
-    def punch_rows(self, query: PunchQuery) -> Iterator[PunchRow]:
+    def punch_chunks(self, queries: Sequence[PunchQuery]) -> Iterator[Iterator[PunchRow]]:
         # Own read-only connection: a long export never holds this store's lock, and WAL
         # gives it one consistent snapshot while appends go on.
         conn = connect(self.path, readonly=True)
         try:
-            text, params = query.sql("?")
             conn.execute("BEGIN")
-            cur = conn.execute(text, params)
             check = RowChecker(
                 lambda device: conn.execute(ENROLMENT_SQL, (device,)).fetchone(),
                 self.plain_opener(), self.blind_credential)
-            yield from check.rows(cur)
+            for query in queries:
+                text, params = query.sql("?")
+                yield guarded_rows(check.rows(conn.execute(text, params)), (sqlite3.Error,))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             raise LedgerError(f"reading punches failed: {e}") from e

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gc
 import io
 import itertools
 import json
@@ -87,12 +88,13 @@ def iso(us: int) -> str:
 
 class _Iso:
     """``exports.iso`` with the date prefix memoised per UTC day and the time of day taken
-    from a table of the day's 86,400 seconds (``strftime`` per row dominated a stream's cost;
-    the table, ≈ 5 MB, is built on first use). Same text as :func:`iso`."""
+    from two small tables ("HH:MM:" per minute of the day, "SS." per second): ``strftime``
+    per row dominated a stream's cost. Same text as :func:`iso`."""
 
     def __init__(self) -> None:
         self._days: dict[int, str] = {}
-        self._seconds: list[str] = []
+        self._minutes = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
+        self._seconds = [f"{s:02d}." for s in range(60)]
 
     def __call__(self, us: int) -> str:
         sec, frac = divmod(us, 1_000_000)
@@ -100,12 +102,10 @@ class _Iso:
         prefix = self._days.get(day)
         if prefix is None:
             prefix = self._day(day)
-        return f"{prefix}{self._seconds[rest]}{frac:06d}Z"
+        minute, second = divmod(rest, 60)
+        return f"{prefix}{self._minutes[minute]}{self._seconds[second]}{frac:06d}Z"
 
     def _day(self, day: int) -> str:
-        if not self._seconds:
-            self._seconds = [f"{h:02d}:{m:02d}:{s:02d}." for h in range(24)
-                             for m in range(60) for s in range(60)]
         if len(self._days) > 4096:
             self._days.clear()
         text = iso(day * 86_400_000_000)
@@ -225,17 +225,19 @@ def latest_checkpoint(store: SQLStore, size: int) -> SignedCheckpoint | None:
 
 
 def snapshot_rows(store: SQLStore, summary: ExportSummary,
-                  keep: Callable[[PunchRow], bool] | None = None) -> Iterator[PunchRow]:
+                  keep: Callable[[PunchRow], bool] | None = None,
+                  source: Iterable[PunchRow] | None = None) -> Iterator[PunchRow]:
     """The punches of ``summary.query`` recorded within the snapshot (idx < size), counting
     rows, rows beyond the checkpoint and each device's seq range into ``summary`` (the counts
     when the iteration ends).
     ``keep``: the caller's scope (collector.access.scopes); the trailer then counts only the
-    rows it keeps, so an extract says nothing of the rows outside it."""
+    rows it keeps, so an extract says nothing of the rows outside it. ``source``: the query's
+    rows already being read (SQLStore.punch_chunks), else ``store.punch_rows``."""
     cp_size = 0 if summary.checkpoint is None else summary.checkpoint.checkpoint.size
     size, ranges = summary.size, summary.seq_ranges
     rows = uncovered = 0
     try:
-        for r in store.punch_rows(summary.query):
+        for r in store.punch_rows(summary.query) if source is None else source:
             if r.idx >= size:
                 continue        # appended after the snapshot: belongs to the next export
             if keep is not None and not keep(r):
@@ -257,7 +259,7 @@ def snapshot_rows(store: SQLStore, summary: ExportSummary,
         summary.uncovered += uncovered
 
 
-CHUNK_ROWS = 10_000     # rows of one worker's chunk (≈ 2.5 MB of CSV held until written)
+CHUNK_ROWS = 5_000      # rows of one worker's chunk (≈ 1.3 MB of CSV held until written)
 JOBS_MAX = 4            # worker processes an export uses at most (``jobs=0``: one per CPU)
 
 
@@ -398,6 +400,9 @@ def _parallel_text(store: SQLStore, summary: ExportSummary, chunks: Sequence[Pun
     At most ``jobs`` chunks are held in memory at once (a worker blocks on its pipe)."""
     ctx = multiprocessing.get_context("fork")
     procs, pipes = [], []
+    # What exists now is shared with the workers; frozen, the collector in a worker never
+    # walks it, so its pages are not copied into every worker (memory per worker).
+    gc.freeze()
     try:
         for w in range(jobs):
             recv, send = ctx.Pipe(duplex=False)
@@ -429,6 +434,7 @@ def _parallel_text(store: SQLStore, summary: ExportSummary, chunks: Sequence[Pun
                     rng[0], rng[1] = min(rng[0], low), max(rng[1], high)
             yield text
     finally:
+        gc.unfreeze()
         for recv in pipes:
             recv.close()
         for proc in procs:
@@ -443,10 +449,11 @@ def _worker(send: Any, store: SQLStore, summary: ExportSummary,
     try:
         reader = readers.fresh_reader(store)
         months: set[str] = set()
-        for q in chunks:
+        # One connection, snapshot and row checker for all this worker's chunks.
+        for q, rows in zip(chunks, reader.punch_chunks(chunks), strict=True):
             readers.prefetch_keys(reader, q, months)
             part = ExportSummary(q, summary.size, summary.head, summary.checkpoint)
-            text = "".join(map(render, snapshot_rows(reader, part)))
+            text = "".join(map(render, snapshot_rows(reader, part, source=rows)))
             send.send(("chunk", part.rows, part.uncovered, part.seq_ranges, text))
         reader.close()
     except CollectorError as e:

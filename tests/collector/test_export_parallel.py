@@ -190,3 +190,15 @@ def test_a_reader_unwraps_the_keys_of_the_months_it_reads_in_batches(
         assert 0 < readers.prefetch_keys(reader, first, set()) < want
     finally:
         reader.close()
+
+
+def test_row_times_are_iso_text_to_the_microsecond() -> None:
+    """exports._Iso (tables per minute and second, a memo per day) writes what iso() does."""
+    import random  # noqa: PLC0415
+
+    fast = exports._Iso()
+    rnd = random.Random(12)  # noqa: S311 - test times, not secrets
+    times = [0, -1, 1, DAY - 1, -DAY, 253_402_300_799_999_999, T0,
+             *(rnd.randrange(-62_000_000_000_000_000, 253_402_300_799_999_999)
+               for _ in range(20_000))]
+    assert [fast(u) for u in times] == [exports.iso(u) for u in times]
