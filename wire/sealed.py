@@ -24,6 +24,7 @@ X25519 key in its own 0600 file, never derived from the Ed25519 log key.
 from __future__ import annotations
 
 import base64
+import binascii
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,23 @@ _KEYS = frozenset({"v", "device", "sealed", "to"})
 _PREFIX = b'{"device":"'
 _AFTER_DEVICE = b',"sealed":"'
 _SEAL_KEY_HEADER = b"timeclock-x25519-seal-key-v1\n"
+
+
+def b64decode_canonical(text: str, *, field: str) -> bytes:
+    """:func:`wire.keys.b64decode_strict` for a large field (a sealed box of up to 256 KiB):
+    the same acceptance and errors, without re-encoding the whole value. Once the alphabet
+    check has passed ('=' only as the last one or two characters), every 4-character group but
+    the last decodes and re-encodes to itself, so the text is canonical exactly when its length
+    is the canonical length and its last group is the canonical encoding of the last bytes."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise DecodeError(f"{field}: not standard base64", field=field) from e
+    tail = raw[3 * ((len(raw) - 1) // 3):] if raw else b""
+    if len(text) != 4 * -(-len(raw) // 3) or base64.b64encode(tail).decode("ascii") != text[
+            len(text) - 4 * (len(tail) > 0):]:
+        raise DecodeError(f"{field}: base64 is not in canonical form", field=field)
+    return raw
 
 
 class SealError(WireError):
@@ -179,7 +197,7 @@ class SealedEnvelope:
         check_version(obj, expected=SEALED_VERSION)
         device = get_str(obj, "device", DEVICE_ID_RE)
         to = get_str(obj, "to", KEY_ID_RE)
-        return cls(device, to, b64decode_strict(get_str(obj, "sealed"), field="sealed"))
+        return cls(device, to, b64decode_canonical(get_str(obj, "sealed"), field="sealed"))
 
     def to_bytes(self) -> bytes:
         """Canonical JSON (keys sorted; every value needs no escaping)."""

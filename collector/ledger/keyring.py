@@ -376,12 +376,26 @@ class Keyring:
         for period, subjects in by_period.items():
             for i in range(0, len(subjects), 500):
                 chunk = subjects[i:i + 500]
-                for r in tx.rows(f"SELECT {_COLS} FROM {TABLE} WHERE period = ? AND subject "  # noqa: S608 - constant columns, placeholders only
-                                 f"IN ({', '.join('?' * len(chunk))})", (period, *chunk)):
+                found = tx.rows(f"SELECT {_COLS} FROM {TABLE} WHERE period = ? AND subject "  # noqa: S608 - constant columns, placeholders only
+                                f"IN ({', '.join('?' * len(chunk))})", (period, *chunk))
+                # The append's hot path: cached keys in one pass under one lock (the rows of
+                # a batch's subjects are mostly cached), a KeyRow only for the rest.
+                misses: list[tuple[Any, ...]] = []
+                with self._lock:
+                    cache = self._cache
+                    for r in found:
+                        if r[6] is not None:
+                            continue         # destroyed: data_key below, the next key
+                        kid = str(r[0])
+                        key = cache.get(kid)
+                        if key is None:
+                            misses.append(r)
+                        else:
+                            cache.move_to_end(kid)
+                            out[(str(r[1]), period)] = DataKey(kid, key)
+                for r in misses:
                     row = _row(r)
-                    if row.destroyed:
-                        continue             # data_key below: the subject's next key
-                    key = self._cached(row.key_id) or self._unwrap(row)
+                    key = self._unwrap(row)
                     self._remember(row.key_id, key)
                     out[(row.subject, period)] = DataKey(row.key_id, key)
         for pair, idx in first.items():

@@ -22,7 +22,7 @@ from tests.wire.test_provisioning import enrol
 from wire import ZERO_HASH
 from wire.canonical import canonical
 from wire.errors import DecodeError, KeyFileError, OversizeError
-from wire.keys import SigningKey
+from wire.keys import SigningKey, b64decode_strict
 from wire.provisioning import BundleError, ProvisioningBundle
 from wire.punch import Envelope, Punch, SignedPunch
 from wire.sealed import (
@@ -32,6 +32,7 @@ from wire.sealed import (
     SealError,
     SealKey,
     SealPublicKey,
+    b64decode_canonical,
     load_seal_key,
     looks_sealed,
     save_seal_key,
@@ -215,3 +216,43 @@ def test_d3_bundle_file_is_0600_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+_B64_CASES = ["", "=", "==", "A", "AA", "AAA", "QQ", "QQ=", "QQ==", "QR==", "QUI=", "QUJ=",
+              "QUJD", "QUJD=", "QUJDQQ==", "QUJDQR==", "QQ==QQ==", "Q===", "QUJDRA=", "QUJDRA",
+              " QUJD", "QUJD\n", "QU JD", "-_-_", "QUJD\u00e9", "AAAAAAAAAAAAAA==",
+              base64.b64encode(bytes(range(256)) * 40).decode()]
+
+
+@pytest.mark.parametrize("text", _B64_CASES)
+def test_d3_sealed_base64_is_accepted_exactly_as_b64decode_strict_accepts_it(text: str) -> None:
+    """The sealed field's decoder checks the canonical form on the last group only (a
+    sealed box is up to 256 KiB): the same bytes, or the same error, as the strict one."""
+    try:
+        expected: bytes | str = b64decode_strict(text, field="sealed")
+    except DecodeError as e:
+        expected = str(e)
+    try:
+        got: bytes | str = b64decode_canonical(text, field="sealed")
+    except DecodeError as e:
+        got = str(e)
+    assert got == expected
+
+
+def test_d3_sealed_base64_matches_the_strict_decoder_on_every_single_character_edit() -> None:
+    """Every length 0..12 bytes, every position replaced by characters that break the
+    alphabet, the padding or the unused bits: both decoders agree on each."""
+    for n in range(13):
+        good = base64.b64encode(bytes((7 * i + n) % 256 for i in range(n))).decode()
+        for i in range(max(len(good), 1)):
+            for ch in "AQgw/+=Z9a _-":
+                text = good[:i] + ch + good[i + 1:]
+                try:
+                    expected: bytes | str = b64decode_strict(text, field="sealed")
+                except DecodeError as e:
+                    expected = str(e)
+                try:
+                    got: bytes | str = b64decode_canonical(text, field="sealed")
+                except DecodeError as e:
+                    got = str(e)
+                assert got == expected, text
