@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import gc
 import io
 import itertools
 import json
@@ -290,6 +289,7 @@ def row_renderer(fmt: str, fields: FieldSet, corrections: Fixed | None,
     # The columns straight out of the flat_row tuple: "{0},{1},{2},{4},…\n".
     template = ",".join(f"{{{i}}}" for i in positions) + "\n"
     commas = len(positions) - 1
+    single = commas < 1     # csv.writer writes a lone empty field as ""
 
     def by_writer(values: Sequence[Any]) -> str:
         buf.seek(0)
@@ -304,7 +304,7 @@ def row_renderer(fmt: str, fields: FieldSet, corrections: Fixed | None,
             return by_writer(csv_values(punch_item(r, fixed, holder, pseudonyms), fields))
         flat = flat_row(r, holder, pseudonyms, "")
         text = template.format(*flat)
-        if (commas < 1 or text.count(",") != commas or '"' in text or "\r" in text
+        if (single or text.count(",") != commas or '"' in text or "\r" in text
                 or text.find("\n") != len(text) - 1 or "None" in text):
             return by_writer(pick(flat))    # a field to quote, or one absent (None)
         return text
@@ -400,9 +400,6 @@ def _parallel_text(store: SQLStore, summary: ExportSummary, chunks: Sequence[Pun
     At most ``jobs`` chunks are held in memory at once (a worker blocks on its pipe)."""
     ctx = multiprocessing.get_context("fork")
     procs, pipes = [], []
-    # What exists now is shared with the workers; frozen, the collector in a worker never
-    # walks it, so its pages are not copied into every worker (memory per worker).
-    gc.freeze()
     try:
         for w in range(jobs):
             recv, send = ctx.Pipe(duplex=False)
@@ -434,7 +431,6 @@ def _parallel_text(store: SQLStore, summary: ExportSummary, chunks: Sequence[Pun
                     rng[0], rng[1] = min(rng[0], low), max(rng[1], high)
             yield text
     finally:
-        gc.unfreeze()
         for recv in pipes:
             recv.close()
         for proc in procs:
