@@ -311,7 +311,10 @@ class Extras:
 
             def subscribed(f: Path = log, proc: subprocess.Popen[bytes] = p) -> bool:
                 if proc.poll() is not None:
-                    raise SiteError(f"collector exited ({proc.returncode}): see {f}")
+                    lines = f.read_text(errors="replace").splitlines() if f.exists() else []
+                    last = "".join(f"\n  {line}" for line in lines[-5:])
+                    raise SiteError(f"collector exited ({proc.returncode}): see {f}; it ends:"
+                                    f"{last or ' (empty)'}")
                 return f.exists() and "MQTT subscribed" in f.read_text(errors="replace")
             wait_for(subscribed, 120, f"collector {name} to subscribe")
         store = ("PostgreSQL" if self.options.postgres

@@ -56,11 +56,30 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _wal(conn)
         conn.execute("PRAGMA synchronous = FULL")
     except sqlite3.Error as e:
         raise LedgerError(f"cannot open SQLite ledger {path}: {e}") from e
     return conn
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting like busy_timeout does. Turning a file to WAL
+    takes its exclusive lock and SQLite answers SQLITE_BUSY at once, without calling the
+    busy handler, while another connection reads it or turns it to WAL too: two collectors
+    started together on a new ledger (the demo's ``--collectors 2``) must both open it."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    wait = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if (getattr(e, "sqlite_errorcode", 0) & 0xFF) != sqlite3.SQLITE_BUSY \
+                    or time.monotonic() >= deadline:
+                raise
+        time.sleep(wait)
+        wait = min(wait * 2, 0.1)
 
 
 def _create_private(path: Path) -> None:

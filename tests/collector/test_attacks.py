@@ -312,7 +312,9 @@ def run_case(ctx: Ctx, case: Case) -> None:
         assert body["topic"] == dev.clock.topic
         assert len(ctx.store.quarantined_raw(q.id)) == q.size
     # what the case adds + the honest punch
-    assert entry_count(ctx.store) - before == case.new_entries + 1
+    after = entry_count(ctx.store)
+    assert after - before == case.new_entries + 1, \
+        [e.entry.kind for e in ctx.store.entries(before, after)]
     got: set[int] = set()
     if must_ack:
         got = dev.acked_until(ctx.log_key, must_ack)
