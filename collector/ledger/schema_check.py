@@ -89,6 +89,32 @@ def check_schema(store: SQLStore) -> SchemaCheck:
     return SchemaCheck(tuple(_pg_trigger_findings(store) + _pg_role_findings(store)))
 
 
+def require_current_triggers(store: SQLStore, *, what: str) -> None:
+    """Refuse (LedgerError, one line naming ``migrate``) to run ``what`` — a command that
+    deletes bodies and blanks projection rows under an entry, which only the current triggers
+    allow (an erasure, a retention run) — on a ledger whose triggers are not the schema's.
+
+    Why refuse rather than bring the triggers on open (as SQLiteStore does for its read
+    indexes): a ledger made by an older collector has triggers that refuse what the current
+    ones allow (before erasure, ``tc_badges_update`` refuses the ``(erased) <idx>``
+    credential and the purge triggers know no ``shred`` entry), so the newer ones widen what
+    the database accepts, which is a change of the append-only guarantees, not a read aid;
+    and an open cannot tell an older version from a trigger someone dropped or edited (D5:
+    ``serve`` and ``verify`` report it as drift and only ``migrate`` repairs it, after which
+    ``verify --full`` says whether anything changed meanwhile). Without this check such a
+    command fails half-way with the trigger's own refusal, which names no remedy. The role
+    findings of PostgreSQL are not this check's (an operator may run it as the owner)."""
+    found = _sqlite_findings(store) if store.ph == "?" else _pg_trigger_findings(store)
+    if found:
+        where = getattr(store, "path", None)
+        arg = str(where) if where is not None else "URL (as the owner role)"
+        raise LedgerError(f"{what} refused: this ledger's triggers are not the ones of this "
+                          f"collector's schema ({'; '.join(found)}): a ledger made by an "
+                          f"older version, or changed since; run `timeclock-collector migrate "
+                          f"--store {arg}` first, then `timeclock-collector verify --full`; "
+                          f"nothing done")
+
+
 # -- SQLite ----------------------------------------------------------------------------------
 
 _SQLITE_TRIGGERS = TRIGGER_NAMES + access_tables.TRIGGER_NAMES   # the chain's + access rows'

@@ -42,6 +42,7 @@ from typing import Any
 
 from collector import ErasureError, KeyringError
 from collector.ledger import body_crypto, corrections_table, people_tables, retention_tables
+from collector.ledger.schema_check import require_current_triggers
 from collector.ledger.sqlbase import SQLStore, Tx
 from wire.bodies_shred import ranges
 
@@ -195,6 +196,8 @@ def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
     if store.sealer is None:
         raise KeyringError(body_crypto.NO_KEK)
     ring = store.sealer.ring
+    people_tables.ensure_schema(store)      # a ledger from before the directory: its tables
+    require_current_triggers(store, what=f"erasure of employee {employee}")
     with store.transaction(now_us, what=f"erasure of employee {employee}") as tx:
         keys = tuple(sorted(k.key_id for k in ring.subject_keys(employee) if not k.destroyed))
         if not keys:

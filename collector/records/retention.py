@@ -29,6 +29,7 @@ from typing import Any
 
 from collector.ledger import body_crypto, retention_tables
 from collector.ledger.retention_tables import Decoder, Opener, Record, Rows
+from collector.ledger.schema_check import require_current_triggers
 from collector.ledger.sqlbase import SQLStore
 from wire.bodies_retention import RetentionRules, idx_ranges
 
@@ -184,7 +185,10 @@ def spent_keys(rows: Rows, removed: list[int]) -> list[str]:
 
 
 def run(store: SQLStore, now_us: int, *, hook: StepHook | None = None) -> RunResult:
-    """Execute the plan at ``now_us`` in one transaction (see the module docstring)."""
+    """Execute the plan at ``now_us`` in one transaction (see the module docstring); refused up
+    front on a ledger whose triggers are not the schema's (an older collector's refuse the
+    purge: schema_check.require_current_triggers names ``migrate``)."""
+    require_current_triggers(store, what="retention run")
     with store.transaction(now_us, what="retention run") as tx:
         p = make_plan(tx.rows, now_us, store.plain, store.credential_of)
         entry: int | None = None
