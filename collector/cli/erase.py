@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
+from pathlib import Path
 
+from collector import CollectorError
 from collector.cli.args import add_store
-from collector.cli.shared import open_args_store
+from collector.cli.shared import config_section, open_args_store
 from collector.ledger import KEK_ENV
 from collector.records import erasure
 from wire.clock import now_us as clock_now_us
+from wire.errors import WireError
+from wire.sealed import SealKey, load_seal_key
 
 EPILOG = textwrap.dedent(f"""\
     The ledger must be encrypted at rest (its KEK: --kek, else ${KEK_ENV}, else [ledger]
@@ -27,6 +32,13 @@ EPILOG = textwrap.dedent(f"""\
       timeclock-collector erase --store sqlite:///var/lib/timeclock/ledger.db \\
           --kek file:/etc/timeclock/ledger.kek --employee E1001 \\
           --reason "GDPR art. 17 request" --case DSR-2026-0007 --by alice --approved-by bob
+
+    Quarantined sealed envelopes are searched inside with the seal keys given
+    (--seal-key FILE, repeated for earlier, rotated keys; default: [collector] seal_key of
+    --config); one no key opens is kept and listed under "unjudged_quarantine".
+
+    A ledger made by an older collector is refused until `timeclock-collector migrate
+    --store URL` has brought its triggers (the older ones refuse what an erasure writes).
 
     Then make the freed pages leave the files: SQLite `sqlite3 ledger.db 'VACUUM'` (with
     serve stopped) and a WAL checkpoint; PostgreSQL `VACUUM FULL bodies, punches,
@@ -46,16 +58,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--by", required=True, metavar="PRINCIPAL", help="who asks")
     p.add_argument("--approved-by", required=True, metavar="PRINCIPAL",
                    help="who approves: another principal (dual control)")
+    p.add_argument("--seal-key", type=Path, action="append", default=[], metavar="FILE",
+                   help="an X25519 seal key (current or earlier) opening quarantined sealed "
+                        "envelopes; repeat for several (default: [collector] seal_key of "
+                        "--config)")
     p.set_defaults(func=cmd_erase)
 
 
+def _seal_keys(args: argparse.Namespace) -> list[SealKey]:
+    """The keys of --seal-key, else the config's ``[collector] seal_key`` (if any)."""
+    paths: list[Path] = list(args.seal_key)
+    config: Path | None = getattr(args, "config", None)
+    if not paths and config is not None:
+        found = config_section(config, "collector",
+                               lambda s: s.path("seal_key", config.parent))
+        paths = [] if found is None else [found]
+    try:
+        return [load_seal_key(p) for p in paths]
+    except (WireError, OSError) as e:
+        raise CollectorError(f"seal key: {e}") from e
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
+    seal_keys = _seal_keys(args)
     store = open_args_store(args)
     try:
         res = erasure.erase(store, employee=args.employee, reason=args.reason,
                             case=args.case, by=args.by, approved_by=args.approved_by,
-                            now_us=clock_now_us())
+                            now_us=clock_now_us(), seal_keys=seal_keys)
     finally:
         store.close()
     print(json.dumps(res.to_dict(), sort_keys=True))
+    for idx, why in res.unjudged:
+        print(f"kept the quarantined message of entry {idx}: {why}; the erasure cannot tell "
+              f"whose it is", file=sys.stderr)
     return 0

@@ -13,11 +13,17 @@ docs/operations.md "Encryption at rest and erasure").
    purge, which the triggers allow for a removed body);
 4. what the projections and indexes still held of the person: their quarantined messages
    (every quarantined message the keyring opens — those that decoded and those that never
-   did, which name no badge — whose opened bytes carry one of their badge credentials, the
-   credential's value alone (readers that send only the digits), or their name, each as a
-   whole token: not inside a longer credential or word; its ``rejection`` entry is in the
-   shred's ranges, its body deleted, its raw bytes and detail blanked by the quarantine purge,
-   as a retention run purges them, and the result counts them), their badge periods' credential (the
+   did, which name no badge — and, for a sealed envelope (wire.sealed), what it holds when
+   one of the seal keys given opens it; see :func:`_needles` for what marks one as theirs:
+   a credential or its value in any case, with a ``0x`` prefix or separators, JSON-escaped
+   or not, the name in any case or Unicode normalisation; the rejection's detail is searched
+   too); its ``rejection`` entry is in the shred's ranges, its body deleted, its raw bytes and
+   detail blanked by the quarantine purge, as a retention run purges them, and the result
+   counts them. A message the erasure cannot judge (a sealed envelope to a seal key it was
+   not given, or whose box does not open; raw bytes whose data key is gone) is KEPT — its
+   owner is unknown, and purging it under this person's shred entry would destroy and
+   misattribute another person's evidence — and named in the result (``unjudged``), never
+   skipped silently. Their badge periods' credential (the
    deterministic ciphertext of ``tc_badges``, which the index key would still open) set to
    ``(erased) <period idx>`` (the trigger allows exactly that under a shred entry), and the
    correction index rows (``tc_corrections``, any status) of their erased punches and
@@ -35,7 +41,11 @@ age out): docs/operations.md.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +55,7 @@ from collector.ledger import body_crypto, corrections_table, people_tables, rete
 from collector.ledger.schema_check import require_current_triggers
 from collector.ledger.sqlbase import SQLStore, Tx
 from wire.bodies_shred import ranges
+from wire.sealed import SealError, SealKey, looks_sealed
 
 _IN_CHUNK = 500
 # The shortest credential value searched alone in quarantined bytes: a shorter one could be
@@ -62,6 +73,8 @@ class ErasureResult:
     purged_quarantine: int = 0
     erased_badges: int = 0
     deleted_corrections: int = 0
+    # Quarantined messages it could not judge and kept: (rejection entry idx, why).
+    unjudged: tuple[tuple[int, str], ...] = ()
 
     @property
     def count(self) -> int:
@@ -73,7 +86,9 @@ class ErasureResult:
                 "purged": {"punches": self.purged_punches,
                            "quarantine": self.purged_quarantine,
                            "badge_periods": self.erased_badges,
-                           "corrections": self.deleted_corrections}}
+                           "corrections": self.deleted_corrections},
+                "unjudged_quarantine": [{"entry": i, "kept": why}
+                                        for i, why in self.unjudged]}
 
 
 def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
@@ -92,6 +107,7 @@ def _sealed_by(tx: Tx, key_ids: Sequence[str]) -> list[int]:
 
 
 Quarantined = tuple[int, Any, int, str]     # (rejection entry idx, device, received_at, badge)
+Unjudged = tuple[int, str]      # (rejection entry idx, why the erasure could not judge it)
 
 
 def _badge_periods(tx: Tx, employee: str) -> list[tuple[str, int, int]]:
@@ -102,46 +118,146 @@ def _badge_periods(tx: Tx, employee: str) -> list[tuple[str, int, int]]:
         (employee, len(people_tables.ERASED_BADGE), people_tables.ERASED_BADGE))]
 
 
-def _token(value: bytes) -> re.Pattern[bytes]:
-    """``value`` as a whole token: no letter or digit right before or after it, so a longer
-    credential (``em4100:00123456789``) or word that contains it is not it."""
-    return re.compile(rb"(?<![0-9A-Za-z])" + re.escape(value) + rb"(?![0-9A-Za-z])")
+# Between two characters of a credential a reader, a log or a person may write one separator
+# (``00:12:34:56:78``, ``0012-3456-78``, ``0012 345678``).
+_SEP = r"[\s:.\-_/]?"
+_ALNUM = r"[^\W_]"         # a letter or digit of any script (not the underscore)
+_JSON_ESCAPES = re.compile(r'(?:\\u[0-9a-fA-F]{4}|\\["\\/bfnrt])+')
 
 
-def _needles(credentials: set[str], names: set[str]) -> list[tuple[str, re.Pattern[bytes]]]:
+def _fold(text: str) -> str:
+    """What is compared: NFKC (composed accents, compatibility forms such as full-width
+    letters), then case-folded (``ADA``, ``ada``; ``ß`` and ``ss``)."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _token(pattern: str) -> re.Pattern[str]:
+    """``pattern`` as a whole token of folded text: no letter or digit right before it
+    (except a ``0x`` prefix) or right after it, so a longer credential
+    (``em4100:00123456789``) or word that contains it is not it."""
+    return re.compile(rf"(?:(?<=0x)|(?<!{_ALNUM})){pattern}(?!{_ALNUM})")
+
+
+def _value(value: str) -> str:
+    return _SEP.join(re.escape(ch) for ch in _fold(value))
+
+
+def _needles(credentials: set[str], names: set[str]) -> list[tuple[str, re.Pattern[str]]]:
     """What marks a quarantined message as the person's, each with the credential it is
-    attributed to (a hold on that credential keeps it): every credential (``em4100:…``, in
-    JSON or in bytes that never decoded), its value alone (``0012345678``: what a reader
-    that sends only the digits put on the wire), and the person's name."""
-    out: list[tuple[str, re.Pattern[bytes]]] = []
+    attributed to (a hold on that credential keeps it), matched in :func:`_views` of it: every
+    credential (``em4100:…``), its value alone when it has :data:`_MIN_VALUE` characters or
+    more (``0012345678``: what a reader that sends only the digits put on the wire), the value
+    in either case, with a ``0x`` prefix or one separator between characters; and the
+    person's name in any case or Unicode normalisation, any white space between its words."""
+    out: list[tuple[str, re.Pattern[str]]] = []
     for c in sorted(credentials):
-        out.append((c, _token(c.encode())))
-        value = c.partition(":")[2]
+        kind, _, value = c.partition(":")
+        out.append((c, _token(rf"{re.escape(_fold(kind))}\s*:\s*{_value(value)}")))
         if len(value) >= _MIN_VALUE:
-            out.append((c, _token(value.encode())))
+            out.append((c, _token(_value(value))))
     first = min(credentials, default="")
-    out += [(first, _token(n.encode())) for n in sorted(names) if n and n != ERASED]
+    for n in sorted(names):
+        words = _fold(n).split()
+        if words and n != ERASED:
+            out.append((first, _token(r"\s+".join(re.escape(w) for w in words))))
     return out
 
 
-def _quarantined(tx: Tx, store: SQLStore, credentials: set[str],
-                 names: set[str]) -> list[Quarantined]:
-    """The quarantined messages whose opened bytes carry one of :func:`_needles` (a message
-    whose data key is gone, or that is already purged, is skipped)."""
+def carrier(needles: Sequence[tuple[str, re.Pattern[str]]], views: Sequence[str]
+            ) -> str | None:
+    """The credential of the first needle found in one of ``views`` (None: not theirs)."""
+    return next((c for c, needle in needles if any(needle.search(v) for v in views)), None)
+
+
+def _unescaped(text: str) -> str:
+    """``text`` with its JSON escapes (``\u0030``, surrogate pairs, ``\"``) read: a
+    credential or name a JSON encoder escaped is the same credential or name."""
+    def one(m: re.Match[str]) -> str:
+        try:
+            return str(json.loads(f'"{m.group()}"'))
+        except ValueError:     # a lone backslash sequence json does not read: as it is
+            return m.group()
+    return _JSON_ESCAPES.sub(one, text)
+
+
+def _views(raw: bytes, detail: str) -> list[str]:
+    """The folded texts of a quarantined message searched for the needles: its bytes as
+    UTF-8 (bytes that are not UTF-8 read as a boundary) and, when they are not UTF-8, as
+    Latin-1 too; each with its JSON escapes read; and the rejection's detail."""
+    texts = [raw.decode("utf-8", "replace")]
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        texts.append(raw.decode("latin-1"))
+    texts.append(detail)
+    return [_fold(v) for t in texts for v in {t, _unescaped(t)}]
+
+
+def _sealed_box(raw: bytes) -> tuple[str, bytes] | None:
+    """(seal key id, box) of a quarantined sealed envelope (wire.sealed) — also one the
+    ingest refused as malformed (not canonical), read leniently — or None: not sealed."""
+    if not looks_sealed(raw) and b'"sealed"' not in raw:
+        return None
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("sealed"), str) \
+            or not isinstance(obj.get("to"), str):
+        return None
+    try:
+        return obj["to"], base64.b64decode(obj["sealed"])
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _opened(raw: bytes, seal_keys: Sequence[SealKey]) -> bytes | str:
+    """What to search of a quarantined message: its bytes, plus what its sealed envelope
+    holds when one of ``seal_keys`` opens it; a str: why it cannot be judged."""
+    box = _sealed_box(raw)
+    if box is None:
+        return raw
+    to, ciphertext = box
+    key = next((k for k in seal_keys if k.key_id == to), None)
+    if key is None:
+        named = to if re.fullmatch(r"[0-9a-f]{16}", to) else "(not a key id)"
+        return (f"a sealed envelope to seal key {named}, which this erasure was not given "
+                f"(--seal-key FILE)")
+    try:
+        return raw + b"\n" + key.open(ciphertext)
+    except SealError:
+        return f"a sealed envelope that does not open with seal key {key.key_id} (damaged)"
+
+
+def _quarantined(tx: Tx, store: SQLStore, credentials: set[str], names: set[str],
+                 seal_keys: Sequence[SealKey] = ()
+                 ) -> tuple[list[Quarantined], list[Unjudged]]:
+    """The quarantined messages whose opened bytes (and the sealed envelope they hold, when
+    ``seal_keys`` opens it) or detail carry one of :func:`_needles`; and those that cannot be
+    judged — a sealed envelope no key given opens, raw bytes whose data key is gone — which
+    the erasure keeps and reports (already purged ones are not looked at)."""
     needles = _needles(credentials, names)
     if not needles:
-        return []
+        return [], []
     out: list[Quarantined] = []
-    for idx, raw, sha, device, received_at in tx.rows(
-            "SELECT idx, raw, raw_sha256, device, received_at FROM quarantine "
+    unjudged: list[Unjudged] = []
+    for idx, raw, sha, device, received_at, detail in tx.rows(
+            "SELECT idx, raw, raw_sha256, device, received_at, detail FROM quarantine "
             "WHERE length(raw) > 0 ORDER BY id"):
         plain = store.plain(idx, sha, bytes(raw))
         if plain is None:
+            unjudged.append((int(idx), "its raw bytes' data key was destroyed: nothing of it "
+                                       "can be read"))
             continue
-        hit = next((c for c, needle in needles if needle.search(plain)), None)
+        opened = _opened(plain, seal_keys)
+        if isinstance(opened, str):
+            unjudged.append((int(idx), opened))
+            opened = plain      # its clear part and detail are still searched
+        hit = carrier(needles, _views(opened, str(detail)))
         if hit is not None:
             out.append((int(idx), device, int(received_at), hit))
-    return out
+    found = {q[0] for q in out}
+    return out, [u for u in unjudged if u[0] not in found]
 
 
 def _name_of(tx: Tx, store: SQLStore, employee: str) -> set[str]:
@@ -188,8 +304,10 @@ def _held(tx: Tx, store: SQLStore, employee: str, idxs: Sequence[int],
 
 
 def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
-          approved_by: str, now_us: int) -> ErasureResult:
-    """Destroy ``employee``'s data keys and record it (see the module docstring)."""
+          approved_by: str, now_us: int, seal_keys: Sequence[SealKey] = ()) -> ErasureResult:
+    """Destroy ``employee``'s data keys and record it (see the module docstring);
+    ``seal_keys``: the collector's seal keys, current and earlier, that open quarantined
+    sealed envelopes."""
     if by == approved_by:
         raise ErasureError(f"dual control: {by} asked for the erasure and cannot approve it "
                            f"too (--approved-by names a second principal)")
@@ -205,8 +323,9 @@ def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
                                f"recorded under encryption, or already erased): nothing done")
         sealed = _sealed_by(tx, keys)
         periods = _badge_periods(tx, employee)
-        rejected = _quarantined(tx, store, {store.credential_of(c) for c, _, _ in periods},
-                                _name_of(tx, store, employee))
+        rejected, unjudged = _quarantined(
+            tx, store, {store.credential_of(c) for c, _, _ in periods},
+            _name_of(tx, store, employee), seal_keys)
         idxs = sorted(set(sealed) | {q[0] for q in rejected})
         held = _held(tx, store, employee, sealed, rejected)
         if held is not None:
@@ -237,4 +356,5 @@ def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
         corrections = corrections_table.delete_of_entries(tx, sealed) \
             if corrections_table.present(store) else 0
         ring.destroy(tx, keys, idx=entry)
-    return ErasureResult(entry, keys, spans, purged, purged_q, len(periods), corrections)
+    return ErasureResult(entry, keys, spans, purged, purged_q, len(periods), corrections,
+                         tuple(unjudged))

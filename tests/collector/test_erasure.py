@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -354,11 +355,40 @@ def test_d15_an_erasure_purges_quarantined_bytes_that_never_decoded(
     (b'{"credential":"em4100:0012345678"}', True),
     (b"\x020012345678\r\n", True),
     (b"ada: Ada Lovelace.", True),
+    # the same credential or name written another way
+    (b'{"credential":"EM4100:0012345678"}', True),           # upper case
+    (b"em4100 : 0012345678", True),
+    (b"\x02 0x0012345678\r\n", True),                        # a 0x prefix
+    (b"\x02 0X0012345678\r\n", True),
+    (b"badge 00:12:34:56:78 read", True),                     # separators
+    (b"badge 0012-3456-78 read", True),
+    (b'{"c":"em4100:\\u0030\\u003012345678"}', True),          # JSON escapes
+    (b'{"n":"Ada\\u0020Lovelace"}', True),
+    (b"ADA LOVELACE", True),                                  # case
+    (b"ada \t lovelace", True),                               # other white space
+    ("\uff21\uff44\uff41 Lovelace".encode(), True),          # full-width (NFKC)
+    (b"\xc1da Lovelace", False),                              # another name (Latin-1 \xc1)
+    # not hers
     (b"\xff em4100:00123456789 \xfe", False),      # a longer badge that starts with hers
     (b"\x02100123456780\r\n", False),            # her digits inside a longer number
+    (b"\x02 0x00123456789\r\n", False),
     (b"Ada Lovelaceworth", False),
     (b"seq 2025 of 1234", False),
+    (b"00:12:34:56:79", False),
 ])
 def test_a_quarantined_message_is_hers_only_for_a_whole_token(raw: bytes, hit: bool) -> None:
     needles = erasure._needles({BADGE}, {"Ada Lovelace"})      # noqa: SLF001 - the matcher alone
-    assert any(n.search(raw) for _, n in needles) is hit
+    assert (erasure.carrier(needles, erasure._views(raw, "")) is not None) is hit  # noqa: SLF001
+
+
+@pytest.mark.parametrize(("raw", "hit"), [
+    ("Zoë Ångström".encode(), True),                              # NFC
+    (unicodedata.normalize("NFD", "Zoë Ångström").encode(), True),  # NFD
+    ("ZOË ÅNGSTRÖM".encode(), True),
+    ("Zoë Ångström".encode("latin-1"), True),                     # not UTF-8: read as Latin-1
+    (b'"Zo\\u00eb \\u00c5ngstr\\u00f6m"', True),
+    (b"Zoe Angstrom", False),                             # another spelling: not found
+])
+def test_a_name_is_found_in_any_case_or_normalisation(raw: bytes, hit: bool) -> None:
+    needles = erasure._needles({BADGE}, {unicodedata.normalize("NFD", "Zoë Ångström")})  # noqa: SLF001
+    assert (erasure.carrier(needles, erasure._views(raw, "")) is not None) is hit  # noqa: SLF001

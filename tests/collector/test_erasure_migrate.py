@@ -110,6 +110,7 @@ def test_d15_erase_on_an_older_sqlite_ledger_names_migrate_then_works_after_it(
     out = json.loads(capsys.readouterr().out)
     assert (out["entries"], out["count"], out["purged"]["badge_periods"]) == (
         [[2, 4], [6, 6]], 4, 1)
+    assert out["unjudged_quarantine"] == []
     size, keys = _state(db, spec)
     assert size == before[0] + 1
     assert [d for _, d in keys if d is not None] == [out["entry"]] * 3
