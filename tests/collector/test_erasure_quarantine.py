@@ -211,3 +211,27 @@ def test_d15_a_retention_run_purges_every_expired_quarantined_message_whatever_i
     checkpoint(store, NOW + 8 * DAY)
     result = verify_store(store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True)
     assert result.ok, result.report
+
+
+@pytest.mark.parametrize(("raw", "judged"), [
+    (_sealed(CURRENT, b"em4100:0012345678"), True),
+    # another encoder's spacing (a space after a comma): still opened
+    (_sealed(CURRENT, b"em4100:0012345678").replace(b',"to"', b', "to"'), True),
+    (SealedEnvelope("clock-1", CURRENT.key_id, bytes(64)).to_bytes(),
+     f"a sealed envelope that does not open with seal key {CURRENT.key_id} (damaged)"),
+    (_sealed(LOST, b"em4100:0012345678"),
+     f"a sealed envelope to seal key {LOST.key_id}, which this erasure was not given "
+     f"(--seal-key FILE)"),
+    (b'{"sealed":"AAAA","to":"\\n<script>"}',
+     "a sealed envelope to seal key (not a key id), which this erasure was not given "
+     "(--seal-key FILE)"),
+    (b'{"credential":"em4100:0012345678"}', True),            # not sealed: its bytes
+])
+def test_what_an_erasure_can_open_of_a_quarantined_message(raw: bytes,
+                                                           judged: bool | str) -> None:
+    got = erasure._opened(raw, [CURRENT])                      # noqa: SLF001 - the opener alone
+    if judged is True:
+        assert isinstance(got, bytes)
+        assert b"em4100:0012345678" in got
+    else:
+        assert got == judged
