@@ -7,6 +7,7 @@ passes. The store does not bring the triggers itself (collector.ledger.schema_ch
 require_current_triggers says why).
 
 Control: D15 (disposal logged, the chain still verifies), D5 (only migrate repairs triggers).
+SQLite through the CLI; one older PostgreSQL ledger (its trigger function) too.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import pytest
 
 from collector.cli.main import main
 from collector.ledger import KEK_ENV, open_store
+from collector.ledger.audit import verify_store
 from collector.ledger.kek import create_file_kek, load_kek
+from collector.ledger.postgres import migrate
 from collector.ledger.sqlite import SQLiteStore
 from tests.collector.keyring_kit import LOG_KEY, NOW, checkpoint, personal_store
 from tests.collector.ledger_kit import sqlite_exec
+from tests.collector.test_schema_drift import _admin
+from tests.fixtures.postgres import PgDatabase
 
 LATER = NOW + 10**6
 # tc_badges_update as collectors made it before the erasure of badge periods (a3949d4^).
@@ -144,3 +149,56 @@ def test_d15_a_retention_run_on_an_older_sqlite_ledger_names_migrate(
     capsys.readouterr()
     assert main(["retention", "run", "--store", db]) == 0
     assert "nothing to remove: no entry written" in capsys.readouterr().out
+
+
+# tc_badges_update() as PostgreSQL ledgers had it before the erasure of badge periods.
+PG_BADGES_BEFORE_ERASURE = """CREATE OR REPLACE FUNCTION tc_badges_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.credential IS DISTINCT FROM OLD.credential
+       OR NEW.valid_from IS DISTINCT FROM OLD.valid_from
+       OR NEW.employee_id IS DISTINCT FROM OLD.employee_id
+       OR NEW.status IS DISTINCT FROM OLD.status OR NEW.idx IS DISTINCT FROM OLD.idx
+       OR NEW.changed_idx <= OLD.changed_idx THEN
+        RAISE EXCEPTION 'timeclock: UPDATE on tc_badges refused: only a later badge entry '
+                        'moves the end of a period (the ledger is append-only)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END $$"""
+
+
+def test_d15_erase_on_an_older_postgresql_ledger_names_migrate_then_works_after_it(
+        pg_ledger: PgDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same on PostgreSQL, as the app role: the older trigger function is found (the
+    role's own findings are not this check's), `migrate` as the owner replaces it."""
+    create_file_kek(tmp_path / "ledger.kek")
+    spec = f"file:{tmp_path / 'ledger.kek'}"
+    store = open_store(pg_ledger.app_dsn, kek=spec)
+    try:
+        personal_store(store, tmp_path, kek=load_kek(spec), origin=None)
+    finally:
+        store.close()
+    _admin(pg_ledger, PG_BADGES_BEFORE_ERASURE)
+    before = _state(pg_ledger.app_dsn, spec)
+    args = ["erase", "--store", pg_ledger.app_dsn, "--kek", spec, "--employee", "E1001",
+            "--reason", "gdpr-17", "--case", "DSR-7", "--by", "alice", "--approved-by", "bob"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("timeclock-collector: error: erasure of employee E1001 refused: this "
+                   "ledger's triggers are not the ones of this collector's schema (trigger "
+                   "function tc_badges_update differs from the schema's): a ledger made by an "
+                   "older version, or changed since; run `timeclock-collector migrate --store "
+                   "URL (as the owner role)` first, then `timeclock-collector verify --full`; "
+                   "nothing done")
+    assert _state(pg_ledger.app_dsn, spec) == before
+    migrate(pg_ledger.owner_dsn, app_role=pg_ledger.app_role)
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 4
+    store = open_store(pg_ledger.app_dsn, kek=spec)
+    try:
+        checkpoint(store, LATER)
+        result = verify_store(store, {LOG_KEY.key_id: LOG_KEY.verify_key}, full=True)
+        assert result.ok, result.report
+    finally:
+        store.close()
