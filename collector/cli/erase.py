@@ -25,9 +25,8 @@ from wire.sealed import SealKey, load_seal_key
 
 EPILOG = textwrap.dedent(f"""\
     The ledger must be encrypted at rest (its KEK: --kek, else ${KEK_ENV}, else [ledger]
-    kek of --config); the
-    person's bodies were sealed under their own data keys, so destroying the keys erases
-    them while every hash, checkpoint and proof stays valid.
+    kek of --config); the person's bodies were sealed under their own data keys, so
+    destroying the keys erases them while every hash, checkpoint and proof stays valid.
 
       timeclock-collector erase --store sqlite:///var/lib/timeclock/ledger.db \\
           --kek file:/etc/timeclock/ledger.kek --employee E1001 \\
