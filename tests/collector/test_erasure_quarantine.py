@@ -226,7 +226,8 @@ def test_d15_a_retention_run_purges_every_expired_quarantined_message_whatever_i
      "a sealed envelope to seal key (not a key id), which this erasure was not given "
      "(--seal-key FILE)"),
     (b'{"credential":"em4100:0012345678"}', True),            # not sealed: its bytes
-])
+], ids=["sealed-to-current", "sealed-spaced", "damaged-box", "sealed-to-a-key-not-given",
+        "to-not-a-key-id", "clear-bytes"])     # (the keys are made per process: xdist)
 def test_what_an_erasure_can_open_of_a_quarantined_message(raw: bytes,
                                                            judged: bool | str) -> None:
     got = erasure._opened(raw, [CURRENT])                      # noqa: SLF001 - the opener alone
