@@ -3,7 +3,8 @@
 
 One transaction (collector.records.erasure): refused when one principal asks and approves or a
 legal hold keeps the person; else one ``shred`` entry, the bodies and projection rows removed,
-the keys blanked. The ledger, its proofs and its bundles still verify afterwards.
+the keys blanked. The ledger, its proofs and its bundles still verify afterwards. ``--plan``:
+the same transaction rolled back, printing what it would have done.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ EPILOG = textwrap.dedent(f"""\
       timeclock-collector erase --store sqlite:///var/lib/timeclock/ledger.db \\
           --kek file:/etc/timeclock/ledger.kek --employee E1001 \\
           --reason "GDPR art. 17 request" --case DSR-2026-0007 --by alice --approved-by bob
+
+    Run it with --plan first (same arguments): the erasure runs in its transaction and
+    is rolled back, so it records and changes nothing, and it is refused exactly as the
+    run would be (dual control, a legal hold, a ledger needing migrate: the same message,
+    exit 2). Its JSON is the run's without "entry" and with "plan": true — "keys" the data
+    keys it would destroy, "entries"/"count" the entries whose bodies go, "purged" how
+    many punches, quarantined messages, badge periods and corrections it would purge,
+    "purged_quarantine" the rejection entry idx of each of those messages (never their
+    bytes), "unjudged_quarantine" those it would keep and why; stderr has a one-line
+    summary. A run that follows it does what it said, unless the ledger changed between.
 
     Quarantined sealed envelopes are searched inside with the seal keys given
     (--seal-key FILE, repeated for earlier, rotated keys; default: [collector] seal_key of
@@ -61,6 +72,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="an X25519 seal key (current or earlier) opening quarantined sealed "
                         "envelopes; repeat for several (default: [collector] seal_key of "
                         "--config)")
+    p.add_argument("--plan", action="store_true",
+                   help="show what the erasure would do, or why it would be refused; "
+                        "records and changes nothing (see below)")
     p.set_defaults(func=cmd_erase)
 
 
@@ -84,11 +98,31 @@ def cmd_erase(args: argparse.Namespace) -> int:
     try:
         res = erasure.erase(store, employee=args.employee, reason=args.reason,
                             case=args.case, by=args.by, approved_by=args.approved_by,
-                            now_us=clock_now_us(), seal_keys=seal_keys)
+                            now_us=clock_now_us(), seal_keys=seal_keys, plan=args.plan)
     finally:
         store.close()
     print(json.dumps(res.to_dict(), sort_keys=True))
+    kept = "would keep" if res.plan else "kept"
     for idx, why in res.unjudged:
-        print(f"kept the quarantined message of entry {idx}: {why}; the erasure cannot tell "
+        print(f"{kept} the quarantined message of entry {idx}: {why}; the erasure cannot tell "
               f"whose it is", file=sys.stderr)
+    if res.plan:
+        print(summary(args.employee, res), file=sys.stderr)
     return 0
+
+
+def _spans(spans: tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in spans)
+
+
+def summary(employee: str, res: erasure.ErasureResult) -> str:
+    """The plan's one line for the operator (the JSON on stdout has every figure)."""
+    q = res.quarantine_entries
+    rejections = f" (rejection entries {', '.join(map(str, q))})" if q else ""
+    return (f"plan, nothing recorded or changed: the erasure of employee {employee} would "
+            f"destroy {len(res.keys)} data key(s), remove the bodies of {res.count} "
+            f"entries ({_spans(res.entries)}), purge {res.purged_punches} punch(es), "
+            f"{res.erased_badges} badge period(s), {res.deleted_corrections} correction(s) "
+            f"and {res.purged_quarantine} quarantined message(s){rejections}, and keep "
+            f"{len(res.unjudged)} quarantined message(s) it cannot judge; run the same "
+            f"command without --plan to erase")

@@ -31,6 +31,24 @@ docs/operations.md "Encryption at rest and erasure").
 5. the data keys blanked in ``tc_data_keys`` (``destroyed_idx`` = the shred entry) and
    dropped from the cache.
 
+A plan (``plan=True``; ``timeclock-collector erase --plan``) is this same function: every
+step above runs, in the same transaction, and the transaction is then rolled back instead of
+committed (:class:`_Planned` raised inside it: SQLite's ``_write`` and psycopg's
+``transaction()`` roll back on any exception). So the plan cannot drift from the run: its
+refusals (dual control, keyring, holds, nothing to erase, a ledger needing ``migrate``) are
+the run's, raised by the same lines, its figures are what the run's statements touched, and
+the schema's triggers judge the plan's writes as they judge the run's. Collecting first and
+writing after was the other way; it would need a second copy of what the purges select (the
+retention purge counts its rows only once the bodies are gone) and would leave the triggers'
+verdict out of the plan. Nothing of the rolled-back work stays in memory: the store keeps no
+head or tree size (each transaction reads them, ``_Append``), no sequence is drawn (the
+erasure inserts only into ``entries``, ``bodies``, ``tc_merkle`` and ``retained``, none with
+an identity column), the keyring's cache only gains keys the ledger already holds (unwrapped
+to open quarantined bytes and the name) and loses the person's (``destroy`` forgets them: the
+next read unwraps them again from their rows, which the rollback left live), and the blind
+index and deterministic-ciphertext memos are functions of the index key alone. A plan holds
+the chain lock as long as a run does (appends wait meanwhile).
+
 Invariants: all of it commits or nothing does; afterwards payroll, the API, proofs and the
 bundle hold nothing of the person's erased entries, and ``verify --full`` and
 ``timeclock-verify`` pass (the chain commits to hashes, which stay); the erasure itself is
@@ -66,7 +84,9 @@ ERASED = body_crypto.ERASED
 
 @dataclass(frozen=True)
 class ErasureResult:
-    entry_idx: int
+    """What an erasure did — or, for a plan (``entry_idx`` None), would do."""
+
+    entry_idx: int | None       # the shred entry; None: a plan, nothing recorded
     keys: tuple[str, ...]
     entries: tuple[tuple[int, int], ...]
     purged_punches: int
@@ -75,20 +95,36 @@ class ErasureResult:
     deleted_corrections: int = 0
     # Quarantined messages it could not judge and kept: (rejection entry idx, why).
     unjudged: tuple[tuple[int, str], ...] = ()
+    # The rejection entry idx of each quarantined message purged (never its bytes).
+    quarantine_entries: tuple[int, ...] = ()
+
+    @property
+    def plan(self) -> bool:
+        return self.entry_idx is None
 
     @property
     def count(self) -> int:
         return sum(b - a + 1 for a, b in self.entries)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entry": self.entry_idx, "keys": list(self.keys),
+        out: dict[str, Any] = {} if self.entry_idx is None else {"entry": self.entry_idx}
+        return {**out, "plan": self.plan, "keys": list(self.keys),
                 "entries": [list(r) for r in self.entries], "count": self.count,
                 "purged": {"punches": self.purged_punches,
                            "quarantine": self.purged_quarantine,
                            "badge_periods": self.erased_badges,
                            "corrections": self.deleted_corrections},
+                "purged_quarantine": list(self.quarantine_entries),
                 "unjudged_quarantine": [{"entry": i, "kept": why}
                                         for i, why in self.unjudged]}
+
+
+class _Planned(Exception):  # noqa: N818 - not an error: the plan's way out of its transaction
+    """Raised inside the erasure's transaction to roll it back (a plan); carries the result."""
+
+    def __init__(self, result: ErasureResult) -> None:
+        super().__init__("erasure plan: rolled back")
+        self.result = result
 
 
 def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
@@ -303,11 +339,30 @@ def _held(tx: Tx, store: SQLStore, employee: str, idxs: Sequence[int],
     return None
 
 
+def _live_quarantine(tx: Tx) -> set[int]:
+    """The rejection entry idx of every quarantined message not yet purged."""
+    return {int(r[0]) for r in tx.rows(
+        "SELECT idx FROM quarantine WHERE length(raw) > 0 OR detail <> ''")}
+
+
 def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
-          approved_by: str, now_us: int, seal_keys: Sequence[SealKey] = ()) -> ErasureResult:
+          approved_by: str, now_us: int, seal_keys: Sequence[SealKey] = (),
+          plan: bool = False) -> ErasureResult:
     """Destroy ``employee``'s data keys and record it (see the module docstring);
     ``seal_keys``: the collector's seal keys, current and earlier, that open quarantined
-    sealed envelopes."""
+    sealed envelopes. ``plan``: do all of it and roll it back — the result says what the
+    erasure would do (``entry_idx`` None), a refusal is raised as the run raises it, and
+    nothing is recorded or changed."""
+    try:
+        return _erase(store, employee=employee, reason=reason, case=case, by=by,
+                      approved_by=approved_by, now_us=now_us, seal_keys=seal_keys, plan=plan)
+    except _Planned as p:
+        return p.result
+
+
+def _erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
+           approved_by: str, now_us: int, seal_keys: Sequence[SealKey], plan: bool
+           ) -> ErasureResult:
     if by == approved_by:
         raise ErasureError(f"dual control: {by} asked for the erasure and cannot approve it "
                            f"too (--approved-by names a second principal)")
@@ -342,7 +397,9 @@ def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
             tx.execute("DELETE FROM bodies WHERE idx >= ? AND idx <= ?", (a, b))
         purged, purged_q = retention_tables.unpurged(tx.rows)
         retention_tables.purge_punches(tx.execute)
+        live = _live_quarantine(tx) if purged_q else set()
         retention_tables.purge_quarantine(tx.execute)
+        blanked = tuple(sorted(live - _live_quarantine(tx))) if purged_q else ()
         # The directory's row keeps the id (the manager links, the shred entry name it),
         # not the name or department (the trigger allows a later entry's change).
         tx.execute("UPDATE tc_employees SET name = ?, department = ?, changed_idx = ? "
@@ -356,5 +413,8 @@ def erase(store: SQLStore, *, employee: str, reason: str, case: str, by: str,
         corrections = corrections_table.delete_of_entries(tx, sealed) \
             if corrections_table.present(store) else 0
         ring.destroy(tx, keys, idx=entry)
-    return ErasureResult(entry, keys, spans, purged, purged_q, len(periods), corrections,
-                         tuple(unjudged))
+        result = ErasureResult(None if plan else entry, keys, spans, purged, purged_q,
+                               len(periods), corrections, tuple(unjudged), blanked)
+        if plan:
+            raise _Planned(result)      # the transaction rolls back: nothing recorded
+    return result
