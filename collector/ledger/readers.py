@@ -32,15 +32,21 @@ def forkable(store: SQLStore) -> bool:
     return store.sealer is None or isinstance(store.sealer.ring.kek, FileKek)
 
 
+READER_CACHE_KIB = 512     # SQLite page cache of a reader's connections (default 2 MiB each)
+PREFETCH_BATCH = 500        # data keys read and unwrapped at a time (bounded transient memory)
+
+
 def fresh_reader(store: SQLStore, *, cache_max: int = RUN_KEYS_MAX) -> SQLStore:
     """A new store object on ``store``'s database, with its own connection and, on a keyed
     ledger, a keyring under the same KEK (for a child process: see the module docstring)
     whose cache holds ``cache_max`` unwrapped data keys: a worker reads chunk after chunk,
     each its own read run (body_crypto.BodySealer.run_opener), and unwraps each key once
-    for all of them."""
+    for all of them. A SQLite reader's connections keep a page cache of READER_CACHE_KIB:
+    an export reads the ts index, punches, entries and bodies in one pass, and only the
+    b-trees' inner pages are met again (a worker's private memory, not its speed)."""
     fresh: SQLStore
     if isinstance(store, SQLiteStore):
-        fresh = SQLiteStore(store.path)
+        fresh = SQLiteStore(store.path, cache_kib=READER_CACHE_KIB)
     elif isinstance(store, PostgresStore):
         fresh = PostgresStore(store.dsn)
     else:
@@ -56,9 +62,10 @@ def prefetch_keys(store: SQLStore, query: PunchQuery, done: set[str]) -> int:
     (DESIGN.md §8.6: a body's key is its subject's for the UTC month of its device time)
     into the keyring cache of a :func:`fresh_reader`, leaving out the months in ``done``
     (then added to it).
-    An export worker does this before each chunk: one query per 500 keys instead of one
-    query per key its rows meet. Returns the keys unwrapped; 0 on an unkeyed ledger or when
-    the months hold more keys than the cache (the rows then unwrap their own)."""
+    An export worker does this before each chunk: one query per PREFETCH_BATCH keys
+    instead of one query per key its rows meet. Returns the keys unwrapped; 0 on an unkeyed
+    ledger or when the months hold more keys than the cache (the rows then unwrap their
+    own)."""
     if store.sealer is None:
         return 0
     ring = store.sealer.ring
@@ -84,7 +91,9 @@ def prefetch_keys(store: SQLStore, query: PunchQuery, done: set[str]) -> int:
         f"({', '.join([store.ph] * len(months))})", months)]
     if len(ids) > RUN_KEYS_MAX:      # fresh_reader's cache
         return 0
-    return len(ring.keys(ids))
+    # In batches: the key rows and their unwrapping are transient, the cache is what stays.
+    return sum(len(ring.keys(ids[i:i + PREFETCH_BATCH]))
+               for i in range(0, len(ids), PREFETCH_BATCH))
 
 
 def ts_splits(store: SQLStore, query: PunchQuery, every: int) -> list[int]:
@@ -103,7 +112,7 @@ def ts_splits(store: SQLStore, query: PunchQuery, every: int) -> list[int]:
     if isinstance(store, SQLiteStore):
         # Every row's ts comes over the index; islice keeps one in ``every`` without a
         # Python step for the others. Its own read-only connection, like punch_rows.
-        conn = connect(store.path, readonly=True)
+        conn = connect(store.path, readonly=True, cache_kib=READER_CACHE_KIB)
         try:
             cur = conn.execute(f"SELECT ts FROM punches{where} ORDER BY ts", params)  # noqa: S608 - only placeholders are formatted in
             cuts = [r[0] for r in itertools.islice(cur, every, None, every)]

@@ -43,8 +43,10 @@ _IN_CHUNK = 500   # seqs per IN (...) list; SQLite allows ≥ 999 parameters
 _UNAVAILABLE_CODES = {5, 6, 10, 13, 14, 15}
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection with the ledger's pragmas; autocommit mode (transactions are explicit)."""
+def connect(path: Path, *, readonly: bool = False,
+            cache_kib: int | None = None) -> sqlite3.Connection:
+    """A connection with the ledger's pragmas; autocommit mode (transactions are explicit).
+    ``cache_kib``: its page cache (SQLite's default: 2 MiB), for a reader that streams."""
     try:
         if readonly:
             # as_uri() percent-encodes the path: '?', '#', '%' or a leading '//' in a file
@@ -55,6 +57,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             _create_private(Path(path))
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
         if not readonly:
             _wal(conn)
         conn.execute("PRAGMA synchronous = FULL")
@@ -98,10 +102,13 @@ class SQLiteStore(SQLStore):
     ph = "?"
     db_errors = (sqlite3.Error,)
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, cache_kib: int | None = None) -> None:
+        """``cache_kib``: the page cache of each of its connections (SQLite's default when
+        None): an export worker's store streams rows and keeps few pages (readers)."""
         super().__init__()
         self.path = Path(path)
-        self._conn = connect(self.path)
+        self.cache_kib = cache_kib
+        self._conn = connect(self.path, cache_kib=cache_kib)
         # WAL: a reader works from its snapshot and never waits for a writer. (A file system
         # that cannot do WAL leaves the rollback journal, where readers wait for commits.)
         try:
@@ -180,7 +187,7 @@ class SQLiteStore(SQLStore):
         with suppress(sqlite3.Error):   # closing also rolls back a transaction left open
             self._conn.close()
         try:
-            self._conn = connect(self.path)
+            self._conn = connect(self.path, cache_kib=self.cache_kib)
             row = self._schema_version()
         except LedgerError as e:
             raise LedgerUnavailableError(str(e)) from e
@@ -245,7 +252,7 @@ class SQLiteStore(SQLStore):
     def punch_chunks(self, queries: Sequence[PunchQuery]) -> Iterator[Iterator[PunchRow]]:
         # Own read-only connection: a long export never holds this store's lock, and WAL
         # gives it one consistent snapshot while appends go on.
-        conn = connect(self.path, readonly=True)
+        conn = connect(self.path, readonly=True, cache_kib=self.cache_kib)
         try:
             conn.execute("BEGIN")
             check = RowChecker(

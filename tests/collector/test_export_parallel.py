@@ -127,6 +127,25 @@ def test_an_edited_row_in_a_later_chunk_stops_a_parallel_export(
     assert not out.exists()
 
 
+@pytest.mark.subprocess
+def test_an_erased_persons_rows_are_left_out_by_every_worker(filled: SQLStore) -> None:
+    """A destroyed data key (D15 erasure) reads as erased in a worker as in one process: the
+    person's punches are nobody's data any more and leave the file, whatever --jobs."""
+    if filled.sealer is None:
+        return
+    from collector.records import erasure  # noqa: PLC0415 - keyed case only
+
+    before = _export(filled, "csv", 1)
+    assert before.count("E1001") == PUNCHES    # the directory's badge: one clock in three
+    erasure.erase(filled, employee="E1001", reason="gdpr-17", case="DSR-7", by="alice",
+                  approved_by="bob", now_us=T0 + 3 * MONTH)
+    one = _export(filled, "csv", 1)
+    assert "E1001" not in one
+    assert '"rows": 80' in one
+    for jobs in (2, 3):
+        assert _export(filled, "csv", jobs) == one
+
+
 def test_a_kek_a_child_cannot_reopen_exports_in_one_process(
         sqlite_store: SQLStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sqlite_store.use_keyring(Keyring(sqlite_store, MemoryKek()))   # not a file KEK
