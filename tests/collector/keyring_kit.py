@@ -12,7 +12,7 @@ from pathlib import Path
 from nacl import bindings as sodium
 
 from collector.ledger.base import EventFact
-from collector.ledger.kek import Kek
+from collector.ledger.kek import Kek, create_file_kek, load_kek
 from collector.ledger.keyring import Keyring
 from collector.ledger.sqlbase import SQLStore
 from collector.people.csv_import import import_files
@@ -78,6 +78,15 @@ def personal_store(store: SQLStore, tmp_path: Path, kek: Kek | None = None,
                   c.fact(credential=BADGE, ts=T0 + MONTH)], now_us=NOW)
     checkpoint(store)
     return ring, c
+
+
+def file_kek_store(store: SQLStore, tmp_path: Path) -> str:
+    """:func:`personal_store` under a new file KEK ``tmp_path/ledger.kek``; its spec (what
+    ``--kek`` takes)."""
+    create_file_kek(tmp_path / "ledger.kek")
+    spec = f"file:{tmp_path / 'ledger.kek'}"
+    personal_store(store, tmp_path, kek=load_kek(spec), origin=None)
+    return spec
 
 
 def forms(*values: str) -> list[bytes]:

@@ -45,6 +45,7 @@ from tests.collector.keyring_kit import (
     STRANGER,
     MemoryKek,
     checkpoint,
+    file_kek_store,
     forms,
     personal_store,
     secrets_of_everyone,
@@ -324,9 +325,7 @@ def test_a_sealed_body_moved_to_another_entry_does_not_open(sqlite_store: SQLite
 
 def test_open_store_takes_the_kek_or_refuses_an_encrypted_ledger(
         sqlite_store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    create_file_kek(tmp_path / "ledger.kek")
-    spec = f"file:{tmp_path / 'ledger.kek'}"
-    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    spec = file_kek_store(sqlite_store, tmp_path)
     url = f"sqlite://{sqlite_store.path}"
     monkeypatch.delenv(KEK_ENV, raising=False)
     with pytest.raises(KeyringError, match=rf"set \[ledger\] kek .* or export {KEK_ENV}"):

@@ -23,7 +23,6 @@ from collector.ingest.punch_verifier import judge
 from collector.ledger import KEK_ENV, open_store, people_tables, tables
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact, RejectionFact
-from collector.ledger.kek import create_file_kek, load_kek
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
@@ -38,6 +37,7 @@ from tests.collector.keyring_kit import (
     NOW,
     STRANGER,
     checkpoint,
+    file_kek_store,
     forms,
     personal_store,
 )
@@ -258,9 +258,7 @@ def test_d15_an_erasure_leaves_no_badge_quarantined_message_or_correction_of_the
 def test_d15_erase_command_and_verify_full_on_an_encrypted_ledger(
         sqlite_store: SQLiteStore, sqlite_path: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    create_file_kek(tmp_path / "ledger.kek")
-    spec = f"file:{tmp_path / 'ledger.kek'}"
-    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    spec = file_kek_store(sqlite_store, tmp_path)
     sqlite_store.close()
     monkeypatch.delenv(KEK_ENV, raising=False)
     db = str(sqlite_path)
@@ -305,9 +303,7 @@ def test_d15_an_erasure_purges_quarantined_bytes_that_never_decoded(
     her name (their rejection entries' bodies go under the shred entry, as a retention run
     purges them), and keeps the stranger's and Grace Hopper's; nothing of
     her is left in what the store reads or in the database files; the ledger verifies."""
-    create_file_kek(tmp_path / "ledger.kek")
-    spec = f"file:{tmp_path / 'ledger.kek'}"
-    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    spec = file_kek_store(sqlite_store, tmp_path)
     topic = punches_topic("clock-1")
     for raw in UNDECODABLE.values():        # the ingest verifier's own judgement of each
         (fact,) = judge(topic, raw, NOW, RegistrySnapshot.load(sqlite_store))

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from collector.cli.main import main
-from collector.ledger import KEK_ENV, open_store
+from collector.ledger import KEK_ENV, open_store, people_tables
 from collector.ledger.audit import verify_store
 from collector.ledger.kek import create_file_kek, load_kek
 from collector.ledger.postgres import migrate
 from collector.ledger.sqlite import SQLiteStore
-from tests.collector.keyring_kit import LOG_KEY, NOW, checkpoint, personal_store
+from tests.collector.keyring_kit import LOG_KEY, NOW, checkpoint, file_kek_store, personal_store
 from tests.collector.ledger_kit import sqlite_exec
 from tests.collector.test_schema_drift import _admin
 from tests.fixtures.postgres import PgDatabase
@@ -85,9 +85,7 @@ def test_d15_erase_on_an_older_sqlite_ledger_names_migrate_then_works_after_it(
         older: str, sqlite_store: SQLiteStore, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     sqlite_path = sqlite_store.path
-    create_file_kek(tmp_path / "ledger.kek")
-    spec = f"file:{tmp_path / 'ledger.kek'}"
-    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    spec = file_kek_store(sqlite_store, tmp_path)
     sqlite_store.close()
     monkeypatch.delenv(KEK_ENV, raising=False)
     db = str(sqlite_path)
@@ -151,21 +149,16 @@ def test_d15_a_retention_run_on_an_older_sqlite_ledger_names_migrate(
     assert "nothing to remove: no entry written" in capsys.readouterr().out
 
 
-# tc_badges_update() as PostgreSQL ledgers had it before the erasure of badge periods.
-PG_BADGES_BEFORE_ERASURE = """CREATE OR REPLACE FUNCTION tc_badges_update() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.credential IS DISTINCT FROM OLD.credential
-       OR NEW.valid_from IS DISTINCT FROM OLD.valid_from
-       OR NEW.employee_id IS DISTINCT FROM OLD.employee_id
-       OR NEW.status IS DISTINCT FROM OLD.status OR NEW.idx IS DISTINCT FROM OLD.idx
-       OR NEW.changed_idx <= OLD.changed_idx THEN
-        RAISE EXCEPTION 'timeclock: UPDATE on tc_badges refused: only a later badge entry '
-                        'moves the end of a period (the ledger is append-only)'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN NEW;
-END $$"""
+# tc_badges_update() as PostgreSQL ledgers had it before the erasure of badge periods: the
+# current function without the clause that lets a shred entry's "(erased) <idx>" through.
+_ERASED_CLAUSE = re.compile(
+    r"\(NEW\.credential IS DISTINCT FROM OLD\.credential\s+AND NOT \(.*?'shred'\)\)\)", re.S)
+_CURRENT_FN = re.search(r"CREATE OR REPLACE FUNCTION tc_badges_update\(\).*?END \$\$",
+                        people_tables.POSTGRES_DDL, re.S)
+assert _CURRENT_FN is not None
+assert _ERASED_CLAUSE.search(_CURRENT_FN.group(0)) is not None
+PG_BADGES_BEFORE_ERASURE = _ERASED_CLAUSE.sub("NEW.credential IS DISTINCT FROM OLD.credential",
+                                              _CURRENT_FN.group(0))
 
 
 def test_d15_erase_on_an_older_postgresql_ledger_names_migrate_then_works_after_it(

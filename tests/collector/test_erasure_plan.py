@@ -25,12 +25,19 @@ from collector import ErasureError
 from collector.ledger import KEK_ENV, open_store, tables
 from collector.ledger.audit import verify_store
 from collector.ledger.base import EventFact
-from collector.ledger.kek import create_file_kek, load_kek
 from collector.ledger.sqlbase import PunchQuery, SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.records import erasure
 from collector.records.corrections import Corrections
-from tests.collector.keyring_kit import BADGE, LOG_KEY, NOW, STRANGER, checkpoint, personal_store
+from tests.collector.keyring_kit import (
+    BADGE,
+    LOG_KEY,
+    NOW,
+    STRANGER,
+    checkpoint,
+    file_kek_store,
+    personal_store,
+)
 from tests.collector.ledger_kit import sqlite_exec
 from tests.collector.test_erasure import _rejected
 from tests.collector.test_erasure_quarantine import CURRENT, OLDER, _quarantine, _readable
@@ -173,9 +180,7 @@ def ledger(tmp_path: Path, sqlite_store: SQLiteStore, sqlite_path: Path
            ) -> tuple[list[str], str]:
     """A keyed SQLite ledger (the kits' people, punches and quarantine) closed, with its
     KEK in a file, the seal keys saved; the erase arguments and the KEK spec."""
-    create_file_kek(tmp_path / "ledger.kek")
-    spec = f"file:{tmp_path / 'ledger.kek'}"
-    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    spec = file_kek_store(sqlite_store, tmp_path)
     _quarantine(sqlite_store)
     sqlite_store.close()
     for name, key in (("seal.key", CURRENT), ("seal-2025.key", OLDER)):

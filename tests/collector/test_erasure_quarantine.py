@@ -22,13 +22,19 @@ from collector.ingest.punch_verifier import judge
 from collector.ledger import KEK_ENV, open_store
 from collector.ledger.audit import verify_store
 from collector.ledger.base import RejectionFact
-from collector.ledger.kek import create_file_kek, load_kek
 from collector.ledger.registry import RegistrySnapshot
 from collector.ledger.sqlbase import SQLStore
 from collector.ledger.sqlite import SQLiteStore
 from collector.records import erasure, retention
 from collector.records.exports import export_bundle
-from tests.collector.keyring_kit import LOG_KEY, NOW, STRANGER, checkpoint, personal_store
+from tests.collector.keyring_kit import (
+    LOG_KEY,
+    NOW,
+    STRANGER,
+    checkpoint,
+    file_kek_store,
+    personal_store,
+)
 from tests.collector.retention_kit import DAY, Site, approve
 from tests.collector.test_erasure import _everything
 from wire.sealed import SealedEnvelope, SealKey, save_seal_key
@@ -134,9 +140,7 @@ def test_d15_an_erasure_takes_her_messages_in_every_form_and_names_what_it_canno
 def test_d15_erase_command_opens_with_the_seal_keys_given_and_reports_what_it_kept(
         sqlite_store: SQLiteStore, sqlite_path: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    create_file_kek(tmp_path / "ledger.kek")
-    spec = f"file:{tmp_path / 'ledger.kek'}"
-    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    spec = file_kek_store(sqlite_store, tmp_path)
     idx = _quarantine(sqlite_store)
     sqlite_store.close()
     monkeypatch.delenv(KEK_ENV, raising=False)
@@ -174,9 +178,7 @@ def test_d15_erase_command_opens_with_the_seal_keys_given_and_reports_what_it_ke
 def test_d15_erase_command_takes_the_seal_key_of_its_config(
         sqlite_store: SQLiteStore, sqlite_path: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    create_file_kek(tmp_path / "ledger.kek")
-    spec = f"file:{tmp_path / 'ledger.kek'}"
-    personal_store(sqlite_store, tmp_path, kek=load_kek(spec), origin=None)
+    spec = file_kek_store(sqlite_store, tmp_path)
     idx = _quarantine(sqlite_store)
     sqlite_store.close()
     save_seal_key(tmp_path / "seal.key", CURRENT)
