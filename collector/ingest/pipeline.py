@@ -127,7 +127,7 @@ class Ingestor:
 
     def planner(self) -> PunchPlanner | None:
         """On a keyed ledger, the people directory's snapshot that plans each judged punch's
-        sealing (SQLStore.punch_planner; one query): read by the thread that owns the store."""
+        sealing (SQLStore.punch_planner): read by the thread that owns the store."""
         get = getattr(self.store, "punch_planner", None)
         return None if get is None else get()
 

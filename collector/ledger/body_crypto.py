@@ -64,6 +64,7 @@ KEY_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_KEYBYTES        # 32
 _AAD = b"timeclock body v1\x00"
 DETS_MAX = 65_536           # deterministic ciphertexts a sealer remembers
 RUN_KEYS_MAX = 65_536       # data keys one read run remembers (≈ 6 MB), then starts over
+PLAN_TAGS_MAX = 65_536      # credentials' tags a punch planner remembers
 SEALED_KINDS = frozenset({"punch", "employee", "badge", "correction"})
 NO_KEK = ("this ledger's bodies are encrypted (DESIGN.md §8.6): set [ledger] kek = "
           "\"file:…\" | \"credential:NAME\" | \"pkcs11:…\" in the collector's config "
@@ -132,6 +133,7 @@ class BodySealer:
         self.ring = ring
         self._dets: dict[tuple[str, str], str] = {}    # (column, value) → det(value)
         self._planner: PunchPlanner | None = None
+        self._planner_stale = False     # an append read another directory version
 
     # -- read -------------------------------------------------------------------------------
     def plain(self, idx: int, body_hash: Any, stored: bytes | None) -> bytes | None:
@@ -245,17 +247,28 @@ class BodySealer:
 
     # -- ahead of the append (the ingest's judging) -------------------------------------------
     def planner(self, store: SQLStore) -> PunchPlanner:
-        """A :class:`PunchPlanner` over the people directory as ``store`` holds it now (one
-        query for its version; the badge periods are loaded again only when it changed).
-        Called by the thread that owns the store; the planner is then used from any."""
-        version = directory_version(store.query)
+        """A :class:`PunchPlanner` over the people directory: the last one while no append
+        has read another directory version since it was made (:meth:`directory_seen`), else
+        one over the badge periods ``store`` holds now (its version and, if that changed,
+        the periods). Called by the thread that owns the store; the planner is then used
+        from any. A change no append has seen yet only makes the next plans stale, which the
+        append finds and redoes (no query here per batch)."""
         planner = self._planner
+        if planner is not None and not self._planner_stale:
+            return planner
+        version = directory_version(store.query)
         if planner is None or planner.directory != version:
             from collector.ledger.people_tables import BadgeResolver  # noqa: PLC0415 - as in subjects
 
             resolver = BadgeResolver.load(store) if version is not None else BadgeResolver({})
             planner = self._planner = PunchPlanner(self, version, resolver)
+        self._planner_stale = False
         return planner
+
+    def directory_seen(self, version: tuple[int, int] | None) -> None:
+        """An append read ``version`` of the directory: a planner of another is stale."""
+        if self._planner is not None and self._planner.directory != version:
+            self._planner_stale = True
 
     # -- write (inside the append's transaction) ---------------------------------------------
     def subjects(self, tx: Tx, pending: Iterable[tuple[int, str, int, dict[str, Any] | None,
@@ -345,14 +358,20 @@ class PunchPlanner:
         self.sealer = sealer
         self.directory = directory
         self._resolve = resolver.resolve
-        self._blind = sealer.ring.blind
-        self._badge_subject = sealer.ring.badge_subject
+        self._ring = sealer.ring
+        # credential → (blind tag, pseudonymous subject): both keyed by the index key alone
+        self._tags: dict[str, tuple[str, str]] = {}
 
     def plan(self, punch: Punch) -> SealPlan:
         cred, ts = punch.credential, punch.ts
+        tags = self._tags.get(cred)
+        if tags is None:
+            if len(self._tags) >= PLAN_TAGS_MAX:
+                self._tags.clear()
+            tags = self._tags[cred] = (self._ring.blind(cred), self._ring.badge_subject(cred))
         employee, _ = self._resolve(cred, ts)
-        return SealPlan(self._blind(cred), employee or self._badge_subject(cred),
-                        period_of(ts), self.directory, self.sealer)
+        return SealPlan(tags[0], employee or tags[1], period_of(ts), self.directory,
+                        self.sealer)
 
 
 def seal_many(items: Sequence[tuple[int, bytes, str, str, bytes]]) -> list[bytes]:

@@ -411,7 +411,7 @@ class SQLStore(LedgerStore):
 
     def punch_planner(self) -> PunchPlanner | None:
         """On a keyed ledger, what makes punches' SealPlans ahead of the append (the ingest's
-        judging; BodySealer.planner): one query, by the thread that owns the store."""
+        judging; BodySealer.planner), by the thread that owns the store."""
         return None if self.sealer is None else self.sealer.planner(self)
 
     def plain(self, idx: Any, body_hash: Any, stored: bytes | None) -> bytes | None:
@@ -920,6 +920,7 @@ class _Append:
             # committed since — by this batch, this process or another collector — changes
             # the version); else those punches are resolved again here, as without a plan.
             now = body_crypto.directory_version(tx.rows)
+            self.sealer.directory_seen(now)
             for i, (plan, credential, ts) in self.planned.items():
                 if plan.directory == now:
                     planned[i] = (plan.subject, plan.period)
