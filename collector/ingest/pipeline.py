@@ -63,6 +63,7 @@ from collector.ledger.base import (
     PunchFact,
     RejectionFact,
 )
+from collector.ledger.body_crypto import PunchPlanner
 from wire.ack import SignedAck
 from wire.clock import now_us
 from wire.errors import DecodeError, WireError
@@ -124,20 +125,33 @@ class Ingestor:
         self.badge_outcomes = (None if dets is None else BadgeOutcomes(
             log_key, lambda: dets.badge_scans.resolver if dets.badge_scans.active else None))
 
-    def judge(self, msg: Inbound, registry: RegistryView) -> list[Fact]:
-        """Steps (1)-(6) for one message; never raises."""
+    def planner(self) -> PunchPlanner | None:
+        """On a keyed ledger, the people directory's snapshot that plans each judged punch's
+        sealing (SQLStore.punch_planner): read by the thread that owns the store."""
+        get = getattr(self.store, "punch_planner", None)
+        return None if get is None else get()
+
+    def judge(self, msg: Inbound, registry: RegistryView,
+              planner: PunchPlanner | None = None) -> list[Fact]:
+        """Steps (1)-(6) for one message; never raises. With ``planner`` each punch carries
+        its SealPlan (the blind tag and data-key subject the append would derive)."""
         try:
-            return judge(msg.topic, msg.payload, msg.received_at, registry,
-                         max_bytes=self.max_payload_bytes, seal_key=self.seal_key,
-                         require_sealed=self.require_sealed)
+            facts = judge(msg.topic, msg.payload, msg.received_at, registry,
+                          max_bytes=self.max_payload_bytes, seal_key=self.seal_key,
+                          require_sealed=self.require_sealed)
+            if planner is not None:
+                plan = planner.plan
+                facts = [PunchFact(f.signed, f.topic, f.received_at, plan(f.signed.punch))
+                         if isinstance(f, PunchFact) else f for f in facts]
+            return facts
         except Exception as e:  # top of the per-message loop: quarantine, never crash
             log.exception("judging a message on %s failed; quarantining it", msg.topic[:120])
             return [internal_error(msg, e)]
 
     def process(self, batch: Sequence[Inbound], *, now_us: int) -> BatchResult:
         """Judge, commit, and build receipts for ``batch``; see the module invariants."""
-        registry = self.registry()
-        groups = [(m, self.judge(m, registry)) for m in batch]
+        registry, planner = self.registry(), self.planner()
+        groups = [(m, self.judge(m, registry, planner)) for m in batch]
         out = self.commit(groups, now_us=now_us)
         self.observe(out, now_us=now_us)
         return out
@@ -358,6 +372,14 @@ class Writer:
     during the commit itself is caught by the store's own check under the chain lock,
     ``Outcome.REJECTED``, as always.) Messages judged ahead are PUBACKed only after their
     own commit; if the store is away they join the pending ones.
+
+    On a keyed ledger the judging also plans each punch's sealing (``SealPlan``: its blind
+    index tag and the data-key subject its badge resolves to) from a snapshot of the people
+    directory read here with the registry's (``Ingestor.planner``). That snapshot is not
+    re-read before the commit: the store itself compares the directory version a plan was
+    made against with the one in its transaction, under the chain lock, and resolves the
+    punches of a stale plan again (a badge entry or erasure committed meanwhile by anyone,
+    including this batch), so no punch is sealed against an outdated directory.
     """
 
     def __init__(self, ingestor: Ingestor, inbox: queue.Queue[Inbound], link: Publisher, *,
@@ -379,7 +401,8 @@ class Writer:
         self._pending: list[Inbound] = []
         self._ahead_pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-ahead")
                             if judge_ahead else None)
-        self._ahead: tuple[RegistryView, Future[list[tuple[Inbound, list[Fact]]]]] | None = None
+        self._ahead: tuple[RegistryView, PunchPlanner | None,
+                           Future[list[tuple[Inbound, list[Fact]]]]] | None = None
 
     @property
     def pending(self) -> int:
@@ -403,14 +426,14 @@ class Writer:
         if self._ahead_pool is not None:
             self._ahead_pool.shutdown(wait=True, cancel_futures=True)
 
-    def _collect(self, first: list[Inbound], registry: RegistryView
-                 ) -> list[tuple[Inbound, list[Fact]]]:
+    def _collect(self, first: list[Inbound], registry: RegistryView,
+                 planner: PunchPlanner | None) -> list[tuple[Inbound, list[Fact]]]:
         """Judge ``first`` and what arrives within ``batch_wait_ms``, up to ``batch_max``
         facts."""
         groups: list[tuple[Inbound, list[Fact]]] = []
         nfacts = 0
         for m in first:
-            fs = self.ingestor.judge(m, registry)
+            fs = self.ingestor.judge(m, registry, planner)
             groups.append((m, fs))
             nfacts += len(fs)
         deadline = time.monotonic() + self.batch_wait_s
@@ -420,13 +443,13 @@ class Writer:
                 m = self.inbox.get(timeout=left) if left > 0 else self.inbox.get_nowait()
             except queue.Empty:
                 break
-            fs = self.ingestor.judge(m, registry)
+            fs = self.ingestor.judge(m, registry, planner)
             groups.append((m, fs))
             nfacts += len(fs)
         return groups
 
-    def _judge_ahead(self, registry: RegistryView, stop: threading.Event
-                     ) -> list[tuple[Inbound, list[Fact]]]:
+    def _judge_ahead(self, registry: RegistryView, planner: PunchPlanner | None,
+                     stop: threading.Event) -> list[tuple[Inbound, list[Fact]]]:
         """Helper thread: the next batch, as :meth:`step` would collect it."""
         deadline = time.monotonic() + self.idle_wake_s
         while not stop.is_set():
@@ -436,7 +459,7 @@ class Writer:
                 if time.monotonic() >= deadline:
                     return []
                 continue
-            return self._collect([first], registry)
+            return self._collect([first], registry, planner)
         return []
 
     def _take_ahead(self) -> tuple[list[tuple[Inbound, list[Fact]]], RegistryView | None]:
@@ -444,7 +467,7 @@ class Writer:
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return [], None
-        registry, fut = ahead
+        registry, _, fut = ahead
         try:
             return fut.result(), registry
         except Exception:  # judge never raises: a bug of the helper itself
@@ -467,7 +490,8 @@ class Writer:
                 return groups
             # the registry changed since (an enrolment, rotation or revocation): judge these
             # again with the snapshot of now, as if nothing had been judged ahead
-            return [(m, self.ingestor.judge(m, registry)) for m, _ in groups]
+            planner = self.ingestor.planner()
+            return [(m, self.ingestor.judge(m, registry, planner)) for m, _ in groups]
         first: list[Inbound] = self._pending
         self._pending = []
         if not first:
@@ -478,11 +502,11 @@ class Writer:
         # One registry snapshot per batch, read once a message is at hand, so a revocation
         # committed before this batch applies to all of it.
         try:
-            registry = self.ingestor.registry()
+            registry, planner = self.ingestor.registry(), self.ingestor.planner()
         except Exception:
             self._pending = first       # e.g. the database is away: keep them for the retry
             raise
-        return self._collect(first, registry)
+        return self._collect(first, registry, planner)
 
     def step(self, stop: threading.Event) -> int:
         """Collect one batch and process it; returns the number of messages handled."""
@@ -492,11 +516,13 @@ class Writer:
             return 0
         if self._ahead_pool is not None and not stop.is_set():
             try:
-                ahead = self.ingestor.registry()    # read before this batch's commit
+                # read before this batch's commit, by this thread (it owns the store)
+                ahead, planner = self.ingestor.registry(), self.ingestor.planner()
             except Exception:  # the database is away: the commit below will say so
                 log.debug("no registry snapshot for judging ahead", exc_info=True)
             else:
-                self._ahead = (ahead, self._ahead_pool.submit(self._judge_ahead, ahead, stop))
+                self._ahead = (ahead, planner, self._ahead_pool.submit(
+                    self._judge_ahead, ahead, planner, stop))
         res = self.ingestor.commit(groups, now_us=self.clock())
         self.batches += 1
         for topic, receipt in res.receipts:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wire.ledger import Entry, SignedCheckpoint
@@ -23,12 +23,31 @@ from wire.punch import SignedPunch
 
 
 @dataclass(frozen=True, slots=True)
+class SealPlan:
+    """What a keyed ledger's append derives for one punch from its credential, device time and
+    the people directory, worked out ahead of the commit (off the writer thread; DESIGN.md
+    §8.6, collector.ledger.body_crypto.PunchPlanner): the projection's blind index tag and the
+    (subject, period) whose data key seals the body. The store uses it only when it was made
+    by its own sealer (``sealer``) against the directory version it reads in the append's
+    transaction (``directory``); otherwise it derives both again, so a plan never changes
+    what is recorded, only where it is computed."""
+
+    credential_tag: str
+    subject: str
+    period: str
+    directory: tuple[int, int] | None      # badges_version the subject was resolved against
+    sealer: object = field(compare=False, repr=False)   # the BodySealer that made it
+
+
+@dataclass(frozen=True, slots=True)
 class PunchFact:
-    """A verified punch to record. ``topic`` and ``received_at`` are kept for a conflict."""
+    """A verified punch to record. ``topic`` and ``received_at`` are kept for a conflict;
+    ``sealing`` (optional): its :class:`SealPlan` for a keyed ledger, made while judging."""
 
     signed: SignedPunch
     topic: str
     received_at: int
+    sealing: SealPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)

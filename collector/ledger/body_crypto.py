@@ -23,7 +23,12 @@ Which bodies are sealed, under which (subject, period):
 Invariants: ``entries.body`` stays the SHA-256 of the plaintext, so the chain, the Merkle tree,
 receipts and every proof are unchanged; every read of a body goes through :meth:`BodySealer.
 plain` (None when its key was destroyed: the body is gone, like one retention removed);
-a sealed body found without a keyring is an error that names ``[ledger] kek``.
+a sealed body found without a keyring is an error that names ``[ledger] kek``. A punch's
+(subject, period) and blind tag may be worked out before the append (:class:`PunchPlanner`,
+on the ingest's judging thread); the append uses them only against the same badge periods
+(:func:`directory_version`, read in its transaction) and else resolves the punch itself, so
+the stored bytes never depend on where they were computed. The body seal binds the entry's
+idx (:func:`body_aad`) and so stays in the append.
 """
 
 from __future__ import annotations
@@ -42,10 +47,13 @@ from nacl._sodium import lib as _lib  # noqa: PLC2701 - the same
 from nacl.exceptions import CryptoError
 
 from collector import KeyDestroyedError, KeyringError, LedgerError
+from collector.ledger.base import SealPlan
 from collector.ledger.keyring import Keyring, period_of
 
 if TYPE_CHECKING:
-    from collector.ledger.sqlbase import Tx
+    from collector.ledger.people_tables import BadgeResolver
+    from collector.ledger.sqlbase import SQLStore, Tx
+    from wire.punch import Punch
 
 MAGIC = b"TCE\x01"
 KEY_ID_BYTES = 35
@@ -56,6 +64,7 @@ KEY_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_KEYBYTES        # 32
 _AAD = b"timeclock body v1\x00"
 DETS_MAX = 65_536           # deterministic ciphertexts a sealer remembers
 RUN_KEYS_MAX = 65_536       # data keys one read run remembers (≈ 6 MB), then starts over
+PLAN_TAGS_MAX = 65_536      # credentials' tags a punch planner remembers
 SEALED_KINDS = frozenset({"punch", "employee", "badge", "correction"})
 NO_KEK = ("this ledger's bodies are encrypted (DESIGN.md §8.6): set [ledger] kek = "
           "\"file:…\" | \"credential:NAME\" | \"pkcs11:…\" in the collector's config "
@@ -123,6 +132,8 @@ class BodySealer:
     def __init__(self, ring: Keyring) -> None:
         self.ring = ring
         self._dets: dict[tuple[str, str], str] = {}    # (column, value) → det(value)
+        self._planner: PunchPlanner | None = None
+        self._planner_stale = False     # an append read another directory version
 
     # -- read -------------------------------------------------------------------------------
     def plain(self, idx: int, body_hash: Any, stored: bytes | None) -> bytes | None:
@@ -234,6 +245,31 @@ class BodySealer:
         dk = self.ring.data_key(tx, subject, DIRECTORY_PERIOD, idx=idx)
         return seal_column(value, column=column, row_id=row_id, key_id=dk.key_id, key=dk.key)
 
+    # -- ahead of the append (the ingest's judging) -------------------------------------------
+    def planner(self, store: SQLStore) -> PunchPlanner:
+        """A :class:`PunchPlanner` over the people directory: the last one while no append
+        has read another directory version since it was made (:meth:`directory_seen`), else
+        one over the badge periods ``store`` holds now (its version and, if that changed,
+        the periods). Called by the thread that owns the store; the planner is then used
+        from any. A change no append has seen yet only makes the next plans stale, which the
+        append finds and redoes (no query here per batch)."""
+        planner = self._planner
+        if planner is not None and not self._planner_stale:
+            return planner
+        version = directory_version(store.query)
+        if planner is None or planner.directory != version:
+            from collector.ledger.people_tables import BadgeResolver  # noqa: PLC0415 - as in subjects
+
+            resolver = BadgeResolver.load(store) if version is not None else BadgeResolver({})
+            planner = self._planner = PunchPlanner(self, version, resolver)
+        self._planner_stale = False
+        return planner
+
+    def directory_seen(self, version: tuple[int, int] | None) -> None:
+        """An append read ``version`` of the directory: a planner of another is stale."""
+        if self._planner is not None and self._planner.directory != version:
+            self._planner_stale = True
+
     # -- write (inside the append's transaction) ---------------------------------------------
     def subjects(self, tx: Tx, pending: Iterable[tuple[int, str, int, dict[str, Any] | None,
                                                        bytes]]
@@ -296,6 +332,46 @@ class BodySealer:
             todo.append((idx, plain, hashes[idx], key_id, key))
         sealed = dict(zip((t[0] for t in todo), seal_many(todo), strict=True))
         return [(idx, sealed.get(idx, plain)) for idx, plain in bodies]
+
+
+_BADGES_VERSION = "SELECT COUNT(*), MAX(changed_idx) FROM tc_badges"
+
+
+def directory_version(rows: Callable[[str], list[tuple[Any, ...]]]
+                      ) -> tuple[int, int] | None:
+    """(row count, newest ``changed_idx``) of ``tc_badges`` through ``rows`` (a store's query or
+    a transaction's rows), None when it holds no period: it changes with every badge entry and
+    every erasure (rows are never deleted and an update always raises ``changed_idx``: the
+    table's triggers), so equal versions mean the same badge periods."""
+    count, newest = rows(_BADGES_VERSION)[0]
+    return None if not count else (int(count), int(newest))
+
+
+class PunchPlanner:
+    """Makes each punch's :class:`~collector.ledger.base.SealPlan` from one snapshot of the
+    badge periods (``directory``: its version), off the writer thread: the same blind tag and
+    (subject, period) as :meth:`BodySealer.subjects` derives in the append. Read-only after
+    construction; the keyring's memo of tags tolerates concurrent use."""
+
+    def __init__(self, sealer: BodySealer, directory: tuple[int, int] | None,
+                 resolver: BadgeResolver) -> None:
+        self.sealer = sealer
+        self.directory = directory
+        self._resolve = resolver.resolve
+        self._ring = sealer.ring
+        # credential → (blind tag, pseudonymous subject): both keyed by the index key alone
+        self._tags: dict[str, tuple[str, str]] = {}
+
+    def plan(self, punch: Punch) -> SealPlan:
+        cred, ts = punch.credential, punch.ts
+        tags = self._tags.get(cred)
+        if tags is None:
+            if len(self._tags) >= PLAN_TAGS_MAX:
+                self._tags.clear()
+            tags = self._tags[cred] = (self._ring.blind(cred), self._ring.badge_subject(cred))
+        employee, _ = self._resolve(cred, ts)
+        return SealPlan(tags[0], employee or tags[1], period_of(ts), self.directory,
+                        self.sealer)
 
 
 def seal_many(items: Sequence[tuple[int, bytes, str, str, bytes]]) -> list[bytes]:

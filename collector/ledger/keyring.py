@@ -376,28 +376,35 @@ class Keyring:
         for period, subjects in by_period.items():
             for i in range(0, len(subjects), 500):
                 chunk = subjects[i:i + 500]
-                found = tx.rows(f"SELECT {_COLS} FROM {TABLE} WHERE period = ? AND subject "  # noqa: S608 - constant columns, placeholders only
-                                f"IN ({', '.join('?' * len(chunk))})", (period, *chunk))
-                # The append's hot path: cached keys in one pass under one lock (the rows of
-                # a batch's subjects are mostly cached), a KeyRow only for the rest.
-                misses: list[tuple[Any, ...]] = []
+                # The append's hot path: the rows of a batch's subjects are mostly cached, so
+                # their ids alone, and the cached keys taken in one pass under one lock; the
+                # full rows (the wrapped keys) only for the rest, in the same transaction.
+                found = tx.rows(f"SELECT key_id, subject, destroyed_idx FROM {TABLE} "  # noqa: S608 - constant table, placeholders only
+                                f"WHERE period = ? AND subject IN "
+                                f"({', '.join('?' * len(chunk))})", (period, *chunk))
+                misses: list[str] = []
                 with self._lock:
                     cache = self._cache
-                    for r in found:
-                        if r[6] is not None:
+                    for kid_, subject, destroyed in found:
+                        if destroyed is not None:
                             continue         # destroyed: data_key below, the next key
-                        kid = str(r[0])
+                        kid = str(kid_)
                         key = cache.get(kid)
                         if key is None:
-                            misses.append(r)
+                            misses.append(kid)
                         else:
                             cache.move_to_end(kid)
-                            out[(str(r[1]), period)] = DataKey(kid, key)
-                for r in misses:
-                    row = _row(r)
-                    key = self._unwrap(row)
-                    self._remember(row.key_id, key)
-                    out[(row.subject, period)] = DataKey(row.key_id, key)
+                            out[(str(subject), period)] = DataKey(kid, key)
+                if misses:
+                    rows = tx.rows(f"SELECT {_COLS} FROM {TABLE} WHERE key_id IN "  # noqa: S608 - constant columns, placeholders only
+                                   f"({', '.join('?' * len(misses))})", misses)
+                    for r in rows:
+                        row = _row(r)
+                        if row.destroyed:
+                            continue         # as above
+                        key = self._unwrap(row)
+                        self._remember(row.key_id, key)
+                        out[(row.subject, period)] = DataKey(row.key_id, key)
         for pair, idx in first.items():
             if pair not in out:
                 out[pair] = self.data_key(tx, pair[0], pair[1], idx=idx)

@@ -42,9 +42,10 @@ from collector.ledger.base import (
     PunchFact,
     QuarantineRecord,
     RejectionFact,
+    SealPlan,
     StoredEntry,
 )
-from collector.ledger.body_crypto import BodySealer
+from collector.ledger.body_crypto import BodySealer, PunchPlanner
 from collector.ledger.indoubt import InDoubt, Settled, merge
 from collector.ledger.keyring import Keyring, period_of
 from wire import ZERO_HASH, merkle
@@ -408,6 +409,11 @@ class SQLStore(LedgerStore):
         blind index; DESIGN.md §8.6), None without a keyring."""
         return None if self.sealer is None else self.sealer.ring.blind(credential)
 
+    def punch_planner(self) -> PunchPlanner | None:
+        """On a keyed ledger, what makes punches' SealPlans ahead of the append (the ingest's
+        judging; BodySealer.planner), by the thread that owns the store."""
+        return None if self.sealer is None else self.sealer.planner(self)
+
     def plain(self, idx: Any, body_hash: Any, stored: bytes | None) -> bytes | None:
         """The plaintext of a stored body (None: absent, or its data key was destroyed)."""
         if self.sealer is None:
@@ -684,6 +690,8 @@ class _Append:
         self.bodies: list[tuple[int, bytes]] = []
         self.punches: list[tuple[Any, ...]] = []
         self.punch_subjects: list[tuple[int, str, int]] = []   # (idx, credential, ts) to seal
+        # punches whose subject was planned ahead: (plan, credential, ts) by idx
+        self.planned: dict[int, tuple[SealPlan, str, int]] = {}
         self.quarantine: list[tuple[Any, ...]] = []
         self.retained: list[tuple[int, int, int]] = []
         self.sites: dict[str, str] = {}
@@ -822,10 +830,18 @@ class _Append:
         idx = self._entry("punch", f.signed.to_bytes())
         seen[key] = (h, idx)
         self.prevs[key] = p.prev
-        self.punch_subjects.append((idx, p.credential, p.ts))
         # With a keyring the projection keeps the credential's blind index, not the credential
-        # (DESIGN.md §8.6); readers get it back from the sealed body (row_check).
-        cred = p.credential if self.sealer is None else self.sealer.ring.blind(p.credential)
+        # (DESIGN.md §8.6); readers get it back from the sealed body (row_check). A plan made
+        # ahead by this store's sealer carries the tag (and the subject, checked in
+        # _sealed_bodies against the directory of now).
+        if self.sealer is None:
+            cred = p.credential
+        elif (plan := f.sealing) is not None and plan.sealer is self.sealer:
+            cred = plan.credential_tag
+            self.planned[idx] = (plan, p.credential, p.ts)
+        else:
+            cred = self.sealer.ring.blind(p.credential)
+            self.punch_subjects.append((idx, p.credential, p.ts))
         self.punches.append((p.device, p.seq, h, idx, p.key, p.ts, p.clock, cred,
                              p.action, p.reader, self.sites.get(p.device, "")))
         return AppendResult(Outcome.APPENDED, idx, p.device, p.seq)
@@ -897,10 +913,25 @@ class _Append:
         tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self)
         tx.sealer = self.sealer
         punches = {i: {"credential": c, "ts": ts} for i, c, ts in self.punch_subjects}
+        planned: dict[int, tuple[str, str] | str] = {}
+        if self.planned:
+            # The plans' subjects hold only if the badge periods are still those they were
+            # resolved against (read here, under the chain lock: a badge entry or an erasure
+            # committed since — by this batch, this process or another collector — changes
+            # the version); else those punches are resolved again here, as without a plan.
+            now = body_crypto.directory_version(tx.rows)
+            self.sealer.directory_seen(now)
+            for i, (plan, credential, ts) in self.planned.items():
+                if plan.directory == now:
+                    planned[i] = (plan.subject, plan.period)
+                else:
+                    punches[i] = {"credential": credential, "ts": ts}
         hashes = {e[0]: e[3] for e in self.entries}
         pending = [(e[0], e[1], e[2], punches.get(e[0]), b)
-                   for e, (_, b) in zip(self.entries, self.bodies, strict=True)]
+                   for e, (_, b) in zip(self.entries, self.bodies, strict=True)
+                   if e[0] not in planned]
         subjects = self.sealer.subjects(tx, pending)
+        subjects.update(planned)
         return self.sealer.seal_all(tx, self.bodies, hashes, subjects)
 
     def _event(self, f: EventFact) -> AppendResult:
