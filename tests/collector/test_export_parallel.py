@@ -211,6 +211,54 @@ def test_a_reader_unwraps_the_keys_of_the_months_it_reads_in_batches(
         reader.close()
 
 
+def test_a_finished_months_keys_are_dropped_and_open_again_when_met(
+        filled: SQLStore) -> None:
+    """An export worker drops the data keys of a month its chunks have passed
+    (readers.forget_months); a later read of that month unwraps them again and opens the
+    same rows."""
+    if filled.sealer is None:
+        assert readers.forget_months(filled, {}, {"2025-11"}, 2**62) == 0
+        return
+    from collector.ledger.keyring import period_of  # noqa: PLC0415
+
+    low = int(filled.query("SELECT MIN(ts) FROM punches")[0][0])
+    month = period_of(low)
+    end = readers.month_end(month)
+    assert period_of(end - 1) == month
+    assert period_of(end) != month
+    keys = int(filled.query("SELECT COUNT(*) FROM tc_data_keys WHERE period = ?",
+                            (month,))[0][0])
+    first, later = PunchQuery(until=end), PunchQuery(since=end)
+    chunks = [first, later, first]
+    reader = readers.fresh_reader(filled)
+    try:
+        ring = reader.sealer.ring if reader.sealer is not None else None
+        assert ring is not None
+        run_keys: dict[bytes, bytes | None] = {}
+        done: set[str] = set()
+        got = []
+        for n, (q, rows) in enumerate(zip(chunks, reader.punch_chunks(chunks,
+                                                                      run_keys=run_keys),
+                                          strict=True)):
+            dropped = readers.forget_months(reader, run_keys, done, q.since)
+            if n == 1:      # the first month is behind this chunk: its keys are gone
+                assert dropped == keys
+                assert done == set()
+                assert run_keys == {}
+                assert ring.cached == 0
+            else:
+                assert dropped == 0
+            readers.prefetch_keys(reader, q, done)
+            got.append(list(rows))
+            assert run_keys != {}
+    finally:
+        reader.close()
+    assert len(got[0]) > 3
+    assert len(got[1]) > 3
+    assert got[2] == got[0]         # the dropped month opens again, row for row
+    assert got[0] + got[1] == list(filled.punch_rows(PunchQuery()))
+
+
 def test_row_times_are_iso_text_to_the_microsecond() -> None:
     """exports._Iso (tables per minute and second, a memo per day) writes what iso() does."""
     import random  # noqa: PLC0415
