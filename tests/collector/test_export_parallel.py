@@ -128,6 +128,36 @@ def test_an_edited_row_in_a_later_chunk_stops_a_parallel_export(
 
 
 @pytest.mark.subprocess
+def test_a_sealed_body_moved_in_a_later_chunk_stops_a_parallel_export(
+        sqlite_store: SQLStore, sqlite_path: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker opens each body under its own entry's data key: a sealed body moved to
+    another entry (same key, another idx) in a later chunk stops the export with that
+    row's error, whatever --jobs, and no file is written."""
+    create_file_kek(tmp_path / "kek.key")
+    from collector.ledger.kek import load_kek  # noqa: PLC0415 - keyed case only
+
+    sqlite_store.use_keyring(Keyring(sqlite_store, load_kek(f"file:{tmp_path / 'kek.key'}")))
+    _fill(sqlite_store, tmp_path)
+    monkeypatch.setattr(exports, "CHUNK_ROWS", CHUNK)
+    late = [int(r[0]) for r in sqlite_store.query(
+        "SELECT idx FROM punches WHERE credential NOT LIKE '%:%' ORDER BY ts DESC LIMIT 2")]
+    conn = sqlite3.connect(sqlite_path)
+    saved = drop_triggers(conn)
+    conn.execute("DROP TRIGGER IF EXISTS bodies_no_update")
+    conn.execute("UPDATE bodies SET body = (SELECT body FROM bodies WHERE idx = ?) "
+                 "WHERE idx = ?", (late[1], late[0]))
+    restore_triggers(conn, saved)
+    conn.commit()
+    conn.close()
+    says = (rf"punch row clock-\w#\d+ \(entry {late[0]}\) does not match the ledger: its "
+            rf"sealed body does not open under its data key")
+    for jobs in (1, 2):
+        with pytest.raises(ProjectionError, match=says):
+            _export(sqlite_store, "csv", jobs)
+
+
+@pytest.mark.subprocess
 def test_an_erased_persons_rows_are_left_out_by_every_worker(filled: SQLStore) -> None:
     """A destroyed data key (D15 erasure) reads as erased in a worker as in one process: the
     person's punches are nobody's data any more and leave the file, whatever --jobs."""
