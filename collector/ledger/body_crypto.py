@@ -149,13 +149,17 @@ class BodySealer:
         return open_body(stored, idx=int(idx), body_hash=str(body_hash), key=key,
                          key_id=key_id)
 
-    def run_opener(self) -> Callable[[Any, Any, bytes | None], bytes | None]:
+    def run_opener(self, keys: dict[bytes, bytes | None] | None = None
+                   ) -> Callable[[Any, Any, bytes | None], bytes | None]:
         """:meth:`plain` for one read run (an export, an API page): the unwrapped data keys
         the run meets are kept in its own map, so a run over more (subject, month) keys than
         the keyring's LRU holds unwraps each once, never once per row (the LRU, visited in
         device-time order by thousands of people, would evict every key before its next
-        row). Destroyed keys are remembered as such; the map ends with the run."""
-        keys: dict[bytes, bytes | None] = {}       # by the key id's bytes in the header
+        row). Destroyed keys are remembered as such; the map ends with the run. ``keys``:
+        the map itself (by the key id's bytes in the header), when the caller drops the
+        keys it is done with (an export worker's finished months: readers.forget_months)."""
+        if keys is None:
+            keys = {}
         ring = self.ring
         decrypt, null, buffer = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt, _ffi.NULL, \
             _ffi.buffer

@@ -171,7 +171,9 @@ class PostgresStore(SQLStore):
             "ON p.device = q.device AND p.seq = q.seq", (devices, seqs))
         return {(str(d), int(s)): (str(h), int(i)) for d, s, h, i in cur.fetchall()}
 
-    def punch_chunks(self, queries: Sequence[PunchQuery]) -> Iterator[Iterator[PunchRow]]:
+    def punch_chunks(self, queries: Sequence[PunchQuery], *,
+                     run_keys: dict[bytes, bytes | None] | None = None
+                     ) -> Iterator[Iterator[PunchRow]]:
         # A server-side cursor per query on its own connection, in one transaction: the
         # export streams in pages of EXPORT_ITERSIZE rows from one snapshot, never
         # materialising the result.
@@ -180,7 +182,7 @@ class PostgresStore(SQLStore):
             with conn.transaction():
                 check = RowChecker(lambda device: conn.execute(
                     ENROLMENT_SQL.replace("?", "%s"), (device,)).fetchone(),
-                    self.plain_opener(), self.blind_credential)
+                    self.plain_opener(run_keys), self.blind_credential)
                 for n, query in enumerate(queries):
                     text, params = query.sql("%s")
                     with conn.cursor(name=f"tc_payroll_{n}") as cur:

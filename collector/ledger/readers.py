@@ -96,6 +96,40 @@ def prefetch_keys(store: SQLStore, query: PunchQuery, done: set[str]) -> int:
                for i in range(0, len(ids), PREFETCH_BATCH))
 
 
+def month_end(month: str) -> int:
+    """µs since the epoch of the first instant after UTC month ``month`` ("YYYY-MM")."""
+    year, mon = int(month[:4]), int(month[5:7])
+    first = dt.datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=dt.UTC)
+    return int(first.timestamp()) * 1_000_000
+
+
+def forget_months(store: SQLStore, run_keys: dict[bytes, bytes | None], done: set[str],
+                  before: int | None) -> int:
+    """Drop the data keys of every month in ``done`` that ends at or before ``before`` from a
+    read run's key map (``run_keys``: body_crypto.BodySealer.run_opener's) and the keyring
+    cache, and the month from ``done``; returns the key ids dropped.
+
+    An export worker reads its chunks in device-time order, so once a chunk starts after a
+    month's end no later chunk of its own meets that month's keys (DESIGN.md §8.6: a body's
+    key is its subject's for the UTC month of its device time): the worker's private memory
+    then holds about one month of keys, not every month it has read. Should a later read
+    meet one again, it is unwrapped again (the opener falls back to the keyring), so this
+    bounds memory and never changes what opens."""
+    if store.sealer is None or before is None:
+        return 0
+    ended = sorted(m for m in done if month_end(m) <= before)
+    if not ended:
+        return 0
+    done.difference_update(ended)
+    ids = [str(r[0]) for r in store.query(
+        f"SELECT key_id FROM {KEYS_TABLE} WHERE period IN "  # noqa: S608 - placeholders only
+        f"({', '.join([store.ph] * len(ended))})", ended)]
+    for key_id in ids:
+        run_keys.pop(key_id.encode("ascii", "replace"), None)
+    store.sealer.ring.forget(ids)
+    return len(ids)
+
+
 def ts_splits(store: SQLStore, query: PunchQuery, every: int) -> list[int]:
     """Device times that cut ``query``'s punches into runs of about ``every`` rows, in
     order and distinct (from the ts index alone: the site, device and retention filters

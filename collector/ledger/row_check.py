@@ -38,6 +38,8 @@ EXTRA_COLUMNS = ("e.kind", "e.body", "e.prev", "b.body")
 ENROLMENT_SQL = ("SELECT e.body, b.body FROM devices d JOIN entries e ON e.idx = d.enrolled_idx "
                  "LEFT JOIN bodies b ON b.idx = d.enrolled_idx WHERE d.device = ?")
 _NAMES = ("device", "seq", "ts", "clock", "reader", "credential", "action", "key")
+_NOT_OPENING = ("its sealed body does not open under its data key (edited, or moved from "
+                "another entry)")
 _TAGS_MAX = 100_000     # credentials whose blind index an export remembers
 
 Enrolment = Callable[[str], "tuple[Any, Any] | None"]
@@ -121,13 +123,22 @@ class RowChecker:
         differs. So this accepts exactly the rows :meth:`row` accepts."""
         opener, sha256, domain = self._open, hashlib.sha256, LEDGER_DOMAIN
         sites, tags, same, blind = self._sites, self._tags, hmac.compare_digest, self._blind
+        # PunchRow's own __new__ is a Python frame per row; tuple.__new__ builds the same
+        # object in C (the fast path's one allocation).
+        new = tuple.__new__
         for r in rs:
             (device, site, seq, cred, action, ts, clock, reader, key_id, at, idx, entry_hash,
              kind, body_hash, prev, raw) = r
             if raw is not None and type(raw) is not bytes:
                 raw = bytes(raw)
             if opener is not None and raw is not None:
-                raw = self._opened(r, raw)
+                # _opened inlined (a frame per row): the same errors.
+                try:
+                    raw = opener(idx, body_hash, raw)
+                except KeyringError:
+                    raise       # no KEK, or the wrong one: the operator's, not the row's
+                except LedgerError:
+                    self._fail(PunchRow._make(r[:12]), _NOT_OPENING)
                 if raw is None:
                     continue        # erased: its data key is destroyed
             known = sites.get(device)
@@ -166,8 +177,8 @@ class RowChecker:
                     and sha256(domain + (
                         f'{{"at":{at},"body":"{body_hash}","idx":{idx},"kind":"punch",'
                         f'"prev":"{prev}","v":1}}').encode()).hexdigest() == entry_hash):
-                yield PunchRow(device, site, seq, cred, action, ts, clock, reader, key_id, at,
-                               idx, entry_hash)
+                yield new(PunchRow, (device, site, seq, cred, action, ts, clock, reader,
+                                     key_id, at, idx, entry_hash))
             else:
                 yield self._checked(r, raw)
 
@@ -183,8 +194,7 @@ class RowChecker:
         except KeyringError:
             raise               # no KEK, or the wrong one: the operator's, not the row's
         except LedgerError:
-            self._fail(PunchRow._make(r[:12]), "its sealed body does not open under its data key "
-                                          "(edited, or moved from another entry)")
+            self._fail(PunchRow._make(r[:12]), _NOT_OPENING)
 
     def _checked(self, r: tuple[Any, ...], raw: bytes | None) -> PunchRow:
         kind, body_hash, prev, _ = r[12:16]

@@ -263,10 +263,13 @@ class SQLStore(LedgerStore):
             yield from rows
 
     @abstractmethod
-    def punch_chunks(self, queries: Sequence[PunchQuery]) -> Iterator[Iterator[PunchRow]]:
+    def punch_chunks(self, queries: Sequence[PunchQuery], *,
+                     run_keys: dict[bytes, bytes | None] | None = None
+                     ) -> Iterator[Iterator[PunchRow]]:
         """:meth:`punch_rows` of each of ``queries`` in turn (each iterator read to its end
         before the next is taken), from one connection, one snapshot and one row checker
-        (an export worker's chunks: collector.records.exports)."""
+        (an export worker's chunks: collector.records.exports) whose opener keeps its
+        data keys in ``run_keys`` (:meth:`plain_opener`)."""
 
     def _sql(self, s: str) -> str:
         return s if self.ph == "?" else s.replace("?", self.ph)
@@ -421,10 +424,12 @@ class SQLStore(LedgerStore):
             return stored
         return self.sealer.plain(idx, body_hash, stored)
 
-    def plain_opener(self) -> Callable[[Any, Any, bytes | None], bytes | None]:
+    def plain_opener(self, run_keys: dict[bytes, bytes | None] | None = None
+                     ) -> Callable[[Any, Any, bytes | None], bytes | None]:
         """:meth:`plain` for one read run over many bodies (payroll export, API page): its
-        data keys unwrapped once each for the run (BodySealer.run_opener)."""
-        return self.plain if self.sealer is None else self.sealer.run_opener()
+        data keys unwrapped once each for the run (BodySealer.run_opener), in ``run_keys``
+        when given."""
+        return self.plain if self.sealer is None else self.sealer.run_opener(run_keys)
 
     # -- append ---------------------------------------------------------------------------
     def append(self, facts: Sequence[Fact], *, now_us: int) -> list[AppendResult]:

@@ -249,7 +249,9 @@ class SQLiteStore(SQLStore):
                     out[(device, int(seq))] = (str(h), int(idx))
         return out
 
-    def punch_chunks(self, queries: Sequence[PunchQuery]) -> Iterator[Iterator[PunchRow]]:
+    def punch_chunks(self, queries: Sequence[PunchQuery], *,
+                     run_keys: dict[bytes, bytes | None] | None = None
+                     ) -> Iterator[Iterator[PunchRow]]:
         # Own read-only connection: a long export never holds this store's lock, and WAL
         # gives it one consistent snapshot while appends go on.
         conn = connect(self.path, readonly=True, cache_kib=self.cache_kib)
@@ -257,7 +259,7 @@ class SQLiteStore(SQLStore):
             conn.execute("BEGIN")
             check = RowChecker(
                 lambda device: conn.execute(ENROLMENT_SQL, (device,)).fetchone(),
-                self.plain_opener(), self.blind_credential)
+                self.plain_opener(run_keys), self.blind_credential)
             for query in queries:
                 text, params = query.sql("?")
                 yield guarded_rows(check.rows(conn.execute(text, params)), (sqlite3.Error,))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gc
 import io
 import itertools
 import json
@@ -351,7 +352,7 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
 
     ``jobs``: worker processes that check and format rows side by side (0: one per CPU,
     :func:`default_jobs`); the file is the same byte for byte whatever the number (see
-    :func:`_parallel_text`). One process when the store cannot be opened again by a child
+    :func:`_parallel_write`). One process when the store cannot be opened again by a child
     (a PKCS#11 KEK: collector.ledger.readers.forkable) or the export is small.
     """
     if fmt not in FORMATS:
@@ -372,11 +373,12 @@ def export_payroll(store: SQLStore, out: TextIO, *, fmt: str, query: PunchQuery,
     jobs = default_jobs() if jobs == 0 else jobs
     reopenable = readers.forkable(store)
     chunks = _chunks(store, query) if jobs > 1 and reopenable else []
-    texts = (_parallel_text(store, summary, chunks, render, jobs) if len(chunks) > 1
-             else _one_process_text(store, summary, render, reopenable=reopenable))
-    write = out.write
-    for text in texts:
-        write(text)
+    if len(chunks) > 1:
+        _parallel_write(store, summary, chunks, render, jobs, out=out)
+    else:
+        write = out.write
+        for text in _one_process_text(store, summary, render, reopenable=reopenable):
+            write(text)
     trailer = summary.trailer()
     if fmt == "csv":
         out.write("# " + json.dumps({"trailer": trailer}, sort_keys=True) + "\n")
@@ -408,20 +410,24 @@ def _chunks(store: SQLStore, query: PunchQuery) -> list[PunchQuery]:
             for a, b in itertools.pairwise(bounds)]
 
 
-def _parallel_text(store: SQLStore, summary: ExportSummary, chunks: Sequence[PunchQuery],
-                   render: Callable[[PunchRow], str], jobs: int) -> Iterator[str]:
-    """The rendered rows of ``chunks`` in order, chunk k made by worker k mod ``jobs``.
+def _parallel_write(store: SQLStore, summary: ExportSummary, chunks: Sequence[PunchQuery],
+                    render: Callable[[PunchRow], str], jobs: int, *, out: TextIO) -> None:
+    """Write the rendered rows of ``chunks`` to ``out`` in order, chunk k made by worker
+    k mod ``jobs``.
 
     Each worker is a forked child with its own store (collector.ledger.readers.fresh_reader)
     that checks every row against the chain exactly as one process would
-    (collector.ledger.row_check) and sends each chunk's text and counts through its own
-    pipe; this process writes the chunks in order and adds their counts to ``summary``.
-    Every chunk is bounded by the same snapshot size (idx < summary.size), so the file
-    holds the rows one process would have written. A worker's error (a row that fails its
-    check, a missing key) stops the export with that error; the workers are stopped.
-    At most ``jobs`` chunks are held in memory at once (a worker blocks on its pipe)."""
+    (collector.ledger.row_check) and sends, through its own pipe, each chunk's counts (a
+    small pickled tuple) and then its text as UTF-8 bytes (``send_bytes``: no pickled copy
+    of the text); this process adds the counts to ``summary`` and writes each chunk as it
+    arrives, so it holds one chunk at a time. Every chunk is bounded by the same snapshot
+    size (idx < summary.size), so the file holds the rows one process would have written. A
+    worker's error (a row that fails its check, a missing key) stops the export with that
+    error; the workers are stopped. A worker holds at most the chunk it is sending (it
+    blocks on its pipe until this process reads it)."""
     ctx = multiprocessing.get_context("fork")
     procs, pipes = [], []
+    write = out.write
     try:
         for w in range(jobs):
             recv, send = ctx.Pipe(duplex=False)
@@ -433,16 +439,21 @@ def _parallel_text(store: SQLStore, summary: ExportSummary, chunks: Sequence[Pun
             pipes.append(recv)
         ranges = summary.seq_ranges
         for k in range(len(chunks)):
+            pipe = pipes[k % jobs]
             try:
-                msg = pipes[k % jobs].recv()
+                msg = pipe.recv()
+                if msg[0] == "error":
+                    raise _ERRORS.get(msg[1], ExportError)(msg[2])
+                _, rows, uncovered, seqs, size = msg
+                data = pipe.recv_bytes()
             except EOFError:
                 procs[k % jobs].join(5)
                 code = procs[k % jobs].exitcode
                 raise ExportError(f"export worker {k % jobs} ended without its chunk "
                                   f"(exit code {code}); nothing more is exported") from None
-            if msg[0] == "error":
-                raise _ERRORS.get(msg[1], ExportError)(msg[2])
-            _, rows, uncovered, seqs, text = msg
+            if len(data) != size:
+                raise ExportError(f"export worker {k % jobs} sent {len(data)} bytes for a "
+                                  f"chunk of {size}; nothing more is exported")
             summary.rows += rows
             summary.uncovered += uncovered
             for device, (low, high) in seqs.items():
@@ -451,7 +462,8 @@ def _parallel_text(store: SQLStore, summary: ExportSummary, chunks: Sequence[Pun
                     ranges[device] = [low, high]
                 else:
                     rng[0], rng[1] = min(rng[0], low), max(rng[1], high)
-            yield text
+            write(data.decode("utf-8"))
+            del data
     finally:
         for recv in pipes:
             recv.close()
@@ -463,16 +475,28 @@ def _parallel_text(store: SQLStore, summary: ExportSummary, chunks: Sequence[Pun
 
 def _worker(send: Any, store: SQLStore, summary: ExportSummary,
             chunks: Sequence[PunchQuery], render: Callable[[PunchRow], str]) -> None:
-    """One export worker (a forked child): its chunks' text and counts, or its error."""
+    """One export worker (a forked child): its chunks' counts and text, or its error.
+    Before each chunk it drops the data keys of the months that chunk starts after
+    (readers.forget_months: its chunks come in device-time order) and unwraps those of the
+    months it spans (readers.prefetch_keys), so it holds about one month of keys."""
+    # The objects inherited from the parent (badge table, corrections, the imported
+    # modules) into the permanent generation: a full collection in this child would
+    # otherwise write to each one's GC header and copy every page they share.
+    gc.freeze()
     try:
         reader = readers.fresh_reader(store)
         months: set[str] = set()
+        run_keys: dict[bytes, bytes | None] = {}
         # One connection, snapshot and row checker for all this worker's chunks.
-        for q, rows in zip(chunks, reader.punch_chunks(chunks), strict=True):
+        for q, rows in zip(chunks, reader.punch_chunks(chunks, run_keys=run_keys),
+                           strict=True):
+            readers.forget_months(reader, run_keys, months, q.since)
             readers.prefetch_keys(reader, q, months)
             part = ExportSummary(q, summary.size, summary.head, summary.checkpoint)
-            text = "".join(map(render, snapshot_rows(reader, part, source=rows)))
-            send.send(("chunk", part.rows, part.uncovered, part.seq_ranges, text))
+            data = _chunk_text(part, rows, render).encode()
+            send.send(("chunk", part.rows, part.uncovered, part.seq_ranges, len(data)))
+            send.send_bytes(data)
+            del data
         reader.close()
     except CollectorError as e:
         send.send(("error", type(e).__name__, str(e)))
@@ -480,6 +504,36 @@ def _worker(send: Any, store: SQLStore, summary: ExportSummary,
         send.send(("error", "ExportError", f"export worker failed: {type(e).__name__}: {e}"))
     finally:
         send.close()
+
+
+def _chunk_text(part: ExportSummary, rows: Iterable[PunchRow],
+                render: Callable[[PunchRow], str]) -> str:
+    """The rendered rows of one worker's chunk, counted into ``part``: what
+    ``"".join(map(render, snapshot_rows(…, part, source=rows)))`` gives, in one loop (no
+    generator between the checked rows and their text: the per-row cost of a worker)."""
+    cp_size = 0 if part.checkpoint is None else part.checkpoint.checkpoint.size
+    size, ranges = part.size, part.seq_ranges
+    lines: list[str] = []
+    append = lines.append
+    uncovered = 0
+    for r in rows:
+        idx = r[10]
+        if idx >= size:
+            continue        # appended after the snapshot: belongs to the next export
+        if idx >= cp_size:
+            uncovered += 1
+        seq = r[2]
+        rng = ranges.get(r[0])
+        if rng is None:
+            ranges[r[0]] = [seq, seq]
+        elif seq < rng[0]:
+            rng[0] = seq
+        elif seq > rng[1]:
+            rng[1] = seq
+        append(render(r))
+    part.rows += len(lines)
+    part.uncovered += uncovered
+    return "".join(lines)
 
 
 _ERRORS: dict[str, type[CollectorError]] = {

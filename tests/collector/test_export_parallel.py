@@ -128,6 +128,36 @@ def test_an_edited_row_in_a_later_chunk_stops_a_parallel_export(
 
 
 @pytest.mark.subprocess
+def test_a_sealed_body_moved_in_a_later_chunk_stops_a_parallel_export(
+        sqlite_store: SQLStore, sqlite_path: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker opens each body under its own entry's data key: a sealed body moved to
+    another entry (same key, another idx) in a later chunk stops the export with that
+    row's error, whatever --jobs, and no file is written."""
+    create_file_kek(tmp_path / "kek.key")
+    from collector.ledger.kek import load_kek  # noqa: PLC0415 - keyed case only
+
+    sqlite_store.use_keyring(Keyring(sqlite_store, load_kek(f"file:{tmp_path / 'kek.key'}")))
+    _fill(sqlite_store, tmp_path)
+    monkeypatch.setattr(exports, "CHUNK_ROWS", CHUNK)
+    late = [int(r[0]) for r in sqlite_store.query(
+        "SELECT idx FROM punches WHERE credential NOT LIKE '%:%' ORDER BY ts DESC LIMIT 2")]
+    conn = sqlite3.connect(sqlite_path)
+    saved = drop_triggers(conn)
+    conn.execute("DROP TRIGGER IF EXISTS bodies_no_update")
+    conn.execute("UPDATE bodies SET body = (SELECT body FROM bodies WHERE idx = ?) "
+                 "WHERE idx = ?", (late[1], late[0]))
+    restore_triggers(conn, saved)
+    conn.commit()
+    conn.close()
+    says = (rf"punch row clock-\w#\d+ \(entry {late[0]}\) does not match the ledger: its "
+            rf"sealed body does not open under its data key")
+    for jobs in (1, 2):
+        with pytest.raises(ProjectionError, match=says):
+            _export(sqlite_store, "csv", jobs)
+
+
+@pytest.mark.subprocess
 def test_an_erased_persons_rows_are_left_out_by_every_worker(filled: SQLStore) -> None:
     """A destroyed data key (D15 erasure) reads as erased in a worker as in one process: the
     person's punches are nobody's data any more and leave the file, whatever --jobs."""
@@ -209,6 +239,54 @@ def test_a_reader_unwraps_the_keys_of_the_months_it_reads_in_batches(
         assert 0 < readers.prefetch_keys(reader, first, set()) < want
     finally:
         reader.close()
+
+
+def test_a_finished_months_keys_are_dropped_and_open_again_when_met(
+        filled: SQLStore) -> None:
+    """An export worker drops the data keys of a month its chunks have passed
+    (readers.forget_months); a later read of that month unwraps them again and opens the
+    same rows."""
+    if filled.sealer is None:
+        assert readers.forget_months(filled, {}, {"2025-11"}, 2**62) == 0
+        return
+    from collector.ledger.keyring import period_of  # noqa: PLC0415
+
+    low = int(filled.query("SELECT MIN(ts) FROM punches")[0][0])
+    month = period_of(low)
+    end = readers.month_end(month)
+    assert period_of(end - 1) == month
+    assert period_of(end) != month
+    keys = int(filled.query("SELECT COUNT(*) FROM tc_data_keys WHERE period = ?",
+                            (month,))[0][0])
+    first, later = PunchQuery(until=end), PunchQuery(since=end)
+    chunks = [first, later, first]
+    reader = readers.fresh_reader(filled)
+    try:
+        ring = reader.sealer.ring if reader.sealer is not None else None
+        assert ring is not None
+        run_keys: dict[bytes, bytes | None] = {}
+        done: set[str] = set()
+        got = []
+        for n, (q, rows) in enumerate(zip(chunks, reader.punch_chunks(chunks,
+                                                                      run_keys=run_keys),
+                                          strict=True)):
+            dropped = readers.forget_months(reader, run_keys, done, q.since)
+            if n == 1:      # the first month is behind this chunk: its keys are gone
+                assert dropped == keys
+                assert done == set()
+                assert run_keys == {}
+                assert ring.cached == 0
+            else:
+                assert dropped == 0
+            readers.prefetch_keys(reader, q, done)
+            got.append(list(rows))
+            assert run_keys != {}
+    finally:
+        reader.close()
+    assert len(got[0]) > 3
+    assert len(got[1]) > 3
+    assert got[2] == got[0]         # the dropped month opens again, row for row
+    assert got[0] + got[1] == list(filled.punch_rows(PunchQuery()))
 
 
 def test_row_times_are_iso_text_to_the_microsecond() -> None:
