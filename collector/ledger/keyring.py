@@ -47,6 +47,9 @@ SYSTEM_SUBJECT = "_system"
 INDEX_SUBJECT, INDEX_PERIOD = "_index", "-"
 CACHE_MAX = 4096
 _IN_CHUNK = 500
+# Calls of Keyring.destroy in this process: a key destroyed through this store's own
+# connection does not change its write stamp, so every memo of live keys checks this too.
+_DESTROYS = [0]
 _WRAP_DOMAIN = b"timeclock data key v1\x00"
 _COLS = "key_id, subject, period, wrapped, kek_id, created_idx, destroyed_idx"
 
@@ -240,6 +243,12 @@ class Keyring:
         self._index_key: bytes | None = None
         self._subkeys: dict[str, bytes] = {}
         self._blinds: dict[tuple[str, str], str] = {}     # (purpose, value) → tag
+        # (subject, period) → its key, as data_keys found the row alive in a write
+        # transaction with stamp _live_stamp (Tx.stamp) and no destroy() since (_DESTROYS);
+        # only rows read from the table: a key data_key creates is read again next time.
+        self._live: dict[tuple[str, str], DataKey] = {}
+        self._live_stamp: object | None = None
+        self._live_destroys = 0
 
     # -- the cache --------------------------------------------------------------------------
     def _remember(self, key_id: str, key: bytes) -> None:
@@ -368,46 +377,77 @@ class Keyring:
                   ) -> dict[tuple[str, str], DataKey]:
         """:meth:`data_key` of every (subject, period) of ``first`` (→ the first entry it
         covers), read in ``tx`` with one query per period and 500 subjects instead of one per
-        pair; what is absent or destroyed goes through :meth:`data_key`."""
-        out: dict[tuple[str, str], DataKey] = {}
+        pair; what is absent or destroyed goes through :meth:`data_key`. A pair this store's
+        connection found alive in an earlier transaction is not read again while nothing can
+        have changed it (:meth:`_remembered`)."""
+        out, remember = self._remembered(tx, first)
         by_period: dict[str, list[str]] = {}
         for subject, period in first:
-            by_period.setdefault(period, []).append(subject)
+            if (subject, period) not in out:
+                by_period.setdefault(period, []).append(subject)
         for period, subjects in by_period.items():
             for i in range(0, len(subjects), 500):
-                chunk = subjects[i:i + 500]
-                # The append's hot path: the rows of a batch's subjects are mostly cached, so
-                # their ids alone, and the cached keys taken in one pass under one lock; the
-                # full rows (the wrapped keys) only for the rest, in the same transaction.
-                found = tx.rows(f"SELECT key_id, subject, destroyed_idx FROM {TABLE} "  # noqa: S608 - constant table, placeholders only
-                                f"WHERE period = ? AND subject IN "
-                                f"({', '.join('?' * len(chunk))})", (period, *chunk))
-                misses: list[str] = []
-                with self._lock:
-                    cache = self._cache
-                    for kid_, subject, destroyed in found:
-                        if destroyed is not None:
-                            continue         # destroyed: data_key below, the next key
-                        kid = str(kid_)
-                        key = cache.get(kid)
-                        if key is None:
-                            misses.append(kid)
-                        else:
-                            cache.move_to_end(kid)
-                            out[(str(subject), period)] = DataKey(kid, key)
-                if misses:
-                    rows = tx.rows(f"SELECT {_COLS} FROM {TABLE} WHERE key_id IN "  # noqa: S608 - constant columns, placeholders only
-                                   f"({', '.join('?' * len(misses))})", misses)
-                    for r in rows:
-                        row = _row(r)
-                        if row.destroyed:
-                            continue         # as above
-                        key = self._unwrap(row)
-                        self._remember(row.key_id, key)
-                        out[(row.subject, period)] = DataKey(row.key_id, key)
+                found = self._live_rows(tx, period, subjects[i:i + 500])
+                out.update(found)
+                if remember is not None:
+                    remember.update(found)
         for pair, idx in first.items():
             if pair not in out:
                 out[pair] = self.data_key(tx, pair[0], pair[1], idx=idx)
+        return out
+
+    def _remembered(self, tx: Tx, first: dict[tuple[str, str], int]
+                    ) -> tuple[dict[tuple[str, str], DataKey],
+                               dict[tuple[str, str], DataKey] | None]:
+        """(the pairs of ``first`` in the memo of live keys, the memo to add the pairs read
+        to — None when the store gives no stamp). The memo holds only keys read from the
+        table alive; it is emptied when ``tx``'s stamp differs from the one it was filled
+        under (another connection committed, a transaction of this connection did not, the
+        connection was replaced: SQLStore.write_stamp) or a key was destroyed in this process
+        since (through this very connection, which no stamp shows), and when it outgrows
+        the cache's bound."""
+        stamp = tx.stamp()
+        live = self._live
+        if stamp is None or stamp != self._live_stamp or _DESTROYS[0] != self._live_destroys \
+                or len(live) + len(first) > self._max:
+            live.clear()
+            self._live_stamp, self._live_destroys = stamp, _DESTROYS[0]
+        out = {pair: live[pair] for pair in first if pair in live}
+        return out, (None if stamp is None else live)
+
+    def _live_rows(self, tx: Tx, period: str, subjects: list[str]
+                   ) -> dict[tuple[str, str], DataKey]:
+        """The live keys of ``subjects`` in ``period`` (a destroyed or absent one is left
+        out), read in ``tx``. The append's hot path: the rows of a batch's subjects are mostly
+        cached, so their ids alone, and the cached keys taken in one pass under one lock; the
+        full rows (the wrapped keys) only for the rest, in the same transaction."""
+        out: dict[tuple[str, str], DataKey] = {}
+        found = tx.rows(f"SELECT key_id, subject, destroyed_idx FROM {TABLE} "  # noqa: S608 - constant table, placeholders only
+                        f"WHERE period = ? AND subject IN "
+                        f"({', '.join('?' * len(subjects))})", (period, *subjects))
+        misses: list[str] = []
+        with self._lock:
+            cache = self._cache
+            for kid_, subject, destroyed in found:
+                if destroyed is not None:
+                    continue         # destroyed: data_key, the next key
+                kid = str(kid_)
+                key = cache.get(kid)
+                if key is None:
+                    misses.append(kid)
+                else:
+                    cache.move_to_end(kid)
+                    out[(str(subject), period)] = DataKey(kid, key)
+        if misses:
+            rows = tx.rows(f"SELECT {_COLS} FROM {TABLE} WHERE key_id IN "  # noqa: S608 - constant columns, placeholders only
+                           f"({', '.join('?' * len(misses))})", misses)
+            for r in rows:
+                row = _row(r)
+                if row.destroyed:
+                    continue         # as above
+                key = self._unwrap(row)
+                self._remember(row.key_id, key)
+                out[(row.subject, period)] = DataKey(row.key_id, key)
         return out
 
     # -- the blind index and pseudonyms -------------------------------------------------------
@@ -468,6 +508,7 @@ class Keyring:
         for k in key_ids:
             tx.execute(f"UPDATE {TABLE} SET wrapped = ?, destroyed_idx = ? "  # noqa: S608 - constant table
                        "WHERE key_id = ? AND destroyed_idx IS NULL", (b"", idx, k))
+        _DESTROYS[0] += 1       # every keyring's memo of live keys is void (data_keys)
         self.forget(key_ids)
 
     def rewrap(self, new_kek: Kek, *, now_us: int) -> int:

@@ -196,13 +196,21 @@ class Tx:
     ledger's table modules (``?`` placeholders) in the same transaction."""
 
     def __init__(self, cur: Any, now_us: int, sql: Callable[[str], str],
-                 planner: Callable[[Any, int], _Append]) -> None:
+                 planner: Callable[[Any, int], _Append],
+                 stamp: Callable[[Any], object] | None = None) -> None:
         self.now_us = now_us
         self.results: list[AppendResult] = []
         self.sealer: BodySealer | None = None    # the store's (personal columns, §8.6)
         self._cur = cur
         self._sql = sql
         self._planner = planner
+        self._stamp = stamp
+
+    def stamp(self) -> object | None:
+        """The store's :meth:`SQLStore.write_stamp` in this transaction: equal stamps mean
+        nothing but this connection's own committed transactions changed the database in
+        between; None when the store cannot tell (then nothing may be assumed)."""
+        return None if self._stamp is None else self._stamp(self._cur)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._cur.execute(self._sql(sql), tuple(params))
@@ -359,7 +367,7 @@ class SQLStore(LedgerStore):
             self._ensure_connected()
             try:
                 with self._write() as cur:
-                    tx = Tx(cur, now_us, self._sql, self._planner)
+                    tx = Tx(cur, now_us, self._sql, self._planner, self.write_stamp)
                     tx.sealer = self.sealer
                     yield tx
             except self.db_errors as e:
@@ -380,7 +388,17 @@ class SQLStore(LedgerStore):
 
     def _planner(self, cur: Any, now_us: int) -> _Append:
         return _Append(cur, now_us, sql=self._sql, existing=self._existing,
-                       tree_sql=self.tree_sql, sealer=self.sealer)
+                       tree_sql=self.tree_sql, sealer=self.sealer, stamp=self.write_stamp)
+
+    def write_stamp(self, cur: Any) -> object | None:
+        """Inside a write transaction on ``cur``: a value that stays equal from one write
+        transaction to the next exactly while no other connection committed, no transaction
+        of this store's connection was rolled back and the connection was not replaced, so
+        a row read in the first still holds in the second (the keyring's memo of live data
+        keys: Keyring.data_keys). None here: a store that cannot tell (PostgreSQL) reads
+        every time."""
+        del cur
+        return None
 
     # -- bodies at rest (DESIGN.md §8.6; collector.ledger.body_crypto) ----------------------
     def use_keyring(self, ring: Keyring) -> None:
@@ -677,8 +695,10 @@ class _Append:
                  existing: Callable[[Any, set[tuple[str, int]]],
                                     dict[tuple[str, int], tuple[str, int]]],
                  tree_sql: tree.TreeSQL = tree.SQLITE_TREE,
-                 sealer: BodySealer | None = None) -> None:
+                 sealer: BodySealer | None = None,
+                 stamp: Callable[[Any], object] | None = None) -> None:
         self.sql = sql              # the store's placeholder translation
+        self.stamp = stamp          # the store's write_stamp (Tx.stamp)
         self.sealer = sealer        # seals personal bodies in _flush (DESIGN.md §8.6)
         self.existing = existing    # the store's (device, seq) lookup
         self.tree_sql = tree_sql    # the store's node table statements
@@ -896,7 +916,7 @@ class _Append:
         of (``_quarantine``, UTC month of receipt), when a keyring is set."""
         if self.sealer is None:
             return self.quarantine
-        tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self)
+        tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self, self.stamp)
         out: list[tuple[Any, ...]] = []
         for idx, received_at, topic, reason, detail, device, raw, sha, size in self.quarantine:
             dk = self.sealer.ring.data_key(tx, QUARANTINE_SUBJECT, period_of(received_at),
@@ -915,7 +935,7 @@ class _Append:
         """The bodies to insert: personal ones sealed (DESIGN.md §8.6), when a keyring is set."""
         if self.sealer is None:
             return self.bodies
-        tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self)
+        tx = Tx(self.cur, self.at, self.sql, lambda _c, _n: self, self.stamp)
         tx.sealer = self.sealer
         punches = {i: {"credential": c, "ts": ts} for i, c, ts in self.punch_subjects}
         planned: dict[int, tuple[str, str] | str] = {}

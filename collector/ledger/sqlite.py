@@ -108,6 +108,7 @@ class SQLiteStore(SQLStore):
         super().__init__()
         self.path = Path(path)
         self.cache_kib = cache_kib
+        self._aborted = 0       # write transactions that did not commit (write_stamp)
         self._conn = connect(self.path, cache_kib=cache_kib)
         # WAL: a reader works from its snapshot and never waits for a writer. (A file system
         # that cannot do WAL leaves the rollback journal, where readers wait for commits.)
@@ -211,16 +212,28 @@ class SQLiteStore(SQLStore):
     @contextmanager
     def _write(self) -> Iterator[Any]:
         cur = self._conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        committed = False
         try:
-            yield cur
-        except BaseException:
-            self._conn.rollback()
-            raise
-        else:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                self._conn.rollback()
+                raise
             cur.execute("COMMIT")
+            committed = True
         finally:
+            if not committed:
+                self._aborted += 1      # write_stamp: what this transaction read is void
             cur.close()
+
+    def write_stamp(self, cur: Any) -> object | None:
+        """(connection, transactions of it not committed, ``PRAGMA data_version``): the
+        pragma changes when another connection commits, and not for this connection's own
+        commits; a rollback or failed commit counts in the second; a reconnect changes the
+        first (SQLStore.write_stamp)."""
+        version = cur.execute("PRAGMA data_version").fetchone()[0]
+        return (self._conn, self._aborted, int(version))
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
