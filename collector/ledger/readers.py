@@ -86,14 +86,20 @@ def prefetch_keys(store: SQLStore, query: PunchQuery, done: set[str]) -> int:
     if not months:
         return 0
     done.update(months)
-    ids = [str(r[0]) for r in store.query(
-        f"SELECT key_id FROM {KEYS_TABLE} WHERE destroyed_idx IS NULL AND period IN "  # noqa: S608 - placeholders only
-        f"({', '.join([store.ph] * len(months))})", months)]
+    ids = _key_ids(store, months, live_only=True)
     if len(ids) > RUN_KEYS_MAX:      # fresh_reader's cache
         return 0
     # In batches: the key rows and their unwrapping are transient, the cache is what stays.
     return sum(len(ring.keys(ids[i:i + PREFETCH_BATCH]))
                for i in range(0, len(ids), PREFETCH_BATCH))
+
+
+def _key_ids(store: SQLStore, months: list[str], *, live_only: bool) -> list[str]:
+    """The ids of the data keys of ``months`` (only those not destroyed with ``live_only``)."""
+    live = "destroyed_idx IS NULL AND " if live_only else ""
+    return [str(r[0]) for r in store.query(
+        f"SELECT key_id FROM {KEYS_TABLE} WHERE {live}period IN "  # noqa: S608 - constant text, placeholders only
+        f"({', '.join([store.ph] * len(months))})", months)]
 
 
 def month_end(month: str) -> int:
@@ -121,9 +127,7 @@ def forget_months(store: SQLStore, run_keys: dict[bytes, bytes | None], done: se
     if not ended:
         return 0
     done.difference_update(ended)
-    ids = [str(r[0]) for r in store.query(
-        f"SELECT key_id FROM {KEYS_TABLE} WHERE period IN "  # noqa: S608 - placeholders only
-        f"({', '.join([store.ph] * len(ended))})", ended)]
+    ids = _key_ids(store, ended, live_only=False)
     for key_id in ids:
         run_keys.pop(key_id.encode("ascii", "replace"), None)
     store.sealer.ring.forget(ids)
