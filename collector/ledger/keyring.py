@@ -309,9 +309,12 @@ class Keyring:
                 out[str(r[0])] = _row(r)
         return out
 
-    def keys(self, key_ids: Iterable[str]) -> dict[str, bytes | None]:
+    def keys(self, key_ids: Iterable[str], *, remember: bool = True
+             ) -> dict[str, bytes | None]:
         """Unwrapped keys by id, None for a destroyed one; one query for every key not cached
-        (an export page asks once for all its keys). An unknown id is a KeyringError."""
+        (an export page asks once for all its keys). An unknown id is a KeyringError.
+        ``remember`` False: the keys unwrapped here are not added to the cache (a caller
+        that keeps them itself: readers.prefetch_keys)."""
         want = set(key_ids)
         out: dict[str, bytes | None] = {}
         missing: list[str] = []
@@ -331,7 +334,8 @@ class Keyring:
                     out[k] = None
                     continue
                 key = self._unwrap(row)
-                self._remember(k, key)
+                if remember:
+                    self._remember(k, key)
                 out[k] = key
         return out
 
@@ -466,11 +470,12 @@ class Keyring:
         self._index_key = key
         return key
 
-    def blind(self, value: str, *, purpose: str = "credential") -> str:
+    def blind(self, value: str, *, purpose: str = "credential", memo: bool = True) -> str:
         """HMAC-SHA256 of ``value`` under a key derived from the index key for ``purpose``,
-        hex: equal values give equal tags (lookups by credential), the value never leaves."""
-        memo = (purpose, value)
-        tag = self._blinds.get(memo)
+        hex: equal values give equal tags (lookups by credential), the value never leaves.
+        ``memo`` False: the tag is not remembered here (a caller with a memo of its own)."""
+        memo_key = (purpose, value)
+        tag = self._blinds.get(memo_key)
         if tag is not None:
             return tag
         sub = self._subkeys.get(purpose)
@@ -479,9 +484,11 @@ class Keyring:
                 self.index_key(), b"timeclock blind index\x00" + purpose.encode(),
                 hashlib.sha256).digest()
         tag = hmac.digest(sub, value.encode(), "sha256").hex()
+        if not memo:
+            return tag
         if len(self._blinds) >= BLINDS_MAX:    # a workforce's badges fit; a flood is bounded
             self._blinds.clear()
-        self._blinds[memo] = tag
+        self._blinds[memo_key] = tag
         return tag
 
     def derived_key(self, purpose: str) -> bytes:

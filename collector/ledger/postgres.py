@@ -182,7 +182,7 @@ class PostgresStore(SQLStore):
             with conn.transaction():
                 check = RowChecker(lambda device: conn.execute(
                     ENROLMENT_SQL.replace("?", "%s"), (device,)).fetchone(),
-                    self.plain_opener(run_keys), self.blind_credential)
+                    self.plain_opener(run_keys), self._unmemoised_blind)
                 for n, query in enumerate(queries):
                     text, params = query.sql("%s")
                     with conn.cursor(name=f"tc_payroll_{n}") as cur:

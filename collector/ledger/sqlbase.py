@@ -425,10 +425,14 @@ class SQLStore(LedgerStore):
         except LedgerError:
             return stored
 
-    def blind_credential(self, credential: str) -> str | None:
+    def blind_credential(self, credential: str, *, memo: bool = True) -> str | None:
         """What the ``punches`` projection holds for ``credential`` on a keyed ledger (its
-        blind index; DESIGN.md §8.6), None without a keyring."""
-        return None if self.sealer is None else self.sealer.ring.blind(credential)
+        blind index; DESIGN.md §8.6), None without a keyring. ``memo`` False: not kept in
+        the keyring's memo (a long read whose RowChecker keeps its own: punch_chunks)."""
+        return None if self.sealer is None else self.sealer.ring.blind(credential, memo=memo)
+
+    def _unmemoised_blind(self, credential: str) -> str | None:
+        return self.blind_credential(credential, memo=False)
 
     def punch_planner(self) -> PunchPlanner | None:
         """On a keyed ledger, what makes punches' SealPlans ahead of the append (the ingest's

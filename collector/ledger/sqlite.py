@@ -272,7 +272,7 @@ class SQLiteStore(SQLStore):
             conn.execute("BEGIN")
             check = RowChecker(
                 lambda device: conn.execute(ENROLMENT_SQL, (device,)).fetchone(),
-                self.plain_opener(run_keys), self.blind_credential)
+                self.plain_opener(run_keys), self._unmemoised_blind)
             for query in queries:
                 text, params = query.sql("?")
                 yield guarded_rows(check.rows(conn.execute(text, params)), (sqlite3.Error,))

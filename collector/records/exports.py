@@ -491,7 +491,7 @@ def _worker(send: Any, store: SQLStore, summary: ExportSummary,
         for q, rows in zip(chunks, reader.punch_chunks(chunks, run_keys=run_keys),
                            strict=True):
             readers.forget_months(reader, run_keys, months, q.since)
-            readers.prefetch_keys(reader, q, months)
+            readers.prefetch_keys(reader, q, months, run_keys)
             part = ExportSummary(q, summary.size, summary.head, summary.checkpoint)
             data = _chunk_text(part, rows, render).encode()
             send.send(("chunk", part.rows, part.uncovered, part.seq_ranges, len(data)))

@@ -237,6 +237,18 @@ def test_a_reader_unwraps_the_keys_of_the_months_it_reads_in_batches(
         # A query of the first month only: that month's keys.
         first = PunchQuery(until=int(low) + 1)
         assert 0 < readers.prefetch_keys(reader, first, set()) < want
+        # Into a read run's key map instead: there alone (each key held once), and what
+        # the map holds opens the rows without another unwrap.
+        ring = reader.sealer.ring if reader.sealer is not None else None
+        assert ring is not None
+        ring.forget([str(r[0]) for r in filled.query("SELECT key_id FROM tc_data_keys")])
+        run_keys: dict[bytes, bytes | None] = {}
+        assert readers.prefetch_keys(reader, PunchQuery(), set(), run_keys) == want
+        assert len(run_keys) == want
+        assert ring.cached == 0
+        read = [list(rows) for rows in reader.punch_chunks([PunchQuery()], run_keys=run_keys)]
+        assert read == [list(filled.punch_rows(PunchQuery()))]
+        assert ring.cached == 0
     finally:
         reader.close()
 
@@ -278,7 +290,7 @@ def test_a_finished_months_keys_are_dropped_and_open_again_when_met(
                 assert ring.cached == 0
             else:
                 assert dropped == 0
-            readers.prefetch_keys(reader, q, done)
+            readers.prefetch_keys(reader, q, done, run_keys)
             got.append(list(rows))
             assert run_keys != {}
     finally:
@@ -299,3 +311,34 @@ def test_row_times_are_iso_text_to_the_microsecond() -> None:
              *(rnd.randrange(-62_000_000_000_000_000, 253_402_300_799_999_999)
                for _ in range(20_000))]
     assert [fast(u) for u in times] == [exports.iso(u) for u in times]
+
+
+def _read_syscalls() -> int:
+    return int(next(line.split()[1] for line in Path("/proc/self/io").read_text().splitlines()
+                    if line.startswith("syscr:")))
+
+
+def test_an_export_of_many_clocks_reads_each_page_about_once(sqlite_path: Path) -> None:
+    """Rows in device-time order come from one region of ``punches`` (stored by device and
+    seq), ``entries`` and ``bodies`` (by idx) per clock whose batches interleave in time: a
+    reader's page cache sized for the clocks (readers.reader_cache_kib) reads each page of
+    the ledger about once; one of a fixed 512 KiB read every page again for each row (here
+    over ten times the ledger's pages)."""
+    from collector.ledger.sqlite import SQLiteStore  # noqa: PLC0415
+
+    store = SQLiteStore(sqlite_path)
+    try:
+        clocks = [Clock(f"clock-{n:02d}") for n in range(60)]
+        store.append([EventFact("device", c.enrolled_body()) for c in clocks], now_us=T0)
+        for n, c in enumerate(clocks):      # each clock's backlog as one batch
+            store.append([c.fact(ts=T0 + (i * len(clocks) + n) * 1_000_000)
+                          for i in range(80)], now_us=T0 + n)
+        ((pages,),) = store.query("PRAGMA page_count")
+        before = _read_syscalls()
+        summary = exports.export_payroll(store, io.StringIO(), fmt="csv", query=PunchQuery(),
+                                         now_us=T0, jobs=1)
+        reads = _read_syscalls() - before
+    finally:
+        store.close()
+    assert summary.rows == 60 * 80
+    assert reads < 2 * int(pages), (reads, pages)
